@@ -1,0 +1,40 @@
+"""The one JSON codec of the project: orjson, with ``Decimal`` written as a plain decimal string.
+
+Money and prices never pass through float: ``Decimal("61837.63")`` is written as ``"61837.63"`` (never in
+exponent form), and readers parse such strings with ``Decimal``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+JSONDecodeError = orjson.JSONDecodeError
+
+
+def decimal_str(value: Decimal) -> str:
+    """``value`` in positional notation (``Decimal("1E-8")`` → ``"0.00000001"``)."""
+    return format(value, "f")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return decimal_str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value`` as UTF-8 JSON bytes; ``Decimal`` becomes a decimal string, datetimes RFC 3339."""
+    return orjson.dumps(value, default=_default, option=orjson.OPT_UTC_Z)
+
+
+def dumps_str(value: Any) -> str:
+    """Like :func:`dumps`, as ``str``."""
+    return dumps(value).decode()
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """Decode JSON; raises :class:`JSONDecodeError` (a ``ValueError``) on malformed input."""
+    return orjson.loads(data)

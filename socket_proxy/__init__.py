@@ -1,0 +1,1 @@
+"""socket_proxy service."""

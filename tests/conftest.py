@@ -1,0 +1,93 @@
+"""Engines for the tests: real PostgreSQL, Redis, a Kafka-protocol broker and chDB, started once per session.
+
+Every engine is the mesh's embedded default on a free port of 127.0.0.1 (PostgreSQL: a Unix socket), so the
+suite passes the same on a machine that already runs PostgreSQL or Redis on their standard ports and on one
+that runs neither.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, chdb_url, redis_command, tansu_command
+from crypto_mesh.netutil import free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def engines_dir(tmp_path_factory) -> Path:
+    """A directory for the data and logs of this session's engines."""
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="session")
+def postgres(engines_dir) -> EmbeddedPostgres:
+    """An embedded PostgreSQL 18 server for the whole session."""
+    server = EmbeddedPostgres(engines_dir / "pg")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_database(postgres):
+    """Factory: ``fresh_database("auth")`` creates an empty database and returns its asyncpg SQLAlchemy URL."""
+
+    def make(prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        postgres.create_database(name)
+        return postgres.url(name)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def redis_server(engines_dir) -> ManagedProcess:
+    """A Redis server on a free port; ``redis_server.port``."""
+    port = free_port()
+    process = ManagedProcess("redis", redis_command(port, engines_dir / "redis"), port, engines_dir / "redis.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    return f"redis://127.0.0.1:{redis_server.port}/0"
+
+
+@pytest.fixture(scope="session")
+def kafka_server(engines_dir) -> ManagedProcess:
+    """A Tansu broker (Kafka protocol) on a free port; ``kafka_server.port``."""
+    port = free_port()
+    process = ManagedProcess("tansu", tansu_command(port), port, engines_dir / "tansu.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_server) -> str:
+    return f"127.0.0.1:{kafka_server.port}"
+
+
+@pytest.fixture
+def clickhouse_url(tmp_path) -> str:
+    """A chDB DSN in a fresh directory (chDB is in-process: open it from one process only)."""
+    return chdb_url(tmp_path / "chdb")
+
+
+@pytest.fixture(scope="session")
+def trade_recording() -> Path:
+    """The shipped recording of real Binance ``@trade`` frames (BTCUSDT, ETHUSDT, 2024-08-08)."""
+    return REPO_ROOT / "crypto_mesh" / "data" / "binance" / "btcusdt_ethusdt_trade_2024-08-08.jsonl.gz"
+
+
+@pytest.fixture(scope="session")
+def agg_trade_recording() -> Path:
+    """The shipped recording of real Binance ``@aggTrade`` frames (BTCUSDT, ETHUSDT, DOTUSDT, 2021-04-04)."""
+    return REPO_ROOT / "crypto_mesh" / "data" / "binance" / "btcusdt_ethusdt_dotusdt_aggTrade_2021-04-04.jsonl.gz"
