@@ -1,0 +1,201 @@
+"""``crypto-mesh``: start the whole mesh on one machine, and query its market history with SQL.
+
+- ``crypto-mesh up``: embedded defaults for every backing service whose URL is not set (see
+  :mod:`crypto_mesh.mesh`), then the five services and the replay exchange; waits until all are healthy,
+  prints the URLs, prefixes every log line with its process's name, stops everything on Ctrl-C.
+- ``crypto-mesh sql "SELECT ..."``: a read-only query against ``crypto.*``. In embedded mode chDB is opened by
+  the ETL process only, so the query goes through the ETL's SQL endpoint; with ``MESH_CLICKHOUSE_URL`` set it
+  goes straight to that ClickHouse server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import click
+
+from crypto_mesh import jsonutil
+from crypto_mesh.mesh import MeshSettings, build_plan, read_state, wait_ready, write_pending
+
+
+@click.group()
+def main() -> None:
+    """Real-time crypto-portfolio tracker: a gRPC service mesh."""
+
+
+@main.command()
+def up() -> None:
+    """Start the whole mesh (settings: MESH_* environment variables) until Ctrl-C."""
+    from honcho.manager import Manager
+
+    from crypto_mesh.embedded import EmbeddedPostgres
+
+    settings = MeshSettings()
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "mesh.json").unlink(missing_ok=True)
+
+    postgres = None
+    if settings.postgres_url is None:
+        click.echo(f"starting embedded PostgreSQL in {data_dir / 'postgres'}")
+        postgres = EmbeddedPostgres(data_dir / "postgres")
+        postgres.start()
+    try:
+        plan = build_plan(settings, postgres)
+        pending = write_pending(plan)
+        manager = Manager()
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+        for process in plan.processes:
+            manager.add_process(process.name, process.shell_command(), env={**base_env, **process.env})
+        manager.add_process(
+            "mesh",
+            "exec " + " ".join([sys.executable, "-m", "crypto_mesh.cli", "watch", str(pending),
+                                str(settings.ready_timeout_s)]),
+            env=base_env,
+        )
+        manager.loop()
+    finally:
+        if postgres is not None:
+            postgres.stop()
+        (data_dir / "mesh.json").unlink(missing_ok=True)
+    sys.exit(manager.returncode or 0)
+
+
+@main.command(hidden=True)
+@click.argument("pending", type=click.Path(exists=True, path_type=Path))
+@click.argument("timeout_s", type=float)
+def watch(pending: Path, timeout_s: float) -> None:
+    """Wait for every process to be healthy, print the URLs, then stay up until the mesh stops."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    report = lambda line: click.echo(line, nl=True)  # noqa: E731
+    if not wait_ready(pending, timeout_s, report=report):
+        sys.exit(1)
+    state = read_state(pending.parent)
+    urls = state["urls"]
+    click.echo(
+        "mesh ready\n"
+        f"  REST API   {urls['bff']}\n"
+        f"  WebSocket  {urls['websocket']}\n"
+        f"  exchange   {urls['exchange']}\n"
+        f"  SQL        crypto-mesh sql \"SELECT symbol, count() FROM crypto.market_tickers GROUP BY symbol\"\n"
+        "press Ctrl-C to stop"
+    )
+    sys.stdout.flush()
+    while True:
+        time.sleep(3600)
+
+
+@main.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def sql(query: str, fmt: str) -> None:
+    """Run a read-only SQL QUERY against the market history and print the result."""
+    from etl import sql as etl_sql
+
+    settings = MeshSettings()
+    try:
+        etl_sql.check_read_only(query)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    if settings.clickhouse_url:
+        columns, _types, rows = _query_clickhouse(settings.clickhouse_url, query)
+    else:
+        columns, rows = _query_etl(settings.data_dir.resolve(), query)
+    if fmt == "json":
+        click.echo(etl_sql.format_json(columns, rows))
+    elif fmt == "csv":
+        click.echo(etl_sql.format_csv(columns, rows), nl=False)
+    else:
+        click.echo(etl_sql.format_table(columns, rows))
+
+
+def _query_clickhouse(url: str, query: str):
+    import clickhouse_connect
+
+    from etl import sql as etl_sql
+
+    client = clickhouse_connect.get_client(dsn=url)
+    try:
+        return etl_sql.run_read_only(client, query)
+    finally:
+        client.close()
+
+
+def _query_etl(data_dir: Path, query: str) -> tuple[list[str], list[list]]:
+    try:
+        etl_url = read_state(data_dir)["urls"]["etl"]
+    except FileNotFoundError:
+        raise click.ClickException(
+            f"no running mesh in {data_dir} (start one with `crypto-mesh up`, or set MESH_CLICKHOUSE_URL)"
+        ) from None
+    request = urllib.request.Request(
+        f"{etl_url}/v1/sql", data=jsonutil.dumps({"query": query}), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise click.ClickException(f"query refused ({error.code}): {detail}") from None
+    except urllib.error.URLError as error:
+        raise click.ClickException(f"the ETL at {etl_url} is not answering: {error.reason}") from None
+    return body["columns"], body["rows"]
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def secrets(directory: Path) -> None:
+    """Create the secret files compose.yaml mounts (random passwords, an Ed25519 signing key) in DIRECTORY.
+
+    Existing files are kept, so running it again never rotates a password behind a running database's back.
+    """
+    import secrets as random
+
+    from auth.tokens import generate_private_key_pem
+
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    passwords = {}
+    for name in ("postgres_auth_password", "postgres_profile_password", "clickhouse_password"):
+        path = directory / name
+        if not path.exists():
+            _write_secret(path, random.token_urlsafe(24).encode())
+        passwords[name] = path.read_text().strip()
+    files = {
+        "jwt_ed25519.pem": generate_private_key_pem(),
+        "auth_database_url": f"postgresql+asyncpg://auth:{passwords['postgres_auth_password']}@postgres-auth:5432/auth",
+        "bff_database_url": (
+            f"postgresql+asyncpg://profile:{passwords['postgres_profile_password']}@postgres-profile:5432/profile"
+        ),
+        "etl_clickhouse_url": f"http://etl:{passwords['clickhouse_password']}@clickhouse:8123",
+        "clickhouse.env": f"CLICKHOUSE_USER=etl\nCLICKHOUSE_PASSWORD={passwords['clickhouse_password']}\n"
+        "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT=1\n",
+    }
+    for name, content in files.items():
+        path = directory / name
+        if not path.exists():
+            _write_secret(path, content if isinstance(content, bytes) else content.encode())
+    click.echo(f"secrets in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
+
+
+def _write_secret(path: Path, content: bytes) -> None:
+    # Compose bind-mounts file secrets with their host mode, and the services run as a non-root user: the files
+    # are world-readable inside a directory only the owner may enter (0700).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        out.write(content)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The plan of a whole mesh on one machine: which processes run, on which ports, with which settings.
+
+``crypto-mesh up`` builds a :class:`MeshPlan` from :class:`MeshSettings`, starts the embedded PostgreSQL itself,
+and hands the plan's processes to honcho, which runs them with their output prefixed by name and stops them
+all on Ctrl-C. Every backing service whose URL is not given gets its embedded default
+(``crypto_mesh.embedded``); every internal server binds to 127.0.0.1 on a free port; only the BFF has a fixed
+port (``MESH_BFF_PORT``, 8080).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic_settings import SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from crypto_mesh.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
+from crypto_mesh.netutil import free_port, port_open
+from crypto_mesh.settings import ServiceSettings
+
+#: The recording the replay exchange plays by default: real Binance ``@trade`` frames (see data/binance/SOURCES.md).
+DEFAULT_RECORDING = Path(__file__).parent / "data" / "binance" / "btcusdt_ethusdt_trade_2024-08-08.jsonl.gz"
+
+#: Name of the file, in the data directory, that describes a running mesh (written once every process is healthy).
+STATE_FILE = "mesh.json"
+
+
+class MeshSettings(ServiceSettings):
+    """Settings of ``crypto-mesh`` (environment prefix ``MESH_``).
+
+    Each ``*_URL``/servers setting left unset means "run the embedded default"; set it to use a real server.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore", frozen=True)
+
+    data_dir: Path = Path(".mesh")
+    bff_host: str = "127.0.0.1"
+    bff_port: int = 8080
+    replay_file: str = str(DEFAULT_RECORDING)
+    replay_speed: float = 1.0
+    #: Server URL without a database, e.g. ``postgresql+asyncpg://user:pass@db:5432``; databases ``auth``, ``profile``.
+    postgres_url: str | None = None
+    redis_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    clickhouse_url: str | None = None
+    exchange_url: str | None = None
+    #: Seconds to wait for every process to report healthy.
+    ready_timeout_s: float = 120.0
+
+
+@dataclass
+class HealthCheck:
+    """How to tell one process is ready: ``kind`` is ``http`` (GET ``target`` answers 200), ``grpc``
+    (grpc.health.v1 at ``target`` says SERVING) or ``tcp`` (``target`` ``host:port`` accepts connections)."""
+
+    name: str
+    kind: str
+    target: str
+
+    def ok(self) -> bool:
+        """True if the process answers healthy now; never raises."""
+        try:
+            if self.kind == "http":
+                with urllib.request.urlopen(self.target, timeout=1.0) as response:
+                    return response.status == 200
+            if self.kind == "grpc":
+                with grpc.insecure_channel(self.target) as channel:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    return reply.status == health_pb2.HealthCheckResponse.SERVING
+            host, port = self.target.rsplit(":", 1)
+            return port_open(host, int(port))
+        except (OSError, urllib.error.URLError, grpc.RpcError, ValueError):
+            return False
+
+
+@dataclass
+class MeshProcess:
+    """One process of the mesh: its name, argv and extra environment."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shell_command(self) -> str:
+        """The command line for honcho, which runs it through ``sh``; ``exec`` leaves no shell in between."""
+        return "exec " + shlex.join(self.argv)
+
+
+@dataclass
+class MeshPlan:
+    """Everything ``crypto-mesh up`` runs, and what ``crypto-mesh sql`` and the tests need to reach it."""
+
+    data_dir: Path
+    processes: list[MeshProcess]
+    checks: list[HealthCheck]
+    urls: dict[str, str]
+
+    def state(self) -> dict:
+        """The JSON written to ``<data_dir>/mesh.json`` once the mesh is healthy."""
+        return {"pid": os.getpid(), "urls": self.urls, "data_dir": str(self.data_dir)}
+
+
+def _python_module(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def _database_url(server_url: str, database: str) -> str:
+    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+
+
+def ensure_jwt_key(data_dir: Path) -> Path:
+    """Path of the auth service's Ed25519 signing key under ``data_dir/secrets``, generated on first use (0600).
+
+    Only the auth service reads it; nothing in the code carries a default key.
+    """
+    from auth.tokens import generate_private_key_pem
+
+    secrets_dir = data_dir / "secrets"
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(secrets_dir, 0o700)
+    key_file = secrets_dir / "jwt_ed25519.pem"
+    if not key_file.exists():
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(generate_private_key_pem())
+    return key_file
+
+
+def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> MeshPlan:
+    """Choose ports and settings for every process. ``postgres`` is the started embedded server, or None when
+    ``settings.postgres_url`` names a real one."""
+    data_dir = settings.data_dir.resolve()
+    logs = {"LOG_FORMAT": settings.log_format, "LOG_LEVEL": settings.log_level}
+    processes: list[MeshProcess] = []
+    checks: list[HealthCheck] = []
+    urls: dict[str, str] = {}
+
+    def service_env(prefix: str, **values: object) -> dict[str, str]:
+        merged = {**logs, **values}
+        return {f"{prefix}{key.upper()}": str(value) for key, value in merged.items()}
+
+    if postgres is not None:
+        auth_db, profile_db = postgres.url("auth"), postgres.url("profile")
+    else:
+        auth_db = _database_url(settings.postgres_url, "auth")
+        profile_db = _database_url(settings.postgres_url, "profile")
+
+    redis_url = settings.redis_url
+    if redis_url is None:
+        port = free_port()
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        processes.append(MeshProcess("redis", redis_command(port, data_dir / "redis")))
+        checks.append(HealthCheck("redis", "tcp", f"127.0.0.1:{port}"))
+
+    kafka = settings.kafka_bootstrap_servers
+    kafka_is_tansu = kafka is None
+    if kafka is None:
+        port = free_port()
+        kafka = f"127.0.0.1:{port}"
+        processes.append(MeshProcess("kafka", tansu_command(port)))
+        checks.append(HealthCheck("kafka", "tcp", kafka))
+
+    clickhouse = settings.clickhouse_url or chdb_url(data_dir / "chdb")
+
+    exchange = settings.exchange_url
+    if exchange is None:
+        port = free_port()
+        exchange = f"ws://127.0.0.1:{port}"
+        processes.append(
+            MeshProcess(
+                "exchange",
+                _python_module("crypto_mesh.replay"),
+                service_env("REPLAY_", host="127.0.0.1", port=port, files=settings.replay_file,
+                            speed=settings.replay_speed),
+            )
+        )
+        checks.append(HealthCheck("exchange", "http", f"http://127.0.0.1:{port}/healthz"))
+        urls["exchange_info"] = f"http://127.0.0.1:{port}/replay/v1/info"
+    urls["exchange"] = exchange
+
+    auth_port, proxy_port, aggregator_port, etl_port = (free_port() for _ in range(4))
+    key_file = ensure_jwt_key(data_dir)
+    processes += [
+        MeshProcess(
+            "auth",
+            _python_module("auth"),
+            service_env("AUTH_", host="127.0.0.1", port=auth_port, database_url=auth_db,
+                        jwt_private_key_file=key_file),
+        ),
+        MeshProcess(
+            "socket_proxy",
+            _python_module("socket_proxy"),
+            service_env("PROXY_", host="127.0.0.1", port=proxy_port, exchange_url=exchange),
+        ),
+        MeshProcess(
+            "aggregator",
+            _python_module("aggregator"),
+            service_env("AGGREGATOR_", host="127.0.0.1", port=aggregator_port,
+                        socket_proxy_target=f"127.0.0.1:{proxy_port}", redis_url=redis_url,
+                        kafka_bootstrap_servers=kafka,
+                        # Tansu's memory storage refuses InitProducerId; message_id deduplicates downstream.
+                        kafka_enable_idempotence=str(not kafka_is_tansu).lower()),
+        ),
+        MeshProcess(
+            "etl",
+            _python_module("etl"),
+            service_env("ETL_", host="127.0.0.1", port=etl_port, kafka_bootstrap_servers=kafka,
+                        clickhouse_url=clickhouse),
+        ),
+        MeshProcess(
+            "profile_bff",
+            _python_module("profile_bff"),
+            service_env("BFF_", host=settings.bff_host, port=settings.bff_port, database_url=profile_db,
+                        redis_url=redis_url, auth_target=f"127.0.0.1:{auth_port}",
+                        aggregator_url=f"http://127.0.0.1:{aggregator_port}",
+                        # The embedded mesh serves plain HTTP on localhost, where a Secure cookie is never sent back.
+                        cookie_secure="false"),
+        ),
+    ]
+    checks += [
+        HealthCheck("auth", "grpc", f"127.0.0.1:{auth_port}"),
+        HealthCheck("socket_proxy", "grpc", f"127.0.0.1:{proxy_port}"),
+        HealthCheck("aggregator", "http", f"http://127.0.0.1:{aggregator_port}/healthz"),
+        HealthCheck("etl", "http", f"http://127.0.0.1:{etl_port}/healthz"),
+        HealthCheck("profile_bff", "http", f"http://{settings.bff_host}:{settings.bff_port}/healthz"),
+    ]
+    urls.update(
+        bff=f"http://{settings.bff_host}:{settings.bff_port}",
+        websocket=f"ws://{settings.bff_host}:{settings.bff_port}/v2/user/profile/ws",
+        auth=f"127.0.0.1:{auth_port}",
+        socket_proxy=f"127.0.0.1:{proxy_port}",
+        aggregator=f"http://127.0.0.1:{aggregator_port}",
+        etl=f"http://127.0.0.1:{etl_port}",
+        redis=redis_url,
+        kafka=kafka,
+        clickhouse=clickhouse,
+    )
+    return MeshPlan(data_dir=data_dir, processes=processes, checks=checks, urls=urls)
+
+
+def write_pending(plan: MeshPlan) -> Path:
+    """Write the health checks and URLs for the readiness watcher; return the file's path."""
+    path = plan.data_dir / "mesh.pending.json"
+    path.write_text(json.dumps({"checks": [asdict(c) for c in plan.checks], "state": plan.state()}))
+    return path
+
+
+def wait_ready(pending: Path, timeout_s: float, report=print) -> bool:
+    """Poll every health check of ``pending`` until all pass (then write ``mesh.json``) or ``timeout_s`` passes.
+
+    ``report`` receives progress lines. Returns True once ready, False on time-out.
+    """
+    spec = json.loads(pending.read_text())
+    checks = [HealthCheck(**c) for c in spec["checks"]]
+    waiting = {c.name: c for c in checks}
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline:
+        for name, check in list(waiting.items()):
+            if check.ok():
+                report(f"{name} is healthy")
+                del waiting[name]
+        if waiting:
+            time.sleep(0.25)
+    if waiting:
+        report(f"not healthy after {timeout_s:.0f}s: {', '.join(sorted(waiting))}")
+        return False
+    state_path = pending.with_name(STATE_FILE)
+    tmp = state_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec["state"], indent=2))
+    tmp.replace(state_path)
+    return True
+
+
+def read_state(data_dir: Path) -> dict:
+    """The state of the running mesh of ``data_dir`` (``mesh.json``). Raises FileNotFoundError if none runs."""
+    return json.loads((data_dir / STATE_FILE).read_text())
