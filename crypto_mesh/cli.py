@@ -65,7 +65,8 @@ def up() -> None:
         if postgres is not None:
             postgres.stop()
         (data_dir / "mesh.json").unlink(missing_ok=True)
-    sys.exit(manager.returncode or 0)
+    # honcho reports a stop asked for by Ctrl-C or SIGTERM as 130 / 143; that is a clean stop, not a failure.
+    sys.exit(0 if manager.returncode in (None, 130, 143) else manager.returncode)
 
 
 @main.command(hidden=True)
