@@ -1,0 +1,290 @@
+"""The auth gRPC server: the ``crypto.auth.v1.Auth`` servicer, ``grpc.health.v1.Health``, and start/stop.
+
+Transport only: each handler checks the shape of its request, calls :class:`auth.users.Accounts`, and maps
+:mod:`auth.errors` to status codes. Nothing a client sends reaches the catch-all (``INTERNAL``, logged with
+its traceback): that is kept for bugs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from auth import migrations
+from auth.errors import AlreadyExists, AuthError, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from auth.passwords import PasswordHasher
+from auth.settings import AuthSettings
+from auth.store import AuthStore, create_engine
+from auth.tokens import TokenIssuer, load_private_key, load_public_keys
+from auth.users import Accounts, Tokens
+from crypto_mesh.logs import get_logger
+from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
+
+log = get_logger(__name__)
+
+SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
+#: Requests are a name, a password or a token: 64 KiB is ample and bounds what a client can make us parse.
+MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024
+#: Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED instead of queueing without bound
+#: (each login or registration holds a bcrypt worker thread for up to a quarter of a second).
+MAX_CONCURRENT_RPCS = 256
+#: How often the database is pinged to keep the health status true, and expired tokens pruned (s).
+HEALTH_PING_INTERVAL_S = 5.0
+PRUNE_INTERVAL_S = 3600.0
+#: Expired refresh tokens are kept this long after expiry before being deleted.
+PRUNE_AFTER = timedelta(days=1)
+#: Time given to in-flight calls when stopping (s).
+STOP_GRACE_S = 5.0
+
+_STATUS = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+@dataclass(frozen=True)
+class _MalformedRequest:
+    """Stands in for a request whose bytes did not parse, so that the handler can answer INVALID_ARGUMENT
+    (grpc's own handling of a failing deserializer answers UNKNOWN)."""
+
+    message: str
+
+
+def _lenient_parser(message_class):
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return _MalformedRequest(f"request is not a valid {message_class.DESCRIPTOR.full_name}: {exc}")
+
+    return parse
+
+
+def _rpc(handler):
+    """Run a handler, answering an :class:`AuthError` with its status and anything else with ``INTERNAL``."""
+
+    @functools.wraps(handler)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        if isinstance(request, _MalformedRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        try:
+            return await handler(self, request, context)
+        except AuthError as exc:
+            await context.abort(_STATUS[type(exc)], str(exc))
+        except Exception:
+            log.exception("rpc_failed", method=handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return wrapper
+
+
+def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
+    return auth_pb2.TokenPair(
+        access_token=tokens.access_token,
+        access_expires_at=tokens.access_expires_at,
+        refresh_token=tokens.refresh_token,
+        refresh_expires_at=tokens.refresh_expires_at,
+        user_id=tokens.user_id,
+        name=tokens.name,
+    )
+
+
+class AuthServicer(auth_pb2_grpc.AuthServicer):
+    """``crypto.auth.v1.Auth`` (proto/auth.proto) over :class:`Accounts`."""
+
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+
+    @_rpc
+    async def Register(self, request: auth_pb2.RegisterRequest, context) -> auth_pb2.RegisterResponse:
+        user_id, name = await self._accounts.register(request.name, request.password)
+        return auth_pb2.RegisterResponse(user_id=user_id, name=name)
+
+    @_rpc
+    async def Login(self, request: auth_pb2.LoginRequest, context) -> auth_pb2.TokenPair:
+        return _token_pair(await self._accounts.login(request.name, request.password))
+
+    @_rpc
+    async def Refresh(self, request: auth_pb2.RefreshRequest, context) -> auth_pb2.TokenPair:
+        return _token_pair(await self._accounts.refresh(request.refresh_token))
+
+    @_rpc
+    async def Logout(self, request: auth_pb2.LogoutRequest, context) -> auth_pb2.LogoutResponse:
+        await self._accounts.logout(request.refresh_token)
+        return auth_pb2.LogoutResponse()
+
+    @_rpc
+    async def DeleteUser(self, request: auth_pb2.DeleteUserRequest, context) -> auth_pb2.DeleteUserResponse:
+        proof = request.WhichOneof("proof")
+        if proof == "access_token":
+            user_id = await self._accounts.delete_by_access_token(request.access_token)
+        elif proof == "credentials":
+            user_id = await self._accounts.delete_by_credentials(
+                request.credentials.name, request.credentials.password
+            )
+        else:
+            raise InvalidArgument("a proof is required: access_token or credentials")
+        return auth_pb2.DeleteUserResponse(user_id=user_id)
+
+    @_rpc
+    async def GetPublicKeys(
+        self, request: auth_pb2.GetPublicKeysRequest, context
+    ) -> auth_pb2.GetPublicKeysResponse:
+        return auth_pb2.GetPublicKeysResponse(jwks_json=self._accounts.public_keys_json())
+
+
+def auth_handler(servicer: AuthServicer) -> grpc.GenericRpcHandler:
+    """The method handlers of ``servicer`` (what ``add_AuthServicer_to_server`` registers), with request
+    parsers that turn undecodable bytes into INVALID_ARGUMENT."""
+    service = auth_pb2.DESCRIPTOR.services_by_name["Auth"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient_parser(getattr(auth_pb2, method.input_type.name)),
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+        for method in service.methods
+    }
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+@dataclass
+class Running:
+    """A started auth server: ``port`` is the bound port; ``await stop()`` shuts it down (idempotent)."""
+
+    port: int
+    _server: grpc.aio.Server = field(repr=False)
+    _health: health.aio.HealthServicer = field(repr=False)
+    _store: AuthStore = field(repr=False)
+    _maintenance: asyncio.Task = field(repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, let in-flight calls finish (up to 5 s), then close the database pool."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._health.enter_graceful_shutdown()
+        self._maintenance.cancel()
+        await asyncio.gather(self._maintenance, return_exceptions=True)
+        await self._server.stop(STOP_GRACE_S)
+        await self._store.close()
+        log.info("auth_stopped", port=self.port)
+
+
+async def start(settings: AuthSettings) -> Running:
+    """Start the auth server and return once it serves.
+
+    The gRPC port is bound first (``settings.port`` 0 picks a free one: see ``Running.port``) with health
+    ``NOT_SERVING``; then the migrations are applied, retried with backoff while the database is not
+    reachable, and health turns ``SERVING``. Cancelling the caller while it waits stops the server.
+    Raises ``OSError``/``ValueError`` if the signing keys cannot be read, ``RuntimeError`` if the port
+    cannot be bound.
+    """
+    issuer = TokenIssuer(
+        load_private_key(settings.jwt_private_key_file),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_s=settings.access_token_ttl_s,
+        retired_keys=(
+            load_public_keys(settings.jwt_retired_public_keys_file)
+            if settings.jwt_retired_public_keys_file
+            else ()
+        ),
+    )
+    hasher = await asyncio.to_thread(PasswordHasher, settings.bcrypt_cost)
+    store = AuthStore(create_engine(settings.database_url))
+    accounts = Accounts(store, hasher, issuer, refresh_ttl_s=settings.refresh_token_ttl_s)
+
+    health_servicer = health.aio.HealthServicer()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)],
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+    )
+    server.add_generic_rpc_handlers((auth_handler(AuthServicer(accounts)),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    try:
+        port = server.add_insecure_port(f"{host}:{settings.port}")
+    except RuntimeError:
+        await store.close()
+        raise
+    await server.start()
+    log.info("auth_listening", host=settings.host, port=port, kid=issuer.kid)
+
+    ready = asyncio.get_running_loop().create_future()
+    maintenance = asyncio.create_task(
+        _maintain(settings.database_url, store, health_servicer, ready), name="auth-maintenance"
+    )
+    running = Running(port, server, health_servicer, store, maintenance)
+    try:
+        await asyncio.wait({ready, maintenance}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            maintenance.result()  # it ended before the service was ready: raise what ended it
+            raise RuntimeError("auth maintenance task ended before the service was ready")
+    except BaseException:
+        await running.stop()
+        raise
+    log.info("auth_serving", port=port)
+    return running
+
+
+async def _maintain(
+    database_url: str, store: AuthStore, health_servicer: health.aio.HealthServicer, ready: asyncio.Future
+) -> None:
+    """Migrate (retrying until the database answers), turn SERVING, then keep health true and prune tokens."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(Exception),
+        wait=wait_exponential(multiplier=0.2, max=10),
+        before_sleep=lambda state: log.warning(
+            "auth_migrations_retrying",
+            attempt=state.attempt_number,
+            error=f"{type(state.outcome.exception()).__name__}: {state.outcome.exception()}",
+        ),
+    ):
+        with attempt:
+            await asyncio.to_thread(migrations.upgrade, database_url)
+    await _set_health(health_servicer, serving=True)
+    ready.set_result(None)
+    loop = asyncio.get_running_loop()
+    next_prune = loop.time()
+    serving = True
+    while True:
+        await asyncio.sleep(HEALTH_PING_INTERVAL_S)
+        try:
+            await store.ping()
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + PRUNE_INTERVAL_S
+                pruned = await store.delete_expired_refresh_tokens(datetime.now(UTC) - PRUNE_AFTER)
+                if pruned:
+                    log.info("refresh_tokens_pruned", count=pruned)
+            reachable = True
+        except Unavailable as exc:
+            reachable = False
+            if serving:
+                log.warning("auth_database_unreachable", error=str(exc.__cause__ or exc))
+        except Exception:
+            log.exception("auth_maintenance_failed")
+            continue
+        if reachable != serving:
+            serving = reachable
+            await _set_health(health_servicer, serving=serving)
+            log.info("auth_health_changed", serving=serving)
+
+
+async def _set_health(health_servicer: health.aio.HealthServicer, *, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, status)

@@ -1,0 +1,479 @@
+"""The auth service over gRPC, against a real PostgreSQL: what the BFF (and an attacker) can observe."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import asyncpg
+import grpc
+import jwt
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
+
+from auth.server import start
+from auth.settings import AuthSettings
+from auth.tokens import generate_private_key_pem, load_private_key
+from crypto_mesh import jsonutil
+from crypto_mesh.netutil import free_port
+from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
+
+PASSWORD = "correct horse"
+Code = grpc.StatusCode
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "jwt.pem"
+    path.write_bytes(generate_private_key_pem())
+    return path
+
+
+@pytest.fixture
+def make_settings(fresh_database, key_file):
+    """Factory of settings for a server on a free port with its own empty database and bcrypt cost 4."""
+
+    def make(**overrides) -> AuthSettings:
+        values = {
+            "port": 0,
+            "database_url": fresh_database("auth"),
+            "jwt_private_key_file": key_file,
+            "bcrypt_cost": 4,
+            **overrides,
+        }
+        return AuthSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def settings(make_settings):
+    return make_settings()
+
+
+@pytest.fixture
+async def server(settings):
+    running = await start(settings)
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def channel(server):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def stub(channel):
+    return auth_pb2_grpc.AuthStub(channel)
+
+
+async def rpc_error(call) -> grpc.aio.AioRpcError:
+    """The error a call ends with; fails the test if it succeeds."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def register(stub, name="alice", password=PASSWORD) -> auth_pb2.RegisterResponse:
+    return await stub.Register(auth_pb2.RegisterRequest(name=name, password=password))
+
+
+async def login(stub, name="alice", password=PASSWORD) -> auth_pb2.TokenPair:
+    return await stub.Login(auth_pb2.LoginRequest(name=name, password=password))
+
+
+async def refresh(stub, token: str) -> auth_pb2.TokenPair:
+    return await stub.Refresh(auth_pb2.RefreshRequest(refresh_token=token))
+
+
+async def health_status(channel, service: str = "") -> int:
+    response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return response.status
+
+
+async def test_health_is_serving_once_start_returns(channel):
+    assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    assert await health_status(channel, "crypto.auth.v1.Auth") == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_register_login_refresh_logout_delete_round_trip(stub):
+    registered = await register(stub, "Alice")
+    assert registered.name == "Alice" and registered.user_id > 0
+
+    pair = await login(stub, "alice")
+    now = time.time()
+    assert (pair.user_id, pair.name) == (registered.user_id, "Alice")
+    assert abs(pair.access_expires_at - (now + 900)) <= 2
+    assert abs(pair.refresh_expires_at - (now + 2_592_000)) <= 2
+
+    rotated = await refresh(stub, pair.refresh_token)
+    assert rotated.refresh_token != pair.refresh_token
+    assert rotated.access_token != pair.access_token
+    assert rotated.user_id == registered.user_id
+
+    await stub.Logout(auth_pb2.LogoutRequest(refresh_token=rotated.refresh_token))
+    assert (await rpc_error(refresh(stub, rotated.refresh_token))).code() == Code.UNAUTHENTICATED
+
+    deleted = await stub.DeleteUser(auth_pb2.DeleteUserRequest(access_token=rotated.access_token))
+    assert deleted.user_id == registered.user_id
+    assert (await rpc_error(login(stub, "alice"))).code() == Code.UNAUTHENTICATED
+
+
+async def test_register_answers_the_normalised_name(stub):
+    registered = await register(stub, "  \uff42\uff4f\uff42.smith ")  # full-width "bob"
+    assert registered.name == "bob.smith"
+    assert (await login(stub, "bob.smith")).user_id == registered.user_id
+
+
+async def test_a_taken_name_in_any_case_is_already_exists(stub):
+    await register(stub, "alice")
+    for taken_as in ("alice", "ALICE", "Alice", " alice "):
+        error = await rpc_error(register(stub, taken_as, "another password"))
+        assert error.code() == Code.ALREADY_EXISTS, taken_as
+
+
+async def test_an_invalid_name_is_invalid_argument(stub):
+    for name in ("", "ab", "a" * 33, "two words", "émile", "semi;colon"):
+        error = await rpc_error(register(stub, name))
+        assert error.code() == Code.INVALID_ARGUMENT, name
+        assert "name" in error.details()
+
+
+async def test_a_password_outside_the_policy_is_invalid_argument(stub):
+    cases = [
+        ("é" * 36 + "x", "72 bytes"),  # 37 characters but 73 UTF-8 bytes: bcrypt would silently drop one
+        ("x" * 73, "72 bytes"),
+        ("1234567", "at least 8"),
+        ("", "required"),
+    ]
+    for password, says in cases:
+        error = await rpc_error(register(stub, "alice", password))
+        assert error.code() == Code.INVALID_ARGUMENT
+        assert says in error.details()
+
+
+async def test_a_72_byte_password_is_checked_in_full(stub):
+    password = "p" * 71 + "1"
+    await register(stub, "alice", password)
+    assert (await login(stub, "alice", password)).name == "alice"
+    error = await rpc_error(login(stub, "alice", "p" * 71 + "2"))
+    assert error.code() == Code.UNAUTHENTICATED
+
+
+async def test_unknown_name_and_wrong_password_are_indistinguishable(stub):
+    await register(stub, "alice")
+    unknown = await rpc_error(login(stub, "mallory"))
+    wrong = await rpc_error(login(stub, "alice", "wrong password"))
+    malformed = await rpc_error(login(stub, "no", "wrong password"))
+    too_long = await rpc_error(login(stub, "alice", "x" * 100))
+    assert {(e.code(), e.details()) for e in (unknown, wrong, malformed, too_long)} == {
+        (Code.UNAUTHENTICATED, "invalid name or password")
+    }
+
+
+async def test_an_unknown_name_costs_a_bcrypt_check_like_a_wrong_password(make_settings):
+    # At cost 10 a check takes tens of milliseconds, far above the noise of a local database query.
+    running = await start(make_settings(bcrypt_cost=10))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = auth_pb2_grpc.AuthStub(channel)
+            await register(stub, "alice")
+
+            async def fastest(name: str, password: str) -> float:
+                durations = []
+                for _ in range(3):
+                    began = time.perf_counter()
+                    await rpc_error(login(stub, name, password))
+                    durations.append(time.perf_counter() - began)
+                return min(durations)
+
+            wrong_password = await fastest("alice", "wrong password")
+            unknown_name = await fastest("mallory", "wrong password")
+            invalid_name = await fastest("x", "wrong password")
+    finally:
+        await running.stop()
+    assert unknown_name > 0.6 * wrong_password
+    assert invalid_name > 0.6 * wrong_password
+
+
+async def test_refresh_rotates_and_a_reused_token_revokes_the_whole_family(stub):
+    await register(stub)
+    first = await login(stub)
+    second = await refresh(stub, first.refresh_token)
+
+    # An attacker replays the rotated token: refused, and the session is over for everyone.
+    assert (await rpc_error(refresh(stub, first.refresh_token))).code() == Code.UNAUTHENTICATED
+    assert (await rpc_error(refresh(stub, second.refresh_token))).code() == Code.UNAUTHENTICATED
+
+
+async def test_reuse_detection_leaves_other_sessions_alone(stub):
+    await register(stub)
+    laptop, phone = await login(stub), await login(stub)
+    await refresh(stub, laptop.refresh_token)
+    await rpc_error(refresh(stub, laptop.refresh_token))
+    assert (await refresh(stub, phone.refresh_token)).name == "alice"
+
+
+async def test_concurrent_refreshes_of_one_token_have_at_most_one_winner(stub):
+    await register(stub)
+    pair = await login(stub)
+    attempts = (refresh(stub, pair.refresh_token) for _ in range(5))
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    winners = [r for r in results if isinstance(r, auth_pb2.TokenPair)]
+    losers = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(winners) == 1 and len(losers) == 4
+    assert {e.code() for e in losers} == {Code.UNAUTHENTICATED}
+    # The losers were replays of a rotated token, so the family died, the winner's new token with it.
+    assert (await rpc_error(refresh(stub, winners[0].refresh_token))).code() == Code.UNAUTHENTICATED
+
+
+async def test_logout_ends_only_that_session_and_is_idempotent(stub):
+    await register(stub)
+    laptop, phone = await login(stub), await login(stub)
+    for _ in range(2):
+        await stub.Logout(auth_pb2.LogoutRequest(refresh_token=laptop.refresh_token))
+    assert (await rpc_error(refresh(stub, laptop.refresh_token))).code() == Code.UNAUTHENTICATED
+    assert (await refresh(stub, phone.refresh_token)).name == "alice"
+
+
+async def test_logout_of_an_unknown_token_is_ok(stub):
+    await stub.Logout(auth_pb2.LogoutRequest(refresh_token="never-issued-token"))
+
+
+async def test_an_unknown_refresh_token_is_unauthenticated(stub):
+    error = await rpc_error(refresh(stub, "never-issued-token"))
+    assert error.code() == Code.UNAUTHENTICATED
+
+
+async def test_an_expired_refresh_token_is_unauthenticated(make_settings):
+    running = await start(make_settings(refresh_token_ttl_s=1))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = auth_pb2_grpc.AuthStub(channel)
+            await register(stub)
+            pair = await login(stub)
+            await asyncio.sleep(max(0.0, pair.refresh_expires_at - time.time()) + 1.1)
+            error = await rpc_error(refresh(stub, pair.refresh_token))
+    finally:
+        await running.stop()
+    assert error.code() == Code.UNAUTHENTICATED
+
+
+async def test_refresh_tokens_are_stored_only_as_sha256(stub, settings):
+    await register(stub)
+    pair = await login(stub)
+    conn = await asyncpg.connect(settings.database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        rows = await conn.fetch("SELECT token_hash FROM refresh_tokens")
+        stored = [bytes(row["token_hash"]) for row in rows]
+        dump = str(await conn.fetch("SELECT * FROM refresh_tokens"))
+    finally:
+        await conn.close()
+    assert stored == [hashlib.sha256(pair.refresh_token.encode()).digest()]
+    assert pair.refresh_token not in dump
+
+
+async def test_access_token_verifies_with_the_published_jwks(stub, settings):
+    registered = await register(stub)
+    pair = await login(stub)
+    jwks = jwt.PyJWKSet.from_json((await stub.GetPublicKeys(auth_pb2.GetPublicKeysRequest())).jwks_json)
+    kid = jwt.get_unverified_header(pair.access_token)["kid"]
+    key = next(k for k in jwks.keys if k.key_id == kid)
+    claims = jwt.decode(
+        pair.access_token,
+        key,
+        algorithms=["EdDSA"],
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        options={"require": ["sub", "name", "iat", "exp", "iss", "aud", "jti"]},
+    )
+    assert claims["sub"] == str(registered.user_id) and claims["name"] == "alice"
+    assert claims["exp"] == pair.access_expires_at == claims["iat"] + 900
+
+
+async def test_delete_user_refuses_forged_access_tokens(stub, settings):
+    registered = await register(stub)
+    pair = await login(stub)
+    header, payload, signature = pair.access_token.split(".")
+    claims = jwt.decode(pair.access_token, options={"verify_signature": False})
+    kid = jwt.get_unverified_header(pair.access_token)["kid"]
+    key = load_private_key(settings.jwt_private_key_file)
+    b64 = jwt.utils.base64url_encode
+    forged = {
+        "alg none": jwt.encode(claims, None, algorithm="none", headers={"kid": kid}),
+        "tampered payload": f"{header}.{b64(jsonutil.dumps({**claims, 'sub': '999'})).decode()}.{signature}",
+        "tampered signature": f"{header}.{payload}.{signature[:-4]}AAAA",
+        "expired": jwt.encode(
+            {**claims, "iat": claims["iat"] - 2000, "exp": claims["iat"] - 1000},
+            key,
+            algorithm="EdDSA",
+            headers={"kid": kid},
+        ),
+        "other audience": jwt.encode(
+            {**claims, "aud": "other"}, key, algorithm="EdDSA", headers={"kid": kid}
+        ),
+        "empty": "",
+    }
+    for label, token in forged.items():
+        error = await rpc_error(stub.DeleteUser(auth_pb2.DeleteUserRequest(access_token=token)))
+        assert error.code() in (Code.UNAUTHENTICATED, Code.INVALID_ARGUMENT), label
+    assert (await login(stub)).user_id == registered.user_id
+
+
+async def test_delete_user_by_credentials_removes_the_user_and_its_sessions(stub):
+    registered = await register(stub)
+    pair = await login(stub)
+    wrong = auth_pb2.Credentials(name="alice", password="wrong password")
+    error = await rpc_error(stub.DeleteUser(auth_pb2.DeleteUserRequest(credentials=wrong)))
+    assert error.code() == Code.UNAUTHENTICATED
+
+    right = auth_pb2.Credentials(name="ALICE", password=PASSWORD)
+    deleted = await stub.DeleteUser(auth_pb2.DeleteUserRequest(credentials=right))
+    assert deleted.user_id == registered.user_id
+    assert (await rpc_error(refresh(stub, pair.refresh_token))).code() == Code.UNAUTHENTICATED
+    assert (await register(stub)).user_id != registered.user_id  # the name is free again
+
+
+async def test_deleting_an_already_deleted_user_is_not_found(stub):
+    await register(stub)
+    pair = await login(stub)
+    await stub.DeleteUser(auth_pb2.DeleteUserRequest(access_token=pair.access_token))
+    error = await rpc_error(stub.DeleteUser(auth_pb2.DeleteUserRequest(access_token=pair.access_token)))
+    assert error.code() == Code.NOT_FOUND
+
+
+async def test_an_empty_request_is_a_client_error_never_a_server_error(stub):
+    empty_requests = [
+        ("Register", auth_pb2.RegisterRequest()),
+        ("Login", auth_pb2.LoginRequest()),
+        ("Refresh", auth_pb2.RefreshRequest()),
+        ("Logout", auth_pb2.LogoutRequest()),
+        ("DeleteUser", auth_pb2.DeleteUserRequest()),
+        ("DeleteUser", auth_pb2.DeleteUserRequest(credentials=auth_pb2.Credentials())),
+    ]
+    for method, request_message in empty_requests:
+        error = await rpc_error(getattr(stub, method)(request_message))
+        assert error.code() in (Code.INVALID_ARGUMENT, Code.UNAUTHENTICATED), method
+    assert (await stub.GetPublicKeys(auth_pb2.GetPublicKeysRequest())).jwks_json
+
+
+async def test_malformed_or_oversized_requests_are_refused_and_the_server_keeps_serving(channel, stub):
+    raw_login = channel.unary_unary("/crypto.auth.v1.Auth/Login")
+    for garbage in (b"\xff\xff\xff\xff", b"\x0a\x02\xc3\x28", b"\x0a\xff\xff\xff\xff\x0f"):
+        error = await rpc_error(raw_login(garbage))
+        assert error.code() == Code.INVALID_ARGUMENT
+    error = await rpc_error(login(stub, "x" * 100_000))
+    assert error.code() == Code.RESOURCE_EXHAUSTED
+    assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    await register(stub)
+
+
+async def test_a_database_outage_is_unavailable_not_a_wrong_password(postgres, make_settings):
+    settings = make_settings()
+    running = await start(settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = auth_pb2_grpc.AuthStub(channel)
+            await register(stub)
+            admin = await asyncpg.connect(postgres.url("postgres", driver="postgresql"))
+            try:
+                database = make_url(settings.database_url).database
+                await admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+            finally:
+                await admin.close()
+            for call in (login(stub), register(stub, "bob"), refresh(stub, "some-token")):
+                assert (await rpc_error(call)).code() == Code.UNAVAILABLE
+            # The periodic ping notices within one interval (5 s) and health stops claiming SERVING.
+            deadline = time.monotonic() + 10
+            while await health_status(channel) == health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "health still SERVING with the database gone"
+                await asyncio.sleep(0.2)
+    finally:
+        await running.stop()
+
+
+async def test_start_waits_for_the_database_and_reports_not_serving_meanwhile(postgres, key_file):
+    database = f"auth_late_{int(time.time() * 1000)}"
+    port = free_port()
+    settings = AuthSettings(
+        port=port, database_url=postgres.url(database), jwt_private_key_file=key_file, bcrypt_cost=4
+    )
+    starting = asyncio.create_task(start(settings))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await channel.channel_ready()
+            assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not starting.done()
+            postgres.create_database(database)
+            running = await asyncio.wait_for(starting, timeout=30)
+            try:
+                assert running.port == port
+                assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+                assert (await register(auth_pb2_grpc.AuthStub(channel))).name == "alice"
+            finally:
+                await running.stop()
+    finally:
+        starting.cancel()
+
+
+async def test_tokens_of_a_retired_key_stay_valid_after_rotation(make_settings, tmp_path, key_file):
+    old_settings = make_settings()
+    running = await start(old_settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = auth_pb2_grpc.AuthStub(channel)
+            registered = await register(stub)
+            old_token = (await login(stub)).access_token
+    finally:
+        await running.stop()
+
+    from cryptography.hazmat.primitives import serialization
+
+    retired = tmp_path / "retired.pem"
+    retired.write_bytes(
+        load_private_key(key_file)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    new_key = tmp_path / "new.pem"
+    new_key.write_bytes(generate_private_key_pem())
+    rotated_settings = old_settings.model_copy(
+        update={"jwt_private_key_file": new_key, "jwt_retired_public_keys_file": retired}
+    )
+    running = await start(rotated_settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = auth_pb2_grpc.AuthStub(channel)
+            jwks = jsonutil.loads((await stub.GetPublicKeys(auth_pb2.GetPublicKeysRequest())).jwks_json)
+            new_token = (await login(stub)).access_token
+            deleted = await stub.DeleteUser(auth_pb2.DeleteUserRequest(access_token=old_token))
+    finally:
+        await running.stop()
+    kids = [key["kid"] for key in jwks["keys"]]
+    assert len(kids) == 2 and kids[0] == jwt.get_unverified_header(new_token)["kid"]
+    assert jwt.get_unverified_header(old_token)["kid"] == kids[1]
+    assert deleted.user_id == registered.user_id
+
+
+async def test_raising_the_bcrypt_cost_upgrades_a_hash_at_the_next_login(make_settings):
+    settings = make_settings(bcrypt_cost=4)
+    for cost in (4, 5):
+        running = await start(settings.model_copy(update={"bcrypt_cost": cost}))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                stub = auth_pb2_grpc.AuthStub(channel)
+                if cost == 4:
+                    await register(stub)
+                await login(stub)
+        finally:
+            await running.stop()
+    conn = await asyncpg.connect(settings.database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        stored = await conn.fetchval("SELECT password_hash FROM users WHERE name_key = 'alice'")
+    finally:
+        await conn.close()
+    assert stored.startswith("$2b$05$")
