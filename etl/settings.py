@@ -1,0 +1,49 @@
+"""Settings of the ETL service (environment variables with prefix ``ETL_``; see docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from crypto_mesh.kafka import MINI_TICKER_TOPIC
+from crypto_mesh.settings import ServiceSettings
+from etl.sql import DEFAULT_MAX_EXECUTION_S, DEFAULT_MAX_ROWS
+
+
+class EtlSettings(ServiceSettings):
+    """Kafka → ClickHouse loader and read-only SQL endpoint.
+
+    - ``ETL_HOST`` / ``ETL_PORT``: bind address of the HTTP server (``/healthz``, ``POST /v1/sql``); port 0
+      picks a free port.
+    - ``ETL_KAFKA_BOOTSTRAP_SERVERS`` (required): ``host:port[,host:port]``.
+    - ``ETL_KAFKA_GROUP_ID``: consumer group whose committed offsets mark what ClickHouse holds.
+    - ``ETL_KAFKA_TOPIC``: topic of KafkaMsg records; ``ETL_KAFKA_TOPIC_PARTITIONS``: partition count used
+      when the ETL has to create the topic.
+    - ``ETL_KAFKA_SESSION_TIMEOUT_MS``: consumer-group session timeout; the heartbeat is a third of it
+      (Kafka brokers accept 6000 to 1800000 by default).
+    - ``ETL_CLICKHOUSE_URL`` (required, secret: may hold a password): ``chdb:///dir`` (embedded chDB,
+      in-process) or ``http://user:pass@host:8123``.
+    - ``ETL_BATCH_MAX_ROWS`` / ``ETL_BATCH_MAX_AGE_MS``: a batch is inserted when it holds this many records
+      or its first record is this old (ms), whichever comes first.
+    - ``ETL_RETRY_INITIAL_MS`` / ``ETL_RETRY_MAX_MS``: exponential backoff (with jitter) between attempts to
+      reach Kafka or ClickHouse.
+    - ``ETL_SQL_MAX_ROWS`` / ``ETL_SQL_MAX_EXECUTION_S``: limits of one ``POST /v1/sql`` query (ClickHouse
+      ``max_result_rows`` and ``max_execution_time``); a query over them is answered 400.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ETL_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8089, ge=0, le=65535)
+    kafka_bootstrap_servers: str
+    kafka_group_id: str = "etl"
+    kafka_topic: str = MINI_TICKER_TOPIC
+    kafka_topic_partitions: int = Field(default=1, ge=1)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    clickhouse_url: SecretStr
+    batch_max_rows: int = Field(default=5000, ge=1)
+    batch_max_age_ms: int = Field(default=1000, ge=1)
+    retry_initial_ms: int = Field(default=200, ge=1)
+    retry_max_ms: int = Field(default=10_000, ge=1)
+    sql_max_rows: int = Field(default=DEFAULT_MAX_ROWS, ge=1)
+    sql_max_execution_s: int = Field(default=DEFAULT_MAX_EXECUTION_S, ge=1)

@@ -1,0 +1,205 @@
+"""ETL ``POST /v1/sql``: analysts' read-only SQL on the ETL's ClickHouse (chDB), and the checks and
+formatters that ``crypto-mesh sql`` reuses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import aiohttp
+import clickhouse_connect
+import pytest
+
+from crypto_mesh import jsonutil
+from crypto_mesh.netutil import free_port
+from etl import sql
+from etl.app import start
+from etl.settings import EtlSettings
+
+
+@pytest.fixture
+async def etl_port(clickhouse_url):
+    """Port of a started ETL on a fresh chDB directory (no Kafka: the SQL side does not need it)."""
+    running = await start(
+        EtlSettings(
+            port=0,
+            kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+            clickhouse_url=clickhouse_url,
+            sql_max_rows=1000,
+        )
+    )
+    yield running.port
+    await running.stop()
+
+
+async def post(port: int, data: bytes) -> tuple[int, dict]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}/v1/sql", data=data, headers={"Content-Type": "application/json"}
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def query(port: int, text: str) -> tuple[int, dict]:
+    return await post(port, jsonutil.dumps({"query": text}))
+
+
+async def test_a_select_answers_columns_types_and_rows_with_decimal_strings_and_rfc3339_times(etl_port):
+    status, body = await query(
+        etl_port,
+        "SELECT toDecimal128('61837.63', 18) AS price, toDateTime64('2024-08-09 00:00:01.5', 3, 'UTC') AS at,"
+        " 'btcusdt' AS symbol, NULL AS missing, toInt128('170141183460469231731687303715884105727') AS big",
+    )
+    assert status == 200
+    assert body["columns"] == ["price", "at", "symbol", "missing", "big"]
+    assert body["types"] == [
+        "Decimal(38, 18)",
+        "DateTime64(3, 'UTC')",
+        "String",
+        "Nullable(Nothing)",
+        "Int128",
+    ]
+    price, at, symbol, missing, big = body["rows"][0]
+    assert Decimal(price) == Decimal("61837.63") and isinstance(price, str)
+    assert at == "2024-08-09T00:00:01.500000Z"
+    assert (symbol, missing, big) == ("btcusdt", None, "170141183460469231731687303715884105727")
+
+
+async def test_the_tickers_table_is_queryable(etl_port):
+    status, body = await query(etl_port, "-- an analyst's note\nSELECT count() FROM crypto.market_tickers;")
+    assert (status, body["rows"]) == (200, [[0]])
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO crypto.market_tickers (message_id) VALUES ('x')",
+        "DROP TABLE crypto.market_tickers",
+        "SELECT 1; DROP TABLE crypto.market_tickers",
+        "/* looks harmless */ ALTER TABLE crypto.market_tickers DELETE WHERE 1",
+        "SELECT 1 INTO OUTFILE '/tmp/etl-test-out.txt'",
+        "",
+    ],
+)
+async def test_anything_but_one_read_only_statement_is_refused_with_403(etl_port, statement):
+    status, body = await query(etl_port, statement)
+    assert status == 403
+    assert body["error"]["code"] == "read_only"
+    _, body = await query(etl_port, "SHOW TABLES FROM crypto")
+    assert ["market_tickers"] in body["rows"]  # nothing was dropped
+
+
+async def test_clickhouse_runs_queries_readonly_as_a_second_line_of_defence(etl_port):
+    # Passes the statement check (a SELECT), but reads a server file: readonly=1 refuses table functions.
+    status, body = await query(etl_port, "SELECT * FROM file('/etc/hostname', 'LineAsString')")
+    assert status == 400
+    assert "READONLY" in body["error"]["message"]
+
+
+async def test_a_clickhouse_error_is_400_with_its_message(etl_port):
+    status, body = await query(etl_port, "SELECT no_such_column FROM crypto.market_tickers")
+    assert status == 400
+    assert body["error"]["code"] == "clickhouse_error"
+    assert "no_such_column" in body["error"]["message"]
+
+
+async def test_a_result_over_the_row_limit_is_an_error_not_an_endless_answer(etl_port):
+    status, body = await query(etl_port, "SELECT number FROM system.numbers")
+    assert status == 400
+    assert "TOO_MANY_ROWS" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b'{"query": 42}', b"{}"])
+async def test_a_malformed_body_is_400(etl_port, data):
+    status, body = await post(etl_port, data)
+    assert (status, body["error"]["code"]) == (400, "malformed")
+
+
+async def test_a_body_over_64_kib_is_413(etl_port):
+    status, body = await query(etl_port, "SELECT 1 -- " + "x" * 70_000)
+    assert (status, body["error"]["code"]) == (413, "too_large")
+
+
+def test_run_read_only_on_a_client_gives_columns_types_and_rows(clickhouse_url):
+    client = clickhouse_connect.get_client(dsn=clickhouse_url)
+    try:
+        columns, types, rows = sql.run_read_only(client, "SELECT toDecimal64('1.50', 2) AS q; -- note")
+        assert (columns, types, rows) == (["q"], ["Decimal(18, 2)"], [[Decimal("1.50")]])
+        with pytest.raises(sql.QueryRefused):
+            sql.run_read_only(client, "CREATE DATABASE nope")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("query_text", "runs"),
+    [
+        ("SELECT 1", "SELECT 1"),
+        ("  select 1 ;; ", "select 1"),
+        ("-- note\nWITH 1 AS x SELECT x", "WITH 1 AS x SELECT x"),
+        ("/* a /* nested */ comment */ SHOW TABLES", "SHOW TABLES"),
+        ("(SELECT 1) UNION ALL (SELECT 2)", "(SELECT 1) UNION ALL (SELECT 2)"),
+        ("SELECT 'a;b', \"c;d\", $$e;f$$", "SELECT 'a;b', \"c;d\", $$e;f$$"),
+        ("SELECT 'it\\'s; fine'", "SELECT 'it\\'s; fine'"),
+        ("DESC crypto.market_tickers", "DESC crypto.market_tickers"),
+        ("EXPLAIN SELECT 1 # trailing comment", "EXPLAIN SELECT 1"),
+        ("SELECT 'into outfile'", "SELECT 'into outfile'"),
+    ],
+)
+def test_check_read_only_accepts_one_read_statement_and_strips_comments(query_text, runs):
+    assert sql.check_read_only(query_text) == runs
+
+
+@pytest.mark.parametrize(
+    "query_text",
+    [
+        "INSERT INTO t VALUES (1)",
+        "SELECT 1; SELECT 2",
+        "SELECT ';' ; DROP TABLE t",
+        "-- SELECT\nDROP TABLE t",
+        "SELECT 1 /* ; */ ; TRUNCATE t",
+        "SELECT 1 INTO OUTFILE 'f'",
+        "SELECT 'unterminated",
+        "SELECT 1 /* unterminated",
+        "SYSTEM SHUTDOWN",
+        "  ;  ",
+    ],
+)
+def test_check_read_only_refuses_with_a_value_error(query_text):
+    with pytest.raises(sql.QueryRefused):
+        sql.check_read_only(query_text)
+    assert issubclass(sql.QueryRefused, ValueError)
+
+
+ROWS = [
+    [Decimal("61837.63"), datetime(2024, 8, 9, 0, 0, 1, tzinfo=UTC), "btcusdt", None],
+    [Decimal("1E-8"), datetime(2024, 8, 9, 0, 0, 2, tzinfo=UTC), "a,b", [1, 2]],
+]
+COLUMNS = ["price", "at", "symbol", "extra"]
+
+
+def test_format_table_aligns_columns_for_a_terminal():
+    assert sql.format_table(COLUMNS, ROWS) == (
+        "price      | at                   | symbol  | extra\n"
+        "-----------+----------------------+---------+------\n"
+        "61837.63   | 2024-08-09T00:00:01Z | btcusdt | NULL\n"
+        "0.00000001 | 2024-08-09T00:00:02Z | a,b     | [1,2]\n"
+        "(2 rows)\n"
+    )
+
+
+def test_format_csv_quotes_per_rfc_4180_and_writes_null_as_empty():
+    assert sql.format_csv(COLUMNS, ROWS) == (
+        "price,at,symbol,extra\r\n"
+        "61837.63,2024-08-09T00:00:01Z,btcusdt,\r\n"
+        '0.00000001,2024-08-09T00:00:02Z,"a,b","[1,2]"\r\n'
+    )
+
+
+def test_format_json_writes_an_array_of_one_object_per_row_with_decimal_strings():
+    assert sql.format_json(COLUMNS, ROWS) == (
+        '[{"price":"61837.63","at":"2024-08-09T00:00:01Z","symbol":"btcusdt","extra":null},'
+        '{"price":"0.00000001","at":"2024-08-09T00:00:02Z","symbol":"a,b","extra":[1,2]}]'
+    )
