@@ -1,0 +1,385 @@
+"""The WebSocket ConnectionManager: live profiles pushed to every connected socket.
+
+Per process there is ONE Redis pub/sub connection. It is subscribed to ``bff:portfolio`` and to channel
+``<symbol>`` for each symbol that at least one locally connected user holds (reference counting by holder:
+subscribed on the first holder, unsubscribed after the last). Sockets are keyed by connection, not by user,
+so a second tab or a reconnect of the same user never evicts the other socket.
+
+- On connect: the user's coins are loaded, the needed channels subscribed, a follower ``user:<id>`` is PUT
+  at the aggregator for each coin (so tracking lost anywhere is restored by reconnecting), and the profile
+  snapshot is queued at once.
+- On a SecondStat on channel ``s``: the price cache is updated (newer ``t`` only) and the whole profile of
+  each connected user holding ``s`` is recomputed and queued.
+- On ``{"user_id": n}`` on ``bff:portfolio`` for a connected user: the user's coins are reloaded from the
+  database, subscriptions adjusted, and the profile queued; so a change made through any replica shows up
+  without reconnecting.
+
+Backpressure: each socket has an outbox of size 1 holding the latest profile (conflation: a newer profile
+replaces one not yet sent) and its own writer task, so a slow socket never delays the fan-out or the others.
+If Redis goes away the subscriber reconnects with exponential backoff, resubscribes every channel and
+re-reads the latest prices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Iterable
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from crypto_mesh import jsonutil
+from crypto_mesh.logs import get_logger
+from profile_bff.clients import AggregatorClient, AggregatorUnavailable
+from profile_bff.portfolio import InvalidSecondStat, Price, build_profile, parse_second_stat
+from profile_bff.store import PORTFOLIO_CHANNEL, MarketBus, ProfileNotFound, ProfileStore, StoreUnavailable
+
+log = get_logger(__name__)
+
+#: Close code when the profile behind a socket is deleted (4000-4999: private use, RFC 6455 §7.4.2).
+CLOSE_PROFILE_DELETED = 4404
+
+
+class Client:
+    """One WebSocket connection: the socket, its outbox of size 1 and its writer task."""
+
+    def __init__(self, ws: web.WebSocketResponse, user_id: int) -> None:
+        self.ws = ws
+        self.user_id = user_id
+        self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+        self._writer: asyncio.Task[None] | None = None
+
+    def offer(self, message: str) -> None:
+        """Queue ``message`` for sending, replacing one still waiting (conflation); never blocks."""
+        if self._outbox.full():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(message)
+
+    def start_writer(self) -> None:
+        """Start sending queued messages; call once the socket is prepared."""
+        self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.user_id}")
+
+    async def stop_writer(self) -> None:
+        """Stop the writer task (a message not yet sent is dropped)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+
+    async def _write(self) -> None:
+        while True:
+            message = await self._outbox.get()
+            try:
+                await self.ws.send_str(message)
+            except (ConnectionError, RuntimeError):
+                # The socket is closing; the handler's disconnect() will stop this task.
+                return
+
+
+class _User:
+    """A locally connected user: name, coins as last loaded, its sockets, and its refresh state."""
+
+    __slots__ = ("clients", "coins", "name", "refresh_again", "refreshing")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.coins: dict[str, Decimal] = {}
+        self.clients: set[Client] = set()
+        self.refreshing = False
+        self.refresh_again = False
+
+
+class ConnectionManager:
+    """Registers sockets, keeps the Redis subscriptions, and pushes profiles (see the module docstring).
+
+    ``reconnect_max_s`` caps the backoff between pub/sub reconnection attempts (seconds).
+    """
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        bus: MarketBus,
+        aggregator: AggregatorClient,
+        *,
+        reconnect_max_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._aggregator = aggregator
+        self._reconnect_max_s = reconnect_max_s
+        self._users: dict[int, _User] = {}
+        #: symbol → ids of locally connected users holding it; a symbol is here iff it must be subscribed.
+        self._holders: dict[str, set[int]] = {}
+        #: latest price of each symbol in ``_holders``; pruned with it.
+        self._prices: dict[str, Price] = {}
+        self._pubsub: PubSub | None = None
+        self._subscribed: set[str] = set()
+        self._subscription_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connected = asyncio.Event()
+
+    @property
+    def subscriber_connected(self) -> bool:
+        """True while the pub/sub connection is up and subscribed."""
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Start the pub/sub reader (it connects, and reconnects, in the background)."""
+        self._reader = asyncio.create_task(self._read_forever(), name="bff-pubsub")
+
+    async def connect(self, ws: web.WebSocketResponse, user_id: int) -> Client:
+        """Register a socket of ``user_id`` before it is prepared, and queue the profile snapshot.
+
+        Raises :class:`ProfileNotFound` or :class:`StoreUnavailable` (nothing is registered then), so the
+        handler can still answer with an HTTP status.
+        """
+        holdings = await self._store.load(user_id)
+        client = Client(ws, user_id)
+        user = self._users.get(user_id)
+        if user is None:
+            user = self._users[user_id] = _User(holdings.name)
+        user.clients.add(client)
+        try:
+            await self._apply_coins(user_id, user, holdings.coins)
+        except BaseException:
+            await self.disconnect(client)
+            raise
+        self._follow_in_background(user_id, holdings.coins)
+        self._push(user_id, user)
+        return client
+
+    async def disconnect(self, client: Client) -> None:
+        """Unregister a socket; the user's subscriptions go with its last socket."""
+        await client.stop_writer()
+        user = self._users.get(client.user_id)
+        if user is None or client not in user.clients:
+            return
+        user.clients.discard(client)
+        if user.clients:
+            return
+        del self._users[client.user_id]
+        for symbol in user.coins:
+            self._release(symbol, client.user_id)
+        await self._sync_subscriptions()
+
+    async def close(self) -> None:
+        """Close every socket with 1001 (going away), stop the reader and background tasks."""
+        clients = [client for user in self._users.values() for client in user.clients]
+        await asyncio.gather(
+            *(client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for client in clients),
+            return_exceptions=True,
+        )
+        tasks = [*self._tasks, *([self._reader] if self._reader else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_pubsub()
+
+    # -- subscriptions ---------------------------------------------------------------------------------
+
+    def _acquire(self, symbol: str, user_id: int) -> None:
+        self._holders.setdefault(symbol, set()).add(user_id)
+
+    def _release(self, symbol: str, user_id: int) -> None:
+        holders = self._holders.get(symbol)
+        if holders is None:
+            return
+        holders.discard(user_id)
+        if not holders:
+            del self._holders[symbol]
+            self._prices.pop(symbol, None)
+
+    async def _apply_coins(self, user_id: int, user: _User, coins: dict[str, Decimal]) -> None:
+        """Make ``coins`` the user's holdings: adjust holders and subscriptions, seed new prices."""
+        before, after = set(user.coins), set(coins)
+        user.coins = dict(coins)
+        for symbol in after - before:
+            self._acquire(symbol, user_id)
+        for symbol in before - after:
+            self._release(symbol, user_id)
+        await self._sync_subscriptions()
+        await self._seed_prices(symbol for symbol in after if symbol not in self._prices)
+
+    async def _sync_subscriptions(self, *, raise_errors: bool = False) -> None:
+        """Bring the pub/sub subscriptions in line with ``_holders`` (plus ``bff:portfolio``).
+
+        One lock orders the SUBSCRIBE/UNSUBSCRIBE commands. Errors are left to the reader, which resubscribes
+        everything after reconnecting, unless ``raise_errors`` (the reader's own call).
+        """
+        async with self._subscription_lock:
+            pubsub = self._pubsub
+            if pubsub is None:
+                return
+            wanted = {PORTFOLIO_CHANNEL, *self._holders}
+            try:
+                if added := wanted - self._subscribed:
+                    await pubsub.subscribe(*added)
+                    self._subscribed |= added
+                if removed := self._subscribed - wanted:
+                    await pubsub.unsubscribe(*removed)
+                    self._subscribed -= removed
+            except (RedisError, OSError) as exc:
+                if raise_errors:
+                    raise
+                log.warning("subscription_sync_failed", error=repr(exc))
+
+    async def _seed_prices(self, symbols: Iterable[str]) -> None:
+        """Fill the price cache from ``price:<symbol>`` keys (after subscribing, so no SecondStat is lost)."""
+        wanted = list(symbols)
+        try:
+            prices = await self._bus.latest_prices(wanted)
+        except StoreUnavailable as exc:
+            log.warning("price_seed_failed", symbols=wanted, error=str(exc))
+            return
+        for symbol, price in prices.items():
+            self._remember(symbol, price)
+
+    def _remember(self, symbol: str, price: Price) -> bool:
+        """Cache ``price`` unless a newer second is cached or no local user holds the symbol."""
+        if symbol not in self._holders:
+            return False
+        cached = self._prices.get(symbol)
+        if cached is not None and cached.second_ms > price.second_ms:
+            return False
+        self._prices[symbol] = price
+        return True
+
+    # -- pushing ---------------------------------------------------------------------------------------
+
+    def _push(self, user_id: int, user: _User) -> None:
+        profile = build_profile(user_id, user.name, user.coins, self._prices)
+        message = jsonutil.dumps_str(profile)
+        for client in user.clients:
+            client.offer(message)
+
+    def _follow_in_background(self, user_id: int, symbols: Iterable[str]) -> None:
+        wanted = sorted(symbols)
+        if wanted:
+            self._spawn(self._follow(user_id, wanted))
+
+    async def _follow(self, user_id: int, symbols: list[str]) -> None:
+        for symbol in symbols:
+            try:
+                await self._aggregator.follow(symbol, user_id)
+            except AggregatorUnavailable as exc:
+                log.warning("follow_failed", user_id=user_id, symbol=symbol, error=str(exc))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the pub/sub reader ----------------------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                pubsub = await self._connect_pubsub()
+                delay = 0.1
+                async for message in pubsub.listen():
+                    self._dispatch(message)
+            except (RedisError, OSError) as exc:
+                log.warning("pubsub_lost", error=repr(exc), retry_in_s=delay)
+            except Exception:
+                log.exception("pubsub_reader_failed", retry_in_s=delay)
+            self._connected.clear()
+            await self._close_pubsub()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._reconnect_max_s)
+
+    async def _connect_pubsub(self) -> PubSub:
+        pubsub = self._bus.pubsub()
+        async with self._subscription_lock:
+            self._pubsub = pubsub
+            self._subscribed = set()
+        await self._sync_subscriptions(raise_errors=True)
+        self._connected.set()
+        log.info("pubsub_subscribed", channels=len(self._subscribed))
+        # Prices published while disconnected were missed: re-read them and refresh every user.
+        await self._seed_prices(list(self._holders))
+        for user_id, user in list(self._users.items()):
+            self._push(user_id, user)
+        return pubsub
+
+    async def _close_pubsub(self) -> None:
+        async with self._subscription_lock:
+            pubsub, self._pubsub = self._pubsub, None
+            self._subscribed = set()
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    def _dispatch(self, message: dict) -> None:
+        if message.get("type") != "message":
+            return
+        channel = message["channel"].decode("utf-8", "replace")
+        if channel == PORTFOLIO_CHANNEL:
+            self._on_portfolio_change(message["data"])
+        else:
+            self._on_second_stat(channel, message["data"])
+
+    def _on_second_stat(self, symbol: str, data: bytes) -> None:
+        try:
+            price = parse_second_stat(data)
+        except InvalidSecondStat as exc:
+            log.warning("malformed_second_stat", symbol=symbol, error=str(exc))
+            return
+        if not self._remember(symbol, price):
+            return
+        for user_id in self._holders.get(symbol, ()):
+            user = self._users.get(user_id)
+            if user is not None:
+                self._push(user_id, user)
+
+    def _on_portfolio_change(self, data: bytes) -> None:
+        try:
+            user_id = jsonutil.loads(data)["user_id"]
+        except (jsonutil.JSONDecodeError, TypeError, KeyError):
+            log.warning("malformed_portfolio_notice", data=data[:100])
+            return
+        user = self._users.get(user_id) if isinstance(user_id, int) else None
+        if user is None:
+            return
+        if user.refreshing:
+            # One refresh per user at a time; changes during it are picked up by one more round.
+            user.refresh_again = True
+            return
+        user.refreshing = True
+        self._spawn(self._refresh(user_id, user))
+
+    async def _refresh(self, user_id: int, user: _User) -> None:
+        try:
+            while True:
+                user.refresh_again = False
+                try:
+                    holdings = await self._store.load(user_id)
+                except ProfileNotFound:
+                    await self._close_user(user, CLOSE_PROFILE_DELETED, b"profile deleted")
+                    return
+                except StoreUnavailable as exc:
+                    log.warning("portfolio_refresh_failed", user_id=user_id, error=str(exc))
+                    return
+                if self._users.get(user_id) is not user:
+                    return
+                added = set(holdings.coins) - set(user.coins)
+                await self._apply_coins(user_id, user, holdings.coins)
+                # Following again retries any PUT that failed when the coin was added.
+                self._follow_in_background(user_id, added)
+                self._push(user_id, user)
+                if not user.refresh_again:
+                    return
+        finally:
+            user.refreshing = False
+
+    async def _close_user(self, user: _User, code: int, message: bytes) -> None:
+        await asyncio.gather(
+            *(client.ws.close(code=code, message=message) for client in list(user.clients)),
+            return_exceptions=True,
+        )

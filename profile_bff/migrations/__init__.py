@@ -1,0 +1,1 @@
+"""Alembic migrations of the profile database (run programmatically by ``ProfileStore.migrate``)."""

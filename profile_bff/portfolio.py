@@ -1,0 +1,143 @@
+"""Portfolio arithmetic, pure: quantities from clients, prices from SecondStats, the profile message.
+
+Every number is a ``Decimal`` computed in :data:`CONTEXT`, whose precision is far above what a product of
+two ``NUMERIC(38, 18)`` values and their sum can need (38 + 38 digits plus carries), so nothing is ever
+rounded: ``Totals[s]`` is exactly ``Quantities[s] × Prices[s]``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal, InvalidOperation, Overflow
+from typing import Any
+
+from crypto_mesh import jsonutil
+
+#: Arithmetic context of the portfolio: exact for every value the profile database can hold.
+CONTEXT = Context(prec=200, traps=[InvalidOperation, Overflow])
+
+#: A quantity is stored as ``NUMERIC(38, 18)``: at most 20 integer digits and 18 decimal places.
+MAX_INTEGER_DIGITS = 20
+MAX_FRACTION_DIGITS = 18
+_QUANTUM = Decimal(1).scaleb(-MAX_FRACTION_DIGITS)
+#: A quantity given as a string: positional notation only (no sign, exponent, NaN or underscores).
+_QUANTITY_TEXT = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64})?")
+#: SecondStat ``t`` must be a representable time (before year 10000).
+_YEAR_10000_MS = 253_402_300_800_000
+
+
+class InvalidQuantity(ValueError):
+    """A quantity that is not a positive decimal with at most 20 integer digits and 18 decimal places."""
+
+
+class InvalidSecondStat(ValueError):
+    """A SecondStat JSON without a usable ``p`` (decimal string ≥ 0) or ``t`` (integer ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """The latest price of a symbol: ``value`` is SecondStat ``p``, ``second_ms`` its ``t`` (Unix ms)."""
+
+    value: Decimal
+    second_ms: int
+
+
+def parse_quantity(raw: object) -> Decimal:
+    """A client's quantity as an exact ``Decimal``.
+
+    Accepted: a decimal string in positional notation (``"1.5"``, surrounding spaces ignored), a JSON integer,
+    or a JSON number that the request parser has already read losslessly as ``Decimal`` (``1.5``). The value
+    must be > 0, have at most 20 integer digits and at most 18 decimal places (trailing zeros do not count).
+    Raises :class:`InvalidQuantity` with a message fit for the client.
+    """
+    if isinstance(raw, bool):
+        raise InvalidQuantity('quantity must be a decimal string such as "1.5"')
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not _QUANTITY_TEXT.fullmatch(text):
+            raise InvalidQuantity('quantity must be a positive decimal string such as "1.5"')
+        value = Decimal(text)
+    elif isinstance(raw, int):
+        value = Decimal(raw)
+    elif isinstance(raw, Decimal):
+        value = raw
+    else:
+        raise InvalidQuantity('quantity must be a decimal string such as "1.5"')
+    if not value.is_finite() or value <= 0:
+        raise InvalidQuantity("quantity must be greater than zero")
+    if value.adjusted() >= MAX_INTEGER_DIGITS:
+        raise InvalidQuantity(f"quantity must have at most {MAX_INTEGER_DIGITS} integer digits")
+    if value.quantize(_QUANTUM, context=CONTEXT) != value:
+        raise InvalidQuantity(f"quantity must have at most {MAX_FRACTION_DIGITS} decimal places")
+    return CONTEXT.normalize(value)
+
+
+def parse_second_stat(payload: bytes | str) -> Price:
+    """The price in a SecondStat JSON (docs/CONTRACTS.md, "SecondStat JSON"): ``p`` and ``t``.
+
+    Raises :class:`InvalidSecondStat` for malformed JSON, a ``p`` that is not a finite decimal string ≥ 0,
+    or a ``t`` that is not an integer.
+    """
+    try:
+        stat = jsonutil.loads(payload)
+    except jsonutil.JSONDecodeError as exc:
+        raise InvalidSecondStat(f"not JSON: {exc}") from None
+    if not isinstance(stat, dict):
+        raise InvalidSecondStat("not a JSON object")
+    raw_price, second = stat.get("p"), stat.get("t")
+    if not isinstance(raw_price, str) or not isinstance(second, int) or isinstance(second, bool):
+        raise InvalidSecondStat("p must be a decimal string and t an integer")
+    if not 0 <= second < _YEAR_10000_MS:
+        raise InvalidSecondStat(f"t is not a Unix time in ms: {second}")
+    try:
+        value = Decimal(raw_price)
+    except InvalidOperation:
+        raise InvalidSecondStat(f"p is not a decimal: {raw_price!r}") from None
+    if not value.is_finite() or value < 0:
+        raise InvalidSecondStat(f"p is not a price: {raw_price!r}")
+    return Price(value=value, second_ms=second)
+
+
+def build_profile(
+    user_id: int, name: str, quantities: Mapping[str, Decimal], prices: Mapping[str, Price]
+) -> dict[str, Any]:
+    """The profile message of docs/CONTRACTS.md, ready for :func:`crypto_mesh.jsonutil.dumps`.
+
+    ``{"ID", "Name", "Coins": {"Quantities", "Prices", "Totals"}, "Total", "PricesAt"}``: ``Prices`` and
+    ``Totals`` hold only the coins with a known price; ``Totals[s] = Quantities[s] × Prices[s]`` exactly;
+    ``Total`` is their sum (``0`` without prices); ``PricesAt`` is the latest SecondStat second among the
+    prices used, as RFC 3339 UTC with milliseconds, or ``None``. Decimals are normalised (``1.500`` → ``1.5``)
+    and written by the JSON codec as positional strings. Symbols appear in sorted order.
+    """
+    quantity_of: dict[str, Decimal] = {}
+    price_of: dict[str, Decimal] = {}
+    total_of: dict[str, Decimal] = {}
+    total = Decimal(0)
+    latest_ms: int | None = None
+    for symbol in sorted(quantities):
+        quantity = quantities[symbol]
+        quantity_of[symbol] = CONTEXT.normalize(quantity)
+        price = prices.get(symbol)
+        if price is None:
+            continue
+        line_total = CONTEXT.multiply(quantity, price.value)
+        price_of[symbol] = CONTEXT.normalize(price.value)
+        total_of[symbol] = CONTEXT.normalize(line_total)
+        total = CONTEXT.add(total, line_total)
+        latest_ms = price.second_ms if latest_ms is None else max(latest_ms, price.second_ms)
+    return {
+        "ID": user_id,
+        "Name": name,
+        "Coins": {"Quantities": quantity_of, "Prices": price_of, "Totals": total_of},
+        "Total": CONTEXT.normalize(total),
+        "PricesAt": None if latest_ms is None else rfc3339_ms(latest_ms),
+    }
+
+
+def rfc3339_ms(unix_ms: int) -> str:
+    """``1723161601000`` → ``"2024-08-09T00:00:01.000Z"`` (RFC 3339, UTC, milliseconds)."""
+    moment = datetime.fromtimestamp(unix_ms // 1000, tz=UTC) + timedelta(milliseconds=unix_ms % 1000)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,144 @@
+"""Local verification of access tokens with the public keys the auth service publishes.
+
+An access token is a JWT (RFC 7519) signed with Ed25519 (``alg: EdDSA``, RFC 8037) whose header ``kid``
+names one key of the auth service's JWK Set (RFC 7517, ``auth.GetPublicKeys``). The BFF holds no signing
+key: it only verifies. Keys are cached; a token with an unknown ``kid`` (the auth service rotated its key)
+triggers one refetch, at most once per ``refetch_interval_s``, so a flood of forged ``kid`` values cannot turn
+into a flood of calls to auth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import jwt
+
+from crypto_mesh.logs import get_logger
+
+log = get_logger(__name__)
+
+ALGORITHMS = ["EdDSA"]
+#: Claims without which a token is refused (auth issues all of them).
+REQUIRED_CLAIMS = ["sub", "name", "exp", "iss", "aud"]
+#: Longer "tokens" are not ours; refusing them early keeps parsing cheap.
+MAX_TOKEN_CHARS = 4096
+#: ``sub``: the user id as a positive decimal that fits PostgreSQL's bigint.
+_USER_ID = re.compile(r"[1-9][0-9]{0,17}")
+
+
+class InvalidToken(Exception):
+    """The token is malformed, expired, for another issuer or audience, or not signed by a published key."""
+
+
+class KeysUnavailable(Exception):
+    """No public key is known yet and the auth service cannot be reached to fetch them."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    """What a verified access token says: ``user_id`` (``sub``), ``name``, ``expires_at`` (Unix seconds)."""
+
+    user_id: int
+    name: str
+    expires_at: int
+
+
+class AccessTokenVerifier:
+    """Verifies access tokens against a cached JWK Set.
+
+    ``fetch_jwks`` returns the JWK Set JSON (``{"keys": [...]}``) and may raise anything when auth is down.
+    ``issuer`` and ``audience`` are the required ``iss`` and ``aud``. ``refetch_interval_s`` bounds how often
+    the keys are fetched again (seconds, monotonic clock).
+    """
+
+    def __init__(
+        self,
+        fetch_jwks: Callable[[], Awaitable[str]],
+        *,
+        issuer: str,
+        audience: str,
+        refetch_interval_s: float = 5.0,
+    ) -> None:
+        self._fetch_jwks = fetch_jwks
+        self._issuer = issuer
+        self._audience = audience
+        self._refetch_interval_s = refetch_interval_s
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._last_fetch = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def verify(self, token: str) -> AccessClaims:
+        """The claims of ``token`` once its signature, algorithm, ``iss``, ``aud`` and ``exp`` check out.
+
+        Raises :class:`InvalidToken`, or :class:`KeysUnavailable` when no key has ever been fetched and auth
+        is unreachable (the caller answers 503, not 401: the token may well be valid).
+        """
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise InvalidToken("access token is missing or too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise InvalidToken("access token is malformed") from None
+        kid = header.get("kid")
+        if header.get("alg") not in ALGORITHMS or not isinstance(kid, str):
+            raise InvalidToken("access token is not an EdDSA token with a kid")
+        key = self._keys.get(kid)
+        if key is None:
+            await self._refetch()
+            key = self._keys.get(kid)
+            if key is None:
+                raise InvalidToken("access token is not signed by a known key")
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=ALGORITHMS,
+                issuer=self._issuer,
+                audience=self._audience,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("access token has expired") from None
+        except jwt.InvalidTokenError:
+            raise InvalidToken("access token is invalid") from None
+        sub, name, exp = claims["sub"], claims["name"], claims["exp"]
+        if not (isinstance(sub, str) and _USER_ID.fullmatch(sub) and isinstance(name, str)):
+            raise InvalidToken("access token is invalid")
+        return AccessClaims(user_id=int(sub), name=name, expires_at=int(exp))
+
+    async def _refetch(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._last_fetch < self._refetch_interval_s:
+                if not self._keys:
+                    raise KeysUnavailable("the auth service's public keys are not available yet")
+                return
+            self._last_fetch = time.monotonic()
+            try:
+                keys = _parse_jwks(await self._fetch_jwks())
+            except Exception as exc:
+                log.warning("jwks_fetch_failed", error=repr(exc), cached_keys=len(self._keys))
+                if not self._keys:
+                    raise KeysUnavailable("the auth service's public keys are not available") from exc
+                return
+            self._keys = keys
+            log.info("jwks_fetched", kids=sorted(keys))
+
+
+def _parse_jwks(jwks_json: str) -> dict[str, jwt.PyJWK]:
+    """``kid`` → key of the EdDSA signing keys in a JWK Set; ``jwt.PyJWKSetError`` if there is none."""
+    keys = {
+        key.key_id: key
+        for key in jwt.PyJWKSet.from_json(jwks_json).keys
+        if key.key_id
+        and key.key_type == "OKP"
+        and key.algorithm_name in ALGORITHMS
+        and key.public_key_use in (None, "sig")
+    }
+    if not keys:
+        raise jwt.PyJWKSetError("the JWK Set holds no EdDSA signing key with a kid")
+    return keys
