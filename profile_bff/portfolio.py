@@ -106,15 +106,17 @@ def build_profile(
 ) -> dict[str, Any]:
     """The profile message of docs/CONTRACTS.md, ready for :func:`crypto_mesh.jsonutil.dumps`.
 
-    ``{"ID", "Name", "Coins": {"Quantities", "Prices", "Totals"}, "Total", "PricesAt"}``: ``Prices`` and
-    ``Totals`` hold only the coins with a known price; ``Totals[s] = Quantities[s] × Prices[s]`` exactly;
-    ``Total`` is their sum (``0`` without prices); ``PricesAt`` is the latest SecondStat second among the
-    prices used, as RFC 3339 UTC with milliseconds, or ``None``. Decimals are normalised (``1.500`` → ``1.5``)
+    ``{"ID", "Name", "Coins": {"Quantities", "Prices", "Totals", "PriceTimes"}, "Total", "PricesAt"}``:
+    ``Prices``, ``Totals`` and ``PriceTimes`` hold only the coins with a known price;
+    ``Totals[s] = Quantities[s] × Prices[s]`` exactly; ``PriceTimes[s]`` is the SecondStat second of that price
+    and ``PricesAt`` the latest of them, as RFC 3339 UTC with milliseconds (``None`` without prices); ``Total``
+    is the sum of the totals (``0`` without prices). Decimals are normalised (``1.500`` → ``1.5``)
     and written by the JSON codec as positional strings. Symbols appear in sorted order.
     """
     quantity_of: dict[str, Decimal] = {}
     price_of: dict[str, Decimal] = {}
     total_of: dict[str, Decimal] = {}
+    time_of: dict[str, str] = {}
     total = Decimal(0)
     latest_ms: int | None = None
     for symbol in sorted(quantities):
@@ -126,12 +128,13 @@ def build_profile(
         line_total = CONTEXT.multiply(quantity, price.value)
         price_of[symbol] = CONTEXT.normalize(price.value)
         total_of[symbol] = CONTEXT.normalize(line_total)
+        time_of[symbol] = rfc3339_ms(price.second_ms)
         total = CONTEXT.add(total, line_total)
         latest_ms = price.second_ms if latest_ms is None else max(latest_ms, price.second_ms)
     return {
         "ID": user_id,
         "Name": name,
-        "Coins": {"Quantities": quantity_of, "Prices": price_of, "Totals": total_of},
+        "Coins": {"Quantities": quantity_of, "Prices": price_of, "Totals": total_of, "PriceTimes": time_of},
         "Total": CONTEXT.normalize(total),
         "PricesAt": None if latest_ms is None else rfc3339_ms(latest_ms),
     }

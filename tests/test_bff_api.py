@@ -217,7 +217,7 @@ async def test_register_then_login_then_profile(bff):
         assert await resp.json() == {
             "ID": user_id,
             "Name": name,
-            "Coins": {"Quantities": {}, "Prices": {}, "Totals": {}},
+            "Coins": {"Quantities": {}, "Prices": {}, "Totals": {}, "PriceTimes": {}},
             "Total": "0",
             "PricesAt": None,
         }
@@ -531,6 +531,7 @@ async def test_the_socket_sends_a_snapshot_then_exact_totals_on_each_second_stat
         "Quantities": {symbol: "1.5"},
         "Prices": {symbol: "61837.63"},
         "Totals": {symbol: "92756.445"},
+        "PriceTimes": {symbol: "2024-08-09T00:00:01.000Z"},
     }
     assert pushed["Total"] == "92756.445"
     assert pushed["PricesAt"] == "2024-08-09T00:00:01.000Z"

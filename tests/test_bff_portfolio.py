@@ -105,6 +105,7 @@ def test_profile_totals_are_exact_products_and_their_sum():
             "Quantities": {"btcusdt": "1.5", "dotusdt": "7", "ethusdt": "0.123456789012345678"},
             "Prices": {"btcusdt": "61837.63", "ethusdt": "2612.0000000001"},
             "Totals": {"btcusdt": "92756.445", "ethusdt": "322.4691329002592566149012345678"},
+            "PriceTimes": {"btcusdt": "2024-08-09T00:00:01.000Z", "ethusdt": "2024-08-09T00:00:00.000Z"},
         },
         "Total": "93078.9141329002592566149012345678",
         "PricesAt": "2024-08-09T00:00:01.000Z",
@@ -116,7 +117,7 @@ def test_a_profile_without_prices_has_a_zero_total_and_no_time():
     assert jsonutil.loads(jsonutil.dumps(profile)) == {
         "ID": 7,
         "Name": "bob",
-        "Coins": {"Quantities": {"btcusdt": "2"}, "Prices": {}, "Totals": {}},
+        "Coins": {"Quantities": {"btcusdt": "2"}, "Prices": {}, "Totals": {}, "PriceTimes": {}},
         "Total": "0",
         "PricesAt": None,
     }
