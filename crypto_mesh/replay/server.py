@@ -1,0 +1,462 @@
+"""Transport of the replay exchange: Binance's spot websocket stream protocol over ``websockets``, plus HTTP
+``GET /replay/v1/info`` and ``GET /healthz`` on the same port.
+
+Protocol (Binance spot "WebSocket Streams for Binance"):
+
+* ``/ws/<stream>`` and ``/ws/<s1>/<s2>``: raw streams, each message is the payload alone;
+  ``/ws``: raw, streams added with SUBSCRIBE;
+  ``/stream?streams=<s1>/<s2>`` (or ``/stream``): combined streams, each message is
+  ``{"stream": "<name>", "data": <payload>}``.
+* Control messages (section "Live Subscribing/Unsubscribing to streams"):
+  ``{"method": "SUBSCRIBE"|"UNSUBSCRIBE", "params": [...], "id": n}`` → ``{"result": null, "id": n}``;
+  ``LIST_SUBSCRIPTIONS`` → ``{"result": [...], "id": n}``; ``SET_PROPERTY``/``GET_PROPERTY`` of ``combined``.
+  Errors (section "Error Messages"): ``{"error": {"code": 2|3, "msg": "..."}, "id": n|null}``.
+* Limits (section "WebSocket Limits"): at most 1024 streams per connection, at most 5 incoming messages per
+  second (a connection that sends more is closed), a connection lives at most 24 h, the server pings every
+  20 s and closes a connection whose pong does not arrive within a minute.
+
+Each recording is played by one :class:`_Playback` from server start, whether or not anyone listens, and every
+frame is serialised at most once per form (raw, combined) and the same bytes are queued for every subscriber.
+A subscriber whose send queue is full (it reads slower than the replay) is disconnected with code 1008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import logging
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from crypto_mesh import jsonutil
+from crypto_mesh.binance import MINI_TICKER_ALL
+from crypto_mesh.logs import get_logger
+from crypto_mesh.replay.minitickers import MiniTickers
+from crypto_mesh.replay.recording import Recording, Timeline, floor_second, load_recording
+from crypto_mesh.replay.settings import ReplaySettings
+
+log = get_logger(__name__)
+
+MAX_STREAMS_PER_CONNECTION = 1024
+MAX_MESSAGES_PER_SECOND = 5
+MAX_CONNECTION_AGE_S = 24 * 3600
+PING_INTERVAL_S = 20
+PING_TIMEOUT_S = 60
+#: Frames queued for one connection before it is considered too slow and closed.
+SEND_QUEUE_SIZE = 10_000
+#: Control messages are small; Binance does not document a size limit, this one keeps a client from
+#: buffering megabytes in the server.
+MAX_INCOMING_MESSAGE_BYTES = 64 * 1024
+#: Lowercase symbol stream (``btcusdt@trade``, ``btcusdt@depth@100ms``) or an all-market one
+#: (``!miniTicker@arr``).
+STREAM_NAME = re.compile(r"(?:[a-z0-9]{2,20}|![A-Za-z]{1,30})(?:@[A-Za-z0-9_]{1,30}){1,2}")
+
+
+class ProtocolError(ValueError):
+    """A client request that Binance would refuse; ``code`` is Binance's error code (2 request, 3 JSON)."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+def parse_path(path: str) -> tuple[bool, list[str]] | None:
+    """``(combined, streams)`` of a websocket request path, or None if the path is not a stream endpoint.
+
+    Raises :class:`ProtocolError` for a malformed stream name or more than 1024 streams.
+    """
+    parts = urlsplit(path)
+    if parts.path == "/ws" or parts.path.startswith("/ws/"):
+        combined, names = False, [name for name in parts.path[len("/ws") :].split("/") if name]
+    elif parts.path in ("/stream", "/stream/"):
+        combined = True
+        names = [
+            name for value in parse_qs(parts.query).get("streams", []) for name in value.split("/") if name
+        ]
+    else:
+        return None
+    return combined, _check_streams(names, already=0)
+
+
+def _check_streams(names: object, already: int) -> list[str]:
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ProtocolError(2, "Invalid request: params must be a list of stream names")
+    for name in names:
+        if not STREAM_NAME.fullmatch(name):
+            raise ProtocolError(2, f"Invalid request: invalid stream name {name[:64]!r}")
+    if already + len(set(names)) > MAX_STREAMS_PER_CONNECTION:
+        raise ProtocolError(
+            2, f"Invalid request: at most {MAX_STREAMS_PER_CONNECTION} streams per connection"
+        )
+    return list(dict.fromkeys(names))
+
+
+class _Client:
+    """One websocket connection: its streams, its bounded send queue, its incoming-message rate."""
+
+    def __init__(self, ws: ServerConnection, combined: bool) -> None:
+        self.ws = ws
+        self.combined = combined
+        self.streams: dict[str, None] = {}
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_SIZE)
+        self.closing: asyncio.Task[None] | None = None
+        self._recent: deque[float] = deque(maxlen=MAX_MESSAGES_PER_SECOND)
+
+    def offer(self, message: bytes) -> bool:
+        """Queue ``message`` for sending; False (and the connection is being closed) if the queue is full."""
+        if self.closing is not None:
+            return False
+        try:
+            self.queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            log.warning("slow_consumer_closed", remote=str(self.ws.remote_address), queued=self.queue.qsize())
+            self.close(1008, "slow consumer: send queue full")
+            return False
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = asyncio.get_running_loop().create_task(self.ws.close(code, reason))
+
+    def within_rate(self, now: float) -> bool:
+        """Record an incoming message at monotonic ``now`` (s); False if it is the 6th within one second."""
+        full = len(self._recent) == MAX_MESSAGES_PER_SECOND
+        if full and now - self._recent[0] < 1.0:
+            return False
+        self._recent.append(now)
+        return True
+
+
+class _Hub:
+    """Who listens to what: connections and, per stream, its subscribed connections (pruned when empty)."""
+
+    def __init__(self) -> None:
+        self.clients: set[_Client] = set()
+        self.subscribers: dict[str, set[_Client]] = {}
+
+    def subscribe(self, client: _Client, streams: list[str]) -> None:
+        for stream in streams:
+            client.streams[stream] = None
+            self.subscribers.setdefault(stream, set()).add(client)
+
+    def unsubscribe(self, client: _Client, streams: list[str]) -> None:
+        for stream in streams:
+            client.streams.pop(stream, None)
+            listeners = self.subscribers.get(stream)
+            if listeners is not None:
+                listeners.discard(client)
+                if not listeners:
+                    del self.subscribers[stream]
+
+    def remove(self, client: _Client) -> None:
+        self.unsubscribe(client, list(client.streams))
+        self.clients.discard(client)
+
+    def publish(self, stream: str, data: Any) -> None:
+        """Queue ``data`` of ``stream`` for its subscribers, serialised at most once per form."""
+        listeners = self.subscribers.get(stream)
+        if not listeners:
+            return
+        raw = combined = None
+        for client in tuple(listeners):
+            if client.combined:
+                if combined is None:
+                    combined = jsonutil.dumps({"stream": stream, "data": data})
+                delivered = client.offer(combined)
+            else:
+                if raw is None:
+                    raw = jsonutil.dumps(data)
+                delivered = client.offer(raw)
+            if not delivered:
+                self.remove(client)
+
+
+@dataclass
+class _Playback:
+    """The one global playback of a recording: frames in file order, paced by ``E`` at ``speed``, looping."""
+
+    timeline: Timeline
+    hub: _Hub
+    speed: float
+    ticker_streams: frozenset[str]
+    started_at_ms: int
+
+    async def run(self) -> None:
+        recording = self.timeline.recording
+        loop_clock = asyncio.get_running_loop()
+        start = loop_clock.time()
+        origin_ms = recording.first_event_ms + self.timeline.time_shift_ms
+        tickers = MiniTickers()
+        open_second: int | None = None
+        paced = 0
+        k = 0
+
+        async def until(replay_ms: int) -> None:
+            nonlocal paced
+            if self.speed > 0:
+                delay = start + (replay_ms - origin_ms) / 1000 / self.speed - loop_clock.time()
+                if delay > 0.001:
+                    await asyncio.sleep(delay)
+                    paced = 0
+                    return
+            paced += 1
+            if paced >= 64:
+                # Let the writers and the handlers run between bursts of frames that are already due.
+                paced = 0
+                await asyncio.sleep(0)
+
+        while True:
+            shift = self.timeline.shift_ms(k)
+            for frame in recording.frames:
+                event_ms = frame.event_ms + shift
+                if open_second is not None and event_ms >= open_second + 1000:
+                    await until(open_second + 1000)
+                    self._publish_tickers(tickers.close_second(open_second + 1000))
+                    open_second = None
+                await until(event_ms)
+                needed = frame.stream in self.hub.subscribers
+                is_trade = frame.stream in self.ticker_streams
+                if not (needed or is_trade):
+                    continue
+                data = self.timeline.shifted(frame, k)
+                if needed:
+                    self.hub.publish(frame.stream, data)
+                if is_trade:
+                    tickers.add_trade(data["s"], data["p"], data["q"], data.get("T", event_ms))
+                    open_second = floor_second(event_ms)
+            k += 1
+
+    def _publish_tickers(self, tickers: list[dict[str, Any]]) -> None:
+        if not tickers:
+            return
+        self.hub.publish(MINI_TICKER_ALL, tickers)
+        for ticker in tickers:
+            self.hub.publish(f"{ticker['s'].lower()}@miniTicker", ticker)
+
+
+def _ticker_streams(recordings: list[Recording]) -> list[frozenset[str]]:
+    """Per recording, the trade streams that feed mini-tickers: each symbol from the first recording that has
+    it, so two recordings of one symbol do not publish two tickers for it."""
+    claimed: set[str] = set()
+    result = []
+    for recording in recordings:
+        mine = {stream for symbol, stream in recording.trade_streams.items() if symbol not in claimed}
+        claimed.update(recording.trade_streams)
+        result.append(frozenset(mine))
+    return result
+
+
+@dataclass
+class Running:
+    """A serving replay exchange: ``port`` (bound TCP port), ``url`` (``ws://host:port``), ``stop()``."""
+
+    port: int
+    url: str
+    _server: Server
+    _tasks: list[asyncio.Task[None]]
+
+    async def stop(self) -> None:
+        """Stop the playbacks, close every connection (code 1001) and release the port."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._server.close()
+        await self._server.wait_closed()
+
+
+class _Exchange:
+    """Handlers of the websocket endpoints and of the HTTP routes."""
+
+    def __init__(self, settings: ReplaySettings, playbacks: list[_Playback], hub: _Hub) -> None:
+        self.settings = settings
+        self.playbacks = playbacks
+        self.hub = hub
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "recordings": [
+                {**playback.timeline.info(), "started_at_ms": playback.started_at_ms}
+                for playback in self.playbacks
+            ],
+            "speed": self.settings.speed,
+            "connections": len(self.hub.clients),
+            "subscriptions": {
+                stream: len(clients) for stream, clients in sorted(self.hub.subscribers.items())
+            },
+        }
+
+    def process_request(self, _connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/replay/v1/info":
+            return _json_response(200, self.info())
+        if path == "/healthz":
+            return _json_response(200, {"status": "ok"})
+        try:
+            parsed = parse_path(request.path)
+        except ProtocolError as exc:
+            return _json_response(400, {"code": exc.code, "msg": exc.msg})
+        if parsed is None:
+            return _json_response(404, {"code": 404, "msg": "not found"})
+        return None
+
+    async def handle(self, ws: ServerConnection) -> None:
+        parsed = parse_path(ws.request.path)
+        assert parsed is not None  # process_request refused every other path
+        combined, streams = parsed
+        client = _Client(ws, combined)
+        self.hub.clients.add(client)
+        self.hub.subscribe(client, streams)
+        writer = asyncio.create_task(self._write(client))
+        try:
+            async with asyncio.timeout(MAX_CONNECTION_AGE_S):
+                async for message in ws:
+                    if not client.within_rate(time.monotonic()):
+                        log.info("rate_limit_closed", remote=str(ws.remote_address))
+                        client.close(1008, f"too many messages: at most {MAX_MESSAGES_PER_SECOND} per second")
+                        break
+                    client.offer(jsonutil.dumps(self._control(client, message)))
+        except TimeoutError:
+            client.close(1000, "connection reached its 24 h limit")
+        except ConnectionClosed:
+            pass
+        finally:
+            self.hub.remove(client)
+            if client.closing is not None:
+                await asyncio.gather(client.closing, return_exceptions=True)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    @staticmethod
+    async def _write(client: _Client) -> None:
+        try:
+            while True:
+                await client.ws.send(await client.queue.get(), text=True)
+        except ConnectionClosed:
+            pass
+
+    def _control(self, client: _Client, message: str | bytes) -> dict[str, Any]:
+        """Answer one control message (see the module docstring); never raises for bad input."""
+        request_id: Any = None
+        try:
+            try:
+                request = jsonutil.loads(message)
+            except jsonutil.JSONDecodeError as exc:
+                raise ProtocolError(3, f"Invalid JSON: {exc}") from exc
+            if not isinstance(request, dict):
+                raise ProtocolError(2, "Invalid request: expected a JSON object")
+            request_id = request.get("id")
+            if not _valid_id(request_id):
+                request_id = None
+                raise ProtocolError(2, "Invalid request: request ID must be an unsigned integer")
+            method, params = request.get("method"), request.get("params", [])
+            if method == "SUBSCRIBE":
+                fresh = [name for name in _check_streams(params, 0) if name not in client.streams]
+                _check_streams(fresh, len(client.streams))
+                self.hub.subscribe(client, fresh)
+                return {"result": None, "id": request_id}
+            if method == "UNSUBSCRIBE":
+                self.hub.unsubscribe(client, _check_streams(params, 0))
+                return {"result": None, "id": request_id}
+            if method == "LIST_SUBSCRIPTIONS":
+                return {"result": list(client.streams), "id": request_id}
+            if method == "SET_PROPERTY":
+                if not (isinstance(params, list) and len(params) == 2 and params[0] == "combined"):
+                    raise ProtocolError(0, "Unknown property")
+                if not isinstance(params[1], bool):
+                    raise ProtocolError(1, "Invalid value type: expected Boolean")
+                client.combined = params[1]
+                return {"result": None, "id": request_id}
+            if method == "GET_PROPERTY":
+                if params != ["combined"]:
+                    raise ProtocolError(0, "Unknown property")
+                return {"result": client.combined, "id": request_id}
+            if method is None:
+                raise ProtocolError(2, "Invalid request: missing field `method`")
+            raise ProtocolError(
+                2,
+                f"Invalid request: unknown variant {str(method)[:32]!r}, expected one of SUBSCRIBE, UNSUBSCRIBE, "
+                "LIST_SUBSCRIPTIONS, SET_PROPERTY, GET_PROPERTY",
+            )
+        except ProtocolError as exc:
+            return {"error": {"code": exc.code, "msg": exc.msg}, "id": request_id}
+
+
+def _valid_id(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    return (
+        value is None
+        or (isinstance(value, int) and 0 <= value < 2**63)
+        or (isinstance(value, str) and len(value) <= 36)
+    )
+
+
+def _json_response(status: int, body: Any) -> Response:
+    payload = jsonutil.dumps(body)
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status, http.HTTPStatus(status).phrase, headers, payload)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("playback_crashed", task=task.get_name(), exc_info=task.exception())
+
+
+async def start(settings: ReplaySettings) -> Running:
+    """Load the recordings, start their playbacks and serve; returns once the port is bound.
+
+    ``settings.port`` 0 binds a free port (``Running.port``). Raises
+    :class:`~crypto_mesh.replay.recording.RecordingError` for a recording that cannot be replayed and
+    ``OSError`` if the port cannot be bound.
+    """
+    recordings = [load_recording(path) for path in settings.files]
+    now_ms = time.time_ns() // 1_000_000
+    hub = _Hub()
+    playbacks = [
+        _Playback(Timeline.starting_at(recording, now_ms), hub, settings.speed, streams, now_ms)
+        for recording, streams in zip(recordings, _ticker_streams(recordings), strict=True)
+    ]
+    exchange = _Exchange(settings, playbacks, hub)
+    connections_log = logging.getLogger("crypto_mesh.replay.connections")
+    if connections_log.level == logging.NOTSET:
+        # websockets logs every connection and HTTP request at INFO: noise when the mesh polls /healthz.
+        connections_log.setLevel(logging.WARNING)
+    server = await serve(
+        exchange.handle,
+        settings.host,
+        settings.port,
+        process_request=exchange.process_request,
+        ping_interval=PING_INTERVAL_S,
+        ping_timeout=PING_TIMEOUT_S,
+        max_size=MAX_INCOMING_MESSAGE_BYTES,
+        compression=None,
+        logger=connections_log,
+    )
+    tasks = []
+    for playback in playbacks:
+        task = asyncio.create_task(playback.run(), name=f"replay:{playback.timeline.recording.path.name}")
+        task.add_done_callback(_report_crash)
+        tasks.append(task)
+    port = server.sockets[0].getsockname()[1]
+    for playback in playbacks:
+        log.info("replaying", **playback.timeline.info(), speed=settings.speed)
+    log.info("serving", host=settings.host, port=port)
+    return Running(port=port, url=f"ws://{settings.host}:{port}", _server=server, _tasks=tasks)

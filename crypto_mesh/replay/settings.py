@@ -1,0 +1,39 @@
+"""Settings of the replay exchange (environment variables with the ``REPLAY_`` prefix, docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from crypto_mesh.settings import ServiceSettings
+
+#: The shipped recording of real Binance ``@trade`` frames (BTCUSDT and ETHUSDT, 2024-08-08, ~11 minutes).
+DEFAULT_RECORDING = (
+    Path(__file__).resolve().parent.parent / "data" / "binance" / "btcusdt_ethusdt_trade_2024-08-08.jsonl.gz"
+)
+
+
+class ReplaySettings(ServiceSettings):
+    """``REPLAY_HOST`` (127.0.0.1), ``REPLAY_PORT`` (9443; 0 picks a free port), ``REPLAY_FILES`` (comma-separated
+    paths of recordings in the canonical format, plain or gzip; default: the shipped trade recording) and
+    ``REPLAY_SPEED`` (1.0 = real time, 10 = ten times faster, 0 = as fast as possible)."""
+
+    model_config = SettingsConfigDict(env_prefix="REPLAY_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9443, ge=0, le=65535)
+    files: Annotated[tuple[Path, ...], NoDecode] = (DEFAULT_RECORDING,)
+    speed: float = Field(default=1.0, ge=0)
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _split_files(cls, value: object) -> object:
+        if isinstance(value, str):
+            paths = tuple(Path(part.strip()) for part in value.split(",") if part.strip())
+            if not paths:
+                raise ValueError("REPLAY_FILES names no file")
+            return paths
+        return value

@@ -1,0 +1,164 @@
+"""Transport of socket_proxy: the gRPC ``crypto.socket.v1.SocketProxy`` servicer (proto/socket.proto) and
+``grpc.health.v1.Health``.
+
+Each RPC is one subscriber of one upstream stream (:mod:`socket_proxy.fanout`): frames queued for it are sent
+batched, up to ``max_batch`` per ``RawFrames``. Status codes: INVALID_ARGUMENT for a malformed symbol or an
+unknown trade kind; RESOURCE_EXHAUSTED when the subscriber fell ``subscriber_queue_size`` frames behind (it
+missed data and should resubscribe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from crypto_mesh.binance import (
+    AGG_TRADE,
+    MINI_TICKER_ALL,
+    TRADE,
+    InvalidSymbol,
+    normalize_symbol,
+    trade_stream,
+)
+from crypto_mesh.logs import get_logger
+from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
+from socket_proxy.fanout import Counters, FanOut, Subscriber, SubscriberOverflow
+from socket_proxy.settings import ProxySettings
+from socket_proxy.upstream import Upstream
+
+log = get_logger(__name__)
+
+SERVICE_NAME = socket_pb2.DESCRIPTOR.services_by_name["SocketProxy"].full_name
+TRADE_KINDS = {
+    socket_pb2.TRADE_KIND_UNSPECIFIED: TRADE,
+    socket_pb2.TRADE_KIND_TRADE: TRADE,
+    socket_pb2.TRADE_KIND_AGG_TRADE: AGG_TRADE,
+}
+#: Seconds running RPCs get to finish when the server stops.
+STOP_GRACE_S = 1.0
+SERVER_OPTIONS = [
+    # Find clients that vanished without closing, so their subscriptions are released.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
+
+
+class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
+    """``StreamTrades`` and ``StreamMiniTickers`` over a :class:`FanOut`."""
+
+    def __init__(self, fanout: FanOut, counters: Counters, max_batch: int) -> None:
+        self._fanout = fanout
+        self._counters = counters
+        self._max_batch = max_batch
+
+    async def StreamTrades(
+        self, request: socket_pb2.TradeStreamRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Every frame of ``<symbol>@trade`` (kind TRADE or UNSPECIFIED) or ``<symbol>@aggTrade`` from now on,
+        as ``RawFrames`` batches. INVALID_ARGUMENT for a malformed symbol (``normalize_symbol``) or kind."""
+        try:
+            symbol = normalize_symbol(request.symbol)
+        except InvalidSymbol as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        kind = TRADE_KINDS.get(request.kind)
+        if kind is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown trade kind {request.kind}")
+        await self._stream(trade_stream(symbol, kind), context)
+
+    async def StreamMiniTickers(
+        self, request: socket_pb2.MiniTickerStreamRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Every frame of the all-market mini-ticker stream ``!miniTicker@arr`` from now on."""
+        await self._stream(MINI_TICKER_ALL, context)
+
+    async def _stream(self, stream: str, context: grpc.aio.ServicerContext) -> None:
+        subscriber = self._fanout.subscribe(stream)
+        log.info("subscriber_joined", stream=stream, peer=context.peer())
+        try:
+            while True:
+                try:
+                    batch = await subscriber.next_batch(self._max_batch)
+                except SubscriberOverflow:
+                    break
+                if not await self._write(subscriber, context, socket_pb2.RawFrames(data=batch)):
+                    break
+                self._counters.frames_out += len(batch)
+        finally:
+            self._fanout.unsubscribe(subscriber)
+            log.info("subscriber_left", stream=stream, overflowed=subscriber.overflowed)
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"subscriber fell more than its queue size behind on {stream} and missed frames; subscribe again",
+        )
+
+    @staticmethod
+    async def _write(
+        subscriber: Subscriber, context: grpc.aio.ServicerContext, message: socket_pb2.RawFrames
+    ) -> bool:
+        """Send ``message``; False if the subscriber was ended while the send waited on a client that does not
+        read (the send is then abandoned)."""
+        write = asyncio.ensure_future(context.write(message))
+        ended = asyncio.ensure_future(subscriber.wait_ended())
+        try:
+            await asyncio.wait((write, ended), return_when=asyncio.FIRST_COMPLETED)
+            if write.done():
+                write.result()
+                return True
+        finally:
+            ended.cancel()
+            if not write.done():
+                write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+        return False
+
+
+@dataclass
+class Running:
+    """A serving socket_proxy: ``port`` (bound), ``counters`` (live totals), ``fanout``, ``upstream``, ``stop()``."""
+
+    port: int
+    counters: Counters
+    fanout: FanOut
+    upstream: Upstream
+    _server: grpc.aio.Server
+    _health: health.aio.HealthServicer
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, end the RPCs (after a short grace) and close every upstream connection."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(STOP_GRACE_S)
+        await self.upstream.close()
+
+
+async def start(settings: ProxySettings) -> Running:
+    """Serve the SocketProxy and Health services on ``settings.host:settings.port`` (0: a free port).
+
+    The exchange is contacted only when a stream is first requested; an unreachable exchange is retried
+    with backoff and never fails the start. Raises ``RuntimeError`` if the port cannot be bound.
+    """
+    counters = Counters()
+    fanout: FanOut
+
+    def on_frame(stream: str, raw: bytes) -> None:
+        counters.frames_in += 1
+        fanout.publish(stream, raw)
+
+    upstream = Upstream(settings.exchange_url, on_frame, counters)
+    fanout = FanOut(settings.subscriber_queue_size, upstream.add, upstream.remove, counters)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    socket_pb2_grpc.add_SocketProxyServicer_to_server(
+        SocketProxyServicer(fanout, counters, settings.max_batch), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"cannot bind {settings.host}:{settings.port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", host=settings.host, port=port, exchange=settings.exchange_url)
+    return Running(port, counters, fanout, upstream, server, health_servicer)

@@ -1,0 +1,30 @@
+"""Settings of socket_proxy (environment variables with the ``PROXY_`` prefix, docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from crypto_mesh.settings import ServiceSettings
+
+
+class ProxySettings(ServiceSettings):
+    """``PROXY_HOST`` (127.0.0.1), ``PROXY_PORT`` (50052; 0 picks a free port), ``PROXY_EXCHANGE_URL``
+    (``wss://stream.binance.com:9443``, or a replay exchange's ``ws://127.0.0.1:9443``; the proxy connects to its
+    ``/stream`` endpoint), ``PROXY_SUBSCRIBER_QUEUE_SIZE`` (10000 frames buffered per gRPC subscriber before it is
+    ended with RESOURCE_EXHAUSTED) and ``PROXY_MAX_BATCH`` (256 frames at most in one ``RawFrames``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PROXY_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=50052, ge=0, le=65535)
+    exchange_url: str = "wss://stream.binance.com:9443"
+    subscriber_queue_size: int = Field(default=10_000, ge=1)
+    max_batch: int = Field(default=256, ge=1)
+
+    @field_validator("exchange_url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("PROXY_EXCHANGE_URL must start with ws:// or wss://")
+        return value.rstrip("/")

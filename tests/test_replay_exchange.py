@@ -1,0 +1,312 @@
+"""The replay exchange speaks Binance's spot stream protocol and replays real recorded frames in the present."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from crypto_mesh.replay.recording import RecordingError
+from crypto_mesh.replay.server import start
+from crypto_mesh.replay.settings import ReplaySettings
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def recorded_trades(path: Path) -> dict[tuple[str, int], dict]:
+    """(stream, trade id) → recorded payload, read straight from the file."""
+    with gzip.open(path) as lines:
+        return {(frame["stream"], frame["data"]["t"]): frame["data"] for frame in map(orjson.loads, lines)}
+
+
+async def get_json(port: int, path: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as response:
+        return response.status, await response.json()
+
+
+async def receive(ws, timeout: float = 5.0):
+    return orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+@pytest.fixture(scope="module")
+async def realtime(trade_recording):
+    """A replay exchange at real-time speed."""
+    running = await start(ReplaySettings(port=0, files=(trade_recording,), speed=1.0))
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="module")
+async def fast(trade_recording):
+    """A replay exchange 20 times faster than real time."""
+    running = await start(ReplaySettings(port=0, files=(trade_recording,), speed=20.0))
+    yield running
+    await running.stop()
+
+
+async def test_raw_stream_sends_bare_payloads_shifted_to_now_with_recorded_ids_and_prices(
+    realtime, trade_recording
+):
+    recorded = recorded_trades(trade_recording)
+    _, info = await get_json(realtime.port, "/replay/v1/info")
+    shift = info["recordings"][0]["time_shift_ms"]
+    assert shift % 1000 == 0
+
+    async with connect(f"{realtime.url}/ws/btcusdt@trade") as ws:
+        raws = [await asyncio.wait_for(ws.recv(), 5) for _ in range(10)]
+
+    for raw in raws:
+        trade = orjson.loads(raw)
+        assert "stream" not in trade
+        assert trade["e"] == "trade" and trade["s"] == "BTCUSDT"
+        assert abs(trade["E"] - now_ms()) < 3000
+        original = recorded[("btcusdt@trade", trade["t"])]
+        assert trade["E"] - shift == original["E"] and trade["T"] - shift == original["T"]
+        assert trade["p"] == original["p"] and trade["q"] == original["q"]
+        assert f'"p":"{original["p"]}","q":"{original["q"]}"'.encode() in raw.encode()
+    ids = [orjson.loads(raw)["t"] for raw in raws]
+    assert ids == list(range(ids[0], ids[0] + 10))
+
+
+async def test_combined_stream_wraps_each_frame_with_its_stream_name(fast, trade_recording):
+    recorded = recorded_trades(trade_recording)
+    _, info = await get_json(fast.port, "/replay/v1/info")
+    shift = info["recordings"][0]["time_shift_ms"]
+    seen = set()
+    async with connect(f"{fast.url}/stream?streams=btcusdt@trade/ethusdt@trade") as ws:
+        while seen != {"btcusdt@trade", "ethusdt@trade"}:
+            frame = await receive(ws)
+            seen.add(frame["stream"])
+            original = recorded[(frame["stream"], frame["data"]["t"])]
+            assert {
+                **frame["data"],
+                "E": frame["data"]["E"] - shift,
+                "T": frame["data"]["T"] - shift,
+            } == original
+
+
+async def test_each_loop_shifts_times_by_the_loop_span_and_ids_by_the_id_span(tmp_path):
+    recording = tmp_path / "three_trades.jsonl"  # plain text: the gzip magic decides, not the name
+    lines = [
+        {
+            "stream": "btcusdt@trade",
+            "data": {
+                "e": "trade",
+                "E": 1000500,
+                "s": "BTCUSDT",
+                "t": 7,
+                "p": "1.10",
+                "q": "2.0",
+                "T": 1000499,
+                "m": True,
+                "M": True,
+            },
+        },
+        {
+            "stream": "btcusdt@trade",
+            "data": {
+                "e": "trade",
+                "E": 1001200,
+                "s": "BTCUSDT",
+                "t": 8,
+                "p": "1.20",
+                "q": "1.0",
+                "T": 1001200,
+                "m": False,
+                "M": True,
+            },
+        },
+        {
+            "stream": "btcusdt@trade",
+            "data": {
+                "e": "trade",
+                "E": 1001900,
+                "s": "BTCUSDT",
+                "t": 9,
+                "p": "1.30",
+                "q": "0.5",
+                "T": 1001900,
+                "m": True,
+                "M": True,
+            },
+        },
+    ]
+    recording.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
+    running = await start(ReplaySettings(port=0, files=(recording,), speed=10.0))
+    try:
+        async with connect(f"{running.url}/ws/btcusdt@trade") as ws:
+            trades = [await receive(ws) for _ in range(7)]
+        _, info = await get_json(running.port, "/replay/v1/info")
+    finally:
+        await running.stop()
+    entry = info["recordings"][0]
+    assert entry["loop_span_ms"] == 2000 and entry["id_span"] == {"btcusdt": 3}
+    for trade in trades:
+        loop, index = divmod(trade["t"] - 7, 3)
+        original = lines[index]["data"]
+        assert trade["E"] == original["E"] + entry["time_shift_ms"] + loop * entry["loop_span_ms"]
+        assert trade["T"] == original["T"] + entry["time_shift_ms"] + loop * entry["loop_span_ms"]
+        assert (trade["p"], trade["q"], trade["m"]) == (original["p"], original["q"], original["m"])
+    # Seven consecutive frames of a three-frame recording span at least three loops, ids still contiguous.
+    assert [t["t"] for t in trades] == list(range(trades[0]["t"], trades[0]["t"] + 7))
+    assert [t["E"] for t in trades] == sorted(t["E"] for t in trades)
+
+
+async def test_subscribe_list_and_unsubscribe_on_a_live_connection(fast):
+    async with connect(f"{fast.url}/ws") as ws:
+        await ws.send(orjson.dumps({"method": "SUBSCRIBE", "params": ["ethusdt@trade"], "id": 1}).decode())
+        assert await receive(ws) == {"result": None, "id": 1}
+        assert (await receive(ws))["s"] == "ETHUSDT"
+
+        await ws.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}).decode())
+        while (message := await receive(ws)).get("id") != 2:
+            assert message["e"] == "trade"
+        assert message == {"result": ["ethusdt@trade"], "id": 2}
+        _, info = await get_json(fast.port, "/replay/v1/info")
+        assert info["subscriptions"]["ethusdt@trade"] >= 1
+
+        await ws.send(orjson.dumps({"method": "UNSUBSCRIBE", "params": ["ethusdt@trade"], "id": 3}).decode())
+        while (message := await receive(ws)).get("id") != 3:
+            assert message["e"] == "trade"
+        assert message == {"result": None, "id": 3}
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 1.0)
+
+
+async def test_malformed_control_messages_get_binance_error_answers(fast):
+    async with connect(f"{fast.url}/ws") as ws:
+        await ws.send("{not json")
+        assert (await receive(ws))["error"]["code"] == 3
+        await ws.send(orjson.dumps({"method": "FLY", "params": [], "id": 4}).decode())
+        answer = await receive(ws)
+        assert answer["error"]["code"] == 2 and answer["id"] == 4
+        await asyncio.sleep(1.1)
+        await ws.send(orjson.dumps({"method": "SUBSCRIBE", "params": ["BTC USDT"], "id": 5}).decode())
+        answer = await receive(ws)
+        assert answer["error"]["code"] == 2 and answer["id"] == 5
+        await ws.send(
+            orjson.dumps(
+                {"method": "SUBSCRIBE", "params": [f"s{i:04d}@trade" for i in range(1025)], "id": 6}
+            ).decode()
+        )
+        answer = await receive(ws)
+        assert answer["error"]["code"] == 2 and "1024" in answer["error"]["msg"]
+
+
+async def test_a_sixth_message_within_one_second_closes_the_connection(fast):
+    async with connect(f"{fast.url}/ws") as ws:
+        for request_id in range(6):
+            await ws.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": request_id}).decode())
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_mini_tickers_arrive_every_second_with_the_last_replayed_trade_as_close(fast):
+    streams = "btcusdt@trade/btcusdt@miniTicker/!miniTicker@arr"
+    last_price = None
+    tickers, all_market = [], []
+    async with connect(f"{fast.url}/stream?streams={streams}") as ws:
+        while len(tickers) < 3 or not all_market:
+            frame = await receive(ws)
+            if frame["stream"] == "btcusdt@trade":
+                last_price = frame["data"]["p"]
+            elif frame["stream"] == "btcusdt@miniTicker":
+                if last_price is not None:
+                    tickers.append((frame["data"], last_price))
+            else:
+                all_market.append(frame["data"])
+    for ticker, price in tickers:
+        assert ticker["e"] == "24hrMiniTicker" and ticker["s"] == "BTCUSDT"
+        assert ticker["E"] % 1000 == 0
+        assert ticker["c"] == price
+        assert Decimal(ticker["l"]) <= Decimal(ticker["c"]) <= Decimal(ticker["h"])
+        assert Decimal(ticker["l"]) <= Decimal(ticker["o"]) <= Decimal(ticker["h"])
+        assert Decimal(ticker["v"]) > 0 and Decimal(ticker["q"]) > Decimal(ticker["v"])
+    assert [t["E"] for t, _ in tickers] == sorted({t["E"] for t, _ in tickers})
+    assert all(isinstance(batch, list) and batch for batch in all_market)
+    assert {entry["s"] for batch in all_market for entry in batch} <= {"BTCUSDT", "ETHUSDT"}
+
+
+async def test_info_counts_connections_and_subscriptions_and_forgets_closed_ones(fast):
+    async with connect(f"{fast.url}/ws/ethusdt@trade/btcusdt@trade"):
+        _, info = await get_json(fast.port, "/replay/v1/info")
+        assert info["connections"] >= 1
+        assert info["subscriptions"]["ethusdt@trade"] >= 1
+    for _ in range(50):
+        _, info = await get_json(fast.port, "/replay/v1/info")
+        if info["connections"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert info["connections"] == 0 and info["subscriptions"] == {}
+    assert info["speed"] == 20.0
+
+
+async def test_health_and_refused_handshakes(fast):
+    assert await get_json(fast.port, "/healthz") == (200, {"status": "ok"})
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"{fast.url}/nowhere"):
+            pass
+    assert refused.value.response.status_code == 404
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"{fast.url}/ws/BTC-USDT@trade"):
+            pass
+    assert refused.value.response.status_code == 400
+
+
+async def test_several_recordings_play_side_by_side_each_on_its_own_timeline(
+    trade_recording, agg_trade_recording
+):
+    running = await start(ReplaySettings(port=0, files=(trade_recording, agg_trade_recording), speed=20.0))
+    try:
+        _, info = await get_json(running.port, "/replay/v1/info")
+        trades_entry, aggs_entry = info["recordings"]
+        assert trades_entry["file"].endswith(trade_recording.name)
+        with gzip.open(agg_trade_recording) as lines:
+            recorded = {
+                frame["data"]["a"]: frame["data"]
+                for frame in map(orjson.loads, lines)
+                if frame["stream"] == "dotusdt@aggTrade"
+            }
+        trade_ids = [data["f"] for data in recorded.values()] + [data["l"] for data in recorded.values()]
+        # Aggregate ids and the trade ids they cover must both keep increasing: the larger span is used.
+        assert aggs_entry["id_span"]["dotusdt"] == max(trade_ids) - min(trade_ids) + 1
+        assert aggs_entry["loop_span_ms"] % 1000 == 0 and aggs_entry["loop_span_ms"] >= 91_000
+
+        async with connect(f"{running.url}/stream?streams=dotusdt@aggTrade/btcusdt@trade") as ws:
+            seen = {}
+            while len(seen) < 2:
+                frame = await receive(ws)
+                seen[frame["stream"]] = frame["data"]
+        agg = seen["dotusdt@aggTrade"]
+        original = recorded[agg["a"]]
+        assert agg["E"] - aggs_entry["time_shift_ms"] == original["E"]
+        assert (agg["f"], agg["l"], agg["p"], agg["q"]) == (
+            original["f"],
+            original["l"],
+            original["p"],
+            original["q"],
+        )
+        assert abs(seen["btcusdt@trade"]["E"] - agg["E"]) < 60_000  # both timelines start at the present
+    finally:
+        await running.stop()
+
+
+async def test_a_recording_that_is_not_in_the_canonical_format_is_refused_at_start(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(
+        '{"stream": "btcusdt@trade", "data": {"e": "trade", "E": 1, "s": "BTCUSDT", "p": 1.5, "q": "1"}}\n'
+    )
+    with pytest.raises(RecordingError, match="broken.jsonl:1: trade field p"):
+        await start(ReplaySettings(port=0, files=(broken,)))

@@ -1,0 +1,188 @@
+"""Upstream connections of socket_proxy: placement within the per-connection stream limit, idle close,
+frame-exact replacement before the 24 h limit, pacing of control messages, the connection-attempt budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+import pytest
+
+from crypto_mesh.replay.server import start as start_replay
+from crypto_mesh.replay.settings import ReplaySettings
+from socket_proxy.fanout import Counters
+from socket_proxy.upstream import AttemptLimiter, Handover, Upstream, backoff_delay
+
+
+async def replay_info(port: int) -> dict:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/replay/v1/info") as response,
+    ):
+        return await response.json()
+
+
+async def eventually(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (value := await check()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return value
+
+
+@pytest.fixture(scope="module")
+async def exchange(trade_recording):
+    running = await start_replay(ReplaySettings(port=0, files=(trade_recording,), speed=50.0))
+    yield running
+    await running.stop()
+
+
+class Collector:
+    """Frames handed on by an Upstream, per stream, in arrival order."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, list[bytes]] = {}
+
+    def __call__(self, stream: str, raw: bytes) -> None:
+        self.frames.setdefault(stream, []).append(raw)
+
+
+async def test_a_full_connection_makes_the_pool_open_another_and_an_emptied_one_closes(exchange):
+    collector = Collector()
+    upstream = Upstream(exchange.url, collector, Counters(), max_streams=2)
+    try:
+        for stream in ("btcusdt@trade", "ethusdt@trade", "!miniTicker@arr"):
+            upstream.add(stream)
+
+        async def all_subscribed():
+            info = await replay_info(exchange.port)
+            return info["connections"] == 2 and len(info["subscriptions"]) == 3
+
+        assert await eventually(all_subscribed)
+        assert upstream.connections == 2
+
+        upstream.remove("!miniTicker@arr")
+
+        async def one_left():
+            info = await replay_info(exchange.port)
+            return info["connections"] == 1 and set(info["subscriptions"]) == {
+                "btcusdt@trade",
+                "ethusdt@trade",
+            }
+
+        assert await eventually(one_left)
+        upstream.remove("btcusdt@trade")
+        upstream.remove("ethusdt@trade")
+
+        async def none_left():
+            info = await replay_info(exchange.port)
+            return info["connections"] == 0 and info["subscriptions"] == {}
+
+        assert await eventually(none_left)
+        assert collector.frames["btcusdt@trade"][0].startswith(b'{"stream":"btcusdt@trade","data":')
+    finally:
+        await upstream.close()
+
+
+async def test_connections_are_replaced_before_their_age_limit_without_losing_or_repeating_a_frame(exchange):
+    collector = Collector()
+    counters = Counters()
+    upstream = Upstream(exchange.url, collector, counters, max_age_s=0.7)
+    try:
+        upstream.add("btcusdt@trade")
+
+        async def rotated_twice():
+            return counters.rotations >= 2
+
+        assert await eventually(rotated_twice, 15)
+        await asyncio.sleep(0.3)
+        info = await replay_info(exchange.port)
+        assert info["subscriptions"] == {"btcusdt@trade": 1}
+    finally:
+        await upstream.close()
+    ids = [orjson.loads(frame)["data"]["t"] for frame in collector.frames["btcusdt@trade"]]
+    assert len(ids) > 500
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    assert counters.reconnects == 0
+
+
+async def test_many_subscription_changes_are_batched_and_paced_below_five_messages_a_second(exchange):
+    upstream = Upstream(exchange.url, Collector(), Counters())
+    streams = [f"sym{i:03d}usdt@trade" for i in range(300)]
+    try:
+        upstream.add("btcusdt@trade")
+
+        async def connected():
+            return (await replay_info(exchange.port))["connections"] == 1
+
+        assert await eventually(connected)
+        # One stream at a time, as subscribers arrive: the replay exchange closes a connection that sends a
+        # sixth message within a second, so all 300 arriving means they were coalesced and paced.
+        for stream in streams:
+            upstream.add(stream)
+            await asyncio.sleep(0.001)
+
+        async def all_subscribed():
+            return len((await replay_info(exchange.port))["subscriptions"]) == 301
+
+        assert await eventually(all_subscribed)
+        info = await replay_info(exchange.port)
+        assert info["connections"] == 1
+    finally:
+        await upstream.close()
+
+
+def test_handover_when_the_new_websocket_is_ahead_releases_what_it_held_after_the_last_old_frame():
+    out = Collector()
+    handover = Handover(["s"], out)
+    for frame in (b"3", b"4", b"5"):
+        handover.from_new("s", frame)
+    handover.from_old("s", b"1")
+    handover.from_old("s", b"2")
+    handover.from_old("s", b"3")
+    handover.from_old("s", b"4")
+    handover.from_new("s", b"6")
+    assert out.frames["s"] == [b"1", b"2", b"3", b"4", b"5", b"6"]
+    assert handover.finished.is_set()
+
+
+def test_handover_when_the_old_websocket_is_ahead_skips_what_it_already_forwarded():
+    out = Collector()
+    handover = Handover(["s"], out)
+    for frame in (b"1", b"2", b"3"):
+        handover.from_old("s", frame)
+    handover.from_new("s", b"2")
+    handover.from_new("s", b"3")
+    handover.from_new("s", b"4")
+    handover.from_old("s", b"4")
+    handover.from_new("s", b"5")
+    handover.from_old("s", b"5")
+    assert out.frames["s"] == [b"1", b"2", b"3", b"4", b"5"]
+
+
+def test_handover_switches_quiet_streams_at_the_end_and_bounds_what_it_holds():
+    out = Collector()
+    handover = Handover(["quiet", "busy"], out, max_held=2)
+    handover.from_new("quiet", b"q1")
+    for frame in (b"1", b"2", b"3"):
+        handover.from_new("busy", frame)
+    assert out.frames["busy"] == [b"1", b"2", b"3"]
+    handover.from_old("busy", b"0")  # the old websocket no longer speaks for a switched stream
+    assert handover.finish_all() == 1
+    assert out.frames["quiet"] == [b"q1"]
+    assert handover.finished.is_set()
+
+
+async def test_the_attempt_budget_makes_further_attempts_wait_for_the_window():
+    limiter = AttemptLimiter(limit=3, window_s=0.5)
+    started = time.monotonic()
+    for _ in range(4):
+        await limiter.acquire()
+    assert time.monotonic() - started >= 0.45
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_a_cap():
+    for failures in range(12):
+        ceiling = min(30.0, 0.2 * 2**failures)
+        assert ceiling / 2 <= backoff_delay(failures) <= ceiling
