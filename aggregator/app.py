@@ -1,0 +1,271 @@
+"""The aggregator's control HTTP API (aiohttp) and its wiring: :func:`start` builds and runs the service.
+
+Routes (docs/CONTRACTS.md, "Aggregator control HTTP"):
+
+- ``PUT /v1/symbols/{symbol}/followers/{follower}`` → ``200 {"symbol", "followers": n, "tracked": true}``
+- ``DELETE /v1/symbols/{symbol}/followers/{follower}`` → ``200 {"symbol", "followers": n, "tracked": bool}``
+- ``GET /v1/symbols`` → ``200 {"symbols": [{"symbol", "followers": n}]}``
+- ``GET /v1/stats`` → ``200 {"trades": {...}, "publisher": {...}, "kafka": {...}, ...}`` (counters)
+- ``GET /healthz`` → ``200 {"status": "ok", ...}`` or ``503 {"status": "starting"|"degraded", ...}``
+
+Errors are ``{"error": {"code", "message"}}``: 404 unknown route, 405 wrong method, 422 invalid symbol or
+follower, 503 Redis unreachable. PUT and DELETE are idempotent; GETs change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from aggregator.backoff import Backoff
+from aggregator.feeds import Feeds
+from aggregator.intake import TickerIntake, TradeIntake, counters_json
+from aggregator.secondstat import SecondWindows
+from aggregator.settings import AggregatorSettings
+from aggregator.store import FollowerStore, StatPublisher, TickerProducer, connect_redis
+from crypto_mesh import jsonutil
+from crypto_mesh.binance import InvalidSymbol, normalize_symbol
+from crypto_mesh.logs import get_logger
+
+log = get_logger(__name__)
+
+FOLLOWER_PATTERN = re.compile(r"[A-Za-z0-9:_-]{1,64}")
+HEALTH_PING_TIMEOUT_S = 0.5
+
+
+@dataclass
+class Running:
+    """A started aggregator: ``port`` is the bound control port; ``await stop()`` shuts it down cleanly."""
+
+    port: int
+    _service: _Service
+
+    async def stop(self) -> None:
+        await self._service.stop()
+
+
+class _Service:
+    """The parts of a running aggregator and their background tasks."""
+
+    def __init__(self, settings: AggregatorSettings) -> None:
+        self.settings = settings
+        self.redis: redis.Redis = connect_redis(settings.redis_url)
+        self.followers = FollowerStore(self.redis)
+        self.publisher = StatPublisher(self.redis)
+        self.kafka = TickerProducer(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        self.trades = TradeIntake(SecondWindows(settings.window_grace_ms), self.publisher.submit)
+        self.tickers = TickerIntake(self.kafka.submit)
+        self.feeds = Feeds(settings.socket_proxy_target, settings.trade_stream, self.trades, self.tickers)
+        self.followers_loaded = False
+        # Serialises follower changes with the stream they start or stop, so a PUT racing the DELETE of the
+        # last follower cannot leave a followed symbol unstreamed.
+        self.tracking_lock = asyncio.Lock()
+        self.tasks: list[asyncio.Task] = []
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        self.tasks = [
+            asyncio.create_task(self.publisher.run(), name="redis-publisher"),
+            asyncio.create_task(self.kafka.run(), name="kafka-producer"),
+            asyncio.create_task(self.trades.run_clock(), name="window-clock"),
+            asyncio.create_task(self._reload_followers(), name="reload-followers"),
+        ]
+        self.feeds.start()
+        self.runner = web.AppRunner(create_app(self), handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        log.info("aggregator listening", host=self.settings.host, port=port)
+        return port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        await self.feeds.close()
+        # Open windows are incomplete seconds: they are dropped, not published. What is closed goes out.
+        await self.publisher.flush(timeout_s=1.0)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.kafka.close()
+        await self.redis.aclose()
+        log.info("aggregator stopped")
+
+    async def _reload_followers(self) -> None:
+        """Track again every symbol that has followers in Redis, retrying until Redis answers."""
+        backoff = Backoff(base_s=0.1, max_s=5.0)
+        while True:
+            try:
+                counts = await self.followers.counts()
+                break
+            except (RedisError, OSError) as exc:
+                log.warning("redis not reachable; followers not loaded yet", error=str(exc))
+                await asyncio.sleep(backoff.next_delay())
+        async with self.tracking_lock:
+            for symbol in counts:
+                self.feeds.track(symbol)
+        self.followers_loaded = True
+        log.info("followers loaded", symbols=len(counts))
+
+    async def redis_reachable(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), HEALTH_PING_TIMEOUT_S))
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    def counters(self) -> dict:
+        return {
+            "trades": counters_json(self.trades.counters),
+            "publisher": {
+                "published": self.publisher.published,
+                "stale": self.publisher.stale,
+                "dropped": self.publisher.dropped,
+                "failures": self.publisher.failures,
+                "pending": self.publisher.pending(),
+            },
+            "tickers": counters_json(self.tickers.counters),
+            "kafka": {"sent": self.kafka.sent, "failed": self.kafka.failed, "dropped": self.kafka.dropped},
+            "upstream": {"reconnects": self.feeds.reconnects},
+        }
+
+
+SERVICE = web.AppKey("service", _Service)
+
+
+async def start(settings: AggregatorSettings) -> Running:
+    """Start the aggregator: control API on ``settings.host:settings.port`` (0: a free port), the mini-ticker
+    stream, the Redis publisher, the Kafka producer, and the streams of the symbols followed in Redis.
+
+    Returns once the control API is serving. Redis, Kafka and socket_proxy need not be up yet: they are
+    retried in the background and ``/healthz`` reports ``starting``/``degraded`` until they are reachable.
+    """
+    service = _Service(settings)
+    try:
+        port = await service.start()
+    except BaseException:
+        await service.stop()
+        raise
+    return Running(port=port, _service=service)
+
+
+def create_app(service: _Service) -> web.Application:
+    """The aiohttp application of the control API, bound to ``service``."""
+    app = web.Application(middlewares=[_json_errors])
+    app[SERVICE] = service
+    app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", put_follower)
+    app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", delete_follower)
+    app.router.add_get("/v1/symbols", list_symbols)
+    app.router.add_get("/v1/stats", stats)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+def _json(body: dict, status: int = 200) -> web.Response:
+    return web.Response(body=jsonutil.dumps(body), status=status, content_type="application/json")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.code, exc.message)
+    except (RedisError, OSError) as exc:
+        log.warning("redis unavailable for a control request", path=request.path, error=str(exc))
+        return _error(503, "unavailable", "the follower store (Redis) is unavailable; retry later")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        response = _error(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("control request failed", path=request.path)
+        return _error(500, "internal", "internal error")
+
+
+def _path_args(request: web.Request) -> tuple[str, str]:
+    try:
+        symbol = normalize_symbol(request.match_info["symbol"])
+    except InvalidSymbol as exc:
+        raise ApiError(422, "invalid_symbol", str(exc)) from None
+    follower = request.match_info["follower"]
+    if not FOLLOWER_PATTERN.fullmatch(follower):
+        raise ApiError(422, "invalid_follower", "follower must be 1 to 64 of A-Z a-z 0-9 : _ -")
+    return symbol, follower
+
+
+async def put_follower(request: web.Request) -> web.Response:
+    """Add a follower to a symbol and make sure the symbol is streamed (idempotent)."""
+    service = request.app[SERVICE]
+    symbol, follower = _path_args(request)
+    async with service.tracking_lock:
+        count = await service.followers.add(symbol, follower)
+        service.feeds.track(symbol)
+    return _json({"symbol": symbol, "followers": count, "tracked": True})
+
+
+async def delete_follower(request: web.Request) -> web.Response:
+    """Remove a follower (idempotent); the last one leaving stops the symbol's stream."""
+    service = request.app[SERVICE]
+    symbol, follower = _path_args(request)
+    async with service.tracking_lock:
+        count = await service.followers.remove(symbol, follower)
+        if count == 0:
+            await service.feeds.untrack(symbol)
+    return _json({"symbol": symbol, "followers": count, "tracked": count > 0})
+
+
+async def list_symbols(request: web.Request) -> web.Response:
+    """The followed symbols with their follower counts, from Redis."""
+    counts = await request.app[SERVICE].followers.counts()
+    return _json({"symbols": [{"symbol": symbol, "followers": n} for symbol, n in counts.items()]})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Counters since start."""
+    service = request.app[SERVICE]
+    return _json({**service.counters(), "tracked": service.feeds.tracked()})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``ok`` when Redis, Kafka and socket_proxy are reachable and the followers are loaded; else 503 with
+    ``starting`` (not connected yet) or ``degraded`` (was connected, lost something)."""
+    service = request.app[SERVICE]
+    checks = {
+        "redis": await service.redis_reachable() and service.publisher.healthy is not False,
+        "kafka": service.kafka.healthy is True,
+        "socket_proxy": service.feeds.connected(),
+        "followers_loaded": service.followers_loaded,
+    }
+    if all(checks.values()):
+        status = "ok"
+    elif service.kafka.healthy is None or not service.followers_loaded:
+        status = "starting"
+    else:
+        status = "degraded"
+    body = {"status": status, "checks": checks, "counters": service.counters()}
+    return _json(body, 200 if status == "ok" else 503)

@@ -1,0 +1,135 @@
+"""From raw frames to outputs: trades → one-second windows → SecondStat publisher; mini-tickers → Kafka.
+
+Everything here runs on the event loop without awaiting, so a slow Redis or Kafka can never hold up intake:
+the outputs are the never-blocking ``submit`` of :class:`aggregator.store.StatPublisher` and
+:class:`aggregator.store.TickerProducer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+from aggregator.secondstat import SecondStat, SecondWindows
+from aggregator.tickers import KafkaMsg, MalformedTicker, parse_mini_ticker_frame
+from aggregator.trades import MalformedFrame, UnknownEvent, parse_trade_frame
+from crypto_mesh.logs import get_logger
+
+log = get_logger(__name__)
+
+#: How often open windows are checked against the wall clock (ms).
+TICK_MS = 100
+
+
+def now_ms() -> int:
+    """Local wall-clock time, Unix ms."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class TradeCounters:
+    """Counts of the trade path since start: frames ``parsed`` into trades, ``malformed`` frames,
+    ``unknown_event`` frames (well-formed, not a trade), ``wrong_symbol`` trades (another symbol than the
+    stream's), ``late`` trades (their second was already closed), ``duplicates`` (their id was already in
+    the window), ``stats`` SecondStats closed."""
+
+    parsed: int = 0
+    malformed: int = 0
+    unknown_event: int = 0
+    wrong_symbol: int = 0
+    late: int = 0
+    duplicates: int = 0
+    stats: int = 0
+
+
+class TradeIntake:
+    """Parses raw trade frames, feeds :class:`SecondWindows`, hands closed SecondStats to ``emit``.
+
+    ``emit`` must not block (it is :meth:`aggregator.store.StatPublisher.submit`). :meth:`run_clock` closes
+    windows by wall clock every :data:`TICK_MS`.
+    """
+
+    def __init__(self, windows: SecondWindows, emit: Callable[[SecondStat], None]) -> None:
+        self.windows = windows
+        self._emit = emit
+        self.counters = TradeCounters()
+
+    def on_frames(self, symbol: str, frames: Iterable[bytes], received_ms: int) -> None:
+        """Process raw frames of ``symbol``'s trade stream that arrived at local Unix ms ``received_ms``.
+        A frame that does not parse, is not a trade, or is of another symbol is counted and dropped."""
+        counters = self.counters
+        for raw in frames:
+            try:
+                trade = parse_trade_frame(raw)
+            except UnknownEvent:
+                counters.unknown_event += 1
+                continue
+            except MalformedFrame as exc:
+                counters.malformed += 1
+                log.debug("malformed trade frame dropped", symbol=symbol, error=str(exc))
+                continue
+            if trade.symbol != symbol:
+                counters.wrong_symbol += 1
+                continue
+            counters.parsed += 1
+            self._publish(self.windows.add(trade, received_ms))
+        counters.late = self.windows.late
+        counters.duplicates = self.windows.duplicates
+
+    def forget(self, symbol: str) -> None:
+        """Drop the window state of an untracked symbol."""
+        self.windows.forget(symbol)
+
+    def close_until(self, wall_ms: int) -> None:
+        """Close and emit the windows due at local Unix ms ``wall_ms``."""
+        self._publish(self.windows.close_until(wall_ms))
+
+    async def run_clock(self) -> None:
+        """Close windows by wall clock forever (cancel to stop)."""
+        while True:
+            await asyncio.sleep(TICK_MS / 1000)
+            self.close_until(now_ms())
+
+    def _publish(self, stats: list[SecondStat]) -> None:
+        for stat in stats:
+            self.counters.stats += 1
+            self._emit(stat)
+
+
+@dataclass
+class TickerCounters:
+    """Counts of the mini-ticker path: ``frames`` received, ``malformed`` frames or elements, ``records``
+    handed to the Kafka producer."""
+
+    frames: int = 0
+    malformed: int = 0
+    records: int = 0
+
+
+class TickerIntake:
+    """Parses mini-ticker frames into KafkaMsg records and hands each to ``emit`` (non-blocking)."""
+
+    def __init__(self, emit: Callable[[KafkaMsg], None]) -> None:
+        self._emit = emit
+        self.counters = TickerCounters()
+
+    def on_frames(self, frames: Iterable[bytes], received_ms: int) -> None:
+        """Process raw ``!miniTicker@arr`` frames that arrived at local Unix ms ``received_ms``."""
+        for raw in frames:
+            self.counters.frames += 1
+            try:
+                messages, rejected = parse_mini_ticker_frame(raw, received_ms)
+            except MalformedTicker:
+                self.counters.malformed += 1
+                continue
+            self.counters.malformed += rejected
+            for message in messages:
+                self.counters.records += 1
+                self._emit(message)
+
+
+def counters_json(counters: TradeCounters | TickerCounters) -> dict[str, int]:
+    """Counters as a JSON object."""
+    return asdict(counters)

@@ -1,0 +1,319 @@
+"""The aggregator's I/O with Redis and Kafka: followers, SecondStat publishing, mini-ticker records.
+
+Redis (docs/CONTRACTS.md, "Redis"):
+
+- channel ``<symbol>``: each SecondStat JSON, once;
+- key ``price:<symbol>``: the latest SecondStat JSON (no expiry);
+- sets ``aggregator:followers:<symbol>`` (followers of a symbol) and ``aggregator:symbols`` (symbols with at
+  least one follower).
+
+Kafka: topic ``binance.miniticker``, key = symbol, value = KafkaMsg JSON.
+
+Neither broker may stall the real-time path: SecondStats and mini-ticker records go through bounded buffers
+that never block the caller, drained by background tasks that reconnect with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import redis.asyncio as redis
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from aggregator.backoff import Backoff
+from aggregator.secondstat import SecondStat
+from aggregator.tickers import KafkaMsg
+from crypto_mesh import jsonutil
+from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
+from crypto_mesh.logs import get_logger
+
+log = get_logger(__name__)
+
+SYMBOLS_KEY = "aggregator:symbols"
+FOLLOWERS_KEY_PREFIX = "aggregator:followers:"
+PRICE_KEY_PREFIX = "price:"
+
+#: Partitions of ``binance.miniticker`` when the aggregator creates it; records of a symbol share one.
+MINI_TICKER_PARTITIONS = 3
+
+#: Stats pipelined to Redis per round trip.
+PUBLISH_BATCH = 256
+
+# Removing the last follower and the symbol from the tracked set must be one step, or a concurrent PUT could
+# leave a followed symbol out of aggregator:symbols (and untracked after a restart).
+_REMOVE_FOLLOWER = """
+redis.call('SREM', KEYS[1], ARGV[1])
+local n = redis.call('SCARD', KEYS[1])
+if n == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return n
+"""
+
+# SET + PUBLISH only if the stat is newer than the stored latest price. A retry after an ambiguous failure
+# (the connection dropped after Redis ran the commands) thus never republishes a second, and the latest price
+# never goes back in time.
+_PUBLISH_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  local stored_second = ok and type(decoded) == 'table' and tonumber(decoded['t'])
+  if stored_second and stored_second >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+return 1
+"""
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """A Redis client for ``url`` (``redis://host:port/db``) with short connect timeouts, so that calls fail
+    fast while Redis is down instead of hanging a request or the publisher. No connection is made yet."""
+    return redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15)
+
+
+class FollowerStore:
+    """Followers of each symbol, in Redis sets: a symbol is tracked while it has at least one follower.
+
+    Every method raises ``redis.exceptions.RedisError`` (or ``OSError``) if Redis is unreachable.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._remove = client.register_script(_REMOVE_FOLLOWER)
+
+    async def add(self, symbol: str, follower: str) -> int:
+        """Add ``follower`` to ``symbol`` (idempotent); returns the symbol's follower count."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.sadd(FOLLOWERS_KEY_PREFIX + symbol, follower)
+        pipe.sadd(SYMBOLS_KEY, symbol)
+        pipe.scard(FOLLOWERS_KEY_PREFIX + symbol)
+        *_, count = await pipe.execute()
+        return int(count)
+
+    async def remove(self, symbol: str, follower: str) -> int:
+        """Remove ``follower`` from ``symbol`` (idempotent); returns the remaining count (0: untracked)."""
+        count = await self._remove(keys=[FOLLOWERS_KEY_PREFIX + symbol, SYMBOLS_KEY], args=[follower, symbol])
+        return int(count)
+
+    async def counts(self) -> dict[str, int]:
+        """Tracked symbols → follower count, sorted by symbol."""
+        symbols = sorted(member.decode() for member in await self._redis.smembers(SYMBOLS_KEY))
+        if not symbols:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for symbol in symbols:
+            pipe.scard(FOLLOWERS_KEY_PREFIX + symbol)
+        counts = await pipe.execute()
+        return {symbol: int(count) for symbol, count in zip(symbols, counts, strict=True) if count}
+
+
+class StatPublisher:
+    """Publishes SecondStats to Redis (channel ``<symbol>`` + key ``price:<symbol>``) from a bounded buffer.
+
+    :meth:`submit` never blocks. While Redis keeps up, every stat is published in order. When a publish fails
+    or ``maxsize`` stats are waiting, the buffer conflates: only the latest unpublished stat of each symbol is
+    kept (a viewer wants the current price, not a backlog), older ones are counted in :attr:`dropped`. Failed
+    rounds are retried with backoff; :attr:`healthy` tells whether the last round reached Redis (``None``:
+    nothing tried yet).
+    """
+
+    def __init__(self, client: redis.Redis, maxsize: int = 10_000) -> None:
+        self._redis = client
+        self._publish = client.register_script(_PUBLISH_IF_NEWER)
+        self._maxsize = maxsize
+        self._fifo: deque[SecondStat] = deque()
+        self._latest: dict[str, SecondStat] = {}
+        self._conflating = False
+        self._wakeup = asyncio.Event()
+        self.published = 0
+        self.stale = 0
+        self.dropped = 0
+        self.failures = 0
+        self.healthy: bool | None = None
+
+    def submit(self, stat: SecondStat) -> None:
+        """Queue ``stat`` for publishing; returns at once."""
+        if not self._conflating and len(self._fifo) >= self._maxsize:
+            self._start_conflating()
+        if self._conflating:
+            self._keep_latest(stat)
+        else:
+            self._fifo.append(stat)
+        self._wakeup.set()
+
+    def pending(self) -> int:
+        """Stats waiting to be published."""
+        return len(self._fifo) + len(self._latest)
+
+    async def run(self) -> None:
+        """Publish forever (cancel to stop)."""
+        backoff = Backoff(base_s=0.05, max_s=5.0)
+        while True:
+            batch = self._take(PUBLISH_BATCH)
+            if not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                await self._send(batch)
+            except (RedisError, OSError) as exc:
+                self.failures += 1
+                if self.healthy is not False:
+                    log.warning("redis publish failed; conflating until it recovers", error=str(exc))
+                self.healthy = False
+                self._start_conflating()
+                for stat in batch:
+                    self._keep_latest(stat, newer_wins=True)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if self.healthy is False:
+                log.info("redis publish recovered")
+            self.healthy = True
+            backoff.reset()
+            if self._conflating and not self._latest:
+                self._conflating = False
+
+    async def flush(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` seconds for the buffer to drain (used at stop)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.pending() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _send(self, batch: list[SecondStat]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for stat in batch:
+            await self._publish(
+                keys=[PRICE_KEY_PREFIX + stat.symbol],
+                args=[jsonutil.dumps(stat.to_json()), stat.second_ms, stat.symbol],
+                client=pipe,
+            )
+        results = await pipe.execute()
+        fresh = sum(int(result) for result in results)
+        self.published += fresh
+        self.stale += len(batch) - fresh
+
+    def _take(self, limit: int) -> list[SecondStat]:
+        if self._latest:
+            batch = list(self._latest.values())[:limit]
+            for stat in batch:
+                del self._latest[stat.symbol]
+            return batch
+        return [self._fifo.popleft() for _ in range(min(limit, len(self._fifo)))]
+
+    def _start_conflating(self) -> None:
+        self._conflating = True
+        while self._fifo:
+            self._keep_latest(self._fifo.popleft())
+
+    def _keep_latest(self, stat: SecondStat, newer_wins: bool = False) -> None:
+        """Keep ``stat`` as its symbol's pending stat. ``newer_wins``: ``stat`` is a retried one, so a pending
+        stat (submitted after it) wins."""
+        current = self._latest.get(stat.symbol)
+        if current is not None:
+            self.dropped += 1
+            if newer_wins and current.second_ms > stat.second_ms:
+                return
+        self._latest[stat.symbol] = stat
+
+
+class TickerProducer:
+    """Writes KafkaMsg records to ``binance.miniticker`` (key = symbol) from a bounded buffer.
+
+    :meth:`submit` never blocks: when ``maxsize`` records wait, the oldest is dropped (:attr:`dropped`). The
+    background task :meth:`run` creates the topic and starts the producer, retrying with backoff until Kafka
+    is reachable, then sends; aiokafka retries failed requests, and deliveries that still fail are counted in
+    :attr:`failed`. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``.
+    """
+
+    def __init__(self, bootstrap_servers: str, enable_idempotence: bool, maxsize: int = 10_000) -> None:
+        self._bootstrap = bootstrap_servers
+        self._idempotence = enable_idempotence
+        self._queue: deque[KafkaMsg] = deque(maxlen=maxsize)
+        self._wakeup = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        self.healthy: bool | None = None
+
+    def submit(self, message: KafkaMsg) -> None:
+        """Queue ``message``; returns at once."""
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append(message)
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Connect (with backoff), then send forever (cancel to stop)."""
+        self._producer = await self._connect()
+        self.healthy = True
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            message = self._queue.popleft()
+            try:
+                delivery = await self._producer.send(
+                    MINI_TICKER_TOPIC,
+                    key=message.symbol.encode(),
+                    value=jsonutil.dumps(message.to_json()),
+                )
+            except KafkaError as exc:
+                self._on_failure(exc)
+                continue
+            delivery.add_done_callback(self._on_delivery)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what the producer holds (up to ``timeout_s`` seconds) and stop it."""
+        if self._producer is None:
+            return
+        try:
+            await asyncio.wait_for(self._producer.stop(), timeout_s)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("kafka producer did not stop cleanly", error=str(exc))
+        self._producer = None
+
+    async def _connect(self) -> AIOKafkaProducer:
+        backoff = Backoff(base_s=0.2, max_s=10.0)
+        while True:
+            try:
+                await ensure_topics(self._bootstrap, {MINI_TICKER_TOPIC: MINI_TICKER_PARTITIONS})
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap,
+                    acks="all",
+                    enable_idempotence=self._idempotence,
+                    linger_ms=20,
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    # Also on cancellation (stop during start): a half-started producer holds connections.
+                    await producer.stop()
+                    raise
+                log.info("kafka producer started", topic=MINI_TICKER_TOPIC)
+                return producer
+            except (KafkaError, OSError) as exc:
+                self.healthy = False
+                log.warning("kafka not reachable; retrying", error=str(exc))
+                await asyncio.sleep(backoff.next_delay())
+
+    def _on_delivery(self, delivery: asyncio.Future) -> None:
+        if delivery.cancelled():
+            self.failed += 1
+        elif delivery.exception() is not None:
+            self._on_failure(delivery.exception())
+        else:
+            self.sent += 1
+            self.healthy = True
+
+    def _on_failure(self, exc: BaseException) -> None:
+        self.failed += 1
+        if self.healthy:
+            log.warning("kafka delivery failed", error=str(exc))
+        self.healthy = False

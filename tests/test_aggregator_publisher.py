@@ -1,0 +1,155 @@
+"""Publishing never stalls intake: the SecondStat publisher conflates while Redis is down, the Kafka buffer
+drops its oldest record when full."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from decimal import Decimal
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from aggregator.secondstat import SecondStat
+from aggregator.store import StatPublisher, TickerProducer, connect_redis
+from aggregator.tickers import KafkaMsg
+from crypto_mesh.embedded import ManagedProcess, redis_command
+from crypto_mesh.kafka import MINI_TICKER_TOPIC
+from crypto_mesh.netutil import free_port
+
+
+def stat(symbol: str, second: int, price: str = "100") -> SecondStat:
+    p = Decimal(price)
+    return SecondStat(symbol, second * 1000, p, p, p, p, Decimal(1), p, 1, second)
+
+
+async def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def late_redis(tmp_path):
+    """A Redis server that is not running yet: ``(url, start)``."""
+    port = free_port()
+    server = ManagedProcess("redis", redis_command(port, tmp_path / "redis"), port, tmp_path / "redis.log")
+    yield f"redis://127.0.0.1:{port}/0", server.start
+    server.stop()
+
+
+async def test_while_redis_is_down_only_the_latest_stat_of_each_symbol_is_kept_and_then_published(late_redis):
+    url, start_redis = late_redis
+    client = connect_redis(url)
+    publisher = StatPublisher(client)
+    task = asyncio.create_task(publisher.run())
+    try:
+        publisher.submit(stat("btcusdt", 1))
+        await wait_until(lambda: publisher.failures >= 1)
+        assert publisher.healthy is False
+
+        submitted_at = time.monotonic()
+        for second in range(2, 6):
+            publisher.submit(stat("btcusdt", second, f"10{second}"))
+        for second in range(1, 4):
+            publisher.submit(stat("ethusdt", second, f"20{second}"))
+        assert time.monotonic() - submitted_at < 0.05  # submit never waits for Redis
+        assert publisher.pending() == 2
+
+        start_redis()
+        await wait_until(lambda: publisher.published == 2)
+
+        assert orjson.loads(await client.get("price:btcusdt"))["p"] == "105"
+        assert orjson.loads(await client.get("price:ethusdt"))["p"] == "203"
+        assert publisher.dropped == 6 and publisher.pending() == 0 and publisher.healthy is True
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+
+
+async def test_a_second_is_never_republished_nor_the_latest_price_moved_back(redis_url):
+    symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
+    client = connect_redis(redis_url)
+    publisher = StatPublisher(client)
+    task = asyncio.create_task(publisher.run())
+    pubsub = client.pubsub()
+    await pubsub.subscribe(symbol)
+    try:
+        for second, price in [(10, "1"), (10, "2"), (9, "3"), (11, "4")]:
+            publisher.submit(stat(symbol, second, price))
+        await wait_until(lambda: publisher.published + publisher.stale == 4)
+
+        messages = []
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is not None:
+                messages.append(orjson.loads(message["data"]))
+        assert [(m["t"], m["p"]) for m in messages] == [(10_000, "1"), (11_000, "4")]
+        assert orjson.loads(await client.get(f"price:{symbol}"))["t"] == 11_000
+        assert publisher.stale == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pubsub.aclose()
+        await client.delete(f"price:{symbol}")
+        await client.aclose()
+
+
+async def test_the_kafka_buffer_drops_its_oldest_record_when_full(kafka_bootstrap):
+    symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
+    producer = TickerProducer(kafka_bootstrap, enable_idempotence=False, maxsize=2)
+    for event_time in (1, 2, 3):
+        producer.submit(KafkaMsg("24hrMiniTicker", event_time, 0, symbol, *[Decimal(1)] * 4))
+    assert producer.dropped == 1
+
+    task = asyncio.create_task(producer.run())
+    try:
+        await wait_until(lambda: producer.sent == 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.close()
+
+    consumer = AIOKafkaConsumer(
+        MINI_TICKER_TOPIC,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"agg-test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        event_times = []
+        deadline = time.monotonic() + 20
+        while len(event_times) < 2 and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            event_times += [
+                orjson.loads(r.value)["E"] for rs in batches.values() for r in rs if r.key == symbol.encode()
+            ]
+    finally:
+        await consumer.stop()
+    assert event_times == [2, 3]
+
+
+async def test_a_price_key_that_is_not_a_second_stat_is_replaced(redis_url):
+    symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
+    client = connect_redis(redis_url)
+    publisher = StatPublisher(client)
+    task = asyncio.create_task(publisher.run())
+    try:
+        for junk in (b"not json", b'{"p": "1"}', b'{"t": "x"}'):
+            await client.set(f"price:{symbol}", junk)
+            published = publisher.published
+            publisher.submit(stat(symbol, 5))
+            await wait_until(lambda published=published: publisher.published == published + 1)
+            await client.delete(f"price:{symbol}")
+        assert publisher.failures == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()

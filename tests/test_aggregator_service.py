@@ -1,0 +1,504 @@
+"""The aggregator service end to end: a real gRPC upstream replaying the shipped recording, real Redis and
+Kafka.
+
+The upstream is a grpc.aio server implementing ``SocketProxy`` in this file (socket_proxy itself is tested on
+its own): it streams the recorded frames of the requested symbol like a live stream, then holds the call open
+until the client cancels it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+import uuid
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import grpc
+import orjson
+import pytest
+import redis.asyncio as redis
+from aiokafka import AIOKafkaConsumer
+from yarl import URL
+
+from aggregator.app import start
+from aggregator.settings import AggregatorSettings
+from crypto_mesh.kafka import MINI_TICKER_TOPIC
+from crypto_mesh.netutil import free_port
+from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
+
+#: A Redis database of its own, so that follower sets of other suites do not leak into the aggregator's start.
+AGGREGATOR_TEST_DB = 13
+
+MALFORMED_FRAME = (
+    b'{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"-1","q":"1","T":1}}'
+)
+UNKNOWN_EVENT_FRAME = b'{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1,"s":"BTCUSDT","k":{}}}'
+
+
+class RecordingProxy(socket_pb2_grpc.SocketProxyServicer):
+    """A SocketProxy upstream serving recorded frames.
+
+    ``trade_frames[(symbol, kind)]``: frames of that stream; each call continues where the previous call of
+    the stream stopped (like a live stream). ``fail_after``: the first call of a stream aborts with
+    RESOURCE_EXHAUSTED after that many frames. ``calls`` counts calls per symbol; ``cancelled[symbol]`` is
+    set when a call of that symbol is cancelled by the client.
+    """
+
+    def __init__(self, trade_frames=None, mini_ticker_frames=(), fail_after: int | None = None) -> None:
+        self.trade_frames: dict[tuple[str, int], list[bytes]] = trade_frames or {}
+        self.mini_ticker_frames = list(mini_ticker_frames)
+        self.fail_after = fail_after
+        self.cursor: dict[tuple[str, int], int] = defaultdict(int)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.cancelled: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.mini_ticker_calls = 0
+
+    async def StreamTrades(self, request, context):
+        key = (request.symbol, request.kind)
+        self.calls[request.symbol] += 1
+        first_call = self.calls[request.symbol] == 1
+        frames = self.trade_frames.get(key, [])
+        try:
+            while self.cursor[key] < len(frames):
+                if first_call and self.fail_after is not None and self.cursor[key] >= self.fail_after:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "subscriber fell behind")
+                batch = frames[self.cursor[key] : self.cursor[key] + 50]
+                self.cursor[key] += len(batch)
+                yield socket_pb2.RawFrames(data=batch)
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled[request.symbol].set()
+            raise
+
+    async def StreamMiniTickers(self, request, context):
+        self.mini_ticker_calls += 1
+        if self.mini_ticker_frames:
+            yield socket_pb2.RawFrames(data=self.mini_ticker_frames)
+        await asyncio.Event().wait()
+
+
+@asynccontextmanager
+async def serving(proxy: RecordingProxy, port: int = 0):
+    server = grpc.aio.server()
+    socket_pb2_grpc.add_SocketProxyServicer_to_server(proxy, server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(grace=None)
+
+
+@asynccontextmanager
+async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_target: str, **overrides):
+    """A running aggregator; yields (control base URL, HTTP session)."""
+    settings = AggregatorSettings(
+        port=0,
+        redis_url=redis_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        socket_proxy_target=proxy_target,
+        kafka_enable_idempotence=False,
+        **overrides,
+    )
+    running = await start(settings)
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield f"http://127.0.0.1:{running.port}", http
+    finally:
+        await running.stop()
+
+
+@pytest.fixture
+async def agg_redis_url(redis_url):
+    """``redis_url`` on the aggregator's own database, emptied before the test."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{AGGREGATOR_TEST_DB}"
+    client = redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    return url
+
+
+@pytest.fixture
+async def redis_client(agg_redis_url):
+    client = redis.from_url(agg_redis_url)
+    yield client
+    await client.aclose()
+
+
+def recorded_frames(recording: Path, symbol: str) -> list[bytes]:
+    with gzip.open(recording) as lines:
+        return [line.rstrip(b"\n") for line in lines if line.startswith(b'{"stream":"%s@' % symbol.encode())]
+
+
+def expected_stats(frames: list[bytes], id_field: str) -> list[dict]:
+    """Per second, straight from the frames: the SecondStat fields a subscriber checks, in second order."""
+    seconds = defaultdict(list)
+    for frame in frames:
+        data = orjson.loads(frame)["data"]
+        seconds[data["T"] // 1000 * 1000].append(data)
+    expected = []
+    for second in sorted(seconds):
+        trades = sorted(seconds[second], key=lambda d: d[id_field])
+        expected.append(
+            {
+                "s": trades[-1]["s"].lower(),
+                "t": second,
+                "p": Decimal(trades[-1]["p"]),
+                "i": trades[-1][id_field],
+                "o": Decimal(trades[0]["p"]),
+                "n": len(trades),
+                "v": sum((Decimal(d["q"]) for d in trades), Decimal(0)),
+            }
+        )
+    return expected
+
+
+def checked_fields(stat: dict) -> dict:
+    return {
+        "s": stat["s"],
+        "t": stat["t"],
+        "p": Decimal(stat["p"]),
+        "i": stat["i"],
+        "o": Decimal(stat["o"]),
+        "n": stat["n"],
+        "v": Decimal(stat["v"]),
+    }
+
+
+async def receive(pubsub, count: int, timeout_s: float) -> list[dict]:
+    received = []
+    deadline = time.monotonic() + timeout_s
+    while len(received) < count and time.monotonic() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        if message is not None:
+            received.append(orjson.loads(message["data"]))
+    return received
+
+
+async def test_a_followed_symbol_is_published_second_by_second_from_the_upstream(
+    agg_redis_url,
+    redis_client,
+    kafka_bootstrap,
+    trade_recording,
+):
+    frames = recorded_frames(trade_recording, "btcusdt")
+    expected = expected_stats(frames, "t")
+    # A malformed frame and a frame of another event type in the middle of the stream; and the first call is
+    # cut by the upstream (RESOURCE_EXHAUSTED), so the aggregator must reconnect to get the rest.
+    middle = len(frames) // 3
+    stream = frames[:middle] + [MALFORMED_FRAME, UNKNOWN_EVENT_FRAME] + frames[middle:]
+    proxy = RecordingProxy({("btcusdt", socket_pb2.TRADE_KIND_TRADE): stream}, fail_after=len(frames) // 2)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe("btcusdt")
+
+    async with serving(proxy) as target, aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+        async with http.put(f"{base}/v1/symbols/BTCUSDT/followers/user:1") as response:
+            assert response.status == 200
+            assert await response.json() == {"symbol": "btcusdt", "followers": 1, "tracked": True}
+
+        received = await receive(pubsub, len(expected), timeout_s=30)
+
+        assert [checked_fields(stat) for stat in received] == expected
+        assert orjson.loads(await redis_client.get("price:btcusdt")) == received[-1]
+        assert proxy.calls["btcusdt"] == 2
+        async with http.get(f"{base}/v1/stats") as response:
+            counters = (await response.json())["trades"]
+        assert counters["malformed"] == 1 and counters["unknown_event"] == 1
+        assert counters["parsed"] == len(frames) and counters["stats"] == len(expected)
+
+        async with http.delete(f"{base}/v1/symbols/btcusdt/followers/user:1") as response:
+            assert await response.json() == {"symbol": "btcusdt", "followers": 0, "tracked": False}
+        await asyncio.wait_for(proxy.cancelled["btcusdt"].wait(), timeout=5)
+        async with http.get(f"{base}/v1/symbols") as response:
+            assert await response.json() == {"symbols": []}
+        assert await receive(pubsub, 1, timeout_s=1.5) == []  # nothing more, not even the last price again
+    await pubsub.aclose()
+
+
+async def test_agg_trade_stream_is_used_when_configured(
+    agg_redis_url,
+    redis_client,
+    kafka_bootstrap,
+    agg_trade_recording,
+):
+    frames = recorded_frames(agg_trade_recording, "dotusdt")
+    expected = expected_stats(frames, "a")
+    proxy = RecordingProxy({("dotusdt", socket_pb2.TRADE_KIND_AGG_TRADE): frames})
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe("dotusdt")
+
+    async with (
+        serving(proxy) as target,
+        aggregator(
+            agg_redis_url,
+            kafka_bootstrap,
+            target,
+            trade_stream="aggTrade",
+            window_grace_ms=200,
+        ) as (base, http),
+    ):
+        async with http.put(f"{base}/v1/symbols/dotusdt/followers/etl-probe") as response:
+            assert response.status == 200
+        received = await receive(pubsub, len(expected), timeout_s=15)
+
+    assert [checked_fields(stat) for stat in received] == expected
+    await pubsub.aclose()
+
+
+async def test_followers_survive_a_restart_and_their_symbols_are_streamed_again(
+    agg_redis_url,
+    redis_client,
+    kafka_bootstrap,
+):
+    proxy = RecordingProxy()
+    async with serving(proxy) as target:
+        async with aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+            await http.put(f"{base}/v1/symbols/ethusdt/followers/user:7")
+            await http.put(f"{base}/v1/symbols/ethusdt/followers/user:8")
+            await wait_until(lambda: proxy.calls["ethusdt"] == 1)
+
+        async with aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+            await wait_until(lambda: proxy.calls["ethusdt"] == 2)
+            async with http.get(f"{base}/v1/symbols") as response:
+                assert await response.json() == {"symbols": [{"symbol": "ethusdt", "followers": 2}]}
+    assert await redis_client.smembers("aggregator:followers:ethusdt") == {b"user:7", b"user:8"}
+
+
+async def test_streams_come_back_after_socket_proxy_restarts(agg_redis_url, kafka_bootstrap):
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    before, after = RecordingProxy(), RecordingProxy()
+    async with aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+        async with serving(before, port):
+            await http.put(f"{base}/v1/symbols/ethusdt/followers/user:1")
+            await wait_until(lambda: before.calls["ethusdt"] == 1 and before.mini_ticker_calls == 1)
+
+        async with serving(after, port):
+            await wait_until(
+                lambda: after.calls["ethusdt"] == 1 and after.mini_ticker_calls == 1, timeout_s=15
+            )
+            async with http.get(f"{base}/v1/stats") as response:
+                assert (await response.json())["upstream"]["reconnects"] >= 2
+
+
+async def wait_until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def mini_ticker(symbol: str, event_time: int, close: str, open_: str) -> dict:
+    return {
+        "e": "24hrMiniTicker",
+        "E": event_time,
+        "s": symbol.upper(),
+        "c": close,
+        "o": open_,
+        "h": "70000.00",
+        "l": "50000.00",
+        "v": "10.5",
+        "q": "630000.25",
+    }
+
+
+async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs(agg_redis_url, kafka_bootstrap):
+    first, second = f"zz{uuid.uuid4().hex[:8]}usdt", f"zz{uuid.uuid4().hex[:8]}usdt"
+    frame = orjson.dumps(
+        {
+            "stream": "!miniTicker@arr",
+            "data": [
+                mini_ticker(first, 1723161256000, "61837.63", "60000.00"),
+                {
+                    "e": "24hrMiniTicker",
+                    "E": 1723161256000,
+                    "s": "BAD/SYMBOL",
+                    "c": "1",
+                    "o": "1",
+                    "h": "1",
+                    "l": "1",
+                },
+                mini_ticker(second, 1723161256000, "5", "0"),
+            ],
+        }
+    )
+    proxy = RecordingProxy(mini_ticker_frames=[frame, b"not json"])
+    before_ms = int(time.time() * 1000)
+
+    async with serving(proxy) as target, aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+        records = await consume(kafka_bootstrap, {first.encode(), second.encode()}, count=2)
+        async with http.get(f"{base}/v1/stats") as response:
+            counters = await response.json()
+
+    by_symbol = {record.key.decode(): orjson.loads(record.value) for record in records}
+    assert by_symbol[first] == {
+        "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"binance.miniticker/{first}/1723161256000")),
+        "e": "24hrMiniTicker",
+        "E": 1723161256000,
+        "receive_time": by_symbol[first]["receive_time"],
+        "s": first,
+        "c": "61837.63",
+        "o": "60000.00",
+        "h": "70000.00",
+        "l": "50000.00",
+        "change_price": "1837.63",
+        "change_percent": "3.06271667",
+    }
+    assert by_symbol[first]["receive_time"] >= before_ms
+    assert (by_symbol[second]["change_price"], by_symbol[second]["change_percent"]) == ("5", "0")
+    assert counters["tickers"] == {"frames": 2, "malformed": 2, "records": 2}
+    assert counters["kafka"]["sent"] == 2 and counters["kafka"]["failed"] == 0
+
+
+async def consume(bootstrap: str, keys: set[bytes], count: int, timeout_s: float = 20.0) -> list:
+    consumer = AIOKafkaConsumer(
+        MINI_TICKER_TOPIC,
+        bootstrap_servers=bootstrap,
+        group_id=f"agg-test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    found = []
+    deadline = time.monotonic() + timeout_s
+    await consumer.start()
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            found += [record for records in batches.values() for record in records if record.key in keys]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_health_is_ok_once_redis_kafka_and_the_upstream_are_reachable(agg_redis_url, kafka_bootstrap):
+    async with (
+        serving(RecordingProxy()) as target,
+        aggregator(agg_redis_url, kafka_bootstrap, target) as (
+            base,
+            http,
+        ),
+    ):
+        deadline = time.monotonic() + 15
+        while True:
+            async with http.get(f"{base}/healthz") as response:
+                body = await response.json()
+            if response.status == 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+
+    assert response.status == 200, body
+    assert body["status"] == "ok"
+    assert set(body["counters"]) >= {"trades", "publisher", "kafka"}
+
+
+async def test_start_succeeds_with_every_dependency_down_and_health_says_so():
+    nothing = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    async with aggregator(f"redis://{nothing}/0", nothing, nothing) as (base, http):
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 503
+            assert (await response.json())["status"] in ("starting", "degraded")
+        async with http.put(f"{base}/v1/symbols/btcusdt/followers/user:1") as response:
+            assert response.status == 503
+            assert (await response.json())["error"]["code"] == "unavailable"
+    assert time.monotonic() - started < 15
+
+
+class TestControlApi:
+    """Routes of docs/CONTRACTS.md, "Aggregator control HTTP"."""
+
+    @pytest.fixture
+    async def api(self, agg_redis_url, kafka_bootstrap):
+        proxy = RecordingProxy()
+        async with (
+            serving(proxy) as target,
+            aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http),
+        ):
+            yield base, http, proxy
+
+    async def test_put_and_delete_are_idempotent(self, api):
+        base, http, proxy = api
+        route = f"{base}/v1/symbols/solusdt/followers"
+        answers = []
+        for method, follower in [
+            ("PUT", "user:1"),
+            ("PUT", "user:1"),
+            ("PUT", "user:2"),
+            ("DELETE", "user:9"),
+            ("DELETE", "user:1"),
+            ("DELETE", "user:1"),
+            ("DELETE", "user:2"),
+            ("DELETE", "user:2"),
+        ]:
+            async with http.request(method, f"{route}/{follower}") as response:
+                assert response.status == 200
+                answers.append(await response.json())
+
+        assert [(a["followers"], a["tracked"]) for a in answers] == [
+            (1, True),
+            (1, True),
+            (2, True),
+            (2, True),
+            (1, True),
+            (1, True),
+            (0, False),
+            (0, False),
+        ]
+        assert {a["symbol"] for a in answers} == {"solusdt"}
+        await asyncio.wait_for(proxy.cancelled["solusdt"].wait(), timeout=5)
+        assert proxy.calls["solusdt"] == 1
+
+    @pytest.mark.parametrize(
+        ("symbol", "follower", "code"),
+        [
+            ("BTC%2FUSDT", "user:1", "invalid_symbol"),
+            ("..%2Fx", "user:1", "invalid_symbol"),
+            ("a" * 1000, "user:1", "invalid_symbol"),
+            ("b", "user:1", "invalid_symbol"),
+            ("btc%20usdt", "user:1", "invalid_symbol"),
+            ("btcusdt", "user%201", "invalid_follower"),
+            ("btcusdt", "x" * 65, "invalid_follower"),
+            ("btcusdt", "user%2F1", "invalid_follower"),
+        ],
+    )
+    async def test_an_invalid_symbol_or_follower_is_422_and_changes_nothing(
+        self,
+        api,
+        redis_client,
+        symbol,
+        follower,
+        code,
+    ):
+        base, http, proxy = api
+        for method in ("PUT", "DELETE"):
+            url = URL(f"{base}/v1/symbols/{symbol}/followers/{follower}", encoded=True)
+            async with http.request(method, url) as response:
+                assert response.status == 422
+                assert (await response.json())["error"]["code"] == code
+        assert await redis_client.keys("aggregator:*") == []
+        assert not proxy.calls
+
+    async def test_gets_have_no_side_effects(self, api, redis_client):
+        base, http, proxy = api
+        for path in ("/v1/symbols", "/v1/symbols/btcusdt/followers/user:1", "/v1/stats", "/healthz"):
+            async with http.get(f"{base}{path}") as response:
+                assert response.status in (200, 405, 503)
+        async with http.get(f"{base}/v1/symbols") as response:
+            assert await response.json() == {"symbols": []}
+        assert await redis_client.keys("aggregator:*") == []
+        assert not proxy.calls
+
+    async def test_unknown_routes_and_methods_answer_json_errors(self, api):
+        base, http, _ = api
+        async with http.get(f"{base}/v1/nope") as response:
+            assert response.status == 404
+            assert (await response.json())["error"]["code"] == "not_found"
+        async with http.post(f"{base}/v1/symbols/btcusdt/followers/user:1") as response:
+            assert response.status == 405
+            assert (await response.json())["error"]["code"] == "method_not_allowed"
+            assert set(response.headers["Allow"].split(",")) == {"PUT", "DELETE"}

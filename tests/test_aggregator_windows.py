@@ -1,0 +1,214 @@
+"""One-second windows (aggregator.secondstat): every second of the shipped recordings; the closing rules."""
+
+from __future__ import annotations
+
+import gzip
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+
+from aggregator.secondstat import SecondStat, SecondWindows
+from aggregator.trades import Trade, parse_trade_frame
+
+FAR_FUTURE_MS = 2**62
+
+
+def expected_seconds(recording: Path, id_field: str) -> dict[tuple[str, int], dict]:
+    """Straight from the file, independently of the aggregator: per (symbol, second) the price of the highest
+    id, the price of the lowest id, high, low, Σq, Σp×q, count."""
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    with gzip.open(recording) as lines:
+        for line in lines:
+            data = orjson.loads(line)["data"]
+            groups[(data["s"].lower(), data["T"] // 1000 * 1000)].append(data)
+    expected = {}
+    for key, trades in groups.items():
+        by_id = sorted(trades, key=lambda d: d[id_field])
+        prices = [Decimal(d["p"]) for d in trades]
+        expected[key] = {
+            "p": Decimal(by_id[-1]["p"]),
+            "i": by_id[-1][id_field],
+            "o": Decimal(by_id[0]["p"]),
+            "h": max(prices),
+            "l": min(prices),
+            "v": sum((Decimal(d["q"]) for d in trades), Decimal(0)),
+            "q": sum((Decimal(d["p"]) * Decimal(d["q"]) for d in trades), Decimal(0)),
+            "n": len(trades),
+        }
+    return expected
+
+
+def replay(recording: Path) -> list[SecondStat]:
+    windows = SecondWindows(grace_ms=1000)
+    stats = []
+    with gzip.open(recording) as lines:
+        for line in lines:
+            stats.extend(windows.add(parse_trade_frame(line)))
+    stats.extend(windows.close_until(FAR_FUTURE_MS))
+    assert windows.late == 0
+    return stats
+
+
+def as_expected(stat: SecondStat) -> dict:
+    return {
+        "p": stat.close,
+        "i": stat.close_id,
+        "o": stat.open,
+        "h": stat.high,
+        "l": stat.low,
+        "v": stat.volume,
+        "q": stat.quote_volume,
+        "n": stat.count,
+    }
+
+
+@pytest.mark.parametrize(
+    ("recording_fixture", "id_field"), [("trade_recording", "t"), ("agg_trade_recording", "a")]
+)
+def test_every_second_of_the_recording_matches_an_independent_computation(
+    request, recording_fixture, id_field
+):
+    recording = request.getfixturevalue(recording_fixture)
+    expected = expected_seconds(recording, id_field)
+
+    stats = replay(recording)
+
+    produced = {(stat.symbol, stat.second_ms): as_expected(stat) for stat in stats}
+    assert len(produced) == len(stats), "a second was published twice"
+    assert produced == expected
+    assert len(expected) > 100
+
+
+def test_each_symbols_seconds_come_out_in_order_once(trade_recording):
+    stats = replay(trade_recording)
+    for symbol in ("btcusdt", "ethusdt"):
+        seconds = [stat.second_ms for stat in stats if stat.symbol == symbol]
+        assert seconds == sorted(set(seconds))
+
+
+def trade(trade_id: int, price: str, time_ms: int, quantity: str = "1", symbol: str = "btcusdt") -> Trade:
+    return Trade(symbol, trade_id, Decimal(price), Decimal(quantity), time_ms)
+
+
+def test_close_is_the_price_of_the_highest_id_not_the_last_to_arrive():
+    windows = SecondWindows(grace_ms=0)
+    windows.add(trade(11, "101", 5_000_100))
+    windows.add(trade(12, "102", 5_000_200))
+    windows.add(trade(10, "100", 5_000_300))  # arrives last, has the lowest id
+
+    [stat] = windows.add(trade(13, "103", 5_001_000))
+
+    assert (stat.close, stat.close_id, stat.open) == (Decimal("102"), 12, Decimal("100"))
+    assert (stat.high, stat.low, stat.count) == (Decimal("102"), Decimal("100"), 3)
+
+
+def test_sums_are_exact_and_vwap_is_quote_over_base_volume():
+    windows = SecondWindows(grace_ms=0)
+    windows.add(trade(1, "61837.63000000", 1_000, "0.02000000"))
+    windows.add(trade(2, "61837.64000000", 1_001, "0.00012000"))
+
+    [stat] = windows.close_until(FAR_FUTURE_MS)
+
+    assert stat.volume == Decimal("0.02012000")
+    assert stat.quote_volume == Decimal("61837.63") * Decimal("0.02") + Decimal("61837.64") * Decimal(
+        "0.00012"
+    )
+    assert stat.vwap == (stat.quote_volume / stat.volume).quantize(Decimal("1E-8"))
+    assert orjson.loads(stat_json(stat)) == {
+        "s": "btcusdt",
+        "t": 1000,
+        "p": "61837.64000000",
+        "o": "61837.63000000",
+        "h": "61837.64000000",
+        "l": "61837.63000000",
+        "v": "0.02012000",
+        "q": "1244.1731168000000000",
+        "n": 2,
+        "vwap": "61837.63005964",
+        "i": 2,
+    }
+
+
+def stat_json(stat: SecondStat) -> bytes:
+    from crypto_mesh.jsonutil import dumps
+
+    return dumps(stat.to_json())
+
+
+def test_a_trade_for_a_closed_second_is_late_and_never_republishes_it():
+    windows = SecondWindows(grace_ms=0)
+    windows.add(trade(1, "100", 1_500))
+    [first] = windows.add(trade(3, "102", 2_100))
+
+    assert windows.add(trade(2, "999", 1_900)) == []  # second 1000 is closed
+    assert windows.add(trade(0, "999", 500)) == []  # so is every earlier one
+
+    assert windows.late == 2
+    assert first.close == Decimal("100")
+    [second] = windows.close_until(FAR_FUTURE_MS)
+    assert (second.second_ms, second.close) == (2_000, Decimal("102"))
+
+
+def test_wall_clock_closes_a_window_grace_ms_after_its_second_ends():
+    windows = SecondWindows(grace_ms=300)
+    windows.add(trade(1, "100", 7_250), received_ms=7_260)  # the stream runs 10 ms behind the exchange
+
+    assert windows.close_until(8_309) == []
+    [stat] = windows.close_until(8_310)
+
+    assert stat.second_ms == 7_000
+    assert windows.close_until(FAR_FUTURE_MS) == []
+    assert windows.add(trade(2, "101", 7_999)) == [] and windows.late == 1
+
+
+def test_wall_clock_is_read_through_the_streams_clock_offset():
+    # A recording replayed years later: closing on the raw wall clock would cut every second after one trade.
+    windows = SecondWindows(grace_ms=1000)
+    recorded_ms = 1_723_161_255_342
+    local_ms = 1_800_000_000_000
+    windows.add(trade(1, "100", recorded_ms), received_ms=local_ms)
+
+    assert windows.close_until(local_ms + 1) == []
+    assert windows.add(trade(2, "101", recorded_ms + 100), received_ms=local_ms + 100) == []
+    [stat] = windows.close_until(local_ms + 100 + (1_723_161_256_000 - recorded_ms - 100) + 1000)
+    assert (stat.count, stat.close) == (2, Decimal("101"))
+
+
+def test_seconds_without_trades_publish_nothing():
+    windows = SecondWindows(grace_ms=0)
+    windows.add(trade(1, "100", 1_000))
+
+    stats = windows.add(trade(2, "101", 9_000))
+
+    assert [stat.second_ms for stat in stats] == [1_000]
+    assert [stat.second_ms for stat in windows.close_until(FAR_FUTURE_MS)] == [9_000]
+    assert windows.close_until(FAR_FUTURE_MS) == []
+
+
+def test_symbols_have_independent_windows_and_forget_prunes_one():
+    windows = SecondWindows(grace_ms=0)
+    windows.add(trade(1, "100", 1_000, symbol="btcusdt"))
+    windows.add(trade(1, "5", 3_000, symbol="ethusdt"))
+
+    assert (
+        windows.add(trade(2, "101", 1_500, symbol="btcusdt")) == []
+    )  # ethusdt's later second closes nothing
+    windows.forget("ethusdt")
+
+    assert windows.open_symbols() == ["btcusdt"] and len(windows) == 1
+    [stat] = windows.close_until(FAR_FUTURE_MS)
+    assert (stat.symbol, stat.count) == ("btcusdt", 2)
+
+
+def test_a_trade_delivered_twice_counts_once():
+    windows = SecondWindows(grace_ms=0)
+    windows.add(trade(1, "100", 1_000, "2"))
+    windows.add(trade(2, "101", 1_100, "3"))
+
+    assert windows.add(trade(1, "100", 1_000, "2")) == []
+
+    [stat] = windows.close_until(FAR_FUTURE_MS)
+    assert (stat.count, stat.volume, windows.duplicates) == (2, Decimal("5"), 1)
