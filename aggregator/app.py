@@ -22,13 +22,13 @@ import redis.asyncio as redis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from aggregator.backoff import Backoff
 from aggregator.feeds import Feeds
 from aggregator.intake import TickerIntake, TradeIntake, counters_json
 from aggregator.secondstat import SecondWindows
 from aggregator.settings import AggregatorSettings
 from aggregator.store import FollowerStore, StatPublisher, TickerProducer, connect_redis
 from crypto_mesh import jsonutil
+from crypto_mesh.backoff import Backoff
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.logs import get_logger
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import grpc
 
-from aggregator.backoff import Backoff
 from aggregator.intake import TickerIntake, TradeIntake, now_ms
+from crypto_mesh.backoff import Backoff
 from crypto_mesh.binance import AGG_TRADE
 from crypto_mesh.logs import get_logger
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
@@ -23,7 +23,7 @@ from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 log = get_logger(__name__)
 
 #: gRPC's own reconnect backoff (default: 1 s growing to 120 s) would hold streams back long after
-#: socket_proxy is back; the streams' own backoff (:class:`aggregator.backoff.Backoff`) spaces the attempts.
+#: socket_proxy is back; the streams' own backoff (:class:`crypto_mesh.backoff.Backoff`) spaces the attempts.
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),

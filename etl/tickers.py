@@ -11,10 +11,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
+from crypto_mesh.decimals import DecimalFieldError, parse_decimal
 
 #: Columns of ``crypto.market_tickers`` in the order of :class:`TickerRow`'s fields.
 COLUMNS = (
@@ -138,22 +139,7 @@ def _time_ms(message: dict, name: str) -> datetime:
 
 
 def _decimal(message: dict, name: str, scale: int) -> Decimal:
-    raw = _field(message, name)
-    # A JSON number would have gone through float in the decoder: only strings keep every digit.
-    if not isinstance(raw, str):
-        raise InvalidRecord(f"{name!r} must be a decimal string")
     try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise InvalidRecord(f"{name!r} is not a decimal: {raw[:40]!r}") from None
-    if not value.is_finite():
-        raise InvalidRecord(f"{name!r} must be finite")
-    _sign, digits, exponent = value.as_tuple()
-    # Trailing zeros after the point ("1.50000000000000000000") do not need a wider column.
-    while exponent < 0 and len(digits) > 1 and digits[-1] == 0:
-        digits, exponent = digits[:-1], exponent + 1
-    places = max(0, -exponent)
-    integer_digits = max(0, len(digits) + exponent)
-    if places > scale or integer_digits > 38 - scale:
-        raise InvalidRecord(f"{name!r} does not fit Decimal(38, {scale}): {raw[:40]!r}")
-    return value
+        return parse_decimal(_field(message, name), scale=scale, integer_digits=38 - scale)
+    except DecimalFieldError as exc:
+        raise InvalidRecord(f"{name!r} {exc} (column Decimal(38, {scale}))") from None

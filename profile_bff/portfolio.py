@@ -15,6 +15,7 @@ from decimal import Context, Decimal, InvalidOperation, Overflow
 from typing import Any
 
 from crypto_mesh import jsonutil
+from crypto_mesh.decimals import DecimalFieldError, parse_decimal
 
 #: Arithmetic context of the portfolio: exact for every value the profile database can hold.
 CONTEXT = Context(prec=200, traps=[InvalidOperation, Overflow])
@@ -93,11 +94,9 @@ def parse_second_stat(payload: bytes | str) -> Price:
     if not 0 <= second < _YEAR_10000_MS:
         raise InvalidSecondStat(f"t is not a Unix time in ms: {second}")
     try:
-        value = Decimal(raw_price)
-    except InvalidOperation:
-        raise InvalidSecondStat(f"p is not a decimal: {raw_price!r}") from None
-    if not value.is_finite() or value < 0:
-        raise InvalidSecondStat(f"p is not a price: {raw_price!r}")
+        value = parse_decimal(raw_price, minimum="nonnegative")
+    except DecimalFieldError as exc:
+        raise InvalidSecondStat(f"p {exc}") from None
     return Price(value=value, second_ms=second)
 
 

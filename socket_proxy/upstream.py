@@ -13,7 +13,6 @@ over frame-exactly with :class:`Handover`, then close the old one). Frames are h
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -23,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from crypto_mesh import jsonutil
+from crypto_mesh.backoff import Backoff
 from crypto_mesh.logs import get_logger
 from socket_proxy.fanout import Counters
 
@@ -55,11 +55,8 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 FrameHandler = Callable[[str, bytes], None]
 
 
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait before reconnect attempt number ``failures`` (0-based): exponential from 0.2 s, capped at
-    30 s, with "equal jitter" (half fixed, half random) so that many connections do not retry in step."""
-    ceiling = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2**failures)
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+#: Reconnect delays: exponential from 0.2 s, capped at 30 s, with full jitter so connections do not retry in step.
+BACKOFF = Backoff(base_s=BACKOFF_INITIAL_S, max_s=BACKOFF_MAX_S)
 
 
 class AttemptLimiter:
@@ -249,7 +246,7 @@ class UpstreamConnection:
                 )
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 self._counters.connect_failures += 1
-                delay = backoff_delay(failures)
+                delay = BACKOFF.delay_for(failures)
                 failures += 1
                 log.warning(
                     "upstream_connect_failed", url=self.url, error=repr(exc), retry_in_s=round(delay, 3)
@@ -279,7 +276,7 @@ class UpstreamConnection:
                 session = None
                 self._counters.reconnects += 1
                 failures = 0 if lived >= STABLE_AFTER_S else failures + 1
-                delay = backoff_delay(failures)
+                delay = BACKOFF.delay_for(failures)
                 log.info(
                     "upstream_reconnecting", url=self.url, lived_s=round(lived, 3), retry_in_s=round(delay, 3)
                 )
@@ -301,7 +298,7 @@ class UpstreamConnection:
             await self._drop(new)
             # The old websocket still works: retry later, with growing delays that keep the shared
             # connection-attempt budget for reconnects.
-            delay = backoff_delay(self._rotation_failures + 3)
+            delay = BACKOFF.delay_for(self._rotation_failures + 3)
             self._rotation_failures += 1
             log.warning("upstream_rotation_failed", url=self.url, retry_in_s=round(delay, 3))
             await asyncio.sleep(delay)

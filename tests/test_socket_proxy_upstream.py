@@ -13,7 +13,7 @@ import pytest
 from crypto_mesh.replay.server import start as start_replay
 from crypto_mesh.replay.settings import ReplaySettings
 from socket_proxy.fanout import Counters
-from socket_proxy.upstream import AttemptLimiter, Handover, Upstream, backoff_delay
+from socket_proxy.upstream import BACKOFF, AttemptLimiter, Handover, Upstream
 
 
 async def replay_info(port: int) -> dict:
@@ -185,4 +185,7 @@ async def test_the_attempt_budget_makes_further_attempts_wait_for_the_window():
 def test_backoff_grows_exponentially_with_jitter_up_to_a_cap():
     for failures in range(12):
         ceiling = min(30.0, 0.2 * 2**failures)
-        assert ceiling / 2 <= backoff_delay(failures) <= ceiling
+        delays = [BACKOFF.delay_for(failures) for _ in range(200)]
+        assert all(0 <= delay <= ceiling for delay in delays)
+        # Full jitter: the delays spread over the whole range, so reconnecting clients do not move in step.
+        assert max(delays) > ceiling / 2 > min(delays)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from crypto_mesh import jsonutil
+from crypto_mesh.decimals import DecimalFieldError, parse_decimal
 
 GZIP_MAGIC = b"\x1f\x8b"
 TIME_FIELDS = ("E", "T")
@@ -76,12 +76,10 @@ def _is_int(value: object) -> bool:
 
 def _check_decimals(data: dict[str, Any], where: str) -> None:
     for key in ("p", "q"):
-        value = data.get(key)
         try:
-            if not isinstance(value, str) or not Decimal(value).is_finite():
-                raise InvalidOperation
-        except InvalidOperation:
-            raise RecordingError(f"{where}: trade field {key} must be a decimal string") from None
+            parse_decimal(data.get(key))
+        except DecimalFieldError as exc:
+            raise RecordingError(f"{where}: trade field {key} {exc}") from None
     if not isinstance(data.get("s"), str):
         raise RecordingError(f"{where}: trade field s must be the symbol")
 

@@ -1,10 +1,10 @@
-"""Exponential backoff with full jitter for the aggregator's long-lived connections.
+"""Exponential backoff with full jitter for the services' long-lived connections.
 
-The reconnect loops of the aggregator (gRPC streams, Redis publisher, Kafka producer) run forever and must
-start again from a short delay once a connection has worked, which a one-shot retry decorator does not model;
-this is the delay sequence they share. Full jitter (a uniform delay in ``[0, min(cap, base × 2^n)]``, AWS
+Reconnect loops (the aggregator's gRPC streams, Redis publisher and Kafka producer; socket_proxy's upstream
+websockets) run forever and must start again from a short delay once a connection has worked, which a one-shot
+retry decorator such as tenacity's does not model; this is the delay sequence they share. Full jitter (a uniform delay in ``[0, min(cap, base × 2^n)]``, AWS
 Architecture Blog, "Exponential Backoff And Jitter") keeps many symbols' streams from reconnecting in step
-when socket_proxy restarts.
+when their upstream restarts.
 """
 
 from __future__ import annotations
@@ -25,11 +25,15 @@ class Backoff:
         self.max_s = max_s
         self.failures = 0
 
+    def delay_for(self, failures: int) -> float:
+        """The delay after ``failures`` consecutive failures (0-based): uniform in ``[0, min(max_s, base_s × 2^n)]``."""
+        return random.uniform(0, min(self.max_s, self.base_s * 2 ** min(failures, 32)))
+
     def next_delay(self) -> float:
         """The delay before the next attempt; each call doubles the cap, up to ``max_s``."""
-        cap = min(self.max_s, self.base_s * 2 ** min(self.failures, 32))
+        delay = self.delay_for(self.failures)
         self.failures += 1
-        return random.uniform(0, cap)
+        return delay
 
     def reset(self) -> None:
         """Start again from ``base_s`` (the connection worked)."""
