@@ -13,9 +13,12 @@ bytes: bcrypt reads only 72 bytes, and a longer password is refused rather than 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
+import threading
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
@@ -26,6 +29,11 @@ NAME_MAX_CHARS = 32
 PASSWORD_MIN_CHARS = 8
 #: bcrypt's input limit (the key schedule of Blowfish takes 72 bytes).
 PASSWORD_MAX_BYTES = 72
+#: Niceness of the hashing threads (Linux, 0..19): under contention the scheduler favours request handling
+#: (this process's event loop, the BFF and PostgreSQL on the same host, each weighted about 3 times a hashing
+#: thread at 5), so a burst of logins slows logins down instead of stalling everything else, while hashing
+#: still gets a fair share of a host busy with other work (at 10 or more it would starve there).
+HASH_THREAD_NICENESS = 5
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -82,21 +90,41 @@ def candidate_password(raw: str) -> bytes | None:
     return encoded
 
 
+def _lower_thread_priority() -> None:
+    """Renice the calling thread (Linux ``setpriority`` takes a thread id); elsewhere, leave it as it is."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICENESS)
+    except (AttributeError, OSError):
+        pass
+
+
 class PasswordHasher:
     """bcrypt at a fixed cost, run in worker threads so that hashing never blocks the event loop.
 
-    ``cost`` is bcrypt's log2 work factor (12 takes about 0.25 s on one core). :meth:`verify_unknown` spends
-    the same time as a real check, against a dummy hash, so that an unknown name and a wrong password cannot
-    be told apart by timing.
+    ``cost`` is bcrypt's log2 work factor (12 takes about 0.25 s on one core). Hashing runs on one thread
+    per CPU (bcrypt releases the GIL), at lower priority (:data:`HASH_THREAD_NICENESS`); calls beyond that
+    wait in the executor's queue, bounded by the server's limit of concurrent calls. :meth:`verify_unknown`
+    spends the same time as a real check, against a dummy hash, so that an unknown name and a wrong password
+    cannot be told apart by timing. :meth:`close` stops the threads.
     """
 
     def __init__(self, cost: int) -> None:
         self.cost = cost
         self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
+        self._executor = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 1, thread_name_prefix="bcrypt", initializer=_lower_thread_priority
+        )
+
+    def close(self) -> None:
+        """Stop the hashing threads once the checks in progress are done."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     async def hash(self, password: bytes) -> str:
         """The modular-crypt bcrypt hash (``$2b$<cost>$<salt+digest>``) of ``password``."""
-        hashed = await asyncio.to_thread(bcrypt.hashpw, password, bcrypt.gensalt(self.cost))
+        hashed = await self._run(bcrypt.hashpw, password, bcrypt.gensalt(self.cost))
         return hashed.decode("ascii")
 
     async def verify(self, password: bytes | None, stored_hash: str) -> bool:
@@ -104,7 +132,7 @@ class PasswordHasher:
         if password is None:
             await self.verify_unknown()
             return False
-        return await asyncio.to_thread(bcrypt.checkpw, password, stored_hash.encode("ascii"))
+        return await self._run(bcrypt.checkpw, password, stored_hash.encode("ascii"))
 
     def needs_rehash(self, stored_hash: str) -> bool:
         """True if ``stored_hash`` was made at another cost than the current one (``$2b$<cost>$...``), so
@@ -114,4 +142,4 @@ class PasswordHasher:
 
     async def verify_unknown(self) -> None:
         """Spend the time of one check without a user to check against."""
-        await asyncio.to_thread(bcrypt.checkpw, b"not the password", self._dummy_hash)
+        await self._run(bcrypt.checkpw, b"not the password", self._dummy_hash)

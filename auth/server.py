@@ -166,11 +166,13 @@ class Running:
     _server: grpc.aio.Server = field(repr=False)
     _health: health.aio.HealthServicer = field(repr=False)
     _store: AuthStore = field(repr=False)
+    _hasher: PasswordHasher = field(repr=False)
     _maintenance: asyncio.Task = field(repr=False)
     _stopped: bool = field(default=False, repr=False)
 
     async def stop(self) -> None:
-        """Report NOT_SERVING, let in-flight calls finish (up to 5 s), then close the database pool."""
+        """Report NOT_SERVING, let in-flight calls finish (up to 5 s), then close the database pool and stop
+        the hashing threads."""
         if self._stopped:
             return
         self._stopped = True
@@ -179,6 +181,7 @@ class Running:
         await asyncio.gather(self._maintenance, return_exceptions=True)
         await self._server.stop(STOP_GRACE_S)
         await self._store.close()
+        self._hasher.close()
         log.info("auth_stopped", port=self.port)
 
 
@@ -220,6 +223,7 @@ async def start(settings: AuthSettings) -> Running:
         port = server.add_insecure_port(f"{host}:{settings.port}")
     except RuntimeError:
         await store.close()
+        hasher.close()
         raise
     await server.start()
     log.info("auth_listening", host=settings.host, port=port, kid=issuer.kid)
@@ -228,7 +232,7 @@ async def start(settings: AuthSettings) -> Running:
     maintenance = asyncio.create_task(
         _maintain(settings.database_url, store, health_servicer, ready), name="auth-maintenance"
     )
-    running = Running(port, server, health_servicer, store, maintenance)
+    running = Running(port, server, health_servicer, store, hasher, maintenance)
     try:
         await asyncio.wait({ready, maintenance}, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
