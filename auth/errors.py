@@ -23,6 +23,10 @@ class Unauthenticated(AuthError):
     """Bad credentials, or an invalid, expired, rotated or revoked token (``UNAUTHENTICATED``)."""
 
 
+class PermissionDenied(AuthError):
+    """The caller proved who they are, but the object belongs to another user (``PERMISSION_DENIED``)."""
+
+
 class NotFound(AuthError):
     """The proven user no longer exists (``NOT_FOUND``)."""
 

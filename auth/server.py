@@ -18,7 +18,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from auth import migrations
-from auth.errors import AlreadyExists, AuthError, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from auth.errors import (
+    AlreadyExists,
+    AuthError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from auth.passwords import PasswordHasher
 from auth.settings import AuthSettings
 from auth.store import AuthStore, create_engine
@@ -48,6 +56,7 @@ _STATUS = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -116,11 +125,13 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
 
     @_rpc
     async def Refresh(self, request: auth_pb2.RefreshRequest, context) -> auth_pb2.TokenPair:
-        return _token_pair(await self._accounts.refresh(request.refresh_token))
+        return _token_pair(
+            await self._accounts.refresh(request.refresh_token, request.expected_user_id or None)
+        )
 
     @_rpc
     async def Logout(self, request: auth_pb2.LogoutRequest, context) -> auth_pb2.LogoutResponse:
-        await self._accounts.logout(request.refresh_token)
+        await self._accounts.logout(request.refresh_token, request.expected_user_id or None)
         return auth_pb2.LogoutResponse()
 
     @_rpc

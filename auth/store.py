@@ -93,6 +93,8 @@ class Rotation(enum.Enum):
     REVOKED = "revoked"
     #: The token had already been rotated: its family is now revoked.
     REUSED = "reused"
+    #: The token belongs to another user than the caller's: its family is now revoked.
+    FOREIGN = "foreign"
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,12 @@ class AuthStore:
         return family_id
 
     async def rotate_refresh_token(
-        self, token_hash: bytes, new_token_hash: bytes, new_expires_at: datetime, now: datetime
+        self,
+        token_hash: bytes,
+        new_token_hash: bytes,
+        new_expires_at: datetime,
+        now: datetime,
+        expected_user_id: int | None = None,
     ) -> RotationResult:
         """Swap the presented token for a new one in the same family, in one transaction.
 
@@ -194,7 +201,8 @@ class AuthStore:
         the second waits, then sees it rotated and takes the reuse path. Outcomes: ``ROTATED`` (the new token
         is stored and the old one marked rotated at ``now``), ``UNKNOWN``, ``REVOKED``, ``EXPIRED``, and
         ``REUSED``: the token had already been rotated, so it was stolen or replayed and the whole family is
-        revoked (the revocation is committed).
+        revoked (the revocation is committed); ``FOREIGN``: ``expected_user_id`` is given and the token belongs
+        to another user, so it is in the wrong hands and its family is revoked too.
         """
         async with self._transaction() as conn:
             row = (
@@ -215,6 +223,9 @@ class AuthStore:
                 return RotationResult(Rotation.UNKNOWN)
             if row.revoked_at is not None:
                 return RotationResult(Rotation.REVOKED)
+            if expected_user_id is not None and row.user_id != expected_user_id:
+                await self._revoke_family(conn, row.family_id, now)
+                return RotationResult(Rotation.FOREIGN)
             if row.rotated_at is not None:
                 await self._revoke_family(conn, row.family_id, now)
                 return RotationResult(Rotation.REUSED)
@@ -234,15 +245,27 @@ class AuthStore:
             user = (await conn.execute(sa.select(*_USER_COLUMNS).where(users.c.id == row.user_id))).one()
         return RotationResult(Rotation.ROTATED, User(*user))
 
-    async def revoke_family_of(self, token_hash: bytes, now: datetime) -> bool:
-        """Revoke every live token of the family the given token belongs to; False if the token is unknown."""
+    async def revoke_family_of(
+        self, token_hash: bytes, now: datetime, expected_user_id: int | None = None
+    ) -> bool | None:
+        """Revoke every live token of the family the given token belongs to.
+
+        Returns True when revoked, False if the token is unknown, None (and revokes nothing) if
+        ``expected_user_id`` is given and the token belongs to another user.
+        """
         async with self._transaction() as conn:
-            family_id = await conn.scalar(
-                sa.select(refresh_tokens.c.family_id).where(refresh_tokens.c.token_hash == token_hash)
-            )
-            if family_id is None:
+            row = (
+                await conn.execute(
+                    sa.select(refresh_tokens.c.family_id, refresh_tokens.c.user_id).where(
+                        refresh_tokens.c.token_hash == token_hash
+                    )
+                )
+            ).one_or_none()
+            if row is None:
                 return False
-            await self._revoke_family(conn, family_id, now)
+            if expected_user_id is not None and row.user_id != expected_user_id:
+                return None
+            await self._revoke_family(conn, row.family_id, now)
         return True
 
     @staticmethod

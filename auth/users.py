@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from auth import passwords
-from auth.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from auth.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from auth.passwords import PasswordHasher
 from auth.store import AuthStore, NameTaken, Rotation, User
 from auth.tokens import REFRESH_TOKEN_MAX_CHARS, TokenIssuer, new_refresh_token, refresh_token_digest
@@ -90,32 +90,40 @@ class Accounts:
         log.info("user_logged_in", user_id=user.id)
         return self._tokens(user, now, refresh_token, refresh_expires_at)
 
-    async def refresh(self, refresh_token: str) -> Tokens:
+    async def refresh(self, refresh_token: str, expected_user_id: int | None = None) -> Tokens:
         """Rotate a refresh token: a new access token and a new refresh token of the same family.
 
-        Raises ``InvalidArgument`` (token missing), ``Unauthenticated`` (unknown, expired, revoked, or
-        already rotated: the last also revokes the family).
+        ``expected_user_id``, when given, is the user the caller proved to be (its access token's subject).
+        Raises ``InvalidArgument`` (token missing), ``Unauthenticated`` (unknown, expired, revoked, already
+        rotated, or another user's than ``expected_user_id``: the last two also revoke the family).
         """
         _check_refresh_token_shape(refresh_token)
         now = self._now()
         new_token, new_digest = new_refresh_token()
         refresh_expires_at = now + self._refresh_ttl_s
         result = await self._store.rotate_refresh_token(
-            refresh_token_digest(refresh_token), new_digest, _utc(refresh_expires_at), _utc(now)
+            refresh_token_digest(refresh_token), new_digest, _utc(refresh_expires_at), _utc(now), expected_user_id
         )
         if result.outcome is Rotation.REUSED:
             log.warning("refresh_token_reused_family_revoked")
+        if result.outcome is Rotation.FOREIGN:
+            log.warning("refresh_token_of_another_user_family_revoked", caller=expected_user_id)
         if result.outcome is not Rotation.ROTATED:
             raise Unauthenticated(BAD_REFRESH_TOKEN)
         return self._tokens(result.user, now, new_token, refresh_expires_at)
 
-    async def logout(self, refresh_token: str) -> None:
+    async def logout(self, refresh_token: str, expected_user_id: int | None = None) -> None:
         """Revoke the session (family) of ``refresh_token``. Idempotent; an unknown token is not an error.
 
-        Raises ``InvalidArgument`` if the token is missing.
+        Raises ``InvalidArgument`` if the token is missing, ``PermissionDenied`` (and revokes nothing) if
+        ``expected_user_id`` is given and the token is another user's.
         """
         _check_refresh_token_shape(refresh_token)
-        await self._store.revoke_family_of(refresh_token_digest(refresh_token), _utc(self._now()))
+        revoked = await self._store.revoke_family_of(
+            refresh_token_digest(refresh_token), _utc(self._now()), expected_user_id
+        )
+        if revoked is None:
+            raise PermissionDenied("that session belongs to another user")
 
     async def delete_by_access_token(self, access_token: str) -> int:
         """Delete the user an access token was issued to; returns its id.

@@ -215,6 +215,31 @@ async def test_logout_ends_only_that_session_and_is_idempotent(stub):
     assert (await refresh(stub, phone.refresh_token)).name == "alice"
 
 
+async def test_a_refresh_token_presented_for_another_user_is_refused_and_its_family_revoked(stub):
+    alice_id = (await register(stub, "alice")).user_id
+    mallory_id = (await register(stub, "mallory")).user_id
+    alices = await login(stub, "alice")
+
+    # Mallory holds a stolen copy of Alice's refresh token and presents it as herself.
+    stolen = auth_pb2.RefreshRequest(refresh_token=alices.refresh_token, expected_user_id=mallory_id)
+    assert (await rpc_error(stub.Refresh(stolen))).code() == Code.UNAUTHENTICATED
+    # The token was in the wrong hands, so the session is over: Alice logs in again.
+    assert (await rpc_error(refresh(stub, alices.refresh_token))).code() == Code.UNAUTHENTICATED
+
+    again = await login(stub, "alice")
+    own = auth_pb2.RefreshRequest(refresh_token=again.refresh_token, expected_user_id=alice_id)
+    assert (await stub.Refresh(own)).user_id == alice_id
+
+
+async def test_a_user_cannot_log_out_another_users_session(stub):
+    await register(stub, "alice")
+    mallory_id = (await register(stub, "mallory")).user_id
+    alices = await login(stub, "alice")
+    foreign = auth_pb2.LogoutRequest(refresh_token=alices.refresh_token, expected_user_id=mallory_id)
+    assert (await rpc_error(stub.Logout(foreign))).code() == Code.PERMISSION_DENIED
+    assert (await refresh(stub, alices.refresh_token)).name == "alice"
+
+
 async def test_logout_of_an_unknown_token_is_ok(stub):
     await stub.Logout(auth_pb2.LogoutRequest(refresh_token="never-issued-token"))
 
