@@ -1,6 +1,7 @@
 """The BFF's HTTP transport: REST routes, the profile WebSocket, middlewares, and the service lifecycle.
 
-Routes and shapes: docs/CONTRACTS.md, "BFF REST". Every error is ``{"error": {"code", "message"}}`` with a
+Routes and shapes: docs/CONTRACTS.md, "BFF REST", and the OpenAPI 3.1 document served at ``/openapi.json``
+(:mod:`profile_bff.openapi`). Every error is ``{"error": {"code", "message"}}`` with a
 status that says whose fault it is: 400 malformed body, 401 no or bad token, 403 forbidden origin, 404
 unknown, 405 wrong method, 409 conflict, 413 body over 64 KiB, 415 body not JSON, 422 invalid value, 429
 rate-limited by auth, 503 a dependency (auth, PostgreSQL, Redis) is down. A client's mistake never becomes a
@@ -14,37 +15,52 @@ Side effects of a portfolio change, in order: the database row (the source of tr
 it fails), the aggregator follower ``user:<id>`` (logged on failure, not fatal: every WebSocket connect and
 every portfolio refresh of a connected user PUTs the followers again), and ``{"user_id"}`` on Redis channel
 ``bff:portfolio`` (logged on failure: the change is stored, only live sockets miss the push until their
-next price update or reconnect).
+next price update or reconnect). The change and its ``coin_history`` row are one transaction.
+
+At start-up, once the schema is migrated, the follower set of every holder is PUT at the aggregator again
+(``PUT /v1/followers/user:<id>``), so an aggregator that lost followers while the BFF was down tracks every
+held symbol again without waiting for clients to reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
+import secrets
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
 from decimal import Decimal
 from typing import Any, NoReturn
 
 import grpc
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.logs import get_logger
 from crypto_mesh.proto import auth_pb2
+from profile_bff import ratelimit
 from profile_bff.clients import AggregatorClient, AggregatorUnavailable, AuthClient
-from profile_bff.connections import ConnectionManager
-from profile_bff.portfolio import CONTEXT, InvalidQuantity, build_profile, parse_quantity
+from profile_bff.connections import CLOSE_TOKEN_EXPIRED, ConnectionManager
+from profile_bff.instruments import Instruments, NotTrading, UnknownSymbol
+from profile_bff.openapi import openapi_document
+from profile_bff.portfolio import CONTEXT, InvalidQuantity, build_profile, parse_quantity, rfc3339_ms
 from profile_bff.settings import BffSettings
 from profile_bff.store import (
     CoinAlreadyHeld,
     CoinNotHeld,
+    IdempotencyInFlight,
+    IdempotencyMismatch,
     MarketBus,
     ProfileNotFound,
     ProfileStore,
+    StoredAnswer,
     StoreUnavailable,
 )
 from profile_bff.tokens import AccessClaims, AccessTokenVerifier, InvalidToken, KeysUnavailable
@@ -58,6 +74,20 @@ COOKIE_PATH = "/v1"
 WS_HEARTBEAT_S = 20.0
 #: Clients only listen on the socket; anything they send is read and dropped, and must be small.
 WS_MAX_INCOMING_BYTES = 4096
+#: The WebSocket subprotocol that carries the access token: ``Sec-WebSocket-Protocol: bearer, <token>``;
+#: the server echoes ``bearer`` (browsers cannot set Authorization on a WebSocket, but can list protocols).
+WS_BEARER_PROTOCOL = "bearer"
+#: ``Idempotency-Key`` values: 1 to 255 visible ASCII characters (the draft's sf-string, without quotes).
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+#: ``GET /v1/instruments``: ``q`` is up to 20 letters/digits; ``limit`` 1..100 (default 20).
+_INSTRUMENT_QUERY = re.compile(r"[A-Za-z0-9]{0,20}")
+INSTRUMENTS_MAX_LIMIT = 100
+#: Instrument answers are cached this long (s), at most this many distinct (q, limit) pairs.
+INSTRUMENTS_CACHE_S = 1.0
+INSTRUMENTS_CACHE_ENTRIES = 1024
+HISTORY_MAX_LIMIT = 100
+#: Expired idempotency keys of all users are deleted this often (s).
+IDEMPOTENCY_PRUNE_S = 3600.0
 
 
 class ApiError(Exception):
@@ -84,7 +114,12 @@ class Services:
     aggregator: AggregatorClient
     verifier: AccessTokenVerifier
     manager: ConnectionManager
+    instruments: Instruments
     migrated: bool = False
+    #: ``(q, limit)`` → (monotonic time, answer); bounded by INSTRUMENTS_CACHE_ENTRIES, oldest evicted.
+    instrument_cache: OrderedDict[tuple[str, int], tuple[float, dict[str, Any]]] = field(
+        default_factory=OrderedDict
+    )
 
     def require_store(self) -> ProfileStore:
         """The profile store once its schema is migrated; 503 before."""
@@ -127,8 +162,13 @@ def create_app(settings: BffSettings) -> web.Application:
     app.router.add_get("/v2/user/profile", get_profile)
     app.router.add_delete("/v2/user/profile", delete_profile)
     app.router.add_get("/v2/user/profile/ws", profile_socket)
+    app.router.add_post("/v2/user/ws-ticket", issue_ws_ticket)
+    app.router.add_get("/v2/user/history", list_history)
+    app.router.add_get("/v1/instruments", search_instruments)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(_services_context(settings))
+    ratelimit.install(app, settings)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -150,6 +190,8 @@ async def start(settings: BffSettings) -> Running:
 
 def _services_context(settings: BffSettings):
     async def context(app: web.Application):
+        # Read first and not caught: a BFF without a symbol list must not start.
+        instruments = Instruments.load(settings.exchange_info_file)
         store = ProfileStore(settings.database_url)
         bus = MarketBus(settings.redis_url)
         auth = AuthClient(settings.auth_target)
@@ -158,13 +200,16 @@ def _services_context(settings: BffSettings):
             auth.public_keys_json, issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )
         manager = ConnectionManager(store, bus, aggregator)
-        services = Services(settings, store, bus, auth, aggregator, verifier, manager)
+        services = Services(settings, store, bus, auth, aggregator, verifier, manager, instruments)
         app[SERVICES] = services
         manager.start()
-        migration = asyncio.create_task(_migrate(services), name="bff-migrate")
+        background = [
+            asyncio.create_task(_migrate_then_maintain(services), name="bff-migrate"),
+        ]
         yield
-        migration.cancel()
-        await asyncio.gather(migration, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await manager.close()
         await aggregator.close()
         await auth.close()
@@ -186,6 +231,30 @@ async def _migrate(services: Services) -> None:
             await services.store.migrate()
     services.migrated = True
     log.info("profile_database_migrated")
+
+
+async def _migrate_then_maintain(services: Services) -> None:
+    """Migrate; then restore the aggregator followers of every holder (retried while the aggregator or the
+    database is down); then delete expired idempotency keys every hour."""
+    await _migrate(services)
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type((AggregatorUnavailable, StoreUnavailable)),
+        wait=wait_exponential(multiplier=0.5, max=30),
+        before_sleep=lambda state: log.warning(
+            "follower_rebuild_retry", error=repr(state.outcome.exception())
+        ),
+    ):
+        with attempt:
+            holders = await services.manager.rebuild_followers()
+    log.info("followers_rebuilt", holders=holders)
+    while True:
+        try:
+            pruned = await services.store.prune_idempotency_keys()
+        except StoreUnavailable as exc:
+            log.warning("idempotency_prune_failed", error=str(exc))
+        else:
+            log.info("idempotency_keys_pruned", deleted=pruned)
+        await asyncio.sleep(IDEMPOTENCY_PRUNE_S)
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -295,6 +364,9 @@ def _string_field(body: Mapping[str, Any], field: str) -> str:
     value = _required(body, field)
     if not isinstance(value, str):
         raise ApiError(422, "invalid", f"{field} must be a string")
+    if not value.isascii() and any("\ud800" <= char <= "\udfff" for char in value):
+        # JSON may escape a lone surrogate ("\ud800"), which is no Unicode text and cannot travel as UTF-8.
+        raise ApiError(422, "invalid", f"{field} must be Unicode text (it holds a lone surrogate)")
     return value
 
 
@@ -463,11 +535,22 @@ async def list_coins(request: web.Request) -> web.Response:
 
 
 async def add_coin(request: web.Request) -> web.Response:
-    """``POST /v2/coin/symbol {"symbol", "quantity"}`` → ``201 {"symbol", "quantity"}``; 409 already held."""
-    services = request.app[SERVICES]
+    """``POST /v2/coin/symbol {"symbol", "quantity"}`` → ``201 {"symbol", "quantity"}``; 409 already held;
+    422 a symbol the exchange does not list or that is not ``TRADING``. Honours ``Idempotency-Key``."""
     claims, _ = await _authenticate(request)
+    return await _idempotent(request, claims, lambda: _add_coin(request, claims))
+
+
+async def _add_coin(request: web.Request, claims: AccessClaims) -> web.Response:
+    services = request.app[SERVICES]
     body = await _read_json_object(request)
     symbol, quantity = _symbol(_required(body, "symbol")), _quantity(_required(body, "quantity"))
+    try:
+        services.instruments.require_trading(symbol)
+    except UnknownSymbol as exc:
+        raise ApiError(422, "unknown_symbol", str(exc)) from None
+    except NotTrading as exc:
+        raise ApiError(422, "symbol_not_trading", str(exc)) from None
     try:
         await services.require_store().add_coin(claims.user_id, symbol, quantity)
     except CoinAlreadyHeld:
@@ -513,6 +596,175 @@ async def delete_coin(request: web.Request) -> web.Response:
     await _unfollow(services, [symbol], claims.user_id)
     await _announce_change(services, claims.user_id)
     return web.Response(status=204)
+
+
+async def _idempotent(
+    request: web.Request, claims: AccessClaims, handle: Callable[[], Awaitable[web.Response]]
+) -> web.Response:
+    """Run ``handle`` at most once per ``Idempotency-Key`` of this user (draft-ietf-httpapi-idempotency-key-
+    header): without the header it simply runs. The first answer below 500 is stored for
+    ``BFF_IDEMPOTENCY_TTL_S`` and replayed to every retry with the same key, method, path and body (with
+    ``Idempotent-Replayed: true``); the same key with another request is 422, and a retry while the first is
+    still processed is 409 (both as the draft, section 2.7). A 5xx is not stored: the retry runs again.
+    """
+    raw_key = request.headers.get("Idempotency-Key")
+    if raw_key is None:
+        return await handle()
+    # The draft writes the key as a Structured Field string; the quotes are optional here.
+    key = raw_key.strip().removeprefix('"').removesuffix('"')
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(
+            400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters"
+        )
+    services = request.app[SERVICES]
+    store = services.require_store()
+    digest = hashlib.sha256()
+    for part in (request.method.encode(), request.path.encode(), await request.read()):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    try:
+        stored = await store.reserve_idempotency_key(
+            claims.user_id, key, digest.digest(), services.settings.idempotency_ttl_s
+        )
+    except IdempotencyMismatch:
+        raise ApiError(
+            422, "idempotency_key_reused", "this Idempotency-Key was used for a different request"
+        ) from None
+    except IdempotencyInFlight:
+        raise ApiError(
+            409, "idempotency_key_in_flight", "a request with this Idempotency-Key is still being processed"
+        ) from None
+    if stored is not None:
+        return _replay(stored)
+    try:
+        response = await handle()
+    except ApiError as exc:
+        if exc.status >= 500:
+            await _release_key(store, claims.user_id, key)
+            raise
+        answer = StoredAnswer(
+            exc.status, jsonutil.dumps_str({"error": {"code": exc.code, "message": exc.message}})
+        )
+        await store.store_idempotent_answer(claims.user_id, key, answer)
+        raise
+    except BaseException:
+        await _release_key(store, claims.user_id, key)
+        raise
+    await store.store_idempotent_answer(claims.user_id, key, StoredAnswer(response.status, response.text))
+    return response
+
+
+async def _release_key(store: ProfileStore, user_id: int, key: str) -> None:
+    try:
+        await asyncio.shield(store.release_idempotency_key(user_id, key))
+    except (StoreUnavailable, asyncio.CancelledError) as exc:
+        # The reservation stays and answers 409 until it expires; logged so an operator can see why.
+        log.warning("idempotency_release_failed", user_id=user_id, error=repr(exc))
+
+
+def _replay(answer: StoredAnswer) -> web.Response:
+    headers = {"Idempotent-Replayed": "true"}
+    if answer.body is None:
+        return web.Response(status=answer.status, headers=headers)
+    return web.Response(
+        status=answer.status, text=answer.body, content_type="application/json", headers=headers
+    )
+
+
+async def list_history(request: web.Request) -> web.Response:
+    """``GET /v2/user/history?limit=&cursor=`` → ``200 {"items": [...], "next_cursor"}``, newest first.
+
+    Each item: ``{"id", "symbol", "operation": "add"|"update"|"remove", "old_quantity", "new_quantity",
+    "at"}`` (quantities decimal strings or null, ``at`` RFC 3339 UTC). ``limit`` 1..100 (default 50);
+    ``next_cursor`` is passed back as ``cursor`` for the next (older) page and is null on the last page.
+    """
+    services = request.app[SERVICES]
+    claims, _ = await _authenticate(request)
+    limit = _int_param(request, "limit", default=50, maximum=HISTORY_MAX_LIMIT)
+    cursor = _int_param(request, "cursor", default=None, maximum=2**63 - 1)
+    entries = await services.require_store().history(claims.user_id, before_id=cursor, limit=limit)
+    items = [
+        {
+            "id": entry.id,
+            "symbol": entry.symbol,
+            "operation": entry.operation,
+            "old_quantity": None if entry.old_quantity is None else CONTEXT.normalize(entry.old_quantity),
+            "new_quantity": None if entry.new_quantity is None else CONTEXT.normalize(entry.new_quantity),
+            "at": entry.at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+        for entry in entries
+    ]
+    next_cursor = str(entries[-1].id) if len(entries) == limit else None
+    return _json({"items": items, "next_cursor": next_cursor})
+
+
+def _int_param(request: web.Request, name: str, *, default: int | None, maximum: int) -> int | None:
+    """Query parameter ``name`` as an integer in 1..``maximum``; 422 otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= maximum:
+        raise ApiError(422, "invalid", f"{name} must be an integer from 1 to {maximum}")
+    return int(raw)
+
+
+async def search_instruments(request: web.Request) -> web.Response:
+    """``GET /v1/instruments?q=btc&limit=20`` (no token needed) → ``200 {"instruments": [{"symbol", "type",
+    "base", "quote", "status", "price", "price_time"}]}``: listed symbols containing ``q`` (prefix matches
+    first), with the aggregator's latest price (``price:<symbol>``; null when none). ``q`` is 0 to 20
+    letters or digits (422 otherwise). Answers are cached for 1 s per (q, limit)."""
+    services = request.app[SERVICES]
+    query = request.query.get("q", "")
+    if not _INSTRUMENT_QUERY.fullmatch(query):
+        raise ApiError(422, "invalid", "q must be at most 20 letters or digits")
+    limit = _int_param(request, "limit", default=20, maximum=INSTRUMENTS_MAX_LIMIT)
+    cache_key = (query.lower(), limit)
+    cached = services.instrument_cache.get(cache_key)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < INSTRUMENTS_CACHE_S:
+        return _json(cached[1])
+    found = services.instruments.search(query, limit)
+    prices = await services.bus.latest_prices(instrument.symbol for instrument in found)
+    answer = {
+        "instruments": [
+            {
+                "symbol": instrument.symbol,
+                "type": instrument.type,
+                "base": instrument.base,
+                "quote": instrument.quote,
+                "status": instrument.status,
+                "price": prices[instrument.symbol].value if instrument.symbol in prices else None,
+                "price_time": rfc3339_ms(prices[instrument.symbol].second_ms)
+                if instrument.symbol in prices
+                else None,
+            }
+            for instrument in found
+        ]
+    }
+    services.instrument_cache[cache_key] = (now, answer)
+    services.instrument_cache.move_to_end(cache_key)
+    while len(services.instrument_cache) > INSTRUMENTS_CACHE_ENTRIES:
+        services.instrument_cache.popitem(last=False)
+    return _json(answer)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """``GET /openapi.json``: the OpenAPI 3.1 document of every route (:mod:`profile_bff.openapi`)."""
+    return _json(openapi_document())
+
+
+async def issue_ws_ticket(request: web.Request) -> web.Response:
+    """``POST /v2/user/ws-ticket`` → ``201 {"ticket", "expires_in"}``: a single-use ticket that opens the
+    profile socket as ``/v2/user/profile/ws?ticket=<ticket>`` within ``BFF_WS_TICKET_TTL_S`` seconds. The
+    socket is still closed (4401) when the access token that obtained the ticket expires."""
+    services = request.app[SERVICES]
+    claims, _ = await _authenticate(request)
+    ticket = secrets.token_urlsafe(32)
+    ttl = services.settings.ws_ticket_ttl_s
+    payload = {"user_id": claims.user_id, "name": claims.name, "expires_at": claims.expires_at}
+    await services.bus.issue_ticket(ticket, jsonutil.dumps(payload), ttl)
+    response = _json({"ticket": ticket, "expires_in": ttl}, status=201)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 async def get_profile(request: web.Request) -> web.Response:
@@ -574,36 +826,110 @@ async def _announce_change(services: Services, user_id: int) -> None:
 
 
 async def profile_socket(request: web.Request) -> web.StreamResponse:
-    """``GET /v2/user/profile/ws`` with ``Authorization: Bearer <access>``: the live profile.
+    """``GET /v2/user/profile/ws``: the live profile.
 
-    Checked before the upgrade, as HTTP errors: 401 missing or invalid token, 403 an ``Origin`` not in
-    ``BFF_ALLOWED_ORIGINS``, 400 not a WebSocket handshake, 404 no profile, 503 database down. After it,
-    one text message with the profile JSON at connect and one after every change; messages from the client
-    are ignored. Closed with 1001 on shutdown, 4404 if the profile is deleted.
+    Authentication, any one of (docs/CONTRACTS.md, "BFF WebSocket"):
+
+    - ``Authorization: Bearer <access>`` (wscat, scripts, services);
+    - ``Sec-WebSocket-Protocol: bearer, <access>`` (browsers): the server selects and echoes ``bearer``;
+    - ``?ticket=<ticket>`` from ``POST /v2/user/ws-ticket`` (browsers), valid once.
+
+    Checked before the upgrade, as HTTP errors: 403 an ``Origin`` not in ``BFF_ALLOWED_ORIGINS``, 401
+    missing, invalid or expired credentials, 400 not a WebSocket handshake, 404 no profile, 503 a
+    dependency down. After it: one text message with the profile JSON at once, then one after every price
+    change of a held coin and every portfolio change. Text frames from the client are ignored; a binary frame
+    closes the socket with 1003, a frame over 4 KiB with 1009. Closed with 4401 when the access token
+    expires, 4404 if the profile is deleted, 1001 on shutdown; a peer that misses the server's ping (every
+    20 s) or stops reading for ``BFF_WS_SEND_TIMEOUT_S`` is dropped.
     """
     services = request.app[SERVICES]
-    claims, _ = await _authenticate(request)
     origin = request.headers.get("Origin")
     if origin is not None and origin.rstrip("/") not in services.settings.allowed_origins:
         raise ApiError(403, "forbidden_origin", "this origin may not open the profile socket")
-    ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_S, max_msg_size=WS_MAX_INCOMING_BYTES)
+    offered = _offered_protocols(request)
+    ws = web.WebSocketResponse(
+        heartbeat=WS_HEARTBEAT_S,
+        max_msg_size=WS_MAX_INCOMING_BYTES,
+        protocols=(WS_BEARER_PROTOCOL,) if offered[:1] == [WS_BEARER_PROTOCOL] else (),
+    )
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "websocket_required", "this route only speaks WebSocket")
+    user_id, expires_at = await _socket_identity(request, offered)
     services.require_store()
+    transport = request.transport
     try:
-        client = await services.manager.connect(ws, claims.user_id)
+        client = await services.manager.connect(
+            ws,
+            user_id,
+            send_timeout_s=services.settings.ws_send_timeout_s,
+            abort=transport.abort if transport is not None else None,
+        )
     except ProfileNotFound:
         raise ApiError(404, "profile_not_found", "no profile for this user") from None
+    closing: list[asyncio.Task[bool]] = []  # holds the close task so it is not garbage-collected
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, expires_at - time.time()),
+        lambda: closing.append(
+            asyncio.create_task(ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"access token expired"))
+        ),
+    )
     try:
         await ws.prepare(request)
         client.start_writer()
-        async for _ in ws:
-            pass
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not accepted")
+            # Text frames (pings from scripts, stray input) carry nothing the server needs: ignored.
     except Exception:
-        log.exception("websocket_failed", user_id=claims.user_id)
+        log.exception("websocket_failed", user_id=user_id)
     finally:
+        expiry.cancel()
         await services.manager.disconnect(client)
     return ws
+
+
+def _offered_protocols(request: web.Request) -> list[str]:
+    """The ``Sec-WebSocket-Protocol`` values in order (RFC 6455 §4.1, comma-separated)."""
+    return [
+        value.strip()
+        for header in request.headers.getall("Sec-WebSocket-Protocol", [])
+        for value in header.split(",")
+        if value.strip()
+    ]
+
+
+async def _socket_identity(request: web.Request, offered: list[str]) -> tuple[int, int]:
+    """``(user_id, expires_at)`` of the socket's credentials: header, ``bearer`` subprotocol, or ticket."""
+    services = request.app[SERVICES]
+    challenge = {"WWW-Authenticate": 'Bearer realm="crypto-mesh"'}
+    if "Authorization" in request.headers:
+        claims, _ = await _authenticate(request)
+        return claims.user_id, claims.expires_at
+    if offered[:1] == [WS_BEARER_PROTOCOL]:
+        if len(offered) != 2:
+            raise ApiError(
+                401, "unauthenticated", "send Sec-WebSocket-Protocol: bearer, <access token>", challenge
+            )
+        try:
+            claims = await services.verifier.verify(offered[1])
+        except InvalidToken as exc:
+            raise ApiError(401, "unauthenticated", str(exc), challenge) from None
+        return claims.user_id, claims.expires_at
+    ticket = request.query.get("ticket")
+    if ticket is not None:
+        stored = await services.bus.redeem_ticket(ticket) if 0 < len(ticket) <= 128 else None
+        if stored is None:
+            raise ApiError(401, "unauthenticated", "the ticket is unknown, used or expired", challenge)
+        payload = jsonutil.loads(stored)
+        if payload["expires_at"] <= time.time():
+            raise ApiError(401, "unauthenticated", "the access token of this ticket has expired", challenge)
+        return payload["user_id"], payload["expires_at"]
+    raise ApiError(
+        401,
+        "unauthenticated",
+        "send Authorization: Bearer <token>, Sec-WebSocket-Protocol: bearer, <token>, or ?ticket=",
+        challenge,
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:

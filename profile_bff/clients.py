@@ -89,6 +89,23 @@ class AggregatorClient:
         """``DELETE /v1/symbols/{symbol}/followers/user:{user_id}``. Raises :class:`AggregatorUnavailable`."""
         await self._call("DELETE", symbol, user_id)
 
+    async def set_followed(self, user_id: int, symbols: list[str]) -> None:
+        """Make ``symbols`` the whole set followed by ``user:{user_id}``: ``PUT /v1/followers/user:{id}``
+        with ``{"symbols": [...]}``. An aggregator without that route (404/405) gets one follower PUT per
+        symbol instead, which adds but cannot remove. Raises :class:`AggregatorUnavailable`."""
+        url = self._base / "v1" / "followers" / f"user:{user_id}"
+        try:
+            async with self._session.put(url, json={"symbols": symbols}) as response:
+                if response.status == 200:
+                    return
+                if response.status not in (404, 405):
+                    body = (await response.text())[:200]
+                    raise AggregatorUnavailable(f"PUT {url.path}: {response.status} {body}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AggregatorUnavailable(f"PUT {url.path}: {exc!r}") from exc
+        for symbol in symbols:
+            await self.follow(symbol, user_id)
+
     async def _call(self, method: str, symbol: str, user_id: int) -> None:
         url = self._base / "v1" / "symbols" / symbol / "followers" / f"user:{user_id}"
         try:

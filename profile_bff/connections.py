@@ -14,8 +14,19 @@ so a second tab or a reconnect of the same user never evicts the other socket.
   database, subscriptions adjusted, and the profile queued; so a change made through any replica shows up
   without reconnecting.
 
-Backpressure: each socket has an outbox of size 1 holding the latest profile (conflation: a newer profile
-replaces one not yet sent) and its own writer task, so a slow socket never delays the fan-out or the others.
+Backpressure: each socket has a "stale" flag instead of a queue and its own writer task, which renders the
+latest profile when the socket is free (conflation: a slow socket skips to the latest profile, never a
+backlog; a profile is built once per change per user, and only when some socket of it is ready), so a slow
+socket never delays the fan-out or the others.
+A peer that stops reading fills its TCP buffers and aiohttp's write buffer (64 KiB), and the writer's send
+then waits: after ``send_timeout_s`` of waiting the connection is aborted (a close frame could not reach a
+peer that does not read), so each stalled socket holds at most one profile and those buffers.
+
+Tracking model: the aggregator follower ``user:<id>`` follows every symbol the user HOLDS, connected or not
+(GET /v2/user/profile needs prices without a socket); it is set from the database on each connect (``PUT
+/v1/followers/user:<id>``, whole set) and, at start-up, for every holder (:meth:`rebuild_followers`), and
+changed by the coin routes; the aggregator keeps followers in Redis, so its restarts keep them. What the last
+local CLIENT of a symbol leaving releases is this process's Redis subscription to the symbol's channel.
 If Redis goes away the subscriber reconnects with exponential backoff, resubscribes every channel and
 re-reads the latest prices.
 """
@@ -24,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -42,22 +53,40 @@ log = get_logger(__name__)
 
 #: Close code when the profile behind a socket is deleted (4000-4999: private use, RFC 6455 §7.4.2).
 CLOSE_PROFILE_DELETED = 4404
+#: Close code when the access token (or the one a ticket was issued for) expires during the connection: the
+#: client refreshes its token and reconnects. 4401 mirrors HTTP 401 in the private-use range.
+CLOSE_TOKEN_EXPIRED = 4401
 
 
 class Client:
-    """One WebSocket connection: the socket, its outbox of size 1 and its writer task."""
+    """One WebSocket connection: the socket, a "stale" flag and its writer task.
 
-    def __init__(self, ws: web.WebSocketResponse, user_id: int) -> None:
+    The outbox holds at most one message, and not even that: :meth:`mark_stale` only says the user's profile
+    changed, and the writer renders the profile (``render()``, the latest state, or ``None`` once the user
+    is gone) when the socket is ready for it. So however many changes a slow socket misses, it costs one flag
+    and gets the latest profile (conflation), and profiles nobody is ready to receive are never built.
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        user_id: int,
+        render: Callable[[], str | None],
+        *,
+        send_timeout_s: float = 10.0,
+        abort: Callable[[], None] | None = None,
+    ) -> None:
         self.ws = ws
         self.user_id = user_id
-        self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+        self._render = render
+        self._send_timeout_s = send_timeout_s
+        self._abort = abort
+        self._stale = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
-    def offer(self, message: str) -> None:
-        """Queue ``message`` for sending, replacing one still waiting (conflation); never blocks."""
-        if self._outbox.full():
-            self._outbox.get_nowait()
-        self._outbox.put_nowait(message)
+    def mark_stale(self) -> None:
+        """The profile changed: send the latest one when the socket is free; never blocks."""
+        self._stale.set()
 
     def start_writer(self) -> None:
         """Start sending queued messages; call once the socket is prepared."""
@@ -73,9 +102,19 @@ class Client:
 
     async def _write(self) -> None:
         while True:
-            message = await self._outbox.get()
+            await self._stale.wait()
+            self._stale.clear()
+            message = self._render()
+            if message is None:
+                return
             try:
-                await self.ws.send_str(message)
+                async with asyncio.timeout(self._send_timeout_s):
+                    await self.ws.send_str(message)
+            except TimeoutError:
+                log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
+                if self._abort is not None:
+                    self._abort()
+                return
             except (ConnectionError, RuntimeError):
                 # The socket is closing; the handler's disconnect() will stop this task.
                 return
@@ -84,10 +123,12 @@ class Client:
 class _User:
     """A locally connected user: name, coins as last loaded, its sockets, and its refresh state."""
 
-    __slots__ = ("clients", "coins", "name", "refresh_again", "refreshing")
+    __slots__ = ("clients", "coins", "message", "name", "refresh_again", "refreshing")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: The rendered profile of the current state; ``None`` after any change until a writer renders it.
+        self.message: str | None = None
         self.coins: dict[str, Decimal] = {}
         self.clients: set[Client] = set()
         self.refreshing = False
@@ -133,14 +174,24 @@ class ConnectionManager:
         """Start the pub/sub reader (it connects, and reconnects, in the background)."""
         self._reader = asyncio.create_task(self._read_forever(), name="bff-pubsub")
 
-    async def connect(self, ws: web.WebSocketResponse, user_id: int) -> Client:
+    async def connect(
+        self,
+        ws: web.WebSocketResponse,
+        user_id: int,
+        *,
+        send_timeout_s: float = 10.0,
+        abort: Callable[[], None] | None = None,
+    ) -> Client:
         """Register a socket of ``user_id`` before it is prepared, and queue the profile snapshot.
 
+        ``send_timeout_s`` and ``abort`` (drops the TCP connection) bound a peer that stops reading.
         Raises :class:`ProfileNotFound` or :class:`StoreUnavailable` (nothing is registered then), so the
         handler can still answer with an HTTP status.
         """
         holdings = await self._store.load(user_id)
-        client = Client(ws, user_id)
+        client = Client(
+            ws, user_id, lambda: self._render(user_id), send_timeout_s=send_timeout_s, abort=abort
+        )
         user = self._users.get(user_id)
         if user is None:
             user = self._users[user_id] = _User(holdings.name)
@@ -150,9 +201,26 @@ class ConnectionManager:
         except BaseException:
             await self.disconnect(client)
             raise
-        self._follow_in_background(user_id, holdings.coins)
-        self._push(user_id, user)
+        if holdings.coins:
+            self._spawn(self._set_followed(user_id, sorted(holdings.coins)))
+        # The snapshot goes to the new socket only: the user's other tabs have nothing new to show.
+        client.mark_stale()
         return client
+
+    async def rebuild_followers(self) -> int:
+        """Set the aggregator follower ``user:<id>`` of every holder to its coins (BFF start-up: whatever
+        the aggregator lost while the BFF was down is restored). Returns the number of holders; raises
+        :class:`StoreUnavailable` or :class:`AggregatorUnavailable` for the caller to retry."""
+        held = await self._store.holders()
+        for user_id, symbols in held.items():
+            await self._aggregator.set_followed(user_id, symbols)
+        return len(held)
+
+    async def _set_followed(self, user_id: int, symbols: list[str]) -> None:
+        try:
+            await self._aggregator.set_followed(user_id, symbols)
+        except AggregatorUnavailable as exc:
+            log.warning("follow_failed", user_id=user_id, symbols=symbols, error=str(exc))
 
     async def disconnect(self, client: Client) -> None:
         """Unregister a socket; the user's subscriptions go with its last socket."""
@@ -199,6 +267,7 @@ class ConnectionManager:
         """Make ``coins`` the user's holdings: adjust holders and subscriptions, seed new prices."""
         before, after = set(user.coins), set(coins)
         user.coins = dict(coins)
+        user.message = None
         for symbol in after - before:
             self._acquire(symbol, user_id)
         for symbol in before - after:
@@ -253,10 +322,19 @@ class ConnectionManager:
     # -- pushing ---------------------------------------------------------------------------------------
 
     def _push(self, user_id: int, user: _User) -> None:
-        profile = build_profile(user_id, user.name, user.coins, self._prices)
-        message = jsonutil.dumps_str(profile)
+        user.message = None
         for client in user.clients:
-            client.offer(message)
+            client.mark_stale()
+
+    def _render(self, user_id: int) -> str | None:
+        """The user's profile JSON for its current coins and prices, built once per change and shared by its
+        sockets; ``None`` once the user has no socket here."""
+        user = self._users.get(user_id)
+        if user is None:
+            return None
+        if user.message is None:
+            user.message = jsonutil.dumps_str(build_profile(user_id, user.name, user.coins, self._prices))
+        return user.message
 
     def _follow_in_background(self, user_id: int, symbols: Iterable[str]) -> None:
         wanted = sorted(symbols)

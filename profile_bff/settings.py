@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.settings import ServiceSettings
+from profile_bff.instruments import DEFAULT_EXCHANGE_INFO
+from profile_bff.ratelimit import IPNetwork, Rate, parse_networks
 
 
 class BffSettings(ServiceSettings):
@@ -27,6 +30,20 @@ class BffSettings(ServiceSettings):
     - ``BFF_ALLOWED_ORIGINS`` (empty): comma-separated browser origins (``https://app.example``) allowed to
       open the WebSocket. A request that carries an ``Origin`` header outside this list is refused with 403;
       clients that send no ``Origin`` (curl, wscat, services) are not browsers and are let through.
+    - ``BFF_EXCHANGE_INFO_FILE`` (the shipped snapshot ``crypto_mesh/data/binance/exchangeInfo_2021-10-12.json.gz``):
+      a Binance ``GET /api/v3/exchangeInfo`` body (``.json`` or ``.json.gz``); coins must be listed there with
+      status ``TRADING``, and ``GET /v1/instruments`` searches it.
+    - ``BFF_IDEMPOTENCY_TTL_S`` (``86400``): how long a stored ``Idempotency-Key`` answer is replayed (s).
+    - ``BFF_WS_TICKET_TTL_S`` (``30``): lifetime of a one-time WebSocket ticket (s).
+    - ``BFF_WS_SEND_TIMEOUT_S`` (``10``): a socket whose peer does not take a message within this time (it
+      stopped reading and the kernel buffers are full) is closed with 1008.
+    - ``BFF_LOGIN_RATE_PER_NAME`` (``10/minute``), ``BFF_LOGIN_RATE_PER_ADDRESS`` (``30/minute``): failed
+      logins allowed per name and per client address (a successful login is not counted), as
+      ``<count>/[<n>] second|minute|hour|day``; beyond them ``POST /v1/login`` answers 429 with Retry-After.
+    - ``BFF_REGISTER_RATE_PER_NAME`` (``5/minute``), ``BFF_REGISTER_RATE_PER_ADDRESS`` (``60/hour``):
+      registrations attempted per name and per client address. See :mod:`profile_bff.ratelimit`.
+    - ``BFF_TRUSTED_PROXIES`` (empty): comma-separated addresses or networks of reverse proxies whose
+      ``X-Forwarded-For`` names the client. Empty: the socket peer is the client and the header is ignored.
     """
 
     model_config = SettingsConfigDict(env_prefix="BFF_", extra="ignore", frozen=True)
@@ -41,6 +58,15 @@ class BffSettings(ServiceSettings):
     jwt_audience: str = "crypto-mesh"
     cookie_secure: bool = True
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    exchange_info_file: Path = DEFAULT_EXCHANGE_INFO
+    idempotency_ttl_s: int = Field(default=86_400, gt=0)
+    ws_ticket_ttl_s: int = Field(default=30, gt=0)
+    ws_send_timeout_s: float = Field(default=10.0, gt=0)
+    login_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(10, 60)
+    login_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(30, 60)
+    register_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(5, 60)
+    register_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 3600)
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode, BeforeValidator(parse_networks)] = ()
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -5,6 +5,10 @@ Profile database, schema in ``profile_bff/migrations`` (Alembic, version table `
 - ``profiles(id BIGINT PRIMARY KEY = auth user id, name, created_at)``
 - ``coins(user_id → profiles ON DELETE CASCADE, symbol, quantity NUMERIC(38, 18) > 0, created_at,
   updated_at, PRIMARY KEY (user_id, symbol))``: a user holds a symbol at most once.
+- ``coin_history(id identity, user_id → profiles ON DELETE CASCADE, symbol, operation add|update|remove,
+  old_quantity, new_quantity, at)``: one row per change, written in the change's own transaction.
+- ``idempotency_keys(user_id, key, request_hash, status, body, created_at, expires_at)``: the first answer
+  to a request sent with an ``Idempotency-Key`` (``status`` NULL while it is being processed).
 
 Redis (docs/CONTRACTS.md, "Redis"): key ``price:<symbol>`` holds the latest SecondStat JSON; channel
 ``<symbol>`` carries each new one; channel ``bff:portfolio`` carries ``{"user_id": n}`` after any change to
@@ -16,6 +20,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -39,6 +44,10 @@ log = get_logger(__name__)
 
 PORTFOLIO_CHANNEL = "bff:portfolio"
 PRICE_KEY_PREFIX = "price:"
+TICKET_KEY_PREFIX = "bff:ws-ticket:"
+#: An Idempotency-Key reservation unanswered this long (s) was left by a process that died mid-request: every
+#: request bounds its own waits (database 5 s, aggregator 3 s, Redis 2 s) far below it.
+IN_FLIGHT_ABANDONED_S = 60
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_profile"
 
@@ -59,6 +68,28 @@ coins = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
+coin_history = sa.Table(
+    "coin_history",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("user_id", sa.BigInteger, nullable=False),
+    sa.Column("symbol", sa.String(20), nullable=False),
+    sa.Column("operation", sa.Text, nullable=False),
+    sa.Column("old_quantity", sa.Numeric(38, 18, asdecimal=True)),
+    sa.Column("new_quantity", sa.Numeric(38, 18, asdecimal=True)),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("user_id", sa.BigInteger, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("request_hash", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.Integer),
+    sa.Column("body", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 
 class StoreUnavailable(Exception):
@@ -75,6 +106,35 @@ class CoinAlreadyHeld(Exception):
 
 class CoinNotHeld(LookupError):
     """The user does not hold the symbol."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One portfolio change: ``operation`` is ``add`` (``old_quantity`` None), ``update``, or ``remove``
+    (``new_quantity`` None); ``at`` is the commit's transaction time (UTC)."""
+
+    id: int
+    symbol: str
+    operation: str
+    old_quantity: Decimal | None
+    new_quantity: Decimal | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The first answer to an idempotent request: HTTP ``status`` and JSON ``body`` text (``None``: 204)."""
+
+    status: int
+    body: str | None
+
+
+class IdempotencyMismatch(Exception):
+    """The key was already used by this user for a request with a different method, path or body."""
+
+
+class IdempotencyInFlight(Exception):
+    """The first request with this key is still being processed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +183,20 @@ class ProfileStore:
 
     async def load(self, user_id: int) -> Holdings:
         """The profile of ``user_id`` with its coins. Raises :class:`ProfileNotFound`."""
+        # One round trip (the profile LEFT JOIN its coins): this runs on every REST read and socket connect.
+        statement = (
+            sa.select(profiles.c.name, coins.c.symbol, coins.c.quantity)
+            .select_from(profiles.outerjoin(coins, coins.c.user_id == profiles.c.id))
+            .where(profiles.c.id == user_id)
+        )
         async with self._connection() as conn:
-            name = await conn.scalar(sa.select(profiles.c.name).where(profiles.c.id == user_id))
-            if name is None:
-                raise ProfileNotFound(user_id)
-            rows = await conn.execute(
-                sa.select(coins.c.symbol, coins.c.quantity).where(coins.c.user_id == user_id)
-            )
-            return Holdings(name=name, coins={symbol: quantity for symbol, quantity in rows})
+            rows = (await conn.execute(statement)).all()
+        if not rows:
+            raise ProfileNotFound(user_id)
+        return Holdings(
+            name=rows[0].name,
+            coins={row.symbol: row.quantity for row in rows if row.symbol is not None},
+        )
 
     async def add_coin(self, user_id: int, symbol: str, quantity: Decimal) -> None:
         """Add a holding. Raises :class:`ProfileNotFound`, :class:`CoinAlreadyHeld`."""
@@ -149,29 +215,151 @@ class ProfileStore:
             )
             if inserted is None:
                 raise CoinAlreadyHeld(symbol)
+            await _record(conn, user_id, symbol, "add", None, quantity)
 
     async def update_coin(self, user_id: int, symbol: str, quantity: Decimal) -> None:
         """Set the quantity of a holding. Raises :class:`CoinNotHeld`."""
-        statement = (
-            sa.update(coins)
-            .where(coins.c.user_id == user_id, coins.c.symbol == symbol)
-            .values(quantity=quantity, updated_at=sa.func.now())
-            .returning(coins.c.symbol)
-        )
         async with self._connection() as conn:
-            if await conn.scalar(statement) is None:
+            # The row lock orders concurrent updates, so each history row's old quantity is the one replaced.
+            old = await conn.scalar(
+                sa.select(coins.c.quantity)
+                .where(coins.c.user_id == user_id, coins.c.symbol == symbol)
+                .with_for_update()
+            )
+            if old is None:
                 raise CoinNotHeld(symbol)
+            await conn.execute(
+                sa.update(coins)
+                .where(coins.c.user_id == user_id, coins.c.symbol == symbol)
+                .values(quantity=quantity, updated_at=sa.func.now())
+            )
+            await _record(conn, user_id, symbol, "update", old, quantity)
 
     async def delete_coin(self, user_id: int, symbol: str) -> None:
         """Remove a holding. Raises :class:`CoinNotHeld`."""
         statement = (
             sa.delete(coins)
             .where(coins.c.user_id == user_id, coins.c.symbol == symbol)
-            .returning(coins.c.symbol)
+            .returning(coins.c.quantity)
         )
         async with self._connection() as conn:
-            if await conn.scalar(statement) is None:
+            old = await conn.scalar(statement)
+            if old is None:
                 raise CoinNotHeld(symbol)
+            await _record(conn, user_id, symbol, "remove", old, None)
+
+    async def history(self, user_id: int, *, before_id: int | None, limit: int) -> list[HistoryEntry]:
+        """Up to ``limit`` changes of ``user_id``'s portfolio, newest first, with ids below ``before_id``
+        (the cursor: the last id of the previous page; ``None`` for the first page)."""
+        statement = sa.select(coin_history).where(coin_history.c.user_id == user_id)
+        if before_id is not None:
+            statement = statement.where(coin_history.c.id < before_id)
+        statement = statement.order_by(coin_history.c.id.desc()).limit(limit)
+        async with self._connection() as conn:
+            rows = await conn.execute(statement)
+            return [
+                HistoryEntry(
+                    id=row.id,
+                    symbol=row.symbol,
+                    operation=row.operation,
+                    old_quantity=row.old_quantity,
+                    new_quantity=row.new_quantity,
+                    at=row.at,
+                )
+                for row in rows
+            ]
+
+    async def holders(self) -> dict[int, list[str]]:
+        """Every user with at least one coin → its symbols, sorted (rebuilding the aggregator followers)."""
+        async with self._connection() as conn:
+            rows = await conn.execute(sa.select(coins.c.user_id, coins.c.symbol).order_by(coins.c.symbol))
+            held: dict[int, list[str]] = {}
+            for user_id, symbol in rows:
+                held.setdefault(user_id, []).append(symbol)
+            return held
+
+    async def reserve_idempotency_key(
+        self, user_id: int, key: str, request_hash: bytes, ttl_s: int
+    ) -> StoredAnswer | None:
+        """Claim ``key`` for a request of ``user_id`` whose method, path and body hash to ``request_hash``.
+
+        Returns ``None`` when the key is new (now reserved: the caller processes the request and then calls
+        :meth:`store_idempotent_answer` or :meth:`release_idempotency_key`), or the stored first answer.
+        Raises :class:`IdempotencyMismatch` if the key was used for another request and
+        :class:`IdempotencyInFlight` while the first request is still being processed. Keys expire after
+        ``ttl_s`` seconds; this user's expired keys are deleted here, the others by :meth:`prune_idempotency_keys`.
+        A reservation still unanswered after :data:`IN_FLIGHT_ABANDONED_S` belongs to a process that died
+        mid-request: it is deleted here too, so the retry runs instead of answering 409 until expiry.
+        """
+        key_of = (idempotency_keys.c.user_id == user_id, idempotency_keys.c.key == key)
+        abandoned = sa.and_(
+            idempotency_keys.c.status.is_(None),
+            idempotency_keys.c.created_at
+            <= sa.func.now() - sa.text(f"interval '{IN_FLIGHT_ABANDONED_S} seconds'"),
+        )
+        async with self._connection() as conn:
+            await conn.execute(
+                sa.delete(idempotency_keys).where(
+                    idempotency_keys.c.user_id == user_id,
+                    sa.or_(idempotency_keys.c.expires_at <= sa.func.now(), abandoned),
+                )
+            )
+            inserted = await conn.scalar(
+                pg_insert(idempotency_keys)
+                .values(
+                    user_id=user_id,
+                    key=key,
+                    request_hash=request_hash,
+                    expires_at=sa.func.now() + sa.text(f"interval '{int(ttl_s)} seconds'"),
+                )
+                .on_conflict_do_nothing()
+                .returning(idempotency_keys.c.key)
+            )
+            if inserted is not None:
+                return None
+            row = (
+                await conn.execute(
+                    sa.select(
+                        idempotency_keys.c.request_hash, idempotency_keys.c.status, idempotency_keys.c.body
+                    ).where(*key_of)
+                )
+            ).one_or_none()
+        if row is None:
+            # Released by the first request (it failed with a 5xx) between our insert and this read.
+            raise IdempotencyInFlight(key)
+        if row.request_hash != request_hash:
+            raise IdempotencyMismatch(key)
+        if row.status is None:
+            raise IdempotencyInFlight(key)
+        return StoredAnswer(status=row.status, body=row.body)
+
+    async def store_idempotent_answer(self, user_id: int, key: str, answer: StoredAnswer) -> None:
+        """Record the first answer to the request that reserved ``key``."""
+        async with self._connection() as conn:
+            await conn.execute(
+                sa.update(idempotency_keys)
+                .where(idempotency_keys.c.user_id == user_id, idempotency_keys.c.key == key)
+                .values(status=answer.status, body=answer.body)
+            )
+
+    async def release_idempotency_key(self, user_id: int, key: str) -> None:
+        """Forget a reservation whose request failed for a reason of ours (5xx), so a retry runs again."""
+        async with self._connection() as conn:
+            await conn.execute(
+                sa.delete(idempotency_keys).where(
+                    idempotency_keys.c.user_id == user_id,
+                    idempotency_keys.c.key == key,
+                    idempotency_keys.c.status.is_(None),
+                )
+            )
+
+    async def prune_idempotency_keys(self) -> int:
+        """Delete every expired key; the number deleted."""
+        async with self._connection() as conn:
+            result = await conn.execute(
+                sa.delete(idempotency_keys).where(idempotency_keys.c.expires_at <= sa.func.now())
+            )
+            return result.rowcount
 
     async def delete_profile(self, user_id: int) -> list[str]:
         """Delete the profile and its coins (cascade); the symbols it held, ``[]`` if there was no profile."""
@@ -196,6 +384,21 @@ class ProfileStore:
             if exc.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
                 raise StoreUnavailable(f"profile database unavailable (SQLSTATE {sqlstate})") from exc
             raise
+
+
+async def _record(
+    conn: AsyncConnection,
+    user_id: int,
+    symbol: str,
+    operation: str,
+    old: Decimal | None,
+    new: Decimal | None,
+) -> None:
+    await conn.execute(
+        sa.insert(coin_history).values(
+            user_id=user_id, symbol=symbol, operation=operation, old_quantity=old, new_quantity=new
+        )
+    )
 
 
 def _upgrade_to_head(connection: sa.Connection) -> None:
@@ -250,6 +453,21 @@ class MarketBus:
             except InvalidSecondStat as exc:
                 log.warning("malformed_price_key", symbol=symbol, error=str(exc))
         return prices
+
+    async def issue_ticket(self, ticket: str, claims_json: bytes, ttl_s: int) -> None:
+        """Store a one-time WebSocket ticket (key ``bff:ws-ticket:<ticket>``, expiring after ``ttl_s``)."""
+        try:
+            await self._commands.set(TICKET_KEY_PREFIX + ticket, claims_json, ex=ttl_s)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+
+    async def redeem_ticket(self, ticket: str) -> bytes | None:
+        """The claims stored with ``ticket``, deleting it in the same command (GETDEL): a ticket opens at
+        most one socket. ``None`` if unknown, used or expired."""
+        try:
+            return await self._commands.getdel(TICKET_KEY_PREFIX + ticket)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
 
     async def publish_portfolio_change(self, user_id: int) -> None:
         """Publish ``{"user_id": n}`` on ``bff:portfolio``: every replica refreshes the user's sockets."""

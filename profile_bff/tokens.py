@@ -5,6 +5,11 @@ names one key of the auth service's JWK Set (RFC 7517, ``auth.GetPublicKeys``). 
 key: it only verifies. Keys are cached; a token with an unknown ``kid`` (the auth service rotated its key)
 triggers one refetch, at most once per ``refetch_interval_s``, so a flood of forged ``kid`` values cannot turn
 into a flood of calls to auth.
+
+Key rotation (auth restarted with a new key, the old public key in ``AUTH_JWT_RETIRED_PUBLIC_KEYS_FILE``) logs
+nobody out: tokens of the old key verify with the cached key, and the first token of the new key fetches the
+new set, unless a fetch happened less than ``refetch_interval_s`` before; only then is it refused, for at most
+that long. Hence the short default: one cheap ``GetPublicKeys`` a second is no load for auth.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ ALGORITHMS = ["EdDSA"]
 REQUIRED_CLAIMS = ["sub", "name", "exp", "iss", "aud"]
 #: Longer "tokens" are not ours; refusing them early keeps parsing cheap.
 MAX_TOKEN_CHARS = 4096
+#: Seconds between two fetches of the JWK Set caused by unknown ``kid`` values (see the module docstring).
+DEFAULT_REFETCH_INTERVAL_S = 1.0
 #: ``sub``: the user id as a positive decimal that fits PostgreSQL's bigint.
 _USER_ID = re.compile(r"[1-9][0-9]{0,17}")
 
@@ -62,7 +69,7 @@ class AccessTokenVerifier:
         *,
         issuer: str,
         audience: str,
-        refetch_interval_s: float = 5.0,
+        refetch_interval_s: float = DEFAULT_REFETCH_INTERVAL_S,
     ) -> None:
         self._fetch_jwks = fetch_jwks
         self._issuer = issuer

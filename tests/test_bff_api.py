@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.cookies import SimpleCookie
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -28,9 +31,32 @@ from crypto_mesh.embedded import ManagedProcess, redis_command
 from crypto_mesh.netutil import free_port
 from profile_bff.app import Running
 from profile_bff.app import start as start_bff
+from profile_bff.instruments import DEFAULT_EXCHANGE_INFO
 from profile_bff.settings import BffSettings
 
 PASSWORD = "correct horse battery"
+#: Symbols only this test run uses, listed as TRADING in the exchangeInfo the test BFFs load, so that tests
+#: sharing one Redis never see each other's prices.
+_RUN = uuid.uuid4().hex[:6]
+TEST_SYMBOLS = [f"t{_RUN}{n:04d}usdt" for n in range(3000)]
+_next_symbol = itertools.count()
+
+
+def new_symbol() -> str:
+    """A listed symbol no other test of this run uses."""
+    return TEST_SYMBOLS[next(_next_symbol)]
+
+
+def write_exchange_info(directory: Path) -> Path:
+    """The shipped exchangeInfo snapshot plus :data:`TEST_SYMBOLS` (TRADING), as ``exchangeInfo.json``."""
+    body = jsonutil.loads(gzip.decompress(DEFAULT_EXCHANGE_INFO.read_bytes()))
+    body["symbols"] += [
+        {"symbol": symbol.upper(), "status": "TRADING", "baseAsset": symbol[:-4].upper(), "quoteAsset": "USDT"}
+        for symbol in TEST_SYMBOLS
+    ]
+    path = directory / "exchangeInfo.json"
+    path.write_bytes(jsonutil.dumps(body))
+    return path
 
 
 @dataclass
@@ -139,14 +165,27 @@ async def serve_aggregator():
 
 
 @contextlib.asynccontextmanager
-async def serve_bff(database_url: str, redis_url: str, auth_port: int, aggregator: AggregatorStub):
-    """A BFF on a free port, ready (``/healthz`` 200), with a client session and a Redis client."""
+async def serve_bff(
+    database_url: str,
+    redis_url: str,
+    auth_port: int,
+    aggregator: AggregatorStub,
+    exchange_info: Path,
+    **overrides,
+):
+    """A BFF on a free port, ready (``/healthz`` 200), with a client session and a Redis client;
+    ``overrides`` are further :class:`BffSettings` fields. The login and register rate limits are lifted
+    (tests/test_security_bff.py covers them): these tests register many users from one address."""
+    for rate in ("login_rate_per_name", "login_rate_per_address", "register_rate_per_name", "register_rate_per_address"):
+        overrides.setdefault(rate, "1000000/minute")
     settings = BffSettings(
         port=0,
         database_url=database_url,
         redis_url=redis_url,
         auth_target=f"127.0.0.1:{auth_port}",
         aggregator_url=aggregator.url,
+        exchange_info_file=exchange_info,
+        **overrides,
     )
     running = await start_bff(settings)
     url = f"http://127.0.0.1:{running.port}"
@@ -169,15 +208,28 @@ async def until_healthy(http: aiohttp.ClientSession, url: str) -> None:
     pytest.fail("the BFF never became ready")
 
 
+@contextlib.asynccontextmanager
+async def serve_stack(postgres, redis_url: str, tmp_path_factory):
+    """Auth, the aggregator stub and a BFF on new databases, for a module-scoped ``bff`` fixture."""
+    async with (
+        serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
+        serve_aggregator() as aggregator,
+        serve_bff(
+            new_database(postgres, "profile"),
+            redis_url,
+            auth.port,
+            aggregator,
+            write_exchange_info(tmp_path_factory.mktemp("exchange")),
+        ) as running,
+    ):
+        yield running
+
+
 @pytest.fixture(scope="module")
 async def bff(postgres, redis_url, tmp_path_factory):
     """One stack (auth, aggregator stub, BFF) shared by the tests of this module; each test uses new users
     and symbols, so they do not see each other."""
-    async with (
-        serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
-        serve_aggregator() as aggregator,
-        serve_bff(new_database(postgres, "profile"), redis_url, auth.port, aggregator) as running,
-    ):
+    async with serve_stack(postgres, redis_url, tmp_path_factory) as running:
         yield running
 
 
@@ -189,11 +241,13 @@ async def own_auth_server(fresh_database, tmp_path):
 
 
 @pytest.fixture
-async def own_bff(fresh_database, redis_url, own_auth_server):
+async def own_bff(fresh_database, redis_url, own_auth_server, tmp_path):
     """A stack for one test, which may break its database or stop it."""
     async with (
         serve_aggregator() as aggregator,
-        serve_bff(fresh_database("profile"), redis_url, own_auth_server.port, aggregator) as running,
+        serve_bff(
+            fresh_database("profile"), redis_url, own_auth_server.port, aggregator, write_exchange_info(tmp_path)
+        ) as running,
     ):
         yield running
 
@@ -509,7 +563,7 @@ def second_stat(symbol: str, price: str, second_ms: int) -> bytes:
 
 
 async def test_the_socket_sends_a_snapshot_then_exact_totals_on_each_second_stat(bff):
-    symbol = f"t{uuid.uuid4().hex[:8]}usdt"
+    symbol = new_symbol()
     user_id, auth = await bff.user()
     await bff.redis.set(f"price:{symbol}", second_stat(symbol, "60000.5", 1723161600000))
     async with bff.http.post(
@@ -554,7 +608,7 @@ async def test_a_second_stat_on_channel_btcusdt_reaches_a_holder_of_btcusdt(bff)
 
 
 async def test_coins_added_updated_and_removed_over_rest_are_pushed_without_reconnecting(bff):
-    symbol = f"t{uuid.uuid4().hex[:8]}usdt"
+    symbol = new_symbol()
     _, auth = await bff.user()
     async with bff.http.ws_connect(f"{bff.url}/v2/user/profile/ws", headers=auth) as ws:
         assert (await next_profile(ws))["Coins"]["Quantities"] == {}
@@ -591,7 +645,7 @@ async def test_deleting_the_profile_closes_its_sockets(bff):
 
 
 async def test_a_second_socket_of_the_same_user_keeps_working_after_the_first_closes(bff):
-    symbol = f"t{uuid.uuid4().hex[:8]}usdt"
+    symbol = new_symbol()
     _, auth = await bff.user()
     async with bff.http.post(
         f"{bff.url}/v2/coin/symbol", json={"symbol": symbol, "quantity": "2"}, headers=auth
@@ -701,9 +755,15 @@ async def test_after_redis_restarts_prices_flow_again_and_rest_answers_503_meanw
     try:
         async with (
             serve_aggregator() as aggregator,
-            serve_bff(fresh_database("profile"), redis_url, own_auth_server.port, aggregator) as bff,
+            serve_bff(
+                fresh_database("profile"),
+                redis_url,
+                own_auth_server.port,
+                aggregator,
+                write_exchange_info(tmp_path),
+            ) as bff,
         ):
-            symbol = f"t{uuid.uuid4().hex[:8]}usdt"
+            symbol = new_symbol()
             _, auth = await bff.user()
             async with bff.http.post(
                 f"{bff.url}/v2/coin/symbol", json={"symbol": symbol, "quantity": "2"}, headers=auth

@@ -91,7 +91,7 @@ def test_profile_totals_are_exact_products_and_their_sum():
     quantities = {
         "btcusdt": Decimal("1.500000000000000000"),
         "ethusdt": Decimal("0.123456789012345678"),
-        "dotusdt": Decimal("7"),
+        "dotusdt": Decimal(7),
     }
     prices = {
         "btcusdt": Price(Decimal("61837.63"), 1723161601000),
@@ -113,7 +113,7 @@ def test_profile_totals_are_exact_products_and_their_sum():
 
 
 def test_a_profile_without_prices_has_a_zero_total_and_no_time():
-    profile = build_profile(7, "bob", {"btcusdt": Decimal("2")}, {})
+    profile = build_profile(7, "bob", {"btcusdt": Decimal(2)}, {})
     assert jsonutil.loads(jsonutil.dumps(profile)) == {
         "ID": 7,
         "Name": "bob",

@@ -1,0 +1,284 @@
+"""Benchmark of the auth path at bcrypt cost 12: logins per second, whether the BFF's event loop stalls while
+logins hash, and whether an unknown name can be told from a wrong password by timing.
+
+Self-contained: starts an embedded PostgreSQL and a Redis server in a temporary directory, then the auth
+service and the BFF as separate processes (``python -m auth``, ``python -m profile_bff``) on free ports of
+127.0.0.1, as the mesh runs them. The BFF's rate limits are raised out of the way (the limits are not what
+is measured). Runs in well under two minutes and prints its figures and the conditions.
+
+1. Logins per second: ``CONCURRENCY`` clients log in back to back for ``THROUGHPUT_S`` seconds.
+2. ``GET /v2/user/profile`` latency (p50/p99/max), first alone, then while 50 logins are always in flight:
+   one probe every ``PROBE_INTERVAL_S``. Goal: p99 < 50 ms (bcrypt runs in auth's worker threads, and the BFF
+   only awaits gRPC, so neither event loop may stall).
+3. Enumeration by timing: ``TIMING_ROUNDS`` alternating logins with an unknown name and with a known name and
+   a wrong password, sequential, unloaded; medians and the difference of means with its 95 % interval.
+
+Usage: ``.venv/bin/python benchmarks/bench_auth.py``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+
+from auth.tokens import generate_private_key_pem
+from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, redis_command
+from crypto_mesh.netutil import free_port
+
+BCRYPT_COST = 12
+USERS = 8
+CONCURRENCY = 8
+THROUGHPUT_S = 10.0
+CONCURRENT_LOGINS = 50
+LOADED_S = 15.0
+PROBE_INTERVAL_S = 0.02
+IDLE_PROBES = 200
+TIMING_ROUNDS = 20
+PASSWORD = "correct horse battery staple"
+UNLIMITED = "1000000/second"
+
+
+def conditions() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (
+        f"machine: {model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}; load average at start {load}\n"
+        f"auth and BFF as separate processes; embedded PostgreSQL over a Unix socket; Redis on 127.0.0.1; "
+        f"bcrypt cost {BCRYPT_COST}"
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            async with http.get(f"{url}/healthz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the BFF did not become ready")
+
+
+async def login(
+    http: aiohttp.ClientSession, url: str, name: str, password: str = PASSWORD
+) -> tuple[int, float]:
+    began = time.perf_counter()
+    async with http.post(f"{url}/v1/login", json={"name": name, "password": password}) as resp:
+        await resp.read()
+        return resp.status, time.perf_counter() - began
+
+
+async def logins_per_second(http: aiohttp.ClientSession, url: str, names: list[str]) -> None:
+    done = 0
+    failures: Counter[int] = Counter()
+    stop_at = time.monotonic() + THROUGHPUT_S
+
+    async def client(name: str) -> None:
+        nonlocal done, failures
+        while time.monotonic() < stop_at:
+            status, _ = await login(http, url, name)
+            if status == 200:
+                done += 1
+            else:
+                failures[status] += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(names[i % len(names)]) for i in range(CONCURRENCY)))
+    elapsed = time.perf_counter() - began
+    print(f"\n1. logins per second ({CONCURRENCY} concurrent clients, {elapsed:.1f} s)")
+    print(f"   {done / elapsed:.2f} logins/s ({done} logins; failures by status: {dict(failures) or 'none'})")
+
+
+async def probe(
+    http: aiohttp.ClientSession, url: str, access: str, count: int | None, until: float | None
+) -> tuple[list[float], list[float]]:
+    """Latencies (s) of ``GET /v2/user/profile`` and of ``GET /healthz`` (which touches no database: the
+    BFF's event loop alone), one of each per round."""
+    headers = {"Authorization": f"Bearer {access}"}
+    profile, health = [], []
+    while (count is not None and len(profile) < count) or (until is not None and time.monotonic() < until):
+        for path, latencies in (("/v2/user/profile", profile), ("/healthz", health)):
+            began = time.perf_counter()
+            async with http.get(f"{url}{path}", headers=headers) as resp:
+                await resp.read()
+                assert resp.status == 200, (path, resp.status)
+            latencies.append(time.perf_counter() - began)
+        await asyncio.sleep(PROBE_INTERVAL_S)
+    return profile, health
+
+
+def describe(latencies: list[float]) -> str:
+    ms = [value * 1000 for value in latencies]
+    return f"n={len(ms)} p50={percentile(ms, 50):.2f} ms p99={percentile(ms, 99):.2f} ms max={max(ms):.2f} ms"
+
+
+async def profile_latency_under_logins(http: aiohttp.ClientSession, url: str, names: list[str]) -> None:
+    status, body = 0, {}
+    async with http.post(f"{url}/v1/login", json={"name": names[0], "password": PASSWORD}) as resp:
+        status, body = resp.status, await resp.json()
+    assert status == 200
+    access = body["access_token"]
+    idle, idle_health = await probe(http, url, access, IDLE_PROBES, None)
+
+    stop_at = time.monotonic() + LOADED_S
+    statuses: Counter[int] = Counter()
+
+    async def client(name: str) -> None:
+        while time.monotonic() < stop_at:
+            status, _ = await login(http, url, name)
+            statuses[status] += 1
+
+    clients = [asyncio.create_task(client(names[i % len(names)])) for i in range(CONCURRENT_LOGINS)]
+    await asyncio.sleep(1.0)  # let the 50 logins fill auth's queue before measuring
+    loaded, loaded_health = await probe(http, url, access, None, stop_at)
+    await asyncio.gather(*clients)
+    print(
+        f"\n2. latency of GET /v2/user/profile (and of GET /healthz), one probe every {PROBE_INTERVAL_S * 1000:.0f} ms"
+    )
+    print(f"   alone:                    profile {describe(idle)}")
+    print(f"                             healthz {describe(idle_health)}")
+    print(f"   with {CONCURRENT_LOGINS} logins in flight: profile {describe(loaded)}")
+    print(
+        f"                             healthz {describe(loaded_health)}  (login answers: {dict(statuses)})"
+    )
+    verdict = "met" if percentile(loaded, 99) < 0.050 else "NOT met"
+    print(f"   goal p99 < 50 ms under load: {verdict}")
+
+
+async def enumeration_timing(http: aiohttp.ClientSession, url: str, known: str) -> None:
+    unknown_s, wrong_s = [], []
+    for round_number in range(TIMING_ROUNDS):
+        status_unknown, unknown = await login(http, url, f"nobody{round_number:04d}", "wrong password")
+        status_wrong, wrong = await login(http, url, known, "wrong password")
+        assert status_unknown == status_wrong == 401, (status_unknown, status_wrong)
+        unknown_s.append(unknown * 1000)
+        wrong_s.append(wrong * 1000)
+    difference = statistics.mean(unknown_s) - statistics.mean(wrong_s)
+    spread = (
+        1.96
+        * (statistics.variance(unknown_s) / len(unknown_s) + statistics.variance(wrong_s) / len(wrong_s))
+        ** 0.5
+    )
+    print(f"\n3. login timing, unknown name vs wrong password ({TIMING_ROUNDS} each, alternating, unloaded)")
+    print(
+        f"   unknown name:   median {statistics.median(unknown_s):.1f} ms, mean {statistics.mean(unknown_s):.1f} ms"
+    )
+    print(
+        f"   wrong password: median {statistics.median(wrong_s):.1f} ms, mean {statistics.mean(wrong_s):.1f} ms"
+    )
+    print(f"   difference of means: {difference:+.1f} ms ± {spread:.1f} ms (95 %)")
+
+
+async def register(http: aiohttp.ClientSession, url: str, name: str, timeout_s: float = 60.0) -> None:
+    """Register ``name``, retrying while auth still migrates its database (503)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with http.post(f"{url}/v1/register", json={"name": name, "password": PASSWORD}) as resp:
+            if resp.status == 201:
+                return
+            if resp.status != 503 or time.monotonic() > deadline:
+                raise RuntimeError(f"register {name}: {resp.status} {await resp.text()}")
+        await asyncio.sleep(0.2)
+
+
+async def run(url: str) -> None:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=CONCURRENT_LOGINS + 10), cookie_jar=aiohttp.DummyCookieJar()
+    ) as http:
+        await wait_ready(http, url)
+        names = [f"bench{i:02d}" for i in range(USERS)]
+        await asyncio.gather(*(register(http, url, name) for name in names))
+        await logins_per_second(http, url, names)
+        await profile_latency_under_logins(http, url, names)
+        await enumeration_timing(http, url, names[0])
+
+
+def main() -> None:
+    print(conditions())
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-auth-") as tmp:
+        root = Path(tmp)
+        postgres = EmbeddedPostgres(root / "pg")
+        redis_port, auth_port, bff_port = free_port(), free_port(), free_port()
+        redis = ManagedProcess(
+            "redis", redis_command(redis_port, root / "redis"), redis_port, root / "redis.log"
+        )
+        key_file = root / "jwt.pem"
+        key_file.write_bytes(generate_private_key_pem())
+        processes: list[ManagedProcess] = []
+        try:
+            postgres.start()
+            redis.start()
+            auth = ManagedProcess(
+                "auth",
+                [sys.executable, "-m", "auth"],
+                auth_port,
+                root / "auth.log",
+                env={
+                    "AUTH_PORT": str(auth_port),
+                    "AUTH_DATABASE_URL": postgres.url("auth"),
+                    "AUTH_JWT_PRIVATE_KEY_FILE": str(key_file),
+                    "AUTH_BCRYPT_COST": str(BCRYPT_COST),
+                    "AUTH_LOG_LEVEL": "WARNING",
+                },
+            )
+            processes.append(auth.start())
+            bff = ManagedProcess(
+                "bff",
+                [sys.executable, "-m", "profile_bff"],
+                bff_port,
+                root / "bff.log",
+                env={
+                    "BFF_PORT": str(bff_port),
+                    "BFF_DATABASE_URL": postgres.url("profile"),
+                    "BFF_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                    "BFF_AUTH_TARGET": f"127.0.0.1:{auth_port}",
+                    "BFF_AGGREGATOR_URL": f"http://127.0.0.1:{free_port()}",
+                    "BFF_LOG_LEVEL": "WARNING",
+                    **{
+                        f"BFF_{limit}": UNLIMITED
+                        for limit in (
+                            "LOGIN_RATE_PER_NAME",
+                            "LOGIN_RATE_PER_ADDRESS",
+                            "REGISTER_RATE_PER_NAME",
+                            "REGISTER_RATE_PER_ADDRESS",
+                        )
+                    },
+                },
+            )
+            processes.append(bff.start())
+            asyncio.run(run(f"http://127.0.0.1:{bff_port}"))
+        finally:
+            for process in reversed(processes):
+                process.stop()
+            redis.stop()
+            postgres.stop()
+    print(f"\ntotal run time {time.monotonic() - began:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

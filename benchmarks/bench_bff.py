@@ -1,0 +1,517 @@
+"""Benchmark of one BFF process: WebSocket fan-out to N authenticated clients, and GET /v2/user/profile.
+
+What runs, all on 127.0.0.1 and all started and stopped by this script:
+
+- an embedded PostgreSQL and Redis (as the tests use them) and the real auth server (the BFF fetches its
+  JWK Set from it); a small aiohttp stand-in answers the aggregator's follower routes with 200;
+- ONE BFF process (``python -m profile_bff``), measured with psutil: resident memory before and after the
+  clients connect (→ memory per connection) and CPU time during the price phase (→ CPU %, where 100 % is one
+  core);
+- ``--workers`` client processes holding ``--clients`` WebSocket connections in total. Each client is a
+  user of its own holding three coins (``--symbols`` are dealt round-robin, three per user), authenticated
+  with an access token signed by auth's key;
+- a publisher (this process) that, for ``--seconds``, publishes one SecondStat per symbol per second on Redis
+  (key ``price:<s>`` set, then channel ``<s>``): the recorded rate, since the shipped recording
+  ``btcusdt_ethusdt_trade_2024-08-08.jsonl.gz`` yields 1255 SecondStats in 650 s for 2 symbols, 0.96 per
+  symbol per second. Its ``t`` is the publish time in
+  Unix ms, so a client computes the latency of a message as its receive time minus the message's
+  ``PricesAt`` (both wall clock, same machine; ms resolution).
+
+Then ``--http-seconds`` of ``GET /v2/user/profile`` from ``--http-concurrency`` concurrent requests.
+
+Printed: the conditions (CPU count, load average, parameters), clients connected, latency p50/p99/max over
+every profile message received during the price phase, messages delivered vs. the number a client would
+get without conflation, BFF memory per connection, BFF CPU, and requests/s with p50/p99 of the REST route.
+The whole run stops by itself; the defaults take under three minutes.
+
+    .venv/bin/python benchmarks/bench_bff.py --clients 10000 --workers 2 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import multiprocessing
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+import psutil
+import redis.asyncio as aioredis
+import sqlalchemy as sa
+from aiohttp import web
+from sqlalchemy.ext.asyncio import create_async_engine
+from yarl import URL
+
+from auth.server import start as start_auth
+from auth.settings import AuthSettings
+from auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
+from crypto_mesh import jsonutil
+from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, redis_command
+from crypto_mesh.netutil import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
+_PRICES_AT = b'"PricesAt":"'
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+# -- client worker processes ----------------------------------------------------------------------------------
+
+
+def client_worker(url: str, tokens: list[str], ready, go, stop, results) -> None:
+    """Open one socket per token (at most 100 handshakes at a time), report ``ready`` with the number
+    connected, then record the latency (ms) of every message whose ``PricesAt`` is set until ``stop``."""
+    asyncio.run(_client_main(url, tokens, ready, go, stop, results))
+
+
+class _Recorder:
+    """What one client process measured; ``recording`` mirrors the ``go`` event (polled, not per message)."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.latencies: list[int] = []
+        self._parsed: dict[bytes, int] = {}
+
+    def record(self, payload: bytes) -> None:
+        if not self.recording:
+            return
+        start = payload.find(_PRICES_AT)
+        if start < 0:
+            return
+        stamp = payload[start + len(_PRICES_AT) : start + len(_PRICES_AT) + 24]
+        sent_ms = self._parsed.get(stamp)
+        if sent_ms is None:
+            text = stamp.decode().rstrip('"').replace("Z", "+00:00")
+            sent_ms = self._parsed[stamp] = int(datetime.fromisoformat(text).timestamp() * 1000)
+            if len(self._parsed) > 10_000:
+                self._parsed.clear()
+        self.latencies.append(time.time_ns() // 1_000_000 - sent_ms)
+
+
+class _ProfileSocket(asyncio.Protocol):
+    """A minimal RFC 6455 client: one handshake, then server frames parsed in ``data_received`` with no task
+    per socket, so that the client processes cost as little CPU as possible next to the BFF they measure.
+    Pings are answered (the BFF pings every 20 s); text frames go to the recorder."""
+
+    def __init__(self, request: bytes, recorder: _Recorder) -> None:
+        self._request = request
+        self._recorder = recorder
+        self._buffer = bytearray()
+        self._upgraded = False
+        self.handshake: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.open = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self._request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        if not self.handshake.done():
+            self.handshake.set_result(False)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._upgraded:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            ok = self._buffer.startswith(b"HTTP/1.1 101")
+            del self._buffer[: end + 4]
+            self._upgraded = self.open = ok
+            self.handshake.set_result(ok)
+            if not ok:
+                self.transport.close()
+                return
+        self._frames()
+
+    def _frames(self) -> None:
+        buffer = self._buffer
+        while len(buffer) >= 2:
+            opcode, length, offset = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    return
+                length, offset = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    return
+                length, offset = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < offset + length:
+                return
+            payload = bytes(buffer[offset : offset + length])
+            del buffer[: offset + length]
+            if opcode == 0x1:
+                self._recorder.record(payload)
+            elif opcode == 0x9:
+                self._send(0xA, payload)
+            elif opcode == 0x8:
+                self.open = False
+                self.transport.close()
+                return
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def close(self) -> None:
+        if self.open:
+            self._send(0x8, (1000).to_bytes(2, "big"))
+        self.transport.close()
+
+
+async def _client_main(url, tokens, ready, go, stop, results) -> None:
+    recorder = _Recorder()
+    target = URL(url)
+    gate = asyncio.Semaphore(100)
+    loop = asyncio.get_running_loop()
+
+    async def open_one(token: str) -> _ProfileSocket | None:
+        request = (
+            f"GET {target.path_qs} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        ).encode()
+        async with gate:
+            try:
+                _, protocol = await loop.create_connection(
+                    lambda: _ProfileSocket(request, recorder), target.host, target.port
+                )
+                if await asyncio.wait_for(protocol.handshake, 30):
+                    return protocol
+            except (OSError, TimeoutError):
+                pass
+            return None
+
+    opened = await asyncio.gather(*(open_one(token) for token in tokens))
+    sockets = [protocol for protocol in opened if protocol is not None]
+    ready.put((len(sockets), len(tokens) - len(sockets)))
+    while not stop.is_set():
+        recorder.recording = go.is_set()
+        await asyncio.sleep(0.05)
+    recorder.recording = False
+    results.put((recorder.latencies, sum(1 for protocol in sockets if protocol.open)))
+    for protocol in sockets:
+        protocol.close()
+    await asyncio.sleep(0.5)
+
+
+# -- the orchestrator -----------------------------------------------------------------------------------------
+
+
+async def aggregator_stand_in() -> tuple[web.AppRunner, str]:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"tracked": True})
+
+    app = web.Application()
+    app.router.add_put("/v1/followers/{follower}", ok)
+    app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", ok)
+    app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+def start_bff_process(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``python -m profile_bff`` with ``env``, its output in ``log_path``."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "profile_bff"], env=env, cwd=ROOT, stdout=log, stderr=log
+        )
+
+
+def stop_bff_process(process: subprocess.Popen) -> None:
+    """SIGTERM (the BFF closes its sockets with 1001), SIGKILL after 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the BFF exited with {process.returncode}")
+            try:
+                async with http.get(f"{url}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("the BFF never became healthy")
+
+
+async def seed_users(database_url: str, count: int, symbols: list[str]) -> None:
+    """Users 1..count, each holding three symbols dealt round-robin from ``symbols``, quantity 1.5."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO profiles (id, name) SELECT i, 'bench' || i FROM generate_series(1, :n) i"
+                ),
+                {"n": count},
+            )
+            rows = [
+                {"u": user_id, "s": symbols[(user_id + k) % len(symbols)]}
+                for user_id in range(1, count + 1)
+                for k in range(3)
+            ]
+            await conn.execute(
+                sa.text("INSERT INTO coins (user_id, symbol, quantity) VALUES (:u, :s, 1.5)"), rows
+            )
+    finally:
+        await engine.dispose()
+
+
+async def publish_prices(redis_url: str, symbols: list[str], seconds: float) -> int:
+    """One SecondStat per symbol per second for ``seconds``; returns the number published."""
+    redis = aioredis.Redis.from_url(redis_url)
+    published = 0
+    try:
+        start = time.monotonic()
+        tick = 0
+        while time.monotonic() - start < seconds:
+            for index, symbol in enumerate(symbols):
+                now_ms = time.time_ns() // 1_000_000
+                price = f"{60000 + tick}.{index}"
+                stat = jsonutil.dumps(
+                    {
+                        "s": symbol,
+                        "t": now_ms,
+                        "p": price,
+                        "o": price,
+                        "h": price,
+                        "l": price,
+                        "v": "1",
+                        "q": price,
+                        "n": 1,
+                        "vwap": price,
+                        "i": tick,
+                    }
+                )
+                await redis.set(f"price:{symbol}", stat)
+                await redis.publish(symbol, stat)
+                published += 1
+                # Spread the symbols over the second, as their trades end at different moments.
+                await asyncio.sleep(1.0 / len(symbols))
+            tick += 1
+    finally:
+        await redis.aclose()
+    return published
+
+
+async def profile_load(
+    url: str, tokens: list[str], concurrency: int, seconds: float
+) -> tuple[int, list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def loop(worker: int) -> None:
+            nonlocal errors
+            n = worker
+            while time.monotonic() < deadline:
+                token = tokens[n % len(tokens)]
+                n += concurrency
+                started = time.perf_counter()
+                async with http.get(
+                    f"{url}/v2/user/profile", headers={"Authorization": f"Bearer {token}"}
+                ) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        await asyncio.gather(*(loop(i) for i in range(concurrency)))
+    return len(latencies), sorted(latencies), errors
+
+
+async def main(args: argparse.Namespace) -> None:
+    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    if len(symbols) < 3:
+        raise SystemExit("--symbols needs at least three symbols (each client holds three)")
+    work = Path(tempfile.mkdtemp(prefix="bench-bff-"))
+    postgres = EmbeddedPostgres(work / "pg")
+    redis_port = free_port()
+    redis_process = ManagedProcess(
+        "redis", redis_command(redis_port, work / "redis"), redis_port, work / "redis.log"
+    )
+    await asyncio.to_thread(postgres.start)
+    await asyncio.to_thread(redis_process.start)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    key_file = work / "jwt.pem"
+    key_file.write_bytes(generate_private_key_pem())
+    auth = await start_auth(
+        AuthSettings(port=0, database_url=postgres.url("auth"), jwt_private_key_file=key_file, bcrypt_cost=4)
+    )
+    issuer = TokenIssuer(
+        load_private_key(key_file), issuer="crypto-mesh-auth", audience="crypto-mesh", ttl_s=3600
+    )
+    aggregator_runner, aggregator_url = await aggregator_stand_in()
+    bff_port = free_port()
+    env = {
+        **os.environ,
+        "BFF_PORT": str(bff_port),
+        "BFF_DATABASE_URL": postgres.url("profile"),
+        "BFF_REDIS_URL": redis_url,
+        "BFF_AUTH_TARGET": f"127.0.0.1:{auth.port}",
+        "BFF_AGGREGATOR_URL": aggregator_url,
+        "BFF_LOG_LEVEL": "WARNING",
+    }
+    bff = await asyncio.to_thread(start_bff_process, env, work / "bff.log")
+    url = f"http://127.0.0.1:{bff_port}"
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Queue(), context.Queue()
+    go, stop = context.Event(), context.Event()
+    workers = []
+    try:
+        await wait_healthy(url, bff)
+        await seed_users(postgres.url("profile"), args.clients, symbols)
+        now = int(time.time())
+        tokens = [issuer.issue(user_id, f"bench{user_id}", now)[0] for user_id in range(1, args.clients + 1)]
+        bff_process = psutil.Process(bff.pid)
+        rss_before = bff_process.memory_info().rss
+
+        share = -(-len(tokens) // args.workers)
+        connect_started = time.monotonic()
+        for index in range(args.workers):
+            chunk = tokens[index * share : (index + 1) * share]
+            process = context.Process(
+                target=client_worker, args=(f"{url}/v2/user/profile/ws", chunk, ready, go, stop, results)
+            )
+            process.start()
+            workers.append(process)
+        connected = failed = 0
+        for _ in workers:
+            count, failures = await asyncio.to_thread(ready.get, True, args.connect_timeout)
+            connected += count
+            failed += failures
+        connect_s = time.monotonic() - connect_started
+        await asyncio.sleep(1.0)
+        rss_after = bff_process.memory_info().rss
+
+        cpu_before = bff_process.cpu_times()
+        go.set()
+        await asyncio.sleep(0.5)  # the clients poll ``go`` every 50 ms
+        started = time.monotonic()
+        published = await publish_prices(redis_url, symbols, args.seconds)
+        await asyncio.sleep(1.0)  # the last messages in flight
+        elapsed = time.monotonic() - started
+        cpu_after = bff_process.cpu_times()
+        stop.set()
+        latencies: list[int] = []
+        still_open = 0
+        for _ in workers:
+            values, open_at_end = await asyncio.to_thread(results.get, True, 60)
+            latencies.extend(values)
+            still_open += open_at_end
+        latencies.sort()
+        # The REST phase starts once every client socket is closed and the BFF has released them.
+        for process in workers:
+            await asyncio.to_thread(process.join, 60)
+        await asyncio.sleep(2.0)
+        cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+
+        http_count, http_latencies, http_errors = await profile_load(
+            url, tokens, args.http_concurrency, args.http_seconds
+        )
+
+        # Without conflation each client would get one message per price change of each of its 3 coins.
+        expected = published * 3 / len(symbols) * connected
+        print("== bench_bff: one BFF process ==")
+        print(
+            f"machine: {os.cpu_count()} CPUs, load average before run {args.load_before}, "
+            f"python {sys.version.split()[0]}, ulimit -n {args.nofile}"
+        )
+        print(
+            f"parameters: clients={args.clients} workers={args.workers} symbols={len(symbols)} "
+            f"(each client holds 3), rate=1 SecondStat/symbol/s, seconds={args.seconds}"
+        )
+        print(
+            f"clients held: {connected} connected ({failed} failed) in {connect_s:.1f} s; "
+            f"{still_open} still open after the price phase"
+        )
+        print(
+            f"memory: BFF RSS {rss_before / 2**20:.1f} MiB idle -> {rss_after / 2**20:.1f} MiB with clients = "
+            f"{(rss_after - rss_before) / max(connected, 1) / 1024:.1f} KiB per connection"
+        )
+        print(
+            f"prices published: {published} over {elapsed:.1f} s; messages received: {len(latencies)} "
+            f"({100 * len(latencies) / max(expected, 1):.1f} % of one per held price change; the rest conflated)"
+        )
+        print(
+            f"latency Redis publish -> client receipt (ms): p50 {percentile(latencies, 0.5):.0f}, "
+            f"p99 {percentile(latencies, 0.99):.0f}, max {latencies[-1] if latencies else float('nan')}"
+        )
+        print(f"BFF CPU during the price phase: {100 * cpu_s / elapsed:.0f} % of one core")
+        print(
+            f"GET /v2/user/profile: {http_count / args.http_seconds:.0f} requests/s at concurrency "
+            f"{args.http_concurrency} for {args.http_seconds} s, p50 {percentile(http_latencies, 0.5):.1f} ms, "
+            f"p99 {percentile(http_latencies, 0.99):.1f} ms, non-200: {http_errors}"
+        )
+        if latencies:
+            print(f"(mean latency {statistics.fmean(latencies):.0f} ms over {len(latencies)} messages)")
+    finally:
+        stop.set()
+        for process in workers:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+        await asyncio.to_thread(stop_bff_process, bff)
+        await aggregator_runner.cleanup()
+        await auth.stop()
+        await asyncio.to_thread(redis_process.stop)
+        await asyncio.to_thread(postgres.stop)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=2000, help="WebSocket clients in total (default 2000)")
+    parser.add_argument("--workers", type=int, default=2, help="client processes (default 2)")
+    parser.add_argument(
+        "--symbols", default=DEFAULT_SYMBOLS, help=f"symbols priced (default {DEFAULT_SYMBOLS})"
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the price phase (default 20)")
+    parser.add_argument(
+        "--http-seconds", type=float, default=10.0, help="length of the REST phase (default 10)"
+    )
+    parser.add_argument(
+        "--http-concurrency", type=int, default=50, help="concurrent REST requests (default 50)"
+    )
+    parser.add_argument("--connect-timeout", type=float, default=90.0, help="bound on the connect phase (s)")
+    args = parser.parse_args()
+    args.load_before = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, max(soft, args.clients + 1000))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    args.nofile = wanted
+    return args
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

@@ -1,0 +1,391 @@
+"""The OpenAPI 3.1 document of the BFF, served at ``GET /openapi.json``.
+
+Written by hand next to the routes of :func:`profile_bff.app.create_app`; ``tests/test_bff_openapi.py``
+checks that both list the same (path, method) pairs and runs schemathesis against it. Shapes are those of
+docs/CONTRACTS.md, "BFF REST"; decimals are JSON strings (``"1.5"``), times RFC 3339 UTC strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_DECIMAL = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "examples": ["1.5"]}
+_BEARER = [{"bearer": []}]
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "malformed request",
+        401: "no, invalid or expired credentials",
+        403: "forbidden",
+        404: "not found",
+        409: "conflict",
+        413: "body over 64 KiB",
+        415: "body not JSON",
+        422: "invalid value",
+        429: "rate-limited",
+        503: "a dependency is unavailable",
+    }
+    return {str(status): _json(_ERROR, reasons[status]) for status in statuses}
+
+
+_CREDENTIALS = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["name", "password"],
+                "properties": {"name": {"type": "string"}, "password": {"type": "string"}},
+            }
+        }
+    },
+}
+_COIN_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["symbol", "quantity"],
+                "properties": {
+                    "symbol": {"type": "string", "examples": ["btcusdt"]},
+                    "quantity": {"oneOf": [_DECIMAL, {"type": "number", "exclusiveMinimum": 0}]},
+                },
+            }
+        }
+    },
+}
+_TOKEN = _json(
+    {
+        "type": "object",
+        "required": ["access_token", "token_type", "expires_in"],
+        "properties": {
+            "access_token": {"type": "string"},
+            "token_type": {"const": "Bearer"},
+            "expires_in": {"type": "integer", "minimum": 0},
+        },
+    },
+    "an access token; the refresh token is set as the HttpOnly cookie refresh_token",
+)
+_SESSION_ERRORS = _errors(400, 401, 413, 415, 422, 429, 503)
+_COIN_ERRORS = _errors(400, 401, 404, 413, 415, 422, 503)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document as a JSON-ready dict (a new one per call)."""
+    coin_schema = {"$ref": "#/components/schemas/Coin"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "crypto-mesh BFF",
+            "version": "2.0.0",
+            "description": "Portfolio REST API and live profile WebSocket (docs/CONTRACTS.md).",
+        },
+        "servers": [{"url": "/"}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                },
+                "Coin": {
+                    "type": "object",
+                    "required": ["symbol", "quantity"],
+                    "properties": {"symbol": {"type": "string"}, "quantity": _DECIMAL},
+                },
+                "Profile": {
+                    "type": "object",
+                    "required": ["ID", "Name", "Coins", "Total", "PricesAt"],
+                    "properties": {
+                        "ID": {"type": "integer"},
+                        "Name": {"type": "string"},
+                        "Coins": {
+                            "type": "object",
+                            "required": ["Quantities", "Prices", "Totals", "PriceTimes"],
+                            "properties": {
+                                "Quantities": {"type": "object", "additionalProperties": _DECIMAL},
+                                "Prices": {"type": "object", "additionalProperties": _DECIMAL},
+                                "Totals": {"type": "object", "additionalProperties": _DECIMAL},
+                                "PriceTimes": {"type": "object", "additionalProperties": {"type": "string"}},
+                            },
+                        },
+                        "Total": _DECIMAL,
+                        "PricesAt": {"type": ["string", "null"]},
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/v1/register": {
+                "post": {
+                    "summary": "Create a user and its profile",
+                    "requestBody": _CREDENTIALS,
+                    "responses": {
+                        "201": _json(
+                            {
+                                "type": "object",
+                                "required": ["id", "name"],
+                                "properties": {"id": {"type": "integer"}, "name": {"type": "string"}},
+                            },
+                            "created",
+                        ),
+                        **_errors(400, 409, 413, 415, 422, 429, 503),
+                    },
+                }
+            },
+            "/v1/login": {
+                "post": {
+                    "summary": "Open a session",
+                    "requestBody": _CREDENTIALS,
+                    "responses": {"200": _TOKEN, **_SESSION_ERRORS},
+                }
+            },
+            "/v1/refresh": {
+                "post": {
+                    "summary": "Rotate the refresh-token cookie and get a new access token",
+                    "responses": {"200": _TOKEN, **_errors(401, 429, 503)},
+                }
+            },
+            "/v1/logout": {
+                "post": {
+                    "summary": "Revoke the cookie's session",
+                    "responses": {"204": {"description": "logged out"}, **_errors(503)},
+                }
+            },
+            "/v1/instruments": {
+                "get": {
+                    "summary": "Search the exchange's symbols (no login needed)",
+                    "parameters": [
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{0,20}$"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["instruments"],
+                                "properties": {
+                                    "instruments": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": [
+                                                "symbol",
+                                                "type",
+                                                "base",
+                                                "quote",
+                                                "status",
+                                                "price",
+                                                "price_time",
+                                            ],
+                                            "properties": {
+                                                "symbol": {"type": "string"},
+                                                "type": {"type": "string"},
+                                                "base": {"type": "string"},
+                                                "quote": {"type": "string"},
+                                                "status": {"type": "string"},
+                                                "price": {"oneOf": [_DECIMAL, {"type": "null"}]},
+                                                "price_time": {"type": ["string", "null"]},
+                                            },
+                                        },
+                                    }
+                                },
+                            },
+                            "matching instruments, prefix matches first",
+                        ),
+                        **_errors(422, 503),
+                    },
+                }
+            },
+            "/v2/coin/symbols": {
+                "get": {
+                    "summary": "The user's coins",
+                    "security": _BEARER,
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["coins"],
+                                "properties": {"coins": {"type": "array", "items": coin_schema}},
+                            },
+                            "coins sorted by symbol",
+                        ),
+                        **_errors(401, 404, 503),
+                    },
+                }
+            },
+            "/v2/coin/symbol": {
+                "post": {
+                    "summary": "Add a coin (TRADING symbols of the exchange only)",
+                    "security": _BEARER,
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "description": "retries with the same key replay the first answer",
+                            "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                        }
+                    ],
+                    "requestBody": _COIN_BODY,
+                    "responses": {
+                        "201": _json(coin_schema, "added"),
+                        **_COIN_ERRORS,
+                        "409": _json(_ERROR, "already held, or the same Idempotency-Key is in flight"),
+                    },
+                },
+                "patch": {
+                    "summary": "Set a held coin's quantity",
+                    "security": _BEARER,
+                    "requestBody": _COIN_BODY,
+                    "responses": {"200": _json(coin_schema, "updated"), **_COIN_ERRORS},
+                },
+                "delete": {
+                    "summary": "Remove a held coin (symbol in the query or a JSON body)",
+                    "security": _BEARER,
+                    "parameters": [{"name": "symbol", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"204": {"description": "removed"}, **_COIN_ERRORS},
+                },
+            },
+            "/v2/user/profile": {
+                "get": {
+                    "summary": "The profile with latest prices",
+                    "security": _BEARER,
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Profile"}, "the profile"),
+                        **_errors(401, 404, 503),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete the profile and the user",
+                    "security": _BEARER,
+                    "responses": {"204": {"description": "deleted"}, **_errors(401, 503)},
+                },
+            },
+            "/v2/user/profile/ws": {
+                "get": {
+                    "summary": "Live profile over WebSocket (RFC 6455 upgrade)",
+                    "description": (
+                        "Credentials: Authorization: Bearer <token>, or Sec-WebSocket-Protocol: bearer, <token> "
+                        "(the server echoes bearer), or ?ticket=<ticket> from POST /v2/user/ws-ticket. Messages: "
+                        "the Profile at once and after each change. Close codes: 1001 shutdown, 1003 binary "
+                        "frame, 1009 frame over 4 KiB, 4401 token expired, 4404 profile deleted."
+                    ),
+                    "parameters": [{"name": "ticket", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {
+                        "101": {"description": "switching to WebSocket"},
+                        **_errors(400, 401, 403, 404, 503),
+                    },
+                }
+            },
+            "/v2/user/ws-ticket": {
+                "post": {
+                    "summary": "A single-use WebSocket ticket",
+                    "security": _BEARER,
+                    "responses": {
+                        "201": _json(
+                            {
+                                "type": "object",
+                                "required": ["ticket", "expires_in"],
+                                "properties": {
+                                    "ticket": {"type": "string"},
+                                    "expires_in": {"type": "integer"},
+                                },
+                            },
+                            "the ticket and its lifetime in seconds",
+                        ),
+                        **_errors(401, 503),
+                    },
+                }
+            },
+            "/v2/user/history": {
+                "get": {
+                    "summary": "Portfolio changes, newest first",
+                    "security": _BEARER,
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["items", "next_cursor"],
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": [
+                                                "id",
+                                                "symbol",
+                                                "operation",
+                                                "old_quantity",
+                                                "new_quantity",
+                                                "at",
+                                            ],
+                                            "properties": {
+                                                "id": {"type": "integer"},
+                                                "symbol": {"type": "string"},
+                                                "operation": {"enum": ["add", "update", "remove"]},
+                                                "old_quantity": {"oneOf": [_DECIMAL, {"type": "null"}]},
+                                                "new_quantity": {"oneOf": [_DECIMAL, {"type": "null"}]},
+                                                "at": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                    "next_cursor": {"type": ["string", "null"]},
+                                },
+                            },
+                            "a page of the history",
+                        ),
+                        **_errors(401, 422, 503),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Readiness",
+                    "responses": {
+                        "200": _json({"type": "object"}, "ready"),
+                        "503": _json({"type": "object"}, "starting or degraded"),
+                    },
+                }
+            },
+        },
+    }

@@ -1,0 +1,496 @@
+"""The profile WebSocket over real sockets, against real auth, PostgreSQL and Redis: browser-friendly
+authentication, token expiry, reconnects, second tabs, changes while connected, restarts of the BFF and of
+the aggregator, two BFF replicas, slow and misbehaving clients.
+
+The aggregator is an aiohttp stand-in speaking its control API (docs/CONTRACTS.md, "Aggregator control
+HTTP": per-symbol follower PUT/DELETE and ``PUT /v1/followers/{follower}``), which is all the BFF sees of
+it; prices are SecondStats published on Redis as the aggregator publishes them. It can be stopped and
+started again on the same port, forgetting its followers, to play an aggregator that restarted and lost
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from test_bff_api import (
+    Bff,
+    eventually,
+    execute_sql,
+    new_database,
+    new_symbol,
+    next_profile,
+    second_stat,
+    serve_auth,
+    serve_bff,
+    wait_until_subscribed,
+    write_exchange_info,
+)
+
+from auth.server import start as start_auth
+from auth.settings import AuthSettings
+from auth.tokens import generate_private_key_pem
+
+WS = "/v2/user/profile/ws"
+ORIGIN = "https://app.example"
+
+
+@dataclass
+class Aggregator:
+    """The follower sets it holds now, and every call as ``(method, path)``; restartable on one port."""
+
+    port: int = 0
+    followers: dict[str, set[str]] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def followed_by(self, user_id: int) -> set[str]:
+        return self.followers.get(f"user:{user_id}", set())
+
+    async def start(self) -> None:
+        async def put_one(request: web.Request) -> web.Response:
+            self.calls.append(("PUT", request.path))
+            follower = request.match_info["follower"]
+            self.followers.setdefault(follower, set()).add(request.match_info["symbol"])
+            return web.json_response({"tracked": True})
+
+        async def delete_one(request: web.Request) -> web.Response:
+            self.calls.append(("DELETE", request.path))
+            self.followers.get(request.match_info["follower"], set()).discard(request.match_info["symbol"])
+            return web.json_response({"tracked": False})
+
+        async def put_set(request: web.Request) -> web.Response:
+            self.calls.append(("PUT", request.path))
+            self.followers[request.match_info["follower"]] = set((await request.json())["symbols"])
+            return web.json_response({"follower": request.match_info["follower"]})
+
+        app = web.Application()
+        app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", put_one)
+        app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", delete_one)
+        app.router.add_put("/v1/followers/{follower}", put_set)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop answering and forget every follower (an aggregator that lost its state)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.followers.clear()
+
+
+@dataclass
+class Stack:
+    """Shared engines of one test module: where a BFF replica needs to point."""
+
+    database_url: str
+    redis_url: str
+    auth_port: int
+    aggregator: Aggregator
+    exchange_info: object
+
+    def replica(self, **overrides):
+        return serve_bff(
+            self.database_url,
+            self.redis_url,
+            self.auth_port,
+            self.aggregator,
+            self.exchange_info,
+            allowed_origins=ORIGIN,
+            **overrides,
+        )
+
+
+@pytest.fixture(scope="module")
+async def stack(postgres, redis_url, tmp_path_factory):
+    aggregator = Aggregator()
+    await aggregator.start()
+    try:
+        async with serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth:
+            yield Stack(
+                new_database(postgres, "profile"),
+                redis_url,
+                auth.port,
+                aggregator,
+                write_exchange_info(tmp_path_factory.mktemp("exchange")),
+            )
+    finally:
+        await aggregator.stop()
+
+
+@pytest.fixture(scope="module")
+async def bff(stack):
+    async with stack.replica() as running:
+        yield running
+
+
+async def add(bff: Bff, auth: dict[str, str], symbol: str, quantity: str = "2") -> None:
+    async with bff.http.post(
+        f"{bff.url}/v2/coin/symbol", json={"symbol": symbol, "quantity": quantity}, headers=auth
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def publish(bff: Bff, symbol: str, price: str, second_ms: int) -> None:
+    """A new price as the aggregator writes it: key ``price:<symbol>`` set, then published on ``<symbol>``."""
+    await wait_until_subscribed(bff, symbol)
+    stat = second_stat(symbol, price, second_ms)
+    await bff.redis.set(f"price:{symbol}", stat)
+    await bff.redis.publish(symbol, stat)
+
+
+async def until_unsubscribed(bff: Bff, channel: str) -> None:
+    for _ in range(250):
+        if (await bff.redis.pubsub_numsub(channel))[0][1] == 0:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"{channel} is still subscribed")
+
+
+def token_of(auth: dict[str, str]) -> str:
+    return auth["Authorization"].removeprefix("Bearer ")
+
+
+# -- authentication that browsers can do ------------------------------------------------------------------
+
+
+async def test_the_access_token_as_a_bearer_subprotocol_opens_the_socket_and_bearer_is_echoed(bff):
+    user_id, auth = await bff.user()
+    async with (
+        aiohttp.ClientSession() as browser,
+        browser.ws_connect(
+            f"{bff.url}{WS}", protocols=("bearer", token_of(auth)), headers={"Origin": ORIGIN}
+        ) as ws,
+    ):
+        assert ws.protocol == "bearer"
+        assert (await next_profile(ws))["ID"] == user_id
+
+
+async def test_a_bad_token_as_subprotocol_is_unauthorized(bff):
+    for protocols in (("bearer", "not-a-token"), ("bearer",)):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await bff.http.ws_connect(f"{bff.url}{WS}", protocols=protocols)
+        assert refused.value.status == 401
+
+
+async def test_a_one_time_ticket_opens_one_socket_only(bff):
+    user_id, auth = await bff.user()
+    async with bff.http.post(f"{bff.url}/v2/user/ws-ticket", headers=auth) as resp:
+        assert resp.status == 201
+        ticket = (await resp.json())["ticket"]
+    async with bff.http.ws_connect(f"{bff.url}{WS}?ticket={ticket}", headers={"Origin": ORIGIN}) as ws:
+        assert (await next_profile(ws))["ID"] == user_id
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await bff.http.ws_connect(f"{bff.url}{WS}?ticket={ticket}")
+    assert refused.value.status == 401
+
+
+async def test_an_origin_outside_the_allow_list_is_forbidden_whatever_the_credentials(bff):
+    _, auth = await bff.user()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await bff.http.ws_connect(
+            f"{bff.url}{WS}", protocols=("bearer", token_of(auth)), headers={"Origin": "https://evil.example"}
+        )
+    assert refused.value.status == 403
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers={**auth, "Origin": ORIGIN + "/"}) as ws:
+        await next_profile(ws)
+
+
+@pytest.fixture(scope="module")
+async def short_lived(stack, postgres, redis_url, tmp_path_factory):
+    """A BFF whose auth issues access tokens valid for 2 seconds."""
+    key_dir = tmp_path_factory.mktemp("short-auth")
+    (key_dir / "jwt.pem").write_bytes(generate_private_key_pem())
+    auth = await start_auth(
+        AuthSettings(
+            port=0,
+            database_url=new_database(postgres, "auth"),
+            jwt_private_key_file=key_dir / "jwt.pem",
+            bcrypt_cost=4,
+            access_token_ttl_s=2,
+        )
+    )
+    try:
+        async with serve_bff(
+            new_database(postgres, "profile"), redis_url, auth.port, stack.aggregator, stack.exchange_info
+        ) as running:
+            yield running
+    finally:
+        await auth.stop()
+
+
+async def test_an_expired_token_is_refused_at_connect(short_lived):
+    _, auth = await short_lived.user()
+    await asyncio.sleep(3.1)
+    for connect in (
+        lambda: short_lived.http.ws_connect(f"{short_lived.url}{WS}", headers=auth),
+        lambda: short_lived.http.ws_connect(f"{short_lived.url}{WS}", protocols=("bearer", token_of(auth))),
+    ):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await connect()
+        assert refused.value.status == 401
+
+
+async def test_the_socket_is_closed_with_4401_when_its_token_expires(short_lived):
+    _, auth = await short_lived.user()
+    async with short_lived.http.ws_connect(f"{short_lived.url}{WS}", headers=auth) as ws:
+        await next_profile(ws)
+        message = await ws.receive(timeout=10)
+    assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 4401
+
+
+# -- tracking across reconnects, tabs and changes ----------------------------------------------------------
+
+
+async def test_on_connect_the_snapshot_comes_at_once_and_the_holder_is_followed(bff):
+    symbol = new_symbol()
+    user_id, auth = await bff.user()
+    await add(bff, auth, symbol)
+    await bff.redis.set(f"price:{symbol}", second_stat(symbol, "10", 1723161600000))
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        assert (await next_profile(ws))["Coins"]["Totals"] == {symbol: "20"}
+        await eventually(lambda: bff.aggregator.followed_by(user_id) == {symbol})
+
+
+async def test_a_reconnecting_user_gets_a_snapshot_and_prices_keep_flowing(bff):
+    symbol = new_symbol()
+    _, auth = await bff.user()
+    await add(bff, auth, symbol)
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        await next_profile(ws)
+    await until_unsubscribed(bff, symbol)
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        await next_profile(ws)
+        await publish(bff, symbol, "3", 1723161601000)
+        assert (await next_profile(ws))["Coins"]["Totals"] == {symbol: "6"}
+
+
+async def test_a_second_tab_gets_the_same_pushes_and_survives_the_first_closing(bff):
+    symbol = new_symbol()
+    _, auth = await bff.user()
+    await add(bff, auth, symbol)
+    first = await bff.http.ws_connect(f"{bff.url}{WS}", headers=auth)
+    second = await bff.http.ws_connect(f"{bff.url}{WS}", headers=auth)
+    await next_profile(first)
+    await next_profile(second)
+    await publish(bff, symbol, "4", 1723161601000)
+    assert (await next_profile(first))["Total"] == (await next_profile(second))["Total"] == "8"
+    await first.close()
+    await publish(bff, symbol, "5", 1723161602000)
+    assert (await next_profile(second))["Total"] == "10"
+    await second.close()
+
+
+async def test_a_coin_added_while_connected_is_pushed_then_priced(bff):
+    symbol = new_symbol()
+    _, auth = await bff.user()
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        assert (await next_profile(ws))["Coins"]["Quantities"] == {}
+        await add(bff, auth, symbol, "3")
+        assert (await next_profile(ws))["Coins"]["Quantities"] == {symbol: "3"}
+        await publish(bff, symbol, "2", 1723161601000)
+        assert (await next_profile(ws))["Total"] == "6"
+
+
+async def test_a_coin_removed_while_connected_is_pushed_and_its_channel_released(bff):
+    symbol, other = new_symbol(), new_symbol()
+    _, auth = await bff.user()
+    await add(bff, auth, symbol)
+    await add(bff, auth, other)
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        await next_profile(ws)
+        await wait_until_subscribed(bff, symbol)
+        async with bff.http.delete(f"{bff.url}/v2/coin/symbol?symbol={symbol}", headers=auth) as resp:
+            assert resp.status == 204
+        assert (await next_profile(ws))["Coins"]["Quantities"] == {other: "2"}
+        await until_unsubscribed(bff, symbol)
+
+
+async def test_the_last_client_of_a_symbol_leaving_releases_its_channel(bff):
+    symbol = new_symbol()
+    _, first = await bff.user()
+    _, second = await bff.user()
+    await add(bff, first, symbol)
+    await add(bff, second, symbol)
+    one = await bff.http.ws_connect(f"{bff.url}{WS}", headers=first)
+    two = await bff.http.ws_connect(f"{bff.url}{WS}", headers=second)
+    await next_profile(one)
+    await next_profile(two)
+    await one.close()
+    await publish(bff, symbol, "1", 1723161601000)
+    assert (await next_profile(two))["Total"] == "2"
+    await two.close()
+    await until_unsubscribed(bff, symbol)
+
+
+# -- replicas and restarts ---------------------------------------------------------------------------------
+
+
+async def test_a_change_made_through_another_replica_is_pushed_without_reconnecting(stack, bff):
+    symbol = new_symbol()
+    _, auth = await bff.user()
+    async with stack.replica() as other, bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        await next_profile(ws)
+        await add(other, auth, symbol, "7")
+        assert (await next_profile(ws))["Coins"]["Quantities"] == {symbol: "7"}
+        async with other.http.ws_connect(f"{other.url}{WS}", headers=auth) as on_other:
+            await next_profile(on_other)
+            await publish(bff, symbol, "1", 1723161601000)
+            assert (await next_profile(ws))["Total"] == (await next_profile(on_other))["Total"] == "7"
+
+
+async def test_after_a_bff_restart_followers_are_rebuilt_and_a_reconnect_resumes_prices(stack):
+    symbol = new_symbol()
+    async with aiohttp.ClientSession() as browser:
+        async with stack.replica() as first:
+            user_id, auth = await first.user()
+            await add(first, auth, symbol)
+            ws = await browser.ws_connect(f"{first.url}{WS}", headers=auth)
+            await next_profile(ws)
+            # The aggregator loses every follower while the BFF goes away.
+            stack.aggregator.followers.clear()
+        closing = await ws.receive(timeout=5)
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
+    async with stack.replica() as second:
+        # Start-up sets every holder's follower set again, before any client connects.
+        await eventually(lambda: stack.aggregator.followed_by(user_id) == {symbol})
+        assert ("PUT", f"/v1/followers/user:{user_id}") in stack.aggregator.calls
+        async with second.http.ws_connect(f"{second.url}{WS}", headers=auth) as ws:
+            await next_profile(ws)
+            await publish(second, symbol, "9", 1723161601000)
+            assert (await next_profile(ws))["Total"] == "18"
+
+
+async def test_while_the_aggregator_restarts_prices_keep_flowing_and_its_followers_are_restored(stack, bff):
+    symbol, added_meanwhile = new_symbol(), new_symbol()
+    user_id, auth = await bff.user()
+    await add(bff, auth, symbol)
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        await next_profile(ws)
+        await eventually(lambda: stack.aggregator.followed_by(user_id) == {symbol})
+        await stack.aggregator.stop()
+        try:
+            # A coin added while the aggregator is down is stored and pushed all the same.
+            await add(bff, auth, added_meanwhile)
+            assert set((await next_profile(ws))["Coins"]["Quantities"]) == {symbol, added_meanwhile}
+            await publish(bff, symbol, "1", 1723161601000)
+            assert (await next_profile(ws))["Coins"]["Prices"] == {symbol: "1"}
+        finally:
+            await stack.aggregator.start()
+    assert stack.aggregator.followed_by(user_id) == set()
+    # The next connect sets the user's whole set on the restarted aggregator.
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        await next_profile(ws)
+        await eventually(lambda: stack.aggregator.followed_by(user_id) == {symbol, added_meanwhile})
+        await publish(bff, added_meanwhile, "3", 1723161602000)
+        assert (await next_profile(ws))["Coins"]["Prices"] == {symbol: "1", added_meanwhile: "3"}
+
+
+# -- slow and misbehaving clients --------------------------------------------------------------------------
+
+
+async def hold_many(bff: Bff, user_id: int, symbols: list[str]) -> None:
+    """Give the user many priced coins at once (straight into the database and Redis), so that each profile
+    message is large (about 40 KB for 400 coins)."""
+    values = ", ".join(f"({user_id}, '{symbol}', 1)" for symbol in symbols)
+    await execute_sql(bff.database_url, f"INSERT INTO coins (user_id, symbol, quantity) VALUES {values}")
+    await bff.redis.mset(
+        {f"price:{symbol}": second_stat(symbol, "1.25", 1723161600000) for symbol in symbols}
+    )
+
+
+async def test_a_slow_client_gets_the_latest_profile_not_a_backlog(bff):
+    hot = new_symbol()
+    slow_id, slow_auth = await bff.user()
+    _, watcher_auth = await bff.user()
+    await hold_many(bff, slow_id, [hot, *(new_symbol() for _ in range(399))])
+    await add(bff, watcher_auth, hot)
+    slow = await bff.http.ws_connect(f"{bff.url}{WS}", headers=slow_auth, max_msg_size=0)
+    watcher = await bff.http.ws_connect(f"{bff.url}{WS}", headers=watcher_auth)
+    await next_profile(watcher)
+    await wait_until_subscribed(bff, hot)
+    published = 600
+    async with bff.redis.pipeline(transaction=False) as pipe:
+        for n in range(1, published + 1):
+            pipe.publish(hot, second_stat(hot, str(n), 1723161600000 + n * 1000))
+        await pipe.execute()
+    # The watcher reads all along: once it has the last price, the BFF has dispatched every one.
+    while (await next_profile(watcher))["Coins"]["Prices"][hot] != str(published):
+        pass
+    # The slow client, which read nothing so far, gets fewer profiles than prices, ending with the latest.
+    received, latest = 0, None
+    while latest != str(published):
+        latest = (await next_profile(slow))["Coins"]["Prices"].get(hot)
+        received += 1
+    assert received < published
+    await slow.close()
+    await watcher.close()
+
+
+async def test_a_client_that_stops_reading_is_disconnected_and_others_keep_receiving(stack):
+    async with stack.replica(ws_send_timeout_s=0.5) as bff:
+        hot, shared = new_symbol(), new_symbol()
+        stalled_id, stalled_auth = await bff.user()
+        _, healthy_auth = await bff.user()
+        await hold_many(bff, stalled_id, [hot, *(new_symbol() for _ in range(399))])
+        await add(bff, healthy_auth, shared)
+        stalled = await bff.http.ws_connect(f"{bff.url}{WS}", headers=stalled_auth, max_msg_size=0)
+        healthy = await bff.http.ws_connect(f"{bff.url}{WS}", headers=healthy_auth)
+        await next_profile(healthy)
+        await wait_until_subscribed(bff, hot)
+        # One price at a time, so the BFF sends a large profile after each: the stalled peer's buffers fill,
+        # the send waits past its bound, and the socket is dropped; with its user's only socket goes the
+        # channel of its coin.
+        for n in range(1, 5001):
+            if not await bff.redis.publish(hot, second_stat(hot, str(n), 1723161600000 + n * 1000)):
+                break
+        else:
+            pytest.fail("the stalled socket was never dropped")
+        await publish(bff, shared, "2", 1723161601000)
+        assert (await next_profile(healthy))["Total"] == "4"
+        await healthy.close()
+        await stalled.close()
+
+
+async def test_garbage_text_frames_are_ignored_and_the_socket_keeps_working(bff):
+    symbol = new_symbol()
+    _, auth = await bff.user()
+    await add(bff, auth, symbol)
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        await next_profile(ws)
+        for garbage in ("hello", "{not json", "\u0000\ufffd", '{"subscribe": "everything"}'):
+            await ws.send_str(garbage)
+        await publish(bff, symbol, "1", 1723161601000)
+        assert (await next_profile(ws))["Total"] == "2"
+
+
+async def test_binary_and_oversized_frames_close_only_that_socket(bff):
+    symbol = new_symbol()
+    _, auth = await bff.user()
+    await add(bff, auth, symbol)
+    bystander = await bff.http.ws_connect(f"{bff.url}{WS}", headers=auth)
+    await next_profile(bystander)
+    for send, code in (
+        (lambda ws: ws.send_bytes(b"\x00\x01garbage"), 1003),
+        (lambda ws: ws.send_str("x" * 10_000), 1009),
+    ):
+        async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+            await next_profile(ws)
+            await send(ws)
+            message = await ws.receive(timeout=5)
+            while message.type == aiohttp.WSMsgType.TEXT:
+                message = await ws.receive(timeout=5)
+            assert message.type == aiohttp.WSMsgType.CLOSE and message.data == code
+    await publish(bff, symbol, "1", 1723161601000)
+    assert (await next_profile(bystander))["Total"] == "2"
+    await bystander.close()

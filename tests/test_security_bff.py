@@ -1,0 +1,600 @@
+"""What an attacker and a careless client meet at the BFF's auth routes: forged tokens, stolen and replayed
+refresh cookies, brute force, hostile names and passwords, malformed requests, key rotation.
+
+Everything runs against the real auth gRPC server, the real BFF on free ports, PostgreSQL and Redis. Each
+test starts with empty rate-limit counters: this module's BFFs use a Redis database of their own, emptied
+before every test. Cases the issue lists that other modules already cover, so they are not repeated here:
+refresh after logout (tests/test_bff_api.py ``test_logout_revokes_the_session_and_clears_the_cookie``),
+a 1 MB register body and a form body on login (``test_a_one_megabyte_body_is_too_large``,
+``test_a_body_that_is_not_json_is_an_unsupported_media_type``), and the gRPC cases in
+tests/test_auth_server.py and tests/test_security_grpc.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from pathlib import Path
+
+import aiohttp
+import jwt
+import pytest
+import redis.asyncio as aioredis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from auth.server import start as start_auth
+from auth.settings import AuthSettings
+from auth.tokens import generate_private_key_pem, load_private_key
+from crypto_mesh import jsonutil
+from crypto_mesh.netutil import free_port
+from profile_bff.app import start as start_bff
+from profile_bff.settings import BffSettings
+from profile_bff.tokens import DEFAULT_REFETCH_INTERVAL_S
+
+PASSWORD = "correct horse battery"
+ISSUER, AUDIENCE = "crypto-mesh-auth", "crypto-mesh"
+#: This module's Redis database: its rate-limit counters are emptied before each test.
+REDIS_DB = 9
+
+
+@dataclass
+class Bff:
+    """A running BFF and a client session that keeps no cookies (each request says which it sends)."""
+
+    url: str
+    http: aiohttp.ClientSession
+
+    async def post(self, path: str, **kwargs) -> tuple[int, dict | None, aiohttp.ClientResponse]:
+        async with self.http.post(f"{self.url}{path}", **kwargs) as resp:
+            body = await resp.json() if resp.content_type == "application/json" else None
+            return resp.status, body, resp
+
+    async def register(self, name: str, password: str = PASSWORD) -> tuple[int, dict | None]:
+        status, body, _ = await self.post("/v1/register", json={"name": name, "password": password})
+        return status, body
+
+    async def login(self, name: str, password: str = PASSWORD) -> tuple[int, dict | None, str | None]:
+        """Status, body and the refresh cookie set (or ``None``)."""
+        status, body, resp = await self.post("/v1/login", json={"name": name, "password": password})
+        return status, body, refresh_cookie(resp)
+
+    async def refresh(self, cookie: str, **headers) -> tuple[int, dict | None, str | None]:
+        status, body, resp = await self.post(
+            "/v1/refresh", headers={"Cookie": f"refresh_token={cookie}", **headers}
+        )
+        return status, body, refresh_cookie(resp)
+
+    async def profile(self, access_token: str) -> tuple[int, dict]:
+        headers = {"Authorization": f"Bearer {access_token}"}
+        async with self.http.get(f"{self.url}/v2/user/profile", headers=headers) as resp:
+            return resp.status, await resp.json()
+
+
+@dataclass
+class Stack:
+    bff: Bff
+    auth_port: int
+    key_file: Path
+    redis_url: str
+    profile_database_url: str
+
+
+def refresh_cookie(response: aiohttp.ClientResponse) -> str | None:
+    cookie = SimpleCookie()
+    for header in response.headers.getall("Set-Cookie", []):
+        cookie.load(header)
+    return cookie["refresh_token"].value if "refresh_token" in cookie else None
+
+
+def new_name() -> str:
+    return f"u{uuid.uuid4().hex[:12]}"
+
+
+def claims_of(access_token: str) -> dict:
+    return jwt.decode(access_token, options={"verify_signature": False})
+
+
+@contextlib.asynccontextmanager
+async def serve_bff(redis_url: str, database_url: str, auth_port: int, **overrides):
+    running = await start_bff(
+        BffSettings(
+            port=0,
+            database_url=database_url,
+            redis_url=redis_url,
+            auth_target=f"127.0.0.1:{auth_port}",
+            aggregator_url=f"http://127.0.0.1:{free_port()}",  # the auth routes never call it
+            **overrides,
+        )
+    )
+    url = f"http://127.0.0.1:{running.port}"
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            for _ in range(200):
+                async with http.get(f"{url}/healthz") as resp:
+                    if resp.status == 200:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the BFF never became ready")
+            yield Bff(url, http)
+    finally:
+        await running.stop()
+
+
+def new_database(postgres, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    postgres.create_database(name)
+    return postgres.url(name)
+
+
+@pytest.fixture(scope="module")
+def module_redis_url(redis_url) -> str:
+    return redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+
+
+@pytest.fixture(scope="module")
+async def stack(postgres, module_redis_url, tmp_path_factory):
+    """Auth (bcrypt cost 4) and a BFF with the default rate limits, shared by the module."""
+    key_file = tmp_path_factory.mktemp("keys") / "jwt.pem"
+    key_file.write_bytes(generate_private_key_pem())
+    auth = await start_auth(
+        AuthSettings(
+            port=0, database_url=new_database(postgres, "auth"), jwt_private_key_file=key_file, bcrypt_cost=4
+        )
+    )
+    profile_database_url = new_database(postgres, "profile")
+    try:
+        async with serve_bff(module_redis_url, profile_database_url, auth.port) as bff:
+            yield Stack(bff, auth.port, key_file, module_redis_url, profile_database_url)
+    finally:
+        await auth.stop()
+
+
+@pytest.fixture(scope="module")
+async def unlimited(stack):
+    """A second BFF of the stack whose limits never trigger, so that every request reaches the handlers."""
+    unlimited_rate = "1000000/second"
+    async with serve_bff(
+        stack.redis_url,
+        stack.profile_database_url,
+        stack.auth_port,
+        login_rate_per_name=unlimited_rate,
+        login_rate_per_address=unlimited_rate,
+        register_rate_per_name=unlimited_rate,
+        register_rate_per_address=unlimited_rate,
+    ) as bff:
+        yield bff
+
+
+@pytest.fixture
+async def clean(stack):
+    """The shared stack with every rate-limit counter at zero."""
+    redis = aioredis.Redis.from_url(stack.redis_url)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+    return stack
+
+
+@pytest.fixture
+async def bff(clean) -> Bff:
+    return clean.bff
+
+
+async def new_user(bff: Bff) -> tuple[str, str, str]:
+    """A registered, logged-in user: name, access token, refresh cookie."""
+    name = new_name()
+    assert (await bff.register(name))[0] == 201
+    status, body, cookie = await bff.login(name)
+    assert status == 200 and cookie
+    return name, body["access_token"], cookie
+
+
+# -- forged access tokens --------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return jwt.utils.base64url_encode(data).decode()
+
+
+def _hmac_token(claims: dict, secret: bytes, kid: str) -> str:
+    """An HS256 JWT keyed with ``secret``, built by hand: PyJWT rightly refuses to HMAC with a public key,
+    which is exactly what the key-confusion attack makes a careless verifier do."""
+    signing_input = (
+        f"{_b64(jsonutil.dumps({'alg': 'HS256', 'typ': 'JWT', 'kid': kid}))}.{_b64(jsonutil.dumps(claims))}"
+    )
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+async def test_forged_expired_and_foreign_access_tokens_are_401_at_the_bff(clean):
+    bff = clean.bff
+    _, genuine, _ = await new_user(bff)
+    claims, kid = claims_of(genuine), jwt.get_unverified_header(genuine)["kid"]
+    key = load_private_key(clean.key_file)
+    public = key.public_key()
+    public_pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    public_raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    header, payload, signature = genuine.split(".")
+    now = int(time.time())
+
+    def signed(**changes) -> str:
+        return jwt.encode({**claims, **changes}, key, algorithm="EdDSA", headers={"kid": kid})
+
+    forged = {
+        "alg none": jwt.encode(claims, None, algorithm="none", headers={"kid": kid}),
+        "alg none, signature kept": f"{_b64(jsonutil.dumps({'alg': 'none', 'kid': kid}))}.{payload}.{signature}",
+        "HS256 keyed with the PEM public key": _hmac_token(claims, public_pem, kid),
+        "HS256 keyed with the raw public key": _hmac_token(claims, public_raw, kid),
+        "HS256 keyed with the JWK x": _hmac_token(claims, _b64(public_raw).encode(), kid),
+        "tampered payload": f"{header}.{_b64(jsonutil.dumps({**claims, 'sub': str(int(claims['sub']) + 1)}))}.{signature}",
+        "tampered signature": f"{header}.{payload}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}",
+        "expired": signed(iat=now - 1000, exp=now - 100),
+        "wrong audience": signed(aud="another-service"),
+        "wrong issuer": signed(iss="someone-else"),
+        "unknown kid": jwt.encode(
+            claims, Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": "k2"}
+        ),
+        "another key under the real kid": jwt.encode(
+            claims, Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": kid}
+        ),
+    }
+    for label, token in forged.items():
+        status, body = await bff.profile(token)
+        assert status == 401, label
+        assert body["error"]["code"] == "unauthenticated", label
+    assert (await bff.profile(genuine))[0] == 200
+
+
+# -- refresh cookies -------------------------------------------------------------------------------------
+
+
+async def test_a_replayed_refresh_cookie_logs_out_the_thief_and_the_legitimate_holder(bff):
+    _, _, stolen = await new_user(bff)
+    # The user refreshes first; the thief then replays the cookie it copied before.
+    status, _, users_cookie = await bff.refresh(stolen)
+    assert status == 200
+    status, body, cleared = await bff.refresh(stolen)
+    assert (status, body["error"]["code"], cleared) == (401, "unauthenticated", "")
+    # Reuse revoked the family: the user's own, freshly rotated cookie is dead too.
+    assert (await bff.refresh(users_cookie))[0] == 401
+
+
+async def test_a_refresh_cookie_only_ever_opens_its_own_users_session(bff):
+    alice, _, alice_cookie = await new_user(bff)
+    bob, bob_access, bob_cookie = await new_user(bff)
+
+    # Bob sends Alice's cookie with his own access token: what comes back is Alice's session, never Bob's.
+    # Nothing in a request can point a refresh token at another user; its user is the one it was issued to.
+    status, body, alice_cookie = await bff.refresh(alice_cookie, Authorization=f"Bearer {bob_access}")
+    assert status == 200 and claims_of(body["access_token"])["name"] == alice
+    # Bob's own session is untouched by it, and logging out with Alice's cookie ends only Alice's.
+    status, body, bob_cookie = await bff.refresh(bob_cookie)
+    assert status == 200 and claims_of(body["access_token"])["name"] == bob
+    assert (await bff.post("/v1/logout", headers={"Cookie": f"refresh_token={alice_cookie}"}))[0] == 204
+    assert (await bff.refresh(alice_cookie))[0] == 401
+    assert (await bff.refresh(bob_cookie))[0] == 200
+
+
+async def test_a_deleted_users_refresh_cookie_does_not_open_the_session_of_a_new_user_of_that_name(bff):
+    name, access, cookie = await new_user(bff)
+    async with bff.http.delete(
+        f"{bff.url}/v2/user/profile", headers={"Authorization": f"Bearer {access}"}
+    ) as r:
+        assert r.status == 204
+    assert (await bff.register(name))[0] == 201
+    assert (await bff.refresh(cookie))[0] == 401
+
+
+# -- enumeration, hostile credentials --------------------------------------------------------------------
+
+
+async def test_an_unknown_name_and_a_wrong_password_get_the_same_401(bff):
+    name, _, _ = await new_user(bff)
+    answers = []
+    for body in (
+        {"name": name, "password": "wrong password"},
+        {"name": new_name(), "password": PASSWORD},
+        {"name": "no", "password": PASSWORD},  # a name no user can have
+        {"name": name, "password": "x" * 10_000},  # a password no hash can match
+    ):
+        async with bff.http.post(f"{bff.url}/v1/login", json=body) as resp:
+            answers.append((resp.status, await resp.read(), "Set-Cookie" in resp.headers))
+    assert answers == [(401, answers[0][1], False)] * 4
+    assert jsonutil.loads(answers[0][1]) == {
+        "error": {"code": "unauthenticated", "message": "invalid name or password"}
+    }
+
+
+async def test_ten_thousand_character_and_empty_passwords_are_refused_with_a_reason(bff):
+    name = new_name()
+    for password, says in (("x" * 10_000, "72 bytes"), ("", "required"), ("é" * 37, "72 bytes")):
+        status, body = await bff.register(name, password)
+        assert status == 422 and says in body["error"]["message"], password[:10]
+    assert (await bff.register(name))[0] == 201
+    status, body, cookie = await bff.login(name, "")
+    assert (status, cookie) == (422, None)
+
+
+async def test_names_carrying_sql_or_control_characters_are_refused_and_nothing_breaks(bff):
+    hostile = [
+        "alice'; DROP TABLE users; --",
+        "' OR '1'='1",
+        'admin"--',
+        "robert\x00",
+        "bob\r\nSet-Cookie: refresh_token=x",
+        "tab\there",
+        "\x1b[31mred",
+        "ri\u202eght-to-left",
+        "zero\u200bwidth",
+        "%00%27",
+    ]
+    for name in hostile:
+        status, body = await bff.register(name)
+        assert status == 422 and "name" in body["error"]["message"], repr(name)
+        status, body, cookie = await bff.login(name)
+        answer = (status, body["error"]["message"], cookie)
+        assert answer == (401, "invalid name or password", None), repr(name)
+    await new_user(bff)  # the users table is still there and working
+
+
+async def test_a_lone_surrogate_in_a_name_or_password_is_422_not_a_crash(bff):
+    headers = {"Content-Type": "application/json"}
+    for raw in (
+        b'{"name": "ab\\ud800c", "password": "correct horse"}',
+        b'{"name": "abc", "password": "\\udfffxxxxxxxx"}',
+    ):
+        for route in ("/v1/register", "/v1/login"):
+            status, body, _ = await bff.post(route, data=raw, headers=headers)
+            assert (status, body["error"]["code"]) == (422, "invalid"), (route, raw)
+
+
+# -- malformed requests on the auth routes ---------------------------------------------------------------
+
+
+async def test_malformed_json_on_the_auth_routes_is_400(bff):
+    headers = {"Content-Type": "application/json"}
+    for route in ("/v1/login", "/v1/register"):
+        for raw in (b"{", b'{"name": "a", "password": }', b"[]", b'"text"', b"\xff\xfe", b"{" * 50_000, b""):
+            status, body, _ = await bff.post(route, data=raw, headers=headers)
+            assert (status, body["error"]["code"]) == (400, "malformed_json"), (route, raw[:10])
+
+
+async def test_wrong_content_types_on_the_auth_routes_are_415(bff):
+    credentials = jsonutil.dumps({"name": new_name(), "password": PASSWORD})
+    for route in ("/v1/login", "/v1/register"):
+        for content_type in ("text/plain", "application/xml", "multipart/form-data; boundary=x", "", "json"):
+            headers = {"Content-Type": content_type} if content_type else {}
+            status, body, _ = await bff.post(route, data=credentials, headers=headers)
+            assert (status, body["error"]["code"]) == (415, "unsupported_media_type"), (route, content_type)
+
+
+async def test_one_megabyte_bodies_on_the_auth_routes_are_413_chunked_or_not(bff):
+    megabyte = b'{"name": "' + b"a" * 1_000_000 + b'", "password": "x"}'
+
+    async def chunks():
+        for start in range(0, len(megabyte), 65_536):
+            yield megabyte[start : start + 65_536]
+
+    headers = {"Content-Type": "application/json"}
+    for route in ("/v1/login", "/v1/register"):
+        for data in (megabyte, chunks()):
+            status, body, _ = await bff.post(route, data=data, headers=headers)
+            assert (status, body["error"]["code"]) == (413, "payload_too_large"), route
+
+
+# -- rate limits -----------------------------------------------------------------------------------------
+
+
+def assert_rate_limited(status: int, body: dict | None, resp: aiohttp.ClientResponse, period_s: int) -> None:
+    assert status == 429
+    assert body["error"]["code"] == "rate_limited"
+    assert 1 <= int(resp.headers["Retry-After"]) <= period_s
+
+
+async def test_brute_force_on_one_name_reaches_429_and_then_even_the_right_password_waits(bff):
+    name, _, _ = await new_user(bff)
+    for attempt in range(10):  # BFF_LOGIN_RATE_PER_NAME: 10/minute
+        status, _, _ = await bff.login(name, f"guess number {attempt}")
+        assert status == 401
+    status, body, resp = await bff.post("/v1/login", json={"name": name, "password": PASSWORD})
+    assert_rate_limited(status, body, resp, 60)
+    # The same name in another spelling shares the bucket.
+    assert (await bff.login(name.upper(), PASSWORD))[0] == 429
+
+
+async def test_guessing_across_names_from_one_address_reaches_429(bff):
+    for _ in range(30):  # BFF_LOGIN_RATE_PER_ADDRESS: 30/minute
+        assert (await bff.login(new_name(), "some guess"))[0] == 401
+    status, body, resp = await bff.post("/v1/login", json={"name": new_name(), "password": "x"})
+    assert_rate_limited(status, body, resp, 60)
+
+
+async def test_successful_logins_do_not_count_against_the_limits(bff):
+    name, _, _ = await new_user(bff)
+    for _ in range(35):  # more than both login limits
+        assert (await bff.login(name))[0] == 200
+
+
+async def test_registering_is_limited_per_name_and_per_address(bff):
+    name = new_name()
+    assert (await bff.register(name))[0] == 201
+    for _ in range(4):  # BFF_REGISTER_RATE_PER_NAME: 5/minute; probing a taken name costs attempts too
+        assert (await bff.register(name.upper()))[0] == 409
+    status, body, resp = await bff.post("/v1/register", json={"name": name, "password": PASSWORD})
+    assert_rate_limited(status, body, resp, 60)
+
+    for _ in range(55):  # BFF_REGISTER_RATE_PER_ADDRESS: 60/hour; 5 used above (a refused one costs nothing)
+        assert (await bff.register(new_name(), "short"))[0] == 422
+    status, body, resp = await bff.post("/v1/register", json={"name": new_name(), "password": PASSWORD})
+    assert_rate_limited(status, body, resp, 3600)
+
+
+async def test_limits_are_shared_by_every_bff_replica(clean, postgres):
+    name, _, _ = await new_user(clean.bff)
+    async with serve_bff(clean.redis_url, clean.profile_database_url, clean.auth_port) as replica:
+        for attempt in range(10):
+            bff = clean.bff if attempt % 2 else replica
+            assert (await bff.login(name, "a wrong guess"))[0] == 401
+        assert (await replica.login(name))[0] == 429
+        assert (await clean.bff.login(name))[0] == 429
+
+
+async def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(clean):
+    async def exhaust_and_probe(bff: Bff, spoofed: str, probe: str) -> int:
+        for n in range(30):
+            headers = {"X-Forwarded-For": f"198.51.100.{n}, {spoofed}"}
+            assert (await bff.post("/v1/login", json={"name": new_name(), "password": "x"}, headers=headers))[
+                0
+            ] == 401
+        headers = {"X-Forwarded-For": probe}
+        return (await bff.post("/v1/login", json={"name": new_name(), "password": "x"}, headers=headers))[0]
+
+    # Directly exposed: the header is the client's to write, so it moves no one to another bucket.
+    assert await exhaust_and_probe(clean.bff, "203.0.113.7", "203.0.113.8") == 429
+
+    redis = aioredis.Redis.from_url(clean.redis_url)
+    await redis.flushdb()
+    await redis.aclose()
+    async with serve_bff(
+        clean.redis_url, clean.profile_database_url, clean.auth_port, trusted_proxies="127.0.0.1"
+    ) as proxied:
+        # Behind a trusted proxy the client is the rightmost untrusted hop; the spoofed left part is ignored.
+        assert await exhaust_and_probe(proxied, "203.0.113.7", "203.0.113.8") == 401
+        assert await exhaust_and_probe(proxied, "203.0.113.9", "198.51.100.1, 203.0.113.9") == 429
+
+
+async def test_the_limits_fail_closed_when_redis_is_down(stack, postgres, tmp_path):
+    from crypto_mesh.embedded import ManagedProcess, redis_command
+
+    port = free_port()
+    process = ManagedProcess("redis", redis_command(port, tmp_path / "redis"), port, tmp_path / "redis.log")
+    await asyncio.to_thread(process.start)
+    try:
+        async with serve_bff(
+            f"redis://127.0.0.1:{port}/0", stack.profile_database_url, stack.auth_port
+        ) as bff:
+            name, _, _ = await new_user(bff)
+            await asyncio.to_thread(process.stop)
+            status, body, cookie = await bff.login(name)
+            assert (status, body["error"]["code"], cookie) == (503, "unavailable", None)
+    finally:
+        await asyncio.to_thread(process.stop)
+
+
+# -- key rotation ----------------------------------------------------------------------------------------
+
+
+async def test_rotating_the_signing_key_logs_nobody_out(postgres, module_redis_url, tmp_path):
+    """Auth restarts with a new key and the old public key in JWT_RETIRED_PUBLIC_KEYS_FILE: a token signed
+    before still works at the BFF, and tokens signed after carry the new kid, which the BFF fetches."""
+    old_key, new_key, retired = tmp_path / "old.pem", tmp_path / "new.pem", tmp_path / "retired.pem"
+    old_key.write_bytes(generate_private_key_pem())
+    new_key.write_bytes(generate_private_key_pem())
+    retired.write_bytes(
+        load_private_key(old_key)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    auth_settings = AuthSettings(
+        port=free_port(),
+        database_url=new_database(postgres, "auth"),
+        jwt_private_key_file=old_key,
+        bcrypt_cost=4,
+    )
+    auth = await start_auth(auth_settings)
+    try:
+        async with serve_bff(module_redis_url, new_database(postgres, "profile"), auth_settings.port) as bff:
+            _, before, _ = await new_user(bff)
+            assert (await bff.profile(before))[0] == 200  # the BFF now caches the old key only
+            keys_fetched_at = time.monotonic()
+
+            await auth.stop()
+            auth = await start_auth(
+                auth_settings.model_copy(
+                    update={"jwt_private_key_file": new_key, "jwt_retired_public_keys_file": retired}
+                )
+            )
+            assert (await bff.profile(before))[0] == 200
+            # The BFF refetches on an unknown kid at most once per refetch interval since its last fetch.
+            await asyncio.sleep(max(0.0, keys_fetched_at + DEFAULT_REFETCH_INTERVAL_S - time.monotonic()))
+            _, after, _ = await new_user(bff)
+            assert jwt.get_unverified_header(after)["kid"] != jwt.get_unverified_header(before)["kid"]
+            assert (await bff.profile(after))[0] == 200
+            assert (await bff.profile(before))[0] == 200
+    finally:
+        await auth.stop()
+
+
+# -- no input makes a 5xx --------------------------------------------------------------------------------
+
+#: Any text, lone surrogates included: JSON can carry them as "\\ud800" escapes.
+_any_text = st.text(st.characters(exclude_categories=()), max_size=80)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_any_text, inner, max_size=4),
+    max_leaves=12,
+)
+_credentials = st.fixed_dictionaries(
+    {}, optional={"name": _any_text | _json_values, "password": _any_text | _json_values}
+)
+# The standard library's encoder, not the project's: it writes what clients may send and orjson refuses
+# (integers beyond 64 bits, NaN, lone surrogates as escapes).
+_bodies = (
+    _credentials.map(lambda value: json.dumps(value).encode())
+    | _json_values.map(lambda value: json.dumps(value).encode())
+    | st.binary(max_size=300)
+)
+_content_types = st.sampled_from(
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "",
+        "application/x-www-form-urlencoded",
+    ]
+) | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)
+_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
+_cookies = st.one_of(
+    st.just(""),
+    _header_text.map(lambda value: f"refresh_token={value}"),
+    st.lists(st.tuples(st.sampled_from(["refresh_token", "x", "session"]), _header_text), max_size=3).map(
+        lambda pairs: "; ".join(f"{k}={v}" for k, v in pairs)
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    route=st.sampled_from(["/v1/register", "/v1/login", "/v1/refresh", "/v1/logout"]),
+    body=_bodies,
+    content_type=_content_types,
+    cookie=_cookies,
+    extra=st.dictionaries(
+        st.sampled_from(["Authorization", "X-Forwarded-For", "Origin", "Accept", "X-Anything"]),
+        _header_text,
+        max_size=3,
+    ),
+)
+async def test_no_request_to_the_auth_routes_gets_a_5xx(unlimited, route, body, content_type, cookie, extra):
+    headers = {**extra, "Content-Type": content_type}
+    if cookie:
+        headers["Cookie"] = cookie
+    async with unlimited.http.post(f"{unlimited.url}{route}", data=body, headers=headers) as resp:
+        assert resp.status < 500, (resp.status, await resp.text())
+        if resp.status >= 400:
+            error = (await resp.json())["error"]
+            assert set(error) == {"code", "message"}
