@@ -388,18 +388,34 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=jsonutil.dumps_str)
 
 
-async def _authenticate(request: web.Request) -> tuple[AccessClaims, str]:
-    """The verified claims and the raw access token of ``Authorization: Bearer <token>`` (RFC 6750)."""
+async def _authenticate(request: web.Request, *, allow_expired: bool = False) -> tuple[AccessClaims, str]:
+    """The verified claims and the raw access token of ``Authorization: Bearer <token>`` (RFC 6750).
+
+    ``allow_expired``: a token past its expiry still identifies its user (for refresh and logout).
+    """
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     challenge = {"WWW-Authenticate": 'Bearer realm="crypto-mesh"'}
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthenticated", "send Authorization: Bearer <access token>", challenge)
     try:
-        claims = await request.app[SERVICES].verifier.verify(token)
+        claims = await request.app[SERVICES].verifier.verify(token, allow_expired=allow_expired)
     except InvalidToken as exc:
         raise ApiError(401, "unauthenticated", str(exc), challenge) from None
     return claims, token
+
+
+async def _session_owner(request: web.Request) -> int | None:
+    """The user the caller proves with an access token (expired or not), if it sends one.
+
+    A refresh or logout that names its user this way is refused by auth when the cookie's session is another
+    user's (and a refresh then revokes that session: the cookie is in the wrong hands). A cookie alone, as a
+    browser sends it, still works: the session it carries is then the only identity claimed.
+    """
+    if "Authorization" not in request.headers:
+        return None
+    claims, _token = await _authenticate(request, allow_expired=True)
+    return claims.user_id
 
 
 # -- session routes --------------------------------------------------------------------------------------
@@ -456,8 +472,9 @@ async def refresh(request: web.Request) -> web.Response:
     token = request.cookies.get(REFRESH_COOKIE)
     if not token:
         raise ApiError(401, "unauthenticated", "no refresh token cookie")
+    owner = await _session_owner(request)
     try:
-        pair = await services.auth.refresh(token)
+        pair = await services.auth.refresh(token, owner)
     except grpc.aio.AioRpcError as exc:
         if exc.code() not in _NOT_A_SESSION:
             raise
@@ -471,10 +488,13 @@ async def logout(request: web.Request) -> web.Response:
     """``POST /v1/logout`` → 204: the cookie's session is revoked at auth and the cookie cleared."""
     services = request.app[SERVICES]
     token = request.cookies.get(REFRESH_COOKIE)
+    owner = await _session_owner(request)
     if token:
         try:
-            await services.auth.logout(token)
+            await services.auth.logout(token, owner)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                raise ApiError(403, "forbidden", "that session belongs to another user") from None
             # A cookie that is not a session has nothing to revoke; only an unreachable auth is an error.
             if exc.code() not in _NOT_A_SESSION:
                 raise

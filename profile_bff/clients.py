@@ -37,14 +37,17 @@ class AuthClient:
         request = auth_pb2.LoginRequest(name=name, password=password)
         return await self._stub.Login(request, timeout=self._timeout_s)
 
-    async def refresh(self, refresh_token: str) -> auth_pb2.TokenPair:
-        """Rotate a refresh token (the presented one becomes invalid)."""
-        request = auth_pb2.RefreshRequest(refresh_token=refresh_token)
+    async def refresh(self, refresh_token: str, owner: int | None = None) -> auth_pb2.TokenPair:
+        """Rotate a refresh token (the presented one becomes invalid); ``owner``, when known, is the user the
+        caller proved to be, and the token must be theirs."""
+        request = auth_pb2.RefreshRequest(refresh_token=refresh_token, expected_user_id=owner or 0)
         return await self._stub.Refresh(request, timeout=self._timeout_s)
 
-    async def logout(self, refresh_token: str) -> None:
-        """Revoke the session (token family) of a refresh token; idempotent."""
-        await self._stub.Logout(auth_pb2.LogoutRequest(refresh_token=refresh_token), timeout=self._timeout_s)
+    async def logout(self, refresh_token: str, owner: int | None = None) -> None:
+        """Revoke the session (token family) of a refresh token; idempotent. ``owner`` as for :meth:`refresh`:
+        another user's session is refused with PERMISSION_DENIED."""
+        request = auth_pb2.LogoutRequest(refresh_token=refresh_token, expected_user_id=owner or 0)
+        await self._stub.Logout(request, timeout=self._timeout_s)
 
     async def delete_user_by_token(self, access_token: str) -> int:
         """Delete the user an access token proves; returns its id."""

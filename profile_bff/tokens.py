@@ -79,9 +79,11 @@ class AccessTokenVerifier:
         self._last_fetch = -math.inf
         self._lock = asyncio.Lock()
 
-    async def verify(self, token: str) -> AccessClaims:
+    async def verify(self, token: str, *, allow_expired: bool = False) -> AccessClaims:
         """The claims of ``token`` once its signature, algorithm, ``iss``, ``aud`` and ``exp`` check out.
 
+        ``allow_expired`` accepts a token past its ``exp`` (which must still be present): it still proves who
+        the caller was, which is all a refresh needs to check that the session it renews is the caller's.
         Raises :class:`InvalidToken`, or :class:`KeysUnavailable` when no key has ever been fetched and auth
         is unreachable (the caller answers 503, not 401: the token may well be valid).
         """
@@ -107,7 +109,7 @@ class AccessTokenVerifier:
                 algorithms=ALGORITHMS,
                 issuer=self._issuer,
                 audience=self._audience,
-                options={"require": REQUIRED_CLAIMS},
+                options={"require": REQUIRED_CLAIMS, "verify_exp": not allow_expired},
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("access token has expired") from None

@@ -273,20 +273,44 @@ async def test_a_replayed_refresh_cookie_logs_out_the_thief_and_the_legitimate_h
     assert (await bff.refresh(users_cookie))[0] == 401
 
 
-async def test_a_refresh_cookie_only_ever_opens_its_own_users_session(bff):
-    alice, _, alice_cookie = await new_user(bff)
+async def test_a_refresh_cookie_presented_by_another_user_is_refused_and_its_session_revoked(bff):
+    alice, alice_access, alice_cookie = await new_user(bff)
     bob, bob_access, bob_cookie = await new_user(bff)
 
-    # Bob sends Alice's cookie with his own access token: what comes back is Alice's session, never Bob's.
-    # Nothing in a request can point a refresh token at another user; its user is the one it was issued to.
-    status, body, alice_cookie = await bff.refresh(alice_cookie, Authorization=f"Bearer {bob_access}")
-    assert status == 200 and claims_of(body["access_token"])["name"] == alice
-    # Bob's own session is untouched by it, and logging out with Alice's cookie ends only Alice's.
-    status, body, bob_cookie = await bff.refresh(bob_cookie)
-    assert status == 200 and claims_of(body["access_token"])["name"] == bob
-    assert (await bff.post("/v1/logout", headers={"Cookie": f"refresh_token={alice_cookie}"}))[0] == 204
+    # Bob sends Alice's (stolen) cookie with his own access token: refused, and since the cookie is in the
+    # wrong hands, Alice's session is revoked; she logs in again. Bob's own session is untouched.
+    status, _body, _cookie = await bff.refresh(alice_cookie, Authorization=f"Bearer {bob_access}")
+    assert status == 401
     assert (await bff.refresh(alice_cookie))[0] == 401
-    assert (await bff.refresh(bob_cookie))[0] == 200
+    status, body, bob_cookie = await bff.refresh(bob_cookie, Authorization=f"Bearer {bob_access}")
+    assert status == 200 and claims_of(body["access_token"])["name"] == bob
+
+
+async def test_a_user_cannot_log_out_another_users_session(bff):
+    _alice, _alice_access, alice_cookie = await new_user(bff)
+    _bob, bob_access, _bob_cookie = await new_user(bff)
+    status, _body, _response = await bff.post(
+        "/v1/logout", headers={"Cookie": f"refresh_token={alice_cookie}", "Authorization": f"Bearer {bob_access}"}
+    )
+    assert status == 403
+    assert (await bff.refresh(alice_cookie))[0] == 200
+
+
+async def test_a_refresh_may_name_its_user_with_an_expired_access_token_but_not_a_forged_one(clean):
+    bff = clean.bff
+    name, access, cookie = await new_user(bff)
+    claims, kid = claims_of(access), jwt.get_unverified_header(access)["kid"]
+    now = int(time.time())
+    expired = jwt.encode(
+        {**claims, "iat": now - 2000, "exp": now - 1000},
+        load_private_key(clean.key_file), algorithm="EdDSA", headers={"kid": kid},
+    )
+    forged = jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": kid})
+
+    status, _body, _cookie = await bff.refresh(cookie, Authorization=f"Bearer {forged}")
+    assert status == 401, "a token whose signature does not check out proves nothing"
+    status, body, _cookie = await bff.refresh(cookie, Authorization=f"Bearer {expired}")
+    assert status == 200 and claims_of(body["access_token"])["name"] == name
 
 
 async def test_a_deleted_users_refresh_cookie_does_not_open_the_session_of_a_new_user_of_that_name(bff):
