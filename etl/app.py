@@ -107,9 +107,12 @@ class EtlService:
             "clickhouse": clickhouse,
             "kafka": kafka,
             "rows_inserted": stats.rows_inserted,
-            "records_skipped": stats.records_skipped,
+            "records_dead_lettered": stats.records_dead_lettered,
             "batches_committed": stats.batches_committed,
             "insert_failures": stats.insert_failures,
+            "deadletter_failures": stats.deadletter_failures,
+            "records_held": stats.records_held,
+            "max_records_held": stats.max_records_held,
         }
         return (200 if ready else 503), body
 
@@ -235,5 +238,11 @@ async def start(settings: EtlSettings) -> Running:
     except (Error, OSError) as exc:
         log.warning("clickhouse not reachable yet; retrying in the background", error=repr(exc))
     task = asyncio.create_task(service.run(), name="etl")
-    log.info("etl serving", host=settings.host, port=port, topic=settings.kafka_topic)
+    log.info(
+        "etl serving",
+        host=settings.host,
+        port=port,
+        topics=[settings.kafka_topic, settings.kafka_second_topic],
+        deadletter_topic=settings.kafka_deadletter_topic,
+    )
     return Running(port=port, service=service, _runner=runner, _task=task)

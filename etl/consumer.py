@@ -1,14 +1,18 @@
-"""The Kafka consumer-group loop: KafkaMsg records → batches → ClickHouse → committed offsets.
+"""The Kafka consumer-group loop: records of ``binance.miniticker`` and ``binance.second`` → one batch per
+topic → ClickHouse → committed offsets.
 
 Delivery is at least once, and duplicates are folded: a batch is inserted, and only once ClickHouse has
-acknowledged it are its offsets (last offset + 1 per partition) committed. A redelivered batch carries the
-same ``insert_deduplication_token`` (the server drops it) and the same deterministic ``message_id`` values
-(ReplacingMergeTree folds them).
+acknowledged it (and the dead-letter topic has acknowledged the batch's undecodable records) are its offsets
+(last offset + 1 per partition) committed. A redelivered batch carries the same ``insert_deduplication_token``
+(the server drops it), and every row carries a deterministic ``message_id`` that the ReplacingMergeTree
+tables fold, which also covers a redelivery cut into different batches (docs/ANALYTICS.md, "Exactly once").
 
-While ClickHouse fails, the one bounded batch is retried with exponential backoff and the partitions are
-paused, so nothing more is taken from Kafka; the loop keeps polling (paused partitions return nothing) to
-stay in the consumer group. Records that are not valid KafkaMsg are skipped in
-:meth:`TickerConsumer.skip_invalid`, the one place to change when they go to a dead-letter topic instead.
+Each topic has one batch, closed by size (``ETL_BATCH_MAX_ROWS`` records) or age (``ETL_BATCH_MAX_AGE_MS``);
+no poll takes more records than the fullest batch has room for, so at most one bounded batch per topic is
+held. While ClickHouse (or the dead-letter topic) fails, that batch is retried with exponential backoff and
+every partition is paused, so nothing more is taken from Kafka; the loop keeps polling (paused partitions
+return nothing) to stay in the consumer group. A record that cannot be decoded goes to the dead-letter topic
+with the reason (:mod:`etl.deadletter`) and the batch moves on without it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from tenacity import (
@@ -32,9 +36,12 @@ from tenacity import (
 
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.logs import get_logger
+from etl.deadletter import DeadLetter, dead_letter
+from etl.records import InvalidRecord, TableSpec
+from etl.seconds import SECONDS
 from etl.settings import EtlSettings
 from etl.store import ClickHouseStore
-from etl.tickers import InvalidRecord, TickerRow, decode_record
+from etl.tickers import TICKERS
 
 log = get_logger(__name__)
 
@@ -52,57 +59,91 @@ def backoff(settings: EtlSettings) -> wait_exponential_jitter:
     return wait_exponential_jitter(multiplier=initial_s, jitter=initial_s, max=settings.retry_max_ms / 1000)
 
 
+def table_specs(settings: EtlSettings) -> dict[str, TableSpec]:
+    """Topic → the table its records are loaded into."""
+    return {settings.kafka_topic: TICKERS, settings.kafka_second_topic: SECONDS}
+
+
 @dataclass
 class ConsumerStats:
-    """Counters since start: rows inserted, invalid records skipped, batches committed, failed insert
-    attempts, failed commits."""
+    """Counters since start: rows inserted, records sent to the dead-letter topic, batches committed, failed
+    insert attempts, failed dead-letter sends, failed commits; ``records_held``: records taken from Kafka and
+    not yet committed (now), ``max_records_held``: the most ever held at once."""
 
     rows_inserted: int = 0
-    records_skipped: int = 0
+    records_dead_lettered: int = 0
     batches_committed: int = 0
     insert_failures: int = 0
+    deadletter_failures: int = 0
     commit_failures: int = 0
+    records_held: int = 0
+    max_records_held: int = 0
 
 
 @dataclass
 class Batch:
-    """Records taken from Kafka and not yet committed, per partition.
+    """Records of one topic taken from Kafka and not yet committed, per partition.
 
-    ``size`` counts every record taken (valid or skipped) and is bounded by ``ETL_BATCH_MAX_ROWS``;
-    ``first_offset``/``last_offset`` cover skipped records too, so committing moves past them.
+    ``size`` counts every record taken (decoded or dead-lettered) and is bounded by ``ETL_BATCH_MAX_ROWS``;
+    ``first_offset``/``last_offset`` cover dead-lettered records too, so committing moves past them.
     """
 
-    rows: dict[TopicPartition, list[TickerRow]] = field(default_factory=dict)
+    spec: TableSpec
+    rows: list[tuple] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     first_offset: dict[TopicPartition, int] = field(default_factory=dict)
     last_offset: dict[TopicPartition, int] = field(default_factory=dict)
     size: int = 0
     opened_at: float = 0.0
+    inserted: bool = False
+    dead_letters_sent: bool = False
 
-    def take(self, tp: TopicPartition, offset: int, row: TickerRow | None) -> None:
-        """Add the record at ``offset`` of ``tp``; ``row`` is None for a skipped record."""
+    def take(self, tp: TopicPartition, records: list[ConsumerRecord]) -> int:
+        """Decode ``records`` (consecutive, of ``tp``) into the batch; returns how many were dead-lettered."""
+        if not records:
+            return 0
         if self.size == 0:
             self.opened_at = time.monotonic()
-        self.size += 1
-        self.first_offset.setdefault(tp, offset)
-        self.last_offset[tp] = offset
-        if row is not None:
-            self.rows.setdefault(tp, []).append(row)
+        self.size += len(records)
+        self.first_offset.setdefault(tp, records[0].offset)
+        self.last_offset[tp] = records[-1].offset
+        rows = self.rows
+        decode = self.spec.decode
+        dead = 0
+        for record in records:
+            try:
+                rows.append(decode(record.value))
+            except InvalidRecord as exc:
+                dead += 1
+                self.dead_letters.append(dead_letter(record, str(exc)))
+                log.warning(
+                    "undecodable record sent to the dead-letter topic",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=str(exc),
+                )
+        return dead
 
     def age_ms(self) -> float:
         return (time.monotonic() - self.opened_at) * 1000 if self.size else 0.0
 
-    def deduplication_token(self, tp: TopicPartition) -> str:
-        """``<topic>:<partition>:<first offset>-<last offset>:<digest of the message ids>``.
+    def deduplication_token(self) -> str:
+        """``<topic>:<partition>:<first offset>-<last offset>[,<partition>:...]:<digest of the message ids>``,
+        partitions in order.
 
-        The offsets name the run of records; the digest keeps the token from matching a different run that
+        The offsets name the runs of records; the digest keeps the token from matching a different run that
         reuses those offsets (a topic recreated on a broker with memory storage starts again at 0).
         """
         digest = hashlib.blake2b(digest_size=8)
-        for row in self.rows.get(tp, ()):
-            digest.update(row.message_id.encode())
-        return (
-            f"{tp.topic}:{tp.partition}:{self.first_offset[tp]}-{self.last_offset[tp]}:{digest.hexdigest()}"
+        for row in self.rows:
+            digest.update(row[0].encode())  # message_id, the first column of every table
+        runs = ",".join(
+            f"{tp.partition}:{self.first_offset[tp]}-{self.last_offset[tp]}"
+            for tp in sorted(self.first_offset, key=lambda tp: tp.partition)
         )
+        topic = next(iter(self.first_offset)).topic
+        return f"{topic}:{runs}:{digest.hexdigest()}"
 
     def commit_offsets(self) -> dict[TopicPartition, int]:
         """Offsets to commit: the next record to read in each partition (last offset + 1)."""
@@ -110,18 +151,21 @@ class Batch:
 
 
 class TickerConsumer:
-    """Consumes ``settings.kafka_topic`` in group ``settings.kafka_group_id`` into ``store`` until stopped.
+    """Consumes the mini-ticker and SecondStat topics in group ``settings.kafka_group_id`` into ``store``
+    until stopped.
 
     :meth:`run` is the loop (run it as a task once ClickHouse is migrated); :meth:`stop` asks it to flush the
-    open batch, commit and leave the group. ``kafka_ready`` is True while the consumer is started (and
+    open batches, commit and leave the group. ``kafka_ready`` is True while the consumer is started (and
     ``kafka_ever_ready`` once it has been); ``clickhouse_failing`` while an insert is being retried.
     """
 
     def __init__(self, settings: EtlSettings, store: ClickHouseStore) -> None:
         self._settings = settings
         self._store = store
+        self._specs = table_specs(settings)
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self.stats = ConsumerStats()
         self.kafka_ready = False
         self.kafka_ever_ready = False
@@ -155,8 +199,8 @@ class TickerConsumer:
     async def run(self) -> None:
         """Connect to Kafka (retrying until it is up), then consume until :meth:`stop`.
 
-        If the consumer fails with a Kafka error, it is closed and a new one joins the group: the open batch
-        was not committed, so the new consumer reads it again from the committed offsets.
+        If the consumer fails with a Kafka error, it is closed and a new one joins the group: the open batches
+        were not committed, so the new consumer reads them again from the committed offsets.
         """
         while not self._stopping.is_set():
             try:
@@ -172,16 +216,22 @@ class TickerConsumer:
             finally:
                 self.kafka_ready = False
                 self._consumer = None
+                self.stats.records_held = 0
                 await consumer.stop()
+                if self._producer is not None:
+                    await self._producer.stop()
+                    self._producer = None
             await self._sleep(self._settings.retry_initial_ms / 1000)  # no busy loop if Kafka keeps failing
 
     async def _start_consumer(self) -> AIOKafkaConsumer:
         settings = self._settings
+        partitions = settings.kafka_topic_partitions
         await ensure_topics(
-            settings.kafka_bootstrap_servers, {settings.kafka_topic: settings.kafka_topic_partitions}
+            settings.kafka_bootstrap_servers,
+            {topic: partitions for topic in (*self._specs, settings.kafka_deadletter_topic)},
         )
         consumer = AIOKafkaConsumer(
-            settings.kafka_topic,
+            *self._specs,
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.kafka_group_id,
             enable_auto_commit=False,
@@ -189,14 +239,21 @@ class TickerConsumer:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_session_timeout_ms // 3,
         )
+        # Dead letters are rare and written again if their batch is redelivered: plain acks=all is enough
+        # (and Tansu's memory storage refuses idempotent producers).
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=False
+        )
         try:
             await consumer.start()
+            await producer.start()
         except BaseException:
             await consumer.stop()
+            await producer.stop()
             raise
-        self._consumer = consumer
+        self._consumer, self._producer = consumer, producer
         self.kafka_ready = self.kafka_ever_ready = True
-        log.info("consuming", topic=settings.kafka_topic, group=settings.kafka_group_id)
+        log.info("consuming", topics=sorted(self._specs), group=settings.kafka_group_id)
         return consumer
 
     def _log_kafka_retry(self, state: RetryCallState) -> None:
@@ -209,58 +266,59 @@ class TickerConsumer:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         max_rows, max_age_ms = self._settings.batch_max_rows, self._settings.batch_max_age_ms
-        batch = Batch()
+        batches = {topic: Batch(spec) for topic, spec in self._specs.items()}
         while not self._stopping.is_set():
-            timeout_ms = min(max_age_ms - batch.age_ms(), _IDLE_POLL_MS) if batch.size else _IDLE_POLL_MS
-            polled = await consumer.getmany(
-                timeout_ms=max(0, int(timeout_ms)), max_records=max_rows - batch.size
-            )
+            open_batches = [batch for batch in batches.values() if batch.size]
+            timeout_ms = _IDLE_POLL_MS
+            if open_batches:
+                timeout_ms = min(timeout_ms, max_age_ms - max(batch.age_ms() for batch in open_batches))
+            room = max_rows - max(batch.size for batch in batches.values())
+            polled = await consumer.getmany(timeout_ms=max(0, int(timeout_ms)), max_records=room)
             for tp, records in polled.items():
-                for record in records:
-                    batch.take(tp, record.offset, self._decode(record))
-            if batch.size and (batch.size >= max_rows or batch.age_ms() >= max_age_ms):
-                if not await self._flush(consumer, batch):
-                    return
-                batch = Batch()
-        if batch.size:
-            await self._flush(consumer, batch)
+                self.stats.records_dead_lettered += batches[tp.topic].take(tp, records)
+            self._note_held(batches)
+            for topic, batch in batches.items():
+                if batch.size and (batch.size >= max_rows or batch.age_ms() >= max_age_ms):
+                    if not await self._flush(consumer, batch):
+                        return
+                    batches[topic] = Batch(batch.spec)
+                    self._note_held(batches)
+        for batch in batches.values():
+            if batch.size and not await self._flush(consumer, batch):
+                return
 
-    def _decode(self, record: ConsumerRecord) -> TickerRow | None:
-        try:
-            return decode_record(record.value)
-        except InvalidRecord as exc:
-            self.skip_invalid(record, exc)
-            return None
-
-    def skip_invalid(self, record: ConsumerRecord, error: InvalidRecord) -> None:
-        """Log and count a record that is not a valid KafkaMsg; the batch moves on without it."""
-        self.stats.records_skipped += 1
-        log.warning(
-            "invalid record skipped",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            reason=str(error),
-        )
+    def _note_held(self, batches: dict[str, Batch]) -> None:
+        held = sum(batch.size for batch in batches.values())
+        self.stats.records_held = held
+        self.stats.max_records_held = max(self.stats.max_records_held, held)
 
     async def _flush(self, consumer: AIOKafkaConsumer, batch: Batch) -> bool:
-        """Insert the batch (retrying while ClickHouse fails), then commit its offsets.
+        """Insert the batch (retrying while ClickHouse fails), send its dead letters (retrying while Kafka
+        fails), then commit its offsets.
 
-        Returns False if a stop request came while ClickHouse was failing: the batch is left uncommitted and
-        Kafka redelivers it to the next consumer of the group.
+        Returns False if a stop request came while retrying: the batch is left uncommitted and Kafka
+        redelivers it to the next consumer of the group.
         """
         try:
             async for attempt in self._retrying(_CLICKHOUSE_ERRORS, self._log_insert_retry):
                 with attempt:
-                    for tp, rows in batch.rows.items():
-                        await self._store.insert_tickers(rows, batch.deduplication_token(tp))
+                    # One insert for the whole batch, every partition together: each insert into chDB has
+                    # a fixed cost (and creates a part), so fewer, larger inserts load faster.
+                    if not batch.inserted:
+                        await self._store.insert(batch.spec, batch.rows, batch.deduplication_token())
+                        batch.inserted = True
+            self.clickhouse_failing = False
+            if batch.dead_letters and not batch.dead_letters_sent:
+                async for attempt in self._retrying(_KAFKA_ERRORS, self._log_deadletter_retry):
+                    with attempt:
+                        await self._send_dead_letters(batch.dead_letters)
+                batch.dead_letters_sent = True
         except RetryError:
-            log.warning("stopping with an uninserted batch; Kafka will redeliver it", records=batch.size)
+            log.warning("stopping with an unflushed batch; Kafka will redeliver it", records=batch.size)
             return False
         finally:
             consumer.resume(*consumer.paused())
-        self.clickhouse_failing = False
-        self.stats.rows_inserted += sum(len(rows) for rows in batch.rows.values())
+        self.stats.rows_inserted += len(batch.rows)
         offsets = batch.commit_offsets()
         try:
             await consumer.commit(offsets)
@@ -275,6 +333,17 @@ class TickerConsumer:
         log.debug("batch committed", records=batch.size, offsets={str(tp): o for tp, o in offsets.items()})
         return True
 
+    async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Send every letter and wait until the broker has acknowledged all of them."""
+        if self._producer is None:
+            raise KafkaError("dead-letter producer is not running")
+        topic = self._settings.kafka_deadletter_topic
+        deliveries = [
+            await self._producer.send(topic, key=letter.key, value=letter.value, headers=letter.headers)
+            for letter in letters
+        ]
+        await asyncio.gather(*deliveries)
+
     def _log_insert_retry(self, state: RetryCallState) -> None:
         self.clickhouse_failing = True
         self.stats.insert_failures += 1
@@ -285,6 +354,15 @@ class TickerConsumer:
             error=repr(state.outcome.exception()),
         )
 
+    def _log_deadletter_retry(self, state: RetryCallState) -> None:
+        self.stats.deadletter_failures += 1
+        log.warning(
+            "dead-letter send failed, retrying with partitions paused",
+            attempt=state.attempt_number,
+            retry_in_s=round(state.upcoming_sleep, 2),
+            error=repr(state.outcome.exception()),
+        )
+
     async def stop(self) -> None:
-        """Ask :meth:`run` to flush its batch, commit and return (await the task to wait for it)."""
+        """Ask :meth:`run` to flush its batches, commit and return (await the task to wait for it)."""
         self._stopping.set()

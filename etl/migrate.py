@@ -32,8 +32,10 @@ _FILE_NAME = re.compile(r"(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql")
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
 _LEDGER_DDL = (
     "CREATE DATABASE IF NOT EXISTS crypto",
-    f"CREATE TABLE IF NOT EXISTS {LEDGER} (version UInt32, name String, checksum String, "
-    "applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version",
+    (
+        f"CREATE TABLE IF NOT EXISTS {LEDGER} (version UInt32, name String, checksum String, "
+        "applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version"
+    ),
 )
 
 

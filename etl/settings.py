@@ -7,6 +7,8 @@ from pydantic_settings import SettingsConfigDict
 
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from crypto_mesh.settings import ServiceSettings
+from etl.deadletter import DEADLETTER_TOPIC
+from etl.seconds import SECOND_TOPIC
 from etl.sql import DEFAULT_MAX_EXECUTION_S, DEFAULT_MAX_ROWS
 
 
@@ -17,14 +19,18 @@ class EtlSettings(ServiceSettings):
       picks a free port.
     - ``ETL_KAFKA_BOOTSTRAP_SERVERS`` (required): ``host:port[,host:port]``.
     - ``ETL_KAFKA_GROUP_ID``: consumer group whose committed offsets mark what ClickHouse holds.
-    - ``ETL_KAFKA_TOPIC``: topic of KafkaMsg records; ``ETL_KAFKA_TOPIC_PARTITIONS``: partition count used
-      when the ETL has to create the topic.
+    - ``ETL_KAFKA_TOPIC`` (``binance.miniticker``): topic of KafkaMsg records → ``crypto.market_tickers``;
+      ``ETL_KAFKA_SECOND_TOPIC`` (``binance.second``): topic of SecondStat records → ``crypto.price_seconds``;
+      both are consumed by one consumer group. ``ETL_KAFKA_DEADLETTER_TOPIC`` (``binance.deadletter``):
+      where records that cannot be decoded go, with the reason. ``ETL_KAFKA_TOPIC_PARTITIONS``: partition
+      count used when the ETL has to create a topic.
     - ``ETL_KAFKA_SESSION_TIMEOUT_MS``: consumer-group session timeout; the heartbeat is a third of it
       (Kafka brokers accept 6000 to 1800000 by default).
     - ``ETL_CLICKHOUSE_URL`` (required, secret: may hold a password): ``chdb:///dir`` (embedded chDB,
       in-process) or ``http://user:pass@host:8123``.
-    - ``ETL_BATCH_MAX_ROWS`` / ``ETL_BATCH_MAX_AGE_MS``: a batch is inserted when it holds this many records
-      or its first record is this old (ms), whichever comes first.
+    - ``ETL_BATCH_MAX_ROWS`` / ``ETL_BATCH_MAX_AGE_MS``: each topic has its own batch, inserted when it holds
+      this many records or its first record is this old (ms), whichever comes first; at most one batch per
+      topic is held, so the records held never exceed twice ``ETL_BATCH_MAX_ROWS``.
     - ``ETL_RETRY_INITIAL_MS`` / ``ETL_RETRY_MAX_MS``: exponential backoff (with jitter) between attempts to
       reach Kafka or ClickHouse.
     - ``ETL_SQL_MAX_ROWS`` / ``ETL_SQL_MAX_EXECUTION_S``: limits of one ``POST /v1/sql`` query (ClickHouse
@@ -38,6 +44,8 @@ class EtlSettings(ServiceSettings):
     kafka_bootstrap_servers: str
     kafka_group_id: str = "etl"
     kafka_topic: str = MINI_TICKER_TOPIC
+    kafka_second_topic: str = SECOND_TOPIC
+    kafka_deadletter_topic: str = DEADLETTER_TOPIC
     kafka_topic_partitions: int = Field(default=1, ge=1)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     clickhouse_url: SecretStr

@@ -105,6 +105,8 @@ def etl_settings(kafka_bootstrap, clickhouse_url):
             "kafka_bootstrap_servers": kafka_bootstrap,
             "kafka_group_id": f"etl-{name}",
             "kafka_topic": f"tickers-{name}",
+            "kafka_second_topic": f"seconds-{name}",
+            "kafka_deadletter_topic": f"deadletter-{name}",
             "clickhouse_url": clickhouse_url,
             "batch_max_rows": 500,
             "batch_max_age_ms": 200,
@@ -210,7 +212,7 @@ async def test_an_insert_repeated_with_its_deduplication_token_is_dropped_by_cli
     assert body["rows"] == [[3]]
 
 
-async def test_a_malformed_record_is_skipped_and_counted_and_the_valid_ones_land(
+async def test_a_malformed_record_is_dead_lettered_and_counted_and_the_valid_ones_land(
     etl, etl_settings, kafka_bootstrap
 ):
     settings = etl_settings()
@@ -232,7 +234,7 @@ async def test_a_malformed_record_is_skipped_and_counted_and_the_valid_ones_land
     body = await sql(running.port, "SELECT event_time FROM crypto.market_tickers FINAL ORDER BY event_time")
     assert body["rows"] == [["2024-08-08T23:54:16Z"], ["2024-08-08T23:54:17Z"]]
     _, report = await health(running.port)
-    assert report["records_skipped"] == 3
+    assert report["records_dead_lettered"] == 3
 
 
 async def test_offsets_are_committed_only_after_clickhouse_acknowledged_the_insert(
@@ -324,8 +326,11 @@ async def test_migrations_are_applied_once_and_recorded(etl_settings, clickhouse
             )
         finally:
             await running.stop()
-        sha256 = hashlib.sha256((migrate.MIGRATIONS_DIR / "0001_market_tickers.sql").read_bytes()).hexdigest()
-        assert body["rows"] == [[1, "market_tickers", sha256]]
+        sha256 = [
+            hashlib.sha256((migrate.MIGRATIONS_DIR / name).read_bytes()).hexdigest()
+            for name in ("0001_market_tickers.sql", "0002_price_seconds.sql")
+        ]
+        assert sorted(body["rows"]) == [[1, "market_tickers", sha256[0]], [2, "price_seconds", sha256[1]]]
         assert engine["rows"] == [
             ["ReplacingMergeTree", "toYYYYMM(event_time)", "symbol, event_time, message_id"]
         ]
@@ -335,9 +340,9 @@ def test_a_migration_changed_after_it_was_applied_is_an_error(clickhouse_url):
     client = clickhouse_connect.get_client(dsn=clickhouse_url)
     try:
         migrations = migrate.load_migrations()
-        assert migrate.apply_migrations(client, migrations) == [1]
+        assert migrate.apply_migrations(client, migrations) == [1, 2]
         assert migrate.apply_migrations(client, migrations) == []
-        edited = [migrations[0].__class__(1, "market_tickers", migrations[0].statements, "0" * 64)]
+        edited = [migrations[0].__class__(1, "market_tickers", migrations[0].statements, "0" * 64), *migrations[1:]]
         with pytest.raises(migrate.MigrationError, match="changed after it was applied"):
             migrate.apply_migrations(client, edited)
     finally:

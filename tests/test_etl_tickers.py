@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from decimal import Decimal
-
 import pytest
 
 from crypto_mesh import jsonutil
@@ -29,15 +26,23 @@ MESSAGE = {
 def test_a_kafkamsg_becomes_a_row_of_decimals_and_utc_times():
     row = decode_record(jsonutil.dumps(MESSAGE))
     assert row.symbol == "btcusdt"
-    assert row.event_time == datetime(2024, 8, 8, 23, 54, 16, tzinfo=UTC)
-    assert row.receive_time == datetime(2024, 8, 8, 23, 54, 16, 12000, tzinfo=UTC)
-    assert (row.close_price, row.change_percent) == (Decimal("61837.63"), Decimal("3.06271667"))
-    assert len(row.values()) == len(COLUMNS)
+    assert (row.event_time, row.receive_time) == (1723161256000, 1723161256012)  # Unix ms
+    assert (row.close_price, row.change_percent) == ("61837.63", "3.06271667")  # exact decimal text
+    assert len(row) == len(COLUMNS)
 
 
-def test_trailing_zeros_beyond_the_column_scale_are_accepted():
-    row = decode_record(jsonutil.dumps({**MESSAGE, "c": "61837.630000000000000000000"}))
-    assert row.close_price == Decimal("61837.63")
+@pytest.mark.parametrize(
+    ("price", "text"),
+    [
+        ("61837.630000000000000000000", "61837.630000000000000000"),  # zeros past the scale are dropped
+        ("1E-8", "0.000000010000000000"),  # exponent form is written positionally
+        ("+5", "5.000000000000000000"),
+        ("-0.5", "-0.5"),  # the common form is passed on as it came
+    ],
+)
+def test_other_decimal_forms_are_accepted_and_rewritten_exactly(price, text):
+    row = decode_record(jsonutil.dumps({**MESSAGE, "c": price}))
+    assert row.close_price == text
 
 
 @pytest.mark.parametrize(
@@ -74,7 +79,7 @@ def test_migration_statements_end_with_a_semicolon_at_the_end_of_a_line():
 
 def test_shipped_migrations_are_numbered_in_order():
     migrations = migrate.load_migrations()
-    assert [(m.version, m.name) for m in migrations] == [(1, "market_tickers")]
+    assert [(m.version, m.name) for m in migrations] == [(1, "market_tickers"), (2, "price_seconds")]
     assert len(migrations[0].statements) == 2
 
 

@@ -1,0 +1,234 @@
+"""Rows per second from Kafka to ClickHouse (embedded chDB) through the ETL, beside a direct insert.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_etl.py [--rows 200000] [--batch-rows 20000]
+
+What it does (bounded: the run stops itself after ``--timeout`` seconds, 100 by default; about 30 s with the
+defaults on 2 cores):
+
+1. Starts an embedded Tansu broker (Kafka protocol) on 127.0.0.1 and writes ``--rows`` SecondStat records
+   (the aggregator's ``binance.second`` format, 3 symbols) to one topic of 4 partitions. Not timed.
+2. *Ceiling*: the same records, already decoded, inserted straight into ``crypto.price_seconds`` of a fresh
+   chDB with clickhouse-connect, in batches of ``--batch-rows``: (a) ``client.insert`` of row tuples with
+   ``Decimal`` and ``datetime`` values, (b) ``client.insert_arrow`` of prebuilt Arrow tables. The faster of
+   the two is the ceiling.
+3. *ETL*: the ETL service in this process (``etl.app.start``: consumer group, decoding, columnar insert with
+   its deduplication token, commit after the insert) on another fresh chDB, consuming the topic from the
+   start. Timed from the first record taken to the last row committed.
+
+Goal (issue 6): at least 100,000 rows/s through the ETL, and at least half the ceiling. Every figure is
+printed with the conditions: CPU, cores, load average before and after, parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import clickhouse_connect
+from aiokafka import AIOKafkaProducer
+
+from aggregator.second_topic import second_record
+from aggregator.secondstat import SecondStat
+from crypto_mesh import jsonutil
+from crypto_mesh.embedded import ManagedProcess, tansu_command
+from crypto_mesh.kafka import ensure_topics
+from crypto_mesh.logs import configure_logging
+from crypto_mesh.netutil import free_port
+from etl import migrate
+from etl.app import start
+from etl.seconds import SECONDS
+from etl.settings import EtlSettings
+from etl.store import arrow_table
+
+GOAL_ROWS_PER_S = 100_000
+SYMBOLS = ("btcusdt", "ethusdt", "dotusdt")
+PARTITIONS = 4
+START_MS = 1723161240000
+
+
+def records(count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` (key, value) pairs of ``binance.second``: realistic prices, volumes and ids."""
+    out = []
+    for n in range(count):
+        symbol = SYMBOLS[n % len(SYMBOLS)]
+        price = Decimal("61837.63") + Decimal(n % 5000) / 100
+        volume = Decimal("0.01234000") * (1 + n % 7)
+        stat = SecondStat(
+            symbol,
+            START_MS + (n // len(SYMBOLS)) * 1000,
+            price - 1,
+            price + 2,
+            price - 3,
+            price,
+            volume,
+            price * volume,
+            1 + n % 40,
+            3735683259 + n,
+        )
+        out.append((symbol.encode(), jsonutil.dumps(second_record(stat))))
+    return out
+
+
+async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+    await ensure_topics(bootstrap, {topic: PARTITIONS})
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=20, max_batch_size=1 << 20
+    )
+    await producer.start()
+    try:
+        deliveries = [await producer.send(topic, key=key, value=value) for key, value in values]
+        await asyncio.gather(*deliveries)
+    finally:
+        await producer.stop()
+
+
+def python_rows(rows: list[tuple]) -> list[tuple]:
+    """Decoded rows as the driver's row API takes them: ``Decimal`` and aware ``datetime`` values."""
+    out = []
+    for row in rows:
+        values = list(row)
+        values[2] = datetime.fromtimestamp(row[2] / 1000, UTC)
+        for index in range(3, 10):
+            values[index] = Decimal(row[index])
+        out.append(tuple(values))
+    return out
+
+
+def ceiling(directory: Path, rows: list[tuple], batch_rows: int) -> dict[str, float]:
+    """Rows per second of direct clickhouse-connect inserts of decoded rows (not counting the decoding)."""
+    client = clickhouse_connect.get_client(dsn=f"chdb://{directory}", tz_mode="aware")
+    try:
+        migrate.apply_migrations(client, migrate.load_migrations())
+        batches = [rows[i : i + batch_rows] for i in range(0, len(rows), batch_rows)]
+        python_batches = [python_rows(batch) for batch in batches]
+        started = time.perf_counter()
+        for batch in python_batches:
+            client.insert(SECONDS.table, batch, column_names=list(SECONDS.columns))
+        tuples_rate = len(rows) / (time.perf_counter() - started)
+        client.command("TRUNCATE TABLE crypto.price_seconds")
+        tables = [arrow_table(SECONDS, batch) for batch in batches]
+        started = time.perf_counter()
+        for table in tables:
+            client.insert_arrow(SECONDS.table, table)
+        arrow_rate = len(rows) / (time.perf_counter() - started)
+        return {
+            "insert of row tuples (Decimal, datetime)": tuples_rate,
+            "insert_arrow of prebuilt tables": arrow_rate,
+        }
+    finally:
+        client.close()
+
+
+async def through_etl(
+    bootstrap: str, topic: str, directory: Path, count: int, batch_rows: int, timeout_s: float
+):
+    """(rows per second, seconds) of the ETL loading ``count`` records of ``topic`` into fresh chDB."""
+    settings = EtlSettings(
+        port=0,
+        kafka_bootstrap_servers=bootstrap,
+        kafka_group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        kafka_topic=f"bench-tickers-{uuid.uuid4().hex[:8]}",
+        kafka_second_topic=topic,
+        kafka_deadletter_topic=f"bench-deadletter-{uuid.uuid4().hex[:8]}",
+        clickhouse_url=f"chdb://{directory}",
+        batch_max_rows=batch_rows,
+        batch_max_age_ms=200,
+        kafka_session_timeout_ms=6000,
+    )
+    running = await start(settings)
+    stats = running.service.consumer.stats
+    deadline = time.monotonic() + timeout_s
+    try:
+        while stats.records_held == 0 and stats.rows_inserted == 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the ETL took no record")
+            await asyncio.sleep(0.002)
+        started = time.perf_counter()
+        while stats.rows_inserted < count or stats.records_held:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the ETL loaded {stats.rows_inserted} of {count} rows")
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - started
+        [[stored]] = (
+            await running.service.store.query("SELECT count() FROM crypto.price_seconds", 10, 30)
+        ).rows
+        assert stored == count, f"{stored} rows stored, {count} produced"
+        return count / elapsed, elapsed, stats.batches_committed
+    finally:
+        await running.stop()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument(
+        "--batch-rows", type=int, default=20_000, help="ETL_BATCH_MAX_ROWS and the ceiling's batch"
+    )
+    parser.add_argument("--timeout", type=float, default=100.0, help="stop the run after this many seconds")
+    args = parser.parse_args()
+    configure_logging("bench-etl", "WARNING")
+    run_deadline = time.monotonic() + args.timeout
+
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"load average before: {os.getloadavg()}")
+    print(
+        f"rows: {args.rows} SecondStat records, {len(SYMBOLS)} symbols, {PARTITIONS} partitions; "
+        f"batch: {args.batch_rows} rows"
+    )
+    work = Path(tempfile.mkdtemp(prefix="bench-etl-"))
+    port = free_port()
+    broker = ManagedProcess("tansu", tansu_command(port), port, work / "tansu.log").start()
+    try:
+        bootstrap = f"127.0.0.1:{port}"
+        values = records(args.rows)
+        topic = f"bench-seconds-{uuid.uuid4().hex[:8]}"
+        started = time.perf_counter()
+        await produce(bootstrap, topic, values)
+        print(f"produced in {time.perf_counter() - started:.1f} s (not timed)")
+
+        decoded = [SECONDS.decode(value) for _key, value in values]
+        ceilings = ceiling(work / "chdb-ceiling", decoded, args.batch_rows)
+        for name, rate in ceilings.items():
+            print(f"ceiling, direct clickhouse-connect {name}: {rate:,.0f} rows/s")
+        best = max(ceilings.values())
+
+        rate, elapsed, batches = await through_etl(
+            bootstrap, topic, work / "chdb-etl", args.rows, args.batch_rows, run_deadline - time.monotonic()
+        )
+        print(
+            f"ETL Kafka → chDB: {rate:,.0f} rows/s ({args.rows} rows in {elapsed:.2f} s, {batches} batches)"
+        )
+        print(f"ETL / best ceiling: {rate / best:.0%}")
+        print(f"load average after: {os.getloadavg()}")
+        met = rate >= GOAL_ROWS_PER_S and rate >= best / 2
+        print(f"goal (>= {GOAL_ROWS_PER_S:,} rows/s and >= half the ceiling): {'met' if met else 'NOT met'}")
+        return 0
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

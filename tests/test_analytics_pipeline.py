@@ -1,0 +1,310 @@
+"""The analytical path of SecondStats: the aggregator's producer → Kafka ``binance.second`` → ETL → chDB
+``crypto.price_seconds`` → 1-minute candles; dead letters; ClickHouse refusing inserts for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import time
+import uuid
+from collections import defaultdict
+from decimal import Decimal
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from aggregator.second_topic import SecondProducer, second_message_id, second_record
+from aggregator.secondstat import SecondStat, SecondWindows
+from aggregator.trades import parse_trade_frame
+from crypto_mesh import jsonutil
+from etl.app import start
+from etl.settings import EtlSettings
+
+START_MS = 1723161240000  # 2024-08-08T23:54:00Z
+
+
+def stat(symbol: str, n: int, volume: str = "2") -> SecondStat:
+    price = Decimal("61837.63") + n
+    v = Decimal(volume)
+    return SecondStat(
+        symbol, START_MS + n * 1000, price - 1, price + 2, price - 3, price, v, price * v, 4, 1000 + n
+    )
+
+
+async def eventually(probe, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s}s (last: {result!r})")
+        await asyncio.sleep(0.1)
+
+
+async def sql(port: int, query: str) -> list[list]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}) as response,
+    ):
+        body = await response.json()
+        assert response.status == 200, body
+        return body["rows"]
+
+
+async def health(port: int) -> tuple[int, dict]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/healthz") as response,
+    ):
+        return response.status, await response.json()
+
+
+async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+    try:
+        for key, value in values:
+            await producer.send_and_wait(topic, key=key, value=value)
+    finally:
+        await producer.stop()
+
+
+async def committed(bootstrap: str, group: str, topic: str) -> int | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+def settings(kafka_bootstrap, clickhouse_url) -> EtlSettings:
+    """Settings on this test's chDB directory, with topics and a group of its own (one partition each, so
+    that offsets read as record positions)."""
+    name = uuid.uuid4().hex[:8]
+    return EtlSettings(
+        port=0,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_group_id=f"etl-{name}",
+        kafka_topic=f"tickers-{name}",
+        kafka_second_topic=f"seconds-{name}",
+        kafka_deadletter_topic=f"deadletter-{name}",
+        clickhouse_url=clickhouse_url,
+        batch_max_rows=50,
+        batch_max_age_ms=100,
+        retry_initial_ms=50,
+        retry_max_ms=300,
+        kafka_session_timeout_ms=3000,
+    )
+
+
+@pytest.fixture
+async def etl(settings):
+    running = await start(settings)
+    await eventually(lambda: _status_is(running.port, 200))
+    yield running
+    await running.stop()
+
+
+async def _status_is(port: int, status: int) -> bool:
+    return (await health(port))[0] == status
+
+
+def second_value(s: SecondStat) -> tuple[bytes, bytes]:
+    return s.symbol.encode(), jsonutil.dumps(second_record(s))
+
+
+async def test_every_secondstat_becomes_one_exact_row_of_price_seconds(etl, settings, kafka_bootstrap):
+    producer = SecondProducer(kafka_bootstrap, enable_idempotence=False, topic=settings.kafka_second_topic)
+    sender = asyncio.create_task(producer.run())
+    try:
+        stats = [stat("btcusdt", n) for n in range(30)]
+        for s in stats:
+            producer.submit(s)
+        await eventually(lambda: _count_is(etl.port, "crypto.price_seconds", 30))
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await producer.close()
+    rows = await sql(
+        etl.port,
+        "SELECT message_id, symbol, second, open, high, low, close, volume, quote_volume, vwap, trade_count,"
+        " close_trade_id FROM crypto.price_seconds ORDER BY second LIMIT 1",
+    )
+    first = stats[0]
+    assert rows == [
+        [
+            second_message_id("btcusdt", START_MS),
+            "btcusdt",
+            "2024-08-08T23:54:00Z",
+            "61836.630000000000000000",
+            "61839.630000000000000000",
+            "61834.630000000000000000",
+            "61837.630000000000000000",
+            "2.000000000000000000",
+            "123675.260000000000000000",
+            f"{first.vwap}0000000000",
+            4,
+            1000,
+        ]
+    ]
+
+
+async def _count_is(port: int, table: str, expected: int) -> bool:
+    [[count]] = await sql(port, f"SELECT count() FROM {table} FINAL")
+    return int(count) == expected
+
+
+async def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_records_around_it_land(
+    etl, settings, kafka_bootstrap
+):
+    poison = b'{"message_id": "not a uuid", "s": "btcusdt"'
+    bad_price = jsonutil.dumps({**second_record(stat("btcusdt", 2)), "p": "-1"})
+    values = [
+        second_value(stat("btcusdt", 0)),
+        (b"btcusdt", poison),
+        (b"btcusdt", bad_price),
+        second_value(stat("btcusdt", 1)),
+    ]
+    await produce(kafka_bootstrap, settings.kafka_second_topic, values)
+
+    await eventually(lambda: _committed_is(kafka_bootstrap, settings, settings.kafka_second_topic, 4))
+    rows = await sql(etl.port, "SELECT second FROM crypto.price_seconds FINAL ORDER BY second")
+    assert rows == [["2024-08-08T23:54:00Z"], ["2024-08-08T23:54:01Z"]]
+
+    letters = await read_all(kafka_bootstrap, settings.kafka_deadletter_topic, 2)
+    envelopes = [jsonutil.loads(letter.value) for letter in letters]
+    assert [(e["topic"], e["partition"], e["offset"]) for e in envelopes] == [
+        (settings.kafka_second_topic, 0, 1),
+        (settings.kafka_second_topic, 0, 2),
+    ]
+    assert base64.b64decode(envelopes[0]["value"]) == poison  # the original bytes, whatever they are
+    assert base64.b64decode(envelopes[0]["key"]) == b"btcusdt"
+    assert envelopes[0]["reason"].startswith("value is not JSON")
+    assert envelopes[1]["reason"] == "'p' must not be negative (column Decimal(38, 18))"
+    assert dict(letters[1].headers)["dlq.reason"] == envelopes[1]["reason"].encode()
+    assert (await health(etl.port))[1]["records_dead_lettered"] == 2
+
+
+async def _committed_is(bootstrap: str, settings: EtlSettings, topic: str, offset: int) -> bool:
+    return await committed(bootstrap, settings.kafka_group_id, topic) == offset
+
+
+async def read_all(bootstrap: str, topic: str, count: int) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    records: list = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return sorted(records, key=lambda record: record.offset)
+
+
+async def test_while_clickhouse_refuses_inserts_one_batch_is_held_and_everything_lands_after(
+    etl, settings, kafka_bootstrap
+):
+    # ClickHouse refuses every insert into price_seconds while the table is away: the ETL sees the errors
+    # a failing server gives, with its process, Kafka and the chDB engine untouched.
+    await etl.service.store.command("RENAME TABLE crypto.price_seconds TO crypto.price_seconds_away")
+    stats = [stat("ethusdt", n) for n in range(6 * settings.batch_max_rows)]
+    await produce(kafka_bootstrap, settings.kafka_second_topic, [second_value(s) for s in stats])
+    await eventually(lambda: _report_at_least(etl.port, "insert_failures", 4))
+
+    status, report = await health(etl.port)
+    assert (status, report["clickhouse"]) == (503, "failing")
+    # At most one bounded batch is held: consumption is paused, the rest waits in Kafka.
+    assert 0 < report["records_held"] <= settings.batch_max_rows
+    assert report["max_records_held"] <= settings.batch_max_rows
+    assert await committed(kafka_bootstrap, settings.kafka_group_id, settings.kafka_second_topic) is None
+
+    await etl.service.store.command("RENAME TABLE crypto.price_seconds_away TO crypto.price_seconds")
+    await eventually(
+        lambda: _committed_is(kafka_bootstrap, settings, settings.kafka_second_topic, len(stats))
+    )
+    [[final_rows, ids]] = await sql(
+        etl.port,
+        "SELECT (SELECT count() FROM crypto.price_seconds FINAL), uniqExact(message_id) FROM crypto.price_seconds",
+    )
+    assert (final_rows, ids) == (len(stats), len(stats))
+    status, report = await health(etl.port)
+    assert (status, report["max_records_held"]) == (200, settings.batch_max_rows)
+
+
+async def _report_at_least(port: int, name: str, minimum: int) -> bool:
+    return (await health(port))[1][name] >= minimum
+
+
+def independent_candles(recording) -> dict[tuple[str, str], tuple]:
+    """Per symbol and minute, straight from the recorded trades: (open, high, low, close, volume, quote
+    volume, trade count), open and close by trade id. No code of the aggregator or the ETL is used."""
+    trades = defaultdict(list)
+    with gzip.open(recording, "rb") as lines:
+        for line in lines:
+            trade = jsonutil.loads(line)["data"]
+            minute_ms = trade["T"] - trade["T"] % 60_000
+            trades[(trade["s"].lower(), minute_ms)].append(
+                (trade["t"], Decimal(trade["p"]), Decimal(trade["q"]))
+            )
+    candles = {}
+    for (symbol, minute_ms), items in trades.items():
+        items.sort()
+        prices = [price for _, price, _ in items]
+        minute = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(minute_ms // 1000))
+        candles[(symbol, minute)] = (
+            prices[0],
+            max(prices),
+            min(prices),
+            prices[-1],
+            sum(quantity for _, _, quantity in items),
+            sum(price * quantity for _, price, quantity in items),
+            len(items),
+        )
+    return candles
+
+
+def secondstats(recording) -> list[SecondStat]:
+    """The SecondStats the aggregator computes from the recording (its pure window code, no clock)."""
+    windows = SecondWindows(grace_ms=1000)
+    stats = []
+    with gzip.open(recording, "rb") as lines:
+        for line in lines:
+            stats += windows.add(parse_trade_frame(line))
+    stats += windows.close_until(2**62)
+    return stats
+
+
+async def test_candles_from_price_seconds_equal_candles_computed_from_the_recorded_trades(
+    etl, settings, kafka_bootstrap, trade_recording
+):
+    stats = secondstats(trade_recording)
+    values = [second_value(s) for s in stats]
+    # Every record twice, at other offsets and in other batches: the insert token cannot recognise these
+    # duplicates, so the candles must not count a second twice by themselves.
+    await produce(kafka_bootstrap, settings.kafka_second_topic, values + values[: len(values) // 2])
+    await eventually(
+        lambda: _committed_is(kafka_bootstrap, settings, settings.kafka_second_topic, len(values) * 3 // 2),
+        30,
+    )
+
+    rows = await sql(
+        etl.port,
+        "SELECT symbol, minute, open, high, low, close, volume, quote_volume, trade_count FROM crypto.candles_1m"
+        " ORDER BY symbol, minute",
+    )
+    stored = {
+        (symbol, minute): (*(Decimal(v) for v in values[:6]), count)
+        for symbol, minute, *values, count in ([*row[:8], row[8]] for row in rows)
+    }
+    expected = independent_candles(trade_recording)
+    assert len(expected) > 20
+    assert stored == expected
+    [[final]] = await sql(etl.port, "SELECT count() FROM crypto.price_seconds FINAL")
+    assert final == len(stats)

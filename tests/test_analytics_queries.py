@@ -1,0 +1,154 @@
+"""Every SQL example of docs/ANALYTICS.md runs, read-only, on chDB loaded with the SecondStats of the shipped
+recording, and the indicators it computes agree with the same figures computed here in Python."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import math
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+
+from aggregator.second_topic import second_record
+from aggregator.secondstat import SecondWindows
+from aggregator.trades import parse_trade_frame
+from crypto_mesh import jsonutil
+from etl import migrate, sql
+from etl.seconds import SECONDS
+from etl.store import arrow_table
+from etl.tickers import TICKERS
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "ANALYTICS.md"
+
+
+def documented_queries() -> dict[str, str]:
+    """Title of the section → query, for every ```sql block of docs/ANALYTICS.md (the first per section
+    is keyed by the title, later ones get ``#2``, ``#3``)."""
+    text = DOC.read_text()
+    queries: dict[str, str] = {}
+    for section in re.split(r"^(?=### )", text, flags=re.MULTILINE):
+        title = section.splitlines()[0].removeprefix("### ").strip() if section.startswith("### ") else None
+        for index, block in enumerate(re.findall(r"```sql\n(.*?)```", section, re.DOTALL), start=1):
+            if title is not None:
+                queries[title if index == 1 else f"{title} #{index}"] = block
+    return queries
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, trade_recording):
+    """chDB with the migrations applied, ``price_seconds`` holding the recording's SecondStats and
+    ``market_tickers`` a few mini-tickers."""
+    directory = tmp_path_factory.mktemp("analytics") / "chdb"
+    directory.mkdir()
+    ch = clickhouse_connect.get_client(dsn=f"chdb://{directory}", tz_mode="aware")
+    migrate.apply_migrations(ch, migrate.load_migrations())
+    windows = SecondWindows(grace_ms=1000)
+    stats = []
+    with gzip.open(trade_recording, "rb") as lines:
+        for line in lines:
+            stats += windows.add(parse_trade_frame(line))
+    stats += windows.close_until(2**62)
+    rows = [SECONDS.decode(jsonutil.dumps(second_record(stat))) for stat in stats]
+    ch.insert_arrow(SECONDS.table, arrow_table(SECONDS, rows))
+    tickers = [
+        TICKERS.decode(
+            jsonutil.dumps(
+                {
+                    "message_id": f"00000000-0000-5000-8000-{n:012d}",
+                    "e": "24hrMiniTicker",
+                    "E": 1723161256000 + n * 1000,
+                    "receive_time": 1723161256000 + n * 1000,
+                    "s": "btcusdt",
+                    "c": f"6183{n}.5",
+                    "o": "60000",
+                    "h": "62000",
+                    "l": "59000",
+                    "change_price": f"183{n}.5",
+                    "change_percent": "3.05",
+                }
+            )
+        )
+        for n in range(3)
+    ]
+    ch.insert_arrow(TICKERS.table, arrow_table(TICKERS, tickers))
+    yield ch
+    ch.close()
+
+
+def run(client, query: str) -> list[dict]:
+    columns, _types, rows = sql.run_read_only(client, query)
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def test_the_page_documents_every_promised_query():
+    assert set(documented_queries()) == {
+        "1-minute candles",
+        "Candles of any interval (here 5 minutes), straight from the seconds",
+        "24 h change",
+        "24 h change #2",
+        "Volatility: standard deviation of 1-minute log returns",
+        "Simple moving average (20 minutes)",
+        "RSI (14 minutes)",
+    }
+
+
+@pytest.mark.parametrize("title", sorted(documented_queries()))
+def test_each_documented_query_runs_read_only_and_answers(client, title):
+    rows = run(client, documented_queries()[title])
+    assert rows, f"{title}: no rows"
+
+
+def closes(client) -> list[Decimal]:
+    return [
+        row["close"]
+        for row in run(client, "SELECT close FROM crypto.candles_1m WHERE symbol = 'btcusdt' ORDER BY minute")
+    ]
+
+
+def test_the_sma_is_the_mean_of_the_last_20_closes(client):
+    rows = run(client, documented_queries()["Simple moving average (20 minutes)"])
+    prices = closes(client)
+    assert [row["close"] for row in rows] == prices
+    for index, row in enumerate(rows):
+        window = prices[max(0, index - 19) : index + 1]
+        assert row["periods"] == len(window)
+        assert 0 <= sum(window) / len(window) - row["sma_20"] < Decimal("1E-18")  # exact, cut to 18 places
+
+
+def test_the_rsi_follows_cutlers_definition(client):
+    rows = run(client, documented_queries()["RSI (14 minutes)"])
+    prices = closes(client)
+    changes = [0.0] + [float(b - a) for a, b in itertools.pairwise(prices)]
+    for index, row in enumerate(rows):
+        window = changes[max(0, index - 13) : index + 1]
+        gain = sum(max(c, 0.0) for c in window) / len(window)
+        loss = sum(max(-c, 0.0) for c in window) / len(window)
+        expected = 100.0 if loss == 0 else 100 - 100 / (1 + gain / loss)
+        assert 0 <= row["rsi_14"] <= 100
+        assert math.isclose(row["rsi_14"], expected, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_the_volatility_is_the_sample_stddev_of_log_returns(client):
+    [btc, _eth] = run(client, documented_queries()["Volatility: standard deviation of 1-minute log returns"])
+    prices = [float(p) for p in closes(client)]
+    returns = [math.log(b) - math.log(a) for a, b in itertools.pairwise(prices)]
+    mean = sum(returns) / len(returns)
+    expected = math.sqrt(sum((r - mean) ** 2 for r in returns) / (len(returns) - 1))
+    assert btc["symbol"] == "btcusdt" and btc["returns"] == len(returns)
+    assert math.isclose(btc["volatility_1m"], expected, rel_tol=1e-9)
+
+
+def test_the_24h_change_is_last_close_minus_first_close_exactly(client):
+    rows = run(client, documented_queries()["24 h change"])
+    for row in rows:
+        seconds = run(
+            client,
+            f"SELECT close FROM crypto.price_seconds FINAL WHERE symbol = '{row['symbol']}' ORDER BY second",
+        )
+        first, last = seconds[0]["close"], seconds[-1]["close"]
+        assert (row["price_24h_ago"], row["price"], row["change"]) == (first, last, last - first)
+        assert row["change_percent"] == ((last - first) * 100 / first).quantize(Decimal("1E-4"))
