@@ -25,13 +25,11 @@ from aiokafka.errors import KafkaError
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
 from crypto_mesh.backoff import Backoff
-from crypto_mesh.kafka import ensure_topics
+from crypto_mesh.kafka import SECOND_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
 
 log = get_logger(__name__)
 
-#: Topic of SecondStat records (the ETL's ``ETL_KAFKA_SECOND_TOPIC``).
-SECOND_TOPIC = "binance.second"
 #: Partitions of ``binance.second`` when the aggregator creates it; the records of a symbol share one.
 SECOND_PARTITIONS = 3
 

@@ -119,12 +119,18 @@ def sql(query: str, fmt: str) -> None:
 
 def _query_clickhouse(url: str, query: str):
     import clickhouse_connect
+    from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
     from etl import sql as etl_sql
 
-    client = clickhouse_connect.get_client(dsn=url)
+    try:
+        client = clickhouse_connect.get_client(dsn=url, tz_mode="aware")
+    except (ClickHouseError, OSError) as error:
+        raise click.ClickException(f"cannot reach ClickHouse at MESH_CLICKHOUSE_URL: {error}") from None
     try:
         return etl_sql.run_read_only(client, query)
+    except (ClickHouseError, OSError) as error:
+        raise click.ClickException(f"query failed: {error}") from None
     finally:
         client.close()
 

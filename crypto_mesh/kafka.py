@@ -7,6 +7,10 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 #: Topic of mini-ticker records (key = symbol, value = KafkaMsg JSON).
 MINI_TICKER_TOPIC = "binance.miniticker"
+#: Topic of every SecondStat the aggregator publishes (key = symbol, value = SecondStat JSON with message_id).
+SECOND_TOPIC = "binance.second"
+#: Topic of records the ETL could not decode, each wrapped with its origin and the reason.
+DEADLETTER_TOPIC = "binance.deadletter"
 
 
 async def ensure_topics(bootstrap_servers: str, topics: dict[str, int], replication_factor: int = 1) -> None:

@@ -21,8 +21,6 @@ from aiokafka import ConsumerRecord
 
 from crypto_mesh import jsonutil
 
-#: Topic of records the ETL could not decode.
-DEADLETTER_TOPIC = "binance.deadletter"
 #: Longest reason kept (characters); the reasons of :class:`etl.records.InvalidRecord` are far shorter.
 MAX_REASON_CHARS = 1000
 

@@ -1,0 +1,53 @@
+"""`crypto-mesh sql` straight against a ClickHouse engine (MESH_CLICKHOUSE_URL): read-only, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+
+CRYPTO_MESH = str(Path(sys.executable).parent / "crypto-mesh")
+
+
+@pytest.fixture
+def engine(clickhouse_url):
+    client = clickhouse_connect.get_client(dsn=clickhouse_url)
+    client.command("CREATE DATABASE IF NOT EXISTS crypto")
+    client.command("CREATE TABLE crypto.t (symbol String, close_price Decimal(38, 18)) ENGINE = MergeTree ORDER BY symbol")
+    client.command("INSERT INTO crypto.t VALUES ('btcusdt', '61837.63'), ('ethusdt', '2683.8')")
+    client.close()  # chDB: one open client per data directory, and the command runs in another process
+    return {**os.environ, "MESH_CLICKHOUSE_URL": clickhouse_url}
+
+
+def sql(env, *args):
+    return subprocess.run([CRYPTO_MESH, "sql", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_query_prints_a_table_csv_or_json_with_exact_decimals(engine):
+    query = "SELECT symbol, close_price FROM crypto.t ORDER BY symbol"
+    table = sql(engine, query)
+    assert table.returncode == 0, table.stderr
+    assert "btcusdt" in table.stdout and "61837.63" in table.stdout and "(2 rows)" in table.stdout
+    csv = sql(engine, query, "--format", "csv")
+    assert csv.stdout.splitlines()[0] == "symbol,close_price"
+    rows = json.loads(sql(engine, query, "--format", "json").stdout)
+    assert [(r["symbol"], r["close_price"]) for r in rows][0][0] == "btcusdt"
+    assert rows[0]["close_price"].startswith("61837.63")
+
+
+@pytest.mark.parametrize("statement", ["DROP TABLE crypto.t", "INSERT INTO crypto.t VALUES ('x', '1')",
+                                       "SELECT 1; DROP TABLE crypto.t"])
+def test_writes_and_ddl_are_refused_and_change_nothing(engine, statement):
+    refused = sql(engine, statement)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert sql(engine, "SELECT count() FROM crypto.t").stdout.count("2") >= 1
+
+
+def test_a_bad_query_and_an_unreachable_server_are_one_line_errors(engine):
+    bad = sql(engine, "SELECT no_such_column FROM crypto.t")
+    assert bad.returncode == 1 and "query failed" in bad.stderr and "Traceback" not in bad.stderr
+    away = sql({**engine, "MESH_CLICKHOUSE_URL": "http://127.0.0.1:9"}, "SELECT 1")
+    assert away.returncode == 1 and "cannot reach ClickHouse" in away.stderr and "Traceback" not in away.stderr
