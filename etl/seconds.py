@@ -19,11 +19,10 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
-from crypto_mesh.kafka import SECOND_TOPIC
 from etl import records
 from etl.records import MAX_TIME_MS, MAX_UINT32, MAX_UINT64, InvalidRecord, TableSpec
 
-__all__ = ["COLUMNS", "SECONDS", "SECOND_TOPIC", "InvalidRecord", "SecondRow", "decode_second"]
+__all__ = ["COLUMNS", "SECONDS", "InvalidRecord", "SecondRow", "decode_second"]
 
 
 _DECIMAL = pa.decimal128(38, 18)

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from crypto_mesh.kafka import MINI_TICKER_TOPIC
+from crypto_mesh.kafka import DEADLETTER_TOPIC, MINI_TICKER_TOPIC, SECOND_TOPIC
 from crypto_mesh.settings import ServiceSettings
-from etl.deadletter import DEADLETTER_TOPIC
-from etl.seconds import SECOND_TOPIC
 from etl.sql import DEFAULT_MAX_EXECUTION_S, DEFAULT_MAX_ROWS
 
 
