@@ -4,12 +4,15 @@ Routes (docs/CONTRACTS.md, "Aggregator control HTTP"):
 
 - ``PUT /v1/symbols/{symbol}/followers/{follower}`` → ``200 {"symbol", "followers": n, "tracked": true}``
 - ``DELETE /v1/symbols/{symbol}/followers/{follower}`` → ``200 {"symbol", "followers": n, "tracked": bool}``
+- ``PUT /v1/followers/{follower}`` with ``{"symbols": [...]}`` → ``200 {"follower", "symbols": [{"symbol",
+  "followers": n}], "released": [...]}``: sets the follower's whole symbol set (rebuild from the portfolios)
 - ``GET /v1/symbols`` → ``200 {"symbols": [{"symbol", "followers": n}]}``
+- ``GET /metrics`` → Prometheus text format (:mod:`aggregator.metrics`)
 - ``GET /v1/stats`` → ``200 {"trades": {...}, "publisher": {...}, "kafka": {...}, ...}`` (counters)
 - ``GET /healthz`` → ``200 {"status": "ok", ...}`` or ``503 {"status": "starting"|"degraded", ...}``
 
-Errors are ``{"error": {"code", "message"}}``: 404 unknown route, 405 wrong method, 422 invalid symbol or
-follower, 503 Redis unreachable. PUT and DELETE are idempotent; GETs change nothing.
+Errors are ``{"error": {"code", "message"}}``: 400 malformed body, 404 unknown route, 405 wrong method, 413 body
+too large, 422 invalid symbol or follower or too many symbols, 503 Redis unreachable. PUT and DELETE are idempotent; GETs change nothing.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from dataclasses import dataclass
 
 import redis.asyncio as redis
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from aggregator.feeds import Feeds
 from aggregator.intake import TickerIntake, TradeIntake, counters_json
+from aggregator.metrics import registry_for
 from aggregator.secondstat import SecondWindows
 from aggregator.settings import AggregatorSettings
 from aggregator.store import FollowerStore, StatPublisher, TickerProducer, connect_redis
@@ -35,6 +40,8 @@ from crypto_mesh.logs import get_logger
 log = get_logger(__name__)
 
 FOLLOWER_PATTERN = re.compile(r"[A-Za-z0-9:_-]{1,64}")
+#: Symbols one follower may follow at once (Binance spot lists about 2,000 pairs).
+MAX_SYMBOLS_PER_FOLLOWER = 4096
 HEALTH_PING_TIMEOUT_S = 0.5
 
 
@@ -67,6 +74,7 @@ class _Service:
         self.tracking_lock = asyncio.Lock()
         self.tasks: list[asyncio.Task] = []
         self.runner: web.AppRunner | None = None
+        self.metrics = registry_for(self)
 
     async def start(self) -> int:
         self.tasks = [
@@ -161,7 +169,9 @@ def create_app(service: _Service) -> web.Application:
     app[SERVICE] = service
     app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", put_follower)
     app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", delete_follower)
+    app.router.add_put("/v1/followers/{follower}", put_follower_symbols)
     app.router.add_get("/v1/symbols", list_symbols)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/stats", stats)
     app.router.add_get("/healthz", healthz)
     return app
@@ -237,6 +247,56 @@ async def delete_follower(request: web.Request) -> web.Response:
         if count == 0:
             await service.feeds.untrack(symbol)
     return _json({"symbol": symbol, "followers": count, "tracked": count > 0})
+
+
+async def put_follower_symbols(request: web.Request) -> web.Response:
+    """Set a follower's whole symbol set from ``{"symbols": ["btcusdt", ...]}`` (idempotent): symbols it joins are
+    streamed, symbols it was the last follower of stop streaming. ``[]`` makes it leave every symbol."""
+    service = request.app[SERVICE]
+    follower = request.match_info["follower"]
+    if not FOLLOWER_PATTERN.fullmatch(follower):
+        raise ApiError(422, "invalid_follower", "follower must be 1 to 64 of A-Z a-z 0-9 : _ -")
+    symbols = _symbols_body(await request.read())
+    async with service.tracking_lock:
+        counts, released = await service.followers.set_follower(follower, symbols)
+        for symbol in symbols:
+            service.feeds.track(symbol)
+        for symbol in released:
+            await service.feeds.untrack(symbol)
+    return _json(
+        {
+            "follower": follower,
+            "symbols": [{"symbol": symbol, "followers": n} for symbol, n in counts.items()],
+            "released": released,
+        }
+    )
+
+
+def _symbols_body(body: bytes) -> list[str]:
+    """The distinct normalised symbols of a ``{"symbols": [...]}`` body, in first-seen order. 400 if the body is
+    not such a JSON object, 422 for an invalid symbol or more than :data:`MAX_SYMBOLS_PER_FOLLOWER`."""
+    try:
+        document = jsonutil.loads(body)
+    except jsonutil.JSONDecodeError:
+        raise ApiError(400, "malformed", 'body must be JSON {"symbols": [...]}') from None
+    if not isinstance(document, dict) or not isinstance(document.get("symbols"), list):
+        raise ApiError(400, "malformed", 'body must be JSON {"symbols": [...]}')
+    raw = document["symbols"]
+    if len(raw) > MAX_SYMBOLS_PER_FOLLOWER:
+        raise ApiError(422, "too_many_symbols", f"at most {MAX_SYMBOLS_PER_FOLLOWER} symbols per follower")
+    symbols: dict[str, None] = {}
+    for value in raw:
+        try:
+            symbols[normalize_symbol(value)] = None
+        except InvalidSymbol as exc:
+            raise ApiError(422, "invalid_symbol", str(exc)) from None
+    return list(symbols)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (text format 0.0.4)."""
+    body = generate_latest(request.app[SERVICE].metrics)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def list_symbols(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from aggregator.secondstat import SecondStat, SecondWindows
 from aggregator.tickers import KafkaMsg, MalformedTicker, parse_mini_ticker_frame
 from aggregator.trades import MalformedFrame, UnknownEvent, parse_trade_frame
+from crypto_mesh.gaps import GapDetector
 from crypto_mesh.logs import get_logger
 
 log = get_logger(__name__)
@@ -33,7 +34,8 @@ class TradeCounters:
     """Counts of the trade path since start: frames ``parsed`` into trades, ``malformed`` frames,
     ``unknown_event`` frames (well-formed, not a trade), ``wrong_symbol`` trades (another symbol than the
     stream's), ``late`` trades (their second was already closed), ``duplicates`` (their id was already in
-    the window), ``stats`` SecondStats closed."""
+    the window), ``stats`` SecondStats closed, ``gaps`` jumps of a stream's trade / aggregate id beyond +1 (also
+    across reconnects to socket_proxy) and ``ids_missed`` the ids those jumps skipped."""
 
     parsed: int = 0
     malformed: int = 0
@@ -42,6 +44,8 @@ class TradeCounters:
     late: int = 0
     duplicates: int = 0
     stats: int = 0
+    gaps: int = 0
+    ids_missed: int = 0
 
 
 class TradeIntake:
@@ -55,6 +59,7 @@ class TradeIntake:
         self.windows = windows
         self._emit = emit
         self.counters = TradeCounters()
+        self.gaps = GapDetector()
 
     def on_frames(self, symbol: str, frames: Iterable[bytes], received_ms: int) -> None:
         """Process raw frames of ``symbol``'s trade stream that arrived at local Unix ms ``received_ms``.
@@ -74,13 +79,17 @@ class TradeIntake:
                 counters.wrong_symbol += 1
                 continue
             counters.parsed += 1
+            self.gaps.observe_id(symbol, trade.trade_id)
             self._publish(self.windows.add(trade, received_ms))
         counters.late = self.windows.late
         counters.duplicates = self.windows.duplicates
+        counters.gaps = self.gaps.gaps
+        counters.ids_missed = self.gaps.missed
 
     def forget(self, symbol: str) -> None:
-        """Drop the window state of an untracked symbol."""
+        """Drop the window and gap state of an untracked symbol."""
         self.windows.forget(symbol)
+        self.gaps.forget(symbol)
 
     def close_until(self, wall_ms: int) -> None:
         """Close and emit the windows due at local Unix ms ``wall_ms``."""

@@ -87,17 +87,17 @@ class _Window:
     """The open window of one symbol: running aggregates of the trades of ``second_ms``."""
 
     __slots__ = (
-        "second_ms",
-        "open_id",
-        "open",
-        "close_id",
         "close",
-        "high",
-        "low",
-        "volume",
-        "quote_volume",
+        "close_id",
         "count",
+        "high",
         "ids",
+        "low",
+        "open",
+        "open_id",
+        "quote_volume",
+        "second_ms",
+        "volume",
     )
 
     def __init__(self, second_ms: int, trade: Trade) -> None:
@@ -119,10 +119,8 @@ class _Window:
             self.close_id, self.close = trade.trade_id, trade.price
         if trade.trade_id < self.open_id:
             self.open_id, self.open = trade.trade_id, trade.price
-        if trade.price > self.high:
-            self.high = trade.price
-        if trade.price < self.low:
-            self.low = trade.price
+        self.high = max(self.high, trade.price)
+        self.low = min(self.low, trade.price)
         self.volume = _EXACT.add(self.volume, trade.quantity)
         self.quote_volume = _EXACT.add(self.quote_volume, _EXACT.multiply(trade.price, trade.quantity))
         self.count += 1
@@ -144,7 +142,7 @@ class _Window:
 
 
 class _SymbolState:
-    __slots__ = ("window", "final_before_ms", "offset_ms")
+    __slots__ = ("final_before_ms", "offset_ms", "window")
 
     def __init__(self) -> None:
         self.window: _Window | None = None

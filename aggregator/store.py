@@ -16,11 +16,13 @@ that never block the caller, drained by background tasks that reconnect with bac
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 import redis.asyncio as redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from prometheus_client import Histogram
 from redis.exceptions import RedisError
 
 from aggregator.secondstat import SecondStat
@@ -41,6 +43,9 @@ MINI_TICKER_PARTITIONS = 3
 
 #: Stats pipelined to Redis per round trip.
 PUBLISH_BATCH = 256
+
+#: Buckets (s) of the close → Redis publish latency histogram: fine below the 50 ms goal.
+PUBLISH_LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 1, 5)
 
 # Removing the last follower and the symbol from the tracked set must be one step, or a concurrent PUT could
 # leave a followed symbol out of aggregator:symbols (and untracked after a restart).
@@ -69,6 +74,34 @@ return 1
 """
 
 
+# Set one follower's whole symbol set in one step (the bulk form of add/remove, for rebuilding the followers
+# from the portfolios): leave every tracked symbol not in ARGV[3..] (dropping a symbol whose last follower
+# this was from KEYS[1]), join every one in ARGV[3..]. ARGV[1]: follower; ARGV[2]: the followers key prefix.
+# Returns {symbols released (no follower left), follower counts of ARGV[3..] in order}.
+_SET_FOLLOWER = """
+local wanted = {}
+for i = 3, #ARGV do wanted[ARGV[i]] = true end
+local released = {}
+for _, symbol in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not wanted[symbol] then
+    local key = ARGV[2] .. symbol
+    if redis.call('SREM', key, ARGV[1]) == 1 and redis.call('SCARD', key) == 0 then
+      redis.call('SREM', KEYS[1], symbol)
+      table.insert(released, symbol)
+    end
+  end
+end
+local counts = {}
+for i = 3, #ARGV do
+  local key = ARGV[2] .. ARGV[i]
+  redis.call('SADD', key, ARGV[1])
+  redis.call('SADD', KEYS[1], ARGV[i])
+  table.insert(counts, redis.call('SCARD', key))
+end
+return {released, counts}
+"""
+
+
 def connect_redis(url: str) -> redis.Redis:
     """A Redis client for ``url`` (``redis://host:port/db``) with short connect timeouts, so that calls fail
     fast while Redis is down instead of hanging a request or the publisher. No connection is made yet."""
@@ -84,6 +117,7 @@ class FollowerStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._remove = client.register_script(_REMOVE_FOLLOWER)
+        self._set = client.register_script(_SET_FOLLOWER)
 
     async def add(self, symbol: str, follower: str) -> int:
         """Add ``follower`` to ``symbol`` (idempotent); returns the symbol's follower count."""
@@ -98,6 +132,17 @@ class FollowerStore:
         """Remove ``follower`` from ``symbol`` (idempotent); returns the remaining count (0: untracked)."""
         count = await self._remove(keys=[FOLLOWERS_KEY_PREFIX + symbol, SYMBOLS_KEY], args=[follower, symbol])
         return int(count)
+
+    async def set_follower(self, follower: str, symbols: list[str]) -> tuple[dict[str, int], list[str]]:
+        """Make ``symbols`` (normalised, distinct) exactly the symbols ``follower`` follows, atomically and
+        idempotently. Returns (follower count of each of ``symbols``, symbols left without any follower)."""
+        released, counts = await self._set(
+            keys=[SYMBOLS_KEY], args=[follower, FOLLOWERS_KEY_PREFIX, *symbols]
+        )
+        return (
+            {symbol: int(n) for symbol, n in zip(symbols, counts, strict=True)},
+            sorted(symbol.decode() for symbol in released),
+        )
 
     async def counts(self) -> dict[str, int]:
         """Tracked symbols → follower count, sorted by symbol."""
@@ -118,7 +163,8 @@ class StatPublisher:
     or ``maxsize`` stats are waiting, the buffer conflates: only the latest unpublished stat of each symbol is
     kept (a viewer wants the current price, not a backlog), older ones are counted in :attr:`dropped`. Failed
     rounds are retried with backoff; :attr:`healthy` tells whether the last round reached Redis (``None``:
-    nothing tried yet).
+    nothing tried yet). :attr:`latency` is a Prometheus histogram (not registered anywhere: the service
+    registers it) of the seconds from :meth:`submit` (the window's close) to the acknowledged publish.
     """
 
     def __init__(self, client: redis.Redis, maxsize: int = 10_000) -> None:
@@ -129,6 +175,15 @@ class StatPublisher:
         self._latest: dict[str, SecondStat] = {}
         self._conflating = False
         self._wakeup = asyncio.Event()
+        #: (symbol, second) → monotonic time of submit, for the latency histogram; entries leave with their
+        #: stat (published or conflated away), so it holds at most the pending stats.
+        self._submitted_at: dict[tuple[str, int], float] = {}
+        self.latency = Histogram(
+            "aggregator_publish_latency_seconds",
+            "Seconds from a SecondStat's window close to its acknowledged Redis publish.",
+            buckets=PUBLISH_LATENCY_BUCKETS,
+            registry=None,
+        )
         self.published = 0
         self.stale = 0
         self.dropped = 0
@@ -137,6 +192,8 @@ class StatPublisher:
 
     def submit(self, stat: SecondStat) -> None:
         """Queue ``stat`` for publishing; returns at once."""
+        if len(self._submitted_at) < 2 * self._maxsize:
+            self._submitted_at[(stat.symbol, stat.second_ms)] = time.monotonic()
         if not self._conflating and len(self._fifo) >= self._maxsize:
             self._start_conflating()
         if self._conflating:
@@ -193,6 +250,11 @@ class StatPublisher:
                 client=pipe,
             )
         results = await pipe.execute()
+        done = time.monotonic()
+        for stat in batch:
+            submitted = self._submitted_at.pop((stat.symbol, stat.second_ms), None)
+            if submitted is not None:
+                self.latency.observe(done - submitted)
         fresh = sum(int(result) for result in results)
         self.published += fresh
         self.stale += len(batch) - fresh
@@ -217,7 +279,9 @@ class StatPublisher:
         if current is not None:
             self.dropped += 1
             if newer_wins and current.second_ms > stat.second_ms:
+                self._submitted_at.pop((stat.symbol, stat.second_ms), None)
                 return
+            self._submitted_at.pop((current.symbol, current.second_ms), None)
         self._latest[stat.symbol] = stat
 
 
@@ -240,6 +304,11 @@ class TickerProducer:
         self.failed = 0
         self.dropped = 0
         self.healthy: bool | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Records waiting for the producer."""
+        return len(self._queue)
 
     def submit(self, message: KafkaMsg) -> None:
         """Queue ``message``; returns at once."""

@@ -21,12 +21,13 @@ log = get_logger(__name__)
 @dataclass
 class Counters:
     """Totals since start, for metrics: frames received upstream (``frames_in``), frames handed to
-    subscribers' RPCs (``frames_out``), subscribers ended because their queue overflowed (``drops``),
+    subscribers' RPCs (``frames_out``) in ``messages_out`` gRPC messages, subscribers ended because their queue overflowed (``drops``),
     upstream reconnects after a lost connection (``reconnects``), connection attempts and failures, and
     planned replacements of connections close to Binance's 24 h limit (``rotations``)."""
 
     frames_in: int = 0
     frames_out: int = 0
+    messages_out: int = 0
     drops: int = 0
     reconnects: int = 0
     connect_attempts: int = 0
@@ -49,6 +50,11 @@ class Subscriber:
     @property
     def overflowed(self) -> bool:
         return self._ended.is_set()
+
+    @property
+    def depth(self) -> int:
+        """Frames queued, not yet handed to the RPC."""
+        return self._queue.qsize()
 
     def offer(self, frame: bytes) -> bool:
         """Queue ``frame`` without waiting; False if the queue is full (the subscriber is then ended)."""
@@ -86,6 +92,15 @@ class Subscriber:
             batch.append(self._queue.get_nowait())
         return batch
 
+    def queued(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` frames already queued, oldest first, without waiting (``[]`` once ended)."""
+        if self._ended.is_set():
+            return []
+        batch: list[bytes] = []
+        while len(batch) < limit and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
     async def wait_ended(self) -> None:
         """Return once the subscriber has been ended for overflow."""
         await self._ended.wait()
@@ -117,6 +132,10 @@ class FanOut:
         """Stream → number of subscribers."""
         return {stream: len(subscribers) for stream, subscribers in self._subscribers.items()}
 
+    def queue_depths(self) -> list[int]:
+        """Frames queued per subscriber (every stream), for metrics."""
+        return [subscriber.depth for subscribers in self._subscribers.values() for subscriber in subscribers]
+
     def subscribe(self, stream: str) -> Subscriber:
         """A new subscriber of ``stream``; it receives the frames published from now on."""
         subscriber = Subscriber(stream, self._queue_size)
@@ -139,13 +158,15 @@ class FanOut:
             del self._subscribers[subscriber.stream]
             self._on_last(subscriber.stream)
 
-    def publish(self, stream: str, frame: bytes) -> None:
-        """Hand ``frame`` to every subscriber of ``stream``; end those whose queue is full."""
+    def publish(self, stream: str, frame: bytes) -> bool:
+        """Hand ``frame`` to every subscriber of ``stream``; end those whose queue is full. False if the stream
+        has no subscriber (a frame still in flight after its release)."""
         subscribers = self._subscribers.get(stream)
         if not subscribers:
-            return
+            return False
         for subscriber in tuple(subscribers):
             if not subscriber.offer(frame):
                 self._counters.drops += 1
                 log.warning("subscriber_overflow", stream=stream, queue_size=self._queue_size)
                 self.unsubscribe(subscriber)
+        return True

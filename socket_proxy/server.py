@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crypto_mesh.binance import (
@@ -23,9 +24,11 @@ from crypto_mesh.binance import (
     normalize_symbol,
     trade_stream,
 )
+from crypto_mesh.gaps import GapDetector
 from crypto_mesh.logs import get_logger
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from socket_proxy.fanout import Counters, FanOut, Subscriber, SubscriberOverflow
+from socket_proxy.metrics import ProxyCollector, registry_for, serve_metrics
 from socket_proxy.settings import ProxySettings
 from socket_proxy.upstream import Upstream
 
@@ -49,10 +52,11 @@ SERVER_OPTIONS = [
 class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
     """``StreamTrades`` and ``StreamMiniTickers`` over a :class:`FanOut`."""
 
-    def __init__(self, fanout: FanOut, counters: Counters, max_batch: int) -> None:
+    def __init__(self, fanout: FanOut, counters: Counters, max_batch: int, linger_s: float = 0.0) -> None:
         self._fanout = fanout
         self._counters = counters
         self._max_batch = max_batch
+        self._linger_s = linger_s
 
     async def StreamTrades(
         self, request: socket_pb2.TradeStreamRequest, context: grpc.aio.ServicerContext
@@ -83,9 +87,15 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
                     batch = await subscriber.next_batch(self._max_batch)
                 except SubscriberOverflow:
                     break
+                if self._linger_s and len(batch) < self._max_batch:
+                    # Each gRPC message costs far more than a frame: under load, waiting a moment for the
+                    # frames behind the first turns thousands of one-frame messages into a few full ones.
+                    await asyncio.sleep(self._linger_s)
+                    batch.extend(subscriber.queued(self._max_batch - len(batch)))
                 if not await self._write(subscriber, context, socket_pb2.RawFrames(data=batch)):
                     break
                 self._counters.frames_out += len(batch)
+                self._counters.messages_out += 1
         finally:
             self._fanout.unsubscribe(subscriber)
             log.info("subscriber_left", stream=stream, overflowed=subscriber.overflowed)
@@ -117,48 +127,77 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
 
 @dataclass
 class Running:
-    """A serving socket_proxy: ``port`` (bound), ``counters`` (live totals), ``fanout``, ``upstream``, ``stop()``."""
+    """A serving socket_proxy: ``port`` (bound), ``counters`` (live totals), ``fanout``, ``upstream``, ``gaps``
+    (trade id gap detector), ``metrics_port`` (bound metrics port, or None when disabled), ``stop()``."""
 
     port: int
     counters: Counters
     fanout: FanOut
     upstream: Upstream
+    gaps: GapDetector
+    metrics_port: int | None
     _server: grpc.aio.Server
     _health: health.aio.HealthServicer
+    _metrics: web.AppRunner | None
 
     async def stop(self) -> None:
-        """Report NOT_SERVING, end the RPCs (after a short grace) and close every upstream connection."""
+        """Report NOT_SERVING, end the RPCs (after a short grace), close every upstream connection and the
+        metrics endpoint."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(STOP_GRACE_S)
         await self.upstream.close()
+        if self._metrics is not None:
+            await self._metrics.cleanup()
 
 
 async def start(settings: ProxySettings) -> Running:
     """Serve the SocketProxy and Health services on ``settings.host:settings.port`` (0: a free port).
 
     The exchange is contacted only when a stream is first requested; an unreachable exchange is retried
-    with backoff and never fails the start. Raises ``RuntimeError`` if the port cannot be bound.
+    with backoff and never fails the start. With ``settings.metrics_port`` set, Prometheus metrics are served
+    at ``GET /metrics`` on it (:mod:`socket_proxy.metrics`). Raises ``RuntimeError`` if the gRPC port cannot be
+    bound, ``OSError`` if the metrics port cannot.
     """
     counters = Counters()
+    gaps = GapDetector()
     fanout: FanOut
 
     def on_frame(stream: str, raw: bytes) -> None:
         counters.frames_in += 1
-        fanout.publish(stream, raw)
+        # Only subscribed streams keep gap state: a released stream's frames in flight must not revive it.
+        if fanout.publish(stream, raw):
+            gaps.observe(stream, raw)
+
+    def on_last(stream: str) -> None:
+        upstream.remove(stream)
+        gaps.forget(stream)
 
     upstream = Upstream(settings.exchange_url, on_frame, counters)
-    fanout = FanOut(settings.subscriber_queue_size, upstream.add, upstream.remove, counters)
+    fanout = FanOut(settings.subscriber_queue_size, upstream.add, on_last, counters)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     socket_pb2_grpc.add_SocketProxyServicer_to_server(
-        SocketProxyServicer(fanout, counters, settings.max_batch), server
+        SocketProxyServicer(fanout, counters, settings.max_batch, settings.batch_linger_ms / 1000), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise RuntimeError(f"cannot bind {settings.host}:{settings.port}")
-    await server.start()
+    metrics_runner, metrics_port = None, None
+    if settings.metrics_port:
+        registry = registry_for(ProxyCollector(counters, fanout, upstream, gaps))
+        metrics_runner, metrics_port = await serve_metrics(registry, settings.host, settings.metrics_port)
+    try:
+        await server.start()
+    except BaseException:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        raise
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", host=settings.host, port=port, exchange=settings.exchange_url)
-    return Running(port, counters, fanout, upstream, server, health_servicer)
+    log.info(
+        "serving", host=settings.host, port=port, exchange=settings.exchange_url, metrics_port=metrics_port
+    )
+    return Running(
+        port, counters, fanout, upstream, gaps, metrics_port, server, health_servicer, metrics_runner
+    )

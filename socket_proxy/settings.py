@@ -12,7 +12,10 @@ class ProxySettings(ServiceSettings):
     """``PROXY_HOST`` (127.0.0.1), ``PROXY_PORT`` (50052; 0 picks a free port), ``PROXY_EXCHANGE_URL``
     (``wss://stream.binance.com:9443``, or a replay exchange's ``ws://127.0.0.1:9443``; the proxy connects to its
     ``/stream`` endpoint), ``PROXY_SUBSCRIBER_QUEUE_SIZE`` (10000 frames buffered per gRPC subscriber before it is
-    ended with RESOURCE_EXHAUSTED) and ``PROXY_MAX_BATCH`` (256 frames at most in one ``RawFrames``)."""
+    ended with RESOURCE_EXHAUSTED), ``PROXY_MAX_BATCH`` (256 frames at most in one ``RawFrames``),
+    ``PROXY_BATCH_LINGER_MS`` (0 = send at once; else how long a message waits for more frames after its first
+    one, unless ``MAX_BATCH`` are already queued: fewer, fuller messages for up to that much added latency) and ``PROXY_METRICS_PORT`` (0 = no metrics endpoint;
+    else Prometheus ``GET /metrics`` on ``PROXY_HOST:PROXY_METRICS_PORT``)."""
 
     model_config = SettingsConfigDict(env_prefix="PROXY_", extra="ignore", frozen=True)
 
@@ -21,6 +24,8 @@ class ProxySettings(ServiceSettings):
     exchange_url: str = "wss://stream.binance.com:9443"
     subscriber_queue_size: int = Field(default=10_000, ge=1)
     max_batch: int = Field(default=256, ge=1)
+    batch_linger_ms: float = Field(default=0.0, ge=0, le=1000)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("exchange_url")
     @classmethod

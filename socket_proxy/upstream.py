@@ -54,6 +54,23 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 FrameHandler = Callable[[str, bytes], None]
 
+#: How Binance starts every combined-stream frame (spot "WebSocket Streams for Binance", "Combined streams").
+_COMBINED_PREFIX = b'{"stream":"'
+_STREAM_NAME_MAX = 200
+
+
+def _stream_of(raw: bytes) -> str | None:
+    """The stream name of a combined-stream frame read from its prefix, without decoding the whole frame (the
+    hot path: most frames are only routed); None when the frame does not start in the exact compact form, or
+    the name holds an escape, so that it is decoded fully instead. Stream names are ASCII letters, digits and
+    ``@!_``, never escaped by Binance."""
+    if not raw.startswith(_COMBINED_PREFIX):
+        return None
+    end = raw.find(b'"', len(_COMBINED_PREFIX), len(_COMBINED_PREFIX) + _STREAM_NAME_MAX)
+    if end < 0 or b"\\" in raw[len(_COMBINED_PREFIX) : end] or not raw.startswith(b',"data":', end + 1):
+        return None
+    return raw[len(_COMBINED_PREFIX) : end].decode("ascii", "replace")
+
 
 #: Reconnect delays: exponential from 0.2 s, capped at 30 s, with full jitter so connections do not retry in step.
 BACKOFF = Backoff(base_s=BACKOFF_INITIAL_S, max_s=BACKOFF_MAX_S)
@@ -91,6 +108,8 @@ class _Session:
         self.route = route
         self.opened = time.monotonic()
         self.synced = asyncio.Event()
+        #: The exchange acknowledged every subscription at least once: the connection worked.
+        self.confirmed = False
         self._active: set[str] = set()
         self._pending: dict[int, tuple[str, list[str]]] = {}
         self._next_id = 1
@@ -127,6 +146,11 @@ class _Session:
             log.warning("upstream_closed", code=exc.rcvd.code if exc.rcvd else None, reason=str(exc))
 
     def _dispatch(self, raw: bytes) -> None:
+        stream = _stream_of(raw)
+        if stream is not None:
+            if self.route is not None:
+                self.route(stream, raw)
+            return
         try:
             message = jsonutil.loads(raw)
         except jsonutil.JSONDecodeError:
@@ -148,6 +172,7 @@ class _Session:
     def _check_synced(self) -> None:
         if not self._pending and self._active == self.owner.wanted.keys():
             self.synced.set()
+            self.confirmed = True
 
     async def _send(self) -> None:
         while True:
@@ -222,6 +247,7 @@ class UpstreamConnection:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
+        self._task.add_done_callback(_report_crash)
 
     async def close(self) -> None:
         """Stop reconnecting and close the websocket(s); idempotent."""
@@ -272,10 +298,13 @@ class UpstreamConnection:
             await asyncio.wait((session.task,), timeout=max(remaining, 0))
             if session.task.done():
                 lived = time.monotonic() - session.opened
+                # A websocket that got its subscriptions confirmed worked: the exchange restarted or dropped
+                # us, so reconnect soon. One that failed before that backs off further each time.
+                worked = lived >= STABLE_AFTER_S or session.confirmed
                 await self._drop(session)
                 session = None
                 self._counters.reconnects += 1
-                failures = 0 if lived >= STABLE_AFTER_S else failures + 1
+                failures = 0 if worked else failures + 1
                 delay = BACKOFF.delay_for(failures)
                 log.info(
                     "upstream_reconnecting", url=self.url, lived_s=round(lived, 3), retry_in_s=round(delay, 3)
@@ -319,6 +348,12 @@ class UpstreamConnection:
         self._counters.rotations += 1
         log.info("upstream_rotated", url=self.url, streams=len(self.wanted), unmatched_streams=unmatched)
         return new
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    # The reconnect loop only ends by cancellation; anything else must not vanish silently.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("upstream_connection_crashed", exc_info=task.exception())
 
 
 class Handover:

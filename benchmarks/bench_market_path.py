@@ -1,0 +1,260 @@
+"""Throughput and latency of the market data path: replay exchange → socket_proxy → aggregator → Redis.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_market_path.py [--speed 0] [--warmup 5] [--duration 20] [--ceiling 3]
+
+What it does (bounded: about ``warmup + duration + ceiling + 15`` seconds, under 2 minutes with the defaults):
+
+1. *Ceiling*: a bare in-process loop of :func:`aggregator.trades.parse_trade_frame` and
+   :class:`aggregator.secondstat.SecondWindows` over the frames of the shipped ``@trade`` recording, for
+   ``--ceiling`` seconds: frames per second one core can parse and aggregate, with no I/O.
+2. *End to end*: embedded Redis and Tansu (Kafka), then the replay exchange (``REPLAY_SPEED=--speed``; 0 = as
+   fast as it can, looping the recording), socket_proxy and the aggregator as separate processes (``python -m``)
+   on 127.0.0.1, following every symbol of the recording. After ``--warmup`` seconds it reads both services'
+   Prometheus metrics, waits ``--duration`` seconds, reads them again, and prints the rates over that window:
+   trade frames parsed by the aggregator (the end-to-end rate), frames received and sent by socket_proxy,
+   SecondStats published to Redis, upstream reconnects and subscriber overflows (frames lost to a consumer
+   that fell behind), the p99 of ``aggregator_publish_latency_seconds`` (window close → acknowledged Redis
+   publish; a histogram, so p99 is given as the upper bound of its bucket), and the peak RSS (``VmHWM``) of
+   every process.
+
+Goal (issue 4): at least 50,000 frames/s end to end, p99 under 50 ms. Every figure is printed with the
+conditions: CPU, cores, load average before and after, parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from aggregator.secondstat import SecondWindows
+from aggregator.trades import parse_trade_frame
+from crypto_mesh.embedded import ManagedProcess, redis_command, tansu_command
+from crypto_mesh.netutil import free_port
+from crypto_mesh.replay.settings import DEFAULT_RECORDING
+
+GOAL_FRAMES_PER_S = 50_000
+GOAL_P99_S = 0.050
+
+
+def ceiling(recording: Path, seconds: float) -> tuple[float, int]:
+    """Frames per second of parse + aggregate in this process, and the frames per pass of the recording."""
+    with gzip.open(recording) as lines:
+        frames = [line.rstrip(b"\n") for line in lines if b"@trade" in line[:40]]
+    windows = SecondWindows(grace_ms=1000)
+    done = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        # A fresh SecondWindows per pass: the recording's times repeat, and repeats would be "late".
+        windows = SecondWindows(grace_ms=1000)
+        for raw in frames:
+            windows.add(parse_trade_frame(raw))
+        done += len(frames)
+    return done / (time.perf_counter() - started), len(frames)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text at ``url`` → ``{"name{label=value}": value}``."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def p99_bound(before: dict[str, float], after: dict[str, float], name: str) -> tuple[float | None, int]:
+    """Upper bound (s) of the histogram bucket holding the 99th percentile of the observations made between two
+    scrapes, and how many observations there were."""
+    buckets = []
+    for key, value in after.items():
+        if key.startswith(f"{name}_bucket{{le="):
+            bound = float(key[len(name) + len("_bucket{le=") : -1])
+            buckets.append((bound, value - before.get(key, 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return None, 0
+    for bound, cumulative in buckets:
+        if cumulative >= 0.99 * total:
+            return bound, int(total)
+    return float("inf"), int(total)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a live process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def put_followers(base: str, symbols: list[str]) -> None:
+    body = json.dumps({"symbols": symbols}).encode()
+    request = urllib.request.Request(f"{base}/v1/followers/benchmark", data=body, method="PUT")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+
+
+def symbols_of(recording: Path) -> list[str]:
+    with gzip.open(recording) as lines:
+        return sorted({json.loads(line)["stream"].split("@")[0] for line in lines})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--speed", type=float, default=0.0, help="REPLAY_SPEED (0: as fast as possible)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds measured")
+    parser.add_argument("--ceiling", type=float, default=3.0, help="seconds of the in-process ceiling loop")
+    args = parser.parse_args()
+    recording = DEFAULT_RECORDING
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    print(
+        f"machine: {cpu}; {os.cpu_count()} cores; Python {platform.python_version()}; {platform.platform()}"
+    )
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"recording: {recording.name}; speed={args.speed or 'max'}; warmup={args.warmup}s duration={args.duration}s"
+    )
+
+    rate, per_pass = ceiling(recording, args.ceiling)
+    print(
+        f"ceiling (in-process parse + aggregate, one core): {rate:,.0f} frames/s ({per_pass} frames per pass)"
+    )
+
+    work = Path(tempfile.mkdtemp(prefix="bench-market-"))
+    python = sys.executable
+    quiet = {"LOG_LEVEL": "WARNING"}
+    redis_port, kafka_port, replay_port, proxy_port, proxy_metrics, agg_port = (free_port() for _ in range(6))
+    processes = {
+        "redis": ManagedProcess(
+            "redis", redis_command(redis_port, work / "redis"), redis_port, work / "redis.log"
+        ),
+        "kafka": ManagedProcess("tansu", tansu_command(kafka_port), kafka_port, work / "tansu.log"),
+        "replay": ManagedProcess(
+            "replay",
+            [python, "-m", "crypto_mesh.replay"],
+            replay_port,
+            work / "replay.log",
+            env={
+                "REPLAY_PORT": str(replay_port),
+                "REPLAY_SPEED": str(args.speed),
+                "REPLAY_FILES": str(recording),
+                **{f"REPLAY_{k}": v for k, v in quiet.items()},
+            },
+        ),
+        "socket_proxy": ManagedProcess(
+            "socket_proxy",
+            [python, "-m", "socket_proxy"],
+            proxy_port,
+            work / "proxy.log",
+            env={
+                "PROXY_PORT": str(proxy_port),
+                "PROXY_METRICS_PORT": str(proxy_metrics),
+                "PROXY_EXCHANGE_URL": f"ws://127.0.0.1:{replay_port}",
+                **{f"PROXY_{k}": v for k, v in quiet.items()},
+            },
+        ),
+        "aggregator": ManagedProcess(
+            "aggregator",
+            [python, "-m", "aggregator"],
+            agg_port,
+            work / "aggregator.log",
+            env={
+                "AGGREGATOR_PORT": str(agg_port),
+                "AGGREGATOR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                "AGGREGATOR_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
+                "AGGREGATOR_KAFKA_ENABLE_IDEMPOTENCE": "false",
+                "AGGREGATOR_SOCKET_PROXY_TARGET": f"127.0.0.1:{proxy_port}",
+                **{f"AGGREGATOR_{k}": v for k, v in quiet.items()},
+            },
+        ),
+    }
+    started: list[ManagedProcess] = []
+    try:
+        for process in processes.values():
+            started.append(process.start())
+        base = f"http://127.0.0.1:{agg_port}"
+        symbols = symbols_of(recording)
+        put_followers(base, symbols)
+        time.sleep(args.warmup)
+        agg_before, proxy_before = (
+            scrape(f"{base}/metrics"),
+            scrape(f"http://127.0.0.1:{proxy_metrics}/metrics"),
+        )
+        t0 = time.monotonic()
+        time.sleep(args.duration)
+        agg_after, proxy_after = (
+            scrape(f"{base}/metrics"),
+            scrape(f"http://127.0.0.1:{proxy_metrics}/metrics"),
+        )
+        elapsed = time.monotonic() - t0
+
+        def agg(name: str) -> float:
+            return (agg_after.get(name, 0) - agg_before.get(name, 0)) / elapsed
+
+        def prx(name: str) -> float:
+            return (proxy_after.get(name, 0) - proxy_before.get(name, 0)) / elapsed
+
+        end_to_end = agg("aggregator_trade_frames_total{outcome=parsed}")
+        p99, observations = p99_bound(agg_before, agg_after, "aggregator_publish_latency_seconds")
+        print(f"symbols followed: {', '.join(symbols)}")
+        print(
+            f"end to end (aggregator parsed): {end_to_end:,.0f} frames/s "
+            f"= {end_to_end / rate:.0%} of the ceiling; goal {GOAL_FRAMES_PER_S:,}"
+        )
+        print(
+            f"socket_proxy: {prx('socket_proxy_frames_in_total'):,.0f} frames/s in, "
+            f"{prx('socket_proxy_frames_out_total'):,.0f} frames/s out "
+            f"in {prx('socket_proxy_messages_out_total'):,.0f} messages/s; "
+            f"upstream reconnects {prx('socket_proxy_upstream_reconnects_total') * elapsed:.0f}, "
+            f"subscriber overflows {prx('socket_proxy_subscriber_overflows_total{policy=end_subscriber}') * elapsed:.0f}, "
+            f"trade ids missed {prx('socket_proxy_trade_ids_missed_total') * elapsed:.0f}"
+        )
+        print(
+            f"aggregator: {agg('aggregator_redis_publishes_total'):,.0f} SecondStats/s published to Redis, "
+            f"late trades {agg('aggregator_late_trades_total') * elapsed:.0f}, "
+            f"gRPC reconnects {agg('aggregator_upstream_reconnects_total') * elapsed:.0f}, "
+            f"Redis pending at end {agg_after.get('aggregator_redis_pending', 0):.0f}"
+        )
+        p99_text = "n/a (nothing published)" if p99 is None else f"<= {p99 * 1000:g} ms"
+        print(
+            f"p99 window close -> Redis publish: {p99_text} over {observations} SecondStats; "
+            f"goal < {GOAL_P99_S * 1000:g} ms"
+        )
+        for name, process in processes.items():
+            print(f"peak RSS {name}: {peak_rss_mb(process.process.pid):.1f} MiB")
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"measured over {elapsed:.1f} s")
+    finally:
+        for process in reversed(started):
+            process.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
