@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from aggregator.feeds import Feeds
 from aggregator.intake import TickerIntake, TradeIntake, counters_json
 from aggregator.metrics import registry_for
+from aggregator.second_topic import SecondProducer, fan_out
 from aggregator.secondstat import SecondWindows
 from aggregator.settings import AggregatorSettings
 from aggregator.store import FollowerStore, StatPublisher, TickerProducer, connect_redis
@@ -65,7 +66,11 @@ class _Service:
         self.followers = FollowerStore(self.redis)
         self.publisher = StatPublisher(self.redis)
         self.kafka = TickerProducer(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
-        self.trades = TradeIntake(SecondWindows(settings.window_grace_ms), self.publisher.submit)
+        # Every SecondStat also goes to Kafka (binance.second) for the analytical path; neither sink blocks.
+        self.seconds = SecondProducer(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        self.trades = TradeIntake(
+            SecondWindows(settings.window_grace_ms), fan_out(self.publisher.submit, self.seconds.submit)
+        )
         self.tickers = TickerIntake(self.kafka.submit)
         self.feeds = Feeds(settings.socket_proxy_target, settings.trade_stream, self.trades, self.tickers)
         self.followers_loaded = False
@@ -80,6 +85,7 @@ class _Service:
         self.tasks = [
             asyncio.create_task(self.publisher.run(), name="redis-publisher"),
             asyncio.create_task(self.kafka.run(), name="kafka-producer"),
+            asyncio.create_task(self.seconds.run(), name="second-producer"),
             asyncio.create_task(self.trades.run_clock(), name="window-clock"),
             asyncio.create_task(self._reload_followers(), name="reload-followers"),
         ]
@@ -99,10 +105,12 @@ class _Service:
         await self.feeds.close()
         # Open windows are incomplete seconds: they are dropped, not published. What is closed goes out.
         await self.publisher.flush(timeout_s=1.0)
+        await self.seconds.flush(timeout_s=1.0)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.kafka.close()
+        await self.seconds.close()
         await self.redis.aclose()
         log.info("aggregator stopped")
 
@@ -140,6 +148,12 @@ class _Service:
             },
             "tickers": counters_json(self.tickers.counters),
             "kafka": {"sent": self.kafka.sent, "failed": self.kafka.failed, "dropped": self.kafka.dropped},
+            "second_topic": {
+                "sent": self.seconds.sent,
+                "failed": self.seconds.failed,
+                "dropped": self.seconds.dropped,
+                "pending": self.seconds.pending(),
+            },
             "upstream": {"reconnects": self.feeds.reconnects},
         }
 
@@ -317,7 +331,7 @@ async def healthz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     checks = {
         "redis": await service.redis_reachable() and service.publisher.healthy is not False,
-        "kafka": service.kafka.healthy is True,
+        "kafka": service.kafka.healthy is True and service.seconds.healthy is not False,
         "socket_proxy": service.feeds.connected(),
         "followers_loaded": service.followers_loaded,
     }

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import redis.asyncio as redis
 from aiokafka import AIOKafkaProducer
@@ -33,6 +35,8 @@ from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 SYMBOLS_KEY = "aggregator:symbols"
 FOLLOWERS_KEY_PREFIX = "aggregator:followers:"
@@ -285,19 +289,33 @@ class StatPublisher:
         self._latest[stat.symbol] = stat
 
 
-class TickerProducer:
-    """Writes KafkaMsg records to ``binance.miniticker`` (key = symbol) from a bounded buffer.
+class KafkaSink(Generic[T]):
+    """Writes records of type ``T`` to ``topic`` from a bounded buffer; ``encode(record)`` gives (key, value).
 
-    :meth:`submit` never blocks: when ``maxsize`` records wait, the oldest is dropped (:attr:`dropped`). The
-    background task :meth:`run` creates the topic and starts the producer, retrying with backoff until Kafka
-    is reachable, then sends; aiokafka retries failed requests, and deliveries that still fail are counted in
+    :meth:`submit` never blocks: when ``maxsize`` records wait, the oldest is dropped (:attr:`dropped`), so
+    the real-time path never waits on Kafka. The background task :meth:`run` (cancel to stop) creates the topic
+    with ``partitions`` partitions and starts the producer, retrying with backoff until Kafka is reachable, then
+    sends in order; aiokafka retries failed requests, and deliveries that still fail are counted in
     :attr:`failed`. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``.
+    ``healthy`` is None until the first connection, then whether the last delivery worked.
     """
 
-    def __init__(self, bootstrap_servers: str, enable_idempotence: bool, maxsize: int = 10_000) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        enable_idempotence: bool,
+        *,
+        topic: str,
+        partitions: int,
+        encode: Callable[[T], tuple[bytes, bytes]],
+        maxsize: int = 10_000,
+    ) -> None:
+        self.topic = topic
+        self._partitions = partitions
+        self._encode = encode
         self._bootstrap = bootstrap_servers
         self._idempotence = enable_idempotence
-        self._queue: deque[KafkaMsg] = deque(maxlen=maxsize)
+        self._queue: deque[T] = deque(maxlen=maxsize)
         self._wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self.sent = 0
@@ -310,11 +328,15 @@ class TickerProducer:
         """Records waiting for the producer."""
         return len(self._queue)
 
-    def submit(self, message: KafkaMsg) -> None:
-        """Queue ``message``; returns at once."""
+    def pending(self) -> int:
+        """Records waiting for the producer (as :attr:`queue_depth`)."""
+        return len(self._queue)
+
+    def submit(self, record: T) -> None:
+        """Queue ``record``; returns at once."""
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
-        self._queue.append(message)
+        self._queue.append(record)
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -326,33 +348,36 @@ class TickerProducer:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            message = self._queue.popleft()
+            key, value = self._encode(self._queue.popleft())
             try:
-                delivery = await self._producer.send(
-                    MINI_TICKER_TOPIC,
-                    key=message.symbol.encode(),
-                    value=jsonutil.dumps(message.to_json()),
-                )
+                delivery = await self._producer.send(self.topic, key=key, value=value)
             except KafkaError as exc:
                 self._on_failure(exc)
                 continue
             delivery.add_done_callback(self._on_delivery)
 
+    async def flush(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` seconds for the buffer to be handed to the producer (used at stop)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._queue and self._producer is not None and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Flush what the producer holds (up to ``timeout_s`` seconds) and stop it."""
+        """Deliver what the producer holds (up to ``timeout_s`` seconds) and stop it."""
         if self._producer is None:
             return
         try:
             await asyncio.wait_for(self._producer.stop(), timeout_s)
         except (TimeoutError, KafkaError) as exc:
-            log.warning("kafka producer did not stop cleanly", error=str(exc))
+            log.warning("kafka producer did not stop cleanly", topic=self.topic, error=str(exc))
         self._producer = None
 
     async def _connect(self) -> AIOKafkaProducer:
         backoff = Backoff(base_s=0.2, max_s=10.0)
         while True:
             try:
-                await ensure_topics(self._bootstrap, {MINI_TICKER_TOPIC: MINI_TICKER_PARTITIONS})
+                await ensure_topics(self._bootstrap, {self.topic: self._partitions})
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self._bootstrap,
                     acks="all",
@@ -365,11 +390,11 @@ class TickerProducer:
                     # Also on cancellation (stop during start): a half-started producer holds connections.
                     await producer.stop()
                     raise
-                log.info("kafka producer started", topic=MINI_TICKER_TOPIC)
+                log.info("kafka producer started", topic=self.topic)
                 return producer
             except (KafkaError, OSError) as exc:
                 self.healthy = False
-                log.warning("kafka not reachable; retrying", error=str(exc))
+                log.warning("kafka not reachable; retrying", topic=self.topic, error=str(exc))
                 await asyncio.sleep(backoff.next_delay())
 
     def _on_delivery(self, delivery: asyncio.Future) -> None:
@@ -384,5 +409,19 @@ class TickerProducer:
     def _on_failure(self, exc: BaseException) -> None:
         self.failed += 1
         if self.healthy:
-            log.warning("kafka delivery failed", error=str(exc))
+            log.warning("kafka delivery failed", topic=self.topic, error=str(exc))
         self.healthy = False
+
+
+class TickerProducer(KafkaSink[KafkaMsg]):
+    """KafkaMsg records to ``binance.miniticker``, key = symbol (docs/CONTRACTS.md, "Kafka")."""
+
+    def __init__(self, bootstrap_servers: str, enable_idempotence: bool, maxsize: int = 10_000) -> None:
+        super().__init__(
+            bootstrap_servers,
+            enable_idempotence,
+            topic=MINI_TICKER_TOPIC,
+            partitions=MINI_TICKER_PARTITIONS,
+            encode=lambda message: (message.symbol.encode(), jsonutil.dumps(message.to_json())),
+            maxsize=maxsize,
+        )

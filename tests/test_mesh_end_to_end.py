@@ -137,6 +137,17 @@ def test_market_history_lands_in_clickhouse_and_sql_reads_it(mesh):
     table = run_sql(env, query)
     assert table.returncode == 0 and "btcusdt" in table.stdout and "records" in table.stdout
 
+    # Every SecondStat also travels aggregator → Kafka binance.second → ETL → crypto.price_seconds.
+    seconds_query = "SELECT symbol, count() AS seconds FROM crypto.price_seconds FINAL GROUP BY symbol"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seconds = {row["symbol"]: int(row["seconds"]) for row in json.loads(
+            run_sql(env, seconds_query, "--format", "json").stdout)}
+        if seconds.get("btcusdt") and seconds.get("ethusdt"):
+            break
+        time.sleep(2)
+    assert seconds.get("btcusdt") and seconds.get("ethusdt"), seconds
+
 
 def test_sql_refuses_writes(mesh):
     _state, env, _process, _log = mesh
