@@ -22,8 +22,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from crypto_mesh.metrics import families, own_registry
 
 if TYPE_CHECKING:
     from aggregator.app import _Service
@@ -45,7 +47,7 @@ class AggregatorCollector(Collector):
             frames.add_metric([outcome], getattr(trades, outcome))
         yield frames
         publisher, kafka, tickers = service.publisher, service.kafka, service.tickers.counters
-        for name, doc, value in (
+        counters = (
             ("late_trades", "Trades dropped because their second was already closed.", trades.late),
             (
                 "duplicate_trades",
@@ -77,20 +79,16 @@ class AggregatorCollector(Collector):
                 kafka.dropped,
             ),
             ("upstream_reconnects", "gRPC streams from socket_proxy called again.", service.feeds.reconnects),
-        ):
-            yield CounterMetricFamily(f"aggregator_{name}", doc, value=value)
-        for name, doc, value in (
+        )
+        gauges = (
             ("redis_pending", "SecondStats waiting to be published.", publisher.pending()),
             ("kafka_queue_depth", "Mini-ticker records waiting for the producer.", kafka.queue_depth),
             ("tracked_symbols", "Symbols streamed from socket_proxy.", len(service.feeds.tracked())),
             ("window_symbols", "Symbols with one-second window state.", len(service.trades.windows)),
-        ):
-            yield GaugeMetricFamily(f"aggregator_{name}", doc, value=value)
+        )
+        yield from families("aggregator", counters, gauges)
 
 
 def registry_for(service: _Service) -> CollectorRegistry:
     """A registry of its own with the service's collector and its publish latency histogram."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(AggregatorCollector(service))
-    registry.register(service.publisher.latency)
-    return registry
+    return own_registry(AggregatorCollector(service), service.publisher.latency)

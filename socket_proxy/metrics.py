@@ -19,10 +19,11 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from crypto_mesh.gaps import GapDetector
+from crypto_mesh.metrics import families
 from socket_proxy.fanout import Counters, FanOut
 from socket_proxy.upstream import Upstream
 
@@ -40,7 +41,7 @@ class ProxyCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         c = self._counters
-        for name, doc, value in (
+        counters = (
             ("frames_in", "Frames received from the exchange.", c.frames_in),
             ("frames_out", "Frames handed to subscribers' RPCs.", c.frames_out),
             (
@@ -54,8 +55,7 @@ class ProxyCollector(Collector):
             ("upstream_rotations", "Upstream websockets replaced before the 24 h limit.", c.rotations),
             ("trade_gaps", "Jumps of a trade stream's trade / aggregate id beyond +1.", self._gaps.gaps),
             ("trade_ids_missed", "Trade / aggregate ids skipped by those jumps.", self._gaps.missed),
-        ):
-            yield CounterMetricFamily(f"socket_proxy_{name}", doc, value=value)
+        )
         overflows = CounterMetricFamily(
             "socket_proxy_subscriber_overflows",
             "Subscribers ended because their bounded queue was full, by overflow policy.",
@@ -64,21 +64,14 @@ class ProxyCollector(Collector):
         overflows.add_metric([OVERFLOW_POLICY], c.drops)
         yield overflows
         depths = self._fanout.queue_depths()
-        for name, doc, value in (
+        gauges = (
             ("upstream_connections", "Open upstream connections.", self._upstream.connections),
             ("streams", "Upstream streams with at least one subscriber.", len(self._fanout.streams)),
             ("subscribers", "gRPC subscribers.", len(depths)),
             ("subscriber_queue_depth_max", "Deepest subscriber queue (frames).", max(depths, default=0)),
             ("subscriber_queued_frames", "Frames waiting in all subscriber queues.", sum(depths)),
-        ):
-            yield GaugeMetricFamily(f"socket_proxy_{name}", doc, value=value)
-
-
-def registry_for(collector: Collector) -> CollectorRegistry:
-    """A registry of its own holding ``collector``."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return registry
+        )
+        yield from families("socket_proxy", counters, gauges)
 
 
 async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -26,9 +26,10 @@ from crypto_mesh.binance import (
 )
 from crypto_mesh.gaps import GapDetector
 from crypto_mesh.logs import get_logger
+from crypto_mesh.metrics import own_registry
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from socket_proxy.fanout import Counters, FanOut, Subscriber, SubscriberOverflow
-from socket_proxy.metrics import ProxyCollector, registry_for, serve_metrics
+from socket_proxy.metrics import ProxyCollector, serve_metrics
 from socket_proxy.settings import ProxySettings
 from socket_proxy.upstream import Upstream
 
@@ -185,7 +186,7 @@ async def start(settings: ProxySettings) -> Running:
         raise RuntimeError(f"cannot bind {settings.host}:{settings.port}")
     metrics_runner, metrics_port = None, None
     if settings.metrics_port:
-        registry = registry_for(ProxyCollector(counters, fanout, upstream, gaps))
+        registry = own_registry(ProxyCollector(counters, fanout, upstream, gaps))
         metrics_runner, metrics_port = await serve_metrics(registry, settings.host, settings.metrics_port)
     try:
         await server.start()

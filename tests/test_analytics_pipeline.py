@@ -13,7 +13,8 @@ from decimal import Decimal
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
+from kafka_helpers import committed_offset, produce_records
 
 from aggregator.second_topic import SecondProducer, second_message_id, second_record
 from aggregator.secondstat import SecondStat, SecondWindows
@@ -60,25 +61,6 @@ async def health(port: int) -> tuple[int, dict]:
         session.get(f"http://127.0.0.1:{port}/healthz") as response,
     ):
         return response.status, await response.json()
-
-
-async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
-    await producer.start()
-    try:
-        for key, value in values:
-            await producer.send_and_wait(topic, key=key, value=value)
-    finally:
-        await producer.stop()
-
-
-async def committed(bootstrap: str, group: str, topic: str) -> int | None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return await consumer.committed(TopicPartition(topic, 0))
-    finally:
-        await consumer.stop()
 
 
 @pytest.fixture
@@ -170,7 +152,7 @@ async def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_records_aro
         (b"btcusdt", bad_price),
         second_value(stat("btcusdt", 1)),
     ]
-    await produce(kafka_bootstrap, settings.kafka_second_topic, values)
+    await produce_records(kafka_bootstrap, settings.kafka_second_topic, values)
 
     await eventually(lambda: _committed_is(kafka_bootstrap, settings, settings.kafka_second_topic, 4))
     rows = await sql(etl.port, "SELECT second FROM crypto.price_seconds FINAL ORDER BY second")
@@ -191,7 +173,7 @@ async def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_records_aro
 
 
 async def _committed_is(bootstrap: str, settings: EtlSettings, topic: str, offset: int) -> bool:
-    return await committed(bootstrap, settings.kafka_group_id, topic) == offset
+    return await committed_offset(bootstrap, settings.kafka_group_id, topic) == offset
 
 
 async def read_all(bootstrap: str, topic: str, count: int) -> list:
@@ -215,7 +197,7 @@ async def test_while_clickhouse_refuses_inserts_one_batch_is_held_and_everything
     # a failing server gives, with its process, Kafka and the chDB engine untouched.
     await etl.service.store.command("RENAME TABLE crypto.price_seconds TO crypto.price_seconds_away")
     stats = [stat("ethusdt", n) for n in range(6 * settings.batch_max_rows)]
-    await produce(kafka_bootstrap, settings.kafka_second_topic, [second_value(s) for s in stats])
+    await produce_records(kafka_bootstrap, settings.kafka_second_topic, [second_value(s) for s in stats])
     await eventually(lambda: _report_at_least(etl.port, "insert_failures", 4))
 
     status, report = await health(etl.port)
@@ -223,7 +205,7 @@ async def test_while_clickhouse_refuses_inserts_one_batch_is_held_and_everything
     # At most one bounded batch is held: consumption is paused, the rest waits in Kafka.
     assert 0 < report["records_held"] <= settings.batch_max_rows
     assert report["max_records_held"] <= settings.batch_max_rows
-    assert await committed(kafka_bootstrap, settings.kafka_group_id, settings.kafka_second_topic) is None
+    assert await committed_offset(kafka_bootstrap, settings.kafka_group_id, settings.kafka_second_topic) is None
 
     await etl.service.store.command("RENAME TABLE crypto.price_seconds_away TO crypto.price_seconds")
     await eventually(
@@ -288,7 +270,7 @@ async def test_candles_from_price_seconds_equal_candles_computed_from_the_record
     values = [second_value(s) for s in stats]
     # Every record twice, at other offsets and in other batches: the insert token cannot recognise these
     # duplicates, so the candles must not count a second twice by themselves.
-    await produce(kafka_bootstrap, settings.kafka_second_topic, values + values[: len(values) // 2])
+    await produce_records(kafka_bootstrap, settings.kafka_second_topic, values + values[: len(values) // 2])
     await eventually(
         lambda: _committed_is(kafka_bootstrap, settings, settings.kafka_second_topic, len(values) * 3 // 2),
         30,

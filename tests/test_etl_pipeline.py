@@ -12,7 +12,7 @@ from decimal import Decimal
 import aiohttp
 import clickhouse_connect
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka_helpers import committed_offset, produce_records
 
 from crypto_mesh import jsonutil
 from crypto_mesh.embedded import ManagedProcess, tansu_command
@@ -44,24 +44,7 @@ def ticker(symbol: str, n: int) -> dict:
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    # Tansu's memory storage does not support idempotent producers.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
-    await producer.start()
-    try:
-        for value in values:
-            await producer.send_and_wait(topic, key=b"btcusdt", value=value)
-    finally:
-        await producer.stop()
-
-
-async def committed_offset(bootstrap: str, group: str, topic: str) -> int | None:
-    """The group's committed offset of partition 0, read by a second consumer of the group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return await consumer.committed(TopicPartition(topic, 0))
-    finally:
-        await consumer.stop()
+    await produce_records(bootstrap, topic, [(b"btcusdt", value) for value in values])
 
 
 async def sql(port: int, query: str) -> dict:
