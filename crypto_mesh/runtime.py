@@ -24,8 +24,14 @@ class Running(Protocol):
     async def stop(self) -> None: ...
 
 
-def run_until_stopped(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def run_until_stopped(
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
     """Run ``main(stop)`` in a new event loop; ``stop`` is set on the first SIGTERM or SIGINT.
+
+    ``loop_factory`` makes that loop (``uvloop.new_event_loop``, say); ``None``: asyncio's default loop.
 
     ``main`` is expected to start its servers, ``await stop.wait()``, then close them. A second signal
     while stopping is ignored; the supervisor (``crypto-mesh up`` or the container runtime) escalates
@@ -39,7 +45,8 @@ def run_until_stopped(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, _request_stop, stop, sig)
         await main(stop)
 
-    asyncio.run(runner())
+    with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
+        loop_runner.run(runner())
 
 
 async def serve_until(start: Callable[[S], Awaitable[Running]], settings: S, stop: asyncio.Event) -> None:
@@ -61,9 +68,16 @@ async def serve_until(start: Callable[[S], Awaitable[Running]], settings: S, sto
     await running.stop()
 
 
-def run_service(name: str, settings_class: type[S], start: Callable[[S], Awaitable[Running]]) -> None:
+def run_service(
+    name: str,
+    settings_class: type[S],
+    start: Callable[[S], Awaitable[Running]],
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
     """``python -m <service>``: read ``settings_class`` from the environment, configure logging as ``name``,
-    and serve with ``start`` until SIGTERM/SIGINT.
+    and serve with ``start`` until SIGTERM/SIGINT, in a loop made by ``loop_factory`` (``None``: asyncio's
+    default loop).
 
     Settings that are missing or invalid end the process with exit status 2 and one line per problem that
     names the environment variable, never a traceback.
@@ -77,11 +91,10 @@ def run_service(name: str, settings_class: type[S], start: Callable[[S], Awaitab
             print(f"{name}: setting {variable}: {problem['msg']}", file=sys.stderr)
         sys.exit(2)
     configure_logging(name, settings.log_level, settings.log_format)
-    run_until_stopped(lambda stop: serve_until(start, settings, stop))
+    run_until_stopped(lambda stop: serve_until(start, settings, stop), loop_factory=loop_factory)
 
 
 def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
     if not stop.is_set():
         log.info("stopping", signal=sig.name)
         stop.set()
-
