@@ -13,15 +13,22 @@ What runs, all on 127.0.0.1 and all started and stopped by this script:
 - a publisher (this process) that, for ``--seconds``, publishes one SecondStat per symbol per second on Redis
   (key ``price:<s>`` set, then channel ``<s>``): the recorded rate, since the shipped recording
   ``btcusdt_ethusdt_trade_2024-08-08.jsonl.gz`` yields 1255 SecondStats in 650 s for 2 symbols, 0.96 per
-  symbol per second. Its ``t`` is the publish time in
-  Unix ms, so a client computes the latency of a message as its receive time minus the message's
-  ``PricesAt`` (both wall clock, same machine; ms resolution).
+  symbol per second. ``--publish spread`` (the default) spreads the symbols evenly over the second, as
+  symbols whose windows close on their next trade come at different moments (in that recording the two
+  symbols' SecondStats of one second close a median 168 ms apart); it is the hard case, since no price
+  shares a message with another. ``--publish together`` publishes all symbols of a second back to back,
+  as the aggregator does for the windows its clock closes in one tick. Each SecondStat's ``t`` is its publish
+  time in Unix ms, so a client computes the latency of each price it receives as its receive time minus
+  that price's ``PriceTimes`` entry (both wall clock, same machine; ms resolution). A price counts when its
+  ``PriceTimes`` entry differs from the one in the socket's previous message, so a price that waited for
+  others in the BFF's coalescing window is measured from its own publish, not the latest one's.
 
 Then ``--http-seconds`` of ``GET /v2/user/profile`` from ``--http-concurrency`` concurrent requests.
 
 Printed: the conditions (CPU count, load average, parameters), clients connected, latency p50/p99/max over
-every profile message received during the price phase, messages delivered vs. the number a client would
-get without conflation, BFF memory per connection, BFF CPU, and requests/s with p50/p99 of the REST route.
+every price received during the price phase, messages and prices delivered vs. the number of prices a client
+would get without conflation, BFF memory per connection, BFF CPU, and requests/s with p50/p99 of the REST
+route.
 The whole run stops by itself; the defaults take under three minutes.
 
     .venv/bin/python benchmarks/bench_bff.py --clients 10000 --workers 2 --seconds 20
@@ -60,7 +67,6 @@ from crypto_mesh.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
-_PRICES_AT = b'"PricesAt":"'
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -79,27 +85,33 @@ def client_worker(url: str, tokens: list[str], ready, go, stop, results) -> None
 
 
 class _Recorder:
-    """What one client process measured; ``recording`` mirrors the ``go`` event (polled, not per message)."""
+    """What one client process measured; ``recording`` mirrors the ``go`` event (polled, not per message).
+
+    ``latencies`` (ms) has one entry per new price received, ``messages`` counts profile messages."""
 
     def __init__(self) -> None:
         self.recording = False
         self.latencies: list[int] = []
-        self._parsed: dict[bytes, int] = {}
+        self.messages = 0
+        self._parsed: dict[str, int] = {}
 
-    def record(self, payload: bytes) -> None:
-        if not self.recording:
+    def record(self, payload: bytes, seen: dict[str, str]) -> None:
+        """Record the prices of ``payload`` whose ``PriceTimes`` differ from ``seen`` (the socket's previous
+        message, updated here)."""
+        times = jsonutil.loads(payload)["Coins"]["PriceTimes"]
+        received_ms = time.time_ns() // 1_000_000
+        new = [stamp for symbol, stamp in times.items() if seen.get(symbol) != stamp]
+        seen.update(times)
+        if not self.recording or not new:
             return
-        start = payload.find(_PRICES_AT)
-        if start < 0:
-            return
-        stamp = payload[start + len(_PRICES_AT) : start + len(_PRICES_AT) + 24]
-        sent_ms = self._parsed.get(stamp)
-        if sent_ms is None:
-            text = stamp.decode().rstrip('"').replace("Z", "+00:00")
-            sent_ms = self._parsed[stamp] = int(datetime.fromisoformat(text).timestamp() * 1000)
-            if len(self._parsed) > 10_000:
-                self._parsed.clear()
-        self.latencies.append(time.time_ns() // 1_000_000 - sent_ms)
+        self.messages += 1
+        for stamp in new:
+            sent_ms = self._parsed.get(stamp)
+            if sent_ms is None:
+                sent_ms = self._parsed[stamp] = round(datetime.fromisoformat(stamp).timestamp() * 1000)
+                if len(self._parsed) > 10_000:
+                    self._parsed.clear()
+            self.latencies.append(received_ms - sent_ms)
 
 
 class _ProfileSocket(asyncio.Protocol):
@@ -111,6 +123,7 @@ class _ProfileSocket(asyncio.Protocol):
         self._request = request
         self._recorder = recorder
         self._buffer = bytearray()
+        self._seen: dict[str, str] = {}
         self._upgraded = False
         self.handshake: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.open = False
@@ -157,7 +170,7 @@ class _ProfileSocket(asyncio.Protocol):
             payload = bytes(buffer[offset : offset + length])
             del buffer[: offset + length]
             if opcode == 0x1:
-                self._recorder.record(payload)
+                self._recorder.record(payload, self._seen)
             elif opcode == 0x9:
                 self._send(0xA, payload)
             elif opcode == 0x8:
@@ -207,7 +220,7 @@ async def _client_main(url, tokens, ready, go, stop, results) -> None:
         recorder.recording = go.is_set()
         await asyncio.sleep(0.05)
     recorder.recording = False
-    results.put((recorder.latencies, sum(1 for protocol in sockets if protocol.open)))
+    results.put((recorder.latencies, recorder.messages, sum(1 for protocol in sockets if protocol.open)))
     for protocol in sockets:
         protocol.close()
     await asyncio.sleep(0.5)
@@ -287,8 +300,9 @@ async def seed_users(database_url: str, count: int, symbols: list[str]) -> None:
         await engine.dispose()
 
 
-async def publish_prices(redis_url: str, symbols: list[str], seconds: float) -> int:
-    """One SecondStat per symbol per second for ``seconds``; returns the number published."""
+async def publish_prices(redis_url: str, symbols: list[str], seconds: float, together: bool) -> int:
+    """One SecondStat per symbol per second for ``seconds``, spread evenly over the second or (``together``)
+    back to back at its start; returns the number published."""
     redis = aioredis.Redis.from_url(redis_url)
     published = 0
     try:
@@ -316,8 +330,11 @@ async def publish_prices(redis_url: str, symbols: list[str], seconds: float) -> 
                 await redis.set(f"price:{symbol}", stat)
                 await redis.publish(symbol, stat)
                 published += 1
-                # Spread the symbols over the second, as their trades end at different moments.
-                await asyncio.sleep(1.0 / len(symbols))
+                if not together:
+                    # Spread the symbols over the second, as their trades end at different moments.
+                    await asyncio.sleep(1.0 / len(symbols))
+            if together:
+                await asyncio.sleep(1.0)
             tick += 1
     finally:
         await redis.aclose()
@@ -416,19 +433,23 @@ async def main(args: argparse.Namespace) -> None:
         rss_after = bff_process.memory_info().rss
 
         cpu_before = bff_process.cpu_times()
+        client_processes = [psutil.Process(process.pid) for process in workers]
+        clients_before = [process.cpu_times() for process in client_processes]
         go.set()
         await asyncio.sleep(0.5)  # the clients poll ``go`` every 50 ms
         started = time.monotonic()
-        published = await publish_prices(redis_url, symbols, args.seconds)
+        published = await publish_prices(redis_url, symbols, args.seconds, args.publish == "together")
         await asyncio.sleep(1.0)  # the last messages in flight
         elapsed = time.monotonic() - started
         cpu_after = bff_process.cpu_times()
+        clients_after = [process.cpu_times() for process in client_processes]
         stop.set()
         latencies: list[int] = []
-        still_open = 0
+        messages = still_open = 0
         for _ in workers:
-            values, open_at_end = await asyncio.to_thread(results.get, True, 60)
+            values, received, open_at_end = await asyncio.to_thread(results.get, True, 60)
             latencies.extend(values)
+            messages += received
             still_open += open_at_end
         latencies.sort()
         # The REST phase starts once every client socket is closed and the BFF has released them.
@@ -436,6 +457,10 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.to_thread(process.join, 60)
         await asyncio.sleep(2.0)
         cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+        clients_cpu_s = sum(
+            (after.user - before.user) + (after.system - before.system)
+            for before, after in zip(clients_before, clients_after, strict=True)
+        )
 
         http_count, http_latencies, http_errors = await profile_load(
             url, tokens, args.http_concurrency, args.http_seconds
@@ -450,7 +475,8 @@ async def main(args: argparse.Namespace) -> None:
         )
         print(
             f"parameters: clients={args.clients} workers={args.workers} symbols={len(symbols)} "
-            f"(each client holds 3), rate=1 SecondStat/symbol/s, seconds={args.seconds}"
+            f"(each client holds 3), rate=1 SecondStat/symbol/s, publish={args.publish}, "
+            f"seconds={args.seconds}, BFF_WS_COALESCE_MS={env.get('BFF_WS_COALESCE_MS', 'default')}"
         )
         print(
             f"clients held: {connected} connected ({failed} failed) in {connect_s:.1f} s; "
@@ -461,21 +487,27 @@ async def main(args: argparse.Namespace) -> None:
             f"{(rss_after - rss_before) / max(connected, 1) / 1024:.1f} KiB per connection"
         )
         print(
-            f"prices published: {published} over {elapsed:.1f} s; messages received: {len(latencies)} "
-            f"({100 * len(latencies) / max(expected, 1):.1f} % of one per held price change; the rest conflated)"
+            f"prices published: {published} over {elapsed:.1f} s; messages received: {messages}, carrying "
+            f"{len(latencies)} new prices ({100 * len(latencies) / max(expected, 1):.1f} % of every held price "
+            f"change; the rest conflated)"
         )
         print(
-            f"latency Redis publish -> client receipt (ms): p50 {percentile(latencies, 0.5):.0f}, "
+            f"latency Redis publish -> client receipt, per price (ms): p50 {percentile(latencies, 0.5):.0f}, "
             f"p99 {percentile(latencies, 0.99):.0f}, max {latencies[-1] if latencies else float('nan')}"
         )
-        print(f"BFF CPU during the price phase: {100 * cpu_s / elapsed:.0f} % of one core")
+        print(
+            f"BFF CPU during the price phase: {100 * cpu_s / elapsed:.0f} % of one core "
+            f"(user {100 * (cpu_after.user - cpu_before.user) / elapsed:.0f} %, system "
+            f"{100 * (cpu_after.system - cpu_before.system) / elapsed:.0f} %); client processes together: "
+            f"{100 * clients_cpu_s / elapsed:.0f} %"
+        )
         print(
             f"GET /v2/user/profile: {http_count / args.http_seconds:.0f} requests/s at concurrency "
             f"{args.http_concurrency} for {args.http_seconds} s, p50 {percentile(http_latencies, 0.5):.1f} ms, "
             f"p99 {percentile(http_latencies, 0.99):.1f} ms, non-200: {http_errors}"
         )
         if latencies:
-            print(f"(mean latency {statistics.fmean(latencies):.0f} ms over {len(latencies)} messages)")
+            print(f"(mean latency {statistics.fmean(latencies):.0f} ms over {len(latencies)} prices)")
     finally:
         stop.set()
         for process in workers:
@@ -497,6 +529,12 @@ def parse_args() -> argparse.Namespace:
         "--symbols", default=DEFAULT_SYMBOLS, help=f"symbols priced (default {DEFAULT_SYMBOLS})"
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the price phase (default 20)")
+    parser.add_argument(
+        "--publish",
+        choices=("spread", "together"),
+        default="spread",
+        help="the symbols of a second spread evenly over it (default), or published back to back",
+    )
     parser.add_argument(
         "--http-seconds", type=float, default=10.0, help="length of the REST phase (default 10)"
     )

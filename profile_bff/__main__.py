@@ -1,8 +1,31 @@
-"""``python -m profile_bff``: the REST + WebSocket backend-for-frontend, until SIGTERM."""
+"""``python -m profile_bff``: the REST + WebSocket backend-for-frontend, until SIGTERM.
+
+It runs on uvloop where uvloop is installed (Linux), whose transports make the WebSocket fan-out cheaper per
+message, else on asyncio's own loop.
+
+Garbage collection is tuned for many long-lived sockets: everything imported before serving is moved out of
+the collector's reach (:func:`gc.freeze`), and the collector runs less often (:data:`GC_THRESHOLDS`). A full
+collection walks every object of every open socket (about half a second with 10,000 sockets) and stops the
+event loop meanwhile; with the default thresholds the fan-out's short-lived objects trigger one every few
+seconds while sockets are being opened. Young collections of up to 20,000 objects take a few milliseconds,
+objects of a fan-out rarely outlive one, and a full collection then waits for 100 older ones.
+"""
+
+import gc
 
 from crypto_mesh.runtime import run_service
 from profile_bff.app import start
 from profile_bff.settings import BffSettings
 
+try:
+    import uvloop
+except ImportError:  # not Linux: asyncio's own loop
+    uvloop = None
+
+#: :func:`gc.set_threshold` of the BFF process (CPython's defaults: 700, 10, 10).
+GC_THRESHOLDS = (20_000, 20, 100)
+
 if __name__ == "__main__":
-    run_service("profile_bff", BffSettings, start)
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    run_service("profile_bff", BffSettings, start, loop_factory=uvloop.new_event_loop if uvloop else None)

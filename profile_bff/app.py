@@ -199,7 +199,7 @@ def _services_context(settings: BffSettings):
         verifier = AccessTokenVerifier(
             auth.public_keys_json, issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )
-        manager = ConnectionManager(store, bus, aggregator)
+        manager = ConnectionManager(store, bus, aggregator, coalesce_s=settings.ws_coalesce_ms / 1000)
         services = Services(settings, store, bus, auth, aggregator, verifier, manager, instruments)
         app[SERVICES] = services
         manager.start()
@@ -870,19 +870,21 @@ async def profile_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         heartbeat=WS_HEARTBEAT_S,
         max_msg_size=WS_MAX_INCOMING_BYTES,
+        # No permessage-deflate: a profile is a few hundred bytes, and a deflate context would cost each
+        # socket about 256 KiB and each message a compression.
+        compress=False,
         protocols=(WS_BEARER_PROTOCOL,) if offered[:1] == [WS_BEARER_PROTOCOL] else (),
     )
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "websocket_required", "this route only speaks WebSocket")
     user_id, expires_at = await _socket_identity(request, offered)
     services.require_store()
-    transport = request.transport
     try:
         client = await services.manager.connect(
             ws,
             user_id,
             send_timeout_s=services.settings.ws_send_timeout_s,
-            abort=transport.abort if transport is not None else None,
+            transport=request.transport,
         )
     except ProfileNotFound:
         raise ApiError(404, "profile_not_found", "no profile for this user") from None

@@ -8,17 +8,25 @@ so a second tab or a reconnect of the same user never evicts the other socket.
 - On connect: the user's coins are loaded, the needed channels subscribed, a follower ``user:<id>`` is PUT
   at the aggregator for each coin (so tracking lost anywhere is restored by reconnecting), and the profile
   snapshot is queued at once.
-- On a SecondStat on channel ``s``: the price cache is updated (newer ``t`` only) and the whole profile of
-  each connected user holding ``s`` is recomputed and queued.
+- On a SecondStat on channel ``s``: the price cache is updated (newer ``t`` only) and each connected user
+  holding ``s`` is marked for the fan-out.
+- The fan-out (one task) starts ``coalesce_s`` after the first price not yet pushed: the aggregator publishes
+  the SecondStats of one second within a few milliseconds of each other, so a user holding several coins
+  gets ONE message with all their new prices. It renders each marked user's whole profile once and writes
+  it to the user's sockets, in slices of :data:`FAN_OUT_SLICE` users between which the event loop serves
+  other work; prices arriving meanwhile are in the message of every user not yet served, and the others get
+  them in the next round.
 - On ``{"user_id": n}`` on ``bff:portfolio`` for a connected user: the user's coins are reloaded from the
-  database, subscriptions adjusted, and the profile queued; so a change made through any replica shows up
-  without reconnecting.
+  database, subscriptions adjusted, and the profile queued at once (not coalesced); so a change made through
+  any replica shows up without reconnecting.
 
-Backpressure: each socket has a "stale" flag instead of a queue and its own writer task, which renders the
-latest profile when the socket is free (conflation: a slow socket skips to the latest profile, never a
-backlog; a profile is built once per change per user, and only when some socket of it is ready), so a slow
-socket never delays the fan-out or the others.
-A peer that stops reading fills its TCP buffers and aiohttp's write buffer (64 KiB), and the writer's send
+Backpressure: each socket has a "stale" flag instead of a queue. The fan-out writes a profile inline only
+into a socket whose transport buffer is empty (the write cannot wait, and no task wakes up per socket);
+any other socket is marked stale and gets a writer task of its own, which renders the latest profile when
+the socket is free and ends once it has caught up (conflation: a slow socket skips to the latest profile,
+never a backlog; a profile is built once per change per user), so a slow socket never delays the fan-out
+or the others.
+A peer that stops reading fills its TCP buffers and the transport's write buffer, and the writer's send
 then waits: after ``send_timeout_s`` of waiting the connection is aborted (a close frame could not reach a
 peer that does not read), so each stalled socket holds at most one profile and those buffers.
 
@@ -39,7 +47,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from decimal import Decimal
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
@@ -56,68 +64,114 @@ CLOSE_PROFILE_DELETED = 4404
 #: Close code when the access token (or the one a ticket was issued for) expires during the connection: the
 #: client refreshes its token and reconnects. 4401 mirrors HTTP 401 in the private-use range.
 CLOSE_TOKEN_EXPIRED = 4401
+#: Largest profile (bytes) the fan-out writes inline; a larger one goes through the socket's writer task.
+#: Well below the transports' 64 KiB high-water mark, so an inline write into an empty buffer never pauses.
+INLINE_MAX_BYTES = 16 * 1024
+#: Users the fan-out serves before it lets the event loop run other work (reads, REST requests, pings).
+FAN_OUT_SLICE = 256
 
 
 class Client:
-    """One WebSocket connection: the socket, a "stale" flag and its writer task.
+    """One WebSocket connection: the socket, a "stale" flag and, only while it is behind, a writer task.
 
-    The outbox holds at most one message, and not even that: :meth:`mark_stale` only says the user's profile
-    changed, and the writer renders the profile (``render()``, the latest state, or ``None`` once the user
-    is gone) when the socket is ready for it. So however many changes a slow socket misses, it costs one flag
-    and gets the latest profile (conflation), and profiles nobody is ready to receive are never built.
+    A profile reaches the socket in one of two ways:
+
+    - inline, from the manager's fan-out (when :meth:`can_send_now`): when nothing is waiting in the
+      transport's write buffer, the rendered profile is written at once. A frame of at most
+      :data:`INLINE_MAX_BYTES` into an empty buffer cannot make the transport pause, so the send never waits,
+      and no task wakes up per socket;
+    - through the writer: otherwise :meth:`mark_stale` only says the user's profile changed, and a writer
+      task, started on demand and ended once the socket has caught up, renders the profile (``render()``:
+      the latest state as UTF-8 JSON, or ``None`` once the user is gone) when the socket is free. So however
+      many changes a slow socket misses, it costs one flag and gets the latest profile (conflation). A send
+      that waits longer than ``send_timeout_s`` (the peer stopped reading and every buffer is full) aborts
+      the connection through ``transport``.
+
+    Nothing is sent before :meth:`start_writer` (the socket is prepared then); a snapshot marked before is
+    sent by it.
     """
+
+    __slots__ = ("_open", "_render", "_send_timeout_s", "_stale", "_transport", "_writer", "user_id", "ws")
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
         user_id: int,
-        render: Callable[[], str | None],
+        render: Callable[[], bytes | None],
         *,
         send_timeout_s: float = 10.0,
-        abort: Callable[[], None] | None = None,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.ws = ws
         self.user_id = user_id
         self._render = render
         self._send_timeout_s = send_timeout_s
-        self._abort = abort
-        self._stale = asyncio.Event()
+        self._transport = transport
+        self._open = False
+        self._stale = False
         self._writer: asyncio.Task[None] | None = None
 
     def mark_stale(self) -> None:
         """The profile changed: send the latest one when the socket is free; never blocks."""
-        self._stale.set()
+        self._stale = True
+        if self._open and self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.user_id}")
 
     def start_writer(self) -> None:
-        """Start sending queued messages; call once the socket is prepared."""
-        self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.user_id}")
+        """The socket is prepared: send what is pending (the snapshot), and from now on every change."""
+        self._open = True
+        if self._stale:
+            self.mark_stale()
+
+    def can_send_now(self, size: int) -> bool:
+        """True if a message of ``size`` bytes can be written at once without waiting: the socket is open,
+        no writer is behind, and the transport's write buffer is empty."""
+        transport = self._transport
+        return (
+            self._open
+            and self._writer is None
+            and size <= INLINE_MAX_BYTES
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        )
+
+    def closing(self) -> None:
+        """A send found the socket closing: send nothing more (the handler's disconnect() unregisters it)."""
+        self._open = False
 
     async def stop_writer(self) -> None:
-        """Stop the writer task (a message not yet sent is dropped)."""
-        if self._writer is not None:
-            self._writer.cancel()
+        """Send nothing more and stop the writer task (a message not yet sent is dropped)."""
+        self._open = False
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+                await writer
 
     async def _write(self) -> None:
-        while True:
-            await self._stale.wait()
-            self._stale.clear()
-            message = self._render()
-            if message is None:
-                return
-            try:
-                async with asyncio.timeout(self._send_timeout_s):
-                    await self.ws.send_str(message)
-            except TimeoutError:
-                log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
-                if self._abort is not None:
-                    self._abort()
-                return
-            except (ConnectionError, RuntimeError):
-                # The socket is closing; the handler's disconnect() will stop this task.
-                return
+        try:
+            while self._stale and self._open:
+                self._stale = False
+                message = self._render()
+                if message is None:
+                    return
+                try:
+                    async with asyncio.timeout(self._send_timeout_s):
+                        await self.ws.send_frame(message, WSMsgType.TEXT)
+                except TimeoutError:
+                    log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
+                    self._open = False
+                    if self._transport is not None:
+                        self._transport.abort()
+                    return
+                except (ConnectionError, RuntimeError):
+                    # The socket is closing; the handler's disconnect() will stop this task.
+                    self._open = False
+                    return
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
 
 
 class _User:
@@ -127,8 +181,8 @@ class _User:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        #: The rendered profile of the current state; ``None`` after any change until a writer renders it.
-        self.message: str | None = None
+        #: The rendered profile (UTF-8 JSON) of the current state; ``None`` after a change until rendered.
+        self.message: bytes | None = None
         self.coins: dict[str, Decimal] = {}
         self.clients: set[Client] = set()
         self.refreshing = False
@@ -138,7 +192,10 @@ class _User:
 class ConnectionManager:
     """Registers sockets, keeps the Redis subscriptions, and pushes profiles (see the module docstring).
 
-    ``reconnect_max_s`` caps the backoff between pub/sub reconnection attempts (seconds).
+    ``reconnect_max_s`` caps the backoff between pub/sub reconnection attempts (seconds). ``coalesce_s``
+    (seconds, ≥ 0) is the coalescing window of price pushes: the fan-out starts that long after the first
+    price not yet pushed arrived, so the prices of one second, which the aggregator publishes within a few
+    milliseconds of each other, reach a user holding several of them as one message.
     """
 
     def __init__(
@@ -148,7 +205,10 @@ class ConnectionManager:
         aggregator: AggregatorClient,
         *,
         reconnect_max_s: float = 5.0,
+        coalesce_s: float = 0.02,
     ) -> None:
+        if coalesce_s < 0:
+            raise ValueError("coalesce_s must be >= 0")
         self._store = store
         self._bus = bus
         self._aggregator = aggregator
@@ -162,6 +222,13 @@ class ConnectionManager:
         self._subscribed: set[str] = set()
         self._subscription_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._coalesce_s = coalesce_s
+        #: Users whose profile has new prices not yet pushed, in arrival order (a dict as an ordered set).
+        self._dirty: dict[int, None] = {}
+        #: Event-loop time at which the oldest entry of ``_dirty`` arrived.
+        self._dirty_since = 0.0
+        self._dirty_event = asyncio.Event()
+        self._pusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
 
@@ -171,8 +238,9 @@ class ConnectionManager:
         return self._connected.is_set()
 
     def start(self) -> None:
-        """Start the pub/sub reader (it connects, and reconnects, in the background)."""
+        """Start the pub/sub reader (it connects, and reconnects, in the background) and the fan-out."""
         self._reader = asyncio.create_task(self._read_forever(), name="bff-pubsub")
+        self._pusher = asyncio.create_task(self._push_forever(), name="bff-fan-out")
 
     async def connect(
         self,
@@ -180,17 +248,19 @@ class ConnectionManager:
         user_id: int,
         *,
         send_timeout_s: float = 10.0,
-        abort: Callable[[], None] | None = None,
+        transport: asyncio.Transport | None = None,
     ) -> Client:
         """Register a socket of ``user_id`` before it is prepared, and queue the profile snapshot.
 
-        ``send_timeout_s`` and ``abort`` (drops the TCP connection) bound a peer that stops reading.
+        ``transport`` is the socket's (``request.transport``): the fan-out writes inline while its write
+        buffer is empty, and it is aborted when a send waits longer than ``send_timeout_s`` (a peer that
+        stops reading).
         Raises :class:`ProfileNotFound` or :class:`StoreUnavailable` (nothing is registered then), so the
         handler can still answer with an HTTP status.
         """
         holdings = await self._store.load(user_id)
         client = Client(
-            ws, user_id, lambda: self._render(user_id), send_timeout_s=send_timeout_s, abort=abort
+            ws, user_id, lambda: self._render(user_id), send_timeout_s=send_timeout_s, transport=transport
         )
         user = self._users.get(user_id)
         if user is None:
@@ -243,7 +313,7 @@ class ConnectionManager:
             *(client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for client in clients),
             return_exceptions=True,
         )
-        tasks = [*self._tasks, *([self._reader] if self._reader else [])]
+        tasks = [*self._tasks, *(task for task in (self._reader, self._pusher) if task is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -326,15 +396,64 @@ class ConnectionManager:
         for client in user.clients:
             client.mark_stale()
 
-    def _render(self, user_id: int) -> str | None:
-        """The user's profile JSON for its current coins and prices, built once per change and shared by its
-        sockets; ``None`` once the user has no socket here."""
+    def _render(self, user_id: int) -> bytes | None:
+        """The user's profile as UTF-8 JSON for its current coins and prices, built once per change and
+        shared by its sockets; ``None`` once the user has no socket here."""
         user = self._users.get(user_id)
         if user is None:
             return None
         if user.message is None:
-            user.message = jsonutil.dumps_str(build_profile(user_id, user.name, user.coins, self._prices))
+            user.message = jsonutil.dumps(build_profile(user_id, user.name, user.coins, self._prices))
         return user.message
+
+    def _mark_dirty(self, user_ids: Iterable[int]) -> None:
+        """New prices for ``user_ids``: the fan-out pushes them once the coalescing window has passed."""
+        if not self._dirty:
+            self._dirty_since = asyncio.get_running_loop().time()
+            self._dirty_event.set()
+        self._dirty.update(dict.fromkeys(user_ids))
+
+    async def _push_forever(self) -> None:
+        """The fan-out: after the coalescing window, push each dirty user's profile to its sockets, rendered
+        once per user; written inline where the socket can take it now, else through its writer."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._dirty_event.wait()
+            if (wait_s := self._dirty_since + self._coalesce_s - loop.time()) > 0:
+                await asyncio.sleep(wait_s)
+            self._dirty_event.clear()
+            batch, self._dirty = self._dirty, {}
+            try:
+                await self._fan_out(batch)
+            except Exception:
+                log.exception("fan_out_failed", users=len(batch))
+
+    async def _fan_out(self, user_ids: Iterable[int]) -> None:
+        served = 0
+        for user_id in user_ids:
+            user = self._users.get(user_id)
+            if user is None:
+                continue
+            # Rendered now with the latest prices: a price that marked it again meanwhile is in this message.
+            self._dirty.pop(user_id, None)
+            user.message = None
+            message: bytes | None = None
+            for client in list(user.clients):
+                if message is None:
+                    message = self._render(user_id)
+                    if message is None:
+                        break
+                if client.can_send_now(len(message)):
+                    try:
+                        await client.ws.send_frame(message, WSMsgType.TEXT)
+                    except (ConnectionError, RuntimeError):
+                        # The socket is closing; the handler's disconnect() will unregister it.
+                        client.closing()
+                else:
+                    client.mark_stale()
+            served += 1
+            if served % FAN_OUT_SLICE == 0:
+                await asyncio.sleep(0)
 
     def _follow_in_background(self, user_id: int, symbols: Iterable[str]) -> None:
         wanted = sorted(symbols)
@@ -409,12 +528,8 @@ class ConnectionManager:
         except InvalidSecondStat as exc:
             log.warning("malformed_second_stat", symbol=symbol, error=str(exc))
             return
-        if not self._remember(symbol, price):
-            return
-        for user_id in self._holders.get(symbol, ()):
-            user = self._users.get(user_id)
-            if user is not None:
-                self._push(user_id, user)
+        if self._remember(symbol, price):
+            self._mark_dirty(self._holders.get(symbol, ()))
 
     def _on_portfolio_change(self, data: bytes) -> None:
         try:

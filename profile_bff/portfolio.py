@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, InvalidOperation, Overflow
 from typing import Any
@@ -28,6 +28,7 @@ _QUANTUM = Decimal(1).scaleb(-MAX_FRACTION_DIGITS)
 _QUANTITY_TEXT = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64})?")
 #: SecondStat ``t`` must be a representable time (before year 10000).
 _YEAR_10000_MS = 253_402_300_800_000
+_ZERO = Decimal(0)
 
 
 class InvalidQuantity(ValueError):
@@ -40,10 +41,20 @@ class InvalidSecondStat(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """The latest price of a symbol: ``value`` is SecondStat ``p``, ``second_ms`` its ``t`` (Unix ms)."""
+    """The latest price of a symbol: ``value`` is SecondStat ``p``, ``second_ms`` its ``t`` (Unix ms).
+
+    ``text`` (``value`` normalised, positional notation) and ``time_text`` (``second_ms`` as RFC 3339 UTC
+    with milliseconds) are computed once here, since every profile holding the symbol shows them.
+    """
 
     value: Decimal
     second_ms: int
+    text: str = field(init=False, repr=False, compare=False)
+    time_text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", decimal_text(self.value))
+        object.__setattr__(self, "time_text", rfc3339_ms(self.second_ms))
 
 
 def parse_quantity(raw: object) -> Decimal:
@@ -109,34 +120,44 @@ def build_profile(
     ``Prices``, ``Totals`` and ``PriceTimes`` hold only the coins with a known price;
     ``Totals[s] = Quantities[s] × Prices[s]`` exactly; ``PriceTimes[s]`` is the SecondStat second of that price
     and ``PricesAt`` the latest of them, as RFC 3339 UTC with milliseconds (``None`` without prices); ``Total``
-    is the sum of the totals (``0`` without prices). Decimals are normalised (``1.500`` → ``1.5``)
-    and written by the JSON codec as positional strings. Symbols appear in sorted order.
+    is the sum of the totals (``0`` without prices). Amounts are normalised (``1.500`` → ``1.5``) decimal
+    strings in positional notation (:func:`decimal_text`). Symbols appear in sorted order.
     """
-    quantity_of: dict[str, Decimal] = {}
-    price_of: dict[str, Decimal] = {}
-    total_of: dict[str, Decimal] = {}
+    quantity_of: dict[str, str] = {}
+    price_of: dict[str, str] = {}
+    total_of: dict[str, str] = {}
     time_of: dict[str, str] = {}
-    total = Decimal(0)
-    latest_ms: int | None = None
+    total = _ZERO
+    latest: Price | None = None
     for symbol in sorted(quantities):
         quantity = quantities[symbol]
-        quantity_of[symbol] = CONTEXT.normalize(quantity)
+        quantity_of[symbol] = decimal_text(quantity)
         price = prices.get(symbol)
         if price is None:
             continue
         line_total = CONTEXT.multiply(quantity, price.value)
-        price_of[symbol] = CONTEXT.normalize(price.value)
-        total_of[symbol] = CONTEXT.normalize(line_total)
-        time_of[symbol] = rfc3339_ms(price.second_ms)
+        price_of[symbol] = price.text
+        total_of[symbol] = decimal_text(line_total)
+        time_of[symbol] = price.time_text
         total = CONTEXT.add(total, line_total)
-        latest_ms = price.second_ms if latest_ms is None else max(latest_ms, price.second_ms)
+        if latest is None or price.second_ms > latest.second_ms:
+            latest = price
     return {
         "ID": user_id,
         "Name": name,
         "Coins": {"Quantities": quantity_of, "Prices": price_of, "Totals": total_of, "PriceTimes": time_of},
-        "Total": CONTEXT.normalize(total),
-        "PricesAt": None if latest_ms is None else rfc3339_ms(latest_ms),
+        "Total": decimal_text(total),
+        "PricesAt": None if latest is None else latest.time_text,
     }
+
+
+def decimal_text(value: Decimal) -> str:
+    """``value`` normalised (exactly, in :data:`CONTEXT`) in positional notation: ``Decimal("1.500")`` →
+    ``"1.5"``, ``Decimal("1E+2")`` → ``"100"``."""
+    normal = CONTEXT.normalize(value)
+    # str() is twice as fast as format(); it writes an exponent only for very large or small values.
+    text = str(normal)
+    return format(normal, "f") if "E" in text else text
 
 
 def rfc3339_ms(unix_ms: int) -> str:

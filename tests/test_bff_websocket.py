@@ -438,7 +438,8 @@ async def test_a_slow_client_gets_the_latest_profile_not_a_backlog(bff):
 
 
 async def test_a_client_that_stops_reading_is_disconnected_and_others_keep_receiving(stack):
-    async with stack.replica(ws_send_timeout_s=0.5) as bff:
+    # No coalescing window, so that every price is a profile sent on its own.
+    async with stack.replica(ws_send_timeout_s=0.5, ws_coalesce_ms=0) as bff:
         hot, shared = new_symbol(), new_symbol()
         stalled_id, stalled_auth = await bff.user()
         _, healthy_auth = await bff.user()
