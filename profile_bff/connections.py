@@ -54,7 +54,7 @@ from redis.exceptions import RedisError
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
 from profile_bff.clients import AggregatorClient, AggregatorUnavailable
-from profile_bff.portfolio import InvalidSecondStat, Price, build_profile, parse_second_stat
+from profile_bff.portfolio import Holdings, InvalidSecondStat, Price, parse_second_stat
 from profile_bff.store import PORTFOLIO_CHANNEL, MarketBus, ProfileNotFound, ProfileStore, StoreUnavailable
 
 log = get_logger(__name__)
@@ -69,6 +69,7 @@ CLOSE_TOKEN_EXPIRED = 4401
 INLINE_MAX_BYTES = 16 * 1024
 #: Users the fan-out serves before it lets the event loop run other work (reads, REST requests, pings).
 FAN_OUT_SLICE = 256
+_TEXT = WSMsgType.TEXT
 
 
 class Client:
@@ -158,7 +159,7 @@ class Client:
                     return
                 try:
                     async with asyncio.timeout(self._send_timeout_s):
-                        await self.ws.send_frame(message, WSMsgType.TEXT)
+                        await self.ws.send_frame(message, _TEXT)
                 except TimeoutError:
                     log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
                     self._open = False
@@ -177,10 +178,12 @@ class Client:
 class _User:
     """A locally connected user: name, coins as last loaded, its sockets, and its refresh state."""
 
-    __slots__ = ("clients", "coins", "message", "name", "refresh_again", "refreshing")
+    __slots__ = ("clients", "coins", "holdings", "message", "name", "refresh_again", "refreshing")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, user_id: int, name: str) -> None:
         self.name = name
+        #: ``coins`` prepared for rendering; rebuilt with them.
+        self.holdings = Holdings(user_id, name, {})
         #: The rendered profile (UTF-8 JSON) of the current state; ``None`` after a change until rendered.
         self.message: bytes | None = None
         self.coins: dict[str, Decimal] = {}
@@ -205,7 +208,7 @@ class ConnectionManager:
         aggregator: AggregatorClient,
         *,
         reconnect_max_s: float = 5.0,
-        coalesce_s: float = 0.02,
+        coalesce_s: float = 0.01,
     ) -> None:
         if coalesce_s < 0:
             raise ValueError("coalesce_s must be >= 0")
@@ -264,7 +267,7 @@ class ConnectionManager:
         )
         user = self._users.get(user_id)
         if user is None:
-            user = self._users[user_id] = _User(holdings.name)
+            user = self._users[user_id] = _User(user_id, holdings.name)
         user.clients.add(client)
         try:
             await self._apply_coins(user_id, user, holdings.coins)
@@ -337,6 +340,7 @@ class ConnectionManager:
         """Make ``coins`` the user's holdings: adjust holders and subscriptions, seed new prices."""
         before, after = set(user.coins), set(coins)
         user.coins = dict(coins)
+        user.holdings = Holdings(user_id, user.name, user.coins)
         user.message = None
         for symbol in after - before:
             self._acquire(symbol, user_id)
@@ -403,7 +407,7 @@ class ConnectionManager:
         if user is None:
             return None
         if user.message is None:
-            user.message = jsonutil.dumps(build_profile(user_id, user.name, user.coins, self._prices))
+            user.message = jsonutil.dumps(user.holdings.profile(self._prices))
         return user.message
 
     def _mark_dirty(self, user_ids: Iterable[int]) -> None:
@@ -429,23 +433,22 @@ class ConnectionManager:
                 log.exception("fan_out_failed", users=len(batch))
 
     async def _fan_out(self, user_ids: Iterable[int]) -> None:
+        users, prices, dirty = self._users, self._prices, self._dirty
         served = 0
         for user_id in user_ids:
-            user = self._users.get(user_id)
-            if user is None:
+            user = users.get(user_id)
+            if user is None or not user.clients:
                 continue
-            # Rendered now with the latest prices: a price that marked it again meanwhile is in this message.
-            self._dirty.pop(user_id, None)
-            user.message = None
-            message: bytes | None = None
-            for client in list(user.clients):
-                if message is None:
-                    message = self._render(user_id)
-                    if message is None:
-                        break
-                if client.can_send_now(len(message)):
+            if dirty:
+                # Rendered now with the latest prices: a price that marked it again meanwhile is in this message.
+                dirty.pop(user_id, None)
+            # What _render() does, inline: this loop runs once per user and price change.
+            message = user.message = jsonutil.dumps(user.holdings.profile(prices))
+            size = len(message)
+            for client in tuple(user.clients):
+                if client.can_send_now(size):
                     try:
-                        await client.ws.send_frame(message, WSMsgType.TEXT)
+                        await client.ws.send_frame(message, _TEXT)
                     except (ConnectionError, RuntimeError):
                         # The socket is closing; the handler's disconnect() will unregister it.
                         client.closing()

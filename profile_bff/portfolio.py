@@ -29,6 +29,7 @@ _QUANTITY_TEXT = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64})?")
 #: SecondStat ``t`` must be a representable time (before year 10000).
 _YEAR_10000_MS = 253_402_300_800_000
 _ZERO = Decimal(0)
+_normalize = CONTEXT.normalize
 
 
 class InvalidQuantity(ValueError):
@@ -123,38 +124,62 @@ def build_profile(
     is the sum of the totals (``0`` without prices). Amounts are normalised (``1.500`` → ``1.5``) decimal
     strings in positional notation (:func:`decimal_text`). Symbols appear in sorted order.
     """
-    quantity_of: dict[str, str] = {}
-    price_of: dict[str, str] = {}
-    total_of: dict[str, str] = {}
-    time_of: dict[str, str] = {}
-    total = _ZERO
-    latest: Price | None = None
-    for symbol in sorted(quantities):
-        quantity = quantities[symbol]
-        quantity_of[symbol] = decimal_text(quantity)
-        price = prices.get(symbol)
-        if price is None:
-            continue
-        line_total = CONTEXT.multiply(quantity, price.value)
-        price_of[symbol] = price.text
-        total_of[symbol] = decimal_text(line_total)
-        time_of[symbol] = price.time_text
-        total = CONTEXT.add(total, line_total)
-        if latest is None or price.second_ms > latest.second_ms:
-            latest = price
-    return {
-        "ID": user_id,
-        "Name": name,
-        "Coins": {"Quantities": quantity_of, "Prices": price_of, "Totals": total_of, "PriceTimes": time_of},
-        "Total": decimal_text(total),
-        "PricesAt": None if latest is None else latest.time_text,
-    }
+    return Holdings(user_id, name, quantities).profile(prices)
+
+
+class Holdings:
+    """A user's coins prepared for building its profile many times (:meth:`profile`, the same message as
+    :func:`build_profile`): symbols sorted and quantities written out once, not at every price change."""
+
+    __slots__ = ("_lines", "name", "user_id")
+
+    def __init__(self, user_id: int, name: str, quantities: Mapping[str, Decimal]) -> None:
+        self.user_id = user_id
+        self.name = name
+        self._lines = [
+            (symbol, quantities[symbol], decimal_text(quantities[symbol])) for symbol in sorted(quantities)
+        ]
+
+    def profile(self, prices: Mapping[str, Price]) -> dict[str, Any]:
+        """The profile at ``prices`` (symbol → latest price; symbols without one are left out of
+        ``Prices``, ``Totals`` and ``PriceTimes``); see :func:`build_profile`."""
+        quantity_of: dict[str, str] = {}
+        price_of: dict[str, str] = {}
+        total_of: dict[str, str] = {}
+        time_of: dict[str, str] = {}
+        total = _ZERO
+        latest: Price | None = None
+        multiply, add = CONTEXT.multiply, CONTEXT.add
+        for symbol, quantity, quantity_text in self._lines:
+            quantity_of[symbol] = quantity_text
+            price = prices.get(symbol)
+            if price is None:
+                continue
+            line_total = multiply(quantity, price.value)
+            price_of[symbol] = price.text
+            total_of[symbol] = decimal_text(line_total)
+            time_of[symbol] = price.time_text
+            total = add(total, line_total)
+            if latest is None or price.second_ms > latest.second_ms:
+                latest = price
+        return {
+            "ID": self.user_id,
+            "Name": self.name,
+            "Coins": {
+                "Quantities": quantity_of,
+                "Prices": price_of,
+                "Totals": total_of,
+                "PriceTimes": time_of,
+            },
+            "Total": decimal_text(total),
+            "PricesAt": None if latest is None else latest.time_text,
+        }
 
 
 def decimal_text(value: Decimal) -> str:
     """``value`` normalised (exactly, in :data:`CONTEXT`) in positional notation: ``Decimal("1.500")`` →
     ``"1.5"``, ``Decimal("1E+2")`` → ``"100"``."""
-    normal = CONTEXT.normalize(value)
+    normal = _normalize(value)
     # str() is twice as fast as format(); it writes an exponent only for very large or small values.
     text = str(normal)
     return format(normal, "f") if "E" in text else text
