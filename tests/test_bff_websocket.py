@@ -6,7 +6,8 @@ The aggregator is an aiohttp stand-in speaking its control API (docs/CONTRACTS.m
 HTTP": per-symbol follower PUT/DELETE and ``PUT /v1/followers/{follower}``), which is all the BFF sees of
 it; prices are SecondStats published on Redis as the aggregator publishes them. It can be stopped and
 started again on the same port, forgetting its followers, to play an aggregator that restarted and lost
-them.
+them. One test runs the real aggregator instead, on a socket_proxy and a replay exchange of the shipped
+recording, and restarts it.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ from test_bff_api import (
     wait_until_subscribed,
     write_exchange_info,
 )
+from test_market_path import exchange_and_proxy
 
+from aggregator.app import start as start_aggregator
+from aggregator.settings import AggregatorSettings
 from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
+from crypto_mesh.netutil import free_port
 
 WS = "/v2/user/profile/ws"
 ORIGIN = "https://app.example"
@@ -394,6 +399,62 @@ async def test_while_the_aggregator_restarts_prices_keep_flowing_and_its_followe
         await eventually(lambda: stack.aggregator.followed_by(user_id) == {symbol, added_meanwhile})
         await publish(bff, added_meanwhile, "3", 1723161602000)
         assert (await next_profile(ws))["Coins"]["Prices"] == {symbol: "1", added_meanwhile: "3"}
+
+
+@dataclass
+class AggregatorAt:
+    """Where a real aggregator listens, for :func:`serve_bff`."""
+
+    url: str
+
+
+async def next_price_time(ws: aiohttp.ClientWebSocketResponse, symbol: str, after: str = "") -> str:
+    """Read profiles until one prices ``symbol`` at a second later than ``after`` (RFC 3339 strings of one
+    format compare as times); returns that ``PriceTimes`` entry."""
+    while True:
+        # The replay exchange plays the recording in real time: about one SecondStat per second.
+        seen = (await next_profile(ws, timeout=15.0))["Coins"]["PriceTimes"].get(symbol, "")
+        if seen > after:
+            return seen
+
+
+async def test_while_the_real_aggregator_restarts_prices_keep_flowing(
+    stack, kafka_bootstrap, trade_recording
+):
+    symbol = "btcusdt"  # in the recording, and listed in exchangeInfo
+    port = free_port()
+    async with exchange_and_proxy(trade_recording, speed=1.0) as (_, proxy):
+        settings = AggregatorSettings(
+            port=port,
+            redis_url=stack.redis_url,
+            kafka_bootstrap_servers=kafka_bootstrap,
+            socket_proxy_target=f"127.0.0.1:{proxy.port}",
+            kafka_enable_idempotence=False,
+        )
+        aggregator = await start_aggregator(settings)
+        try:
+            async with serve_bff(
+                stack.database_url,
+                stack.redis_url,
+                stack.auth_port,
+                AggregatorAt(f"http://127.0.0.1:{port}"),
+                stack.exchange_info,
+            ) as bff:
+                _, auth = await bff.user()
+                await add(bff, auth, symbol)
+                async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+                    await next_profile(ws)
+                    before = await next_price_time(ws, symbol)
+                    await aggregator.stop()
+                    # Followers live in Redis: the aggregator started again tracks the symbol at once, and
+                    # the BFF, subscribed to Redis, pushes its prices to the open socket.
+                    aggregator = await start_aggregator(settings)
+                    await next_price_time(ws, symbol, after=before)
+                    await next_price_time(ws, symbol, after=await next_price_time(ws, symbol, after=before))
+                async with bff.http.delete(f"{bff.url}/v2/coin/symbol?symbol={symbol}", headers=auth) as resp:
+                    assert resp.status == 204, await resp.text()
+        finally:
+            await aggregator.stop()
 
 
 # -- slow and misbehaving clients --------------------------------------------------------------------------
