@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from test_bff_api import (
     Bff,
@@ -31,7 +32,7 @@ from test_bff_api import (
     wait_until_subscribed,
     write_exchange_info,
 )
-from test_market_path import exchange_and_proxy
+from test_market_path import db_url, exchange_and_proxy
 
 from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings
@@ -41,6 +42,9 @@ from auth.tokens import generate_private_key_pem
 from crypto_mesh.netutil import free_port
 
 WS = "/v2/user/profile/ws"
+#: Redis database of the test with the real aggregator (tests/test_market_path.py uses 11 and 12,
+#: tests/test_aggregator_service.py 13).
+REAL_AGGREGATOR_DB = 14
 ORIGIN = "https://app.example"
 
 
@@ -419,23 +423,30 @@ async def next_price_time(ws: aiohttp.ClientWebSocketResponse, symbol: str, afte
 
 
 async def test_while_the_real_aggregator_restarts_prices_keep_flowing(
-    stack, kafka_bootstrap, trade_recording
+    stack, postgres, kafka_bootstrap, trade_recording
 ):
     symbol = "btcusdt"  # in the recording, and listed in exchangeInfo
     port = free_port()
+    # A Redis database of its own and an empty one: the aggregator never publishes a second older than the
+    # price:btcusdt other tests left (a far-future one).
+    redis_url = db_url(stack.redis_url, REAL_AGGREGATOR_DB)
+    async with aioredis.Redis.from_url(redis_url) as redis:
+        await redis.flushdb()
     async with exchange_and_proxy(trade_recording, speed=1.0) as (_, proxy):
         settings = AggregatorSettings(
             port=port,
-            redis_url=stack.redis_url,
+            redis_url=redis_url,
             kafka_bootstrap_servers=kafka_bootstrap,
             socket_proxy_target=f"127.0.0.1:{proxy.port}",
             kafka_enable_idempotence=False,
         )
         aggregator = await start_aggregator(settings)
         try:
+            # A profile database of its own: at start-up the BFF follows every holder's coins, and the other
+            # tests' symbols are not in the recording.
             async with serve_bff(
-                stack.database_url,
-                stack.redis_url,
+                new_database(postgres, "profile"),
+                redis_url,
                 stack.auth_port,
                 AggregatorAt(f"http://127.0.0.1:{port}"),
                 stack.exchange_info,
