@@ -7,12 +7,16 @@ acknowledged it (and the dead-letter topic has acknowledged the batch's undecoda
 (the server drops it), and every row carries a deterministic ``message_id`` that the ReplacingMergeTree
 tables fold, which also covers a redelivery cut into different batches (docs/ANALYTICS.md, "Exactly once").
 
-Each topic has one batch, closed by size (``ETL_BATCH_MAX_ROWS`` records) or age (``ETL_BATCH_MAX_AGE_MS``);
-no poll takes more records than the fullest batch has room for, so at most one bounded batch per topic is
-held. While ClickHouse (or the dead-letter topic) fails, that batch is retried with exponential backoff and
-every partition is paused, so nothing more is taken from Kafka; the loop keeps polling (paused partitions
-return nothing) to stay in the consumer group. A record that cannot be decoded goes to the dead-letter topic
-with the reason (:mod:`etl.deadletter`) and the batch moves on without it.
+Each topic has one open batch, closed by size (``ETL_BATCH_MAX_ROWS`` records) or age
+(``ETL_BATCH_MAX_AGE_MS``); no poll takes more records than the fullest batch has room for. Records are
+decoded as they are polled, a whole poll at a time (:mod:`etl.columnar`). A closed batch is inserted on the
+store's thread while the loop fills the next one (one insert in flight at a time, committed in order), so
+at most the open batches and the one being inserted are held: three batches with two topics. If that insert
+fails, the open batches are given back to Kafka (their partitions sought back to their first records), and
+the failing batch, alone, is retried with exponential backoff and every partition paused, so nothing more
+is taken from Kafka while ClickHouse (or the dead-letter topic) fails; the loop keeps polling (paused
+partitions return nothing) to stay in the consumer group. A record that cannot be decoded goes to the
+dead-letter topic with the reason (:mod:`etl.deadletter`) and the batch moves on without it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
@@ -36,8 +41,9 @@ from tenacity import (
 
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.logs import get_logger
+from etl.columnar import decode_values
 from etl.deadletter import DeadLetter, dead_letter
-from etl.records import InvalidRecord, TableSpec
+from etl.records import TableSpec
 from etl.seconds import SECONDS
 from etl.settings import EtlSettings
 from etl.store import ClickHouseStore
@@ -49,6 +55,8 @@ _KAFKA_ERRORS = (KafkaError, OSError, TimeoutError)
 _CLICKHOUSE_ERRORS = (ClickHouseError, OSError)
 #: Longest wait in one poll of Kafka when no batch is open (bounds the reaction time to a stop request).
 _IDLE_POLL_MS = 250
+#: Longest wait in one poll while an insert is in flight (bounds the delay before its batch is committed).
+_INSERTING_POLL_MS = 10
 
 
 def backoff(settings: EtlSettings) -> wait_exponential_jitter:
@@ -82,53 +90,71 @@ class ConsumerStats:
 
 @dataclass
 class Batch:
-    """Records of one topic taken from Kafka and not yet committed, per partition.
+    """Records of one topic taken from Kafka and not yet committed, decoded as they arrive.
 
-    ``size`` counts every record taken (decoded or dead-lettered) and is bounded by ``ETL_BATCH_MAX_ROWS``;
-    ``first_offset``/``last_offset`` cover dead-lettered records too, so committing moves past them.
+    ``size`` counts every record taken (loaded or dead-lettered) and is bounded by ``ETL_BATCH_MAX_ROWS``;
+    ``first_offset``/``last_offset`` (per partition) cover dead-lettered records too, so committing moves
+    past them. :meth:`seal` makes the one table and the deduplication token that every insert attempt of
+    the batch sends.
     """
 
     spec: TableSpec
-    rows: list[tuple] = field(default_factory=list)
+    tables: list[pa.Table] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     first_offset: dict[TopicPartition, int] = field(default_factory=dict)
     last_offset: dict[TopicPartition, int] = field(default_factory=dict)
     size: int = 0
+    rows: int = 0
     opened_at: float = 0.0
+    sealed: tuple[pa.Table, str] | None = None
     inserted: bool = False
     dead_letters_sent: bool = False
 
-    def take(self, tp: TopicPartition, records: list[ConsumerRecord]) -> int:
-        """Decode ``records`` (consecutive, of ``tp``) into the batch; returns how many were dead-lettered."""
+    def take(self, polled: list[tuple[TopicPartition, list[ConsumerRecord]]]) -> None:
+        """Decode the records of one poll (per partition, consecutive) into the batch, all partitions in
+        one columnar run (:func:`etl.columnar.decode_values`); the records that cannot be decoded become
+        :attr:`dead_letters`."""
+        records: list[ConsumerRecord] = []
+        for tp, part in polled:
+            if part:
+                self.first_offset.setdefault(tp, part[0].offset)
+                self.last_offset[tp] = part[-1].offset
+                records.extend(part)
         if not records:
-            return 0
+            return
         if self.size == 0:
             self.opened_at = time.monotonic()
         self.size += len(records)
-        self.first_offset.setdefault(tp, records[0].offset)
-        self.last_offset[tp] = records[-1].offset
-        rows = self.rows
-        decode = self.spec.decode
-        dead = 0
-        for record in records:
-            try:
-                rows.append(decode(record.value))
-            except InvalidRecord as exc:
-                dead += 1
-                self.dead_letters.append(dead_letter(record, str(exc)))
-                log.warning(
-                    "undecodable record sent to the dead-letter topic",
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    reason=str(exc),
-                )
-        return dead
+        run = decode_values(self.spec, [record.value for record in records])
+        if run.table is not None:
+            self.tables.append(run.table)
+            self.rows += run.table.num_rows
+        for index, reason in run.invalid:
+            record = records[index]
+            self.dead_letters.append(dead_letter(record, reason))
+            log.warning(
+                "undecodable record sent to the dead-letter topic",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                reason=reason,
+            )
 
     def age_ms(self) -> float:
         return (time.monotonic() - self.opened_at) * 1000 if self.size else 0.0
 
-    def deduplication_token(self) -> str:
+    def seal(self) -> tuple[pa.Table, str]:
+        """(the batch's rows as one table, its deduplication token); the same on every call."""
+        if self.sealed is None:
+            if self.tables:
+                table = pa.concat_tables(self.tables)
+            else:
+                table = pa.schema(list(zip(self.spec.columns, self.spec.arrow_types))).empty_table()
+            self.tables = [table]
+            self.sealed = (table, self._deduplication_token(table))
+        return self.sealed
+
+    def _deduplication_token(self, table: pa.Table) -> str:
         """``<topic>:<partition>:<first offset>-<last offset>[,<partition>:...]:<digest of the message ids>``,
         partitions in order.
 
@@ -136,8 +162,7 @@ class Batch:
         reuses those offsets (a topic recreated on a broker with memory storage starts again at 0).
         """
         digest = hashlib.blake2b(digest_size=8)
-        for row in self.rows:
-            digest.update(row[0].encode())  # message_id, the first column of every table
+        digest.update("".join(table.column("message_id").to_pylist()).encode())
         runs = ",".join(
             f"{tp.partition}:{self.first_offset[tp]}-{self.last_offset[tp]}"
             for tp in sorted(self.first_offset, key=lambda tp: tp.partition)
@@ -148,6 +173,14 @@ class Batch:
     def commit_offsets(self) -> dict[TopicPartition, int]:
         """Offsets to commit: the next record to read in each partition (last offset + 1)."""
         return {tp: offset + 1 for tp, offset in self.last_offset.items()}
+
+
+@dataclass
+class _Insert:
+    """A sealed batch whose first insert attempt runs on the store's thread while the loop goes on."""
+
+    batch: Batch
+    task: asyncio.Task[None]
 
 
 class TickerConsumer:
@@ -265,36 +298,104 @@ class TickerConsumer:
         )
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        """The loop: poll, decode into the topic's batch, and insert each batch that is full or old enough.
+
+        Inserts are pipelined: a due batch is sealed and its insert starts on the store's thread, and the
+        loop goes on polling and decoding into a new batch meanwhile; one insert at a time, committed in
+        order (the next due batch first waits for the one in flight). If that insert fails, the batches
+        filled meanwhile are given back to Kafka (:meth:`_release`) and the failing batch is retried alone
+        with every partition paused.
+        """
         max_rows, max_age_ms = self._settings.batch_max_rows, self._settings.batch_max_age_ms
         batches = {topic: Batch(spec) for topic, spec in self._specs.items()}
-        while not self._stopping.is_set():
-            open_batches = [batch for batch in batches.values() if batch.size]
-            timeout_ms = _IDLE_POLL_MS
-            if open_batches:
-                timeout_ms = min(timeout_ms, max_age_ms - max(batch.age_ms() for batch in open_batches))
-            room = max_rows - max(batch.size for batch in batches.values())
-            polled = await consumer.getmany(timeout_ms=max(0, int(timeout_ms)), max_records=room)
-            for tp, records in polled.items():
-                self.stats.records_dead_lettered += batches[tp.topic].take(tp, records)
-            self._note_held(batches)
-            for topic, batch in batches.items():
-                if batch.size and (batch.size >= max_rows or batch.age_ms() >= max_age_ms):
-                    if not await self._flush(consumer, batch):
+        inserting: _Insert | None = None
+        try:
+            while not self._stopping.is_set():
+                if inserting is not None and inserting.task.done():
+                    finished, inserting = inserting, None
+                    if not await self._finish(consumer, finished, batches):
                         return
+                open_batches = [batch for batch in batches.values() if batch.size]
+                timeout_ms = _IDLE_POLL_MS if inserting is None else _INSERTING_POLL_MS
+                if open_batches:
+                    timeout_ms = min(timeout_ms, max_age_ms - max(batch.age_ms() for batch in open_batches))
+                room = max_rows - max(batch.size for batch in batches.values())
+                polled = await consumer.getmany(timeout_ms=max(0, int(timeout_ms)), max_records=room)
+                by_topic: dict[str, list[tuple[TopicPartition, list[ConsumerRecord]]]] = {}
+                for tp, records in polled.items():
+                    by_topic.setdefault(tp.topic, []).append((tp, records))
+                for topic, parts in by_topic.items():
+                    batches[topic].take(parts)
+                self._note_held(batches, inserting and inserting.batch)
+                for topic in list(batches):
+                    batch = batches[topic]
+                    if not batch.size or (batch.size < max_rows and batch.age_ms() < max_age_ms):
+                        continue
+                    if inserting is not None:
+                        finished, inserting = inserting, None
+                        if not await self._finish(consumer, finished, batches):
+                            return
+                        if batches[topic] is not batch:
+                            continue  # given back to Kafka after a failed insert
+                    inserting = self._start_insert(batch)
                     batches[topic] = Batch(batch.spec)
-                    self._note_held(batches)
-        for batch in batches.values():
-            if batch.size and not await self._flush(consumer, batch):
-                return
+                    self._note_held(batches, inserting and inserting.batch)
+            if inserting is not None:
+                finished, inserting = inserting, None
+                if not await self._finish(consumer, finished, batches):
+                    return
+            for batch in batches.values():
+                if batch.size and not await self._flush(consumer, batch):
+                    return
+        finally:
+            if inserting is not None:  # the loop failed: let the insert end, it is redelivered anyway
+                await asyncio.wait([inserting.task])
+                if not inserting.task.cancelled():
+                    inserting.task.exception()
 
-    def _note_held(self, batches: dict[str, Batch]) -> None:
+    def _start_insert(self, batch: Batch) -> _Insert:
+        table, token = batch.seal()
+        task = asyncio.create_task(self._store.insert(batch.spec, table, token), name="clickhouse-insert")
+        return _Insert(batch, task)
+
+    async def _finish(
+        self, consumer: AIOKafkaConsumer, inserting: _Insert, batches: dict[str, Batch]
+    ) -> bool:
+        """Wait for the insert in flight, then complete its batch with :meth:`_flush` (which retries the
+        insert if it failed, after the open batches are given back to Kafka). False if stopped meanwhile."""
+        try:
+            await inserting.task
+        except _CLICKHOUSE_ERRORS as exc:
+            self.clickhouse_failing = True
+            self.stats.insert_failures += 1
+            log.warning(
+                "clickhouse insert failed; retrying the batch alone with partitions paused", error=repr(exc)
+            )
+            self._release(consumer, batches)
+        else:
+            inserting.batch.inserted = True
+        self._note_held(batches, inserting.batch)
+        return await self._flush(consumer, inserting.batch)
+
+    def _release(self, consumer: AIOKafkaConsumer, batches: dict[str, Batch]) -> None:
+        """Give the open batches back to Kafka: drop them and seek their partitions back to their first
+        records, so that only the failing batch is held while ClickHouse is retried."""
+        for topic, batch in batches.items():
+            for tp, offset in batch.first_offset.items():
+                consumer.seek(tp, offset)
+            batches[topic] = Batch(batch.spec)
+
+    def _note_held(self, batches: dict[str, Batch], inserting: Batch | None) -> None:
+        """Record how many records are held: the open batches and the batch being inserted."""
         held = sum(batch.size for batch in batches.values())
+        if inserting is not None:
+            held += inserting.size
         self.stats.records_held = held
         self.stats.max_records_held = max(self.stats.max_records_held, held)
 
     async def _flush(self, consumer: AIOKafkaConsumer, batch: Batch) -> bool:
-        """Insert the batch (retrying while ClickHouse fails), send its dead letters (retrying while Kafka
-        fails), then commit its offsets.
+        """Insert the batch unless that is done (retrying while ClickHouse fails), send its dead letters
+        (retrying while Kafka fails), then commit its offsets.
 
         Returns False if a stop request came while retrying: the batch is left uncommitted and Kafka
         redelivers it to the next consumer of the group.
@@ -305,7 +406,7 @@ class TickerConsumer:
                     # One insert for the whole batch, every partition together: each insert into chDB has
                     # a fixed cost (and creates a part), so fewer, larger inserts load faster.
                     if not batch.inserted:
-                        await self._store.insert(batch.spec, batch.rows, batch.deduplication_token())
+                        await self._store.insert(batch.spec, *batch.seal())
                         batch.inserted = True
             self.clickhouse_failing = False
             if batch.dead_letters and not batch.dead_letters_sent:
@@ -313,12 +414,13 @@ class TickerConsumer:
                     with attempt:
                         await self._send_dead_letters(batch.dead_letters)
                 batch.dead_letters_sent = True
+                self.stats.records_dead_lettered += len(batch.dead_letters)
         except RetryError:
             log.warning("stopping with an unflushed batch; Kafka will redeliver it", records=batch.size)
             return False
         finally:
             consumer.resume(*consumer.paused())
-        self.stats.rows_inserted += len(batch.rows)
+        self.stats.rows_inserted += batch.rows
         offsets = batch.commit_offsets()
         try:
             await consumer.commit(offsets)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from decimal import Context, Decimal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import SYMBOL_PATTERN
@@ -42,15 +43,98 @@ class InvalidRecord(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class JsonField:
+    """Where one column of a loaded table comes from in the record JSON, for the columnar decoder
+    (:mod:`etl.columnar`).
+
+    ``key``: the JSON member; ``json_type``: how Arrow's JSON reader parses it (``string``, ``int64`` or
+    ``uint64``; any other JSON type makes the reader fail, and the records go to the per-record decoder);
+    ``arrow_type``: the column's type in the inserted table (``timestamp[ms, UTC]`` → ``DateTime64(3,
+    'UTC')``, ``decimal128(38, s)`` → ``Decimal(38, s)``); ``accepts``: parsed values → a boolean array (pyarrow.compute) that
+    is true only where the per-record decoder would take the value as it is (null where the member is
+    missing or ``null``). Build them with :func:`uuid_field`, :func:`symbol_field`,
+    :func:`time_field`, :func:`decimal_field`, :func:`int_field` and :func:`text_field`.
+    """
+
+    key: str
+    json_type: pa.DataType
+    arrow_type: pa.DataType
+    accepts: Callable[[pa.ChunkedArray], pa.ChunkedArray]
+
+
+def _full_match(regex: str) -> Callable[[pa.ChunkedArray], pa.ChunkedArray]:
+    anchored = f"^(?:{regex})$"  # RE2: "$" is the end of the text, as for re.fullmatch
+    return lambda values: pc.match_substring_regex(values, anchored)
+
+
+def _between(minimum: int, maximum: int) -> Callable[[pa.ChunkedArray], pa.ChunkedArray]:
+    def accepts(values: pa.ChunkedArray) -> pa.ChunkedArray:
+        low, high = pa.scalar(minimum, values.type), pa.scalar(maximum, values.type)
+        return pc.and_(pc.greater_equal(values, low), pc.less_equal(values, high))
+
+    return accepts
+
+
+def uuid_field(key: str) -> JsonField:
+    """A canonical (lowercase, hyphenated) UUID string, as :func:`message_id` takes it unchanged."""
+    return JsonField(key, pa.string(), pa.string(), _full_match(_UUID.pattern))
+
+
+def symbol_field(key: str) -> JsonField:
+    """A normalised symbol, as :func:`symbol` takes it unchanged."""
+    return JsonField(key, pa.string(), pa.string(), _full_match(SYMBOL_PATTERN.pattern))
+
+
+def time_field(key: str, whole_second: bool = False) -> JsonField:
+    """Unix milliseconds between 1970 and 2299 (:func:`time_ms`); with ``whole_second``, a multiple of 1000."""
+    in_range = _between(0, MAX_TIME_MS)
+    if not whole_second:
+        return JsonField(key, pa.int64(), pa.timestamp("ms", tz="UTC"), in_range)
+
+    def accepts(values: pa.ChunkedArray) -> pa.ChunkedArray:
+        return pc.and_(in_range(values), pc.equal(pc.multiply(pc.divide(values, 1000), 1000), values))
+
+    return JsonField(key, pa.int64(), pa.timestamp("ms", tz="UTC"), accepts)
+
+
+def decimal_field(key: str, scale: int, nonnegative: bool = False) -> JsonField:
+    """A plain decimal string that fits ``Decimal(38, scale)``, as :func:`decimal_text` takes it unchanged."""
+    return JsonField(
+        key, pa.string(), pa.decimal128(38, scale), _full_match(decimal_regex(scale, nonnegative))
+    )
+
+
+def int_field(key: str, minimum: int, maximum: int, arrow_type: pa.DataType) -> JsonField:
+    """A JSON integer in ``[minimum, maximum]`` (:func:`integer`), stored as ``arrow_type``."""
+    json_type = pa.uint64() if maximum > 2**63 - 1 else pa.int64()
+    return JsonField(key, json_type, arrow_type, _between(minimum, maximum))
+
+
+def text_field(key: str, max_chars: int) -> JsonField:
+    """A string of 1 to ``max_chars`` characters (:func:`text`); the columnar path takes printable ASCII
+    only, and leaves any other text to the per-record decoder."""
+    return JsonField(key, pa.string(), pa.string(), _full_match(rf"[\x20-\x7e]{{1,{max_chars}}}"))
+
+
+@dataclass(frozen=True, slots=True)
 class TableSpec:
-    """A table the consumer loads: its name, columns (in the order of a decoded tuple) and their Arrow types
-    (which ClickHouse maps onto the table's types: ``timestamp[ms, UTC]`` → ``DateTime64(3, 'UTC')``,
-    ``decimal128(38, s)`` → ``Decimal(38, s)``)."""
+    """A table the consumer loads: its name, columns (in the order of a decoded tuple), where each column
+    comes from in the record JSON (``fields``, one per column, same order), and ``decode``, the per-record
+    decoder that takes any valid record and names what is wrong with an invalid one."""
 
     table: str
     columns: tuple[str, ...]
-    arrow_types: tuple[pa.DataType, ...]
+    fields: tuple[JsonField, ...]
     decode: Callable[[bytes | None], tuple]
+
+    def __post_init__(self) -> None:
+        if len(self.fields) != len(self.columns):
+            raise ValueError(f"{self.table}: {len(self.columns)} columns but {len(self.fields)} fields")
+
+    @property
+    def arrow_types(self) -> tuple[pa.DataType, ...]:
+        """Arrow type of each column, in order."""
+        return tuple(field.arrow_type for field in self.fields)
 
 
 def load_object(value: bytes | None) -> dict:

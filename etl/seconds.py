@@ -25,9 +25,6 @@ from etl.records import MAX_TIME_MS, MAX_UINT32, MAX_UINT64, InvalidRecord, Tabl
 __all__ = ["COLUMNS", "SECONDS", "InvalidRecord", "SecondRow", "decode_second"]
 
 
-_DECIMAL = pa.decimal128(38, 18)
-
-
 class SecondRow(NamedTuple):
     """One row of ``crypto.price_seconds``: ``second`` in Unix ms, decimals as exact decimal strings."""
 
@@ -109,13 +106,13 @@ def _decode_fields(message: dict) -> SecondRow:
 SECONDS = TableSpec(
     table="crypto.price_seconds",
     columns=COLUMNS,
-    arrow_types=(
-        pa.string(),
-        pa.string(),
-        pa.timestamp("ms", tz="UTC"),
-        *[_DECIMAL] * 7,
-        pa.uint32(),
-        pa.uint64(),
+    fields=(
+        records.uuid_field("message_id"),
+        records.symbol_field("s"),
+        records.time_field("t", whole_second=True),
+        *[records.decimal_field(key, 18, nonnegative=True) for key in ("o", "h", "l", "p", "v", "q", "vwap")],
+        records.int_field("n", 1, MAX_UINT32, pa.uint32()),
+        records.int_field("i", 0, MAX_UINT64, pa.uint64()),
     ),
     decode=decode_second,
 )

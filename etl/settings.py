@@ -27,8 +27,10 @@ class EtlSettings(ServiceSettings):
     - ``ETL_CLICKHOUSE_URL`` (required, secret: may hold a password): ``chdb:///dir`` (embedded chDB,
       in-process) or ``http://user:pass@host:8123``.
     - ``ETL_BATCH_MAX_ROWS`` / ``ETL_BATCH_MAX_AGE_MS``: each topic has its own batch, inserted when it holds
-      this many records or its first record is this old (ms), whichever comes first; at most one batch per
-      topic is held, so the records held never exceed twice ``ETL_BATCH_MAX_ROWS``.
+      this many records or its first record is this old (ms), whichever comes first. A closed batch is
+      inserted while the next one fills, so the records held never exceed three times ``ETL_BATCH_MAX_ROWS``
+      (an open batch per topic and the one being inserted), and while ClickHouse fails only the failing batch
+      is held (see :mod:`etl.consumer`).
     - ``ETL_RETRY_INITIAL_MS`` / ``ETL_RETRY_MAX_MS``: exponential backoff (with jitter) between attempts to
       reach Kafka or ClickHouse.
     - ``ETL_SQL_MAX_ROWS`` / ``ETL_SQL_MAX_EXECUTION_S``: limits of one ``POST /v1/sql`` query (ClickHouse

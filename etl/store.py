@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import clickhouse_connect
 import pyarrow as pa
-import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
 from etl import migrate, sql
+from etl.columnar import arrow_table
 from etl.records import TableSpec
 from etl.tickers import TICKERS, TickerRow
 
@@ -26,23 +26,6 @@ T = TypeVar("T")
 
 #: Table of mini-ticker records.
 TICKERS_TABLE = TICKERS.table
-
-
-def arrow_table(spec: TableSpec, rows: Sequence[tuple]) -> pa.Table:
-    """``rows`` (decoded tuples in the order of ``spec.columns``) as one columnar Arrow table.
-
-    Decimal strings are cast to ``decimal128(38, s)`` by Arrow, which parses them exactly and raises
-    ``pyarrow.ArrowInvalid`` rather than drop a digit (the decoders have already checked they fit).
-    """
-    arrays = []
-    for values, arrow_type in zip(zip(*rows, strict=True), spec.arrow_types, strict=True):
-        if pa.types.is_decimal(arrow_type):
-            arrays.append(pc.cast(pa.array(values, pa.string()), arrow_type))
-        elif pa.types.is_timestamp(arrow_type):
-            arrays.append(pa.array(values, pa.int64()).cast(arrow_type))
-        else:
-            arrays.append(pa.array(values, arrow_type))
-    return pa.Table.from_arrays(arrays, names=list(spec.columns))
 
 
 class ClickHouseStore:
@@ -83,30 +66,30 @@ class ClickHouseStore:
         client = self._require()
         return await self._run(migrate.apply_migrations, client, migrate.load_migrations())
 
-    async def insert(self, spec: TableSpec, rows: Sequence[tuple], deduplication_token: str) -> None:
-        """Insert ``rows`` into ``spec.table`` as one columnar (Arrow) insert carrying
-        ``insert_deduplication_token``; nothing for no rows.
+    async def insert(self, spec: TableSpec, table: pa.Table, deduplication_token: str) -> None:
+        """Insert ``table`` (columns of ``spec``, see :mod:`etl.columnar`) into ``spec.table`` as one
+        columnar insert carrying ``insert_deduplication_token``; nothing for no rows.
 
         The server drops an insert whose token it has seen among its last
         ``non_replicated_deduplication_window`` inserts (set by the migrations), so retrying the same batch
         after a lost acknowledgement does not write it twice.
         """
-        if not rows:
+        if not table.num_rows:
             return
         client = self._require()
 
         def insert() -> None:
             client.insert_arrow(
                 spec.table,
-                arrow_table(spec, rows),
+                table,
                 settings={"insert_deduplication_token": deduplication_token},
             )
 
         await self._run(insert)
 
     async def insert_tickers(self, rows: Sequence[TickerRow], deduplication_token: str) -> None:
-        """:meth:`insert` into :data:`TICKERS_TABLE`."""
-        await self.insert(TICKERS, rows, deduplication_token)
+        """:meth:`insert` of decoded rows (:func:`etl.tickers.decode_record`) into :data:`TICKERS_TABLE`."""
+        await self.insert(TICKERS, arrow_table(TICKERS, rows), deduplication_token)
 
     async def command(self, statement: str) -> None:
         """Run one statement with no result (DDL, ``SYSTEM ...``) for operators; never reached from HTTP."""

@@ -11,16 +11,12 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import NamedTuple
 
-import pyarrow as pa
-
 from etl import records
 from etl.records import MAX_TIME_MS, InvalidRecord, TableSpec
 
 __all__ = ["COLUMNS", "TICKERS", "InvalidRecord", "TickerRow", "decode_record"]
 
 _MAX_EVENT_TYPE_CHARS = 64
-_PRICE = pa.decimal128(38, 18)
-_TIME = pa.timestamp("ms", tz="UTC")
 
 
 class TickerRow(NamedTuple):
@@ -99,14 +95,14 @@ def _decode_fields(message: dict) -> TickerRow:
 TICKERS = TableSpec(
     table="crypto.market_tickers",
     columns=COLUMNS,
-    arrow_types=(
-        pa.string(),
-        pa.string(),
-        _TIME,
-        _TIME,
-        pa.string(),
-        *[_PRICE] * 5,
-        pa.decimal128(38, 8),
+    fields=(
+        records.uuid_field("message_id"),
+        records.text_field("e", _MAX_EVENT_TYPE_CHARS),
+        records.time_field("E"),
+        records.time_field("receive_time"),
+        records.symbol_field("s"),
+        *[records.decimal_field(key, 18) for key in ("c", "o", "h", "l", "change_price")],
+        records.decimal_field("change_percent", 8),
     ),
     decode=decode_record,
 )

@@ -190,7 +190,7 @@ async def read_all(bootstrap: str, topic: str, count: int) -> list:
     return sorted(records, key=lambda record: record.offset)
 
 
-async def test_while_clickhouse_refuses_inserts_one_batch_is_held_and_everything_lands_after(
+async def test_while_clickhouse_refuses_inserts_only_the_failing_batch_is_held_and_everything_lands_after(
     etl, settings, kafka_bootstrap
 ):
     # ClickHouse refuses every insert into price_seconds while the table is away: the ETL sees the errors
@@ -200,11 +200,15 @@ async def test_while_clickhouse_refuses_inserts_one_batch_is_held_and_everything
     await produce_records(kafka_bootstrap, settings.kafka_second_topic, [second_value(s) for s in stats])
     await eventually(lambda: _report_at_least(etl.port, "insert_failures", 4))
 
-    status, report = await health(etl.port)
-    assert (status, report["clickhouse"]) == (503, "failing")
-    # At most one bounded batch is held: consumption is paused, the rest waits in Kafka.
-    assert 0 < report["records_held"] <= settings.batch_max_rows
-    assert report["max_records_held"] <= settings.batch_max_rows
+    # While ClickHouse fails, only the failing batch is held: the batch filled during its first attempt went
+    # back to Kafka, consumption is paused, the rest waits in Kafka.
+    for _ in range(5):
+        status, report = await health(etl.port)
+        assert (status, report["clickhouse"]) == (503, "failing")
+        assert 0 < report["records_held"] <= settings.batch_max_rows
+        await asyncio.sleep(0.1)
+    # Before the failure was known: one batch being inserted and the next one filling, never more.
+    assert report["max_records_held"] <= 2 * settings.batch_max_rows
     assert await committed_offset(kafka_bootstrap, settings.kafka_group_id, settings.kafka_second_topic) is None
 
     await etl.service.store.command("RENAME TABLE crypto.price_seconds_away TO crypto.price_seconds")
@@ -217,7 +221,8 @@ async def test_while_clickhouse_refuses_inserts_one_batch_is_held_and_everything
     )
     assert (final_rows, ids) == (len(stats), len(stats))
     status, report = await health(etl.port)
-    assert (status, report["max_records_held"]) == (200, settings.batch_max_rows)
+    assert status == 200
+    assert settings.batch_max_rows <= report["max_records_held"] <= 2 * settings.batch_max_rows
 
 
 async def _report_at_least(port: int, name: str, minimum: int) -> bool:

@@ -19,7 +19,7 @@ from aggregator.trades import parse_trade_frame
 from crypto_mesh import jsonutil
 from etl import migrate, sql
 from etl.seconds import SECONDS
-from etl.store import arrow_table
+from etl.columnar import arrow_table
 from etl.tickers import TICKERS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "ANALYTICS.md"
