@@ -23,11 +23,17 @@ What runs, all on 127.0.0.1 and all started and stopped by this script:
   ``PriceTimes`` entry differs from the one in the socket's previous message, so a price that waited for
   others in the BFF's coalescing window is measured from its own publish, not the latest one's.
 
+Clients on the same machine cost the BFF more than remote ones would: over 127.0.0.1 the kernel runs the
+receiving side of each message (TCP receive, socket lookup, waking the client process) inside the BFF's
+write, which a perf profile of the price phase put at about a fifth of the BFF's CPU; and the clients take
+their share of the two CPUs while a fan-out runs.
+
 Then ``--http-seconds`` of ``GET /v2/user/profile`` from ``--http-concurrency`` concurrent requests.
 
 Printed: the conditions (CPU count, load average, parameters), clients connected, latency p50/p99/max over
 every price received during the price phase, messages and prices delivered vs. the number of prices a client
-would get without conflation, BFF memory per connection, BFF CPU, and requests/s with p50/p99 of the REST
+would get without conflation, BFF memory per connection, BFF CPU (user and system) and the client processes'
+CPU, and requests/s with p50/p99 of the REST
 route.
 The whole run stops by itself; the defaults take under three minutes.
 
