@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_etl.py [--rows 400000] [--batch-rows 20000] [--repeat 3]
+    .venv/bin/python benchmarks/bench_etl.py [--rows 400000] [--batch-rows 50000] [--repeat 3]
 
 What it does (bounded: the run stops itself after ``--timeout`` seconds, 300 by default; about a minute with
 the defaults on 2 cores):
@@ -194,7 +194,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument(
-        "--batch-rows", type=int, default=20_000, help="ETL_BATCH_MAX_ROWS and the ceiling's batch"
+        "--batch-rows", type=int, default=50_000, help="ETL_BATCH_MAX_ROWS and the ceiling's batch"
     )
     parser.add_argument("--repeat", type=int, default=3, help="rounds of ceiling and ETL")
     parser.add_argument("--timeout", type=float, default=300.0, help="stop the run after this many seconds")

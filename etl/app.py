@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import sys
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type
 
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
+from crypto_mesh.runtime import tune_garbage_collector
 from etl import sql
 from etl.consumer import TickerConsumer, backoff
 from etl.migrate import MigrationError
@@ -39,15 +39,12 @@ def tune_interpreter() -> None:
       decoding, which made inserts up to twice as slow; with 1 ms the loop keeps ~85 % of its speed.
     - Garbage collector: what start-up made is frozen (never walked again), and a generation-0 collection
       waits for 100,000 net new container objects instead of 700. A poll keeps up to ``ETL_BATCH_MAX_ROWS``
-      ConsumerRecords (two objects each) alive until they are decoded, and with the default threshold they
+      ConsumerRecords alive until they are decoded, and with the default threshold they
       were walked and promoted up to the oldest generation before dying: 13 % of the ETL's time in the
       benchmark. Reference counting frees them all the same; the collector is only for cycles.
     """
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    gc.collect()
-    gc.freeze()
-    _generation0, generation1, generation2 = gc.get_threshold()
-    gc.set_threshold(GC_GENERATION0_THRESHOLD, generation1, generation2)
+    tune_garbage_collector(GC_GENERATION0_THRESHOLD)
 
 
 #: Largest accepted ``POST /v1/sql`` body (bytes); a larger one is answered 413.

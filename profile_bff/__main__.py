@@ -13,9 +13,7 @@ before it), and a full one for 100 collections of the middle generation: none ca
 price phase.
 """
 
-import gc
-
-from crypto_mesh.runtime import run_service
+from crypto_mesh.runtime import run_service, tune_garbage_collector
 from profile_bff.app import start
 from profile_bff.settings import BffSettings
 
@@ -28,6 +26,5 @@ except ImportError:  # not Linux: asyncio's own loop
 GC_THRESHOLDS = (20_000, 20, 100)
 
 if __name__ == "__main__":
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_garbage_collector(*GC_THRESHOLDS)
     run_service("profile_bff", BffSettings, start, loop_factory=uvloop.new_event_loop if uvloop else None)
