@@ -37,6 +37,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.backoff import Backoff
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.logs import get_logger
+from crypto_mesh.runtime import raise_if_cancelling
 
 log = get_logger(__name__)
 
@@ -118,10 +119,12 @@ class _Service:
         """Track again every symbol that has followers in Redis, retrying until Redis answers."""
         backoff = Backoff(base_s=0.1, max_s=5.0)
         while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
             try:
                 counts = await self.followers.counts()
                 break
             except (RedisError, OSError) as exc:
+                raise_if_cancelling()
                 log.warning("redis not reachable; followers not loaded yet", error=str(exc))
                 await asyncio.sleep(backoff.next_delay())
         async with self.tracking_lock:

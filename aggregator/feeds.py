@@ -19,6 +19,7 @@ from crypto_mesh.backoff import Backoff
 from crypto_mesh.binance import AGG_TRADE
 from crypto_mesh.logs import get_logger
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
+from crypto_mesh.runtime import raise_if_cancelling
 
 log = get_logger(__name__)
 
@@ -116,6 +117,7 @@ class Feeds:
         local arrival time (Unix ms); only cancellation ends it."""
         backoff = Backoff(base_s=0.1, max_s=10.0)
         while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
             call = open_call()
             try:
                 async for message in call:
@@ -123,6 +125,7 @@ class Feeds:
                     on_frames(message.data, now_ms())
                 log.warning("upstream stream ended; reconnecting", stream=name)
             except grpc.aio.AioRpcError as exc:
+                raise_if_cancelling()
                 log.warning(
                     "upstream stream failed; reconnecting",
                     stream=name,

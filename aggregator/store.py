@@ -33,6 +33,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.backoff import Backoff
 from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
+from crypto_mesh.runtime import raise_if_cancelling
 
 log = get_logger(__name__)
 
@@ -214,6 +215,7 @@ class StatPublisher:
         """Publish forever (cancel to stop)."""
         backoff = Backoff(base_s=0.05, max_s=5.0)
         while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
             batch = self._take(PUBLISH_BATCH)
             if not batch:
                 self._wakeup.clear()
@@ -222,6 +224,7 @@ class StatPublisher:
             try:
                 await self._send(batch)
             except (RedisError, OSError) as exc:
+                raise_if_cancelling()
                 self.failures += 1
                 if self.healthy is not False:
                     log.warning("redis publish failed; conflating until it recovers", error=str(exc))
@@ -344,6 +347,7 @@ class KafkaSink(Generic[T]):
         self._producer = await self._connect()
         self.healthy = True
         while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -352,6 +356,7 @@ class KafkaSink(Generic[T]):
             try:
                 delivery = await self._producer.send(self.topic, key=key, value=value)
             except KafkaError as exc:
+                raise_if_cancelling()
                 self._on_failure(exc)
                 continue
             delivery.add_done_callback(self._on_delivery)
@@ -376,6 +381,7 @@ class KafkaSink(Generic[T]):
     async def _connect(self) -> AIOKafkaProducer:
         backoff = Backoff(base_s=0.2, max_s=10.0)
         while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
             try:
                 await ensure_topics(self._bootstrap, {self.topic: self._partitions})
                 producer = AIOKafkaProducer(
@@ -393,6 +399,7 @@ class KafkaSink(Generic[T]):
                 log.info("kafka producer started", topic=self.topic)
                 return producer
             except (KafkaError, OSError) as exc:
+                raise_if_cancelling()
                 self.healthy = False
                 log.warning("kafka not reachable; retrying", topic=self.topic, error=str(exc))
                 await asyncio.sleep(backoff.next_delay())

@@ -25,6 +25,21 @@ class Running(Protocol):
     async def stop(self) -> None: ...
 
 
+def raise_if_cancelling() -> None:
+    """Raise ``asyncio.CancelledError`` if the running task has been asked to cancel.
+
+    For the loops of background tasks, at the top of every iteration and in the handler of the errors they
+    retry on: a library may swallow a cancellation (seen with redis-py's pipeline: the task was left
+    "cancelling" and went on publishing) or turn it into one of its own errors (Python 3.11's
+    ``asyncio.timeout`` raises ``TimeoutError`` when the task is cancelled as the timeout expires, and
+    clients wrap that in theirs). The loop would then go on for ever, and whoever awaits the cancelled task
+    (a service's ``stop()``) would wait for ever. ``Task.cancelling()`` stays above zero in both cases.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def tune_garbage_collector(generation0: int, generation1: int = 10, generation2: int = 10) -> None:
     """Garbage collection for a long-running service process; call once, after its imports and before it
     serves.

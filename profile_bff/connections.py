@@ -53,6 +53,7 @@ from redis.exceptions import RedisError
 
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
+from crypto_mesh.runtime import raise_if_cancelling
 from profile_bff.clients import AggregatorClient, AggregatorUnavailable
 from profile_bff.portfolio import Holdings, InvalidSecondStat, Price, parse_second_stat
 from profile_bff.store import PORTFOLIO_CHANNEL, MarketBus, ProfileNotFound, ProfileStore, StoreUnavailable
@@ -422,6 +423,7 @@ class ConnectionManager:
         once per user; written inline where the socket can take it now, else through its writer."""
         loop = asyncio.get_running_loop()
         while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
             await self._dirty_event.wait()
             if (wait_s := self._dirty_since + self._coalesce_s - loop.time()) > 0:
                 await asyncio.sleep(wait_s)
@@ -430,6 +432,7 @@ class ConnectionManager:
             try:
                 await self._fan_out(batch)
             except Exception:
+                raise_if_cancelling()
                 log.exception("fan_out_failed", users=len(batch))
 
     async def _fan_out(self, user_ids: Iterable[int]) -> None:
@@ -480,14 +483,17 @@ class ConnectionManager:
     async def _read_forever(self) -> None:
         delay = 0.1
         while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
             try:
                 pubsub = await self._connect_pubsub()
                 delay = 0.1
                 async for message in pubsub.listen():
                     self._dispatch(message)
             except (RedisError, OSError) as exc:
+                raise_if_cancelling()
                 log.warning("pubsub_lost", error=repr(exc), retry_in_s=delay)
             except Exception:
+                raise_if_cancelling()
                 log.exception("pubsub_reader_failed", retry_in_s=delay)
             self._connected.clear()
             await self._close_pubsub()

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from crypto_mesh import jsonutil
 from crypto_mesh.backoff import Backoff
 from crypto_mesh.logs import get_logger
+from crypto_mesh.runtime import raise_if_cancelling
 from socket_proxy.fanout import Counters
 
 log = get_logger(__name__)
@@ -260,6 +261,7 @@ class UpstreamConnection:
     async def _open(self, route: FrameHandler | None) -> _Session:
         failures = 0
         while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
             await self._limiter.acquire()
             self._counters.connect_attempts += 1
             try:
@@ -271,6 +273,7 @@ class UpstreamConnection:
                     max_size=MAX_FRAME_BYTES,
                 )
             except (OSError, TimeoutError, InvalidHandshake) as exc:
+                raise_if_cancelling()
                 self._counters.connect_failures += 1
                 delay = BACKOFF.delay_for(failures)
                 failures += 1
