@@ -55,6 +55,10 @@ _KAFKA_ERRORS = (KafkaError, OSError, TimeoutError)
 _CLICKHOUSE_ERRORS = (ClickHouseError, OSError)
 #: Longest wait in one poll of Kafka when no batch is open (bounds the reaction time to a stop request).
 _IDLE_POLL_MS = 250
+#: Bytes fetched per partition per request (aiokafka's default: 1 MiB, about 3,500 SecondStat records): larger
+#: fetches mean fewer round trips and fewer, larger columnar decodes; in benchmarks/bench_etl.py, 8 MiB
+#: took the ETL from 41 % to 50-56 % of the direct-insert ceiling.
+_MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 #: Longest wait in one poll while an insert is in flight (bounds the delay before its batch is committed).
 _INSERTING_POLL_MS = 10
 
@@ -271,6 +275,7 @@ class TickerConsumer:
             auto_offset_reset="earliest",
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_session_timeout_ms // 3,
+            max_partition_fetch_bytes=_MAX_PARTITION_FETCH_BYTES,
         )
         # Dead letters are rare and written again if their batch is redelivered: plain acks=all is enough
         # (and Tansu's memory storage refuses idempotent producers).
