@@ -37,11 +37,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from aggregator.secondstat import SecondWindows
 from aggregator.trades import parse_trade_frame
 from crypto_mesh.embedded import ManagedProcess, redis_command, tansu_command
+from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
 from crypto_mesh.replay.settings import DEFAULT_RECORDING
 
@@ -70,12 +69,7 @@ def scrape(url: str) -> dict[str, float]:
     """Prometheus text at ``url`` → ``{"name{label=value}": value}``."""
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return parse_samples(text)
 
 
 def p99_bound(before: dict[str, float], after: dict[str, float], name: str) -> tuple[float | None, int]:

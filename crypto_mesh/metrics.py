@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 #: One metric: (name without the service prefix, help text, current value).
@@ -27,3 +28,14 @@ def own_registry(*collectors: Collector) -> CollectorRegistry:
     for collector in collectors:
         registry.register(collector)
     return registry
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """Prometheus text exposition → ``{"name{label=value,...}": value}`` of every sample, labels sorted by
+    name (``"name"`` alone when a sample has no labels). For tests and benchmarks reading ``/metrics``."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples

@@ -23,11 +23,11 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings
 from crypto_mesh.embedded import ManagedProcess
+from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
 from crypto_mesh.replay.server import start as start_replay
 from crypto_mesh.replay.settings import ReplaySettings
@@ -54,12 +54,7 @@ async def metrics(url: str) -> dict[str, float]:
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http, http.get(url) as response:
         assert response.status == 200
         text = await response.text()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return parse_samples(text)
 
 
 async def eventually(check, timeout_s: float = 15.0):
