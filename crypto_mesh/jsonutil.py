@@ -12,6 +12,9 @@ from typing import Any
 import orjson
 
 JSONDecodeError = orjson.JSONDecodeError
+#: ``Fragment(json_bytes)``: JSON already encoded, written as is where it appears in a value given to
+#: :func:`dumps` (a part shared by many messages is encoded once).
+Fragment = orjson.Fragment
 
 
 def decimal_str(value: Decimal) -> str:

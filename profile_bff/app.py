@@ -50,7 +50,7 @@ from profile_bff.clients import AggregatorClient, AggregatorUnavailable, AuthCli
 from profile_bff.connections import CLOSE_TOKEN_EXPIRED, ConnectionManager
 from profile_bff.instruments import Instruments, NotTrading, UnknownSymbol
 from profile_bff.openapi import openapi_document
-from profile_bff.portfolio import CONTEXT, InvalidQuantity, build_profile, parse_quantity, rfc3339_ms
+from profile_bff.portfolio import CONTEXT, InvalidQuantity, parse_quantity, profile_message, rfc3339_ms
 from profile_bff.settings import BffSettings
 from profile_bff.store import (
     CoinAlreadyHeld,
@@ -796,7 +796,11 @@ async def get_profile(request: web.Request) -> web.Response:
     except ProfileNotFound:
         raise ApiError(404, "profile_not_found", "no profile for this user") from None
     prices = await services.bus.latest_prices(holdings.coins)
-    return _json(build_profile(claims.user_id, holdings.name, holdings.coins, prices))
+    return web.Response(
+        body=profile_message(claims.user_id, holdings.name, holdings.coins, prices),
+        content_type="application/json",
+        charset="utf-8",
+    )
 
 
 async def delete_profile(request: web.Request) -> web.Response:

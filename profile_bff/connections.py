@@ -12,16 +12,18 @@ so a second tab or a reconnect of the same user never evicts the other socket.
   holding ``s`` is marked for the fan-out.
 - The fan-out (one task) starts ``coalesce_s`` after the first price not yet pushed: the aggregator publishes
   the SecondStats of one second within a few milliseconds of each other, so a user holding several coins
-  gets ONE message with all their new prices. It renders each marked user's whole profile once and writes
-  it to the user's sockets, in slices of :data:`FAN_OUT_SLICE` users between which the event loop serves
-  other work; prices arriving meanwhile are in the message of every user not yet served, and the others get
-  them in the next round.
+  gets ONE message with all their new prices. It renders each marked user's whole profile once
+  (:meth:`Holdings.message <profile_bff.portfolio.Holdings.message>`: the parts that depend on prices alone
+  are shared by every user holding the same coins, and a coin's total is computed again only when its price
+  changed), frames it once as a WebSocket text frame, and writes that frame to the user's sockets, in slices
+  of :data:`FAN_OUT_SLICE` users between which the event loop serves other work; prices arriving meanwhile
+  are in the message of every user not yet served, and the others get them in the next round.
 - On ``{"user_id": n}`` on ``bff:portfolio`` for a connected user: the user's coins are reloaded from the
   database, subscriptions adjusted, and the profile queued at once (not coalesced); so a change made through
   any replica shows up without reconnecting.
 
-Backpressure: each socket has a "stale" flag instead of a queue. The fan-out writes a profile inline only
-into a socket whose transport buffer is empty (the write cannot wait, and no task wakes up per socket);
+Backpressure: each socket has a "stale" flag instead of a queue. The fan-out writes a frame straight into the
+transport of a socket whose write buffer is empty (the write cannot wait, and no task wakes up per socket);
 any other socket is marked stale and gets a writer task of its own, which renders the latest profile when
 the socket is free and ends once it has caught up (conflation: a slow socket skips to the latest profile,
 never a backlog; a profile is built once per change per user), so a slow socket never delays the fan-out
@@ -45,6 +47,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Iterable
 from decimal import Decimal
+from struct import Struct
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -55,7 +58,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import raise_if_cancelling
 from profile_bff.clients import AggregatorClient, AggregatorUnavailable
-from profile_bff.portfolio import Holdings, InvalidSecondStat, Price, parse_second_stat
+from profile_bff.portfolio import Holdings, InvalidSecondStat, LatestPrices, Price, parse_second_stat
 from profile_bff.store import PORTFOLIO_CHANNEL, MarketBus, ProfileNotFound, ProfileStore, StoreUnavailable
 
 log = get_logger(__name__)
@@ -70,7 +73,22 @@ CLOSE_TOKEN_EXPIRED = 4401
 INLINE_MAX_BYTES = 16 * 1024
 #: Users the fan-out serves before it lets the event loop run other work (reads, REST requests, pings).
 FAN_OUT_SLICE = 256
+_HEADER_7 = Struct("!BB").pack
+_HEADER_16 = Struct("!BBH").pack
+_HEADER_64 = Struct("!BBQ").pack
 _TEXT = WSMsgType.TEXT
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one final, unmasked WebSocket text frame (RFC 6455 §5.2: a server's frames are not
+    masked): ``0x81``, the payload length in 7, 7+16 or 7+64 bits, then the payload. Built once per user
+    and written to each of its sockets, as aiohttp's writer would frame it."""
+    length = len(payload)
+    if length < 126:
+        return _HEADER_7(0x81, length) + payload
+    if length < 65536:
+        return _HEADER_16(0x81, 126, length) + payload
+    return _HEADER_64(0x81, 127, length) + payload
 
 
 class Client:
@@ -78,10 +96,10 @@ class Client:
 
     A profile reaches the socket in one of two ways:
 
-    - inline, from the manager's fan-out (when :meth:`can_send_now`): when nothing is waiting in the
-      transport's write buffer, the rendered profile is written at once. A frame of at most
-      :data:`INLINE_MAX_BYTES` into an empty buffer cannot make the transport pause, so the send never waits,
-      and no task wakes up per socket;
+    - inline, from the manager's fan-out (:meth:`write_now`): when nothing is waiting in the transport's
+      write buffer, the user's frame, encoded once for all its sockets, is written into the transport at once.
+      A frame of at most :data:`INLINE_MAX_BYTES` into an empty buffer cannot make the transport pause, so
+      the write never waits, and no task wakes up per socket;
     - through the writer: otherwise :meth:`mark_stale` only says the user's profile changed, and a writer
       task, started on demand and ended once the socket has caught up, renders the profile (``render()``:
       the latest state as UTF-8 JSON, or ``None`` once the user is gone) when the socket is free. So however
@@ -125,22 +143,23 @@ class Client:
         if self._stale:
             self.mark_stale()
 
-    def can_send_now(self, size: int) -> bool:
-        """True if a message of ``size`` bytes can be written at once without waiting: the socket is open,
-        no writer is behind, and the transport's write buffer is empty."""
+    def write_now(self, frame: bytes) -> bool:
+        """Write ``frame`` (a whole encoded WebSocket frame, :func:`text_frame`, of at most
+        :data:`INLINE_MAX_BYTES`) into the transport at once if the socket can take it without waiting: it is
+        open, not closing, no writer is behind, and nothing waits in the transport's write buffer. Returns
+        False, having written nothing, otherwise."""
         transport = self._transport
-        return (
+        if (
             self._open
             and self._writer is None
-            and size <= INLINE_MAX_BYTES
             and transport is not None
+            and not self.ws.closed
             and not transport.is_closing()
             and transport.get_write_buffer_size() == 0
-        )
-
-    def closing(self) -> None:
-        """A send found the socket closing: send nothing more (the handler's disconnect() unregisters it)."""
-        self._open = False
+        ):
+            transport.write(frame)
+            return True
+        return False
 
     async def stop_writer(self) -> None:
         """Send nothing more and stop the writer task (a message not yet sent is dropped)."""
@@ -221,7 +240,7 @@ class ConnectionManager:
         #: symbol → ids of locally connected users holding it; a symbol is here iff it must be subscribed.
         self._holders: dict[str, set[int]] = {}
         #: latest price of each symbol in ``_holders``; pruned with it.
-        self._prices: dict[str, Price] = {}
+        self._prices = LatestPrices()
         self._pubsub: PubSub | None = None
         self._subscribed: set[str] = set()
         self._subscription_lock = asyncio.Lock()
@@ -335,7 +354,7 @@ class ConnectionManager:
         holders.discard(user_id)
         if not holders:
             del self._holders[symbol]
-            self._prices.pop(symbol, None)
+            self._prices.discard(symbol)
 
     async def _apply_coins(self, user_id: int, user: _User, coins: dict[str, Decimal]) -> None:
         """Make ``coins`` the user's holdings: adjust holders and subscriptions, seed new prices."""
@@ -391,7 +410,7 @@ class ConnectionManager:
         cached = self._prices.get(symbol)
         if cached is not None and cached.second_ms > price.second_ms:
             return False
-        self._prices[symbol] = price
+        self._prices.set(symbol, price)
         return True
 
     # -- pushing ---------------------------------------------------------------------------------------
@@ -408,7 +427,7 @@ class ConnectionManager:
         if user is None:
             return None
         if user.message is None:
-            user.message = jsonutil.dumps(user.holdings.profile(self._prices))
+            user.message = user.holdings.message(self._prices)
         return user.message
 
     def _mark_dirty(self, user_ids: Iterable[int]) -> None:
@@ -436,8 +455,10 @@ class ConnectionManager:
                 log.exception("fan_out_failed", users=len(batch))
 
     async def _fan_out(self, user_ids: Iterable[int]) -> None:
+        """Render each user's profile once and write it to the user's sockets, :data:`FAN_OUT_SLICE` users at
+        a time: a slice is rendered, then written, then the event loop serves other work."""
         users, prices, dirty = self._users, self._prices, self._dirty
-        served = 0
+        rendered: list[tuple[_User, bytes]] = []
         for user_id in user_ids:
             user = users.get(user_id)
             if user is None or not user.clients:
@@ -446,20 +467,26 @@ class ConnectionManager:
                 # Rendered now with the latest prices: a price that marked it again meanwhile is in this message.
                 dirty.pop(user_id, None)
             # What _render() does, inline: this loop runs once per user and price change.
-            message = user.message = jsonutil.dumps(user.holdings.profile(prices))
-            size = len(message)
-            for client in tuple(user.clients):
-                if client.can_send_now(size):
-                    try:
-                        await client.ws.send_frame(message, _TEXT)
-                    except (ConnectionError, RuntimeError):
-                        # The socket is closing; the handler's disconnect() will unregister it.
-                        client.closing()
-                else:
-                    client.mark_stale()
-            served += 1
-            if served % FAN_OUT_SLICE == 0:
+            message = user.message = user.holdings.message(prices)
+            rendered.append((user, text_frame(message)))
+            if len(rendered) == FAN_OUT_SLICE:
+                self._write_rendered(rendered)
+                rendered.clear()
                 await asyncio.sleep(0)
+        self._write_rendered(rendered)
+
+    @staticmethod
+    def _write_rendered(rendered: list[tuple[_User, bytes]]) -> None:
+        """Write each user's frame inline to every socket that can take it now; mark the others stale (their
+        writer sends the latest profile when they are free)."""
+        for user, frame in rendered:
+            if len(frame) > INLINE_MAX_BYTES:
+                for client in user.clients:
+                    client.mark_stale()
+                continue
+            for client in user.clients:
+                if not client.write_now(frame):
+                    client.mark_stale()
 
     def _follow_in_background(self, user_id: int, symbols: Iterable[str]) -> None:
         wanted = sorted(symbols)

@@ -8,7 +8,7 @@ rounded: ``Totals[s]`` is exactly ``Quantities[s] × Prices[s]``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, InvalidOperation, Overflow
@@ -30,6 +30,8 @@ _QUANTITY_TEXT = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64})?")
 _YEAR_10000_MS = 253_402_300_800_000
 _ZERO = Decimal(0)
 _normalize = CONTEXT.normalize
+_multiply = CONTEXT.multiply
+_add = CONTEXT.add
 
 
 class InvalidQuantity(ValueError):
@@ -112,68 +114,131 @@ def parse_second_stat(payload: bytes | str) -> Price:
     return Price(value=value, second_ms=second)
 
 
-def build_profile(
-    user_id: int, name: str, quantities: Mapping[str, Decimal], prices: Mapping[str, Price]
-) -> dict[str, Any]:
-    """The profile message of docs/CONTRACTS.md, ready for :func:`crypto_mesh.jsonutil.dumps`.
-
-    ``{"ID", "Name", "Coins": {"Quantities", "Prices", "Totals", "PriceTimes"}, "Total", "PricesAt"}``:
-    ``Prices``, ``Totals`` and ``PriceTimes`` hold only the coins with a known price;
-    ``Totals[s] = Quantities[s] × Prices[s]`` exactly; ``PriceTimes[s]`` is the SecondStat second of that price
-    and ``PricesAt`` the latest of them, as RFC 3339 UTC with milliseconds (``None`` without prices); ``Total``
-    is the sum of the totals (``0`` without prices). Amounts are normalised (``1.500`` → ``1.5``) decimal
-    strings in positional notation (:func:`decimal_text`). Symbols appear in sorted order.
+class LatestPrices(Mapping[str, Price]):
+    """The latest :class:`Price` of each symbol (a read-only mapping; change it with :meth:`set` and
+    :meth:`discard`), with the parts of a profile message that depend on prices alone (:meth:`shared`), built
+    once per set of symbols and price change, not once per user.
     """
-    return Holdings(user_id, name, quantities).profile(prices)
+
+    __slots__ = ("_prices", "_shared")
+
+    def __init__(self, prices: Mapping[str, Price] | None = None) -> None:
+        self._prices: dict[str, Price] = dict(prices or {})
+        self._shared: dict[tuple[str, ...], SharedParts] = {}
+
+    def __getitem__(self, symbol: str) -> Price:
+        return self._prices[symbol]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._prices)
+
+    def __len__(self) -> int:
+        return len(self._prices)
+
+    def get(self, symbol: str, default: Any = None) -> Any:
+        return self._prices.get(symbol, default)
+
+    def set(self, symbol: str, price: Price) -> None:
+        """``price`` is now the latest of ``symbol``."""
+        self._prices[symbol] = price
+        self._shared.clear()
+
+    def discard(self, symbol: str) -> None:
+        """Forget ``symbol``'s price, if any."""
+        if self._prices.pop(symbol, None) is not None:
+            self._shared.clear()
+
+    def shared(self, symbols: tuple[str, ...]) -> SharedParts:
+        """The price-only parts of the profile of a user holding ``symbols`` (sorted), cached until a price
+        changes."""
+        parts = self._shared.get(symbols)
+        if parts is None:
+            parts = self._shared[symbols] = SharedParts(symbols, self._prices)
+        return parts
+
+
+class SharedParts:
+    """What every profile holding the same ``symbols`` (sorted) shows at the same prices: ``priced``, the
+    (symbol, :class:`Price`) pairs with a known price in symbol order; ``prices`` and ``price_times``, the
+    ``Prices`` and ``PriceTimes`` objects as JSON fragments; ``prices_at``, the ``PricesAt`` value."""
+
+    __slots__ = ("price_times", "priced", "prices", "prices_at")
+
+    def __init__(self, symbols: tuple[str, ...], prices: Mapping[str, Price]) -> None:
+        self.priced = tuple((symbol, prices[symbol]) for symbol in symbols if symbol in prices)
+        self.prices = jsonutil.Fragment(jsonutil.dumps({symbol: price.text for symbol, price in self.priced}))
+        self.price_times = jsonutil.Fragment(
+            jsonutil.dumps({symbol: price.time_text for symbol, price in self.priced})
+        )
+        latest = max((price for _, price in self.priced), key=lambda price: price.second_ms, default=None)
+        self.prices_at = None if latest is None else latest.time_text
 
 
 class Holdings:
-    """A user's coins prepared for building its profile many times (:meth:`profile`, the same message as
-    :func:`build_profile`): symbols sorted and quantities written out once, not at every price change."""
+    """A user's coins, ready to render its profile message (docs/CONTRACTS.md, "Profile JSON") many times.
 
-    __slots__ = ("_lines", "name", "user_id")
+    :meth:`message` returns ``{"ID", "Name", "Coins": {"Quantities", "Prices", "Totals", "PriceTimes"},
+    "Total", "PricesAt"}`` as UTF-8 JSON: ``Prices``, ``Totals`` and ``PriceTimes`` hold only the coins with
+    a known price; ``Totals[s] = Quantities[s] × Prices[s]`` exactly; ``PriceTimes[s]`` is the SecondStat
+    second of that price and ``PricesAt`` the latest of them, as RFC 3339 UTC with milliseconds (``null``
+    without prices); ``Total`` is the sum of the totals (``"0"`` without prices). Amounts are normalised
+    (``1.500`` → ``1.5``) decimal strings in positional notation (:func:`decimal_text`); symbols appear in
+    sorted order.
+
+    Built once per change of the coins: the quantities are written out here, the price-only parts come from
+    :meth:`LatestPrices.shared`, and a coin's total is computed again only when its price changes.
+    """
+
+    __slots__ = ("_line_totals", "_lines", "_quantities", "_symbols", "name", "user_id")
 
     def __init__(self, user_id: int, name: str, quantities: Mapping[str, Decimal]) -> None:
         self.user_id = user_id
         self.name = name
-        self._lines = [
-            (symbol, quantities[symbol], decimal_text(quantities[symbol])) for symbol in sorted(quantities)
-        ]
+        self._symbols = tuple(sorted(quantities))
+        self._lines = {symbol: quantities[symbol] for symbol in self._symbols}
+        self._quantities = jsonutil.Fragment(
+            jsonutil.dumps({symbol: decimal_text(quantity) for symbol, quantity in self._lines.items()})
+        )
+        #: symbol → (the price value it was computed at, total, total as text): a coin whose price did not
+        #: change since the last message keeps its total. Only atomic values, so the garbage collector stops
+        #: tracking these tuples instead of walking them, and ageing them, for as long as a socket is open.
+        self._line_totals: dict[str, tuple[Decimal, Decimal, str]] = {}
 
-    def profile(self, prices: Mapping[str, Price]) -> dict[str, Any]:
-        """The profile at ``prices`` (symbol → latest price; symbols without one are left out of
-        ``Prices``, ``Totals`` and ``PriceTimes``); see :func:`build_profile`."""
-        quantity_of: dict[str, str] = {}
-        price_of: dict[str, str] = {}
-        total_of: dict[str, str] = {}
-        time_of: dict[str, str] = {}
+    def message(self, prices: LatestPrices) -> bytes:
+        """The profile at ``prices`` as UTF-8 JSON (see the class docstring)."""
+        shared = prices.shared(self._symbols)
+        lines, line_totals = self._lines, self._line_totals
+        totals: dict[str, str] = {}
         total = _ZERO
-        latest: Price | None = None
-        multiply, add = CONTEXT.multiply, CONTEXT.add
-        for symbol, quantity, quantity_text in self._lines:
-            quantity_of[symbol] = quantity_text
-            price = prices.get(symbol)
-            if price is None:
-                continue
-            line_total = multiply(quantity, price.value)
-            price_of[symbol] = price.text
-            total_of[symbol] = decimal_text(line_total)
-            time_of[symbol] = price.time_text
-            total = add(total, line_total)
-            if latest is None or price.second_ms > latest.second_ms:
-                latest = price
-        return {
-            "ID": self.user_id,
-            "Name": self.name,
-            "Coins": {
-                "Quantities": quantity_of,
-                "Prices": price_of,
-                "Totals": total_of,
-                "PriceTimes": time_of,
-            },
-            "Total": decimal_text(total),
-            "PricesAt": None if latest is None else latest.time_text,
-        }
+        for symbol, price in shared.priced:
+            line = line_totals.get(symbol)
+            if line is None or line[0] != price.value:
+                line_total = _multiply(lines[symbol], price.value)
+                line = line_totals[symbol] = (price.value, line_total, decimal_text(line_total))
+            totals[symbol] = line[2]
+            total = _add(total, line[1])
+        return jsonutil.dumps(
+            {
+                "ID": self.user_id,
+                "Name": self.name,
+                "Coins": {
+                    "Quantities": self._quantities,
+                    "Prices": shared.prices,
+                    "Totals": totals,
+                    "PriceTimes": shared.price_times,
+                },
+                "Total": decimal_text(total),
+                "PricesAt": shared.prices_at,
+            }
+        )
+
+
+def profile_message(
+    user_id: int, name: str, quantities: Mapping[str, Decimal], prices: Mapping[str, Price]
+) -> bytes:
+    """The profile of ``user_id`` holding ``quantities`` at ``prices`` (symbol → latest price) as UTF-8 JSON;
+    :class:`Holdings` says what it holds."""
+    return Holdings(user_id, name, quantities).message(LatestPrices(prices))
 
 
 def decimal_text(value: Decimal) -> str:

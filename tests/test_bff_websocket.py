@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.http import WebSocketWriter
 from test_bff_api import (
     Bff,
     eventually,
@@ -40,6 +42,7 @@ from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
 from crypto_mesh.netutil import free_port
+from profile_bff.connections import text_frame
 
 WS = "/v2/user/profile/ws"
 #: Redis database of the test with the real aggregator (tests/test_market_path.py uses 11 and 12,
@@ -596,3 +599,27 @@ async def test_binary_and_oversized_frames_close_only_that_socket(bff):
     await publish(bff, symbol, "1", 1723161601000)
     assert (await next_profile(bystander))["Total"] == "2"
     await bystander.close()
+
+
+class _CapturingTransport:
+    """A transport that keeps what is written, for aiohttp's own frame writer."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65_535, 65_536])
+async def test_the_frame_the_fan_out_encodes_once_per_user_is_the_one_aiohttp_writes(length):
+    # The fan-out frames a user's profile once and writes those bytes to each of its sockets; at each
+    # boundary of RFC 6455's payload length encoding they must equal what aiohttp's writer sends.
+    payload = bytes(index % 251 for index in range(length))
+    transport = _CapturingTransport()
+    writer = WebSocketWriter(SimpleNamespace(_paused=False), transport)
+    await writer.send_frame(payload, aiohttp.WSMsgType.TEXT)
+    assert text_frame(payload) == bytes(transport.written)
