@@ -160,9 +160,19 @@ class ProfileStore:
     """
 
     def __init__(self, database_url: str) -> None:
+        # Connections are in autocommit mode unless checked out for a transaction: a read of one statement
+        # then costs the pre-ping and the SELECT, two round trips where BEGIN, the SELECT and COMMIT after a
+        # ping in its own transaction (BEGIN, ping, ROLLBACK) took six; it runs on every REST read and socket
+        # connect.
         self._engine = create_async_engine(
-            database_url, pool_size=5, max_overflow=5, pool_timeout=5, pool_pre_ping=True
+            database_url,
+            pool_size=5,
+            max_overflow=5,
+            pool_timeout=5,
+            pool_pre_ping=True,
+            isolation_level="AUTOCOMMIT",
         )
+        self._transactions = self._engine.execution_options(isolation_level="READ COMMITTED")
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -183,13 +193,14 @@ class ProfileStore:
 
     async def load(self, user_id: int) -> Holdings:
         """The profile of ``user_id`` with its coins. Raises :class:`ProfileNotFound`."""
-        # One round trip (the profile LEFT JOIN its coins): this runs on every REST read and socket connect.
+        # One statement (the profile LEFT JOIN its coins) outside a transaction: this runs on every REST read
+        # and socket connect.
         statement = (
             sa.select(profiles.c.name, coins.c.symbol, coins.c.quantity)
             .select_from(profiles.outerjoin(coins, coins.c.user_id == profiles.c.id))
             .where(profiles.c.id == user_id)
         )
-        async with self._connection() as conn:
+        async with self._connection(read_only=True) as conn:
             rows = (await conn.execute(statement)).all()
         if not rows:
             raise ProfileNotFound(user_id)
@@ -255,7 +266,7 @@ class ProfileStore:
         if before_id is not None:
             statement = statement.where(coin_history.c.id < before_id)
         statement = statement.order_by(coin_history.c.id.desc()).limit(limit)
-        async with self._connection() as conn:
+        async with self._connection(read_only=True) as conn:
             rows = await conn.execute(statement)
             return [
                 HistoryEntry(
@@ -271,7 +282,7 @@ class ProfileStore:
 
     async def holders(self) -> dict[int, list[str]]:
         """Every user with at least one coin → its symbols, sorted (rebuilding the aggregator followers)."""
-        async with self._connection() as conn:
+        async with self._connection(read_only=True) as conn:
             rows = await conn.execute(sa.select(coins.c.user_id, coins.c.symbol).order_by(coins.c.symbol))
             held: dict[int, list[str]] = {}
             for user_id, symbol in rows:
@@ -372,10 +383,12 @@ class ProfileStore:
             return symbols
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in a transaction, committed on success; outages become StoreUnavailable."""
+    async def _connection(self, *, read_only: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction, committed on success; outages become StoreUnavailable.
+
+        ``read_only``: for a single SELECT, which needs no transaction; it runs in autocommit mode."""
         try:
-            async with self._engine.begin() as conn:
+            async with (self._engine if read_only else self._transactions).begin() as conn:
                 yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"profile database unavailable: {exc.__class__.__name__}") from exc
