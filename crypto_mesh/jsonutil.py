@@ -12,9 +12,6 @@ from typing import Any
 import orjson
 
 JSONDecodeError = orjson.JSONDecodeError
-#: ``Fragment(json_bytes)``: JSON already encoded, written as is where it appears in a value given to
-#: :func:`dumps` (a part shared by many messages is encoded once).
-Fragment = orjson.Fragment
 
 
 def decimal_str(value: Decimal) -> str:
@@ -41,3 +38,19 @@ def dumps_str(value: Any) -> str:
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Decode JSON; raises :class:`JSONDecodeError` (a ``ValueError``) on malformed input."""
     return orjson.loads(data)
+
+
+def fragment(value: Any) -> orjson.Fragment:
+    """``value`` encoded once as JSON, written as is wherever the fragment appears in a value given to
+    :func:`dumps`: for a part that many messages share, or that one message repeats many times.
+
+    Kept as a copy of exactly its size: the bytes :func:`dumps` returns hold on to orjson's whole output
+    buffer (4 KiB however short the JSON), which is fine for a message sent and dropped but not for one kept.
+    """
+    return orjson.Fragment(exact_copy(dumps(value)))
+
+
+def exact_copy(encoded: bytes) -> bytes:
+    """``encoded`` (a result of :func:`dumps`) copied into bytes of exactly its length, to be kept for long
+    (see :func:`fragment`)."""
+    return bytes(memoryview(encoded))

@@ -204,7 +204,8 @@ class _User:
         self.name = name
         #: ``coins`` prepared for rendering; rebuilt with them.
         self.holdings = Holdings(user_id, name, {})
-        #: The rendered profile (UTF-8 JSON) of the current state; ``None`` after a change until rendered.
+        #: The rendered profile (UTF-8 JSON) of the current state for the sockets' writers (the fan-out writes
+        #: frames of its own); ``None`` after a change until a writer renders it.
         self.message: bytes | None = None
         self.coins: dict[str, Decimal] = {}
         self.clients: set[Client] = set()
@@ -237,8 +238,8 @@ class ConnectionManager:
         self._aggregator = aggregator
         self._reconnect_max_s = reconnect_max_s
         self._users: dict[int, _User] = {}
-        #: symbol → ids of locally connected users holding it; a symbol is here iff it must be subscribed.
-        self._holders: dict[str, set[int]] = {}
+        #: symbol → the locally connected users holding it; a symbol is here iff it must be subscribed.
+        self._holders: dict[str, set[_User]] = {}
         #: latest price of each symbol in ``_holders``; pruned with it.
         self._prices = LatestPrices()
         self._pubsub: PubSub | None = None
@@ -247,7 +248,7 @@ class ConnectionManager:
         self._reader: asyncio.Task[None] | None = None
         self._coalesce_s = coalesce_s
         #: Users whose profile has new prices not yet pushed, in arrival order (a dict as an ordered set).
-        self._dirty: dict[int, None] = {}
+        self._dirty: dict[_User, None] = {}
         #: Event-loop time at which the oldest entry of ``_dirty`` arrived.
         self._dirty_since = 0.0
         self._dirty_event = asyncio.Event()
@@ -326,7 +327,7 @@ class ConnectionManager:
             return
         del self._users[client.user_id]
         for symbol in user.coins:
-            self._release(symbol, client.user_id)
+            self._release(symbol, user)
         await self._sync_subscriptions()
 
     async def close(self) -> None:
@@ -344,14 +345,14 @@ class ConnectionManager:
 
     # -- subscriptions ---------------------------------------------------------------------------------
 
-    def _acquire(self, symbol: str, user_id: int) -> None:
-        self._holders.setdefault(symbol, set()).add(user_id)
+    def _acquire(self, symbol: str, user: _User) -> None:
+        self._holders.setdefault(symbol, set()).add(user)
 
-    def _release(self, symbol: str, user_id: int) -> None:
+    def _release(self, symbol: str, user: _User) -> None:
         holders = self._holders.get(symbol)
         if holders is None:
             return
-        holders.discard(user_id)
+        holders.discard(user)
         if not holders:
             del self._holders[symbol]
             self._prices.discard(symbol)
@@ -363,9 +364,9 @@ class ConnectionManager:
         user.holdings = Holdings(user_id, user.name, user.coins)
         user.message = None
         for symbol in after - before:
-            self._acquire(symbol, user_id)
+            self._acquire(symbol, user)
         for symbol in before - after:
-            self._release(symbol, user_id)
+            self._release(symbol, user)
         await self._sync_subscriptions()
         await self._seed_prices(symbol for symbol in after if symbol not in self._prices)
 
@@ -427,15 +428,15 @@ class ConnectionManager:
         if user is None:
             return None
         if user.message is None:
-            user.message = user.holdings.message(self._prices)
+            user.message = jsonutil.exact_copy(user.holdings.message(self._prices))
         return user.message
 
-    def _mark_dirty(self, user_ids: Iterable[int]) -> None:
-        """New prices for ``user_ids``: the fan-out pushes them once the coalescing window has passed."""
+    def _mark_dirty(self, users: Iterable[_User]) -> None:
+        """New prices for ``users``: the fan-out pushes them once the coalescing window has passed."""
         if not self._dirty:
             self._dirty_since = asyncio.get_running_loop().time()
             self._dirty_event.set()
-        self._dirty.update(dict.fromkeys(user_ids))
+        self._dirty.update(dict.fromkeys(users))
 
     async def _push_forever(self) -> None:
         """The fan-out: after the coalescing window, push each dirty user's profile to its sockets, rendered
@@ -454,21 +455,22 @@ class ConnectionManager:
                 raise_if_cancelling()
                 log.exception("fan_out_failed", users=len(batch))
 
-    async def _fan_out(self, user_ids: Iterable[int]) -> None:
+    async def _fan_out(self, users: Iterable[_User]) -> None:
         """Render each user's profile once and write it to the user's sockets, :data:`FAN_OUT_SLICE` users at
-        a time: a slice is rendered, then written, then the event loop serves other work."""
-        users, prices, dirty = self._users, self._prices, self._dirty
+        a time: a slice is rendered, then written, then the event loop serves other work. A user whose last
+        socket closed meanwhile is skipped."""
+        prices, dirty = self._prices, self._dirty
         rendered: list[tuple[_User, bytes]] = []
-        for user_id in user_ids:
-            user = users.get(user_id)
-            if user is None or not user.clients:
+        for user in users:
+            if not user.clients:
                 continue
             if dirty:
                 # Rendered now with the latest prices: a price that marked it again meanwhile is in this message.
-                dirty.pop(user_id, None)
-            # What _render() does, inline: this loop runs once per user and price change.
-            message = user.message = user.holdings.message(prices)
-            rendered.append((user, text_frame(message)))
+                dirty.pop(user, None)
+            # Rendered for this fan-out only: a socket it cannot write to now renders the latest profile
+            # again in its writer (_render), the rare case.
+            user.message = None
+            rendered.append((user, text_frame(user.holdings.message(prices))))
             if len(rendered) == FAN_OUT_SLICE:
                 self._write_rendered(rendered)
                 rendered.clear()

@@ -8,6 +8,7 @@ rounded: ``Totals[s]`` is exactly ``Quantities[s] × Prices[s]``.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -166,10 +167,8 @@ class SharedParts:
 
     def __init__(self, symbols: tuple[str, ...], prices: Mapping[str, Price]) -> None:
         self.priced = tuple((symbol, prices[symbol]) for symbol in symbols if symbol in prices)
-        self.prices = jsonutil.Fragment(jsonutil.dumps({symbol: price.text for symbol, price in self.priced}))
-        self.price_times = jsonutil.Fragment(
-            jsonutil.dumps({symbol: price.time_text for symbol, price in self.priced})
-        )
+        self.prices = jsonutil.fragment({symbol: price.text for symbol, price in self.priced})
+        self.price_times = jsonutil.fragment({symbol: price.time_text for symbol, price in self.priced})
         latest = max((price for _, price in self.priced), key=lambda price: price.second_ms, default=None)
         self.prices_at = None if latest is None else latest.time_text
 
@@ -194,25 +193,30 @@ class Holdings:
     def __init__(self, user_id: int, name: str, quantities: Mapping[str, Decimal]) -> None:
         self.user_id = user_id
         self.name = name
-        self._symbols = tuple(sorted(quantities))
+        # Interned: every user's symbols are then the same objects as the shared parts' keys, so the lookups
+        # of a fan-out compare pointers instead of reading each user's own copy of the string.
+        self._symbols = tuple(sys.intern(symbol) for symbol in sorted(quantities))
         self._lines = {symbol: quantities[symbol] for symbol in self._symbols}
-        self._quantities = jsonutil.Fragment(
-            jsonutil.dumps({symbol: decimal_text(quantity) for symbol, quantity in self._lines.items()})
+        self._quantities = jsonutil.fragment(
+            {symbol: decimal_text(quantity) for symbol, quantity in self._lines.items()}
         )
         #: symbol → (the price value it was computed at, total, total as text): a coin whose price did not
-        #: change since the last message keeps its total. Only atomic values, so the garbage collector stops
-        #: tracking these tuples instead of walking them, and ageing them, for as long as a socket is open.
+        #: change since the last message keeps its total. The value is compared by identity (every user's
+        #: message reads the same ``Price.value`` object, which this reference keeps from being freed and its
+        #: address reused), so an unchanged price costs no read of it. Only atomic values, so the garbage
+        #: collector stops tracking these tuples instead of walking them for as long as a socket is open.
         self._line_totals: dict[str, tuple[Decimal, Decimal, str]] = {}
 
     def message(self, prices: LatestPrices) -> bytes:
-        """The profile at ``prices`` as UTF-8 JSON (see the class docstring)."""
+        """The profile at ``prices`` as UTF-8 JSON (see the class docstring); to keep it for long, keep
+        :func:`crypto_mesh.jsonutil.exact_copy` of it."""
         shared = prices.shared(self._symbols)
         lines, line_totals = self._lines, self._line_totals
         totals: dict[str, str] = {}
         total = _ZERO
         for symbol, price in shared.priced:
             line = line_totals.get(symbol)
-            if line is None or line[0] != price.value:
+            if line is None or line[0] is not price.value:
                 line_total = _multiply(lines[symbol], price.value)
                 line = line_totals[symbol] = (price.value, line_total, decimal_text(line_total))
             totals[symbol] = line[2]
