@@ -8,9 +8,9 @@ the collector's reach (:func:`gc.freeze`), and the collector runs less often (:d
 collection walks every object of every open socket and stops the event loop meanwhile: 0.4 s with 5,000
 sockets, up to 0.9 s with 10,000 on the 2-CPU benchmark machine (benchmarks/bench_bff.py); with CPython's
 default thresholds one came every few seconds while prices were pushed to 10,000 sockets. With these, a young
-collection waits for 20,000 net new objects (tens of milliseconds at most, and the objects of a fan-out die
-before it), and a full one for 100 collections of the middle generation: none came during the benchmark's
-price phase.
+collection waits for 20,000 net new objects (tens of milliseconds at most; of what a fan-out allocates, only
+each user's new coin totals outlive it, in tuples of atomic values that the collector stops tracking), and a
+full one for 100 collections of the middle generation: none came during the benchmark's price phase.
 """
 
 from crypto_mesh.runtime import run_service, tune_garbage_collector
