@@ -68,6 +68,10 @@ from profile_bff.tokens import AccessClaims, AccessTokenVerifier, InvalidToken, 
 log = get_logger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+#: Pending connections the listening socket queues (aiohttp's default is 128; the kernel caps it at
+#: ``net.core.somaxconn``). A process holding 10,000 sockets sees them all come back at once after a restart;
+#: with 128, connection attempts beyond it are dropped and retried by the client after 1, 3, 7 s...
+LISTEN_BACKLOG = 1024
 REFRESH_COOKIE = "refresh_token"
 COOKIE_PATH = "/v1"
 #: Seconds between server pings on a WebSocket; a peer that misses the pong is closed.
@@ -181,7 +185,7 @@ async def start(settings: BffSettings) -> Running:
     """
     runner = web.AppRunner(create_app(settings), shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()
     port = runner.addresses[0][1]
     log.info("serving", host=settings.host, port=port)
