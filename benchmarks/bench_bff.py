@@ -9,7 +9,9 @@ What runs, all on 127.0.0.1 and all started and stopped by this script:
   core);
 - ``--workers`` client processes holding ``--clients`` WebSocket connections in total. Each client is a
   user of its own holding three coins (``--symbols`` are dealt round-robin, three per user), authenticated
-  with an access token signed by auth's key;
+  with an access token signed by auth's key. With the default three symbols every client holds all of them,
+  so every price is pushed to every client in one fan-out: the worst case for latency. More symbols spread
+  the same message rate over smaller fan-outs (ten symbols: each price reaches 3 in 10 clients);
 - a publisher (this process) that, for ``--seconds``, publishes one SecondStat per symbol per second on Redis
   (key ``price:<s>`` set, then channel ``<s>``): the recorded rate, since the shipped recording
   ``btcusdt_ethusdt_trade_2024-08-08.jsonl.gz`` yields 1255 SecondStats in 650 s for 2 symbols, 0.96 per
