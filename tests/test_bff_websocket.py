@@ -34,10 +34,9 @@ from test_bff_api import (
     wait_until_subscribed,
     write_exchange_info,
 )
-from test_market_path import db_url, exchange_and_proxy
+from test_market_path import aggregator_settings, db_url, exchange_and_proxy
 
 from aggregator.app import start as start_aggregator
-from aggregator.settings import AggregatorSettings
 from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
@@ -436,13 +435,8 @@ async def test_while_the_real_aggregator_restarts_prices_keep_flowing(
     async with aioredis.Redis.from_url(redis_url) as redis:
         await redis.flushdb()
     async with exchange_and_proxy(trade_recording, speed=1.0) as (_, proxy):
-        settings = AggregatorSettings(
-            port=port,
-            redis_url=redis_url,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            socket_proxy_target=f"127.0.0.1:{proxy.port}",
-            kafka_enable_idempotence=False,
-        )
+        # On a port of its own, so that it comes back where the BFF calls it.
+        settings = aggregator_settings(redis_url, kafka_bootstrap, proxy.port, port=port)
         aggregator = await start_aggregator(settings)
         try:
             # A profile database of its own: at start-up the BFF follows every holder's coins, and the other

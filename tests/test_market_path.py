@@ -83,18 +83,27 @@ async def clean_dbs(redis_url):
         await client.aclose()
 
 
+def aggregator_settings(
+    redis_url: str, kafka_bootstrap: str, proxy_port: int, **overrides
+) -> AggregatorSettings:
+    """The settings of a test aggregator on socket_proxy at ``proxy_port`` (a free port unless ``overrides``
+    say ``port``)."""
+    return AggregatorSettings(
+        **{
+            "port": 0,
+            "redis_url": redis_url,
+            "kafka_bootstrap_servers": kafka_bootstrap,
+            "socket_proxy_target": f"127.0.0.1:{proxy_port}",
+            "kafka_enable_idempotence": False,
+            **overrides,
+        }
+    )
+
+
 @asynccontextmanager
 async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_port: int, **overrides):
     """A running aggregator on socket_proxy at ``proxy_port``; yields its control base URL."""
-    settings = AggregatorSettings(
-        port=0,
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        socket_proxy_target=f"127.0.0.1:{proxy_port}",
-        kafka_enable_idempotence=False,
-        **overrides,
-    )
-    running = await start_aggregator(settings)
+    running = await start_aggregator(aggregator_settings(redis_url, kafka_bootstrap, proxy_port, **overrides))
     try:
         yield f"http://127.0.0.1:{running.port}"
     finally:
