@@ -10,9 +10,11 @@ so a second tab or a reconnect of the same user never evicts the other socket.
   snapshot is queued at once.
 - On a SecondStat on channel ``s``: the price cache is updated (newer ``t`` only) and each connected user
   holding ``s`` is marked for the fan-out.
-- The fan-out (one task) starts ``coalesce_s`` after the first price not yet pushed: the aggregator publishes
-  the SecondStats of one second within a few milliseconds of each other, so a user holding several coins
-  gets ONE message with all their new prices. It renders each marked user's whole profile once
+- The fan-out (one task) starts once the event loop gets to it, after the pub/sub reader has dispatched
+  every message Redis delivered at once: the aggregator publishes the SecondStats its clock closes in one
+  tick in one pipelined round trip, so a user holding several of those coins gets ONE message with all their
+  new prices (``coalesce_s`` > 0 waits that long after the first price not yet pushed, for publishers whose
+  prices of one second arrive apart). It renders each marked user's whole profile once
   (:meth:`Holdings.message <profile_bff.portfolio.Holdings.message>`: the parts that depend on prices alone
   are shared by every user holding the same coins, and a coin's total is computed again only when its price
   changed), frames it once as a WebSocket text frame, and writes that frame to the user's sockets, in slices
@@ -218,8 +220,9 @@ class ConnectionManager:
 
     ``reconnect_max_s`` caps the backoff between pub/sub reconnection attempts (seconds). ``coalesce_s``
     (seconds, ≥ 0) is the coalescing window of price pushes: the fan-out starts that long after the first
-    price not yet pushed arrived, so the prices of one second, which the aggregator publishes within a few
-    milliseconds of each other, reach a user holding several of them as one message.
+    price not yet pushed arrived (0, the default: as soon as the event loop gets to it, after the reader has
+    dispatched what Redis delivered together), so that prices published a little apart reach a user holding
+    several of them as one message, at the cost of up to that much latency for every price.
     """
 
     def __init__(
@@ -229,7 +232,7 @@ class ConnectionManager:
         aggregator: AggregatorClient,
         *,
         reconnect_max_s: float = 5.0,
-        coalesce_s: float = 0.01,
+        coalesce_s: float = 0.0,
     ) -> None:
         if coalesce_s < 0:
             raise ValueError("coalesce_s must be >= 0")
@@ -432,14 +435,14 @@ class ConnectionManager:
         return user.message
 
     def _mark_dirty(self, users: Iterable[_User]) -> None:
-        """New prices for ``users``: the fan-out pushes them once the coalescing window has passed."""
+        """New prices for ``users``: the fan-out pushes them next (after the coalescing window, if any)."""
         if not self._dirty:
             self._dirty_since = asyncio.get_running_loop().time()
             self._dirty_event.set()
         self._dirty.update(dict.fromkeys(users))
 
     async def _push_forever(self) -> None:
-        """The fan-out: after the coalescing window, push each dirty user's profile to its sockets, rendered
+        """The fan-out: after the coalescing window, if any, push each dirty user's profile to its sockets, rendered
         once per user; written inline where the socket can take it now, else through its writer."""
         loop = asyncio.get_running_loop()
         while True:

@@ -37,12 +37,13 @@ class BffSettings(ServiceSettings):
     - ``BFF_WS_TICKET_TTL_S`` (``30``): lifetime of a one-time WebSocket ticket (s).
     - ``BFF_WS_SEND_TIMEOUT_S`` (``10``): a socket whose peer does not take a message within this time (it
       stopped reading and the kernel buffers are full) is dropped (its TCP connection is aborted).
-    - ``BFF_WS_COALESCE_MS`` (``10``, 0 to 1000): coalescing window of price pushes (ms). The fan-out starts
-      this long after the first price not yet pushed, so prices published together (the aggregator publishes
-      the SecondStats its clock closes in one tick in one pipelined round trip, within a millisecond or
-      two) reach a user holding several of them as one message; it adds at most this much to a price's
-      latency. ``0``: push as soon as the event loop gets to it (prices that arrive while a fan-out is
-      running are still pushed together).
+    - ``BFF_WS_COALESCE_MS`` (``0``, 0 to 1000): coalescing window of price pushes (ms). With ``0`` the fan-out
+      starts as soon as the event loop gets to it, which is after the pub/sub reader has dispatched every
+      message Redis delivered at once: the aggregator publishes the SecondStats its clock closes in one tick
+      in one pipelined round trip, so they already reach a user holding several of them as one message, and
+      prices that arrive while a fan-out runs join it for every user not yet served. A window of ``n`` ms
+      starts the fan-out ``n`` ms after the first price not yet pushed, for publishers whose prices of one
+      second arrive a few milliseconds apart; it adds up to ``n`` ms to every price's latency.
     - ``BFF_LOGIN_RATE_PER_NAME`` (``10/minute``), ``BFF_LOGIN_RATE_PER_ADDRESS`` (``30/minute``): failed
       logins allowed per name and per client address (a successful login is not counted), as
       ``<count>/[<n>] second|minute|hour|day``; beyond them ``POST /v1/login`` answers 429 with Retry-After.
@@ -68,7 +69,7 @@ class BffSettings(ServiceSettings):
     idempotency_ttl_s: int = Field(default=86_400, gt=0)
     ws_ticket_ttl_s: int = Field(default=30, gt=0)
     ws_send_timeout_s: float = Field(default=10.0, gt=0)
-    ws_coalesce_ms: int = Field(default=10, ge=0, le=1000)
+    ws_coalesce_ms: int = Field(default=0, ge=0, le=1000)
     login_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(10, 60)
     login_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(30, 60)
     register_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(5, 60)

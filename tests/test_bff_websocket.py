@@ -507,6 +507,32 @@ async def test_prices_published_within_the_coalescing_window_reach_a_holder_as_o
             assert profile["Total"] == "18"
 
 
+async def test_prices_published_in_one_pipeline_reach_a_holder_as_one_message_without_a_window(bff):
+    # The default window is 0: the aggregator publishes the SecondStats its clock closes in one tick in one
+    # pipelined round trip, and the reader dispatches all of them before the fan-out runs.
+    symbols = sorted(new_symbol() for _ in range(3))
+    _, auth = await bff.user()
+    for symbol in symbols:
+        await add(bff, auth, symbol)
+    async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
+        assert (await next_profile(ws))["Coins"]["Prices"] == {}
+        for symbol in symbols:
+            await wait_until_subscribed(bff, symbol)
+        for second in (1723161601000, 1723161602000):
+            async with bff.redis.pipeline(transaction=False) as pipe:
+                for n, symbol in enumerate(symbols, start=1):
+                    pipe.publish(symbol, second_stat(symbol, str(n * second // 1000), second))
+                assert await pipe.execute() == [1, 1, 1]
+            profile = await next_profile(ws)
+            assert profile["Coins"]["Prices"] == {
+                symbol: str(n * second // 1000) for n, symbol in enumerate(symbols, start=1)
+            }
+            assert set(profile["Coins"]["PriceTimes"].values()) == {profile["PricesAt"]}
+        # Two rounds of three prices made two messages: nothing else follows.
+        with pytest.raises(TimeoutError):
+            await ws.receive(timeout=0.5)
+
+
 async def test_a_slow_client_gets_the_latest_profile_not_a_backlog(bff):
     hot = new_symbol()
     slow_id, slow_auth = await bff.user()
