@@ -210,7 +210,8 @@ class _User:
         #: frames of its own); ``None`` after a change until a writer renders it.
         self.message: bytes | None = None
         self.coins: dict[str, Decimal] = {}
-        self.clients: set[Client] = set()
+        #: The user's sockets here, in connect order (a tuple: every fan-out iterates it, and it rarely changes).
+        self.clients: tuple[Client, ...] = ()
         self.refreshing = False
         self.refresh_again = False
 
@@ -242,7 +243,7 @@ class ConnectionManager:
         self._reconnect_max_s = reconnect_max_s
         self._users: dict[int, _User] = {}
         #: symbol → the locally connected users holding it; a symbol is here iff it must be subscribed.
-        self._holders: dict[str, set[_User]] = {}
+        self._holders: dict[str, dict[_User, None]] = {}
         #: latest price of each symbol in ``_holders``; pruned with it.
         self._prices = LatestPrices()
         self._pubsub: PubSub | None = None
@@ -292,7 +293,7 @@ class ConnectionManager:
         user = self._users.get(user_id)
         if user is None:
             user = self._users[user_id] = _User(user_id, holdings.name)
-        user.clients.add(client)
+        user.clients = (*user.clients, client)
         try:
             await self._apply_coins(user_id, user, holdings.coins)
         except BaseException:
@@ -325,7 +326,7 @@ class ConnectionManager:
         user = self._users.get(client.user_id)
         if user is None or client not in user.clients:
             return
-        user.clients.discard(client)
+        user.clients = tuple(other for other in user.clients if other is not client)
         if user.clients:
             return
         del self._users[client.user_id]
@@ -349,13 +350,13 @@ class ConnectionManager:
     # -- subscriptions ---------------------------------------------------------------------------------
 
     def _acquire(self, symbol: str, user: _User) -> None:
-        self._holders.setdefault(symbol, set()).add(user)
+        self._holders.setdefault(symbol, {})[user] = None
 
     def _release(self, symbol: str, user: _User) -> None:
         holders = self._holders.get(symbol)
         if holders is None:
             return
-        holders.discard(user)
+        holders.pop(user, None)
         if not holders:
             del self._holders[symbol]
             self._prices.discard(symbol)
@@ -434,12 +435,12 @@ class ConnectionManager:
             user.message = jsonutil.exact_copy(user.holdings.message(self._prices))
         return user.message
 
-    def _mark_dirty(self, users: Iterable[_User]) -> None:
+    def _mark_dirty(self, users: dict[_User, None]) -> None:
         """New prices for ``users``: the fan-out pushes them next (after the coalescing window, if any)."""
         if not self._dirty:
             self._dirty_since = asyncio.get_running_loop().time()
             self._dirty_event.set()
-        self._dirty.update(dict.fromkeys(users))
+        self._dirty.update(users)
 
     async def _push_forever(self) -> None:
         """The fan-out: after the coalescing window, if any, push each dirty user's profile to its sockets, rendered
@@ -570,7 +571,7 @@ class ConnectionManager:
             log.warning("malformed_second_stat", symbol=symbol, error=str(exc))
             return
         if self._remember(symbol, price):
-            self._mark_dirty(self._holders.get(symbol, ()))
+            self._mark_dirty(self._holders.get(symbol, {}))
 
     def _on_portfolio_change(self, data: bytes) -> None:
         try:
@@ -614,6 +615,6 @@ class ConnectionManager:
 
     async def _close_user(self, user: _User, code: int, message: bytes) -> None:
         await asyncio.gather(
-            *(client.ws.close(code=code, message=message) for client in list(user.clients)),
+            *(client.ws.close(code=code, message=message) for client in user.clients),
             return_exceptions=True,
         )
