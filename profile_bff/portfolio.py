@@ -142,30 +142,38 @@ class LatestPrices(Mapping[str, Price]):
     def set(self, symbol: str, price: Price) -> None:
         """``price`` is now the latest of ``symbol``."""
         self._prices[symbol] = price
-        self._shared.clear()
+        self._forget_shared()
 
     def discard(self, symbol: str) -> None:
         """Forget ``symbol``'s price, if any."""
         if self._prices.pop(symbol, None) is not None:
-            self._shared.clear()
+            self._forget_shared()
 
     def shared(self, symbols: tuple[str, ...]) -> SharedParts:
         """The price-only parts of the profile of a user holding ``symbols`` (sorted), cached until a price
-        changes."""
+        changes (then their ``source`` becomes ``None``)."""
         parts = self._shared.get(symbols)
         if parts is None:
-            parts = self._shared[symbols] = SharedParts(symbols, self._prices)
+            parts = self._shared[symbols] = SharedParts(symbols, self._prices, self)
         return parts
+
+    def _forget_shared(self) -> None:
+        for parts in self._shared.values():
+            parts.source = None
+        self._shared.clear()
 
 
 class SharedParts:
     """What every profile holding the same ``symbols`` (sorted) shows at the same prices: ``priced``, the
     (symbol, :class:`Price`) pairs with a known price in symbol order; ``prices`` and ``price_times``, the
-    ``Prices`` and ``PriceTimes`` objects as JSON fragments; ``prices_at``, the ``PricesAt`` value."""
+    ``Prices`` and ``PriceTimes`` objects as JSON fragments; ``prices_at``, the ``PricesAt`` value; ``source``,
+    the :class:`LatestPrices` they are current for, until one of its prices changes (``None`` from then on),
+    so that a holder can keep them and check with one comparison that they still hold."""
 
-    __slots__ = ("price_times", "priced", "prices", "prices_at")
+    __slots__ = ("price_times", "priced", "prices", "prices_at", "source")
 
-    def __init__(self, symbols: tuple[str, ...], prices: Mapping[str, Price]) -> None:
+    def __init__(self, symbols: tuple[str, ...], prices: Mapping[str, Price], source: LatestPrices) -> None:
+        self.source = source
         self.priced = tuple((symbol, prices[symbol]) for symbol in symbols if symbol in prices)
         self.prices = jsonutil.fragment({symbol: price.text for symbol, price in self.priced})
         self.price_times = jsonutil.fragment({symbol: price.time_text for symbol, price in self.priced})
@@ -188,7 +196,7 @@ class Holdings:
     :meth:`LatestPrices.shared`, and a coin's total is computed again only when its price changes.
     """
 
-    __slots__ = ("_line_totals", "_lines", "_quantities", "_symbols", "name", "user_id")
+    __slots__ = ("_line_totals", "_lines", "_quantities", "_shared", "_symbols", "name", "user_id")
 
     def __init__(self, user_id: int, name: str, quantities: Mapping[str, Decimal]) -> None:
         self.user_id = user_id
@@ -206,11 +214,16 @@ class Holdings:
         #: address reused), so an unchanged price costs no read of it. Only atomic values, so the garbage
         #: collector stops tracking these tuples instead of walking them for as long as a socket is open.
         self._line_totals: dict[str, tuple[Decimal, Decimal, str]] = {}
+        #: The shared parts of the last message, reused while their ``source`` is the ``prices`` rendered at:
+        #: most fan-outs then need no lookup (nor a read of ``_symbols``) to find them.
+        self._shared: SharedParts | None = None
 
     def message(self, prices: LatestPrices) -> bytes:
         """The profile at ``prices`` as UTF-8 JSON (see the class docstring); to keep it for long, keep
         :func:`crypto_mesh.jsonutil.exact_copy` of it."""
-        shared = prices.shared(self._symbols)
+        shared = self._shared
+        if shared is None or shared.source is not prices:
+            shared = self._shared = prices.shared(self._symbols)
         lines, line_totals = self._lines, self._line_totals
         totals: dict[str, str] = {}
         total = _ZERO
