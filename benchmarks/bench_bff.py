@@ -18,12 +18,13 @@ What runs, all on 127.0.0.1 and all started and stopped by this script:
   symbol per second. ``--publish spread`` (the default) spreads the symbols evenly over the second, as
   symbols whose windows close on their next trade come at different moments (in that recording the two
   symbols' SecondStats of one second close a median 168 ms apart); it is the hard case, since no price
-  shares a message with another. ``--publish together`` publishes all symbols of a second back to back,
-  as the aggregator does for the windows its clock closes in one tick. Each SecondStat's ``t`` is its publish
+  shares a message with another. ``--publish together`` publishes all symbols of a second in one pipelined
+  round trip, as the aggregator does for the windows its clock closes in one tick. Each SecondStat's ``t`` is its publish
   time in Unix ms, so a client computes the latency of each price it receives as its receive time minus
   that price's ``PriceTimes`` entry (both wall clock, same machine; ms resolution). A price counts when its
   ``PriceTimes`` entry differs from the one in the socket's previous message, so a price that waited for
-  others in the BFF's coalescing window is measured from its own publish, not the latest one's.
+  others (behind a running fan-out, or in a coalescing window if ``BFF_WS_COALESCE_MS`` sets one) is measured
+  from its own publish, not the latest one's.
 
 Clients on the same machine cost the BFF more than remote ones would: over 127.0.0.1 the kernel runs the
 receiving side of each message (TCP receive, socket lookup, waking the client process) inside the BFF's
@@ -309,40 +310,42 @@ async def seed_users(database_url: str, count: int, symbols: list[str]) -> None:
 
 
 async def publish_prices(redis_url: str, symbols: list[str], seconds: float, together: bool) -> int:
-    """One SecondStat per symbol per second for ``seconds``, spread evenly over the second or (``together``)
-    back to back at its start; returns the number published."""
+    """One SecondStat per symbol per second for ``seconds``, each in a pipelined round trip of its own spread
+    evenly over the second or (``together``) all of a second in one pipelined round trip at its start, as the
+    aggregator publishes the windows its clock closes in one tick; returns the number published."""
     redis = aioredis.Redis.from_url(redis_url)
     published = 0
     try:
         start = time.monotonic()
         tick = 0
         while time.monotonic() - start < seconds:
-            for index, symbol in enumerate(symbols):
+            batches = [symbols] if together else [[symbol] for symbol in symbols]
+            for batch in batches:
                 now_ms = time.time_ns() // 1_000_000
-                price = f"{60000 + tick}.{index}"
-                stat = jsonutil.dumps(
-                    {
-                        "s": symbol,
-                        "t": now_ms,
-                        "p": price,
-                        "o": price,
-                        "h": price,
-                        "l": price,
-                        "v": "1",
-                        "q": price,
-                        "n": 1,
-                        "vwap": price,
-                        "i": tick,
-                    }
-                )
-                await redis.set(f"price:{symbol}", stat)
-                await redis.publish(symbol, stat)
-                published += 1
-                if not together:
-                    # Spread the symbols over the second, as their trades end at different moments.
-                    await asyncio.sleep(1.0 / len(symbols))
-            if together:
-                await asyncio.sleep(1.0)
+                async with redis.pipeline(transaction=False) as pipe:
+                    for symbol in batch:
+                        price = f"{60000 + tick}.{symbols.index(symbol)}"
+                        stat = jsonutil.dumps(
+                            {
+                                "s": symbol,
+                                "t": now_ms,
+                                "p": price,
+                                "o": price,
+                                "h": price,
+                                "l": price,
+                                "v": "1",
+                                "q": price,
+                                "n": 1,
+                                "vwap": price,
+                                "i": tick,
+                            }
+                        )
+                        pipe.set(f"price:{symbol}", stat)
+                        pipe.publish(symbol, stat)
+                    await pipe.execute()
+                published += len(batch)
+                # Spread: the symbols over the second, as their trades end at different moments.
+                await asyncio.sleep(1.0 / len(batches))
             tick += 1
     finally:
         await redis.aclose()
