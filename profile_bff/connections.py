@@ -242,7 +242,9 @@ class ConnectionManager:
         self._aggregator = aggregator
         self._reconnect_max_s = reconnect_max_s
         self._users: dict[int, _User] = {}
-        #: symbol → the locally connected users holding it; a symbol is here iff it must be subscribed.
+        #: symbol → the locally connected users holding it; a symbol is here iff it must be subscribed. A dict
+        #: as an ordered set: a fan-out walks the users in the order they connected, so that the objects of
+        #: one user after another, allocated one after another, are near each other in memory.
         self._holders: dict[str, dict[_User, None]] = {}
         #: latest price of each symbol in ``_holders``; pruned with it.
         self._prices = LatestPrices()
@@ -443,8 +445,8 @@ class ConnectionManager:
         self._dirty.update(users)
 
     async def _push_forever(self) -> None:
-        """The fan-out: after the coalescing window, if any, push each dirty user's profile to its sockets, rendered
-        once per user; written inline where the socket can take it now, else through its writer."""
+        """The fan-out: after the coalescing window, if any, push each dirty user's profile to its sockets,
+        rendered once per user; written inline where the socket can take it now, else through its writer."""
         loop = asyncio.get_running_loop()
         while True:
             raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
