@@ -196,7 +196,7 @@ class Holdings:
     :meth:`LatestPrices.shared`, and a coin's total is computed again only when its price changes.
     """
 
-    __slots__ = ("_line_totals", "_lines", "_quantities", "_shared", "_symbols", "name", "user_id")
+    __slots__ = ("_lines", "_quantities", "_shared", "_symbols", "name", "user_id")
 
     def __init__(self, user_id: int, name: str, quantities: Mapping[str, Decimal]) -> None:
         self.user_id = user_id
@@ -204,16 +204,18 @@ class Holdings:
         # Interned: every user's symbols are then the same objects as the shared parts' keys, so the lookups
         # of a fan-out compare pointers instead of reading each user's own copy of the string.
         self._symbols = tuple(sys.intern(symbol) for symbol in sorted(quantities))
-        self._lines = {symbol: quantities[symbol] for symbol in self._symbols}
         self._quantities = jsonutil.fragment(
-            {symbol: decimal_text(quantity) for symbol, quantity in self._lines.items()}
+            {symbol: decimal_text(quantities[symbol]) for symbol in self._symbols}
         )
-        #: symbol → (the price value it was computed at, total, total as text): a coin whose price did not
-        #: change since the last message keeps its total. The value is compared by identity (every user's
-        #: message reads the same ``Price.value`` object, which this reference keeps from being freed and its
-        #: address reused), so an unchanged price costs no read of it. Only atomic values, so the garbage
+        #: symbol → (quantity, the price value its total was computed at or ``None``, total, total as text):
+        #: a coin whose price did not change since the last message keeps its total. The value is compared by
+        #: identity (every user's message reads the same ``Price.value`` object, which this reference keeps
+        #: from being freed and its address reused), so an unchanged price costs no read of it. One dict for
+        #: all a line needs, so a fan-out reads one table per user; only atomic values, so the garbage
         #: collector stops tracking these tuples instead of walking them for as long as a socket is open.
-        self._line_totals: dict[str, tuple[Decimal, Decimal, str]] = {}
+        self._lines: dict[str, tuple[Decimal, Decimal | None, Decimal, str]] = {
+            symbol: (quantities[symbol], None, _ZERO, "0") for symbol in self._symbols
+        }
         #: The shared parts of the last message, reused while their ``source`` is the ``prices`` rendered at:
         #: most fan-outs then need no lookup (nor a read of ``_symbols``) to find them.
         self._shared: SharedParts | None = None
@@ -224,16 +226,17 @@ class Holdings:
         shared = self._shared
         if shared is None or shared.source is not prices:
             shared = self._shared = prices.shared(self._symbols)
-        lines, line_totals = self._lines, self._line_totals
+        lines = self._lines
         totals: dict[str, str] = {}
         total = _ZERO
         for symbol, price in shared.priced:
-            line = line_totals.get(symbol)
-            if line is None or line[0] is not price.value:
-                line_total = _multiply(lines[symbol], price.value)
-                line = line_totals[symbol] = (price.value, line_total, decimal_text(line_total))
-            totals[symbol] = line[2]
-            total = _add(total, line[1])
+            line = lines[symbol]
+            if line[1] is not price.value:
+                quantity = line[0]
+                line_total = _multiply(quantity, price.value)
+                line = lines[symbol] = (quantity, price.value, line_total, decimal_text(line_total))
+            totals[symbol] = line[3]
+            total = _add(total, line[2])
         return jsonutil.dumps(
             {
                 "ID": self.user_id,
