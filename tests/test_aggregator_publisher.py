@@ -11,6 +11,7 @@ from decimal import Decimal
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from polling import eventually
 
 from aggregator.secondstat import SecondStat
 from aggregator.store import StatPublisher, TickerProducer, connect_redis
@@ -23,13 +24,6 @@ from crypto_mesh.netutil import free_port
 def stat(symbol: str, second: int, price: str = "100") -> SecondStat:
     p = Decimal(price)
     return SecondStat(symbol, second * 1000, p, p, p, p, Decimal(1), p, 1, second)
-
-
-async def wait_until(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -48,7 +42,7 @@ async def test_while_redis_is_down_only_the_latest_stat_of_each_symbol_is_kept_a
     task = asyncio.create_task(publisher.run())
     try:
         publisher.submit(stat("btcusdt", 1))
-        await wait_until(lambda: publisher.failures >= 1)
+        await eventually(lambda: publisher.failures >= 1)
         assert publisher.healthy is False
 
         submitted_at = time.monotonic()
@@ -60,7 +54,7 @@ async def test_while_redis_is_down_only_the_latest_stat_of_each_symbol_is_kept_a
         assert publisher.pending() == 2
 
         start_redis()
-        await wait_until(lambda: publisher.published == 2)
+        await eventually(lambda: publisher.published == 2)
 
         assert orjson.loads(await client.get("price:btcusdt"))["p"] == "105"
         assert orjson.loads(await client.get("price:ethusdt"))["p"] == "203"
@@ -81,7 +75,7 @@ async def test_a_second_is_never_republished_nor_the_latest_price_moved_back(red
     try:
         for second, price in [(10, "1"), (10, "2"), (9, "3"), (11, "4")]:
             publisher.submit(stat(symbol, second, price))
-        await wait_until(lambda: publisher.published + publisher.stale == 4)
+        await eventually(lambda: publisher.published + publisher.stale == 4)
 
         messages = []
         deadline = time.monotonic() + 1.0
@@ -109,7 +103,7 @@ async def test_the_kafka_buffer_drops_its_oldest_record_when_full(kafka_bootstra
 
     task = asyncio.create_task(producer.run())
     try:
-        await wait_until(lambda: producer.sent == 2)
+        await eventually(lambda: producer.sent == 2)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -146,7 +140,7 @@ async def test_a_price_key_that_is_not_a_second_stat_is_replaced(redis_url):
             await client.set(f"price:{symbol}", junk)
             published = publisher.published
             publisher.submit(stat(symbol, 5))
-            await wait_until(lambda published=published: publisher.published == published + 1)
+            await eventually(lambda published=published: publisher.published == published + 1)
             await client.delete(f"price:{symbol}")
         assert publisher.failures == 0
     finally:

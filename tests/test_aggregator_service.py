@@ -23,6 +23,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer
+from polling import eventually
 from yarl import URL
 
 from aggregator.app import start
@@ -260,10 +261,10 @@ async def test_followers_survive_a_restart_and_their_symbols_are_streamed_again(
         async with aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
             await http.put(f"{base}/v1/symbols/ethusdt/followers/user:7")
             await http.put(f"{base}/v1/symbols/ethusdt/followers/user:8")
-            await wait_until(lambda: proxy.calls["ethusdt"] == 1)
+            await eventually(lambda: proxy.calls["ethusdt"] == 1)
 
         async with aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
-            await wait_until(lambda: proxy.calls["ethusdt"] == 2)
+            await eventually(lambda: proxy.calls["ethusdt"] == 2)
             async with http.get(f"{base}/v1/symbols") as response:
                 assert await response.json() == {"symbols": [{"symbol": "ethusdt", "followers": 2}]}
     assert await redis_client.smembers("aggregator:followers:ethusdt") == {b"user:7", b"user:8"}
@@ -276,21 +277,14 @@ async def test_streams_come_back_after_socket_proxy_restarts(agg_redis_url, kafk
     async with aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
         async with serving(before, port):
             await http.put(f"{base}/v1/symbols/ethusdt/followers/user:1")
-            await wait_until(lambda: before.calls["ethusdt"] == 1 and before.mini_ticker_calls == 1)
+            await eventually(lambda: before.calls["ethusdt"] == 1 and before.mini_ticker_calls == 1)
 
         async with serving(after, port):
-            await wait_until(
+            await eventually(
                 lambda: after.calls["ethusdt"] == 1 and after.mini_ticker_calls == 1, timeout_s=15
             )
             async with http.get(f"{base}/v1/stats") as response:
                 assert (await response.json())["upstream"]["reconnects"] >= 2
-
-
-async def wait_until(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def mini_ticker(symbol: str, event_time: int, close: str, open_: str) -> dict:

@@ -8,19 +8,19 @@ chDB is opened by one process at a time, so each table is read through the last 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiokafka import AIOKafkaProducer
+from polling import eventually
 
 from aggregator.second_topic import SecondProducer, second_message_id
 from aggregator.secondstat import SecondStat
@@ -94,18 +94,8 @@ async def sql(port: int, query: str) -> list[list]:
         return body["rows"]
 
 
-async def wait_for(probe, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = await probe()
-            if last:
-                return last
-        except (aiohttp.ClientError, OSError) as exc:
-            last = exc
-        await asyncio.sleep(0.2)
-    pytest.fail(f"{what} not reached within {timeout_s}s (last: {last!r})")
+#: The ETL is killed and started again under these tests: a refused or failed request is "not yet".
+wait_for = functools.partial(eventually, interval_s=0.2, tolerate=(aiohttp.ClientError, OSError))
 
 
 async def produce_tickers(bootstrap: str, topic: str, stop: asyncio.Event, sent: list[str]) -> None:

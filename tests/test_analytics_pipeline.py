@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import gzip
 import time
 import uuid
@@ -12,6 +13,7 @@ from collections import defaultdict
 from decimal import Decimal
 
 import aiohttp
+import polling
 import pytest
 from aiokafka import AIOKafkaConsumer
 from kafka_helpers import committed_offset, produce_records
@@ -34,15 +36,8 @@ def stat(symbol: str, n: int, volume: str = "2") -> SecondStat:
     )
 
 
-async def eventually(probe, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s}s (last: {result!r})")
-        await asyncio.sleep(0.1)
+#: ClickHouse and Kafka take their time here: longer to wait, less often to ask.
+eventually = functools.partial(polling.eventually, timeout_s=20.0, interval_s=0.1)
 
 
 async def sql(port: int, query: str) -> list[list]:
@@ -278,7 +273,7 @@ async def test_candles_from_price_seconds_equal_candles_computed_from_the_record
     await produce_records(kafka_bootstrap, settings.kafka_second_topic, values + values[: len(values) // 2])
     await eventually(
         lambda: _committed_is(kafka_bootstrap, settings, settings.kafka_second_topic, len(values) * 3 // 2),
-        30,
+        timeout_s=30,
     )
 
     rows = await sql(

@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 from aiohttp import web
+from polling import eventually
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from auth.server import start as start_auth
@@ -534,14 +535,6 @@ async def wait_until_subscribed(bff: Bff, channel: str) -> None:
             return
         await asyncio.sleep(0.02)
     pytest.fail(f"nobody subscribed to {channel}")
-
-
-async def eventually(condition, timeout_s: float = 5.0) -> None:
-    for _ in range(int(timeout_s / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    assert condition()
 
 
 def second_stat(symbol: str, price: str, second_ms: int) -> bytes:

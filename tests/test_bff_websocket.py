@@ -21,9 +21,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.http import WebSocketWriter
+from polling import eventually
 from test_bff_api import (
     Bff,
-    eventually,
     execute_sql,
     new_database,
     new_symbol,

@@ -4,13 +4,14 @@ as seen by ``FINAL`` and ``message_id``, with offsets committed only after Click
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-import time
 import uuid
 from decimal import Decimal
 
 import aiohttp
 import clickhouse_connect
+import polling
 import pytest
 from kafka_helpers import committed_offset, produce_records
 
@@ -65,16 +66,8 @@ async def health(port: int) -> tuple[int, dict]:
         return response.status, await response.json()
 
 
-async def eventually(probe, timeout_s: float = 20.0):
-    """Await ``probe()`` until it returns a truthy value; fail after ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s}s (last: {result!r})")
-        await asyncio.sleep(0.1)
+#: ClickHouse and Kafka take their time here: longer to wait, less often to ask.
+eventually = functools.partial(polling.eventually, timeout_s=20.0, interval_s=0.1)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 import orjson
-from test_socket_proxy_service import eventually
+from polling import eventually
 
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from crypto_mesh.replay.server import start as start_replay

@@ -9,6 +9,7 @@ independent computation each published SecondStat is compared with.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import polling
 import pytest
 import redis.asyncio as redis
 
@@ -57,17 +59,8 @@ async def metrics(url: str) -> dict[str, float]:
     return parse_samples(text)
 
 
-async def eventually(check, timeout_s: float = 15.0):
-    """Await the coroutine function ``check`` until it returns a truthy value; fails after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, (
-            f"{getattr(check, '__name__', 'condition')} not reached in {timeout_s} s"
-        )
-        await asyncio.sleep(0.05)
+#: The market path crosses several services and processes: a longer default wait.
+eventually = functools.partial(polling.eventually, timeout_s=15.0)
 
 
 def db_url(redis_url: str, db: int) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import aiohttp
 import grpc
 import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from polling import eventually
 
 from crypto_mesh.netutil import free_port
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
@@ -29,16 +29,6 @@ async def replay_info(port: int) -> dict:
         session.get(f"http://127.0.0.1:{port}/replay/v1/info") as response,
     ):
         return await response.json()
-
-
-async def eventually(check, timeout: float = 10.0):
-    """Poll the coroutine function ``check`` until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

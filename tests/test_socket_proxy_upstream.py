@@ -9,6 +9,7 @@ import time
 import aiohttp
 import orjson
 import pytest
+from polling import eventually
 
 from crypto_mesh.replay.server import start as start_replay
 from crypto_mesh.replay.settings import ReplaySettings
@@ -22,13 +23,6 @@ async def replay_info(port: int) -> dict:
         session.get(f"http://127.0.0.1:{port}/replay/v1/info") as response,
     ):
         return await response.json()
-
-
-async def eventually(check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := await check()) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return value
 
 
 @pytest.fixture(scope="module")
