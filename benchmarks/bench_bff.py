@@ -57,6 +57,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
@@ -67,6 +68,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import create_async_engine
 from yarl import URL
 
+from aggregator.secondstat import SecondStat
 from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
@@ -319,26 +321,17 @@ async def publish_prices(redis_url: str, symbols: list[str], seconds: float, tog
         start = time.monotonic()
         tick = 0
         while time.monotonic() - start < seconds:
-            batches = [symbols] if together else [[symbol] for symbol in symbols]
+            numbered = list(enumerate(symbols))
+            batches = [numbered] if together else [[pair] for pair in numbered]
             for batch in batches:
                 now_ms = time.time_ns() // 1_000_000
                 async with redis.pipeline(transaction=False) as pipe:
-                    for symbol in batch:
-                        price = f"{60000 + tick}.{symbols.index(symbol)}"
+                    for index, symbol in batch:
+                        price = Decimal(f"{60000 + tick}.{index}")
                         stat = jsonutil.dumps(
-                            {
-                                "s": symbol,
-                                "t": now_ms,
-                                "p": price,
-                                "o": price,
-                                "h": price,
-                                "l": price,
-                                "v": "1",
-                                "q": price,
-                                "n": 1,
-                                "vwap": price,
-                                "i": tick,
-                            }
+                            SecondStat(
+                                symbol, now_ms, price, price, price, price, Decimal(1), price, 1, tick
+                            ).to_json()
                         )
                         pipe.set(f"price:{symbol}", stat)
                         pipe.publish(symbol, stat)

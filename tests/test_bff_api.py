@@ -24,6 +24,7 @@ from aiohttp import web
 from polling import eventually
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from aggregator.secondstat import SecondStat
 from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
@@ -538,21 +539,9 @@ async def wait_until_subscribed(bff: Bff, channel: str) -> None:
 
 
 def second_stat(symbol: str, price: str, second_ms: int) -> bytes:
-    return jsonutil.dumps(
-        {
-            "s": symbol,
-            "t": second_ms,
-            "p": price,
-            "o": price,
-            "h": price,
-            "l": price,
-            "v": "1",
-            "q": price,
-            "n": 1,
-            "vwap": price,
-            "i": 1,
-        }
-    )
+    """The SecondStat JSON of one trade at ``price`` in the second ``second_ms``, as the aggregator encodes it."""
+    p = Decimal(price)
+    return jsonutil.dumps(SecondStat(symbol, second_ms, p, p, p, p, Decimal(1), p, 1, 1).to_json())
 
 
 async def test_the_socket_sends_a_snapshot_then_exact_totals_on_each_second_stat(bff):
