@@ -13,6 +13,7 @@ recording, and restarts it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -478,39 +479,11 @@ async def hold_many(bff: Bff, user_id: int, symbols: list[str]) -> None:
     )
 
 
-async def test_prices_published_within_the_coalescing_window_reach_a_holder_as_one_message(stack):
-    # Prices 100 ms apart: each would be a message of its own without the window, which is far longer
-    # than the publishing takes, so that the three surely fall in it.
-    async with stack.replica(ws_coalesce_ms=1000) as bff:
-        symbols = sorted(new_symbol() for _ in range(3))
-        _, auth = await bff.user()
-        for symbol in symbols:
-            await add(bff, auth, symbol)
-        async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
-            assert (await next_profile(ws))["Coins"]["Prices"] == {}
-            for symbol in symbols:
-                await wait_until_subscribed(bff, symbol)
-            for n, symbol in enumerate(symbols, start=1):
-                assert await bff.redis.publish(symbol, second_stat(symbol, str(n), 1723161601000)) == 1
-                await asyncio.sleep(0.1)
-            profile = await next_profile(ws)
-            assert profile["Coins"]["Prices"] == dict(zip(symbols, ["1", "2", "3"], strict=True))
-            assert profile["Total"] == "12"
-            # The three prices made one message: nothing else follows.
-            with pytest.raises(TimeoutError):
-                await ws.receive(timeout=1.0)
-            # A lone price still comes, on its own.
-            await bff.redis.publish(symbols[1], second_stat(symbols[1], "5", 1723161602000))
-            profile = await next_profile(ws)
-            assert profile["Coins"]["Prices"] == dict(zip(symbols, ["1", "5", "3"], strict=True))
-            assert profile["Coins"]["PriceTimes"][symbols[1]] == "2024-08-09T00:00:02.000Z"
-            assert profile["Total"] == "18"
-
-
-async def test_prices_published_in_one_pipeline_reach_a_holder_as_one_message_without_a_window(bff):
-    # The default window is 0: the aggregator publishes the SecondStats its clock closes in one tick in one
-    # pipelined round trip, and the reader dispatches all of them before the fan-out runs.
-    symbols = sorted(new_symbol() for _ in range(3))
+@contextlib.asynccontextmanager
+async def holder_of_new_symbols(bff: Bff, count: int):
+    """A new user holding ``count`` new symbols, connected and past its snapshot (which has no prices yet),
+    once the BFF is subscribed to each symbol: yields ``(symbols, ws)``, the symbols sorted."""
+    symbols = sorted(new_symbol() for _ in range(count))
     _, auth = await bff.user()
     for symbol in symbols:
         await add(bff, auth, symbol)
@@ -518,6 +491,34 @@ async def test_prices_published_in_one_pipeline_reach_a_holder_as_one_message_wi
         assert (await next_profile(ws))["Coins"]["Prices"] == {}
         for symbol in symbols:
             await wait_until_subscribed(bff, symbol)
+        yield symbols, ws
+
+
+async def test_prices_published_within_the_coalescing_window_reach_a_holder_as_one_message(stack):
+    # Prices 100 ms apart: each would be a message of its own without the window, which is far longer
+    # than the publishing takes, so that the three surely fall in it.
+    async with stack.replica(ws_coalesce_ms=1000) as bff, holder_of_new_symbols(bff, 3) as (symbols, ws):
+        for n, symbol in enumerate(symbols, start=1):
+            assert await bff.redis.publish(symbol, second_stat(symbol, str(n), 1723161601000)) == 1
+            await asyncio.sleep(0.1)
+        profile = await next_profile(ws)
+        assert profile["Coins"]["Prices"] == dict(zip(symbols, ["1", "2", "3"], strict=True))
+        assert profile["Total"] == "12"
+        # The three prices made one message: nothing else follows.
+        with pytest.raises(TimeoutError):
+            await ws.receive(timeout=1.0)
+        # A lone price still comes, on its own.
+        await bff.redis.publish(symbols[1], second_stat(symbols[1], "5", 1723161602000))
+        profile = await next_profile(ws)
+        assert profile["Coins"]["Prices"] == dict(zip(symbols, ["1", "5", "3"], strict=True))
+        assert profile["Coins"]["PriceTimes"][symbols[1]] == "2024-08-09T00:00:02.000Z"
+        assert profile["Total"] == "18"
+
+
+async def test_prices_published_in_one_pipeline_reach_a_holder_as_one_message_without_a_window(bff):
+    # The default window is 0: the aggregator publishes the SecondStats its clock closes in one tick in one
+    # pipelined round trip, and the reader dispatches all of them before the fan-out runs.
+    async with holder_of_new_symbols(bff, 3) as (symbols, ws):
         for second in (1723161601000, 1723161602000):
             async with bff.redis.pipeline(transaction=False) as pipe:
                 for n, symbol in enumerate(symbols, start=1):
