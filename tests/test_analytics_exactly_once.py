@@ -178,7 +178,7 @@ async def test_ten_kill_9s_of_the_etl_while_producing_leave_exactly_one_row_per_
         stop.set()
         await asyncio.gather(*producers)
         await wait_for(
-            lambda: _true(seconds.sent + seconds.failed + seconds.dropped == len(seconds_submitted)),
+            lambda: seconds.sent + seconds.failed + seconds.dropped == len(seconds_submitted),
             20,
             "SecondStat deliveries",
         )
@@ -213,10 +213,6 @@ async def test_ten_kill_9s_of_the_etl_while_producing_leave_exactly_one_row_per_
         await seconds.close()
         if etl.process is not None and etl.process.poll() is None:
             etl.kill()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _counts_reach(port: int, table: str, expected: int) -> bool:
@@ -263,7 +259,7 @@ async def test_with_clickhouse_unreachable_the_etl_takes_nothing_and_catches_up_
         try:
             for n in range(500):
                 producer.submit(stat("btcusdt", n))
-            await wait_for(lambda: _true(producer.sent == 500), 20, "records produced")
+            await wait_for(lambda: producer.sent == 500, 20, "records produced")
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
