@@ -572,8 +572,8 @@ class ConnectionManager:
         except InvalidSecondStat as exc:
             log.warning("malformed_second_stat", symbol=symbol, error=str(exc))
             return
-        if self._remember(symbol, price):
-            self._mark_dirty(self._holders.get(symbol, {}))
+        if self._remember(symbol, price):  # only a symbol someone here holds
+            self._mark_dirty(self._holders[symbol])
 
     def _on_portfolio_change(self, data: bytes) -> None:
         try:
