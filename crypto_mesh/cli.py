@@ -167,41 +167,34 @@ def secrets(directory: Path) -> None:
 
     Existing files are kept, so running it again never rotates a password behind a running database's back.
     """
-    import secrets as random
-
     from auth.tokens import generate_private_key_pem
+    from crypto_mesh.secrets import COMPOSE_MOUNTED, ensure_secret, random_token, read_secret, secrets_dir
 
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    passwords = {}
-    for name in ("postgres_auth_password", "postgres_profile_password", "clickhouse_password"):
-        path = directory / name
-        if not path.exists():
-            _write_secret(path, random.token_urlsafe(24).encode())
-        passwords[name] = path.read_text().strip()
-    files = {
-        "jwt_ed25519.pem": generate_private_key_pem(),
-        "auth_database_url": f"postgresql+asyncpg://auth:{passwords['postgres_auth_password']}@postgres-auth:5432/auth",
-        "bff_database_url": (
-            f"postgresql+asyncpg://profile:{passwords['postgres_profile_password']}@postgres-profile:5432/profile"
-        ),
-        "etl_clickhouse_url": f"http://etl:{passwords['clickhouse_password']}@clickhouse:8123",
-        "clickhouse.env": f"CLICKHOUSE_USER=etl\nCLICKHOUSE_PASSWORD={passwords['clickhouse_password']}\n"
-        "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT=1\n",
+    directory = secrets_dir(directory)
+
+    def secret(name: str, make) -> str:
+        return read_secret(ensure_secret(directory / name, make, COMPOSE_MOUNTED))
+
+    passwords = {
+        name: secret(name, random_token)
+        for name in ("postgres_auth_password", "postgres_profile_password", "clickhouse_password")
     }
-    for name, content in files.items():
-        path = directory / name
-        if not path.exists():
-            _write_secret(path, content if isinstance(content, bytes) else content.encode())
+    secret("jwt_ed25519.pem", generate_private_key_pem)
+    secret(
+        "auth_database_url",
+        lambda: f"postgresql+asyncpg://auth:{passwords['postgres_auth_password']}@postgres-auth:5432/auth",
+    )
+    secret(
+        "bff_database_url",
+        lambda: f"postgresql+asyncpg://profile:{passwords['postgres_profile_password']}@postgres-profile:5432/profile",
+    )
+    secret("etl_clickhouse_url", lambda: f"http://etl:{passwords['clickhouse_password']}@clickhouse:8123")
+    secret(
+        "clickhouse.env",
+        lambda: f"CLICKHOUSE_USER=etl\nCLICKHOUSE_PASSWORD={passwords['clickhouse_password']}\n"
+        "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT=1\n",
+    )
     click.echo(f"secrets in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
-
-
-def _write_secret(path: Path, content: bytes) -> None:
-    # Compose bind-mounts file secrets with their host mode, and the services run as a non-root user: the files
-    # are world-readable inside a directory only the owner may enter (0700).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(content)
 
 
 if __name__ == "__main__":

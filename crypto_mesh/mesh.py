@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from crypto_mesh.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
 from crypto_mesh.netutil import free_port, port_open
+from crypto_mesh.secrets import ensure_secret, secrets_dir
 from crypto_mesh.settings import ServiceSettings
 
 #: The recording the replay exchange plays by default: real Binance ``@trade`` frames (see data/binance/SOURCES.md).
@@ -125,15 +126,7 @@ def ensure_jwt_key(data_dir: Path) -> Path:
     """
     from auth.tokens import generate_private_key_pem
 
-    secrets_dir = data_dir / "secrets"
-    secrets_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(secrets_dir, 0o700)
-    key_file = secrets_dir / "jwt_ed25519.pem"
-    if not key_file.exists():
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(generate_private_key_pem())
-    return key_file
+    return ensure_secret(secrets_dir(data_dir / "secrets") / "jwt_ed25519.pem", generate_private_key_pem)
 
 
 def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> MeshPlan:
