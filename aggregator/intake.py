@@ -35,7 +35,8 @@ class TradeCounters:
     ``unknown_event`` frames (well-formed, not a trade), ``wrong_symbol`` trades (another symbol than the
     stream's), ``late`` trades (their second was already closed), ``duplicates`` (their id was already in
     the window), ``stats`` SecondStats closed, ``gaps`` jumps of a stream's trade / aggregate id beyond +1 (also
-    across reconnects to socket_proxy) and ``ids_missed`` the ids those jumps skipped."""
+    across reconnects to socket_proxy), ``ids_missed`` the ids those jumps skipped and ``incomplete`` seconds
+    those jumps left without a SecondStat (their windows lacked skipped trades)."""
 
     parsed: int = 0
     malformed: int = 0
@@ -46,6 +47,7 @@ class TradeCounters:
     stats: int = 0
     gaps: int = 0
     ids_missed: int = 0
+    incomplete: int = 0
 
 
 class TradeIntake:
@@ -79,12 +81,13 @@ class TradeIntake:
                 counters.wrong_symbol += 1
                 continue
             counters.parsed += 1
-            self.gaps.observe_id(symbol, trade.trade_id)
-            self._publish(self.windows.add(trade, received_ms))
+            skipped = self.gaps.observe_id(symbol, trade.trade_id)
+            self._publish(self.windows.add(trade, received_ms, after_gap=skipped > 0))
         counters.late = self.windows.late
         counters.duplicates = self.windows.duplicates
         counters.gaps = self.gaps.gaps
         counters.ids_missed = self.gaps.missed
+        counters.incomplete = self.windows.incomplete
 
     def forget(self, symbol: str) -> None:
         """Drop the window and gap state of an untracked symbol."""
@@ -94,6 +97,7 @@ class TradeIntake:
     def close_until(self, wall_ms: int) -> None:
         """Close and emit the windows due at local Unix ms ``wall_ms``."""
         self._publish(self.windows.close_until(wall_ms))
+        self.counters.incomplete = self.windows.incomplete
 
     async def run_clock(self) -> None:
         """Close windows by wall clock forever (cancel to stop)."""

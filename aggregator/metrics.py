@@ -8,6 +8,7 @@ The hot path only increments plain integers (the intakes' counters, the publishe
 Series (prefix ``aggregator_``), counters: ``trade_frames_total{outcome}`` with outcome ``parsed``,
 ``malformed`` (failed to parse: dropped, never priced), ``unknown_event``, ``wrong_symbol``;
 ``late_trades_total``, ``duplicate_trades_total``, ``trade_gaps_total``, ``trade_ids_missed_total``,
+``incomplete_seconds_total`` (seconds not published because a gap skipped some of their trades),
 ``second_stats_total`` (windows closed), ``redis_publishes_total`` (SecondStats published),
 ``redis_stale_total`` (refused by the newer-only script), ``redis_conflated_total`` (overflow policy
 ``conflate``: older pending stats of a symbol replaced by its latest), ``redis_publish_failures_total``,
@@ -56,6 +57,11 @@ class AggregatorCollector(Collector):
             ),
             ("trade_gaps", "Jumps of a symbol's trade / aggregate id beyond +1.", trades.gaps),
             ("trade_ids_missed", "Trade / aggregate ids skipped by those jumps.", trades.ids_missed),
+            (
+                "incomplete_seconds",
+                "Seconds not published because a gap skipped some of their trades.",
+                trades.incomplete,
+            ),
             ("second_stats", "SecondStats closed.", trades.stats),
             ("redis_publishes", "SecondStats published to Redis.", publisher.published),
             (

@@ -13,6 +13,12 @@ open window (a frame delivered twice, e.g. around an upstream reconnect) is a *d
 dropped.
 Seconds without trades produce nothing.
 
+Gaps: a trade added with ``after_gap=True`` follows ids that were skipped (``crypto_mesh.gaps``: lost while the
+subscription to socket_proxy was re-established). The skipped trades happened between the previous trade and
+this one, so the open window and this trade's window may both lack some of them: each is closed like any
+other but not returned (counted in :attr:`SecondWindows.incomplete`), since a SecondStat is published only for
+a whole second. Seconds in between had only skipped trades, and produce nothing as before.
+
 Clock offset: the wall-clock test compares local time with exchange time. To be right when the exchange
 clock and the local clock differ (skew, or a replayed recording whose timestamps are not shifted), each
 symbol remembers ``received_ms - T`` of its latest trade and reads the local clock through that offset:
@@ -89,6 +95,7 @@ class _Window:
     __slots__ = (
         "close",
         "close_id",
+        "complete",
         "count",
         "high",
         "ids",
@@ -108,6 +115,8 @@ class _Window:
         self.quote_volume = _EXACT.multiply(trade.price, trade.quantity)
         self.count = 1
         self.ids = {trade.trade_id}
+        #: False once trades of this second are known to be missing (see "Gaps" in the module doc).
+        self.complete = True
 
     def add(self, trade: Trade) -> bool:
         """Add ``trade``; False (and no change) if a trade with its id is already in the window."""
@@ -158,8 +167,9 @@ class SecondWindows:
 
     ``grace_ms``: how long after the end of a second (exchange time, read through the symbol's clock offset)
     a window without a later trade is closed. ``late`` counts trades dropped because their second was
-    already closed, ``duplicates`` trades dropped because their id was already in the window. Memory: one
-    small state per symbol that has had a trade since its last :meth:`forget`.
+    already closed, ``duplicates`` trades dropped because their id was already in the window, ``incomplete``
+    windows closed without a SecondStat because trades of their second were skipped. Memory: one small state
+    per symbol that has had a trade since its last :meth:`forget`.
     """
 
     def __init__(self, grace_ms: int) -> None:
@@ -168,13 +178,15 @@ class SecondWindows:
         self.grace_ms = grace_ms
         self.late = 0
         self.duplicates = 0
+        self.incomplete = 0
         self._symbols: dict[str, _SymbolState] = {}
 
-    def add(self, trade: Trade, received_ms: int | None = None) -> list[SecondStat]:
+    def add(self, trade: Trade, received_ms: int | None = None, *, after_gap: bool = False) -> list[SecondStat]:
         """Add ``trade`` (received at local Unix ms ``received_ms``; ``None``: the local clock is the
         exchange clock). Returns the SecondStat of the window this trade closed (a trade of a later second),
         else ``[]``. A late trade returns ``[]`` and increments :attr:`late`, a duplicate
-        :attr:`duplicates`."""
+        :attr:`duplicates`. ``after_gap``: ids were skipped just before this trade, so the open window and
+        this trade's window are incomplete (module doc, "Gaps")."""
         state = self._symbols.get(trade.symbol)
         if state is None:
             state = self._symbols[trade.symbol] = _SymbolState()
@@ -189,9 +201,13 @@ class SecondWindows:
             self.late += 1
             return []
         else:
-            closed = [window.stat(trade.symbol)] if window is not None else []
-            state.window = _Window(second_ms, trade)
+            if window is not None and after_gap:
+                window.complete = False
+            closed = self._closed(trade.symbol, window)
+            window = state.window = _Window(second_ms, trade)
             state.final_before_ms = second_ms
+        if after_gap:
+            window.complete = False
         if received_ms is not None:
             state.offset_ms = received_ms - trade.time_ms
         return closed
@@ -206,10 +222,20 @@ class SecondWindows:
                 continue
             end_ms = window.second_ms + SECOND_MS
             if now_ms - state.offset_ms >= end_ms + self.grace_ms:
-                closed.append(window.stat(symbol))
+                closed += self._closed(symbol, window)
                 state.window = None
                 state.final_before_ms = end_ms
         return closed
+
+    def _closed(self, symbol: str, window: _Window | None) -> list[SecondStat]:
+        """What closing ``window`` publishes: its SecondStat if it holds its whole second, else nothing
+        (counted in :attr:`incomplete`)."""
+        if window is None:
+            return []
+        if not window.complete:
+            self.incomplete += 1
+            return []
+        return [window.stat(symbol)]
 
     def forget(self, symbol: str) -> None:
         """Drop all state of ``symbol``, its open window included (unpublished): the symbol is no longer

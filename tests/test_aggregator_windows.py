@@ -212,3 +212,56 @@ def test_a_trade_delivered_twice_counts_once():
 
     [stat] = windows.close_until(FAR_FUTURE_MS)
     assert (stat.count, stat.volume, windows.duplicates) == (2, Decimal("5"), 1)
+
+
+def test_a_gap_between_two_seconds_publishes_neither_and_the_next_seconds_whole():
+    windows = SecondWindows(grace_ms=0)
+    windows.add(trade(1, "100", 1_000))
+    windows.add(trade(2, "101", 1_400))  # ids 3..6 are skipped: they traded between 1.4 s and 3.2 s
+
+    assert windows.add(trade(7, "107", 3_200), after_gap=True) == []  # closes second 1 without a SecondStat
+    assert windows.add(trade(8, "108", 3_900)) == []
+    assert windows.add(trade(9, "109", 4_100)) == []  # closes second 3 without a SecondStat
+
+    [last] = windows.close_until(FAR_FUTURE_MS)
+    assert (last.second_ms, last.close, last.count) == (4_000, Decimal("109"), 1)
+    assert windows.incomplete == 2
+
+
+def test_a_gap_inside_one_second_publishes_nothing_for_that_second():
+    windows = SecondWindows(grace_ms=0)
+    windows.add(trade(1, "100", 1_000))
+    windows.add(trade(5, "105", 1_600), after_gap=True)  # ids 2..4 of the same second are missing
+
+    assert windows.close_until(FAR_FUTURE_MS) == []
+    assert windows.incomplete == 1
+    assert windows.add(trade(6, "106", 1_700)) == [] and windows.late == 1
+
+
+@pytest.mark.parametrize(("recording_fixture", "id_field"), [("trade_recording", "t"), ("agg_trade_recording", "a")])
+def test_trades_lost_to_a_reconnect_leave_only_whole_seconds_published(request, recording_fixture, id_field):
+    """A run of frames lost from the middle of the recording, as when socket_proxy ends a subscriber that fell
+    behind: every SecondStat that is published still equals the independent computation from the whole
+    recording, and the seconds that lost trades are the only ones missing."""
+    from aggregator.intake import TradeIntake
+
+    recording = request.getfixturevalue(recording_fixture)
+    expected = expected_seconds(recording, id_field)
+    with gzip.open(recording) as lines:
+        frames = [line.rstrip(b"\n") for line in lines if b'"btcusdt@' in line]
+    lost = frames[len(frames) // 3 : len(frames) // 3 + 250]
+    published: list[SecondStat] = []
+    intake = TradeIntake(SecondWindows(grace_ms=1000), published.append)
+
+    intake.on_frames("btcusdt", frames[: len(frames) // 3], received_ms=None)
+    intake.on_frames("btcusdt", frames[len(frames) // 3 + 250 :], received_ms=None)
+    intake.close_until(FAR_FUTURE_MS)
+
+    def second_of(raw: bytes) -> int:
+        return orjson.loads(raw)["data"]["T"] // 1000 * 1000
+
+    around = {second_of(frames[len(frames) // 3 - 1]), second_of(frames[len(frames) // 3 + 250])}
+    touched = {second_of(raw) for raw in lost} | around
+    whole = {key: fields for key, fields in expected.items() if key[0] == "btcusdt" and key[1] not in touched}
+    assert {(stat.symbol, stat.second_ms): as_expected(stat) for stat in published} == whole
+    assert intake.counters.gaps == 1 and intake.counters.incomplete == len(around)

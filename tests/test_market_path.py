@@ -221,13 +221,26 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
         # Both aggregators publish on the same channels: each second of each symbol arrives twice. An
         # aggregator's first second may be partial (it joined mid-second): the first second with both
         # messages is skipped, every later one must be the recorded second, from both, until every recorded
-        # second of every symbol has been seen.
+        # second of every symbol has been seen. At 200x on a busy machine the proxy may end a subscriber that
+        # fell behind: the aggregator then resubscribes, sees the trade ids it missed, and publishes nothing for
+        # the seconds that lost trades, so whatever is published is still the recorded second, and a second
+        # missed in one loop of the recording is checked in a later one.
         messages: dict[tuple[str, int], list[bytes]] = defaultdict(list)
         first_pair: dict[str, int] = {}
         checked: set[tuple[str, int]] = set()
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 90
+
+        async def counters() -> str:
+            proxy_samples = await metrics(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+            overflows = proxy_samples["socket_proxy_subscriber_overflows_total{policy=end_subscriber}"]
+            gaps = [(await metrics(f"{base}/metrics"))["aggregator_trade_gaps_total"] for base in bases]
+            return f"subscriber overflows {overflows:.0f}, trade gaps per aggregator {gaps}"
+
         while len(checked) < len(expected):
-            assert time.monotonic() < deadline, f"{len(expected) - len(checked)} recorded seconds never seen"
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"{len(expected) - len(checked)} recorded seconds never seen; {await counters()}"
+                )
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
             if message is None:
                 continue
@@ -240,17 +253,27 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
                 first_pair[stat["s"]] = stat["t"]
                 continue
             first, second = (orjson.loads(raw) for raw in messages.pop(key))
-            assert first == second
             recorded_key, fields = as_recorded(stat, timeline, earliest)
-            assert fields == expected[recorded_key], recorded_key
+            assert first == second, (recorded_key, await counters())
+            assert fields == expected[recorded_key], (recorded_key, await counters())
             checked.add(recorded_key)
 
         for base in bases:
             samples = await metrics(f"{base}/metrics")
             assert samples["aggregator_trade_frames_total{outcome=malformed}"] == 0
             assert samples["aggregator_late_trades_total"] == 0
+
+        async def losses_explained() -> bool:
+            """Trade ids are skipped only where the proxy ended a subscriber, and each subscriber it ended sees
+            the ids it missed once it has resubscribed and received a trade."""
+            proxy_samples = await metrics(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+            overflows = proxy_samples["socket_proxy_subscriber_overflows_total{policy=end_subscriber}"]
+            gaps = [(await metrics(f"{base}/metrics"))["aggregator_trade_gaps_total"] for base in bases]
+            assert sum(gaps) == 0 or overflows > 0, await counters()
+            return (overflows == 0) == (sum(gaps) == 0)
+
+        await eventually(losses_explained)
         proxy_samples = await metrics(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
-        assert proxy_samples["socket_proxy_subscriber_overflows_total{policy=end_subscriber}"] == 0
         assert proxy_samples["socket_proxy_upstream_connections"] == 1
     await pubsub.aclose()
     await listener.aclose()
