@@ -40,8 +40,8 @@ def documented_queries() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, trade_recording):
-    """chDB with the migrations applied, ``price_seconds`` holding the recording's SecondStats and
-    ``market_tickers`` a few mini-tickers."""
+    """An analytics client of chDB with the migrations applied, ``price_seconds`` holding the recording's
+    SecondStats and ``market_tickers`` a few mini-tickers."""
     directory = tmp_path_factory.mktemp("analytics") / "chdb"
     directory.mkdir()
     ch = clickhouse_connect.get_client(dsn=f"chdb://{directory}", tz_mode="aware")
@@ -75,7 +75,9 @@ def client(tmp_path_factory, trade_recording):
         for n in range(3)
     ]
     ch.insert_arrow(TICKERS.table, arrow_table(TICKERS, tickers))
-    yield ch
+    analytics = sql.analytics_client(f"chdb://{directory}")
+    yield analytics
+    analytics.close()
     ch.close()
 
 
