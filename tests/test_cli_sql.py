@@ -42,7 +42,7 @@ def test_a_query_prints_a_table_csv_or_json_with_exact_decimals(engine):
                                        "SELECT 1; DROP TABLE crypto.t"])
 def test_writes_and_ddl_are_refused_and_change_nothing(engine, statement):
     refused = sql(engine, statement)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert sql(engine, "SELECT count() FROM crypto.t").stdout.count("2") >= 1
 
 
@@ -51,3 +51,12 @@ def test_a_bad_query_and_an_unreachable_server_are_one_line_errors(engine):
     assert bad.returncode == 1 and "query failed" in bad.stderr and "Traceback" not in bad.stderr
     away = sql({**engine, "MESH_CLICKHOUSE_URL": "http://127.0.0.1:9"}, "SELECT 1")
     assert away.returncode == 1 and "cannot reach ClickHouse" in away.stderr and "Traceback" not in away.stderr
+
+
+def test_reading_a_file_is_refused_with_status_2_and_one_line(engine, tmp_path):
+    secret = tmp_path / "jwt_ed25519.pem"
+    secret.write_text("-----BEGIN PRIVATE KEY-----\n")
+    refused = sql(engine, f"SELECT substring(file('{secret}'), 1, 40)")
+    assert refused.returncode == 2
+    assert refused.stdout == "" and "PRIVATE KEY" not in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0 and "file is not allowed" in refused.stderr
