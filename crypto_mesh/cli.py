@@ -175,6 +175,7 @@ def secrets(directory: Path) -> None:
     Existing files are kept, so running it again never rotates a password behind a running database's back.
     """
     from auth.tokens import generate_private_key_pem
+    from etl.clickhouse_users import users_xml
     from crypto_mesh.secrets import COMPOSE_MOUNTED, ensure_secret, random_token, read_secret, secrets_dir
 
     directory = secrets_dir(directory)
@@ -184,7 +185,10 @@ def secrets(directory: Path) -> None:
 
     passwords = {
         name: secret(name, random_token)
-        for name in ("postgres_auth_password", "postgres_profile_password", "clickhouse_password")
+        for name in (
+            "postgres_auth_password", "postgres_profile_password", "clickhouse_password",
+            "clickhouse_analytics_password",
+        )
     }
     secret("jwt_ed25519.pem", generate_private_key_pem)
     secret(
@@ -197,9 +201,12 @@ def secrets(directory: Path) -> None:
     )
     secret("etl_clickhouse_url", lambda: f"http://etl:{passwords['clickhouse_password']}@clickhouse:8123")
     secret(
-        "clickhouse.env",
-        lambda: f"CLICKHOUSE_USER=etl\nCLICKHOUSE_PASSWORD={passwords['clickhouse_password']}\n"
-        "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT=1\n",
+        "etl_analytics_clickhouse_url",
+        lambda: f"http://analytics:{passwords['clickhouse_analytics_password']}@clickhouse:8123",
+    )
+    secret(
+        "clickhouse_users.xml",
+        lambda: users_xml(passwords["clickhouse_password"], passwords["clickhouse_analytics_password"]),
     )
     click.echo(f"secrets in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
 
