@@ -152,10 +152,12 @@ class SqlLimits:
     max_rows_to_read: int = 2_000_000_000
     max_threads: int = 2
 
-    def settings(self) -> dict[str, Any]:
-        """The ClickHouse settings of a query under these limits, ``readonly=1`` included."""
+    def settings(self, readonly: bool = True) -> dict[str, Any]:
+        """The ClickHouse settings of a query under these limits, with ``readonly=1`` unless ``readonly`` is
+        false (a session already read-only, whose ``readonly`` cannot be changed: compose's ``analytics``
+        profile has ``readonly=2``, which lets the client send these limits within its constraints)."""
         return {
-            "readonly": 1,
+            **({"readonly": 1} if readonly else {}),
             "max_execution_time": self.max_execution_s,
             "timeout_overflow_mode": "throw",
             "max_memory_usage": self.max_memory_bytes,
@@ -259,7 +261,7 @@ def check_query(client: Client, query: str, limits: SqlLimits | None = None) -> 
         parsed = client.query(
             "SELECT parseQueryToJSON({query:String})",
             parameters={"query": query},
-            settings=(limits or SqlLimits()).settings(),
+            settings=query_settings(client, limits or SqlLimits()),
         )
     except OperationalError:
         raise
@@ -269,6 +271,13 @@ def check_query(client: Client, query: str, limits: SqlLimits | None = None) -> 
             raise QueryRefused(f"only SELECT queries are allowed ({message})") from None
         raise QueryMalformed(f"the query does not parse: {message}") from None
     check_tree(json.loads(parsed.result_rows[0][0]))
+
+
+def query_settings(client: Client, limits: SqlLimits) -> dict[str, Any]:
+    """:meth:`SqlLimits.settings` for ``client``'s session: ``readonly=1`` is added only if the session is
+    not read-only already (chDB, or a user without a read-only profile)."""
+    readonly = client.server_settings.get("readonly")
+    return limits.settings(readonly=readonly is None or readonly.value == "0")
 
 
 def one_line(message: str) -> str:
@@ -297,7 +306,7 @@ def run_read_only(client: Client, query: str, limits: SqlLimits | None = None) -
         raise ValueError(f"analytics queries need a client on database {ANALYTICS_DATABASE}")
     limits = limits or SqlLimits()
     check_query(client, query, limits)
-    result = client.query(query, settings=limits.settings())
+    result = client.query(query, settings=query_settings(client, limits))
     return QueryResult(
         columns=list(result.column_names),
         types=[column_type.name for column_type in result.column_types],

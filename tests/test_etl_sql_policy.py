@@ -198,3 +198,11 @@ def test_no_other_function_of_the_engine_is_reachable_through_an_allowed_name(en
         if sql.function_allowed(name) and name.lower() not in allowed and alias_to.lower() not in allowed
     ]
     assert reachable == []
+
+
+def test_readonly_is_sent_only_to_a_session_that_is_not_read_only_already(analytics):
+    # chDB sessions are not read-only: every query carries readonly=1. Compose's analytics profile is
+    # readonly=2, where changing readonly is refused, so the limits go without it.
+    assert sql.query_settings(analytics, sql.SqlLimits())["readonly"] == 1
+    assert "readonly" not in sql.SqlLimits().settings(readonly=False)
+    assert sql.SqlLimits(max_threads=1).settings(readonly=False)["max_threads"] == 1
