@@ -104,6 +104,23 @@ def test_each_documented_query_runs_read_only_and_answers(client, title):
     assert rows, f"{title}: no rows"
 
 
+README = DOC.parent.parent / "README.md"
+
+
+def readme_queries() -> list[str]:
+    """The queries of the ``crypto-mesh sql "..."`` commands in README.md."""
+    return re.findall(r'crypto-mesh sql "([^"]+)"', README.read_text())
+
+
+def test_the_readme_shows_queries():
+    assert len(readme_queries()) >= 2
+
+
+@pytest.mark.parametrize("query", readme_queries())
+def test_each_readme_query_runs_read_only_and_answers(client, query):
+    assert run(client, query)
+
+
 def closes(client) -> list[Decimal]:
     return [
         row["close"]
