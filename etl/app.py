@@ -72,13 +72,24 @@ class EtlService:
         try:
             await self.store.connect()
             applied = await self.store.migrate()
-            await self.store.connect_analytics()
         except MigrationError as exc:
             self.clickhouse_state = f"migration failed: {exc}"
             log.error("clickhouse migration failed", error=str(exc))
             raise
         self.clickhouse_state = "ok"
         log.info("clickhouse ready", migrations_applied=applied)
+        await self.connect_analytics()
+
+    async def connect_analytics(self) -> bool:
+        """Open the analytics client if it is not open; whether it is. A failure (unreachable, or the
+        ``analytics`` user's credentials refused) is logged and never stops ingestion; ``POST /v1/sql``
+        tries again and answers 503 meanwhile."""
+        try:
+            await self.store.connect_analytics()
+        except (Error, OSError) as exc:
+            log.warning("clickhouse analytics client not connected", error=sql.one_line(str(exc)))
+            return False
+        return True
 
     async def run(self) -> None:
         """Background part of the service: ClickHouse ready (retried with backoff unless a migration is
@@ -181,7 +192,7 @@ async def post_sql(request: web.Request) -> web.Response:
         return _error(400, "malformed", 'the body must be JSON: {"query": "SELECT ..."}')
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
         return _error(400, "malformed", 'the body must be {"query": "SELECT ..."}')
-    if not service.store.analytics_connected:
+    if not service.store.connected or not await service.connect_analytics():
         return _error(503, "unavailable", "ClickHouse is not reachable yet")
     try:
         result = await service.store.query(body["query"], service.settings.sql_limits())

@@ -190,7 +190,7 @@ def check_tree(tree: dict[str, Any]) -> None:
     """Accept the ``parseQueryToJSON`` tree of one SELECT over ``crypto`` calling allowed functions (module
     docstring). Raises :class:`QueryRefused` naming the first construct that is not allowed."""
     if not isinstance(tree, dict) or tree.get("type") != "SelectWithUnionQuery":
-        kind = tree.get("type", "?") if isinstance(tree, dict) else "?"
+        kind = str(tree.get("type", "?")) if isinstance(tree, dict) else "?"
         raise QueryRefused(f"only SELECT queries are allowed, not {kind.removesuffix('Query')}")
     _check_node(tree)
 
@@ -270,7 +270,10 @@ def check_query(client: Client, query: str, limits: SqlLimits | None = None) -> 
         if "(BAD_ARGUMENTS)" in str(exc):  # a statement without a JSON form: DESCRIBE, INSERT ... VALUES
             raise QueryRefused(f"only SELECT queries are allowed ({message})") from None
         raise QueryMalformed(f"the query does not parse: {message}") from None
-    check_tree(json.loads(parsed.result_rows[0][0]))
+    try:
+        check_tree(json.loads(parsed.result_rows[0][0]))
+    except RecursionError:  # ClickHouse parses up to max_parser_depth (1000) levels; Python walks fewer
+        raise QueryRefused("the query is nested too deeply") from None
 
 
 def query_settings(client: Client, limits: SqlLimits) -> dict[str, Any]:
@@ -306,7 +309,10 @@ def run_read_only(client: Client, query: str, limits: SqlLimits | None = None) -
         raise ValueError(f"analytics queries need a client on database {ANALYTICS_DATABASE}")
     limits = limits or SqlLimits()
     check_query(client, query, limits)
-    result = client.query(query, settings=query_settings(client, limits))
+    try:
+        result = client.query(query, settings=query_settings(client, limits))
+    except RecursionError:  # clickhouse-connect decodes nested types recursively
+        raise QueryMalformed("the result is nested too deeply to be decoded") from None
     return QueryResult(
         columns=list(result.column_names),
         types=[column_type.name for column_type in result.column_types],

@@ -114,6 +114,13 @@ def test_what_clickhouse_cannot_parse_as_one_statement_is_malformed(analytics, q
     assert "\n" not in str(malformed.value)
 
 
+def test_a_query_nested_deeper_than_the_check_walks_is_refused_not_a_crash(analytics):
+    with pytest.raises(sql.QueryRefused, match="nested too deeply"):
+        sql.run_read_only(analytics, "SELECT " + "-(" * 400 + "1" + ")" * 400)
+    with pytest.raises(sql.QueryMalformed, match="nested too deeply"):
+        sql.run_read_only(analytics, "SELECT " + "tuple(" * 200 + "1" + ")" * 200)
+
+
 ACCEPTED = [
     "SELECT count() FROM crypto.market_tickers",
     "SELECT count() FROM market_tickers",  # unqualified: the current database is crypto
