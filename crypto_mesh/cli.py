@@ -170,7 +170,8 @@ def _query_etl(data_dir: Path, query: str) -> tuple[list[str], list[list]]:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def secrets(directory: Path) -> None:
-    """Create the secret files compose.yaml mounts (random passwords, an Ed25519 signing key) in DIRECTORY.
+    """Create the secret files compose.yaml mounts (random passwords, an Ed25519 signing key, ClickHouse's users
+    file with the etl and analytics users) in DIRECTORY.
 
     Existing files are kept, so running it again never rotates a password behind a running database's back.
     """
