@@ -49,6 +49,7 @@ class ClickHouseStore:
         self._client: Client | None = None
         self._analytics: Client | None = None
         self._analytics_in_flight = 0
+        self._analytics_connecting = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
@@ -120,8 +121,9 @@ class ClickHouseStore:
     async def connect_analytics(self) -> None:
         """Open the analytics client (:func:`etl.sql.analytics_client`); after the migrations, which create
         the ``crypto`` database it uses. Idempotent."""
-        if self._analytics is None:
-            self._analytics = await self._run_analytics(sql.analytics_client, self._analytics_url)
+        async with self._analytics_connecting:  # two requests at once open one client, not two
+            if self._analytics is None:
+                self._analytics = await self._run_analytics(sql.analytics_client, self._analytics_url)
 
     async def query(self, query: str, limits: sql.SqlLimits) -> sql.QueryResult:
         """Check and run an analyst's query within ``limits`` on the analytics client and its thread; see
