@@ -172,7 +172,7 @@ async def through_etl(
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - started
         [[stored]] = (
-            await running.service.store.query("SELECT count() FROM crypto.price_seconds", 10, 30)
+            await running.service.store.query("SELECT count() FROM crypto.price_seconds", running.service.settings.sql_limits())
         ).rows
         assert stored == count, f"{stored} rows stored, {count} produced"
         return count / elapsed, elapsed, stats.batches_committed

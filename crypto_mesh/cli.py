@@ -5,7 +5,8 @@
   prints the URLs, prefixes every log line with its process's name, stops everything on Ctrl-C.
 - ``crypto-mesh sql "SELECT ..."``: a read-only query against ``crypto.*``. In embedded mode chDB is opened by
   the ETL process only, so the query goes through the ETL's SQL endpoint; with ``MESH_CLICKHOUSE_URL`` set it
-  goes straight to that ClickHouse server.
+  goes straight to that ClickHouse server. Either way it is checked by :mod:`etl.sql` (one SELECT over
+  ``crypto``, allowed functions); a refused or unparseable query exits with status 2, a failed one with 1.
 """
 
 from __future__ import annotations
@@ -101,10 +102,6 @@ def sql(query: str, fmt: str) -> None:
     from etl import sql as etl_sql
 
     settings = MeshSettings()
-    try:
-        etl_sql.check_read_only(query)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from error
     if settings.clickhouse_url:
         columns, _types, rows = _query_clickhouse(settings.clickhouse_url, query)
     else:
@@ -117,20 +114,28 @@ def sql(query: str, fmt: str) -> None:
         click.echo(etl_sql.format_table(columns, rows))
 
 
+class QueryRefusedError(click.ClickException):
+    """A query the analytics check refused (not one SELECT over ``crypto``, or unparseable): exit status 2,
+    one line on stderr, like click's usage errors."""
+
+    exit_code = 2
+
+
 def _query_clickhouse(url: str, query: str):
-    import clickhouse_connect
     from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
     from etl import sql as etl_sql
 
     try:
-        client = clickhouse_connect.get_client(dsn=url, tz_mode="aware")
+        client = etl_sql.analytics_client(url)
     except (ClickHouseError, OSError) as error:
         raise click.ClickException(f"cannot reach ClickHouse at MESH_CLICKHOUSE_URL: {error}") from None
     try:
         return etl_sql.run_read_only(client, query)
+    except etl_sql.QueryRejected as error:
+        raise QueryRefusedError(f"query refused: {error}") from None
     except (ClickHouseError, OSError) as error:
-        raise click.ClickException(f"query failed: {error}") from None
+        raise click.ClickException(f"query failed: {etl_sql.one_line(str(error))}") from None
     finally:
         client.close()
 
@@ -149,12 +154,14 @@ def _query_etl(data_dir: Path, query: str) -> tuple[list[str], list[list]]:
         with urllib.request.urlopen(request, timeout=60) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as error:
-        detail = error.read().decode(errors="replace")
+        detail, code = error.read().decode(errors="replace"), None
         try:
-            detail = json.loads(detail)["error"]["message"]
+            code, detail = json.loads(detail)["error"]["code"], json.loads(detail)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             pass
-        raise click.ClickException(f"query refused ({error.code}): {detail}") from None
+        if error.code in (400, 403) and "_query" in str(code):
+            raise QueryRefusedError(f"query refused ({error.code}): {detail}") from None
+        raise click.ClickException(f"query failed ({error.code}): {detail}") from None
     except urllib.error.URLError as error:
         raise click.ClickException(f"the ETL at {etl_url} is not answering: {error.reason}") from None
     return body["columns"], body["rows"]
@@ -163,11 +170,13 @@ def _query_etl(data_dir: Path, query: str) -> tuple[list[str], list[list]]:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def secrets(directory: Path) -> None:
-    """Create the secret files compose.yaml mounts (random passwords, an Ed25519 signing key) in DIRECTORY.
+    """Create the secret files compose.yaml mounts (random passwords, an Ed25519 signing key, ClickHouse's users
+    file with the etl and analytics users) in DIRECTORY.
 
     Existing files are kept, so running it again never rotates a password behind a running database's back.
     """
     from auth.tokens import generate_private_key_pem
+    from etl.clickhouse_users import users_xml
     from crypto_mesh.secrets import COMPOSE_MOUNTED, ensure_secret, random_token, read_secret, secrets_dir
 
     directory = secrets_dir(directory)
@@ -177,7 +186,10 @@ def secrets(directory: Path) -> None:
 
     passwords = {
         name: secret(name, random_token)
-        for name in ("postgres_auth_password", "postgres_profile_password", "clickhouse_password")
+        for name in (
+            "postgres_auth_password", "postgres_profile_password", "clickhouse_password",
+            "clickhouse_analytics_password",
+        )
     }
     secret("jwt_ed25519.pem", generate_private_key_pem)
     secret(
@@ -190,9 +202,12 @@ def secrets(directory: Path) -> None:
     )
     secret("etl_clickhouse_url", lambda: f"http://etl:{passwords['clickhouse_password']}@clickhouse:8123")
     secret(
-        "clickhouse.env",
-        lambda: f"CLICKHOUSE_USER=etl\nCLICKHOUSE_PASSWORD={passwords['clickhouse_password']}\n"
-        "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT=1\n",
+        "etl_analytics_clickhouse_url",
+        lambda: f"http://analytics:{passwords['clickhouse_analytics_password']}@clickhouse:8123",
+    )
+    secret(
+        "clickhouse_users.xml",
+        lambda: users_xml(passwords["clickhouse_password"], passwords["clickhouse_analytics_password"]),
     )
     click.echo(f"secrets in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
 

@@ -58,7 +58,7 @@ class EtlService:
 
     def __init__(self, settings: EtlSettings) -> None:
         self.settings = settings
-        self.store = ClickHouseStore(settings.clickhouse_url.get_secret_value())
+        self.store = ClickHouseStore(settings.clickhouse_url.get_secret_value(), settings.analytics_url())
         self.consumer = TickerConsumer(settings, self.store)
         self.clickhouse_state = "connecting"  # → "ok", or "migration failed: ..."
         self._stopping = asyncio.Event()
@@ -78,6 +78,18 @@ class EtlService:
             raise
         self.clickhouse_state = "ok"
         log.info("clickhouse ready", migrations_applied=applied)
+        await self.connect_analytics()
+
+    async def connect_analytics(self) -> bool:
+        """Open the analytics client if it is not open; whether it is. A failure (unreachable, or the
+        ``analytics`` user's credentials refused) is logged and never stops ingestion; ``POST /v1/sql``
+        tries again and answers 503 meanwhile."""
+        try:
+            await self.store.connect_analytics()
+        except (Error, OSError) as exc:
+            log.warning("clickhouse analytics client not connected", error=sql.one_line(str(exc)))
+            return False
+        return True
 
     async def run(self) -> None:
         """Background part of the service: ClickHouse ready (retried with backoff unless a migration is
@@ -164,8 +176,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def post_sql(request: web.Request) -> web.Response:
     """``POST /v1/sql`` ``{"query": "SELECT ..."}`` → ``200 {"columns", "types", "rows"}``.
 
-    400 malformed body or ClickHouse error (with its message), 403 not a single read-only statement,
-    413 body over 64 KiB, 503 ClickHouse not reachable yet.
+    The query is checked on ClickHouse's own parse and run within the ``ETL_SQL_*`` limits on the analytics
+    client (:mod:`etl.sql`). 400 malformed body, a query ClickHouse cannot parse, a query stopped by a limit
+    or another ClickHouse error (with its message); 403 a query that is not one SELECT over ``crypto`` with
+    allowed functions; 413 body over 64 KiB; 503 ClickHouse not reachable yet.
     """
     service = request.app[SERVICE_KEY]
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
@@ -178,23 +192,21 @@ async def post_sql(request: web.Request) -> web.Response:
         return _error(400, "malformed", 'the body must be JSON: {"query": "SELECT ..."}')
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
         return _error(400, "malformed", 'the body must be {"query": "SELECT ..."}')
-    try:
-        sql.check_read_only(body["query"])  # refused before anything reaches ClickHouse
-    except sql.QueryRefused as exc:
-        return _error(403, "read_only", str(exc))
-    if not service.store.connected:
+    if not service.store.connected or not await service.connect_analytics():
         return _error(503, "unavailable", "ClickHouse is not reachable yet")
     try:
-        result = await service.store.query(
-            body["query"], service.settings.sql_max_rows, service.settings.sql_max_execution_s
-        )
+        result = await service.store.query(body["query"], service.settings.sql_limits())
+    except sql.QueryMalformed as exc:
+        return _error(400, "malformed_query", str(exc))
+    except sql.QueryRefused as exc:
+        return _error(403, "forbidden_query", str(exc))
     except StreamFailureError as exc:
-        return _error(400, "clickhouse_error", str(exc))
+        return _error(400, "clickhouse_error", sql.one_line(str(exc)))
     except OperationalError as exc:
         log.warning("clickhouse unreachable for a query", error=str(exc))
         return _error(503, "unavailable", "ClickHouse is not reachable")
     except DatabaseError as exc:
-        return _error(400, "clickhouse_error", str(exc))
+        return _error(400, "clickhouse_error", sql.one_line(str(exc)))
     return web.Response(body=sql.result_json(result), content_type="application/json")
 
 

@@ -7,7 +7,9 @@ from pydantic_settings import SettingsConfigDict
 
 from crypto_mesh.kafka import DEADLETTER_TOPIC, MINI_TICKER_TOPIC, SECOND_TOPIC
 from crypto_mesh.settings import ServiceSettings
-from etl.sql import DEFAULT_MAX_EXECUTION_S, DEFAULT_MAX_ROWS
+from etl.sql import SqlLimits
+
+_LIMITS = SqlLimits()
 
 
 class EtlSettings(ServiceSettings):
@@ -36,8 +38,17 @@ class EtlSettings(ServiceSettings):
       20,000. Under live traffic the age closes batches long before.
     - ``ETL_RETRY_INITIAL_MS`` / ``ETL_RETRY_MAX_MS``: exponential backoff (with jitter) between attempts to
       reach Kafka or ClickHouse.
-    - ``ETL_SQL_MAX_ROWS`` / ``ETL_SQL_MAX_EXECUTION_S``: limits of one ``POST /v1/sql`` query (ClickHouse
-      ``max_result_rows`` and ``max_execution_time``); a query over them is answered 400.
+    - ``ETL_ANALYTICS_CLICKHOUSE_URL`` (secret, optional): the ClickHouse connection of analysts' queries,
+      its own client on its own thread, so a long query never delays an insert. Unset, it is
+      ``ETL_CLICKHOUSE_URL`` (chDB: a second client of the same engine in this process, which chDB allows:
+      each client has its own handle, queries of two handles run concurrently). In compose it is the
+      ``analytics`` user, who may only SELECT on ``crypto.*`` (docs/SECURITY.md).
+    - Limits of one analytics query (:class:`etl.sql.SqlLimits`); a query over one is stopped and answered
+      400 with ClickHouse's message: ``ETL_SQL_MAX_EXECUTION_S`` (30 s, ``max_execution_time``),
+      ``ETL_SQL_MAX_MEMORY_BYTES`` (1 GB, ``max_memory_usage``), ``ETL_SQL_MAX_ROWS`` (10,000 rows answered,
+      ``max_result_rows``), ``ETL_SQL_MAX_RESULT_BYTES`` (32 MiB answered, ``max_result_bytes``),
+      ``ETL_SQL_MAX_ROWS_TO_READ`` (2,000,000,000 rows read, ``max_rows_to_read``), ``ETL_SQL_MAX_THREADS``
+      (2, ``max_threads``: the machine keeps cores for ingestion).
     """
 
     model_config = SettingsConfigDict(env_prefix="ETL_", extra="ignore", frozen=True)
@@ -56,5 +67,25 @@ class EtlSettings(ServiceSettings):
     batch_max_age_ms: int = Field(default=1000, ge=1)
     retry_initial_ms: int = Field(default=200, ge=1)
     retry_max_ms: int = Field(default=10_000, ge=1)
-    sql_max_rows: int = Field(default=DEFAULT_MAX_ROWS, ge=1)
-    sql_max_execution_s: int = Field(default=DEFAULT_MAX_EXECUTION_S, ge=1)
+    analytics_clickhouse_url: SecretStr | None = None
+    sql_max_rows: int = Field(default=_LIMITS.max_result_rows, ge=1)
+    sql_max_execution_s: int = Field(default=_LIMITS.max_execution_s, ge=1)
+    sql_max_memory_bytes: int = Field(default=_LIMITS.max_memory_bytes, ge=1)
+    sql_max_result_bytes: int = Field(default=_LIMITS.max_result_bytes, ge=1)
+    sql_max_rows_to_read: int = Field(default=_LIMITS.max_rows_to_read, ge=1)
+    sql_max_threads: int = Field(default=_LIMITS.max_threads, ge=1)
+
+    def sql_limits(self) -> SqlLimits:
+        """The limits of one analytics query, from the ``ETL_SQL_*`` settings."""
+        return SqlLimits(
+            max_execution_s=self.sql_max_execution_s,
+            max_memory_bytes=self.sql_max_memory_bytes,
+            max_result_rows=self.sql_max_rows,
+            max_result_bytes=self.sql_max_result_bytes,
+            max_rows_to_read=self.sql_max_rows_to_read,
+            max_threads=self.sql_max_threads,
+        )
+
+    def analytics_url(self) -> str:
+        """URL of the analytics client: ``ETL_ANALYTICS_CLICKHOUSE_URL``, else ``ETL_CLICKHOUSE_URL``."""
+        return (self.analytics_clickhouse_url or self.clickhouse_url).get_secret_value()

@@ -1,8 +1,11 @@
 """The one place that talks to ClickHouse (clickhouse-connect; embedded chDB or a server over HTTP).
 
-clickhouse-connect is blocking, and chDB is an in-process engine not meant for concurrent use, so every call
-runs on ONE dedicated thread: inserts of the consumer, migrations and the analysts' queries are serialised
-there, and the event loop never blocks.
+clickhouse-connect is blocking, so each client runs on a dedicated thread and the event loop never blocks:
+the ingest client (inserts of the consumer, migrations) on one, the analytics client (analysts' queries,
+under the limits of :class:`etl.sql.SqlLimits`) on another, so that a 30 s query never delays an insert.
+With chDB both clients open the same data directory in this process: chDB allows one engine path per
+process with any number of clients on it, each with its own connection handle, and queries of two handles
+run concurrently (``tests/test_etl_sql.py`` inserts while a heavy query runs).
 """
 
 from __future__ import annotations
@@ -29,24 +32,43 @@ TICKERS_TABLE = TICKERS.table
 
 
 class ClickHouseStore:
-    """A ClickHouse client (from ``url``: ``chdb:///dir`` or ``http://user:pass@host:8123``) and its thread.
+    """A ClickHouse ingest client (from ``url``: ``chdb:///dir`` or ``http://user:pass@host:8123``) and an
+    analytics client (from ``analytics_url``, default ``url``; current database ``crypto``), each on its
+    own thread.
 
     :meth:`connect` must succeed before the other methods; errors of clickhouse-connect
     (``clickhouse_connect.driver.exceptions.Error`` and ``OSError``) pass through to the caller, which decides
     whether to retry.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, analytics_url: str | None = None) -> None:
         self._url = url
+        self._analytics_url = analytics_url or url
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._analytics_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-analytics")
         self._client: Client | None = None
+        self._analytics: Client | None = None
+        self._analytics_in_flight = 0
+        self._analytics_connecting = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
         return self._client is not None
 
+    @property
+    def analytics_connected(self) -> bool:
+        return self._analytics is not None
+
+    @property
+    def analytics_busy(self) -> bool:
+        """Whether an analytics query is queued or running on the analytics thread."""
+        return self._analytics_in_flight > 0
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+    async def _run_analytics(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._analytics_executor, partial(fn, *args))
 
     async def connect(self) -> None:
         """Open the client (for a server: connect and read its version). Idempotent."""
@@ -96,14 +118,33 @@ class ClickHouseStore:
         client = self._require()
         await self._run(client.command, statement)
 
-    async def query(self, query: str, max_rows: int, max_execution_s: int) -> sql.QueryResult:
-        """Run an analyst's query read-only with these limits; see :func:`etl.sql.run_read_only`."""
-        client = self._require()
-        return await self._run(sql.run_read_only, client, query, max_rows, max_execution_s)
+    async def connect_analytics(self) -> None:
+        """Open the analytics client (:func:`etl.sql.analytics_client`); after the migrations, which create
+        the ``crypto`` database it uses. Idempotent."""
+        async with self._analytics_connecting:  # two requests at once open one client, not two
+            if self._analytics is None:
+                self._analytics = await self._run_analytics(sql.analytics_client, self._analytics_url)
+
+    async def query(self, query: str, limits: sql.SqlLimits) -> sql.QueryResult:
+        """Check and run an analyst's query within ``limits`` on the analytics client and its thread; see
+        :func:`etl.sql.run_read_only` for the errors."""
+        if self._analytics is None:
+            raise RuntimeError("ClickHouseStore.connect_analytics() has not succeeded")
+        self._analytics_in_flight += 1
+        try:
+            return await self._run_analytics(sql.run_read_only, self._analytics, query, limits)
+        finally:
+            self._analytics_in_flight -= 1
 
     async def close(self) -> None:
-        """Close the client (releases chDB's data directory) and stop the thread. Safe to call twice."""
+        """Close both clients (releases chDB's data directory) and stop their threads. Safe to call twice.
+
+        A running analytics query is left to end by its time limit; the thread is not waited for."""
+        analytics, self._analytics = self._analytics, None
         client, self._client = self._client, None
         if client is not None:
             await self._run(client.close)
+        if analytics is not None:
+            self._analytics_executor.submit(analytics.close)
         self._executor.shutdown(wait=True)
+        self._analytics_executor.shutdown(wait=False)

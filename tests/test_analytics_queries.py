@@ -40,8 +40,8 @@ def documented_queries() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, trade_recording):
-    """chDB with the migrations applied, ``price_seconds`` holding the recording's SecondStats and
-    ``market_tickers`` a few mini-tickers."""
+    """An analytics client of chDB with the migrations applied, ``price_seconds`` holding the recording's
+    SecondStats and ``market_tickers`` a few mini-tickers."""
     directory = tmp_path_factory.mktemp("analytics") / "chdb"
     directory.mkdir()
     ch = clickhouse_connect.get_client(dsn=f"chdb://{directory}", tz_mode="aware")
@@ -75,7 +75,9 @@ def client(tmp_path_factory, trade_recording):
         for n in range(3)
     ]
     ch.insert_arrow(TICKERS.table, arrow_table(TICKERS, tickers))
-    yield ch
+    analytics = sql.analytics_client(f"chdb://{directory}")
+    yield analytics
+    analytics.close()
     ch.close()
 
 
@@ -100,6 +102,23 @@ def test_the_page_documents_every_promised_query():
 def test_each_documented_query_runs_read_only_and_answers(client, title):
     rows = run(client, documented_queries()[title])
     assert rows, f"{title}: no rows"
+
+
+README = DOC.parent.parent / "README.md"
+
+
+def readme_queries() -> list[str]:
+    """The queries of the ``crypto-mesh sql "..."`` commands in README.md."""
+    return re.findall(r'crypto-mesh sql "([^"]+)"', README.read_text())
+
+
+def test_the_readme_shows_queries():
+    assert len(readme_queries()) >= 2
+
+
+@pytest.mark.parametrize("query", readme_queries())
+def test_each_readme_query_runs_read_only_and_answers(client, query):
+    assert run(client, query)
 
 
 def closes(client) -> list[Decimal]:

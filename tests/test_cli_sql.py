@@ -42,7 +42,7 @@ def test_a_query_prints_a_table_csv_or_json_with_exact_decimals(engine):
                                        "SELECT 1; DROP TABLE crypto.t"])
 def test_writes_and_ddl_are_refused_and_change_nothing(engine, statement):
     refused = sql(engine, statement)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert sql(engine, "SELECT count() FROM crypto.t").stdout.count("2") >= 1
 
 
@@ -51,3 +51,48 @@ def test_a_bad_query_and_an_unreachable_server_are_one_line_errors(engine):
     assert bad.returncode == 1 and "query failed" in bad.stderr and "Traceback" not in bad.stderr
     away = sql({**engine, "MESH_CLICKHOUSE_URL": "http://127.0.0.1:9"}, "SELECT 1")
     assert away.returncode == 1 and "cannot reach ClickHouse" in away.stderr and "Traceback" not in away.stderr
+
+
+def test_reading_a_file_is_refused_with_status_2_and_one_line(engine, tmp_path):
+    secret = tmp_path / "jwt_ed25519.pem"
+    secret.write_text("-----BEGIN PRIVATE KEY-----\n")
+    refused = sql(engine, f"SELECT substring(file('{secret}'), 1, 40)")
+    assert refused.returncode == 2
+    assert refused.stdout == "" and "PRIVATE KEY" not in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0 and "file is not allowed" in refused.stderr
+
+
+async def test_through_the_etl_a_refused_query_exits_2_and_a_select_prints_its_rows(clickhouse_url, tmp_path):
+    # Embedded mode: chDB belongs to the ETL process, so the command asks the ETL's POST /v1/sql.
+    import asyncio
+
+    from crypto_mesh.netutil import free_port
+    from etl.app import start
+    from etl.settings import EtlSettings
+
+    running = await start(
+        EtlSettings(port=0, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", clickhouse_url=clickhouse_url)
+    )
+    (tmp_path / "mesh.json").write_text(json.dumps({"urls": {"etl": f"http://127.0.0.1:{running.port}"}}))
+    env = {**os.environ, "MESH_DATA_DIR": str(tmp_path)}
+    env.pop("MESH_CLICKHOUSE_URL", None)
+
+    async def run(query: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            CRYPTO_MESH, "sql", query, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await process.communicate()
+        return process.returncode, out.decode(), err.decode()
+
+    try:
+        code, out, err = await run("SELECT count() AS n FROM crypto.market_tickers")
+        assert (code, err) == (0, "") and "(1 row)" in out
+        for refused in ("SELECT substring(file('/etc/hostname'), 1, 40)", "SELECT * FROM system.users",
+                        "SELECT 1 FORMAT JSON", "SELECT 1; SELECT 2"):
+            code, out, err = await run(refused)
+            assert code == 2, (refused, err)
+            assert out == "" and err.count("\n") == 1 and "query refused" in err
+        code, _, err = await run("SELECT no_such_column FROM crypto.market_tickers")
+        assert code == 1 and "query failed" in err
+    finally:
+        await running.stop()

@@ -1,5 +1,6 @@
 """compose.yaml is a valid Compose file for the production stack, and publishes nothing but the BFF."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -59,3 +60,56 @@ def test_no_secret_is_written_in_the_compose_file(compose):
         assert compose["services"][name].get("secrets"), name
     for secret in compose["secrets"].values():
         assert secret["file"].startswith("./secrets/")
+
+
+def test_clickhouse_gets_its_users_from_a_secret_file_and_no_password_from_the_environment(compose):
+    clickhouse = compose["services"]["clickhouse"]
+    assert "env_file" not in clickhouse
+    assert {"source": "clickhouse_users.xml", "target": "/etc/clickhouse-server/users.d/mesh.xml"} in clickhouse[
+        "secrets"
+    ]
+    for name, service in compose["services"].items():
+        environment = service.get("environment", {})
+        assert "env_file" not in service, name
+        assert not any("CLICKHOUSE" in key and ("PASSWORD" in key or "USER" in key) for key in environment), name
+    assert "etl_analytics_clickhouse_url" in compose["services"]["etl"]["secrets"]
+
+
+def test_the_analytics_user_may_only_select_on_crypto_within_the_profile_limits(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from click.testing import CliRunner
+
+    from crypto_mesh.cli import main
+    from etl.sql import SqlLimits
+
+    result = CliRunner().invoke(main, ["secrets", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "clickhouse.env").exists()
+    users = ET.fromstring((tmp_path / "clickhouse_users.xml").read_text())
+    analytics = users.find("users/analytics")
+    assert [q.text for q in analytics.findall("grants/query")] == ["GRANT SELECT ON crypto.*"]
+    assert analytics.findtext("profile") == "analytics"
+    password = (tmp_path / "etl_analytics_clickhouse_url").read_text().split(":")[2].split("@")[0]
+    assert analytics.findtext("password_sha256_hex") == hashlib.sha256(password.encode()).hexdigest()
+    assert password not in (tmp_path / "clickhouse_users.xml").read_text()
+    assert [q.text for q in users.findall("users/etl/grants/query")] == ["GRANT ALL ON crypto.*"]
+    assert users.find("users/default/networks").findall("ip")[0].text == "127.0.0.1"
+    profile = users.find("profiles/analytics")
+    limits = SqlLimits()
+    expected = {
+        "readonly": "2",
+        "max_execution_time": str(limits.max_execution_s),
+        "max_memory_usage": str(limits.max_memory_bytes),
+        "max_result_rows": str(limits.max_result_rows),
+        "max_result_bytes": str(limits.max_result_bytes),
+        "max_rows_to_read": str(limits.max_rows_to_read),
+        "max_threads": str(limits.max_threads),
+        "result_overflow_mode": "throw",
+    }
+    for name, value in expected.items():
+        assert profile.findtext(name) == value, name
+        constraint = profile.find(f"constraints/{name}")
+        assert constraint is not None and (
+            constraint.findtext("max") == value if name.startswith("max_") else constraint.find("const") is not None
+        ), name

@@ -149,10 +149,12 @@ def test_market_history_lands_in_clickhouse_and_sql_reads_it(mesh):
     assert seconds.get("btcusdt") and seconds.get("ethusdt"), seconds
 
 
-def test_sql_refuses_writes(mesh):
+def test_sql_refuses_writes_and_reading_the_mesh_secrets(mesh):
     _state, env, _process, _log = mesh
     result = run_sql(env, "DROP TABLE crypto.market_tickers")
-    assert result.returncode != 0
+    assert result.returncode == 2
+    leak = run_sql(env, "SELECT substring(file('.mesh/secrets/jwt_ed25519.pem'), 1, 40)")
+    assert leak.returncode == 2 and "PRIVATE KEY" not in leak.stdout + leak.stderr
     assert run_sql(env, "SELECT count() FROM crypto.market_tickers").returncode == 0
 
 
