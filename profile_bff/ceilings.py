@@ -1,5 +1,5 @@
-"""The BFF's ceilings: how much one user, one address and one slow socket may take (docs/SECURITY.md,
-"Ceilings"; settings in :class:`profile_bff.settings.BffSettings`).
+"""The BFF's ceilings: how much one user, one address and one slow socket may take (docs/SECURITY.md, "Abuse
+ceilings"; settings in :class:`profile_bff.settings.BffSettings`).
 
 Per user:
 

@@ -1,4 +1,4 @@
-"""The BFF's ceilings (profile_bff/ceilings.py; docs/SECURITY.md, "Ceilings"), over real HTTP and WebSocket
+"""The BFF's ceilings (profile_bff/ceilings.py; docs/SECURITY.md, "Abuse ceilings"), over real HTTP and WebSocket
 connections against real auth, PostgreSQL and Redis: coins per portfolio, open sockets per user across
 replicas, writes and tickets per user, public routes and WebSocket upgrades per address, connections per
 address and per process, the header-read timeout, and ``Cache-Control: no-store`` on personal data.
