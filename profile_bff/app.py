@@ -3,10 +3,10 @@
 Routes and shapes: docs/CONTRACTS.md, "BFF REST", and the OpenAPI 3.1 document served at ``/openapi.json``
 (:mod:`profile_bff.openapi`). Every error is ``{"error": {"code", "message"}}`` with a
 status that says whose fault it is: 400 malformed body, 401 no or bad token, 403 forbidden origin, 404
-unknown, 405 wrong method, 409 conflict (a portfolio at its coin cap among them), 413 body over 64 KiB, 415
-body not JSON, 422 invalid value, 429 rate-limited (by auth, or by the BFF's ceilings:
-:mod:`profile_bff.ceilings`), 503 a dependency (auth, PostgreSQL, Redis) is down. A client's mistake never becomes a
-500.
+unknown, 405 wrong method, 409 conflict (a portfolio at its coin cap among them), 413 body over 64 KiB,
+415 body not JSON, 422 invalid value, 429 rate-limited (by auth, or by the BFF's ceilings:
+:mod:`profile_bff.ceilings`), 503 a dependency (auth, PostgreSQL, Redis) is down. A client's mistake
+never becomes a 500.
 
 Request bodies are parsed with the standard library's ``json`` with ``parse_float=Decimal``: a quantity may
 be a decimal string (``"1.5"``, as every decimal in the contracts) or a JSON number (``1.5``), and either way
@@ -929,8 +929,9 @@ async def profile_socket(request: web.Request) -> web.StreamResponse:
     Checked before the upgrade, as HTTP errors: 403 an ``Origin`` not in ``BFF_ALLOWED_ORIGINS``, 401
     missing, invalid or expired credentials, 400 not a WebSocket handshake, 404 no profile, 429
     ``rate_limited`` (upgrades per address, with Retry-After) or ``too_many_sockets`` (the user already holds
-    ``BFF_MAX_SOCKETS_PER_USER`` open sockets on all replicas together), 503 a dependency down. After it: one text message with the profile JSON at once, then one after every price
-    change of a held coin and every portfolio change. Text frames from the client are ignored; a binary frame
+    ``BFF_MAX_SOCKETS_PER_USER`` open sockets on all replicas together), 503 a dependency down. After it:
+    one text message with the profile JSON at once, then one after every price change of a held coin and
+    every portfolio change. Text frames from the client are ignored; a binary frame
     closes the socket with 1003, a frame over 4 KiB with 1009. Closed with 4401 when the access token
     expires, 4404 if the profile is deleted, 1001 on shutdown; a peer that misses the server's ping (every
     20 s) or stops reading for ``BFF_WS_SEND_TIMEOUT_S`` is dropped.

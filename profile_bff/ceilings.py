@@ -45,7 +45,7 @@ import resource
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -55,7 +55,6 @@ from redis.retry import Retry
 
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
-from profile_bff.store import StoreUnavailable
 from profile_bff.ratelimit import (
     KEY_PREFIX,
     Charge,
@@ -66,6 +65,10 @@ from profile_bff.ratelimit import (
     address_bucket,
     client_address,
 )
+from profile_bff.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from profile_bff.settings import BffSettings
 
 log = get_logger(__name__)
 
@@ -82,10 +85,15 @@ PUBLIC_ROUTES = frozenset({"/v1/instruments", "/openapi.json"})
 PROFILE_SOCKET_ROUTE = "/v2/user/profile/ws"
 
 
-def error_json(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+def error_json(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
     """The BFF's error shape, ``{"error": {"code", "message"}}`` (docs/CONTRACTS.md, "BFF REST")."""
     return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers, dumps=jsonutil.dumps_str
+        {"error": {"code": code, "message": message}},
+        status=status,
+        headers=headers,
+        dumps=jsonutil.dumps_str,
     )
 
 
@@ -104,8 +112,8 @@ def descriptor_limit() -> int:
 
 
 def raise_descriptor_limit() -> int:
-    """Raise the soft ``RLIMIT_NOFILE`` to the hard one (as Go's runtime does at start): a soft limit of
-    1024, systemd's and Docker's default, would hold the BFF to 768 connections. Returns the soft limit."""
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one (as Go's runtime does at start): systemd's default soft
+    limit, 1024 (hard 524288), would hold the BFF to 768 connections. Returns the soft limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:
@@ -173,7 +181,10 @@ def _canned(status: str, code: str, message: str, extra: str = "") -> bytes:
 
 
 _REFUSED_TOTAL = _canned(
-    "503 Service Unavailable", "too_many_connections", "the server holds all the connections it can", "Retry-After: 1\r\n"
+    "503 Service Unavailable",
+    "too_many_connections",
+    "the server holds all the connections it can",
+    "Retry-After: 1\r\n",
 )
 _REFUSED_ADDRESS = _canned(
     "429 Too Many Requests",
@@ -360,7 +371,7 @@ class RedisSocketLeases:
 
     async def acquire(self, user_id: int, slot: str, cap: int, lease_s: int) -> bool:
         """Lease ``slot`` if the user holds fewer than ``cap`` unexpired slots. Raises
-        :class:`~profile_bff.store.StoreUnavailable` when Redis cannot be reached (the upgrade answers 503)."""
+        :class:`~profile_bff.store.StoreUnavailable` when Redis cannot be reached (the upgrade: 503)."""
         try:
             leased = await self._lease(
                 keys=[SOCKET_KEY_PREFIX + str(user_id)], args=[slot, cap, lease_s * 1000]
@@ -391,8 +402,8 @@ class SocketSlots:
     Each socket holds a slot leased for ``lease_s`` seconds in ``leases`` (shared by the replicas); this
     replica renews the leases of its slots every ``lease_s / 3`` seconds while the socket is open and
     releases a slot when its socket closes. A replica that dies leaves its slots to expire. Errors of
-    ``leases`` (Redis down) propagate from :meth:`acquire`; renewals and releases that fail are logged (a lease
-    then expires by itself).
+    ``leases`` (Redis down) propagate from :meth:`acquire`; renewals and releases that fail are logged (a
+    lease then expires by itself).
     """
 
     def __init__(self, leases: SocketLeasePort, cap: int, lease_s: int = SOCKET_LEASE_S) -> None:
@@ -460,10 +471,9 @@ class Ceilings:
     """What the handlers and middleware use: the rate limiter and the socket slots, on their own Redis
     connection (``settings.redis_url``)."""
 
-    def __init__(self, limiter: RateLimiter, slots: SocketSlots, settings) -> None:
+    def __init__(self, limiter: RateLimiter, slots: SocketSlots) -> None:
         self.limiter = limiter
         self.slots = slots
-        self.settings = settings
 
     async def wait_s(self, charge: Charge) -> float:
         """Charge one request; 0 when allowed, else the seconds to wait. A Redis outage allows it (logged)."""
@@ -489,7 +499,7 @@ def too_many(wait_s: float, message: str) -> web.Response:
     )
 
 
-def install(app: web.Application, settings) -> None:
+def install(app: web.Application, settings: BffSettings) -> None:
     """Add to ``app``: the per-address rate limits of the public routes and of WebSocket upgrades (a
     middleware), ``Cache-Control: no-store`` on every answer but the public routes' successes (RFC 9111
     §5.2.2.5: personal data must not be stored by any cache), and the :class:`Ceilings` with their Redis
@@ -501,9 +511,11 @@ def install(app: web.Application, settings) -> None:
         resource = request.match_info.route.resource
         path = resource.canonical if resource is not None else None
         if path in PUBLIC_ROUTES and request.method in ("GET", "HEAD"):
-            route, rate, what = "public", settings.public_rate_per_address, "too many requests from this address"
+            route, rate = "public", settings.public_rate_per_address
+            what = "too many requests from this address"
         elif path == PROFILE_SOCKET_ROUTE:
-            route, rate, what = "ws-upgrade", settings.ws_upgrade_rate_per_address, "too many WebSocket upgrades from this address"
+            route, rate = "ws-upgrade", settings.ws_upgrade_rate_per_address
+            what = "too many WebSocket upgrades from this address"
         else:
             return await handler(request)
         bucket = address_bucket(client_address(request, trusted))
@@ -524,7 +536,7 @@ def install(app: web.Application, settings) -> None:
             settings.redis_url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 1)
         )
         slots = SocketSlots(RedisSocketLeases(redis), settings.max_sockets_per_user)
-        app[CEILINGS] = Ceilings(RateLimiter(redis), slots, settings)
+        app[CEILINGS] = Ceilings(RateLimiter(redis), slots)
         slots.start()
         yield
         await slots.close()

@@ -41,7 +41,9 @@ def _rate_limited(description: str) -> dict[str, Any]:
     """A 429 error answer with its ``Retry-After`` (RFC 9110 §10.2.3, whole seconds)."""
     return {
         **_json(_ERROR, description),
-        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}},
+        "headers": {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
+        },
     }
 
 

@@ -52,11 +52,13 @@ class BffSettings(ServiceSettings):
     - ``BFF_TRUSTED_PROXIES`` (empty): comma-separated addresses or networks of reverse proxies whose
       ``X-Forwarded-For`` names the client. Empty: the socket peer is the client and the header is ignored.
 
-    Ceilings (:mod:`profile_bff.ceilings`; docs/SECURITY.md, "Abuse ceilings"), rates written as the login ones:
+    Ceilings (:mod:`profile_bff.ceilings`; docs/SECURITY.md, "Abuse ceilings"), rates written as the login
+    ones:
 
-    - ``BFF_MAX_COINS_PER_USER`` (``200``): coins one portfolio may hold; one more is 409 ``coin_limit_reached``.
-    - ``BFF_MAX_SOCKETS_PER_USER`` (``10``): profile WebSockets one user may hold open at once, counted in Redis
-      across every BFF replica; one more upgrade is refused with 429 ``too_many_sockets``.
+    - ``BFF_MAX_COINS_PER_USER`` (``200``): coins one portfolio may hold; one more is 409
+      ``coin_limit_reached``.
+    - ``BFF_MAX_SOCKETS_PER_USER`` (``10``): profile WebSockets one user may hold open at once, counted in
+      Redis across every BFF replica; one more upgrade is refused with 429 ``too_many_sockets``.
     - ``BFF_WRITE_RATE_PER_USER`` (``60/minute``): writes per user (``POST``/``PATCH``/``DELETE
       /v2/coin/symbol``, ``DELETE /v2/user/profile``); ``BFF_WS_TICKET_RATE_PER_USER`` (``30/minute``):
       ``POST /v2/user/ws-ticket`` per user. Beyond them: 429 with Retry-After.

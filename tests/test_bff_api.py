@@ -182,8 +182,13 @@ async def serve_bff(
     for rate in ("login_rate_per_name", "login_rate_per_address", "register_rate_per_name", "register_rate_per_address"):
         overrides.setdefault(rate, "1000000/minute")
     # The per-user and per-address ceilings likewise (tests/test_security_ceilings.py covers them).
-    for rate in ("write_rate_per_user", "ws_ticket_rate_per_user", "public_rate_per_address", "ws_upgrade_rate_per_address"):
-        overrides.setdefault(rate, "1000000/minute")
+    for ceiling in (
+        "write_rate_per_user",
+        "ws_ticket_rate_per_user",
+        "public_rate_per_address",
+        "ws_upgrade_rate_per_address",
+    ):
+        overrides.setdefault(ceiling, "1000000/minute")
     settings = BffSettings(
         port=0,
         database_url=database_url,
