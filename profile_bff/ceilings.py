@@ -45,7 +45,7 @@ import resource
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -224,7 +224,8 @@ class GuardedProtocol(asyncio.Protocol):
         self._admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's are not subclasses of asyncio.Transport, hence no isinstance check).
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         address = _peer_address(peer)

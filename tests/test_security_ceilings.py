@@ -18,6 +18,7 @@ import uuid
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from polling import eventually
 from test_bff_api import (
     PASSWORD,
@@ -33,9 +34,11 @@ from crypto_mesh import jsonutil
 from profile_bff.ceilings import (
     FD_RESERVE,
     ConnectionCounter,
+    GuardedProtocol,
     RedisSocketLeases,
     SocketSlots,
     connection_cap,
+    guarded_factory,
 )
 from profile_bff.ratelimit import parse_networks
 from profile_bff.settings import BffSettings
@@ -520,8 +523,6 @@ class RecordingProtocol(asyncio.Protocol):
     ],
 )
 async def test_the_header_timeout_stops_once_the_request_head_is_complete(chunks, complete):
-    from profile_bff.ceilings import GuardedProtocol
-
     inner, transport = RecordingProtocol(), FakeTransport()
     guard = GuardedProtocol(inner, ConnectionCounter(10, 10), header_timeout_s=0.01)
     guard.connection_made(transport)
@@ -533,3 +534,37 @@ async def test_the_header_timeout_stops_once_the_request_head_is_complete(chunks
     await asyncio.sleep(0.05)
     assert transport.closed is not complete
     assert transport.written.startswith(b"HTTP/1.1 408") is not complete
+
+
+def test_the_guard_refuses_and_times_out_connections_on_uvloop_the_loop_of_the_bff_process():
+    """``python -m profile_bff`` runs on uvloop, whose transports are not asyncio's: the same guard there."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        async def hello(request: web.BaseRequest) -> web.Response:
+            return web.Response(text="ok")
+
+        server = web.Server(hello)
+        counter = ConnectionCounter(max_total=10, max_per_address=1)
+        listening = await asyncio.get_running_loop().create_server(
+            guarded_factory(server, counter, header_timeout_s=0.2), "127.0.0.1", 0
+        )
+        port = listening.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            refused_reader, refused_writer = await asyncio.open_connection("127.0.0.1", port)
+            assert (await refused_reader.read()).startswith(b"HTTP/1.1 429")
+            refused_writer.close()
+            writer.close()
+            await eventually(lambda: counter.total == 0, what="the first connection counted out")
+            slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+            slow_writer.write(HALF_REQUEST)
+            assert (await slow_reader.read()).startswith(b"HTTP/1.1 408")
+            slow_writer.close()
+        finally:
+            listening.close()
+            await server.shutdown()
+
+    uvloop.run(scenario())
