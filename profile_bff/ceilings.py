@@ -79,6 +79,8 @@ FD_RESERVE = 256
 #: releasing its slots frees them within this time.
 SOCKET_LEASE_S = 60
 SOCKET_KEY_PREFIX = "bff:ws-sockets:user:"
+#: Connections of the ceilings' Redis pool; a command waits for a free one (2 s at most).
+REDIS_CONNECTIONS = 64
 #: The routes anyone may call without credentials that are rate-limited per address (``/healthz`` is not:
 #: orchestrators probe it from one address every few seconds).
 PUBLIC_ROUTES = frozenset({"/v1/instruments", "/openapi.json"})
@@ -533,15 +535,23 @@ def install(app: web.Application, settings: BffSettings) -> None:
             response.headers["Cache-Control"] = "no-store"
 
     async def context(app: web.Application):
-        redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 1)
+        # A blocking pool: a burst of upgrades (10,000 clients reconnecting after a restart) waits up to 2 s
+        # for one of REDIS_CONNECTIONS connections, where redis-py's default pool fails at once beyond 100.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=2,
+            socket_connect_timeout=2,
+            socket_timeout=2,
         )
+        redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         slots = SocketSlots(RedisSocketLeases(redis), settings.max_sockets_per_user)
         app[CEILINGS] = Ceilings(RateLimiter(redis), slots)
         slots.start()
         yield
         await slots.close()
         await redis.aclose()
+        await pool.aclose()
 
     app.middlewares.append(address_limits)
     app.on_response_prepare.append(no_store)
