@@ -190,11 +190,11 @@ async def start(settings: BffSettings) -> Running:
     the Redis subscriber connects in the background: ``/healthz`` answers 503 until both are ready.
 
     Connections are accepted through :class:`profile_bff.ceilings.GuardedProtocol` (connection caps and the
-    header-read timeout); aiohttp's keep-alive timeout, which bounds the head of every later request on a
-    connection, is the same ``BFF_HEADER_TIMEOUT_S``.
+    first request's header-read timeout); aiohttp's keep-alive timeout, ``BFF_KEEPALIVE_TIMEOUT_S``, bounds
+    the idle time and the head of every later request on a connection.
     """
     runner = web.AppRunner(
-        create_app(settings), shutdown_timeout=5.0, keepalive_timeout=settings.header_timeout_s
+        create_app(settings), shutdown_timeout=5.0, keepalive_timeout=settings.keepalive_timeout_s
     )
     await runner.setup()
     descriptors = ceilings.descriptor_limit()

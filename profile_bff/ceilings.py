@@ -33,7 +33,8 @@ socket's protocol factory is wrapped (:class:`GuardedProtocol`): it counts conne
 cap at once (a canned ``503``/``429`` error JSON, ``Connection: close``), and closes with ``408`` a
 connection whose first request head (request line and headers, up to the empty line, RFC 9112 §2.1) is not
 complete ``BFF_HEADER_TIMEOUT_S`` after it opened; the BFF's runner sets aiohttp's ``keepalive_timeout`` to
-the same value, which bounds the head of every later request on a kept-alive connection.
+``BFF_KEEPALIVE_TIMEOUT_S``, which bounds the idle time and the head of every later request on a kept-alive
+connection (it is longer, to stay above the idle timeouts of proxies that reuse connections).
 """
 
 from __future__ import annotations

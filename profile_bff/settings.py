@@ -66,8 +66,12 @@ class BffSettings(ServiceSettings):
       credentials (``GET /v1/instruments``, ``GET /openapi.json``; not ``/healthz``, which probes call);
       ``BFF_WS_UPGRADE_RATE_PER_ADDRESS`` (``60/minute``): WebSocket upgrades per client address, failed ones
       included. Beyond them: 429 with Retry-After.
-    - ``BFF_HEADER_TIMEOUT_S`` (``10``): a connection must deliver a request's whole head (request line and
-      headers) this long after it opens or after its previous answer, or it is closed.
+    - ``BFF_HEADER_TIMEOUT_S`` (``10``): a new connection must deliver its first request's whole head (request
+      line and headers) this long after it opens, or it is answered 408 and closed.
+    - ``BFF_KEEPALIVE_TIMEOUT_S`` (``75``): a kept-alive connection must deliver the whole head of its next
+      request this long after its previous answer, or it is closed (aiohttp's ``keepalive_timeout``). Behind a
+      reverse proxy or load balancer that reuses connections, keep it above the proxy's idle timeout (60 s
+      for AWS ALB), or the proxy may send a request on a connection the BFF is closing.
     - ``BFF_MAX_CONNECTIONS`` (``16384``): open HTTP and WebSocket connections of the process, at most the
       descriptor limit (``RLIMIT_NOFILE``) minus 256 kept for the process's own files and pools; beyond it a
       new connection is answered 503 and closed. ``BFF_MAX_CONNECTIONS_PER_ADDRESS`` (``256``): open
@@ -104,6 +108,7 @@ class BffSettings(ServiceSettings):
     public_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(300, 60)
     ws_upgrade_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 60)
     header_timeout_s: float = Field(default=10.0, gt=0)
+    keepalive_timeout_s: float = Field(default=75.0, gt=0)
     max_connections: int = Field(default=16_384, gt=0)
     max_connections_per_address: int = Field(default=256, gt=0)
 

@@ -435,6 +435,24 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeou
             assert symbol in pushed["Coins"]["Quantities"]
 
 
+async def test_a_kept_alive_connection_that_sends_half_of_its_next_request_is_closed_after_the_keepalive_timeout(
+    engines,
+):
+    async with engines(keepalive_timeout_s=1) as bff:
+        reader, writer = await raw_connection(bff.running.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: bff\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(next(line for line in head.split(b"\r\n") if line.startswith(b"Content-Length:"))[15:])
+            await reader.readexactly(length)
+            writer.write(HALF_REQUEST)
+            # The bound only keeps a broken BFF from hanging the test.
+            assert await asyncio.wait_for(reader.read(), timeout=60) == b""
+        finally:
+            writer.close()
+
+
 # -- Cache-Control -------------------------------------------------------------------------------------
 
 
@@ -478,6 +496,7 @@ def test_the_ceilings_have_their_documented_defaults():
     upgrades = settings.ws_upgrade_rate_per_address
     assert (upgrades.limit, upgrades.period_s) == (60, 60)
     assert settings.header_timeout_s == 10
+    assert settings.keepalive_timeout_s == 75
     assert settings.max_connections == 16_384
     assert settings.max_connections_per_address == 256
 
