@@ -26,6 +26,11 @@ What runs, all on 127.0.0.1 and all started and stopped by this script:
   others (behind a running fan-out, or in a coalescing window if ``BFF_WS_COALESCE_MS`` sets one) is measured
   from its own publish, not the latest one's.
 
+All clients connect from 127.0.0.1, so the per-address ceilings of the BFF (connections and WebSocket upgrades
+per address, docs/SECURITY.md "Ceilings") are set above ``--clients`` for the BFF process; a ``BFF_*``
+variable in the environment still wins. Each client is a user of its own, so the per-user socket cap (10)
+holds as it is.
+
 Clients on the same machine cost the BFF more than remote ones would: over 127.0.0.1 the kernel runs the
 receiving side of each message (TCP receive, socket lookup, waking the client process) inside the BFF's
 write, which a perf profile of the price phase put at about a fifth of the BFF's CPU; and the clients take
@@ -403,6 +408,11 @@ async def main(args: argparse.Namespace) -> None:
         "BFF_AUTH_TARGET": f"127.0.0.1:{auth.port}",
         "BFF_AGGREGATOR_URL": aggregator_url,
         "BFF_LOG_LEVEL": "WARNING",
+        # Every client connects from 127.0.0.1: the per-address ceilings (256 connections, 60 upgrades a
+        # minute by default) are lifted to let one address stand for the whole crowd.
+        "BFF_MAX_CONNECTIONS_PER_ADDRESS": str(args.clients + 1000),
+        "BFF_WS_UPGRADE_RATE_PER_ADDRESS": f"{args.clients * 10}/minute",
+        **{key: value for key, value in os.environ.items() if key.startswith("BFF_")},
     }
     bff = await asyncio.to_thread(start_bff_process, env, work / "bff.log")
     url = f"http://127.0.0.1:{bff_port}"

@@ -11,10 +11,14 @@ default thresholds one came every few seconds while prices were pushed to 10,000
 collection waits for 20,000 net new objects (tens of milliseconds at most; of what a fan-out allocates, only
 each user's new coin totals outlive it, in tuples of atomic values that the collector stops tracking), and a
 full one for 100 collections of the middle generation: none came during the benchmark's price phase.
+
+The soft descriptor limit is raised to the hard one before serving, since the connection cap
+(``BFF_MAX_CONNECTIONS``) is bounded by it (:func:`profile_bff.ceilings.raise_descriptor_limit`).
 """
 
 from crypto_mesh.runtime import run_service, tune_garbage_collector
 from profile_bff.app import start
+from profile_bff.ceilings import raise_descriptor_limit
 from profile_bff.settings import BffSettings
 
 try:
@@ -27,4 +31,5 @@ GC_THRESHOLDS = (20_000, 20, 100)
 
 if __name__ == "__main__":
     tune_garbage_collector(*GC_THRESHOLDS)
+    raise_descriptor_limit()
     run_service("profile_bff", BffSettings, start, loop_factory=uvloop.new_event_loop if uvloop else None)

@@ -3,9 +3,10 @@
 Routes and shapes: docs/CONTRACTS.md, "BFF REST", and the OpenAPI 3.1 document served at ``/openapi.json``
 (:mod:`profile_bff.openapi`). Every error is ``{"error": {"code", "message"}}`` with a
 status that says whose fault it is: 400 malformed body, 401 no or bad token, 403 forbidden origin, 404
-unknown, 405 wrong method, 409 conflict, 413 body over 64 KiB, 415 body not JSON, 422 invalid value, 429
-rate-limited by auth, 503 a dependency (auth, PostgreSQL, Redis) is down. A client's mistake never becomes a
-500.
+unknown, 405 wrong method, 409 conflict (a portfolio at its coin cap among them), 413 body over 64 KiB,
+415 body not JSON, 422 invalid value, 429 rate-limited (by auth, or by the BFF's ceilings:
+:mod:`profile_bff.ceilings`), 503 a dependency (auth, PostgreSQL, Redis) is down. A client's mistake
+never becomes a 500.
 
 Request bodies are parsed with the standard library's ``json`` with ``parse_float=Decimal``: a quantity may
 be a decimal string (``"1.5"``, as every decimal in the contracts) or a JSON number (``1.5``), and either way
@@ -45,7 +46,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.logs import get_logger
 from crypto_mesh.proto import auth_pb2
-from profile_bff import ratelimit
+from profile_bff import ceilings, ratelimit
 from profile_bff.clients import AggregatorClient, AggregatorUnavailable, AuthClient
 from profile_bff.connections import CLOSE_TOKEN_EXPIRED, ConnectionManager
 from profile_bff.instruments import Instruments, NotTrading, UnknownSymbol
@@ -54,6 +55,7 @@ from profile_bff.portfolio import CONTEXT, InvalidQuantity, parse_quantity, prof
 from profile_bff.settings import BffSettings
 from profile_bff.store import (
     CoinAlreadyHeld,
+    CoinLimitReached,
     CoinNotHeld,
     IdempotencyInFlight,
     IdempotencyMismatch,
@@ -142,6 +144,7 @@ class Running:
     port: int
     _runner: web.AppRunner
     _stopped: bool = False
+    _server: asyncio.AbstractServer | None = None
 
     async def stop(self) -> None:
         """Stop listening, close every WebSocket with 1001, wait for requests in flight (up to 5 s), close
@@ -149,6 +152,8 @@ class Running:
         if self._stopped:
             return
         self._stopped = True
+        if self._server is not None:
+            self._server.close()  # accept no more; the runner's clean-up closes the open connections
         await self._runner.cleanup()
 
 
@@ -173,6 +178,7 @@ def create_app(settings: BffSettings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(_services_context(settings))
     ratelimit.install(app, settings)
+    ceilings.install(app, settings)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -182,14 +188,38 @@ async def start(settings: BffSettings) -> Running:
 
     The database schema is migrated in the background (retried with backoff while PostgreSQL is down) and
     the Redis subscriber connects in the background: ``/healthz`` answers 503 until both are ready.
+
+    Connections are accepted through :class:`profile_bff.ceilings.GuardedProtocol` (connection caps and the
+    first request's header-read timeout); aiohttp's keep-alive timeout, ``BFF_KEEPALIVE_TIMEOUT_S``, bounds
+    the idle time and the head of every later request on a connection.
     """
-    runner = web.AppRunner(create_app(settings), shutdown_timeout=5.0)
+    runner = web.AppRunner(
+        create_app(settings), shutdown_timeout=5.0, keepalive_timeout=settings.keepalive_timeout_s
+    )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
-    await site.start()
-    port = runner.addresses[0][1]
-    log.info("serving", host=settings.host, port=port)
-    return Running(port=port, _runner=runner)
+    descriptors = ceilings.descriptor_limit()
+    counter = ceilings.ConnectionCounter(
+        ceilings.connection_cap(settings.max_connections, descriptors),
+        settings.max_connections_per_address,
+        exempt=settings.trusted_proxies,
+    )
+    assert runner.server is not None
+    server = await asyncio.get_running_loop().create_server(
+        ceilings.guarded_factory(runner.server, counter, settings.header_timeout_s),
+        settings.host,
+        settings.port,
+        backlog=LISTEN_BACKLOG,
+        reuse_address=True,
+    )
+    port = server.sockets[0].getsockname()[1]
+    log.info(
+        "serving",
+        host=settings.host,
+        port=port,
+        max_connections=counter.max_total,
+        descriptor_limit=descriptors,
+    )
+    return Running(port=port, _runner=runner, _server=server)
 
 
 def _services_context(settings: BffSettings):
@@ -409,6 +439,26 @@ async def _authenticate(request: web.Request, *, allow_expired: bool = False) ->
     return claims, token
 
 
+async def _limit_user(request: web.Request, claims: AccessClaims, route: str, rate: ratelimit.Rate) -> None:
+    """Charge one request of the user to ``ratelimit:<route>:user:<id>`` at ``rate``; 429 with Retry-After
+    once the user is out of allowance (:mod:`profile_bff.ceilings`)."""
+    wait_s = await request.app[ceilings.CEILINGS].charge_user(route, claims.user_id, rate)
+    if wait_s > 0:
+        retry_after = ceilings.retry_after_s(wait_s)
+        log.info("rate_limited", route=route, user_id=claims.user_id, retry_after_s=retry_after)
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests of this user, retry in {retry_after} s",
+            {"Retry-After": str(retry_after)},
+        )
+
+
+async def _limit_writes(request: web.Request, claims: AccessClaims) -> None:
+    """The per-user write limit (``BFF_WRITE_RATE_PER_USER``) of the portfolio and profile writes."""
+    await _limit_user(request, claims, "write", request.app[SERVICES].settings.write_rate_per_user)
+
+
 async def _session_owner(request: web.Request) -> int | None:
     """The user the caller proves with an access token (expired or not), if it sends one.
 
@@ -559,9 +609,11 @@ async def list_coins(request: web.Request) -> web.Response:
 
 
 async def add_coin(request: web.Request) -> web.Response:
-    """``POST /v2/coin/symbol {"symbol", "quantity"}`` → ``201 {"symbol", "quantity"}``; 409 already held;
-    422 a symbol the exchange does not list or that is not ``TRADING``. Honours ``Idempotency-Key``."""
+    """``POST /v2/coin/symbol {"symbol", "quantity"}`` → ``201 {"symbol", "quantity"}``; 409 already held or
+    ``coin_limit_reached`` (``BFF_MAX_COINS_PER_USER``); 422 a symbol the exchange does not list or that is
+    not ``TRADING``; 429 over ``BFF_WRITE_RATE_PER_USER``. Honours ``Idempotency-Key``."""
     claims, _ = await _authenticate(request)
+    await _limit_writes(request, claims)
     return await _idempotent(request, claims, lambda: _add_coin(request, claims))
 
 
@@ -576,10 +628,18 @@ async def _add_coin(request: web.Request, claims: AccessClaims) -> web.Response:
     except NotTrading as exc:
         raise ApiError(422, "symbol_not_trading", str(exc)) from None
     try:
-        await services.require_store().add_coin(claims.user_id, symbol, quantity)
+        await services.require_store().add_coin(
+            claims.user_id, symbol, quantity, max_coins=services.settings.max_coins_per_user
+        )
     except CoinAlreadyHeld:
         raise ApiError(
             409, "coin_already_held", f"{symbol} is already held; PATCH changes its quantity"
+        ) from None
+    except CoinLimitReached as exc:
+        raise ApiError(
+            409,
+            "coin_limit_reached",
+            f"a portfolio holds at most {exc.limit} coins (BFF_MAX_COINS_PER_USER); remove one first",
         ) from None
     except ProfileNotFound:
         raise ApiError(404, "profile_not_found", "no profile for this user") from None
@@ -592,6 +652,7 @@ async def update_coin(request: web.Request) -> web.Response:
     """``PATCH /v2/coin/symbol {"symbol", "quantity"}`` → ``200 {"symbol", "quantity"}``; 404 not held."""
     services = request.app[SERVICES]
     claims, _ = await _authenticate(request)
+    await _limit_writes(request, claims)
     body = await _read_json_object(request)
     symbol, quantity = _symbol(_required(body, "symbol")), _quantity(_required(body, "quantity"))
     try:
@@ -606,6 +667,7 @@ async def delete_coin(request: web.Request) -> web.Response:
     """``DELETE /v2/coin/symbol`` with ``{"symbol"}`` or ``?symbol=`` → 204; 404 not held."""
     services = request.app[SERVICES]
     claims, _ = await _authenticate(request)
+    await _limit_writes(request, claims)
     if "symbol" in request.query:
         raw = request.query["symbol"]
     elif request.body_exists:
@@ -782,6 +844,7 @@ async def issue_ws_ticket(request: web.Request) -> web.Response:
     socket is still closed (4401) when the access token that obtained the ticket expires."""
     services = request.app[SERVICES]
     claims, _ = await _authenticate(request)
+    await _limit_user(request, claims, "ws-ticket", services.settings.ws_ticket_rate_per_user)
     ticket = secrets.token_urlsafe(32)
     ttl = services.settings.ws_ticket_ttl_s
     payload = {"user_id": claims.user_id, "name": claims.name, "expires_at": claims.expires_at}
@@ -816,6 +879,7 @@ async def delete_profile(request: web.Request) -> web.Response:
     """
     services = request.app[SERVICES]
     claims, token = await _authenticate(request)
+    await _limit_writes(request, claims)
     symbols = await services.require_store().delete_profile(claims.user_id)
     try:
         await services.auth.delete_user_by_token(token)
@@ -863,9 +927,11 @@ async def profile_socket(request: web.Request) -> web.StreamResponse:
     - ``?ticket=<ticket>`` from ``POST /v2/user/ws-ticket`` (browsers), valid once.
 
     Checked before the upgrade, as HTTP errors: 403 an ``Origin`` not in ``BFF_ALLOWED_ORIGINS``, 401
-    missing, invalid or expired credentials, 400 not a WebSocket handshake, 404 no profile, 503 a
-    dependency down. After it: one text message with the profile JSON at once, then one after every price
-    change of a held coin and every portfolio change. Text frames from the client are ignored; a binary frame
+    missing, invalid or expired credentials, 400 not a WebSocket handshake, 404 no profile, 429
+    ``rate_limited`` (upgrades per address, with Retry-After) or ``too_many_sockets`` (the user already holds
+    ``BFF_MAX_SOCKETS_PER_USER`` open sockets on all replicas together), 503 a dependency down. After it:
+    one text message with the profile JSON at once, then one after every price change of a held coin and
+    every portfolio change. Text frames from the client are ignored; a binary frame
     closes the socket with 1003, a frame over 4 KiB with 1009. Closed with 4401 when the access token
     expires, 4404 if the profile is deleted, 1001 on shutdown; a peer that misses the server's ping (every
     20 s) or stops reading for ``BFF_WS_SEND_TIMEOUT_S`` is dropped.
@@ -887,6 +953,14 @@ async def profile_socket(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "websocket_required", "this route only speaks WebSocket")
     user_id, expires_at = await _socket_identity(request, offered)
     services.require_store()
+    slots = request.app[ceilings.CEILINGS].slots
+    slot = await slots.acquire(user_id)
+    if slot is None:
+        raise ApiError(
+            429,
+            "too_many_sockets",
+            f"this user has {slots.cap} profile sockets open (BFF_MAX_SOCKETS_PER_USER); close one first",
+        )
     try:
         client = await services.manager.connect(
             ws,
@@ -895,7 +969,11 @@ async def profile_socket(request: web.Request) -> web.StreamResponse:
             transport=request.transport,
         )
     except ProfileNotFound:
+        await slots.release(user_id, slot)
         raise ApiError(404, "profile_not_found", "no profile for this user") from None
+    except BaseException:
+        await slots.release(user_id, slot)
+        raise
     closing: list[asyncio.Task[bool]] = []  # holds the close task so it is not garbage-collected
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, expires_at - time.time()),
@@ -915,6 +993,7 @@ async def profile_socket(request: web.Request) -> web.StreamResponse:
     finally:
         expiry.cancel()
         await services.manager.disconnect(client)
+        await slots.release(user_id, slot)
     return ws
 
 

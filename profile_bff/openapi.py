@@ -31,7 +31,20 @@ def _errors(*statuses: int) -> dict[str, Any]:
         429: "rate-limited",
         503: "a dependency is unavailable",
     }
-    return {str(status): _json(_ERROR, reasons[status]) for status in statuses}
+    return {
+        str(status): _rate_limited(reasons[status]) if status == 429 else _json(_ERROR, reasons[status])
+        for status in statuses
+    }
+
+
+def _rate_limited(description: str) -> dict[str, Any]:
+    """A 429 error answer with its ``Retry-After`` (RFC 9110 §10.2.3, whole seconds)."""
+    return {
+        **_json(_ERROR, description),
+        "headers": {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
+        },
+    }
 
 
 _CREDENTIALS = {
@@ -74,7 +87,9 @@ _TOKEN = _json(
     "an access token; the refresh token is set as the HttpOnly cookie refresh_token",
 )
 _SESSION_ERRORS = _errors(400, 401, 413, 415, 422, 429, 503)
-_COIN_ERRORS = _errors(400, 401, 404, 413, 415, 422, 503)
+_COIN_ERRORS = _errors(400, 401, 404, 413, 415, 422, 429, 503)
+#: 429 of the per-address limits of the public routes (profile_bff/ceilings.py), with Retry-After.
+_PUBLIC_LIMIT = {"429": _rate_limited("too many requests from this address")}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -216,6 +231,7 @@ def openapi_document() -> dict[str, Any]:
                             "matching instruments, prefix matches first",
                         ),
                         **_errors(422, 503),
+                        **_PUBLIC_LIMIT,
                     },
                 }
             },
@@ -252,7 +268,12 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "201": _json(coin_schema, "added"),
                         **_COIN_ERRORS,
-                        "409": _json(_ERROR, "already held, or the same Idempotency-Key is in flight"),
+                        "409": _json(
+                            _ERROR,
+                            "already held (coin_already_held), the portfolio holds BFF_MAX_COINS_PER_USER "
+                            "coins (coin_limit_reached), or the same Idempotency-Key is in flight",
+                        ),
+                        "429": _rate_limited("over BFF_WRITE_RATE_PER_USER"),
                     },
                 },
                 "patch": {
@@ -280,7 +301,7 @@ def openapi_document() -> dict[str, Any]:
                 "delete": {
                     "summary": "Delete the profile and the user",
                     "security": _BEARER,
-                    "responses": {"204": {"description": "deleted"}, **_errors(401, 503)},
+                    "responses": {"204": {"description": "deleted"}, **_errors(401, 429, 503)},
                 },
             },
             "/v2/user/profile/ws": {
@@ -296,6 +317,11 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "101": {"description": "switching to WebSocket"},
                         **_errors(400, 401, 403, 404, 503),
+                        "429": _json(
+                            _ERROR,
+                            "too many upgrades from this address (rate_limited, with Retry-After), or the "
+                            "user already holds BFF_MAX_SOCKETS_PER_USER open sockets (too_many_sockets)",
+                        ),
                     },
                 }
             },
@@ -316,6 +342,7 @@ def openapi_document() -> dict[str, Any]:
                             "the ticket and its lifetime in seconds",
                         ),
                         **_errors(401, 503),
+                        "429": _rate_limited("over BFF_WS_TICKET_RATE_PER_USER"),
                     },
                 }
             },
@@ -375,7 +402,10 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
-                    "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+                    "responses": {
+                        "200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}},
+                        **_PUBLIC_LIMIT,
+                    },
                 }
             },
             "/healthz": {

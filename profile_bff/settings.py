@@ -51,6 +51,32 @@ class BffSettings(ServiceSettings):
       registrations attempted per name and per client address. See :mod:`profile_bff.ratelimit`.
     - ``BFF_TRUSTED_PROXIES`` (empty): comma-separated addresses or networks of reverse proxies whose
       ``X-Forwarded-For`` names the client. Empty: the socket peer is the client and the header is ignored.
+
+    Ceilings (:mod:`profile_bff.ceilings`; docs/SECURITY.md, "Abuse ceilings"), rates written as the login
+    ones:
+
+    - ``BFF_MAX_COINS_PER_USER`` (``200``): coins one portfolio may hold; one more is 409
+      ``coin_limit_reached``.
+    - ``BFF_MAX_SOCKETS_PER_USER`` (``10``): profile WebSockets one user may hold open at once, counted in
+      Redis across every BFF replica; one more upgrade is refused with 429 ``too_many_sockets``.
+    - ``BFF_WRITE_RATE_PER_USER`` (``60/minute``): writes per user (``POST``/``PATCH``/``DELETE
+      /v2/coin/symbol``, ``DELETE /v2/user/profile``); ``BFF_WS_TICKET_RATE_PER_USER`` (``30/minute``):
+      ``POST /v2/user/ws-ticket`` per user. Beyond them: 429 with Retry-After.
+    - ``BFF_PUBLIC_RATE_PER_ADDRESS`` (``300/minute``): requests per client address to the routes that need no
+      credentials (``GET /v1/instruments``, ``GET /openapi.json``; not ``/healthz``, which probes call);
+      ``BFF_WS_UPGRADE_RATE_PER_ADDRESS`` (``60/minute``): WebSocket upgrades per client address, failed ones
+      included. Beyond them: 429 with Retry-After.
+    - ``BFF_HEADER_TIMEOUT_S`` (``10``): a new connection must deliver its first request's whole head (request
+      line and headers) this long after it opens, or it is answered 408 and closed.
+    - ``BFF_KEEPALIVE_TIMEOUT_S`` (``75``): a kept-alive connection must deliver the whole head of its next
+      request this long after its previous answer, or it is closed (aiohttp's ``keepalive_timeout``). Behind a
+      reverse proxy or load balancer that reuses connections, keep it above the proxy's idle timeout (60 s
+      for AWS ALB), or the proxy may send a request on a connection the BFF is closing.
+    - ``BFF_MAX_CONNECTIONS`` (``16384``): open HTTP and WebSocket connections of the process, at most the
+      descriptor limit (``RLIMIT_NOFILE``) minus 256 kept for the process's own files and pools; beyond it a
+      new connection is answered 503 and closed. ``BFF_MAX_CONNECTIONS_PER_ADDRESS`` (``256``): open
+      connections per client address (socket peer; IPv6 per /64; ``BFF_TRUSTED_PROXIES`` are exempt, since
+      every client behind them shares their address); beyond it 429 and closed.
     """
 
     model_config = SettingsConfigDict(env_prefix="BFF_", extra="ignore", frozen=True)
@@ -75,6 +101,16 @@ class BffSettings(ServiceSettings):
     register_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(5, 60)
     register_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 3600)
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode, BeforeValidator(parse_networks)] = ()
+    max_coins_per_user: int = Field(default=200, gt=0)
+    max_sockets_per_user: int = Field(default=10, gt=0)
+    write_rate_per_user: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 60)
+    ws_ticket_rate_per_user: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(30, 60)
+    public_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(300, 60)
+    ws_upgrade_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 60)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keepalive_timeout_s: float = Field(default=75.0, gt=0)
+    max_connections: int = Field(default=16_384, gt=0)
+    max_connections_per_address: int = Field(default=256, gt=0)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

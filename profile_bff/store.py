@@ -108,6 +108,14 @@ class CoinNotHeld(LookupError):
     """The user does not hold the symbol."""
 
 
+class CoinLimitReached(Exception):
+    """The portfolio already holds ``limit`` coins, the most one may hold."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a portfolio holds at most {limit} coins")
+        self.limit = limit
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One portfolio change: ``operation`` is ``add`` (``old_quantity`` None), ``update``, or ``remove``
@@ -209,15 +217,36 @@ class ProfileStore:
             coins={row.symbol: row.quantity for row in rows if row.symbol is not None},
         )
 
-    async def add_coin(self, user_id: int, symbol: str, quantity: Decimal) -> None:
-        """Add a holding. Raises :class:`ProfileNotFound`, :class:`CoinAlreadyHeld`."""
+    async def add_coin(
+        self, user_id: int, symbol: str, quantity: Decimal, *, max_coins: int | None = None
+    ) -> None:
+        """Add a holding; with ``max_coins``, only while the portfolio holds fewer coins than that.
+
+        Raises :class:`ProfileNotFound`, :class:`CoinAlreadyHeld`, :class:`CoinLimitReached`.
+        """
         async with self._connection() as conn:
-            # KEY SHARE keeps the profile from being deleted between this check and the insert.
+            # FOR NO KEY UPDATE (SQLAlchemy's key_share without read) on the profile row orders the adds of
+            # one user, since it conflicts with itself: two concurrent adds cannot both count the coins below
+            # the cap. It keeps the profile from being deleted until the insert commits, and does not conflict
+            # with the KEY SHARE lock the coins' foreign key takes, nor with updates and removals of coins.
             found = await conn.scalar(
                 sa.select(profiles.c.id).where(profiles.c.id == user_id).with_for_update(key_share=True)
             )
             if found is None:
                 raise ProfileNotFound(user_id)
+            if max_coins is not None:
+                held, already = (
+                    await conn.execute(
+                        sa.select(
+                            sa.func.count(),
+                            sa.func.coalesce(sa.func.bool_or(coins.c.symbol == symbol), False),
+                        ).where(coins.c.user_id == user_id)
+                    )
+                ).one()
+                if already:
+                    raise CoinAlreadyHeld(symbol)
+                if held >= max_coins:
+                    raise CoinLimitReached(max_coins)
             inserted = await conn.scalar(
                 pg_insert(coins)
                 .values(user_id=user_id, symbol=symbol, quantity=quantity)

@@ -177,9 +177,18 @@ async def serve_bff(
 ):
     """A BFF on a free port, ready (``/healthz`` 200), with a client session and a Redis client;
     ``overrides`` are further :class:`BffSettings` fields. The login and register rate limits are lifted
-    (tests/test_security_bff.py covers them): these tests register many users from one address."""
+    (tests/test_security_bff.py covers them): these tests register many users from one address; so are the
+    write and per-address rate limits of the ceilings (tests/test_security_ceilings.py)."""
     for rate in ("login_rate_per_name", "login_rate_per_address", "register_rate_per_name", "register_rate_per_address"):
         overrides.setdefault(rate, "1000000/minute")
+    # The per-user and per-address ceilings likewise (tests/test_security_ceilings.py covers them).
+    for ceiling in (
+        "write_rate_per_user",
+        "ws_ticket_rate_per_user",
+        "public_rate_per_address",
+        "ws_upgrade_rate_per_address",
+    ):
+        overrides.setdefault(ceiling, "1000000/minute")
     settings = BffSettings(
         port=0,
         database_url=database_url,
