@@ -75,6 +75,8 @@ from auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
 from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, redis_command
 from crypto_mesh.netutil import free_port
+from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
+from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
@@ -240,11 +242,11 @@ async def _client_main(url, tokens, ready, go, stop, results) -> None:
 # -- the orchestrator -----------------------------------------------------------------------------------------
 
 
-async def aggregator_stand_in() -> tuple[web.AppRunner, str]:
+async def aggregator_stand_in(token_file: Path) -> tuple[web.AppRunner, str]:
     async def ok(request: web.Request) -> web.Response:
         return web.json_response({"tracked": True})
 
-    app = web.Application()
+    app = web.Application(middlewares=[bearer_token_middleware(read_tokens(token_file), realm="aggregator")])
     app.router.add_put("/v1/followers/{follower}", ok)
     app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", ok)
     app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", ok)
@@ -393,7 +395,8 @@ async def main(args: argparse.Namespace) -> None:
     issuer = TokenIssuer(
         load_private_key(key_file), issuer="crypto-mesh-auth", audience="crypto-mesh", ttl_s=3600
     )
-    aggregator_runner, aggregator_url = await aggregator_stand_in()
+    aggregator_token = ensure_secret(secrets_dir(work / "secrets") / "aggregator_api_token", random_token)
+    aggregator_runner, aggregator_url = await aggregator_stand_in(aggregator_token)
     bff_port = free_port()
     env = {
         **os.environ,
@@ -402,6 +405,7 @@ async def main(args: argparse.Namespace) -> None:
         "BFF_REDIS_URL": redis_url,
         "BFF_AUTH_TARGET": f"127.0.0.1:{auth.port}",
         "BFF_AGGREGATOR_URL": aggregator_url,
+        "BFF_AGGREGATOR_TOKEN_FILE": str(aggregator_token),
         "BFF_LOG_LEVEL": "WARNING",
     }
     bff = await asyncio.to_thread(start_bff_process, env, work / "bff.log")

@@ -5,7 +5,8 @@
   prints the URLs, prefixes every log line with its process's name, stops everything on Ctrl-C.
 - ``crypto-mesh sql "SELECT ..."``: a read-only query against ``crypto.*``. In embedded mode chDB is opened by
   the ETL process only, so the query goes through the ETL's SQL endpoint; with ``MESH_CLICKHOUSE_URL`` set it
-  goes straight to that ClickHouse server.
+  goes straight to that ClickHouse server. The ETL's service credential is read from
+  ``<MESH_DATA_DIR>/secrets/etl_api_token`` (``mesh.json`` holds no secret).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 import click
 
 from crypto_mesh import jsonutil
-from crypto_mesh.mesh import MeshSettings, build_plan, read_state, wait_ready, write_pending
+from crypto_mesh.mesh import ETL_TOKEN_FILE, MeshSettings, build_plan, read_state, wait_ready, write_pending
+from crypto_mesh.servicecreds import bearer_header, read_token
 
 
 @click.group()
@@ -142,8 +144,15 @@ def _query_etl(data_dir: Path, query: str) -> tuple[list[str], list[list]]:
         raise click.ClickException(
             f"no running mesh in {data_dir} (start one with `crypto-mesh up`, or set MESH_CLICKHOUSE_URL)"
         ) from None
+    token_file = data_dir / "secrets" / ETL_TOKEN_FILE
+    try:
+        token = read_token(token_file)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"cannot read the ETL's service credential {token_file}: {error}") from None
     request = urllib.request.Request(
-        f"{etl_url}/v1/sql", data=jsonutil.dumps({"query": query}), headers={"Content-Type": "application/json"}
+        f"{etl_url}/v1/sql",
+        data=jsonutil.dumps({"query": query}),
+        headers={"Content-Type": "application/json", **bearer_header(token)},
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from crypto_mesh.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
 from crypto_mesh.netutil import free_port, port_open
-from crypto_mesh.secrets import ensure_secret, secrets_dir
+from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
 from crypto_mesh.settings import ServiceSettings
 
 #: The recording the replay exchange plays by default: real Binance ``@trade`` frames (see data/binance/SOURCES.md).
@@ -129,6 +129,18 @@ def ensure_jwt_key(data_dir: Path) -> Path:
     return ensure_secret(secrets_dir(data_dir / "secrets") / "jwt_ed25519.pem", generate_private_key_pem)
 
 
+#: Files, under ``<MESH_DATA_DIR>/secrets``, of the service credentials of the internal HTTP APIs
+#: (:mod:`crypto_mesh.servicecreds`): the aggregator's control API and the ETL's HTTP API.
+AGGREGATOR_TOKEN_FILE = "aggregator_api_token"
+ETL_TOKEN_FILE = "etl_api_token"
+
+
+def ensure_service_token(data_dir: Path, name: str) -> Path:
+    """Path of the service-credential file ``name`` under ``data_dir/secrets``, holding a random token made on
+    first use (0600). Its server and its callers read the same file."""
+    return ensure_secret(secrets_dir(data_dir / "secrets") / name, random_token)
+
+
 def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> MeshPlan:
     """Choose ports and settings for every process. ``postgres`` is the started embedded server, or None when
     ``settings.postgres_url`` names a real one."""
@@ -183,6 +195,8 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
 
     auth_port, proxy_port, aggregator_port, etl_port = (free_port() for _ in range(4))
     key_file = ensure_jwt_key(data_dir)
+    aggregator_token = ensure_service_token(data_dir, AGGREGATOR_TOKEN_FILE)
+    etl_token = ensure_service_token(data_dir, ETL_TOKEN_FILE)
     processes += [
         MeshProcess(
             "auth",
@@ -198,7 +212,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         MeshProcess(
             "aggregator",
             _python_module("aggregator"),
-            service_env("AGGREGATOR_", host="127.0.0.1", port=aggregator_port,
+            service_env("AGGREGATOR_", host="127.0.0.1", port=aggregator_port, api_token_file=aggregator_token,
                         socket_proxy_target=f"127.0.0.1:{proxy_port}", redis_url=redis_url,
                         kafka_bootstrap_servers=kafka,
                         # Tansu's memory storage refuses InitProducerId; message_id deduplicates downstream.
@@ -207,7 +221,8 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         MeshProcess(
             "etl",
             _python_module("etl"),
-            service_env("ETL_", host="127.0.0.1", port=etl_port, kafka_bootstrap_servers=kafka,
+            service_env("ETL_", host="127.0.0.1", port=etl_port, api_token_file=etl_token,
+                        kafka_bootstrap_servers=kafka,
                         clickhouse_url=clickhouse),
         ),
         MeshProcess(
@@ -215,7 +230,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
             _python_module("profile_bff"),
             service_env("BFF_", host=settings.bff_host, port=settings.bff_port, database_url=profile_db,
                         redis_url=redis_url, auth_target=f"127.0.0.1:{auth_port}",
-                        aggregator_url=f"http://127.0.0.1:{aggregator_port}",
+                        aggregator_url=f"http://127.0.0.1:{aggregator_port}", aggregator_token_file=aggregator_token,
                         # The embedded mesh serves plain HTTP on localhost, where a Secure cookie is never sent back.
                         cookie_secure="false"),
         ),

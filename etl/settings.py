@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -15,6 +17,8 @@ class EtlSettings(ServiceSettings):
 
     - ``ETL_HOST`` / ``ETL_PORT``: bind address of the HTTP server (``/healthz``, ``POST /v1/sql``); port 0
       picks a free port.
+    - ``ETL_API_TOKEN_FILE`` (required): the HTTP API's service credential, a file of bearer tokens (one a
+      line, :mod:`crypto_mesh.servicecreds`); ``POST /v1/sql`` answers 401 without one of them.
     - ``ETL_KAFKA_BOOTSTRAP_SERVERS`` (required): ``host:port[,host:port]``.
     - ``ETL_KAFKA_GROUP_ID``: consumer group whose committed offsets mark what ClickHouse holds.
     - ``ETL_KAFKA_TOPIC`` (``binance.miniticker``): topic of KafkaMsg records → ``crypto.market_tickers``;
@@ -44,6 +48,7 @@ class EtlSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8089, ge=0, le=65535)
+    api_token_file: Path
     kafka_bootstrap_servers: str
     kafka_group_id: str = "etl"
     kafka_topic: str = MINI_TICKER_TOPIC

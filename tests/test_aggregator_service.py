@@ -23,6 +23,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer
+from credentials import service_headers, service_token_file
 from polling import eventually
 from yarl import URL
 
@@ -100,6 +101,7 @@ async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_target: str, **
     """A running aggregator; yields (control base URL, HTTP session)."""
     settings = AggregatorSettings(
         port=0,
+        api_token_file=service_token_file(),
         redis_url=redis_url,
         kafka_bootstrap_servers=kafka_bootstrap,
         socket_proxy_target=proxy_target,
@@ -108,7 +110,7 @@ async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_target: str, **
     )
     running = await start(settings)
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=service_headers()) as http:
             yield f"http://127.0.0.1:{running.port}", http
     finally:
         await running.stop()

@@ -33,7 +33,13 @@ _IMPLICIT = {"HEAD"}
 
 
 def served_routes() -> set[tuple[str, str]]:
-    app = create_app(BffSettings(database_url="postgresql+asyncpg://unused/x", redis_url="redis://unused"))
+    app = create_app(
+        BffSettings(
+            database_url="postgresql+asyncpg://unused/x",
+            redis_url="redis://unused",
+            aggregator_token_file="unused",
+        )
+    )
     return {
         (route.resource.canonical, route.method.lower())
         for route in app.router.routes()

@@ -27,6 +27,7 @@ import aiohttp
 import jwt
 import pytest
 import redis.asyncio as aioredis
+from credentials import service_token_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
@@ -113,6 +114,7 @@ async def serve_bff(redis_url: str, database_url: str, auth_port: int, **overrid
             redis_url=redis_url,
             auth_target=f"127.0.0.1:{auth_port}",
             aggregator_url=f"http://127.0.0.1:{free_port()}",  # the auth routes never call it
+            aggregator_token_file=service_token_file(),
             **overrides,
         )
     )
