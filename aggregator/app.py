@@ -71,9 +71,14 @@ class _Service:
         self.redis: redis.Redis = connect_redis(settings.redis_url.get_secret_value())
         self.followers = FollowerStore(self.redis)
         self.publisher = StatPublisher(self.redis)
-        self.kafka = TickerProducer(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        kafka_options = settings.kafka_client_options()
+        self.kafka = TickerProducer(
+            settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence, client_options=kafka_options
+        )
         # Every SecondStat also goes to Kafka (binance.second) for the analytical path; neither sink blocks.
-        self.seconds = SecondProducer(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        self.seconds = SecondProducer(
+            settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence, client_options=kafka_options
+        )
         self.trades = TradeIntake(
             SecondWindows(settings.window_grace_ms), fan_out(self.publisher.submit, self.seconds.submit)
         )

@@ -8,10 +8,11 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from crypto_mesh.kafka import KafkaClientSettings
 from crypto_mesh.settings import ServiceSettings
 
 
-class AggregatorSettings(ServiceSettings):
+class AggregatorSettings(ServiceSettings, KafkaClientSettings):
     """Where the control API listens, the upstream socket_proxy, Redis, Kafka and the window rule.
 
     Environment (``AGGREGATOR_`` prefix):
@@ -24,6 +25,9 @@ class AggregatorSettings(ServiceSettings):
     - ``REDIS_URL`` (required, secret): ``redis://user:password@host:port/db`` (the ``aggregator`` ACL user);
       SecondStats, latest prices and followers.
     - ``KAFKA_BOOTSTRAP_SERVERS`` (required): ``host:port[,host:port]``; topic ``binance.miniticker``.
+    - ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``,
+      ``KAFKA_SASL_PASSWORD_FILE``: how the producers authenticate (:class:`crypto_mesh.kafka.KafkaClientSettings`;
+      default ``PLAINTEXT``, none).
     - ``TRADE_STREAM`` (``trade`` or ``aggTrade``, default ``trade``): which Binance trade stream is windowed.
     - ``WINDOW_GRACE_MS`` (1000): how long after the end of a second, with no trade of a later second, its
       window is closed and published.

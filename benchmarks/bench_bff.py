@@ -73,7 +73,8 @@ from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
-from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, redis_command
+from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess
+from crypto_mesh.mesh import embedded_redis
 from crypto_mesh.netutil import free_port
 from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
 from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
@@ -381,12 +382,14 @@ async def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-bff-"))
     postgres = EmbeddedPostgres(work / "pg")
     redis_port = free_port()
+    redis_argv, redis_urls = embedded_redis(work, redis_port)
     redis_process = ManagedProcess(
-        "redis", redis_command(redis_port, work / "redis"), redis_port, work / "redis.log"
+        "redis", redis_argv, redis_port, work / "redis.log"
     )
     await asyncio.to_thread(postgres.start)
     await asyncio.to_thread(redis_process.start)
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    # The BFF reads as its Redis user; the prices are published as the aggregator's.
+    redis_url = redis_urls["aggregator"]
     key_file = work / "jwt.pem"
     key_file.write_bytes(generate_private_key_pem())
     auth = await start_auth(
@@ -402,7 +405,7 @@ async def main(args: argparse.Namespace) -> None:
         **os.environ,
         "BFF_PORT": str(bff_port),
         "BFF_DATABASE_URL": postgres.url("profile"),
-        "BFF_REDIS_URL": redis_url,
+        "BFF_REDIS_URL": redis_urls["bff"],
         "BFF_AUTH_TARGET": f"127.0.0.1:{auth.port}",
         "BFF_AGGREGATOR_URL": aggregator_url,
         "BFF_AGGREGATOR_TOKEN_FILE": str(aggregator_token),

@@ -39,7 +39,8 @@ from pathlib import Path
 
 from aggregator.secondstat import SecondWindows
 from aggregator.trades import parse_trade_frame
-from crypto_mesh.embedded import ManagedProcess, redis_command, tansu_command
+from crypto_mesh.embedded import ManagedProcess, tansu_command
+from crypto_mesh.mesh import embedded_redis
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
 from crypto_mesh.replay.settings import DEFAULT_RECORDING
@@ -148,9 +149,10 @@ def main() -> None:
     python = sys.executable
     quiet = {"LOG_LEVEL": "WARNING"}
     redis_port, kafka_port, replay_port, proxy_port, proxy_metrics, agg_port = (free_port() for _ in range(6))
+    redis_argv, redis_urls = embedded_redis(work, redis_port)
     processes = {
         "redis": ManagedProcess(
-            "redis", redis_command(redis_port, work / "redis"), redis_port, work / "redis.log"
+            "redis", redis_argv, redis_port, work / "redis.log"
         ),
         "kafka": ManagedProcess("tansu", tansu_command(kafka_port), kafka_port, work / "tansu.log"),
         "replay": ManagedProcess(
@@ -185,7 +187,7 @@ def main() -> None:
             env={
                 "AGGREGATOR_PORT": str(agg_port),
                 "AGGREGATOR_API_TOKEN_FILE": str(aggregator_token),
-                "AGGREGATOR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                "AGGREGATOR_REDIS_URL": redis_urls["aggregator"],
                 "AGGREGATOR_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
                 "AGGREGATOR_KAFKA_ENABLE_IDEMPOTENCE": "false",
                 "AGGREGATOR_SOCKET_PROXY_TARGET": f"127.0.0.1:{proxy_port}",

@@ -1,9 +1,18 @@
-"""Kafka helpers shared by the aggregator and the ETL (aiokafka)."""
+"""Kafka helpers shared by the aggregator and the ETL (aiokafka): topic names, topic creation, and how a client
+authenticates to the brokers."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from pydantic import BaseModel, model_validator
+
+from crypto_mesh.secrets import read_secret
 
 #: Topic of mini-ticker records (key = symbol, value = KafkaMsg JSON).
 MINI_TICKER_TOPIC = "binance.miniticker"
@@ -13,12 +22,64 @@ SECOND_TOPIC = "binance.second"
 DEADLETTER_TOPIC = "binance.deadletter"
 
 
-async def ensure_topics(bootstrap_servers: str, topics: dict[str, int], replication_factor: int = 1) -> None:
-    """Create each topic of ``topics`` (name → partition count) that does not exist yet.
+class KafkaClientSettings(BaseModel):
+    """How a service's Kafka clients authenticate: the ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*`` settings a
+    service's settings class takes from this mixin (with its own prefix: ``AGGREGATOR_``, ``ETL_``).
+
+    - ``KAFKA_SECURITY_PROTOCOL`` (``PLAINTEXT``): ``PLAINTEXT`` (no authentication: the embedded broker,
+      bound to 127.0.0.1), ``SASL_PLAINTEXT`` (compose's broker) or ``SASL_SSL`` (SASL over TLS, verified
+      against the system's CAs).
+    - ``KAFKA_SASL_MECHANISM`` (``PLAIN``): ``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512`` (RFC 4616, RFC 5802).
+    - ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD_FILE``: the client's user and the file holding its password
+      (read with :func:`crypto_mesh.secrets.read_secret`); both required with a ``SASL_*`` protocol.
+    """
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaClientSettings:
+        if self.kafka_security_protocol != "PLAINTEXT" and not (
+            self.kafka_sasl_username and self.kafka_sasl_password_file
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs KAFKA_SASL_USERNAME and "
+                "KAFKA_SASL_PASSWORD_FILE"
+            )
+        return self
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka client (producer, consumer, admin): empty for ``PLAINTEXT``,
+        else ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password`` (read
+        from the password file now; ``OSError``/``ValueError`` if it cannot be) and, for ``SASL_SSL``, an
+        ``ssl_context``."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, Any] = {
+            "security_protocol": self.kafka_security_protocol,
+            "sasl_mechanism": self.kafka_sasl_mechanism,
+            "sasl_plain_username": self.kafka_sasl_username,
+            "sasl_plain_password": read_secret(self.kafka_sasl_password_file),
+        }
+        if self.kafka_security_protocol == "SASL_SSL":
+            options["ssl_context"] = create_ssl_context()
+        return options
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: dict[str, int],
+    replication_factor: int = 1,
+    client_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Create each topic of ``topics`` (name → partition count) that does not exist yet, connecting with
+    ``client_options`` (:meth:`KafkaClientSettings.kafka_client_options`).
 
     Raises ``aiokafka.errors.KafkaError`` if the broker cannot be reached or refuses.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client_options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

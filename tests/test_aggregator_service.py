@@ -23,7 +23,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer
-from credentials import service_headers, service_token_file
+from credentials import redis_user_url, service_headers, service_token_file
 from polling import eventually
 from yarl import URL
 
@@ -102,7 +102,7 @@ async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_target: str, **
     settings = AggregatorSettings(
         port=0,
         api_token_file=service_token_file(),
-        redis_url=redis_url,
+        redis_url=redis_user_url(redis_url, "aggregator"),
         kafka_bootstrap_servers=kafka_bootstrap,
         socket_proxy_target=proxy_target,
         kafka_enable_idempotence=False,

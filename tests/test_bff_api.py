@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 from aiohttp import web
-from credentials import service_token_file
+from credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url, service_token_file
 from polling import eventually
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -188,7 +188,7 @@ async def serve_bff(
     settings = BffSettings(
         port=0,
         database_url=database_url,
-        redis_url=redis_url,
+        redis_url=redis_user_url(redis_url, "bff"),
         auth_target=f"127.0.0.1:{auth_port}",
         aggregator_url=aggregator.url,
         aggregator_token_file=service_token_file(),
@@ -736,10 +736,10 @@ async def test_after_redis_restarts_prices_flow_again_and_rest_answers_503_meanw
 ):
     port = free_port()
     redis_process = ManagedProcess(
-        "redis", redis_command(port, tmp_path / "redis"), port, tmp_path / "redis.log"
+        "redis", redis_command(port, tmp_path / "redis", redis_acl_file(tmp_path)), port, tmp_path / "redis.log"
     )
     await asyncio.to_thread(redis_process.start)
-    redis_url = f"redis://127.0.0.1:{port}/0"
+    redis_url = redis_user_url(f"redis://127.0.0.1:{port}/0", TESTS_REDIS_USER)
     try:
         async with (
             serve_aggregator() as aggregator,

@@ -25,7 +25,7 @@ import orjson
 import polling
 import pytest
 import redis.asyncio as redis
-from credentials import service_headers, service_token_file
+from credentials import redis_user_url, service_headers, service_token_file
 
 from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings
@@ -92,7 +92,7 @@ def aggregator_settings(
         **{
             "port": 0,
             "api_token_file": service_token_file(),
-            "redis_url": redis_url,
+            "redis_url": redis_user_url(redis_url, "aggregator"),
             "kafka_bootstrap_servers": kafka_bootstrap,
             "socket_proxy_target": f"127.0.0.1:{proxy_port}",
             "kafka_enable_idempotence": False,

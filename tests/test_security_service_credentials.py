@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from credentials import service_headers, service_token_file
+from credentials import redis_user_url, service_headers, service_token_file
 
 from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings
@@ -150,7 +150,7 @@ async def aggregator(redis_url, kafka_bootstrap):
         AggregatorSettings(
             port=0,
             api_token_file=service_token_file(),
-            redis_url=redis_url.rsplit("/", 1)[0] + "/13",
+            redis_url=redis_user_url(redis_url.rsplit("/", 1)[0] + "/13", "aggregator"),
             kafka_bootstrap_servers=kafka_bootstrap,
             socket_proxy_target=f"127.0.0.1:{free_port()}",
             kafka_enable_idempotence=False,
