@@ -203,7 +203,34 @@ def secrets(directory: Path) -> None:
         lambda: f"CLICKHOUSE_USER=etl\nCLICKHOUSE_PASSWORD={passwords['clickhouse_password']}\n"
         "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT=1\n",
     )
+    _service_credentials(directory, secret)
     click.echo(f"secrets in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
+
+
+def _service_credentials(directory: Path, secret) -> None:
+    """The secret files of the internal surfaces for compose (docs/SECURITY.md, "Service credentials").
+
+    ``secret(name, make)`` keeps a file made once (tokens, passwords); the files derived from them (Redis's
+    ACL file and URLs, Kafka's JAAS and health-check configuration) are rewritten from them on every run, so
+    rotating a password is deleting its file and running the command again.
+    """
+    from crypto_mesh.kafka import KAFKA_USERS, broker_jaas_config, client_properties
+    from crypto_mesh.mesh import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, REDIS_ACL_FILE
+    from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user
+    from crypto_mesh.secrets import COMPOSE_MOUNTED, random_token, write_secret
+
+    for name in (AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE):
+        secret(name, random_token)
+    redis = {user: secret(f"redis_{user}_password", random_token) for user in USER_RULES}
+    write_secret(directory / REDIS_ACL_FILE, acl_file_text(redis, healthcheck=True), COMPOSE_MOUNTED)
+    for user, password in redis.items():
+        # Named like the service's setting (BFF_REDIS_URL, AGGREGATOR_REDIS_URL), read from /run/secrets.
+        url = url_with_user("redis://redis:6379/0", user, password)
+        write_secret(directory / f"{user}_redis_url", url, COMPOSE_MOUNTED)
+    kafka = {user: secret(f"kafka_{user}_password", random_token) for user in KAFKA_USERS}
+    admin = secret("kafka_admin_password", random_token)
+    write_secret(directory / "kafka_server_jaas.conf", broker_jaas_config(admin, kafka), COMPOSE_MOUNTED)
+    write_secret(directory / "kafka_admin.properties", client_properties("admin", admin), COMPOSE_MOUNTED)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,42 @@ SECOND_TOPIC = "binance.second"
 DEADLETTER_TOPIC = "binance.deadletter"
 
 
+#: The SASL users of compose's Kafka broker besides its own (``admin``, inter-broker and health checks).
+KAFKA_USERS = ("aggregator", "etl")
+
+
+def _jaas_quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def broker_jaas_config(admin_password: str, passwords: Mapping[str, str]) -> str:
+    """The broker's JAAS file for SASL/PLAIN (Kafka's ``PlainLoginModule``, KIP-43): the ``KafkaServer``
+    section, in which ``username``/``password`` is the broker's own credential (inter-broker, ``admin``) and
+    each ``user_<name>="<password>"`` a client it accepts (``admin`` and every user of ``passwords``)."""
+    users = {"admin": admin_password, **passwords}
+    lines = [
+        "KafkaServer {",
+        "  org.apache.kafka.common.security.plain.PlainLoginModule required",
+        f"  username={_jaas_quoted('admin')}",
+        f"  password={_jaas_quoted(admin_password)}",
+    ]
+    lines += [f"  user_{user}={_jaas_quoted(password)}" for user, password in users.items()]
+    lines[-1] += ";"
+    lines.append("};")
+    return "\n".join(lines) + "\n"
+
+
+def client_properties(user: str, password: str) -> str:
+    """A Kafka command-line tool's ``--command-config`` file that authenticates as ``user`` with SASL/PLAIN
+    over ``SASL_PLAINTEXT`` (compose's Kafka health check)."""
+    return (
+        "security.protocol=SASL_PLAINTEXT\n"
+        "sasl.mechanism=PLAIN\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f"username={_jaas_quoted(user)} password={_jaas_quoted(password)};\n"
+    )
+
+
 class KafkaClientSettings(BaseModel):
     """How a service's Kafka clients authenticate: the ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*`` settings a
     service's settings class takes from this mixin (with its own prefix: ``AGGREGATOR_``, ``ETL_``).
