@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from crypto_mesh.kafka import KafkaClientSettings
@@ -41,7 +40,7 @@ class AggregatorSettings(ServiceSettings, KafkaClientSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8088, ge=0, le=65535)
     socket_proxy_target: str = Field(default="127.0.0.1:50052", min_length=1)
-    api_token_file: Path
+    api_token_file: FilePath
     redis_url: SecretStr = Field(min_length=1)
     kafka_bootstrap_servers: str = Field(min_length=1)
     trade_stream: Literal["trade", "aggTrade"] = "trade"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, FilePath, ValidationInfo, field_validator
 
 from crypto_mesh.secrets import read_secret
 
@@ -73,18 +73,18 @@ class KafkaClientSettings(BaseModel):
     kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     kafka_sasl_username: str | None = None
-    kafka_sasl_password_file: Path | None = None
+    # Validated even when unset, so that a SASL protocol without credentials is refused naming this setting.
+    kafka_sasl_password_file: FilePath | None = Field(default=None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _sasl_needs_credentials(self) -> KafkaClientSettings:
-        if self.kafka_security_protocol != "PLAINTEXT" and not (
-            self.kafka_sasl_username and self.kafka_sasl_password_file
-        ):
+    @field_validator("kafka_sasl_password_file")
+    @classmethod
+    def _sasl_needs_credentials(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        protocol = info.data.get("kafka_security_protocol", "PLAINTEXT")
+        if protocol != "PLAINTEXT" and not (value and info.data.get("kafka_sasl_username")):
             raise ValueError(
-                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs KAFKA_SASL_USERNAME and "
-                "KAFKA_SASL_PASSWORD_FILE"
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD_FILE"
             )
-        return self
+        return value
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Keyword arguments for every aiokafka client (producer, consumer, admin): empty for ``PLAINTEXT``,

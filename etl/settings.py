@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from crypto_mesh.kafka import DEADLETTER_TOPIC, MINI_TICKER_TOPIC, SECOND_TOPIC, KafkaClientSettings
@@ -51,7 +49,7 @@ class EtlSettings(ServiceSettings, KafkaClientSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8089, ge=0, le=65535)
-    api_token_file: Path
+    api_token_file: FilePath
     kafka_bootstrap_servers: str
     kafka_group_id: str = "etl"
     kafka_topic: str = MINI_TICKER_TOPIC

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.settings import ServiceSettings
@@ -64,7 +64,7 @@ class BffSettings(ServiceSettings):
     redis_url: SecretStr
     auth_target: str = "127.0.0.1:50051"
     aggregator_url: str = "http://127.0.0.1:8088"
-    aggregator_token_file: Path
+    aggregator_token_file: FilePath
     jwt_issuer: str = "crypto-mesh-auth"
     jwt_audience: str = "crypto-mesh"
     cookie_secure: bool = True

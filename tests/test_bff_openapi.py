@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from credentials import service_token_file
 from jsonschema.validators import Draft202012Validator
 from test_bff_api import serve_stack
 
@@ -37,7 +38,7 @@ def served_routes() -> set[tuple[str, str]]:
         BffSettings(
             database_url="postgresql+asyncpg://unused/x",
             redis_url="redis://unused",
-            aggregator_token_file="unused",
+            aggregator_token_file=service_token_file(),
         )
     )
     return {

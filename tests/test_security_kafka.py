@@ -8,6 +8,7 @@ statically in tests/test_compose_credentials.py; these tests fix what the client
 from __future__ import annotations
 
 import pytest
+from credentials import service_token_file
 from pydantic import ValidationError
 
 from aggregator.settings import AggregatorSettings
@@ -15,8 +16,12 @@ from crypto_mesh.secrets import random_token
 from etl.settings import EtlSettings
 
 BASE = {
-    AggregatorSettings: {"api_token_file": "unused", "redis_url": "redis://unused", "kafka_bootstrap_servers": "k:9092"},
-    EtlSettings: {"api_token_file": "unused", "kafka_bootstrap_servers": "k:9092", "clickhouse_url": "chdb:///x"},
+    AggregatorSettings: {
+        "api_token_file": service_token_file(), "redis_url": "redis://unused", "kafka_bootstrap_servers": "k:9092"
+    },
+    EtlSettings: {
+        "api_token_file": service_token_file(), "kafka_bootstrap_servers": "k:9092", "clickhouse_url": "chdb:///x"
+    },
 }
 
 
@@ -32,7 +37,7 @@ def test_sasl_without_a_user_or_a_password_file_stops_the_service(settings_class
         **BASE[settings_class],
         "kafka_security_protocol": "SASL_PLAINTEXT",
         "kafka_sasl_username": "etl",
-        "kafka_sasl_password_file": tmp_path / "password",
+        "kafka_sasl_password_file": service_token_file(),
     }
     del values[missing]
     with pytest.raises(ValidationError, match="KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD_FILE"):
