@@ -127,3 +127,24 @@ def test_kafka_requires_sasl_on_the_listener_the_services_use(compose, secrets_d
         assert f'user_{user}="{password}"' in jaas
     assert set(KAFKA_USERS) == {"aggregator", "etl"}
     assert "--command-config /run/secrets/kafka_admin.properties" in compose["services"]["kafka"]["healthcheck"]["test"][1]
+
+
+def test_running_crypto_mesh_secrets_again_keeps_every_secret_and_a_deleted_password_is_rotated(tmp_path):
+    directory = tmp_path / "secrets"
+    run = [CRYPTO_MESH, "secrets", str(directory)]
+    subprocess.run(run, check=True, capture_output=True, timeout=60)
+    before = {path.name: path.read_text() for path in directory.iterdir()}
+    subprocess.run(run, check=True, capture_output=True, timeout=60)
+    assert {path.name: path.read_text() for path in directory.iterdir()} == before
+
+    (directory / "redis_bff_password").unlink()
+    (directory / "kafka_etl_password").unlink()
+    subprocess.run(run, check=True, capture_output=True, timeout=60)
+    redis_password = (directory / "redis_bff_password").read_text()
+    kafka_password = (directory / "kafka_etl_password").read_text()
+    assert redis_password != before["redis_bff_password"] and kafka_password != before["kafka_etl_password"]
+    assert (directory / "bff_redis_url").read_text().startswith(f"redis://bff:{redis_password}@")
+    assert (directory / "redis_users.acl").read_text() != before["redis_users.acl"]
+    assert f'user_etl="{kafka_password}"' in (directory / "kafka_server_jaas.conf").read_text()
+    assert (directory / "aggregator_redis_url").read_text() == before["aggregator_redis_url"]
+    assert (directory / "etl_api_token").read_text() == before["etl_api_token"]
