@@ -11,6 +11,9 @@ Routes (docs/CONTRACTS.md, "Aggregator control HTTP"):
 - ``GET /v1/stats`` → ``200 {"trades": {...}, "publisher": {...}, "kafka": {...}, ...}`` (counters)
 - ``GET /healthz`` → ``200 {"status": "ok", ...}`` or ``503 {"status": "starting"|"degraded", ...}``
 
+Every route but ``/healthz`` requires the service credential ``Authorization: Bearer <token>``
+(``AGGREGATOR_API_TOKEN_FILE``, :mod:`crypto_mesh.servicecreds`); without it, 401.
+
 Errors are ``{"error": {"code", "message"}}``: 400 malformed body, 404 unknown route, 405 wrong method, 413 body
 too large, 422 invalid symbol or follower or too many symbols, 503 Redis unreachable. PUT and DELETE are idempotent; GETs change nothing.
 """
@@ -38,6 +41,7 @@ from crypto_mesh.backoff import Backoff
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import raise_if_cancelling
+from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
 
 log = get_logger(__name__)
 
@@ -63,12 +67,18 @@ class _Service:
 
     def __init__(self, settings: AggregatorSettings) -> None:
         self.settings = settings
-        self.redis: redis.Redis = connect_redis(settings.redis_url)
+        self.api_tokens = read_tokens(settings.api_token_file)
+        self.redis: redis.Redis = connect_redis(settings.redis_url.get_secret_value())
         self.followers = FollowerStore(self.redis)
         self.publisher = StatPublisher(self.redis)
-        self.kafka = TickerProducer(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        kafka_options = settings.kafka_client_options()
+        self.kafka = TickerProducer(
+            settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence, client_options=kafka_options
+        )
         # Every SecondStat also goes to Kafka (binance.second) for the analytical path; neither sink blocks.
-        self.seconds = SecondProducer(settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence)
+        self.seconds = SecondProducer(
+            settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence, client_options=kafka_options
+        )
         self.trades = TradeIntake(
             SecondWindows(settings.window_grace_ms), fan_out(self.publisher.submit, self.seconds.submit)
         )
@@ -182,7 +192,9 @@ async def start(settings: AggregatorSettings) -> Running:
 
 def create_app(service: _Service) -> web.Application:
     """The aiohttp application of the control API, bound to ``service``."""
-    app = web.Application(middlewares=[_json_errors])
+    app = web.Application(
+        middlewares=[bearer_token_middleware(service.api_tokens, realm="aggregator"), _json_errors]
+    )
     app[SERVICE] = service
     app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", put_follower)
     app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", delete_follower)

@@ -15,6 +15,7 @@ task connects with backoff and sends.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aggregator.secondstat import SecondStat
@@ -51,6 +52,7 @@ class SecondProducer(KafkaSink[SecondStat]):
         enable_idempotence: bool,
         maxsize: int = 10_000,
         topic: str = SECOND_TOPIC,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             bootstrap_servers,
@@ -59,6 +61,7 @@ class SecondProducer(KafkaSink[SecondStat]):
             partitions=SECOND_PARTITIONS,
             encode=lambda stat: (stat.symbol.encode(), jsonutil.dumps(second_record(stat))),
             maxsize=maxsize,
+            client_options=client_options,
         )
 
 

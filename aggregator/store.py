@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as redis
 from aiokafka import AIOKafkaProducer
@@ -299,7 +299,8 @@ class KafkaSink(Generic[T]):
     the real-time path never waits on Kafka. The background task :meth:`run` (cancel to stop) creates the topic
     with ``partitions`` partitions and starts the producer, retrying with backoff until Kafka is reachable, then
     sends in order; aiokafka retries failed requests, and deliveries that still fail are counted in
-    :attr:`failed`. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``.
+    :attr:`failed`. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``, and
+    ``client_options`` (authentication, :meth:`crypto_mesh.kafka.KafkaClientSettings.kafka_client_options`).
     ``healthy`` is None until the first connection, then whether the last delivery worked.
     """
 
@@ -312,8 +313,10 @@ class KafkaSink(Generic[T]):
         partitions: int,
         encode: Callable[[T], tuple[bytes, bytes]],
         maxsize: int = 10_000,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic
+        self._client_options = dict(client_options or {})
         self._partitions = partitions
         self._encode = encode
         self._bootstrap = bootstrap_servers
@@ -383,9 +386,12 @@ class KafkaSink(Generic[T]):
         while True:
             raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
             try:
-                await ensure_topics(self._bootstrap, {self.topic: self._partitions})
+                await ensure_topics(
+                    self._bootstrap, {self.topic: self._partitions}, client_options=self._client_options
+                )
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self._bootstrap,
+                    **self._client_options,
                     acks="all",
                     enable_idempotence=self._idempotence,
                     linger_ms=20,
@@ -423,7 +429,13 @@ class KafkaSink(Generic[T]):
 class TickerProducer(KafkaSink[KafkaMsg]):
     """KafkaMsg records to ``binance.miniticker``, key = symbol (docs/CONTRACTS.md, "Kafka")."""
 
-    def __init__(self, bootstrap_servers: str, enable_idempotence: bool, maxsize: int = 10_000) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        enable_idempotence: bool,
+        maxsize: int = 10_000,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(
             bootstrap_servers,
             enable_idempotence,
@@ -431,4 +443,5 @@ class TickerProducer(KafkaSink[KafkaMsg]):
             partitions=MINI_TICKER_PARTITIONS,
             encode=lambda message: (message.symbol.encode(), jsonutil.dumps(message.to_json())),
             maxsize=maxsize,
+            client_options=client_options,
         )

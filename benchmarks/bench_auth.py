@@ -31,7 +31,8 @@ from pathlib import Path
 import aiohttp
 
 from auth.tokens import generate_private_key_pem
-from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, redis_command
+from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess
+from crypto_mesh.mesh import AGGREGATOR_TOKEN_FILE, embedded_redis, ensure_service_token
 from crypto_mesh.netutil import free_port
 
 BCRYPT_COST = 12
@@ -224,9 +225,8 @@ def main() -> None:
         root = Path(tmp)
         postgres = EmbeddedPostgres(root / "pg")
         redis_port, auth_port, bff_port = free_port(), free_port(), free_port()
-        redis = ManagedProcess(
-            "redis", redis_command(redis_port, root / "redis"), redis_port, root / "redis.log"
-        )
+        redis_argv, redis_urls = embedded_redis(root, redis_port)
+        redis = ManagedProcess("redis", redis_argv, redis_port, root / "redis.log")
         key_file = root / "jwt.pem"
         key_file.write_bytes(generate_private_key_pem())
         processes: list[ManagedProcess] = []
@@ -255,9 +255,10 @@ def main() -> None:
                 env={
                     "BFF_PORT": str(bff_port),
                     "BFF_DATABASE_URL": postgres.url("profile"),
-                    "BFF_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                    "BFF_REDIS_URL": redis_urls["bff"],
                     "BFF_AUTH_TARGET": f"127.0.0.1:{auth_port}",
                     "BFF_AGGREGATOR_URL": f"http://127.0.0.1:{free_port()}",
+                    "BFF_AGGREGATOR_TOKEN_FILE": str(ensure_service_token(root, AGGREGATOR_TOKEN_FILE)),
                     "BFF_LOG_LEVEL": "WARNING",
                     **{
                         f"BFF_{limit}": UNLIMITED

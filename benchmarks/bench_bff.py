@@ -78,8 +78,11 @@ from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
-from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, redis_command
+from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess
+from crypto_mesh.mesh import embedded_redis
 from crypto_mesh.netutil import free_port
+from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
+from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
@@ -245,11 +248,11 @@ async def _client_main(url, tokens, ready, go, stop, results) -> None:
 # -- the orchestrator -----------------------------------------------------------------------------------------
 
 
-async def aggregator_stand_in() -> tuple[web.AppRunner, str]:
+async def aggregator_stand_in(token_file: Path) -> tuple[web.AppRunner, str]:
     async def ok(request: web.Request) -> web.Response:
         return web.json_response({"tracked": True})
 
-    app = web.Application()
+    app = web.Application(middlewares=[bearer_token_middleware(read_tokens(token_file), realm="aggregator")])
     app.router.add_put("/v1/followers/{follower}", ok)
     app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", ok)
     app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", ok)
@@ -384,12 +387,14 @@ async def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-bff-"))
     postgres = EmbeddedPostgres(work / "pg")
     redis_port = free_port()
+    redis_argv, redis_urls = embedded_redis(work, redis_port)
     redis_process = ManagedProcess(
-        "redis", redis_command(redis_port, work / "redis"), redis_port, work / "redis.log"
+        "redis", redis_argv, redis_port, work / "redis.log"
     )
     await asyncio.to_thread(postgres.start)
     await asyncio.to_thread(redis_process.start)
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    # The BFF reads as its Redis user; the prices are published as the aggregator's.
+    redis_url = redis_urls["aggregator"]
     key_file = work / "jwt.pem"
     key_file.write_bytes(generate_private_key_pem())
     auth = await start_auth(
@@ -398,15 +403,17 @@ async def main(args: argparse.Namespace) -> None:
     issuer = TokenIssuer(
         load_private_key(key_file), issuer="crypto-mesh-auth", audience="crypto-mesh", ttl_s=3600
     )
-    aggregator_runner, aggregator_url = await aggregator_stand_in()
+    aggregator_token = ensure_secret(secrets_dir(work / "secrets") / "aggregator_api_token", random_token)
+    aggregator_runner, aggregator_url = await aggregator_stand_in(aggregator_token)
     bff_port = free_port()
     env = {
         **os.environ,
         "BFF_PORT": str(bff_port),
         "BFF_DATABASE_URL": postgres.url("profile"),
-        "BFF_REDIS_URL": redis_url,
+        "BFF_REDIS_URL": redis_urls["bff"],
         "BFF_AUTH_TARGET": f"127.0.0.1:{auth.port}",
         "BFF_AGGREGATOR_URL": aggregator_url,
+        "BFF_AGGREGATOR_TOKEN_FILE": str(aggregator_token),
         "BFF_LOG_LEVEL": "WARNING",
         # Every client connects from 127.0.0.1: the per-address ceilings (256 connections, 60 upgrades a
         # minute by default) are lifted to let one address stand for the whole crowd.

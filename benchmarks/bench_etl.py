@@ -55,6 +55,7 @@ from crypto_mesh.embedded import ManagedProcess, tansu_command
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.logs import configure_logging
 from crypto_mesh.netutil import free_port
+from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
 from etl import migrate
 from etl.app import start, tune_interpreter
 from etl.columnar import arrow_table
@@ -147,6 +148,7 @@ async def through_etl(
     """(rows per second, seconds) of the ETL loading ``count`` records of ``topic`` into fresh chDB."""
     settings = EtlSettings(
         port=0,
+        api_token_file=ensure_secret(secrets_dir(directory.parent / "secrets") / "etl_api_token", random_token),
         kafka_bootstrap_servers=bootstrap,
         kafka_group_id=f"bench-{uuid.uuid4().hex[:8]}",
         kafka_topic=f"bench-tickers-{uuid.uuid4().hex[:8]}",

@@ -39,10 +39,13 @@ from pathlib import Path
 
 from aggregator.secondstat import SecondWindows
 from aggregator.trades import parse_trade_frame
-from crypto_mesh.embedded import ManagedProcess, redis_command, tansu_command
+from crypto_mesh.embedded import ManagedProcess, tansu_command
+from crypto_mesh.mesh import embedded_redis
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
 from crypto_mesh.replay.settings import DEFAULT_RECORDING
+from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
+from crypto_mesh.servicecreds import bearer_header, read_token
 
 GOAL_FRAMES_PER_S = 50_000
 GOAL_P99_S = 0.050
@@ -65,9 +68,9 @@ def ceiling(recording: Path, seconds: float) -> tuple[float, int]:
     return done / (time.perf_counter() - started), len(frames)
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Prometheus text at ``url`` → ``{"name{label=value}": value}``."""
-    with urllib.request.urlopen(url, timeout=5) as response:
+def scrape(url: str, headers: dict[str, str] | None = None) -> dict[str, float]:
+    """Prometheus text at ``url`` (sending ``headers``) → ``{"name{label=value}": value}``."""
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
         text = response.read().decode()
     return parse_samples(text)
 
@@ -98,9 +101,9 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def put_followers(base: str, symbols: list[str]) -> None:
+def put_followers(base: str, symbols: list[str], headers: dict[str, str]) -> None:
     body = json.dumps({"symbols": symbols}).encode()
-    request = urllib.request.Request(f"{base}/v1/followers/benchmark", data=body, method="PUT")
+    request = urllib.request.Request(f"{base}/v1/followers/benchmark", data=body, method="PUT", headers=headers)
     request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=5) as response:
         response.read()
@@ -141,12 +144,15 @@ def main() -> None:
     )
 
     work = Path(tempfile.mkdtemp(prefix="bench-market-"))
+    aggregator_token = ensure_secret(secrets_dir(work / "secrets") / "aggregator_api_token", random_token)
+    aggregator_auth = bearer_header(read_token(aggregator_token))
     python = sys.executable
     quiet = {"LOG_LEVEL": "WARNING"}
     redis_port, kafka_port, replay_port, proxy_port, proxy_metrics, agg_port = (free_port() for _ in range(6))
+    redis_argv, redis_urls = embedded_redis(work, redis_port)
     processes = {
         "redis": ManagedProcess(
-            "redis", redis_command(redis_port, work / "redis"), redis_port, work / "redis.log"
+            "redis", redis_argv, redis_port, work / "redis.log"
         ),
         "kafka": ManagedProcess("tansu", tansu_command(kafka_port), kafka_port, work / "tansu.log"),
         "replay": ManagedProcess(
@@ -180,7 +186,8 @@ def main() -> None:
             work / "aggregator.log",
             env={
                 "AGGREGATOR_PORT": str(agg_port),
-                "AGGREGATOR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                "AGGREGATOR_API_TOKEN_FILE": str(aggregator_token),
+                "AGGREGATOR_REDIS_URL": redis_urls["aggregator"],
                 "AGGREGATOR_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
                 "AGGREGATOR_KAFKA_ENABLE_IDEMPOTENCE": "false",
                 "AGGREGATOR_SOCKET_PROXY_TARGET": f"127.0.0.1:{proxy_port}",
@@ -194,16 +201,16 @@ def main() -> None:
             started.append(process.start())
         base = f"http://127.0.0.1:{agg_port}"
         symbols = symbols_of(recording)
-        put_followers(base, symbols)
+        put_followers(base, symbols, aggregator_auth)
         time.sleep(args.warmup)
         agg_before, proxy_before = (
-            scrape(f"{base}/metrics"),
+            scrape(f"{base}/metrics", aggregator_auth),
             scrape(f"http://127.0.0.1:{proxy_metrics}/metrics"),
         )
         t0 = time.monotonic()
         time.sleep(args.duration)
         agg_after, proxy_after = (
-            scrape(f"{base}/metrics"),
+            scrape(f"{base}/metrics", aggregator_auth),
             scrape(f"http://127.0.0.1:{proxy_metrics}/metrics"),
         )
         elapsed = time.monotonic() - t0

@@ -7,6 +7,8 @@
   the ETL process only, so the query goes through the ETL's SQL endpoint; with ``MESH_CLICKHOUSE_URL`` set it
   goes straight to that ClickHouse server. Either way it is checked by :mod:`etl.sql` (one SELECT over
   ``crypto``, allowed functions); a refused or unparseable query exits with status 2, a failed one with 1.
+  The ETL's service credential is read from ``<MESH_DATA_DIR>/secrets/etl_api_token`` (``mesh.json`` holds
+  no secret).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 import click
 
 from crypto_mesh import jsonutil
-from crypto_mesh.mesh import MeshSettings, build_plan, read_state, wait_ready, write_pending
+from crypto_mesh.mesh import ETL_TOKEN_FILE, MeshSettings, build_plan, read_state, wait_ready, write_pending
+from crypto_mesh.servicecreds import bearer_header, read_token
 
 
 @click.group()
@@ -147,8 +150,15 @@ def _query_etl(data_dir: Path, query: str) -> tuple[list[str], list[list]]:
         raise click.ClickException(
             f"no running mesh in {data_dir} (start one with `crypto-mesh up`, or set MESH_CLICKHOUSE_URL)"
         ) from None
+    token_file = data_dir / "secrets" / ETL_TOKEN_FILE
+    try:
+        token = read_token(token_file)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"cannot read the ETL's service credential {token_file}: {error}") from None
     request = urllib.request.Request(
-        f"{etl_url}/v1/sql", data=jsonutil.dumps({"query": query}), headers={"Content-Type": "application/json"}
+        f"{etl_url}/v1/sql",
+        data=jsonutil.dumps({"query": query}),
+        headers={"Content-Type": "application/json", **bearer_header(token)},
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -209,7 +219,34 @@ def secrets(directory: Path) -> None:
         "clickhouse_users.xml",
         lambda: users_xml(passwords["clickhouse_password"], passwords["clickhouse_analytics_password"]),
     )
+    _service_credentials(directory, secret)
     click.echo(f"secrets in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
+
+
+def _service_credentials(directory: Path, secret) -> None:
+    """The secret files of the internal surfaces for compose (docs/SECURITY.md, "Service credentials").
+
+    ``secret(name, make)`` keeps a file made once (tokens, passwords); the files derived from them (Redis's
+    ACL file and URLs, Kafka's JAAS and health-check configuration) are rewritten from them on every run, so
+    rotating a password is deleting its file and running the command again.
+    """
+    from crypto_mesh.kafka import KAFKA_USERS, broker_jaas_config, client_properties
+    from crypto_mesh.mesh import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, REDIS_ACL_FILE
+    from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user
+    from crypto_mesh.secrets import COMPOSE_MOUNTED, random_token, write_secret
+
+    for name in (AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE):
+        secret(name, random_token)
+    redis = {user: secret(f"redis_{user}_password", random_token) for user in USER_RULES}
+    write_secret(directory / REDIS_ACL_FILE, acl_file_text(redis, healthcheck=True), COMPOSE_MOUNTED)
+    for user, password in redis.items():
+        # Named like the service's setting (BFF_REDIS_URL, AGGREGATOR_REDIS_URL), read from /run/secrets.
+        url = url_with_user("redis://redis:6379/0", user, password)
+        write_secret(directory / f"{user}_redis_url", url, COMPOSE_MOUNTED)
+    kafka = {user: secret(f"kafka_{user}_password", random_token) for user in KAFKA_USERS}
+    admin = secret("kafka_admin_password", random_token)
+    write_secret(directory / "kafka_server_jaas.conf", broker_jaas_config(admin, kafka), COMPOSE_MOUNTED)
+    write_secret(directory / "kafka_admin.properties", client_properties("admin", admin), COMPOSE_MOUNTED)
 
 
 if __name__ == "__main__":

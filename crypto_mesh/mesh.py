@@ -26,7 +26,8 @@ from sqlalchemy.engine import make_url
 
 from crypto_mesh.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
 from crypto_mesh.netutil import free_port, port_open
-from crypto_mesh.secrets import ensure_secret, secrets_dir
+from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user, without_credentials
+from crypto_mesh.secrets import ensure_secret, random_token, read_secret, secrets_dir, write_secret
 from crypto_mesh.settings import ServiceSettings
 
 #: The recording the replay exchange plays by default: real Binance ``@trade`` frames (see data/binance/SOURCES.md).
@@ -51,6 +52,8 @@ class MeshSettings(ServiceSettings):
     replay_speed: float = 1.0
     #: Server URL without a database, e.g. ``postgresql+asyncpg://user:pass@db:5432``; databases ``auth``, ``profile``.
     postgres_url: str | None = None
+    #: A real Redis server's URL with the credentials the BFF and the aggregator both use (the embedded one has
+    #: a user per service, :mod:`crypto_mesh.redisacl`).
     redis_url: str | None = None
     kafka_bootstrap_servers: str | None = None
     clickhouse_url: str | None = None
@@ -129,6 +132,43 @@ def ensure_jwt_key(data_dir: Path) -> Path:
     return ensure_secret(secrets_dir(data_dir / "secrets") / "jwt_ed25519.pem", generate_private_key_pem)
 
 
+#: Files, under ``<MESH_DATA_DIR>/secrets``, of the service credentials of the internal HTTP APIs
+#: (:mod:`crypto_mesh.servicecreds`): the aggregator's control API and the ETL's HTTP API.
+AGGREGATOR_TOKEN_FILE = "aggregator_api_token"
+ETL_TOKEN_FILE = "etl_api_token"
+
+
+def ensure_service_token(data_dir: Path, name: str) -> Path:
+    """Path of the service-credential file ``name`` under ``data_dir/secrets``, holding a random token made on
+    first use (0600). Its server and its callers read the same file."""
+    return ensure_secret(secrets_dir(data_dir / "secrets") / name, random_token)
+
+
+#: Under ``<MESH_DATA_DIR>/secrets``: the embedded Redis's ACL file (rewritten from the passwords at every
+#: start) and the password file of each of its users, ``redis_<user>_password``.
+REDIS_ACL_FILE = "redis_users.acl"
+
+
+def ensure_redis_passwords(data_dir: Path) -> dict[str, str]:
+    """The password of each Redis user of :data:`crypto_mesh.redisacl.USER_RULES` (user → password), each
+    kept in ``data_dir/secrets/redis_<user>_password`` and made on first use (0600)."""
+    directory = secrets_dir(data_dir / "secrets")
+    return {
+        user: read_secret(ensure_secret(directory / f"redis_{user}_password", random_token)) for user in USER_RULES
+    }
+
+
+def embedded_redis(data_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """The embedded Redis of ``data_dir`` on 127.0.0.1:``port``: its argv, started with the ACL file
+    ``data_dir/secrets/redis_users.acl`` (rewritten from :func:`ensure_redis_passwords`), and the URL of each
+    service's user on database 0 (user → ``redis://<user>:<password>@127.0.0.1:<port>/0``)."""
+    passwords = ensure_redis_passwords(data_dir)
+    acl_file = write_secret(data_dir / "secrets" / REDIS_ACL_FILE, acl_file_text(passwords))
+    base = f"redis://127.0.0.1:{port}/0"
+    urls = {user: url_with_user(base, user, password) for user, password in passwords.items()}
+    return redis_command(port, data_dir / "redis", acl_file), urls
+
+
 def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> MeshPlan:
     """Choose ports and settings for every process. ``postgres`` is the started embedded server, or None when
     ``settings.postgres_url`` names a real one."""
@@ -149,10 +189,12 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         profile_db = _database_url(settings.postgres_url, "profile")
 
     redis_url = settings.redis_url
+    redis_urls = {user: redis_url for user in USER_RULES}
     if redis_url is None:
         port = free_port()
         redis_url = f"redis://127.0.0.1:{port}/0"
-        processes.append(MeshProcess("redis", redis_command(port, data_dir / "redis")))
+        argv, redis_urls = embedded_redis(data_dir, port)
+        processes.append(MeshProcess("redis", argv))
         checks.append(HealthCheck("redis", "tcp", f"127.0.0.1:{port}"))
 
     kafka = settings.kafka_bootstrap_servers
@@ -183,6 +225,8 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
 
     auth_port, proxy_port, aggregator_port, etl_port = (free_port() for _ in range(4))
     key_file = ensure_jwt_key(data_dir)
+    aggregator_token = ensure_service_token(data_dir, AGGREGATOR_TOKEN_FILE)
+    etl_token = ensure_service_token(data_dir, ETL_TOKEN_FILE)
     processes += [
         MeshProcess(
             "auth",
@@ -198,8 +242,8 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         MeshProcess(
             "aggregator",
             _python_module("aggregator"),
-            service_env("AGGREGATOR_", host="127.0.0.1", port=aggregator_port,
-                        socket_proxy_target=f"127.0.0.1:{proxy_port}", redis_url=redis_url,
+            service_env("AGGREGATOR_", host="127.0.0.1", port=aggregator_port, api_token_file=aggregator_token,
+                        socket_proxy_target=f"127.0.0.1:{proxy_port}", redis_url=redis_urls["aggregator"],
                         kafka_bootstrap_servers=kafka,
                         # Tansu's memory storage refuses InitProducerId; message_id deduplicates downstream.
                         kafka_enable_idempotence=str(not kafka_is_tansu).lower()),
@@ -207,15 +251,16 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         MeshProcess(
             "etl",
             _python_module("etl"),
-            service_env("ETL_", host="127.0.0.1", port=etl_port, kafka_bootstrap_servers=kafka,
+            service_env("ETL_", host="127.0.0.1", port=etl_port, api_token_file=etl_token,
+                        kafka_bootstrap_servers=kafka,
                         clickhouse_url=clickhouse),
         ),
         MeshProcess(
             "profile_bff",
             _python_module("profile_bff"),
             service_env("BFF_", host=settings.bff_host, port=settings.bff_port, database_url=profile_db,
-                        redis_url=redis_url, auth_target=f"127.0.0.1:{auth_port}",
-                        aggregator_url=f"http://127.0.0.1:{aggregator_port}",
+                        redis_url=redis_urls["bff"], auth_target=f"127.0.0.1:{auth_port}",
+                        aggregator_url=f"http://127.0.0.1:{aggregator_port}", aggregator_token_file=aggregator_token,
                         # The embedded mesh serves plain HTTP on localhost, where a Secure cookie is never sent back.
                         cookie_secure="false"),
         ),
@@ -234,7 +279,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         socket_proxy=f"127.0.0.1:{proxy_port}",
         aggregator=f"http://127.0.0.1:{aggregator_port}",
         etl=f"http://127.0.0.1:{etl_port}",
-        redis=redis_url,
+        redis=without_credentials(redis_url),
         kafka=kafka,
         clickhouse=clickhouse,
     )

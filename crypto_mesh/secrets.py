@@ -42,6 +42,20 @@ def ensure_secret(path: Path, make: Callable[[], bytes | str], mode: int = OWNER
     return path
 
 
+def write_secret(path: Path, content: bytes | str, mode: int = OWNER_ONLY) -> Path:
+    """Write ``content`` (bytes, or text written as UTF-8) to the secret file ``path``, replacing it atomically
+    if it exists: for a file derived from other secrets (an ACL file made from passwords), rewritten whenever
+    they are read. Created with ``mode`` under a temporary name, never readable by others. Returns ``path``."""
+    data = content.encode() if isinstance(content, str) else content
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    tmp.replace(path)
+    return path
+
+
 def random_token() -> str:
     """A new random secret: 256 bits, base64url without padding (43 characters), safe in URLs and headers."""
     return secrets.token_urlsafe(32)

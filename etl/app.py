@@ -1,6 +1,8 @@
 """HTTP side of the ETL and its wiring: ``GET /healthz``, ``POST /v1/sql``, start and stop.
 
 Routes and shapes: docs/CONTRACTS.md, section "ETL HTTP". Errors are ``{"error": {"code", "message"}}``.
+Every route but ``/healthz`` requires the service credential ``Authorization: Bearer <token>``
+(``ETL_API_TOKEN_FILE``, :mod:`crypto_mesh.servicecreds`); without it, 401.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import tune_garbage_collector
+from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
 from etl import sql
 from etl.consumer import TickerConsumer, backoff
 from etl.migrate import MigrationError
@@ -58,6 +61,7 @@ class EtlService:
 
     def __init__(self, settings: EtlSettings) -> None:
         self.settings = settings
+        self.api_tokens = read_tokens(settings.api_token_file)
         self.store = ClickHouseStore(settings.clickhouse_url.get_secret_value(), settings.analytics_url())
         self.consumer = TickerConsumer(settings, self.store)
         self.clickhouse_state = "connecting"  # → "ok", or "migration failed: ..."
@@ -212,7 +216,9 @@ async def post_sql(request: web.Request) -> web.Response:
 
 def create_app(service: EtlService) -> web.Application:
     """The aiohttp application of ``service`` (routes of docs/CONTRACTS.md, "ETL HTTP")."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[bearer_token_middleware(service.api_tokens, realm="etl")]
+    )
     app[SERVICE_KEY] = service
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/sql", post_sql)

@@ -263,13 +263,16 @@ class TickerConsumer:
     async def _start_consumer(self) -> AIOKafkaConsumer:
         settings = self._settings
         partitions = settings.kafka_topic_partitions
+        client_options = settings.kafka_client_options()
         await ensure_topics(
             settings.kafka_bootstrap_servers,
             {topic: partitions for topic in (*self._specs, settings.kafka_deadletter_topic)},
+            client_options=client_options,
         )
         consumer = AIOKafkaConsumer(
             *self._specs,
             bootstrap_servers=settings.kafka_bootstrap_servers,
+            **client_options,
             group_id=settings.kafka_group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -280,7 +283,7 @@ class TickerConsumer:
         # Dead letters are rare and written again if their batch is redelivered: plain acks=all is enough
         # (and Tansu's memory storage refuses idempotent producers).
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=False
+            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=False, **client_options
         )
         try:
             await consumer.start()

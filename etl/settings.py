@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from crypto_mesh.kafka import DEADLETTER_TOPIC, MINI_TICKER_TOPIC, SECOND_TOPIC
+from crypto_mesh.kafka import DEADLETTER_TOPIC, MINI_TICKER_TOPIC, SECOND_TOPIC, KafkaClientSettings
 from crypto_mesh.settings import ServiceSettings
 from etl.sql import SqlLimits
 
 _LIMITS = SqlLimits()
 
 
-class EtlSettings(ServiceSettings):
+class EtlSettings(ServiceSettings, KafkaClientSettings):
     """Kafka → ClickHouse loader and read-only SQL endpoint.
 
     - ``ETL_HOST`` / ``ETL_PORT``: bind address of the HTTP server (``/healthz``, ``POST /v1/sql``); port 0
       picks a free port.
+    - ``ETL_API_TOKEN_FILE`` (required): the HTTP API's service credential, a file of bearer tokens (one a
+      line, :mod:`crypto_mesh.servicecreds`); ``POST /v1/sql`` answers 401 without one of them.
     - ``ETL_KAFKA_BOOTSTRAP_SERVERS`` (required): ``host:port[,host:port]``.
+    - ``ETL_KAFKA_SECURITY_PROTOCOL``, ``ETL_KAFKA_SASL_MECHANISM``, ``ETL_KAFKA_SASL_USERNAME``,
+      ``ETL_KAFKA_SASL_PASSWORD_FILE``: how the consumer and the dead-letter producer authenticate
+      (:class:`crypto_mesh.kafka.KafkaClientSettings`; default ``PLAINTEXT``, none).
     - ``ETL_KAFKA_GROUP_ID``: consumer group whose committed offsets mark what ClickHouse holds.
     - ``ETL_KAFKA_TOPIC`` (``binance.miniticker``): topic of KafkaMsg records → ``crypto.market_tickers``;
       ``ETL_KAFKA_SECOND_TOPIC`` (``binance.second``): topic of SecondStat records → ``crypto.price_seconds``;
@@ -55,6 +60,7 @@ class EtlSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8089, ge=0, le=65535)
+    api_token_file: FilePath
     kafka_bootstrap_servers: str
     kafka_group_id: str = "etl"
     kafka_topic: str = MINI_TICKER_TOPIC

@@ -46,6 +46,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.logs import get_logger
 from crypto_mesh.proto import auth_pb2
+from crypto_mesh.servicecreds import read_token
 from profile_bff import ceilings, ratelimit
 from profile_bff.clients import AggregatorClient, AggregatorUnavailable, AuthClient
 from profile_bff.connections import CLOSE_TOKEN_EXPIRED, ConnectionManager
@@ -226,10 +227,11 @@ def _services_context(settings: BffSettings):
     async def context(app: web.Application):
         # Read first and not caught: a BFF without a symbol list must not start.
         instruments = Instruments.load(settings.exchange_info_file)
+        aggregator_token = read_token(settings.aggregator_token_file)
         store = ProfileStore(settings.database_url)
-        bus = MarketBus(settings.redis_url)
+        bus = MarketBus(settings.redis_url.get_secret_value())
         auth = AuthClient(settings.auth_target)
-        aggregator = AggregatorClient(settings.aggregator_url)
+        aggregator = AggregatorClient(settings.aggregator_url, aggregator_token)
         verifier = AccessTokenVerifier(
             auth.public_keys_json, issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )

@@ -12,6 +12,7 @@ import grpc
 from yarl import URL
 
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
+from crypto_mesh.servicecreds import bearer_header
 
 
 class AuthClient:
@@ -74,11 +75,17 @@ class AggregatorClient:
 
     A symbol is tracked while it has a follower; the BFF follows as ``user:<user_id>``. Both calls are
     idempotent, so retrying them is always safe. Must be created inside a running event loop.
+
+    ``token`` is the aggregator's service credential (``BFF_AGGREGATOR_TOKEN_FILE``), sent as
+    ``Authorization: Bearer <token>`` on every call (:mod:`crypto_mesh.servicecreds`); a refused one surfaces
+    as :class:`AggregatorUnavailable` naming the 401.
     """
 
-    def __init__(self, base_url: str, timeout_s: float = 3.0) -> None:
+    def __init__(self, base_url: str, token: str, timeout_s: float = 3.0) -> None:
         self._base = URL(base_url)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s), headers=bearer_header(token)
+        )
 
     async def close(self) -> None:
         """Close the HTTP session."""

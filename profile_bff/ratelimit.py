@@ -306,7 +306,7 @@ def install(app: web.Application, settings: BffSettings) -> None:
 
     async def redis_context(app: web.Application):
         redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 1)
+            settings.redis_url.get_secret_value(), socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 1)
         )
         app[LIMITER] = RateLimiter(redis)
         yield

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.settings import ServiceSettings
@@ -20,9 +20,12 @@ class BffSettings(ServiceSettings):
       WebSocket listen.
     - ``BFF_DATABASE_URL`` (required): SQLAlchemy asyncpg URL of the profile database,
       ``postgresql+asyncpg://user:pass@host/profile``.
-    - ``BFF_REDIS_URL`` (required): ``redis://host:6379/0``; prices and portfolio-change notices.
+    - ``BFF_REDIS_URL`` (required, secret): ``redis://user:password@host:6379/0`` (the ``bff`` ACL user);
+      prices, portfolio-change notices, WebSocket tickets and rate-limit keys.
     - ``BFF_AUTH_TARGET`` (``127.0.0.1:50051``): gRPC target of the auth service.
     - ``BFF_AGGREGATOR_URL`` (``http://127.0.0.1:8088``): the aggregator's control HTTP base URL.
+    - ``BFF_AGGREGATOR_TOKEN_FILE`` (required): the aggregator's service credential (the file of
+      ``AGGREGATOR_API_TOKEN_FILE``; the first line is presented, :mod:`crypto_mesh.servicecreds`).
     - ``BFF_JWT_ISSUER`` (``crypto-mesh-auth``), ``BFF_JWT_AUDIENCE`` (``crypto-mesh``): the ``iss`` and
       ``aud`` an access token must carry; the same values as the auth service's.
     - ``BFF_COOKIE_SECURE`` (``true``): the ``Secure`` attribute of the refresh-token cookie. Only a mesh
@@ -84,9 +87,10 @@ class BffSettings(ServiceSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     database_url: str
-    redis_url: str
+    redis_url: SecretStr
     auth_target: str = "127.0.0.1:50051"
     aggregator_url: str = "http://127.0.0.1:8088"
+    aggregator_token_file: FilePath
     jwt_issuer: str = "crypto-mesh-auth"
     jwt_audience: str = "crypto-mesh"
     cookie_secure: bool = True

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
 
 from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, chdb_url, redis_command, tansu_command
 from crypto_mesh.netutil import free_port
@@ -47,9 +48,13 @@ def fresh_database(postgres):
 
 @pytest.fixture(scope="session")
 def redis_server(engines_dir) -> ManagedProcess:
-    """A Redis server on a free port; ``redis_server.port``."""
+    """A Redis server on a free port (``redis_server.port``) started as the mesh starts its own: the default
+    user disabled, a user per service, plus the tests' own user with every right."""
     port = free_port()
-    process = ManagedProcess("redis", redis_command(port, engines_dir / "redis"), port, engines_dir / "redis.log")
+    acl_file = redis_acl_file(engines_dir / "secrets")
+    process = ManagedProcess(
+        "redis", redis_command(port, engines_dir / "redis", acl_file), port, engines_dir / "redis.log"
+    )
     process.start()
     yield process
     process.stop()
@@ -57,7 +62,9 @@ def redis_server(engines_dir) -> ManagedProcess:
 
 @pytest.fixture(scope="session")
 def redis_url(redis_server) -> str:
-    return f"redis://127.0.0.1:{redis_server.port}/0"
+    """URL of the test Redis server as the tests' own user (every right): for seeding and inspecting. A
+    service under test connects as its own user: :func:`credentials.redis_user_url`."""
+    return redis_user_url(f"redis://127.0.0.1:{redis_server.port}/0", TESTS_REDIS_USER)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from decimal import Decimal
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from credentials import redis_acl_file, redis_user_url
 from polling import eventually
 
 from aggregator.secondstat import SecondStat
@@ -30,8 +31,10 @@ def stat(symbol: str, second: int, price: str = "100") -> SecondStat:
 def late_redis(tmp_path):
     """A Redis server that is not running yet: ``(url, start)``."""
     port = free_port()
-    server = ManagedProcess("redis", redis_command(port, tmp_path / "redis"), port, tmp_path / "redis.log")
-    yield f"redis://127.0.0.1:{port}/0", server.start
+    server = ManagedProcess(
+        "redis", redis_command(port, tmp_path / "redis", redis_acl_file(tmp_path)), port, tmp_path / "redis.log"
+    )
+    yield redis_user_url(f"redis://127.0.0.1:{port}/0", "aggregator"), server.start
     server.stop()
 
 
@@ -68,7 +71,8 @@ async def test_while_redis_is_down_only_the_latest_stat_of_each_symbol_is_kept_a
 async def test_a_second_is_never_republished_nor_the_latest_price_moved_back(redis_url):
     symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
     client = connect_redis(redis_url)
-    publisher = StatPublisher(client)
+    publisher_client = connect_redis(redis_user_url(redis_url, "aggregator"))
+    publisher = StatPublisher(publisher_client)
     task = asyncio.create_task(publisher.run())
     pubsub = client.pubsub()
     await pubsub.subscribe(symbol)
@@ -92,6 +96,7 @@ async def test_a_second_is_never_republished_nor_the_latest_price_moved_back(red
         await pubsub.aclose()
         await client.delete(f"price:{symbol}")
         await client.aclose()
+        await publisher_client.aclose()
 
 
 async def test_the_kafka_buffer_drops_its_oldest_record_when_full(kafka_bootstrap):
@@ -133,7 +138,8 @@ async def test_the_kafka_buffer_drops_its_oldest_record_when_full(kafka_bootstra
 async def test_a_price_key_that_is_not_a_second_stat_is_replaced(redis_url):
     symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
     client = connect_redis(redis_url)
-    publisher = StatPublisher(client)
+    publisher_client = connect_redis(redis_user_url(redis_url, "aggregator"))
+    publisher = StatPublisher(publisher_client)
     task = asyncio.create_task(publisher.run())
     try:
         for junk in (b"not json", b'{"p": "1"}', b'{"t": "x"}'):
@@ -147,3 +153,4 @@ async def test_a_price_key_that_is_not_a_second_stat_is_replaced(redis_url):
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await client.aclose()
+        await publisher_client.aclose()

@@ -23,6 +23,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer
+from credentials import redis_user_url, service_headers, service_token_file
 from polling import eventually
 from yarl import URL
 
@@ -100,7 +101,8 @@ async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_target: str, **
     """A running aggregator; yields (control base URL, HTTP session)."""
     settings = AggregatorSettings(
         port=0,
-        redis_url=redis_url,
+        api_token_file=service_token_file(),
+        redis_url=redis_user_url(redis_url, "aggregator"),
         kafka_bootstrap_servers=kafka_bootstrap,
         socket_proxy_target=proxy_target,
         kafka_enable_idempotence=False,
@@ -108,7 +110,7 @@ async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_target: str, **
     )
     running = await start(settings)
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=service_headers()) as http:
             yield f"http://127.0.0.1:{running.port}", http
     finally:
         await running.stop()

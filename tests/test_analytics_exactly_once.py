@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
+from credentials import service_headers, service_token_file
 from polling import eventually
 
 from aggregator.second_topic import SecondProducer, second_message_id
@@ -87,7 +88,7 @@ class EtlProcess:
 async def sql(port: int, query: str) -> list[list]:
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}) as response,
+        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}, headers=service_headers()) as response,
     ):
         body = await response.json()
         assert response.status == 200, body
@@ -137,6 +138,7 @@ async def test_ten_kill_9s_of_the_etl_while_producing_leave_exactly_one_row_per_
     etl = EtlProcess(
         {
             "ETL_PORT": str(port),
+            "ETL_API_TOKEN_FILE": str(service_token_file()),
             "ETL_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "ETL_KAFKA_GROUP_ID": f"etl-{name}",
             "ETL_KAFKA_TOPIC": ticker_topic,
@@ -238,6 +240,7 @@ async def test_with_clickhouse_unreachable_the_etl_takes_nothing_and_catches_up_
     port = free_port()
     env = {
         "ETL_PORT": str(port),
+        "ETL_API_TOKEN_FILE": str(service_token_file()),
         "ETL_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "ETL_KAFKA_GROUP_ID": f"etl-{name}",
         "ETL_KAFKA_TOPIC": f"tickers-{name}",

@@ -16,6 +16,7 @@ import aiohttp
 import polling
 import pytest
 from aiokafka import AIOKafkaConsumer
+from credentials import service_headers, service_token_file
 from kafka_helpers import committed_offset, produce_records
 
 from aggregator.second_topic import SecondProducer, second_message_id, second_record
@@ -43,7 +44,7 @@ eventually = functools.partial(polling.eventually, timeout_s=20.0, interval_s=0.
 async def sql(port: int, query: str) -> list[list]:
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}) as response,
+        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}, headers=service_headers()) as response,
     ):
         body = await response.json()
         assert response.status == 200, body
@@ -65,6 +66,7 @@ def settings(kafka_bootstrap, clickhouse_url) -> EtlSettings:
     name = uuid.uuid4().hex[:8]
     return EtlSettings(
         port=0,
+        api_token_file=service_token_file(),
         kafka_bootstrap_servers=kafka_bootstrap,
         kafka_group_id=f"etl-{name}",
         kafka_topic=f"tickers-{name}",

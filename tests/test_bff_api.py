@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 from aiohttp import web
+from credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url, service_token_file
 from polling import eventually
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -31,6 +32,7 @@ from auth.tokens import generate_private_key_pem
 from crypto_mesh import jsonutil
 from crypto_mesh.embedded import ManagedProcess, redis_command
 from crypto_mesh.netutil import free_port
+from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
 from profile_bff.app import Running
 from profile_bff.app import start as start_bff
 from profile_bff.instruments import DEFAULT_EXCHANGE_INFO
@@ -89,7 +91,10 @@ class AggregatorStub:
             count = len(self.followers.get(symbol, ()))
             return web.json_response({"symbol": symbol, "followers": count, "tracked": count > 0})
 
-        app = web.Application()
+        # The real middleware: a BFF that did not present the aggregator's credential would be refused.
+        app = web.Application(
+            middlewares=[bearer_token_middleware(read_tokens(service_token_file()), realm="aggregator")]
+        )
         app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", put)
         app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", delete)
         return app
@@ -192,9 +197,10 @@ async def serve_bff(
     settings = BffSettings(
         port=0,
         database_url=database_url,
-        redis_url=redis_url,
+        redis_url=redis_user_url(redis_url, "bff"),
         auth_target=f"127.0.0.1:{auth_port}",
         aggregator_url=aggregator.url,
+        aggregator_token_file=service_token_file(),
         exchange_info_file=exchange_info,
         **overrides,
     )
@@ -739,10 +745,10 @@ async def test_after_redis_restarts_prices_flow_again_and_rest_answers_503_meanw
 ):
     port = free_port()
     redis_process = ManagedProcess(
-        "redis", redis_command(port, tmp_path / "redis"), port, tmp_path / "redis.log"
+        "redis", redis_command(port, tmp_path / "redis", redis_acl_file(tmp_path)), port, tmp_path / "redis.log"
     )
     await asyncio.to_thread(redis_process.start)
-    redis_url = f"redis://127.0.0.1:{port}/0"
+    redis_url = redis_user_url(f"redis://127.0.0.1:{port}/0", TESTS_REDIS_USER)
     try:
         async with (
             serve_aggregator() as aggregator,

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from credentials import service_token_file
 from jsonschema.validators import Draft202012Validator
 from test_bff_api import serve_stack
 
@@ -33,7 +34,13 @@ _IMPLICIT = {"HEAD"}
 
 
 def served_routes() -> set[tuple[str, str]]:
-    app = create_app(BffSettings(database_url="postgresql+asyncpg://unused/x", redis_url="redis://unused"))
+    app = create_app(
+        BffSettings(
+            database_url="postgresql+asyncpg://unused/x",
+            redis_url="redis://unused",
+            aggregator_token_file=service_token_file(),
+        )
+    )
     return {
         (route.resource.canonical, route.method.lower())
         for route in app.router.routes()

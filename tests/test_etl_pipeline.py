@@ -13,6 +13,7 @@ import aiohttp
 import clickhouse_connect
 import polling
 import pytest
+from credentials import service_headers, service_token_file
 from kafka_helpers import committed_offset, produce_records
 
 from crypto_mesh import jsonutil
@@ -51,7 +52,7 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 async def sql(port: int, query: str) -> dict:
     async with (
         aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}) as response,
+        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}, headers=service_headers()) as response,
     ):
         body = await response.json()
         assert response.status == 200, body
@@ -78,6 +79,7 @@ def etl_settings(kafka_bootstrap, clickhouse_url):
     def make(**overrides) -> EtlSettings:
         values = {
             "port": 0,
+            "api_token_file": service_token_file(),
             "kafka_bootstrap_servers": kafka_bootstrap,
             "kafka_group_id": f"etl-{name}",
             "kafka_topic": f"tickers-{name}",

@@ -11,6 +11,7 @@ import asyncio
 import aiohttp
 import clickhouse_connect
 import pytest
+from credentials import service_headers, service_token_file
 
 from crypto_mesh import jsonutil
 from crypto_mesh.netutil import free_port
@@ -27,6 +28,7 @@ async def etl_port(clickhouse_url):
     running = await start(
         EtlSettings(
             port=0,
+            api_token_file=service_token_file(),
             kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
             clickhouse_url=clickhouse_url,
             sql_max_rows=1000,
@@ -40,7 +42,7 @@ async def post(port: int, data: bytes) -> tuple[int, dict]:
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            f"http://127.0.0.1:{port}/v1/sql", data=data, headers={"Content-Type": "application/json"}
+            f"http://127.0.0.1:{port}/v1/sql", data=data, headers={"Content-Type": "application/json", **service_headers()}
         ) as response,
     ):
         return response.status, await response.json()

@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import orjson
+from credentials import redis_user_url, service_headers, service_token_file
 
 from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings
@@ -71,14 +72,15 @@ async def test_a_missing_trade_is_counted_by_socket_proxy_and_by_the_aggregator_
     aggregator = await start_aggregator(
         AggregatorSettings(
             port=0,
-            redis_url=redis_url.rsplit("/", 1)[0] + "/11",
+            api_token_file=service_token_file(),
+            redis_url=redis_user_url(redis_url.rsplit("/", 1)[0] + "/11", "aggregator"),
             kafka_bootstrap_servers=kafka_bootstrap,
             socket_proxy_target=f"127.0.0.1:{proxy.port}",
             kafka_enable_idempotence=False,
         )
     )
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=service_headers()) as http:
             base = f"http://127.0.0.1:{aggregator.port}"
             async with http.put(f"{base}/v1/followers/gap-probe", json={"symbols": ["btcusdt"]}) as response:
                 assert response.status == 200

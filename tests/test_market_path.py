@@ -25,6 +25,7 @@ import orjson
 import polling
 import pytest
 import redis.asyncio as redis
+from credentials import redis_user_url, service_headers, service_token_file
 
 from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings
@@ -47,13 +48,19 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 
 async def get_json(url: str) -> dict:
-    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http, http.get(url) as response:
+    async with (
+        aiohttp.ClientSession(timeout=HTTP_TIMEOUT, headers=service_headers()) as http,
+        http.get(url) as response,
+    ):
         return await response.json()
 
 
 async def metrics(url: str) -> dict[str, float]:
     """``GET url`` in Prometheus text format → ``{"name{label=value,...}": value}`` of every sample."""
-    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http, http.get(url) as response:
+    async with (
+        aiohttp.ClientSession(timeout=HTTP_TIMEOUT, headers=service_headers()) as http,
+        http.get(url) as response,
+    ):
         assert response.status == 200
         text = await response.text()
     return parse_samples(text)
@@ -84,7 +91,8 @@ def aggregator_settings(
     return AggregatorSettings(
         **{
             "port": 0,
-            "redis_url": redis_url,
+            "api_token_file": service_token_file(),
+            "redis_url": redis_user_url(redis_url, "aggregator"),
             "kafka_bootstrap_servers": kafka_bootstrap,
             "socket_proxy_target": f"127.0.0.1:{proxy_port}",
             "kafka_enable_idempotence": False,
@@ -138,7 +146,7 @@ async def exchange_and_proxy(recording: Path, speed: float):
 
 async def put_symbols(base: str, follower: str, symbols: list[str]) -> dict:
     async with (
-        aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http,
+        aiohttp.ClientSession(timeout=HTTP_TIMEOUT, headers=service_headers()) as http,
         http.put(f"{base}/v1/followers/{follower}", json={"symbols": symbols}) as response,
     ):
         assert response.status == 200
@@ -390,7 +398,7 @@ async def test_when_every_follower_leaves_streams_windows_and_upstream_are_relea
 async def test_bulk_follower_control_refuses_client_mistakes_with_4xx(redis_url, clean_dbs, kafka_bootstrap):
     async with (
         aggregator(db_url(redis_url, FIRST_DB), kafka_bootstrap, free_port()) as base,
-        aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http,
+        aiohttp.ClientSession(timeout=HTTP_TIMEOUT, headers=service_headers()) as http,
     ):
         for follower, body, status, code in (
             ("user:1", b"not json", 400, "malformed"),

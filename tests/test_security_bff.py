@@ -27,6 +27,7 @@ import aiohttp
 import jwt
 import pytest
 import redis.asyncio as aioredis
+from credentials import redis_acl_file, redis_user_url, service_token_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
@@ -110,9 +111,10 @@ async def serve_bff(redis_url: str, database_url: str, auth_port: int, **overrid
         BffSettings(
             port=0,
             database_url=database_url,
-            redis_url=redis_url,
+            redis_url=redis_user_url(redis_url, "bff"),
             auth_target=f"127.0.0.1:{auth_port}",
             aggregator_url=f"http://127.0.0.1:{free_port()}",  # the auth routes never call it
+            aggregator_token_file=service_token_file(),
             **overrides,
         )
     )
@@ -505,11 +507,13 @@ async def test_the_limits_fail_closed_when_redis_is_down(stack, postgres, tmp_pa
     from crypto_mesh.embedded import ManagedProcess, redis_command
 
     port = free_port()
-    process = ManagedProcess("redis", redis_command(port, tmp_path / "redis"), port, tmp_path / "redis.log")
+    process = ManagedProcess(
+        "redis", redis_command(port, tmp_path / "redis", redis_acl_file(tmp_path)), port, tmp_path / "redis.log"
+    )
     await asyncio.to_thread(process.start)
     try:
         async with serve_bff(
-            f"redis://127.0.0.1:{port}/0", stack.profile_database_url, stack.auth_port
+            redis_user_url(f"redis://127.0.0.1:{port}/0", "bff"), stack.profile_database_url, stack.auth_port
         ) as bff:
             name, _, _ = await new_user(bff)
             await asyncio.to_thread(process.stop)

@@ -10,6 +10,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import make_mocked_request
+from credentials import redis_user_url
 
 from profile_bff.ratelimit import (
     Charge,
@@ -24,7 +25,8 @@ from profile_bff.ratelimit import (
 
 @pytest.fixture
 async def limiter(redis_url):
-    redis = aioredis.Redis.from_url(redis_url)
+    """The BFF's rate limiter, connected as the BFF's Redis user."""
+    redis = aioredis.Redis.from_url(redis_user_url(redis_url, "bff"))
     try:
         yield RateLimiter(redis)
     finally:
@@ -32,7 +34,7 @@ async def limiter(redis_url):
 
 
 def key() -> str:
-    return f"test:ratelimit:{uuid.uuid4().hex}"
+    return f"ratelimit:test:{uuid.uuid4().hex}"
 
 
 async def test_a_burst_of_the_limit_passes_then_one_per_interval(limiter):

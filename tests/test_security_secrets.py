@@ -38,7 +38,7 @@ def no_service_environment(monkeypatch):
     ("settings_class", "secrets"),
     [
         (AuthSettings, {"database_url", "jwt_private_key_file"}),
-        (BffSettings, {"database_url", "redis_url"}),
+        (BffSettings, {"database_url", "redis_url", "aggregator_token_file"}),
     ],
 )
 def test_secret_settings_have_no_default_and_their_absence_stops_the_service(
