@@ -539,7 +539,7 @@ def install(app: web.Application, settings: BffSettings) -> None:
         # A blocking pool: a burst of upgrades (10,000 clients reconnecting after a restart) waits up to 2 s
         # for one of REDIS_CONNECTIONS connections, where redis-py's default pool fails at once beyond 100.
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url,
+            settings.redis_url.get_secret_value(),
             max_connections=REDIS_CONNECTIONS,
             timeout=2,
             socket_connect_timeout=2,

@@ -70,8 +70,17 @@ async def test_through_the_etl_a_refused_query_exits_2_and_a_select_prints_its_r
     from etl.app import start
     from etl.settings import EtlSettings
 
+    from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
+
+    # The command reads the ETL's service credential where `crypto-mesh up` keeps it.
+    token_file = ensure_secret(secrets_dir(tmp_path / "secrets") / "etl_api_token", random_token)
     running = await start(
-        EtlSettings(port=0, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", clickhouse_url=clickhouse_url)
+        EtlSettings(
+            port=0,
+            api_token_file=token_file,
+            kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+            clickhouse_url=clickhouse_url,
+        )
     )
     (tmp_path / "mesh.json").write_text(json.dumps({"urls": {"etl": f"http://127.0.0.1:{running.port}"}}))
     env = {**os.environ, "MESH_DATA_DIR": str(tmp_path)}

@@ -145,6 +145,7 @@ async def test_inserts_keep_landing_while_a_heavy_query_runs_until_its_time_limi
     running = await start(
         EtlSettings(
             port=0,
+            api_token_file=service_token_file(),
             kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
             clickhouse_url=clickhouse_url,
             sql_max_execution_s=10,

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from credentials import service_token_file
 from polling import eventually
 from test_bff_api import (
     PASSWORD,
@@ -487,7 +488,11 @@ async def test_answers_carrying_personal_data_and_errors_of_authenticated_routes
 
 
 def test_the_ceilings_have_their_documented_defaults():
-    settings = BffSettings(database_url="postgresql+asyncpg://unused/x", redis_url="redis://unused")
+    settings = BffSettings(
+        database_url="postgresql+asyncpg://unused/x",
+        redis_url="redis://unused",
+        aggregator_token_file=service_token_file(),
+    )
     assert settings.max_coins_per_user == 200
     assert settings.max_sockets_per_user == 10
     assert (settings.write_rate_per_user.limit, settings.write_rate_per_user.period_s) == (60, 60)
