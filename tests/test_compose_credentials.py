@@ -73,7 +73,8 @@ def test_every_secret_a_service_names_is_one_of_its_file_secrets_made_by_crypto_
         assert set(secret) == {"file"} and secret["file"].startswith("./secrets/")
     made = {path.name for path in secrets_dir.iterdir()}
     for name, service in compose["services"].items():
-        mounted = set(service.get("secrets", []))
+        # Short syntax names the secret; long syntax ({"source", "target"}) mounts it at another path.
+        mounted = {entry["source"] if isinstance(entry, dict) else entry for entry in service.get("secrets", [])}
         assert mounted <= set(declared), name
         for value in environment(service).values():
             for referenced in re.findall(r"/run/secrets/([\w.-]+)", value):
