@@ -32,7 +32,9 @@ import aiohttp
 
 from auth.tokens import generate_private_key_pem
 from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, redis_command
+from crypto_mesh.mesh import ensure_mesh_pki
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import AUTH, PROFILE_BFF
 
 BCRYPT_COST = 12
 USERS = 8
@@ -229,6 +231,7 @@ def main() -> None:
         )
         key_file = root / "jwt.pem"
         key_file.write_bytes(generate_private_key_pem())
+        tls = ensure_mesh_pki(root)
         processes: list[ManagedProcess] = []
         try:
             postgres.start()
@@ -244,6 +247,7 @@ def main() -> None:
                     "AUTH_JWT_PRIVATE_KEY_FILE": str(key_file),
                     "AUTH_BCRYPT_COST": str(BCRYPT_COST),
                     "AUTH_LOG_LEVEL": "WARNING",
+                    **tls[AUTH].environment("AUTH_"),
                 },
             )
             processes.append(auth.start())
@@ -259,6 +263,7 @@ def main() -> None:
                     "BFF_AUTH_TARGET": f"127.0.0.1:{auth_port}",
                     "BFF_AGGREGATOR_URL": f"http://127.0.0.1:{free_port()}",
                     "BFF_LOG_LEVEL": "WARNING",
+                    **tls[PROFILE_BFF].environment("BFF_"),
                     **{
                         f"BFF_{limit}": UNLIMITED
                         for limit in (

@@ -74,7 +74,9 @@ from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
 from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, redis_command
+from crypto_mesh.mesh import ensure_mesh_pki
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import AUTH, PROFILE_BFF
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
@@ -387,8 +389,15 @@ async def main(args: argparse.Namespace) -> None:
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     key_file = work / "jwt.pem"
     key_file.write_bytes(generate_private_key_pem())
+    tls = ensure_mesh_pki(work)
     auth = await start_auth(
-        AuthSettings(port=0, database_url=postgres.url("auth"), jwt_private_key_file=key_file, bcrypt_cost=4)
+        AuthSettings(
+            port=0,
+            database_url=postgres.url("auth"),
+            jwt_private_key_file=key_file,
+            bcrypt_cost=4,
+            **tls[AUTH].settings(),
+        )
     )
     issuer = TokenIssuer(
         load_private_key(key_file), issuer="crypto-mesh-auth", audience="crypto-mesh", ttl_s=3600
@@ -403,6 +412,7 @@ async def main(args: argparse.Namespace) -> None:
         "BFF_AUTH_TARGET": f"127.0.0.1:{auth.port}",
         "BFF_AGGREGATOR_URL": aggregator_url,
         "BFF_LOG_LEVEL": "WARNING",
+        **tls[PROFILE_BFF].environment("BFF_"),
     }
     bff = await asyncio.to_thread(start_bff_process, env, work / "bff.log")
     url = f"http://127.0.0.1:{bff_port}"

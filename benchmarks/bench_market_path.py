@@ -40,8 +40,10 @@ from pathlib import Path
 from aggregator.secondstat import SecondWindows
 from aggregator.trades import parse_trade_frame
 from crypto_mesh.embedded import ManagedProcess, redis_command, tansu_command
+from crypto_mesh.mesh import ensure_mesh_pki
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import AGGREGATOR, SOCKET_PROXY
 from crypto_mesh.replay.settings import DEFAULT_RECORDING
 
 GOAL_FRAMES_PER_S = 50_000
@@ -143,6 +145,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-market-"))
     python = sys.executable
     quiet = {"LOG_LEVEL": "WARNING"}
+    tls = ensure_mesh_pki(work)
     redis_port, kafka_port, replay_port, proxy_port, proxy_metrics, agg_port = (free_port() for _ in range(6))
     processes = {
         "redis": ManagedProcess(
@@ -171,6 +174,7 @@ def main() -> None:
                 "PROXY_METRICS_PORT": str(proxy_metrics),
                 "PROXY_EXCHANGE_URL": f"ws://127.0.0.1:{replay_port}",
                 **{f"PROXY_{k}": v for k, v in quiet.items()},
+                **tls[SOCKET_PROXY].environment("PROXY_"),
             },
         ),
         "aggregator": ManagedProcess(
@@ -185,6 +189,7 @@ def main() -> None:
                 "AGGREGATOR_KAFKA_ENABLE_IDEMPOTENCE": "false",
                 "AGGREGATOR_SOCKET_PROXY_TARGET": f"127.0.0.1:{proxy_port}",
                 **{f"AGGREGATOR_{k}": v for k, v in quiet.items()},
+                **tls[AGGREGATOR].environment("AGGREGATOR_"),
             },
         ),
     }

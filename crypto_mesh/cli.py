@@ -166,8 +166,12 @@ def secrets(directory: Path) -> None:
     """Create the secret files compose.yaml mounts (random passwords, an Ed25519 signing key) in DIRECTORY.
 
     Existing files are kept, so running it again never rotates a password behind a running database's back.
+    It also makes the mesh CA (``mesh_ca.crt``; its key ``mesh_ca.key`` is never mounted) and the TLS
+    certificate and key of each gRPC party (``<identity>_tls.crt``, ``<identity>_tls.key``); a certificate is
+    re-issued for its kept key when it expires within 30 days or no longer matches the CA (docs/SECURITY.md).
     """
     from auth.tokens import generate_private_key_pem
+    from crypto_mesh import pki
     from crypto_mesh.secrets import COMPOSE_MOUNTED, ensure_secret, random_token, read_secret, secrets_dir
 
     directory = secrets_dir(directory)
@@ -194,6 +198,7 @@ def secrets(directory: Path) -> None:
         lambda: f"CLICKHOUSE_USER=etl\nCLICKHOUSE_PASSWORD={passwords['clickhouse_password']}\n"
         "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT=1\n",
     )
+    pki.ensure_mesh_pki(directory, pki.COMPOSE_IDENTITIES, COMPOSE_MOUNTED)
     click.echo(f"secrets in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
 
 

@@ -42,6 +42,25 @@ def ensure_secret(path: Path, make: Callable[[], bytes | str], mode: int = OWNER
     return path
 
 
+def replace_secret(path: Path, content: bytes | str, mode: int = OWNER_ONLY) -> Path:
+    """Write ``content`` (bytes, or text written as UTF-8) to ``path`` in place of what it held, atomically: a
+    reader sees the old file or the new one, never a part of either. The new file has ``mode`` from its
+    creation. For material that is renewed rather than kept (a certificate re-issued before it expires);
+    a secret that must never change behind a running service is made with :func:`ensure_secret`. Returns
+    ``path``."""
+    data = content.encode() if isinstance(content, str) else content
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def random_token() -> str:
     """A new random secret: 256 bits, base64url without padding (43 characters), safe in URLs and headers."""
     return secrets.token_urlsafe(32)

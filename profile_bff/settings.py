@@ -8,12 +8,12 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from crypto_mesh.settings import ServiceSettings
+from crypto_mesh.settings import MeshTlsSettings
 from profile_bff.instruments import DEFAULT_EXCHANGE_INFO
 from profile_bff.ratelimit import IPNetwork, Rate, parse_networks
 
 
-class BffSettings(ServiceSettings):
+class BffSettings(MeshTlsSettings):
     """Environment of ``python -m profile_bff``.
 
     - ``BFF_HOST`` (``127.0.0.1``), ``BFF_PORT`` (``8080``; ``0`` picks a free port): where REST and the
@@ -22,6 +22,9 @@ class BffSettings(ServiceSettings):
       ``postgresql+asyncpg://user:pass@host/profile``.
     - ``BFF_REDIS_URL`` (required): ``redis://host:6379/0``; prices and portfolio-change notices.
     - ``BFF_AUTH_TARGET`` (``127.0.0.1:50051``): gRPC target of the auth service.
+    - ``BFF_TLS_CA_FILE``, ``BFF_TLS_CERT_FILE``, ``BFF_TLS_KEY_FILE`` (required): the mesh CA and the
+      ``profile_bff`` identity's certificate and key, presented to auth over mutual TLS (see
+      :class:`crypto_mesh.settings.MeshTlsSettings`, docs/SECURITY.md).
     - ``BFF_AGGREGATOR_URL`` (``http://127.0.0.1:8088``): the aggregator's control HTTP base URL.
     - ``BFF_JWT_ISSUER`` (``crypto-mesh-auth``), ``BFF_JWT_AUDIENCE`` (``crypto-mesh``): the ``iss`` and
       ``aud`` an access token must carry; the same values as the auth service's.
