@@ -12,13 +12,13 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from auth.server import SERVICE_NAME as AUTH_SERVICE
 from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
-from crypto_mesh.grpc_tls import HEALTH_SERVICE, caller_identity, refusal, tls_channel
+from crypto_mesh.grpc_tls import HEALTH_SERVICE, caller_identity, refusal, tls_channel, tls_server
 from crypto_mesh.pki import (
     AGGREGATOR,
     AUTH,
@@ -28,6 +28,7 @@ from crypto_mesh.pki import (
     SOCKET_PROXY,
     MeshTls,
     ensure_mesh_pki,
+    load_tls,
     spiffe_id,
 )
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc, socket_pb2, socket_pb2_grpc
@@ -289,3 +290,29 @@ def test_a_caller_is_admitted_only_with_a_mesh_identity_allowed_for_the_service(
 ):
     refused = refusal(caller_identity(auth_context), service, CALLERS)
     assert (refused.code if refused else None) == expected
+
+
+async def test_during_a_ca_rotation_parties_trusting_both_cas_talk_across_them(tmp_path):
+    old = ensure_mesh_pki(secrets_dir(tmp_path / "old"), [AUTH, PROFILE_BFF])
+    new = ensure_mesh_pki(secrets_dir(tmp_path / "new"), [AUTH, PROFILE_BFF])
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_bytes(old[AUTH].ca_file.read_bytes() + new[AUTH].ca_file.read_bytes())
+    server_tls = load_tls(bundle, old[AUTH].cert_file, old[AUTH].key_file)
+    server, port = tls_server(server_tls, "127.0.0.1", 0, {})
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await server.start()
+    request = health_pb2.HealthCheckRequest()
+    try:
+        # A client already on the new CA's certificate, still trusting the old CA: served.
+        client_tls = load_tls(bundle, new[PROFILE_BFF].cert_file, new[PROFILE_BFF].key_file)
+        async with tls_channel(f"127.0.0.1:{port}", client_tls, AUTH) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=CALL_TIMEOUT_S)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # The same client trusting the new CA alone refuses the server still on the old one.
+        new_only = new[PROFILE_BFF].load()
+        async with tls_channel(f"127.0.0.1:{port}", new_only, AUTH) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check(request, timeout=CALL_TIMEOUT_S)
+            assert await refused_code(check) == Code.UNAVAILABLE
+    finally:
+        await server.stop(None)
