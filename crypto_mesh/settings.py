@@ -9,9 +9,9 @@ named like the variable (``auth_database_url``), which is how compose.yaml hands
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
+from pydantic import FilePath
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crypto_mesh.pki import MeshTls, load_tls
@@ -38,8 +38,8 @@ class ServiceSettings(BaseSettings):
 class MeshTlsSettings(ServiceSettings):
     """Settings of a service that speaks gRPC in the mesh (serves it, or calls a service that does): its mesh
     identity as three PEM files, made by ``crypto-mesh up`` (under ``MESH_DATA_DIR/secrets``) and
-    ``crypto-mesh secrets`` (for compose), see :mod:`crypto_mesh.pki`. All three are required: no gRPC in the
-    mesh runs without mutual TLS.
+    ``crypto-mesh secrets`` (for compose), see :mod:`crypto_mesh.pki`. All three are required and must name
+    existing files: no gRPC in the mesh runs without mutual TLS.
 
     - ``<PREFIX>TLS_CA_FILE``: the mesh CA certificate(s) this party trusts (``mesh_ca.crt``; several
       concatenated while the CA is being replaced).
@@ -47,9 +47,9 @@ class MeshTlsSettings(ServiceSettings):
     - ``<PREFIX>TLS_KEY_FILE``: its private key (``<identity>_tls.key``).
     """
 
-    tls_ca_file: Path
-    tls_cert_file: Path
-    tls_key_file: Path
+    tls_ca_file: FilePath
+    tls_cert_file: FilePath
+    tls_key_file: FilePath
 
     def mesh_tls(self) -> MeshTls:
         """The three files read and checked (:func:`crypto_mesh.pki.load_tls`); raises ``OSError`` or

@@ -6,6 +6,7 @@ handler. The decision on a caller's identity is also specified on its own, with 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 
@@ -316,3 +317,22 @@ async def test_during_a_ca_rotation_parties_trusting_both_cas_talk_across_them(t
             assert await refused_code(check) == Code.UNAVAILABLE
     finally:
         await server.stop(None)
+
+
+async def test_a_server_without_usable_tls_files_does_not_start(exchange, mesh_pki, tmp_path):
+    environment = {
+        **os.environ,
+        "PROXY_PORT": "0",
+        "PROXY_TLS_CERT_FILE": str(tmp_path / "missing.crt"),
+        "PROXY_TLS_KEY_FILE": str(tmp_path / "missing.key"),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "socket_proxy", env=environment, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    assert "PROXY_TLS_CERT_FILE" in stderr.decode() and "PROXY_TLS_KEY_FILE" in stderr.decode()
+
+    mismatched = ProxySettings(port=0, exchange_url=exchange.url, tls_key_file=mesh_pki[AGGREGATOR].key_file)
+    with pytest.raises(ValueError, match="is not the private key of the certificate"):
+        await start_proxy(mismatched)
