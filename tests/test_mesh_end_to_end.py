@@ -194,20 +194,23 @@ def test_the_mesh_grpc_servers_speak_mutual_tls_only_and_serve_each_its_one_clie
         with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as plain:
             health_pb2_grpc.HealthStub(channel).Check(health, timeout=10)
         assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert health_status(target, tls[HEALTHCHECK], server) == health_pb2.HealthCheckResponse.SERVING
+        status = health_status(target, tls[HEALTHCHECK], server, timeout_s=30)
+        assert status == health_pb2.HealthCheckResponse.SERVING
 
     register = auth_pb2.RegisterRequest(name=f"eve{os.getpid()}", password="correct horse battery staple")
-    with mesh_channel(state["urls"][AUTH], tls[AGGREGATOR], AUTH) as channel:
-        with pytest.raises(grpc.RpcError) as denied:
-            auth_pb2_grpc.AuthStub(channel).Register(register, timeout=10)
+    with (
+        mesh_channel(state["urls"][AUTH], tls[AGGREGATOR], AUTH) as channel,
+        pytest.raises(grpc.RpcError) as denied,
+    ):
+        auth_pb2_grpc.AuthStub(channel).Register(register, timeout=60)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with mesh_channel(state["urls"][AUTH], tls[PROFILE_BFF], AUTH) as channel:
-        created = auth_pb2_grpc.AuthStub(channel).Register(register, timeout=10)
+        created = auth_pb2_grpc.AuthStub(channel).Register(register, timeout=60)
     assert created.name == register.name  # the refused call created nothing: the name was still free
 
     with mesh_channel(state["urls"][SOCKET_PROXY], tls[PROFILE_BFF], SOCKET_PROXY) as channel:
         stream = socket_pb2_grpc.SocketProxyStub(channel).StreamTrades(
-            socket_pb2.TradeStreamRequest(symbol="btcusdt"), timeout=10
+            socket_pb2.TradeStreamRequest(symbol="btcusdt"), timeout=30
         )
         with pytest.raises(grpc.RpcError) as denied:
             next(stream)
