@@ -66,6 +66,8 @@ class _Service:
     """The parts of a running aggregator and their background tasks."""
 
     def __init__(self, settings: AggregatorSettings) -> None:
+        # Read before anything is opened: an aggregator that cannot prove its identity must not start.
+        tls = settings.mesh_tls()
         self.settings = settings
         self.api_tokens = read_tokens(settings.api_token_file)
         self.redis: redis.Redis = connect_redis(settings.redis_url.get_secret_value())
@@ -83,7 +85,9 @@ class _Service:
             SecondWindows(settings.window_grace_ms), fan_out(self.publisher.submit, self.seconds.submit)
         )
         self.tickers = TickerIntake(self.kafka.submit)
-        self.feeds = Feeds(settings.socket_proxy_target, settings.trade_stream, self.trades, self.tickers)
+        self.feeds = Feeds(
+            settings.socket_proxy_target, tls, settings.trade_stream, self.trades, self.tickers
+        )
         self.followers_loaded = False
         # Serialises follower changes with the stream they start or stop, so a PUT racing the DELETE of the
         # last follower cannot leave a followed symbol unstreamed.

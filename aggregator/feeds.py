@@ -17,7 +17,9 @@ import grpc
 from aggregator.intake import TickerIntake, TradeIntake, now_ms
 from crypto_mesh.backoff import Backoff
 from crypto_mesh.binance import AGG_TRADE
+from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.logs import get_logger
+from crypto_mesh.pki import SOCKET_PROXY, MeshTls
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from crypto_mesh.runtime import raise_if_cancelling
 
@@ -33,15 +35,18 @@ CHANNEL_OPTIONS = [
 
 
 class Feeds:
-    """The aggregator's upstream: a gRPC channel to ``target`` and the stream tasks on it.
+    """The aggregator's upstream: a gRPC channel to ``target`` over mutual TLS with ``tls`` (the aggregator's
+    identity; the server must prove the ``socket_proxy`` identity) and the stream tasks on it.
 
     ``trade_stream`` is ``"trade"`` or ``"aggTrade"`` (``TRADE_STREAM``). Trade frames go to
     ``trades.on_frames``, mini-ticker frames to ``tickers.on_frames``. :meth:`track` and :meth:`untrack` are
     idempotent and return at once.
     """
 
-    def __init__(self, target: str, trade_stream: str, trades: TradeIntake, tickers: TickerIntake) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(
+        self, target: str, tls: MeshTls, trade_stream: str, trades: TradeIntake, tickers: TickerIntake
+    ) -> None:
+        self._channel = tls_channel(target, tls, SOCKET_PROXY, options=CHANNEL_OPTIONS)
         self._stub = socket_pb2_grpc.SocketProxyStub(self._channel)
         self._kind = (
             socket_pb2.TRADE_KIND_AGG_TRADE if trade_stream == AGG_TRADE else socket_pb2.TRADE_KIND_TRADE

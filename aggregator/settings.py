@@ -8,10 +8,10 @@ from pydantic import Field, FilePath, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from crypto_mesh.kafka import KafkaClientSettings
-from crypto_mesh.settings import ServiceSettings
+from crypto_mesh.settings import MeshTlsSettings
 
 
-class AggregatorSettings(ServiceSettings, KafkaClientSettings):
+class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     """Where the control API listens, the upstream socket_proxy, Redis, Kafka and the window rule.
 
     Environment (``AGGREGATOR_`` prefix):
@@ -32,6 +32,9 @@ class AggregatorSettings(ServiceSettings, KafkaClientSettings):
       window is closed and published.
     - ``KAFKA_ENABLE_IDEMPOTENCE`` (true): idempotent producer; the embedded broker (Tansu, memory storage)
       refuses ``InitProducerId``, so the embedded stack sets false.
+    - ``TLS_CA_FILE``, ``TLS_CERT_FILE``, ``TLS_KEY_FILE`` (required): the mesh CA and the ``aggregator``
+      identity's certificate and key, presented to socket_proxy over mutual TLS (see
+      :class:`crypto_mesh.settings.MeshTlsSettings`, docs/SECURITY.md).
     - ``LOG_LEVEL``, ``LOG_FORMAT``: see :class:`crypto_mesh.settings.ServiceSettings`.
     """
 

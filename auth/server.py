@@ -32,12 +32,16 @@ from auth.settings import AuthSettings
 from auth.store import AuthStore, create_engine
 from auth.tokens import TokenIssuer, load_private_key, load_public_keys
 from auth.users import Accounts, Tokens
+from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.logs import get_logger
+from crypto_mesh.pki import PROFILE_BFF
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
 
 log = get_logger(__name__)
 
 SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
+#: Mesh identities allowed to call ``crypto.auth.v1.Auth``: the BFF is its only client.
+CALLERS = frozenset({PROFILE_BFF})
 #: Requests are a name, a password or a token: 64 KiB is ample and bounds what a client can make us parse.
 MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024
 #: Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED instead of queueing without bound
@@ -202,9 +206,12 @@ async def start(settings: AuthSettings) -> Running:
     The gRPC port is bound first (``settings.port`` 0 picks a free one: see ``Running.port``) with health
     ``NOT_SERVING``; then the migrations are applied, retried with backoff while the database is not
     reachable, and health turns ``SERVING``. Cancelling the caller while it waits stops the server.
-    Raises ``OSError``/``ValueError`` if the signing keys cannot be read, ``RuntimeError`` if the port
-    cannot be bound.
+    The port speaks mutual TLS only (:func:`crypto_mesh.grpc_tls.tls_server`) with the ``settings.tls_*``
+    files; ``crypto.auth.v1.Auth`` admits the :data:`CALLERS` identities only.
+    Raises ``OSError``/``ValueError`` if the signing keys or the TLS files cannot be read or used,
+    ``RuntimeError`` if the port cannot be bound.
     """
+    tls = settings.mesh_tls()
     issuer = TokenIssuer(
         load_private_key(settings.jwt_private_key_file),
         issuer=settings.jwt_issuer,
@@ -223,19 +230,21 @@ async def start(settings: AuthSettings) -> Running:
     health_servicer = health.aio.HealthServicer()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)],
-        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
-    )
-    server.add_generic_rpc_handlers((auth_handler(AuthServicer(accounts)),))
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
-        port = server.add_insecure_port(f"{host}:{settings.port}")
+        server, port = tls_server(
+            tls,
+            settings.host,
+            settings.port,
+            {SERVICE_NAME: CALLERS},
+            options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)],
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        )
     except RuntimeError:
         await store.close()
         hasher.close()
         raise
+    server.add_generic_rpc_handlers((auth_handler(AuthServicer(accounts)),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await server.start()
     log.info("auth_listening", host=settings.host, port=port, kid=issuer.kid)
 

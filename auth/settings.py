@@ -7,10 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from crypto_mesh.settings import ServiceSettings
+from crypto_mesh.settings import MeshTlsSettings
 
 
-class AuthSettings(ServiceSettings):
+class AuthSettings(MeshTlsSettings):
     """Where the auth service listens, its database, its signing key and its token lifetimes.
 
     Environment (``AUTH_`` prefix):
@@ -25,6 +25,9 @@ class AuthSettings(ServiceSettings):
     - ``JWT_ISSUER`` (``crypto-mesh-auth``), ``JWT_AUDIENCE`` (``crypto-mesh``): ``iss`` and ``aud`` claims.
     - ``ACCESS_TOKEN_TTL_S`` (900 s), ``REFRESH_TOKEN_TTL_S`` (2 592 000 s = 30 days).
     - ``BCRYPT_COST`` (12): log2 of bcrypt's work factor, 4..31. Tests use 4.
+    - ``TLS_CA_FILE``, ``TLS_CERT_FILE``, ``TLS_KEY_FILE`` (required): the mesh CA and the ``auth`` identity's
+      certificate and key; the server speaks mutual TLS only and serves the ``profile_bff`` identity (see
+      :class:`crypto_mesh.settings.MeshTlsSettings`, docs/SECURITY.md).
     - ``LOG_LEVEL``, ``LOG_FORMAT``: see :class:`crypto_mesh.settings.ServiceSettings`.
     """
 

@@ -32,8 +32,9 @@ import aiohttp
 
 from auth.tokens import generate_private_key_pem
 from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess
-from crypto_mesh.mesh import AGGREGATOR_TOKEN_FILE, embedded_redis, ensure_service_token
+from crypto_mesh.mesh import AGGREGATOR_TOKEN_FILE, embedded_redis, ensure_mesh_pki, ensure_service_token
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import AUTH, PROFILE_BFF
 
 BCRYPT_COST = 12
 USERS = 8
@@ -229,6 +230,7 @@ def main() -> None:
         redis = ManagedProcess("redis", redis_argv, redis_port, root / "redis.log")
         key_file = root / "jwt.pem"
         key_file.write_bytes(generate_private_key_pem())
+        tls = ensure_mesh_pki(root)
         processes: list[ManagedProcess] = []
         try:
             postgres.start()
@@ -244,6 +246,7 @@ def main() -> None:
                     "AUTH_JWT_PRIVATE_KEY_FILE": str(key_file),
                     "AUTH_BCRYPT_COST": str(BCRYPT_COST),
                     "AUTH_LOG_LEVEL": "WARNING",
+                    **tls[AUTH].environment("AUTH_"),
                 },
             )
             processes.append(auth.start())
@@ -260,6 +263,7 @@ def main() -> None:
                     "BFF_AGGREGATOR_URL": f"http://127.0.0.1:{free_port()}",
                     "BFF_AGGREGATOR_TOKEN_FILE": str(ensure_service_token(root, AGGREGATOR_TOKEN_FILE)),
                     "BFF_LOG_LEVEL": "WARNING",
+                    **tls[PROFILE_BFF].environment("BFF_"),
                     **{
                         f"BFF_{limit}": UNLIMITED
                         for limit in (

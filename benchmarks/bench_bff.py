@@ -79,8 +79,9 @@ from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
 from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess
-from crypto_mesh.mesh import embedded_redis
+from crypto_mesh.mesh import embedded_redis, ensure_mesh_pki
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import AUTH, PROFILE_BFF
 from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
 from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
 
@@ -397,8 +398,15 @@ async def main(args: argparse.Namespace) -> None:
     redis_url = redis_urls["aggregator"]
     key_file = work / "jwt.pem"
     key_file.write_bytes(generate_private_key_pem())
+    tls = ensure_mesh_pki(work)
     auth = await start_auth(
-        AuthSettings(port=0, database_url=postgres.url("auth"), jwt_private_key_file=key_file, bcrypt_cost=4)
+        AuthSettings(
+            port=0,
+            database_url=postgres.url("auth"),
+            jwt_private_key_file=key_file,
+            bcrypt_cost=4,
+            **tls[AUTH].settings(),
+        )
     )
     issuer = TokenIssuer(
         load_private_key(key_file), issuer="crypto-mesh-auth", audience="crypto-mesh", ttl_s=3600
@@ -419,6 +427,7 @@ async def main(args: argparse.Namespace) -> None:
         # minute by default) are lifted to let one address stand for the whole crowd.
         "BFF_MAX_CONNECTIONS_PER_ADDRESS": str(args.clients + 1000),
         "BFF_WS_UPGRADE_RATE_PER_ADDRESS": f"{args.clients * 10}/minute",
+        **tls[PROFILE_BFF].environment("BFF_"),
         **{key: value for key, value in os.environ.items() if key.startswith("BFF_")},
     }
     bff = await asyncio.to_thread(start_bff_process, env, work / "bff.log")

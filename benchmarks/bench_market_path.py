@@ -40,9 +40,10 @@ from pathlib import Path
 from aggregator.secondstat import SecondWindows
 from aggregator.trades import parse_trade_frame
 from crypto_mesh.embedded import ManagedProcess, tansu_command
-from crypto_mesh.mesh import embedded_redis
+from crypto_mesh.mesh import embedded_redis, ensure_mesh_pki
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import AGGREGATOR, SOCKET_PROXY
 from crypto_mesh.replay.settings import DEFAULT_RECORDING
 from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
 from crypto_mesh.servicecreds import bearer_header, read_token
@@ -148,6 +149,7 @@ def main() -> None:
     aggregator_auth = bearer_header(read_token(aggregator_token))
     python = sys.executable
     quiet = {"LOG_LEVEL": "WARNING"}
+    tls = ensure_mesh_pki(work)
     redis_port, kafka_port, replay_port, proxy_port, proxy_metrics, agg_port = (free_port() for _ in range(6))
     redis_argv, redis_urls = embedded_redis(work, redis_port)
     processes = {
@@ -177,6 +179,7 @@ def main() -> None:
                 "PROXY_METRICS_PORT": str(proxy_metrics),
                 "PROXY_EXCHANGE_URL": f"ws://127.0.0.1:{replay_port}",
                 **{f"PROXY_{k}": v for k, v in quiet.items()},
+                **tls[SOCKET_PROXY].environment("PROXY_"),
             },
         ),
         "aggregator": ManagedProcess(
@@ -192,6 +195,7 @@ def main() -> None:
                 "AGGREGATOR_KAFKA_ENABLE_IDEMPOTENCE": "false",
                 "AGGREGATOR_SOCKET_PROXY_TARGET": f"127.0.0.1:{proxy_port}",
                 **{f"AGGREGATOR_{k}": v for k, v in quiet.items()},
+                **tls[AGGREGATOR].environment("AGGREGATOR_"),
             },
         ),
     }

@@ -184,9 +184,13 @@ def secrets(directory: Path) -> None:
     file with the etl and analytics users) in DIRECTORY.
 
     Existing files are kept, so running it again never rotates a password behind a running database's back.
+    It also makes the mesh CA (``mesh_ca.crt``; its key ``mesh_ca.key`` is never mounted) and the TLS
+    certificate and key of each gRPC party (``<identity>_tls.crt``, ``<identity>_tls.key``); a certificate is
+    re-issued for its kept key when it expires within 30 days or no longer matches the CA (docs/SECURITY.md).
     """
     from auth.tokens import generate_private_key_pem
     from etl.clickhouse_users import users_xml
+    from crypto_mesh import pki
     from crypto_mesh.secrets import COMPOSE_MOUNTED, ensure_secret, random_token, read_secret, secrets_dir
 
     directory = secrets_dir(directory)
@@ -220,6 +224,7 @@ def secrets(directory: Path) -> None:
         lambda: users_xml(passwords["clickhouse_password"], passwords["clickhouse_analytics_password"]),
     )
     _service_credentials(directory, secret)
+    pki.ensure_mesh_pki(directory, pki.COMPOSE_IDENTITIES, COMPOSE_MOUNTED)
     click.echo(f"secrets in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
 
 
@@ -233,20 +238,20 @@ def _service_credentials(directory: Path, secret) -> None:
     from crypto_mesh.kafka import KAFKA_USERS, broker_jaas_config, client_properties
     from crypto_mesh.mesh import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, REDIS_ACL_FILE
     from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user
-    from crypto_mesh.secrets import COMPOSE_MOUNTED, random_token, write_secret
+    from crypto_mesh.secrets import COMPOSE_MOUNTED, random_token, replace_secret
 
     for name in (AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE):
         secret(name, random_token)
     redis = {user: secret(f"redis_{user}_password", random_token) for user in USER_RULES}
-    write_secret(directory / REDIS_ACL_FILE, acl_file_text(redis, healthcheck=True), COMPOSE_MOUNTED)
+    replace_secret(directory / REDIS_ACL_FILE, acl_file_text(redis, healthcheck=True), COMPOSE_MOUNTED)
     for user, password in redis.items():
         # Named like the service's setting (BFF_REDIS_URL, AGGREGATOR_REDIS_URL), read from /run/secrets.
         url = url_with_user("redis://redis:6379/0", user, password)
-        write_secret(directory / f"{user}_redis_url", url, COMPOSE_MOUNTED)
+        replace_secret(directory / f"{user}_redis_url", url, COMPOSE_MOUNTED)
     kafka = {user: secret(f"kafka_{user}_password", random_token) for user in KAFKA_USERS}
     admin = secret("kafka_admin_password", random_token)
-    write_secret(directory / "kafka_server_jaas.conf", broker_jaas_config(admin, kafka), COMPOSE_MOUNTED)
-    write_secret(directory / "kafka_admin.properties", client_properties("admin", admin), COMPOSE_MOUNTED)
+    replace_secret(directory / "kafka_server_jaas.conf", broker_jaas_config(admin, kafka), COMPOSE_MOUNTED)
+    replace_secret(directory / "kafka_admin.properties", client_properties("admin", admin), COMPOSE_MOUNTED)
 
 
 if __name__ == "__main__":

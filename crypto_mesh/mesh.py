@@ -16,18 +16,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from crypto_mesh import pki
 from crypto_mesh.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
+from crypto_mesh.grpc_tls import health_status
 from crypto_mesh.netutil import free_port, port_open
 from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user, without_credentials
-from crypto_mesh.secrets import ensure_secret, random_token, read_secret, secrets_dir, write_secret
+from crypto_mesh.secrets import ensure_secret, random_token, read_secret, secrets_dir, replace_secret
 from crypto_mesh.settings import ServiceSettings
 
 #: The recording the replay exchange plays by default: real Binance ``@trade`` frames (see data/binance/SOURCES.md).
@@ -65,11 +68,19 @@ class MeshSettings(ServiceSettings):
 @dataclass
 class HealthCheck:
     """How to tell one process is ready: ``kind`` is ``http`` (GET ``target`` answers 200), ``grpc``
-    (grpc.health.v1 at ``target`` says SERVING) or ``tcp`` (``target`` ``host:port`` accepts connections)."""
+    (grpc.health.v1 at ``target`` says SERVING) or ``tcp`` (``target`` ``host:port`` accepts connections).
+
+    A ``grpc`` check speaks mutual TLS (:func:`crypto_mesh.grpc_tls.health_status`): it presents the
+    certificate ``cert_file`` (key ``key_file``) and accepts a server certified by ``ca_file`` as
+    ``server_identity``."""
 
     name: str
     kind: str
     target: str
+    server_identity: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
     def ok(self) -> bool:
         """True if the process answers healthy now; never raises."""
@@ -78,9 +89,9 @@ class HealthCheck:
                 with urllib.request.urlopen(self.target, timeout=1.0) as response:
                     return response.status == 200
             if self.kind == "grpc":
-                with grpc.insecure_channel(self.target) as channel:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    return reply.status == health_pb2.HealthCheckResponse.SERVING
+                tls = pki.load_tls(Path(self.ca_file), Path(self.cert_file), Path(self.key_file))
+                status = health_status(self.target, tls, self.server_identity, timeout_s=1.0)
+                return status == health_pb2.HealthCheckResponse.SERVING
             host, port = self.target.rsplit(":", 1)
             return port_open(host, int(port))
         except (OSError, urllib.error.URLError, grpc.RpcError, ValueError):
@@ -163,10 +174,18 @@ def embedded_redis(data_dir: Path, port: int) -> tuple[list[str], dict[str, str]
     ``data_dir/secrets/redis_users.acl`` (rewritten from :func:`ensure_redis_passwords`), and the URL of each
     service's user on database 0 (user → ``redis://<user>:<password>@127.0.0.1:<port>/0``)."""
     passwords = ensure_redis_passwords(data_dir)
-    acl_file = write_secret(data_dir / "secrets" / REDIS_ACL_FILE, acl_file_text(passwords))
+    acl_file = replace_secret(data_dir / "secrets" / REDIS_ACL_FILE, acl_file_text(passwords))
     base = f"redis://127.0.0.1:{port}/0"
     urls = {user: url_with_user(base, user, password) for user, password in passwords.items()}
     return redis_command(port, data_dir / "redis", acl_file), urls
+
+
+def ensure_mesh_pki(data_dir: Path) -> Mapping[str, pki.TlsFiles]:
+    """The mesh CA and the TLS files of every gRPC party of the embedded mesh (auth, socket_proxy,
+    profile_bff, aggregator and the readiness watcher's ``healthcheck``) under ``data_dir/secrets``, every
+    file 0600: made on first use, kept afterwards, a certificate re-issued only when it must be
+    (:func:`crypto_mesh.pki.ensure_mesh_pki`). Returns identity → its files."""
+    return pki.ensure_mesh_pki(secrets_dir(data_dir / "secrets"), pki.EMBEDDED_IDENTITIES)
 
 
 def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> MeshPlan:
@@ -227,17 +246,19 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
     key_file = ensure_jwt_key(data_dir)
     aggregator_token = ensure_service_token(data_dir, AGGREGATOR_TOKEN_FILE)
     etl_token = ensure_service_token(data_dir, ETL_TOKEN_FILE)
+    tls = ensure_mesh_pki(data_dir)
     processes += [
         MeshProcess(
             "auth",
             _python_module("auth"),
             service_env("AUTH_", host="127.0.0.1", port=auth_port, database_url=auth_db,
-                        jwt_private_key_file=key_file),
+                        jwt_private_key_file=key_file, **tls[pki.AUTH].settings()),
         ),
         MeshProcess(
             "socket_proxy",
             _python_module("socket_proxy"),
-            service_env("PROXY_", host="127.0.0.1", port=proxy_port, exchange_url=exchange),
+            service_env("PROXY_", host="127.0.0.1", port=proxy_port, exchange_url=exchange,
+                        **tls[pki.SOCKET_PROXY].settings()),
         ),
         MeshProcess(
             "aggregator",
@@ -246,7 +267,8 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
                         socket_proxy_target=f"127.0.0.1:{proxy_port}", redis_url=redis_urls["aggregator"],
                         kafka_bootstrap_servers=kafka,
                         # Tansu's memory storage refuses InitProducerId; message_id deduplicates downstream.
-                        kafka_enable_idempotence=str(not kafka_is_tansu).lower()),
+                        kafka_enable_idempotence=str(not kafka_is_tansu).lower(),
+                        **tls[pki.AGGREGATOR].settings()),
         ),
         MeshProcess(
             "etl",
@@ -262,12 +284,13 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
                         redis_url=redis_urls["bff"], auth_target=f"127.0.0.1:{auth_port}",
                         aggregator_url=f"http://127.0.0.1:{aggregator_port}", aggregator_token_file=aggregator_token,
                         # The embedded mesh serves plain HTTP on localhost, where a Secure cookie is never sent back.
-                        cookie_secure="false"),
+                        cookie_secure="false", **tls[pki.PROFILE_BFF].settings()),
         ),
     ]
+    watcher_files = {name: str(path) for name, path in asdict(tls[pki.HEALTHCHECK]).items()}
     checks += [
-        HealthCheck("auth", "grpc", f"127.0.0.1:{auth_port}"),
-        HealthCheck("socket_proxy", "grpc", f"127.0.0.1:{proxy_port}"),
+        HealthCheck("auth", "grpc", f"127.0.0.1:{auth_port}", pki.AUTH, **watcher_files),
+        HealthCheck("socket_proxy", "grpc", f"127.0.0.1:{proxy_port}", pki.SOCKET_PROXY, **watcher_files),
         HealthCheck("aggregator", "http", f"http://127.0.0.1:{aggregator_port}/healthz"),
         HealthCheck("etl", "http", f"http://127.0.0.1:{etl_port}/healthz"),
         HealthCheck("profile_bff", "http", f"http://{settings.bff_host}:{settings.bff_port}/healthz"),

@@ -42,17 +42,22 @@ def ensure_secret(path: Path, make: Callable[[], bytes | str], mode: int = OWNER
     return path
 
 
-def write_secret(path: Path, content: bytes | str, mode: int = OWNER_ONLY) -> Path:
-    """Write ``content`` (bytes, or text written as UTF-8) to the secret file ``path``, replacing it atomically
-    if it exists: for a file derived from other secrets (an ACL file made from passwords), rewritten whenever
-    they are read. Created with ``mode`` under a temporary name, never readable by others. Returns ``path``."""
+def replace_secret(path: Path, content: bytes | str, mode: int = OWNER_ONLY) -> Path:
+    """Write ``content`` (bytes, or text written as UTF-8) to ``path`` in place of what it held, atomically: a
+    reader sees the old file or the new one, never a part of either. The new file has ``mode`` from its
+    creation. For material that is renewed rather than kept (a certificate re-issued before it expires);
+    a secret that must never change behind a running service is made with :func:`ensure_secret`. Returns
+    ``path``."""
     data = content.encode() if isinstance(content, str) else content
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    tmp.replace(path)
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
     return path
 
 

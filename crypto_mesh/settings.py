@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+from pydantic import FilePath
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crypto_mesh.pki import MeshTls, load_tls
 
 #: Where container runtimes mount secrets (compose.yaml); a file there named like a variable sets that variable.
 SECRETS_DIR = "/run/secrets"
@@ -30,3 +33,25 @@ class ServiceSettings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
+
+
+class MeshTlsSettings(ServiceSettings):
+    """Settings of a service that speaks gRPC in the mesh (serves it, or calls a service that does): its mesh
+    identity as three PEM files, made by ``crypto-mesh up`` (under ``MESH_DATA_DIR/secrets``) and
+    ``crypto-mesh secrets`` (for compose), see :mod:`crypto_mesh.pki`. All three are required and must name
+    existing files: no gRPC in the mesh runs without mutual TLS.
+
+    - ``<PREFIX>TLS_CA_FILE``: the mesh CA certificate(s) this party trusts (``mesh_ca.crt``; several
+      concatenated while the CA is being replaced).
+    - ``<PREFIX>TLS_CERT_FILE``: this party's certificate (``<identity>_tls.crt``).
+    - ``<PREFIX>TLS_KEY_FILE``: its private key (``<identity>_tls.key``).
+    """
+
+    tls_ca_file: FilePath
+    tls_cert_file: FilePath
+    tls_key_file: FilePath
+
+    def mesh_tls(self) -> MeshTls:
+        """The three files read and checked (:func:`crypto_mesh.pki.load_tls`); raises ``OSError`` or
+        ``ValueError`` (naming the file) if they cannot serve."""
+        return load_tls(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)

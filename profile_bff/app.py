@@ -228,9 +228,10 @@ def _services_context(settings: BffSettings):
         # Read first and not caught: a BFF without a symbol list must not start.
         instruments = Instruments.load(settings.exchange_info_file)
         aggregator_token = read_token(settings.aggregator_token_file)
+        tls = settings.mesh_tls()
         store = ProfileStore(settings.database_url)
         bus = MarketBus(settings.redis_url.get_secret_value())
-        auth = AuthClient(settings.auth_target)
+        auth = AuthClient(settings.auth_target, tls)
         aggregator = AggregatorClient(settings.aggregator_url, aggregator_token)
         verifier = AccessTokenVerifier(
             auth.public_keys_json, issuer=settings.jwt_issuer, audience=settings.jwt_audience

@@ -8,19 +8,21 @@ gRPC failures surface as ``grpc.aio.AioRpcError``; the HTTP layer maps their sta
 from __future__ import annotations
 
 import aiohttp
-import grpc
 from yarl import URL
 
+from crypto_mesh.grpc_tls import tls_channel
+from crypto_mesh.pki import AUTH, MeshTls
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
 from crypto_mesh.servicecreds import bearer_header
 
 
 class AuthClient:
-    """The ``crypto.auth.v1.Auth`` service at ``target`` (``host:port``); each call times out after
-    ``timeout_s`` seconds (DEADLINE_EXCEEDED). The channel connects lazily and reconnects by itself."""
+    """The ``crypto.auth.v1.Auth`` service at ``target`` (``host:port``), over mutual TLS with ``tls`` (the
+    BFF's identity); the server must prove the ``auth`` identity. Each call times out after ``timeout_s``
+    seconds (DEADLINE_EXCEEDED). The channel connects lazily and reconnects by itself."""
 
-    def __init__(self, target: str, timeout_s: float = 5.0) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+    def __init__(self, target: str, tls: MeshTls, timeout_s: float = 5.0) -> None:
+        self._channel = tls_channel(target, tls, AUTH)
         self._stub = auth_pb2_grpc.AuthStub(self._channel)
         self._timeout_s = timeout_s
 

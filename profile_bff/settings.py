@@ -8,12 +8,12 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from crypto_mesh.settings import ServiceSettings
+from crypto_mesh.settings import MeshTlsSettings
 from profile_bff.instruments import DEFAULT_EXCHANGE_INFO
 from profile_bff.ratelimit import IPNetwork, Rate, parse_networks
 
 
-class BffSettings(ServiceSettings):
+class BffSettings(MeshTlsSettings):
     """Environment of ``python -m profile_bff``.
 
     - ``BFF_HOST`` (``127.0.0.1``), ``BFF_PORT`` (``8080``; ``0`` picks a free port): where REST and the
@@ -23,6 +23,9 @@ class BffSettings(ServiceSettings):
     - ``BFF_REDIS_URL`` (required, secret): ``redis://user:password@host:6379/0`` (the ``bff`` ACL user);
       prices, portfolio-change notices, WebSocket tickets and rate-limit keys.
     - ``BFF_AUTH_TARGET`` (``127.0.0.1:50051``): gRPC target of the auth service.
+    - ``BFF_TLS_CA_FILE``, ``BFF_TLS_CERT_FILE``, ``BFF_TLS_KEY_FILE`` (required): the mesh CA and the
+      ``profile_bff`` identity's certificate and key, presented to auth over mutual TLS (see
+      :class:`crypto_mesh.settings.MeshTlsSettings`, docs/SECURITY.md).
     - ``BFF_AGGREGATOR_URL`` (``http://127.0.0.1:8088``): the aggregator's control HTTP base URL.
     - ``BFF_AGGREGATOR_TOKEN_FILE`` (required): the aggregator's service credential (the file of
       ``AGGREGATOR_API_TOKEN_FILE``; the first line is presented, :mod:`crypto_mesh.servicecreds`).

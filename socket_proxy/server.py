@@ -25,8 +25,10 @@ from crypto_mesh.binance import (
     trade_stream,
 )
 from crypto_mesh.gaps import GapDetector
+from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.logs import get_logger
 from crypto_mesh.metrics import own_registry
+from crypto_mesh.pki import AGGREGATOR
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from socket_proxy.fanout import Counters, FanOut, Subscriber, SubscriberOverflow
 from socket_proxy.metrics import ProxyCollector, serve_metrics
@@ -36,6 +38,8 @@ from socket_proxy.upstream import Upstream
 log = get_logger(__name__)
 
 SERVICE_NAME = socket_pb2.DESCRIPTOR.services_by_name["SocketProxy"].full_name
+#: Mesh identities allowed to call ``crypto.socket.v1.SocketProxy``: the aggregator is its only client.
+CALLERS = frozenset({AGGREGATOR})
 TRADE_KINDS = {
     socket_pb2.TRADE_KIND_UNSPECIFIED: TRADE,
     socket_pb2.TRADE_KIND_TRADE: TRADE,
@@ -156,9 +160,12 @@ async def start(settings: ProxySettings) -> Running:
 
     The exchange is contacted only when a stream is first requested; an unreachable exchange is retried
     with backoff and never fails the start. With ``settings.metrics_port`` set, Prometheus metrics are served
-    at ``GET /metrics`` on it (:mod:`socket_proxy.metrics`). Raises ``RuntimeError`` if the gRPC port cannot be
-    bound, ``OSError`` if the metrics port cannot.
+    at ``GET /metrics`` on it (:mod:`socket_proxy.metrics`). The gRPC port speaks mutual TLS only
+    (:func:`crypto_mesh.grpc_tls.tls_server`) with the ``settings.tls_*`` files; ``SocketProxy`` admits the
+    :data:`CALLERS` identities only. Raises ``OSError``/``ValueError`` if the TLS files cannot be read or
+    used, ``RuntimeError`` if the gRPC port cannot be bound, ``OSError`` if the metrics port cannot.
     """
+    tls = settings.mesh_tls()
     counters = Counters()
     gaps = GapDetector()
     fanout: FanOut
@@ -175,15 +182,14 @@ async def start(settings: ProxySettings) -> Running:
 
     upstream = Upstream(settings.exchange_url, on_frame, counters)
     fanout = FanOut(settings.subscriber_queue_size, upstream.add, on_last, counters)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server, port = tls_server(
+        tls, settings.host, settings.port, {SERVICE_NAME: CALLERS}, options=SERVER_OPTIONS
+    )
     socket_pb2_grpc.add_SocketProxyServicer_to_server(
         SocketProxyServicer(fanout, counters, settings.max_batch, settings.batch_linger_ms / 1000), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise RuntimeError(f"cannot bind {settings.host}:{settings.port}")
     metrics_runner, metrics_port = None, None
     if settings.metrics_port:
         registry = own_registry(ProxyCollector(counters, fanout, upstream, gaps))

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from crypto_mesh.settings import ServiceSettings
+from crypto_mesh.settings import MeshTlsSettings
 
 
-class ProxySettings(ServiceSettings):
+class ProxySettings(MeshTlsSettings):
     """``PROXY_HOST`` (127.0.0.1), ``PROXY_PORT`` (50052; 0 picks a free port), ``PROXY_EXCHANGE_URL``
     (``wss://stream.binance.com:9443``, or a replay exchange's ``ws://127.0.0.1:9443``; the proxy connects to its
     ``/stream`` endpoint), ``PROXY_SUBSCRIBER_QUEUE_SIZE`` (10000 frames buffered per gRPC subscriber before it is
     ended with RESOURCE_EXHAUSTED), ``PROXY_MAX_BATCH`` (256 frames at most in one ``RawFrames``),
     ``PROXY_BATCH_LINGER_MS`` (0 = send at once; else how long a message waits for more frames after its first
     one, unless ``MAX_BATCH`` are already queued: fewer, fuller messages for up to that much added latency) and ``PROXY_METRICS_PORT`` (0 = no metrics endpoint;
-    else Prometheus ``GET /metrics`` on ``PROXY_HOST:PROXY_METRICS_PORT``)."""
+    else Prometheus ``GET /metrics`` on ``PROXY_HOST:PROXY_METRICS_PORT``). ``PROXY_TLS_CA_FILE``,
+    ``PROXY_TLS_CERT_FILE``, ``PROXY_TLS_KEY_FILE`` (required): the mesh CA and the ``socket_proxy``
+    identity's certificate and key; the server speaks mutual TLS only and serves the ``aggregator`` identity
+    (see :class:`crypto_mesh.settings.MeshTlsSettings`, docs/SECURITY.md)."""
 
     model_config = SettingsConfigDict(env_prefix="PROXY_", extra="ignore", frozen=True)
 

@@ -8,6 +8,7 @@ that runs neither.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ from credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
 
 from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, chdb_url, redis_command, tansu_command
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import (
+    AGGREGATOR,
+    AUTH,
+    EMBEDDED_IDENTITIES,
+    PROFILE_BFF,
+    SOCKET_PROXY,
+    TlsFiles,
+    ensure_mesh_pki,
+)
+from crypto_mesh.secrets import secrets_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,3 +109,30 @@ def trade_recording() -> Path:
 def agg_trade_recording() -> Path:
     """The shipped recording of real Binance ``@aggTrade`` frames (BTCUSDT, ETHUSDT, DOTUSDT, 2021-04-04)."""
     return REPO_ROOT / "crypto_mesh" / "data" / "binance" / "btcusdt_ethusdt_dotusdt_aggTrade_2021-04-04.jsonl.gz"
+
+
+@pytest.fixture(scope="session")
+def mesh_pki(tmp_path_factory) -> Mapping[str, TlsFiles]:
+    """A mesh CA and the TLS files of every mesh identity (``auth``, ``socket_proxy``, ``profile_bff``,
+    ``aggregator``, ``healthcheck``), made once for the session as ``crypto-mesh up`` makes them:
+    ``mesh_pki["auth"].settings()`` are a service's ``tls_*`` settings, ``mesh_pki["auth"].load()`` its
+    :class:`crypto_mesh.pki.MeshTls`."""
+    directory = secrets_dir(tmp_path_factory.mktemp("pki") / "secrets")
+    return ensure_mesh_pki(directory, EMBEDDED_IDENTITIES)
+
+
+#: The environment prefix of each service that speaks gRPC, and its identity.
+_IDENTITY_OF_PREFIX = {"AUTH_": AUTH, "PROXY_": SOCKET_PROXY, "BFF_": PROFILE_BFF, "AGGREGATOR_": AGGREGATOR}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mesh_tls_environment(mesh_pki):
+    """Every service a test starts, in this process or as a child process, has its own identity of
+    ``mesh_pki``, as ``crypto-mesh up`` gives it: the ``<PREFIX>TLS_CA_FILE``, ``TLS_CERT_FILE`` and
+    ``TLS_KEY_FILE`` variables of auth, socket_proxy, the BFF and the aggregator name its files. A test that
+    needs other files passes them to the settings class, whose arguments win over the environment."""
+    with pytest.MonkeyPatch.context() as environment:
+        for prefix, identity in _IDENTITY_OF_PREFIX.items():
+            for variable, value in mesh_pki[identity].environment(prefix).items():
+                environment.setenv(variable, value)
+        yield

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user, user_line
-from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir, write_secret
+from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir, replace_secret
 from crypto_mesh.servicecreds import bearer_header, read_token
 
 
@@ -52,4 +52,4 @@ def redis_acl_file(directory: Path) -> Path:
     passwords = redis_passwords()
     tests_user = user_line(TESTS_REDIS_USER, passwords[TESTS_REDIS_USER], "~* &* +@all")
     text = acl_file_text({user: passwords[user] for user in USER_RULES}, extra=(tests_user,))
-    return write_secret(secrets_dir(directory) / "redis_users.acl", text)
+    return replace_secret(secrets_dir(directory) / "redis_users.acl", text)

@@ -29,9 +29,13 @@ from yarl import URL
 
 from aggregator.app import start
 from aggregator.settings import AggregatorSettings
+from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import SOCKET_PROXY
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
+from socket_proxy.server import CALLERS as PROXY_CALLERS
+from socket_proxy.server import SERVICE_NAME as PROXY_SERVICE
 
 #: A Redis database of its own, so that follower sets of other suites do not leak into the aggregator's start.
 AGGREGATOR_TEST_DB = 13
@@ -84,16 +88,24 @@ class RecordingProxy(socket_pb2_grpc.SocketProxyServicer):
         await asyncio.Event().wait()
 
 
-@asynccontextmanager
-async def serving(proxy: RecordingProxy, port: int = 0):
-    server = grpc.aio.server()
-    socket_pb2_grpc.add_SocketProxyServicer_to_server(proxy, server)
-    port = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(grace=None)
+@pytest.fixture
+def serving(mesh_pki):
+    """Factory: ``async with serving(proxy[, port]) as target`` serves a :class:`RecordingProxy` on ``target``
+    (``host:port``) as socket_proxy serves: mutual TLS with the socket_proxy identity, the aggregator its one
+    allowed caller."""
+    tls = mesh_pki[SOCKET_PROXY].load()
+
+    @asynccontextmanager
+    async def serve(proxy: RecordingProxy, port: int = 0):
+        server, port = tls_server(tls, "127.0.0.1", port, {PROXY_SERVICE: PROXY_CALLERS})
+        socket_pb2_grpc.add_SocketProxyServicer_to_server(proxy, server)
+        await server.start()
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            await server.stop(grace=None)
+
+    return serve
 
 
 @asynccontextmanager
@@ -188,6 +200,7 @@ async def test_a_followed_symbol_is_published_second_by_second_from_the_upstream
     redis_client,
     kafka_bootstrap,
     trade_recording,
+    serving,
 ):
     frames = recorded_frames(trade_recording, "btcusdt")
     expected = expected_stats(frames, "t")
@@ -228,6 +241,7 @@ async def test_agg_trade_stream_is_used_when_configured(
     redis_client,
     kafka_bootstrap,
     agg_trade_recording,
+    serving,
 ):
     frames = recorded_frames(agg_trade_recording, "dotusdt")
     expected = expected_stats(frames, "a")
@@ -257,6 +271,7 @@ async def test_followers_survive_a_restart_and_their_symbols_are_streamed_again(
     agg_redis_url,
     redis_client,
     kafka_bootstrap,
+    serving,
 ):
     proxy = RecordingProxy()
     async with serving(proxy) as target:
@@ -272,7 +287,7 @@ async def test_followers_survive_a_restart_and_their_symbols_are_streamed_again(
     assert await redis_client.smembers("aggregator:followers:ethusdt") == {b"user:7", b"user:8"}
 
 
-async def test_streams_come_back_after_socket_proxy_restarts(agg_redis_url, kafka_bootstrap):
+async def test_streams_come_back_after_socket_proxy_restarts(agg_redis_url, kafka_bootstrap, serving):
     port = free_port()
     target = f"127.0.0.1:{port}"
     before, after = RecordingProxy(), RecordingProxy()
@@ -303,7 +318,7 @@ def mini_ticker(symbol: str, event_time: int, close: str, open_: str) -> dict:
     }
 
 
-async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs(agg_redis_url, kafka_bootstrap):
+async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs(agg_redis_url, kafka_bootstrap, serving):
     first, second = f"zz{uuid.uuid4().hex[:8]}usdt", f"zz{uuid.uuid4().hex[:8]}usdt"
     frame = orjson.dumps(
         {
@@ -371,7 +386,9 @@ async def consume(bootstrap: str, keys: set[bytes], count: int, timeout_s: float
     return found
 
 
-async def test_health_is_ok_once_redis_kafka_and_the_upstream_are_reachable(agg_redis_url, kafka_bootstrap):
+async def test_health_is_ok_once_redis_kafka_and_the_upstream_are_reachable(
+    agg_redis_url, kafka_bootstrap, serving
+):
     async with (
         serving(RecordingProxy()) as target,
         aggregator(agg_redis_url, kafka_bootstrap, target) as (
@@ -409,7 +426,7 @@ class TestControlApi:
     """Routes of docs/CONTRACTS.md, "Aggregator control HTTP"."""
 
     @pytest.fixture
-    async def api(self, agg_redis_url, kafka_bootstrap):
+    async def api(self, agg_redis_url, kafka_bootstrap, serving):
         proxy = RecordingProxy()
         async with (
             serving(proxy) as target,

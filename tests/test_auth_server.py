@@ -17,7 +17,9 @@ from auth.server import start
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
+from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import AUTH, PROFILE_BFF
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
 
 PASSWORD = "correct horse"
@@ -29,6 +31,11 @@ def key_file(tmp_path):
     path = tmp_path / "jwt.pem"
     path.write_bytes(generate_private_key_pem())
     return path
+
+
+def bff_channel(mesh_pki, port: int) -> grpc.aio.Channel:
+    """A channel to the auth server on ``port`` as the BFF, its one allowed caller."""
+    return tls_channel(f"127.0.0.1:{port}", mesh_pki[PROFILE_BFF].load(), AUTH)
 
 
 @pytest.fixture
@@ -61,8 +68,8 @@ async def server(settings):
 
 
 @pytest.fixture
-async def channel(server):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+async def channel(server, mesh_pki):
+    async with bff_channel(mesh_pki, server.port) as channel:
         yield channel
 
 
@@ -249,10 +256,10 @@ async def test_an_unknown_refresh_token_is_unauthenticated(stub):
     assert error.code() == Code.UNAUTHENTICATED
 
 
-async def test_an_expired_refresh_token_is_unauthenticated(make_settings):
+async def test_an_expired_refresh_token_is_unauthenticated(make_settings, mesh_pki):
     running = await start(make_settings(refresh_token_ttl_s=1))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with bff_channel(mesh_pki, running.port) as channel:
             stub = auth_pb2_grpc.AuthStub(channel)
             await register(stub)
             pair = await login(stub)
@@ -372,11 +379,11 @@ async def test_malformed_or_oversized_requests_are_refused_and_the_server_keeps_
     await register(stub)
 
 
-async def test_a_database_outage_is_unavailable_not_a_wrong_password(postgres, make_settings):
+async def test_a_database_outage_is_unavailable_not_a_wrong_password(postgres, make_settings, mesh_pki):
     settings = make_settings()
     running = await start(settings)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with bff_channel(mesh_pki, running.port) as channel:
             stub = auth_pb2_grpc.AuthStub(channel)
             await register(stub)
             admin = await asyncpg.connect(postgres.url("postgres", driver="postgresql"))
@@ -396,7 +403,7 @@ async def test_a_database_outage_is_unavailable_not_a_wrong_password(postgres, m
         await running.stop()
 
 
-async def test_start_waits_for_the_database_and_reports_not_serving_meanwhile(postgres, key_file):
+async def test_start_waits_for_the_database_and_reports_not_serving_meanwhile(postgres, key_file, mesh_pki):
     database = f"auth_late_{int(time.time() * 1000)}"
     port = free_port()
     settings = AuthSettings(
@@ -404,7 +411,7 @@ async def test_start_waits_for_the_database_and_reports_not_serving_meanwhile(po
     )
     starting = asyncio.create_task(start(settings))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with bff_channel(mesh_pki, port) as channel:
             await channel.channel_ready()
             assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
             assert not starting.done()
@@ -420,11 +427,11 @@ async def test_start_waits_for_the_database_and_reports_not_serving_meanwhile(po
         starting.cancel()
 
 
-async def test_tokens_of_a_retired_key_stay_valid_after_rotation(make_settings, tmp_path, key_file):
+async def test_tokens_of_a_retired_key_stay_valid_after_rotation(make_settings, tmp_path, key_file, mesh_pki):
     old_settings = make_settings()
     running = await start(old_settings)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with bff_channel(mesh_pki, running.port) as channel:
             stub = auth_pb2_grpc.AuthStub(channel)
             registered = await register(stub)
             old_token = (await login(stub)).access_token
@@ -446,7 +453,7 @@ async def test_tokens_of_a_retired_key_stay_valid_after_rotation(make_settings, 
     )
     running = await start(rotated_settings)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with bff_channel(mesh_pki, running.port) as channel:
             stub = auth_pb2_grpc.AuthStub(channel)
             jwks = jsonutil.loads((await stub.GetPublicKeys(auth_pb2.GetPublicKeysRequest())).jwks_json)
             new_token = (await login(stub)).access_token
@@ -459,12 +466,12 @@ async def test_tokens_of_a_retired_key_stay_valid_after_rotation(make_settings, 
     assert deleted.user_id == registered.user_id
 
 
-async def test_raising_the_bcrypt_cost_upgrades_a_hash_at_the_next_login(make_settings):
+async def test_raising_the_bcrypt_cost_upgrades_a_hash_at_the_next_login(make_settings, mesh_pki):
     settings = make_settings(bcrypt_cost=4)
     for cost in (4, 5):
         running = await start(settings.model_copy(update={"bcrypt_cost": cost}))
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            async with bff_channel(mesh_pki, running.port) as channel:
                 stub = auth_pb2_grpc.AuthStub(channel)
                 if cost == 4:
                     await register(stub)

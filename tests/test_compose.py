@@ -7,7 +7,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from click.testing import CliRunner
 from compose_spec import PyCompose
+
+from crypto_mesh.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"auth", "profile_bff", "socket_proxy", "aggregator", "etl"}
@@ -113,3 +116,51 @@ def test_the_analytics_user_may_only_select_on_crypto_within_the_profile_limits(
         assert constraint is not None and (
             constraint.findtext("max") == value if name.startswith("max_") else constraint.find("const") is not None
         ), name
+
+
+#: The services that speak gRPC: their mesh identity and environment prefix.
+GRPC_PARTIES = {
+    "auth": ("auth", "AUTH_"),
+    "socket_proxy": ("socket_proxy", "PROXY_"),
+    "profile_bff": ("profile_bff", "BFF_"),
+    "aggregator": ("aggregator", "AGGREGATOR_"),
+}
+
+
+def test_each_grpc_party_mounts_the_mesh_ca_and_its_own_certificate_and_key_only(compose):
+    for name, (identity, prefix) in GRPC_PARTIES.items():
+        service = compose["services"][name]
+        mounted = set(service["secrets"])
+        assert {"mesh_ca.crt", f"{identity}_tls.crt", f"{identity}_tls.key"} <= mounted, name
+        assert {secret for secret in mounted if secret.endswith("_tls.key")} == {f"{identity}_tls.key"}, name
+        environment = service["environment"]
+        assert environment[f"{prefix}TLS_CA_FILE"] == "/run/secrets/mesh_ca.crt", name
+        assert environment[f"{prefix}TLS_CERT_FILE"] == f"/run/secrets/{identity}_tls.crt", name
+        assert environment[f"{prefix}TLS_KEY_FILE"] == f"/run/secrets/{identity}_tls.key", name
+
+
+def test_the_mesh_ca_key_is_never_mounted(compose):
+    assert "mesh_ca.key" not in compose["secrets"]
+    assert all(s["file"] != "./secrets/mesh_ca.key" for s in compose["secrets"].values())
+    assert all("mesh_ca.key" not in service.get("secrets", []) for service in compose["services"].values())
+
+
+def test_grpc_servers_are_health_checked_over_mutual_tls_with_their_own_certificate(compose):
+    for name, port in (("auth", 50051), ("socket_proxy", 50052)):
+        test = compose["services"][name]["healthcheck"]["test"]
+        assert test[:5] == ["CMD", "python", "-m", "crypto_mesh.grpc_tls", f"127.0.0.1:{port}"], name
+        options = dict(zip(test[5::2], test[6::2], strict=True))
+        assert options == {
+            "--server-identity": name,
+            "--ca-file": "/run/secrets/mesh_ca.crt",
+            "--cert-file": f"/run/secrets/{name}_tls.crt",
+            "--key-file": f"/run/secrets/{name}_tls.key",
+        }, name
+
+
+def test_every_secret_compose_mounts_is_made_by_crypto_mesh_secrets(compose, tmp_path):
+    result = CliRunner().invoke(cli, ["secrets", str(tmp_path / "secrets")])
+    assert result.exit_code == 0, result.output
+    made = {path.name for path in (tmp_path / "secrets").iterdir()}
+    wanted = {Path(secret["file"]).name for secret in compose["secrets"].values()}
+    assert wanted - made == set()

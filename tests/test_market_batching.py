@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import orjson
 from polling import eventually
 
+from crypto_mesh.grpc_tls import tls_channel
+from crypto_mesh.pki import AGGREGATOR, SOCKET_PROXY
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from crypto_mesh.replay.server import start as start_replay
 from crypto_mesh.replay.settings import ReplaySettings
@@ -31,13 +32,14 @@ async def test_queued_frames_are_taken_oldest_first_without_waiting_and_not_afte
     assert subscriber.queued(10) == []
 
 
-async def test_with_a_batch_linger_every_trade_still_arrives_once_and_in_id_order(trade_recording):
+async def test_with_a_batch_linger_every_trade_still_arrives_once_and_in_id_order(trade_recording, mesh_pki):
     exchange = await start_replay(ReplaySettings(port=0, files=(trade_recording,), speed=100))
     proxy = await start_proxy(
         ProxySettings(port=0, exchange_url=exchange.url, max_batch=1000, batch_linger_ms=20)
     )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+        tls = mesh_pki[AGGREGATOR].load()
+        async with tls_channel(f"127.0.0.1:{proxy.port}", tls, SOCKET_PROXY) as channel:
             stub = socket_pb2_grpc.SocketProxyStub(channel)
             call = stub.StreamTrades(socket_pb2.TradeStreamRequest(symbol="btcusdt"))
             ids: list[int] = []

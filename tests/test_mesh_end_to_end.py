@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,9 +19,23 @@ from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from crypto_mesh.grpc_tls import channel_credentials, health_status
 from crypto_mesh.netutil import free_port, port_open
+from crypto_mesh.pki import (
+    AGGREGATOR,
+    AUTH,
+    CA_CERT_FILE,
+    HEALTHCHECK,
+    PROFILE_BFF,
+    SOCKET_PROXY,
+    leaf_file_names,
+    load_tls,
+)
+from crypto_mesh.proto import auth_pb2, auth_pb2_grpc, socket_pb2, socket_pb2_grpc
 
 CRYPTO_MESH = str(Path(sys.executable).parent / "crypto-mesh")
 READY_TIMEOUT_S = 180
@@ -156,6 +171,52 @@ def test_sql_refuses_writes_and_reading_the_mesh_secrets(mesh):
     leak = run_sql(env, "SELECT substring(file('.mesh/secrets/jwt_ed25519.pem'), 1, 40)")
     assert leak.returncode == 2 and "PRIVATE KEY" not in leak.stdout + leak.stderr
     assert run_sql(env, "SELECT count() FROM crypto.market_tickers").returncode == 0
+
+
+def mesh_channel(target: str, tls, server_identity: str) -> grpc.Channel:
+    return grpc.secure_channel(
+        target, channel_credentials(tls), options=[("grpc.ssl_target_name_override", server_identity)]
+    )
+
+
+def test_the_mesh_grpc_servers_speak_mutual_tls_only_and_serve_each_its_one_client(mesh):
+    state, _env, _process, _log = mesh
+    secrets = Path(state["data_dir"]) / "secrets"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in secrets.iterdir()} == {
+        path.name: 0o600 for path in secrets.iterdir()
+    }
+    tls = {
+        identity: load_tls(secrets / CA_CERT_FILE, *(secrets / name for name in leaf_file_names(identity)))
+        for identity in (PROFILE_BFF, AGGREGATOR, HEALTHCHECK)
+    }
+    health = health_pb2.HealthCheckRequest()
+    for server in (AUTH, SOCKET_PROXY):
+        target = state["urls"][server]
+        with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as plain:
+            health_pb2_grpc.HealthStub(channel).Check(health, timeout=10)
+        assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+        status = health_status(target, tls[HEALTHCHECK], server, timeout_s=30)
+        assert status == health_pb2.HealthCheckResponse.SERVING
+
+    register = auth_pb2.RegisterRequest(name=f"eve{os.getpid()}", password="correct horse battery staple")
+    with (
+        mesh_channel(state["urls"][AUTH], tls[AGGREGATOR], AUTH) as channel,
+        pytest.raises(grpc.RpcError) as denied,
+    ):
+        auth_pb2_grpc.AuthStub(channel).Register(register, timeout=60)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with mesh_channel(state["urls"][AUTH], tls[PROFILE_BFF], AUTH) as channel:
+        created = auth_pb2_grpc.AuthStub(channel).Register(register, timeout=60)
+    assert created.name == register.name  # the refused call created nothing: the name was still free
+
+    with mesh_channel(state["urls"][SOCKET_PROXY], tls[PROFILE_BFF], SOCKET_PROXY) as channel:
+        stream = socket_pb2_grpc.SocketProxyStub(channel).StreamTrades(
+            socket_pb2.TradeStreamRequest(symbol="btcusdt"), timeout=30
+        )
+        with pytest.raises(grpc.RpcError) as denied:
+            next(stream)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_ctrl_c_stops_every_process_of_the_mesh(mesh):

@@ -1,6 +1,7 @@
-"""Every method of ``crypto.auth.v1.Auth`` called directly, as an attacker on the internal network would, with
-fields missing, empty and oversized: each answer is a client-error status, never INTERNAL or UNKNOWN, and
-the server keeps serving.
+"""Every method of ``crypto.auth.v1.Auth`` called directly, as an attacker holding the BFF's certificate
+would, with fields missing, empty and oversized: each answer is a client-error status, never INTERNAL or
+UNKNOWN, and the server keeps serving. (A caller without a mesh certificate, or with another identity's, gets
+no further than the handshake or the identity check: tests/test_security_mtls.py.)
 
 "Oversized" comes in two sizes: a field far beyond what the domain allows but inside the 64 KiB message limit
 (it reaches the handler and must be refused there), and a message over the limit (refused by gRPC itself,
@@ -20,6 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from auth.server import MAX_RECEIVE_MESSAGE_BYTES, start
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
+from crypto_mesh.grpc_tls import tls_channel
+from crypto_mesh.pki import AUTH, PROFILE_BFF
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
 
 Code = grpc.StatusCode
@@ -79,7 +82,7 @@ OVER_THE_LIMIT = [
 
 
 @pytest.fixture(scope="module")
-async def channel(postgres, tmp_path_factory):
+async def channel(postgres, tmp_path_factory, mesh_pki):
     key_file = tmp_path_factory.mktemp("keys") / "jwt.pem"
     key_file.write_bytes(generate_private_key_pem())
     database = f"auth_grpc_{uuid.uuid4().hex[:10]}"
@@ -90,7 +93,7 @@ async def channel(postgres, tmp_path_factory):
         )
     )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with tls_channel(f"127.0.0.1:{running.port}", mesh_pki[PROFILE_BFF].load(), AUTH) as channel:
             stub = auth_pb2_grpc.AuthStub(channel)
             await stub.Register(auth_pb2.RegisterRequest(name="alice", password=PASSWORD))
             yield channel

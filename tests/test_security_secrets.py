@@ -11,10 +11,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
+from aggregator.settings import AggregatorSettings
 from auth.settings import AuthSettings
 from auth.tokens import load_private_key
 from crypto_mesh.mesh import ensure_jwt_key
 from profile_bff.settings import BffSettings
+from socket_proxy.settings import ProxySettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: A PEM private key with its body; a string literal assigned to a name that says secret, password or key
@@ -23,6 +25,8 @@ _PEM_WITH_BODY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----\s+[A-Za-z0-9+/=
 _SECRET_ASSIGNMENT = re.compile(
     r"""(?im)^\s*(?!\w*(dir|file|path)\b)\w*(secret|password|passwd|private_key|api_key)\w*\s*(:[^=\n]+)?=\s*[rbu]?["'][^"']{6,}["']\s*$"""
 )
+#: The mesh identity of every service that speaks gRPC: no gRPC runs without mutual TLS.
+TLS_FILES = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 
 
 @pytest.fixture
@@ -30,15 +34,17 @@ def no_service_environment(monkeypatch):
     import os
 
     for variable in list(os.environ):
-        if variable.startswith(("AUTH_", "BFF_")):
+        if variable.startswith(("AUTH_", "BFF_", "PROXY_", "AGGREGATOR_")):
             monkeypatch.delenv(variable)
 
 
 @pytest.mark.parametrize(
     ("settings_class", "secrets"),
     [
-        (AuthSettings, {"database_url", "jwt_private_key_file"}),
-        (BffSettings, {"database_url", "redis_url", "aggregator_token_file"}),
+        (AuthSettings, {"database_url", "jwt_private_key_file", *TLS_FILES}),
+        (BffSettings, {"database_url", "redis_url", "aggregator_token_file", *TLS_FILES}),
+        (ProxySettings, set(TLS_FILES)),
+        (AggregatorSettings, {"redis_url", "kafka_bootstrap_servers", "api_token_file", *TLS_FILES}),
     ],
 )
 def test_secret_settings_have_no_default_and_their_absence_stops_the_service(

@@ -13,7 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from polling import eventually
 
+from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import AGGREGATOR, HEALTHCHECK, SOCKET_PROXY
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from crypto_mesh.replay.server import start as start_replay
 from crypto_mesh.replay.settings import ReplaySettings
@@ -31,10 +33,18 @@ async def replay_info(port: int) -> dict:
         return await response.json()
 
 
-@contextlib.asynccontextmanager
-async def stub_for(port: int, options=()):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=list(options)) as channel:
-        yield socket_pb2_grpc.SocketProxyStub(channel)
+@pytest.fixture
+def stub_for(mesh_pki):
+    """Factory: ``async with stub_for(port[, options]) as stub`` is a SocketProxy stub on a channel to the
+    proxy on ``port`` as the aggregator, its one allowed caller."""
+
+    @contextlib.asynccontextmanager
+    async def open_stub(port: int, options=()):
+        tls = mesh_pki[AGGREGATOR].load()
+        async with tls_channel(f"127.0.0.1:{port}", tls, SOCKET_PROXY, options) as channel:
+            yield socket_pb2_grpc.SocketProxyStub(channel)
+
+    return open_stub
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +70,9 @@ async def read_frames(call, count: int) -> list[bytes]:
     return frames
 
 
-async def test_two_subscribers_of_one_stream_each_get_the_same_complete_ordered_frames(proxy, exchange):
+async def test_two_subscribers_of_one_stream_each_get_the_same_complete_ordered_frames(
+    proxy, exchange, stub_for
+):
     async with stub_for(proxy.port) as stub:
         first = stub.StreamTrades(BTC_TRADES)
         second = stub.StreamTrades(BTC_TRADES)
@@ -100,7 +112,7 @@ async def test_two_subscribers_of_one_stream_each_get_the_same_complete_ordered_
 
 
 async def test_streams_of_several_subscribers_share_one_upstream_connection_until_the_last_leaves(
-    proxy, exchange
+    proxy, exchange, stub_for
 ):
     async with stub_for(proxy.port) as stub:
         btc = stub.StreamTrades(BTC_TRADES)
@@ -136,7 +148,7 @@ async def test_streams_of_several_subscribers_share_one_upstream_connection_unti
     assert await eventually(all_released)
 
 
-async def test_the_proxy_reconnects_and_resubscribes_when_the_exchange_restarts(trade_recording):
+async def test_the_proxy_reconnects_and_resubscribes_when_the_exchange_restarts(trade_recording, stub_for):
     settings = ReplaySettings(port=0, files=(trade_recording,), speed=50.0)
     exchange = await start_replay(settings)
     port = exchange.port
@@ -161,7 +173,9 @@ async def test_the_proxy_reconnects_and_resubscribes_when_the_exchange_restarts(
         await exchange.stop()
 
 
-async def test_an_exchange_that_is_down_when_a_subscriber_arrives_is_retried_until_it_is_up(trade_recording):
+async def test_an_exchange_that_is_down_when_a_subscriber_arrives_is_retried_until_it_is_up(
+    trade_recording, stub_for
+):
     port = free_port()
     proxy = await start_proxy(ProxySettings(port=0, exchange_url=f"ws://127.0.0.1:{port}"))
     exchange = None
@@ -184,7 +198,7 @@ async def test_an_exchange_that_is_down_when_a_subscriber_arrives_is_retried_unt
 
 
 @pytest.mark.parametrize("symbol", ["", "x", "BTC-USDT", "btcusdt/../../ws", "a" * 21])
-async def test_a_malformed_symbol_is_refused_with_invalid_argument(proxy, symbol):
+async def test_a_malformed_symbol_is_refused_with_invalid_argument(proxy, symbol, stub_for):
     async with stub_for(proxy.port) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await read_frames(stub.StreamTrades(socket_pb2.TradeStreamRequest(symbol=symbol)), 1)
@@ -192,7 +206,7 @@ async def test_a_malformed_symbol_is_refused_with_invalid_argument(proxy, symbol
     assert proxy.fanout.streams == {}
 
 
-async def test_an_unknown_trade_kind_is_refused_with_invalid_argument(proxy):
+async def test_an_unknown_trade_kind_is_refused_with_invalid_argument(proxy, stub_for):
     async with stub_for(proxy.port) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await read_frames(stub.StreamTrades(socket_pb2.TradeStreamRequest(symbol="btcusdt", kind=7)), 1)
@@ -200,7 +214,7 @@ async def test_an_unknown_trade_kind_is_refused_with_invalid_argument(proxy):
 
 
 async def test_a_subscriber_that_does_not_read_is_ended_with_resource_exhausted_and_the_other_keeps_going(
-    exchange,
+    exchange, stub_for
 ):
     proxy = await start_proxy(
         ProxySettings(port=0, exchange_url=exchange.url, subscriber_queue_size=2000, max_batch=64)
@@ -243,7 +257,8 @@ async def test_a_subscriber_that_does_not_read_is_ended_with_resource_exhausted_
         await proxy.stop()
 
 
-async def test_health_reports_serving(proxy):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+async def test_health_reports_serving_to_the_readiness_watcher(proxy, mesh_pki):
+    tls = mesh_pki[HEALTHCHECK].load()
+    async with tls_channel(f"127.0.0.1:{proxy.port}", tls, SOCKET_PROXY) as channel:
         answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
