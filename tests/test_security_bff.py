@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ class Bff:
 
     async def refresh(self, cookie: str, **headers) -> tuple[int, dict | None, str | None]:
         status, body, resp = await self.post(
-            "/v1/refresh", headers={"Cookie": f"refresh_token={cookie}", **headers}
+            "/v1/refresh", headers={"Cookie": f"__Host-refresh_token={cookie}", **headers}
         )
         return status, body, refresh_cookie(resp)
 
@@ -93,7 +94,7 @@ def refresh_cookie(response: aiohttp.ClientResponse) -> str | None:
     cookie = SimpleCookie()
     for header in response.headers.getall("Set-Cookie", []):
         cookie.load(header)
-    return cookie["refresh_token"].value if "refresh_token" in cookie else None
+    return cookie["__Host-refresh_token"].value if "__Host-refresh_token" in cookie else None
 
 
 def new_name() -> str:
@@ -170,6 +171,8 @@ async def unlimited(stack):
         stack.auth_port,
         login_rate_per_name=unlimited_rate,
         login_rate_per_address=unlimited_rate,
+        login_rate_per_name_and_address=unlimited_rate,
+        login_rate_per_device=unlimited_rate,
         register_rate_per_name=unlimited_rate,
         register_rate_per_address=unlimited_rate,
     ) as bff:
@@ -290,7 +293,7 @@ async def test_a_user_cannot_log_out_another_users_session(bff):
     _alice, _alice_access, alice_cookie = await new_user(bff)
     _bob, bob_access, _bob_cookie = await new_user(bff)
     status, _body, _response = await bff.post(
-        "/v1/logout", headers={"Cookie": f"refresh_token={alice_cookie}", "Authorization": f"Bearer {bob_access}"}
+        "/v1/logout", headers={"Cookie": f"__Host-refresh_token={alice_cookie}", "Authorization": f"Bearer {bob_access}"}
     )
     assert status == 403
     assert (await bff.refresh(alice_cookie))[0] == 200
@@ -429,15 +432,106 @@ def assert_rate_limited(status: int, body: dict | None, resp: aiohttp.ClientResp
     assert 1 <= int(resp.headers["Retry-After"]) <= period_s
 
 
-async def test_brute_force_on_one_name_reaches_429_and_then_even_the_right_password_waits(bff):
+async def test_brute_force_on_one_name_from_one_address_reaches_429_even_with_the_right_password(bff):
     name, _, _ = await new_user(bff)
-    for attempt in range(10):  # BFF_LOGIN_RATE_PER_NAME: 10/minute
+    for attempt in range(10):  # BFF_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 per 15 minutes
         status, _, _ = await bff.login(name, f"guess number {attempt}")
         assert status == 401
     status, body, resp = await bff.post("/v1/login", json={"name": name, "password": PASSWORD})
-    assert_rate_limited(status, body, resp, 60)
+    assert_rate_limited(status, body, resp, 900)
     # The same name in another spelling shares the bucket.
     assert (await bff.login(name.upper(), PASSWORD))[0] == 429
+
+
+@contextlib.asynccontextmanager
+async def behind_a_proxy(stack: Stack):
+    """A BFF of the stack behind a trusted reverse proxy (127.0.0.1): ``X-Forwarded-For`` names the client,
+    so one test can speak from many addresses."""
+    async with serve_bff(
+        stack.redis_url, stack.profile_database_url, stack.auth_port, trusted_proxies="127.0.0.1"
+    ) as bff:
+        yield bff
+
+
+def device_cookie(response: aiohttp.ClientResponse) -> str | None:
+    cookie = SimpleCookie()
+    for header in response.headers.getall("Set-Cookie", []):
+        cookie.load(header)
+    return cookie["__Host-login_device"].value if "__Host-login_device" in cookie else None
+
+
+async def login_from(bff: Bff, address: str, name: str, password: str = PASSWORD, device: str | None = None):
+    """Status, body and response of a login from client ``address`` (through the trusted proxy)."""
+    headers = {"X-Forwarded-For": address}
+    if device is not None:
+        headers["Cookie"] = f"__Host-login_device={device}"
+    return await bff.post("/v1/login", json={"name": name, "password": password}, headers=headers)
+
+
+async def test_an_attacker_failing_fifty_logins_from_one_address_does_not_lock_the_owner_out(clean):
+    async with behind_a_proxy(clean) as bff:
+        name, _, _ = await new_user(bff)
+        statuses = [(await login_from(bff, "203.0.113.66", name, f"guess {n}"))[0] for n in range(50)]
+        # The attacker is throttled: 10 guesses, then 429 before any password is checked.
+        assert statuses == [401] * 10 + [429] * 40
+        status, body, resp = await login_from(bff, "203.0.113.66", name, "guess 51")
+        assert_rate_limited(status, body, resp, 900)
+        # The owner, from another address, with no device cookie, logs in.
+        status, body, resp = await login_from(bff, "198.51.100.7", name)
+        assert status == 200 and claims_of(body["access_token"])["name"] == name
+        assert refresh_cookie(resp) and device_cookie(resp)
+
+
+async def test_a_distributed_attack_spends_the_name_budget_but_the_owners_device_logs_in(clean):
+    async with behind_a_proxy(clean) as bff:
+        name, _, _ = await new_user(bff)
+        _, _, resp = await login_from(bff, "198.51.100.7", name)
+        owners_device = device_cookie(resp)
+        assert owners_device
+        statuses = [(await login_from(bff, f"203.0.113.{n}", name, "a guess"))[0] for n in range(1, 102)]
+        # BFF_LOGIN_RATE_PER_NAME: 100 per hour from every address together.
+        assert statuses == [401] * 100 + [429]
+        # Now nobody without the owner's device cookie gets in, the owner's other devices included ...
+        status, body, resp = await login_from(bff, "198.51.100.8", name)
+        assert_rate_limited(status, body, resp, 3600)
+        # ... but the device the owner logged in with does, from anywhere, and gets a fresh cookie.
+        status, body, resp = await login_from(bff, "203.0.113.1", name, device=owners_device)
+        assert status == 200 and claims_of(body["access_token"])["name"] == name
+        assert device_cookie(resp) and device_cookie(resp) != owners_device
+        # Another user's device cookie, or a forged one, counts for nothing.
+        mallory, _, _ = await new_user(bff)
+        _, _, resp = await login_from(bff, "203.0.113.200", mallory)
+        for device in (device_cookie(resp), owners_device[:-2] + "xx", "garbage"):
+            assert (await login_from(bff, "203.0.113.200", name, "a guess", device))[0] == 429
+
+
+async def test_a_stolen_device_cookie_buys_its_own_small_budget_and_no_more(clean):
+    async with behind_a_proxy(clean) as bff:
+        name, _, _ = await new_user(bff)
+        _, _, resp = await login_from(bff, "198.51.100.7", name)
+        stolen = device_cookie(resp)
+        statuses = [(await login_from(bff, "203.0.113.66", name, "a guess", stolen))[0] for _ in range(25)]
+        # 10 on the device's budget (BFF_LOGIN_RATE_PER_DEVICE), then 10 as any client from that address.
+        assert statuses == [401] * 20 + [429] * 5
+
+
+async def test_auth_answers_429_with_retry_after_when_its_own_budget_is_spent(clean):
+    """Auth keeps its own budgets (in PostgreSQL): a BFF with laxer limits still meets them, as 429."""
+    unlimited = "1000000/second"
+    async with serve_bff(
+        clean.redis_url,
+        clean.profile_database_url,
+        clean.auth_port,
+        login_rate_per_name=unlimited,
+        login_rate_per_address=unlimited,
+        login_rate_per_name_and_address=unlimited,
+    ) as lax:
+        name, _, _ = await new_user(lax)
+        statuses = [(await lax.login(name, "a guess"))[0] for _ in range(11)]
+        assert statuses == [401] * 10 + [429]  # AUTH_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 per 15 minutes
+        status, body, resp = await lax.post("/v1/login", json={"name": name, "password": PASSWORD})
+        assert_rate_limited(status, body, resp, 900)
+        assert "failed logins" in body["error"]["message"]
 
 
 async def test_guessing_across_names_from_one_address_reaches_429(bff):
@@ -519,6 +613,148 @@ async def test_the_limits_fail_closed_when_redis_is_down(stack, postgres, tmp_pa
         await asyncio.to_thread(process.stop)
 
 
+# -- cross-site requests, logging out everywhere, changing the password ------------------------------------
+
+
+async def test_refresh_and_logout_refuse_a_request_a_browser_sends_for_another_site(bff):
+    _, _, cookie = await new_user(bff)
+    own = bff.url  # http://127.0.0.1:<port>, as a browser names this origin
+    refused = [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "cross-site", "Origin": own},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://evil.127.0.0.1.nip.io"},
+        {"Sec-Fetch-Site": "same-site"},
+    ]
+    for headers in refused:
+        for route in ("/v1/refresh", "/v1/logout", "/v1/logout?all=true"):
+            status, body, resp = await bff.post(
+                route, headers={"Cookie": f"__Host-refresh_token={cookie}", **headers}
+            )
+            assert (status, body["error"]["code"]) == (403, "cross_site"), (route, headers)
+            assert "Set-Cookie" not in resp.headers
+    # None of them touched the session: the same-origin page and curl still use it.
+    for headers in ({"Sec-Fetch-Site": "same-origin", "Origin": own}, {"Sec-Fetch-Site": "none"}, {}):
+        status, _, cookie = await bff.refresh(cookie, **headers)
+        assert status == 200, headers
+
+
+async def test_an_allowed_origin_of_the_same_site_may_use_the_session_cookie(clean):
+    async with serve_bff(
+        clean.redis_url,
+        clean.profile_database_url,
+        clean.auth_port,
+        allowed_origins="https://app.example",
+    ) as bff:
+        _, _, cookie = await new_user(bff)
+        status, _, cookie = await bff.refresh(cookie, **{"Sec-Fetch-Site": "same-site", "Origin": "https://app.example"})
+        assert status == 200
+        status, _, _ = await bff.refresh(cookie, **{"Sec-Fetch-Site": "cross-site", "Origin": "https://app.example"})
+        assert status == 403, "a cross-site request never carries the SameSite=Strict cookie anyway"
+
+
+async def test_logout_everywhere_ends_every_session_of_the_user_and_no_one_elses(bff):
+    name, access, phone = await new_user(bff)
+    _, _, laptop = await bff.login(name)
+    _, _, bobs = await new_user(bff)
+    status, _, resp = await bff.post("/v1/logout?all=true", headers={"Authorization": f"Bearer {access}"})
+    assert status == 204 and refresh_cookie(resp) == ""
+    for cookie in (phone, laptop):
+        assert (await bff.refresh(cookie))[0] == 401
+    assert (await bff.refresh(bobs))[0] == 200
+    # The access token lives on until it expires (at most 15 minutes): it is verified without auth.
+    assert (await bff.profile(access))[0] == 200
+
+
+async def test_logout_everywhere_with_the_cookie_alone(bff):
+    name, _, phone = await new_user(bff)
+    _, _, laptop = await bff.login(name)
+    status, _, _ = await bff.post("/v1/logout?all=true", headers={"Cookie": f"__Host-refresh_token={phone}"})
+    assert status == 204
+    assert (await bff.refresh(laptop))[0] == 401
+    # The cookie is dead now: it proves no one any more.
+    status, body, _ = await bff.post("/v1/logout?all=true", headers={"Cookie": f"__Host-refresh_token={phone}"})
+    assert (status, body["error"]["code"]) == (401, "unauthenticated")
+    status, body, _ = await bff.post("/v1/logout?all=true")
+    assert (status, body["error"]["code"]) == (401, "unauthenticated")
+    status, body, _ = await bff.post("/v1/logout?all=yes", headers={"Cookie": f"__Host-refresh_token={laptop}"})
+    assert (status, body["error"]["code"]) == (422, "invalid")
+
+
+async def change_password(bff: Bff, access: str, current: str, new: str, address: str | None = None):
+    headers = {"Authorization": f"Bearer {access}"}
+    body = {"current_password": current, "new_password": new}
+    return await bff.post("/v1/password", json=body, headers=headers)
+
+
+async def test_changing_the_password_ends_every_session_and_the_new_password_logs_in(bff):
+    name, access, phone = await new_user(bff)
+    _, _, laptop = await bff.login(name)
+    status, body, resp = await change_password(bff, access, PASSWORD, "a brand new password")
+    assert (status, body) == (204, None) and refresh_cookie(resp) == ""
+    for cookie in (phone, laptop):
+        assert (await bff.refresh(cookie))[0] == 401
+    assert (await bff.login(name))[0] == 401
+    status, body, _ = await bff.login(name, "a brand new password")
+    assert status == 200 and claims_of(body["access_token"])["name"] == name
+
+
+async def test_a_password_change_is_refused_without_the_current_password_or_a_valid_token(bff):
+    name, access, cookie = await new_user(bff)
+    cases = [
+        (access, "not the password", "a brand new password", 403, "forbidden"),
+        (access, PASSWORD, "short", 422, "invalid"),
+        (access + "x", PASSWORD, "a brand new password", 401, "unauthenticated"),
+    ]
+    for token, current, new, status, code in cases:
+        got, body, _ = await change_password(bff, token, current, new)
+        assert (got, body["error"]["code"]) == (status, code), (current, new)
+    status, body, _ = await bff.post("/v1/password", json={"new_password": "x" * 10},
+                                     headers={"Authorization": f"Bearer {access}"})
+    assert (status, body["error"]["code"]) == (400, "missing_field")
+    assert (await bff.refresh(cookie))[0] == 200, "nothing changed"
+
+
+async def test_guessing_the_current_password_is_throttled_like_a_login(bff):
+    name, access, _ = await new_user(bff)
+    statuses = [(await change_password(bff, access, f"guess {n}", "a brand new password"))[0] for n in range(11)]
+    assert statuses == [403] * 10 + [429]
+    status, body, resp = await change_password(bff, access, PASSWORD, "a brand new password")
+    assert_rate_limited(status, body, resp, 900)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README's journey is written for curl")
+async def test_the_readmes_curl_journey_keeps_its_session_on_a_plain_http_mesh(clean, tmp_path):
+    """The embedded mesh serves plain HTTP with BFF_COOKIE_SECURE=false: the cookies keep their plain names
+    (no prefix is allowed without Secure), and curl's cookie jar carries the session as the README shows."""
+    async with serve_bff(
+        clean.redis_url, clean.profile_database_url, clean.auth_port, cookie_secure=False
+    ) as bff:
+        jar, name = tmp_path / "cookies.txt", new_name()
+
+        async def curl(*args: str) -> tuple[int, str]:
+            process = await asyncio.create_subprocess_exec(
+                "curl", "-s", "-w", "\n%{http_code}", *args, stdout=asyncio.subprocess.PIPE, cwd=tmp_path
+            )
+            output, _ = await process.communicate()
+            body, _, status = output.decode().rpartition("\n")
+            return int(status), body
+
+        credentials = json.dumps({"name": name, "password": PASSWORD})
+        json_body = ("-H", "Content-Type: application/json", "-d", credentials)
+        assert (await curl("-X", "POST", f"{bff.url}/v1/register", *json_body))[0] == 201
+        status, body = await curl("-c", "cookies.txt", "-X", "POST", f"{bff.url}/v1/login", *json_body)
+        assert status == 200 and json.loads(body)["access_token"]
+        stored = jar.read_text()
+        assert "\trefresh_token\t" in stored and "\tlogin_device\t" in stored and "__Host-" not in stored
+        status, body = await curl("-b", "cookies.txt", "-c", "cookies.txt", "-X", "POST", f"{bff.url}/v1/refresh")
+        assert status == 200 and claims_of(json.loads(body)["access_token"])["name"] == name
+        status, _ = await curl("-b", "cookies.txt", "-c", "cookies.txt", "-X", "POST", f"{bff.url}/v1/logout")
+        assert status == 204
+        assert (await curl("-b", "cookies.txt", "-X", "POST", f"{bff.url}/v1/refresh"))[0] == 401
+
+
 # -- key rotation ----------------------------------------------------------------------------------------
 
 
@@ -594,8 +830,8 @@ _content_types = st.sampled_from(
 _header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
 _cookies = st.one_of(
     st.just(""),
-    _header_text.map(lambda value: f"refresh_token={value}"),
-    st.lists(st.tuples(st.sampled_from(["refresh_token", "x", "session"]), _header_text), max_size=3).map(
+    _header_text.map(lambda value: f"__Host-refresh_token={value}"),
+    st.lists(st.tuples(st.sampled_from(["__Host-refresh_token", "refresh_token", "x", "session"]), _header_text), max_size=3).map(
         lambda pairs: "; ".join(f"{k}={v}" for k, v in pairs)
     ),
 )
