@@ -194,10 +194,7 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         self, request: auth_pb2.ChangePasswordRequest, context
     ) -> auth_pb2.ChangePasswordResponse:
         user_id, revoked = await self._accounts.change_password(
-            request.access_token,
-            request.current_password,
-            request.new_password,
-            _client_address(request.client_address, context),
+            request.access_token, request.current_password, request.new_password
         )
         return auth_pb2.ChangePasswordResponse(user_id=user_id, sessions_revoked=revoked)
 

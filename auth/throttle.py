@@ -4,7 +4,13 @@ through the BFF.
 The budgets and their rules are those of :mod:`crypto_mesh.throttle` (per (name, address), per name, per
 login device; successes refunded), kept in a :class:`BudgetStore`: PostgreSQL in the service
 (:class:`auth.store.LoginBudgetStore`), an in-memory fake in the unit tests. Keys: ``login:name-addr:<name
-bucket>:<address bucket>``, ``login:name:<name bucket>``, ``login:device:<device bucket>``.
+bucket>:<address bucket>``, ``login:name:<name bucket>``, ``login:device:<device bucket>``, and
+``login:password-change:<user id>``.
+
+A password change is made with an access token, so its caller has already proven the session: its wrong
+current passwords are charged to a budget of that user's own, at the per-(name, address) rate, and never to
+the name's shared budgets, which others can spend (else anyone could keep the owner from changing a password
+they fear is known).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from auth.errors import ResourceExhausted
 from crypto_mesh.throttle import Charge, Rate, device_bucket, name_bucket
 
 TOO_MANY_FAILURES = "too many failed logins for this name, retry in {} s"
+TOO_MANY_WRONG_CURRENT = "too many wrong current passwords, retry in {} s"
 
 
 class BudgetStore(Protocol):
@@ -72,6 +79,16 @@ class LoginThrottle:
         if wait_s > 0:
             retry_after = max(1, math.ceil(wait_s))
             raise ResourceExhausted(TOO_MANY_FAILURES.format(retry_after), retry_after)
+        return Admission(charges, trusted_device=False)
+
+    async def admit_password_change(self, user_id: int) -> Admission:
+        """Charge one check of the current password of ``user_id``, proven by an access token, to that user's
+        own budget. Raises :class:`~auth.errors.ResourceExhausted` when refused (nothing is charged)."""
+        charges = (Charge(f"login:password-change:{user_id}", self._limits.per_name_and_address),)
+        wait_s = await self._budgets.acquire(charges)
+        if wait_s > 0:
+            retry_after = max(1, math.ceil(wait_s))
+            raise ResourceExhausted(TOO_MANY_WRONG_CURRENT.format(retry_after), retry_after)
         return Admission(charges, trusted_device=False)
 
     async def succeeded(self, admission: Admission) -> None:

@@ -172,14 +172,13 @@ class Accounts:
         log.info("user_logged_out_everywhere", user_id=user_id, sessions=revoked)
         return user_id, revoked
 
-    async def change_password(
-        self, access_token: str, raw_current: str, raw_new: str, address: str
-    ) -> tuple[int, int]:
+    async def change_password(self, access_token: str, raw_current: str, raw_new: str) -> tuple[int, int]:
         """Replace the password of the user an unexpired ``access_token`` proves, once ``raw_current`` checks
         out, and revoke every session of theirs. Returns ``(user_id, sessions that were live)``.
 
-        ``address`` as for :meth:`login`: a wrong current password counts as a failed login of that user.
-        Raises ``InvalidArgument`` (a field missing, or a new password outside the policy),
+        A wrong current password is charged to the user's own budget
+        (:meth:`~auth.throttle.LoginThrottle.admit_password_change`), which only holders of its access tokens
+        can spend. Raises ``InvalidArgument`` (a field missing, or a new password outside the policy),
         ``Unauthenticated`` (bad token), ``PermissionDenied`` (wrong current password), ``ResourceExhausted``
         (the user's failed-login budgets are spent), ``NotFound`` (the user is gone).
         """
@@ -192,7 +191,7 @@ class Accounts:
         user = await self._store.get_user(claims.user_id)
         if user is None:
             raise NotFound("the user does not exist")
-        admission = await self._throttle.admit(user.name, address)
+        admission = await self._throttle.admit_password_change(user.id)
         if not await self._hasher.verify(passwords.candidate_password(raw_current), user.password_hash):
             raise PermissionDenied(BAD_CURRENT_PASSWORD)
         await self._throttle.succeeded(admission)

@@ -244,6 +244,10 @@ def main() -> None:
                     "AUTH_JWT_PRIVATE_KEY_FILE": str(key_file),
                     "AUTH_BCRYPT_COST": str(BCRYPT_COST),
                     "AUTH_LOG_LEVEL": "WARNING",
+                    **{
+                        f"AUTH_{limit}": UNLIMITED
+                        for limit in ("LOGIN_RATE_PER_NAME_AND_ADDRESS", "LOGIN_RATE_PER_NAME")
+                    },
                 },
             )
             processes.append(auth.start())
@@ -264,6 +268,7 @@ def main() -> None:
                         for limit in (
                             "LOGIN_RATE_PER_NAME",
                             "LOGIN_RATE_PER_ADDRESS",
+                            "LOGIN_RATE_PER_NAME_AND_ADDRESS",
                             "REGISTER_RATE_PER_NAME",
                             "REGISTER_RATE_PER_ADDRESS",
                         )

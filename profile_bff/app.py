@@ -617,13 +617,14 @@ async def change_password(request: web.Request) -> web.Response:
     """``POST /v1/password {"current_password", "new_password"}`` with ``Authorization: Bearer <access>``
     → 204: the password is replaced and every session of the user ends (the cookie is cleared; log in
     again). 401 bad or expired token, 403 wrong current password, 422 a new password outside the policy, 429
-    (+ Retry-After) too many wrong passwords for this user. Access tokens already issued stay valid until
+    (+ Retry-After) too many wrong current passwords for this user (a budget of the user's own, which others
+    cannot spend). Access tokens already issued stay valid until
     they expire (at most 15 minutes)."""
     services = request.app[SERVICES]
     _claims, access_token = await _authenticate(request)
     body = await _read_json_object(request)
     current, new = _string_field(body, "current_password"), _string_field(body, "new_password")
-    await services.auth.change_password(access_token, current, new, client_address=_client_address(request))
+    await services.auth.change_password(access_token, current, new)
     response = web.Response(status=204)
     response.headers["Cache-Control"] = "no-store"
     _clear_refresh_cookie(response, services.settings)

@@ -65,16 +65,13 @@ class AuthClient:
             request = auth_pb2.LogoutAllRequest(refresh_token=refresh_token)
         return (await self._stub.LogoutAll(request, timeout=self._timeout_s)).sessions_revoked
 
-    async def change_password(
-        self, access_token: str, current_password: str, new_password: str, *, client_address: str = ""
-    ) -> int:
+    async def change_password(self, access_token: str, current_password: str, new_password: str) -> int:
         """Replace the password of the user an access token proves and revoke every session of theirs;
         returns how many were live. PERMISSION_DENIED: the current password is wrong."""
         request = auth_pb2.ChangePasswordRequest(
             access_token=access_token,
             current_password=current_password,
             new_password=new_password,
-            client_address=client_address,
         )
         return (await self._stub.ChangePassword(request, timeout=self._timeout_s)).sessions_revoked
 

@@ -555,11 +555,9 @@ async def test_logout_all_with_a_refresh_token_needs_a_live_one(stub):
         assert (await rpc_error(stub.LogoutAll(forged))).code() == Code.UNAUTHENTICATED
 
 
-async def change_password(stub, access_token: str, current: str, new: str, address: str = "198.51.100.7"):
+async def change_password(stub, access_token: str, current: str, new: str):
     return await stub.ChangePassword(
-        auth_pb2.ChangePasswordRequest(
-            access_token=access_token, current_password=current, new_password=new, client_address=address
-        )
+        auth_pb2.ChangePasswordRequest(access_token=access_token, current_password=current, new_password=new)
     )
 
 
@@ -638,14 +636,26 @@ async def test_guesses_from_many_addresses_spend_the_name_budget_but_not_the_own
     assert error.code() == Code.RESOURCE_EXHAUSTED
 
 
-async def test_wrong_current_passwords_count_against_the_same_budgets(stub):
+async def test_wrong_current_passwords_are_throttled_on_the_users_own_budget(stub):
     await register(stub)
     pair = await login(stub)
     codes = []
     for _ in range(11):
         codes.append((await rpc_error(change_password(stub, pair.access_token, "a guess", "new password!"))).code())
     assert codes == [Code.PERMISSION_DENIED] * 10 + [Code.RESOURCE_EXHAUSTED]
-    assert (await rpc_error(login_from(stub, "198.51.100.7", password="a guess"))).code() == Code.RESOURCE_EXHAUSTED
+    assert int(dict((await rpc_error(change_password(stub, pair.access_token, PASSWORD, "new password!")))
+                    .trailing_metadata())["retry-after"]) >= 1
+    # The name's login budgets are untouched.
+    assert (await login_from(stub, "198.51.100.7")).name == "alice"
+
+
+async def test_others_spending_the_names_login_budgets_cannot_stop_the_owner_changing_the_password(stub):
+    await register(stub)
+    pair = await login(stub)
+    for n in range(101):
+        await rpc_error(login_from(stub, f"203.0.113.{n}", password="a guess"))
+    assert (await rpc_error(login_from(stub, "198.51.100.7"))).code() == Code.RESOURCE_EXHAUSTED
+    assert (await change_password(stub, pair.access_token, PASSWORD, "a brand new password")).user_id == pair.user_id
 
 
 async def test_a_malformed_client_address_is_invalid_argument(stub):

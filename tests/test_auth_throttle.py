@@ -174,3 +174,18 @@ def test_an_address_bucket_reads_back_as_itself():
     for address in ("203.0.113.7", "2001:db8:1:2::99"):
         bucket = address_bucket(ipaddress.ip_address(address))
         assert parse_address_bucket(bucket) == bucket
+
+
+async def test_a_password_change_is_charged_to_its_users_own_budget_which_others_cannot_spend(throttle):
+    for n in range(150):
+        await fail(throttle, "alice", f"203.0.113.{n}")
+    assert not await fail(throttle, "alice", "198.51.100.7"), "the name's budget is spent"
+    admitted = []
+    for _ in range(11):
+        try:
+            await throttle.admit_password_change(user_id=7)
+            admitted.append(True)
+        except ResourceExhausted:
+            admitted.append(False)
+    assert admitted == [True] * 10 + [False]
+    await throttle.admit_password_change(user_id=8)

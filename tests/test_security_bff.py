@@ -682,7 +682,7 @@ async def test_logout_everywhere_with_the_cookie_alone(bff):
     assert (status, body["error"]["code"]) == (422, "invalid")
 
 
-async def change_password(bff: Bff, access: str, current: str, new: str, address: str | None = None):
+async def change_password(bff: Bff, access: str, current: str, new: str):
     headers = {"Authorization": f"Bearer {access}"}
     body = {"current_password": current, "new_password": new}
     return await bff.post("/v1/password", json=body, headers=headers)
@@ -716,12 +716,23 @@ async def test_a_password_change_is_refused_without_the_current_password_or_a_va
     assert (await bff.refresh(cookie))[0] == 200, "nothing changed"
 
 
-async def test_guessing_the_current_password_is_throttled_like_a_login(bff):
+async def test_guessing_the_current_password_is_throttled_on_the_users_own_budget(bff):
     name, access, _ = await new_user(bff)
     statuses = [(await change_password(bff, access, f"guess {n}", "a brand new password"))[0] for n in range(11)]
     assert statuses == [403] * 10 + [429]
     status, body, resp = await change_password(bff, access, PASSWORD, "a brand new password")
     assert_rate_limited(status, body, resp, 900)
+    assert (await bff.login(name))[0] == 200, "the name's login budgets are untouched"
+
+
+async def test_an_attacker_spending_the_login_budgets_cannot_stop_the_owner_changing_the_password(clean):
+    async with behind_a_proxy(clean) as bff:
+        name, access, _ = await new_user(bff)
+        for n in range(101):
+            await login_from(bff, f"203.0.113.{n}", name, "a guess")
+        assert (await login_from(bff, "198.51.100.9", name))[0] == 429
+        status, _, _ = await change_password(bff, access, PASSWORD, "a brand new password")
+        assert status == 204
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's journey is written for curl")
