@@ -287,7 +287,7 @@ class AuthStore:
         return True
 
     async def owner_of_live_token(self, token_hash: bytes, now: datetime) -> int | None:
-        """The user of a refresh token that is neither revoked, rotated nor expired at ``now``, or ``None``."""
+        """The user of a refresh token neither revoked, rotated nor expired at ``now``, or ``None``."""
         async with self._transaction() as conn:
             return await conn.scalar(
                 sa.select(refresh_tokens.c.user_id).where(
@@ -388,7 +388,9 @@ class LoginBudgetStore:
         if not charges:
             return 0.0
         async with self._locked(charges) as (conn, tats, now_ms):
-            wait_ms, new_tats = gcra_acquire([tats[c.key] for c in charges], [c.rate for c in charges], now_ms)
+            wait_ms, new_tats = gcra_acquire(
+                [tats[c.key] for c in charges], [c.rate for c in charges], now_ms
+            )
             if wait_ms == 0:
                 await conn.execute(
                     sa.update(login_budgets).where(login_budgets.c.key == sa.bindparam("k")),

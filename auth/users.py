@@ -8,7 +8,8 @@ is revoked and its legitimate holder must log in again (OAuth 2.0 Security BCP, 
 ends at the latest :class:`~auth.sessions.SessionPolicy` ``max_lifetime_s`` after its login.
 
 Every password check (login, password change, deletion by credentials) is admitted by the
-:class:`~auth.throttle.LoginThrottle` first, so that no route to auth gets more guesses than the budgets allow.
+:class:`~auth.throttle.LoginThrottle` first, so that no route to auth gets more guesses than its budgets
+allow.
 Logging out everywhere and changing the password revoke every refresh-token family of the user; access tokens
 already issued stay valid until their expiry (at most ``ACCESS_TOKEN_TTL_S``): they are verified without a
 call to auth, which is what makes them cheap, and their short life is what bounds them.
@@ -30,6 +31,7 @@ from auth.store import AuthStore, NameTaken, User
 from auth.throttle import LoginThrottle
 from auth.tokens import REFRESH_TOKEN_MAX_CHARS, TokenIssuer, new_refresh_token, refresh_token_digest
 from crypto_mesh.logs import get_logger
+from crypto_mesh.throttle import DEVICE_TOKEN_MAX_CHARS
 
 log = get_logger(__name__)
 
@@ -37,8 +39,6 @@ log = get_logger(__name__)
 BAD_CREDENTIALS = "invalid name or password"
 BAD_REFRESH_TOKEN = "refresh token is invalid, expired or revoked"
 BAD_CURRENT_PASSWORD = "the current password is wrong"
-#: Device tokens are JWTs of a few hundred characters; anything much longer is not one of ours.
-DEVICE_TOKEN_MAX_CHARS = 2048
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,9 @@ class Accounts:
         log.info("user_deleted", user_id=user_id)
         return user_id
 
-    async def _authenticate(self, raw_name: str, raw_password: str, address: str, device_token: str = "") -> User:
+    async def _authenticate(
+        self, raw_name: str, raw_password: str, address: str, device_token: str = ""
+    ) -> User:
         if not raw_name.strip():
             raise InvalidArgument("name is required")
         if not raw_password:

@@ -39,11 +39,14 @@ IPV6_BUCKET_PREFIX = 64
 #: Appended to the access tokens' audience to make the audience of login-device tokens: a device token is
 #: never accepted as an access token, nor the reverse.
 DEVICE_AUDIENCE_SUFFIX = "/login-device"
+#: Device tokens are JWTs of a few hundred characters; a longer value is not one and is not verified.
+DEVICE_TOKEN_MAX_CHARS = 2048
 
 
 @dataclass(frozen=True)
 class Rate:
-    """``limit`` attempts per ``period_s`` seconds: a burst of ``limit``, then one every ``period_s / limit``."""
+    """``limit`` attempts per ``period_s`` seconds: a burst of ``limit``, then one every
+    ``period_s / limit``."""
 
     limit: int
     period_s: int

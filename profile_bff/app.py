@@ -45,7 +45,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.logs import get_logger
 from crypto_mesh.proto import auth_pb2
-from crypto_mesh.throttle import device_audience, name_bucket
+from crypto_mesh.throttle import DEVICE_TOKEN_MAX_CHARS, device_audience, name_bucket
 from profile_bff import ratelimit
 from profile_bff.clients import AggregatorClient, AggregatorUnavailable, AuthClient
 from profile_bff.connections import CLOSE_TOKEN_EXPIRED, ConnectionManager
@@ -519,7 +519,7 @@ async def login(request: web.Request) -> web.Response:
         _string_field(body, "name"),
         _string_field(body, "password"),
         client_address=_client_address(request),
-        device_token=device if len(device) <= ratelimit.DEVICE_TOKEN_MAX_CHARS else "",
+        device_token=device if len(device) <= DEVICE_TOKEN_MAX_CHARS else "",
     )
     if services.migrated:
         try:
@@ -645,7 +645,10 @@ def _token_response(settings: BffSettings, pair: auth_pb2.TokenPair) -> web.Resp
         }
     )
     _set_cookie(
-        response, refresh_cookie(settings.cookie_secure), pair.refresh_token, max(0, pair.refresh_expires_at - now)
+        response,
+        refresh_cookie(settings.cookie_secure),
+        pair.refresh_token,
+        max(0, pair.refresh_expires_at - now),
     )
     # Token responses must not be cached (RFC 6749 §5.1).
     response.headers["Cache-Control"] = "no-store"

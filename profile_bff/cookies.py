@@ -40,12 +40,16 @@ class CookieSpec:
 
 def refresh_cookie(secure: bool) -> CookieSpec:
     """The refresh-token cookie (see the module docstring's table)."""
-    return CookieSpec("__Host-refresh_token", "/", True) if secure else CookieSpec("refresh_token", "/v1", False)
+    if secure:
+        return CookieSpec("__Host-refresh_token", "/", True)
+    return CookieSpec("refresh_token", "/v1", False)
 
 
 def device_cookie(secure: bool) -> CookieSpec:
     """The login-device cookie (see the module docstring's table)."""
-    return CookieSpec("__Host-login_device", "/", True) if secure else CookieSpec("login_device", "/v1/login", False)
+    if secure:
+        return CookieSpec("__Host-login_device", "/", True)
+    return CookieSpec("login_device", "/v1/login", False)
 
 
 def cross_site_refusal(

@@ -152,9 +152,9 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Open a session",
                     "description": (
-                        "Also sets an HttpOnly login-device cookie: later logins of this client for this name "
-                        "are throttled on their own, so others' failed guesses do not lock it out. 429 with "
-                        "Retry-After when the failed-login budgets are spent."
+                        "Also sets an HttpOnly login-device cookie: later logins of this client for this "
+                        "name are throttled on their own, so others' failed guesses do not lock it out. "
+                        "429 with Retry-After when the failed-login budgets are spent."
                     ),
                     "requestBody": _CREDENTIALS,
                     "responses": {"200": _TOKEN, **_SESSION_ERRORS},
@@ -163,7 +163,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/refresh": {
                 "post": {
                     "summary": "Rotate the refresh-token cookie and get a new access token",
-                    "description": "A browser request from another site is refused (403, Origin, Sec-Fetch-Site).",
+                    "description": "A browser request from another site is refused (403).",
                     "responses": {"200": _TOKEN, **_errors(401, 403, 429, 503)},
                 }
             },
@@ -171,13 +171,17 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Revoke the cookie's session, or with all=true every session of the user",
                     "description": (
-                        "all=true: the user is the one an unexpired Authorization: Bearer token names, else "
-                        "the owner of the refresh cookie's live session; every refresh-token family of theirs "
-                        "is revoked. Access tokens already issued stay valid until they expire. A browser "
-                        "request from another site is refused (403)."
+                        "all=true: the user is the one an unexpired Authorization: Bearer token names, "
+                        "else the owner of the refresh cookie's live session; every refresh-token family "
+                        "of theirs is revoked. Access tokens already issued stay valid until they expire. "
+                        "A browser request from another site is refused (403)."
                     ),
                     "parameters": [
-                        {"name": "all", "in": "query", "schema": {"enum": ["true", "false"], "default": "false"}}
+                        {
+                            "name": "all",
+                            "in": "query",
+                            "schema": {"enum": ["true", "false"], "default": "false"},
+                        }
                     ],
                     "responses": {"204": {"description": "logged out"}, **_errors(401, 403, 422, 503)},
                 }

@@ -2,8 +2,8 @@
 
 Algorithm: GCRA (:mod:`crypto_mesh.throttle`). Redis keeps one number per key, the theoretical arrival time
 (TAT, Unix ms), which expires by itself once the client is back to a full allowance, so no key outlives its
-use. Every BFF replica charges the same keys in one atomic Lua script that reads the clock of Redis (``TIME``),
-so the limits hold across replicas whatever their clocks say.
+use. Every BFF replica charges the same keys in one atomic Lua script that reads the clock of Redis
+(``TIME``), so the limits hold across replicas whatever their clocks say.
 
 An attempt is charged to every key of its route at once, and refused with ``429`` + ``Retry-After`` (RFC 9110
 §10.2.3, whole seconds) if any key is out of allowance; a refused attempt charges nothing.
@@ -50,6 +50,7 @@ from redis.retry import Retry
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
 from crypto_mesh.throttle import (
+    DEVICE_TOKEN_MAX_CHARS,
     IPV6_BUCKET_PREFIX,
     Charge,
     IPAddress,
@@ -68,9 +69,13 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 KEY_PREFIX = "ratelimit"
 #: Re-exported: the rate limits of the BFF are written with these.
-__all__ = ["IPV6_BUCKET_PREFIX", "Charge", "Rate", "address_bucket", "name_bucket"]
-#: Device tokens are JWTs of a few hundred characters; a longer cookie is not one and is not verified.
-DEVICE_TOKEN_MAX_CHARS = 2048
+__all__ = [
+    "IPV6_BUCKET_PREFIX",
+    "Charge",
+    "Rate",
+    "address_bucket",
+    "name_bucket",
+]
 
 
 # KEYS: the keys to charge; ARGV: interval (ms) and limit of each key in turn. Returns 0 when allowed (every
@@ -293,7 +298,9 @@ def _client_charges(policy: RoutePolicy, address: str, name: str | None) -> list
         bucket = name_bucket(name)
         if policy.per_name_and_address is not None:
             charges.append(
-                Charge(f"{KEY_PREFIX}:{policy.route}:name-addr:{bucket}:{address}", policy.per_name_and_address)
+                Charge(
+                    f"{KEY_PREFIX}:{policy.route}:name-addr:{bucket}:{address}", policy.per_name_and_address
+                )
             )
         charges.append(Charge(f"{KEY_PREFIX}:{policy.route}:name:{bucket}", policy.per_name))
     return charges

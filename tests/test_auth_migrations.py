@@ -86,7 +86,9 @@ async def test_sessions_open_before_the_absolute_lifetime_keep_the_time_of_their
     try:
         async with engine.begin() as conn:
             user_id = await conn.scalar(
-                sa.text("INSERT INTO users (name, name_key, password_hash) VALUES ('a', 'a', 'x') RETURNING id")
+                sa.text(
+                    "INSERT INTO users (name, name_key, password_hash) VALUES ('a', 'a', 'x') RETURNING id"
+                )
             )
             # One family logged in ten days ago and refreshed twice since; another logged in an hour ago.
             for family, ages_h in (("11111111-1111-1111-1111-111111111111", (240, 120, 1)),
@@ -94,7 +96,8 @@ async def test_sessions_open_before_the_absolute_lifetime_keep_the_time_of_their
                 for age_h in ages_h:
                     await conn.execute(
                         sa.text(
-                            "INSERT INTO refresh_tokens (user_id, family_id, token_hash, expires_at, created_at) "
+                            "INSERT INTO refresh_tokens "
+                            "(user_id, family_id, token_hash, expires_at, created_at) "
                             "VALUES (:u, CAST(:f AS uuid), :h, now() + interval '1 day', "
                             "now() - make_interval(hours => :age))"
                         ),

@@ -1,6 +1,7 @@
-"""The login-throttling decision, pure: GCRA arithmetic, and whose attempts :class:`auth.throttle.LoginThrottle`
-admits, over an in-memory fake of its budget store with a clock the test moves. The same budgets against
-PostgreSQL and through gRPC are in tests/test_auth_server.py; through the BFF in tests/test_security_bff.py."""
+"""The login-throttling decision, pure: GCRA arithmetic, and whose attempts
+:class:`auth.throttle.LoginThrottle` admits, over an in-memory fake of its budget store with a clock the test
+moves. The same budgets against PostgreSQL and through gRPC are in tests/test_auth_server.py; through the BFF
+in tests/test_security_bff.py."""
 
 from __future__ import annotations
 

@@ -42,6 +42,8 @@ PASSWORD = "correct horse battery"
 _RUN = uuid.uuid4().hex[:6]
 TEST_SYMBOLS = [f"t{_RUN}{n:04d}usdt" for n in range(3000)]
 _next_symbol = itertools.count()
+#: The refresh cookie over HTTPS (BFF_COOKIE_SECURE=true, the default).
+REFRESH = "__Host-refresh_token"
 
 
 def new_symbol() -> str:
@@ -129,7 +131,7 @@ def refresh_cookie(response: aiohttp.ClientResponse):
     cookie = SimpleCookie()
     for header in response.headers.getall("Set-Cookie", []):
         cookie.load(header)
-    return cookie["__Host-refresh_token"]
+    return cookie[REFRESH]
 
 
 def new_database(postgres, prefix: str) -> str:
@@ -329,7 +331,7 @@ async def test_a_wrong_password_and_an_unknown_name_are_both_unauthorized(bff):
 async def test_refresh_rotates_the_cookie_and_the_old_one_stops_working(bff):
     name, _ = await bff.register()
     _, first = await bff.login(name)
-    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"__Host-refresh_token={first}"}) as resp:
+    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"{REFRESH}={first}"}) as resp:
         assert resp.status == 200
         body = await resp.json()
         second = refresh_cookie(resp).value
@@ -339,18 +341,18 @@ async def test_refresh_rotates_the_cookie_and_the_old_one_stops_working(bff):
         f"{bff.url}/v2/coin/symbols", headers={"Authorization": f"Bearer {body['access_token']}"}
     ) as resp:
         assert resp.status == 200
-    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"__Host-refresh_token={first}"}) as resp:
+    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"{REFRESH}={first}"}) as resp:
         assert resp.status == 401
 
 
 async def test_logout_revokes_the_session_and_clears_the_cookie(bff):
     name, _ = await bff.register()
     _, token = await bff.login(name)
-    async with bff.http.post(f"{bff.url}/v1/logout", headers={"Cookie": f"__Host-refresh_token={token}"}) as resp:
+    async with bff.http.post(f"{bff.url}/v1/logout", headers={"Cookie": f"{REFRESH}={token}"}) as resp:
         assert resp.status == 204
         cleared = refresh_cookie(resp)
     assert cleared.value == "" and cleared["path"] == "/" and int(cleared["max-age"]) == 0
-    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"__Host-refresh_token={token}"}) as resp:
+    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"{REFRESH}={token}"}) as resp:
         assert resp.status == 401
 
 
@@ -358,7 +360,7 @@ async def test_refresh_without_a_valid_cookie_is_unauthorized_and_logout_still_s
     async with bff.http.post(f"{bff.url}/v1/refresh") as resp:
         assert resp.status == 401
     for garbage in ("x", "y" * 500):
-        headers = {"Cookie": f"__Host-refresh_token={garbage}"}
+        headers = {"Cookie": f"{REFRESH}={garbage}"}
         async with bff.http.post(f"{bff.url}/v1/refresh", headers=headers) as resp:
             assert resp.status == 401
         async with bff.http.post(f"{bff.url}/v1/logout", headers=headers) as resp:

@@ -23,7 +23,9 @@ def upgrade() -> None:
         """
         UPDATE refresh_tokens AS token
         SET family_started_at = family.started_at
-        FROM (SELECT family_id, min(created_at) AS started_at FROM refresh_tokens GROUP BY family_id) AS family
+        FROM (
+            SELECT family_id, min(created_at) AS started_at FROM refresh_tokens GROUP BY family_id
+        ) AS family
         WHERE token.family_id = family.family_id
         """
     )
