@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.settings import ServiceSettings
@@ -35,8 +35,8 @@ class AuthSettings(ServiceSettings):
     - ``LOGIN_RATE_PER_NAME_AND_ADDRESS`` (``10/15 minutes``), ``LOGIN_RATE_PER_NAME`` (``100/hour``),
       ``LOGIN_RATE_PER_DEVICE`` (``10/minute``): failed password checks allowed per (name, client address),
       per name, and per login device (:mod:`crypto_mesh.throttle`), as ``<count>/[<n>] second|minute|hour|
-      day``; beyond them ``Login`` answers RESOURCE_EXHAUSTED. Keep the first no faster than the second, else
-      one address could spend a name's whole budget and lock its owner out.
+      day``; beyond them ``Login`` answers RESOURCE_EXHAUSTED. The first may be no faster than the second
+      (checked), else one address could spend a name's whole budget and lock its owner out.
     - ``BCRYPT_COST`` (12): log2 of bcrypt's work factor, 4..31. Tests use 4.
     - ``LOG_LEVEL``, ``LOG_FORMAT``: see :class:`crypto_mesh.settings.ServiceSettings`.
     """
@@ -57,4 +57,14 @@ class AuthSettings(ServiceSettings):
     login_rate_per_name_and_address: RateSetting = Rate(10, 900)
     login_rate_per_name: RateSetting = Rate(100, 3600)
     login_rate_per_device: RateSetting = Rate(10, 60)
+
+    @model_validator(mode="after")
+    def _one_address_cannot_spend_a_names_budget(self) -> AuthSettings:
+        if not self.login_rate_per_name_and_address.never_outpaces(self.login_rate_per_name):
+            raise ValueError(
+                f"AUTH_LOGIN_RATE_PER_NAME_AND_ADDRESS ({self.login_rate_per_name_and_address}) must allow no "
+                f"larger burst and no faster pace than AUTH_LOGIN_RATE_PER_NAME ({self.login_rate_per_name}), "
+                "else one address could spend a name's budget and lock its owner out"
+            )
+        return self
     bcrypt_cost: int = Field(default=12, ge=4, le=31)

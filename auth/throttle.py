@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from auth.errors import ResourceExhausted
+from crypto_mesh.logs import get_logger
 from crypto_mesh.throttle import Charge, Rate, device_bucket, name_bucket
+
+log = get_logger(__name__)
 
 TOO_MANY_FAILURES = "too many failed logins for this name, retry in {} s"
 TOO_MANY_WRONG_CURRENT = "too many wrong current passwords, retry in {} s"
@@ -78,6 +81,7 @@ class LoginThrottle:
         wait_s = await self._budgets.acquire(charges)
         if wait_s > 0:
             retry_after = max(1, math.ceil(wait_s))
+            log.info("login_throttled", name_bucket=bucket, address=address, retry_after_s=retry_after)
             raise ResourceExhausted(TOO_MANY_FAILURES.format(retry_after), retry_after)
         return Admission(charges, trusted_device=False)
 
@@ -88,6 +92,7 @@ class LoginThrottle:
         wait_s = await self._budgets.acquire(charges)
         if wait_s > 0:
             retry_after = max(1, math.ceil(wait_s))
+            log.info("password_change_throttled", user_id=user_id, retry_after_s=retry_after)
             raise ResourceExhausted(TOO_MANY_WRONG_CURRENT.format(retry_after), retry_after)
         return Admission(charges, trusted_device=False)
 

@@ -2,7 +2,8 @@
 
 Routes and shapes: docs/CONTRACTS.md, "BFF REST", and the OpenAPI 3.1 document served at ``/openapi.json``
 (:mod:`profile_bff.openapi`). Every error is ``{"error": {"code", "message"}}`` with a
-status that says whose fault it is: 400 malformed body, 401 no or bad token, 403 forbidden origin, 404
+status that says whose fault it is: 400 malformed body, 401 no or bad token, 403 forbidden origin, a
+cross-site request on a cookie route, another user's session or a wrong current password, 404
 unknown, 405 wrong method, 409 conflict, 413 body over 64 KiB, 415 body not JSON, 422 invalid value, 429
 rate-limited by auth, 503 a dependency (auth, PostgreSQL, Redis) is down. A client's mistake never becomes a
 500.

@@ -5,11 +5,13 @@ in tests/test_security_bff.py."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 import pytest
 
 from auth.errors import ResourceExhausted
+from auth.settings import AuthSettings
 from auth.throttle import LoginLimits, LoginThrottle
 from crypto_mesh.throttle import (
     Charge,
@@ -19,6 +21,7 @@ from crypto_mesh.throttle import (
     gcra_refund,
     parse_address_bucket,
 )
+from profile_bff.settings import BffSettings
 
 
 class Clock:
@@ -170,8 +173,6 @@ def test_a_client_address_is_read_as_its_bucket(text, bucket):
 
 
 def test_an_address_bucket_reads_back_as_itself():
-    import ipaddress
-
     for address in ("203.0.113.7", "2001:db8:1:2::99"):
         bucket = address_bucket(ipaddress.ip_address(address))
         assert parse_address_bucket(bucket) == bucket
@@ -190,3 +191,30 @@ async def test_a_password_change_is_charged_to_its_users_own_budget_which_others
             admitted.append(False)
     assert admitted == [True] * 10 + [False]
     await throttle.admit_password_change(user_id=8)
+
+
+def auth_settings(**rates):
+    return AuthSettings(database_url="postgresql+asyncpg://x/auth", jwt_private_key_file="k.pem", **rates)
+
+
+def bff_settings(**rates):
+    return BffSettings(database_url="postgresql+asyncpg://x/profile", redis_url="redis://x", **rates)
+
+
+@pytest.mark.parametrize(
+    ("per_name_and_address", "per_name"),
+    [
+        ("20/15 minutes", "10/15 minutes"),  # a larger burst
+        ("10/minute", "100/hour"),  # a faster pace: 600 an hour against 100
+    ],
+)
+def test_settings_refuse_budgets_where_one_address_could_spend_a_names_budget(per_name_and_address, per_name):
+    rates = {"login_rate_per_name_and_address": per_name_and_address, "login_rate_per_name": per_name}
+    for make in (auth_settings, bff_settings):
+        with pytest.raises(ValueError, match="lock its owner out"):
+            make(**rates)
+
+
+def test_the_default_budgets_keep_one_address_from_spending_a_names_budget():
+    for settings in (auth_settings(), bff_settings()):
+        assert settings.login_rate_per_name_and_address.never_outpaces(settings.login_rate_per_name)
