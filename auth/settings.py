@@ -33,7 +33,7 @@ class AuthSettings(ServiceSettings):
       it no refresh is accepted and the user logs in again.
     - ``DEVICE_TOKEN_TTL_S`` (7 776 000 s = 90 days): lifetime of the login-device token a login returns.
     - ``LOGIN_RATE_PER_NAME_AND_ADDRESS`` (``10/15 minutes``), ``LOGIN_RATE_PER_NAME`` (``100/hour``),
-      ``LOGIN_RATE_PER_DEVICE`` (``10/minute``): failed password checks allowed per (name, client address),
+      ``LOGIN_RATE_PER_DEVICE`` (``10/15 minutes``): failed password checks allowed per (name, client address),
       per name, and per login device (:mod:`crypto_mesh.throttle`), as ``<count>/[<n>] second|minute|hour|
       day``; beyond them ``Login`` answers RESOURCE_EXHAUSTED. The first may be no faster than the second
       (checked), else one address could spend a name's whole budget and lock its owner out.
@@ -56,7 +56,7 @@ class AuthSettings(ServiceSettings):
     device_token_ttl_s: int = Field(default=7_776_000, gt=0)
     login_rate_per_name_and_address: RateSetting = Rate(10, 900)
     login_rate_per_name: RateSetting = Rate(100, 3600)
-    login_rate_per_device: RateSetting = Rate(10, 60)
+    login_rate_per_device: RateSetting = Rate(10, 900)
 
     @model_validator(mode="after")
     def _one_address_cannot_spend_a_names_budget(self) -> AuthSettings:

@@ -7,8 +7,10 @@
   ``{"kty": "OKP", "crv": "Ed25519", "x", "kid", "alg": "EdDSA", "use": "sig"}``.
 - Login-device token: a JWT as the access token (same key, same claims) whose ``aud`` is the access tokens'
   audience + ``/login-device`` (:func:`crypto_mesh.throttle.device_audience`), so neither is ever accepted as
-  the other. Issued at each successful login; it only marks the client as one that logged in to that user
-  before, for the login budgets (:mod:`crypto_mesh.throttle`), and proves nothing else.
+  the other, plus ``pwv``, the version of the password it was earned with (:func:`password_version`), so that
+  changing the password withdraws the trust of every device that logged in before. Issued at each successful
+  login; it only marks the client as one that logged in to that user before, for the login budgets
+  (:mod:`crypto_mesh.throttle`), and proves nothing else.
 - Refresh token: ``secrets.token_urlsafe(32)`` (256 random bits, base64url, 43 characters). Only its SHA-256
   digest is stored.
 """
@@ -106,6 +108,20 @@ class AccessClaims:
     expires_at: int
 
 
+@dataclass(frozen=True)
+class DeviceClaims:
+    """The verified claims of a login-device token."""
+
+    user_id: int
+    password_version: str
+
+
+def password_version(password_hash: str) -> str:
+    """A short fingerprint of a stored password hash (16 hex characters of its SHA-256): it changes whenever the
+    hash does, and tells nothing of the password (the hash it digests is salted bcrypt)."""
+    return hashlib.sha256(password_hash.encode("ascii")).hexdigest()[:16]
+
+
 class TokenIssuer:
     """Signs access tokens with the current key and verifies them against every published key.
 
@@ -152,12 +168,23 @@ class TokenIssuer:
         """A signed access token for the user and its expiry; ``now`` and the expiry are Unix seconds."""
         return self._sign(user_id, name, now, now + self._ttl_s, self._audience)
 
-    def issue_device(self, user_id: int, name: str, now: int) -> tuple[str, int]:
-        """A signed login-device token for the user and its expiry (Unix seconds)."""
-        return self._sign(user_id, name, now, now + self._device_ttl_s, self._device_audience)
+    def issue_device(self, user_id: int, name: str, password_hash: str, now: int) -> tuple[str, int]:
+        """A signed login-device token for the user, earned with the password whose stored hash is
+        ``password_hash``, and its expiry (Unix seconds)."""
+        return self._sign(
+            user_id,
+            name,
+            now,
+            now + self._device_ttl_s,
+            self._device_audience,
+            pwv=password_version(password_hash),
+        )
 
-    def _sign(self, user_id: int, name: str, now: int, expires_at: int, audience: str) -> tuple[str, int]:
+    def _sign(
+        self, user_id: int, name: str, now: int, expires_at: int, audience: str, **extra: str
+    ) -> tuple[str, int]:
         claims = {
+            **extra,
             "sub": str(user_id),
             "name": name,
             "iat": now,
@@ -175,14 +202,18 @@ class TokenIssuer:
         The algorithm is pinned to EdDSA (``alg: none`` and HMAC confusions are refused) and the key is
         chosen by ``kid`` among the published keys only. Raises :class:`~auth.errors.Unauthenticated`.
         """
-        return self._verify(token, self._audience, "access token")
+        claims = self._verify(token, self._audience, "access token")
+        return AccessClaims(user_id=int(claims["sub"]), name=claims["name"], expires_at=int(claims["exp"]))
 
-    def verify_device(self, token: str) -> AccessClaims:
-        """The claims of a login-device token, checked as :meth:`verify` does with the device audience.
-        Raises :class:`~auth.errors.Unauthenticated`."""
-        return self._verify(token, self._device_audience, "device token")
+    def verify_device(self, token: str) -> DeviceClaims:
+        """The claims of a login-device token, checked as :meth:`verify` does with the device audience, and
+        ``pwv`` required. Raises :class:`~auth.errors.Unauthenticated`."""
+        claims = self._verify(token, self._device_audience, "device token", required=("pwv",))
+        if not isinstance(claims["pwv"], str):
+            raise Unauthenticated("device token is invalid")
+        return DeviceClaims(user_id=int(claims["sub"]), password_version=claims["pwv"])
 
-    def _verify(self, token: str, audience: str, kind: str) -> AccessClaims:
+    def _verify(self, token: str, audience: str, kind: str, required: tuple[str, ...] = ()) -> Mapping:
         try:
             header = jwt.get_unverified_header(token)
             key = self._verifying_keys.get(header.get("kid")) if isinstance(header.get("kid"), str) else None
@@ -194,7 +225,7 @@ class TokenIssuer:
                 algorithms=[ALGORITHM],
                 audience=audience,
                 issuer=self._issuer,
-                options={"require": list(REQUIRED_CLAIMS)},
+                options={"require": [*REQUIRED_CLAIMS, *required]},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated(f"{kind} has expired") from None
@@ -203,7 +234,7 @@ class TokenIssuer:
         sub, name = claims["sub"], claims["name"]
         if not (isinstance(sub, str) and _USER_ID_RE.fullmatch(sub) and isinstance(name, str)):
             raise Unauthenticated(f"{kind} is invalid")
-        return AccessClaims(user_id=int(sub), name=name, expires_at=int(claims["exp"]))
+        return claims
 
 
 def new_refresh_token() -> tuple[str, bytes]:

@@ -29,7 +29,13 @@ from auth.passwords import PasswordHasher
 from auth.sessions import Rotation, SessionPolicy
 from auth.store import AuthStore, NameTaken, User
 from auth.throttle import LoginThrottle
-from auth.tokens import REFRESH_TOKEN_MAX_CHARS, TokenIssuer, new_refresh_token, refresh_token_digest
+from auth.tokens import (
+    REFRESH_TOKEN_MAX_CHARS,
+    TokenIssuer,
+    new_refresh_token,
+    password_version,
+    refresh_token_digest,
+)
 from crypto_mesh.logs import get_logger
 from crypto_mesh.throttle import DEVICE_TOKEN_MAX_CHARS
 
@@ -110,7 +116,7 @@ class Accounts:
         started = _utc(now)
         refresh_expires_at = int(self._sessions.expiry(started, started).timestamp())
         await self._store.start_family(user.id, digest, _utc(refresh_expires_at), started)
-        device, device_expires_at = self._issuer.issue_device(user.id, user.name, now)
+        device, device_expires_at = self._issuer.issue_device(user.id, user.name, user.password_hash, now)
         log.info("user_logged_in", user_id=user.id)
         tokens = self._tokens(user, now, refresh_token, refresh_expires_at)
         return dataclasses.replace(tokens, device_token=device, device_expires_at=device_expires_at)
@@ -253,18 +259,21 @@ class Accounts:
             raise Unauthenticated(BAD_CREDENTIALS)
         await self._throttle.succeeded(admission)
         if self._hasher.needs_rehash(user.password_hash):
-            await self._store.set_password_hash(user.id, await self._hasher.hash(password))
+            rehashed = await self._hasher.hash(password)
+            await self._store.set_password_hash(user.id, rehashed)
+            user = dataclasses.replace(user, password_hash=rehashed)
         return user
 
     def _is_device_of(self, device_token: str, user: User) -> bool:
         """True if ``device_token`` is a valid login-device token issued to ``user`` (this very user: not an
-        earlier one of the same name)."""
+        earlier one of the same name) under its current password (a password change withdraws the trust)."""
         if not device_token or len(device_token) > DEVICE_TOKEN_MAX_CHARS:
             return False
         try:
-            return self._issuer.verify_device(device_token).user_id == user.id
+            claims = self._issuer.verify_device(device_token)
         except Unauthenticated:
             return False
+        return claims.user_id == user.id and claims.password_version == password_version(user.password_hash)
 
     def _tokens(self, user: User, now: int, refresh_token: str, refresh_expires_at: int) -> Tokens:
         access_token, access_expires_at = self._issuer.issue(user.id, user.name, now)

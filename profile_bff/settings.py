@@ -48,7 +48,7 @@ class BffSettings(ServiceSettings):
       second arrive a few milliseconds apart; it adds up to ``n`` ms to every price's latency.
     - ``BFF_LOGIN_RATE_PER_ADDRESS`` (``30/minute``), ``BFF_LOGIN_RATE_PER_NAME_AND_ADDRESS``
       (``10/15 minutes``), ``BFF_LOGIN_RATE_PER_NAME`` (``100/hour``), ``BFF_LOGIN_RATE_PER_DEVICE``
-      (``10/minute``): failed logins allowed per client address, per (name, client address), per name, and
+      (``10/15 minutes``): failed logins allowed per client address, per (name, client address), per name, and
       per login device (a successful login is not counted), as ``<count>/[<n>] second|minute|hour|day``;
       beyond them ``POST /v1/login`` answers 429 with Retry-After. The per-(name, address) rate may be no
       faster than the per-name one (checked), so that one address cannot spend a name's whole budget and lock
@@ -79,7 +79,7 @@ class BffSettings(ServiceSettings):
     login_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(100, 3600)
     login_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(30, 60)
     login_rate_per_name_and_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(10, 900)
-    login_rate_per_device: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(10, 60)
+    login_rate_per_device: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(10, 900)
     register_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(5, 60)
     register_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 3600)
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode, BeforeValidator(parse_networks)] = ()

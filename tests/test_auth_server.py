@@ -658,6 +658,20 @@ async def test_guesses_from_many_addresses_spend_the_name_budget_but_not_the_own
     assert error.code() == Code.RESOURCE_EXHAUSTED
 
 
+async def test_changing_the_password_withdraws_the_trust_of_devices_that_logged_in_before(slow_stub):
+    stub = slow_stub
+    await register(stub)
+    thief = await login_from(stub, "203.0.113.9")  # someone who knew the password, then changed by the owner
+    await change_password(stub, thief.access_token, PASSWORD, "a brand new password")
+    owner = await login_from(stub, "198.51.100.7", password="a brand new password")
+    for n in range(100):
+        await rpc_error(login_from(stub, f"2001:db8:{n}::1", password="a guess"))
+    error = await rpc_error(login_from(stub, "203.0.113.9", password="another guess", device=thief.device_token))
+    assert error.code() == Code.RESOURCE_EXHAUSTED
+    trusted = await login_from(stub, "198.51.100.7", password="a brand new password", device=owner.device_token)
+    assert trusted.user_id == owner.user_id
+
+
 async def test_wrong_current_passwords_are_throttled_on_the_users_own_budget(stub):
     await register(stub)
     pair = await login(stub)
