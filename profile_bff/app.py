@@ -118,8 +118,6 @@ class Services:
     auth: AuthClient
     aggregator: AggregatorClient
     verifier: AccessTokenVerifier
-    #: Verifies login-device tokens: the same keys as access tokens, another audience.
-    device_verifier: AccessTokenVerifier
     manager: ConnectionManager
     instruments: Instruments
     migrated: bool = False
@@ -207,14 +205,13 @@ def _services_context(settings: BffSettings):
         verifier = AccessTokenVerifier(
             auth.public_keys_json, issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )
+        manager = ConnectionManager(store, bus, aggregator, coalesce_s=settings.ws_coalesce_ms / 1000)
+        services = Services(settings, store, bus, auth, aggregator, verifier, manager, instruments)
+        app[SERVICES] = services
+        # Login-device tokens: the same keys as access tokens, another audience.
         device_verifier = AccessTokenVerifier(
             auth.public_keys_json, issuer=settings.jwt_issuer, audience=device_audience(settings.jwt_audience)
         )
-        manager = ConnectionManager(store, bus, aggregator, coalesce_s=settings.ws_coalesce_ms / 1000)
-        services = Services(
-            settings, store, bus, auth, aggregator, verifier, device_verifier, manager, instruments
-        )
-        app[SERVICES] = services
         app[ratelimit.DEVICES] = ratelimit.LoginDevices(
             device_cookie(settings.cookie_secure).name, _device_name_verifier(device_verifier)
         )

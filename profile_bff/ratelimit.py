@@ -254,9 +254,9 @@ def install(app: web.Application, settings: BffSettings) -> None:
         limiter = request.app[LIMITER]
         try:
             charges = await _device_charges(request, policy, name)
-            # A device out of its own budget (its token stolen, say) is charged as any other client.
-            wait_s = await limiter.acquire(charges) if charges else 1.0
-            if wait_s > 0:
+            wait_s = 0.0
+            if not charges or await limiter.acquire(charges) > 0:
+                # No login device, or one out of its own budget (its token stolen, say): any other client.
                 charges = _client_charges(policy, address, name)
                 wait_s = await limiter.acquire(charges)
         except (RedisError, OSError) as exc:
