@@ -33,3 +33,12 @@ class NotFound(AuthError):
 
 class Unavailable(AuthError):
     """The database cannot be reached; the client may retry (``UNAVAILABLE``)."""
+
+
+class ResourceExhausted(AuthError):
+    """Too many failed logins for this name (``RESOURCE_EXHAUSTED``); ``retry_after_s`` whole seconds (>= 1)
+    until the next attempt can be admitted."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

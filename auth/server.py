@@ -24,18 +24,22 @@ from auth.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
 from auth.passwords import PasswordHasher
+from auth.sessions import SessionPolicy
 from auth.settings import AuthSettings
-from auth.store import AuthStore, create_engine
+from auth.store import AuthStore, LoginBudgetStore, create_engine
+from auth.throttle import LoginLimits, LoginThrottle
 from auth.tokens import TokenIssuer, load_private_key, load_public_keys
 from auth.users import Accounts, Tokens
 from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import PROFILE_BFF
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
+from crypto_mesh.throttle import parse_address_bucket
 
 log = get_logger(__name__)
 
@@ -62,7 +66,10 @@ _STATUS = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+#: Trailing metadata of a RESOURCE_EXHAUSTED answer: whole seconds to wait (as HTTP's Retry-After).
+RETRY_AFTER_METADATA = "retry-after"
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,9 @@ def _rpc(handler):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         try:
             return await handler(self, request, context)
+        except ResourceExhausted as exc:
+            context.set_trailing_metadata(((RETRY_AFTER_METADATA, str(exc.retry_after_s)),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except AuthError as exc:
             await context.abort(_STATUS[type(exc)], str(exc))
         except Exception:
@@ -109,7 +119,25 @@ def _token_pair(tokens: Tokens) -> auth_pb2.TokenPair:
         refresh_expires_at=tokens.refresh_expires_at,
         user_id=tokens.user_id,
         name=tokens.name,
+        device_token=tokens.device_token,
+        device_expires_at=tokens.device_expires_at,
     )
+
+
+def _client_address(claimed: str, context: grpc.aio.ServicerContext) -> str:
+    """The address bucket a password check is charged to: the one the caller names for its client, else the
+    caller's own (its gRPC peer, ``ipv4:a.b.c.d:port``, ``ipv6:[...]:port`` or ``unix:...``)."""
+    if claimed:
+        bucket = parse_address_bucket(claimed)
+        if bucket is None:
+            raise InvalidArgument("client_address must be an IP address, an IPv6 /64 network or 'unix'")
+        return bucket
+    peer = context.peer() or ""
+    scheme, _, rest = peer.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        host = rest.rsplit(":", 1)[0].strip("[]")
+        return parse_address_bucket(host.split("%", 1)[0]) or "unix"
+    return "unix"
 
 
 class AuthServicer(auth_pb2_grpc.AuthServicer):
@@ -125,7 +153,10 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
 
     @_rpc
     async def Login(self, request: auth_pb2.LoginRequest, context) -> auth_pb2.TokenPair:
-        return _token_pair(await self._accounts.login(request.name, request.password))
+        address = _client_address(request.client_address, context)
+        return _token_pair(
+            await self._accounts.login(request.name, request.password, address, request.device_token)
+        )
 
     @_rpc
     async def Refresh(self, request: auth_pb2.RefreshRequest, context) -> auth_pb2.TokenPair:
@@ -145,11 +176,31 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
             user_id = await self._accounts.delete_by_access_token(request.access_token)
         elif proof == "credentials":
             user_id = await self._accounts.delete_by_credentials(
-                request.credentials.name, request.credentials.password
+                request.credentials.name, request.credentials.password, _client_address("", context)
             )
         else:
             raise InvalidArgument("a proof is required: access_token or credentials")
         return auth_pb2.DeleteUserResponse(user_id=user_id)
+
+    @_rpc
+    async def LogoutAll(self, request: auth_pb2.LogoutAllRequest, context) -> auth_pb2.LogoutAllResponse:
+        proof = request.WhichOneof("proof")
+        if proof == "access_token":
+            user_id, revoked = await self._accounts.logout_all(access_token=request.access_token)
+        elif proof == "refresh_token":
+            user_id, revoked = await self._accounts.logout_all(refresh_token=request.refresh_token)
+        else:
+            raise InvalidArgument("a proof is required: access_token or refresh_token")
+        return auth_pb2.LogoutAllResponse(user_id=user_id, sessions_revoked=revoked)
+
+    @_rpc
+    async def ChangePassword(
+        self, request: auth_pb2.ChangePasswordRequest, context
+    ) -> auth_pb2.ChangePasswordResponse:
+        user_id, revoked = await self._accounts.change_password(
+            request.access_token, request.current_password, request.new_password
+        )
+        return auth_pb2.ChangePasswordResponse(user_id=user_id, sessions_revoked=revoked)
 
     @_rpc
     async def GetPublicKeys(
@@ -217,6 +268,7 @@ async def start(settings: AuthSettings) -> Running:
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         ttl_s=settings.access_token_ttl_s,
+        device_ttl_s=settings.device_token_ttl_s,
         retired_keys=(
             load_public_keys(settings.jwt_retired_public_keys_file)
             if settings.jwt_retired_public_keys_file
@@ -224,8 +276,23 @@ async def start(settings: AuthSettings) -> Running:
         ),
     )
     hasher = await asyncio.to_thread(PasswordHasher, settings.bcrypt_cost)
-    store = AuthStore(create_engine(settings.database_url))
-    accounts = Accounts(store, hasher, issuer, refresh_ttl_s=settings.refresh_token_ttl_s)
+    engine = create_engine(settings.database_url)
+    store = AuthStore(engine)
+    budgets = LoginBudgetStore(engine)
+    accounts = Accounts(
+        store,
+        hasher,
+        issuer,
+        sessions=SessionPolicy(settings.refresh_token_ttl_s, settings.session_max_lifetime_s),
+        throttle=LoginThrottle(
+            budgets,
+            LoginLimits(
+                per_name_and_address=settings.login_rate_per_name_and_address,
+                per_name=settings.login_rate_per_name,
+                per_device=settings.login_rate_per_device,
+            ),
+        ),
+    )
 
     health_servicer = health.aio.HealthServicer()
     for service in ("", SERVICE_NAME):
@@ -250,7 +317,7 @@ async def start(settings: AuthSettings) -> Running:
 
     ready = asyncio.get_running_loop().create_future()
     maintenance = asyncio.create_task(
-        _maintain(settings.database_url, store, health_servicer, ready), name="auth-maintenance"
+        _maintain(settings.database_url, store, budgets, health_servicer, ready), name="auth-maintenance"
     )
     running = Running(port, server, health_servicer, store, hasher, maintenance)
     try:
@@ -266,9 +333,14 @@ async def start(settings: AuthSettings) -> Running:
 
 
 async def _maintain(
-    database_url: str, store: AuthStore, health_servicer: health.aio.HealthServicer, ready: asyncio.Future
+    database_url: str,
+    store: AuthStore,
+    budgets: LoginBudgetStore,
+    health_servicer: health.aio.HealthServicer,
+    ready: asyncio.Future,
 ) -> None:
-    """Migrate (retrying until the database answers), turn SERVING, then keep health true and prune tokens."""
+    """Migrate (retrying until the database answers), turn SERVING, then keep health true and prune tokens
+    and login budgets back to a full allowance."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(Exception),
         wait=wait_exponential(multiplier=0.2, max=10),
@@ -294,6 +366,9 @@ async def _maintain(
                 pruned = await store.delete_expired_refresh_tokens(datetime.now(UTC) - PRUNE_AFTER)
                 if pruned:
                     log.info("refresh_tokens_pruned", count=pruned)
+                full = await budgets.delete_full()
+                if full:
+                    log.info("login_budgets_pruned", count=full)
             reachable = True
         except Unavailable as exc:
             reachable = False

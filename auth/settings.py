@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.settings import MeshTlsSettings
+from crypto_mesh.throttle import Rate
+
+RateSetting = Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)]
 
 
 class AuthSettings(MeshTlsSettings):
@@ -23,7 +27,16 @@ class AuthSettings(MeshTlsSettings):
       are still published by ``GetPublicKeys`` (and accepted by ``DeleteUser``) so that tokens they signed
       stay valid until they expire; drop a key from the file once ``ACCESS_TOKEN_TTL_S`` has passed.
     - ``JWT_ISSUER`` (``crypto-mesh-auth``), ``JWT_AUDIENCE`` (``crypto-mesh``): ``iss`` and ``aud`` claims.
-    - ``ACCESS_TOKEN_TTL_S`` (900 s), ``REFRESH_TOKEN_TTL_S`` (2 592 000 s = 30 days).
+    - ``ACCESS_TOKEN_TTL_S`` (900 s), ``REFRESH_TOKEN_TTL_S`` (2 592 000 s = 30 days): the refresh token's
+      lifetime from its issue, so a session lives while it is refreshed at least that often.
+    - ``SESSION_MAX_LIFETIME_S`` (2 592 000 s = 30 days): a session's absolute lifetime from its login; past
+      it no refresh is accepted and the user logs in again.
+    - ``DEVICE_TOKEN_TTL_S`` (7 776 000 s = 90 days): lifetime of the login-device token a login returns.
+    - ``LOGIN_RATE_PER_NAME_AND_ADDRESS`` (``10/15 minutes``), ``LOGIN_RATE_PER_NAME`` (``100/hour``),
+      ``LOGIN_RATE_PER_DEVICE`` (``10/15 minutes``): failed password checks allowed per (name, client address),
+      per name, and per login device (:mod:`crypto_mesh.throttle`), as ``<count>/[<n>] second|minute|hour|
+      day``; beyond them ``Login`` answers RESOURCE_EXHAUSTED. The first may be no faster than the second
+      (checked), else one address could spend a name's whole budget and lock its owner out.
     - ``BCRYPT_COST`` (12): log2 of bcrypt's work factor, 4..31. Tests use 4.
     - ``TLS_CA_FILE``, ``TLS_CERT_FILE``, ``TLS_KEY_FILE`` (required): the mesh CA and the ``auth`` identity's
       certificate and key; the server speaks mutual TLS only and serves the ``profile_bff`` identity (see
@@ -42,4 +55,19 @@ class AuthSettings(MeshTlsSettings):
     jwt_audience: str = Field(default="crypto-mesh", min_length=1)
     access_token_ttl_s: int = Field(default=900, gt=0)
     refresh_token_ttl_s: int = Field(default=2_592_000, gt=0)
+    session_max_lifetime_s: int = Field(default=2_592_000, gt=0)
+    device_token_ttl_s: int = Field(default=7_776_000, gt=0)
+    login_rate_per_name_and_address: RateSetting = Rate(10, 900)
+    login_rate_per_name: RateSetting = Rate(100, 3600)
+    login_rate_per_device: RateSetting = Rate(10, 900)
+
+    @model_validator(mode="after")
+    def _one_address_cannot_spend_a_names_budget(self) -> AuthSettings:
+        if not self.login_rate_per_name_and_address.never_outpaces(self.login_rate_per_name):
+            raise ValueError(
+                f"AUTH_LOGIN_RATE_PER_NAME_AND_ADDRESS ({self.login_rate_per_name_and_address}) must allow no "
+                f"larger burst and no faster pace than AUTH_LOGIN_RATE_PER_NAME ({self.login_rate_per_name}), "
+                "else one address could spend a name's budget and lock its owner out"
+            )
+        return self
     bcrypt_cost: int = Field(default=12, ge=4, le=31)

@@ -5,6 +5,12 @@
   ``iat``, ``exp`` (Unix seconds), ``iss``, ``aud``, ``jti`` (random, hex).
 - Public keys: an RFC 7517 JWK Set of the current key and of any retired keys still being published, each
   ``{"kty": "OKP", "crv": "Ed25519", "x", "kid", "alg": "EdDSA", "use": "sig"}``.
+- Login-device token: a JWT as the access token (same key, same claims) whose ``aud`` is the access tokens'
+  audience + ``/login-device`` (:func:`crypto_mesh.throttle.device_audience`), so neither is ever accepted as
+  the other, plus ``pwv``, the version of the password it was earned with (:func:`password_version`), so that
+  changing the password withdraws the trust of every device that logged in before. Issued at each successful
+  login; it only marks the client as one that logged in to that user before, for the login budgets
+  (:mod:`crypto_mesh.throttle`), and proves nothing else.
 - Refresh token: ``secrets.token_urlsafe(32)`` (256 random bits, base64url, 43 characters). Only its SHA-256
   digest is stored.
 """
@@ -26,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from auth.errors import Unauthenticated
 from crypto_mesh import jsonutil
+from crypto_mesh.throttle import device_audience
 
 ALGORITHM = "EdDSA"
 #: Claims every access token carries; a token without one of them is refused.
@@ -101,11 +108,25 @@ class AccessClaims:
     expires_at: int
 
 
+@dataclass(frozen=True)
+class DeviceClaims:
+    """The verified claims of a login-device token."""
+
+    user_id: int
+    password_version: str
+
+
+def password_version(password_hash: str) -> str:
+    """A short fingerprint of a stored password hash (16 hex characters of its SHA-256): it changes whenever the
+    hash does, and tells nothing of the password (the hash it digests is salted bcrypt)."""
+    return hashlib.sha256(password_hash.encode("ascii")).hexdigest()[:16]
+
+
 class TokenIssuer:
     """Signs access tokens with the current key and verifies them against every published key.
 
     ``retired_keys`` are public keys of earlier signing keys: still published and accepted, never used to
-    sign. ``ttl_s`` is the access-token lifetime in seconds.
+    sign. ``ttl_s`` is the access-token lifetime in seconds, ``device_ttl_s`` the login-device token's.
     """
 
     def __init__(
@@ -115,12 +136,15 @@ class TokenIssuer:
         issuer: str,
         audience: str,
         ttl_s: int,
+        device_ttl_s: int = 7_776_000,
         retired_keys: Sequence[Ed25519PublicKey] = (),
     ) -> None:
         self._private_key = private_key
         self._issuer = issuer
         self._audience = audience
+        self._device_audience = device_audience(audience)
         self._ttl_s = ttl_s
+        self._device_ttl_s = device_ttl_s
         current = public_jwk(private_key.public_key())
         self._kid = current["kid"]
         self._jwks = [current]
@@ -142,14 +166,31 @@ class TokenIssuer:
 
     def issue(self, user_id: int, name: str, now: int) -> tuple[str, int]:
         """A signed access token for the user and its expiry; ``now`` and the expiry are Unix seconds."""
-        expires_at = now + self._ttl_s
+        return self._sign(user_id, name, now, now + self._ttl_s, self._audience)
+
+    def issue_device(self, user_id: int, name: str, password_hash: str, now: int) -> tuple[str, int]:
+        """A signed login-device token for the user, earned with the password whose stored hash is
+        ``password_hash``, and its expiry (Unix seconds)."""
+        return self._sign(
+            user_id,
+            name,
+            now,
+            now + self._device_ttl_s,
+            self._device_audience,
+            pwv=password_version(password_hash),
+        )
+
+    def _sign(
+        self, user_id: int, name: str, now: int, expires_at: int, audience: str, **extra: str
+    ) -> tuple[str, int]:
         claims = {
+            **extra,
             "sub": str(user_id),
             "name": name,
             "iat": now,
             "exp": expires_at,
             "iss": self._issuer,
-            "aud": self._audience,
+            "aud": audience,
             "jti": uuid.uuid4().hex,
         }
         token = jwt.encode(claims, self._private_key, algorithm=ALGORITHM, headers={"kid": self._kid})
@@ -161,27 +202,39 @@ class TokenIssuer:
         The algorithm is pinned to EdDSA (``alg: none`` and HMAC confusions are refused) and the key is
         chosen by ``kid`` among the published keys only. Raises :class:`~auth.errors.Unauthenticated`.
         """
+        claims = self._verify(token, self._audience, "access token")
+        return AccessClaims(user_id=int(claims["sub"]), name=claims["name"], expires_at=int(claims["exp"]))
+
+    def verify_device(self, token: str) -> DeviceClaims:
+        """The claims of a login-device token, checked as :meth:`verify` does with the device audience, and
+        ``pwv`` required. Raises :class:`~auth.errors.Unauthenticated`."""
+        claims = self._verify(token, self._device_audience, "device token", required=("pwv",))
+        if not isinstance(claims["pwv"], str):
+            raise Unauthenticated("device token is invalid")
+        return DeviceClaims(user_id=int(claims["sub"]), password_version=claims["pwv"])
+
+    def _verify(self, token: str, audience: str, kind: str, required: tuple[str, ...] = ()) -> Mapping:
         try:
             header = jwt.get_unverified_header(token)
             key = self._verifying_keys.get(header.get("kid")) if isinstance(header.get("kid"), str) else None
             if key is None:
-                raise Unauthenticated("access token is not signed by a known key")
+                raise Unauthenticated(f"{kind} is not signed by a known key")
             claims: Mapping = jwt.decode(
                 token,
                 key,
                 algorithms=[ALGORITHM],
-                audience=self._audience,
+                audience=audience,
                 issuer=self._issuer,
-                options={"require": list(REQUIRED_CLAIMS)},
+                options={"require": [*REQUIRED_CLAIMS, *required]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("access token has expired") from None
+            raise Unauthenticated(f"{kind} has expired") from None
         except jwt.InvalidTokenError:
-            raise Unauthenticated("access token is invalid") from None
+            raise Unauthenticated(f"{kind} is invalid") from None
         sub, name = claims["sub"], claims["name"]
         if not (isinstance(sub, str) and _USER_ID_RE.fullmatch(sub) and isinstance(name, str)):
-            raise Unauthenticated("access token is invalid")
-        return AccessClaims(user_id=int(sub), name=name, expires_at=int(claims["exp"]))
+            raise Unauthenticated(f"{kind} is invalid")
+        return claims
 
 
 def new_refresh_token() -> tuple[str, bytes]:

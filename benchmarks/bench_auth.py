@@ -247,6 +247,10 @@ def main() -> None:
                     "AUTH_BCRYPT_COST": str(BCRYPT_COST),
                     "AUTH_LOG_LEVEL": "WARNING",
                     **tls[AUTH].environment("AUTH_"),
+                    **{
+                        f"AUTH_{limit}": UNLIMITED
+                        for limit in ("LOGIN_RATE_PER_NAME_AND_ADDRESS", "LOGIN_RATE_PER_NAME")
+                    },
                 },
             )
             processes.append(auth.start())
@@ -269,6 +273,7 @@ def main() -> None:
                         for limit in (
                             "LOGIN_RATE_PER_NAME",
                             "LOGIN_RATE_PER_ADDRESS",
+                            "LOGIN_RATE_PER_NAME_AND_ADDRESS",
                             "REGISTER_RATE_PER_NAME",
                             "REGISTER_RATE_PER_ADDRESS",
                         )

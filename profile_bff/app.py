@@ -2,7 +2,8 @@
 
 Routes and shapes: docs/CONTRACTS.md, "BFF REST", and the OpenAPI 3.1 document served at ``/openapi.json``
 (:mod:`profile_bff.openapi`). Every error is ``{"error": {"code", "message"}}`` with a
-status that says whose fault it is: 400 malformed body, 401 no or bad token, 403 forbidden origin, 404
+status that says whose fault it is: 400 malformed body, 401 no or bad token, 403 forbidden origin, a
+cross-site request on a cookie route, another user's session or a wrong current password, 404
 unknown, 405 wrong method, 409 conflict (a portfolio at its coin cap among them), 413 body over 64 KiB,
 415 body not JSON, 422 invalid value, 429 rate-limited (by auth, or by the BFF's ceilings:
 :mod:`profile_bff.ceilings`), 503 a dependency (auth, PostgreSQL, Redis) is down. A client's mistake
@@ -47,9 +48,11 @@ from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.logs import get_logger
 from crypto_mesh.proto import auth_pb2
 from crypto_mesh.servicecreds import read_token
+from crypto_mesh.throttle import DEVICE_TOKEN_MAX_CHARS, device_audience, name_bucket
 from profile_bff import ceilings, ratelimit
 from profile_bff.clients import AggregatorClient, AggregatorUnavailable, AuthClient
 from profile_bff.connections import CLOSE_TOKEN_EXPIRED, ConnectionManager
+from profile_bff.cookies import CookieSpec, cross_site_refusal, device_cookie, refresh_cookie
 from profile_bff.instruments import Instruments, NotTrading, UnknownSymbol
 from profile_bff.openapi import openapi_document
 from profile_bff.portfolio import CONTEXT, InvalidQuantity, parse_quantity, profile_message, rfc3339_ms
@@ -75,8 +78,6 @@ MAX_BODY_BYTES = 64 * 1024
 #: ``net.core.somaxconn``). A process holding 10,000 sockets sees them all come back at once after a restart;
 #: with 128, connection attempts beyond it are dropped and retried by the client after 1, 3, 7 s...
 LISTEN_BACKLOG = 1024
-REFRESH_COOKIE = "refresh_token"
-COOKIE_PATH = "/v1"
 #: Seconds between server pings on a WebSocket; a peer that misses the pong is closed.
 WS_HEARTBEAT_S = 20.0
 #: Clients only listen on the socket; anything they send is read and dropped, and must be small.
@@ -165,6 +166,7 @@ def create_app(settings: BffSettings) -> web.Application:
     app.router.add_post("/v1/login", login)
     app.router.add_post("/v1/refresh", refresh)
     app.router.add_post("/v1/logout", logout)
+    app.router.add_post("/v1/password", change_password)
     app.router.add_get("/v2/coin/symbols", list_coins)
     app.router.add_post("/v2/coin/symbol", add_coin)
     app.router.add_patch("/v2/coin/symbol", update_coin)
@@ -239,6 +241,13 @@ def _services_context(settings: BffSettings):
         manager = ConnectionManager(store, bus, aggregator, coalesce_s=settings.ws_coalesce_ms / 1000)
         services = Services(settings, store, bus, auth, aggregator, verifier, manager, instruments)
         app[SERVICES] = services
+        # Login-device tokens: the same keys as access tokens, another audience.
+        device_verifier = AccessTokenVerifier(
+            auth.public_keys_json, issuer=settings.jwt_issuer, audience=device_audience(settings.jwt_audience)
+        )
+        app[ratelimit.DEVICES] = ratelimit.LoginDevices(
+            device_cookie(settings.cookie_secure).name, _device_name_verifier(device_verifier)
+        )
         manager.start()
         background = [
             asyncio.create_task(_migrate_then_maintain(services), name="bff-migrate"),
@@ -331,10 +340,18 @@ def error_response(
     )
 
 
+#: Trailing metadata of auth's RESOURCE_EXHAUSTED: whole seconds to wait (proto/auth.proto, Login).
+_RETRY_AFTER_METADATA = "retry-after"
+
+
 def _grpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
     mapped = _GRPC_TO_HTTP.get(exc.code())
     if mapped is not None:
-        return ApiError(mapped[0], mapped[1], exc.details() or mapped[1])
+        headers = {}
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            retry_after = dict(exc.trailing_metadata() or ()).get(_RETRY_AFTER_METADATA, "")
+            headers["Retry-After"] = retry_after if retry_after.isascii() and retry_after.isdigit() else "1"
+        return ApiError(mapped[0], mapped[1], exc.details() or mapped[1], headers)
     if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         log.error("auth_call_failed", code=exc.code().name, details=exc.details())
     return ApiError(503, "auth_unavailable", "the authentication service is unavailable")
@@ -354,7 +371,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason, headers)
     except grpc.aio.AioRpcError as exc:
         error = _grpc_error(exc)
-        return error_response(error.status, error.code, error.message)
+        return error_response(error.status, error.code, error.message, error.headers)
     except StoreUnavailable as exc:
         log.warning("dependency_unavailable", path=request.path, error=str(exc))
         return error_response(503, "unavailable", "a storage dependency is unavailable, retry later")
@@ -507,26 +524,75 @@ async def _undo_registration(auth: AuthClient, name: str, password: str, user_id
         log.warning("registration_undone", user_id=user_id)
 
 
+def _client_address(request: web.Request) -> str:
+    """The client's address bucket, as the rate limits count it (:mod:`profile_bff.ratelimit`)."""
+    trusted = request.app[SERVICES].settings.trusted_proxies
+    return ratelimit.address_bucket(ratelimit.client_address(request, trusted))
+
+
+def _device_name_verifier(verifier: AccessTokenVerifier) -> Callable[[str], Awaitable[str | None]]:
+    """For the login limits: the name bucket a login-device token was issued for, or ``None`` if it does not
+    verify (or the keys cannot be fetched: the client is then counted as any other)."""
+
+    async def verify(token: str) -> str | None:
+        try:
+            return name_bucket((await verifier.verify(token)).name)
+        except (InvalidToken, KeysUnavailable):
+            return None
+
+    return verify
+
+
+def _refuse_cross_site(request: web.Request) -> None:
+    """403 if a browser sent this cookie-authenticated request on behalf of another site
+    (:func:`profile_bff.cookies.cross_site_refusal`)."""
+    settings = request.app[SERVICES].settings
+    own = {f"{request.scheme}://{request.host}"}
+    if settings.cookie_secure:
+        # Behind a TLS-terminating proxy the BFF sees http, while the browser names the https origin.
+        own.add(f"https://{request.host}")
+    reason = cross_site_refusal(request.headers, own, settings.allowed_origins)
+    if reason is not None:
+        log.info("cross_site_refused", path=request.path, origin=request.headers.get("Origin"))
+        raise ApiError(403, "cross_site", reason)
+
+
 async def login(request: web.Request) -> web.Response:
-    """``POST /v1/login {"name", "password"}`` → 200 access token; the refresh token only as a cookie.
+    """``POST /v1/login {"name", "password"}`` → 200 access token; the refresh token only as a cookie, and a
+    login-device cookie that keeps this client's attempts apart from others' in the login limits.
 
     A missing profile (lost after an earlier failure) is created here, so logging in heals it.
     """
     services = request.app[SERVICES]
     body = await _read_json_object(request)
-    pair = await services.auth.login(_string_field(body, "name"), _string_field(body, "password"))
+    device = request.cookies.get(device_cookie(services.settings.cookie_secure).name, "")
+    pair = await services.auth.login(
+        _string_field(body, "name"),
+        _string_field(body, "password"),
+        client_address=_client_address(request),
+        device_token=device if len(device) <= DEVICE_TOKEN_MAX_CHARS else "",
+    )
     if services.migrated:
         try:
             await services.store.ensure_profile(pair.user_id, pair.name)
         except StoreUnavailable as exc:
             log.warning("profile_heal_deferred", user_id=pair.user_id, error=str(exc))
-    return _token_response(services.settings, pair)
+    response = _token_response(services.settings, pair)
+    if pair.device_token:
+        _set_cookie(
+            response,
+            device_cookie(services.settings.cookie_secure),
+            pair.device_token,
+            max(0, pair.device_expires_at - int(time.time())),
+        )
+    return response
 
 
 async def refresh(request: web.Request) -> web.Response:
-    """``POST /v1/refresh`` with the ``refresh_token`` cookie → 200 as login, cookie rotated; 401."""
+    """``POST /v1/refresh`` with the refresh cookie → 200 as login, cookie rotated; 401; 403 cross-site."""
     services = request.app[SERVICES]
-    token = request.cookies.get(REFRESH_COOKIE)
+    _refuse_cross_site(request)
+    token = request.cookies.get(refresh_cookie(services.settings.cookie_secure).name)
     if not token:
         raise ApiError(401, "unauthenticated", "no refresh token cookie")
     owner = await _session_owner(request)
@@ -542,9 +608,16 @@ async def refresh(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    """``POST /v1/logout`` → 204: the cookie's session is revoked at auth and the cookie cleared."""
+    """``POST /v1/logout`` → 204: the cookie's session is revoked at auth and the cookie cleared; 403
+    cross-site. ``?all=true``: every session of the user is revoked (see :func:`_logout_everywhere`)."""
     services = request.app[SERVICES]
-    token = request.cookies.get(REFRESH_COOKIE)
+    _refuse_cross_site(request)
+    everywhere = request.query.get("all", "false")
+    if everywhere not in ("true", "false"):
+        raise ApiError(422, "invalid", "all must be true or false")
+    if everywhere == "true":
+        return await _logout_everywhere(request)
+    token = request.cookies.get(refresh_cookie(services.settings.cookie_secure).name)
     owner = await _session_owner(request)
     if token:
         try:
@@ -556,6 +629,55 @@ async def logout(request: web.Request) -> web.Response:
             if exc.code() not in _NOT_A_SESSION:
                 raise
     response = web.Response(status=204)
+    _clear_refresh_cookie(response, services.settings)
+    return response
+
+
+async def _logout_everywhere(request: web.Request) -> web.Response:
+    """``POST /v1/logout?all=true`` → 204: every session (refresh-token family) of the user ends, on every
+    device; the cookie is cleared. The user is the one an unexpired ``Authorization: Bearer`` access token
+    names or, without that header, the owner of the live session the refresh cookie carries; 401 if neither
+    proves anyone. Access tokens already issued stay valid until they expire (at most 15 minutes)."""
+    services = request.app[SERVICES]
+    if "Authorization" in request.headers:
+        _claims, access_token = await _authenticate(request)
+        await services.auth.logout_all(access_token=access_token)
+    else:
+        token = request.cookies.get(refresh_cookie(services.settings.cookie_secure).name)
+        if not token:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "send Authorization: Bearer <access token> or the refresh token cookie",
+                {"WWW-Authenticate": 'Bearer realm="crypto-mesh"'},
+            )
+        try:
+            await services.auth.logout_all(refresh_token=token)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in _NOT_A_SESSION:
+                raise
+            response = error_response(401, "unauthenticated", "the refresh token is not valid")
+            _clear_refresh_cookie(response, services.settings)
+            return response
+    response = web.Response(status=204)
+    _clear_refresh_cookie(response, services.settings)
+    return response
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """``POST /v1/password {"current_password", "new_password"}`` with ``Authorization: Bearer <access>``
+    → 204: the password is replaced and every session of the user ends (the cookie is cleared; log in
+    again). 401 bad or expired token, 403 wrong current password, 422 a new password outside the policy, 429
+    (+ Retry-After) too many wrong current passwords for this user (a budget of the user's own, which others
+    cannot spend). Access tokens already issued stay valid until
+    they expire (at most 15 minutes)."""
+    services = request.app[SERVICES]
+    _claims, access_token = await _authenticate(request)
+    body = await _read_json_object(request)
+    current, new = _string_field(body, "current_password"), _string_field(body, "new_password")
+    await services.auth.change_password(access_token, current, new)
+    response = web.Response(status=204)
+    response.headers["Cache-Control"] = "no-store"
     _clear_refresh_cookie(response, services.settings)
     return response
 
@@ -573,24 +695,32 @@ def _token_response(settings: BffSettings, pair: auth_pb2.TokenPair) -> web.Resp
             "expires_in": max(0, pair.access_expires_at - now),
         }
     )
-    response.set_cookie(
-        REFRESH_COOKIE,
+    _set_cookie(
+        response,
+        refresh_cookie(settings.cookie_secure),
         pair.refresh_token,
-        max_age=max(0, pair.refresh_expires_at - now),
-        path=COOKIE_PATH,
-        secure=settings.cookie_secure,
-        httponly=True,
-        samesite="Strict",
+        max(0, pair.refresh_expires_at - now),
     )
     # Token responses must not be cached (RFC 6749 §5.1).
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-def _clear_refresh_cookie(response: web.StreamResponse, settings: BffSettings) -> None:
-    response.del_cookie(
-        REFRESH_COOKIE, path=COOKIE_PATH, secure=settings.cookie_secure, httponly=True, samesite="Strict"
+def _set_cookie(response: web.StreamResponse, cookie: CookieSpec, value: str, max_age: int) -> None:
+    response.set_cookie(
+        cookie.name,
+        value,
+        max_age=max_age,
+        path=cookie.path,
+        secure=cookie.secure,
+        httponly=True,
+        samesite="Strict",
     )
+
+
+def _clear_refresh_cookie(response: web.StreamResponse, settings: BffSettings) -> None:
+    cookie = refresh_cookie(settings.cookie_secure)
+    response.del_cookie(cookie.name, path=cookie.path, secure=cookie.secure, httponly=True, samesite="Strict")
 
 
 # -- portfolio routes ------------------------------------------------------------------------------------

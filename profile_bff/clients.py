@@ -35,9 +35,16 @@ class AuthClient:
         request = auth_pb2.RegisterRequest(name=name, password=password)
         return await self._stub.Register(request, timeout=self._timeout_s)
 
-    async def login(self, name: str, password: str) -> auth_pb2.TokenPair:
-        """Open a session: access token, refresh token, their expiries (Unix s), user id and name."""
-        request = auth_pb2.LoginRequest(name=name, password=password)
+    async def login(
+        self, name: str, password: str, *, client_address: str = "", device_token: str = ""
+    ) -> auth_pb2.TokenPair:
+        """Open a session: access token, refresh token, their expiries (Unix s), user id and name, and a
+        login-device token. ``client_address``: the end user's address bucket, ``device_token``: the one it
+        holds from an earlier login (both for auth's failed-login budgets). RESOURCE_EXHAUSTED carries the
+        seconds to wait in the trailing metadata ``retry-after``."""
+        request = auth_pb2.LoginRequest(
+            name=name, password=password, client_address=client_address, device_token=device_token
+        )
         return await self._stub.Login(request, timeout=self._timeout_s)
 
     async def refresh(self, refresh_token: str, owner: int | None = None) -> auth_pb2.TokenPair:
@@ -51,6 +58,25 @@ class AuthClient:
         another user's session is refused with PERMISSION_DENIED."""
         request = auth_pb2.LogoutRequest(refresh_token=refresh_token, expected_user_id=owner or 0)
         await self._stub.Logout(request, timeout=self._timeout_s)
+
+    async def logout_all(self, *, access_token: str = "", refresh_token: str = "") -> int:
+        """Revoke every session of the user an unexpired access token (or else a live refresh token) proves;
+        returns how many were live."""
+        if access_token:
+            request = auth_pb2.LogoutAllRequest(access_token=access_token)
+        else:
+            request = auth_pb2.LogoutAllRequest(refresh_token=refresh_token)
+        return (await self._stub.LogoutAll(request, timeout=self._timeout_s)).sessions_revoked
+
+    async def change_password(self, access_token: str, current_password: str, new_password: str) -> int:
+        """Replace the password of the user an access token proves and revoke every session of theirs;
+        returns how many were live. PERMISSION_DENIED: the current password is wrong."""
+        request = auth_pb2.ChangePasswordRequest(
+            access_token=access_token,
+            current_password=current_password,
+            new_password=new_password,
+        )
+        return (await self._stub.ChangePassword(request, timeout=self._timeout_s)).sessions_revoked
 
     async def delete_user_by_token(self, access_token: str) -> int:
         """Delete the user an access token proves; returns its id."""

@@ -84,7 +84,8 @@ _TOKEN = _json(
             "expires_in": {"type": "integer", "minimum": 0},
         },
     },
-    "an access token; the refresh token is set as the HttpOnly cookie refresh_token",
+    "an access token; the refresh token is set as an HttpOnly cookie (__Host-refresh_token over HTTPS, "
+    "refresh_token on a plain-HTTP mesh)",
 )
 _SESSION_ERRORS = _errors(400, 401, 413, 415, 422, 429, 503)
 _COIN_ERRORS = _errors(400, 401, 404, 413, 415, 422, 429, 503)
@@ -165,6 +166,11 @@ def openapi_document() -> dict[str, Any]:
             "/v1/login": {
                 "post": {
                     "summary": "Open a session",
+                    "description": (
+                        "Also sets an HttpOnly login-device cookie: later logins of this client for this "
+                        "name are throttled on their own, so others' failed guesses do not lock it out. "
+                        "429 with Retry-After when the failed-login budgets are spent."
+                    ),
                     "requestBody": _CREDENTIALS,
                     "responses": {"200": _TOKEN, **_SESSION_ERRORS},
                 }
@@ -172,13 +178,57 @@ def openapi_document() -> dict[str, Any]:
             "/v1/refresh": {
                 "post": {
                     "summary": "Rotate the refresh-token cookie and get a new access token",
-                    "responses": {"200": _TOKEN, **_errors(401, 429, 503)},
+                    "description": "A browser request from another site is refused (403).",
+                    "responses": {"200": _TOKEN, **_errors(401, 403, 429, 503)},
                 }
             },
             "/v1/logout": {
                 "post": {
-                    "summary": "Revoke the cookie's session",
-                    "responses": {"204": {"description": "logged out"}, **_errors(503)},
+                    "summary": "Revoke the cookie's session, or with all=true every session of the user",
+                    "description": (
+                        "all=true: the user is the one an unexpired Authorization: Bearer token names, "
+                        "else the owner of the refresh cookie's live session; every refresh-token family "
+                        "of theirs is revoked. Access tokens already issued stay valid until they expire. "
+                        "A browser request from another site is refused (403)."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "all",
+                            "in": "query",
+                            "schema": {"enum": ["true", "false"], "default": "false"},
+                        }
+                    ],
+                    "responses": {"204": {"description": "logged out"}, **_errors(401, 403, 422, 503)},
+                }
+            },
+            "/v1/password": {
+                "post": {
+                    "summary": "Change the password; every session of the user ends",
+                    "description": (
+                        "The refresh cookie is cleared and every refresh-token family revoked: log in again "
+                        "with the new password. Access tokens already issued stay valid until they expire. "
+                        "403: the current password is wrong (counted as a failed login)."
+                    ),
+                    "security": _BEARER,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["current_password", "new_password"],
+                                    "properties": {
+                                        "current_password": {"type": "string"},
+                                        "new_password": {"type": "string", "minLength": 8},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "204": {"description": "changed; every session ended"},
+                        **_errors(400, 401, 403, 413, 415, 422, 429, 503),
+                    },
                 }
             },
             "/v1/instruments": {

@@ -1,22 +1,27 @@
 """Rate limits of ``POST /v1/login`` and ``POST /v1/register`` per client address and per name, in Redis.
 
-Algorithm: GCRA, the generic cell rate algorithm (ATM Forum Traffic Management 4.0; as in redis-cell and
-Brandur Leach's "Rate limiting, cells, and GCRA"). A rate "N per period" lets a client make N attempts at
-once and then one every period/N; Redis keeps one number per key, the theoretical arrival time (TAT, Unix
-ms), which expires by itself once the client is back to a full allowance, so no key outlives its use. Every
-BFF replica charges the same keys in one atomic Lua script that reads the clock of Redis (``TIME``), so the
-limits hold across replicas whatever their clocks say.
+Algorithm: GCRA (:mod:`crypto_mesh.throttle`). Redis keeps one number per key, the theoretical arrival time
+(TAT, Unix ms), which expires by itself once the client is back to a full allowance, so no key outlives its
+use. Every BFF replica charges the same keys in one atomic Lua script that reads the clock of Redis
+(``TIME``), so the limits hold across replicas whatever their clocks say.
 
-An attempt is charged to every key of its route at once (its client address and, when the body names one,
-its name), and refused with ``429`` + ``Retry-After`` (RFC 9110 §10.2.3, whole seconds) if any key is out of
-allowance; a refused attempt charges nothing. A successful login is refunded: the login limits count failed
-guesses, so users behind one shared address never lock each other out by logging in. Registrations are all
-counted, successful ones included, since creating accounts is itself what the register limit throttles.
+An attempt is charged to every key of its route at once, and refused with ``429`` + ``Retry-After`` (RFC 9110
+§10.2.3, whole seconds) if any key is out of allowance; a refused attempt charges nothing.
 
-Keys (docs/CONTRACTS.md, "Redis"): ``ratelimit:<route>:addr:<address>`` and ``ratelimit:<route>:name:<h>``,
-``<route>`` = ``login`` | ``register``; ``<h>``: SHA-256 (hex, 32 characters) of the name NFKC-normalised,
-stripped and case-folded, so ``Alice`` and ``ＡＬＩＣＥ`` share a bucket, and names never sit in Redis. An IPv6
-client is counted per /64 network, the smallest block one subscriber usually holds.
+Logins follow OWASP's "throttle the guesses, not the owner" (:mod:`crypto_mesh.throttle`): a failed login is
+charged to its client address (guessing across names), to its (name, address) pair (one address guessing one
+name: the smallest budget, so an attacker from one address runs out first), and to its name (guessing from
+many addresses). A client holding a login-device cookie for that name (issued at its last successful login)
+is charged to its device's budget only while that budget lasts, so its owner logs in while others have spent
+the name's budget. A successful login is refunded: the login limits count failed guesses, so users behind
+one shared address never lock each other out by logging in. Registrations are all counted, successful ones
+included, since creating accounts is itself what the register limit throttles.
+
+Keys (docs/CONTRACTS.md, "Redis"): ``ratelimit:<route>:addr:<address>``, ``ratelimit:<route>:name:<h>``,
+``ratelimit:login:name-addr:<h>:<address>`` and ``ratelimit:login:device:<d>``, ``<route>`` = ``login`` |
+``register``; ``<h>``: :func:`crypto_mesh.throttle.name_bucket`, so ``Alice`` and ``ＡＬＩＣＥ`` share a bucket
+and names never sit in Redis; ``<d>``: :func:`crypto_mesh.throttle.device_bucket`. An IPv6 client is counted
+per /64 network, the smallest block one subscriber usually holds.
 
 The client address is the socket peer. Only when the peer is one of ``BFF_TRUSTED_PROXIES`` is
 ``X-Forwarded-For`` read, from the right, skipping trusted hops: the first untrusted address is the client
@@ -29,13 +34,10 @@ whenever Redis is down.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import math
-import re
-import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,6 +49,16 @@ from redis.retry import Retry
 
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
+from crypto_mesh.throttle import (
+    DEVICE_TOKEN_MAX_CHARS,
+    IPV6_BUCKET_PREFIX,
+    Charge,
+    IPAddress,
+    Rate,
+    address_bucket,
+    device_bucket,
+    name_bucket,
+)
 
 if TYPE_CHECKING:
     from profile_bff.settings import BffSettings
@@ -54,55 +66,16 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 KEY_PREFIX = "ratelimit"
-#: IPv6 clients are bucketed by this prefix length (a /64 is one LAN, and what an ISP hands out at least).
-IPV6_BUCKET_PREFIX = 64
-
-_PERIODS_S = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-_RATE_RE = re.compile(r"\s*(\d{1,9})\s*/\s*(?:(\d{1,9})\s*)?(second|minute|hour|day)s?\s*")
-
-
-@dataclass(frozen=True)
-class Rate:
-    """``limit`` attempts per ``period_s`` seconds: a burst of ``limit``, then one every ``period_s / limit``."""
-
-    limit: int
-    period_s: int
-
-    @classmethod
-    def parse(cls, value: object) -> object:
-        """``"10/minute"``, ``"30 / 5 minutes"``, ``"100/hour"`` → :class:`Rate`; other values pass through.
-
-        Raises ``ValueError`` for a string that is not ``<count>/[<n>] second|minute|hour|day[s]`` or whose
-        count or period is 0.
-        """
-        if not isinstance(value, str):
-            return value
-        match = _RATE_RE.fullmatch(value)
-        if match is None:
-            raise ValueError(f"rate {value!r} is not like '10/minute' or '100/hour'")
-        count, multiple, unit = int(match[1]), int(match[2] or 1), match[3]
-        if count == 0 or multiple == 0:
-            raise ValueError(f"rate {value!r} must allow at least one attempt per non-empty period")
-        return cls(count, multiple * _PERIODS_S[unit])
-
-    @property
-    def interval_ms(self) -> int:
-        """The time one attempt costs, in whole milliseconds (at least 1)."""
-        return max(1, self.period_s * 1000 // self.limit)
-
-    def __str__(self) -> str:
-        return f"{self.limit}/{self.period_s} seconds"
-
-
-@dataclass(frozen=True)
-class Charge:
-    """One attempt charged to ``key`` at ``rate``."""
-
-    key: str
-    rate: Rate
+#: Re-exported: the rate limits of the BFF are written with these.
+__all__ = [
+    "IPV6_BUCKET_PREFIX",
+    "Charge",
+    "Rate",
+    "address_bucket",
+    "name_bucket",
+]
 
 
 # KEYS: the keys to charge; ARGV: interval (ms) and limit of each key in turn. Returns 0 when allowed (every
@@ -174,12 +147,6 @@ class RateLimiter:
             await self._refund(keys=[c.key for c in charges], args=[c.rate.interval_ms for c in charges])
 
 
-def name_bucket(name: str) -> str:
-    """The bucket of a name as typed: SHA-256 (hex, first 32) of its NFKC, stripped, case-folded form."""
-    canonical = unicodedata.normalize("NFKC", name).strip().casefold()
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
 def parse_networks(value: object) -> object:
     """``"10.0.0.0/8, 192.168.1.7"`` → a tuple of networks (a bare address is a /32 or /128); other values
     pass through. Raises ``ValueError`` for an entry that is not an address or network."""
@@ -225,26 +192,31 @@ def _is_trusted(address: IPAddress, trusted_proxies: Sequence[IPNetwork]) -> boo
     return any(address in network for network in trusted_proxies)
 
 
-def address_bucket(address: IPAddress | None) -> str:
-    """The bucket of a client address: the IPv4 address, the IPv6 /64 network, or ``unix``."""
-    if address is None:
-        return "unix"
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network(f"{address}/{IPV6_BUCKET_PREFIX}", strict=False))
-    return str(address)
-
-
 @dataclass(frozen=True)
 class RoutePolicy:
-    """The limits of one route; ``refund_success``: a 2xx answer gives the attempt back."""
+    """The limits of one route; ``refund_success``: a 2xx answer gives the attempt back.
+    ``per_name_and_address`` and ``per_device``: the login's further budgets (module docstring)."""
 
     route: str
     per_address: Rate
     per_name: Rate
     refund_success: bool
+    per_name_and_address: Rate | None = None
+    per_device: Rate | None = None
+
+
+@dataclass(frozen=True)
+class LoginDevices:
+    """How the login limits recognise a login device: the cookie carrying its token, and ``verify``, which
+    returns the :func:`name_bucket` of the name a token was issued for, or ``None`` if it is not valid."""
+
+    cookie_name: str
+    verify: Callable[[str], Awaitable[str | None]]
 
 
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
+#: Set by the app once its token verifier exists; without it no client is recognised as a login device.
+DEVICES = web.AppKey("login_devices", LoginDevices)
 
 
 def install(app: web.Application, settings: BffSettings) -> None:
@@ -253,7 +225,12 @@ def install(app: web.Application, settings: BffSettings) -> None:
     """
     policies = {
         "/v1/login": RoutePolicy(
-            "login", settings.login_rate_per_address, settings.login_rate_per_name, refund_success=True
+            "login",
+            settings.login_rate_per_address,
+            settings.login_rate_per_name,
+            refund_success=True,
+            per_name_and_address=settings.login_rate_per_name_and_address,
+            per_device=settings.login_rate_per_device,
         ),
         "/v1/register": RoutePolicy(
             "register",
@@ -272,18 +249,16 @@ def install(app: web.Application, settings: BffSettings) -> None:
         )
         if policy is None:
             return await handler(request)
-        charges = [
-            Charge(
-                f"{KEY_PREFIX}:{policy.route}:addr:{address_bucket(client_address(request, trusted))}",
-                policy.per_address,
-            )
-        ]
+        address = address_bucket(client_address(request, trusted))
         name = await _name_in_body(request)
-        if name is not None:
-            charges.append(Charge(f"{KEY_PREFIX}:{policy.route}:name:{name_bucket(name)}", policy.per_name))
         limiter = request.app[LIMITER]
         try:
-            wait_s = await limiter.acquire(charges)
+            charges = await _device_charges(request, policy, name)
+            wait_s = 0.0
+            if not charges or await limiter.acquire(charges) > 0:
+                # No login device, or one out of its own budget (its token stolen, say): any other client.
+                charges = _client_charges(policy, address, name)
+                wait_s = await limiter.acquire(charges)
         except (RedisError, OSError) as exc:
             log.warning("rate_limit_unavailable", route=policy.route, error=repr(exc))
             return _error(503, "unavailable", "rate limiting is unavailable, retry later")
@@ -314,6 +289,32 @@ def install(app: web.Application, settings: BffSettings) -> None:
 
     app.middlewares.append(rate_limit)
     app.cleanup_ctx.append(redis_context)
+
+
+def _client_charges(policy: RoutePolicy, address: str, name: str | None) -> list[Charge]:
+    """The budgets an attempt of an unrecognised client is charged to."""
+    charges = [Charge(f"{KEY_PREFIX}:{policy.route}:addr:{address}", policy.per_address)]
+    if name is not None:
+        bucket = name_bucket(name)
+        if policy.per_name_and_address is not None:
+            charges.append(
+                Charge(
+                    f"{KEY_PREFIX}:{policy.route}:name-addr:{bucket}:{address}", policy.per_name_and_address
+                )
+            )
+        charges.append(Charge(f"{KEY_PREFIX}:{policy.route}:name:{bucket}", policy.per_name))
+    return charges
+
+
+async def _device_charges(request: web.Request, policy: RoutePolicy, name: str | None) -> list[Charge]:
+    """The device budget of an attempt whose login-device cookie was issued for ``name``, else none."""
+    devices = request.app.get(DEVICES)
+    if policy.per_device is None or name is None or devices is None:
+        return []
+    token = request.cookies.get(devices.cookie_name)
+    if not token or len(token) > DEVICE_TOKEN_MAX_CHARS or await devices.verify(token) != name_bucket(name):
+        return []
+    return [Charge(f"{KEY_PREFIX}:{policy.route}:device:{device_bucket(token)}", policy.per_device)]
 
 
 async def _name_in_body(request: web.Request) -> str | None:

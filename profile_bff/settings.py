@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.settings import MeshTlsSettings
@@ -31,10 +31,12 @@ class BffSettings(MeshTlsSettings):
       ``AGGREGATOR_API_TOKEN_FILE``; the first line is presented, :mod:`crypto_mesh.servicecreds`).
     - ``BFF_JWT_ISSUER`` (``crypto-mesh-auth``), ``BFF_JWT_AUDIENCE`` (``crypto-mesh``): the ``iss`` and
       ``aud`` an access token must carry; the same values as the auth service's.
-    - ``BFF_COOKIE_SECURE`` (``true``): the ``Secure`` attribute of the refresh-token cookie. Only a mesh
-      served over plain-HTTP localhost sets it false, since browsers drop Secure cookies there.
+    - ``BFF_COOKIE_SECURE`` (``true``): the ``Secure`` attribute of the refresh-token and login-device
+      cookies, which then take the ``__Host-`` prefix (:mod:`profile_bff.cookies`). Only a mesh served over
+      plain-HTTP localhost sets it false, since a Secure cookie is not sent back there.
     - ``BFF_ALLOWED_ORIGINS`` (empty): comma-separated browser origins (``https://app.example``) allowed to
-      open the WebSocket. A request that carries an ``Origin`` header outside this list is refused with 403;
+      open the WebSocket and, besides the BFF's own origin, to use the session cookie (``/v1/refresh``,
+      ``/v1/logout``). A request that carries an ``Origin`` header outside this list is refused with 403;
       clients that send no ``Origin`` (curl, wscat, services) are not browsers and are let through.
     - ``BFF_EXCHANGE_INFO_FILE`` (the shipped snapshot ``crypto_mesh/data/binance/exchangeInfo_2021-10-12.json.gz``):
       a Binance ``GET /api/v3/exchangeInfo`` body (``.json`` or ``.json.gz``); coins must be listed there with
@@ -50,9 +52,13 @@ class BffSettings(MeshTlsSettings):
       prices that arrive while a fan-out runs join it for every user not yet served. A window of ``n`` ms
       starts the fan-out ``n`` ms after the first price not yet pushed, for publishers whose prices of one
       second arrive a few milliseconds apart; it adds up to ``n`` ms to every price's latency.
-    - ``BFF_LOGIN_RATE_PER_NAME`` (``10/minute``), ``BFF_LOGIN_RATE_PER_ADDRESS`` (``30/minute``): failed
-      logins allowed per name and per client address (a successful login is not counted), as
-      ``<count>/[<n>] second|minute|hour|day``; beyond them ``POST /v1/login`` answers 429 with Retry-After.
+    - ``BFF_LOGIN_RATE_PER_ADDRESS`` (``30/minute``), ``BFF_LOGIN_RATE_PER_NAME_AND_ADDRESS``
+      (``10/15 minutes``), ``BFF_LOGIN_RATE_PER_NAME`` (``100/hour``), ``BFF_LOGIN_RATE_PER_DEVICE``
+      (``10/15 minutes``): failed logins allowed per client address, per (name, client address), per name, and
+      per login device (a successful login is not counted), as ``<count>/[<n>] second|minute|hour|day``;
+      beyond them ``POST /v1/login`` answers 429 with Retry-After. The per-(name, address) rate may be no
+      faster than the per-name one (checked), so that one address cannot spend a name's whole budget and lock
+      its owner out; see :mod:`profile_bff.ratelimit`.
     - ``BFF_REGISTER_RATE_PER_NAME`` (``5/minute``), ``BFF_REGISTER_RATE_PER_ADDRESS`` (``60/hour``):
       registrations attempted per name and per client address. See :mod:`profile_bff.ratelimit`.
     - ``BFF_TRUSTED_PROXIES`` (empty): comma-separated addresses or networks of reverse proxies whose
@@ -103,8 +109,10 @@ class BffSettings(MeshTlsSettings):
     ws_ticket_ttl_s: int = Field(default=30, gt=0)
     ws_send_timeout_s: float = Field(default=10.0, gt=0)
     ws_coalesce_ms: int = Field(default=0, ge=0, le=1000)
-    login_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(10, 60)
+    login_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(100, 3600)
     login_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(30, 60)
+    login_rate_per_name_and_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(10, 900)
+    login_rate_per_device: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(10, 900)
     register_rate_per_name: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(5, 60)
     register_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 3600)
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode, BeforeValidator(parse_networks)] = ()
@@ -118,6 +126,16 @@ class BffSettings(MeshTlsSettings):
     keepalive_timeout_s: float = Field(default=75.0, gt=0)
     max_connections: int = Field(default=16_384, gt=0)
     max_connections_per_address: int = Field(default=256, gt=0)
+
+    @model_validator(mode="after")
+    def _one_address_cannot_spend_a_names_budget(self) -> BffSettings:
+        if not self.login_rate_per_name_and_address.never_outpaces(self.login_rate_per_name):
+            raise ValueError(
+                f"BFF_LOGIN_RATE_PER_NAME_AND_ADDRESS ({self.login_rate_per_name_and_address}) must allow no "
+                f"larger burst and no faster pace than BFF_LOGIN_RATE_PER_NAME ({self.login_rate_per_name}), "
+                "else one address could spend a name's budget and lock its owner out"
+            )
+        return self
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

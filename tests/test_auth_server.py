@@ -13,14 +13,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
+from auth import migrations
 from auth.server import start
 from auth.settings import AuthSettings
+from auth.store import LoginBudgetStore, create_engine
 from auth.tokens import generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
 from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import AUTH, PROFILE_BFF
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
+from crypto_mesh.throttle import Charge, Rate
 
 PASSWORD = "correct horse"
 Code = grpc.StatusCode
@@ -361,6 +364,8 @@ async def test_an_empty_request_is_a_client_error_never_a_server_error(stub):
         ("Logout", auth_pb2.LogoutRequest()),
         ("DeleteUser", auth_pb2.DeleteUserRequest()),
         ("DeleteUser", auth_pb2.DeleteUserRequest(credentials=auth_pb2.Credentials())),
+        ("LogoutAll", auth_pb2.LogoutAllRequest()),
+        ("ChangePassword", auth_pb2.ChangePasswordRequest()),
     ]
     for method, request_message in empty_requests:
         error = await rpc_error(getattr(stub, method)(request_message))
@@ -484,3 +489,241 @@ async def test_raising_the_bcrypt_cost_upgrades_a_hash_at_the_next_login(make_se
     finally:
         await conn.close()
     assert stored.startswith("$2b$05$")
+
+
+# -- sessions: absolute lifetime, logging out everywhere, changing the password ---------------------------
+
+
+async def _sql(settings: AuthSettings, query: str, *args):
+    conn = await asyncpg.connect(settings.database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+async def test_a_session_older_than_its_absolute_lifetime_cannot_be_refreshed(stub, settings):
+    await register(stub)
+    old, young = await login(stub), await login(stub)
+    # The first session logged in a minute more than 30 days ago (the default absolute lifetime) and was
+    # refreshed ever since.
+    digest = hashlib.sha256(old.refresh_token.encode()).digest()
+    await _sql(
+        settings,
+        "UPDATE refresh_tokens SET family_started_at = now() - interval '30 days 1 minute' "
+        "WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)",
+        digest,
+    )
+    assert (await rpc_error(refresh(stub, old.refresh_token))).code() == Code.UNAUTHENTICATED
+    assert (await refresh(stub, young.refresh_token)).user_id == young.user_id
+
+
+async def test_a_refreshed_token_never_outlives_its_session(stub, settings):
+    await register(stub)
+    pair = await login(stub)
+    digest = hashlib.sha256(pair.refresh_token.encode()).digest()
+    started = (
+        await _sql(
+            settings,
+            "UPDATE refresh_tokens SET family_started_at = now() - interval '29 days' WHERE token_hash = $1 "
+            "RETURNING floor(extract(epoch FROM family_started_at))::bigint AS started",
+            digest,
+        )
+    )[0]["started"]
+    rotated = await refresh(stub, pair.refresh_token)
+    assert rotated.refresh_expires_at == started + 2_592_000
+    assert rotated.refresh_expires_at < time.time() + 86_400 + 5
+
+
+async def test_logout_all_with_an_access_token_ends_every_session_of_that_user_only(stub):
+    await register(stub, "alice")
+    await register(stub, "bob")
+    phone, laptop, bobs = await login(stub, "alice"), await login(stub, "alice"), await login(stub, "bob")
+    laptop = await refresh(stub, laptop.refresh_token)
+    answer = await stub.LogoutAll(auth_pb2.LogoutAllRequest(access_token=phone.access_token))
+    assert (answer.user_id, answer.sessions_revoked) == (phone.user_id, 2)
+    for token in (phone.refresh_token, laptop.refresh_token):
+        assert (await rpc_error(refresh(stub, token))).code() == Code.UNAUTHENTICATED
+    assert (await refresh(stub, bobs.refresh_token)).name == "bob"
+    again = await stub.LogoutAll(auth_pb2.LogoutAllRequest(access_token=phone.access_token))
+    assert again.sessions_revoked == 0
+
+
+async def test_logout_all_with_a_refresh_token_needs_a_live_one(stub):
+    await register(stub)
+    phone, laptop = await login(stub), await login(stub)
+    rotated = await refresh(stub, phone.refresh_token)
+    error = await rpc_error(stub.LogoutAll(auth_pb2.LogoutAllRequest(refresh_token=phone.refresh_token)))
+    assert error.code() == Code.UNAUTHENTICATED, "a rotated token proves nothing any more"
+    answer = await stub.LogoutAll(auth_pb2.LogoutAllRequest(refresh_token=rotated.refresh_token))
+    assert answer.sessions_revoked == 2
+    assert (await rpc_error(refresh(stub, laptop.refresh_token))).code() == Code.UNAUTHENTICATED
+    for forged in (
+        auth_pb2.LogoutAllRequest(refresh_token="x" * 43),
+        auth_pb2.LogoutAllRequest(access_token="x.y.z"),
+    ):
+        assert (await rpc_error(stub.LogoutAll(forged))).code() == Code.UNAUTHENTICATED
+
+
+async def change_password(stub, access_token: str, current: str, new: str):
+    return await stub.ChangePassword(
+        auth_pb2.ChangePasswordRequest(access_token=access_token, current_password=current, new_password=new)
+    )
+
+
+async def test_changing_the_password_ends_every_session_and_only_the_new_one_logs_in(stub):
+    await register(stub)
+    phone, laptop = await login(stub), await login(stub)
+    answer = await change_password(stub, laptop.access_token, PASSWORD, "a brand new password")
+    assert (answer.user_id, answer.sessions_revoked) == (laptop.user_id, 2)
+    for token in (phone.refresh_token, laptop.refresh_token):
+        assert (await rpc_error(refresh(stub, token))).code() == Code.UNAUTHENTICATED
+    assert (await rpc_error(login(stub))).code() == Code.UNAUTHENTICATED
+    assert (await login(stub, password="a brand new password")).user_id == laptop.user_id
+
+
+async def test_a_password_change_needs_the_current_password_and_a_valid_new_one(stub):
+    await register(stub)
+    pair = await login(stub)
+    wrong = await rpc_error(
+        change_password(stub, pair.access_token, "not the password", "a brand new password")
+    )
+    assert (wrong.code(), wrong.details()) == (Code.PERMISSION_DENIED, "the current password is wrong")
+    short = await rpc_error(change_password(stub, pair.access_token, PASSWORD, "short"))
+    assert short.code() == Code.INVALID_ARGUMENT and "at least 8" in short.details()
+    forged = await rpc_error(change_password(stub, pair.access_token + "x", PASSWORD, "a brand new password"))
+    assert forged.code() == Code.UNAUTHENTICATED
+    assert (await refresh(stub, pair.refresh_token)).user_id == pair.user_id, "nothing changed"
+
+
+# -- auth's own failed-login budgets ---------------------------------------------------------------------
+
+
+async def login_from(stub, address: str, name="alice", password=PASSWORD, device="") -> auth_pb2.TokenPair:
+    return await stub.Login(
+        auth_pb2.LoginRequest(name=name, password=password, client_address=address, device_token=device)
+    )
+
+
+async def test_an_attacker_from_one_address_is_throttled_and_the_owner_from_another_logs_in(stub):
+    await register(stub)
+    codes = []
+    for attempt in range(50):
+        try:
+            await login_from(stub, "203.0.113.66", password=f"guess {attempt}")
+        except grpc.aio.AioRpcError as error:
+            codes.append(error.code())
+            if error.code() == Code.RESOURCE_EXHAUSTED:
+                retry_after = dict(error.trailing_metadata())["retry-after"]
+                assert 1 <= int(retry_after) <= 900
+    # AUTH_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 per 15 minutes; then refused before any password check.
+    assert codes == [Code.UNAUTHENTICATED] * 10 + [Code.RESOURCE_EXHAUSTED] * 40
+    assert (await login_from(stub, "198.51.100.7")).name == "alice"
+    # Another name from the attacker's address is not affected by the guesses at alice.
+    await register(stub, "bob")
+    assert (await login_from(stub, "203.0.113.66", name="bob")).name == "bob"
+
+
+#: The default budgets' proportions, refilling slowly enough that a loaded machine never gives an attempt back
+#: in the middle of a test that counts 100 of them (100/hour gives one back every 36 s).
+SLOW_NAME_BUDGETS = {"login_rate_per_name": "100/day", "login_rate_per_name_and_address": "10/day"}
+
+
+@pytest.fixture
+async def slow_stub(make_settings):
+    """A stub of a server whose name budgets refill slowly (:data:`SLOW_NAME_BUDGETS`)."""
+    running = await start(make_settings(**SLOW_NAME_BUDGETS))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield auth_pb2_grpc.AuthStub(channel)
+    finally:
+        await running.stop()
+
+
+async def test_guesses_from_many_addresses_spend_the_name_budget_but_not_the_owners_device(slow_stub):
+    stub = slow_stub
+    await register(stub)
+    owner = await login_from(stub, "198.51.100.7")
+    assert owner.device_token and owner.device_expires_at > time.time()
+    refused = 0
+    for n in range(101):  # AUTH_LOGIN_RATE_PER_NAME: 100, from every address together
+        try:
+            await login_from(stub, f"2001:db8:{n}::1", password="a guess")
+        except grpc.aio.AioRpcError as error:
+            refused += error.code() == Code.RESOURCE_EXHAUSTED
+    assert refused == 1
+    # Anyone without the owner's device token is refused now, the right password or not ...
+    assert (await rpc_error(login_from(stub, "198.51.100.8"))).code() == Code.RESOURCE_EXHAUSTED
+    # ... but the owner's device logs in, from anywhere; and its token is another user's nowhere else.
+    assert (await login_from(stub, "203.0.113.1", device=owner.device_token)).name == "alice"
+    await register(stub, "mallory")
+    mallorys = (await login_from(stub, "203.0.113.2", name="mallory")).device_token
+    error = await rpc_error(login_from(stub, "203.0.113.2", password="a guess", device=mallorys))
+    assert error.code() == Code.RESOURCE_EXHAUSTED
+    # An access token is no device token, though signed by the same key.
+    error = await rpc_error(login_from(stub, "203.0.113.3", device=owner.access_token))
+    assert error.code() == Code.RESOURCE_EXHAUSTED
+
+
+async def test_changing_the_password_withdraws_the_trust_of_devices_that_logged_in_before(slow_stub):
+    stub = slow_stub
+    await register(stub)
+    thief = await login_from(stub, "203.0.113.9")  # someone who knew the password, then changed by the owner
+    await change_password(stub, thief.access_token, PASSWORD, "a brand new password")
+    owner = await login_from(stub, "198.51.100.7", password="a brand new password")
+    for n in range(100):
+        await rpc_error(login_from(stub, f"2001:db8:{n}::1", password="a guess"))
+    error = await rpc_error(login_from(stub, "203.0.113.9", password="another guess", device=thief.device_token))
+    assert error.code() == Code.RESOURCE_EXHAUSTED
+    trusted = await login_from(stub, "198.51.100.7", password="a brand new password", device=owner.device_token)
+    assert trusted.user_id == owner.user_id
+
+
+async def test_wrong_current_passwords_are_throttled_on_the_users_own_budget(stub):
+    await register(stub)
+    pair = await login(stub)
+    codes = []
+    for _ in range(11):
+        error = await rpc_error(change_password(stub, pair.access_token, "a guess", "new password!"))
+        codes.append(error.code())
+    assert codes == [Code.PERMISSION_DENIED] * 10 + [Code.RESOURCE_EXHAUSTED]
+    assert int(dict((await rpc_error(change_password(stub, pair.access_token, PASSWORD, "new password!")))
+                    .trailing_metadata())["retry-after"]) >= 1
+    # The name's login budgets are untouched.
+    assert (await login_from(stub, "198.51.100.7")).name == "alice"
+
+
+async def test_others_spending_the_names_login_budgets_cannot_stop_the_owner_changing_the_password(slow_stub):
+    stub = slow_stub
+    await register(stub)
+    pair = await login(stub)
+    for n in range(101):
+        await rpc_error(login_from(stub, f"203.0.113.{n}", password="a guess"))
+    assert (await rpc_error(login_from(stub, "198.51.100.7"))).code() == Code.RESOURCE_EXHAUSTED
+    changed = await change_password(stub, pair.access_token, PASSWORD, "a brand new password")
+    assert changed.user_id == pair.user_id
+
+
+async def test_a_malformed_client_address_is_invalid_argument(stub):
+    await register(stub)
+    for address in ("10.0.0.0/8", "not an address", "1.2.3.4:80"):
+        assert (await rpc_error(login_from(stub, address))).code() == Code.INVALID_ARGUMENT, address
+
+
+async def test_concurrent_attempts_of_two_replicas_never_get_more_than_the_budget(settings):
+    await asyncio.to_thread(migrations.upgrade, settings.database_url)
+    engines = [create_engine(settings.database_url) for _ in range(2)]
+    replicas = [LoginBudgetStore(engine) for engine in engines]
+    try:
+        charges = [
+            Charge("login:name:concurrent", Rate(5, 3600)),
+            Charge("login:name-addr:x", Rate(50, 3600)),
+        ]
+        waits = await asyncio.gather(*(replicas[n % 2].acquire(charges) for n in range(30)))
+        assert sorted(wait == 0 for wait in waits).count(True) == 5
+        await replicas[0].refund(charges[:1])
+        assert await replicas[1].acquire(charges) == 0
+        assert await replicas[0].acquire(charges) > 0
+    finally:
+        for engine in engines:
+            await engine.dispose()

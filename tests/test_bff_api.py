@@ -44,6 +44,8 @@ PASSWORD = "correct horse battery"
 _RUN = uuid.uuid4().hex[:6]
 TEST_SYMBOLS = [f"t{_RUN}{n:04d}usdt" for n in range(3000)]
 _next_symbol = itertools.count()
+#: The refresh cookie over HTTPS (BFF_COOKIE_SECURE=true, the default).
+REFRESH = "__Host-refresh_token"
 
 
 def new_symbol() -> str:
@@ -134,7 +136,7 @@ def refresh_cookie(response: aiohttp.ClientResponse):
     cookie = SimpleCookie()
     for header in response.headers.getall("Set-Cookie", []):
         cookie.load(header)
-    return cookie["refresh_token"]
+    return cookie[REFRESH]
 
 
 def new_database(postgres, prefix: str) -> str:
@@ -184,7 +186,14 @@ async def serve_bff(
     ``overrides`` are further :class:`BffSettings` fields. The login and register rate limits are lifted
     (tests/test_security_bff.py covers them): these tests register many users from one address; so are the
     write and per-address rate limits of the ceilings (tests/test_security_ceilings.py)."""
-    for rate in ("login_rate_per_name", "login_rate_per_address", "register_rate_per_name", "register_rate_per_address"):
+    for rate in (
+        "login_rate_per_name",
+        "login_rate_per_address",
+        "login_rate_per_name_and_address",
+        "login_rate_per_device",
+        "register_rate_per_name",
+        "register_rate_per_address",
+    ):
         overrides.setdefault(rate, "1000000/minute")
     # The per-user and per-address ceilings likewise (tests/test_security_ceilings.py covers them).
     for ceiling in (
@@ -311,7 +320,7 @@ async def test_registering_an_invalid_name_or_password_is_unprocessable(bff):
             assert resp.status == 422, body
 
 
-async def test_login_answers_the_access_token_and_sets_the_refresh_token_only_as_a_strict_cookie(bff):
+async def test_login_answers_the_access_token_and_sets_the_refresh_token_only_as_a_strict_host_cookie(bff):
     name, _ = await bff.register()
     async with bff.http.post(f"{bff.url}/v1/login", json={"name": name, "password": PASSWORD}) as resp:
         assert resp.status == 200
@@ -321,7 +330,8 @@ async def test_login_answers_the_access_token_and_sets_the_refresh_token_only_as
     assert body["token_type"] == "Bearer" and 0 < body["expires_in"] <= 900
     assert cookie.value and cookie.value not in str(body)
     assert cookie["httponly"] and cookie["secure"]
-    assert cookie["samesite"] == "Strict" and cookie["path"] == "/v1"
+    # The __Host- prefix: Secure, Path=/ and no Domain, or browsers refuse it (RFC 6265bis §4.1.3.2).
+    assert cookie["samesite"] == "Strict" and cookie["path"] == "/" and not cookie["domain"]
     assert 0 < int(cookie["max-age"]) <= 2_592_000
 
 
@@ -336,7 +346,7 @@ async def test_a_wrong_password_and_an_unknown_name_are_both_unauthorized(bff):
 async def test_refresh_rotates_the_cookie_and_the_old_one_stops_working(bff):
     name, _ = await bff.register()
     _, first = await bff.login(name)
-    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"refresh_token={first}"}) as resp:
+    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"{REFRESH}={first}"}) as resp:
         assert resp.status == 200
         body = await resp.json()
         second = refresh_cookie(resp).value
@@ -346,18 +356,18 @@ async def test_refresh_rotates_the_cookie_and_the_old_one_stops_working(bff):
         f"{bff.url}/v2/coin/symbols", headers={"Authorization": f"Bearer {body['access_token']}"}
     ) as resp:
         assert resp.status == 200
-    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"refresh_token={first}"}) as resp:
+    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"{REFRESH}={first}"}) as resp:
         assert resp.status == 401
 
 
 async def test_logout_revokes_the_session_and_clears_the_cookie(bff):
     name, _ = await bff.register()
     _, token = await bff.login(name)
-    async with bff.http.post(f"{bff.url}/v1/logout", headers={"Cookie": f"refresh_token={token}"}) as resp:
+    async with bff.http.post(f"{bff.url}/v1/logout", headers={"Cookie": f"{REFRESH}={token}"}) as resp:
         assert resp.status == 204
         cleared = refresh_cookie(resp)
-    assert cleared.value == "" and cleared["path"] == "/v1" and int(cleared["max-age"]) == 0
-    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"refresh_token={token}"}) as resp:
+    assert cleared.value == "" and cleared["path"] == "/" and int(cleared["max-age"]) == 0
+    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"{REFRESH}={token}"}) as resp:
         assert resp.status == 401
 
 
@@ -365,7 +375,7 @@ async def test_refresh_without_a_valid_cookie_is_unauthorized_and_logout_still_s
     async with bff.http.post(f"{bff.url}/v1/refresh") as resp:
         assert resp.status == 401
     for garbage in ("x", "y" * 500):
-        headers = {"Cookie": f"refresh_token={garbage}"}
+        headers = {"Cookie": f"{REFRESH}={garbage}"}
         async with bff.http.post(f"{bff.url}/v1/refresh", headers=headers) as resp:
             assert resp.status == 401
         async with bff.http.post(f"{bff.url}/v1/logout", headers=headers) as resp:

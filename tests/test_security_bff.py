@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ class Bff:
 
     async def refresh(self, cookie: str, **headers) -> tuple[int, dict | None, str | None]:
         status, body, resp = await self.post(
-            "/v1/refresh", headers={"Cookie": f"refresh_token={cookie}", **headers}
+            "/v1/refresh", headers={"Cookie": f"__Host-refresh_token={cookie}", **headers}
         )
         return status, body, refresh_cookie(resp)
 
@@ -94,7 +95,11 @@ def refresh_cookie(response: aiohttp.ClientResponse) -> str | None:
     cookie = SimpleCookie()
     for header in response.headers.getall("Set-Cookie", []):
         cookie.load(header)
-    return cookie["refresh_token"].value if "refresh_token" in cookie else None
+    return cookie["__Host-refresh_token"].value if "__Host-refresh_token" in cookie else None
+
+
+def with_refresh_cookie(cookie: str) -> dict[str, str]:
+    return {"Cookie": f"__Host-refresh_token={cookie}"}
 
 
 def new_name() -> str:
@@ -172,6 +177,8 @@ async def unlimited(stack):
         stack.auth_port,
         login_rate_per_name=unlimited_rate,
         login_rate_per_address=unlimited_rate,
+        login_rate_per_name_and_address=unlimited_rate,
+        login_rate_per_device=unlimited_rate,
         register_rate_per_name=unlimited_rate,
         register_rate_per_address=unlimited_rate,
     ) as bff:
@@ -292,7 +299,8 @@ async def test_a_user_cannot_log_out_another_users_session(bff):
     _alice, _alice_access, alice_cookie = await new_user(bff)
     _bob, bob_access, _bob_cookie = await new_user(bff)
     status, _body, _response = await bff.post(
-        "/v1/logout", headers={"Cookie": f"refresh_token={alice_cookie}", "Authorization": f"Bearer {bob_access}"}
+        "/v1/logout",
+        headers={"Cookie": f"__Host-refresh_token={alice_cookie}", "Authorization": f"Bearer {bob_access}"},
     )
     assert status == 403
     assert (await bff.refresh(alice_cookie))[0] == 200
@@ -431,22 +439,126 @@ def assert_rate_limited(status: int, body: dict | None, resp: aiohttp.ClientResp
     assert 1 <= int(resp.headers["Retry-After"]) <= period_s
 
 
-async def test_brute_force_on_one_name_reaches_429_and_then_even_the_right_password_waits(bff):
+async def test_brute_force_on_one_name_from_one_address_reaches_429_even_with_the_right_password(bff):
     name, _, _ = await new_user(bff)
-    for attempt in range(10):  # BFF_LOGIN_RATE_PER_NAME: 10/minute
+    for attempt in range(10):  # BFF_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 per 15 minutes
         status, _, _ = await bff.login(name, f"guess number {attempt}")
         assert status == 401
     status, body, resp = await bff.post("/v1/login", json={"name": name, "password": PASSWORD})
-    assert_rate_limited(status, body, resp, 60)
+    assert_rate_limited(status, body, resp, 900)
     # The same name in another spelling shares the bucket.
     assert (await bff.login(name.upper(), PASSWORD))[0] == 429
 
 
-async def test_guessing_across_names_from_one_address_reaches_429(bff):
-    for _ in range(30):  # BFF_LOGIN_RATE_PER_ADDRESS: 30/minute
-        assert (await bff.login(new_name(), "some guess"))[0] == 401
-    status, body, resp = await bff.post("/v1/login", json={"name": new_name(), "password": "x"})
-    assert_rate_limited(status, body, resp, 60)
+@contextlib.asynccontextmanager
+async def behind_a_proxy(stack: Stack, **overrides):
+    """A BFF of the stack behind a trusted reverse proxy (127.0.0.1): ``X-Forwarded-For`` names the client,
+    so one test can speak from many addresses. ``overrides``: further settings."""
+    async with serve_bff(
+        stack.redis_url, stack.profile_database_url, stack.auth_port, trusted_proxies="127.0.0.1", **overrides
+    ) as bff:
+        yield bff
+
+
+#: The login budgets of the defaults' proportions, refilling slowly enough that a loaded machine never gives
+#: an attempt back in the middle of a test that counts them (100/hour gives one back every 36 s).
+SLOW_NAME_BUDGETS = {"login_rate_per_name": "100/day", "login_rate_per_name_and_address": "10/day"}
+
+
+def device_cookie(response: aiohttp.ClientResponse) -> str | None:
+    cookie = SimpleCookie()
+    for header in response.headers.getall("Set-Cookie", []):
+        cookie.load(header)
+    return cookie["__Host-login_device"].value if "__Host-login_device" in cookie else None
+
+
+async def login_from(bff: Bff, address: str, name: str, password: str = PASSWORD, device: str | None = None):
+    """Status, body and response of a login from client ``address`` (through the trusted proxy)."""
+    headers = {"X-Forwarded-For": address}
+    if device is not None:
+        headers["Cookie"] = f"__Host-login_device={device}"
+    return await bff.post("/v1/login", json={"name": name, "password": password}, headers=headers)
+
+
+async def test_an_attacker_failing_fifty_logins_from_one_address_does_not_lock_the_owner_out(clean):
+    async with behind_a_proxy(clean) as bff:
+        name, _, _ = await new_user(bff)
+        statuses = [(await login_from(bff, "203.0.113.66", name, f"guess {n}"))[0] for n in range(50)]
+        # The attacker is throttled: 10 guesses, then 429 before any password is checked.
+        assert statuses == [401] * 10 + [429] * 40
+        status, body, resp = await login_from(bff, "203.0.113.66", name, "guess 51")
+        assert_rate_limited(status, body, resp, 900)
+        # The owner, from another address, with no device cookie, logs in.
+        status, body, resp = await login_from(bff, "198.51.100.7", name)
+        assert status == 200 and claims_of(body["access_token"])["name"] == name
+        assert refresh_cookie(resp) and device_cookie(resp)
+
+
+async def test_a_distributed_attack_spends_the_name_budget_but_the_owners_device_logs_in(clean):
+    async with behind_a_proxy(clean, **SLOW_NAME_BUDGETS) as bff:
+        name, _, _ = await new_user(bff)
+        _, _, resp = await login_from(bff, "198.51.100.7", name)
+        owners_device = device_cookie(resp)
+        assert owners_device
+        statuses = [(await login_from(bff, f"203.0.113.{n}", name, "a guess"))[0] for n in range(1, 102)]
+        # BFF_LOGIN_RATE_PER_NAME: 100 from every address together.
+        assert statuses == [401] * 100 + [429]
+        # Now nobody without the owner's device cookie gets in, the owner's other devices included ...
+        status, body, resp = await login_from(bff, "198.51.100.8", name)
+        assert_rate_limited(status, body, resp, 86400)
+        # ... but the device the owner logged in with does, from anywhere, and gets a fresh cookie.
+        status, body, resp = await login_from(bff, "203.0.113.1", name, device=owners_device)
+        assert status == 200 and claims_of(body["access_token"])["name"] == name
+        assert device_cookie(resp) and device_cookie(resp) != owners_device
+        # Another user's device cookie, or a forged one, counts for nothing.
+        mallory, _, _ = await new_user(bff)
+        _, _, resp = await login_from(bff, "203.0.113.200", mallory)
+        for device in (device_cookie(resp), owners_device[:-2] + "xx", "garbage"):
+            assert (await login_from(bff, "203.0.113.200", name, "a guess", device))[0] == 429
+
+
+async def test_a_stolen_device_cookie_buys_its_own_small_budget_and_no_more(clean):
+    async with behind_a_proxy(clean, login_rate_per_device="10/hour") as bff:
+        name, _, _ = await new_user(bff)
+        _, _, resp = await login_from(bff, "198.51.100.7", name)
+        stolen = device_cookie(resp)
+        statuses = [(await login_from(bff, "203.0.113.66", name, "a guess", stolen))[0] for _ in range(25)]
+        # 10 on the device's budget (BFF_LOGIN_RATE_PER_DEVICE), then 10 as any client from that address.
+        assert statuses == [401] * 20 + [429] * 5
+
+
+async def test_auth_answers_429_with_retry_after_when_its_own_budget_is_spent(clean):
+    """Auth keeps its own budgets (in PostgreSQL): a BFF with laxer limits still meets them, as 429."""
+    unlimited = "1000000/second"
+    async with serve_bff(
+        clean.redis_url,
+        clean.profile_database_url,
+        clean.auth_port,
+        login_rate_per_name=unlimited,
+        login_rate_per_address=unlimited,
+        login_rate_per_name_and_address=unlimited,
+    ) as lax:
+        name, _, _ = await new_user(lax)
+        statuses = [(await lax.login(name, "a guess"))[0] for _ in range(11)]
+        assert statuses == [401] * 10 + [429]  # AUTH_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 per 15 minutes
+        status, body, resp = await lax.post("/v1/login", json={"name": name, "password": PASSWORD})
+        assert_rate_limited(status, body, resp, 900)
+        assert "failed logins" in body["error"]["message"]
+
+
+#: 30 per address as the default, but per hour: at 30/minute one attempt comes back every 2 s, less than 30
+#: logins may take on a loaded machine.
+SLOW_ADDRESS_BUDGET = "30/hour"
+
+
+async def test_guessing_across_names_from_one_address_reaches_429(clean):
+    async with serve_bff(
+        clean.redis_url, clean.profile_database_url, clean.auth_port, login_rate_per_address=SLOW_ADDRESS_BUDGET
+    ) as bff:
+        for _ in range(30):  # BFF_LOGIN_RATE_PER_ADDRESS
+            assert (await bff.login(new_name(), "some guess"))[0] == 401
+        status, body, resp = await bff.post("/v1/login", json={"name": new_name(), "password": "x"})
+        assert_rate_limited(status, body, resp, 3600)
 
 
 async def test_successful_logins_do_not_count_against_the_limits(bff):
@@ -490,13 +602,20 @@ async def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(cle
         return (await bff.post("/v1/login", json={"name": new_name(), "password": "x"}, headers=headers))[0]
 
     # Directly exposed: the header is the client's to write, so it moves no one to another bucket.
-    assert await exhaust_and_probe(clean.bff, "203.0.113.7", "203.0.113.8") == 429
+    async with serve_bff(
+        clean.redis_url, clean.profile_database_url, clean.auth_port, login_rate_per_address=SLOW_ADDRESS_BUDGET
+    ) as exposed:
+        assert await exhaust_and_probe(exposed, "203.0.113.7", "203.0.113.8") == 429
 
     redis = aioredis.Redis.from_url(clean.redis_url)
     await redis.flushdb()
     await redis.aclose()
     async with serve_bff(
-        clean.redis_url, clean.profile_database_url, clean.auth_port, trusted_proxies="127.0.0.1"
+        clean.redis_url,
+        clean.profile_database_url,
+        clean.auth_port,
+        trusted_proxies="127.0.0.1",
+        login_rate_per_address=SLOW_ADDRESS_BUDGET,
     ) as proxied:
         # Behind a trusted proxy the client is the rightmost untrusted hop; the spoofed left part is ignored.
         assert await exhaust_and_probe(proxied, "203.0.113.7", "203.0.113.8") == 401
@@ -521,6 +640,162 @@ async def test_the_limits_fail_closed_when_redis_is_down(stack, postgres, tmp_pa
             assert (status, body["error"]["code"], cookie) == (503, "unavailable", None)
     finally:
         await asyncio.to_thread(process.stop)
+
+
+# -- cross-site requests, logging out everywhere, changing the password ------------------------------------
+
+
+async def test_refresh_and_logout_refuse_a_request_a_browser_sends_for_another_site(bff):
+    _, _, cookie = await new_user(bff)
+    own = bff.url  # http://127.0.0.1:<port>, as a browser names this origin
+    refused = [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "cross-site", "Origin": own},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://evil.127.0.0.1.nip.io"},
+        {"Sec-Fetch-Site": "same-site"},
+    ]
+    for headers in refused:
+        for route in ("/v1/refresh", "/v1/logout", "/v1/logout?all=true"):
+            status, body, resp = await bff.post(
+                route, headers={"Cookie": f"__Host-refresh_token={cookie}", **headers}
+            )
+            assert (status, body["error"]["code"]) == (403, "cross_site"), (route, headers)
+            assert "Set-Cookie" not in resp.headers
+    # None of them touched the session: the same-origin page and curl still use it.
+    for headers in ({"Sec-Fetch-Site": "same-origin", "Origin": own}, {"Sec-Fetch-Site": "none"}, {}):
+        status, _, cookie = await bff.refresh(cookie, **headers)
+        assert status == 200, headers
+
+
+async def test_an_allowed_origin_of_the_same_site_may_use_the_session_cookie(clean):
+    async with serve_bff(
+        clean.redis_url,
+        clean.profile_database_url,
+        clean.auth_port,
+        allowed_origins="https://app.example",
+    ) as bff:
+        _, _, cookie = await new_user(bff)
+        status, _, cookie = await bff.refresh(cookie, **{"Sec-Fetch-Site": "same-site", "Origin": "https://app.example"})
+        assert status == 200
+        status, _, _ = await bff.refresh(cookie, **{"Sec-Fetch-Site": "cross-site", "Origin": "https://app.example"})
+        assert status == 403, "a cross-site request never carries the SameSite=Strict cookie anyway"
+
+
+async def test_logout_everywhere_ends_every_session_of_the_user_and_no_one_elses(bff):
+    name, access, phone = await new_user(bff)
+    _, _, laptop = await bff.login(name)
+    _, _, bobs = await new_user(bff)
+    status, _, resp = await bff.post("/v1/logout?all=true", headers={"Authorization": f"Bearer {access}"})
+    assert status == 204 and refresh_cookie(resp) == ""
+    for cookie in (phone, laptop):
+        assert (await bff.refresh(cookie))[0] == 401
+    assert (await bff.refresh(bobs))[0] == 200
+    # The access token lives on until it expires (at most 15 minutes): it is verified without auth.
+    assert (await bff.profile(access))[0] == 200
+
+
+async def test_logout_everywhere_with_the_cookie_alone(bff):
+    name, _, phone = await new_user(bff)
+    _, _, laptop = await bff.login(name)
+    status, _, _ = await bff.post("/v1/logout?all=true", headers=with_refresh_cookie(phone))
+    assert status == 204
+    assert (await bff.refresh(laptop))[0] == 401
+    # The cookie is dead now: it proves no one any more.
+    status, body, _ = await bff.post("/v1/logout?all=true", headers=with_refresh_cookie(phone))
+    assert (status, body["error"]["code"]) == (401, "unauthenticated")
+    status, body, _ = await bff.post("/v1/logout?all=true")
+    assert (status, body["error"]["code"]) == (401, "unauthenticated")
+    status, body, _ = await bff.post("/v1/logout?all=yes", headers=with_refresh_cookie(laptop))
+    assert (status, body["error"]["code"]) == (422, "invalid")
+
+
+async def change_password(bff: Bff, access: str, current: str, new: str):
+    headers = {"Authorization": f"Bearer {access}"}
+    body = {"current_password": current, "new_password": new}
+    return await bff.post("/v1/password", json=body, headers=headers)
+
+
+async def test_changing_the_password_ends_every_session_and_the_new_password_logs_in(bff):
+    name, access, phone = await new_user(bff)
+    _, _, laptop = await bff.login(name)
+    status, body, resp = await change_password(bff, access, PASSWORD, "a brand new password")
+    assert (status, body) == (204, None) and refresh_cookie(resp) == ""
+    for cookie in (phone, laptop):
+        assert (await bff.refresh(cookie))[0] == 401
+    assert (await bff.login(name))[0] == 401
+    status, body, _ = await bff.login(name, "a brand new password")
+    assert status == 200 and claims_of(body["access_token"])["name"] == name
+
+
+async def test_a_password_change_is_refused_without_the_current_password_or_a_valid_token(bff):
+    _name, access, cookie = await new_user(bff)
+    cases = [
+        (access, "not the password", "a brand new password", 403, "forbidden"),
+        (access, PASSWORD, "short", 422, "invalid"),
+        (access + "x", PASSWORD, "a brand new password", 401, "unauthenticated"),
+    ]
+    for token, current, new, status, code in cases:
+        got, body, _ = await change_password(bff, token, current, new)
+        assert (got, body["error"]["code"]) == (status, code), (current, new)
+    status, body, _ = await bff.post("/v1/password", json={"new_password": "x" * 10},
+                                     headers={"Authorization": f"Bearer {access}"})
+    assert (status, body["error"]["code"]) == (400, "missing_field")
+    assert (await bff.refresh(cookie))[0] == 200, "nothing changed"
+
+
+async def test_guessing_the_current_password_is_throttled_on_the_users_own_budget(bff):
+    name, access, _ = await new_user(bff)
+    statuses = [
+        (await change_password(bff, access, f"guess {n}", "a brand new password"))[0] for n in range(11)
+    ]
+    assert statuses == [403] * 10 + [429]
+    status, body, resp = await change_password(bff, access, PASSWORD, "a brand new password")
+    assert_rate_limited(status, body, resp, 900)
+    assert (await bff.login(name))[0] == 200, "the name's login budgets are untouched"
+
+
+async def test_an_attacker_spending_the_login_budgets_cannot_stop_the_owner_changing_the_password(clean):
+    async with behind_a_proxy(clean, **SLOW_NAME_BUDGETS) as bff:
+        name, access, _ = await new_user(bff)
+        for n in range(101):
+            await login_from(bff, f"203.0.113.{n}", name, "a guess")
+        assert (await login_from(bff, "198.51.100.9", name))[0] == 429
+        status, _, _ = await change_password(bff, access, PASSWORD, "a brand new password")
+        assert status == 204
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README's journey is written for curl")
+async def test_the_readmes_curl_journey_keeps_its_session_on_a_plain_http_mesh(clean, tmp_path):
+    """The embedded mesh serves plain HTTP with BFF_COOKIE_SECURE=false: the cookies keep their plain names
+    (no prefix is allowed without Secure), and curl's cookie jar carries the session as the README shows."""
+    async with serve_bff(
+        clean.redis_url, clean.profile_database_url, clean.auth_port, cookie_secure=False
+    ) as bff:
+        jar, name = tmp_path / "cookies.txt", new_name()
+
+        async def curl(*args: str) -> tuple[int, str]:
+            process = await asyncio.create_subprocess_exec(
+                "curl", "-s", "-w", "\n%{http_code}", *args, stdout=asyncio.subprocess.PIPE, cwd=tmp_path
+            )
+            output, _ = await process.communicate()
+            body, _, status = output.decode().rpartition("\n")
+            return int(status), body
+
+        credentials = json.dumps({"name": name, "password": PASSWORD})
+        json_body = ("-H", "Content-Type: application/json", "-d", credentials)
+        assert (await curl("-X", "POST", f"{bff.url}/v1/register", *json_body))[0] == 201
+        status, body = await curl("-c", "cookies.txt", "-X", "POST", f"{bff.url}/v1/login", *json_body)
+        assert status == 200 and json.loads(body)["access_token"]
+        stored = jar.read_text()
+        assert "\trefresh_token\t" in stored and "\tlogin_device\t" in stored and "__Host-" not in stored
+        jar_args = ("-b", "cookies.txt", "-c", "cookies.txt")
+        status, body = await curl(*jar_args, "-X", "POST", f"{bff.url}/v1/refresh")
+        assert status == 200 and claims_of(json.loads(body)["access_token"])["name"] == name
+        status, _ = await curl(*jar_args, "-X", "POST", f"{bff.url}/v1/logout")
+        assert status == 204
+        assert (await curl("-b", "cookies.txt", "-X", "POST", f"{bff.url}/v1/refresh"))[0] == 401
 
 
 # -- key rotation ----------------------------------------------------------------------------------------
@@ -598,21 +873,29 @@ _content_types = st.sampled_from(
 _header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
 _cookies = st.one_of(
     st.just(""),
-    _header_text.map(lambda value: f"refresh_token={value}"),
-    st.lists(st.tuples(st.sampled_from(["refresh_token", "x", "session"]), _header_text), max_size=3).map(
-        lambda pairs: "; ".join(f"{k}={v}" for k, v in pairs)
-    ),
+    _header_text.map(lambda value: f"__Host-refresh_token={value}"),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["__Host-refresh_token", "__Host-login_device", "refresh_token", "x"]),
+            _header_text,
+        ),
+        max_size=3,
+    ).map(lambda pairs: "; ".join(f"{k}={v}" for k, v in pairs)),
 )
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    route=st.sampled_from(["/v1/register", "/v1/login", "/v1/refresh", "/v1/logout"]),
+    route=st.sampled_from(
+        ["/v1/register", "/v1/login", "/v1/refresh", "/v1/logout", "/v1/logout?all=true", "/v1/password"]
+    ),
     body=_bodies,
     content_type=_content_types,
     cookie=_cookies,
     extra=st.dictionaries(
-        st.sampled_from(["Authorization", "X-Forwarded-For", "Origin", "Accept", "X-Anything"]),
+        st.sampled_from(
+            ["Authorization", "X-Forwarded-For", "Origin", "Sec-Fetch-Site", "Accept", "X-Anything"]
+        ),
         _header_text,
         max_size=3,
     ),
