@@ -630,11 +630,11 @@ SLOW_NAME_BUDGETS = {"login_rate_per_name": "100/day", "login_rate_per_name_and_
 
 
 @pytest.fixture
-async def slow_stub(make_settings):
+async def slow_stub(make_settings, mesh_pki):
     """A stub of a server whose name budgets refill slowly (:data:`SLOW_NAME_BUDGETS`)."""
     running = await start(make_settings(**SLOW_NAME_BUDGETS))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with bff_channel(mesh_pki, running.port) as channel:
             yield auth_pb2_grpc.AuthStub(channel)
     finally:
         await running.stop()

@@ -9,6 +9,7 @@ import ipaddress
 from collections.abc import Sequence
 
 import pytest
+from credentials import service_token_file
 
 from auth.errors import ResourceExhausted
 from auth.settings import AuthSettings
@@ -198,7 +199,12 @@ def auth_settings(**rates):
 
 
 def bff_settings(**rates):
-    return BffSettings(database_url="postgresql+asyncpg://x/profile", redis_url="redis://x", **rates)
+    return BffSettings(
+        database_url="postgresql+asyncpg://x/profile",
+        redis_url="redis://x",
+        aggregator_token_file=service_token_file(),
+        **rates,
+    )
 
 
 @pytest.mark.parametrize(
