@@ -44,7 +44,7 @@ log = get_logger(__name__)
 #: One message for an unknown name and a wrong password, so neither can be told from the other.
 BAD_CREDENTIALS = "invalid name or password"
 BAD_REFRESH_TOKEN = "refresh token is invalid, expired or revoked"
-BAD_CURRENT_PASSWORD = "the current password is wrong"
+WRONG_CURRENT_CREDENTIAL = "the current password is wrong"
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class Accounts:
             raise NotFound("the user does not exist")
         admission = await self._throttle.admit_password_change(user.id)
         if not await self._hasher.verify(passwords.candidate_password(raw_current), user.password_hash):
-            raise PermissionDenied(BAD_CURRENT_PASSWORD)
+            raise PermissionDenied(WRONG_CURRENT_CREDENTIAL)
         await self._throttle.succeeded(admission)
         revoked = await self._store.change_password(
             user.id, await self._hasher.hash(new_password), _utc(self._now())
