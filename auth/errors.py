@@ -33,3 +33,12 @@ class NotFound(AuthError):
 
 class Unavailable(AuthError):
     """The database cannot be reached; the client may retry (``UNAVAILABLE``)."""
+
+
+class Overloaded(Unavailable):
+    """The password-hashing queue cannot answer this call before its deadline (``UNAVAILABLE``, with
+    ``retry_after_s``, seconds, sent as gRPC's ``grpc-retry-pushback-ms`` trailing metadata)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -25,6 +25,10 @@ class AuthSettings(ServiceSettings):
     - ``JWT_ISSUER`` (``crypto-mesh-auth``), ``JWT_AUDIENCE`` (``crypto-mesh``): ``iss`` and ``aud`` claims.
     - ``ACCESS_TOKEN_TTL_S`` (900 s), ``REFRESH_TOKEN_TTL_S`` (2 592 000 s = 30 days).
     - ``BCRYPT_COST`` (12): log2 of bcrypt's work factor, 4..31. Tests use 4.
+    - ``HASH_QUEUE_MAX_WAIT_S`` (2.0 s, > 0): the longest a password check may take from its arrival,
+      queueing included. A login or registration whose check is not expected to finish within this, or
+      within its gRPC deadline if that is sooner, is refused at once with ``UNAVAILABLE`` and a retry-after
+      hint (the BFF answers 503 with ``Retry-After``).
     - ``LOG_LEVEL``, ``LOG_FORMAT``: see :class:`crypto_mesh.settings.ServiceSettings`.
     """
 
@@ -40,3 +44,4 @@ class AuthSettings(ServiceSettings):
     access_token_ttl_s: int = Field(default=900, gt=0)
     refresh_token_ttl_s: int = Field(default=2_592_000, gt=0)
     bcrypt_cost: int = Field(default=12, ge=4, le=31)
+    hash_queue_max_wait_s: float = Field(default=2.0, gt=0)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -298,10 +299,35 @@ def error_response(
     )
 
 
+#: Trailing metadata of an auth refusal: how long to wait before retrying, in ms (gRFC A6 retry pushback).
+_RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def _retry_after_s(exc: grpc.aio.AioRpcError) -> int | None:
+    """The whole seconds (at least 1) of the retry pushback auth attached to ``exc``, or ``None``."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == _RETRY_PUSHBACK_KEY:
+            try:
+                milliseconds = int(value)
+            except ValueError:
+                return None
+            return max(1, math.ceil(milliseconds / 1000)) if milliseconds >= 0 else None
+    return None
+
+
 def _grpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
     mapped = _GRPC_TO_HTTP.get(exc.code())
     if mapped is not None:
         return ApiError(mapped[0], mapped[1], exc.details() or mapped[1])
+    retry_after_s = _retry_after_s(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+    if retry_after_s is not None:
+        # Auth shed the call before hashing (its queue could not answer in time): an immediate answer.
+        return ApiError(
+            503,
+            "overloaded",
+            f"too many logins at once; retry in {retry_after_s} s",
+            {"Retry-After": str(retry_after_s)},
+        )
     if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         log.error("auth_call_failed", code=exc.code().name, details=exc.details())
     return ApiError(503, "auth_unavailable", "the authentication service is unavailable")
@@ -321,7 +347,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason, headers)
     except grpc.aio.AioRpcError as exc:
         error = _grpc_error(exc)
-        return error_response(error.status, error.code, error.message)
+        return error_response(error.status, error.code, error.message, error.headers)
     except StoreUnavailable as exc:
         log.warning("dependency_unavailable", path=request.path, error=str(exc))
         return error_response(503, "unavailable", "a storage dependency is unavailable, retry later")
