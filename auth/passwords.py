@@ -150,11 +150,14 @@ def admission(*, pending: int, workers: int, hash_s: float, budget_s: float, max
     The new check is expected to finish after the queue ahead of it drains, ``pending × hash_s ÷ workers``,
     plus its own hash, ``hash_s``. If that exceeds ``budget_s`` it is refused, with the time until the queue
     has drained to the length at which a check fits the usual budget ``max_wait_s`` (or to empty, if not even
-    one check fits that) as the retry-after hint, rounded up to whole seconds. Pure; ``hash_s`` > 0,
+    one check fits that) as the retry-after hint, rounded up to whole seconds. An idle queue (``pending`` 0)
+    admits one check whenever the caller has time left, even if ``hash_s`` exceeds it: the estimate only
+    changes by observing checks, so one grown beyond every budget (a burst of other work on the host) would
+    otherwise refuse every call forever; the caller's budget still bounds its wait. Pure; ``hash_s`` > 0,
     ``workers`` ≥ 1, ``pending`` ≥ 0.
     """
     expected_s = pending * hash_s / workers + hash_s
-    if expected_s <= budget_s:
+    if expected_s <= budget_s or (pending == 0 and budget_s > 0):
         return Admit(expected_s)
     fitting = max(0.0, (max_wait_s / hash_s - 1.0) * workers)
     drain_s = max(0.0, pending - fitting) * hash_s / workers

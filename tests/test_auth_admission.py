@@ -53,6 +53,11 @@ def test_a_short_caller_deadline_refuses_what_the_maximum_wait_would_admit():
     assert isinstance(admission(pending=4, workers=2, hash_s=0.25, budget_s=0.5, max_wait_s=2.0), Refuse)
 
 
+def test_an_idle_queue_admits_one_check_beyond_the_budget_so_that_the_estimate_can_recover():
+    assert admission(pending=0, workers=2, hash_s=3.0, budget_s=2.0, max_wait_s=2.0) == Admit(3.0)
+    assert isinstance(admission(pending=1, workers=2, hash_s=3.0, budget_s=2.0, max_wait_s=2.0), Refuse)
+
+
 def test_a_caller_whose_deadline_has_passed_is_refused_even_on_an_idle_queue():
     assert isinstance(admission(pending=0, workers=4, hash_s=0.01, budget_s=-0.1, max_wait_s=2.0), Refuse)
 
@@ -166,12 +171,18 @@ async def test_a_full_queue_refuses_at_once_without_running_the_work(queue, gate
 
 async def test_the_callers_deadline_is_the_budget_when_it_is_shorter_than_the_maximum_wait(queue, gate):
     queue.estimate = HashTimeEstimate(1.0)
+    blocker = asyncio.create_task(queue.run(gate.work, "blocker"))
+    await eventually(lambda: gate.started == ["blocker"])
+
     with call_deadline(0.5), pytest.raises(Overloaded):
-        await queue.run(gate.work, "too late")
-    assert gate.started == [] and queue.counts.refused == 1
-    with call_deadline(5.0):
-        gate.open()
-        assert await queue.run(gate.work, "in time") == "in time"
+        await queue.run(gate.work, "too late")  # expected after 2 s
+    assert queue.counts.refused == 1
+    in_time = asyncio.create_task(queue.run(gate.work, "in time"))  # within the maximum wait of 30 s
+    await eventually(lambda: queue.pending == 2)
+    gate.open()
+
+    assert await asyncio.gather(blocker, in_time) == ["blocker", "in time"]
+    assert "too late" not in gate.started
 
 
 async def test_a_check_still_queued_when_its_budget_ends_is_answered_then_and_never_run(queue, gate):
