@@ -189,6 +189,14 @@ class HashTimeEstimate:
             self._value += self._smoothing * (duration_s - self._value)
 
 
+def _available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _lower_thread_priority() -> None:
     """Renice the calling thread (Linux ``setpriority`` takes a thread id); elsewhere, leave it as it is."""
     try:
@@ -325,7 +333,7 @@ class PasswordHasher:
     a check that cannot finish in time is refused at once.
 
     ``cost`` is bcrypt's log2 work factor (12 takes about 0.25 s on one core). Hashing runs on ``workers``
-    threads (default one per CPU; bcrypt releases the GIL), at lower priority (:data:`HASH_THREAD_NICENESS`).
+    threads (default one per CPU the process may run on; bcrypt releases the GIL), at lower priority (:data:`HASH_THREAD_NICENESS`).
     ``max_queue_wait_s`` bounds the time a check may take from its arrival, queueing included, besides the
     caller's own deadline (:func:`call_deadline`); beyond either, :meth:`hash`, :meth:`verify` and
     :meth:`verify_unknown` raise :class:`~auth.errors.Overloaded`. :meth:`verify_unknown` spends the same
@@ -338,7 +346,7 @@ class PasswordHasher:
         began = time.perf_counter()
         self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
         self.queue = HashQueue(
-            workers=workers or os.cpu_count() or 1,
+            workers=workers or _available_cpus(),
             max_wait_s=max_queue_wait_s,
             initial_hash_s=max(time.perf_counter() - began, 1e-6),
             thread_initializer=_lower_thread_priority,

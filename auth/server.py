@@ -238,7 +238,10 @@ async def start(settings: AuthSettings) -> Running:
     )
     hasher = await asyncio.to_thread(
         functools.partial(
-            PasswordHasher, settings.bcrypt_cost, max_queue_wait_s=settings.hash_queue_max_wait_s
+            PasswordHasher,
+            settings.bcrypt_cost,
+            max_queue_wait_s=settings.hash_queue_max_wait_s,
+            workers=settings.hash_workers,
         )
     )
     store = AuthStore(create_engine(settings.database_url))

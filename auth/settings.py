@@ -29,6 +29,8 @@ class AuthSettings(ServiceSettings):
       queueing included. A login or registration whose check is not expected to finish within this, or
       within its gRPC deadline if that is sooner, is refused at once with ``UNAVAILABLE`` and a retry-after
       hint (the BFF answers 503 with ``Retry-After``).
+    - ``HASH_WORKERS`` (unset: one per CPU this process may run on): threads that hash passwords. Set it to
+      the CPU quota of a container, which the process cannot see.
     - ``LOG_LEVEL``, ``LOG_FORMAT``: see :class:`crypto_mesh.settings.ServiceSettings`.
     """
 
@@ -45,3 +47,4 @@ class AuthSettings(ServiceSettings):
     refresh_token_ttl_s: int = Field(default=2_592_000, gt=0)
     bcrypt_cost: int = Field(default=12, ge=4, le=31)
     hash_queue_max_wait_s: float = Field(default=2.0, gt=0)
+    hash_workers: int | None = Field(default=None, ge=1)

@@ -1,8 +1,8 @@
 """A login storm through the BFF: what the password-hashing queue cannot check within its budget is answered
 503 with ``Retry-After`` at once (refused before it is queued), while the logins it admits succeed.
 
-Real auth gRPC server (bcrypt cost 10, so that a check takes tens of milliseconds and a burst overflows a
-one-second budget) and a real BFF, with PostgreSQL and Redis; the BFF's own login rate limits are raised out
+Real auth gRPC server (bcrypt cost 11 on two hashing threads, so that a check takes a tenth of a second or
+more and a burst of 60 overflows a two-second budget, on any machine) and a real BFF, with PostgreSQL and Redis; the BFF's own login rate limits are raised out
 of the way so that every login reaches auth. The decision itself: tests/test_auth_admission.py.
 """
 
@@ -37,8 +37,9 @@ async def storm_stack(fresh_database, redis_url, tmp_path):
             port=0,
             database_url=fresh_database("auth"),
             jwt_private_key_file=key_file,
-            bcrypt_cost=10,
-            hash_queue_max_wait_s=1.0,
+            bcrypt_cost=11,
+            hash_queue_max_wait_s=2.0,
+            hash_workers=2,
         )
     )
     try:
@@ -118,4 +119,11 @@ async def test_after_the_storm_the_retry_after_hint_leads_to_a_login(storm_stack
     assert hints, "the burst overflowed nothing"
 
     await asyncio.sleep(max(hints))
-    assert (await login())[0] == 200
+    # Alone on a drained queue the login is admitted; on a host busy enough that the check outlasts its
+    # budget, the answer is another hint, which is followed in turn.
+    for _ in range(5):
+        status, retry_after = await login()
+        if status != 503:
+            break
+        await asyncio.sleep(int(retry_after))
+    assert status == 200
