@@ -321,11 +321,11 @@ def _grpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
         return ApiError(mapped[0], mapped[1], exc.details() or mapped[1])
     retry_after_s = _retry_after_s(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
     if retry_after_s is not None:
-        # Auth shed the call before hashing (its queue could not answer in time): an immediate answer.
+        # Auth shed the call: its password-hashing queue could not answer within the call's deadline.
         return ApiError(
             503,
             "overloaded",
-            f"too many logins at once; retry in {retry_after_s} s",
+            f"too many password checks at once; retry in {retry_after_s} s",
             {"Retry-After": str(retry_after_s)},
         )
     if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
