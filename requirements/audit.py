@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 import urllib.error
@@ -25,6 +26,8 @@ import urllib.request
 
 PYPI_PROJECT_JSON = "https://pypi.org/pypi/{name}/json"
 TIMEOUT_S = 30
+#: Project records fetched at once.
+FETCHERS = 8
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", re.MULTILINE)
 
 
@@ -64,6 +67,13 @@ def newest_release_vulnerabilities(name: str) -> tuple[str, list[dict]]:
     return project["info"]["version"], [v for v in project.get("vulnerabilities", []) if not v.get("withdrawn")]
 
 
+def _newest_or_error(name: str) -> tuple[str, list[dict]] | Exception:
+    try:
+        return newest_release_vulnerabilities(name)
+    except (urllib.error.URLError, TimeoutError, KeyError, ValueError) as exc:
+        return exc
+
+
 def main(locks: list[str]) -> int:
     try:
         report = pip_audit(locks)
@@ -74,6 +84,9 @@ def main(locks: list[str]) -> int:
     findings: list[str] = []
     unaudited: list[str] = []
     audited = by_project_endpoint = 0
+    skipped = [d["name"] for d in report.get("dependencies", []) if "skip_reason" in d]
+    with ThreadPoolExecutor(FETCHERS) as pool:
+        newest_records = dict(zip(skipped, pool.map(_newest_or_error, skipped)))
     for dependency in report.get("dependencies", []):
         name = dependency["name"]
         version = dependency.get("version") or pinned.get(canonical(name))
@@ -86,11 +99,11 @@ def main(locks: list[str]) -> int:
         if version is None:  # not a pinned requirement: nothing a lock file holds
             unaudited.append(f"{name}: {dependency['skip_reason']}")
             continue
-        try:
-            newest, vulns = newest_release_vulnerabilities(name)
-        except (urllib.error.URLError, TimeoutError, KeyError, ValueError) as exc:
-            unaudited.append(f"{name} {version}: {exc}")
+        record = newest_records[name]
+        if isinstance(record, Exception):
+            unaudited.append(f"{name} {version}: {record}")
             continue
+        newest, vulns = record
         if newest != version:
             unaudited.append(f"{name} {version} (newest {newest}): no per-release record reachable")
             continue
