@@ -19,8 +19,8 @@ def generate_stubs(root: Path) -> list[Path]:
 
     Raises RuntimeError if protoc reports an error.
     """
-    from grpc_tools import protoc  # build-time dependency (pyproject [build-system])
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency (pyproject [build-system])
 
     sources = sorted((root / "proto").glob("*.proto"))
     out_dir = root / "crypto_mesh" / "proto"
@@ -45,7 +45,9 @@ def generate_stubs(root: Path) -> list[Path]:
 
 
 _GRPC_GENERATED = re.compile(r"^GRPC_GENERATED_VERSION = '([0-9.]+)'", re.MULTILINE)
-_PROTOBUF_GENCODE = re.compile(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),")
+_PROTOBUF_GENCODE = re.compile(
+    r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),"
+)
 
 
 def stub_runtime_requirements(stubs: list[Path]) -> list[str]:

@@ -105,14 +105,17 @@ def candidate_password(raw: str) -> bytes | None:
 #: Weight of the newest observed hash time in the moving average of :class:`HashTimeEstimate`: at 0.2 the
 #: estimate follows a change of load within about ten hashes, and one slow hash moves it by a fifth.
 HASH_TIME_SMOOTHING = 0.2
-#: A refused caller is told to retry after at least this long (s): HTTP's ``Retry-After`` counts whole seconds.
+#: A refused caller is told to retry after at least this long (s): HTTP's ``Retry-After`` counts whole
+#: seconds.
 MIN_RETRY_AFTER_S = 1.0
 
 T = TypeVar("T")
 
 #: Monotonic time (``time.monotonic()``, s) by which the current call must be answered; ``None``: no deadline
 #: beyond the hasher's maximum queue wait. Set by the transport with :func:`call_deadline`.
-_call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("hash_call_deadline", default=None)
+_call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "hash_call_deadline", default=None
+)
 
 
 @contextlib.contextmanager
@@ -143,7 +146,9 @@ class Refuse:
     retry_after_s: float
 
 
-def admission(*, pending: int, workers: int, hash_s: float, budget_s: float, max_wait_s: float) -> Admit | Refuse:
+def admission(
+    *, pending: int, workers: int, hash_s: float, budget_s: float, max_wait_s: float
+) -> Admit | Refuse:
     """Admit or refuse one more check on a queue of ``workers`` threads holding ``pending`` checks (queued or
     running), each taking ``hash_s`` seconds, when the caller must be answered within ``budget_s`` seconds.
 
@@ -333,7 +338,8 @@ class PasswordHasher:
     a check that cannot finish in time is refused at once.
 
     ``cost`` is bcrypt's log2 work factor (12 takes about 0.25 s on one core). Hashing runs on ``workers``
-    threads (default one per CPU the process may run on; bcrypt releases the GIL), at lower priority (:data:`HASH_THREAD_NICENESS`).
+    threads (default one per CPU the process may run on; bcrypt releases the GIL), at lower priority
+    (:data:`HASH_THREAD_NICENESS`).
     ``max_queue_wait_s`` bounds the time a check may take from its arrival, queueing included, besides the
     caller's own deadline (:func:`call_deadline`); beyond either, :meth:`hash`, :meth:`verify` and
     :meth:`verify_unknown` raise :class:`~auth.errors.Overloaded`. :meth:`verify_unknown` spends the same

@@ -212,10 +212,11 @@ async def profile_latency_under_logins(http: aiohttp.ClientSession, url: str, na
     verdict = "met" if percentile(loaded, 99) < 0.050 else "NOT met"
     print(f"   goal p99 < 50 ms under load: {verdict}")
     quick = sum(1 for _, elapsed in answers if elapsed <= QUICK_ANSWER_S)
-    print(f"\n   the {len(answers)} logins themselves ({CONCURRENT_LOGINS} clients; a 503 waits out its Retry-After):")
+    total = len(answers)
     print(
-        f"   answered within {QUICK_ANSWER_S * 1000:.0f} ms: {quick / len(answers):.1%} ({quick} of {len(answers)})"
+        f"\n   the {total} logins themselves ({CONCURRENT_LOGINS} clients; a 503 waits out its Retry-After):"
     )
+    print(f"   answered within {QUICK_ANSWER_S * 1000:.0f} ms: {quick / total:.1%} ({quick} of {total})")
     print(f"   time to answer, all:  {describe_answers([elapsed for _, elapsed in answers])}")
     for status in sorted(statuses):
         times = [elapsed for answered, elapsed in answers if answered == status]

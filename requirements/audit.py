@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 PYPI_PROJECT_JSON = "https://pypi.org/pypi/{name}/json"
 TIMEOUT_S = 30
@@ -47,8 +47,9 @@ def pins(locks: list[str]) -> dict[str, str]:
 
 
 def pip_audit(locks: list[str]) -> dict:
-    """pip-audit's JSON report (``{"dependencies": [{"name", "version", "vulns"} | {"name", "skip_reason"}]}``)
-    of the locks. Raises RuntimeError if pip-audit failed for another reason than finding vulnerabilities."""
+    """pip-audit's JSON report of the locks:
+    ``{"dependencies": [{"name", "version", "vulns"} | {"name", "skip_reason"}]}``. Raises RuntimeError if
+    pip-audit failed for another reason than finding vulnerabilities."""
     command = [sys.executable, "-m", "pip_audit", "--disable-pip", "--progress-spinner", "off", "-f", "json"]
     for lock in locks:
         command += ["-r", lock]
@@ -64,7 +65,9 @@ def newest_release_vulnerabilities(name: str) -> tuple[str, list[dict]]:
     "Get a project": ``info.version`` and ``vulnerabilities``)."""
     with urllib.request.urlopen(PYPI_PROJECT_JSON.format(name=name), timeout=TIMEOUT_S) as response:
         project = json.load(response)
-    return project["info"]["version"], [v for v in project.get("vulnerabilities", []) if not v.get("withdrawn")]
+    return project["info"]["version"], [
+        v for v in project.get("vulnerabilities", []) if not v.get("withdrawn")
+    ]
 
 
 def _newest_or_error(name: str) -> tuple[str, list[dict]] | Exception:
@@ -86,7 +89,7 @@ def main(locks: list[str]) -> int:
     audited = by_project_endpoint = 0
     skipped = [d["name"] for d in report.get("dependencies", []) if "skip_reason" in d]
     with ThreadPoolExecutor(FETCHERS) as pool:
-        newest_records = dict(zip(skipped, pool.map(_newest_or_error, skipped)))
+        newest_records = dict(zip(skipped, pool.map(_newest_or_error, skipped), strict=True))
     for dependency in report.get("dependencies", []):
         name = dependency["name"]
         version = dependency.get("version") or pinned.get(canonical(name))

@@ -2,8 +2,9 @@
 503 with ``Retry-After`` at once (refused before it is queued), while the logins it admits succeed.
 
 Real auth gRPC server (bcrypt cost 11 on two hashing threads, so that a check takes a tenth of a second or
-more and a burst of 60 overflows a two-second budget, on any machine) and a real BFF, with PostgreSQL and Redis; the BFF's own login rate limits are raised out
-of the way so that every login reaches auth. The decision itself: tests/test_auth_admission.py.
+more and a burst of 60 overflows a two-second budget, on any machine) and a real BFF, with PostgreSQL and
+Redis; the BFF's own login rate limits are raised out of the way so that every login reaches auth.
+The decision itself: tests/test_auth_admission.py.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ async def storm_stack(fresh_database, redis_url, tmp_path):
         try:
             url = f"http://127.0.0.1:{bff.port}"
             connector = aiohttp.TCPConnector(limit=BURST + 5)
-            async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+            async with aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+            ) as http:
 
                 async def ready() -> bool:
                     async with http.get(f"{url}/healthz") as resp:

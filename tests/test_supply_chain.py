@@ -28,7 +28,10 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 def logical_lines(path: Path) -> list[str]:
     """The requirement lines of a pip requirements file, continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n", " ", path.read_text())
-    lines = (line.split("#", 1)[0].strip() if not line.lstrip().startswith("--hash") else line for line in text.splitlines())
+    lines = (
+        line.split("#", 1)[0].strip() if not line.lstrip().startswith("--hash") else line
+        for line in text.splitlines()
+    )
     return [line for line in lines if line]
 
 
@@ -62,7 +65,9 @@ def test_every_locked_package_is_pinned_to_one_version_with_its_hashes(name):
     pins = locked(name)
     assert pins, f"{name} locks nothing"
     for package, (_, hashes) in pins.items():
-        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", value.strip()) for value in hashes), package
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", value.strip()) for value in hashes), (
+            package
+        )
 
 
 def satisfied(lock: str, requirements: list[str]) -> None:
@@ -85,7 +90,10 @@ def test_the_runtime_lock_satisfies_every_dependency_of_pyproject():
 
 
 def test_the_test_lock_satisfies_the_dependencies_and_the_test_extra():
-    satisfied("test.txt", PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["test"])
+    satisfied(
+        "test.txt",
+        PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["test"],
+    )
 
 
 def test_the_build_lock_satisfies_the_build_system_requirements():
@@ -141,7 +149,9 @@ def test_the_wheel_requires_what_its_generated_stubs_were_generated_for():
     ``*_pb2.py`` under a protobuf older than its gencode: the build adds both bounds to the wheel's
     metadata (hatch_build.py), beside pyproject.toml's own."""
     texts = [stub.read_text() for stub in (ROOT / "crypto_mesh" / "proto").glob("*_pb2*.py")]
-    grpc = {v for text in texts for v in re.findall(r"^GRPC_GENERATED_VERSION = '([0-9.]+)'", text, re.MULTILINE)}
+    grpc = {
+        v for text in texts for v in re.findall(r"^GRPC_GENERATED_VERSION = '([0-9.]+)'", text, re.MULTILINE)
+    }
     gencode = {
         ".".join(parts)
         for text in texts
