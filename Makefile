@@ -1,9 +1,16 @@
-# The two set-up commands of the README. Each installs what it needs into .venv on first use.
+# The two set-up commands of the README. Each installs what it needs into .venv on first use, from the lock
+# files in requirements/ only: every package pinned and checked against its hash (pip --require-hashes), the
+# project itself built with the locked build backend and installed without dependencies.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make lock` and `make audit` run their tools (uv, pip-audit; locked in requirements/tools.txt) from here.
+TOOLS := .tools
+LOCKED := --quiet --require-hashes
+COMPILE := $(TOOLS)/bin/uv pip compile --quiet --generate-hashes --universal --python-version 3.11
+LOCKS := requirements/runtime.txt requirements/test.txt requirements/build.txt
 
-.PHONY: up test
+.PHONY: up test lock audit
 
 up: $(VENV)/.installed
 	$(BIN)/crypto-mesh up
@@ -13,12 +20,31 @@ test: $(VENV)/.installed-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml hatch_build.py $(wildcard proto/*.proto)
-	$(BIN)/python -m pip install --quiet -e .
+$(VENV)/.installed: $(BIN)/python requirements/runtime.txt requirements/build.txt pyproject.toml hatch_build.py $(wildcard proto/*.proto)
+	$(BIN)/python -m pip install $(LOCKED) -r requirements/build.txt
+	$(BIN)/python -m pip install $(LOCKED) -r requirements/runtime.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: $(VENV)/.installed requirements/test.txt
+	$(BIN)/python -m pip install $(LOCKED) -r requirements/test.txt
 	touch $@
+
+$(TOOLS)/.installed: requirements/tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install $(LOCKED) -r requirements/tools.txt
+	touch $@
+
+# Resolve pyproject.toml's dependencies (and the test extra, the build requirements and the tools) again, to
+# the newest versions its bounds allow, with the hashes of every file PyPI has for them. The test and build
+# locks are constrained by the runtime lock, so a package shared by two locks has one version.
+lock: $(TOOLS)/.installed
+	$(COMPILE) --upgrade pyproject.toml -o requirements/runtime.txt
+	$(COMPILE) --upgrade pyproject.toml --extra test -c requirements/runtime.txt -o requirements/test.txt
+	$(COMPILE) --upgrade requirements/build.in -c requirements/test.txt -o requirements/build.txt
+	$(COMPILE) --upgrade requirements/tools.in -o requirements/tools.txt
+
+# Known vulnerabilities of every locked package (docs/SECURITY.md, "supply chain"); non-zero exit on any.
+audit: $(TOOLS)/.installed
+	$(TOOLS)/bin/python requirements/audit.py $(LOCKS) requirements/tools.txt

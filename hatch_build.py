@@ -6,6 +6,7 @@ import each other as ``crypto_mesh.proto.<name>_pb2``. Runs on every wheel and e
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,8 +19,8 @@ def generate_stubs(root: Path) -> list[Path]:
 
     Raises RuntimeError if protoc reports an error.
     """
-    from grpc_tools import protoc  # build-time dependency (pyproject [build-system])
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency (pyproject [build-system])
 
     sources = sorted((root / "proto").glob("*.proto"))
     out_dir = root / "crypto_mesh" / "proto"
@@ -43,13 +44,44 @@ def generate_stubs(root: Path) -> list[Path]:
     return sorted(out_dir.glob("*_pb2*.py*"))
 
 
+_GRPC_GENERATED = re.compile(r"^GRPC_GENERATED_VERSION = '([0-9.]+)'", re.MULTILINE)
+_PROTOBUF_GENCODE = re.compile(
+    r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),"
+)
+
+
+def stub_runtime_requirements(stubs: list[Path]) -> list[str]:
+    """The runtime requirements of generated stubs (PEP 508 strings): the grpcio a ``*_pb2_grpc.py`` module
+    was generated for (``GRPC_GENERATED_VERSION``: it refuses to import under an older grpcio) and the
+    protobuf gencode version a ``*_pb2.py`` module validates at import (``ValidateProtobufRuntimeVersion``).
+    Stubs without these checks (older generators) add nothing."""
+    grpc_versions, protobuf_versions = set(), set()
+    for stub in stubs:
+        text = stub.read_text(encoding="utf-8")
+        grpc_versions.update(_GRPC_GENERATED.findall(text))
+        protobuf_versions.update(".".join(match) for match in _PROTOBUF_GENCODE.findall(text))
+
+    def newest(versions: set[str]) -> str:
+        return max(versions, key=lambda version: tuple(int(part) for part in version.split(".")))
+
+    requirements = []
+    if grpc_versions:
+        requirements.append(f"grpcio>={newest(grpc_versions)}")
+    if protobuf_versions:
+        requirements.append(f"protobuf>={newest(protobuf_versions)}")
+    return requirements
+
+
 class ProtoStubsHook(BuildHookInterface):
-    """Hatchling hook that runs :func:`generate_stubs` before the wheel is assembled."""
+    """Hatchling hook that runs :func:`generate_stubs` before the wheel is assembled, and adds the stubs'
+    runtime requirements (:func:`stub_runtime_requirements`) to the wheel's dependencies: pyproject.toml's
+    lower bounds are what the hand-written code needs, the stubs need what their generator was."""
 
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict) -> None:
-        generate_stubs(Path(self.root))
+        stubs = generate_stubs(Path(self.root))
+        build_data["dependencies"].extend(stub_runtime_requirements(stubs))
 
 
 if __name__ == "__main__":

@@ -37,8 +37,17 @@ class Unavailable(AuthError):
 
 class ResourceExhausted(AuthError):
     """Too many failed logins for this name (``RESOURCE_EXHAUSTED``); ``retry_after_s`` whole seconds (>= 1)
-    until the next attempt can be admitted."""
+    until the next attempt can be admitted, sent as gRPC's ``grpc-retry-pushback-ms`` trailing metadata."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(Unavailable):
+    """The password-hashing queue cannot answer this call before its deadline (``UNAVAILABLE``, with
+    ``retry_after_s``, seconds, sent as gRPC's ``grpc-retry-pushback-ms`` trailing metadata)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s

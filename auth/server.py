@@ -17,18 +17,19 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from auth import migrations
+from auth import migrations, passwords
 from auth.errors import (
     AlreadyExists,
     AuthError,
     InvalidArgument,
     NotFound,
+    Overloaded,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
-from auth.passwords import PasswordHasher
+from auth.passwords import PasswordHasher, QueueCounts
 from auth.sessions import SessionPolicy
 from auth.settings import AuthSettings
 from auth.store import AuthStore, LoginBudgetStore, create_engine
@@ -56,6 +57,12 @@ HEALTH_PING_INTERVAL_S = 5.0
 PRUNE_INTERVAL_S = 3600.0
 #: Expired refresh tokens are kept this long after expiry before being deleted.
 PRUNE_AFTER = timedelta(days=1)
+#: Part of a call's deadline kept for the work after its password check (a database write, signing a token),
+#: so that a check admitted against the deadline still leaves time to answer (s).
+DEADLINE_RESERVE_S = 0.2
+#: Trailing metadata carrying how long a refused client should wait before retrying, in milliseconds (gRFC A6,
+#: "client retries": the server's retry pushback).
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 #: Time given to in-flight calls when stopping (s).
 STOP_GRACE_S = 5.0
 
@@ -67,9 +74,8 @@ _STATUS = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Overloaded: grpc.StatusCode.UNAVAILABLE,
 }
-#: Trailing metadata of a RESOURCE_EXHAUSTED answer: whole seconds to wait (as HTTP's Retry-After).
-RETRY_AFTER_METADATA = "retry-after"
 
 
 @dataclass(frozen=True)
@@ -91,17 +97,21 @@ def _lenient_parser(message_class):
 
 
 def _rpc(handler):
-    """Run a handler, answering an :class:`AuthError` with its status and anything else with ``INTERNAL``."""
+    """Run a handler within its call's deadline (less :data:`DEADLINE_RESERVE_S`) for password checks,
+    answering an :class:`AuthError` with its status (``ResourceExhausted`` and ``Overloaded``: with the retry
+    pushback in trailing metadata) and anything else with ``INTERNAL``."""
 
     @functools.wraps(handler)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         if isinstance(request, _MalformedRequest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        remaining_s = context.time_remaining()
         try:
-            return await handler(self, request, context)
-        except ResourceExhausted as exc:
-            context.set_trailing_metadata(((RETRY_AFTER_METADATA, str(exc.retry_after_s)),))
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            with passwords.call_deadline(None if remaining_s is None else remaining_s - DEADLINE_RESERVE_S):
+                return await handler(self, request, context)
+        except (ResourceExhausted, Overloaded) as exc:
+            context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(round(exc.retry_after_s * 1000))),))
+            await context.abort(_STATUS[type(exc)], str(exc))
         except AuthError as exc:
             await context.abort(_STATUS[type(exc)], str(exc))
         except Exception:
@@ -236,6 +246,12 @@ class Running:
     _maintenance: asyncio.Task = field(repr=False)
     _stopped: bool = field(default=False, repr=False)
 
+    @property
+    def password_checks(self) -> QueueCounts:
+        """What the password-hashing queue did since the start: checks admitted, refused on arrival, expired
+        while queued, skipped and completed."""
+        return self._hasher.queue.counts
+
     async def stop(self) -> None:
         """Report NOT_SERVING, let in-flight calls finish (up to 5 s), then close the database pool and stop
         the hashing threads."""
@@ -275,7 +291,14 @@ async def start(settings: AuthSettings) -> Running:
             else ()
         ),
     )
-    hasher = await asyncio.to_thread(PasswordHasher, settings.bcrypt_cost)
+    hasher = await asyncio.to_thread(
+        functools.partial(
+            PasswordHasher,
+            settings.bcrypt_cost,
+            max_queue_wait_s=settings.hash_queue_max_wait_s,
+            workers=settings.hash_workers,
+        )
+    )
     engine = create_engine(settings.database_url)
     store = AuthStore(engine)
     budgets = LoginBudgetStore(engine)

@@ -38,6 +38,12 @@ class AuthSettings(MeshTlsSettings):
       day``; beyond them ``Login`` answers RESOURCE_EXHAUSTED. The first may be no faster than the second
       (checked), else one address could spend a name's whole budget and lock its owner out.
     - ``BCRYPT_COST`` (12): log2 of bcrypt's work factor, 4..31. Tests use 4.
+    - ``HASH_QUEUE_MAX_WAIT_S`` (2.0 s, > 0): the longest a password check may take from its arrival,
+      queueing included. A login or registration whose check is not expected to finish within this, or
+      within its gRPC deadline if that is sooner, is refused at once with ``UNAVAILABLE`` and a retry-after
+      hint (the BFF answers 503 with ``Retry-After``).
+    - ``HASH_WORKERS`` (unset: one per CPU this process may run on): threads that hash passwords. Set it to
+      the CPU quota of a container, which the process cannot see.
     - ``TLS_CA_FILE``, ``TLS_CERT_FILE``, ``TLS_KEY_FILE`` (required): the mesh CA and the ``auth`` identity's
       certificate and key; the server speaks mutual TLS only and serves the ``profile_bff`` identity (see
       :class:`crypto_mesh.settings.MeshTlsSettings`, docs/SECURITY.md).
@@ -71,3 +77,5 @@ class AuthSettings(MeshTlsSettings):
             )
         return self
     bcrypt_cost: int = Field(default=12, ge=4, le=31)
+    hash_queue_max_wait_s: float = Field(default=2.0, gt=0)
+    hash_workers: int | None = Field(default=None, ge=1)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -340,8 +341,20 @@ def error_response(
     )
 
 
-#: Trailing metadata of auth's RESOURCE_EXHAUSTED: whole seconds to wait (proto/auth.proto, Login).
-_RETRY_AFTER_METADATA = "retry-after"
+#: Trailing metadata of an auth refusal: how long to wait before retrying, in ms (gRFC A6 retry pushback).
+_RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def _retry_after_s(exc: grpc.aio.AioRpcError) -> int | None:
+    """The whole seconds (at least 1) of the retry pushback auth attached to ``exc``, or ``None``."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == _RETRY_PUSHBACK_KEY:
+            try:
+                milliseconds = int(value)
+            except ValueError:
+                return None
+            return max(1, math.ceil(milliseconds / 1000)) if milliseconds >= 0 else None
+    return None
 
 
 def _grpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
@@ -349,9 +362,17 @@ def _grpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
     if mapped is not None:
         headers = {}
         if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            retry_after = dict(exc.trailing_metadata() or ()).get(_RETRY_AFTER_METADATA, "")
-            headers["Retry-After"] = retry_after if retry_after.isascii() and retry_after.isdigit() else "1"
+            headers["Retry-After"] = str(_retry_after_s(exc) or 1)
         return ApiError(mapped[0], mapped[1], exc.details() or mapped[1], headers)
+    retry_after_s = _retry_after_s(exc) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+    if retry_after_s is not None:
+        # Auth shed the call: its password-hashing queue could not answer within the call's deadline.
+        return ApiError(
+            503,
+            "overloaded",
+            f"too many password checks at once; retry in {retry_after_s} s",
+            {"Retry-After": str(retry_after_s)},
+        )
     if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         log.error("auth_call_failed", code=exc.code().name, details=exc.details())
     return ApiError(503, "auth_unavailable", "the authentication service is unavailable")

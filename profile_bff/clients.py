@@ -41,7 +41,7 @@ class AuthClient:
         """Open a session: access token, refresh token, their expiries (Unix s), user id and name, and a
         login-device token. ``client_address``: the end user's address bucket, ``device_token``: the one it
         holds from an earlier login (both for auth's failed-login budgets). RESOURCE_EXHAUSTED carries the
-        seconds to wait in the trailing metadata ``retry-after``."""
+        time to wait in the trailing metadata ``grpc-retry-pushback-ms`` (ms)."""
         request = auth_pb2.LoginRequest(
             name=name, password=password, client_address=client_address, device_token=device_token
         )

@@ -29,7 +29,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "body not JSON",
         422: "invalid value",
         429: "rate-limited",
-        503: "a dependency is unavailable",
+        503: "a dependency is unavailable, or auth is overloaded (then with Retry-After, s)",
     }
     return {
         str(status): _rate_limited(reasons[status]) if status == 429 else _json(_ERROR, reasons[status])

@@ -614,7 +614,7 @@ async def test_an_attacker_from_one_address_is_throttled_and_the_owner_from_anot
         except grpc.aio.AioRpcError as error:
             codes.append(error.code())
             if error.code() == Code.RESOURCE_EXHAUSTED:
-                retry_after = dict(error.trailing_metadata())["retry-after"]
+                retry_after = int(dict(error.trailing_metadata())["grpc-retry-pushback-ms"]) // 1000
                 assert 1 <= int(retry_after) <= 900
     # AUTH_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 per 15 minutes; then refused before any password check.
     assert codes == [Code.UNAUTHENTICATED] * 10 + [Code.RESOURCE_EXHAUSTED] * 40
@@ -688,7 +688,7 @@ async def test_wrong_current_passwords_are_throttled_on_the_users_own_budget(stu
         codes.append(error.code())
     assert codes == [Code.PERMISSION_DENIED] * 10 + [Code.RESOURCE_EXHAUSTED]
     assert int(dict((await rpc_error(change_password(stub, pair.access_token, PASSWORD, "new password!")))
-                    .trailing_metadata())["retry-after"]) >= 1
+                    .trailing_metadata())["grpc-retry-pushback-ms"]) >= 1000
     # The name's login budgets are untouched.
     assert (await login_from(stub, "198.51.100.7")).name == "alice"
 
