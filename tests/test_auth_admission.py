@@ -23,7 +23,7 @@ from auth.passwords import (
     admission,
     call_deadline,
 )
-from tests.polling import eventually
+from polling import eventually
 
 # -- the decision ----------------------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ from auth.tokens import generate_private_key_pem
 from crypto_mesh.netutil import free_port
 from profile_bff.app import start as start_bff
 from profile_bff.settings import BffSettings
-from tests.polling import eventually
+from credentials import redis_user_url, service_token_file
+from polling import eventually
 
 PASSWORD = "correct horse battery"
 BURST = 60
@@ -41,6 +42,9 @@ async def storm_stack(fresh_database, redis_url, tmp_path):
             bcrypt_cost=11,
             hash_queue_max_wait_s=2.0,
             hash_workers=2,
+            login_rate_per_name=UNLIMITED,
+            login_rate_per_name_and_address=UNLIMITED,
+            login_rate_per_device=UNLIMITED,
         )
     )
     try:
@@ -48,11 +52,14 @@ async def storm_stack(fresh_database, redis_url, tmp_path):
             BffSettings(
                 port=0,
                 database_url=fresh_database("profile"),
-                redis_url=redis_url,
+                redis_url=redis_user_url(redis_url, "bff"),
                 auth_target=f"127.0.0.1:{auth.port}",
                 aggregator_url=f"http://127.0.0.1:{free_port()}",  # logins never call it
+                aggregator_token_file=service_token_file(),
                 login_rate_per_name=UNLIMITED,
                 login_rate_per_address=UNLIMITED,
+                login_rate_per_name_and_address=UNLIMITED,
+                login_rate_per_device=UNLIMITED,
                 register_rate_per_name=UNLIMITED,
                 register_rate_per_address=UNLIMITED,
             )
