@@ -39,6 +39,7 @@ from aggregator.store import FollowerStore, StatPublisher, TickerProducer, conne
 from crypto_mesh import jsonutil
 from crypto_mesh.backoff import Backoff
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
+from crypto_mesh.httperrors import error_response
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import raise_if_cancelling
 from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
@@ -220,10 +221,6 @@ class ApiError(Exception):
         self.message = message
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return _json({"error": {"code": code, "message": message}}, status)
-
-
 def _json(body: dict, status: int = 200) -> web.Response:
     return web.Response(body=jsonutil.dumps(body), status=status, content_type="application/json")
 
@@ -233,21 +230,21 @@ async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return _error(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
     except (RedisError, OSError) as exc:
         log.warning("redis unavailable for a control request", path=request.path, error=str(exc))
-        return _error(503, "unavailable", "the follower store (Redis) is unavailable; retry later")
+        return error_response(503, "unavailable", "the follower store (Redis) is unavailable; retry later")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        response = _error(exc.status, code, exc.reason)
+        response = error_response(exc.status, code, exc.reason)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
         log.exception("control request failed", path=request.path)
-        return _error(500, "internal", "internal error")
+        return error_response(500, "internal", "internal error")
 
 
 def _path_args(request: web.Request) -> tuple[str, str]:

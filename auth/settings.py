@@ -9,7 +9,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.settings import MeshTlsSettings
-from crypto_mesh.throttle import Rate
+from crypto_mesh.throttle import Rate, check_name_budgets
 
 RateSetting = Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)]
 
@@ -66,16 +66,11 @@ class AuthSettings(MeshTlsSettings):
     login_rate_per_name_and_address: RateSetting = Rate(10, 900)
     login_rate_per_name: RateSetting = Rate(100, 3600)
     login_rate_per_device: RateSetting = Rate(10, 900)
-
-    @model_validator(mode="after")
-    def _one_address_cannot_spend_a_names_budget(self) -> AuthSettings:
-        if not self.login_rate_per_name_and_address.never_outpaces(self.login_rate_per_name):
-            raise ValueError(
-                f"AUTH_LOGIN_RATE_PER_NAME_AND_ADDRESS ({self.login_rate_per_name_and_address}) must allow no "
-                f"larger burst and no faster pace than AUTH_LOGIN_RATE_PER_NAME ({self.login_rate_per_name}), "
-                "else one address could spend a name's budget and lock its owner out"
-            )
-        return self
     bcrypt_cost: int = Field(default=12, ge=4, le=31)
     hash_queue_max_wait_s: float = Field(default=2.0, gt=0)
     hash_workers: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_address_cannot_spend_a_names_budget(self) -> AuthSettings:
+        check_name_budgets(self.login_rate_per_name_and_address, self.login_rate_per_name, "AUTH_")
+        return self

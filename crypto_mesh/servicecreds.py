@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from crypto_mesh import jsonutil
+from crypto_mesh.httperrors import error_response
 from crypto_mesh.logs import get_logger
 from crypto_mesh.secrets import read_secret
 
@@ -109,11 +109,6 @@ def bearer_token_middleware(
             message = "the service credential is not valid"
         log.warning("service credential refused", method=request.method, path=request.path,
                     presented=token is not None, peer=request.remote)
-        return web.Response(
-            status=401,
-            body=jsonutil.dumps({"error": {"code": "unauthenticated", "message": message}}),
-            content_type="application/json",
-            headers={"WWW-Authenticate": challenge},
-        )
+        return error_response(401, "unauthenticated", message, {"WWW-Authenticate": challenge})
 
     return require_bearer_token

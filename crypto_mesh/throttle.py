@@ -82,6 +82,18 @@ class Rate:
         return f"{self.limit}/{self.period_s} seconds"
 
 
+def check_name_budgets(per_name_and_address: Rate, per_name: Rate, prefix: str) -> None:
+    """Refuse login budgets with which one address could spend a whole name's budget and so lock its owner
+    out: ``per_name_and_address`` must never outpace ``per_name`` (:meth:`Rate.never_outpaces`). ``prefix``
+    names the settings in the error (``AUTH_``, ``BFF_``). Raises ``ValueError``."""
+    if not per_name_and_address.never_outpaces(per_name):
+        raise ValueError(
+            f"{prefix}LOGIN_RATE_PER_NAME_AND_ADDRESS ({per_name_and_address}) must allow no larger burst and no "
+            f"faster pace than {prefix}LOGIN_RATE_PER_NAME ({per_name}), else one address could spend a name's "
+            "budget and lock its owner out"
+        )
+
+
 @dataclass(frozen=True)
 class Charge:
     """One attempt charged to the budget ``key`` at ``rate``."""

@@ -17,6 +17,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, Error, Operation
 from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type
 
 from crypto_mesh import jsonutil
+from crypto_mesh.httperrors import error_response
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import tune_garbage_collector
 from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
@@ -165,10 +166,6 @@ def _json(status: int, body: object) -> web.Response:
     return web.Response(status=status, body=jsonutil.dumps(body), content_type="application/json")
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return _json(status, {"error": {"code": code, "message": message}})
-
-
 SERVICE_KEY = web.AppKey("etl_service", EtlService)
 
 
@@ -187,30 +184,30 @@ async def post_sql(request: web.Request) -> web.Response:
     """
     service = request.app[SERVICE_KEY]
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return _error(413, "too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+        return error_response(413, "too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
     try:
         body = jsonutil.loads(await request.read())
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, "too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+        return error_response(413, "too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
     except jsonutil.JSONDecodeError:
-        return _error(400, "malformed", 'the body must be JSON: {"query": "SELECT ..."}')
+        return error_response(400, "malformed", 'the body must be JSON: {"query": "SELECT ..."}')
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
-        return _error(400, "malformed", 'the body must be {"query": "SELECT ..."}')
+        return error_response(400, "malformed", 'the body must be {"query": "SELECT ..."}')
     if not service.store.connected or not await service.connect_analytics():
-        return _error(503, "unavailable", "ClickHouse is not reachable yet")
+        return error_response(503, "unavailable", "ClickHouse is not reachable yet")
     try:
         result = await service.store.query(body["query"], service.settings.sql_limits())
     except sql.QueryMalformed as exc:
-        return _error(400, "malformed_query", str(exc))
+        return error_response(400, "malformed_query", str(exc))
     except sql.QueryRefused as exc:
-        return _error(403, "forbidden_query", str(exc))
+        return error_response(403, "forbidden_query", str(exc))
     except StreamFailureError as exc:
-        return _error(400, "clickhouse_error", sql.one_line(str(exc)))
+        return error_response(400, "clickhouse_error", sql.one_line(str(exc)))
     except OperationalError as exc:
         log.warning("clickhouse unreachable for a query", error=str(exc))
-        return _error(503, "unavailable", "ClickHouse is not reachable")
+        return error_response(503, "unavailable", "ClickHouse is not reachable")
     except DatabaseError as exc:
-        return _error(400, "clickhouse_error", sql.one_line(str(exc)))
+        return error_response(400, "clickhouse_error", sql.one_line(str(exc)))
     return web.Response(body=sql.result_json(result), content_type="application/json")
 
 

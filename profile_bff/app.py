@@ -46,6 +46,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
+from crypto_mesh.httperrors import error_response
 from crypto_mesh.logs import get_logger
 from crypto_mesh.proto import auth_pb2
 from crypto_mesh.servicecreds import read_token
@@ -329,18 +330,6 @@ _GRPC_TO_HTTP = {
 }
 
 
-def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    """``{"error": {"code", "message"}}`` with ``status``."""
-    return web.json_response(
-        {"error": {"code": code, "message": message}},
-        status=status,
-        headers=headers,
-        dumps=jsonutil.dumps_str,
-    )
-
-
 #: Trailing metadata of an auth refusal: how long to wait before retrying, in ms (gRFC A6 retry pushback).
 _RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
@@ -622,10 +611,15 @@ async def refresh(request: web.Request) -> web.Response:
     except grpc.aio.AioRpcError as exc:
         if exc.code() not in _NOT_A_SESSION:
             raise
-        response = error_response(401, "unauthenticated", "the refresh token is not valid")
-        _clear_refresh_cookie(response, services.settings)
-        return response
+        return _invalid_refresh_token(services.settings)
     return _token_response(services.settings, pair)
+
+
+def _invalid_refresh_token(settings: BffSettings) -> web.Response:
+    """401 for a refresh token cookie auth does not know (expired, revoked, rotated), which is cleared."""
+    response = error_response(401, "unauthenticated", "the refresh token is not valid")
+    _clear_refresh_cookie(response, settings)
+    return response
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -677,9 +671,7 @@ async def _logout_everywhere(request: web.Request) -> web.Response:
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in _NOT_A_SESSION:
                 raise
-            response = error_response(401, "unauthenticated", "the refresh token is not valid")
-            _clear_refresh_cookie(response, services.settings)
-            return response
+            return _invalid_refresh_token(services.settings)
     response = web.Response(status=204)
     _clear_refresh_cookie(response, services.settings)
     return response

@@ -55,6 +55,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from crypto_mesh import jsonutil
+from crypto_mesh.httperrors import error_response
 from crypto_mesh.logs import get_logger
 from profile_bff.ratelimit import (
     KEY_PREFIX,
@@ -86,18 +87,6 @@ REDIS_CONNECTIONS = 64
 #: orchestrators probe it from one address every few seconds).
 PUBLIC_ROUTES = frozenset({"/v1/instruments", "/openapi.json"})
 PROFILE_SOCKET_ROUTE = "/v2/user/profile/ws"
-
-
-def error_json(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    """The BFF's error shape, ``{"error": {"code", "message"}}`` (docs/CONTRACTS.md, "BFF REST")."""
-    return web.json_response(
-        {"error": {"code": code, "message": message}},
-        status=status,
-        headers=headers,
-        dumps=jsonutil.dumps_str,
-    )
 
 
 def retry_after_s(wait_s: float) -> int:
@@ -498,7 +487,7 @@ CEILINGS = web.AppKey("ceilings", Ceilings)
 def too_many(wait_s: float, message: str) -> web.Response:
     """``429 rate_limited`` with ``Retry-After``."""
     retry_after = retry_after_s(wait_s)
-    return error_json(
+    return error_response(
         429, "rate_limited", f"{message}, retry in {retry_after} s", {"Retry-After": str(retry_after)}
     )
 

@@ -9,6 +9,7 @@ from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validato
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.settings import MeshTlsSettings
+from crypto_mesh.throttle import check_name_budgets
 from profile_bff.instruments import DEFAULT_EXCHANGE_INFO
 from profile_bff.ratelimit import IPNetwork, Rate, parse_networks
 
@@ -129,12 +130,7 @@ class BffSettings(MeshTlsSettings):
 
     @model_validator(mode="after")
     def _one_address_cannot_spend_a_names_budget(self) -> BffSettings:
-        if not self.login_rate_per_name_and_address.never_outpaces(self.login_rate_per_name):
-            raise ValueError(
-                f"BFF_LOGIN_RATE_PER_NAME_AND_ADDRESS ({self.login_rate_per_name_and_address}) must allow no "
-                f"larger burst and no faster pace than BFF_LOGIN_RATE_PER_NAME ({self.login_rate_per_name}), "
-                "else one address could spend a name's budget and lock its owner out"
-            )
+        check_name_budgets(self.login_rate_per_name_and_address, self.login_rate_per_name, "BFF_")
         return self
 
     @field_validator("allowed_origins", mode="before")
