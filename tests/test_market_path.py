@@ -213,7 +213,7 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
     pubsub = listener.pubsub()
     await pubsub.subscribe(*SYMBOLS)
     async with AsyncExitStack() as stack:
-        exchange, proxy = await stack.enter_async_context(exchange_and_proxy(trade_recording, speed=200))
+        exchange, proxy = await stack.enter_async_context(exchange_and_proxy(trade_recording, speed=50))
         timeline = (await get_json(f"{exchange.url.replace('ws', 'http', 1)}/replay/v1/info"))["recordings"][
             0
         ]
@@ -229,7 +229,7 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
         # Both aggregators publish on the same channels: each second of each symbol arrives twice. An
         # aggregator's first second may be partial (it joined mid-second): the first second with both
         # messages is skipped, every later one must be the recorded second, from both, until every recorded
-        # second of every symbol has been seen. At 200x on a busy machine the proxy may end a subscriber that
+        # second of every symbol has been seen. On a busy machine the proxy may end a subscriber that
         # fell behind: the aggregator then resubscribes, sees the trade ids it missed, and publishes nothing for
         # the seconds that lost trades, so whatever is published is still the recorded second, and a second
         # missed in one loop of the recording is checked in a later one.
