@@ -149,14 +149,29 @@ def module_redis_url(redis_url) -> str:
     return redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
 
 
+#: Auth's login budgets of the defaults' sizes (10 per name and address, 100 per name, 10 per device), per day:
+#: at the defaults (per 15 minutes, per hour) one attempt comes back every 90 s, which a loaded machine may
+#: reach in the middle of a test that counts them.
+AUTH_SLOW_BUDGETS = {
+    "login_rate_per_name_and_address": "10/day",
+    "login_rate_per_name": "100/day",
+    "login_rate_per_device": "10/day",
+}
+
+
 @pytest.fixture(scope="module")
 async def stack(postgres, module_redis_url, tmp_path_factory):
-    """Auth (bcrypt cost 4) and a BFF with the default rate limits, shared by the module."""
+    """Auth (bcrypt cost 4, its login budgets of the defaults' sizes per day: see AUTH_SLOW_BUDGETS) and a BFF
+    with the default rate limits, shared by the module."""
     key_file = tmp_path_factory.mktemp("keys") / "jwt.pem"
     key_file.write_bytes(generate_private_key_pem())
     auth = await start_auth(
         AuthSettings(
-            port=0, database_url=new_database(postgres, "auth"), jwt_private_key_file=key_file, bcrypt_cost=4
+            port=0,
+            database_url=new_database(postgres, "auth"),
+            jwt_private_key_file=key_file,
+            bcrypt_cost=4,
+            **AUTH_SLOW_BUDGETS,
         )
     )
     profile_database_url = new_database(postgres, "profile")
@@ -433,21 +448,29 @@ async def test_one_megabyte_bodies_on_the_auth_routes_are_413_chunked_or_not(bff
 # -- rate limits -----------------------------------------------------------------------------------------
 
 
+#: The login budgets of the defaults' proportions, refilling slowly enough that a loaded machine never gives
+#: an attempt back in the middle of a test that counts them (100/hour gives one back every 36 s).
+SLOW_NAME_BUDGETS = {"login_rate_per_name": "100/day", "login_rate_per_name_and_address": "10/day"}
+
+
 def assert_rate_limited(status: int, body: dict | None, resp: aiohttp.ClientResponse, period_s: int) -> None:
     assert status == 429
     assert body["error"]["code"] == "rate_limited"
     assert 1 <= int(resp.headers["Retry-After"]) <= period_s
 
 
-async def test_brute_force_on_one_name_from_one_address_reaches_429_even_with_the_right_password(bff):
-    name, _, _ = await new_user(bff)
-    for attempt in range(10):  # BFF_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 per 15 minutes
-        status, _, _ = await bff.login(name, f"guess number {attempt}")
-        assert status == 401
-    status, body, resp = await bff.post("/v1/login", json={"name": name, "password": PASSWORD})
-    assert_rate_limited(status, body, resp, 900)
-    # The same name in another spelling shares the bucket.
-    assert (await bff.login(name.upper(), PASSWORD))[0] == 429
+async def test_brute_force_on_one_name_from_one_address_reaches_429_even_with_the_right_password(clean):
+    async with serve_bff(
+        clean.redis_url, clean.profile_database_url, clean.auth_port, **SLOW_NAME_BUDGETS
+    ) as bff:
+        name, _, _ = await new_user(bff)
+        for attempt in range(10):  # BFF_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 (per day here)
+            status, _, _ = await bff.login(name, f"guess number {attempt}")
+            assert status == 401
+        status, body, resp = await bff.post("/v1/login", json={"name": name, "password": PASSWORD})
+        assert_rate_limited(status, body, resp, 86400)
+        # The same name in another spelling shares the bucket.
+        assert (await bff.login(name.upper(), PASSWORD))[0] == 429
 
 
 @contextlib.asynccontextmanager
@@ -458,11 +481,6 @@ async def behind_a_proxy(stack: Stack, **overrides):
         stack.redis_url, stack.profile_database_url, stack.auth_port, trusted_proxies="127.0.0.1", **overrides
     ) as bff:
         yield bff
-
-
-#: The login budgets of the defaults' proportions, refilling slowly enough that a loaded machine never gives
-#: an attempt back in the middle of a test that counts them (100/hour gives one back every 36 s).
-SLOW_NAME_BUDGETS = {"login_rate_per_name": "100/day", "login_rate_per_name_and_address": "10/day"}
 
 
 def device_cookie(response: aiohttp.ClientResponse) -> str | None:
@@ -481,13 +499,13 @@ async def login_from(bff: Bff, address: str, name: str, password: str = PASSWORD
 
 
 async def test_an_attacker_failing_fifty_logins_from_one_address_does_not_lock_the_owner_out(clean):
-    async with behind_a_proxy(clean) as bff:
+    async with behind_a_proxy(clean, **SLOW_NAME_BUDGETS) as bff:
         name, _, _ = await new_user(bff)
         statuses = [(await login_from(bff, "203.0.113.66", name, f"guess {n}"))[0] for n in range(50)]
         # The attacker is throttled: 10 guesses, then 429 before any password is checked.
         assert statuses == [401] * 10 + [429] * 40
         status, body, resp = await login_from(bff, "203.0.113.66", name, "guess 51")
-        assert_rate_limited(status, body, resp, 900)
+        assert_rate_limited(status, body, resp, 86400)
         # The owner, from another address, with no device cookie, logs in.
         status, body, resp = await login_from(bff, "198.51.100.7", name)
         assert status == 200 and claims_of(body["access_token"])["name"] == name
@@ -518,7 +536,7 @@ async def test_a_distributed_attack_spends_the_name_budget_but_the_owners_device
 
 
 async def test_a_stolen_device_cookie_buys_its_own_small_budget_and_no_more(clean):
-    async with behind_a_proxy(clean, login_rate_per_device="10/hour") as bff:
+    async with behind_a_proxy(clean, login_rate_per_device="10/day", **SLOW_NAME_BUDGETS) as bff:
         name, _, _ = await new_user(bff)
         _, _, resp = await login_from(bff, "198.51.100.7", name)
         stolen = device_cookie(resp)
@@ -540,9 +558,9 @@ async def test_auth_answers_429_with_retry_after_when_its_own_budget_is_spent(cl
     ) as lax:
         name, _, _ = await new_user(lax)
         statuses = [(await lax.login(name, "a guess"))[0] for _ in range(11)]
-        assert statuses == [401] * 10 + [429]  # AUTH_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 per 15 minutes
+        assert statuses == [401] * 10 + [429]  # AUTH_LOGIN_RATE_PER_NAME_AND_ADDRESS: 10 (per day here)
         status, body, resp = await lax.post("/v1/login", json={"name": name, "password": PASSWORD})
-        assert_rate_limited(status, body, resp, 900)
+        assert_rate_limited(status, body, resp, 86400)
         assert "failed logins" in body["error"]["message"]
 
 
@@ -567,28 +585,40 @@ async def test_successful_logins_do_not_count_against_the_limits(bff):
         assert (await bff.login(name))[0] == 200
 
 
-async def test_registering_is_limited_per_name_and_per_address(bff):
-    name = new_name()
-    assert (await bff.register(name))[0] == 201
-    for _ in range(4):  # BFF_REGISTER_RATE_PER_NAME: 5/minute; probing a taken name costs attempts too
-        assert (await bff.register(name.upper()))[0] == 409
-    status, body, resp = await bff.post("/v1/register", json={"name": name, "password": PASSWORD})
-    assert_rate_limited(status, body, resp, 60)
+#: The register budgets of the defaults' sizes (5 per name, 60 per address), per day: at 5/minute one attempt
+#: comes back every 12 s, less than a few registrations may take on a loaded machine.
+SLOW_REGISTER_BUDGETS = {"register_rate_per_name": "5/day", "register_rate_per_address": "60/day"}
 
-    for _ in range(55):  # BFF_REGISTER_RATE_PER_ADDRESS: 60/hour; 5 used above (a refused one costs nothing)
-        assert (await bff.register(new_name(), "short"))[0] == 422
-    status, body, resp = await bff.post("/v1/register", json={"name": new_name(), "password": PASSWORD})
-    assert_rate_limited(status, body, resp, 3600)
+
+async def test_registering_is_limited_per_name_and_per_address(clean):
+    async with serve_bff(
+        clean.redis_url, clean.profile_database_url, clean.auth_port, **SLOW_REGISTER_BUDGETS
+    ) as bff:
+        name = new_name()
+        assert (await bff.register(name))[0] == 201
+        for _ in range(4):  # BFF_REGISTER_RATE_PER_NAME: 5; probing a taken name costs attempts too
+            assert (await bff.register(name.upper()))[0] == 409
+        status, body, resp = await bff.post("/v1/register", json={"name": name, "password": PASSWORD})
+        assert_rate_limited(status, body, resp, 86400)
+
+        for _ in range(55):  # BFF_REGISTER_RATE_PER_ADDRESS: 60; 5 used above (a refused one costs nothing)
+            assert (await bff.register(new_name(), "short"))[0] == 422
+        status, body, resp = await bff.post("/v1/register", json={"name": new_name(), "password": PASSWORD})
+        assert_rate_limited(status, body, resp, 86400)
 
 
 async def test_limits_are_shared_by_every_bff_replica(clean, postgres):
-    name, _, _ = await new_user(clean.bff)
-    async with serve_bff(clean.redis_url, clean.profile_database_url, clean.auth_port) as replica:
+    replicas = [
+        serve_bff(clean.redis_url, clean.profile_database_url, clean.auth_port, **SLOW_NAME_BUDGETS)
+        for _ in range(2)
+    ]
+    async with replicas[0] as one, replicas[1] as other:
+        name, _, _ = await new_user(one)
         for attempt in range(10):
-            bff = clean.bff if attempt % 2 else replica
+            bff = one if attempt % 2 else other
             assert (await bff.login(name, "a wrong guess"))[0] == 401
-        assert (await replica.login(name))[0] == 429
-        assert (await clean.bff.login(name))[0] == 429
+        assert (await other.login(name))[0] == 429
+        assert (await one.login(name))[0] == 429
 
 
 async def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(clean):
@@ -752,7 +782,7 @@ async def test_guessing_the_current_password_is_throttled_on_the_users_own_budge
     ]
     assert statuses == [403] * 10 + [429]
     status, body, resp = await change_password(bff, access, PASSWORD, "a brand new password")
-    assert_rate_limited(status, body, resp, 900)
+    assert_rate_limited(status, body, resp, 86400)
     assert (await bff.login(name))[0] == 200, "the name's login budgets are untouched"
 
 
