@@ -40,8 +40,8 @@ def documented_queries() -> dict[str, str]:
     return queries
 
 
-#: A symbol of 30 made-up minutes, one second each, for the RSI: the recording holds only 12 minutes per symbol,
-#: too few for a window of 14 changes.
+#: A symbol of 30 made-up minutes, one second each, for the RSI: the recording holds only 12 minutes per
+#: symbol, too few for a window of 14 changes.
 RSI_SYMBOL = "solusdt"
 RSI_CLOSES = [
     Decimal(p)
@@ -169,7 +169,8 @@ def test_the_1_minute_candles_are_the_recorded_trades_per_minute_newest_first(cl
 
 
 def test_the_5_minute_candles_from_the_seconds_are_the_recorded_trades_per_5_minutes(client, trade_recording):
-    rows = run(client, documented_queries()["Candles of any interval (here 5 minutes), straight from the seconds"])
+    title = "Candles of any interval (here 5 minutes), straight from the seconds"
+    rows = run(client, documented_queries()[title])
     expected = recorded_candles(trade_recording, "btcusdt", 300_000)
     assert len(expected) >= 2
     assert [
@@ -251,7 +252,8 @@ def test_the_rsi_follows_cutlers_definition(client):
 
 
 def test_the_volatility_is_the_sample_stddev_of_log_returns(client):
-    [btc, _eth, _rsi] = run(client, documented_queries()["Volatility: standard deviation of 1-minute log returns"])
+    title = "Volatility: standard deviation of 1-minute log returns"
+    [btc, _eth, _rsi] = run(client, documented_queries()[title])
     prices = [float(p) for p in closes(client)]
     returns = [math.log(b) - math.log(a) for a, b in itertools.pairwise(prices)]
     mean = sum(returns) / len(returns)
