@@ -60,9 +60,8 @@ def test_writes_and_ddl_are_refused_and_change_nothing(engine, statement):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     count = sql(engine, "SELECT count() AS n FROM crypto.t")
     assert (count.returncode, count.stdout) == (0, "n\n-\n2\n(1 row)\n\n")
-    assert sql(engine, "SELECT symbol, close_price FROM crypto.t ORDER BY symbol", "--format", "csv").stdout == (
-        EXPECTED_CSV
-    )
+    rows = sql(engine, "SELECT symbol, close_price FROM crypto.t ORDER BY symbol", "--format", "csv")
+    assert rows.stdout == EXPECTED_CSV
 
 
 def test_a_bad_query_and_an_unreachable_server_are_one_line_errors(engine):
