@@ -498,11 +498,26 @@ class TestControlApi:
 
     async def test_gets_have_no_side_effects(self, api, redis_client):
         base, http, proxy = api
-        for path in ("/v1/symbols", "/v1/symbols/btcusdt/followers/user:1", "/v1/stats", "/healthz"):
-            async with http.get(f"{base}{path}") as response:
-                assert response.status in (200, 405, 503)
-        async with http.get(f"{base}/v1/symbols") as response:
-            assert await response.json() == {"symbols": []}
+
+        async def healthy():
+            async with http.get(f"{base}/healthz") as response:
+                return response.status == 200
+
+        await eventually(healthy, timeout_s=15, what="aggregator health ok")
+        for _ in range(2):
+            async with http.get(f"{base}/v1/symbols") as response:
+                assert response.status == 200
+                assert await response.json() == {"symbols": []}
+            async with http.get(f"{base}/v1/symbols/btcusdt/followers/user:1") as response:
+                assert response.status == 405
+                assert (await response.json())["error"]["code"] == "method_not_allowed"
+                assert set(response.headers["Allow"].split(",")) == {"PUT", "DELETE"}
+            async with http.get(f"{base}/v1/stats") as response:
+                assert response.status == 200
+                assert (await response.json())["tracked"] == []
+            async with http.get(f"{base}/healthz") as response:
+                assert response.status == 200
+                assert (await response.json())["status"] == "ok"
         assert await redis_client.keys("aggregator:*") == []
         assert not proxy.calls
 

@@ -10,7 +10,7 @@ import gzip
 import time
 import uuid
 from collections import defaultdict
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 import aiohttp
 import polling
@@ -97,11 +97,43 @@ def second_value(s: SecondStat) -> tuple[bytes, bytes]:
     return s.symbol.encode(), jsonutil.dumps(second_record(s))
 
 
+#: The trades of the first second, (trade id, price, quantity): their VWAP, 61837.130000005, lies exactly
+#: halfway between two steps of 1E-8, so the row shows which way it was rounded.
+FIRST_SECOND_TRADES = [
+    (997, "61836.63", "0.5"),
+    (998, "61839.63", "0.5"),
+    (999, "61834.63", "0.5"),
+    (1000, "61837.63000002", "0.5"),
+]
+
+
+def independent_vwap(trades) -> Decimal:
+    """Σ price × quantity / Σ quantity, rounded half-even to 8 decimal places (aggregator/secondstat.py)."""
+    with localcontext() as exact:
+        exact.prec = 60
+        volume = sum((Decimal(q) for _, _, q in trades), Decimal(0))
+        quote_volume = sum((Decimal(p) * Decimal(q) for _, p, q in trades), Decimal(0))
+        return (quote_volume / volume).quantize(Decimal("0.00000001"), rounding=ROUND_HALF_EVEN)
+
+
 async def test_every_secondstat_becomes_one_exact_row_of_price_seconds(etl, settings, kafka_bootstrap):
+    prices = [Decimal(p) for _, p, _ in FIRST_SECOND_TRADES]
+    first = SecondStat(
+        "btcusdt",
+        START_MS,
+        prices[0],
+        max(prices),
+        min(prices),
+        prices[-1],
+        sum((Decimal(q) for _, _, q in FIRST_SECOND_TRADES), Decimal(0)),
+        sum((Decimal(p) * Decimal(q) for _, p, q in FIRST_SECOND_TRADES), Decimal(0)),
+        len(FIRST_SECOND_TRADES),
+        FIRST_SECOND_TRADES[-1][0],
+    )
     producer = SecondProducer(kafka_bootstrap, enable_idempotence=False, topic=settings.kafka_second_topic)
     sender = asyncio.create_task(producer.run())
     try:
-        stats = [stat("btcusdt", n) for n in range(30)]
+        stats = [first] + [stat("btcusdt", n) for n in range(1, 30)]
         for s in stats:
             producer.submit(s)
         await eventually(lambda: _count_is(etl.port, "crypto.price_seconds", 30))
@@ -114,7 +146,8 @@ async def test_every_secondstat_becomes_one_exact_row_of_price_seconds(etl, sett
         "SELECT message_id, symbol, second, open, high, low, close, volume, quote_volume, vwap, trade_count,"
         " close_trade_id FROM crypto.price_seconds ORDER BY second LIMIT 1",
     )
-    first = stats[0]
+    vwap = independent_vwap(FIRST_SECOND_TRADES)
+    assert vwap == Decimal("61837.13000000")
     assert rows == [
         [
             second_message_id("btcusdt", START_MS),
@@ -123,10 +156,10 @@ async def test_every_secondstat_becomes_one_exact_row_of_price_seconds(etl, sett
             "61836.630000000000000000",
             "61839.630000000000000000",
             "61834.630000000000000000",
-            "61837.630000000000000000",
+            "61837.630000020000000000",
             "2.000000000000000000",
-            "123675.260000000000000000",
-            f"{first.vwap}0000000000",
+            "123674.260000010000000000",
+            f"{vwap:.18f}",
             4,
             1000,
         ]

@@ -7,14 +7,16 @@ import gzip
 import itertools
 import math
 import re
-from decimal import Decimal
+from collections import defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal, localcontext
 from pathlib import Path
 
 import clickhouse_connect
 import pytest
 
 from aggregator.second_topic import second_record
-from aggregator.secondstat import SecondWindows
+from aggregator.secondstat import SecondStat, SecondWindows
 from aggregator.trades import parse_trade_frame
 from crypto_mesh import jsonutil
 from etl import migrate, sql
@@ -38,10 +40,31 @@ def documented_queries() -> dict[str, str]:
     return queries
 
 
+#: A symbol of 30 made-up minutes, one second each, for the RSI: the recording holds only 12 minutes per
+#: symbol, too few for a window of 14 changes.
+RSI_SYMBOL = "solusdt"
+RSI_CLOSES = [
+    Decimal(p)
+    for p in (
+        "150.00", "151.25", "150.75", "151.50", "151.50", "149.40", "152.45", "152.00", "151.10", "153.35",
+        "153.00", "152.20", "154.05", "153.55", "155.00", "154.10", "154.35", "154.90", "155.05", "155.80",
+        "156.00", "156.65", "157.10", "157.30", "158.05", "158.40", "158.95", "159.20", "159.90", "160.15",
+    )
+]
+
+
+def rsi_seconds() -> list[SecondStat]:
+    start_ms = 1723161240000
+    return [
+        SecondStat(RSI_SYMBOL, start_ms + n * 60_000, p, p, p, p, Decimal(1), p, 1, n + 1)
+        for n, p in enumerate(RSI_CLOSES)
+    ]
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, trade_recording):
     """An analytics client of chDB with the migrations applied, ``price_seconds`` holding the recording's
-    SecondStats and ``market_tickers`` a few mini-tickers."""
+    SecondStats and the minutes of :data:`RSI_SYMBOL`, and ``market_tickers`` a few mini-tickers."""
     directory = tmp_path_factory.mktemp("analytics") / "chdb"
     directory.mkdir()
     ch = clickhouse_connect.get_client(dsn=f"chdb://{directory}", tz_mode="aware")
@@ -52,6 +75,7 @@ def client(tmp_path_factory, trade_recording):
         for line in lines:
             stats += windows.add(parse_trade_frame(line))
     stats += windows.close_until(2**62)
+    stats += rsi_seconds()
     rows = [SECONDS.decode(jsonutil.dumps(second_record(stat))) for stat in stats]
     ch.insert_arrow(SECONDS.table, arrow_table(SECONDS, rows))
     tickers = [
@@ -104,6 +128,65 @@ def test_each_documented_query_runs_read_only_and_answers(client, title):
     assert rows, f"{title}: no rows"
 
 
+def recorded_candles(recording: Path, symbol: str, interval_ms: int) -> list[tuple]:
+    """Per period of ``interval_ms``, straight from the recorded trades of ``symbol`` (no code of the
+    aggregator or the ETL): (period start, open, high, low, close, volume, trade count), open and close by
+    trade id, in period order."""
+    trades = defaultdict(list)
+    with gzip.open(recording, "rb") as lines:
+        for line in lines:
+            trade = jsonutil.loads(line)["data"]
+            if trade["s"].lower() == symbol:
+                trades[trade["T"] - trade["T"] % interval_ms].append(
+                    (trade["t"], Decimal(trade["p"]), Decimal(trade["q"]))
+                )
+    candles = []
+    for start_ms in sorted(trades):
+        items = sorted(trades[start_ms])
+        prices = [price for _, price, _ in items]
+        candles.append(
+            (
+                datetime.fromtimestamp(start_ms / 1000, UTC),
+                prices[0],
+                max(prices),
+                min(prices),
+                prices[-1],
+                sum((quantity for _, _, quantity in items), Decimal(0)),
+                len(items),
+            )
+        )
+    return candles
+
+
+def test_the_1_minute_candles_are_the_recorded_trades_per_minute_newest_first(client, trade_recording):
+    rows = run(client, documented_queries()["1-minute candles"])
+    expected = recorded_candles(trade_recording, "btcusdt", 60_000)[::-1][:60]
+    assert len(expected) >= 10
+    assert [
+        (row["minute"], row["open"], row["high"], row["low"], row["close"], row["volume"], row["trade_count"])
+        for row in rows
+    ] == expected
+
+
+def test_the_5_minute_candles_from_the_seconds_are_the_recorded_trades_per_5_minutes(client, trade_recording):
+    title = "Candles of any interval (here 5 minutes), straight from the seconds"
+    rows = run(client, documented_queries()[title])
+    expected = recorded_candles(trade_recording, "btcusdt", 300_000)
+    assert len(expected) >= 2
+    assert [
+        (row["period"], row["open"], row["high"], row["low"], row["close"], row["volume"], row["trades"])
+        for row in rows
+    ] == expected
+
+
+def test_the_exchanges_24h_change_is_that_of_the_latest_mini_ticker(client):
+    rows = run(client, documented_queries()["24 h change #2"])
+    # The fixture's mini-tickers of btcusdt close at 61830.5, 61831.5 and 61832.5, each with 3.05 %.
+    assert [(row["symbol"], Decimal(row["price"]), Decimal(row["change_percent"])) for row in rows] == [
+        ("btcusdt", Decimal("61832.5"), Decimal("3.05"))
+    ]
+
+
 README = DOC.parent.parent / "README.md"
 
 
@@ -131,6 +214,7 @@ def closes(client) -> list[Decimal]:
 def test_the_sma_is_the_mean_of_the_last_20_closes(client):
     rows = run(client, documented_queries()["Simple moving average (20 minutes)"])
     prices = closes(client)
+    assert len(prices) >= 10
     assert [row["close"] for row in rows] == prices
     for index, row in enumerate(rows):
         window = prices[max(0, index - 19) : index + 1]
@@ -138,21 +222,38 @@ def test_the_sma_is_the_mean_of_the_last_20_closes(client):
         assert 0 <= sum(window) / len(window) - row["sma_20"] < Decimal("1E-18")  # exact, cut to 18 places
 
 
+def cutlers_rsi(closes: list[Decimal], periods: int = 14) -> list[Decimal]:
+    """Cutler's RSI at every close that has ``periods`` changes before it (index ``periods`` on): 100 − 100 /
+    (1 + mean gain / mean loss) over the last ``periods`` changes, 100 when there is no loss."""
+    with localcontext() as exact:
+        exact.prec = 50
+        changes = [b - a for a, b in itertools.pairwise(closes)]
+        rsi = []
+        for end in range(periods, len(changes) + 1):
+            window = changes[end - periods : end]
+            gain = sum((max(c, Decimal(0)) for c in window), Decimal(0)) / periods
+            loss = sum((max(-c, Decimal(0)) for c in window), Decimal(0)) / periods
+            rsi.append(Decimal(100) if loss == 0 else 100 - 100 / (1 + gain / loss))
+        return rsi
+
+
 def test_the_rsi_follows_cutlers_definition(client):
-    rows = run(client, documented_queries()["RSI (14 minutes)"])
-    prices = closes(client)
-    changes = [0.0] + [float(b - a) for a, b in itertools.pairwise(prices)]
-    for index, row in enumerate(rows):
-        window = changes[max(0, index - 13) : index + 1]
-        gain = sum(max(c, 0.0) for c in window) / len(window)
-        loss = sum(max(-c, 0.0) for c in window) / len(window)
-        expected = 100.0 if loss == 0 else 100 - 100 / (1 + gain / loss)
-        assert 0 <= row["rsi_14"] <= 100
-        assert math.isclose(row["rsi_14"], expected, rel_tol=1e-9, abs_tol=1e-9)
+    query = documented_queries()["RSI (14 minutes)"].replace("'btcusdt'", f"'{RSI_SYMBOL}'")
+    rows = run(client, query)
+    assert [row["close"] for row in rows] == RSI_CLOSES
+    expected = cutlers_rsi(RSI_CLOSES)
+    assert len(expected) == 16 and expected[-1] == 100  # the last 14 changes are all gains
+    # From the 15th minute on, every row has 14 changes behind it.
+    computed = [row["rsi_14"] for row in rows[14:]]
+    assert len(computed) == len(expected)
+    for got, want in zip(computed, expected, strict=True):
+        assert math.isclose(got, float(want), rel_tol=1e-9, abs_tol=1e-9), (got, want)
+    assert all(0 <= row["rsi_14"] <= 100 for row in rows)
 
 
 def test_the_volatility_is_the_sample_stddev_of_log_returns(client):
-    [btc, _eth] = run(client, documented_queries()["Volatility: standard deviation of 1-minute log returns"])
+    title = "Volatility: standard deviation of 1-minute log returns"
+    [btc, _eth, _rsi] = run(client, documented_queries()[title])
     prices = [float(p) for p in closes(client)]
     returns = [math.log(b) - math.log(a) for a, b in itertools.pairwise(prices)]
     mean = sum(returns) / len(returns)
@@ -163,6 +264,7 @@ def test_the_volatility_is_the_sample_stddev_of_log_returns(client):
 
 def test_the_24h_change_is_last_close_minus_first_close_exactly(client):
     rows = run(client, documented_queries()["24 h change"])
+    assert [row["symbol"] for row in rows] == ["btcusdt", "ethusdt", RSI_SYMBOL]
     for row in rows:
         seconds = run(
             client,

@@ -125,7 +125,8 @@ async def test_register_login_refresh_logout_delete_round_trip(stub):
     assert rotated.access_token != pair.access_token
     assert rotated.user_id == registered.user_id
 
-    await stub.Logout(auth_pb2.LogoutRequest(refresh_token=rotated.refresh_token))
+    logged_out = await stub.Logout(auth_pb2.LogoutRequest(refresh_token=rotated.refresh_token))
+    assert logged_out == auth_pb2.LogoutResponse()
     assert (await rpc_error(refresh(stub, rotated.refresh_token))).code() == Code.UNAUTHENTICATED
 
     deleted = await stub.DeleteUser(auth_pb2.DeleteUserRequest(access_token=rotated.access_token))
@@ -220,7 +221,8 @@ async def test_logout_ends_only_that_session_and_is_idempotent(stub):
     await register(stub)
     laptop, phone = await login(stub), await login(stub)
     for _ in range(2):
-        await stub.Logout(auth_pb2.LogoutRequest(refresh_token=laptop.refresh_token))
+        answer = await stub.Logout(auth_pb2.LogoutRequest(refresh_token=laptop.refresh_token))
+        assert answer == auth_pb2.LogoutResponse()
     assert (await rpc_error(refresh(stub, laptop.refresh_token))).code() == Code.UNAUTHENTICATED
     assert (await refresh(stub, phone.refresh_token)).name == "alice"
 
@@ -251,7 +253,11 @@ async def test_a_user_cannot_log_out_another_users_session(stub):
 
 
 async def test_logout_of_an_unknown_token_is_ok(stub):
-    await stub.Logout(auth_pb2.LogoutRequest(refresh_token="never-issued-token"))
+    await register(stub)
+    pair = await login(stub)
+    answer = await stub.Logout(auth_pb2.LogoutRequest(refresh_token="never-issued-token"))
+    assert answer == auth_pb2.LogoutResponse()
+    assert (await refresh(stub, pair.refresh_token)).name == "alice"
 
 
 async def test_an_unknown_refresh_token_is_unauthenticated(stub):
@@ -349,9 +355,10 @@ async def test_delete_user_by_credentials_removes_the_user_and_its_sessions(stub
 
 
 async def test_deleting_an_already_deleted_user_is_not_found(stub):
-    await register(stub)
+    registered = await register(stub)
     pair = await login(stub)
-    await stub.DeleteUser(auth_pb2.DeleteUserRequest(access_token=pair.access_token))
+    deleted = await stub.DeleteUser(auth_pb2.DeleteUserRequest(access_token=pair.access_token))
+    assert deleted.user_id == registered.user_id
     error = await rpc_error(stub.DeleteUser(auth_pb2.DeleteUserRequest(access_token=pair.access_token)))
     assert error.code() == Code.NOT_FOUND
 
@@ -479,8 +486,8 @@ async def test_raising_the_bcrypt_cost_upgrades_a_hash_at_the_next_login(make_se
             async with bff_channel(mesh_pki, running.port) as channel:
                 stub = auth_pb2_grpc.AuthStub(channel)
                 if cost == 4:
-                    await register(stub)
-                await login(stub)
+                    assert (await register(stub)).name == "alice"
+                assert (await login(stub)).name == "alice"
         finally:
             await running.stop()
     conn = await asyncpg.connect(settings.database_url.replace("postgresql+asyncpg", "postgresql"))

@@ -29,7 +29,10 @@ def test_signs_are_bounded_on_request():
 
 def test_column_fit_ignores_trailing_zeros_and_keeps_every_digit():
     assert parse_decimal("1.500000000000000000000000", scale=18, integer_digits=20) == Decimal("1.5")
-    assert parse_decimal("12345678901234567890.123456789012345678", scale=18, integer_digits=20)
+    widest = parse_decimal("12345678901234567890.123456789012345678", scale=18, integer_digits=20)
+    assert str(widest) == "12345678901234567890.123456789012345678"
+    assert widest == Decimal("12345678901234567890.123456789012345678")
+    assert str(parse_decimal("-0.000000000000000001", scale=18)) == "-1E-18"
     with pytest.raises(DecimalFieldError, match="decimal places"):
         parse_decimal("0.1234567890123456789", scale=18)
     with pytest.raises(DecimalFieldError, match="integer digits"):
