@@ -136,3 +136,25 @@ def mesh_tls_environment(mesh_pki):
             for variable, value in mesh_pki[identity].environment(prefix).items():
                 environment.setenv(variable, value)
         yield
+
+
+@pytest.fixture(scope="module")
+async def exchange(trade_recording):
+    """A replay exchange playing the shipped trade recording at 50x, for the tests of one module."""
+    from crypto_mesh.replay.server import start as start_replay
+    from crypto_mesh.replay.settings import ReplaySettings
+
+    running = await start_replay(ReplaySettings(port=0, files=(trade_recording,), speed=50.0))
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def proxy(exchange):
+    """A real socket_proxy (its identity from the session's mesh PKI) in front of :func:`exchange`."""
+    from socket_proxy.server import start as start_proxy
+    from socket_proxy.settings import ProxySettings
+
+    running = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url))
+    yield running
+    await running.stop()

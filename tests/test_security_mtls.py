@@ -33,8 +33,6 @@ from crypto_mesh.pki import (
     spiffe_id,
 )
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc, socket_pb2, socket_pb2_grpc
-from crypto_mesh.replay.server import start as start_replay
-from crypto_mesh.replay.settings import ReplaySettings
 from crypto_mesh.secrets import secrets_dir
 from socket_proxy.server import start as start_proxy
 from socket_proxy.settings import ProxySettings
@@ -62,21 +60,6 @@ async def auth_server(postgres, tmp_path_factory):
         yield running.port, postgres.url(database, driver="postgresql")
     finally:
         await running.stop()
-
-
-@pytest.fixture(scope="module")
-async def exchange(trade_recording):
-    running = await start_replay(ReplaySettings(port=0, files=(trade_recording,), speed=50.0))
-    yield running
-    await running.stop()
-
-
-@pytest.fixture
-async def proxy(exchange):
-    """A real socket_proxy (its identity from the session's mesh PKI) in front of a replay exchange."""
-    running = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url))
-    yield running
-    await running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -47,20 +47,6 @@ def stub_for(mesh_pki):
     return open_stub
 
 
-@pytest.fixture(scope="module")
-async def exchange(trade_recording):
-    running = await start_replay(ReplaySettings(port=0, files=(trade_recording,), speed=50.0))
-    yield running
-    await running.stop()
-
-
-@pytest.fixture
-async def proxy(exchange):
-    running = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url))
-    yield running
-    await running.stop()
-
-
 async def read_frames(call, count: int) -> list[bytes]:
     frames: list[bytes] = []
     async for message in call:
