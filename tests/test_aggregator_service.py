@@ -366,7 +366,10 @@ async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs(agg_redis_url, ka
     assert counters["kafka"]["sent"] == 2 and counters["kafka"]["failed"] == 0
 
 
-async def consume(bootstrap: str, keys: set[bytes], count: int, timeout_s: float = 20.0) -> list:
+async def consume(bootstrap: str, keys: set[bytes], count: int, timeout_s: float = 60.0) -> list:
+    """The first ``count`` records of the mini-ticker topic whose key is in ``keys``, read from the earliest
+    offset by a new consumer group; gives up after ``timeout_s``. The bound is generous: joining a group and
+    reading every earlier test's records took over 20 s on a loaded machine (a test failed so once)."""
     consumer = AIOKafkaConsumer(
         MINI_TICKER_TOPIC,
         bootstrap_servers=bootstrap,
