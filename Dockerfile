@@ -9,6 +9,7 @@ RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt
 COPY pyproject.toml hatch_build.py README.md ./
 COPY proto/ proto/
 COPY crypto_mesh/ crypto_mesh/
+COPY launcher/ launcher/
 COPY auth/ auth/
 COPY profile_bff/ profile_bff/
 COPY socket_proxy/ socket_proxy/

@@ -37,8 +37,8 @@ from pathlib import Path
 import aiohttp
 
 from auth.tokens import generate_private_key_pem
-from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess
-from crypto_mesh.mesh import AGGREGATOR_TOKEN_FILE, embedded_redis, ensure_mesh_pki, ensure_service_token
+from launcher.embedded import EmbeddedPostgres, ManagedProcess
+from launcher.mesh import AGGREGATOR_TOKEN_FILE, embedded_redis, ensure_mesh_pki, ensure_service_token
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import AUTH, PROFILE_BFF
 

@@ -78,8 +78,8 @@ from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
-from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess
-from crypto_mesh.mesh import embedded_redis, ensure_mesh_pki
+from launcher.embedded import EmbeddedPostgres, ManagedProcess
+from launcher.mesh import embedded_redis, ensure_mesh_pki
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import AUTH, PROFILE_BFF
 from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir

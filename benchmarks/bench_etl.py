@@ -51,7 +51,7 @@ from aiokafka import AIOKafkaProducer
 from aggregator.second_topic import second_record
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
-from crypto_mesh.embedded import ManagedProcess, tansu_command
+from launcher.embedded import ManagedProcess, tansu_command
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.logs import configure_logging
 from crypto_mesh.netutil import free_port

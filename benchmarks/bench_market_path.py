@@ -39,12 +39,12 @@ from pathlib import Path
 
 from aggregator.secondstat import SecondWindows
 from aggregator.trades import parse_trade_frame
-from crypto_mesh.embedded import ManagedProcess, tansu_command
-from crypto_mesh.mesh import embedded_redis, ensure_mesh_pki
+from launcher.embedded import ManagedProcess, tansu_command
+from launcher.mesh import embedded_redis, ensure_mesh_pki
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import AGGREGATOR, SOCKET_PROXY
-from crypto_mesh.replay.settings import DEFAULT_RECORDING
+from launcher.replay.settings import DEFAULT_RECORDING
 from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
 from crypto_mesh.servicecreds import bearer_header, read_token
 
@@ -159,7 +159,7 @@ def main() -> None:
         "kafka": ManagedProcess("tansu", tansu_command(kafka_port), kafka_port, work / "tansu.log"),
         "replay": ManagedProcess(
             "replay",
-            [python, "-m", "crypto_mesh.replay"],
+            [python, "-m", "launcher.replay"],
             replay_port,
             work / "replay.log",
             env={

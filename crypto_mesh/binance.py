@@ -7,10 +7,16 @@ served at ``/stream?streams=<a>/<b>`` and wrap each frame as ``{"stream": ..., "
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 #: A spot symbol as the project accepts it: 2 to 20 ASCII letters or digits, normalised to lowercase.
 #: Anything else is rejected before it reaches an exchange URL, a Redis channel or a database.
 SYMBOL_PATTERN = re.compile(r"[a-z0-9]{2,20}")
+
+#: Real Binance data shipped with the project (recordings and an exchangeInfo snapshot; see its SOURCES.md).
+DATA_DIR = Path(__file__).resolve().parent / "data" / "binance"
+#: The recording the replay exchange plays by default: real ``@trade`` frames of btcusdt and ethusdt.
+DEFAULT_RECORDING = DATA_DIR / "btcusdt_ethusdt_trade_2024-08-08.jsonl.gz"
 
 TRADE = "trade"
 AGG_TRADE = "aggTrade"

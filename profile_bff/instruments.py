@@ -14,16 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from crypto_mesh import jsonutil
+from crypto_mesh import binance, jsonutil
 
 #: The snapshot shipped with the project (Binance exchangeInfo of 2021-10-12).
-DEFAULT_EXCHANGE_INFO = (
-    Path(__file__).resolve().parent.parent
-    / "crypto_mesh"
-    / "data"
-    / "binance"
-    / "exchangeInfo_2021-10-12.json.gz"
-)
+DEFAULT_EXCHANGE_INFO = binance.DATA_DIR / "exchangeInfo_2021-10-12.json.gz"
 #: Only this status may be added to a portfolio (Binance enum "Symbol status").
 TRADING = "TRADING"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
 
-from crypto_mesh.embedded import EmbeddedPostgres, ManagedProcess, chdb_url, redis_command, tansu_command
+from launcher.embedded import EmbeddedPostgres, ManagedProcess, chdb_url, redis_command, tansu_command
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import (
     AGGREGATOR,
@@ -141,8 +141,8 @@ def mesh_tls_environment(mesh_pki):
 @pytest.fixture(scope="module")
 async def exchange(trade_recording):
     """A replay exchange playing the shipped trade recording at 50x, for the tests of one module."""
-    from crypto_mesh.replay.server import start as start_replay
-    from crypto_mesh.replay.settings import ReplaySettings
+    from launcher.replay.server import start as start_replay
+    from launcher.replay.settings import ReplaySettings
 
     running = await start_replay(ReplaySettings(port=0, files=(trade_recording,), speed=50.0))
     yield running

@@ -18,7 +18,7 @@ from polling import eventually
 from aggregator.secondstat import SecondStat
 from aggregator.store import StatPublisher, TickerProducer, connect_redis
 from aggregator.tickers import KafkaMsg
-from crypto_mesh.embedded import ManagedProcess, redis_command
+from launcher.embedded import ManagedProcess, redis_command
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from crypto_mesh.netutil import free_port
 

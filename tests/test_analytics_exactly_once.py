@@ -26,7 +26,7 @@ from polling import eventually
 from aggregator.second_topic import SecondProducer, second_message_id
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
-from crypto_mesh.embedded import chdb_url
+from launcher.embedded import chdb_url
 from crypto_mesh.netutil import free_port
 
 KILLS = 10

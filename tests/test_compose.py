@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 from compose_spec import PyCompose
 
-from crypto_mesh.cli import main as cli
+from launcher.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {"auth", "profile_bff", "socket_proxy", "aggregator", "etl"}
@@ -83,7 +83,7 @@ def test_the_analytics_user_may_only_select_on_crypto_within_the_profile_limits(
 
     from click.testing import CliRunner
 
-    from crypto_mesh.cli import main
+    from launcher.cli import main
     from etl.sql import SqlLimits
 
     result = CliRunner().invoke(main, ["secrets", str(tmp_path)])

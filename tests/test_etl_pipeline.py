@@ -17,7 +17,7 @@ from credentials import service_headers, service_token_file
 from kafka_helpers import committed_offset, produce_records
 
 from crypto_mesh import jsonutil
-from crypto_mesh.embedded import ManagedProcess, tansu_command
+from launcher.embedded import ManagedProcess, tansu_command
 from crypto_mesh.netutil import free_port
 from etl import migrate
 from etl.app import start

@@ -11,8 +11,8 @@ from polling import eventually
 from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.pki import AGGREGATOR, SOCKET_PROXY
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
-from crypto_mesh.replay.server import start as start_replay
-from crypto_mesh.replay.settings import ReplaySettings
+from launcher.replay.server import start as start_replay
+from launcher.replay.settings import ReplaySettings
 from socket_proxy.fanout import Subscriber
 from socket_proxy.server import start as start_proxy
 from socket_proxy.settings import ProxySettings

@@ -15,8 +15,8 @@ from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings
 from crypto_mesh.gaps import GapDetector
 from crypto_mesh.netutil import free_port
-from crypto_mesh.replay.server import start as start_replay
-from crypto_mesh.replay.settings import ReplaySettings
+from launcher.replay.server import start as start_replay
+from launcher.replay.settings import ReplaySettings
 from socket_proxy.server import start as start_proxy
 from socket_proxy.settings import ProxySettings
 

@@ -29,11 +29,11 @@ from credentials import redis_user_url, service_headers, service_token_file
 
 from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings
-from crypto_mesh.embedded import ManagedProcess
+from launcher.embedded import ManagedProcess
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
-from crypto_mesh.replay.server import start as start_replay
-from crypto_mesh.replay.settings import ReplaySettings
+from launcher.replay.server import start as start_replay
+from launcher.replay.settings import ReplaySettings
 from socket_proxy.server import start as start_proxy
 from socket_proxy.settings import ProxySettings
 
@@ -129,7 +129,7 @@ async def exchange_and_proxy(recording: Path, speed: float):
     port = free_port()
     process = ManagedProcess(
         "replay",
-        [sys.executable, "-m", "crypto_mesh.replay"],
+        [sys.executable, "-m", "launcher.replay"],
         port,
         Path(tempfile.mkdtemp(prefix="replay-")) / "replay.log",
         env={"REPLAY_PORT": str(port), "REPLAY_FILES": str(recording), "REPLAY_SPEED": str(speed)},

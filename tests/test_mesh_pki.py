@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from crypto_mesh import pki
-from crypto_mesh.cli import main as cli
-from crypto_mesh.mesh import ensure_mesh_pki
+from launcher.cli import main as cli
+from launcher.mesh import ensure_mesh_pki
 from crypto_mesh.pki import (
     AGGREGATOR,
     AUTH,

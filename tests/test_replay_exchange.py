@@ -14,9 +14,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from crypto_mesh.replay.recording import RecordingError
-from crypto_mesh.replay.server import start
-from crypto_mesh.replay.settings import ReplaySettings
+from launcher.replay.recording import RecordingError
+from launcher.replay.server import start
+from launcher.replay.settings import ReplaySettings
 
 
 def now_ms() -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crypto_mesh.replay.minitickers import MINUTE_MS, WINDOW_MS, MiniTickers
+from launcher.replay.minitickers import MINUTE_MS, WINDOW_MS, MiniTickers
 
 T0 = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC
 

@@ -653,7 +653,7 @@ async def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(cle
 
 
 async def test_the_limits_fail_closed_when_redis_is_down(stack, postgres, tmp_path):
-    from crypto_mesh.embedded import ManagedProcess, redis_command
+    from launcher.embedded import ManagedProcess, redis_command
 
     port = free_port()
     process = ManagedProcess(

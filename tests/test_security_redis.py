@@ -19,8 +19,8 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 
 from aggregator.secondstat import SecondStat
 from aggregator.store import FollowerStore, StatPublisher, connect_redis
-from crypto_mesh.embedded import ManagedProcess
-from crypto_mesh.mesh import REDIS_ACL_FILE, MeshSettings, build_plan
+from launcher.embedded import ManagedProcess
+from launcher.mesh import REDIS_ACL_FILE, MeshSettings, build_plan
 from crypto_mesh.redisacl import acl_file_text, url_with_user, without_credentials
 from profile_bff.ratelimit import Charge, Rate, RateLimiter
 from profile_bff.store import MarketBus

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from aggregator.settings import AggregatorSettings
 from auth.settings import AuthSettings
 from auth.tokens import load_private_key
-from crypto_mesh.mesh import ensure_jwt_key
+from launcher.mesh import ensure_jwt_key
 from profile_bff.settings import BffSettings
 from socket_proxy.settings import ProxySettings
 

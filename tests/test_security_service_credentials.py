@@ -21,7 +21,7 @@ from credentials import redis_user_url, service_headers, service_token_file
 
 from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings
-from crypto_mesh.mesh import ETL_TOKEN_FILE, STATE_FILE, ensure_service_token
+from launcher.mesh import ETL_TOKEN_FILE, STATE_FILE, ensure_service_token
 from crypto_mesh.netutil import free_port
 from crypto_mesh.secrets import random_token
 from crypto_mesh.servicecreds import bearer_header, bearer_token_middleware, read_token, read_tokens

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from polling import eventually
 
-from crypto_mesh.replay.server import start as start_replay
-from crypto_mesh.replay.settings import ReplaySettings
+from launcher.replay.server import start as start_replay
+from launcher.replay.settings import ReplaySettings
 from socket_proxy.fanout import Counters
 from socket_proxy.upstream import BACKOFF, AttemptLimiter, Handover, Upstream
 

@@ -1,7 +1,7 @@
 """``crypto-mesh``: start the whole mesh on one machine, and query its market history with SQL.
 
 - ``crypto-mesh up``: embedded defaults for every backing service whose URL is not set (see
-  :mod:`crypto_mesh.mesh`), then the five services and the replay exchange; waits until all are healthy,
+  :mod:`launcher.mesh`), then the five services and the replay exchange; waits until all are healthy,
   prints the URLs, prefixes every log line with its process's name, stops everything on Ctrl-C.
 - ``crypto-mesh sql "SELECT ..."``: a read-only query against ``crypto.*``. In embedded mode chDB is opened by
   the ETL process only, so the query goes through the ETL's SQL endpoint; with ``MESH_CLICKHOUSE_URL`` set it
@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from crypto_mesh import jsonutil
-from crypto_mesh.mesh import ETL_TOKEN_FILE, MeshSettings, build_plan, read_state, wait_ready, write_pending
+from launcher.mesh import ETL_TOKEN_FILE, MeshSettings, build_plan, read_state, wait_ready, write_pending
 from crypto_mesh.servicecreds import bearer_header, read_token
 
 
@@ -39,7 +39,7 @@ def up() -> None:
     """Start the whole mesh (settings: MESH_* environment variables) until Ctrl-C."""
     from honcho.manager import Manager
 
-    from crypto_mesh.embedded import EmbeddedPostgres
+    from launcher.embedded import EmbeddedPostgres
 
     settings = MeshSettings()
     data_dir = settings.data_dir.resolve()
@@ -60,7 +60,7 @@ def up() -> None:
             manager.add_process(process.name, process.shell_command(), env={**base_env, **process.env})
         manager.add_process(
             "mesh",
-            "exec " + " ".join([sys.executable, "-m", "crypto_mesh.cli", "watch", str(pending),
+            "exec " + " ".join([sys.executable, "-m", "launcher.cli", "watch", str(pending),
                                 str(settings.ready_timeout_s)]),
             env=base_env,
         )
@@ -236,7 +236,7 @@ def _service_credentials(directory: Path, secret) -> None:
     rotating a password is deleting its file and running the command again.
     """
     from crypto_mesh.kafka import KAFKA_USERS, broker_jaas_config, client_properties
-    from crypto_mesh.mesh import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, REDIS_ACL_FILE
+    from launcher.mesh import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, REDIS_ACL_FILE
     from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user
     from crypto_mesh.secrets import COMPOSE_MOUNTED, random_token, replace_secret
 

@@ -41,9 +41,9 @@ from websockets.http11 import Request, Response
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import MINI_TICKER_ALL
 from crypto_mesh.logs import get_logger
-from crypto_mesh.replay.minitickers import MiniTickers
-from crypto_mesh.replay.recording import Recording, Timeline, floor_second, load_recording
-from crypto_mesh.replay.settings import ReplaySettings
+from launcher.replay.minitickers import MiniTickers
+from launcher.replay.recording import Recording, Timeline, floor_second, load_recording
+from launcher.replay.settings import ReplaySettings
 
 log = get_logger(__name__)
 
@@ -424,7 +424,7 @@ async def start(settings: ReplaySettings) -> Running:
     """Load the recordings, start their playbacks and serve; returns once the port is bound.
 
     ``settings.port`` 0 binds a free port (``Running.port``). Raises
-    :class:`~crypto_mesh.replay.recording.RecordingError` for a recording that cannot be replayed and
+    :class:`~launcher.replay.recording.RecordingError` for a recording that cannot be replayed and
     ``OSError`` if the port cannot be bound.
     """
     recordings = [load_recording(path) for path in settings.files]
@@ -435,7 +435,7 @@ async def start(settings: ReplaySettings) -> Running:
         for recording, streams in zip(recordings, _ticker_streams(recordings), strict=True)
     ]
     exchange = _Exchange(settings, playbacks, hub)
-    connections_log = logging.getLogger("crypto_mesh.replay.connections")
+    connections_log = logging.getLogger("launcher.replay.connections")
     if connections_log.level == logging.NOTSET:
         # websockets logs every connection and HTTP request at INFO: noise when the mesh polls /healthz.
         connections_log.setLevel(logging.WARNING)

@@ -8,12 +8,11 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from crypto_mesh import binance
 from crypto_mesh.settings import ServiceSettings
 
 #: The shipped recording of real Binance ``@trade`` frames (BTCUSDT and ETHUSDT, 2024-08-08, ~11 minutes).
-DEFAULT_RECORDING = (
-    Path(__file__).resolve().parent.parent / "data" / "binance" / "btcusdt_ethusdt_trade_2024-08-08.jsonl.gz"
-)
+DEFAULT_RECORDING = binance.DEFAULT_RECORDING
 
 
 class ReplaySettings(ServiceSettings):

@@ -3,7 +3,7 @@
 ``crypto-mesh up`` builds a :class:`MeshPlan` from :class:`MeshSettings`, starts the embedded PostgreSQL itself,
 and hands the plan's processes to honcho, which runs them with their output prefixed by name and stops them
 all on Ctrl-C. Every backing service whose URL is not given gets its embedded default
-(``crypto_mesh.embedded``); every internal server binds to 127.0.0.1 on a free port; only the BFF has a fixed
+(``launcher.embedded``); every internal server binds to 127.0.0.1 on a free port; only the BFF has a fixed
 port (``MESH_BFF_PORT``, 8080).
 """
 
@@ -25,8 +25,8 @@ from grpc_health.v1 import health_pb2
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 
-from crypto_mesh import pki
-from crypto_mesh.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
+from crypto_mesh import binance, pki
+from launcher.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
 from crypto_mesh.grpc_tls import health_status
 from crypto_mesh.netutil import free_port, port_open
 from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user, without_credentials
@@ -34,7 +34,7 @@ from crypto_mesh.secrets import ensure_secret, random_token, read_secret, secret
 from crypto_mesh.settings import ServiceSettings
 
 #: The recording the replay exchange plays by default: real Binance ``@trade`` frames (see data/binance/SOURCES.md).
-DEFAULT_RECORDING = Path(__file__).parent / "data" / "binance" / "btcusdt_ethusdt_trade_2024-08-08.jsonl.gz"
+DEFAULT_RECORDING = binance.DEFAULT_RECORDING
 
 #: Name of the file, in the data directory, that describes a running mesh (written once every process is healthy).
 STATE_FILE = "mesh.json"
@@ -233,7 +233,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         processes.append(
             MeshProcess(
                 "exchange",
-                _python_module("crypto_mesh.replay"),
+                _python_module("launcher.replay"),
                 service_env("REPLAY_", host="127.0.0.1", port=port, files=settings.replay_file,
                             speed=settings.replay_speed),
             )
