@@ -37,7 +37,7 @@ from aggregator.secondstat import SecondWindows
 from aggregator.settings import AggregatorSettings
 from aggregator.store import FollowerStore, StatPublisher, TickerProducer, connect_redis
 from crypto_mesh import jsonutil
-from crypto_mesh.backoff import Backoff
+from crypto_mesh.retry import Backoff
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.httperrors import error_response
 from crypto_mesh.logs import get_logger

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import grpc
 
 from aggregator.intake import TickerIntake, TradeIntake, now_ms
-from crypto_mesh.backoff import Backoff
+from crypto_mesh.retry import Backoff
 from crypto_mesh.binance import AGG_TRADE
 from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.logs import get_logger
@@ -26,7 +26,7 @@ from crypto_mesh.runtime import raise_if_cancelling
 log = get_logger(__name__)
 
 #: gRPC's own reconnect backoff (default: 1 s growing to 120 s) would hold streams back long after
-#: socket_proxy is back; the streams' own backoff (:class:`crypto_mesh.backoff.Backoff`) spaces the attempts.
+#: socket_proxy is back; the streams' own backoff (:class:`crypto_mesh.retry.Backoff`) spaces the attempts.
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from aggregator.secondstat import SecondStat
 from aggregator.tickers import KafkaMsg
 from crypto_mesh import jsonutil
-from crypto_mesh.backoff import Backoff
+from crypto_mesh.retry import Backoff
 from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import raise_if_cancelling

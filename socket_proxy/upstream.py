@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from crypto_mesh import jsonutil
-from crypto_mesh.backoff import Backoff
+from crypto_mesh.retry import Backoff
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import raise_if_cancelling
 from socket_proxy.fanout import Counters
