@@ -10,8 +10,8 @@ lowering the setting applies to sessions already started.
 Presenting a refresh token is decided here (:meth:`SessionPolicy.decide_rotation`) and applied by
 :meth:`auth.store.AuthStore.rotate_refresh_token` in the transaction that read the token: a live token is
 rotated (marked rotated, a successor issued in its family), a rotated one presented again means it leaked and
-its whole family is revoked (OAuth 2.0 Security BCP, RFC 9700 §4.14.2), and so is one presented by another user
-than its own.
+its whole family is revoked (OAuth 2.0 Security BCP, RFC 9700 §4.14.2), and so is the family of a token
+presented by another user than its own.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Presenting a refresh token, decided without a database (:meth:`auth.sessions.SessionPolicy.decide_rotation`):
-which outcome, whether the token's family is revoked, and until when the successor of a rotated token lives.
+"""Presenting a refresh token, decided without a database (``SessionPolicy.decide_rotation`` in
+:mod:`auth.sessions`): which outcome, whether the token's family is revoked, and until when the successor of a
+rotated token lives.
 The store applies the decision in one transaction: tests/test_auth_server.py, against PostgreSQL and gRPC."""
 
 from __future__ import annotations
