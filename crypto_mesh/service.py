@@ -88,12 +88,13 @@ class Lifecycle:
         """Start ``server``; set health of ``""`` and each of ``services`` to SERVING (or NOT_SERVING when
         ``serving`` is false: the service turns it on when ready). At stop: health NOT_SERVING for every service,
         then the calls in flight get ``grace_s`` seconds before the server ends them."""
-        await server.start()
-        self._stack.push_async_callback(server.stop, grace_s)
-        self._stack.push_async_callback(health_servicer.enter_graceful_shutdown)
+        # Set before the port opens: a new HealthServicer reports "" as SERVING until told otherwise.
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", *services):
             await health_servicer.set(service, status)
+        await server.start()
+        self._stack.push_async_callback(server.stop, grace_s)
+        self._stack.push_async_callback(health_servicer.enter_graceful_shutdown)
 
     async def close(self) -> None:
         """Undo every registered step in reverse order (idempotent)."""
