@@ -33,14 +33,9 @@ import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    RetryError,
-    retry_if_exception_type,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying
 
+from crypto_mesh import retry
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.logs import get_logger
 from etl.batching import Batch, BatchPolicy
@@ -64,14 +59,6 @@ _IDLE_POLL_MS = 250
 _MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 #: Longest wait in one poll while an insert is in flight (bounds the delay before its batch is committed).
 _INSERTING_POLL_MS = 10
-
-
-def backoff(settings: EtlSettings) -> wait_exponential_jitter:
-    """Wait between attempts to reach Kafka or ClickHouse: ``ETL_RETRY_INITIAL_MS`` doubling up to
-    ``ETL_RETRY_MAX_MS``, plus up to ``ETL_RETRY_INITIAL_MS`` of jitter so that replicas do not retry in
-    step."""
-    initial_s = settings.retry_initial_ms / 1000
-    return wait_exponential_jitter(multiplier=initial_s, jitter=initial_s, max=settings.retry_max_ms / 1000)
 
 
 def table_specs(settings: EtlSettings) -> dict[str, TableSpec]:
@@ -133,7 +120,7 @@ class _Load:
             record = records[index]
             self.dead_letters.append(dead_letter(record, reason))
             log.warning(
-                "undecodable record sent to the dead-letter topic",
+                "record_dead_lettered",
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
@@ -171,7 +158,8 @@ class TickerConsumer:
     until stopped.
 
     :meth:`run` is the loop (run it as a task once ClickHouse is migrated); :meth:`stop` asks it to flush the
-    open batches, commit and leave the group. ``kafka_ready`` is True while the consumer is started (and
+    open batches, commit and leave the group; :meth:`retrying` retries a call to Kafka or ClickHouse until
+    that stop request. ``kafka_ready`` is True while the consumer is started (and
     ``kafka_ever_ready`` once it has been); ``clickhouse_failing`` while an insert is being retried.
     """
 
@@ -188,14 +176,22 @@ class TickerConsumer:
         self.kafka_ever_ready = False
         self.clickhouse_failing = False
 
-    def _retrying(self, errors: tuple[type[BaseException], ...], before_sleep) -> AsyncRetrying:
-        """Retry on ``errors`` with :func:`backoff` until success or a stop request (then ``RetryError``)."""
-        return AsyncRetrying(
-            wait=backoff(self._settings),
-            retry=retry_if_exception_type(errors),
-            stop=lambda _state: self._stopping.is_set(),
+    def retrying(self, event: str, errors: tuple[type[BaseException], ...]) -> AsyncRetrying:
+        """Retry a call on ``errors`` until it succeeds or :meth:`stop` is asked (then the last error is
+        raised again), logging ``event`` before each pause (:func:`crypto_mesh.retry.retrying`).
+
+        Pauses are the mesh's full-jitter backoff: uniform in ``[0, cap]``, the cap starting at
+        ``ETL_RETRY_INITIAL_MS`` and doubling after each failure up to ``ETL_RETRY_MAX_MS``, so that replicas
+        do not retry in step; see :meth:`_sleep` for what a pause does.
+        """
+        max_s = self._settings.retry_max_ms / 1000
+        return retry.retrying(
+            event,
+            retry_on=errors,
+            base_s=min(self._settings.retry_initial_ms / 1000, max_s),
+            max_s=max_s,
+            stop_when=self._stopping.is_set,
             sleep=self._sleep,
-            before_sleep=before_sleep,
         )
 
     async def _sleep(self, seconds: float) -> None:
@@ -221,15 +217,15 @@ class TickerConsumer:
         """
         while not self._stopping.is_set():
             try:
-                async for attempt in self._retrying(_KAFKA_ERRORS, self._log_kafka_retry):
+                async for attempt in self.retrying("kafka_connect_retrying", _KAFKA_ERRORS):
                     with attempt:
                         consumer = await self._start_consumer()
-            except RetryError:
+            except _KAFKA_ERRORS:
                 return  # stopped before Kafka came up
             try:
                 await self._consume(consumer)
             except KafkaError as exc:
-                log.warning("kafka consumer failed; rejoining the group", error=repr(exc))
+                log.warning("kafka_consumer_failed_rejoining", error=repr(exc))
             finally:
                 self.kafka_ready = False
                 self._consumer = None
@@ -276,14 +272,6 @@ class TickerConsumer:
         self.kafka_ready = self.kafka_ever_ready = True
         log.info("consuming", topics=sorted(self._specs), group=settings.kafka_group_id)
         return consumer
-
-    def _log_kafka_retry(self, state: RetryCallState) -> None:
-        log.warning(
-            "kafka not reachable, retrying",
-            attempt=state.attempt_number,
-            retry_in_s=round(state.upcoming_sleep, 2),
-            error=repr(state.outcome.exception()),
-        )
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         """The loop: poll, decode into the topic's batch, and insert each batch that is due.
@@ -357,9 +345,7 @@ class TickerConsumer:
         except _CLICKHOUSE_ERRORS as exc:
             self.clickhouse_failing = True
             self.stats.insert_failures += 1
-            log.warning(
-                "clickhouse insert failed; retrying the batch alone with partitions paused", error=repr(exc)
-            )
+            log.warning("clickhouse_insert_failed", error=repr(exc))
             self._release(consumer, loads)
         else:
             inserting.load.inserted = True
@@ -390,22 +376,23 @@ class TickerConsumer:
         redelivers it to the next consumer of the group.
         """
         try:
-            async for attempt in self._retrying(_CLICKHOUSE_ERRORS, self._log_insert_retry):
+            async for attempt in self.retrying("clickhouse_insert_retrying", _CLICKHOUSE_ERRORS):
                 with attempt:
                     # One insert for the whole batch, every partition together: each insert into chDB has
                     # a fixed cost (and creates a part), so fewer, larger inserts load faster.
                     if not load.inserted:
-                        await self._store.insert(load.spec, *load.seal())
+                        await self._insert(load)
                         load.inserted = True
             self.clickhouse_failing = False
             if load.dead_letters and not load.dead_letters_sent:
-                async for attempt in self._retrying(_KAFKA_ERRORS, self._log_deadletter_retry):
+                async for attempt in self.retrying("deadletter_send_retrying", _KAFKA_ERRORS):
                     with attempt:
                         await self._send_dead_letters(load.dead_letters)
                 load.dead_letters_sent = True
                 self.stats.records_dead_lettered += len(load.dead_letters)
-        except RetryError:
-            log.warning("stopping with an unflushed batch; Kafka will redeliver it", records=load.batch.size)
+        except (*_CLICKHOUSE_ERRORS, *_KAFKA_ERRORS):
+            # These errors are retried until a stop request, which raises the last one again.
+            log.warning("unflushed_batch_left_for_redelivery", records=load.batch.size)
             return False
         finally:
             consumer.resume(*consumer.paused())
@@ -417,44 +404,40 @@ class TickerConsumer:
             # The rows are in ClickHouse; a redelivery after this failure is folded by message_id.
             self.stats.commit_failures += 1
             log.warning(
-                "offset commit failed", error=repr(exc), offsets={str(tp): o for tp, o in offsets.items()}
+                "offset_commit_failed", error=repr(exc), offsets={str(tp): o for tp, o in offsets.items()}
             )
             return True
         self.stats.batches_committed += 1
         log.debug(
-            "batch committed", records=load.batch.size, offsets={str(tp): o for tp, o in offsets.items()}
+            "batch_committed", records=load.batch.size, offsets={str(tp): o for tp, o in offsets.items()}
         )
         return True
 
+    async def _insert(self, load: _Load) -> None:
+        """Insert the sealed batch; a failure is counted (``insert_failures``, ``clickhouse_failing``) and
+        raised."""
+        try:
+            await self._store.insert(load.spec, *load.seal())
+        except _CLICKHOUSE_ERRORS:
+            self.clickhouse_failing = True
+            self.stats.insert_failures += 1
+            raise
+
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Send every letter and wait until the broker has acknowledged all of them."""
-        if self._producer is None:
-            raise KafkaError("dead-letter producer is not running")
-        topic = self._settings.kafka_deadletter_topic
-        deliveries = [
-            await self._producer.send(topic, key=letter.key, value=letter.value, headers=letter.headers)
-            for letter in letters
-        ]
-        await asyncio.gather(*deliveries)
-
-    def _log_insert_retry(self, state: RetryCallState) -> None:
-        self.clickhouse_failing = True
-        self.stats.insert_failures += 1
-        log.warning(
-            "clickhouse insert failed, retrying the batch with partitions paused",
-            attempt=state.attempt_number,
-            retry_in_s=round(state.upcoming_sleep, 2),
-            error=repr(state.outcome.exception()),
-        )
-
-    def _log_deadletter_retry(self, state: RetryCallState) -> None:
-        self.stats.deadletter_failures += 1
-        log.warning(
-            "dead-letter send failed, retrying with partitions paused",
-            attempt=state.attempt_number,
-            retry_in_s=round(state.upcoming_sleep, 2),
-            error=repr(state.outcome.exception()),
-        )
+        """Send every letter and wait until the broker has acknowledged all of them; a failure is counted
+        (``deadletter_failures``) and raised."""
+        try:
+            if self._producer is None:
+                raise KafkaError("dead-letter producer is not running")
+            topic = self._settings.kafka_deadletter_topic
+            deliveries = [
+                await self._producer.send(topic, key=letter.key, value=letter.value, headers=letter.headers)
+                for letter in letters
+            ]
+            await asyncio.gather(*deliveries)
+        except _KAFKA_ERRORS:
+            self.stats.deadletter_failures += 1
+            raise
 
     async def stop(self) -> None:
         """Ask :meth:`run` to flush its batches, commit and return (await the task to wait for it)."""
