@@ -14,6 +14,7 @@ in step when a dependency restarts. The delays are tenacity's ``wait_random_expo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from tenacity import (
 )
 
 from crypto_mesh.logs import get_logger
+from crypto_mesh.runtime import raise_if_cancelling
 
 log = get_logger(__name__)
 
@@ -85,8 +87,11 @@ def retrying(
     ``max_s``), for ever or until ``stop_when()`` is true after a failure; then the last error is raised again
     (``reraise``). Before each pause it logs ``event`` (a snake_case word, e.g. ``"auth_migrations_retrying"``) at
     WARNING with ``attempt``, ``retry_in_s``, ``error`` and ``fields``. ``sleep`` replaces ``asyncio.sleep``
-    (e.g. a pause that ends early when the service stops).
+    (e.g. a pause that ends early when the service stops). A task asked to cancel makes no further attempt,
+    even if the call swallowed the cancellation or turned it into one of the ``retry_on`` errors
+    (:func:`crypto_mesh.runtime.raise_if_cancelling`).
     """
+    pause = sleep or asyncio.sleep
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
@@ -98,14 +103,15 @@ def retrying(
             **fields,
         )
 
-    options: dict[str, Any] = {}
-    if sleep is not None:
-        options["sleep"] = sleep
+    async def pause_unless_cancelling(seconds: float) -> None:
+        raise_if_cancelling()
+        await pause(seconds)
+
     return AsyncRetrying(
         retry=retry_if_exception_type(retry_on),
         wait=Backoff(base_s, max_s).wait,
         stop=(lambda _state: stop_when()) if stop_when is not None else stop_never,
         before_sleep=before_sleep,
         reraise=True,
-        **options,
+        sleep=pause_unless_cancelling,
     )
