@@ -23,17 +23,15 @@ LEVELS = frozenset({"debug", "info", "warning", "warn", "error", "exception", "c
 #: Methods of a structlog logger that return a logger (``log.bind(symbol=s).info(...)``).
 BINDERS = frozenset({"bind", "new", "unbind", "try_unbind"})
 #: Helpers whose first argument is an event they log: (module, function) → the parameter that carries it.
-FORWARDERS = {("crypto_mesh/retry.py", "retrying"): "event"}
+FORWARDERS = {("crypto_mesh/retry.py", "retrying"): "event", ("etl/consumer.py", "retrying"): "event"}
 
-#: A package whose log events are still being converted to snake_case words: to pass once that is merged.
-CONVERTING = pytest.mark.xfail(reason="its log events are being converted to snake_case", strict=False)
 PACKAGES = [
     "crypto_mesh",
     "launcher",
     "auth",
     "aggregator",
     "socket_proxy",
-    pytest.param("etl", marks=CONVERTING),
+    "etl",
     "profile_bff",
 ]
 
