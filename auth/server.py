@@ -33,7 +33,8 @@ from auth.errors import (
     Unauthenticated,
     Unavailable,
 )
-from auth.passwords import PasswordHasher, QueueCounts
+from auth.passwords import PasswordHasher
+from auth.service import AuthService
 from auth.sessions import SessionPolicy
 from auth.settings import AuthSettings
 from auth.store import AuthStore, LoginBudgetStore, create_engine
@@ -238,21 +239,6 @@ def auth_handler(servicer: AuthServicer) -> grpc.GenericRpcHandler:
         for method in service.methods
     }
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
-
-
-@dataclass(frozen=True)
-class AuthService:
-    """What a started auth server exposes to tests and benchmarks (``Running.service``): its use cases and
-    its password-hashing queue."""
-
-    accounts: Accounts
-    hasher: PasswordHasher
-
-    @property
-    def password_checks(self) -> QueueCounts:
-        """What the password-hashing queue did since the start: checks admitted, refused on arrival, expired
-        while queued, skipped and completed."""
-        return self.hasher.queue.counts
 
 
 async def start(settings: AuthSettings) -> Running[AuthService]:
