@@ -53,7 +53,8 @@ GOAL_P99_S = 0.050
 
 def ceiling(recording: Path, seconds: float) -> tuple[float, int]:
     """Frames per second of parse + aggregate in this process, and the frames per pass of the recording."""
-    frames = [line for line in recording_lines(recording) if split_stream(json.loads(line)["stream"])[1] == TRADE]
+    lines = recording_lines(recording)
+    frames = [line for line in lines if split_stream(json.loads(line)["stream"])[1] == TRADE]
     windows = SecondWindows(grace_ms=1000)
     done = 0
     started = time.perf_counter()

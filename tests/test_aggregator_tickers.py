@@ -1,4 +1,5 @@
-"""Mini-tickers into KafkaMsg records (aggregator.tickers): the contract's JSON, change since open, stable ids.
+"""Mini-tickers into KafkaMsg records (aggregator.tickers): the contract's JSON, the change since open and
+stable ids.
 
 Parsing the mini-ticker frames themselves is the Binance adapter's (tests/test_binance_adapter.py).
 """

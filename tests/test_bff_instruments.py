@@ -1,5 +1,6 @@
 """The BFF's rules over the exchange's symbol list (profile_bff.instruments): only TRADING symbols may be
-added, and the instrument search order. Pure: the list is built in memory or read from the shipped snapshot."""
+added, and the instrument search order. Pure: the list is built in memory or read from the shipped
+snapshot."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from profile_bff.instruments import Instrument, Instruments, NotTrading, Unknown
 def instruments(*listed: tuple[str, str]) -> Instruments:
     """Instruments of (symbol, status) pairs, quoted in USDT."""
     return Instruments(
-        [Instrument.of(ListedSymbol(symbol, symbol.upper()[:-4], "USDT", status)) for symbol, status in listed]
+        [
+            Instrument.of(ListedSymbol(symbol, symbol.upper().removesuffix("USDT"), "USDT", status))
+            for symbol, status in listed
+        ]
     )
 
 
@@ -32,7 +36,12 @@ def test_search_lists_the_exact_match_then_prefix_matches_then_the_others_each_b
     )
 
     assert [found.symbol for found in listed.search("ETHUSDT", 10)] == ["ethusdt", "wethusdt"]
-    assert [found.symbol for found in listed.search("eth", 10)] == ["ethausdt", "ethbusdt", "ethusdt", "wethusdt"]
+    assert [found.symbol for found in listed.search("eth", 10)] == [
+        "ethausdt",
+        "ethbusdt",
+        "ethusdt",
+        "wethusdt",
+    ]
     assert [found.symbol for found in listed.search("eth", 2)] == ["ethausdt", "ethbusdt"]
     assert listed.search("xrp", 10) == []
 

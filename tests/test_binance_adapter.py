@@ -88,7 +88,8 @@ def test_stream_endpoints_tell_raw_from_combined_and_list_their_streams(path, pa
 
 
 def test_connections_go_to_the_combined_stream_endpoint_of_the_exchange():
-    assert binance.combined_stream_url("wss://stream.binance.com:9443/") == "wss://stream.binance.com:9443/stream"
+    url = binance.combined_stream_url("wss://stream.binance.com:9443/")
+    assert url == "wss://stream.binance.com:9443/stream"
 
 
 # --- Combined-stream envelope ------------------------------------------------------------------------------
@@ -347,7 +348,7 @@ def test_exchange_info_reads_the_same_gzipped_or_plain(tmp_path):
         (b"{not json", "exchangeInfo.json: "),
         (b"[]", "no symbols list"),
         (b'{"symbols": {}}', "no symbols list"),
-        (b'{"symbols": [{"symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC"}]}', "malformed symbol"),
+        (b'{"symbols": [{"symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC"}]}', "malformed"),
         (b'{"symbols": ["BTCUSDT"]}', "malformed symbol"),
     ],
 )
