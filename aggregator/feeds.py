@@ -15,7 +15,7 @@ from collections.abc import Callable
 import grpc
 
 from aggregator.intake import TickerIntake, TradeIntake, now_ms
-from crypto_mesh.binance import AGG_TRADE
+from crypto_mesh.binance import AGG_TRADE, MINI_TICKER_ALL
 from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import SOCKET_PROXY, MeshTls
@@ -61,7 +61,7 @@ class Feeds:
         """Start the mini-ticker stream."""
         if self._mini_tickers is None:
             self._mini_tickers = asyncio.create_task(
-                self._follow("!miniTicker@arr", self._open_mini_tickers, self._tickers.on_frames),
+                self._follow(MINI_TICKER_ALL, self._open_mini_tickers, self._tickers.on_frames),
                 name="stream:miniTicker",
             )
 

@@ -13,8 +13,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from aggregator.secondstat import SecondStat, SecondWindows
-from aggregator.tickers import KafkaMsg, MalformedTicker, parse_mini_ticker_frame
-from aggregator.trades import MalformedFrame, UnknownEvent, parse_trade_frame
+from aggregator.tickers import KafkaMsg
+from crypto_mesh.binance import (
+    MalformedFrame,
+    MalformedTicker,
+    UnknownEvent,
+    parse_mini_ticker_frame,
+    parse_trade_frame,
+)
 from crypto_mesh.gaps import GapDetector
 from crypto_mesh.logs import get_logger
 
@@ -133,14 +139,14 @@ class TickerIntake:
         for raw in frames:
             self.counters.frames += 1
             try:
-                messages, rejected = parse_mini_ticker_frame(raw, received_ms)
+                tickers, rejected = parse_mini_ticker_frame(raw)
             except MalformedTicker:
                 self.counters.malformed += 1
                 continue
             self.counters.malformed += rejected
-            for message in messages:
+            for ticker in tickers:
                 self.counters.records += 1
-                self._emit(message)
+                self._emit(KafkaMsg.of(ticker, received_ms))
 
 
 def counters_json(counters: TradeCounters | TickerCounters) -> dict[str, int]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow
 from typing import Any
 
-from aggregator.trades import Trade
+from crypto_mesh.binance import Trade
 
 SECOND_MS = 1000
 

@@ -6,7 +6,7 @@ Usage::
 
 What it does (bounded: about ``warmup + duration + ceiling + 15`` seconds, under 2 minutes with the defaults):
 
-1. *Ceiling*: a bare in-process loop of :func:`aggregator.trades.parse_trade_frame` and
+1. *Ceiling*: a bare in-process loop of :func:`crypto_mesh.binance.parse_trade_frame` and
    :class:`aggregator.secondstat.SecondWindows` over the frames of the shipped ``@trade`` recording, for
    ``--ceiling`` seconds: frames per second one core can parse and aggregate, with no I/O.
 2. *End to end*: embedded Redis and Tansu (Kafka), then the replay exchange (``REPLAY_SPEED=--speed``; 0 = as
@@ -26,7 +26,6 @@ conditions: CPU, cores, load average before and after, parameters.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -38,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 from aggregator.secondstat import SecondWindows
-from aggregator.trades import parse_trade_frame
+from crypto_mesh.binance import TRADE, parse_trade_frame, recording_lines, split_stream
 from launcher.embedded import ManagedProcess, tansu_command
 from launcher.mesh import embedded_redis, ensure_mesh_pki
 from crypto_mesh.metrics import parse_samples
@@ -54,8 +53,8 @@ GOAL_P99_S = 0.050
 
 def ceiling(recording: Path, seconds: float) -> tuple[float, int]:
     """Frames per second of parse + aggregate in this process, and the frames per pass of the recording."""
-    with gzip.open(recording) as lines:
-        frames = [line.rstrip(b"\n") for line in lines if b"@trade" in line[:40]]
+    lines = recording_lines(recording)
+    frames = [line for line in lines if split_stream(json.loads(line)["stream"])[1] == TRADE]
     windows = SecondWindows(grace_ms=1000)
     done = 0
     started = time.perf_counter()
@@ -111,8 +110,7 @@ def put_followers(base: str, symbols: list[str], headers: dict[str, str]) -> Non
 
 
 def symbols_of(recording: Path) -> list[str]:
-    with gzip.open(recording) as lines:
-        return sorted({json.loads(line)["stream"].split("@")[0] for line in lines})
+    return sorted({split_stream(json.loads(line)["stream"])[0] for line in recording_lines(recording)})
 
 
 def main() -> None:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import orjson
 
+from crypto_mesh.binance import payload, trade_id_field
 from crypto_mesh.logs import get_logger
 
 log = get_logger(__name__)
-
-#: Stream name suffix → the id field of its frames.
-ID_FIELDS = {"@trade": "t", "@aggTrade": "a"}
 
 
 class GapDetector:
@@ -38,14 +36,15 @@ class GapDetector:
         Streams other than trade streams, and frames without an integer id (malformed: the aggregator counts
         those), are ignored.
         """
-        field = _id_field(stream)
+        field = trade_id_field(stream)
         if field is None:
             return 0
         try:
-            data = orjson.loads(raw).get("data")
-            trade_id = data.get(field)
-        except (orjson.JSONDecodeError, AttributeError):
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             return 0
+        data = payload(frame) if isinstance(frame, dict) else None
+        trade_id = data.get(field) if isinstance(data, dict) else None
         if type(trade_id) is not int:
             return 0
         return self.observe_id(stream, trade_id)
@@ -71,10 +70,3 @@ class GapDetector:
     def __len__(self) -> int:
         """Streams with state."""
         return len(self._last)
-
-
-def _id_field(stream: str) -> str | None:
-    for suffix, field in ID_FIELDS.items():
-        if stream.endswith(suffix):
-            return field
-    return None

@@ -1,25 +1,18 @@
-"""The exchange's symbol list: validating coins and searching instruments.
+"""The exchange's symbol list as the BFF uses it: validating coins and searching instruments.
 
-Source: the body of Binance ``GET /api/v3/exchangeInfo`` (Binance Spot API docs, "Exchange information"),
-read from a JSON file, gzipped or not (``BFF_EXCHANGE_INFO_FILE``; default the snapshot shipped in
-``crypto_mesh/data/binance/exchangeInfo_2021-10-12.json.gz``, which embedded mode and the replay exchange
-use). Of each entry of ``symbols`` the BFF keeps ``symbol``, ``status`` (``TRADING``, ``BREAK``, ...),
-``baseAsset`` and ``quoteAsset``. Symbols are normalised to lowercase as everywhere in the mesh.
+The list is a Binance exchangeInfo body read by :func:`crypto_mesh.binance.load_exchange_info` from
+``BFF_EXCHANGE_INFO_FILE`` (default the snapshot shipped in ``crypto_mesh/data/binance``, which embedded mode
+and the replay exchange use). The BFF's own rules: only a ``TRADING`` symbol may be added to a portfolio, and
+the search order below.
 """
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from crypto_mesh import binance, jsonutil
-
-#: The snapshot shipped with the project (Binance exchangeInfo of 2021-10-12).
-DEFAULT_EXCHANGE_INFO = binance.DATA_DIR / "exchangeInfo_2021-10-12.json.gz"
-#: Only this status may be added to a portfolio (Binance enum "Symbol status").
-TRADING = "TRADING"
+from crypto_mesh.binance import TRADING, ListedSymbol, load_exchange_info
 
 
 class UnknownSymbol(LookupError):
@@ -40,6 +33,11 @@ class Instrument:
     status: str
     type: str = "spot"
 
+    @classmethod
+    def of(cls, listed: ListedSymbol) -> Instrument:
+        """The instrument of a symbol listed by the (spot) exchange."""
+        return cls(symbol=listed.symbol, base=listed.base, quote=listed.quote, status=listed.status)
+
 
 class Instruments:
     """The listed symbols, by lowercase symbol, in the file's order for searching."""
@@ -49,30 +47,9 @@ class Instruments:
 
     @classmethod
     def load(cls, path: Path) -> Instruments:
-        """Read an exchangeInfo body from ``path`` (``.gz`` is decompressed). Raises ``OSError`` if the file
-        cannot be read and ``ValueError`` if it is not an exchangeInfo body: the BFF then refuses to start."""
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        body = jsonutil.loads(raw)
-        entries = body.get("symbols") if isinstance(body, dict) else None
-        if not isinstance(entries, list):
-            # A file with the wrong content, not a caller passing a wrong type: ValueError, as for bad JSON.
-            raise ValueError(f"{path}: not a Binance exchangeInfo body (no symbols list)")  # noqa: TRY004
-        instruments = []
-        for entry in entries:
-            try:
-                instruments.append(
-                    Instrument(
-                        symbol=str(entry["symbol"]).lower(),
-                        base=str(entry["baseAsset"]),
-                        quote=str(entry["quoteAsset"]),
-                        status=str(entry["status"]),
-                    )
-                )
-            except (KeyError, TypeError) as exc:
-                raise ValueError(f"{path}: malformed symbol entry {entry!r:.100}") from exc
-        return cls(instruments)
+        """Read an exchangeInfo body from ``path`` (gzipped or not). Raises ``OSError`` if the file cannot be
+        read and ``ValueError`` if it is not an exchangeInfo body: the BFF then refuses to start."""
+        return cls([Instrument.of(listed) for listed in load_exchange_info(path)])
 
     def __len__(self) -> int:
         return len(self._by_symbol)

@@ -8,9 +8,9 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from crypto_mesh.binance import DEFAULT_EXCHANGE_INFO
 from crypto_mesh.settings import MeshTlsSettings
 from crypto_mesh.throttle import check_name_budgets
-from profile_bff.instruments import DEFAULT_EXCHANGE_INFO
 from profile_bff.ratelimit import IPNetwork, Rate, parse_networks
 
 

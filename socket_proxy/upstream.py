@@ -1,13 +1,14 @@
 """Connections to the exchange's combined-stream endpoint (``<exchange_url>/stream``), with live
-SUBSCRIBE/UNSUBSCRIBE, within Binance's limits (spot "WebSocket Streams for Binance", section "WebSocket
-Limits"): at most 1024 streams per connection, at most 5 incoming messages per second per connection (pings
-and pongs count), at most 300 connection attempts per 5 minutes per IP, and a connection lives at most 24 h.
+SUBSCRIBE/UNSUBSCRIBE, within Binance's limits (:mod:`crypto_mesh.binance.limits`: at most 1024 streams per
+connection, 5 incoming messages per second per connection with pings and pongs counted, 300 connection
+attempts per 5 minutes per IP, and a connection lives at most 24 h).
 
 :class:`Upstream` is the pool: it places each stream on a connection with room and closes a connection as
 soon as it carries no stream. :class:`UpstreamConnection` owns one logical connection: it reconnects after a
 close, an error or a missing pong (exponential backoff with jitter), resubscribes everything after a
 reconnect, and replaces its websocket before the 24 h limit (open the new one, subscribe, hand the streams
-over frame-exactly with :class:`Handover`, then close the old one). Frames are handed on unmodified: the bytes received, or the UTF-8 encoding of a text frame.
+over frame-exactly with :class:`Handover`, then close the old one). Frames are handed on unmodified: the
+bytes received, or the UTF-8 encoding of a text frame.
 """
 
 from __future__ import annotations
@@ -21,26 +22,24 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from crypto_mesh import jsonutil
+from crypto_mesh import binance, jsonutil
+from crypto_mesh.binance import control
 from crypto_mesh.logs import get_logger
 from crypto_mesh.retry import Backoff, retrying
 from socket_proxy.fanout import Counters
 
 log = get_logger(__name__)
 
-MAX_STREAMS_PER_CONNECTION = 1024
 #: Binance allows 5 incoming messages per second and counts pings and pongs among them: control messages
 #: keep one of the five free for the keepalive. They are spaced evenly (one every 1/4 s), not sent in bursts
 #: of four: the exchange counts arrivals, and a burst delayed on its way (the network, a busy peer) arrives
 #: next to the following one, so bursts paced by send time have no margin, where even spacing tolerates a
 #: quarter of a second of jitter.
-CONTROL_MESSAGES_PER_SECOND = 4
+CONTROL_MESSAGES_PER_SECOND = binance.MAX_INCOMING_MESSAGES_PER_SECOND - 1
 #: Streams per SUBSCRIBE/UNSUBSCRIBE message; several changes made together travel in one message.
 STREAMS_PER_CONTROL_MESSAGE = 200
-MAX_CONNECT_ATTEMPTS = 300
-CONNECT_ATTEMPTS_WINDOW_S = 300.0
 #: Replace a connection this long after it opened, well before Binance closes it at 24 h.
-MAX_CONNECTION_AGE_S = 23.5 * 3600
+REPLACE_AFTER_S = binance.MAX_CONNECTION_AGE_S - 30 * 60
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 30.0
 #: A connection that lived this long was healthy: the next reconnect starts again from the initial backoff.
@@ -56,24 +55,6 @@ OPEN_TIMEOUT_S = 10.0
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 FrameHandler = Callable[[str, bytes], None]
-
-#: How Binance starts every combined-stream frame (spot "WebSocket Streams for Binance", "Combined streams").
-_COMBINED_PREFIX = b'{"stream":"'
-_STREAM_NAME_MAX = 200
-
-
-def _stream_of(raw: bytes) -> str | None:
-    """The stream name of a combined-stream frame read from its prefix, without decoding the whole frame (the
-    hot path: most frames are only routed); None when the frame does not start in the exact compact form, or
-    the name holds an escape, so that it is decoded fully instead. Stream names are ASCII letters, digits and
-    ``@!_``, never escaped by Binance."""
-    if not raw.startswith(_COMBINED_PREFIX):
-        return None
-    end = raw.find(b'"', len(_COMBINED_PREFIX), len(_COMBINED_PREFIX) + _STREAM_NAME_MAX)
-    if end < 0 or b"\\" in raw[len(_COMBINED_PREFIX) : end] or not raw.startswith(b',"data":', end + 1):
-        return None
-    return raw[len(_COMBINED_PREFIX) : end].decode("ascii", "replace")
-
 
 def reconnect_backoff() -> Backoff:
     """The delays of one connection's reconnects (its connection attempts wait the same): exponential from
@@ -92,7 +73,7 @@ class AttemptLimiter:
     """At most ``limit`` connection attempts in any ``window_s`` seconds, shared by all connections."""
 
     def __init__(
-        self, limit: int = MAX_CONNECT_ATTEMPTS, window_s: float = CONNECT_ATTEMPTS_WINDOW_S
+        self, limit: int = binance.MAX_CONNECT_ATTEMPTS, window_s: float = binance.CONNECT_ATTEMPTS_WINDOW_S
     ) -> None:
         self._limit = limit
         self._window_s = window_s
@@ -159,7 +140,7 @@ class _Session:
             log.warning("upstream_closed", code=exc.rcvd.code if exc.rcvd else None, reason=str(exc))
 
     def _dispatch(self, raw: bytes) -> None:
-        stream = _stream_of(raw)
+        stream = binance.stream_of(raw)
         if stream is not None:
             if self.route is not None:
                 self.route(stream, raw)
@@ -169,12 +150,12 @@ class _Session:
         except jsonutil.JSONDecodeError:
             log.warning("upstream_not_json", size=len(raw))
             return
-        if not isinstance(message, dict):
-            return
-        stream = message.get("stream")
-        if isinstance(stream, str):
+        framed = binance.split_combined(message)
+        if framed is not None:
             if self.route is not None:
-                self.route(stream, raw)
+                self.route(framed[0], raw)
+            return
+        if not isinstance(message, dict):
             return
         request_id = message.get("id")
         request = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
@@ -196,10 +177,10 @@ class _Session:
                 removed = [stream for stream in self._active if stream not in wanted]
                 added = [stream for stream in wanted if stream not in self._active]
                 if removed:
-                    method, streams = "UNSUBSCRIBE", removed[:STREAMS_PER_CONTROL_MESSAGE]
+                    method, streams = control.UNSUBSCRIBE, removed[:STREAMS_PER_CONTROL_MESSAGE]
                     self._active.difference_update(streams)
                 elif added:
-                    method, streams = "SUBSCRIBE", added[:STREAMS_PER_CONTROL_MESSAGE]
+                    method, streams = control.SUBSCRIBE, added[:STREAMS_PER_CONTROL_MESSAGE]
                     self._active.update(streams)
                 else:
                     break
@@ -207,9 +188,7 @@ class _Session:
                 request_id = self._next_id
                 self._next_id += 1
                 self._pending[request_id] = (method, streams)
-                await self.ws.send(
-                    jsonutil.dumps_str({"method": method, "params": streams, "id": request_id})
-                )
+                await self.ws.send(jsonutil.dumps_str(control.request(method, streams, request_id)))
                 log.debug("upstream_control", method=method, streams=len(streams), id=request_id)
             self._check_synced()
 
@@ -233,7 +212,7 @@ class UpstreamConnection:
         on_frame: FrameHandler,
         limiter: AttemptLimiter,
         counters: Counters,
-        max_age_s: float = MAX_CONNECTION_AGE_S,
+        max_age_s: float = REPLACE_AFTER_S,
     ) -> None:
         self.url = url
         self.on_frame = on_frame
@@ -455,11 +434,11 @@ class Upstream:
         on_frame: FrameHandler,
         counters: Counters,
         *,
-        max_streams: int = MAX_STREAMS_PER_CONNECTION,
-        max_age_s: float = MAX_CONNECTION_AGE_S,
+        max_streams: int = binance.MAX_STREAMS_PER_CONNECTION,
+        max_age_s: float = REPLACE_AFTER_S,
         limiter: AttemptLimiter | None = None,
     ) -> None:
-        self.url = exchange_url.rstrip("/") + "/stream"
+        self.url = binance.combined_stream_url(exchange_url)
         self._on_frame = on_frame
         self._counters = counters
         self._max_streams = max_streams

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from aggregator.secondstat import SecondStat, SecondWindows
-from aggregator.trades import Trade, parse_trade_frame
+from crypto_mesh.binance import Trade, parse_trade_frame
 
 FAR_FUTURE_MS = 2**62
 

@@ -21,8 +21,8 @@ from kafka_helpers import committed_offset, produce_records
 
 from aggregator.second_topic import SecondProducer, second_message_id, second_record
 from aggregator.secondstat import SecondStat, SecondWindows
-from aggregator.trades import parse_trade_frame
 from crypto_mesh import jsonutil
+from crypto_mesh.binance import parse_trade_frame
 from etl.app import start
 from etl.settings import EtlSettings
 

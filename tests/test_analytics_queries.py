@@ -17,8 +17,8 @@ import pytest
 
 from aggregator.second_topic import second_record
 from aggregator.secondstat import SecondStat, SecondWindows
-from aggregator.trades import parse_trade_frame
 from crypto_mesh import jsonutil
+from crypto_mesh.binance import parse_trade_frame
 from etl import migrate, sql
 from etl.seconds import SECONDS
 from etl.columnar import arrow_table

@@ -30,12 +30,12 @@ from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
 from crypto_mesh import jsonutil
+from crypto_mesh.binance import DEFAULT_EXCHANGE_INFO
 from launcher.embedded import ManagedProcess, redis_command
 from crypto_mesh.netutil import free_port
 from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
 from profile_bff.app import Running
 from profile_bff.app import start as start_bff
-from profile_bff.instruments import DEFAULT_EXCHANGE_INFO
 from profile_bff.settings import BffSettings
 
 PASSWORD = "correct horse battery"

@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from launcher.replay.recording import RecordingError
+from launcher.replay.recording import RecordingError, load_recording
 from launcher.replay.server import start
 from launcher.replay.settings import ReplaySettings
 
@@ -310,3 +310,18 @@ async def test_a_recording_that_is_not_in_the_canonical_format_is_refused_at_sta
     )
     with pytest.raises(RecordingError, match="broken.jsonl:1: trade field p"):
         await start(ReplaySettings(port=0, files=(broken,)))
+
+
+@pytest.mark.parametrize(
+    ("stream", "symbol", "error"),
+    [
+        ("btc-usdt@trade", "BTCUSDT", "invalid symbol in stream name"),
+        ("btcusdt@trade", "BTC/USDT", "trade field s must be the symbol"),
+    ],
+)
+def test_a_recorded_trade_of_a_symbol_the_mesh_refuses_is_refused(tmp_path, stream, symbol, error):
+    broken = tmp_path / "broken.jsonl"
+    data = {"e": "trade", "E": 1, "s": symbol, "t": 1, "p": "1.5", "q": "1", "T": 1}
+    broken.write_bytes(orjson.dumps({"stream": stream, "data": data}) + b"\n")
+    with pytest.raises(RecordingError, match=f"broken.jsonl:1: {error}"):
+        load_recording(broken)

@@ -6,9 +6,8 @@ time, for each symbol that traded in that second, rolling 24 h statistics over i
 is kept in 1-minute buckets, so it covers the trades of the current minute and of the 1440 minutes before it
 (at most 1441 buckets per symbol): Binance's own window is exact to the millisecond, this one to the minute.
 
-Payload (Binance field names): ``{"e": "24hrMiniTicker", "E": <event time ms>, "s": "BTCUSDT", "c": close,
-"o": open, "h": high, "l": low, "v": base volume, "q": quote volume}``. ``c``, ``o``, ``h``, ``l`` are the
-trade price strings as recorded; ``v`` (Σ q) and ``q`` (Σ p × q) are exact decimal strings. Decimal only.
+Payload: :func:`crypto_mesh.binance.mini_ticker_payload`, with close, open, high and low the trade price
+strings as recorded, and the base volume (Σ q) and quote volume (Σ p × q) exact decimal strings. Decimal only.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from decimal import Context, Decimal
 from typing import Any
 
+from crypto_mesh.binance import mini_ticker_payload
 from crypto_mesh.jsonutil import decimal_str
 
 MINUTE_MS = 60_000
@@ -80,17 +80,16 @@ class _SymbolWindow:
     def ticker(self, event_ms: int) -> dict[str, Any]:
         high = max((bucket.high for bucket in self.buckets), key=lambda pair: pair[0])
         low = min((bucket.low for bucket in self.buckets), key=lambda pair: pair[0])
-        return {
-            "e": "24hrMiniTicker",
-            "E": event_ms,
-            "s": self.symbol,
-            "c": self.buckets[-1].close,
-            "o": self.buckets[0].open,
-            "h": high[1],
-            "l": low[1],
-            "v": decimal_str(self.volume),
-            "q": decimal_str(self.quote_volume),
-        }
+        return mini_ticker_payload(
+            event_ms=event_ms,
+            symbol=self.symbol,
+            close=self.buckets[-1].close,
+            open_=self.buckets[0].open,
+            high=high[1],
+            low=low[1],
+            volume=decimal_str(self.volume),
+            quote_volume=decimal_str(self.quote_volume),
+        )
 
 
 class MiniTickers:

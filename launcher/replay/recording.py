@@ -1,8 +1,8 @@
 """Recordings of Binance stream frames: loading, and the shift that replays them in the present.
 
-Canonical format (the one of ``crypto_mesh/data/binance/*.jsonl.gz``): one combined-stream frame per line,
-``{"stream": "btcusdt@trade", "data": {...}}`` exactly as Binance sent it (spot "WebSocket Streams for
-Binance", section "Combined streams"), as plain text or gzip (recognised by its magic bytes ``1f 8b``).
+Canonical format (the one of ``crypto_mesh/data/binance/*.jsonl.gz``, see :mod:`crypto_mesh.binance.data`):
+one combined-stream frame per line, ``{"stream": "btcusdt@trade", "data": {...}}`` exactly as Binance sent it,
+as plain text or gzip (recognised by its magic bytes ``1f 8b``).
 
 A replayed frame of loop ``k`` (k = 0, 1, ...) is the recorded one with
 
@@ -16,18 +16,13 @@ the recording.
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crypto_mesh import jsonutil
+from crypto_mesh import binance, jsonutil
+from crypto_mesh.binance import AGG_TRADE, ID_FIELDS, TIME_FIELDS, TRADE
 from crypto_mesh.decimals import DecimalFieldError, parse_decimal
-
-GZIP_MAGIC = b"\x1f\x8b"
-TIME_FIELDS = ("E", "T")
-ID_FIELDS = ("t", "a", "f", "l")
-TRADE_KINDS = ("trade", "aggTrade")
 
 
 class RecordingError(ValueError):
@@ -74,14 +69,16 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_decimals(data: dict[str, Any], where: str) -> None:
+def _check_trade(data: dict[str, Any], where: str) -> None:
     for key in ("p", "q"):
         try:
             parse_decimal(data.get(key))
         except DecimalFieldError as exc:
             raise RecordingError(f"{where}: trade field {key} {exc}") from None
-    if not isinstance(data.get("s"), str):
-        raise RecordingError(f"{where}: trade field s must be the symbol")
+    try:
+        binance.normalize_symbol(data.get("s"))
+    except binance.InvalidSymbol:
+        raise RecordingError(f"{where}: trade field s must be the symbol") from None
 
 
 def read_lines(path: Path) -> list[bytes]:
@@ -90,12 +87,9 @@ def read_lines(path: Path) -> list[bytes]:
     Raises :class:`RecordingError` if the file cannot be read.
     """
     try:
-        raw = path.read_bytes()
-        if raw.startswith(GZIP_MAGIC):
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        return binance.recording_lines(path)
+    except (OSError, EOFError) as exc:
         raise RecordingError(f"{path}: cannot read recording: {exc}") from exc
-    return [line for line in raw.splitlines() if line.strip()]
 
 
 def load_recording(path: Path) -> Recording:
@@ -103,7 +97,8 @@ def load_recording(path: Path) -> Recording:
 
     Raises :class:`RecordingError` for an unreadable file, an empty one, a line that is not a combined-stream
     frame whose ``data`` is an object with an integer ``E``, a non-integer time or id field, or a ``@trade`` /
-    ``@aggTrade`` payload without decimal strings ``p`` and ``q`` and a symbol ``s``.
+    ``@aggTrade`` frame without decimal strings ``p`` and ``q`` and a symbol ``s``, or of a stream whose
+    symbol the mesh refuses (:func:`crypto_mesh.binance.normalize_symbol`).
     """
     frames: list[RecordedFrame] = []
     earliest: int | None = None
@@ -116,13 +111,13 @@ def load_recording(path: Path) -> Recording:
             frame = jsonutil.loads(line)
         except jsonutil.JSONDecodeError as exc:
             raise RecordingError(f"{where}: not JSON: {exc}") from exc
-        if not isinstance(frame, dict) or not isinstance(frame.get("stream"), str):
+        framed = binance.split_combined(frame)
+        if framed is None:
             raise RecordingError(f'{where}: not a combined-stream frame {{"stream": ..., "data": ...}}')
-        stream, data = frame["stream"], frame.get("data")
+        stream, data = framed
         if not isinstance(data, dict) or not _is_int(data.get("E")):
             raise RecordingError(f"{where}: data must be an object with an integer event time E")
-        symbol, _, kind = stream.partition("@")
-        symbol = symbol.lower()
+        symbol, kind = binance.split_stream(stream)
         for key in TIME_FIELDS:
             if key in data:
                 if not _is_int(data[key]):
@@ -138,9 +133,12 @@ def load_recording(path: Path) -> Recording:
                 bounds = id_ranges.setdefault((symbol, group), [data[key], data[key]])
                 bounds[0] = min(bounds[0], data[key])
                 bounds[1] = max(bounds[1], data[key])
-        if kind in TRADE_KINDS:
-            _check_decimals(data, where)
-            kinds.setdefault(symbol, set()).add(kind)
+        if kind in (TRADE, AGG_TRADE):
+            _check_trade(data, where)
+            try:
+                kinds.setdefault(binance.normalize_symbol(symbol), set()).add(kind)
+            except binance.InvalidSymbol:
+                raise RecordingError(f"{where}: invalid symbol in stream name {stream[:64]!r}") from None
         frames.append(RecordedFrame(stream=stream, symbol=symbol, data=data, event_ms=data["E"]))
     if not frames or earliest is None or latest is None:
         raise RecordingError(f"{path}: recording has no frame")
@@ -148,7 +146,8 @@ def load_recording(path: Path) -> Recording:
     for (symbol, _group), (low, high) in id_ranges.items():
         id_span[symbol] = max(id_span.get(symbol, 0), high - low + 1)
     trade_streams = {
-        symbol: f"{symbol}@{'trade' if 'trade' in found else 'aggTrade'}" for symbol, found in kinds.items()
+        symbol: binance.trade_stream(symbol, TRADE if TRADE in found else AGG_TRADE)
+        for symbol, found in kinds.items()
     }
     return Recording(
         path=path,

@@ -1,18 +1,17 @@
 """Transport of the replay exchange: Binance's spot websocket stream protocol over ``websockets``, plus HTTP
 ``GET /replay/v1/info`` and ``GET /healthz`` on the same port.
 
-Protocol (Binance spot "WebSocket Streams for Binance"):
+Protocol (Binance spot "WebSocket Streams for Binance", its formats and limits in :mod:`crypto_mesh.binance`):
 
 * ``/ws/<stream>`` and ``/ws/<s1>/<s2>``: raw streams, each message is the payload alone;
   ``/ws``: raw, streams added with SUBSCRIBE;
   ``/stream?streams=<s1>/<s2>`` (or ``/stream``): combined streams, each message is
   ``{"stream": "<name>", "data": <payload>}``.
-* Control messages (section "Live Subscribing/Unsubscribing to streams"):
-  ``{"method": "SUBSCRIBE"|"UNSUBSCRIBE", "params": [...], "id": n}`` → ``{"result": null, "id": n}``;
-  ``LIST_SUBSCRIPTIONS`` → ``{"result": [...], "id": n}``; ``SET_PROPERTY``/``GET_PROPERTY`` of ``combined``.
-  Errors (section "Error Messages"): ``{"error": {"code": 2|3, "msg": "..."}, "id": n|null}``.
-* Limits (section "WebSocket Limits"): at most 1024 streams per connection, at most 5 incoming messages per
-  second (a connection that sends more is closed), a connection lives at most 24 h, the server pings every
+* Control messages (:mod:`crypto_mesh.binance.control`): ``SUBSCRIBE``/``UNSUBSCRIBE`` → ``{"result": null,
+  "id": n}``; ``LIST_SUBSCRIPTIONS`` → ``{"result": [...], "id": n}``; ``SET_PROPERTY``/``GET_PROPERTY`` of
+  ``combined``. Errors: ``{"error": {"code": 0..3, "msg": "..."}, "id": n|null}``.
+* Limits (:mod:`crypto_mesh.binance.limits`): at most 1024 streams per connection, at most 5 incoming messages
+  per second (a connection that sends more is closed), a connection lives at most 24 h, the server pings every
   20 s and closes a connection whose pong does not arrive within a minute.
 
 Each recording is played by one :class:`_Playback` from server start, whether or not anyone listens, and every
@@ -26,20 +25,19 @@ import asyncio
 import email.utils
 import http
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from crypto_mesh import jsonutil
-from crypto_mesh.binance import MINI_TICKER_ALL
+from crypto_mesh import binance, jsonutil
+from crypto_mesh.binance import MINI_TICKER_ALL, control
 from crypto_mesh.logs import get_logger
 from launcher.replay.minitickers import MiniTickers
 from launcher.replay.recording import Recording, Timeline, floor_second, load_recording
@@ -47,23 +45,16 @@ from launcher.replay.settings import ReplaySettings
 
 log = get_logger(__name__)
 
-MAX_STREAMS_PER_CONNECTION = 1024
-MAX_MESSAGES_PER_SECOND = 5
-MAX_CONNECTION_AGE_S = 24 * 3600
-PING_INTERVAL_S = 20
-PING_TIMEOUT_S = 60
 #: Frames queued for one connection before it is considered too slow and closed.
 SEND_QUEUE_SIZE = 10_000
 #: Control messages are small; Binance does not document a size limit, this one keeps a client from
 #: buffering megabytes in the server.
 MAX_INCOMING_MESSAGE_BYTES = 64 * 1024
-#: Lowercase symbol stream (``btcusdt@trade``, ``btcusdt@depth@100ms``) or an all-market one
-#: (``!miniTicker@arr``).
-STREAM_NAME = re.compile(r"(?:[a-z0-9]{2,20}|![A-Za-z]{1,30})(?:@[A-Za-z0-9_]{1,30}){1,2}")
 
 
 class ProtocolError(ValueError):
-    """A client request that Binance would refuse; ``code`` is Binance's error code (2 request, 3 JSON)."""
+    """A client request that Binance would refuse; ``code`` is Binance's error code
+    (:mod:`crypto_mesh.binance.control`)."""
 
     def __init__(self, code: int, msg: str) -> None:
         super().__init__(msg)
@@ -76,28 +67,25 @@ def parse_path(path: str) -> tuple[bool, list[str]] | None:
 
     Raises :class:`ProtocolError` for a malformed stream name or more than 1024 streams.
     """
-    parts = urlsplit(path)
-    if parts.path == "/ws" or parts.path.startswith("/ws/"):
-        combined, names = False, [name for name in parts.path[len("/ws") :].split("/") if name]
-    elif parts.path in ("/stream", "/stream/"):
-        combined = True
-        names = [
-            name for value in parse_qs(parts.query).get("streams", []) for name in value.split("/") if name
-        ]
-    else:
+    parsed = binance.parse_stream_path(path)
+    if parsed is None:
         return None
+    combined, names = parsed
     return combined, _check_streams(names, already=0)
 
 
 def _check_streams(names: object, already: int) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise ProtocolError(2, "Invalid request: params must be a list of stream names")
+        raise ProtocolError(control.INVALID_REQUEST, "Invalid request: params must be a list of stream names")
     for name in names:
-        if not STREAM_NAME.fullmatch(name):
-            raise ProtocolError(2, f"Invalid request: invalid stream name {name[:64]!r}")
-    if already + len(set(names)) > MAX_STREAMS_PER_CONNECTION:
+        if not binance.STREAM_NAME.fullmatch(name):
+            raise ProtocolError(
+                control.INVALID_REQUEST, f"Invalid request: invalid stream name {name[:64]!r}"
+            )
+    if already + len(set(names)) > binance.MAX_STREAMS_PER_CONNECTION:
         raise ProtocolError(
-            2, f"Invalid request: at most {MAX_STREAMS_PER_CONNECTION} streams per connection"
+            control.INVALID_REQUEST,
+            f"Invalid request: at most {binance.MAX_STREAMS_PER_CONNECTION} streams per connection",
         )
     return list(dict.fromkeys(names))
 
@@ -111,7 +99,7 @@ class _Client:
         self.streams: dict[str, None] = {}
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_SIZE)
         self.closing: asyncio.Task[None] | None = None
-        self._recent: deque[float] = deque(maxlen=MAX_MESSAGES_PER_SECOND)
+        self._recent: deque[float] = deque(maxlen=binance.MAX_INCOMING_MESSAGES_PER_SECOND)
 
     def offer(self, message: bytes) -> bool:
         """Queue ``message`` for sending; False (and the connection is being closed) if the queue is full."""
@@ -131,7 +119,7 @@ class _Client:
 
     def within_rate(self, now: float) -> bool:
         """Record an incoming message at monotonic ``now`` (s); False if it is the 6th within one second."""
-        full = len(self._recent) == MAX_MESSAGES_PER_SECOND
+        full = len(self._recent) == binance.MAX_INCOMING_MESSAGES_PER_SECOND
         if full and now - self._recent[0] < 1.0:
             return False
         self._recent.append(now)
@@ -172,7 +160,7 @@ class _Hub:
         for client in tuple(listeners):
             if client.combined:
                 if combined is None:
-                    combined = jsonutil.dumps({"stream": stream, "data": data})
+                    combined = binance.combined_frame(stream, data)
                 delivered = client.offer(combined)
             else:
                 if raw is None:
@@ -242,7 +230,7 @@ class _Playback:
             return
         self.hub.publish(MINI_TICKER_ALL, tickers)
         for ticker in tickers:
-            self.hub.publish(f"{ticker['s'].lower()}@miniTicker", ticker)
+            self.hub.publish(binance.mini_ticker_stream(ticker["s"]), ticker)
 
 
 def _ticker_streams(recordings: list[Recording]) -> list[frozenset[str]]:
@@ -319,11 +307,12 @@ class _Exchange:
         self.hub.subscribe(client, streams)
         writer = asyncio.create_task(self._write(client))
         try:
-            async with asyncio.timeout(MAX_CONNECTION_AGE_S):
+            async with asyncio.timeout(binance.MAX_CONNECTION_AGE_S):
                 async for message in ws:
                     if not client.within_rate(time.monotonic()):
                         log.info("rate_limit_closed", remote=str(ws.remote_address))
-                        client.close(1008, f"too many messages: at most {MAX_MESSAGES_PER_SECOND} per second")
+                        limit = binance.MAX_INCOMING_MESSAGES_PER_SECOND
+                        client.close(1008, f"too many messages: at most {limit} per second")
                         break
                     client.offer(jsonutil.dumps(self._control(client, message)))
         except TimeoutError:
@@ -352,44 +341,48 @@ class _Exchange:
             try:
                 request = jsonutil.loads(message)
             except jsonutil.JSONDecodeError as exc:
-                raise ProtocolError(3, f"Invalid JSON: {exc}") from exc
+                raise ProtocolError(control.INVALID_JSON, f"Invalid JSON: {exc}") from exc
             if not isinstance(request, dict):
-                raise ProtocolError(2, "Invalid request: expected a JSON object")
+                raise ProtocolError(control.INVALID_REQUEST, "Invalid request: expected a JSON object")
             request_id = request.get("id")
             if not _valid_id(request_id):
                 request_id = None
-                raise ProtocolError(2, "Invalid request: request ID must be an unsigned integer")
+                raise ProtocolError(
+                    control.INVALID_REQUEST, "Invalid request: request ID must be an unsigned integer"
+                )
             method, params = request.get("method"), request.get("params", [])
-            if method == "SUBSCRIBE":
+            if method == control.SUBSCRIBE:
                 fresh = [name for name in _check_streams(params, 0) if name not in client.streams]
                 _check_streams(fresh, len(client.streams))
                 self.hub.subscribe(client, fresh)
-                return {"result": None, "id": request_id}
-            if method == "UNSUBSCRIBE":
+                return control.result(None, request_id)
+            if method == control.UNSUBSCRIBE:
                 self.hub.unsubscribe(client, _check_streams(params, 0))
-                return {"result": None, "id": request_id}
-            if method == "LIST_SUBSCRIPTIONS":
-                return {"result": list(client.streams), "id": request_id}
-            if method == "SET_PROPERTY":
-                if not (isinstance(params, list) and len(params) == 2 and params[0] == "combined"):
-                    raise ProtocolError(0, "Unknown property")
+                return control.result(None, request_id)
+            if method == control.LIST_SUBSCRIPTIONS:
+                return control.result(list(client.streams), request_id)
+            if method == control.SET_PROPERTY:
+                if not (
+                    isinstance(params, list) and len(params) == 2 and params[0] == control.COMBINED_PROPERTY
+                ):
+                    raise ProtocolError(control.UNKNOWN_PROPERTY, "Unknown property")
                 if not isinstance(params[1], bool):
-                    raise ProtocolError(1, "Invalid value type: expected Boolean")
+                    raise ProtocolError(control.INVALID_VALUE_TYPE, "Invalid value type: expected Boolean")
                 client.combined = params[1]
-                return {"result": None, "id": request_id}
-            if method == "GET_PROPERTY":
-                if params != ["combined"]:
-                    raise ProtocolError(0, "Unknown property")
-                return {"result": client.combined, "id": request_id}
+                return control.result(None, request_id)
+            if method == control.GET_PROPERTY:
+                if params != [control.COMBINED_PROPERTY]:
+                    raise ProtocolError(control.UNKNOWN_PROPERTY, "Unknown property")
+                return control.result(client.combined, request_id)
             if method is None:
-                raise ProtocolError(2, "Invalid request: missing field `method`")
+                raise ProtocolError(control.INVALID_REQUEST, "Invalid request: missing field `method`")
             raise ProtocolError(
-                2,
+                control.INVALID_REQUEST,
                 f"Invalid request: unknown variant {str(method)[:32]!r}, expected one of SUBSCRIBE, UNSUBSCRIBE, "
                 "LIST_SUBSCRIPTIONS, SET_PROPERTY, GET_PROPERTY",
             )
         except ProtocolError as exc:
-            return {"error": {"code": exc.code, "msg": exc.msg}, "id": request_id}
+            return control.error(exc.code, exc.msg, request_id)
 
 
 def _valid_id(value: object) -> bool:
@@ -444,8 +437,8 @@ async def start(settings: ReplaySettings) -> Running:
         settings.host,
         settings.port,
         process_request=exchange.process_request,
-        ping_interval=PING_INTERVAL_S,
-        ping_timeout=PING_TIMEOUT_S,
+        ping_interval=binance.SERVER_PING_INTERVAL_S,
+        ping_timeout=binance.PONG_TIMEOUT_S,
         max_size=MAX_INCOMING_MESSAGE_BYTES,
         compression=None,
         logger=connections_log,

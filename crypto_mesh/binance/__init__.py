@@ -1,0 +1,118 @@
+"""The Binance adapter: the one place of the mesh that knows Binance's spot formats and limits.
+
+Every service and the replay exchange import what they need from here (``from crypto_mesh.binance import
+parse_trade_frame``) and keep only their own decisions. The parts, each citing its Binance documentation:
+
+- :mod:`.names`: symbol normalisation, stream names, the ``/ws`` and ``/stream`` endpoints;
+- :mod:`.frames`: the combined-stream envelope, trade / aggTrade and mini-ticker payloads and their parsing;
+- :mod:`.control`: SUBSCRIBE / UNSUBSCRIBE and the other control messages, their answers and error codes;
+- :mod:`.limits`: streams per connection, messages per second, connection attempts, 24 h connection life;
+- :mod:`.exchange_info`: the symbol list of ``GET /api/v3/exchangeInfo`` and each symbol's status;
+- :mod:`.data`: the real Binance data shipped in ``crypto_mesh/data/binance`` and how its files are read.
+"""
+
+from crypto_mesh.binance import control
+from crypto_mesh.binance.data import (
+    DATA_DIR,
+    DEFAULT_EXCHANGE_INFO,
+    DEFAULT_RECORDING,
+    read_data_file,
+    recording_lines,
+)
+from crypto_mesh.binance.exchange_info import TRADING, ListedSymbol, load_exchange_info, parse_exchange_info
+from crypto_mesh.binance.frames import (
+    ID_FIELDS,
+    MINI_TICKER_EVENT,
+    TIME_FIELDS,
+    TRADE_ID_FIELDS,
+    MalformedFrame,
+    MalformedTicker,
+    MiniTicker,
+    Trade,
+    UnknownEvent,
+    combined_frame,
+    mini_ticker_payload,
+    parse_mini_ticker_frame,
+    parse_trade_frame,
+    payload,
+    split_combined,
+    stream_of,
+    trade_id_field,
+)
+from crypto_mesh.binance.limits import (
+    CONNECT_ATTEMPTS_WINDOW_S,
+    MAX_CONNECT_ATTEMPTS,
+    MAX_CONNECTION_AGE_S,
+    MAX_INCOMING_MESSAGES_PER_SECOND,
+    MAX_STREAMS_PER_CONNECTION,
+    PONG_TIMEOUT_S,
+    SERVER_PING_INTERVAL_S,
+)
+from crypto_mesh.binance.names import (
+    AGG_TRADE,
+    COMBINED_PATH,
+    MINI_TICKER,
+    MINI_TICKER_ALL,
+    RAW_PATH,
+    STREAM_NAME,
+    SYMBOL_PATTERN,
+    TRADE,
+    InvalidSymbol,
+    combined_stream_url,
+    mini_ticker_stream,
+    normalize_symbol,
+    parse_stream_path,
+    split_stream,
+    trade_stream,
+)
+
+__all__ = [
+    "AGG_TRADE",
+    "COMBINED_PATH",
+    "CONNECT_ATTEMPTS_WINDOW_S",
+    "DATA_DIR",
+    "DEFAULT_EXCHANGE_INFO",
+    "DEFAULT_RECORDING",
+    "ID_FIELDS",
+    "MAX_CONNECTION_AGE_S",
+    "MAX_CONNECT_ATTEMPTS",
+    "MAX_INCOMING_MESSAGES_PER_SECOND",
+    "MAX_STREAMS_PER_CONNECTION",
+    "MINI_TICKER",
+    "MINI_TICKER_ALL",
+    "MINI_TICKER_EVENT",
+    "PONG_TIMEOUT_S",
+    "RAW_PATH",
+    "SERVER_PING_INTERVAL_S",
+    "STREAM_NAME",
+    "SYMBOL_PATTERN",
+    "TIME_FIELDS",
+    "TRADE",
+    "TRADE_ID_FIELDS",
+    "TRADING",
+    "InvalidSymbol",
+    "ListedSymbol",
+    "MalformedFrame",
+    "MalformedTicker",
+    "MiniTicker",
+    "Trade",
+    "UnknownEvent",
+    "combined_frame",
+    "combined_stream_url",
+    "control",
+    "load_exchange_info",
+    "mini_ticker_payload",
+    "mini_ticker_stream",
+    "normalize_symbol",
+    "parse_exchange_info",
+    "parse_mini_ticker_frame",
+    "parse_stream_path",
+    "parse_trade_frame",
+    "payload",
+    "read_data_file",
+    "recording_lines",
+    "split_combined",
+    "split_stream",
+    "stream_of",
+    "trade_id_field",
+]
