@@ -7,8 +7,9 @@ that runs neither.
 
 from __future__ import annotations
 
+import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -57,25 +58,49 @@ def fresh_database(postgres):
     return make
 
 
+#: Numbered databases of the test Redis server: enough for one per test module that uses Redis, and a few
+#: modules that need a second one (Redis has 16 unless told otherwise).
+REDIS_DATABASES = 256
+
+
 @pytest.fixture(scope="session")
 def redis_server(engines_dir) -> ManagedProcess:
     """A Redis server on a free port (``redis_server.port``) started as the mesh starts its own: the default
-    user disabled, a user per service, plus the tests' own user with every right."""
+    user disabled, a user per service, plus the tests' own user with every right; with
+    :data:`REDIS_DATABASES` numbered databases."""
     port = free_port()
     acl_file = redis_acl_file(engines_dir / "secrets")
-    process = ManagedProcess(
-        "redis", redis_command(port, engines_dir / "redis", acl_file), port, engines_dir / "redis.log"
-    )
+    command = [*redis_command(port, engines_dir / "redis", acl_file), "--databases", str(REDIS_DATABASES)]
+    process = ManagedProcess("redis", command, port, engines_dir / "redis.log")
     process.start()
     yield process
     process.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server) -> str:
-    """URL of the test Redis server as the tests' own user (every right): for seeding and inspecting. A
-    service under test connects as its own user: :func:`credentials.redis_user_url`."""
-    return redis_user_url(f"redis://127.0.0.1:{redis_server.port}/0", TESTS_REDIS_USER)
+def redis_database_url(redis_server) -> Callable[[], str]:
+    """Factory: ``redis_database_url()`` is the URL, as the tests' own user, of a database of the test Redis
+    server that nothing else in the session uses (database 0 is never handed out). Fails the test once all
+    :data:`REDIS_DATABASES` are taken."""
+    numbers = itertools.count(1)
+
+    def allocate() -> str:
+        number = next(numbers)
+        if number >= REDIS_DATABASES:
+            pytest.fail(f"the test Redis server has only {REDIS_DATABASES} databases")
+        return redis_user_url(f"redis://127.0.0.1:{redis_server.port}/{number}", TESTS_REDIS_USER)
+
+    return allocate
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_database_url) -> str:
+    """URL of this test module's own Redis database, as the tests' own user (every right): for seeding and
+    inspecting. No other module uses that database, so keys never leak between modules; the tests of one
+    module share it (channels, as Redis has them, are shared by every database). A service under test
+    connects as its own user: :func:`credentials.redis_user_url`. A module that needs a second database
+    asks :func:`redis_database_url` for one."""
+    return redis_database_url()
 
 
 @pytest.fixture(scope="session")

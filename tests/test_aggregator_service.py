@@ -3,7 +3,8 @@ Kafka.
 
 The upstream is a grpc.aio server implementing ``SocketProxy`` in this file (socket_proxy itself is tested on
 its own): it streams the recorded frames of the requested symbol like a live stream, then holds the call open
-until the client cancels it.
+until the client cancels it. Like socket_proxy, it may end a subscriber that fell behind (RESOURCE_EXHAUSTED),
+and the frames that subscriber had not received yet are lost to it.
 """
 
 from __future__ import annotations
@@ -23,22 +24,19 @@ import orjson
 import pytest
 import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer
-from credentials import redis_user_url, service_headers, service_token_file
+from credentials import service_headers
 from polling import eventually
+from support.stacks import serve_aggregator
 from yarl import URL
 
-from aggregator.app import start
-from aggregator.settings import AggregatorSettings
 from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
+from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import SOCKET_PROXY
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from socket_proxy.server import CALLERS as PROXY_CALLERS
 from socket_proxy.server import SERVICE_NAME as PROXY_SERVICE
-
-#: A Redis database of its own, so that follower sets of other suites do not leak into the aggregator's start.
-AGGREGATOR_TEST_DB = 13
 
 MALFORMED_FRAME = (
     b'{"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","t":1,"p":"-1","q":"1","T":1}}'
@@ -47,18 +45,29 @@ UNKNOWN_EVENT_FRAME = b'{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1,"
 
 
 class RecordingProxy(socket_pb2_grpc.SocketProxyServicer):
-    """A SocketProxy upstream serving recorded frames.
+    """A SocketProxy upstream serving recorded frames, in messages of 50.
 
-    ``trade_frames[(symbol, kind)]``: frames of that stream; each call continues where the previous call of
-    the stream stopped (like a live stream). ``fail_after``: the first call of a stream aborts with
-    RESOURCE_EXHAUSTED after that many frames. ``calls`` counts calls per symbol; ``cancelled[symbol]`` is
-    set when a call of that symbol is cancelled by the client.
+    ``trade_frames[(symbol, kind)]``: frames of that stream, played once: each call continues where the
+    stream is (like a live stream). ``overflow_after``: the first call of a stream is ended after that many
+    frames (at the end of a message) as socket_proxy ends a subscriber whose queue overflowed: with
+    RESOURCE_EXHAUSTED, the frames queued for it thrown away and those the stream carries until it
+    subscribes again never sent to it; ``lost_on_overflow`` frames in all, kept in :attr:`lost`.
+    ``calls`` counts calls per symbol; ``cancelled[symbol]`` is set when a call of that symbol is cancelled
+    by the client.
     """
 
-    def __init__(self, trade_frames=None, mini_ticker_frames=(), fail_after: int | None = None) -> None:
+    def __init__(
+        self,
+        trade_frames=None,
+        mini_ticker_frames=(),
+        overflow_after: int | None = None,
+        lost_on_overflow: int = 0,
+    ) -> None:
         self.trade_frames: dict[tuple[str, int], list[bytes]] = trade_frames or {}
         self.mini_ticker_frames = list(mini_ticker_frames)
-        self.fail_after = fail_after
+        self.overflow_after = overflow_after
+        self.lost_on_overflow = lost_on_overflow
+        self.lost: list[bytes] = []
         self.cursor: dict[tuple[str, int], int] = defaultdict(int)
         self.calls: dict[str, int] = defaultdict(int)
         self.cancelled: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -71,7 +80,9 @@ class RecordingProxy(socket_pb2_grpc.SocketProxyServicer):
         frames = self.trade_frames.get(key, [])
         try:
             while self.cursor[key] < len(frames):
-                if first_call and self.fail_after is not None and self.cursor[key] >= self.fail_after:
+                if first_call and self.overflow_after is not None and self.cursor[key] >= self.overflow_after:
+                    start, self.cursor[key] = self.cursor[key], self.cursor[key] + self.lost_on_overflow
+                    self.lost = frames[start : self.cursor[key]]
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "subscriber fell behind")
                 batch = frames[self.cursor[key] : self.cursor[key] + 50]
                 self.cursor[key] += len(batch)
@@ -90,9 +101,9 @@ class RecordingProxy(socket_pb2_grpc.SocketProxyServicer):
 
 @pytest.fixture
 def serving(mesh_pki):
-    """Factory: ``async with serving(proxy[, port]) as target`` serves a :class:`RecordingProxy` on ``target``
-    (``host:port``) as socket_proxy serves: mutual TLS with the socket_proxy identity, the aggregator its one
-    allowed caller."""
+    """Factory: ``async with serving(proxy[, port]) as port`` serves a :class:`RecordingProxy` on
+    ``127.0.0.1:port`` as socket_proxy serves: mutual TLS with the socket_proxy identity, the aggregator its
+    one allowed caller."""
     tls = mesh_pki[SOCKET_PROXY].load()
 
     @asynccontextmanager
@@ -101,7 +112,7 @@ def serving(mesh_pki):
         socket_pb2_grpc.add_SocketProxyServicer_to_server(proxy, server)
         await server.start()
         try:
-            yield f"127.0.0.1:{port}"
+            yield port
         finally:
             await server.stop(grace=None)
 
@@ -109,33 +120,24 @@ def serving(mesh_pki):
 
 
 @asynccontextmanager
-async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_target: str, **overrides):
-    """A running aggregator; yields (control base URL, HTTP session)."""
-    settings = AggregatorSettings(
-        port=0,
-        api_token_file=service_token_file(),
-        redis_url=redis_user_url(redis_url, "aggregator"),
-        kafka_bootstrap_servers=kafka_bootstrap,
-        socket_proxy_target=proxy_target,
-        kafka_enable_idempotence=False,
-        **overrides,
-    )
-    running = await start(settings)
-    try:
-        async with aiohttp.ClientSession(headers=service_headers()) as http:
-            yield f"http://127.0.0.1:{running.port}", http
-    finally:
-        await running.stop()
+async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_port: int, **overrides):
+    """A running aggregator (:func:`support.stacks.serve_aggregator`); yields (control base URL, an HTTP
+    session presenting the service credential)."""
+    async with (
+        serve_aggregator(redis_url, kafka_bootstrap, proxy_port, **overrides) as base,
+        aiohttp.ClientSession(headers=service_headers()) as http,
+    ):
+        yield base, http
 
 
 @pytest.fixture
 async def agg_redis_url(redis_url):
-    """``redis_url`` on the aggregator's own database, emptied before the test."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{AGGREGATOR_TEST_DB}"
-    client = redis.from_url(url)
+    """This module's Redis database, emptied before the test: no follower set of an earlier test leaks into
+    the aggregator's start."""
+    client = redis.from_url(redis_url)
     await client.flushdb()
     await client.aclose()
-    return url
+    return redis_url
 
 
 @pytest.fixture
@@ -195,7 +197,20 @@ async def receive(pubsub, count: int, timeout_s: float) -> list[dict]:
     return received
 
 
-async def test_a_followed_symbol_is_published_second_by_second_from_the_upstream(
+def second_of(frame: bytes) -> int:
+    """The second (Unix ms) of a trade frame's trade time."""
+    return orjson.loads(frame)["data"]["T"] // 1000 * 1000
+
+
+def seconds_around(lost: list[bytes], frames: list[bytes]) -> tuple[int, int]:
+    """For ``lost``, a run of ``frames`` a subscriber never received: the second of the last trade it received
+    before them and that of the first after them. Neither second is whole for that subscriber, and every
+    second in between had only lost trades."""
+    first, after = frames.index(lost[0]), frames.index(lost[-1]) + 1
+    return second_of(frames[first - 1]), second_of(frames[after])
+
+
+async def test_every_second_is_published_exactly_and_those_an_overflow_cut_short_are_not_published_at_all(
     agg_redis_url,
     redis_client,
     kafka_bootstrap,
@@ -203,29 +218,47 @@ async def test_a_followed_symbol_is_published_second_by_second_from_the_upstream
     serving,
 ):
     frames = recorded_frames(trade_recording, "btcusdt")
-    expected = expected_stats(frames, "t")
-    # A malformed frame and a frame of another event type in the middle of the stream; and the first call is
-    # cut by the upstream (RESOURCE_EXHAUSTED), so the aggregator must reconnect to get the rest.
+    # A malformed frame and a frame of another event type in the middle of the stream; and halfway through,
+    # the upstream ends the call as overflowing (RESOURCE_EXHAUSTED) and 120 trades never reach the
+    # aggregator, which must subscribe again to get the rest.
     middle = len(frames) // 3
     stream = frames[:middle] + [MALFORMED_FRAME, UNKNOWN_EVENT_FRAME] + frames[middle:]
-    proxy = RecordingProxy({("btcusdt", socket_pb2.TRADE_KIND_TRADE): stream}, fail_after=len(frames) // 2)
+    streams = {("btcusdt", socket_pb2.TRADE_KIND_TRADE): stream}
+    proxy = RecordingProxy(streams, overflow_after=len(frames) // 2, lost_on_overflow=120)
     pubsub = redis_client.pubsub()
     await pubsub.subscribe("btcusdt")
 
-    async with serving(proxy) as target, aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+    # The gap is seen on the first trade after it, so the second it cut short must still be open then: a grace
+    # far longer than a resubscription, so that the wall clock does not close that second first.
+    async with (
+        serving(proxy) as proxy_port,
+        aggregator(agg_redis_url, kafka_bootstrap, proxy_port, window_grace_ms=5000) as (base, http),
+    ):
         async with http.put(f"{base}/v1/symbols/BTCUSDT/followers/user:1") as response:
             assert response.status == 200
             assert await response.json() == {"symbol": "btcusdt", "followers": 1, "tracked": True}
+        await eventually(lambda: proxy.calls["btcusdt"] == 2, what="the aggregator subscribed again")
+        gap = seconds_around(proxy.lost, frames)
+        recorded = expected_stats(frames, "t")
+        expected = [stat for stat in recorded if not gap[0] <= stat["t"] <= gap[1]]
+        assert len(recorded) - len(expected) >= 3  # the two cut short, and at least one wholly lost
 
         received = await receive(pubsub, len(expected), timeout_s=30)
 
+        # Every second published is the recorded second; none of those around the gap is published, not
+        # even in part.
         assert [checked_fields(stat) for stat in received] == expected
         assert orjson.loads(await redis_client.get("price:btcusdt")) == received[-1]
-        assert proxy.calls["btcusdt"] == 2
         async with http.get(f"{base}/v1/stats") as response:
             counters = (await response.json())["trades"]
         assert counters["malformed"] == 1 and counters["unknown_event"] == 1
-        assert counters["parsed"] == len(frames) and counters["stats"] == len(expected)
+        assert counters["parsed"] == len(frames) - len(proxy.lost) and counters["stats"] == len(expected)
+        assert (counters["gaps"], counters["ids_missed"]) == (1, len(proxy.lost))
+        incomplete = len(set(gap))  # the second before the gap and the one after (one, if the same)
+        assert counters["incomplete"] == incomplete
+        async with http.get(f"{base}/metrics") as response:
+            samples = parse_samples(await response.text())
+        assert samples["aggregator_incomplete_seconds_total"] == incomplete
 
         async with http.delete(f"{base}/v1/symbols/btcusdt/followers/user:1") as response:
             assert await response.json() == {"symbol": "btcusdt", "followers": 0, "tracked": False}
@@ -250,11 +283,11 @@ async def test_agg_trade_stream_is_used_when_configured(
     await pubsub.subscribe("dotusdt")
 
     async with (
-        serving(proxy) as target,
+        serving(proxy) as proxy_port,
         aggregator(
             agg_redis_url,
             kafka_bootstrap,
-            target,
+            proxy_port,
             trade_stream="aggTrade",
             window_grace_ms=200,
         ) as (base, http),
@@ -274,13 +307,13 @@ async def test_followers_survive_a_restart_and_their_symbols_are_streamed_again(
     serving,
 ):
     proxy = RecordingProxy()
-    async with serving(proxy) as target:
-        async with aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+    async with serving(proxy) as proxy_port:
+        async with aggregator(agg_redis_url, kafka_bootstrap, proxy_port) as (base, http):
             await http.put(f"{base}/v1/symbols/ethusdt/followers/user:7")
             await http.put(f"{base}/v1/symbols/ethusdt/followers/user:8")
             await eventually(lambda: proxy.calls["ethusdt"] == 1)
 
-        async with aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+        async with aggregator(agg_redis_url, kafka_bootstrap, proxy_port) as (base, http):
             await eventually(lambda: proxy.calls["ethusdt"] == 2)
             async with http.get(f"{base}/v1/symbols") as response:
                 assert await response.json() == {"symbols": [{"symbol": "ethusdt", "followers": 2}]}
@@ -289,9 +322,8 @@ async def test_followers_survive_a_restart_and_their_symbols_are_streamed_again(
 
 async def test_streams_come_back_after_socket_proxy_restarts(agg_redis_url, kafka_bootstrap, serving):
     port = free_port()
-    target = f"127.0.0.1:{port}"
     before, after = RecordingProxy(), RecordingProxy()
-    async with aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+    async with aggregator(agg_redis_url, kafka_bootstrap, port) as (base, http):
         async with serving(before, port):
             await http.put(f"{base}/v1/symbols/ethusdt/followers/user:1")
             await eventually(lambda: before.calls["ethusdt"] == 1 and before.mini_ticker_calls == 1)
@@ -341,7 +373,10 @@ async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs(agg_redis_url, ka
     proxy = RecordingProxy(mini_ticker_frames=[frame, b"not json"])
     before_ms = int(time.time() * 1000)
 
-    async with serving(proxy) as target, aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http):
+    async with (
+        serving(proxy) as proxy_port,
+        aggregator(agg_redis_url, kafka_bootstrap, proxy_port) as (base, http),
+    ):
         records = await consume(kafka_bootstrap, {first.encode(), second.encode()}, count=2)
         async with http.get(f"{base}/v1/stats") as response:
             counters = await response.json()
@@ -393,8 +428,8 @@ async def test_health_is_ok_once_redis_kafka_and_the_upstream_are_reachable(
     agg_redis_url, kafka_bootstrap, serving
 ):
     async with (
-        serving(RecordingProxy()) as target,
-        aggregator(agg_redis_url, kafka_bootstrap, target) as (
+        serving(RecordingProxy()) as proxy_port,
+        aggregator(agg_redis_url, kafka_bootstrap, proxy_port) as (
             base,
             http,
         ),
@@ -413,9 +448,9 @@ async def test_health_is_ok_once_redis_kafka_and_the_upstream_are_reachable(
 
 
 async def test_start_succeeds_with_every_dependency_down_and_health_says_so():
-    nothing = f"127.0.0.1:{free_port()}"
+    nothing = free_port()
     started = time.monotonic()
-    async with aggregator(f"redis://{nothing}/0", nothing, nothing) as (base, http):
+    async with aggregator(f"redis://127.0.0.1:{nothing}/0", f"127.0.0.1:{nothing}", nothing) as (base, http):
         async with http.get(f"{base}/healthz") as response:
             assert response.status == 503
             assert (await response.json())["status"] in ("starting", "degraded")
@@ -432,8 +467,8 @@ class TestControlApi:
     async def api(self, agg_redis_url, kafka_bootstrap, serving):
         proxy = RecordingProxy()
         async with (
-            serving(proxy) as target,
-            aggregator(agg_redis_url, kafka_bootstrap, target) as (base, http),
+            serving(proxy) as proxy_port,
+            aggregator(agg_redis_url, kafka_bootstrap, proxy_port) as (base, http),
         ):
             yield base, http, proxy
 

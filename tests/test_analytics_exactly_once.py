@@ -20,8 +20,9 @@ from pathlib import Path
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
-from credentials import service_headers, service_token_file
+from credentials import service_token_file
 from polling import eventually
+from support.etl import sql_rows
 
 from aggregator.second_topic import SecondProducer, second_message_id
 from aggregator.secondstat import SecondStat
@@ -83,16 +84,6 @@ class EtlProcess:
     def terminate(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=40)
-
-
-async def sql(port: int, query: str) -> list[list]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}, headers=service_headers()) as response,
-    ):
-        body = await response.json()
-        assert response.status == 200, body
-        return body["rows"]
 
 
 #: The ETL is killed and started again under these tests: a refused or failed request is "not yet".
@@ -197,11 +188,11 @@ async def test_ten_kill_9s_of_the_etl_while_producing_leave_exactly_one_row_per_
                 lambda table=table, ids=ids: _counts_reach(port, table, len(ids)), 60, f"{table} caught up"
             )
         for table, ids in expected.items():
-            [[final_rows, distinct_ids, raw_rows]] = await sql(
+            [[final_rows, distinct_ids, raw_rows]] = await sql_rows(
                 port,
                 f"SELECT (SELECT count() FROM {table} FINAL), uniqExact(message_id), count() FROM {table}",
             )
-            stored = {row[0] for row in await sql(port, f"SELECT message_id FROM {table} FINAL")}
+            stored = {row[0] for row in await sql_rows(port, f"SELECT message_id FROM {table} FINAL")}
             context = f"{table}: seed {seed}, {raw_rows} raw rows before merging"
             assert (final_rows, distinct_ids) == (len(ids), len(ids)), context
             assert stored == ids, context
@@ -218,7 +209,7 @@ async def test_ten_kill_9s_of_the_etl_while_producing_leave_exactly_one_row_per_
 
 
 async def _counts_reach(port: int, table: str, expected: int) -> bool:
-    [[count]] = await sql(port, f"SELECT count() FROM {table} FINAL")
+    [[count]] = await sql_rows(port, f"SELECT count() FROM {table} FINAL")
     return int(count) >= expected
 
 
@@ -280,7 +271,7 @@ async def test_with_clickhouse_unreachable_the_etl_takes_nothing_and_catches_up_
     try:
         await wait_for(lambda: _healthy(port), 30, "ETL consuming")
         await wait_for(lambda: _counts_reach(port, "crypto.price_seconds", 500), 30, "caught up")
-        [[rows, ids]] = await sql(port, "SELECT count(), uniqExact(message_id) FROM crypto.price_seconds")
+        [[rows, ids]] = await sql_rows(port, "SELECT count(), uniqExact(message_id) FROM crypto.price_seconds")
         assert (rows, ids) == (500, 500)
         assert up.terminate() == 0
     finally:

@@ -12,12 +12,12 @@ import uuid
 from collections import defaultdict
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
-import aiohttp
 import polling
 import pytest
 from aiokafka import AIOKafkaConsumer
-from credentials import service_headers, service_token_file
+from credentials import service_token_file
 from kafka_helpers import committed_offset, produce_records
+from support.etl import health, sql_rows
 
 from aggregator.second_topic import SecondProducer, second_message_id, second_record
 from aggregator.secondstat import SecondStat, SecondWindows
@@ -39,24 +39,6 @@ def stat(symbol: str, n: int, volume: str = "2") -> SecondStat:
 
 #: ClickHouse and Kafka take their time here: longer to wait, less often to ask.
 eventually = functools.partial(polling.eventually, timeout_s=20.0, interval_s=0.1)
-
-
-async def sql(port: int, query: str) -> list[list]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}, headers=service_headers()) as response,
-    ):
-        body = await response.json()
-        assert response.status == 200, body
-        return body["rows"]
-
-
-async def health(port: int) -> tuple[int, dict]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/healthz") as response,
-    ):
-        return response.status, await response.json()
 
 
 @pytest.fixture
@@ -141,7 +123,7 @@ async def test_every_secondstat_becomes_one_exact_row_of_price_seconds(etl, sett
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
         await producer.close()
-    rows = await sql(
+    rows = await sql_rows(
         etl.port,
         "SELECT message_id, symbol, second, open, high, low, close, volume, quote_volume, vwap, trade_count,"
         " close_trade_id FROM crypto.price_seconds ORDER BY second LIMIT 1",
@@ -167,7 +149,7 @@ async def test_every_secondstat_becomes_one_exact_row_of_price_seconds(etl, sett
 
 
 async def _count_is(port: int, table: str, expected: int) -> bool:
-    [[count]] = await sql(port, f"SELECT count() FROM {table} FINAL")
+    [[count]] = await sql_rows(port, f"SELECT count() FROM {table} FINAL")
     return int(count) == expected
 
 
@@ -185,7 +167,7 @@ async def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_records_aro
     await produce_records(kafka_bootstrap, settings.kafka_second_topic, values)
 
     await eventually(lambda: _committed_is(kafka_bootstrap, settings, settings.kafka_second_topic, 4))
-    rows = await sql(etl.port, "SELECT second FROM crypto.price_seconds FINAL ORDER BY second")
+    rows = await sql_rows(etl.port, "SELECT second FROM crypto.price_seconds FINAL ORDER BY second")
     assert rows == [["2024-08-08T23:54:00Z"], ["2024-08-08T23:54:01Z"]]
 
     letters = await read_all(kafka_bootstrap, settings.kafka_deadletter_topic, 2)
@@ -245,7 +227,7 @@ async def test_while_clickhouse_refuses_inserts_only_the_failing_batch_is_held_a
     await eventually(
         lambda: _committed_is(kafka_bootstrap, settings, settings.kafka_second_topic, len(stats))
     )
-    [[final_rows, ids]] = await sql(
+    [[final_rows, ids]] = await sql_rows(
         etl.port,
         "SELECT (SELECT count() FROM crypto.price_seconds FINAL), uniqExact(message_id) FROM crypto.price_seconds",
     )
@@ -311,7 +293,7 @@ async def test_candles_from_price_seconds_equal_candles_computed_from_the_record
         timeout_s=30,
     )
 
-    rows = await sql(
+    rows = await sql_rows(
         etl.port,
         "SELECT symbol, minute, open, high, low, close, volume, quote_volume, trade_count FROM crypto.candles_1m"
         " ORDER BY symbol, minute",
@@ -323,5 +305,5 @@ async def test_candles_from_price_seconds_equal_candles_computed_from_the_record
     expected = independent_candles(trade_recording)
     assert len(expected) > 20
     assert stored == expected
-    [[final]] = await sql(etl.port, "SELECT count() FROM crypto.price_seconds FINAL")
+    [[final]] = await sql_rows(etl.port, "SELECT count() FROM crypto.price_seconds FINAL")
     assert final == len(stats)

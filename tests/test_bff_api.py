@@ -1,260 +1,42 @@
 """The BFF over real HTTP and WebSocket, against a real auth server, PostgreSQL and Redis.
 
-The aggregator is a small aiohttp app in this file implementing its two follower routes
-(docs/CONTRACTS.md, "Aggregator control HTTP") and recording the calls it receives.
+The aggregator is the fake of tests/support/fake_aggregator.py, which answers its follower routes
+(docs/CONTRACTS.md, "Aggregator control HTTP") as the real one does and records the calls it receives.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gzip
-import itertools
 import uuid
-from dataclasses import dataclass, field
 from decimal import Decimal
-from http.cookies import SimpleCookie
-from pathlib import Path
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
-import sqlalchemy as sa
-from aiohttp import web
-from credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url, service_token_file
+from credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
 from polling import eventually
-from sqlalchemy.ext.asyncio import create_async_engine
+from support.bff import (
+    PASSWORD,
+    error_of,
+    new_symbol,
+    next_profile,
+    refresh_cookie,
+    second_stat,
+    wait_until_subscribed,
+    with_refresh_cookie,
+    write_exchange_info,
+)
+from support.databases import execute_sql
+from support.fake_aggregator import FakeAggregator
+from support.stacks import serve_auth, serve_bff, serve_stack
 
-from aggregator.secondstat import SecondStat
-from auth.server import start as start_auth
-from auth.settings import AuthSettings
-from auth.tokens import generate_private_key_pem
-from crypto_mesh import jsonutil
-from crypto_mesh.binance import DEFAULT_EXCHANGE_INFO
-from launcher.embedded import ManagedProcess, redis_command
 from crypto_mesh.netutil import free_port
-from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
-from profile_bff.app import Running
-from profile_bff.app import start as start_bff
-from profile_bff.settings import BffSettings
-
-PASSWORD = "correct horse battery"
-#: Symbols only this test run uses, listed as TRADING in the exchangeInfo the test BFFs load, so that tests
-#: sharing one Redis never see each other's prices.
-_RUN = uuid.uuid4().hex[:6]
-TEST_SYMBOLS = [f"t{_RUN}{n:04d}usdt" for n in range(3000)]
-_next_symbol = itertools.count()
-#: The refresh cookie over HTTPS (BFF_COOKIE_SECURE=true, the default).
-REFRESH = "__Host-refresh_token"
-
-
-def new_symbol() -> str:
-    """A listed symbol no other test of this run uses."""
-    return TEST_SYMBOLS[next(_next_symbol)]
-
-
-def write_exchange_info(directory: Path) -> Path:
-    """The shipped exchangeInfo snapshot plus :data:`TEST_SYMBOLS` (TRADING), as ``exchangeInfo.json``."""
-    body = jsonutil.loads(gzip.decompress(DEFAULT_EXCHANGE_INFO.read_bytes()))
-    body["symbols"] += [
-        {"symbol": symbol.upper(), "status": "TRADING", "baseAsset": symbol[:-4].upper(), "quoteAsset": "USDT"}
-        for symbol in TEST_SYMBOLS
-    ]
-    path = directory / "exchangeInfo.json"
-    path.write_bytes(jsonutil.dumps(body))
-    return path
-
-
-@dataclass
-class AggregatorStub:
-    """Followers per symbol, and every call as ``(method, symbol, follower)``."""
-
-    url: str = ""
-    calls: list[tuple[str, str, str]] = field(default_factory=list)
-    followers: dict[str, set[str]] = field(default_factory=dict)
-
-    def calls_of(self, user_id: int) -> list[tuple[str, str]]:
-        """``(method, symbol)`` of the calls for follower ``user:<user_id>``, in order."""
-        return [(method, symbol) for method, symbol, follower in self.calls if follower == f"user:{user_id}"]
-
-    def app(self) -> web.Application:
-        async def put(request: web.Request) -> web.Response:
-            symbol, follower = request.match_info["symbol"], request.match_info["follower"]
-            self.calls.append(("PUT", symbol, follower))
-            self.followers.setdefault(symbol, set()).add(follower)
-            return web.json_response(
-                {"symbol": symbol, "followers": len(self.followers[symbol]), "tracked": True}
-            )
-
-        async def delete(request: web.Request) -> web.Response:
-            symbol, follower = request.match_info["symbol"], request.match_info["follower"]
-            self.calls.append(("DELETE", symbol, follower))
-            self.followers.get(symbol, set()).discard(follower)
-            count = len(self.followers.get(symbol, ()))
-            return web.json_response({"symbol": symbol, "followers": count, "tracked": count > 0})
-
-        # The real middleware: a BFF that did not present the aggregator's credential would be refused.
-        app = web.Application(
-            middlewares=[bearer_token_middleware(read_tokens(service_token_file()), realm="aggregator")]
-        )
-        app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", put)
-        app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", delete)
-        return app
-
-
-@dataclass
-class Bff:
-    url: str
-    http: aiohttp.ClientSession
-    aggregator: AggregatorStub
-    redis: aioredis.Redis
-    database_url: str
-    running: Running
-
-    async def register(self, name: str | None = None) -> tuple[str, int]:
-        name = name or f"u{uuid.uuid4().hex[:12]}"
-        async with self.http.post(
-            f"{self.url}/v1/register", json={"name": name, "password": PASSWORD}
-        ) as resp:
-            assert resp.status == 201, await resp.text()
-            return name, (await resp.json())["id"]
-
-    async def login(self, name: str) -> tuple[str, str]:
-        """Access token and refresh-token cookie value."""
-        async with self.http.post(f"{self.url}/v1/login", json={"name": name, "password": PASSWORD}) as resp:
-            assert resp.status == 200, await resp.text()
-            return (await resp.json())["access_token"], refresh_cookie(resp).value
-
-    async def user(self) -> tuple[int, dict[str, str]]:
-        """A new registered, logged-in user: its id and its Authorization header."""
-        name, user_id = await self.register()
-        access, _ = await self.login(name)
-        return user_id, {"Authorization": f"Bearer {access}"}
-
-
-def refresh_cookie(response: aiohttp.ClientResponse):
-    cookie = SimpleCookie()
-    for header in response.headers.getall("Set-Cookie", []):
-        cookie.load(header)
-    return cookie[REFRESH]
-
-
-def new_database(postgres, prefix: str) -> str:
-    """Like the ``fresh_database`` fixture, for fixtures that outlive one test."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    postgres.create_database(name)
-    return postgres.url(name)
-
-
-@contextlib.asynccontextmanager
-async def serve_auth(database_url: str, key_dir):
-    """The real auth server on a free port (bcrypt cost 4), with a new signing key."""
-    key_file = key_dir / "jwt.pem"
-    key_file.write_bytes(generate_private_key_pem())
-    running = await start_auth(
-        AuthSettings(port=0, database_url=database_url, jwt_private_key_file=key_file, bcrypt_cost=4)
-    )
-    try:
-        yield running
-    finally:
-        await running.stop()
-
-
-@contextlib.asynccontextmanager
-async def serve_aggregator():
-    stub = AggregatorStub()
-    runner = web.AppRunner(stub.app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    stub.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield stub
-    finally:
-        await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def serve_bff(
-    database_url: str,
-    redis_url: str,
-    auth_port: int,
-    aggregator: AggregatorStub,
-    exchange_info: Path,
-    **overrides,
-):
-    """A BFF on a free port, ready (``/healthz`` 200), with a client session and a Redis client;
-    ``overrides`` are further :class:`BffSettings` fields. The login and register rate limits are lifted
-    (tests/test_security_bff.py covers them): these tests register many users from one address; so are the
-    write and per-address rate limits of the ceilings (tests/test_security_ceilings.py)."""
-    for rate in (
-        "login_rate_per_name",
-        "login_rate_per_address",
-        "login_rate_per_name_and_address",
-        "login_rate_per_device",
-        "register_rate_per_name",
-        "register_rate_per_address",
-    ):
-        overrides.setdefault(rate, "1000000/minute")
-    # The per-user and per-address ceilings likewise (tests/test_security_ceilings.py covers them).
-    for ceiling in (
-        "write_rate_per_user",
-        "ws_ticket_rate_per_user",
-        "public_rate_per_address",
-        "ws_upgrade_rate_per_address",
-    ):
-        overrides.setdefault(ceiling, "1000000/minute")
-    settings = BffSettings(
-        port=0,
-        database_url=database_url,
-        redis_url=redis_user_url(redis_url, "bff"),
-        auth_target=f"127.0.0.1:{auth_port}",
-        aggregator_url=aggregator.url,
-        aggregator_token_file=service_token_file(),
-        exchange_info_file=exchange_info,
-        **overrides,
-    )
-    running = await start_bff(settings)
-    url = f"http://127.0.0.1:{running.port}"
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            await until_healthy(http, url)
-            yield Bff(url, http, aggregator, redis, database_url, running)
-    finally:
-        await running.stop()
-        await redis.aclose()
-
-
-async def until_healthy(http: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(200):
-        async with http.get(f"{url}/healthz") as resp:
-            if resp.status == 200:
-                return
-        await asyncio.sleep(0.05)
-    pytest.fail("the BFF never became ready")
-
-
-@contextlib.asynccontextmanager
-async def serve_stack(postgres, redis_url: str, tmp_path_factory):
-    """Auth, the aggregator stub and a BFF on new databases, for a module-scoped ``bff`` fixture."""
-    async with (
-        serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
-        serve_aggregator() as aggregator,
-        serve_bff(
-            new_database(postgres, "profile"),
-            redis_url,
-            auth.port,
-            aggregator,
-            write_exchange_info(tmp_path_factory.mktemp("exchange")),
-        ) as running,
-    ):
-        yield running
+from launcher.embedded import ManagedProcess, redis_command
 
 
 @pytest.fixture(scope="module")
 async def bff(postgres, redis_url, tmp_path_factory):
-    """One stack (auth, aggregator stub, BFF) shared by the tests of this module; each test uses new users
-    and symbols, so they do not see each other."""
+    """One stack (auth, the fake aggregator, BFF) shared by the tests of this module; each test uses new
+    users and symbols, so they do not see each other."""
     async with serve_stack(postgres, redis_url, tmp_path_factory) as running:
         yield running
 
@@ -270,26 +52,24 @@ async def own_auth_server(fresh_database, tmp_path):
 async def own_bff(fresh_database, redis_url, own_auth_server, tmp_path):
     """A stack for one test, which may break its database or stop it."""
     async with (
-        serve_aggregator() as aggregator,
+        FakeAggregator() as aggregator,
         serve_bff(
-            fresh_database("profile"), redis_url, own_auth_server.port, aggregator, write_exchange_info(tmp_path)
+            fresh_database("profile"),
+            redis_url,
+            own_auth_server.port,
+            aggregator,
+            write_exchange_info(tmp_path),
         ) as running,
     ):
         yield running
-
-
-async def error_of(response: aiohttp.ClientResponse) -> str:
-    body = await response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    return body["error"]["code"]
 
 
 # -- sessions --------------------------------------------------------------------------------------------
 
 
 async def test_register_then_login_then_profile(bff):
-    name, user_id = await bff.register()
-    access, _ = await bff.login(name)
+    name, user_id = await bff.sign_up()
+    access, _ = await bff.sign_in(name)
     async with bff.http.get(
         f"{bff.url}/v2/user/profile", headers={"Authorization": f"Bearer {access}"}
     ) as resp:
@@ -304,7 +84,7 @@ async def test_register_then_login_then_profile(bff):
 
 
 async def test_registering_a_taken_name_is_a_conflict(bff):
-    name, _ = await bff.register()
+    name, _ = await bff.sign_up()
     async with bff.http.post(f"{bff.url}/v1/register", json={"name": name, "password": PASSWORD}) as resp:
         assert resp.status == 409
         assert await error_of(resp) == "conflict"
@@ -321,7 +101,7 @@ async def test_registering_an_invalid_name_or_password_is_unprocessable(bff):
 
 
 async def test_login_answers_the_access_token_and_sets_the_refresh_token_only_as_a_strict_host_cookie(bff):
-    name, _ = await bff.register()
+    name, _ = await bff.sign_up()
     async with bff.http.post(f"{bff.url}/v1/login", json={"name": name, "password": PASSWORD}) as resp:
         assert resp.status == 200
         body = await resp.json()
@@ -336,7 +116,7 @@ async def test_login_answers_the_access_token_and_sets_the_refresh_token_only_as
 
 
 async def test_a_wrong_password_and_an_unknown_name_are_both_unauthorized(bff):
-    name, _ = await bff.register()
+    name, _ = await bff.sign_up()
     for body in ({"name": name, "password": "wrong password"}, {"name": "nobody_here", "password": PASSWORD}):
         async with bff.http.post(f"{bff.url}/v1/login", json=body) as resp:
             assert resp.status == 401
@@ -344,9 +124,9 @@ async def test_a_wrong_password_and_an_unknown_name_are_both_unauthorized(bff):
 
 
 async def test_refresh_rotates_the_cookie_and_the_old_one_stops_working(bff):
-    name, _ = await bff.register()
-    _, first = await bff.login(name)
-    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"{REFRESH}={first}"}) as resp:
+    name, _ = await bff.sign_up()
+    _, first = await bff.sign_in(name)
+    async with bff.http.post(f"{bff.url}/v1/refresh", headers=with_refresh_cookie(first)) as resp:
         assert resp.status == 200
         body = await resp.json()
         second = refresh_cookie(resp).value
@@ -356,18 +136,18 @@ async def test_refresh_rotates_the_cookie_and_the_old_one_stops_working(bff):
         f"{bff.url}/v2/coin/symbols", headers={"Authorization": f"Bearer {body['access_token']}"}
     ) as resp:
         assert resp.status == 200
-    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"{REFRESH}={first}"}) as resp:
+    async with bff.http.post(f"{bff.url}/v1/refresh", headers=with_refresh_cookie(first)) as resp:
         assert resp.status == 401
 
 
 async def test_logout_revokes_the_session_and_clears_the_cookie(bff):
-    name, _ = await bff.register()
-    _, token = await bff.login(name)
-    async with bff.http.post(f"{bff.url}/v1/logout", headers={"Cookie": f"{REFRESH}={token}"}) as resp:
+    name, _ = await bff.sign_up()
+    _, token = await bff.sign_in(name)
+    async with bff.http.post(f"{bff.url}/v1/logout", headers=with_refresh_cookie(token)) as resp:
         assert resp.status == 204
         cleared = refresh_cookie(resp)
     assert cleared.value == "" and cleared["path"] == "/" and int(cleared["max-age"]) == 0
-    async with bff.http.post(f"{bff.url}/v1/refresh", headers={"Cookie": f"{REFRESH}={token}"}) as resp:
+    async with bff.http.post(f"{bff.url}/v1/refresh", headers=with_refresh_cookie(token)) as resp:
         assert resp.status == 401
 
 
@@ -375,7 +155,7 @@ async def test_refresh_without_a_valid_cookie_is_unauthorized_and_logout_still_s
     async with bff.http.post(f"{bff.url}/v1/refresh") as resp:
         assert resp.status == 401
     for garbage in ("x", "y" * 500):
-        headers = {"Cookie": f"{REFRESH}={garbage}"}
+        headers = with_refresh_cookie(garbage)
         async with bff.http.post(f"{bff.url}/v1/refresh", headers=headers) as resp:
             assert resp.status == 401
         async with bff.http.post(f"{bff.url}/v1/logout", headers=headers) as resp:
@@ -394,10 +174,10 @@ async def test_coins_are_added_normalised_updated_and_deleted(bff):
     async with bff.http.patch(coin, json={"symbol": " BtcUsdt", "quantity": 2.25}, headers=auth) as resp:
         assert resp.status == 200
         assert await resp.json() == {"symbol": "btcusdt", "quantity": "2.25"}
-    async with bff.http.post(
-        coin, json={"symbol": "ethusdt", "quantity": "0.000000000000000001"}, headers=auth
-    ):
-        pass
+    assert await bff.add_coin(auth, "ethusdt", "0.000000000000000001") == {
+        "symbol": "ethusdt",
+        "quantity": "0.000000000000000001",
+    }
     async with bff.http.get(f"{bff.url}/v2/coin/symbols", headers=auth) as resp:
         assert await resp.json() == {
             "coins": [
@@ -412,11 +192,12 @@ async def test_coins_are_added_normalised_updated_and_deleted(bff):
     async with bff.http.get(f"{bff.url}/v2/coin/symbols", headers=auth) as resp:
         assert await resp.json() == {"coins": []}
     assert bff.aggregator.calls_of(user_id) == [
-        ("PUT", "btcusdt"),
-        ("PUT", "ethusdt"),
-        ("DELETE", "btcusdt"),
-        ("DELETE", "ethusdt"),
+        ("follow", "btcusdt"),
+        ("follow", "ethusdt"),
+        ("unfollow", "btcusdt"),
+        ("unfollow", "ethusdt"),
     ]
+    assert bff.aggregator.followed_by(user_id) == set()
 
 
 async def test_adding_a_held_coin_again_is_a_conflict(bff):
@@ -483,20 +264,17 @@ async def test_portfolio_routes_need_a_valid_access_token(bff):
 
 
 async def test_deleting_the_profile_deletes_the_auth_user_and_unfollows_its_coins(bff):
-    name, user_id = await bff.register()
-    access, _ = await bff.login(name)
+    name, user_id = await bff.sign_up()
+    access, _ = await bff.sign_in(name)
     auth = {"Authorization": f"Bearer {access}"}
-    async with bff.http.post(
-        f"{bff.url}/v2/coin/symbol", json={"symbol": "dotusdt", "quantity": "3"}, headers=auth
-    ):
-        pass
+    await bff.add_coin(auth, "dotusdt", "3")
     async with bff.http.delete(f"{bff.url}/v2/user/profile", headers=auth) as resp:
         assert resp.status == 204
     async with bff.http.post(f"{bff.url}/v1/login", json={"name": name, "password": PASSWORD}) as resp:
         assert resp.status == 401
     async with bff.http.get(f"{bff.url}/v2/user/profile", headers=auth) as resp:
         assert resp.status == 404
-    assert bff.aggregator.calls_of(user_id) == [("PUT", "dotusdt"), ("DELETE", "dotusdt")]
+    assert bff.aggregator.calls_of(user_id) == [("follow", "dotusdt"), ("unfollow", "dotusdt")]
 
 
 # -- malformed requests ----------------------------------------------------------------------------------
@@ -548,42 +326,20 @@ async def test_unknown_routes_and_wrong_methods_answer_json_errors(bff):
 # -- WebSocket -------------------------------------------------------------------------------------------
 
 
-async def next_profile(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict:
-    message = await ws.receive(timeout=timeout)
-    assert message.type == aiohttp.WSMsgType.TEXT, message
-    return jsonutil.loads(message.data)
-
-
-async def wait_until_subscribed(bff: Bff, channel: str) -> None:
-    """PUBLISH answers how many subscribers got the message; wait until the BFF's subscriber is one."""
-    for _ in range(100):
-        if (await bff.redis.pubsub_numsub(channel))[0][1] > 0:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"nobody subscribed to {channel}")
-
-
-def second_stat(symbol: str, price: str, second_ms: int) -> bytes:
-    """The SecondStat JSON of one trade at ``price`` in the second ``second_ms``, as the aggregator encodes it."""
-    p = Decimal(price)
-    return jsonutil.dumps(SecondStat(symbol, second_ms, p, p, p, p, Decimal(1), p, 1, 1).to_json())
-
-
 async def test_the_socket_sends_a_snapshot_then_exact_totals_on_each_second_stat(bff):
     symbol = new_symbol()
     user_id, auth = await bff.user()
     await bff.redis.set(f"price:{symbol}", second_stat(symbol, "60000.5", 1723161600000))
-    async with bff.http.post(
-        f"{bff.url}/v2/coin/symbol", json={"symbol": symbol, "quantity": "1.5"}, headers=auth
-    ):
-        pass
+    await bff.add_coin(auth, symbol, "1.5")
     async with bff.http.ws_connect(f"{bff.url}/v2/user/profile/ws", headers=auth) as ws:
         snapshot = await next_profile(ws)
         assert snapshot["ID"] == user_id
         assert snapshot["Coins"]["Prices"] == {symbol: "60000.5"}
         assert snapshot["Coins"]["Totals"] == {symbol: "90000.75"}
-        # Connecting tracks every held symbol again (in the background: the snapshot does not wait).
-        await eventually(lambda: bff.aggregator.calls_of(user_id) == [("PUT", symbol), ("PUT", symbol)])
+        # Connecting sets the user's whole follower set at the aggregator again (in the background: the
+        # snapshot does not wait).
+        await eventually(lambda: bff.aggregator.calls_of(user_id) == [("follow", symbol), ("set", symbol)])
+        assert bff.aggregator.followed_by(user_id) == {symbol}
 
         await wait_until_subscribed(bff, symbol)
         await bff.redis.publish(symbol, second_stat(symbol, "61837.63", 1723161601000))
@@ -601,10 +357,7 @@ async def test_the_socket_sends_a_snapshot_then_exact_totals_on_each_second_stat
 
 async def test_a_second_stat_on_channel_btcusdt_reaches_a_holder_of_btcusdt(bff):
     _, auth = await bff.user()
-    async with bff.http.post(
-        f"{bff.url}/v2/coin/symbol", json={"symbol": "btcusdt", "quantity": "0.3"}, headers=auth
-    ):
-        pass
+    await bff.add_coin(auth, "btcusdt", "0.3")
     async with bff.http.ws_connect(f"{bff.url}/v2/user/profile/ws", headers=auth) as ws:
         await next_profile(ws)
         await wait_until_subscribed(bff, "btcusdt")
@@ -630,14 +383,10 @@ async def test_coins_added_updated_and_removed_over_rest_are_pushed_without_reco
         await bff.redis.publish(symbol, second_stat(symbol, "2.5", 1723161602000))
         assert (await next_profile(ws))["Coins"]["Totals"] == {symbol: "10"}
 
-        async with bff.http.patch(
-            f"{bff.url}/v2/coin/symbol", json={"symbol": symbol, "quantity": "0.4"}, headers=auth
-        ):
-            pass
+        await bff.update_coin(auth, symbol, "0.4")
         assert (await next_profile(ws))["Coins"]["Totals"] == {symbol: "1"}
 
-        async with bff.http.delete(f"{bff.url}/v2/coin/symbol?symbol={symbol}", headers=auth):
-            pass
+        await bff.remove_coin(auth, symbol)
         assert (await next_profile(ws))["Coins"]["Quantities"] == {}
 
 
@@ -654,10 +403,7 @@ async def test_deleting_the_profile_closes_its_sockets(bff):
 async def test_a_second_socket_of_the_same_user_keeps_working_after_the_first_closes(bff):
     symbol = new_symbol()
     _, auth = await bff.user()
-    async with bff.http.post(
-        f"{bff.url}/v2/coin/symbol", json={"symbol": symbol, "quantity": "2"}, headers=auth
-    ):
-        pass
+    await bff.add_coin(auth, symbol)
     first = await bff.http.ws_connect(f"{bff.url}/v2/user/profile/ws", headers=auth)
     second = await bff.http.ws_connect(f"{bff.url}/v2/user/profile/ws", headers=auth)
     await next_profile(first)
@@ -690,16 +436,6 @@ async def test_the_socket_refuses_a_browser_origin_that_is_not_allowed(bff):
 # -- failures and lifecycle ------------------------------------------------------------------------------
 
 
-async def execute_sql(database_url: str, *statements: str) -> None:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            for statement in statements:
-                await conn.execute(sa.text(statement))
-    finally:
-        await engine.dispose()
-
-
 async def test_a_registration_whose_profile_cannot_be_stored_is_undone_at_auth(own_bff):
     bff = own_bff
     # The profile database fails every insert as if the connection broke (SQLSTATE 08006).
@@ -716,13 +452,13 @@ async def test_a_registration_whose_profile_cannot_be_stored_is_undone_at_auth(o
     async with bff.http.post(f"{bff.url}/v1/login", json={"name": name, "password": PASSWORD}) as resp:
         assert resp.status == 401
     await execute_sql(bff.database_url, "DROP TRIGGER fail_insert ON profiles")
-    await bff.register(name)
+    await bff.sign_up(name)
 
 
 async def test_login_recreates_a_missing_profile(bff):
-    name, user_id = await bff.register()
+    name, user_id = await bff.sign_up()
     await execute_sql(bff.database_url, f"DELETE FROM profiles WHERE id = {user_id}")
-    access, _ = await bff.login(name)
+    access, _ = await bff.sign_in(name)
     async with bff.http.get(
         f"{bff.url}/v2/user/profile", headers={"Authorization": f"Bearer {access}"}
     ) as resp:
@@ -732,7 +468,7 @@ async def test_login_recreates_a_missing_profile(bff):
 
 async def test_auth_down_is_service_unavailable(own_bff, own_auth_server):
     bff = own_bff
-    name, _ = await bff.register()
+    name, _ = await bff.sign_up()
     await own_auth_server.stop()
     async with bff.http.post(f"{bff.url}/v1/login", json={"name": name, "password": PASSWORD}) as resp:
         assert resp.status == 503
@@ -761,7 +497,7 @@ async def test_after_redis_restarts_prices_flow_again_and_rest_answers_503_meanw
     redis_url = redis_user_url(f"redis://127.0.0.1:{port}/0", TESTS_REDIS_USER)
     try:
         async with (
-            serve_aggregator() as aggregator,
+            FakeAggregator() as aggregator,
             serve_bff(
                 fresh_database("profile"),
                 redis_url,
@@ -772,10 +508,7 @@ async def test_after_redis_restarts_prices_flow_again_and_rest_answers_503_meanw
         ):
             symbol = new_symbol()
             _, auth = await bff.user()
-            async with bff.http.post(
-                f"{bff.url}/v2/coin/symbol", json={"symbol": symbol, "quantity": "2"}, headers=auth
-            ):
-                pass
+            await bff.add_coin(auth, symbol)
             async with bff.http.ws_connect(f"{bff.url}/v2/user/profile/ws", headers=auth) as ws:
                 await next_profile(ws)
                 await asyncio.to_thread(redis_process.stop)

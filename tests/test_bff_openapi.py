@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from credentials import service_token_file
 from jsonschema.validators import Draft202012Validator
-from test_bff_api import serve_stack
+from support.stacks import serve_stack
 
 from profile_bff.app import create_app
 from profile_bff.openapi import openapi_document
@@ -24,7 +24,7 @@ from profile_bff.settings import BffSettings
 
 @pytest.fixture(scope="module")
 async def bff(postgres, redis_url, tmp_path_factory):
-    """Auth, the aggregator stub and a BFF shared by this module's tests (each uses new users)."""
+    """Auth, the fake aggregator and a BFF shared by this module's tests (each uses new users)."""
     async with serve_stack(postgres, redis_url, tmp_path_factory) as running:
         yield running
 

@@ -1,7 +1,7 @@
 """The BFF's portfolio API beyond the basics, over real HTTP against real auth, PostgreSQL and Redis:
 symbols checked against the exchange's list, Idempotency-Key, the operation history, instrument search.
 
-The stack (``bff`` fixture) and helpers are those of tests/test_bff_api.py.
+The stack (``bff`` fixture) is tests/support/stacks.py's: auth, the fake aggregator and a BFF.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import hashlib
 import uuid
 
 import pytest
-from test_bff_api import error_of, execute_sql, second_stat, serve_stack
-
-COIN = "/v2/coin/symbol"
+from support.bff import COIN, error_of, second_stat
+from support.databases import execute_sql
+from support.stacks import serve_stack
 
 
 @pytest.fixture(scope="module")
 async def bff(postgres, redis_url, tmp_path_factory):
-    """Auth, the aggregator stub and a BFF shared by this module's tests (each uses new users)."""
+    """Auth, the fake aggregator and a BFF shared by this module's tests (each uses new users)."""
     async with serve_stack(postgres, redis_url, tmp_path_factory) as running:
         yield running
 
@@ -62,7 +62,7 @@ async def test_a_retried_post_with_the_same_idempotency_key_replays_the_first_an
     async with bff.http.get(f"{bff.url}/v2/user/history", headers=auth) as resp:
         assert [item["operation"] for item in (await resp.json())["items"]] == ["add"]
     # One follower PUT and one change notice for the one real add.
-    assert bff.aggregator.calls_of(user_id) == [("PUT", "ethusdt")]
+    assert bff.aggregator.calls_of(user_id) == [("follow", "ethusdt")]
 
 
 async def test_an_idempotency_key_reused_for_another_body_is_unprocessable(bff):
@@ -134,12 +134,9 @@ async def test_a_malformed_idempotency_key_is_a_bad_request(bff):
 
 async def test_every_change_is_in_the_history_newest_first_with_old_and_new_quantities(bff):
     _, auth = await bff.user()
-    async with bff.http.post(f"{bff.url}{COIN}", json={"symbol": "btcusdt", "quantity": "1.5"}, headers=auth):
-        pass
-    async with bff.http.patch(f"{bff.url}{COIN}", json={"symbol": "btcusdt", "quantity": "2"}, headers=auth):
-        pass
-    async with bff.http.delete(f"{bff.url}{COIN}?symbol=btcusdt", headers=auth):
-        pass
+    await bff.add_coin(auth, "btcusdt", "1.5")
+    await bff.update_coin(auth, "btcusdt", "2")
+    await bff.remove_coin(auth, "btcusdt")
     async with bff.http.get(f"{bff.url}/v2/user/history", headers=auth) as resp:
         assert resp.status == 200
         page = await resp.json()
@@ -155,8 +152,7 @@ async def test_every_change_is_in_the_history_newest_first_with_old_and_new_quan
 
 async def test_a_failed_change_leaves_no_history(bff):
     _, auth = await bff.user()
-    async with bff.http.post(f"{bff.url}{COIN}", json={"symbol": "btcusdt", "quantity": "1"}, headers=auth):
-        pass
+    await bff.add_coin(auth, "btcusdt", "1")
     async with bff.http.post(
         f"{bff.url}{COIN}", json={"symbol": "btcusdt", "quantity": "2"}, headers=auth
     ) as resp:
@@ -171,13 +167,9 @@ async def test_a_failed_change_leaves_no_history(bff):
 
 async def test_the_history_is_paged_with_a_cursor(bff):
     _, auth = await bff.user()
-    async with bff.http.post(f"{bff.url}{COIN}", json={"symbol": "btcusdt", "quantity": "1"}, headers=auth):
-        pass
+    await bff.add_coin(auth, "btcusdt", "1")
     for quantity in ("2", "3", "4", "5"):
-        async with bff.http.patch(
-            f"{bff.url}{COIN}", json={"symbol": "btcusdt", "quantity": quantity}, headers=auth
-        ):
-            pass
+        await bff.update_coin(auth, "btcusdt", quantity)
     seen, cursor = [], None
     while True:
         query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
@@ -240,8 +232,7 @@ async def test_instrument_search_bounds_its_query_and_limit(bff):
 async def test_deleting_the_profile_deletes_its_history(bff):
     # The history rows are kept by the database itself: a delete cascades from the profile.
     user_id, auth = await bff.user()
-    async with bff.http.post(f"{bff.url}{COIN}", json={"symbol": "btcusdt", "quantity": "1"}, headers=auth):
-        pass
+    await bff.add_coin(auth, "btcusdt", "1")
     async with bff.http.delete(f"{bff.url}/v2/user/profile", headers=auth) as resp:
         assert resp.status == 204
     await execute_sql(

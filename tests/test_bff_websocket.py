@@ -2,103 +2,36 @@
 authentication, token expiry, reconnects, second tabs, changes while connected, restarts of the BFF and of
 the aggregator, two BFF replicas, slow and misbehaving clients.
 
-The aggregator is an aiohttp stand-in speaking its control API (docs/CONTRACTS.md, "Aggregator control
-HTTP": per-symbol follower PUT/DELETE and ``PUT /v1/followers/{follower}``), which is all the BFF sees of
-it; prices are SecondStats published on Redis as the aggregator publishes them. It can be stopped and
-started again on the same port, forgetting its followers, to play an aggregator that restarted and lost
-them. One test runs the real aggregator instead, on a socket_proxy and a replay exchange of the shipped
-recording, and restarts it.
+The aggregator is the fake of tests/support/fake_aggregator.py, which answers its control API as the real one
+does (docs/CONTRACTS.md, "Aggregator control HTTP"), which is all the BFF sees of it; prices are SecondStats
+published on Redis as the aggregator publishes them. It can be stopped and started again on the same port,
+forgetting its followers, to play an aggregator that restarted and lost them. One test runs the real
+aggregator instead, on a socket_proxy and a replay exchange of the shipped recording, and restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
-from aiohttp import web
 from aiohttp.http import WebSocketWriter
 from polling import eventually
-from test_bff_api import (
-    Bff,
-    execute_sql,
-    new_database,
-    new_symbol,
-    next_profile,
-    second_stat,
-    serve_auth,
-    serve_bff,
-    wait_until_subscribed,
-    write_exchange_info,
-)
-from test_market_path import aggregator_settings, db_url, exchange_and_proxy
+from support.bff import Bff, new_symbol, next_profile, second_stat, wait_until_subscribed, write_exchange_info
+from support.databases import execute_sql, new_database
+from support.fake_aggregator import FakeAggregator
+from support.stacks import aggregator_settings, exchange_and_proxy, serve_auth, serve_bff
 
 from aggregator.app import start as start_aggregator
-from auth.server import start as start_auth
-from auth.settings import AuthSettings
-from auth.tokens import generate_private_key_pem
 from crypto_mesh.netutil import free_port
 from profile_bff.connections import text_frame
 
 WS = "/v2/user/profile/ws"
-#: Redis database of the test with the real aggregator (tests/test_market_path.py uses 11 and 12,
-#: tests/test_aggregator_service.py 13).
-REAL_AGGREGATOR_DB = 14
 ORIGIN = "https://app.example"
-
-
-@dataclass
-class Aggregator:
-    """The follower sets it holds now, and every call as ``(method, path)``; restartable on one port."""
-
-    port: int = 0
-    followers: dict[str, set[str]] = field(default_factory=dict)
-    calls: list[tuple[str, str]] = field(default_factory=list)
-    _runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def followed_by(self, user_id: int) -> set[str]:
-        return self.followers.get(f"user:{user_id}", set())
-
-    async def start(self) -> None:
-        async def put_one(request: web.Request) -> web.Response:
-            self.calls.append(("PUT", request.path))
-            follower = request.match_info["follower"]
-            self.followers.setdefault(follower, set()).add(request.match_info["symbol"])
-            return web.json_response({"tracked": True})
-
-        async def delete_one(request: web.Request) -> web.Response:
-            self.calls.append(("DELETE", request.path))
-            self.followers.get(request.match_info["follower"], set()).discard(request.match_info["symbol"])
-            return web.json_response({"tracked": False})
-
-        async def put_set(request: web.Request) -> web.Response:
-            self.calls.append(("PUT", request.path))
-            self.followers[request.match_info["follower"]] = set((await request.json())["symbols"])
-            return web.json_response({"follower": request.match_info["follower"]})
-
-        app = web.Application()
-        app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", put_one)
-        app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", delete_one)
-        app.router.add_put("/v1/followers/{follower}", put_set)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        """Stop answering and forget every follower (an aggregator that lost its state)."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        self.followers.clear()
 
 
 @dataclass
@@ -108,8 +41,8 @@ class Stack:
     database_url: str
     redis_url: str
     auth_port: int
-    aggregator: Aggregator
-    exchange_info: object
+    aggregator: FakeAggregator
+    exchange_info: Path
 
     def replica(self, **overrides):
         return serve_bff(
@@ -125,32 +58,23 @@ class Stack:
 
 @pytest.fixture(scope="module")
 async def stack(postgres, redis_url, tmp_path_factory):
-    aggregator = Aggregator()
-    await aggregator.start()
-    try:
-        async with serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth:
-            yield Stack(
-                new_database(postgres, "profile"),
-                redis_url,
-                auth.port,
-                aggregator,
-                write_exchange_info(tmp_path_factory.mktemp("exchange")),
-            )
-    finally:
-        await aggregator.stop()
+    async with (
+        FakeAggregator() as aggregator,
+        serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
+    ):
+        yield Stack(
+            new_database(postgres, "profile"),
+            redis_url,
+            auth.port,
+            aggregator,
+            write_exchange_info(tmp_path_factory.mktemp("exchange")),
+        )
 
 
 @pytest.fixture(scope="module")
 async def bff(stack):
     async with stack.replica() as running:
         yield running
-
-
-async def add(bff: Bff, auth: dict[str, str], symbol: str, quantity: str = "2") -> None:
-    async with bff.http.post(
-        f"{bff.url}/v2/coin/symbol", json={"symbol": symbol, "quantity": quantity}, headers=auth
-    ) as resp:
-        assert resp.status == 201, await resp.text()
 
 
 async def publish(bff: Bff, symbol: str, price: str, second_ms: int) -> None:
@@ -162,11 +86,12 @@ async def publish(bff: Bff, symbol: str, price: str, second_ms: int) -> None:
 
 
 async def until_unsubscribed(bff: Bff, channel: str) -> None:
-    for _ in range(250):
-        if (await bff.redis.pubsub_numsub(channel))[0][1] == 0:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"{channel} is still subscribed")
+    """Wait until nobody (the BFF) is subscribed to Redis channel ``channel`` any more."""
+
+    async def unsubscribed() -> bool:
+        return (await bff.redis.pubsub_numsub(channel))[0][1] == 0
+
+    await eventually(unsubscribed, what=f"{channel} unsubscribed", interval_s=0.02)
 
 
 def token_of(auth: dict[str, str]) -> str:
@@ -221,24 +146,15 @@ async def test_an_origin_outside_the_allow_list_is_forbidden_whatever_the_creden
 @pytest.fixture(scope="module")
 async def short_lived(stack, postgres, redis_url, tmp_path_factory):
     """A BFF whose auth issues access tokens valid for 2 seconds."""
-    key_dir = tmp_path_factory.mktemp("short-auth")
-    (key_dir / "jwt.pem").write_bytes(generate_private_key_pem())
-    auth = await start_auth(
-        AuthSettings(
-            port=0,
-            database_url=new_database(postgres, "auth"),
-            jwt_private_key_file=key_dir / "jwt.pem",
-            bcrypt_cost=4,
-            access_token_ttl_s=2,
-        )
-    )
-    try:
-        async with serve_bff(
+    async with (
+        serve_auth(
+            new_database(postgres, "auth"), tmp_path_factory.mktemp("short-auth"), access_token_ttl_s=2
+        ) as auth,
+        serve_bff(
             new_database(postgres, "profile"), redis_url, auth.port, stack.aggregator, stack.exchange_info
-        ) as running:
-            yield running
-    finally:
-        await auth.stop()
+        ) as running,
+    ):
+        yield running
 
 
 async def test_an_expired_token_is_refused_at_connect(short_lived):
@@ -267,7 +183,7 @@ async def test_the_socket_is_closed_with_4401_when_its_token_expires(short_lived
 async def test_on_connect_the_snapshot_comes_at_once_and_the_holder_is_followed(bff):
     symbol = new_symbol()
     user_id, auth = await bff.user()
-    await add(bff, auth, symbol)
+    await bff.add_coin(auth, symbol)
     await bff.redis.set(f"price:{symbol}", second_stat(symbol, "10", 1723161600000))
     async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
         assert (await next_profile(ws))["Coins"]["Totals"] == {symbol: "20"}
@@ -277,7 +193,7 @@ async def test_on_connect_the_snapshot_comes_at_once_and_the_holder_is_followed(
 async def test_a_reconnecting_user_gets_a_snapshot_and_prices_keep_flowing(bff):
     symbol = new_symbol()
     _, auth = await bff.user()
-    await add(bff, auth, symbol)
+    await bff.add_coin(auth, symbol)
     async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
         await next_profile(ws)
     await until_unsubscribed(bff, symbol)
@@ -290,7 +206,7 @@ async def test_a_reconnecting_user_gets_a_snapshot_and_prices_keep_flowing(bff):
 async def test_a_second_tab_gets_the_same_pushes_and_survives_the_first_closing(bff):
     symbol = new_symbol()
     _, auth = await bff.user()
-    await add(bff, auth, symbol)
+    await bff.add_coin(auth, symbol)
     first = await bff.http.ws_connect(f"{bff.url}{WS}", headers=auth)
     second = await bff.http.ws_connect(f"{bff.url}{WS}", headers=auth)
     await next_profile(first)
@@ -308,7 +224,7 @@ async def test_a_coin_added_while_connected_is_pushed_then_priced(bff):
     _, auth = await bff.user()
     async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
         assert (await next_profile(ws))["Coins"]["Quantities"] == {}
-        await add(bff, auth, symbol, "3")
+        await bff.add_coin(auth, symbol, "3")
         assert (await next_profile(ws))["Coins"]["Quantities"] == {symbol: "3"}
         await publish(bff, symbol, "2", 1723161601000)
         assert (await next_profile(ws))["Total"] == "6"
@@ -317,8 +233,8 @@ async def test_a_coin_added_while_connected_is_pushed_then_priced(bff):
 async def test_a_coin_removed_while_connected_is_pushed_and_its_channel_released(bff):
     symbol, other = new_symbol(), new_symbol()
     _, auth = await bff.user()
-    await add(bff, auth, symbol)
-    await add(bff, auth, other)
+    await bff.add_coin(auth, symbol)
+    await bff.add_coin(auth, other)
     async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
         await next_profile(ws)
         await wait_until_subscribed(bff, symbol)
@@ -332,8 +248,8 @@ async def test_the_last_client_of_a_symbol_leaving_releases_its_channel(bff):
     symbol = new_symbol()
     _, first = await bff.user()
     _, second = await bff.user()
-    await add(bff, first, symbol)
-    await add(bff, second, symbol)
+    await bff.add_coin(first, symbol)
+    await bff.add_coin(second, symbol)
     one = await bff.http.ws_connect(f"{bff.url}{WS}", headers=first)
     two = await bff.http.ws_connect(f"{bff.url}{WS}", headers=second)
     await next_profile(one)
@@ -353,7 +269,7 @@ async def test_a_change_made_through_another_replica_is_pushed_without_reconnect
     _, auth = await bff.user()
     async with stack.replica() as other, bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
         await next_profile(ws)
-        await add(other, auth, symbol, "7")
+        await other.add_coin(auth, symbol, "7")
         assert (await next_profile(ws))["Coins"]["Quantities"] == {symbol: "7"}
         async with other.http.ws_connect(f"{other.url}{WS}", headers=auth) as on_other:
             await next_profile(on_other)
@@ -366,7 +282,7 @@ async def test_after_a_bff_restart_followers_are_rebuilt_and_a_reconnect_resumes
     async with aiohttp.ClientSession() as browser:
         async with stack.replica() as first:
             user_id, auth = await first.user()
-            await add(first, auth, symbol)
+            await first.add_coin(auth, symbol)
             ws = await browser.ws_connect(f"{first.url}{WS}", headers=auth)
             await next_profile(ws)
             # The aggregator loses every follower while the BFF goes away.
@@ -376,7 +292,7 @@ async def test_after_a_bff_restart_followers_are_rebuilt_and_a_reconnect_resumes
     async with stack.replica() as second:
         # Start-up sets every holder's follower set again, before any client connects.
         await eventually(lambda: stack.aggregator.followed_by(user_id) == {symbol})
-        assert ("PUT", f"/v1/followers/user:{user_id}") in stack.aggregator.calls
+        assert ("set", symbol) in stack.aggregator.calls_of(user_id)
         async with second.http.ws_connect(f"{second.url}{WS}", headers=auth) as ws:
             await next_profile(ws)
             await publish(second, symbol, "9", 1723161601000)
@@ -386,14 +302,14 @@ async def test_after_a_bff_restart_followers_are_rebuilt_and_a_reconnect_resumes
 async def test_while_the_aggregator_restarts_prices_keep_flowing_and_its_followers_are_restored(stack, bff):
     symbol, added_meanwhile = new_symbol(), new_symbol()
     user_id, auth = await bff.user()
-    await add(bff, auth, symbol)
+    await bff.add_coin(auth, symbol)
     async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
         await next_profile(ws)
         await eventually(lambda: stack.aggregator.followed_by(user_id) == {symbol})
         await stack.aggregator.stop()
         try:
             # A coin added while the aggregator is down is stored and pushed all the same.
-            await add(bff, auth, added_meanwhile)
+            await bff.add_coin(auth, added_meanwhile)
             assert set((await next_profile(ws))["Coins"]["Quantities"]) == {symbol, added_meanwhile}
             await publish(bff, symbol, "1", 1723161601000)
             assert (await next_profile(ws))["Coins"]["Prices"] == {symbol: "1"}
@@ -408,13 +324,6 @@ async def test_while_the_aggregator_restarts_prices_keep_flowing_and_its_followe
         assert (await next_profile(ws))["Coins"]["Prices"] == {symbol: "1", added_meanwhile: "3"}
 
 
-@dataclass
-class AggregatorAt:
-    """Where a real aggregator listens, for :func:`serve_bff`."""
-
-    url: str
-
-
 async def next_price_time(ws: aiohttp.ClientWebSocketResponse, symbol: str, after: str = "") -> str:
     """Read profiles until one prices ``symbol`` at a second later than ``after`` (RFC 3339 strings of one
     format compare as times); returns that ``PriceTimes`` entry."""
@@ -426,15 +335,13 @@ async def next_price_time(ws: aiohttp.ClientWebSocketResponse, symbol: str, afte
 
 
 async def test_while_the_real_aggregator_restarts_prices_keep_flowing(
-    stack, postgres, kafka_bootstrap, trade_recording
+    stack, postgres, redis_database_url, kafka_bootstrap, trade_recording
 ):
     symbol = "btcusdt"  # in the recording, and listed in exchangeInfo
     port = free_port()
-    # A Redis database of its own and an empty one: the aggregator never publishes a second older than the
-    # price:btcusdt other tests left (a far-future one).
-    redis_url = db_url(stack.redis_url, REAL_AGGREGATOR_DB)
-    async with aioredis.Redis.from_url(redis_url) as redis:
-        await redis.flushdb()
+    # A Redis database of its own, empty: the aggregator never publishes a second older than a price:btcusdt
+    # another test left.
+    redis_url = redis_database_url()
     async with exchange_and_proxy(trade_recording, speed=1.0) as (_, proxy):
         # On a port of its own, so that it comes back where the BFF calls it.
         settings = aggregator_settings(redis_url, kafka_bootstrap, proxy.port, port=port)
@@ -446,11 +353,11 @@ async def test_while_the_real_aggregator_restarts_prices_keep_flowing(
                 new_database(postgres, "profile"),
                 redis_url,
                 stack.auth_port,
-                AggregatorAt(f"http://127.0.0.1:{port}"),
+                f"http://127.0.0.1:{port}",
                 stack.exchange_info,
             ) as bff:
                 _, auth = await bff.user()
-                await add(bff, auth, symbol)
+                await bff.add_coin(auth, symbol)
                 async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
                     await next_profile(ws)
                     before = await next_price_time(ws, symbol)
@@ -460,8 +367,7 @@ async def test_while_the_real_aggregator_restarts_prices_keep_flowing(
                     aggregator = await start_aggregator(settings)
                     await next_price_time(ws, symbol, after=before)
                     await next_price_time(ws, symbol, after=await next_price_time(ws, symbol, after=before))
-                async with bff.http.delete(f"{bff.url}/v2/coin/symbol?symbol={symbol}", headers=auth) as resp:
-                    assert resp.status == 204, await resp.text()
+                await bff.remove_coin(auth, symbol)
         finally:
             await aggregator.stop()
 
@@ -486,7 +392,7 @@ async def holder_of_new_symbols(bff: Bff, count: int):
     symbols = sorted(new_symbol() for _ in range(count))
     _, auth = await bff.user()
     for symbol in symbols:
-        await add(bff, auth, symbol)
+        await bff.add_coin(auth, symbol)
     async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
         assert (await next_profile(ws))["Coins"]["Prices"] == {}
         for symbol in symbols:
@@ -541,7 +447,7 @@ async def test_a_slow_client_gets_the_latest_profile_not_a_backlog(bff):
     slow_id, slow_auth = await bff.user()
     _, watcher_auth = await bff.user()
     await hold_many(bff, slow_id, [hot, *(new_symbol() for _ in range(399))])
-    await add(bff, watcher_auth, hot)
+    await bff.add_coin(watcher_auth, hot)
     slow = await bff.http.ws_connect(f"{bff.url}{WS}", headers=slow_auth, max_msg_size=0)
     watcher = await bff.http.ws_connect(f"{bff.url}{WS}", headers=watcher_auth)
     await next_profile(watcher)
@@ -571,7 +477,7 @@ async def test_a_client_that_stops_reading_is_disconnected_and_others_keep_recei
         stalled_id, stalled_auth = await bff.user()
         _, healthy_auth = await bff.user()
         await hold_many(bff, stalled_id, [hot, *(new_symbol() for _ in range(399))])
-        await add(bff, healthy_auth, shared)
+        await bff.add_coin(healthy_auth, shared)
         stalled = await bff.http.ws_connect(f"{bff.url}{WS}", headers=stalled_auth, max_msg_size=0)
         healthy = await bff.http.ws_connect(f"{bff.url}{WS}", headers=healthy_auth)
         await next_profile(healthy)
@@ -593,7 +499,7 @@ async def test_a_client_that_stops_reading_is_disconnected_and_others_keep_recei
 async def test_garbage_text_frames_are_ignored_and_the_socket_keeps_working(bff):
     symbol = new_symbol()
     _, auth = await bff.user()
-    await add(bff, auth, symbol)
+    await bff.add_coin(auth, symbol)
     async with bff.http.ws_connect(f"{bff.url}{WS}", headers=auth) as ws:
         await next_profile(ws)
         for garbage in ("hello", "{not json", "\u0000\ufffd", '{"subscribe": "everything"}'):
@@ -605,7 +511,7 @@ async def test_garbage_text_frames_are_ignored_and_the_socket_keeps_working(bff)
 async def test_binary_and_oversized_frames_close_only_that_socket(bff):
     symbol = new_symbol()
     _, auth = await bff.user()
-    await add(bff, auth, symbol)
+    await bff.add_coin(auth, symbol)
     bystander = await bff.http.ws_connect(f"{bff.url}{WS}", headers=auth)
     await next_profile(bystander)
     for send, code in (

@@ -9,12 +9,12 @@ import hashlib
 import uuid
 from decimal import Decimal
 
-import aiohttp
 import clickhouse_connect
 import polling
 import pytest
-from credentials import service_headers, service_token_file
+from credentials import service_token_file
 from kafka_helpers import committed_offset, produce_records
+from support.etl import health, sql
 
 from crypto_mesh import jsonutil
 from launcher.embedded import ManagedProcess, tansu_command
@@ -47,24 +47,6 @@ def ticker(symbol: str, n: int) -> dict:
 
 async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     await produce_records(bootstrap, topic, [(b"btcusdt", value) for value in values])
-
-
-async def sql(port: int, query: str) -> dict:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/v1/sql", json={"query": query}, headers=service_headers()) as response,
-    ):
-        body = await response.json()
-        assert response.status == 200, body
-        return body
-
-
-async def health(port: int) -> tuple[int, dict]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/healthz") as response,
-    ):
-        return response.status, await response.json()
 
 
 #: ClickHouse and Kafka take their time here: longer to wait, less often to ask.

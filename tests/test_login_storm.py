@@ -13,74 +13,35 @@ import asyncio
 import uuid
 from collections import Counter
 
-import aiohttp
 import pytest
+from support.bff import PASSWORD
+from support.stacks import serve_auth, serve_bff
 
-from auth.server import start as start_auth
-from auth.settings import AuthSettings
-from auth.tokens import generate_private_key_pem
 from crypto_mesh.netutil import free_port
-from profile_bff.app import start as start_bff
-from profile_bff.settings import BffSettings
-from credentials import redis_user_url, service_token_file
-from polling import eventually
 
-PASSWORD = "correct horse battery"
 BURST = 60
 UNLIMITED = "1000000/second"
 
 
 @pytest.fixture
 async def storm_stack(fresh_database, redis_url, tmp_path):
-    key_file = tmp_path / "jwt.pem"
-    key_file.write_bytes(generate_private_key_pem())
-    auth = await start_auth(
-        AuthSettings(
-            port=0,
-            database_url=fresh_database("auth"),
-            jwt_private_key_file=key_file,
+    """Auth checking passwords at bcrypt cost 11 on two hashing threads within a 2 s budget, its own login
+    rate limits lifted, and a BFF with its rate limits lifted; yields (BFF URL, client session, auth)."""
+    async with (
+        serve_auth(
+            fresh_database("auth"),
+            tmp_path,
             bcrypt_cost=11,
             hash_queue_max_wait_s=2.0,
             hash_workers=2,
             login_rate_per_name=UNLIMITED,
             login_rate_per_name_and_address=UNLIMITED,
             login_rate_per_device=UNLIMITED,
-        )
-    )
-    try:
-        bff = await start_bff(
-            BffSettings(
-                port=0,
-                database_url=fresh_database("profile"),
-                redis_url=redis_user_url(redis_url, "bff"),
-                auth_target=f"127.0.0.1:{auth.port}",
-                aggregator_url=f"http://127.0.0.1:{free_port()}",  # logins never call it
-                aggregator_token_file=service_token_file(),
-                login_rate_per_name=UNLIMITED,
-                login_rate_per_address=UNLIMITED,
-                login_rate_per_name_and_address=UNLIMITED,
-                login_rate_per_device=UNLIMITED,
-                register_rate_per_name=UNLIMITED,
-                register_rate_per_address=UNLIMITED,
-            )
-        )
-        try:
-            url = f"http://127.0.0.1:{bff.port}"
-            connector = aiohttp.TCPConnector(limit=BURST + 5)
-            async with aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar()
-            ) as http:
-
-                async def ready() -> bool:
-                    async with http.get(f"{url}/healthz") as resp:
-                        return resp.status == 200
-
-                await eventually(ready, 30, "the BFF ready", tolerate=(aiohttp.ClientError,))
-                yield url, http, auth
-        finally:
-            await bff.stop()
-    finally:
-        await auth.stop()
+        ) as auth,
+        # Logins never call the aggregator.
+        serve_bff(fresh_database("profile"), redis_url, auth.port, f"http://127.0.0.1:{free_port()}") as bff,
+    ):
+        yield bff.url, bff.http, auth
 
 
 async def test_a_login_storm_is_answered_503_with_retry_after_at_once_while_admitted_logins_succeed(

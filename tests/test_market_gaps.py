@@ -9,10 +9,9 @@ import time
 
 import aiohttp
 import orjson
-from credentials import redis_user_url, service_headers, service_token_file
+from credentials import service_headers
+from support.stacks import serve_aggregator
 
-from aggregator.app import start as start_aggregator
-from aggregator.settings import AggregatorSettings
 from crypto_mesh.gaps import GapDetector
 from crypto_mesh.netutil import free_port
 from launcher.replay.server import start as start_replay
@@ -69,19 +68,11 @@ async def test_a_missing_trade_is_counted_by_socket_proxy_and_by_the_aggregator_
 
     exchange = await start_replay(ReplaySettings(port=0, files=(recording,), speed=100))
     proxy = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url, metrics_port=free_port()))
-    aggregator = await start_aggregator(
-        AggregatorSettings(
-            port=0,
-            api_token_file=service_token_file(),
-            redis_url=redis_user_url(redis_url.rsplit("/", 1)[0] + "/11", "aggregator"),
-            kafka_bootstrap_servers=kafka_bootstrap,
-            socket_proxy_target=f"127.0.0.1:{proxy.port}",
-            kafka_enable_idempotence=False,
-        )
-    )
     try:
-        async with aiohttp.ClientSession(headers=service_headers()) as http:
-            base = f"http://127.0.0.1:{aggregator.port}"
+        async with (
+            serve_aggregator(redis_url, kafka_bootstrap, proxy.port) as base,
+            aiohttp.ClientSession(headers=service_headers()) as http,
+        ):
             async with http.put(f"{base}/v1/followers/gap-probe", json={"symbols": ["btcusdt"]}) as response:
                 assert response.status == 200
             deadline = time.monotonic() + 20
@@ -100,6 +91,5 @@ async def test_a_missing_trade_is_counted_by_socket_proxy_and_by_the_aggregator_
         assert proxy.service.gaps.missed == proxy.service.gaps.gaps
         assert "socket_proxy_trade_gaps_total" in text and "socket_proxy_trade_ids_missed_total" in text
     finally:
-        await aggregator.stop()
         await proxy.stop()
         await exchange.stop()

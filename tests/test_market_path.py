@@ -11,25 +11,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import gzip
-import sys
-import tempfile
 import time
 from collections import defaultdict
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import orjson
 import polling
 import pytest
 import redis.asyncio as redis
-from credentials import redis_user_url, service_headers, service_token_file
+from credentials import service_headers
+from support.stacks import exchange_and_proxy, serve_aggregator
 
-from aggregator.app import start as start_aggregator
-from aggregator.settings import AggregatorSettings
-from launcher.embedded import ManagedProcess
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
 from launcher.replay.server import start as start_replay
@@ -37,8 +33,6 @@ from launcher.replay.settings import ReplaySettings
 from socket_proxy.server import start as start_proxy
 from socket_proxy.settings import ProxySettings
 
-#: Redis databases of this file's aggregators (follower sets are per database; channels are not).
-FIRST_DB, SECOND_DB = 11, 12
 SYMBOLS = ("btcusdt", "ethusdt")
 #: No HTTP call of these tests may hang the suite.
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -70,78 +64,27 @@ async def metrics(url: str) -> dict[str, float]:
 eventually = functools.partial(polling.eventually, timeout_s=15.0)
 
 
-def db_url(redis_url: str, db: int) -> str:
-    return redis_url.rsplit("/", 1)[0] + f"/{db}"
+class AggregatorDatabases(NamedTuple):
+    """The Redis databases of this file's two aggregators (follower sets are per database; channels are
+    not): the module's own and a second one."""
+
+    first: str
+    second: str
+
+
+@pytest.fixture(scope="module")
+def aggregator_databases(redis_url, redis_database_url) -> AggregatorDatabases:
+    return AggregatorDatabases(redis_url, redis_database_url())
 
 
 @pytest.fixture
-async def clean_dbs(redis_url):
-    """Empties this file's Redis databases before the test."""
-    for db in (FIRST_DB, SECOND_DB):
-        client = redis.from_url(db_url(redis_url, db))
+async def clean_dbs(aggregator_databases) -> AggregatorDatabases:
+    """This file's Redis databases, emptied before the test."""
+    for url in aggregator_databases:
+        client = redis.from_url(url)
         await client.flushdb()
         await client.aclose()
-
-
-def aggregator_settings(
-    redis_url: str, kafka_bootstrap: str, proxy_port: int, **overrides
-) -> AggregatorSettings:
-    """The settings of a test aggregator on socket_proxy at ``proxy_port`` (a free port unless ``overrides``
-    say ``port``)."""
-    return AggregatorSettings(
-        **{
-            "port": 0,
-            "api_token_file": service_token_file(),
-            "redis_url": redis_user_url(redis_url, "aggregator"),
-            "kafka_bootstrap_servers": kafka_bootstrap,
-            "socket_proxy_target": f"127.0.0.1:{proxy_port}",
-            "kafka_enable_idempotence": False,
-            **overrides,
-        }
-    )
-
-
-@asynccontextmanager
-async def aggregator(redis_url: str, kafka_bootstrap: str, proxy_port: int, **overrides):
-    """A running aggregator on socket_proxy at ``proxy_port``; yields its control base URL."""
-    running = await start_aggregator(aggregator_settings(redis_url, kafka_bootstrap, proxy_port, **overrides))
-    try:
-        yield f"http://127.0.0.1:{running.port}"
-    finally:
-        await running.stop()
-
-
-@dataclass
-class ExchangeProcess:
-    """A replay exchange in its own process, as the mesh runs it: ``url`` (``ws://…``) and ``port``."""
-
-    url: str
-    port: int
-
-
-@asynccontextmanager
-async def exchange_and_proxy(recording: Path, speed: float):
-    """A replay exchange of ``recording`` at ``speed`` and a socket_proxy on it (metrics on); yields both.
-
-    The exchange runs in a process of its own: played fast in the test's event loop it would compete with the
-    proxy and the aggregators for the one thread, and fall behind its schedule for good on a busy machine.
-    """
-    port = free_port()
-    process = ManagedProcess(
-        "replay",
-        [sys.executable, "-m", "launcher.replay"],
-        port,
-        Path(tempfile.mkdtemp(prefix="replay-")) / "replay.log",
-        env={"REPLAY_PORT": str(port), "REPLAY_FILES": str(recording), "REPLAY_SPEED": str(speed)},
-    )
-    await asyncio.to_thread(process.start)
-    exchange = ExchangeProcess(url=f"ws://127.0.0.1:{port}", port=port)
-    proxy = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url, metrics_port=free_port()))
-    try:
-        yield exchange, proxy
-    finally:
-        await proxy.stop()
-        await asyncio.to_thread(process.stop)
+    return aggregator_databases
 
 
 async def put_symbols(base: str, follower: str, symbols: list[str]) -> dict:
@@ -219,9 +162,9 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
         ]
         bases = [
             await stack.enter_async_context(
-                aggregator(db_url(redis_url, db), kafka_bootstrap, proxy.port, window_grace_ms=5000)
+                serve_aggregator(db, kafka_bootstrap, proxy.port, window_grace_ms=5000)
             )
-            for db in (FIRST_DB, SECOND_DB)
+            for db in clean_dbs
         ]
         for base in bases:
             await put_symbols(base, "user:1", list(SYMBOLS))
@@ -288,7 +231,7 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
 
 
 async def test_the_exchange_killed_and_restarted_ten_times_resumes_every_subscription_without_leaking(
-    redis_url, clean_dbs, kafka_bootstrap, trade_recording
+    clean_dbs, kafka_bootstrap, trade_recording
 ):
     settings = ReplaySettings(port=0, files=(trade_recording,), speed=20)
     exchange = await start_replay(settings)
@@ -296,7 +239,7 @@ async def test_the_exchange_killed_and_restarted_ten_times_resumes_every_subscri
     info_url = f"http://127.0.0.1:{exchange.port}/replay/v1/info"
     proxy = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url, metrics_port=free_port()))
     try:
-        async with aggregator(db_url(redis_url, FIRST_DB), kafka_bootstrap, proxy.port) as base:
+        async with serve_aggregator(clean_dbs.first, kafka_bootstrap, proxy.port) as base:
             await put_symbols(base, "user:1", list(SYMBOLS))
             wanted = {"btcusdt@trade": 1, "ethusdt@trade": 1, "!miniTicker@arr": 1}
 
@@ -344,12 +287,12 @@ async def _connections_are(info_url: str, count: int) -> bool:
 
 
 async def test_when_every_follower_leaves_streams_windows_and_upstream_are_released(
-    redis_url, clean_dbs, kafka_bootstrap, trade_recording
+    clean_dbs, kafka_bootstrap, trade_recording
 ):
-    client = redis.from_url(db_url(redis_url, FIRST_DB))
+    client = redis.from_url(clean_dbs.first)
     async with (
         exchange_and_proxy(trade_recording, speed=50) as (exchange, proxy),
-        aggregator(db_url(redis_url, FIRST_DB), kafka_bootstrap, proxy.port, window_grace_ms=200) as base,
+        serve_aggregator(clean_dbs.first, kafka_bootstrap, proxy.port, window_grace_ms=200) as base,
     ):
         info_url = f"http://127.0.0.1:{exchange.port}/replay/v1/info"
         # Rebuilt from two portfolios; solusdt has no trades in the recording.
@@ -395,9 +338,9 @@ async def test_when_every_follower_leaves_streams_windows_and_upstream_are_relea
     await client.aclose()
 
 
-async def test_bulk_follower_control_refuses_client_mistakes_with_4xx(redis_url, clean_dbs, kafka_bootstrap):
+async def test_bulk_follower_control_refuses_client_mistakes_with_4xx(clean_dbs, kafka_bootstrap):
     async with (
-        aggregator(db_url(redis_url, FIRST_DB), kafka_bootstrap, free_port()) as base,
+        serve_aggregator(clean_dbs.first, kafka_bootstrap, free_port()) as base,
         aiohttp.ClientSession(timeout=HTTP_TIMEOUT, headers=service_headers()) as http,
     ):
         for follower, body, status, code in (
@@ -422,7 +365,7 @@ async def test_redis_and_kafka_restarted_under_load_publishing_resumes_and_nothi
 ):
     async with (
         exchange_and_proxy(trade_recording, speed=20) as (_exchange, proxy),
-        aggregator(db_url(redis_url, FIRST_DB), kafka_bootstrap, proxy.port) as base,
+        serve_aggregator(clean_dbs.first, kafka_bootstrap, proxy.port) as base,
     ):
         await put_symbols(base, "user:1", list(SYMBOLS))
         seen: dict[str, list[int]] = defaultdict(list)

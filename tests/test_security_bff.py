@@ -19,7 +19,6 @@ import hmac
 import json
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -28,58 +27,24 @@ import aiohttp
 import jwt
 import pytest
 import redis.asyncio as aioredis
-from credentials import redis_acl_file, redis_user_url, service_token_file
+from credentials import redis_acl_file, redis_user_url
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import stacks
+from support.bff import PASSWORD, Bff, new_name, refresh_token, with_refresh_cookie
+from support.databases import new_database
+from support.stacks import serve_auth
 
 from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
 from crypto_mesh.netutil import free_port
-from profile_bff.app import start as start_bff
-from profile_bff.settings import BffSettings
 from profile_bff.tokens import DEFAULT_REFETCH_INTERVAL_S
 
-PASSWORD = "correct horse battery"
 ISSUER, AUDIENCE = "crypto-mesh-auth", "crypto-mesh"
-#: This module's Redis database: its rate-limit counters are emptied before each test.
-REDIS_DB = 9
-
-
-@dataclass
-class Bff:
-    """A running BFF and a client session that keeps no cookies (each request says which it sends)."""
-
-    url: str
-    http: aiohttp.ClientSession
-
-    async def post(self, path: str, **kwargs) -> tuple[int, dict | None, aiohttp.ClientResponse]:
-        async with self.http.post(f"{self.url}{path}", **kwargs) as resp:
-            body = await resp.json() if resp.content_type == "application/json" else None
-            return resp.status, body, resp
-
-    async def register(self, name: str, password: str = PASSWORD) -> tuple[int, dict | None]:
-        status, body, _ = await self.post("/v1/register", json={"name": name, "password": password})
-        return status, body
-
-    async def login(self, name: str, password: str = PASSWORD) -> tuple[int, dict | None, str | None]:
-        """Status, body and the refresh cookie set (or ``None``)."""
-        status, body, resp = await self.post("/v1/login", json={"name": name, "password": password})
-        return status, body, refresh_cookie(resp)
-
-    async def refresh(self, cookie: str, **headers) -> tuple[int, dict | None, str | None]:
-        status, body, resp = await self.post(
-            "/v1/refresh", headers={"Cookie": f"__Host-refresh_token={cookie}", **headers}
-        )
-        return status, body, refresh_cookie(resp)
-
-    async def profile(self, access_token: str) -> tuple[int, dict]:
-        headers = {"Authorization": f"Bearer {access_token}"}
-        async with self.http.get(f"{self.url}/v2/user/profile", headers=headers) as resp:
-            return resp.status, await resp.json()
 
 
 @dataclass
@@ -91,62 +56,16 @@ class Stack:
     profile_database_url: str
 
 
-def refresh_cookie(response: aiohttp.ClientResponse) -> str | None:
-    cookie = SimpleCookie()
-    for header in response.headers.getall("Set-Cookie", []):
-        cookie.load(header)
-    return cookie["__Host-refresh_token"].value if "__Host-refresh_token" in cookie else None
-
-
-def with_refresh_cookie(cookie: str) -> dict[str, str]:
-    return {"Cookie": f"__Host-refresh_token={cookie}"}
-
-
-def new_name() -> str:
-    return f"u{uuid.uuid4().hex[:12]}"
-
-
 def claims_of(access_token: str) -> dict:
     return jwt.decode(access_token, options={"verify_signature": False})
 
 
-@contextlib.asynccontextmanager
-async def serve_bff(redis_url: str, database_url: str, auth_port: int, **overrides):
-    running = await start_bff(
-        BffSettings(
-            port=0,
-            database_url=database_url,
-            redis_url=redis_user_url(redis_url, "bff"),
-            auth_target=f"127.0.0.1:{auth_port}",
-            aggregator_url=f"http://127.0.0.1:{free_port()}",  # the auth routes never call it
-            aggregator_token_file=service_token_file(),
-            **overrides,
-        )
+def serve_bff(redis_url: str, database_url: str, auth_port: int, **overrides):
+    """A BFF (:func:`support.stacks.serve_bff`) with its default rate limits, which this module tests, and no
+    aggregator: the auth routes never call it. ``overrides``: further settings."""
+    return stacks.serve_bff(
+        database_url, redis_url, auth_port, f"http://127.0.0.1:{free_port()}", default_limits=True, **overrides
     )
-    url = f"http://127.0.0.1:{running.port}"
-    try:
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            for _ in range(200):
-                async with http.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the BFF never became ready")
-            yield Bff(url, http)
-    finally:
-        await running.stop()
-
-
-def new_database(postgres, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    postgres.create_database(name)
-    return postgres.url(name)
-
-
-@pytest.fixture(scope="module")
-def module_redis_url(redis_url) -> str:
-    return redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
 
 
 #: Auth's login budgets of the defaults' sizes (10 per name and address, 100 per name, 10 per device), per day:
@@ -160,26 +79,16 @@ AUTH_SLOW_BUDGETS = {
 
 
 @pytest.fixture(scope="module")
-async def stack(postgres, module_redis_url, tmp_path_factory):
+async def stack(postgres, redis_url, tmp_path_factory):
     """Auth (bcrypt cost 4, its login budgets of the defaults' sizes per day: see AUTH_SLOW_BUDGETS) and a BFF
-    with the default rate limits, shared by the module."""
-    key_file = tmp_path_factory.mktemp("keys") / "jwt.pem"
-    key_file.write_bytes(generate_private_key_pem())
-    auth = await start_auth(
-        AuthSettings(
-            port=0,
-            database_url=new_database(postgres, "auth"),
-            jwt_private_key_file=key_file,
-            bcrypt_cost=4,
-            **AUTH_SLOW_BUDGETS,
-        )
-    )
+    with the default rate limits, shared by the module, on the module's own Redis database."""
+    key_dir = tmp_path_factory.mktemp("keys")
     profile_database_url = new_database(postgres, "profile")
-    try:
-        async with serve_bff(module_redis_url, profile_database_url, auth.port) as bff:
-            yield Stack(bff, auth.port, key_file, module_redis_url, profile_database_url)
-    finally:
-        await auth.stop()
+    async with (
+        serve_auth(new_database(postgres, "auth"), key_dir, **AUTH_SLOW_BUDGETS) as auth,
+        serve_bff(redis_url, profile_database_url, auth.port) as bff,
+    ):
+        yield Stack(bff, auth.port, key_dir / "jwt.pem", redis_url, profile_database_url)
 
 
 @pytest.fixture(scope="module")
@@ -217,12 +126,10 @@ async def bff(clean) -> Bff:
 
 
 async def new_user(bff: Bff) -> tuple[str, str, str]:
-    """A registered, logged-in user: name, access token, refresh cookie."""
-    name = new_name()
-    assert (await bff.register(name))[0] == 201
-    status, body, cookie = await bff.login(name)
-    assert status == 200 and cookie
-    return name, body["access_token"], cookie
+    """A registered, logged-in user: name, access token, refresh token."""
+    name, _ = await bff.sign_up()
+    access, token = await bff.sign_in(name)
+    return name, access, token
 
 
 # -- forged access tokens --------------------------------------------------------------------------------
@@ -509,7 +416,7 @@ async def test_an_attacker_failing_fifty_logins_from_one_address_does_not_lock_t
         # The owner, from another address, with no device cookie, logs in.
         status, body, resp = await login_from(bff, "198.51.100.7", name)
         assert status == 200 and claims_of(body["access_token"])["name"] == name
-        assert refresh_cookie(resp) and device_cookie(resp)
+        assert refresh_token(resp) and device_cookie(resp)
 
 
 async def test_a_distributed_attack_spends_the_name_budget_but_the_owners_device_logs_in(clean):
@@ -718,7 +625,7 @@ async def test_logout_everywhere_ends_every_session_of_the_user_and_no_one_elses
     _, _, laptop = await bff.login(name)
     _, _, bobs = await new_user(bff)
     status, _, resp = await bff.post("/v1/logout?all=true", headers={"Authorization": f"Bearer {access}"})
-    assert status == 204 and refresh_cookie(resp) == ""
+    assert status == 204 and refresh_token(resp) == ""
     for cookie in (phone, laptop):
         assert (await bff.refresh(cookie))[0] == 401
     assert (await bff.refresh(bobs))[0] == 200
@@ -751,7 +658,7 @@ async def test_changing_the_password_ends_every_session_and_the_new_password_log
     name, access, phone = await new_user(bff)
     _, _, laptop = await bff.login(name)
     status, body, resp = await change_password(bff, access, PASSWORD, "a brand new password")
-    assert (status, body) == (204, None) and refresh_cookie(resp) == ""
+    assert (status, body) == (204, None) and refresh_token(resp) == ""
     for cookie in (phone, laptop):
         assert (await bff.refresh(cookie))[0] == 401
     assert (await bff.login(name))[0] == 401
@@ -831,7 +738,7 @@ async def test_the_readmes_curl_journey_keeps_its_session_on_a_plain_http_mesh(c
 # -- key rotation ----------------------------------------------------------------------------------------
 
 
-async def test_rotating_the_signing_key_logs_nobody_out(postgres, module_redis_url, tmp_path):
+async def test_rotating_the_signing_key_logs_nobody_out(postgres, redis_url, tmp_path):
     """Auth restarts with a new key and the old public key in JWT_RETIRED_PUBLIC_KEYS_FILE: a token signed
     before still works at the BFF, and tokens signed after carry the new kid, which the BFF fetches."""
     old_key, new_key, retired = tmp_path / "old.pem", tmp_path / "new.pem", tmp_path / "retired.pem"
@@ -850,7 +757,7 @@ async def test_rotating_the_signing_key_logs_nobody_out(postgres, module_redis_u
     )
     auth = await start_auth(auth_settings)
     try:
-        async with serve_bff(module_redis_url, new_database(postgres, "profile"), auth_settings.port) as bff:
+        async with serve_bff(redis_url, new_database(postgres, "profile"), auth_settings.port) as bff:
             _, before, _ = await new_user(bff)
             assert (await bff.profile(before))[0] == 200  # the BFF now caches the old key only
             keys_fetched_at = time.monotonic()

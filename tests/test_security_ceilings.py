@@ -21,15 +21,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from credentials import service_token_file
 from polling import eventually
-from test_bff_api import (
-    PASSWORD,
-    new_database,
-    new_symbol,
-    serve_aggregator,
-    serve_auth,
-    serve_bff,
-    write_exchange_info,
-)
+from support.bff import COIN, PASSWORD, error_body, new_symbol, write_exchange_info
+from support.databases import new_database
+from support.fake_aggregator import FakeAggregator
+from support.stacks import serve_auth, serve_bff
 
 from crypto_mesh import jsonutil
 from profile_bff.ceilings import (
@@ -45,17 +40,16 @@ from profile_bff.ratelimit import parse_networks
 from profile_bff.settings import BffSettings
 
 WS = "/v2/user/profile/ws"
-COIN = "/v2/coin/symbol"
 ATTACKER = "127.0.0.2"
 HALF_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: bff\r\nX-Slow: "
 
 
 @pytest.fixture(scope="module")
 async def engines(postgres, redis_url, tmp_path_factory):
-    """Auth, the aggregator stub, a profile database and the exchangeInfo, shared by this module's BFFs."""
+    """Auth, the fake aggregator, a profile database and the exchangeInfo, shared by this module's BFFs."""
     async with (
         serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
-        serve_aggregator() as aggregator,
+        FakeAggregator() as aggregator,
     ):
         database_url = new_database(postgres, "profile")
         exchange_info = write_exchange_info(tmp_path_factory.mktemp("exchange"))
@@ -74,12 +68,6 @@ def enough_descriptors():
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-async def error_body(response: aiohttp.ClientResponse) -> dict:
-    body = await response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    return body["error"]
 
 
 async def add(bff, auth, symbol: str) -> aiohttp.ClientResponse:
@@ -459,7 +447,7 @@ async def test_a_kept_alive_connection_that_sends_half_of_its_next_request_is_cl
 
 async def test_answers_carrying_personal_data_and_errors_of_authenticated_routes_are_no_store(engines):
     async with engines() as bff:
-        name, _ = await bff.register()
+        name, _ = await bff.sign_up()
         credentials = {"name": name, "password": PASSWORD}
         async with bff.http.post(f"{bff.url}/v1/login", json=credentials) as r:
             assert r.status == 200 and r.headers["Cache-Control"] == "no-store"

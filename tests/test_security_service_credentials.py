@@ -17,10 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from credentials import redis_user_url, service_headers, service_token_file
+from credentials import service_headers, service_token_file
+from support.stacks import serve_aggregator
 
-from aggregator.app import start as start_aggregator
-from aggregator.settings import AggregatorSettings
 from launcher.mesh import ETL_TOKEN_FILE, STATE_FILE, ensure_service_token
 from crypto_mesh.netutil import free_port
 from crypto_mesh.secrets import random_token
@@ -146,18 +145,8 @@ def test_the_caller_presents_the_first_token_of_the_file(tmp_path):
 async def aggregator(redis_url, kafka_bootstrap):
     """A real aggregator (its socket_proxy is not running: the control API does not need it); yields its
     base URL."""
-    running = await start_aggregator(
-        AggregatorSettings(
-            port=0,
-            api_token_file=service_token_file(),
-            redis_url=redis_user_url(redis_url.rsplit("/", 1)[0] + "/13", "aggregator"),
-            kafka_bootstrap_servers=kafka_bootstrap,
-            socket_proxy_target=f"127.0.0.1:{free_port()}",
-            kafka_enable_idempotence=False,
-        )
-    )
-    yield f"http://127.0.0.1:{running.port}"
-    await running.stop()
+    async with serve_aggregator(redis_url, kafka_bootstrap, free_port()) as base:
+        yield base
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,203 @@
+"""Services started for a test, on free ports of 127.0.0.1, each an async context manager that stops what it
+started: auth, a BFF (alone, or with auth and the fake aggregator), a real aggregator, and a replay exchange
+with a socket_proxy in front of it. The engines (PostgreSQL, Redis, Kafka) are the session's, from
+tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+from credentials import redis_user_url, service_token_file
+from polling import eventually
+
+from aggregator.app import start as start_aggregator
+from aggregator.settings import AggregatorSettings
+from auth.server import start as start_auth
+from auth.settings import AuthSettings
+from auth.tokens import generate_private_key_pem
+from crypto_mesh.netutil import free_port
+from launcher.embedded import EmbeddedPostgres, ManagedProcess
+from profile_bff.app import start as start_bff
+from profile_bff.settings import BffSettings
+from socket_proxy.server import start as start_proxy
+from socket_proxy.settings import ProxySettings
+from support.bff import Bff, write_exchange_info
+from support.databases import new_database
+from support.fake_aggregator import FakeAggregator
+
+#: The BFF's rate limits and per-user and per-address ceilings, lifted: most BFF tests register and log in
+#: many users from one address. tests/test_security_bff.py and tests/test_security_ceilings.py test them.
+NO_RATE_LIMITS = {
+    setting: "1000000/minute"
+    for setting in (
+        "login_rate_per_name",
+        "login_rate_per_address",
+        "login_rate_per_name_and_address",
+        "login_rate_per_device",
+        "register_rate_per_name",
+        "register_rate_per_address",
+        "write_rate_per_user",
+        "ws_ticket_rate_per_user",
+        "public_rate_per_address",
+        "ws_upgrade_rate_per_address",
+    )
+}
+
+
+@asynccontextmanager
+async def serve_auth(database_url: str, key_dir: Path, **overrides):
+    """The real auth server on a free port (bcrypt cost 4) with a new signing key, ``key_dir/jwt.pem``, on
+    ``database_url``; ``overrides`` are further :class:`AuthSettings` fields. Yields the running server
+    (``.port``)."""
+    key_file = key_dir / "jwt.pem"
+    key_file.write_bytes(generate_private_key_pem())
+    settings = {"port": 0, "database_url": database_url, "jwt_private_key_file": key_file, "bcrypt_cost": 4}
+    running = await start_auth(AuthSettings(**{**settings, **overrides}))
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@asynccontextmanager
+async def serve_bff(
+    database_url: str,
+    redis_url: str,
+    auth_port: int,
+    aggregator: FakeAggregator | str,
+    exchange_info: Path | None = None,
+    *,
+    default_limits: bool = False,
+    **overrides,
+) -> AsyncIterator[Bff]:
+    """A BFF on a free port, ready (``/healthz`` 200), on profile database ``database_url``, Redis
+    ``redis_url`` (the tests' own user: the BFF connects as its own) and auth on ``auth_port``.
+
+    ``aggregator``: the fake it calls, or the URL of a real aggregator (or of nothing, for a BFF whose routes
+    under test never call it). ``exchange_info``: its ``BFF_EXCHANGE_INFO_FILE`` (default: the shipped
+    snapshot). Its rate limits and ceilings are :data:`NO_RATE_LIMITS` unless ``default_limits``;
+    ``overrides`` are further :class:`BffSettings` fields, and win.
+    """
+    fake = aggregator if isinstance(aggregator, FakeAggregator) else None
+    settings = BffSettings(
+        **{
+            "port": 0,
+            "database_url": database_url,
+            "redis_url": redis_user_url(redis_url, "bff"),
+            "auth_target": f"127.0.0.1:{auth_port}",
+            "aggregator_url": fake.url if fake else aggregator,
+            "aggregator_token_file": service_token_file(),
+            **({"exchange_info_file": exchange_info} if exchange_info else {}),
+            **({} if default_limits else NO_RATE_LIMITS),
+            **overrides,
+        }
+    )
+    running = await start_bff(settings)
+    url = f"http://127.0.0.1:{running.port}"
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+
+            async def ready() -> bool:
+                async with http.get(f"{url}/healthz") as resp:
+                    return resp.status == 200
+
+            await eventually(ready, what="the BFF ready")
+            yield Bff(url, http, fake, redis, database_url, running)
+    finally:
+        await running.stop()
+        await redis.aclose()
+
+
+@asynccontextmanager
+async def serve_stack(postgres: EmbeddedPostgres, redis_url: str, tmp_path_factory) -> AsyncIterator[Bff]:
+    """Auth, the fake aggregator and a BFF (:func:`serve_bff`) on new databases, with :data:`TEST_SYMBOLS
+    <support.bff.TEST_SYMBOLS>` listed: the stack a module-scoped ``bff`` fixture shares between tests that
+    each use new users and symbols."""
+    async with (
+        serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
+        FakeAggregator() as aggregator,
+        serve_bff(
+            new_database(postgres, "profile"),
+            redis_url,
+            auth.port,
+            aggregator,
+            write_exchange_info(tmp_path_factory.mktemp("exchange")),
+        ) as running,
+    ):
+        yield running
+
+
+def aggregator_settings(
+    redis_url: str, kafka_bootstrap: str, proxy_port: int, **overrides
+) -> AggregatorSettings:
+    """The settings of a real aggregator on Redis ``redis_url`` (the tests' own user: the aggregator connects
+    as its own), Kafka ``kafka_bootstrap`` and socket_proxy at ``127.0.0.1:proxy_port``, on a free port
+    unless ``overrides`` (further :class:`AggregatorSettings` fields) say ``port``."""
+    return AggregatorSettings(
+        **{
+            "port": 0,
+            "api_token_file": service_token_file(),
+            "redis_url": redis_user_url(redis_url, "aggregator"),
+            "kafka_bootstrap_servers": kafka_bootstrap,
+            "socket_proxy_target": f"127.0.0.1:{proxy_port}",
+            "kafka_enable_idempotence": False,
+            **overrides,
+        }
+    )
+
+
+@asynccontextmanager
+async def serve_aggregator(
+    redis_url: str, kafka_bootstrap: str, proxy_port: int, **overrides
+) -> AsyncIterator[str]:
+    """A running real aggregator (:func:`aggregator_settings`); yields its control API's base URL. Its routes
+    want the session's service credential (:func:`credentials.service_headers`)."""
+    running = await start_aggregator(aggregator_settings(redis_url, kafka_bootstrap, proxy_port, **overrides))
+    try:
+        yield f"http://127.0.0.1:{running.port}"
+    finally:
+        await running.stop()
+
+
+@dataclass
+class ExchangeProcess:
+    """A replay exchange in its own process, as the mesh runs it: ``url`` (``ws://…``) and ``port``."""
+
+    url: str
+    port: int
+
+
+@asynccontextmanager
+async def exchange_and_proxy(recording: Path, speed: float):
+    """A replay exchange of ``recording`` at ``speed`` and a socket_proxy on it (metrics on); yields
+    ``(exchange, proxy)``.
+
+    The exchange runs in a process of its own: played fast in the test's event loop it would compete with the
+    proxy and the aggregators for the one thread, and fall behind its schedule for good on a busy machine.
+    """
+    port = free_port()
+    process = ManagedProcess(
+        "replay",
+        [sys.executable, "-m", "launcher.replay"],
+        port,
+        Path(tempfile.mkdtemp(prefix="replay-")) / "replay.log",
+        env={"REPLAY_PORT": str(port), "REPLAY_FILES": str(recording), "REPLAY_SPEED": str(speed)},
+    )
+    await asyncio.to_thread(process.start)
+    exchange = ExchangeProcess(url=f"ws://127.0.0.1:{port}", port=port)
+    proxy = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url, metrics_port=free_port()))
+    try:
+        yield exchange, proxy
+    finally:
+        await proxy.stop()
+        await asyncio.to_thread(process.stop)
