@@ -75,7 +75,13 @@ class Feeds:
             self._trades.on_frames(symbol, frames, received_ms)
 
         self._streams[symbol] = asyncio.create_task(
-            self._follow(symbol, lambda: self._stub.StreamTrades(request), on_frames), name=f"stream:{symbol}"
+            self._follow(
+                symbol,
+                lambda: self._stub.StreamTrades(request),
+                on_frames,
+                on_end=lambda: self._trades.interrupt(symbol),
+            ),
+            name=f"stream:{symbol}",
         )
         log.info("symbol_tracked", symbol=symbol)
 
@@ -117,9 +123,11 @@ class Feeds:
         name: str,
         open_call: Callable[[], grpc.aio.UnaryStreamCall],
         on_frames: Callable[[list[bytes], int], None],
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         """Call ``open_call()`` again and again, handing each message's frames to ``on_frames`` with their
-        local arrival time (Unix ms); only cancellation ends it."""
+        local arrival time (Unix ms), and calling ``on_end()`` each time a call ends or fails (frames may be
+        lost until the next call); only cancellation ends it."""
         backoff = Backoff(base_s=0.1, max_s=10.0)
         while True:
             raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
@@ -135,5 +143,7 @@ class Feeds:
             finally:
                 # Also on cancellation: socket_proxy must see the subscriber go.
                 call.cancel()
+            if on_end is not None:
+                on_end()
             self.reconnects += 1
             await asyncio.sleep(backoff.next_delay())

@@ -95,6 +95,11 @@ class TradeIntake:
         counters.ids_missed = self.gaps.missed
         counters.incomplete = self.windows.incomplete
 
+    def interrupt(self, symbol: str) -> None:
+        """``symbol``'s stream to socket_proxy ended: its open second is published only if the first trade after
+        the reconnect shows no trade was missed (:meth:`SecondWindows.interrupt`)."""
+        self.windows.interrupt(symbol)
+
     def forget(self, symbol: str) -> None:
         """Drop the window and gap state of an untracked symbol."""
         self.windows.forget(symbol)

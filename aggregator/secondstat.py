@@ -19,6 +19,11 @@ this one, so the open window and this trade's window may both lack some of them:
 other but not returned (counted in :attr:`SecondWindows.incomplete`), since a SecondStat is published only for
 a whole second. Seconds in between had only skipped trades, and produce nothing as before.
 
+Interruptions: when a symbol's stream ends (:meth:`SecondWindows.interrupt`), whether trades were lost is known
+only from the next trade's id. Until then the open window is held: the next trade decides it (skipped ids: the
+window is incomplete; none: it was whole after all), and a window the clock closes before any trade came is
+incomplete, since its missing trades can no longer be ruled out.
+
 Clock offset: the wall-clock test compares local time with exchange time. To be right when the exchange
 clock and the local clock differ (skew, or a replayed recording whose timestamps are not shifted), each
 symbol remembers ``received_ms - T`` of its latest trade and reads the local clock through that offset:
@@ -99,6 +104,7 @@ class _Window:
         "count",
         "high",
         "ids",
+        "interrupted",
         "low",
         "open",
         "open_id",
@@ -117,6 +123,8 @@ class _Window:
         self.ids = {trade.trade_id}
         #: False once trades of this second are known to be missing (see "Gaps" in the module doc).
         self.complete = True
+        #: The stream ended while this window was open; the next trade tells whether trades were lost.
+        self.interrupted = False
 
     def add(self, trade: Trade) -> bool:
         """Add ``trade``; False (and no change) if a trade with its id is already in the window."""
@@ -192,6 +200,9 @@ class SecondWindows:
             state = self._symbols[trade.symbol] = _SymbolState()
         second_ms = trade.time_ms - trade.time_ms % SECOND_MS
         window = state.window
+        if window is not None and window.interrupted:
+            window.interrupted = False
+            window.complete = window.complete and not after_gap
         if window is not None and second_ms == window.second_ms:
             if not window.add(trade):
                 self.duplicates += 1
@@ -222,6 +233,8 @@ class SecondWindows:
                 continue
             end_ms = window.second_ms + SECOND_MS
             if now_ms - state.offset_ms >= end_ms + self.grace_ms:
+                if window.interrupted:
+                    window.complete = False
                 closed += self._closed(symbol, window)
                 state.window = None
                 state.final_before_ms = end_ms
@@ -236,6 +249,13 @@ class SecondWindows:
             self.incomplete += 1
             return []
         return [window.stat(symbol)]
+
+    def interrupt(self, symbol: str) -> None:
+        """``symbol``'s stream ended: hold its open window until the next trade shows whether trades were lost
+        meanwhile (module doc, "Interruptions"). Nothing happens to a symbol without an open window."""
+        state = self._symbols.get(symbol)
+        if state is not None and state.window is not None:
+            state.window.interrupted = True
 
     def forget(self, symbol: str) -> None:
         """Drop all state of ``symbol``, its open window included (unpublished): the symbol is no longer

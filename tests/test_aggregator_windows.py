@@ -265,3 +265,38 @@ def test_trades_lost_to_a_reconnect_leave_only_whole_seconds_published(request, 
     whole = {key: fields for key, fields in expected.items() if key[0] == "btcusdt" and key[1] not in touched}
     assert {(stat.symbol, stat.second_ms): as_expected(stat) for stat in published} == whole
     assert intake.counters.gaps == 1 and intake.counters.incomplete == len(around)
+
+
+def test_after_an_interruption_the_next_trade_decides_whether_the_open_second_was_whole():
+    lossless, lossy = SecondWindows(grace_ms=0), SecondWindows(grace_ms=0)
+    for windows in (lossless, lossy):
+        windows.add(trade(1, "100", 1_000))
+        windows.interrupt("btcusdt")
+
+    lossless.add(trade(2, "101", 1_500))  # the stream came back and no id was skipped
+    assert lossy.add(trade(5, "105", 1_500), after_gap=True) == []  # ids 2..4 are missing
+
+    [stat] = lossless.close_until(FAR_FUTURE_MS)
+    assert (stat.second_ms, stat.count, stat.close, lossless.incomplete) == (1_000, 2, Decimal("101"), 0)
+    assert lossy.close_until(FAR_FUTURE_MS) == [] and lossy.incomplete == 1
+
+
+def test_a_second_the_clock_closes_while_its_stream_is_interrupted_is_not_published():
+    windows = SecondWindows(grace_ms=1_000)
+    windows.add(trade(1, "100", 1_000), received_ms=1_000)
+    windows.add(trade(2, "101", 1_300), received_ms=1_300)
+    windows.interrupt("btcusdt")
+
+    assert windows.close_until(3_000) == [] and windows.incomplete == 1
+    # The stream is back: a trade of a later second, with no gap, is published as usual.
+    windows.add(trade(3, "102", 3_100), received_ms=3_100)
+    [stat] = windows.close_until(FAR_FUTURE_MS)
+    assert (stat.second_ms, stat.count) == (3_000, 1)
+
+
+def test_an_interruption_without_an_open_window_changes_nothing():
+    windows = SecondWindows(grace_ms=0)
+    windows.interrupt("btcusdt")
+    windows.add(trade(1, "100", 1_000))
+    [stat] = windows.close_until(FAR_FUTURE_MS)
+    assert stat.count == 1 and windows.incomplete == 0
