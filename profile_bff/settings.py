@@ -9,9 +9,9 @@ from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validato
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.settings import MeshTlsSettings
-from crypto_mesh.throttle import check_name_budgets
+from crypto_mesh.throttle import Rate, check_name_budgets
 from profile_bff.instruments import DEFAULT_EXCHANGE_INFO
-from profile_bff.ratelimit import IPNetwork, Rate, parse_networks
+from profile_bff.ratelimit import IPNetwork, parse_networks
 
 
 class BffSettings(MeshTlsSettings):
