@@ -41,12 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import math
 import resource
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -55,7 +54,6 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from crypto_mesh import jsonutil
-from crypto_mesh.httperrors import error_response
 from crypto_mesh.logs import get_logger
 from profile_bff.ratelimit import (
     KEY_PREFIX,
@@ -67,10 +65,7 @@ from profile_bff.ratelimit import (
     address_bucket,
     client_address,
 )
-from profile_bff.store import StoreUnavailable
-
-if TYPE_CHECKING:
-    from profile_bff.settings import BffSettings
+from profile_bff.errors import RateLimited, StoreUnavailable
 
 log = get_logger(__name__)
 
@@ -87,11 +82,6 @@ REDIS_CONNECTIONS = 64
 #: orchestrators probe it from one address every few seconds).
 PUBLIC_ROUTES = frozenset({"/v1/instruments", "/openapi.json"})
 PROFILE_SOCKET_ROUTE = "/v2/user/profile/ws"
-
-
-def retry_after_s(wait_s: float) -> int:
-    """Seconds for ``Retry-After`` (RFC 9110 §10.2.3: whole seconds): ``wait_s`` rounded up, at least 1."""
-    return max(1, math.ceil(wait_s))
 
 
 # -- connections -------------------------------------------------------------------------------------------
@@ -462,11 +452,32 @@ class SocketSlots:
 
 class Ceilings:
     """What the handlers and middleware use: the rate limiter and the socket slots, on their own Redis
-    connection (``settings.redis_url``)."""
+    connection pool (``redis_url``); a user holds at most ``max_sockets_per_user`` sockets. :meth:`start`
+    renews the slots' leases in the background until :meth:`close`."""
 
-    def __init__(self, limiter: RateLimiter, slots: SocketSlots) -> None:
-        self.limiter = limiter
-        self.slots = slots
+    def __init__(self, redis_url: str, max_sockets_per_user: int) -> None:
+        # A blocking pool: a burst of upgrades (10,000 clients reconnecting after a restart) waits up to 2 s
+        # for one of REDIS_CONNECTIONS connections, where redis-py's default pool fails at once beyond 100.
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=2,
+            socket_connect_timeout=2,
+            socket_timeout=2,
+        )
+        self._redis = aioredis.Redis(connection_pool=self._pool, retry=Retry(NoBackoff(), 1))
+        self.limiter = RateLimiter(self._redis)
+        self.slots = SocketSlots(RedisSocketLeases(self._redis), max_sockets_per_user)
+
+    def start(self) -> None:
+        """Start renewing the socket slots' leases."""
+        self.slots.start()
+
+    async def close(self) -> None:
+        """Stop renewing leases (the remaining ones expire by themselves) and close the Redis pool."""
+        await self.slots.close()
+        await self._redis.aclose()
+        await self._pool.aclose()
 
     async def wait_s(self, charge: Charge) -> float:
         """Charge one request; 0 when allowed, else the seconds to wait. A Redis outage allows it (logged)."""
@@ -476,73 +487,54 @@ class Ceilings:
             log.warning("ceiling_unavailable", key=charge.key.rsplit(":", 1)[0], error=repr(exc))
             return 0.0
 
-    async def charge_user(self, route: str, user_id: int, rate: Rate) -> float:
-        """Charge ``ratelimit:<route>:user:<id>`` at ``rate``; the seconds to wait (0: allowed)."""
-        return await self.wait_s(Charge(f"{KEY_PREFIX}:{route}:user:{user_id}", rate))
+    async def limit_user(self, route: str, user_id: int, rate: Rate) -> None:
+        """Charge one request of the user to ``ratelimit:<route>:user:<id>`` at ``rate``. Raises
+        :class:`~profile_bff.errors.RateLimited` once the user is out of allowance."""
+        wait_s = await self.wait_s(Charge(f"{KEY_PREFIX}:{route}:user:{user_id}", rate))
+        if wait_s > 0:
+            refusal = RateLimited.waiting("too many requests of this user", wait_s)
+            log.info("rate_limited", route=route, user_id=user_id, retry_after_s=refusal.retry_after_s)
+            raise refusal
 
 
 CEILINGS = web.AppKey("ceilings", Ceilings)
 
 
-def too_many(wait_s: float, message: str) -> web.Response:
-    """``429 rate_limited`` with ``Retry-After``."""
-    retry_after = retry_after_s(wait_s)
-    return error_response(
-        429, "rate_limited", f"{message}, retry in {retry_after} s", {"Retry-After": str(retry_after)}
-    )
-
-
-def install(app: web.Application, settings: BffSettings) -> None:
-    """Add to ``app``: the per-address rate limits of the public routes and of WebSocket upgrades (a
-    middleware), ``Cache-Control: no-store`` on every answer but the public routes' successes (RFC 9111
-    §5.2.2.5: personal data must not be stored by any cache), and the :class:`Ceilings` with their Redis
-    connection and lease renewal (start-up and clean-up)."""
-    trusted = tuple(settings.trusted_proxies)
+def address_limits(
+    ceilings: Ceilings, public_rate: Rate, ws_upgrade_rate: Rate, trusted_proxies: Sequence[IPNetwork]
+):
+    """The middleware of the per-address rate limits: of the public routes (``public_rate``) and of WebSocket
+    upgrades (``ws_upgrade_rate``), the client being found behind ``trusted_proxies``; refuses with
+    :class:`~profile_bff.errors.RateLimited`."""
+    trusted = tuple(trusted_proxies)
 
     @web.middleware
-    async def address_limits(request: web.Request, handler) -> web.StreamResponse:
+    async def limit_address(request: web.Request, handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         path = resource.canonical if resource is not None else None
         if path in PUBLIC_ROUTES and request.method in ("GET", "HEAD"):
-            route, rate = "public", settings.public_rate_per_address
+            route, rate = "public", public_rate
             what = "too many requests from this address"
         elif path == PROFILE_SOCKET_ROUTE:
-            route, rate = "ws-upgrade", settings.ws_upgrade_rate_per_address
+            route, rate = "ws-upgrade", ws_upgrade_rate
             what = "too many WebSocket upgrades from this address"
         else:
             return await handler(request)
         bucket = address_bucket(client_address(request, trusted))
-        wait_s = await request.app[CEILINGS].wait_s(Charge(f"{KEY_PREFIX}:{route}:addr:{bucket}", rate))
+        wait_s = await ceilings.wait_s(Charge(f"{KEY_PREFIX}:{route}:addr:{bucket}", rate))
         if wait_s > 0:
-            log.info("rate_limited", route=route, retry_after_s=retry_after_s(wait_s))
-            return too_many(wait_s, what)
+            refusal = RateLimited.waiting(what, wait_s)
+            log.info("rate_limited", route=route, retry_after_s=refusal.retry_after_s)
+            raise refusal
         return await handler(request)
 
-    async def no_store(request: web.Request, response: web.StreamResponse) -> None:
-        resource = request.match_info.route.resource if request.match_info.route is not None else None
-        public = resource is not None and resource.canonical in (*PUBLIC_ROUTES, "/healthz")
-        if not (public and response.status < 400):
-            response.headers["Cache-Control"] = "no-store"
+    return limit_address
 
-    async def context(app: web.Application):
-        # A blocking pool: a burst of upgrades (10,000 clients reconnecting after a restart) waits up to 2 s
-        # for one of REDIS_CONNECTIONS connections, where redis-py's default pool fails at once beyond 100.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url.get_secret_value(),
-            max_connections=REDIS_CONNECTIONS,
-            timeout=2,
-            socket_connect_timeout=2,
-            socket_timeout=2,
-        )
-        redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
-        slots = SocketSlots(RedisSocketLeases(redis), settings.max_sockets_per_user)
-        app[CEILINGS] = Ceilings(RateLimiter(redis), slots)
-        slots.start()
-        yield
-        await slots.close()
-        await redis.aclose()
-        await pool.aclose()
 
-    app.middlewares.append(address_limits)
-    app.on_response_prepare.append(no_store)
-    app.cleanup_ctx.append(context)
+async def no_store(request: web.Request, response: web.StreamResponse) -> None:
+    """An ``on_response_prepare`` hook: ``Cache-Control: no-store`` on every answer but the public routes'
+    successes (RFC 9111 §5.2.2.5: personal data must not be stored by any cache)."""
+    resource = request.match_info.route.resource if request.match_info.route is not None else None
+    public = resource is not None and resource.canonical in (*PUBLIC_ROUTES, "/healthz")
+    if not (public and response.status < 400):
+        response.headers["Cache-Control"] = "no-store"

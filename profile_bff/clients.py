@@ -1,25 +1,109 @@
 """Clients of the BFF's upstream services: auth (gRPC, proto/auth.proto) and the aggregator (control HTTP).
 
-gRPC failures surface as ``grpc.aio.AioRpcError``; the HTTP layer maps their status codes (ALREADY_EXISTS →
-409, UNAUTHENTICATED → 401, UNAVAILABLE → 503, ...). Aggregator failures surface as
-:class:`AggregatorUnavailable`.
+Both are anti-corruption layers: they speak the upstream's protocol and hand the BFF its own types
+(:class:`~profile_bff.accounts.Registered`, :class:`~profile_bff.accounts.Session`) and its own errors
+(:mod:`profile_bff.errors`). How auth's gRPC status codes read in the BFF's terms is decided here, once
+(:func:`auth_error`); nothing past this module sees gRPC.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
 import aiohttp
+import grpc
 from yarl import URL
 
 from crypto_mesh.grpc_tls import tls_channel
+from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import AUTH, MeshTls
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
 from crypto_mesh.servicecreds import bearer_header
+from profile_bff.accounts import Registered, Session
+from profile_bff.errors import (
+    AggregatorUnavailable,
+    AuthError,
+    AuthRefusal,
+    AuthUnavailable,
+    Forbidden,
+    InvalidInput,
+    InvalidRefreshToken,
+    NameTaken,
+    Overloaded,
+    RateLimited,
+    Unauthenticated,
+    UserNotFound,
+)
+
+log = get_logger(__name__)
+
+#: Trailing metadata of an auth refusal: how long to wait before retrying, in ms (gRFC A6 retry pushback).
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+#: Auth's refusals for a reason of the caller's, by status; auth's messages are written for clients.
+REFUSALS: Mapping[grpc.StatusCode, type[AuthRefusal]] = {
+    grpc.StatusCode.ALREADY_EXISTS: NameTaken,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: Forbidden,
+    grpc.StatusCode.NOT_FOUND: UserNotFound,
+}
+#: The same for the calls that present a refresh token: auth refuses one that is expired, revoked, rotated or
+#: not a token at all (or, when the caller named its user, another user's) as UNAUTHENTICATED or
+#: INVALID_ARGUMENT, which then means "no session".
+SESSION_REFUSALS: Mapping[grpc.StatusCode, type[AuthRefusal]] = {
+    **REFUSALS,
+    grpc.StatusCode.UNAUTHENTICATED: InvalidRefreshToken,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRefreshToken,
+}
+def auth_error(
+    exc: grpc.aio.AioRpcError, refusals: Mapping[grpc.StatusCode, type[AuthRefusal]] = REFUSALS
+) -> AuthError | RateLimited:
+    """The BFF's error for a failed call to auth:
+
+    - a status of ``refusals`` → that :class:`AuthRefusal` with auth's message (the status's name should auth
+      send none);
+    - RESOURCE_EXHAUSTED (failed-login budgets spent) → :class:`RateLimited` with auth's message and its retry
+      pushback in whole seconds (1 if it sent none);
+    - UNAVAILABLE with a retry pushback (auth shed the call) → :class:`Overloaded`;
+    - anything else (UNAVAILABLE, DEADLINE_EXCEEDED, and, logged as ``auth_call_failed``, the statuses that
+      mean a bug) → :class:`AuthUnavailable`.
+    """
+    code = exc.code()
+    refusal = refusals.get(code)
+    if refusal is not None:
+        return refusal(exc.details() or code.name.lower())
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return RateLimited(exc.details() or code.name.lower(), _retry_after_s(exc) or 1)
+    retry_after_s = _retry_after_s(exc) if code == grpc.StatusCode.UNAVAILABLE else None
+    if retry_after_s is not None:
+        return Overloaded(retry_after_s)
+    if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        log.error("auth_call_failed", code=code.name, details=exc.details())
+    return AuthUnavailable("the authentication service is unavailable")
+
+
+def _retry_after_s(exc: grpc.aio.AioRpcError) -> int | None:
+    """The whole seconds (at least 1) of the retry pushback auth attached to ``exc``, or ``None``."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == RETRY_PUSHBACK_KEY:
+            try:
+                milliseconds = int(value)
+            except ValueError:
+                return None
+            return max(1, math.ceil(milliseconds / 1000)) if milliseconds >= 0 else None
+    return None
 
 
 class AuthClient:
     """The ``crypto.auth.v1.Auth`` service at ``target`` (``host:port``), over mutual TLS with ``tls`` (the
     BFF's identity); the server must prove the ``auth`` identity. Each call times out after ``timeout_s``
-    seconds (DEADLINE_EXCEEDED). The channel connects lazily and reconnects by itself."""
+    seconds (then :class:`AuthUnavailable`). The channel connects lazily and reconnects by itself.
+
+    Every call raises the BFF's errors of :func:`auth_error`, never gRPC's.
+    """
 
     def __init__(self, target: str, tls: MeshTls, timeout_s: float = 5.0) -> None:
         self._channel = tls_channel(target, tls, AUTH)
@@ -30,72 +114,96 @@ class AuthClient:
         """Close the channel; calls in flight are cancelled."""
         await self._channel.close()
 
-    async def register(self, name: str, password: str) -> auth_pb2.RegisterResponse:
-        """Create a user; the response carries ``user_id`` and the normalised ``name``."""
+    async def register(self, name: str, password: str) -> Registered:
+        """Create a user: its id and normalised name. ``NameTaken``, ``InvalidInput``, ``Overloaded``."""
         request = auth_pb2.RegisterRequest(name=name, password=password)
-        return await self._stub.Register(request, timeout=self._timeout_s)
+        response = await self._call(self._stub.Register, request)
+        return Registered(response.user_id, response.name)
 
     async def login(
         self, name: str, password: str, *, client_address: str = "", device_token: str = ""
-    ) -> auth_pb2.TokenPair:
-        """Open a session: access token, refresh token, their expiries (Unix s), user id and name, and a
-        login-device token. ``client_address``: the end user's address bucket, ``device_token``: the one it
-        holds from an earlier login (both for auth's failed-login budgets). RESOURCE_EXHAUSTED carries the
-        time to wait in the trailing metadata ``grpc-retry-pushback-ms`` (ms)."""
+    ) -> Session:
+        """Open a session, with a login-device token for this client. ``client_address``: the end user's
+        address bucket, ``device_token``: the one it holds from an earlier login (both for auth's failed-login
+        budgets). ``Unauthenticated``, ``RateLimited`` (auth's budgets spent), ``Overloaded``."""
         request = auth_pb2.LoginRequest(
             name=name, password=password, client_address=client_address, device_token=device_token
         )
-        return await self._stub.Login(request, timeout=self._timeout_s)
+        return _session(await self._call(self._stub.Login, request))
 
-    async def refresh(self, refresh_token: str, owner: int | None = None) -> auth_pb2.TokenPair:
+    async def refresh(self, refresh_token: str, owner: int | None = None) -> Session:
         """Rotate a refresh token (the presented one becomes invalid); ``owner``, when known, is the user the
-        caller proved to be, and the token must be theirs."""
+        caller proved to be, and the token must be theirs. ``InvalidRefreshToken`` otherwise."""
         request = auth_pb2.RefreshRequest(refresh_token=refresh_token, expected_user_id=owner or 0)
-        return await self._stub.Refresh(request, timeout=self._timeout_s)
+        return _session(await self._call(self._stub.Refresh, request, SESSION_REFUSALS))
 
     async def logout(self, refresh_token: str, owner: int | None = None) -> None:
         """Revoke the session (token family) of a refresh token; idempotent. ``owner`` as for :meth:`refresh`:
-        another user's session is refused with PERMISSION_DENIED."""
+        another user's session is ``Forbidden``; a token that is no session, ``InvalidRefreshToken``."""
         request = auth_pb2.LogoutRequest(refresh_token=refresh_token, expected_user_id=owner or 0)
-        await self._stub.Logout(request, timeout=self._timeout_s)
+        await self._call(self._stub.Logout, request, SESSION_REFUSALS)
 
     async def logout_all(self, *, access_token: str = "", refresh_token: str = "") -> int:
         """Revoke every session of the user an unexpired access token (or else a live refresh token) proves;
-        returns how many were live."""
+        returns how many were live. A bad access token is ``Unauthenticated``; a refresh token that is no
+        live session, ``InvalidRefreshToken``."""
         if access_token:
             request = auth_pb2.LogoutAllRequest(access_token=access_token)
+            response = await self._call(self._stub.LogoutAll, request)
         else:
             request = auth_pb2.LogoutAllRequest(refresh_token=refresh_token)
-        return (await self._stub.LogoutAll(request, timeout=self._timeout_s)).sessions_revoked
+            response = await self._call(self._stub.LogoutAll, request, SESSION_REFUSALS)
+        return response.sessions_revoked
 
     async def change_password(self, access_token: str, current_password: str, new_password: str) -> int:
         """Replace the password of the user an access token proves and revoke every session of theirs;
-        returns how many were live. PERMISSION_DENIED: the current password is wrong."""
+        returns how many were live. ``Forbidden``: the current password is wrong; ``InvalidInput``: the new
+        one is outside the policy; ``RateLimited``: too many wrong current passwords."""
         request = auth_pb2.ChangePasswordRequest(
             access_token=access_token,
             current_password=current_password,
             new_password=new_password,
         )
-        return (await self._stub.ChangePassword(request, timeout=self._timeout_s)).sessions_revoked
+        return (await self._call(self._stub.ChangePassword, request)).sessions_revoked
 
     async def delete_user_by_token(self, access_token: str) -> int:
-        """Delete the user an access token proves; returns its id."""
+        """Delete the user an access token proves; returns its id. ``UserNotFound`` if already gone."""
         request = auth_pb2.DeleteUserRequest(access_token=access_token)
-        return (await self._stub.DeleteUser(request, timeout=self._timeout_s)).user_id
+        return (await self._call(self._stub.DeleteUser, request)).user_id
 
     async def delete_user_by_credentials(self, name: str, password: str) -> int:
         """Delete a user by name and password (undoes a registration whose profile could not be created)."""
         request = auth_pb2.DeleteUserRequest(credentials=auth_pb2.Credentials(name=name, password=password))
-        return (await self._stub.DeleteUser(request, timeout=self._timeout_s)).user_id
+        return (await self._call(self._stub.DeleteUser, request)).user_id
 
     async def public_keys_json(self) -> str:
         """The RFC 7517 JWK Set that verifies access tokens, as JSON text."""
-        response = await self._stub.GetPublicKeys(auth_pb2.GetPublicKeysRequest(), timeout=self._timeout_s)
+        response = await self._call(self._stub.GetPublicKeys, auth_pb2.GetPublicKeysRequest())
         return response.jwks_json
 
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[Any]],
+        request: Any,
+        refusals: Mapping[grpc.StatusCode, type[AuthRefusal]] = REFUSALS,
+    ) -> Any:
+        try:
+            return await method(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise auth_error(exc, refusals) from exc
 
-class AggregatorUnavailable(Exception):
-    """The aggregator's control API could not be reached or did not answer 200."""
+
+def _session(pair: auth_pb2.TokenPair) -> Session:
+    return Session(
+        access_token=pair.access_token,
+        access_expires_at=pair.access_expires_at,
+        refresh_token=pair.refresh_token,
+        refresh_expires_at=pair.refresh_expires_at,
+        user_id=pair.user_id,
+        name=pair.name,
+        device_token=pair.device_token,
+        device_expires_at=pair.device_expires_at,
+    )
 
 
 class AggregatorClient:

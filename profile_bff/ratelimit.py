@@ -36,18 +36,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
-from crypto_mesh import jsonutil
+from crypto_mesh.httperrors import ApiError
 from crypto_mesh.logs import get_logger
 from crypto_mesh.throttle import (
     DEVICE_TOKEN_MAX_CHARS,
@@ -59,9 +55,7 @@ from crypto_mesh.throttle import (
     device_bucket,
     name_bucket,
 )
-
-if TYPE_CHECKING:
-    from profile_bff.settings import BffSettings
+from profile_bff.errors import RateLimited
 
 log = get_logger(__name__)
 
@@ -214,32 +208,17 @@ class LoginDevices:
     verify: Callable[[str], Awaitable[str | None]]
 
 
-LIMITER = web.AppKey("rate_limiter", RateLimiter)
-#: Set by the app once its token verifier exists; without it no client is recognised as a login device.
-DEVICES = web.AppKey("login_devices", LoginDevices)
-
-
-def install(app: web.Application, settings: BffSettings) -> None:
-    """Add the rate-limit middleware for ``POST /v1/login`` and ``POST /v1/register`` to ``app``, and its
-    Redis connection (``settings.redis_url``) to the app's start-up and clean-up. Call before the app starts.
-    """
-    policies = {
-        "/v1/login": RoutePolicy(
-            "login",
-            settings.login_rate_per_address,
-            settings.login_rate_per_name,
-            refund_success=True,
-            per_name_and_address=settings.login_rate_per_name_and_address,
-            per_device=settings.login_rate_per_device,
-        ),
-        "/v1/register": RoutePolicy(
-            "register",
-            settings.register_rate_per_address,
-            settings.register_rate_per_name,
-            refund_success=False,
-        ),
-    }
-    trusted = tuple(settings.trusted_proxies)
+def login_limits(
+    limiter: RateLimiter,
+    policies: Mapping[str, RoutePolicy],
+    trusted_proxies: Sequence[IPNetwork],
+    devices: LoginDevices,
+):
+    """The middleware that charges the ``POST`` attempts on the routes of ``policies`` (route path → its
+    limits) to ``limiter``, the client being found behind ``trusted_proxies`` and a login device recognised by
+    ``devices``. Refuses with :class:`~profile_bff.errors.RateLimited` (429) or 503 when Redis cannot be
+    reached; a successful attempt is refunded when its policy says so."""
+    trusted = tuple(trusted_proxies)
 
     @web.middleware
     async def rate_limit(request: web.Request, handler) -> web.StreamResponse:
@@ -251,9 +230,8 @@ def install(app: web.Application, settings: BffSettings) -> None:
             return await handler(request)
         address = address_bucket(client_address(request, trusted))
         name = await _name_in_body(request)
-        limiter = request.app[LIMITER]
         try:
-            charges = await _device_charges(request, policy, name)
+            charges = await _device_charges(request, policy, devices, name)
             wait_s = 0.0
             if not charges or await limiter.acquire(charges) > 0:
                 # No login device, or one out of its own budget (its token stolen, say): any other client.
@@ -261,16 +239,11 @@ def install(app: web.Application, settings: BffSettings) -> None:
                 wait_s = await limiter.acquire(charges)
         except (RedisError, OSError) as exc:
             log.warning("rate_limit_unavailable", route=policy.route, error=repr(exc))
-            return _error(503, "unavailable", "rate limiting is unavailable, retry later")
+            raise ApiError(503, "unavailable", "rate limiting is unavailable, retry later") from None
         if wait_s > 0:
-            retry_after = max(1, math.ceil(wait_s))
-            log.info("rate_limited", route=policy.route, retry_after_s=retry_after)
-            return _error(
-                429,
-                "rate_limited",
-                f"too many attempts, retry in {retry_after} s",
-                {"Retry-After": str(retry_after)},
-            )
+            refusal = RateLimited.waiting("too many attempts", wait_s)
+            log.info("rate_limited", route=policy.route, retry_after_s=refusal.retry_after_s)
+            raise refusal
         response = await handler(request)
         if policy.refund_success and 200 <= response.status < 300:
             try:
@@ -279,16 +252,7 @@ def install(app: web.Application, settings: BffSettings) -> None:
                 log.warning("rate_limit_refund_failed", route=policy.route, error=repr(exc))
         return response
 
-    async def redis_context(app: web.Application):
-        redis = aioredis.Redis.from_url(
-            settings.redis_url.get_secret_value(), socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 1)
-        )
-        app[LIMITER] = RateLimiter(redis)
-        yield
-        await redis.aclose()
-
-    app.middlewares.append(rate_limit)
-    app.cleanup_ctx.append(redis_context)
+    return rate_limit
 
 
 def _client_charges(policy: RoutePolicy, address: str, name: str | None) -> list[Charge]:
@@ -306,10 +270,11 @@ def _client_charges(policy: RoutePolicy, address: str, name: str | None) -> list
     return charges
 
 
-async def _device_charges(request: web.Request, policy: RoutePolicy, name: str | None) -> list[Charge]:
+async def _device_charges(
+    request: web.Request, policy: RoutePolicy, devices: LoginDevices, name: str | None
+) -> list[Charge]:
     """The device budget of an attempt whose login-device cookie was issued for ``name``, else none."""
-    devices = request.app.get(DEVICES)
-    if policy.per_device is None or name is None or devices is None:
+    if policy.per_device is None or name is None:
         return []
     token = request.cookies.get(devices.cookie_name)
     if not token or len(token) > DEVICE_TOKEN_MAX_CHARS or await devices.verify(token) != name_bucket(name):
@@ -331,13 +296,3 @@ async def _name_in_body(request: web.Request) -> str | None:
         return None
     name = body.get("name") if isinstance(body, dict) else None
     return name if isinstance(name, str) else None
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """The BFF's error shape, ``{"error": {"code", "message"}}`` (docs/CONTRACTS.md, "BFF REST")."""
-    return web.json_response(
-        {"error": {"code": code, "message": message}},
-        status=status,
-        headers=headers,
-        dumps=jsonutil.dumps_str,
-    )

@@ -10,8 +10,8 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.binance import DEFAULT_EXCHANGE_INFO
 from crypto_mesh.settings import MeshTlsSettings
-from crypto_mesh.throttle import check_name_budgets
-from profile_bff.ratelimit import IPNetwork, Rate, parse_networks
+from crypto_mesh.throttle import Rate, check_name_budgets
+from profile_bff.ratelimit import IPNetwork, parse_networks
 
 
 class BffSettings(MeshTlsSettings):

@@ -38,6 +38,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
+from profile_bff.errors import (
+    CoinAlreadyHeld,
+    CoinLimitReached,
+    CoinNotHeld,
+    IdempotencyInFlight,
+    IdempotencyMismatch,
+    ProfileNotFound,
+    Starting,
+    StoreUnavailable,
+)
 from profile_bff.portfolio import InvalidSecondStat, Price, parse_second_stat
 
 log = get_logger(__name__)
@@ -92,30 +102,6 @@ idempotency_keys = sa.Table(
 )
 
 
-class StoreUnavailable(Exception):
-    """The profile database or Redis cannot be reached (connection refused, lost, timed out)."""
-
-
-class ProfileNotFound(LookupError):
-    """No profile row for the user."""
-
-
-class CoinAlreadyHeld(Exception):
-    """The user already holds the symbol (add is not an update: use PATCH)."""
-
-
-class CoinNotHeld(LookupError):
-    """The user does not hold the symbol."""
-
-
-class CoinLimitReached(Exception):
-    """The portfolio already holds ``limit`` coins, the most one may hold."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"a portfolio holds at most {limit} coins")
-        self.limit = limit
-
-
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One portfolio change: ``operation`` is ``add`` (``old_quantity`` None), ``update``, or ``remove``
@@ -137,14 +123,6 @@ class StoredAnswer:
     body: str | None
 
 
-class IdempotencyMismatch(Exception):
-    """The key was already used by this user for a request with a different method, path or body."""
-
-
-class IdempotencyInFlight(Exception):
-    """The first request with this key is still being processed."""
-
-
 @dataclass(frozen=True, slots=True)
 class Holdings:
     """A profile as stored: ``name`` and ``coins`` (symbol → quantity)."""
@@ -164,7 +142,8 @@ class ProfileStore:
     """Profiles and coins in PostgreSQL (SQLAlchemy Core over asyncpg).
 
     Every method raises :class:`StoreUnavailable` when the database cannot be reached; the other errors are
-    named per method.
+    named per method. Until :meth:`migrate` has succeeded, :attr:`migrated` is false and the callers refuse
+    to use the store (:meth:`require_migrated`).
     """
 
     def __init__(self, database_url: str) -> None:
@@ -181,6 +160,17 @@ class ProfileStore:
             isolation_level="AUTOCOMMIT",
         )
         self._transactions = self._engine.execution_options(isolation_level="READ COMMITTED")
+        self._migrated = False
+
+    @property
+    def migrated(self) -> bool:
+        """True once :meth:`migrate` has succeeded in this process."""
+        return self._migrated
+
+    def require_migrated(self) -> None:
+        """Raise :class:`Starting` unless the schema is migrated: nothing reads or writes it before."""
+        if not self._migrated:
+            raise Starting("the profile database is not ready yet")
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -192,6 +182,7 @@ class ProfileStore:
         async with self._connection() as conn:
             await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('profile_bff.migrations'))"))
             await conn.run_sync(_upgrade_to_head)
+        self._migrated = True
 
     async def ensure_profile(self, user_id: int, name: str) -> None:
         """Create the profile of ``user_id`` unless it exists (register, and login healing a lost one)."""

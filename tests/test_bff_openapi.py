@@ -13,13 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from credentials import service_token_file
 from jsonschema.validators import Draft202012Validator
 from support.stacks import serve_stack
 
 from profile_bff.app import create_app
 from profile_bff.openapi import openapi_document
-from profile_bff.settings import BffSettings
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +31,9 @@ async def bff(postgres, redis_url, tmp_path_factory):
 _IMPLICIT = {"HEAD"}
 
 
-def served_routes() -> set[tuple[str, str]]:
-    app = create_app(
-        BffSettings(
-            database_url="postgresql+asyncpg://unused/x",
-            redis_url="redis://unused",
-            aggregator_token_file=service_token_file(),
-        )
-    )
+def served_routes(bff) -> set[tuple[str, str]]:
+    """The routes of the application of a running BFF."""
+    app = create_app(bff.running.service)
     return {
         (route.resource.canonical, route.method.lower())
         for route in app.router.routes()
@@ -52,8 +45,8 @@ def documented_routes() -> set[tuple[str, str]]:
     return {(path, method) for path, item in openapi_document()["paths"].items() for method in item}
 
 
-def test_every_served_route_is_documented_and_every_documented_route_is_served():
-    assert served_routes() == documented_routes()
+async def test_every_served_route_is_documented_and_every_documented_route_is_served(bff):
+    assert served_routes(bff) == documented_routes()
 
 
 def test_the_document_is_openapi_3_1_whose_schemas_are_valid_json_schema():
