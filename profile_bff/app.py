@@ -41,7 +41,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 import grpc
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from crypto_mesh import jsonutil
@@ -53,7 +53,7 @@ from crypto_mesh.servicecreds import read_token
 from crypto_mesh.throttle import DEVICE_TOKEN_MAX_CHARS, device_audience, name_bucket
 from profile_bff import ceilings, ratelimit
 from profile_bff.clients import AggregatorClient, AggregatorUnavailable, AuthClient
-from profile_bff.connections import CLOSE_TOKEN_EXPIRED, ConnectionManager
+from profile_bff.connections import ConnectionManager
 from profile_bff.cookies import CookieSpec, cross_site_refusal, device_cookie, refresh_cookie
 from profile_bff.instruments import Instruments, NotTrading, UnknownSymbol
 from profile_bff.openapi import openapi_document
@@ -72,6 +72,7 @@ from profile_bff.store import (
     StoreUnavailable,
 )
 from profile_bff.tokens import AccessClaims, AccessTokenVerifier, InvalidToken, KeysUnavailable
+from profile_bff.websocket import profile_socket
 
 log = get_logger(__name__)
 
@@ -80,13 +81,6 @@ MAX_BODY_BYTES = 64 * 1024
 #: ``net.core.somaxconn``). A process holding 10,000 sockets sees them all come back at once after a restart;
 #: with 128, connection attempts beyond it are dropped and retried by the client after 1, 3, 7 s...
 LISTEN_BACKLOG = 1024
-#: Seconds between server pings on a WebSocket; a peer that misses the pong is closed.
-WS_HEARTBEAT_S = 20.0
-#: Clients only listen on the socket; anything they send is read and dropped, and must be small.
-WS_MAX_INCOMING_BYTES = 4096
-#: The WebSocket subprotocol that carries the access token: ``Sec-WebSocket-Protocol: bearer, <token>``;
-#: the server echoes ``bearer`` (browsers cannot set Authorization on a WebSocket, but can list protocols).
-WS_BEARER_PROTOCOL = "bearer"
 #: ``Idempotency-Key`` values: 1 to 255 visible ASCII characters (the draft's sf-string, without quotes).
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 #: ``GET /v1/instruments``: ``q`` is up to 20 letters/digits; ``limit`` 1..100 (default 20).
@@ -175,7 +169,7 @@ def create_app(settings: BffSettings) -> web.Application:
     app.router.add_delete("/v2/coin/symbol", delete_coin)
     app.router.add_get("/v2/user/profile", get_profile)
     app.router.add_delete("/v2/user/profile", delete_profile)
-    app.router.add_get("/v2/user/profile/ws", profile_socket)
+    app.router.add_get("/v2/user/profile/ws", profile_socket(lambda request: request.app[SERVICES]))
     app.router.add_post("/v2/user/ws-ticket", issue_ws_ticket)
     app.router.add_get("/v2/user/history", list_history)
     app.router.add_get("/v1/instruments", search_instruments)
@@ -1060,131 +1054,7 @@ async def _announce_change(services: Services, user_id: int) -> None:
         log.warning("portfolio_notice_failed", user_id=user_id, error=str(exc))
 
 
-# -- WebSocket and health --------------------------------------------------------------------------------
-
-
-async def profile_socket(request: web.Request) -> web.StreamResponse:
-    """``GET /v2/user/profile/ws``: the live profile.
-
-    Authentication, any one of (docs/CONTRACTS.md, "BFF WebSocket"):
-
-    - ``Authorization: Bearer <access>`` (wscat, scripts, services);
-    - ``Sec-WebSocket-Protocol: bearer, <access>`` (browsers): the server selects and echoes ``bearer``;
-    - ``?ticket=<ticket>`` from ``POST /v2/user/ws-ticket`` (browsers), valid once.
-
-    Checked before the upgrade, as HTTP errors: 403 an ``Origin`` not in ``BFF_ALLOWED_ORIGINS``, 401
-    missing, invalid or expired credentials, 400 not a WebSocket handshake, 404 no profile, 429
-    ``rate_limited`` (upgrades per address, with Retry-After) or ``too_many_sockets`` (the user already holds
-    ``BFF_MAX_SOCKETS_PER_USER`` open sockets on all replicas together), 503 a dependency down. After it:
-    one text message with the profile JSON at once, then one after every price change of a held coin and
-    every portfolio change. Text frames from the client are ignored; a binary frame
-    closes the socket with 1003, a frame over 4 KiB with 1009. Closed with 4401 when the access token
-    expires, 4404 if the profile is deleted, 1001 on shutdown; a peer that misses the server's ping (every
-    20 s) or stops reading for ``BFF_WS_SEND_TIMEOUT_S`` is dropped.
-    """
-    services = request.app[SERVICES]
-    origin = request.headers.get("Origin")
-    if origin is not None and origin.rstrip("/") not in services.settings.allowed_origins:
-        raise ApiError(403, "forbidden_origin", "this origin may not open the profile socket")
-    offered = _offered_protocols(request)
-    ws = web.WebSocketResponse(
-        heartbeat=WS_HEARTBEAT_S,
-        max_msg_size=WS_MAX_INCOMING_BYTES,
-        # No permessage-deflate: a profile is a few hundred bytes, and a deflate context would cost each
-        # socket about 256 KiB and each message a compression.
-        compress=False,
-        protocols=(WS_BEARER_PROTOCOL,) if offered[:1] == [WS_BEARER_PROTOCOL] else (),
-    )
-    if not ws.can_prepare(request).ok:
-        raise ApiError(400, "websocket_required", "this route only speaks WebSocket")
-    user_id, expires_at = await _socket_identity(request, offered)
-    services.require_store()
-    slots = request.app[ceilings.CEILINGS].slots
-    slot = await slots.acquire(user_id)
-    if slot is None:
-        raise ApiError(
-            429,
-            "too_many_sockets",
-            f"this user has {slots.cap} profile sockets open (BFF_MAX_SOCKETS_PER_USER); close one first",
-        )
-    try:
-        client = await services.manager.connect(
-            ws,
-            user_id,
-            send_timeout_s=services.settings.ws_send_timeout_s,
-            transport=request.transport,
-        )
-    except ProfileNotFound:
-        await slots.release(user_id, slot)
-        raise ApiError(404, "profile_not_found", "no profile for this user") from None
-    except BaseException:
-        await slots.release(user_id, slot)
-        raise
-    closing: list[asyncio.Task[bool]] = []  # holds the close task so it is not garbage-collected
-    expiry = asyncio.get_running_loop().call_later(
-        max(0.0, expires_at - time.time()),
-        lambda: closing.append(
-            asyncio.create_task(ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"access token expired"))
-        ),
-    )
-    try:
-        await ws.prepare(request)
-        client.start_writer()
-        async for message in ws:
-            if message.type == WSMsgType.BINARY:
-                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not accepted")
-            # Text frames (pings from scripts, stray input) carry nothing the server needs: ignored.
-    except Exception:
-        log.exception("websocket_failed", user_id=user_id)
-    finally:
-        expiry.cancel()
-        await services.manager.disconnect(client)
-        await slots.release(user_id, slot)
-    return ws
-
-
-def _offered_protocols(request: web.Request) -> list[str]:
-    """The ``Sec-WebSocket-Protocol`` values in order (RFC 6455 §4.1, comma-separated)."""
-    return [
-        value.strip()
-        for header in request.headers.getall("Sec-WebSocket-Protocol", [])
-        for value in header.split(",")
-        if value.strip()
-    ]
-
-
-async def _socket_identity(request: web.Request, offered: list[str]) -> tuple[int, int]:
-    """``(user_id, expires_at)`` of the socket's credentials: header, ``bearer`` subprotocol, or ticket."""
-    services = request.app[SERVICES]
-    challenge = {"WWW-Authenticate": 'Bearer realm="crypto-mesh"'}
-    if "Authorization" in request.headers:
-        claims, _ = await _authenticate(request)
-        return claims.user_id, claims.expires_at
-    if offered[:1] == [WS_BEARER_PROTOCOL]:
-        if len(offered) != 2:
-            raise ApiError(
-                401, "unauthenticated", "send Sec-WebSocket-Protocol: bearer, <access token>", challenge
-            )
-        try:
-            claims = await services.verifier.verify(offered[1])
-        except InvalidToken as exc:
-            raise ApiError(401, "unauthenticated", str(exc), challenge) from None
-        return claims.user_id, claims.expires_at
-    ticket = request.query.get("ticket")
-    if ticket is not None:
-        stored = await services.bus.redeem_ticket(ticket) if 0 < len(ticket) <= 128 else None
-        if stored is None:
-            raise ApiError(401, "unauthenticated", "the ticket is unknown, used or expired", challenge)
-        payload = jsonutil.loads(stored)
-        if payload["expires_at"] <= time.time():
-            raise ApiError(401, "unauthenticated", "the access token of this ticket has expired", challenge)
-        return payload["user_id"], payload["expires_at"]
-    raise ApiError(
-        401,
-        "unauthenticated",
-        "send Authorization: Bearer <token>, Sec-WebSocket-Protocol: bearer, <token>, or ?ticket=",
-        challenge,
-    )
+# -- health --------------------------------------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
