@@ -15,18 +15,18 @@ from collections.abc import Callable
 import grpc
 
 from aggregator.intake import TickerIntake, TradeIntake, now_ms
-from crypto_mesh.backoff import Backoff
 from crypto_mesh.binance import AGG_TRADE
 from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import SOCKET_PROXY, MeshTls
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
+from crypto_mesh.retry import Backoff
 from crypto_mesh.runtime import raise_if_cancelling
 
 log = get_logger(__name__)
 
 #: gRPC's own reconnect backoff (default: 1 s growing to 120 s) would hold streams back long after
-#: socket_proxy is back; the streams' own backoff (:class:`crypto_mesh.backoff.Backoff`) spaces the attempts.
+#: socket_proxy is back; the streams' own backoff (:class:`crypto_mesh.retry.Backoff`) spaces the attempts.
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -77,7 +77,7 @@ class Feeds:
         self._streams[symbol] = asyncio.create_task(
             self._follow(symbol, lambda: self._stub.StreamTrades(request), on_frames), name=f"stream:{symbol}"
         )
-        log.info("tracking symbol", symbol=symbol)
+        log.info("symbol_tracked", symbol=symbol)
 
     async def untrack(self, symbol: str) -> None:
         """Stop streaming ``symbol`` and drop its window state (its open second is not published)."""
@@ -87,7 +87,7 @@ class Feeds:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         self._trades.forget(symbol)
-        log.info("untracked symbol", symbol=symbol)
+        log.info("symbol_untracked", symbol=symbol)
 
     def tracked(self) -> list[str]:
         """Symbols being streamed, sorted."""
@@ -128,15 +128,10 @@ class Feeds:
                 async for message in call:
                     backoff.reset()
                     on_frames(message.data, now_ms())
-                log.warning("upstream stream ended; reconnecting", stream=name)
+                log.warning("stream_ended", stream=name)
             except grpc.aio.AioRpcError as exc:
                 raise_if_cancelling()
-                log.warning(
-                    "upstream stream failed; reconnecting",
-                    stream=name,
-                    code=exc.code().name,
-                    details=exc.details(),
-                )
+                log.warning("stream_failed", stream=name, code=exc.code().name, details=exc.details())
             finally:
                 # Also on cancellation: socket_proxy must see the subscriber go.
                 call.cancel()

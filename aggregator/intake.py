@@ -75,7 +75,7 @@ class TradeIntake:
                 continue
             except MalformedFrame as exc:
                 counters.malformed += 1
-                log.debug("malformed trade frame dropped", symbol=symbol, error=str(exc))
+                log.debug("trade_frame_malformed", symbol=symbol, error=str(exc))
                 continue
             if trade.symbol != symbol:
                 counters.wrong_symbol += 1

@@ -1,9 +1,10 @@
 """Prometheus metrics of the aggregator, served at ``GET /metrics`` of its control API.
 
 The hot path only increments plain integers (the intakes' counters, the publisher's and producer's totals);
-:class:`AggregatorCollector` reads them when scraped, so metrics cost nothing per frame. The one histogram,
-``aggregator_publish_latency_seconds`` (window close → acknowledged Redis publish), belongs to the
-:class:`aggregator.store.StatPublisher`. Each running aggregator has its own ``CollectorRegistry``.
+:data:`METRICS` declares how each series reads them when scraped (:mod:`crypto_mesh.metrics`), so metrics cost
+nothing per frame. The one histogram, ``aggregator_publish_latency_seconds`` (window close → acknowledged
+Redis publish), belongs to the :class:`aggregator.store.StatPublisher`. Each running aggregator has its own
+``CollectorRegistry``.
 
 Series (prefix ``aggregator_``), counters: ``trade_frames_total{outcome}`` with outcome ``parsed``,
 ``malformed`` (failed to parse: dropped, never priced), ``unknown_event``, ``wrong_symbol``;
@@ -19,82 +20,102 @@ Series (prefix ``aggregator_``), counters: ``trade_frames_total{outcome}`` with 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from crypto_mesh.metrics import families, own_registry
+from aggregator.service import AggregatorService
+from crypto_mesh.metrics import Declared, counter, gauge, metrics_registry
 
-if TYPE_CHECKING:
-    from aggregator.app import _Service
-
-
-class AggregatorCollector(Collector):
-    """Reads a running aggregator's counters and live sizes at scrape time."""
-
-    def __init__(self, service: _Service) -> None:
-        self._service = service
-
-    def collect(self) -> Iterator[Metric]:
-        service = self._service
-        trades = service.trades.counters
-        frames = CounterMetricFamily(
-            "aggregator_trade_frames", "Trade frames received, by outcome.", labels=["outcome"]
-        )
-        for outcome in ("parsed", "malformed", "unknown_event", "wrong_symbol"):
-            frames.add_metric([outcome], getattr(trades, outcome))
-        yield frames
-        publisher, kafka, tickers = service.publisher, service.kafka, service.tickers.counters
-        counters = (
-            ("late_trades", "Trades dropped because their second was already closed.", trades.late),
-            (
-                "duplicate_trades",
-                "Trades dropped because their id was already in the window.",
-                trades.duplicates,
-            ),
-            ("trade_gaps", "Jumps of a symbol's trade / aggregate id beyond +1.", trades.gaps),
-            ("trade_ids_missed", "Trade / aggregate ids skipped by those jumps.", trades.ids_missed),
-            (
-                "incomplete_seconds",
-                "Seconds not published because a gap skipped some of their trades.",
-                trades.incomplete,
-            ),
-            ("second_stats", "SecondStats closed.", trades.stats),
-            ("redis_publishes", "SecondStats published to Redis.", publisher.published),
-            (
-                "redis_stale",
-                "SecondStats refused by Redis as not newer than the stored price.",
-                publisher.stale,
-            ),
-            (
-                "redis_conflated",
-                "Pending SecondStats replaced by a newer one of their symbol.",
-                publisher.dropped,
-            ),
-            ("redis_publish_failures", "Redis publish rounds that failed.", publisher.failures),
-            ("ticker_frames", "Mini-ticker frames received.", tickers.frames),
-            ("ticker_malformed", "Mini-ticker frames or elements dropped as malformed.", tickers.malformed),
-            ("kafka_sent", "Mini-ticker records acknowledged by Kafka.", kafka.sent),
-            ("kafka_failed", "Mini-ticker record deliveries that failed.", kafka.failed),
-            (
-                "kafka_dropped",
-                "Mini-ticker records dropped (oldest first) from the full buffer.",
-                kafka.dropped,
-            ),
-            ("upstream_reconnects", "gRPC streams from socket_proxy called again.", service.feeds.reconnects),
-        )
-        gauges = (
-            ("redis_pending", "SecondStats waiting to be published.", publisher.pending()),
-            ("kafka_queue_depth", "Mini-ticker records waiting for the producer.", kafka.queue_depth),
-            ("tracked_symbols", "Symbols streamed from socket_proxy.", len(service.feeds.tracked())),
-            ("window_symbols", "Symbols with one-second window state.", len(service.trades.windows)),
-        )
-        yield from families("aggregator", counters, gauges)
+#: The outcomes of ``aggregator_trade_frames_total``: the fields of :class:`aggregator.intake.TradeCounters`.
+TRADE_FRAME_OUTCOMES = ("parsed", "malformed", "unknown_event", "wrong_symbol")
 
 
-def registry_for(service: _Service) -> CollectorRegistry:
-    """A registry of its own with the service's collector and its publish latency histogram."""
-    return own_registry(AggregatorCollector(service), service.publisher.latency)
+def _trade_frames(service: AggregatorService) -> dict[tuple[str, ...], int]:
+    return {(outcome,): getattr(service.trades.counters, outcome) for outcome in TRADE_FRAME_OUTCOMES}
+
+
+METRICS: tuple[Declared[AggregatorService], ...] = (
+    counter("trade_frames", "Trade frames received, by outcome.", _trade_frames, labels=("outcome",)),
+    counter(
+        "late_trades",
+        "Trades dropped because their second was already closed.",
+        lambda service: service.trades.counters.late,
+    ),
+    counter(
+        "duplicate_trades",
+        "Trades dropped because their id was already in the window.",
+        lambda service: service.trades.counters.duplicates,
+    ),
+    counter(
+        "trade_gaps",
+        "Jumps of a symbol's trade / aggregate id beyond +1.",
+        lambda service: service.trades.counters.gaps,
+    ),
+    counter(
+        "trade_ids_missed",
+        "Trade / aggregate ids skipped by those jumps.",
+        lambda service: service.trades.counters.ids_missed,
+    ),
+    counter(
+        "incomplete_seconds",
+        "Seconds not published because a gap skipped some of their trades.",
+        lambda service: service.trades.counters.incomplete,
+    ),
+    counter("second_stats", "SecondStats closed.", lambda service: service.trades.counters.stats),
+    counter(
+        "redis_publishes", "SecondStats published to Redis.", lambda service: service.publisher.published
+    ),
+    counter(
+        "redis_stale",
+        "SecondStats refused by Redis as not newer than the stored price.",
+        lambda service: service.publisher.stale,
+    ),
+    counter(
+        "redis_conflated",
+        "Pending SecondStats replaced by a newer one of their symbol.",
+        lambda service: service.publisher.dropped,
+    ),
+    counter(
+        "redis_publish_failures",
+        "Redis publish rounds that failed.",
+        lambda service: service.publisher.failures,
+    ),
+    counter("ticker_frames", "Mini-ticker frames received.", lambda service: service.tickers.counters.frames),
+    counter(
+        "ticker_malformed",
+        "Mini-ticker frames or elements dropped as malformed.",
+        lambda service: service.tickers.counters.malformed,
+    ),
+    counter("kafka_sent", "Mini-ticker records acknowledged by Kafka.", lambda service: service.kafka.sent),
+    counter(
+        "kafka_failed", "Mini-ticker record deliveries that failed.", lambda service: service.kafka.failed
+    ),
+    counter(
+        "kafka_dropped",
+        "Mini-ticker records dropped (oldest first) from the full buffer.",
+        lambda service: service.kafka.dropped,
+    ),
+    counter(
+        "upstream_reconnects",
+        "gRPC streams from socket_proxy called again.",
+        lambda service: service.feeds.reconnects,
+    ),
+    gauge(
+        "redis_pending", "SecondStats waiting to be published.", lambda service: service.publisher.pending()
+    ),
+    gauge(
+        "kafka_queue_depth",
+        "Mini-ticker records waiting for the producer.",
+        lambda service: service.kafka.queue_depth,
+    ),
+    gauge(
+        "tracked_symbols", "Symbols streamed from socket_proxy.", lambda service: len(service.feeds.tracked())
+    ),
+    gauge(
+        "window_symbols", "Symbols with one-second window state.", lambda service: len(service.trades.windows)
+    ),
+)
+
+
+def registry_for(service: AggregatorService) -> CollectorRegistry:
+    """A registry of its own with the series of :data:`METRICS` and the publish latency histogram."""
+    return metrics_registry("aggregator", METRICS, service, service.publisher.latency)

@@ -30,9 +30,9 @@ from redis.exceptions import RedisError
 from aggregator.secondstat import SecondStat
 from aggregator.tickers import KafkaMsg
 from crypto_mesh import jsonutil
-from crypto_mesh.backoff import Backoff
 from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
+from crypto_mesh.retry import Backoff, retrying
 from crypto_mesh.runtime import raise_if_cancelling
 
 log = get_logger(__name__)
@@ -227,7 +227,7 @@ class StatPublisher:
                 raise_if_cancelling()
                 self.failures += 1
                 if self.healthy is not False:
-                    log.warning("redis publish failed; conflating until it recovers", error=str(exc))
+                    log.warning("redis_publish_failed", error=str(exc), conflating=True)
                 self.healthy = False
                 self._start_conflating()
                 for stat in batch:
@@ -235,7 +235,7 @@ class StatPublisher:
                 await asyncio.sleep(backoff.next_delay())
                 continue
             if self.healthy is False:
-                log.info("redis publish recovered")
+                log.info("redis_publish_recovered")
             self.healthy = True
             backoff.reset()
             if self._conflating and not self._latest:
@@ -378,37 +378,41 @@ class KafkaSink(Generic[T]):
         try:
             await asyncio.wait_for(self._producer.stop(), timeout_s)
         except (TimeoutError, KafkaError) as exc:
-            log.warning("kafka producer did not stop cleanly", topic=self.topic, error=str(exc))
+            log.warning("kafka_producer_stop_failed", topic=self.topic, error=str(exc))
         self._producer = None
 
     async def _connect(self) -> AIOKafkaProducer:
-        backoff = Backoff(base_s=0.2, max_s=10.0)
-        while True:
-            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
-            try:
-                await ensure_topics(
-                    self._bootstrap, {self.topic: self._partitions}, client_options=self._client_options
-                )
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._bootstrap,
-                    **self._client_options,
-                    acks="all",
-                    enable_idempotence=self._idempotence,
-                    linger_ms=20,
-                )
+        """Create the topic and start a producer, retrying until Kafka is reachable."""
+        async for attempt in retrying(
+            "kafka_connect_retrying", retry_on=(KafkaError, OSError), base_s=0.2, max_s=10.0, topic=self.topic
+        ):
+            with attempt:
                 try:
-                    await producer.start()
-                except BaseException:
-                    # Also on cancellation (stop during start): a half-started producer holds connections.
-                    await producer.stop()
+                    producer = await self._start_producer()
+                except (KafkaError, OSError):
+                    self.healthy = False
                     raise
-                log.info("kafka producer started", topic=self.topic)
-                return producer
-            except (KafkaError, OSError) as exc:
-                raise_if_cancelling()
-                self.healthy = False
-                log.warning("kafka not reachable; retrying", topic=self.topic, error=str(exc))
-                await asyncio.sleep(backoff.next_delay())
+        log.info("kafka_producer_started", topic=self.topic)
+        return producer
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        await ensure_topics(
+            self._bootstrap, {self.topic: self._partitions}, client_options=self._client_options
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            **self._client_options,
+            acks="all",
+            enable_idempotence=self._idempotence,
+            linger_ms=20,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            # Also on cancellation (stop during start): a half-started producer holds connections.
+            await producer.stop()
+            raise
+        return producer
 
     def _on_delivery(self, delivery: asyncio.Future) -> None:
         if delivery.cancelled():
@@ -422,7 +426,7 @@ class KafkaSink(Generic[T]):
     def _on_failure(self, exc: BaseException) -> None:
         self.failed += 1
         if self.healthy:
-            log.warning("kafka delivery failed", topic=self.topic, error=str(exc))
+            log.warning("kafka_delivery_failed", topic=self.topic, error=str(exc))
         self.healthy = False
 
 

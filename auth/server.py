@@ -3,19 +3,23 @@
 Transport only: each handler checks the shape of its request, calls :class:`auth.users.Accounts`, and maps
 :mod:`auth.errors` to status codes. Nothing a client sends reaches the catch-all (``INTERNAL``, logged with
 its traceback): that is kept for bugs.
+
+:func:`start` builds the service on the mesh's lifecycle (:mod:`crypto_mesh.service`): the password-hashing
+threads, the database pool, the gRPC port (health ``NOT_SERVING``), then the maintenance task, which migrates
+and turns health ``SERVING``. Stopping undoes it in reverse: the maintenance task ends, health turns
+``NOT_SERVING``, calls in flight get :data:`STOP_GRACE_S`, the pool is closed and the hashing threads stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from auth import migrations, passwords
 from auth.errors import (
@@ -40,6 +44,8 @@ from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import PROFILE_BFF
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
+from crypto_mesh.retry import retrying
+from crypto_mesh.service import Lifecycle, Running, start_service
 from crypto_mesh.throttle import parse_address_bucket
 
 log = get_logger(__name__)
@@ -234,50 +240,38 @@ def auth_handler(servicer: AuthServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-@dataclass
-class Running:
-    """A started auth server: ``port`` is the bound port; ``await stop()`` shuts it down (idempotent)."""
+@dataclass(frozen=True)
+class AuthService:
+    """What a started auth server exposes to tests and benchmarks (``Running.service``): its use cases and
+    its password-hashing queue."""
 
-    port: int
-    _server: grpc.aio.Server = field(repr=False)
-    _health: health.aio.HealthServicer = field(repr=False)
-    _store: AuthStore = field(repr=False)
-    _hasher: PasswordHasher = field(repr=False)
-    _maintenance: asyncio.Task = field(repr=False)
-    _stopped: bool = field(default=False, repr=False)
+    accounts: Accounts
+    hasher: PasswordHasher
 
     @property
     def password_checks(self) -> QueueCounts:
         """What the password-hashing queue did since the start: checks admitted, refused on arrival, expired
         while queued, skipped and completed."""
-        return self._hasher.queue.counts
-
-    async def stop(self) -> None:
-        """Report NOT_SERVING, let in-flight calls finish (up to 5 s), then close the database pool and stop
-        the hashing threads."""
-        if self._stopped:
-            return
-        self._stopped = True
-        await self._health.enter_graceful_shutdown()
-        self._maintenance.cancel()
-        await asyncio.gather(self._maintenance, return_exceptions=True)
-        await self._server.stop(STOP_GRACE_S)
-        await self._store.close()
-        self._hasher.close()
-        log.info("auth_stopped", port=self.port)
+        return self.hasher.queue.counts
 
 
-async def start(settings: AuthSettings) -> Running:
+async def start(settings: AuthSettings) -> Running[AuthService]:
     """Start the auth server and return once it serves.
 
     The gRPC port is bound first (``settings.port`` 0 picks a free one: see ``Running.port``) with health
     ``NOT_SERVING``; then the migrations are applied, retried with backoff while the database is not
     reachable, and health turns ``SERVING``. Cancelling the caller while it waits stops the server.
     The port speaks mutual TLS only (:func:`crypto_mesh.grpc_tls.tls_server`) with the ``settings.tls_*``
-    files; ``crypto.auth.v1.Auth`` admits the :data:`CALLERS` identities only.
+    files; ``crypto.auth.v1.Auth`` admits the :data:`CALLERS` identities only. ``await running.stop()``
+    reports ``NOT_SERVING``, lets in-flight calls finish (up to :data:`STOP_GRACE_S`), then closes the
+    database pool and stops the hashing threads.
     Raises ``OSError``/``ValueError`` if the signing keys or the TLS files cannot be read or used,
-    ``RuntimeError`` if the port cannot be bound.
+    ``RuntimeError`` if the port cannot be bound; nothing is left open then.
     """
+    return await start_service("auth", functools.partial(_build, settings))
+
+
+async def _build(settings: AuthSettings, lifecycle: Lifecycle) -> tuple[int, AuthService]:
     tls = settings.mesh_tls()
     issuer = TokenIssuer(
         load_private_key(settings.jwt_private_key_file),
@@ -299,8 +293,10 @@ async def start(settings: AuthSettings) -> Running:
             workers=settings.hash_workers,
         )
     )
+    lifecycle.on_stop_sync(hasher.close)
     engine = create_engine(settings.database_url)
     store = AuthStore(engine)
+    lifecycle.on_stop(store.close)
     budgets = LoginBudgetStore(engine)
     accounts = Accounts(
         store,
@@ -318,41 +314,28 @@ async def start(settings: AuthSettings) -> Running:
     )
 
     health_servicer = health.aio.HealthServicer()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    try:
-        server, port = tls_server(
-            tls,
-            settings.host,
-            settings.port,
-            {SERVICE_NAME: CALLERS},
-            options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)],
-            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
-        )
-    except RuntimeError:
-        await store.close()
-        hasher.close()
-        raise
+    server, port = tls_server(
+        tls,
+        settings.host,
+        settings.port,
+        {SERVICE_NAME: CALLERS},
+        options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)],
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+    )
     server.add_generic_rpc_handlers((auth_handler(AuthServicer(accounts)),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    await server.start()
+    await lifecycle.serve_grpc(server, health_servicer, (SERVICE_NAME,), grace_s=STOP_GRACE_S, serving=False)
     log.info("auth_listening", host=settings.host, port=port, kid=issuer.kid)
 
     ready = asyncio.get_running_loop().create_future()
-    maintenance = asyncio.create_task(
-        _maintain(settings.database_url, store, budgets, health_servicer, ready), name="auth-maintenance"
+    maintenance = lifecycle.task(
+        _maintain(settings.database_url, store, budgets, health_servicer, ready), "auth-maintenance"
     )
-    running = Running(port, server, health_servicer, store, hasher, maintenance)
-    try:
-        await asyncio.wait({ready, maintenance}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            maintenance.result()  # it ended before the service was ready: raise what ended it
-            raise RuntimeError("auth maintenance task ended before the service was ready")
-    except BaseException:
-        await running.stop()
-        raise
-    log.info("auth_serving", port=port)
-    return running
+    await asyncio.wait({ready, maintenance}, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        maintenance.result()  # it ended before the service was ready: raise what ended it
+        raise RuntimeError("auth maintenance task ended before the service was ready")
+    return port, AuthService(accounts, hasher)
 
 
 async def _maintain(
@@ -364,15 +347,7 @@ async def _maintain(
 ) -> None:
     """Migrate (retrying until the database answers), turn SERVING, then keep health true and prune tokens
     and login budgets back to a full allowance."""
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(Exception),
-        wait=wait_exponential(multiplier=0.2, max=10),
-        before_sleep=lambda state: log.warning(
-            "auth_migrations_retrying",
-            attempt=state.attempt_number,
-            error=f"{type(state.outcome.exception()).__name__}: {state.outcome.exception()}",
-        ),
-    ):
+    async for attempt in retrying("auth_migrations_retrying", base_s=0.2, max_s=10.0):
         with attempt:
             await asyncio.to_thread(migrations.upgrade, database_url)
     await _set_health(health_servicer, serving=True)

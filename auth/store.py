@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from auth.errors import Unavailable
-from auth.sessions import REVOKES_FAMILY, Rotation, SessionPolicy, TokenState
+from auth.sessions import Rotation, SessionPolicy, TokenState
 from crypto_mesh.throttle import Charge, gcra_acquire, gcra_refund
 
 metadata = sa.MetaData()
@@ -214,7 +214,7 @@ class AuthStore:
         expected_user_id: int | None = None,
     ) -> RotationResult:
         """Swap the presented token for a new one in the same family, in one transaction, as ``policy``
-        decides (:meth:`auth.sessions.SessionPolicy.outcome`).
+        decides (:meth:`auth.sessions.SessionPolicy.decide_rotation`).
 
         The presented row is locked (``SELECT ... FOR UPDATE``), so of two concurrent rotations of one token
         the second waits, then sees it rotated and takes the reuse path. ``ROTATED``: the new token is stored
@@ -237,17 +237,16 @@ class AuthStore:
                     .with_for_update()
                 )
             ).one_or_none()
-            state = (
+            token = (
                 TokenState(row.user_id, row.expires_at, row.family_started_at, row.rotated_at, row.revoked_at)
                 if row is not None
                 else None
             )
-            outcome = policy.outcome(state, now, expected_user_id)
-            if outcome in REVOKES_FAMILY:
+            decision = policy.decide_rotation(token, expected_user_id, now)
+            if decision.revokes_family:
                 await self._revoke_family(conn, row.family_id, now)
-            if outcome is not Rotation.ROTATED:
-                return RotationResult(outcome)
-            expires_at = policy.expiry(now, row.family_started_at)
+            if decision.successor_expires_at is None:
+                return RotationResult(decision.outcome)
             await conn.execute(
                 sa.update(refresh_tokens).where(refresh_tokens.c.id == row.id).values(rotated_at=now)
             )
@@ -256,12 +255,12 @@ class AuthStore:
                     user_id=row.user_id,
                     family_id=row.family_id,
                     token_hash=new_token_hash,
-                    expires_at=expires_at,
+                    expires_at=decision.successor_expires_at,
                     family_started_at=row.family_started_at,
                 )
             )
             user = (await conn.execute(sa.select(*_USER_COLUMNS).where(users.c.id == row.user_id))).one()
-        return RotationResult(Rotation.ROTATED, User(*user), expires_at)
+        return RotationResult(decision.outcome, User(*user), decision.successor_expires_at)
 
     async def revoke_family_of(
         self, token_hash: bytes, now: datetime, expected_user_id: int | None = None

@@ -7,22 +7,17 @@ import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from pydantic import ValidationError
 
 from crypto_mesh.logs import configure_logging, get_logger
+from crypto_mesh.service import Running
 from crypto_mesh.settings import ServiceSettings
 
 log = get_logger(__name__)
 
 S = TypeVar("S", bound=ServiceSettings)
-
-
-class Running(Protocol):
-    """What a service's ``start(settings)`` returns: a serving service that ``stop()`` shuts down."""
-
-    async def stop(self) -> None: ...
 
 
 def raise_if_cancelling() -> None:

@@ -107,8 +107,13 @@ def bearer_token_middleware(
         else:
             challenge += ', error="invalid_token"'
             message = "the service credential is not valid"
-        log.warning("service credential refused", method=request.method, path=request.path,
-                    presented=token is not None, peer=request.remote)
+        log.warning(
+            "service_credential_refused",
+            method=request.method,
+            path=request.path,
+            presented=token is not None,
+            peer=request.remote,
+        )
         return error_response(401, "unauthenticated", message, {"WWW-Authenticate": challenge})
 
     return require_bearer_token

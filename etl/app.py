@@ -1,28 +1,33 @@
 """HTTP side of the ETL and its wiring: ``GET /healthz``, ``POST /v1/sql``, start and stop.
 
-Routes and shapes: docs/CONTRACTS.md, section "ETL HTTP". Errors are ``{"error": {"code", "message"}}``.
-Every route but ``/healthz`` requires the service credential ``Authorization: Bearer <token>``
-(``ETL_API_TOKEN_FILE``, :mod:`crypto_mesh.servicecreds`); without it, 401.
+Routes and shapes: docs/CONTRACTS.md, section "ETL HTTP". Errors are ``{"error": {"code", "message"}}``
+(:mod:`crypto_mesh.httperrors`; :data:`DOMAIN_ERRORS` maps the query's errors). Every route but ``/healthz``
+requires the service credential ``Authorization: Bearer <token>`` (``ETL_API_TOKEN_FILE``,
+:mod:`crypto_mesh.servicecreds`); without it, 401.
+
+:func:`start` builds the service on the mesh's lifecycle (:mod:`crypto_mesh.service`): the ClickHouse store,
+the HTTP port, the first ClickHouse attempt, then the consumer task. Stopping undoes it in reverse: the
+consumer flushes and commits its open batches and leaves the group (up to :data:`STOP_TIMEOUT_S`, then it is
+cancelled), HTTP lets queries in flight finish, and the store is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import sys
-from dataclasses import dataclass
 
 from aiohttp import web
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError, StreamFailureError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type
 
 from crypto_mesh import jsonutil
-from crypto_mesh.httperrors import error_response
+from crypto_mesh.httperrors import ApiError, ErrorMapping, error_middleware
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import tune_garbage_collector
 from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
+from crypto_mesh.service import Lifecycle, Running, start_service
 from etl import sql
-from etl.consumer import TickerConsumer, backoff
+from etl.consumer import TickerConsumer
 from etl.migrate import MigrationError
 from etl.settings import EtlSettings
 from etl.store import ClickHouseStore
@@ -53,8 +58,8 @@ def tune_interpreter() -> None:
 
 #: Largest accepted ``POST /v1/sql`` body (bytes); a larger one is answered 413.
 MAX_BODY_BYTES = 64 * 1024
-#: How long :meth:`Running.stop` waits for the consumer to flush and commit before cancelling it (s).
-_STOP_TIMEOUT_S = 30.0
+#: How long stopping waits for the consumer to flush and commit before cancelling it (s).
+STOP_TIMEOUT_S = 30.0
 
 
 class EtlService:
@@ -66,7 +71,6 @@ class EtlService:
         self.store = ClickHouseStore(settings.clickhouse_url.get_secret_value(), settings.analytics_url())
         self.consumer = TickerConsumer(settings, self.store)
         self.clickhouse_state = "connecting"  # → "ok", or "migration failed: ..."
-        self._stopping = asyncio.Event()
 
     async def connect_and_migrate(self) -> None:
         """One attempt to connect to ClickHouse and apply pending migrations.
@@ -79,10 +83,10 @@ class EtlService:
             applied = await self.store.migrate()
         except MigrationError as exc:
             self.clickhouse_state = f"migration failed: {exc}"
-            log.error("clickhouse migration failed", error=str(exc))
+            log.error("clickhouse_migration_failed", error=str(exc))
             raise
         self.clickhouse_state = "ok"
-        log.info("clickhouse ready", migrations_applied=applied)
+        log.info("clickhouse_ready", migrations_applied=applied)
         await self.connect_analytics()
 
     async def connect_analytics(self) -> bool:
@@ -92,37 +96,17 @@ class EtlService:
         try:
             await self.store.connect_analytics()
         except (Error, OSError) as exc:
-            log.warning("clickhouse analytics client not connected", error=sql.one_line(str(exc)))
+            log.warning("clickhouse_analytics_not_connected", error=sql.one_line(str(exc)))
             return False
         return True
 
     async def run(self) -> None:
-        """Background part of the service: ClickHouse ready (retried with backoff unless a migration is
-        wrong, which needs a person), then the consumer loop until stopped."""
-
-        def log_retry(state: RetryCallState) -> None:
-            log.warning(
-                "clickhouse not ready, retrying",
-                attempt=state.attempt_number,
-                retry_in_s=round(state.upcoming_sleep, 2),
-                error=repr(state.outcome.exception()),
-            )
-
-        async def sleep(seconds: float) -> None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), seconds)
-
+        """Background part of the service: ClickHouse ready (retried with the consumer's ``ETL_RETRY_*``
+        backoff until :meth:`stop`, unless a migration is wrong, which needs a person), then the consumer loop
+        until :meth:`stop`."""
         if self.clickhouse_state != "ok":
-            retrying = AsyncRetrying(
-                wait=backoff(self.settings),
-                retry=retry_if_not_exception_type(MigrationError),
-                stop=lambda _state: self._stopping.is_set(),
-                sleep=sleep,
-                before_sleep=log_retry,
-                reraise=True,
-            )
             try:
-                async for attempt in retrying:
+                async for attempt in self.consumer.retrying("clickhouse_connect_retrying", (Error, OSError)):
                     with attempt:
                         await self.connect_and_migrate()
             except (MigrationError, Error, OSError):
@@ -157,9 +141,14 @@ class EtlService:
         }
         return (200 if ready else 503), body
 
-    async def stop(self) -> None:
-        self._stopping.set()
+    async def stop(self, task: asyncio.Task) -> None:
+        """Ask :meth:`run` (running as ``task``) to flush and commit the open batches and leave the consumer
+        group, and wait for it up to :data:`STOP_TIMEOUT_S`; past that it is logged, and the lifecycle
+        cancels the task (the uncommitted batches are redelivered)."""
         await self.consumer.stop()
+        _, pending = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+        if pending:
+            log.error("etl_consumer_stop_timed_out", timeout_s=STOP_TIMEOUT_S)
 
 
 def _json(status: int, body: object) -> web.Response:
@@ -174,47 +163,61 @@ async def healthz(request: web.Request) -> web.Response:
     return _json(status, body)
 
 
+def _too_large() -> ApiError:
+    return ApiError(413, "too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+
+
 async def post_sql(request: web.Request) -> web.Response:
     """``POST /v1/sql`` ``{"query": "SELECT ..."}`` → ``200 {"columns", "types", "rows"}``.
 
     The query is checked on ClickHouse's own parse and run within the ``ETL_SQL_*`` limits on the analytics
     client (:mod:`etl.sql`). 400 malformed body, a query ClickHouse cannot parse, a query stopped by a limit
     or another ClickHouse error (with its message); 403 a query that is not one SELECT over ``crypto`` with
-    allowed functions; 413 body over 64 KiB; 503 ClickHouse not reachable yet.
+    allowed functions; 413 body over 64 KiB; 503 ClickHouse not reachable yet. The query's errors are
+    answered by :data:`DOMAIN_ERRORS`.
     """
     service = request.app[SERVICE_KEY]
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return error_response(413, "too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+        raise _too_large()
     try:
         body = jsonutil.loads(await request.read())
     except web.HTTPRequestEntityTooLarge:
-        return error_response(413, "too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
+        raise _too_large() from None
     except jsonutil.JSONDecodeError:
-        return error_response(400, "malformed", 'the body must be JSON: {"query": "SELECT ..."}')
+        raise ApiError(400, "malformed", 'the body must be JSON: {"query": "SELECT ..."}') from None
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
-        return error_response(400, "malformed", 'the body must be {"query": "SELECT ..."}')
+        raise ApiError(400, "malformed", 'the body must be {"query": "SELECT ..."}')
     if not service.store.connected or not await service.connect_analytics():
-        return error_response(503, "unavailable", "ClickHouse is not reachable yet")
-    try:
-        result = await service.store.query(body["query"], service.settings.sql_limits())
-    except sql.QueryMalformed as exc:
-        return error_response(400, "malformed_query", str(exc))
-    except sql.QueryRefused as exc:
-        return error_response(403, "forbidden_query", str(exc))
-    except StreamFailureError as exc:
-        return error_response(400, "clickhouse_error", sql.one_line(str(exc)))
-    except OperationalError as exc:
-        log.warning("clickhouse unreachable for a query", error=str(exc))
-        return error_response(503, "unavailable", "ClickHouse is not reachable")
-    except DatabaseError as exc:
-        return error_response(400, "clickhouse_error", sql.one_line(str(exc)))
+        raise ApiError(503, "unavailable", "ClickHouse is not reachable yet")
+    result = await service.store.query(body["query"], service.settings.sql_limits())
     return web.Response(body=sql.result_json(result), content_type="application/json")
+
+
+def _clickhouse_unreachable(exc: Exception, _request: web.Request) -> ApiError:
+    log.warning("clickhouse_unreachable_for_a_query", error=str(exc))
+    return ApiError(503, "unavailable", "ClickHouse is not reachable")
+
+
+#: How the errors of an analytics query are answered (the nearest class wins): the query's own refusals, a
+#: query stopped by ClickHouse (a limit, a failure while streaming the result) with ClickHouse's message,
+#: and a ClickHouse that cannot be reached.
+DOMAIN_ERRORS: dict[type[Exception], ErrorMapping] = {
+    sql.QueryMalformed: lambda exc, _request: ApiError(400, "malformed_query", str(exc)),
+    sql.QueryRefused: lambda exc, _request: ApiError(403, "forbidden_query", str(exc)),
+    StreamFailureError: lambda exc, _request: ApiError(400, "clickhouse_error", sql.one_line(str(exc))),
+    OperationalError: _clickhouse_unreachable,
+    DatabaseError: lambda exc, _request: ApiError(400, "clickhouse_error", sql.one_line(str(exc))),
+}
 
 
 def create_app(service: EtlService) -> web.Application:
     """The aiohttp application of ``service`` (routes of docs/CONTRACTS.md, "ETL HTTP")."""
     app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[bearer_token_middleware(service.api_tokens, realm="etl")]
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[
+            error_middleware(DOMAIN_ERRORS),
+            bearer_token_middleware(service.api_tokens, realm="etl"),
+        ],
     )
     app[SERVICE_KEY] = service
     app.router.add_get("/healthz", healthz)
@@ -222,66 +225,36 @@ def create_app(service: EtlService) -> web.Application:
     return app
 
 
-@dataclass
-class Running:
-    """A started ETL: ``port`` is the bound HTTP port; ``service`` exposes health and the consumer's
-    counters."""
-
-    port: int
-    service: EtlService
-    _runner: web.AppRunner
-    _task: asyncio.Task
-
-    async def stop(self) -> None:
-        """Flush the open batch and commit it, leave the consumer group, stop HTTP, close ClickHouse."""
-        await self.service.stop()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), _STOP_TIMEOUT_S)
-        except TimeoutError:
-            log.error("consumer did not stop in time; cancelling it", timeout_s=_STOP_TIMEOUT_S)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        except Exception:
-            log.exception("consumer failed")
-        await self._runner.cleanup()
-        await self.service.store.close()
-        log.info("etl stopped")
-
-
-async def start(settings: EtlSettings) -> Running:
+async def start(settings: EtlSettings) -> Running[EtlService]:
     """Start the ETL: HTTP server, ClickHouse migrations, consumer loop; return once HTTP is serving.
 
     The first ClickHouse attempt is awaited, so with a reachable ClickHouse (always, for chDB) the schema is
     migrated when this returns; otherwise connecting continues in the background and ``/healthz`` answers 503
-    meanwhile. Kafka is always joined in the background. Raises :class:`etl.migrate.MigrationError` if a
-    recorded migration's file has changed, and ``OSError`` if the HTTP port cannot be bound.
+    meanwhile. Kafka is always joined in the background. ``running.service`` is the :class:`EtlService`
+    (health, the store, the consumer's counters). Raises :class:`etl.migrate.MigrationError` if a recorded
+    migration's file has changed, and ``OSError`` if the HTTP port cannot be bound; nothing is left open then.
     """
+    return await start_service("etl", functools.partial(_build, settings))
+
+
+async def _build(settings: EtlSettings, lifecycle: Lifecycle) -> tuple[int, EtlService]:
     service = EtlService(settings)
-    runner = web.AppRunner(create_app(service), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        await service.store.close()
-        raise
-    port = runner.addresses[0][1]
+    lifecycle.on_stop(service.store.close)
+    # An analytics query in flight at stop may run to its time limit before HTTP closes.
+    port = await lifecycle.serve_http(
+        create_app(service), settings.host, settings.port, shutdown_timeout_s=settings.sql_max_execution_s
+    )
     try:
         await service.connect_and_migrate()
-    except MigrationError:
-        await runner.cleanup()
-        await service.store.close()
-        raise
     except (Error, OSError) as exc:
-        log.warning("clickhouse not reachable yet; retrying in the background", error=repr(exc))
-    task = asyncio.create_task(service.run(), name="etl")
+        log.warning("clickhouse_not_reachable_yet", error=repr(exc))
+    task = lifecycle.task(service.run(), "etl")
+    lifecycle.on_stop(service.stop, task)
     log.info(
-        "etl serving",
+        "etl_listening",
         host=settings.host,
         port=port,
         topics=[settings.kafka_topic, settings.kafka_second_topic],
         deadletter_topic=settings.kafka_deadletter_topic,
     )
-    return Running(port=port, service=service, _runner=runner, _task=task)
+    return port, service

@@ -8,7 +8,8 @@ acknowledged it (and the dead-letter topic has acknowledged the batch's undecoda
 tables fold, which also covers a redelivery cut into different batches (docs/ANALYTICS.md, "Exactly once").
 
 Each topic has one open batch, closed by size (``ETL_BATCH_MAX_ROWS`` records) or age
-(``ETL_BATCH_MAX_AGE_MS``); no poll takes more records than the fullest batch has room for. Records are
+(``ETL_BATCH_MAX_AGE_MS``); no poll takes more records than the fullest batch has room for. Those rules, and
+the offsets a batch commits or gives back, are :mod:`etl.batching`'s, over plain numbers. Records are
 decoded as they are polled, a whole poll at a time (:mod:`etl.columnar`). A closed batch is inserted on the
 store's thread while the loop fills the next one (one insert in flight at a time, committed in order), so
 at most the open batches and the one being inserted are held: three batches with two topics. If that insert
@@ -25,22 +26,19 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    RetryError,
-    retry_if_exception_type,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying
 
+from crypto_mesh import retry
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.logs import get_logger
+from etl.batching import Batch, BatchPolicy
 from etl.columnar import decode_values
 from etl.deadletter import DeadLetter, dead_letter
 from etl.records import TableSpec
@@ -61,14 +59,6 @@ _IDLE_POLL_MS = 250
 _MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 #: Longest wait in one poll while an insert is in flight (bounds the delay before its batch is committed).
 _INSERTING_POLL_MS = 10
-
-
-def backoff(settings: EtlSettings) -> wait_exponential_jitter:
-    """Wait between attempts to reach Kafka or ClickHouse: ``ETL_RETRY_INITIAL_MS`` doubling up to
-    ``ETL_RETRY_MAX_MS``, plus up to ``ETL_RETRY_INITIAL_MS`` of jitter so that replicas do not retry in
-    step."""
-    initial_s = settings.retry_initial_ms / 1000
-    return wait_exponential_jitter(multiplier=initial_s, jitter=initial_s, max=settings.retry_max_ms / 1000)
 
 
 def table_specs(settings: EtlSettings) -> dict[str, TableSpec]:
@@ -93,42 +83,35 @@ class ConsumerStats:
 
 
 @dataclass
-class Batch:
-    """Records of one topic taken from Kafka and not yet committed, decoded as they arrive.
+class _Load:
+    """A batch on its way to ClickHouse: its positions (:class:`etl.batching.Batch`), its records decoded as
+    they arrive, and how far its insert went.
 
-    ``size`` counts every record taken (loaded or dead-lettered) and is bounded by ``ETL_BATCH_MAX_ROWS``;
-    ``first_offset``/``last_offset`` (per partition) cover dead-lettered records too, so committing moves
-    past them. :meth:`seal` makes the one table and the deduplication token that every insert attempt of
-    the batch sends.
+    ``rows`` counts the decoded rows (what is inserted), ``dead_letters`` the records that could not be
+    decoded. :meth:`seal` makes the one table and the deduplication token that every insert attempt of the
+    batch sends.
     """
 
     spec: TableSpec
+    batch: Batch
     tables: list[pa.Table] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    first_offset: dict[TopicPartition, int] = field(default_factory=dict)
-    last_offset: dict[TopicPartition, int] = field(default_factory=dict)
-    size: int = 0
     rows: int = 0
-    opened_at: float = 0.0
     sealed: tuple[pa.Table, str] | None = None
     inserted: bool = False
     dead_letters_sent: bool = False
 
-    def take(self, polled: list[tuple[TopicPartition, list[ConsumerRecord]]]) -> None:
-        """Decode the records of one poll (per partition, consecutive) into the batch, all partitions in
-        one columnar run (:func:`etl.columnar.decode_values`); the records that cannot be decoded become
-        :attr:`dead_letters`."""
+    def take(self, polled: Iterable[tuple[TopicPartition, list[ConsumerRecord]]], now: float) -> None:
+        """Add the records of one poll (per partition, consecutive), polled at ``now`` (monotonic s), to the
+        batch, and decode them in one columnar run (:func:`etl.columnar.decode_values`); the records that
+        cannot be decoded become :attr:`dead_letters`."""
         records: list[ConsumerRecord] = []
         for tp, part in polled:
             if part:
-                self.first_offset.setdefault(tp, part[0].offset)
-                self.last_offset[tp] = part[-1].offset
+                self.batch.add(tp, part[0].offset, part[-1].offset, len(part), now)
                 records.extend(part)
         if not records:
             return
-        if self.size == 0:
-            self.opened_at = time.monotonic()
-        self.size += len(records)
         run = decode_values(self.spec, [record.value for record in records])
         if run.table is not None:
             self.tables.append(run.table)
@@ -137,15 +120,12 @@ class Batch:
             record = records[index]
             self.dead_letters.append(dead_letter(record, reason))
             log.warning(
-                "undecodable record sent to the dead-letter topic",
+                "record_dead_lettered",
                 topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
                 reason=reason,
             )
-
-    def age_ms(self) -> float:
-        return (time.monotonic() - self.opened_at) * 1000 if self.size else 0.0
 
     def seal(self) -> tuple[pa.Table, str]:
         """(the batch's rows as one table, its deduplication token); the same on every call."""
@@ -155,35 +135,21 @@ class Batch:
             else:
                 table = pa.schema(list(zip(self.spec.columns, self.spec.arrow_types))).empty_table()
             self.tables = [table]
-            self.sealed = (table, self._deduplication_token(table))
+            digest = hashlib.blake2b(digest_size=8)
+            digest.update("".join(table.column("message_id").to_pylist()).encode())
+            self.sealed = (table, self.batch.deduplication_token(digest.hexdigest()))
         return self.sealed
 
-    def _deduplication_token(self, table: pa.Table) -> str:
-        """``<topic>:<partition>:<first offset>-<last offset>[,<partition>:...]:<digest of the message ids>``,
-        partitions in order.
-
-        The offsets name the runs of records; the digest keeps the token from matching a different run that
-        reuses those offsets (a topic recreated on a broker with memory storage starts again at 0).
-        """
-        digest = hashlib.blake2b(digest_size=8)
-        digest.update("".join(table.column("message_id").to_pylist()).encode())
-        runs = ",".join(
-            f"{tp.partition}:{self.first_offset[tp]}-{self.last_offset[tp]}"
-            for tp in sorted(self.first_offset, key=lambda tp: tp.partition)
-        )
-        topic = next(iter(self.first_offset)).topic
-        return f"{topic}:{runs}:{digest.hexdigest()}"
-
     def commit_offsets(self) -> dict[TopicPartition, int]:
-        """Offsets to commit: the next record to read in each partition (last offset + 1)."""
-        return {tp: offset + 1 for tp, offset in self.last_offset.items()}
+        """What to commit once the batch is inserted (:meth:`etl.batching.Batch.commit_offsets`)."""
+        return {TopicPartition(*tp): offset for tp, offset in self.batch.commit_offsets().items()}
 
 
 @dataclass
 class _Insert:
     """A sealed batch whose first insert attempt runs on the store's thread while the loop goes on."""
 
-    batch: Batch
+    load: _Load
     task: asyncio.Task[None]
 
 
@@ -192,7 +158,8 @@ class TickerConsumer:
     until stopped.
 
     :meth:`run` is the loop (run it as a task once ClickHouse is migrated); :meth:`stop` asks it to flush the
-    open batches, commit and leave the group. ``kafka_ready`` is True while the consumer is started (and
+    open batches, commit and leave the group; :meth:`retrying` retries a call to Kafka or ClickHouse until
+    that stop request. ``kafka_ready`` is True while the consumer is started (and
     ``kafka_ever_ready`` once it has been); ``clickhouse_failing`` while an insert is being retried.
     """
 
@@ -200,6 +167,7 @@ class TickerConsumer:
         self._settings = settings
         self._store = store
         self._specs = table_specs(settings)
+        self._policy = BatchPolicy(settings.batch_max_rows, settings.batch_max_age_ms)
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -208,14 +176,22 @@ class TickerConsumer:
         self.kafka_ever_ready = False
         self.clickhouse_failing = False
 
-    def _retrying(self, errors: tuple[type[BaseException], ...], before_sleep) -> AsyncRetrying:
-        """Retry on ``errors`` with :func:`backoff` until success or a stop request (then ``RetryError``)."""
-        return AsyncRetrying(
-            wait=backoff(self._settings),
-            retry=retry_if_exception_type(errors),
-            stop=lambda _state: self._stopping.is_set(),
+    def retrying(self, event: str, errors: tuple[type[BaseException], ...]) -> AsyncRetrying:
+        """Retry a call on ``errors`` until it succeeds or :meth:`stop` is asked (then the last error is
+        raised again), logging ``event`` before each pause (:func:`crypto_mesh.retry.retrying`).
+
+        Pauses are the mesh's full-jitter backoff: uniform in ``[0, cap]``, the cap starting at
+        ``ETL_RETRY_INITIAL_MS`` and doubling after each failure up to ``ETL_RETRY_MAX_MS``, so that replicas
+        do not retry in step; see :meth:`_sleep` for what a pause does.
+        """
+        max_s = self._settings.retry_max_ms / 1000
+        return retry.retrying(
+            event,
+            retry_on=errors,
+            base_s=min(self._settings.retry_initial_ms / 1000, max_s),
+            max_s=max_s,
+            stop_when=self._stopping.is_set,
             sleep=self._sleep,
-            before_sleep=before_sleep,
         )
 
     async def _sleep(self, seconds: float) -> None:
@@ -241,15 +217,15 @@ class TickerConsumer:
         """
         while not self._stopping.is_set():
             try:
-                async for attempt in self._retrying(_KAFKA_ERRORS, self._log_kafka_retry):
+                async for attempt in self.retrying("kafka_connect_retrying", _KAFKA_ERRORS):
                     with attempt:
                         consumer = await self._start_consumer()
-            except RetryError:
+            except _KAFKA_ERRORS:
                 return  # stopped before Kafka came up
             try:
                 await self._consume(consumer)
             except KafkaError as exc:
-                log.warning("kafka consumer failed; rejoining the group", error=repr(exc))
+                log.warning("kafka_consumer_failed_rejoining", error=repr(exc))
             finally:
                 self.kafka_ready = False
                 self._consumer = None
@@ -297,16 +273,8 @@ class TickerConsumer:
         log.info("consuming", topics=sorted(self._specs), group=settings.kafka_group_id)
         return consumer
 
-    def _log_kafka_retry(self, state: RetryCallState) -> None:
-        log.warning(
-            "kafka not reachable, retrying",
-            attempt=state.attempt_number,
-            retry_in_s=round(state.upcoming_sleep, 2),
-            error=repr(state.outcome.exception()),
-        )
-
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        """The loop: poll, decode into the topic's batch, and insert each batch that is full or old enough.
+        """The loop: poll, decode into the topic's batch, and insert each batch that is due.
 
         Inserts are pipelined: a due batch is sealed and its insert starts on the store's thread, and the
         loop goes on polling and decoding into a new batch meanwhile; one insert at a time, committed in
@@ -314,46 +282,46 @@ class TickerConsumer:
         filled meanwhile are given back to Kafka (:meth:`_release`) and the failing batch is retried alone
         with every partition paused.
         """
-        max_rows, max_age_ms = self._settings.batch_max_rows, self._settings.batch_max_age_ms
-        batches = {topic: Batch(spec) for topic, spec in self._specs.items()}
+        loads = {topic: self._new_load(topic) for topic in self._specs}
         inserting: _Insert | None = None
         try:
             while not self._stopping.is_set():
                 if inserting is not None and inserting.task.done():
                     finished, inserting = inserting, None
-                    if not await self._finish(consumer, finished, batches):
+                    if not await self._finish(consumer, finished, loads):
                         return
-                open_batches = [batch for batch in batches.values() if batch.size]
-                timeout_ms = _IDLE_POLL_MS if inserting is None else _INSERTING_POLL_MS
-                if open_batches:
-                    timeout_ms = min(timeout_ms, max_age_ms - max(batch.age_ms() for batch in open_batches))
-                room = max_rows - max(batch.size for batch in batches.values())
-                polled = await consumer.getmany(timeout_ms=max(0, int(timeout_ms)), max_records=room)
+                batches = [load.batch for load in loads.values()]
+                longest_ms = _IDLE_POLL_MS if inserting is None else _INSERTING_POLL_MS
+                polled = await consumer.getmany(
+                    timeout_ms=self._policy.poll_timeout_ms(batches, time.monotonic(), longest_ms),
+                    max_records=self._policy.room(batches),
+                )
                 by_topic: dict[str, list[tuple[TopicPartition, list[ConsumerRecord]]]] = {}
                 for tp, records in polled.items():
                     by_topic.setdefault(tp.topic, []).append((tp, records))
+                now = time.monotonic()
                 for topic, parts in by_topic.items():
-                    batches[topic].take(parts)
-                self._note_held(batches, inserting and inserting.batch)
-                for topic in list(batches):
-                    batch = batches[topic]
-                    if not batch.size or (batch.size < max_rows and batch.age_ms() < max_age_ms):
+                    loads[topic].take(parts, now)
+                self._note_held(loads, inserting and inserting.load)
+                for topic in list(loads):
+                    load = loads[topic]
+                    if not load.batch.should_close(time.monotonic()):
                         continue
                     if inserting is not None:
                         finished, inserting = inserting, None
-                        if not await self._finish(consumer, finished, batches):
+                        if not await self._finish(consumer, finished, loads):
                             return
-                        if batches[topic] is not batch:
+                        if loads[topic] is not load:
                             continue  # given back to Kafka after a failed insert
-                    inserting = self._start_insert(batch)
-                    batches[topic] = Batch(batch.spec)
-                    self._note_held(batches, inserting and inserting.batch)
+                    inserting = self._start_insert(load)
+                    loads[topic] = self._new_load(topic)
+                    self._note_held(loads, inserting.load)
             if inserting is not None:
                 finished, inserting = inserting, None
-                if not await self._finish(consumer, finished, batches):
+                if not await self._finish(consumer, finished, loads):
                     return
-            for batch in batches.values():
-                if batch.size and not await self._flush(consumer, batch):
+            for load in loads.values():
+                if load.batch.size and not await self._flush(consumer, load):
                     return
         finally:
             if inserting is not None:  # the loop failed: let the insert end, it is redelivered anyway
@@ -361,14 +329,15 @@ class TickerConsumer:
                 if not inserting.task.cancelled():
                     inserting.task.exception()
 
-    def _start_insert(self, batch: Batch) -> _Insert:
-        table, token = batch.seal()
-        task = asyncio.create_task(self._store.insert(batch.spec, table, token), name="clickhouse-insert")
-        return _Insert(batch, task)
+    def _new_load(self, topic: str) -> _Load:
+        return _Load(self._specs[topic], Batch(topic, self._policy))
 
-    async def _finish(
-        self, consumer: AIOKafkaConsumer, inserting: _Insert, batches: dict[str, Batch]
-    ) -> bool:
+    def _start_insert(self, load: _Load) -> _Insert:
+        table, token = load.seal()
+        task = asyncio.create_task(self._store.insert(load.spec, table, token), name="clickhouse-insert")
+        return _Insert(load, task)
+
+    async def _finish(self, consumer: AIOKafkaConsumer, inserting: _Insert, loads: dict[str, _Load]) -> bool:
         """Wait for the insert in flight, then complete its batch with :meth:`_flush` (which retries the
         insert if it failed, after the open batches are given back to Kafka). False if stopped meanwhile."""
         try:
@@ -376,32 +345,30 @@ class TickerConsumer:
         except _CLICKHOUSE_ERRORS as exc:
             self.clickhouse_failing = True
             self.stats.insert_failures += 1
-            log.warning(
-                "clickhouse insert failed; retrying the batch alone with partitions paused", error=repr(exc)
-            )
-            self._release(consumer, batches)
+            log.warning("clickhouse_insert_failed", error=repr(exc))
+            self._release(consumer, loads)
         else:
-            inserting.batch.inserted = True
-        self._note_held(batches, inserting.batch)
-        return await self._flush(consumer, inserting.batch)
+            inserting.load.inserted = True
+        self._note_held(loads, inserting.load)
+        return await self._flush(consumer, inserting.load)
 
-    def _release(self, consumer: AIOKafkaConsumer, batches: dict[str, Batch]) -> None:
+    def _release(self, consumer: AIOKafkaConsumer, loads: dict[str, _Load]) -> None:
         """Give the open batches back to Kafka: drop them and seek their partitions back to their first
         records, so that only the failing batch is held while ClickHouse is retried."""
-        for topic, batch in batches.items():
-            for tp, offset in batch.first_offset.items():
-                consumer.seek(tp, offset)
-            batches[topic] = Batch(batch.spec)
+        for topic, load in loads.items():
+            for tp, offset in load.batch.first_offsets.items():
+                consumer.seek(TopicPartition(*tp), offset)
+            loads[topic] = self._new_load(topic)
 
-    def _note_held(self, batches: dict[str, Batch], inserting: Batch | None) -> None:
+    def _note_held(self, loads: dict[str, _Load], inserting: _Load | None) -> None:
         """Record how many records are held: the open batches and the batch being inserted."""
-        held = sum(batch.size for batch in batches.values())
+        held = sum(load.batch.size for load in loads.values())
         if inserting is not None:
-            held += inserting.size
+            held += inserting.batch.size
         self.stats.records_held = held
         self.stats.max_records_held = max(self.stats.max_records_held, held)
 
-    async def _flush(self, consumer: AIOKafkaConsumer, batch: Batch) -> bool:
+    async def _flush(self, consumer: AIOKafkaConsumer, load: _Load) -> bool:
         """Insert the batch unless that is done (retrying while ClickHouse fails), send its dead letters
         (retrying while Kafka fails), then commit its offsets.
 
@@ -409,69 +376,68 @@ class TickerConsumer:
         redelivers it to the next consumer of the group.
         """
         try:
-            async for attempt in self._retrying(_CLICKHOUSE_ERRORS, self._log_insert_retry):
+            async for attempt in self.retrying("clickhouse_insert_retrying", _CLICKHOUSE_ERRORS):
                 with attempt:
                     # One insert for the whole batch, every partition together: each insert into chDB has
                     # a fixed cost (and creates a part), so fewer, larger inserts load faster.
-                    if not batch.inserted:
-                        await self._store.insert(batch.spec, *batch.seal())
-                        batch.inserted = True
+                    if not load.inserted:
+                        await self._insert(load)
+                        load.inserted = True
             self.clickhouse_failing = False
-            if batch.dead_letters and not batch.dead_letters_sent:
-                async for attempt in self._retrying(_KAFKA_ERRORS, self._log_deadletter_retry):
+            if load.dead_letters and not load.dead_letters_sent:
+                async for attempt in self.retrying("deadletter_send_retrying", _KAFKA_ERRORS):
                     with attempt:
-                        await self._send_dead_letters(batch.dead_letters)
-                batch.dead_letters_sent = True
-                self.stats.records_dead_lettered += len(batch.dead_letters)
-        except RetryError:
-            log.warning("stopping with an unflushed batch; Kafka will redeliver it", records=batch.size)
+                        await self._send_dead_letters(load.dead_letters)
+                load.dead_letters_sent = True
+                self.stats.records_dead_lettered += len(load.dead_letters)
+        except (*_CLICKHOUSE_ERRORS, *_KAFKA_ERRORS):
+            # These errors are retried until a stop request, which raises the last one again.
+            log.warning("unflushed_batch_left_for_redelivery", records=load.batch.size)
             return False
         finally:
             consumer.resume(*consumer.paused())
-        self.stats.rows_inserted += batch.rows
-        offsets = batch.commit_offsets()
+        self.stats.rows_inserted += load.rows
+        offsets = load.commit_offsets()
         try:
             await consumer.commit(offsets)
         except (KafkaError, OSError) as exc:
             # The rows are in ClickHouse; a redelivery after this failure is folded by message_id.
             self.stats.commit_failures += 1
             log.warning(
-                "offset commit failed", error=repr(exc), offsets={str(tp): o for tp, o in offsets.items()}
+                "offset_commit_failed", error=repr(exc), offsets={str(tp): o for tp, o in offsets.items()}
             )
             return True
         self.stats.batches_committed += 1
-        log.debug("batch committed", records=batch.size, offsets={str(tp): o for tp, o in offsets.items()})
+        log.debug(
+            "batch_committed", records=load.batch.size, offsets={str(tp): o for tp, o in offsets.items()}
+        )
         return True
 
+    async def _insert(self, load: _Load) -> None:
+        """Insert the sealed batch; a failure is counted (``insert_failures``, ``clickhouse_failing``) and
+        raised."""
+        try:
+            await self._store.insert(load.spec, *load.seal())
+        except _CLICKHOUSE_ERRORS:
+            self.clickhouse_failing = True
+            self.stats.insert_failures += 1
+            raise
+
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        """Send every letter and wait until the broker has acknowledged all of them."""
-        if self._producer is None:
-            raise KafkaError("dead-letter producer is not running")
-        topic = self._settings.kafka_deadletter_topic
-        deliveries = [
-            await self._producer.send(topic, key=letter.key, value=letter.value, headers=letter.headers)
-            for letter in letters
-        ]
-        await asyncio.gather(*deliveries)
-
-    def _log_insert_retry(self, state: RetryCallState) -> None:
-        self.clickhouse_failing = True
-        self.stats.insert_failures += 1
-        log.warning(
-            "clickhouse insert failed, retrying the batch with partitions paused",
-            attempt=state.attempt_number,
-            retry_in_s=round(state.upcoming_sleep, 2),
-            error=repr(state.outcome.exception()),
-        )
-
-    def _log_deadletter_retry(self, state: RetryCallState) -> None:
-        self.stats.deadletter_failures += 1
-        log.warning(
-            "dead-letter send failed, retrying with partitions paused",
-            attempt=state.attempt_number,
-            retry_in_s=round(state.upcoming_sleep, 2),
-            error=repr(state.outcome.exception()),
-        )
+        """Send every letter and wait until the broker has acknowledged all of them; a failure is counted
+        (``deadletter_failures``) and raised."""
+        try:
+            if self._producer is None:
+                raise KafkaError("dead-letter producer is not running")
+            topic = self._settings.kafka_deadletter_topic
+            deliveries = [
+                await self._producer.send(topic, key=letter.key, value=letter.value, headers=letter.headers)
+                for letter in letters
+            ]
+            await asyncio.gather(*deliveries)
+        except _KAFKA_ERRORS:
+            self.stats.deadletter_failures += 1
+            raise
 
     async def stop(self) -> None:
         """Ask :meth:`run` to flush its batches, commit and return (await the task to wait for it)."""

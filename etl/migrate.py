@@ -122,6 +122,6 @@ def apply_migrations(client: Client, migrations: list[Migration]) -> list[int]:
             [[migration.version, migration.name, migration.checksum, datetime.now(UTC)]],
             column_names=["version", "name", "checksum", "applied_at"],
         )
-        log.info("migration applied", version=migration.version, name=migration.name)
+        log.info("clickhouse_migration_applied", version=migration.version, name=migration.name)
         applied.append(migration.version)
     return applied

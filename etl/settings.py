@@ -41,8 +41,9 @@ class EtlSettings(ServiceSettings, KafkaClientSettings):
       infrequent inserts: each insert makes a part that merges rewrite later, and in
       ``benchmarks/bench_etl.py`` batches of 50,000 loaded about 40 % more rows per second than batches of
       20,000. Under live traffic the age closes batches long before.
-    - ``ETL_RETRY_INITIAL_MS`` / ``ETL_RETRY_MAX_MS``: exponential backoff (with jitter) between attempts to
-      reach Kafka or ClickHouse.
+    - ``ETL_RETRY_INITIAL_MS`` / ``ETL_RETRY_MAX_MS``: exponential backoff between attempts to reach Kafka or
+      ClickHouse, with full jitter: each pause is uniform below a cap that starts at ``ETL_RETRY_INITIAL_MS``
+      and doubles after each failure up to ``ETL_RETRY_MAX_MS`` (:mod:`crypto_mesh.retry`).
     - ``ETL_ANALYTICS_CLICKHOUSE_URL`` (secret, optional): the ClickHouse connection of analysts' queries,
       its own client on its own thread, so a long query never delays an insert. Unset, it is
       ``ETL_CLICKHOUSE_URL`` (chDB: a second client of the same engine in this process, which chDB allows:

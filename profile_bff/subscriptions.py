@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from crypto_mesh.backoff import Backoff
 from crypto_mesh.logs import get_logger
+from crypto_mesh.retry import Backoff
 from crypto_mesh.runtime import raise_if_cancelling
 from profile_bff.store import MarketBus
 
@@ -33,7 +33,7 @@ class Subscriptions:
     ``on_message(channel, data)`` gets every published message (channel name decoded as UTF-8, payload
     bytes); it must not block. ``on_connected()`` runs after each (re)subscription; an error it raises is
     logged and counts as a lost connection. Reconnection attempts are spaced by
-    :class:`crypto_mesh.backoff.Backoff` from :data:`RECONNECT_BASE_S` up to ``reconnect_max_s`` seconds.
+    :class:`crypto_mesh.retry.Backoff` from :data:`RECONNECT_BASE_S` up to ``reconnect_max_s`` seconds.
     """
 
     def __init__(

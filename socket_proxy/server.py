@@ -10,11 +10,9 @@ missed data and should resubscribe).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import grpc
-from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from crypto_mesh.binance import (
     AGG_TRADE,
@@ -24,16 +22,16 @@ from crypto_mesh.binance import (
     normalize_symbol,
     trade_stream,
 )
-from crypto_mesh.gaps import GapDetector
 from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.logs import get_logger
-from crypto_mesh.metrics import own_registry
+from crypto_mesh.metrics import serve_metrics
 from crypto_mesh.pki import AGGREGATOR
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
+from crypto_mesh.service import Lifecycle, Running, start_service
 from socket_proxy.fanout import Counters, FanOut, Subscriber, SubscriberOverflow
-from socket_proxy.metrics import ProxyCollector, serve_metrics
+from socket_proxy.metrics import registry_for
+from socket_proxy.service import ProxyService
 from socket_proxy.settings import ProxySettings
-from socket_proxy.upstream import Upstream
 
 log = get_logger(__name__)
 
@@ -130,81 +128,45 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
         return False
 
 
-@dataclass
-class Running:
-    """A serving socket_proxy: ``port`` (bound), ``counters`` (live totals), ``fanout``, ``upstream``, ``gaps``
-    (trade id gap detector), ``metrics_port`` (bound metrics port, or None when disabled), ``stop()``."""
-
-    port: int
-    counters: Counters
-    fanout: FanOut
-    upstream: Upstream
-    gaps: GapDetector
-    metrics_port: int | None
-    _server: grpc.aio.Server
-    _health: health.aio.HealthServicer
-    _metrics: web.AppRunner | None
-
-    async def stop(self) -> None:
-        """Report NOT_SERVING, end the RPCs (after a short grace), close every upstream connection and the
-        metrics endpoint."""
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(STOP_GRACE_S)
-        await self.upstream.close()
-        if self._metrics is not None:
-            await self._metrics.cleanup()
-
-
-async def start(settings: ProxySettings) -> Running:
-    """Serve the SocketProxy and Health services on ``settings.host:settings.port`` (0: a free port).
+async def start(settings: ProxySettings) -> Running[ProxyService]:
+    """Serve the SocketProxy and Health services on ``settings.host:settings.port`` (0: a free port); the
+    :class:`socket_proxy.service.ProxyService` is ``running.service``.
 
     The exchange is contacted only when a stream is first requested; an unreachable exchange is retried
     with backoff and never fails the start. With ``settings.metrics_port`` set, Prometheus metrics are served
     at ``GET /metrics`` on it (:mod:`socket_proxy.metrics`). The gRPC port speaks mutual TLS only
     (:func:`crypto_mesh.grpc_tls.tls_server`) with the ``settings.tls_*`` files; ``SocketProxy`` admits the
     :data:`CALLERS` identities only. Raises ``OSError``/``ValueError`` if the TLS files cannot be read or
-    used, ``RuntimeError`` if the gRPC port cannot be bound, ``OSError`` if the metrics port cannot.
+    used, ``OSError`` if the metrics port cannot be bound, ``RuntimeError`` if the gRPC port cannot.
+    ``stop()`` reports NOT_SERVING, ends the RPCs after a short grace, closes every upstream connection, then
+    the metrics port.
     """
-    tls = settings.mesh_tls()
-    counters = Counters()
-    gaps = GapDetector()
-    fanout: FanOut
 
-    def on_frame(stream: str, raw: bytes) -> None:
-        counters.frames_in += 1
-        # Only subscribed streams keep gap state: a released stream's frames in flight must not revive it.
-        if fanout.publish(stream, raw):
-            gaps.observe(stream, raw)
+    async def build(lifecycle: Lifecycle) -> tuple[int, ProxyService]:
+        tls = settings.mesh_tls()
+        service = ProxyService(settings)
+        if settings.metrics_port:
+            service.metrics_port = await serve_metrics(
+                lifecycle, registry_for(service), settings.host, settings.metrics_port
+            )
+        lifecycle.on_stop(service.upstream.close)
+        server, port = tls_server(
+            tls, settings.host, settings.port, {SERVICE_NAME: CALLERS}, options=SERVER_OPTIONS
+        )
+        servicer = SocketProxyServicer(
+            service.fanout, service.counters, settings.max_batch, settings.batch_linger_ms / 1000
+        )
+        socket_pb2_grpc.add_SocketProxyServicer_to_server(servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        await lifecycle.serve_grpc(server, health_servicer, (SERVICE_NAME,), grace_s=STOP_GRACE_S)
+        log.info(
+            "serving",
+            host=settings.host,
+            port=port,
+            exchange=settings.exchange_url,
+            metrics_port=service.metrics_port,
+        )
+        return port, service
 
-    def on_last(stream: str) -> None:
-        upstream.remove(stream)
-        gaps.forget(stream)
-
-    upstream = Upstream(settings.exchange_url, on_frame, counters)
-    fanout = FanOut(settings.subscriber_queue_size, upstream.add, on_last, counters)
-    server, port = tls_server(
-        tls, settings.host, settings.port, {SERVICE_NAME: CALLERS}, options=SERVER_OPTIONS
-    )
-    socket_pb2_grpc.add_SocketProxyServicer_to_server(
-        SocketProxyServicer(fanout, counters, settings.max_batch, settings.batch_linger_ms / 1000), server
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    metrics_runner, metrics_port = None, None
-    if settings.metrics_port:
-        registry = own_registry(ProxyCollector(counters, fanout, upstream, gaps))
-        metrics_runner, metrics_port = await serve_metrics(registry, settings.host, settings.metrics_port)
-    try:
-        await server.start()
-    except BaseException:
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
-        raise
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "serving", host=settings.host, port=port, exchange=settings.exchange_url, metrics_port=metrics_port
-    )
-    return Running(
-        port, counters, fanout, upstream, gaps, metrics_port, server, health_servicer, metrics_runner
-    )
+    return await start_service("socket_proxy", build)

@@ -22,9 +22,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from crypto_mesh import jsonutil
-from crypto_mesh.backoff import Backoff
 from crypto_mesh.logs import get_logger
-from crypto_mesh.runtime import raise_if_cancelling
+from crypto_mesh.retry import Backoff, retrying
 from socket_proxy.fanout import Counters
 
 log = get_logger(__name__)
@@ -76,8 +75,17 @@ def _stream_of(raw: bytes) -> str | None:
     return raw[len(_COMBINED_PREFIX) : end].decode("ascii", "replace")
 
 
-#: Reconnect delays: exponential from 0.2 s, capped at 30 s, with full jitter so connections do not retry in step.
-BACKOFF = Backoff(base_s=BACKOFF_INITIAL_S, max_s=BACKOFF_MAX_S)
+def reconnect_backoff() -> Backoff:
+    """The delays of one connection's reconnects (its connection attempts wait the same): exponential from
+    :data:`BACKOFF_INITIAL_S`, capped at :data:`BACKOFF_MAX_S`, with full jitter so that connections do not
+    retry in step."""
+    return Backoff(base_s=BACKOFF_INITIAL_S, max_s=BACKOFF_MAX_S)
+
+
+def rotation_backoff() -> Backoff:
+    """The delays between failed replacements of a connection that still works: they start three doublings
+    above :func:`reconnect_backoff`'s, which keeps the shared connection-attempt budget for reconnects."""
+    return Backoff(base_s=BACKOFF_INITIAL_S * 2**3, max_s=BACKOFF_MAX_S)
 
 
 class AttemptLimiter:
@@ -235,7 +243,8 @@ class UpstreamConnection:
         self._max_age_s = max_age_s
         self._sessions: set[_Session] = set()
         self._task: asyncio.Task[None] | None = None
-        self._rotation_failures = 0
+        self._reconnects = reconnect_backoff()
+        self._rotations = rotation_backoff()
 
     def add(self, stream: str) -> None:
         self.wanted[stream] = None
@@ -262,40 +271,42 @@ class UpstreamConnection:
         self._sessions.clear()
 
     async def _open(self, route: FrameHandler | None) -> _Session:
-        failures = 0
-        while True:
-            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
-            await self._limiter.acquire()
-            self._counters.connect_attempts += 1
-            try:
-                ws = await connect(
-                    self.url,
-                    open_timeout=OPEN_TIMEOUT_S,
-                    ping_interval=PING_INTERVAL_S,
-                    ping_timeout=PING_TIMEOUT_S,
-                    max_size=MAX_FRAME_BYTES,
-                )
-            except (OSError, TimeoutError, InvalidHandshake) as exc:
-                raise_if_cancelling()
-                self._counters.connect_failures += 1
-                delay = BACKOFF.delay_for(failures)
-                failures += 1
-                log.warning(
-                    "upstream_connect_failed", url=self.url, error=repr(exc), retry_in_s=round(delay, 3)
-                )
-                await asyncio.sleep(delay)
-                continue
-            session = _Session(ws, self, route)
-            self._sessions.add(session)
-            log.info("upstream_connected", url=self.url, streams=len(self.wanted))
-            return session
+        """A new websocket whose frames go to ``route``, after as many attempts as it takes."""
+        async for attempt in retrying(
+            "upstream_connect_failed",
+            retry_on=(OSError, TimeoutError, InvalidHandshake),
+            base_s=BACKOFF_INITIAL_S,
+            max_s=BACKOFF_MAX_S,
+            url=self.url,
+        ):
+            with attempt:
+                ws = await self._connect()
+        session = _Session(ws, self, route)
+        self._sessions.add(session)
+        log.info("upstream_connected", url=self.url, streams=len(self.wanted))
+        return session
+
+    async def _connect(self) -> ClientConnection:
+        """One connection attempt, within the shared attempt budget."""
+        await self._limiter.acquire()
+        self._counters.connect_attempts += 1
+        try:
+            return await connect(
+                self.url,
+                open_timeout=OPEN_TIMEOUT_S,
+                ping_interval=PING_INTERVAL_S,
+                ping_timeout=PING_TIMEOUT_S,
+                max_size=MAX_FRAME_BYTES,
+            )
+        except (OSError, TimeoutError, InvalidHandshake):
+            self._counters.connect_failures += 1
+            raise
 
     async def _drop(self, session: _Session) -> None:
         self._sessions.discard(session)
         await session.close()
 
     async def _run(self) -> None:
-        failures = 0
         session: _Session | None = None
         while True:
             if session is None:
@@ -310,8 +321,9 @@ class UpstreamConnection:
                 await self._drop(session)
                 session = None
                 self._counters.reconnects += 1
-                failures = 0 if worked else failures + 1
-                delay = BACKOFF.delay_for(failures)
+                if worked:
+                    self._reconnects.reset()
+                delay = self._reconnects.next_delay()
                 log.info(
                     "upstream_reconnecting", url=self.url, lived_s=round(lived, 3), retry_in_s=round(delay, 3)
                 )
@@ -331,10 +343,8 @@ class UpstreamConnection:
             synced.cancel()
         if not new.synced.is_set() or new.task.done():
             await self._drop(new)
-            # The old websocket still works: retry later, with growing delays that keep the shared
-            # connection-attempt budget for reconnects.
-            delay = BACKOFF.delay_for(self._rotation_failures + 3)
-            self._rotation_failures += 1
+            # The old websocket still works: retry later, with growing delays.
+            delay = self._rotations.next_delay()
             log.warning("upstream_rotation_failed", url=self.url, retry_in_s=round(delay, 3))
             await asyncio.sleep(delay)
             return old
@@ -350,7 +360,7 @@ class UpstreamConnection:
         unmatched = handover.finish_all()
         new.route, old.route = self.on_frame, None
         await self._drop(old)
-        self._rotation_failures = 0
+        self._rotations.reset()
         self._counters.rotations += 1
         log.info("upstream_rotated", url=self.url, streams=len(self.wanted), unmatched_streams=unmatched)
         return new

@@ -90,7 +90,7 @@ async def test_a_login_storm_is_answered_503_with_retry_after_at_once_while_admi
     name = f"u{uuid.uuid4().hex[:12]}"
     async with http.post(f"{url}/v1/register", json={"name": name, "password": PASSWORD}) as resp:
         assert resp.status == 201, await resp.text()
-    before = auth.password_checks.admitted
+    before = auth.service.password_checks.admitted
 
     async def login() -> tuple[int, dict, str | None]:
         async with http.post(f"{url}/v1/login", json={"name": name, "password": PASSWORD}) as resp:
@@ -106,7 +106,7 @@ async def test_a_login_storm_is_answered_503_with_retry_after_at_once_while_admi
         else:
             assert body["error"]["code"] == "overloaded"
             assert retry_after is not None and retry_after.isdigit() and int(retry_after) >= 1
-    checks = auth.password_checks
+    checks = auth.service.password_checks
     # Most refusals come before any queueing; a refusal after waiting would mean the estimate was wrong.
     assert checks.refused >= 1
     assert statuses[503] == checks.refused + checks.expired

@@ -88,16 +88,16 @@ async def test_a_missing_trade_is_counted_by_socket_proxy_and_by_the_aggregator_
             while True:
                 async with http.get(f"{base}/v1/stats") as response:
                     trades = (await response.json())["trades"]
-                if trades["gaps"] >= 2 and proxy.gaps.gaps >= 2:
+                if trades["gaps"] >= 2 and proxy.service.gaps.gaps >= 2:
                     break
                 assert time.monotonic() < deadline, "gaps not detected"
                 await asyncio.sleep(0.05)
-            async with http.get(f"http://127.0.0.1:{proxy.metrics_port}/metrics") as response:
+            async with http.get(f"http://127.0.0.1:{proxy.service.metrics_port}/metrics") as response:
                 text = await response.text()
             async with http.put(f"{base}/v1/followers/gap-probe", json={"symbols": []}) as response:
                 assert response.status == 200
         assert trades["ids_missed"] == trades["gaps"]  # each jump skipped exactly the one missing id
-        assert proxy.gaps.missed == proxy.gaps.gaps
+        assert proxy.service.gaps.missed == proxy.service.gaps.gaps
         assert "socket_proxy_trade_gaps_total" in text and "socket_proxy_trade_ids_missed_total" in text
     finally:
         await aggregator.stop()

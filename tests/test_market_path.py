@@ -239,7 +239,7 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
         deadline = time.monotonic() + 90
 
         async def counters() -> str:
-            proxy_samples = await metrics(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+            proxy_samples = await metrics(f"http://127.0.0.1:{proxy.service.metrics_port}/metrics")
             overflows = proxy_samples["socket_proxy_subscriber_overflows_total{policy=end_subscriber}"]
             gaps = [(await metrics(f"{base}/metrics"))["aggregator_trade_gaps_total"] for base in bases]
             return f"subscriber overflows {overflows:.0f}, trade gaps per aggregator {gaps}"
@@ -274,14 +274,14 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
         async def losses_explained() -> bool:
             """Trade ids are skipped only where the proxy ended a subscriber, and each subscriber it ended sees
             the ids it missed once it has resubscribed and received a trade."""
-            proxy_samples = await metrics(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+            proxy_samples = await metrics(f"http://127.0.0.1:{proxy.service.metrics_port}/metrics")
             overflows = proxy_samples["socket_proxy_subscriber_overflows_total{policy=end_subscriber}"]
             gaps = [(await metrics(f"{base}/metrics"))["aggregator_trade_gaps_total"] for base in bases]
             assert sum(gaps) == 0 or overflows > 0, await counters()
             return (overflows == 0) == (sum(gaps) == 0)
 
         await eventually(losses_explained)
-        proxy_samples = await metrics(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+        proxy_samples = await metrics(f"http://127.0.0.1:{proxy.service.metrics_port}/metrics")
         assert proxy_samples["socket_proxy_upstream_connections"] == 1
     await pubsub.aclose()
     await listener.aclose()
@@ -319,8 +319,8 @@ async def test_the_exchange_killed_and_restarted_ten_times_resumes_every_subscri
             parsed_mark = (await metrics(f"{base}/metrics"))["aggregator_trade_frames_total{outcome=parsed}"]
             await eventually(resumed)
 
-            assert proxy.counters.reconnects >= 10
-            proxy_samples = await metrics(f"http://127.0.0.1:{proxy.metrics_port}/metrics")
+            assert proxy.service.counters.reconnects >= 10
+            proxy_samples = await metrics(f"http://127.0.0.1:{proxy.service.metrics_port}/metrics")
             assert proxy_samples["socket_proxy_upstream_reconnects_total"] >= 10
             assert proxy_samples["socket_proxy_upstream_connections"] == 1
 
@@ -390,8 +390,8 @@ async def test_when_every_follower_leaves_streams_windows_and_upstream_are_relea
         assert samples["aggregator_tracked_symbols"] == 0
         assert samples["aggregator_window_symbols"] == 0
         assert await eventually(lambda: _subscriptions_are(info_url, {"!miniTicker@arr": 1}))
-        assert proxy.fanout.streams == {"!miniTicker@arr": 1}
-        assert len(proxy.gaps) == 0
+        assert proxy.service.fanout.streams == {"!miniTicker@arr": 1}
+        assert len(proxy.service.gaps) == 0
     await client.aclose()
 
 

@@ -192,11 +192,11 @@ async def test_socket_proxy_serves_the_aggregator_only_and_a_refused_call_subscr
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call.read()
         assert caught.value.code() == Code.PERMISSION_DENIED, identity
-        assert proxy.fanout.streams == {} and proxy.upstream.connections == 0, identity
+        assert proxy.service.fanout.streams == {} and proxy.service.upstream.connections == 0, identity
     async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
         call = socket_pb2_grpc.SocketProxyStub(channel).StreamTrades(request, timeout=CALL_TIMEOUT_S)
         assert await refused_code(call.read()) == Code.UNAVAILABLE
-    assert proxy.fanout.streams == {} and proxy.upstream.connections == 0
+    assert proxy.service.fanout.streams == {} and proxy.service.upstream.connections == 0
 
     async with tls_channel(f"127.0.0.1:{proxy.port}", mesh_pki[AGGREGATOR].load(), SOCKET_PROXY) as channel:
         call = socket_pb2_grpc.SocketProxyStub(channel).StreamTrades(request)

@@ -116,7 +116,7 @@ async def test_a_refusal_logs_the_request_but_never_the_presented_token(guarded,
     assert status == 401
     captured = capsys.readouterr()
     logged = caplog.text + captured.out + captured.err
-    assert "service credential refused" in logged
+    assert "service_credential_refused" in logged
     assert wrong not in logged
 
 

@@ -81,20 +81,21 @@ async def test_two_subscribers_of_one_stream_each_get_the_same_complete_ordered_
     ]
     frame = orjson.loads(frames_a[0])
     assert frame["stream"] == "btcusdt@trade" and set(frame["data"]) >= {"e", "E", "s", "t", "p", "q", "T"}
-    assert proxy.counters.frames_in >= 1500
+    assert proxy.service.counters.frames_in >= 1500
 
     async def all_counted() -> bool:
         # The proxy counts a batch once its write returns, which can be just after the client has read it.
-        return proxy.counters.frames_out >= 3000
+        return proxy.service.counters.frames_out >= 3000
 
     assert await eventually(all_counted)
 
     async def released():
         info = await replay_info(exchange.port)
-        return info["connections"] == 0 and info["subscriptions"] == {} and proxy.upstream.connections == 0
+        upstream_released = info["connections"] == 0 and info["subscriptions"] == {}
+        return upstream_released and proxy.service.upstream.connections == 0
 
     assert await eventually(released)
-    assert proxy.fanout.streams == {}
+    assert proxy.service.fanout.streams == {}
 
 
 async def test_streams_of_several_subscribers_share_one_upstream_connection_until_the_last_leaves(
@@ -153,7 +154,7 @@ async def test_the_proxy_reconnects_and_resubscribes_when_the_exchange_restarts(
             decoded = [orjson.loads(frame) for frame in after]
             assert {frame["stream"] for frame in decoded} == {"btcusdt@trade"}
             assert {(frame["data"]["e"], frame["data"]["s"]) for frame in decoded} == {("trade", "BTCUSDT")}
-            assert proxy.counters.reconnects >= 1
+            assert proxy.service.counters.reconnects >= 1
             info = await replay_info(port)
             assert info["connections"] == 1 and info["subscriptions"] == {"btcusdt@trade": 1}
             call.cancel()
@@ -173,7 +174,7 @@ async def test_an_exchange_that_is_down_when_a_subscriber_arrives_is_retried_unt
             call = stub.StreamTrades(BTC_TRADES)
 
             async def failed_twice():
-                return proxy.counters.connect_failures >= 2
+                return proxy.service.counters.connect_failures >= 2
 
             assert await eventually(failed_twice)
             exchange = await start_replay(ReplaySettings(port=port, files=(trade_recording,), speed=50.0))
@@ -192,7 +193,7 @@ async def test_a_malformed_symbol_is_refused_with_invalid_argument(proxy, symbol
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await read_frames(stub.StreamTrades(socket_pb2.TradeStreamRequest(symbol=symbol)), 1)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert proxy.fanout.streams == {}
+    assert proxy.service.fanout.streams == {}
 
 
 async def test_an_unknown_trade_kind_is_refused_with_invalid_argument(proxy, stub_for):
@@ -226,7 +227,7 @@ async def test_a_subscriber_that_does_not_read_is_ended_with_resource_exhausted_
             reading = asyncio.create_task(keep_reading())
 
             async def slow_dropped():
-                return proxy.counters.drops == 1
+                return proxy.service.counters.drops == 1
 
             assert await eventually(slow_dropped, 20)
             count_at_drop = len(received)
@@ -235,7 +236,7 @@ async def test_a_subscriber_that_does_not_read_is_ended_with_resource_exhausted_
                 return len(received) > count_at_drop + 500
 
             assert await eventually(still_flowing, 20)
-            assert proxy.fanout.streams == {"btcusdt@trade": 1}
+            assert proxy.service.fanout.streams == {"btcusdt@trade": 1}
 
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 await asyncio.wait_for(read_frames(slow, 10**9), 20)

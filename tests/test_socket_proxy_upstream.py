@@ -14,7 +14,7 @@ from polling import eventually
 from launcher.replay.server import start as start_replay
 from launcher.replay.settings import ReplaySettings
 from socket_proxy.fanout import Counters
-from socket_proxy.upstream import BACKOFF, AttemptLimiter, Handover, Upstream
+from socket_proxy.upstream import AttemptLimiter, Handover, Upstream, reconnect_backoff, rotation_backoff
 
 
 async def replay_info(port: int) -> dict:
@@ -176,10 +176,15 @@ async def test_the_attempt_budget_makes_further_attempts_wait_for_the_window():
     assert time.monotonic() - started >= 0.45
 
 
-def test_backoff_grows_exponentially_with_jitter_up_to_a_cap():
-    for failures in range(12):
-        ceiling = min(30.0, 0.2 * 2**failures)
-        delays = [BACKOFF.delay_for(failures) for _ in range(200)]
+@pytest.mark.parametrize(("backoff", "first_ceiling"), [(reconnect_backoff, 0.2), (rotation_backoff, 1.6)])
+def test_backoff_grows_exponentially_with_jitter_up_to_a_cap(backoff, first_ceiling):
+    delays_after = {failures: [] for failures in range(12)}
+    for _ in range(200):
+        each = backoff()
+        for failures in delays_after:
+            delays_after[failures].append(each.next_delay())
+    for failures, delays in delays_after.items():
+        ceiling = min(30.0, first_ceiling * 2**failures)
         assert all(0 <= delay <= ceiling for delay in delays)
         # Full jitter: the delays spread over the whole range, so reconnecting clients do not move in step.
         assert max(delays) > ceiling / 2 > min(delays)

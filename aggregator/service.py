@@ -1,0 +1,160 @@
+"""The parts of a running aggregator and its use cases, apart from HTTP: :class:`AggregatorService`.
+
+:func:`aggregator.app.start` opens and closes the parts (:mod:`crypto_mesh.service`); the control API's views
+only translate HTTP to the use cases here (follow, unfollow, set a follower's symbols, health, counters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from aggregator.feeds import Feeds
+from aggregator.intake import TickerIntake, TradeIntake, counters_json
+from aggregator.second_topic import SecondProducer, fan_out
+from aggregator.secondstat import SecondWindows
+from aggregator.settings import AggregatorSettings
+from aggregator.store import FollowerStore, StatPublisher, TickerProducer, connect_redis
+from crypto_mesh.logs import get_logger
+from crypto_mesh.pki import MeshTls
+from crypto_mesh.retry import retrying
+
+log = get_logger(__name__)
+
+#: How long a health check waits for Redis's PONG (s).
+HEALTH_PING_TIMEOUT_S = 0.5
+
+
+class AggregatorService:
+    """A running aggregator: the Redis client (:attr:`redis`) with the follower store (:attr:`followers`) and
+    the SecondStat publisher (:attr:`publisher`), the Kafka producers of mini-tickers (:attr:`kafka`) and of
+    SecondStats (:attr:`seconds`), the trade and mini-ticker intakes (:attr:`trades`, :attr:`tickers`) and the
+    gRPC streams from socket_proxy (:attr:`feeds`) over mutual TLS with ``tls``.
+
+    Building it opens nothing (no connection is made); :func:`aggregator.app.start` runs the background tasks
+    and closes the clients. Every follower method raises ``redis.exceptions.RedisError`` (or ``OSError``) when
+    Redis is unreachable.
+    """
+
+    def __init__(self, settings: AggregatorSettings, tls: MeshTls) -> None:
+        self.redis: redis.Redis = connect_redis(settings.redis_url.get_secret_value())
+        self.followers = FollowerStore(self.redis)
+        self.publisher = StatPublisher(self.redis)
+        kafka_options = settings.kafka_client_options()
+        self.kafka = TickerProducer(
+            settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence, client_options=kafka_options
+        )
+        # Every SecondStat also goes to Kafka (binance.second) for the analytical path; neither sink blocks.
+        self.seconds = SecondProducer(
+            settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence, client_options=kafka_options
+        )
+        self.trades = TradeIntake(
+            SecondWindows(settings.window_grace_ms), fan_out(self.publisher.submit, self.seconds.submit)
+        )
+        self.tickers = TickerIntake(self.kafka.submit)
+        self.feeds = Feeds(
+            settings.socket_proxy_target, tls, settings.trade_stream, self.trades, self.tickers
+        )
+        self.followers_loaded = False
+        # Serialises follower changes with the stream they start or stop, so a PUT racing the DELETE of the
+        # last follower cannot leave a followed symbol unstreamed.
+        self._tracking = asyncio.Lock()
+
+    async def load_followers(self) -> None:
+        """Stream every symbol that has followers in Redis, retrying until Redis answers (a background task of
+        the start: the followers survive restarts of the aggregator)."""
+        async for attempt in retrying(
+            "followers_load_retrying", retry_on=(RedisError, OSError), base_s=0.1, max_s=5.0
+        ):
+            with attempt:
+                counts = await self.followers.counts()
+        async with self._tracking:
+            for symbol in counts:
+                self.feeds.track(symbol)
+        self.followers_loaded = True
+        log.info("followers_loaded", symbols=len(counts))
+
+    async def follow(self, symbol: str, follower: str) -> int:
+        """Add ``follower`` to ``symbol`` (normalised) and stream the symbol (idempotent); returns the
+        symbol's follower count."""
+        async with self._tracking:
+            count = await self.followers.add(symbol, follower)
+            self.feeds.track(symbol)
+        return count
+
+    async def unfollow(self, symbol: str, follower: str) -> int:
+        """Remove ``follower`` from ``symbol`` (idempotent); the last one leaving stops the symbol's stream.
+        Returns the remaining follower count (0: no longer streamed)."""
+        async with self._tracking:
+            count = await self.followers.remove(symbol, follower)
+            if count == 0:
+                await self.feeds.untrack(symbol)
+        return count
+
+    async def set_follower_symbols(
+        self, follower: str, symbols: list[str]
+    ) -> tuple[dict[str, int], list[str]]:
+        """Make ``symbols`` (normalised, distinct) exactly what ``follower`` follows (idempotent): symbols it
+        joins are streamed, symbols it was the last follower of stop streaming. Returns (follower count of
+        each of ``symbols``, symbols released), as :meth:`aggregator.store.FollowerStore.set_follower`."""
+        async with self._tracking:
+            counts, released = await self.followers.set_follower(follower, symbols)
+            for symbol in symbols:
+                self.feeds.track(symbol)
+            for symbol in released:
+                await self.feeds.untrack(symbol)
+        return counts, released
+
+    async def health(self) -> tuple[str, dict[str, bool]]:
+        """``("ok", checks)`` when Redis, Kafka and socket_proxy are reachable and the followers are loaded;
+        else ``"starting"`` (not connected yet) or ``"degraded"`` (was connected, lost something). ``checks``:
+        ``{"redis", "kafka", "socket_proxy", "followers_loaded"}`` → bool."""
+        checks = {
+            "redis": await self._redis_reachable() and self.publisher.healthy is not False,
+            "kafka": self.kafka.healthy is True and self.seconds.healthy is not False,
+            "socket_proxy": self.feeds.connected(),
+            "followers_loaded": self.followers_loaded,
+        }
+        if all(checks.values()):
+            return "ok", checks
+        if self.kafka.healthy is None or not self.followers_loaded:
+            return "starting", checks
+        return "degraded", checks
+
+    def counters(self) -> dict:
+        """Totals since start and queue sizes: ``{"trades", "publisher", "tickers", "kafka", "second_topic",
+        "upstream"}``, each an object of integers."""
+        return {
+            "trades": counters_json(self.trades.counters),
+            "publisher": {
+                "published": self.publisher.published,
+                "stale": self.publisher.stale,
+                "dropped": self.publisher.dropped,
+                "failures": self.publisher.failures,
+                "pending": self.publisher.pending(),
+            },
+            "tickers": counters_json(self.tickers.counters),
+            "kafka": {"sent": self.kafka.sent, "failed": self.kafka.failed, "dropped": self.kafka.dropped},
+            "second_topic": {
+                "sent": self.seconds.sent,
+                "failed": self.seconds.failed,
+                "dropped": self.seconds.dropped,
+                "pending": self.seconds.pending(),
+            },
+            "upstream": {"reconnects": self.feeds.reconnects},
+        }
+
+    async def flush(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` seconds (each) for the closed seconds to leave for Redis and Kafka (at
+        stop, once the streams are closed). Open windows are incomplete seconds: they are dropped, not
+        published."""
+        await self.publisher.flush(timeout_s)
+        await self.seconds.flush(timeout_s)
+
+    async def _redis_reachable(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), HEALTH_PING_TIMEOUT_S))
+        except (RedisError, OSError, TimeoutError):
+            return False
