@@ -2,10 +2,9 @@
 ticket, the open-socket ceiling) and the session (token expiry, the message loop). What the socket is sent is
 the :class:`~profile_bff.connections.ConnectionManager`'s.
 
-Refusals before the upgrade are HTTP error answers (:func:`crypto_mesh.httperrors.error_response`);
-errors of the dependencies (:class:`~profile_bff.store.StoreUnavailable`,
-:class:`~profile_bff.tokens.KeysUnavailable`, the store not migrated yet) are left to the application's error
-middleware, which answers them 503.
+Refusals before the upgrade are :class:`crypto_mesh.httperrors.ApiError` answers; errors of the dependencies
+(:class:`~profile_bff.store.StoreUnavailable`, :class:`~profile_bff.tokens.KeysUnavailable`, the store not
+migrated yet) are left to the application's error middleware, which answers them 503.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Protocol
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from crypto_mesh import jsonutil
-from crypto_mesh.httperrors import error_response
+from crypto_mesh.httperrors import ApiError
 from crypto_mesh.logs import get_logger
 from profile_bff import ceilings
 from profile_bff.connections import ConnectionManager
@@ -64,10 +63,6 @@ class SocketServices(Protocol):
         ...
 
 
-class _Refused(Exception):
-    """The socket's credentials are missing or refused: answered 401 with this message and a challenge."""
-
-
 def profile_socket(services: Callable[[web.Request], SocketServices]) -> Handler:
     """The handler of ``GET /v2/user/profile/ws``, the live profile; ``services(request)`` gives the
     services of the request's application.
@@ -90,7 +85,11 @@ def profile_socket(services: Callable[[web.Request], SocketServices]) -> Handler
     """
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _serve(request, services(request))
+        try:
+            return await _serve(request, services(request))
+        except ApiError as refused:
+            # Answered here while the BFF's error middleware (profile_bff.app) knows only its own ApiError.
+            return refused.response()
 
     return handler
 
@@ -98,7 +97,7 @@ def profile_socket(services: Callable[[web.Request], SocketServices]) -> Handler
 async def _serve(request: web.Request, services: SocketServices) -> web.StreamResponse:
     origin = request.headers.get("Origin")
     if origin is not None and origin.rstrip("/") not in services.settings.allowed_origins:
-        return error_response(403, "forbidden_origin", "this origin may not open the profile socket")
+        raise ApiError(403, "forbidden_origin", "this origin may not open the profile socket")
     offered = _offered_protocols(request)
     ws = web.WebSocketResponse(
         heartbeat=WS_HEARTBEAT_S,
@@ -109,16 +108,13 @@ async def _serve(request: web.Request, services: SocketServices) -> web.StreamRe
         protocols=(WS_BEARER_PROTOCOL,) if offered[:1] == [WS_BEARER_PROTOCOL] else (),
     )
     if not ws.can_prepare(request).ok:
-        return error_response(400, "websocket_required", "this route only speaks WebSocket")
-    try:
-        user_id, expires_at = await _socket_identity(request, services, offered)
-    except _Refused as refused:
-        return error_response(401, "unauthenticated", str(refused), _CHALLENGE)
+        raise ApiError(400, "websocket_required", "this route only speaks WebSocket")
+    user_id, expires_at = await _socket_identity(request, services, offered)
     services.require_store()
     slots = request.app[ceilings.CEILINGS].slots
     slot = await slots.acquire(user_id)
     if slot is None:
-        return error_response(
+        raise ApiError(
             429,
             "too_many_sockets",
             f"this user has {slots.cap} profile sockets open (BFF_MAX_SOCKETS_PER_USER); close one first",
@@ -132,7 +128,7 @@ async def _serve(request: web.Request, services: SocketServices) -> web.StreamRe
         )
     except ProfileNotFound:
         await slots.release(user_id, slot)
-        return error_response(404, "profile_not_found", "no profile for this user")
+        raise ApiError(404, "profile_not_found", "no profile for this user") from None
     except BaseException:
         await slots.release(user_id, slot)
         raise
@@ -173,33 +169,40 @@ async def _socket_identity(
     request: web.Request, services: SocketServices, offered: list[str]
 ) -> tuple[int, int]:
     """``(user_id, expires_at)`` (Unix seconds) of the socket's credentials: the ``Authorization`` header,
-    the ``bearer`` subprotocol, or a ticket. Raises :class:`_Refused`."""
+    the ``bearer`` subprotocol, or a ticket. Raises :class:`ApiError` 401 when they are missing or refused."""
     if "Authorization" in request.headers:
         scheme, _, token = request.headers["Authorization"].partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise _Refused("send Authorization: Bearer <access token>")
+            raise _unauthenticated("send Authorization: Bearer <access token>")
         return await _verified(services, token.strip())
     if offered[:1] == [WS_BEARER_PROTOCOL]:
         if len(offered) != 2:
-            raise _Refused("send Sec-WebSocket-Protocol: bearer, <access token>")
+            raise _unauthenticated("send Sec-WebSocket-Protocol: bearer, <access token>")
         return await _verified(services, offered[1])
     ticket = request.query.get("ticket")
     if ticket is not None:
         # The ticket's JSON is what POST /v2/user/ws-ticket stored: {"user_id", "name", "expires_at"}.
         stored = await services.bus.redeem_ticket(ticket) if 0 < len(ticket) <= TICKET_MAX_CHARS else None
         if stored is None:
-            raise _Refused("the ticket is unknown, used or expired")
+            raise _unauthenticated("the ticket is unknown, used or expired")
         payload = jsonutil.loads(stored)
         if payload["expires_at"] <= time.time():
-            raise _Refused("the access token of this ticket has expired")
+            raise _unauthenticated("the access token of this ticket has expired")
         return payload["user_id"], payload["expires_at"]
-    raise _Refused("send Authorization: Bearer <token>, Sec-WebSocket-Protocol: bearer, <token>, or ?ticket=")
+    raise _unauthenticated(
+        "send Authorization: Bearer <token>, Sec-WebSocket-Protocol: bearer, <token>, or ?ticket="
+    )
 
 
 async def _verified(services: SocketServices, token: str) -> tuple[int, int]:
-    """``(user_id, expires_at)`` of a valid access token; raises :class:`_Refused`."""
+    """``(user_id, expires_at)`` of a valid access token; raises :class:`ApiError` 401 for an invalid one."""
     try:
         claims = await services.verifier.verify(token)
     except InvalidToken as exc:
-        raise _Refused(str(exc)) from None
+        raise _unauthenticated(str(exc)) from None
     return claims.user_id, claims.expires_at
+
+
+def _unauthenticated(message: str) -> ApiError:
+    """A 401 refusal with the Bearer challenge (RFC 6750 §3)."""
+    return ApiError(401, "unauthenticated", message, _CHALLENGE)
