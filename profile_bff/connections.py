@@ -285,10 +285,15 @@ class ConnectionManager:
         socket closed meanwhile is skipped."""
         prices, window = self._held.prices, self._window
         rendered: list[tuple[_User, bytes]] = []
+        # Prices arrive only while the event loop serves other work, between slices: until then the window
+        # is empty (its batch was just taken) and there is no user to take out of it.
+        window_filled = False
         for user in users:
             if not user.clients:
                 continue
-            window.discard(user)
+            if window_filled:
+                # Rendered now, at the latest prices: a price that put it in the window again is in this push.
+                window.discard(user)
             # Rendered for this fan-out only: a socket it cannot write to now renders the latest profile
             # again in its writer (_render), the rare case.
             user.message = None
@@ -297,6 +302,7 @@ class ConnectionManager:
                 self._write_rendered(rendered)
                 rendered.clear()
                 await asyncio.sleep(0)
+                window_filled = len(window) > 0
         self._write_rendered(rendered)
 
     @staticmethod

@@ -180,7 +180,7 @@ class Delivery:
         self._stale = True
         return self._start_writer()
 
-    def may_write_inline(self, frame_bytes: int, buffered_bytes: int, *, closing: bool) -> bool:
+    def may_write_inline(self, frame_bytes: int, buffered_bytes: int, closing: bool) -> bool:
         """Whether a frame of ``frame_bytes`` may be written into the transport at once, which never waits:
         the socket is open, no writer is behind (it would send after, and over, the newer frame), the
         transport is not ``closing``, holds nothing (``buffered_bytes`` 0) and the frame is at most

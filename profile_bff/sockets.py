@@ -97,9 +97,7 @@ class Client:
         False, having written nothing, otherwise."""
         transport = self._transport
         if transport is None or not self._delivery.may_write_inline(
-            len(frame),
-            transport.get_write_buffer_size(),
-            closing=self.ws.closed or transport.is_closing(),
+            len(frame), transport.get_write_buffer_size(), self.ws.closed or transport.is_closing()
         ):
             return False
         transport.write(frame)

@@ -216,7 +216,7 @@ def test_every_push_carries_the_newest_second_published_of_each_held_symbol_and_
 def test_nothing_is_sent_before_the_socket_opens_and_the_snapshot_goes_first_then():
     delivery = Delivery()
     assert delivery.changed() is False  # the snapshot, marked before the socket is prepared
-    assert delivery.may_write_inline(100, 0, closing=False) is False
+    assert delivery.may_write_inline(100, 0, False) is False
     assert delivery.opened() is True  # a writer starts now, for the snapshot
     assert delivery.next_send() is True
     assert delivery.next_send() is False
@@ -245,7 +245,7 @@ def test_a_frame_is_written_inline_only_when_the_transport_takes_it_at_once(
 ):
     delivery = Delivery()
     delivery.opened()
-    assert delivery.may_write_inline(frame_bytes, buffered_bytes, closing=closing) is inline
+    assert delivery.may_write_inline(frame_bytes, buffered_bytes, closing) is inline
 
 
 def test_a_slow_socket_holds_one_pending_profile_however_many_changes_it_misses():
@@ -256,12 +256,12 @@ def test_a_slow_socket_holds_one_pending_profile_however_many_changes_it_misses(
     starts = [delivery.changed() for _ in range(100)]
     assert starts == [False] * 100  # one writer per socket
     # While a writer is behind, no frame overtakes it inline.
-    assert delivery.may_write_inline(100, 0, closing=False) is False
+    assert delivery.may_write_inline(100, 0, False) is False
     # The send ends: one more send, of the latest profile, for the hundred changes; then it has caught up.
     assert delivery.next_send() is True
     assert delivery.next_send() is False
     delivery.writer_ended()
-    assert delivery.may_write_inline(100, 0, closing=False) is True
+    assert delivery.may_write_inline(100, 0, False) is True
     assert delivery.changed() is True  # the next change starts a writer again
 
 
@@ -275,5 +275,5 @@ def test_after_a_send_times_out_or_fails_nothing_more_is_sent():
     assert delivery.next_send() is False
     delivery.writer_ended()
     assert delivery.changed() is False
-    assert delivery.may_write_inline(100, 0, closing=False) is False
+    assert delivery.may_write_inline(100, 0, False) is False
     assert not delivery.is_open
