@@ -1,5 +1,5 @@
-"""The BFF's HTTP transport and its wiring: the routes, the middlewares, the profile WebSocket, start and
-stop.
+"""The BFF's HTTP transport and its wiring: the routes, the middlewares, start and stop. The profile
+WebSocket and its tickets are :mod:`profile_bff.websocket`.
 
 Routes and shapes: docs/CONTRACTS.md, "BFF REST", and the OpenAPI 3.1 document served at ``/openapi.json``
 (:mod:`profile_bff.openapi`). The REST views (:mod:`profile_bff.views`) are thin: they call the use cases
@@ -25,18 +25,13 @@ for clients to reconnect.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from crypto_mesh import jsonutil
-from crypto_mesh.httperrors import ApiError
 from crypto_mesh.logs import get_logger
 from crypto_mesh.retry import retrying
 from crypto_mesh.service import Lifecycle, Running, start_service
@@ -46,9 +41,9 @@ from profile_bff import ceilings
 from profile_bff.accounts import Accounts
 from profile_bff.ceilings import Ceilings
 from profile_bff.clients import AggregatorClient, AuthClient
-from profile_bff.connections import CLOSE_TOKEN_EXPIRED, ConnectionManager
+from profile_bff.connections import ConnectionManager
 from profile_bff.cookies import device_cookie
-from profile_bff.errors import AggregatorUnavailable, ProfileNotFound, StoreUnavailable
+from profile_bff.errors import AggregatorUnavailable, StoreUnavailable
 from profile_bff.idempotency import Idempotency
 from profile_bff.instruments import Instruments
 from profile_bff.portfolios import Portfolios
@@ -61,7 +56,8 @@ from profile_bff.views.accounts import AccountViews
 from profile_bff.views.errors import ERRORS
 from profile_bff.views.portfolios import PortfolioViews
 from profile_bff.views.public import PublicViews
-from profile_bff.views.requests import authenticate, json_response
+from profile_bff.service import SERVICES, Bff
+from profile_bff.websocket import issue_ws_ticket, profile_socket
 
 log = get_logger(__name__)
 
@@ -72,50 +68,10 @@ MAX_BODY_BYTES = 64 * 1024
 LISTEN_BACKLOG = 1024
 #: Seconds requests in flight get to finish when the BFF stops.
 SHUTDOWN_TIMEOUT_S = 5.0
-#: Seconds between server pings on a WebSocket; a peer that misses the pong is closed.
-WS_HEARTBEAT_S = 20.0
-#: Clients only listen on the socket; anything they send is read and dropped, and must be small.
-WS_MAX_INCOMING_BYTES = 4096
-#: The WebSocket subprotocol that carries the access token: ``Sec-WebSocket-Protocol: bearer, <token>``;
-#: the server echoes ``bearer`` (browsers cannot set Authorization on a WebSocket, but can list protocols).
-WS_BEARER_PROTOCOL = "bearer"
 #: Expired idempotency keys of all users are deleted this often (s).
 IDEMPOTENCY_PRUNE_S = 3600.0
 
 
-@dataclass
-class Bff:
-    """The BFF's parts, opened by :func:`open_bff`: its settings, adapters (profile database, Redis, auth,
-    aggregator), the socket manager, the limits, and the use cases the views call. The ``service`` of the
-    :class:`~crypto_mesh.service.Running` BFF."""
-
-    settings: BffSettings
-    store: ProfileStore
-    bus: MarketBus
-    auth: AuthClient
-    aggregator: AggregatorClient
-    verifier: AccessTokenVerifier
-    manager: ConnectionManager
-    ceilings: Ceilings
-    login_limiter: RateLimiter
-    login_devices: LoginDevices
-    accounts: Accounts
-    portfolios: Portfolios
-    idempotency: Idempotency
-    search: InstrumentSearch
-
-    def require_store(self) -> ProfileStore:
-        """The profile store once its schema is migrated; raises :class:`~profile_bff.errors.Starting`
-        before."""
-        self.store.require_migrated()
-        return self.store
-
-    def readiness(self) -> dict[str, bool]:
-        """``{"database": schema migrated, "redis": pub/sub subscriber up}``."""
-        return {"database": self.store.migrated, "redis": self.manager.subscriber_connected}
-
-
-SERVICES = web.AppKey("services", Bff)
 
 
 def create_app(bff: Bff) -> web.Application:
@@ -335,146 +291,3 @@ async def _migrate_then_maintain(bff: Bff) -> None:
 
 async def _close_sockets(app: web.Application) -> None:
     await app[SERVICES].manager.close()
-
-
-# -- WebSocket -------------------------------------------------------------------------------------------
-
-
-async def issue_ws_ticket(request: web.Request) -> web.Response:
-    """``POST /v2/user/ws-ticket`` → ``201 {"ticket", "expires_in"}``: a single-use ticket that opens the
-    profile socket as ``/v2/user/profile/ws?ticket=<ticket>`` within ``BFF_WS_TICKET_TTL_S`` seconds. The
-    socket is still closed (4401) when the access token that obtained the ticket expires."""
-    services = request.app[SERVICES]
-    claims, _ = await authenticate(request, services.verifier)
-    await services.ceilings.limit_user("ws-ticket", claims.user_id, services.settings.ws_ticket_rate_per_user)
-    ticket = secrets.token_urlsafe(32)
-    ttl = services.settings.ws_ticket_ttl_s
-    payload = {"user_id": claims.user_id, "name": claims.name, "expires_at": claims.expires_at}
-    await services.bus.issue_ticket(ticket, jsonutil.dumps(payload), ttl)
-    response = json_response({"ticket": ticket, "expires_in": ttl}, status=201)
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-async def profile_socket(request: web.Request) -> web.StreamResponse:
-    """``GET /v2/user/profile/ws``: the live profile.
-
-    Authentication, any one of (docs/CONTRACTS.md, "BFF WebSocket"):
-
-    - ``Authorization: Bearer <access>`` (wscat, scripts, services);
-    - ``Sec-WebSocket-Protocol: bearer, <access>`` (browsers): the server selects and echoes ``bearer``;
-    - ``?ticket=<ticket>`` from ``POST /v2/user/ws-ticket`` (browsers), valid once.
-
-    Checked before the upgrade, as HTTP errors: 403 an ``Origin`` not in ``BFF_ALLOWED_ORIGINS``, 401
-    missing, invalid or expired credentials, 400 not a WebSocket handshake, 404 no profile, 429
-    ``rate_limited`` (upgrades per address, with Retry-After) or ``too_many_sockets`` (the user already holds
-    ``BFF_MAX_SOCKETS_PER_USER`` open sockets on all replicas together), 503 a dependency down. After it:
-    one text message with the profile JSON at once, then one after every price change of a held coin and
-    every portfolio change. Text frames from the client are ignored; a binary frame
-    closes the socket with 1003, a frame over 4 KiB with 1009. Closed with 4401 when the access token
-    expires, 4404 if the profile is deleted, 1001 on shutdown; a peer that misses the server's ping (every
-    20 s) or stops reading for ``BFF_WS_SEND_TIMEOUT_S`` is dropped.
-    """
-    services = request.app[SERVICES]
-    origin = request.headers.get("Origin")
-    if origin is not None and origin.rstrip("/") not in services.settings.allowed_origins:
-        raise ApiError(403, "forbidden_origin", "this origin may not open the profile socket")
-    offered = _offered_protocols(request)
-    ws = web.WebSocketResponse(
-        heartbeat=WS_HEARTBEAT_S,
-        max_msg_size=WS_MAX_INCOMING_BYTES,
-        # No permessage-deflate: a profile is a few hundred bytes, and a deflate context would cost each
-        # socket about 256 KiB and each message a compression.
-        compress=False,
-        protocols=(WS_BEARER_PROTOCOL,) if offered[:1] == [WS_BEARER_PROTOCOL] else (),
-    )
-    if not ws.can_prepare(request).ok:
-        raise ApiError(400, "websocket_required", "this route only speaks WebSocket")
-    user_id, expires_at = await _socket_identity(request, offered)
-    services.require_store()
-    slots = request.app[ceilings.CEILINGS].slots
-    slot = await slots.acquire(user_id)
-    if slot is None:
-        raise ApiError(
-            429,
-            "too_many_sockets",
-            f"this user has {slots.cap} profile sockets open (BFF_MAX_SOCKETS_PER_USER); close one first",
-        )
-    try:
-        client = await services.manager.connect(
-            ws,
-            user_id,
-            send_timeout_s=services.settings.ws_send_timeout_s,
-            transport=request.transport,
-        )
-    except ProfileNotFound:
-        await slots.release(user_id, slot)
-        raise ApiError(404, "profile_not_found", "no profile for this user") from None
-    except BaseException:
-        await slots.release(user_id, slot)
-        raise
-    closing: list[asyncio.Task[bool]] = []  # holds the close task so it is not garbage-collected
-    expiry = asyncio.get_running_loop().call_later(
-        max(0.0, expires_at - time.time()),
-        lambda: closing.append(
-            asyncio.create_task(ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"access token expired"))
-        ),
-    )
-    try:
-        await ws.prepare(request)
-        client.start_writer()
-        async for message in ws:
-            if message.type == WSMsgType.BINARY:
-                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not accepted")
-            # Text frames (pings from scripts, stray input) carry nothing the server needs: ignored.
-    except Exception:
-        log.exception("websocket_failed", user_id=user_id)
-    finally:
-        expiry.cancel()
-        await services.manager.disconnect(client)
-        await slots.release(user_id, slot)
-    return ws
-
-
-def _offered_protocols(request: web.Request) -> list[str]:
-    """The ``Sec-WebSocket-Protocol`` values in order (RFC 6455 §4.1, comma-separated)."""
-    return [
-        value.strip()
-        for header in request.headers.getall("Sec-WebSocket-Protocol", [])
-        for value in header.split(",")
-        if value.strip()
-    ]
-
-
-async def _socket_identity(request: web.Request, offered: list[str]) -> tuple[int, int]:
-    """``(user_id, expires_at)`` of the socket's credentials: header, ``bearer`` subprotocol, or ticket."""
-    services = request.app[SERVICES]
-    challenge = {"WWW-Authenticate": 'Bearer realm="crypto-mesh"'}
-    if "Authorization" in request.headers:
-        claims, _ = await authenticate(request, services.verifier)
-        return claims.user_id, claims.expires_at
-    if offered[:1] == [WS_BEARER_PROTOCOL]:
-        if len(offered) != 2:
-            raise ApiError(
-                401, "unauthenticated", "send Sec-WebSocket-Protocol: bearer, <access token>", challenge
-            )
-        try:
-            claims = await services.verifier.verify(offered[1])
-        except InvalidToken as exc:
-            raise ApiError(401, "unauthenticated", str(exc), challenge) from None
-        return claims.user_id, claims.expires_at
-    ticket = request.query.get("ticket")
-    if ticket is not None:
-        stored = await services.bus.redeem_ticket(ticket) if 0 < len(ticket) <= 128 else None
-        if stored is None:
-            raise ApiError(401, "unauthenticated", "the ticket is unknown, used or expired", challenge)
-        payload = jsonutil.loads(stored)
-        if payload["expires_at"] <= time.time():
-            raise ApiError(401, "unauthenticated", "the access token of this ticket has expired", challenge)
-        return payload["user_id"], payload["expires_at"]
-    raise ApiError(
-        401,
-        "unauthenticated",
-        "send Authorization: Bearer <token>, Sec-WebSocket-Protocol: bearer, <token>, or ?ticket=",
-        challenge,
-    )

@@ -1,200 +1,70 @@
-"""The WebSocket ConnectionManager: live profiles pushed to every connected socket.
+"""The WebSocket ConnectionManager: who is connected to this process, what they hold, and the push of their
+live profiles.
 
-Per process there is ONE Redis pub/sub connection. It is subscribed to ``bff:portfolio`` and to channel
-``<symbol>`` for each symbol that at least one locally connected user holds (reference counting by holder:
-subscribed on the first holder, unsubscribed after the last). Sockets are keyed by connection, not by user,
-so a second tab or a reconnect of the same user never evicts the other socket.
+Its parts: :mod:`profile_bff.sockets` (one socket: inline writes, its writer, the abort of a peer that stopped
+reading), :mod:`profile_bff.subscriptions` (the process's one Redis pub/sub connection) and
+:mod:`profile_bff.fanout` (the rules, pure: conflation of prices, the coalescing window, backpressure).
+
+The pub/sub connection is subscribed to ``bff:portfolio`` and to channel ``<symbol>`` for each symbol that at
+least one locally connected user holds (subscribed on the first holder, unsubscribed after the last). Sockets
+are keyed by connection, not by user, so a second tab or a reconnect of the same user never evicts the other
+socket.
 
 - On connect: the user's coins are loaded, the needed channels subscribed, a follower ``user:<id>`` is PUT
   at the aggregator for each coin (so tracking lost anywhere is restored by reconnecting), and the profile
   snapshot is queued at once.
-- On a SecondStat on channel ``s``: the price cache is updated (newer ``t`` only) and each connected user
-  holding ``s`` is marked for the fan-out.
+- On a SecondStat on channel ``s``: the price is kept unless a later second is (conflation), and each
+  connected user holding ``s`` joins the coalescing window.
 - The fan-out (one task) starts once the event loop gets to it, after the pub/sub reader has dispatched
   every message Redis delivered at once: the aggregator publishes the SecondStats its clock closes in one
   tick in one pipelined round trip, so a user holding several of those coins gets ONE message with all their
   new prices (``coalesce_s`` > 0 waits that long after the first price not yet pushed, for publishers whose
-  prices of one second arrive apart). It renders each marked user's whole profile once
+  prices of one second arrive apart). It renders each waiting user's whole profile once
   (:meth:`Holdings.message <profile_bff.portfolio.Holdings.message>`: the parts that depend on prices alone
   are shared by every user holding the same coins, and a coin's total is computed again only when its price
   changed), frames it once as a WebSocket text frame, and writes that frame to the user's sockets, in slices
   of :data:`FAN_OUT_SLICE` users between which the event loop serves other work; prices arriving meanwhile
-  are in the message of every user not yet served, and the others get them in the next round.
+  are in the message of every user not yet served, and the others get them in the next round. A socket that
+  cannot take the frame at once is marked stale and gets the latest profile from its own writer (a slow
+  socket never delays the fan-out or the others, and never holds a backlog).
 - On ``{"user_id": n}`` on ``bff:portfolio`` for a connected user: the user's coins are reloaded from the
   database, subscriptions adjusted, and the profile queued at once (not coalesced); so a change made through
   any replica shows up without reconnecting.
-
-Backpressure: each socket has a "stale" flag instead of a queue. The fan-out writes a frame straight into the
-transport of a socket whose write buffer is empty (the write cannot wait, and no task wakes up per socket);
-any other socket is marked stale and gets a writer task of its own, which renders the latest profile when
-the socket is free and ends once it has caught up (conflation: a slow socket skips to the latest profile,
-never a backlog; a profile is built once per change per user), so a slow socket never delays the fan-out
-or the others.
-A peer that stops reading fills its TCP buffers and the transport's write buffer, and the writer's send
-then waits: after ``send_timeout_s`` of waiting the connection is aborted (a close frame could not reach a
-peer that does not read), so each stalled socket holds at most one profile and those buffers.
 
 Tracking model: the aggregator follower ``user:<id>`` follows every symbol the user HOLDS, connected or not
 (GET /v2/user/profile needs prices without a socket); it is set from the database on each connect (``PUT
 /v1/followers/user:<id>``, whole set) and, at start-up, for every holder (:meth:`rebuild_followers`), and
 changed by the coin routes; the aggregator keeps followers in Redis, so its restarts keep them. What the last
 local CLIENT of a symbol leaving releases is this process's Redis subscription to the symbol's channel.
-If Redis goes away the subscriber reconnects with exponential backoff, resubscribes every channel and
-re-reads the latest prices.
+If Redis goes away the subscriber reconnects with backoff, resubscribes every channel, re-reads the latest
+prices and pushes every profile again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Coroutine, Iterable
+import time
+from collections.abc import Coroutine, Iterable
 from decimal import Decimal
-from struct import Struct
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from aiohttp import WSCloseCode, web
 
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import raise_if_cancelling
-from profile_bff.clients import AggregatorClient, AggregatorUnavailable
-from profile_bff.portfolio import Holdings, InvalidSecondStat, LatestPrices, Price, parse_second_stat
-from profile_bff.store import PORTFOLIO_CHANNEL, MarketBus, ProfileNotFound, ProfileStore, StoreUnavailable
+from profile_bff.clients import AggregatorClient
+from profile_bff.errors import AggregatorUnavailable, ProfileNotFound, StoreUnavailable
+from profile_bff.fanout import CoalescingWindow, HeldPrices
+from profile_bff.portfolio import Holdings, InvalidSecondStat, parse_second_stat
+from profile_bff.sockets import CLOSE_PROFILE_DELETED, Client, text_frame
+from profile_bff.store import PORTFOLIO_CHANNEL, MarketBus, ProfileStore
+from profile_bff.subscriptions import Subscriptions
 
 log = get_logger(__name__)
 
-#: Close code when the profile behind a socket is deleted (4000-4999: private use, RFC 6455 §7.4.2).
-CLOSE_PROFILE_DELETED = 4404
-#: Close code when the access token (or the one a ticket was issued for) expires during the connection: the
-#: client refreshes its token and reconnects. 4401 mirrors HTTP 401 in the private-use range.
-CLOSE_TOKEN_EXPIRED = 4401
-#: Largest profile (bytes) the fan-out writes inline; a larger one goes through the socket's writer task.
-#: Well below the transports' 64 KiB high-water mark, so an inline write into an empty buffer never pauses.
-INLINE_MAX_BYTES = 16 * 1024
 #: Users the fan-out serves before it lets the event loop run other work (reads, REST requests, pings).
 FAN_OUT_SLICE = 256
-_HEADER_7 = Struct("!BB").pack
-_HEADER_16 = Struct("!BBH").pack
-_HEADER_64 = Struct("!BBQ").pack
-_TEXT = WSMsgType.TEXT
-
-
-def text_frame(payload: bytes) -> bytes:
-    """``payload`` as one final, unmasked WebSocket text frame (RFC 6455 §5.2: a server's frames are not
-    masked): ``0x81``, the payload length in 7, 7+16 or 7+64 bits, then the payload. Built once per user
-    and written to each of its sockets, as aiohttp's writer would frame it."""
-    length = len(payload)
-    if length < 126:
-        return _HEADER_7(0x81, length) + payload
-    if length < 65536:
-        return _HEADER_16(0x81, 126, length) + payload
-    return _HEADER_64(0x81, 127, length) + payload
-
-
-class Client:
-    """One WebSocket connection: the socket, a "stale" flag and, only while it is behind, a writer task.
-
-    A profile reaches the socket in one of two ways:
-
-    - inline, from the manager's fan-out (:meth:`write_now`): when nothing is waiting in the transport's
-      write buffer, the user's frame, encoded once for all its sockets, is written into the transport at once.
-      A frame of at most :data:`INLINE_MAX_BYTES` into an empty buffer cannot make the transport pause, so
-      the write never waits, and no task wakes up per socket;
-    - through the writer: otherwise :meth:`mark_stale` only says the user's profile changed, and a writer
-      task, started on demand and ended once the socket has caught up, renders the profile (``render()``:
-      the latest state as UTF-8 JSON, or ``None`` once the user is gone) when the socket is free. So however
-      many changes a slow socket misses, it costs one flag and gets the latest profile (conflation). A send
-      that waits longer than ``send_timeout_s`` (the peer stopped reading and every buffer is full) aborts
-      the connection through ``transport``.
-
-    Nothing is sent before :meth:`start_writer` (the socket is prepared then); a snapshot marked before is
-    sent by it.
-    """
-
-    __slots__ = ("_open", "_render", "_send_timeout_s", "_stale", "_transport", "_writer", "user_id", "ws")
-
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        user_id: int,
-        render: Callable[[], bytes | None],
-        *,
-        send_timeout_s: float = 10.0,
-        transport: asyncio.Transport | None = None,
-    ) -> None:
-        self.ws = ws
-        self.user_id = user_id
-        self._render = render
-        self._send_timeout_s = send_timeout_s
-        self._transport = transport
-        self._open = False
-        self._stale = False
-        self._writer: asyncio.Task[None] | None = None
-
-    def mark_stale(self) -> None:
-        """The profile changed: send the latest one when the socket is free; never blocks."""
-        self._stale = True
-        if self._open and self._writer is None:
-            self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.user_id}")
-
-    def start_writer(self) -> None:
-        """The socket is prepared: send what is pending (the snapshot), and from now on every change."""
-        self._open = True
-        if self._stale:
-            self.mark_stale()
-
-    def write_now(self, frame: bytes) -> bool:
-        """Write ``frame`` (a whole encoded WebSocket frame, :func:`text_frame`, of at most
-        :data:`INLINE_MAX_BYTES`) into the transport at once if the socket can take it without waiting: it is
-        open, not closing, no writer is behind, and nothing waits in the transport's write buffer. Returns
-        False, having written nothing, otherwise."""
-        transport = self._transport
-        if (
-            self._open
-            and self._writer is None
-            and transport is not None
-            and not self.ws.closed
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() == 0
-        ):
-            transport.write(frame)
-            return True
-        return False
-
-    async def stop_writer(self) -> None:
-        """Send nothing more and stop the writer task (a message not yet sent is dropped)."""
-        self._open = False
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-
-    async def _write(self) -> None:
-        try:
-            while self._stale and self._open:
-                self._stale = False
-                message = self._render()
-                if message is None:
-                    return
-                try:
-                    async with asyncio.timeout(self._send_timeout_s):
-                        await self.ws.send_frame(message, _TEXT)
-                except TimeoutError:
-                    log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
-                    self._open = False
-                    if self._transport is not None:
-                        self._transport.abort()
-                    return
-                except (ConnectionError, RuntimeError):
-                    # The socket is closing; the handler's disconnect() will stop this task.
-                    self._open = False
-                    return
-        finally:
-            if self._writer is asyncio.current_task():
-                self._writer = None
 
 
 class _User:
@@ -210,7 +80,8 @@ class _User:
         #: frames of its own); ``None`` after a change until a writer renders it.
         self.message: bytes | None = None
         self.coins: dict[str, Decimal] = {}
-        #: The user's sockets here, in connect order (a tuple: every fan-out iterates it, and it rarely changes).
+        #: The user's sockets here, in connect order (a tuple: every fan-out iterates it, and it rarely
+        #: changes).
         self.clients: tuple[Client, ...] = ()
         self.refreshing = False
         self.refresh_again = False
@@ -220,8 +91,9 @@ class ConnectionManager:
     """Registers sockets, keeps the Redis subscriptions, and pushes profiles (see the module docstring).
 
     ``reconnect_max_s`` caps the backoff between pub/sub reconnection attempts (seconds). ``coalesce_s``
-    (seconds, ≥ 0) is the coalescing window of price pushes: the fan-out starts that long after the first
-    price not yet pushed arrived (0, the default: as soon as the event loop gets to it, after the reader has
+    (seconds, ≥ 0, else :class:`ValueError`) is the coalescing window of price pushes
+    (:class:`~profile_bff.fanout.CoalescingWindow`): the fan-out starts that long after the first price not
+    yet pushed arrived (0, the default: as soon as the event loop gets to it, after the reader has
     dispatched what Redis delivered together), so that prices published a little apart reach a user holding
     several of them as one message, at the cost of up to that much latency for every price.
     """
@@ -235,41 +107,29 @@ class ConnectionManager:
         reconnect_max_s: float = 5.0,
         coalesce_s: float = 0.0,
     ) -> None:
-        if coalesce_s < 0:
-            raise ValueError("coalesce_s must be >= 0")
         self._store = store
         self._bus = bus
         self._aggregator = aggregator
-        self._reconnect_max_s = reconnect_max_s
         self._users: dict[int, _User] = {}
-        #: symbol → the locally connected users holding it; a symbol is here iff it must be subscribed. A dict
-        #: as an ordered set: a fan-out walks the users in the order they connected, so that the objects of
-        #: one user after another, allocated one after another, are near each other in memory.
-        self._holders: dict[str, dict[_User, None]] = {}
-        #: latest price of each symbol in ``_holders``; pruned with it.
-        self._prices = LatestPrices()
-        self._pubsub: PubSub | None = None
-        self._subscribed: set[str] = set()
-        self._subscription_lock = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
-        self._coalesce_s = coalesce_s
-        #: Users whose profile has new prices not yet pushed, in arrival order (a dict as an ordered set).
-        self._dirty: dict[_User, None] = {}
-        #: Event-loop time at which the oldest entry of ``_dirty`` arrived.
-        self._dirty_since = 0.0
-        self._dirty_event = asyncio.Event()
+        #: Who holds which symbol here, and the newest price of each; a symbol is held iff it is subscribed.
+        self._held: HeldPrices[_User] = HeldPrices()
+        #: Users whose profile has new prices not yet pushed.
+        self._window: CoalescingWindow[_User] = CoalescingWindow(coalesce_s, time.monotonic)
+        self._window_opened = asyncio.Event()
+        self._subscriptions = Subscriptions(
+            bus, self._channels, self._on_message, self._catch_up, reconnect_max_s=reconnect_max_s
+        )
         self._pusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._connected = asyncio.Event()
 
     @property
     def subscriber_connected(self) -> bool:
         """True while the pub/sub connection is up and subscribed."""
-        return self._connected.is_set()
+        return self._subscriptions.connected
 
     def start(self) -> None:
         """Start the pub/sub reader (it connects, and reconnects, in the background) and the fan-out."""
-        self._reader = asyncio.create_task(self._read_forever(), name="bff-pubsub")
+        self._subscriptions.start()
         self._pusher = asyncio.create_task(self._push_forever(), name="bff-fan-out")
 
     async def connect(
@@ -333,8 +193,8 @@ class ConnectionManager:
             return
         del self._users[client.user_id]
         for symbol in user.coins:
-            self._release(symbol, user)
-        await self._sync_subscriptions()
+            self._held.release(user, symbol)
+        await self._subscriptions.sync()
 
     async def close(self) -> None:
         """Close every socket with 1001 (going away), stop the reader and background tasks."""
@@ -343,25 +203,17 @@ class ConnectionManager:
             *(client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for client in clients),
             return_exceptions=True,
         )
-        tasks = [*self._tasks, *(task for task in (self._reader, self._pusher) if task is not None)]
+        tasks = [*self._tasks, *(task for task in (self._pusher,) if task is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._close_pubsub()
+        await self._subscriptions.close()
 
-    # -- subscriptions ---------------------------------------------------------------------------------
+    # -- holdings and prices ---------------------------------------------------------------------------
 
-    def _acquire(self, symbol: str, user: _User) -> None:
-        self._holders.setdefault(symbol, {})[user] = None
-
-    def _release(self, symbol: str, user: _User) -> None:
-        holders = self._holders.get(symbol)
-        if holders is None:
-            return
-        holders.pop(user, None)
-        if not holders:
-            del self._holders[symbol]
-            self._prices.discard(symbol)
+    def _channels(self) -> Iterable[str]:
+        """The pub/sub channels this process needs: ``bff:portfolio`` and every held symbol's."""
+        return (PORTFOLIO_CHANNEL, *self._held.symbols)
 
     async def _apply_coins(self, user_id: int, user: _User, coins: dict[str, Decimal]) -> None:
         """Make ``coins`` the user's holdings: adjust holders and subscriptions, seed new prices."""
@@ -370,59 +222,34 @@ class ConnectionManager:
         user.holdings = Holdings(user_id, user.name, user.coins)
         user.message = None
         for symbol in after - before:
-            self._acquire(symbol, user)
+            self._held.hold(user, symbol)
         for symbol in before - after:
-            self._release(symbol, user)
-        await self._sync_subscriptions()
-        await self._seed_prices(symbol for symbol in after if symbol not in self._prices)
+            self._held.release(user, symbol)
+        await self._subscriptions.sync()
+        await self._seed_prices(self._held.unpriced(after))
 
-    async def _sync_subscriptions(self, *, raise_errors: bool = False) -> None:
-        """Bring the pub/sub subscriptions in line with ``_holders`` (plus ``bff:portfolio``).
-
-        One lock orders the SUBSCRIBE/UNSUBSCRIBE commands. Errors are left to the reader, which resubscribes
-        everything after reconnecting, unless ``raise_errors`` (the reader's own call).
-        """
-        async with self._subscription_lock:
-            pubsub = self._pubsub
-            if pubsub is None:
-                return
-            wanted = {PORTFOLIO_CHANNEL, *self._holders}
-            try:
-                if added := wanted - self._subscribed:
-                    await pubsub.subscribe(*added)
-                    self._subscribed |= added
-                if removed := self._subscribed - wanted:
-                    await pubsub.unsubscribe(*removed)
-                    self._subscribed -= removed
-            except (RedisError, OSError) as exc:
-                if raise_errors:
-                    raise
-                log.warning("subscription_sync_failed", error=repr(exc))
-
-    async def _seed_prices(self, symbols: Iterable[str]) -> None:
+    async def _seed_prices(self, symbols: list[str]) -> None:
         """Fill the price cache from ``price:<symbol>`` keys (after subscribing, so no SecondStat is lost)."""
-        wanted = list(symbols)
         try:
-            prices = await self._bus.latest_prices(wanted)
+            prices = await self._bus.latest_prices(symbols)
         except StoreUnavailable as exc:
-            log.warning("price_seed_failed", symbols=wanted, error=str(exc))
+            log.warning("price_seed_failed", symbols=symbols, error=str(exc))
             return
         for symbol, price in prices.items():
-            self._remember(symbol, price)
+            self._held.offer(symbol, price)
 
-    def _remember(self, symbol: str, price: Price) -> bool:
-        """Cache ``price`` unless a newer second is cached or no local user holds the symbol."""
-        if symbol not in self._holders:
-            return False
-        cached = self._prices.get(symbol)
-        if cached is not None and cached.second_ms > price.second_ms:
-            return False
-        self._prices.set(symbol, price)
-        return True
+    async def _catch_up(self) -> None:
+        """After each (re)subscription: prices published while disconnected were missed, so re-read them and
+        refresh every user."""
+        await self._seed_prices(list(self._held.symbols))
+        for user in list(self._users.values()):
+            self._push(user)
 
     # -- pushing ---------------------------------------------------------------------------------------
 
-    def _push(self, user_id: int, user: _User) -> None:
+    @staticmethod
+    def _push(user: _User) -> None:
+        """Send the user's profile to each of its sockets through their writers, at once (not coalesced)."""
         user.message = None
         for client in user.clients:
             client.mark_stale()
@@ -434,27 +261,19 @@ class ConnectionManager:
         if user is None:
             return None
         if user.message is None:
-            user.message = jsonutil.exact_copy(user.holdings.message(self._prices))
+            user.message = jsonutil.exact_copy(user.holdings.message(self._held.prices))
         return user.message
 
-    def _mark_dirty(self, users: dict[_User, None]) -> None:
-        """New prices for ``users``: the fan-out pushes them next (after the coalescing window, if any)."""
-        if not self._dirty:
-            self._dirty_since = asyncio.get_running_loop().time()
-            self._dirty_event.set()
-        self._dirty.update(users)
-
     async def _push_forever(self) -> None:
-        """The fan-out: after the coalescing window, if any, push each dirty user's profile to its sockets,
+        """The fan-out: once the coalescing window is due, push each waiting user's profile to its sockets,
         rendered once per user; written inline where the socket can take it now, else through its writer."""
-        loop = asyncio.get_running_loop()
         while True:
             raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
-            await self._dirty_event.wait()
-            if (wait_s := self._dirty_since + self._coalesce_s - loop.time()) > 0:
+            await self._window_opened.wait()
+            if (wait_s := self._window.due_in()) > 0:
                 await asyncio.sleep(wait_s)
-            self._dirty_event.clear()
-            batch, self._dirty = self._dirty, {}
+            self._window_opened.clear()
+            batch = self._window.take()
             try:
                 await self._fan_out(batch)
             except Exception:
@@ -465,14 +284,17 @@ class ConnectionManager:
         """Render each user's profile once and write it to the user's sockets, :data:`FAN_OUT_SLICE` users at
         a time: a slice is rendered, then written, then the event loop serves other work. A user whose last
         socket closed meanwhile is skipped."""
-        prices, dirty = self._prices, self._dirty
+        prices, window = self._held.prices, self._window
         rendered: list[tuple[_User, bytes]] = []
+        # Prices arrive only while the event loop serves other work, between slices: until then the window
+        # is empty (its batch was just taken) and there is no user to take out of it.
+        window_filled = False
         for user in users:
             if not user.clients:
                 continue
-            if dirty:
-                # Rendered now with the latest prices: a price that marked it again meanwhile is in this message.
-                dirty.pop(user, None)
+            if window_filled:
+                # Rendered now, at the latest prices: a price that put it in the window again is in this push.
+                window.discard(user)
             # Rendered for this fan-out only: a socket it cannot write to now renders the latest profile
             # again in its writer (_render), the rare case.
             user.message = None
@@ -481,6 +303,7 @@ class ConnectionManager:
                 self._write_rendered(rendered)
                 rendered.clear()
                 await asyncio.sleep(0)
+                window_filled = len(window) > 0
         self._write_rendered(rendered)
 
     @staticmethod
@@ -488,10 +311,6 @@ class ConnectionManager:
         """Write each user's frame inline to every socket that can take it now; mark the others stale (their
         writer sends the latest profile when they are free)."""
         for user, frame in rendered:
-            if len(frame) > INLINE_MAX_BYTES:
-                for client in user.clients:
-                    client.mark_stale()
-                continue
             for client in user.clients:
                 if not client.write_now(frame):
                     client.mark_stale()
@@ -513,58 +332,13 @@ class ConnectionManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- the pub/sub reader ----------------------------------------------------------------------------
+    # -- messages --------------------------------------------------------------------------------------
 
-    async def _read_forever(self) -> None:
-        delay = 0.1
-        while True:
-            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
-            try:
-                pubsub = await self._connect_pubsub()
-                delay = 0.1
-                async for message in pubsub.listen():
-                    self._dispatch(message)
-            except (RedisError, OSError) as exc:
-                raise_if_cancelling()
-                log.warning("pubsub_lost", error=repr(exc), retry_in_s=delay)
-            except Exception:
-                raise_if_cancelling()
-                log.exception("pubsub_reader_failed", retry_in_s=delay)
-            self._connected.clear()
-            await self._close_pubsub()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._reconnect_max_s)
-
-    async def _connect_pubsub(self) -> PubSub:
-        pubsub = self._bus.pubsub()
-        async with self._subscription_lock:
-            self._pubsub = pubsub
-            self._subscribed = set()
-        await self._sync_subscriptions(raise_errors=True)
-        self._connected.set()
-        log.info("pubsub_subscribed", channels=len(self._subscribed))
-        # Prices published while disconnected were missed: re-read them and refresh every user.
-        await self._seed_prices(list(self._holders))
-        for user_id, user in list(self._users.items()):
-            self._push(user_id, user)
-        return pubsub
-
-    async def _close_pubsub(self) -> None:
-        async with self._subscription_lock:
-            pubsub, self._pubsub = self._pubsub, None
-            self._subscribed = set()
-        if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
-
-    def _dispatch(self, message: dict) -> None:
-        if message.get("type") != "message":
-            return
-        channel = message["channel"].decode("utf-8", "replace")
+    def _on_message(self, channel: str, data: bytes) -> None:
         if channel == PORTFOLIO_CHANNEL:
-            self._on_portfolio_change(message["data"])
+            self._on_portfolio_change(data)
         else:
-            self._on_second_stat(channel, message["data"])
+            self._on_second_stat(channel, data)
 
     def _on_second_stat(self, symbol: str, data: bytes) -> None:
         try:
@@ -572,8 +346,8 @@ class ConnectionManager:
         except InvalidSecondStat as exc:
             log.warning("malformed_second_stat", symbol=symbol, error=str(exc))
             return
-        if self._remember(symbol, price):  # only a symbol someone here holds
-            self._mark_dirty(self._holders[symbol])
+        if self._window.add(self._held.offer(symbol, price)):
+            self._window_opened.set()
 
     def _on_portfolio_change(self, data: bytes) -> None:
         try:
@@ -609,7 +383,7 @@ class ConnectionManager:
                 await self._apply_coins(user_id, user, holdings.coins)
                 # Following again retries any PUT that failed when the coin was added.
                 self._follow_in_background(user_id, added)
-                self._push(user_id, user)
+                self._push(user)
                 if not user.refresh_again:
                     return
         finally:

@@ -447,7 +447,7 @@ class MarketBus:
 
     Command calls fail fast (2 s timeouts, one retry) and raise :class:`StoreUnavailable`; the pub/sub
     connection has no read timeout (it waits for messages) and no internal retry, since its owner
-    (:class:`profile_bff.connections.ConnectionManager`) reconnects and resubscribes itself.
+    (:class:`profile_bff.subscriptions.Subscriptions`) reconnects and resubscribes itself.
     """
 
     def __init__(self, redis_url: str) -> None:

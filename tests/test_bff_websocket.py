@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,7 +29,7 @@ from support.stacks import aggregator_settings, exchange_and_proxy, serve_auth, 
 
 from aggregator.app import start as start_aggregator
 from crypto_mesh.netutil import free_port
-from profile_bff.connections import text_frame
+from profile_bff.sockets import text_frame
 
 WS = "/v2/user/profile/ws"
 ORIGIN = "https://app.example"
@@ -400,25 +401,37 @@ async def holder_of_new_symbols(bff: Bff, count: int):
         yield symbols, ws
 
 
-async def test_prices_published_within_the_coalescing_window_reach_a_holder_as_one_message(stack):
-    # Three separate PUBLISH round trips with a short pause after each (20 ms: enough for the BFF to dispatch
-    # a price, so each would be a message of its own without the window), against the largest window
-    # (1000 ms, BFF_WS_COALESCE_MS's maximum), 25 times the publishing's own pauses. The assertions are on
-    # how the prices are grouped into messages, not on how long anything took.
-    async with stack.replica(ws_coalesce_ms=1000) as bff, holder_of_new_symbols(bff, 3) as (symbols, ws):
-        for n, symbol in enumerate(symbols, start=1):
-            assert await bff.redis.publish(symbol, second_stat(symbol, str(n), 1723161601000)) == 1
-            await asyncio.sleep(0.02)
-        profile = await next_profile(ws)
-        assert profile["Coins"]["Prices"] == dict(zip(symbols, ["1", "2", "3"], strict=True))
-        assert profile["Total"] == "12"
-        # A lone price still comes, on its own; that it is the very next message shows that the three prices
-        # made one message and nothing else followed them.
-        await bff.redis.publish(symbols[1], second_stat(symbols[1], "5", 1723161602000))
-        profile = await next_profile(ws)
-        assert profile["Coins"]["Prices"] == dict(zip(symbols, ["1", "5", "3"], strict=True))
-        assert profile["Coins"]["PriceTimes"][symbols[1]] == "2024-08-09T00:00:02.000Z"
-        assert profile["Total"] == "18"
+def at_second(second: int) -> str:
+    """The ``PriceTimes`` text of second ``second`` (0 to 59) after 2024-08-09T00:00:00Z (1723161600000)."""
+    return f"2024-08-09T00:00:{second:02d}.000Z"
+
+
+async def test_with_a_coalescing_window_every_push_is_exact_and_the_last_has_the_newest_second_of_each(stack):
+    # Which prices share a message is the window's rule, unit-tested in tests/test_bff_fanout.py; it depends
+    # on when each price arrives. Whatever the grouping, every push must be a profile at prices that were
+    # published for the seconds it names, a symbol's second never goes back from one push to the next, and
+    # the last push carries the newest second of every coin: nothing lost, nothing reordered.
+    async with stack.replica(ws_coalesce_ms=50) as bff, holder_of_new_symbols(bff, 3) as (symbols, ws):
+        last_second = 20
+        for second in range(1, last_second + 1):
+            for n, symbol in enumerate(symbols, start=1):
+                stat = second_stat(symbol, str(n * second), 1723161600000 + second * 1000)
+                assert await bff.redis.publish(symbol, stat) == 1
+        seconds_of = {at_second(second): second for second in range(1, last_second + 1)}
+        shown: dict[str, int] = {}
+        while shown != dict.fromkeys(symbols, last_second):
+            coins = (profile := await next_profile(ws))["Coins"]
+            assert set(coins["Prices"]) == set(coins["PriceTimes"]) == set(coins["Totals"])
+            for n, symbol in enumerate(symbols, start=1):
+                if symbol not in coins["Prices"]:
+                    continue
+                second = seconds_of[coins["PriceTimes"][symbol]]
+                assert second >= shown.get(symbol, 0), f"{symbol} went back to second {second}"
+                shown[symbol] = second
+                assert coins["Prices"][symbol] == str(n * second)
+                assert coins["Totals"][symbol] == str(2 * n * second)  # the holder's quantity is 2
+            assert Decimal(profile["Total"]) == sum(Decimal(total) for total in coins["Totals"].values())
+            assert profile["PricesAt"] == max(coins["PriceTimes"].values())
 
 
 async def test_prices_published_in_one_pipeline_reach_a_holder_as_one_message_without_a_window(bff):

@@ -1,0 +1,218 @@
+"""The fan-out's rules, pure: which prices a push carries, when a push is due, and what a slow socket gets.
+
+Decisions over plain values (symbols, :class:`~profile_bff.portfolio.Price`, users as any hashable object,
+sizes in bytes, times in seconds from an injected clock); :class:`profile_bff.connections.ConnectionManager`
+applies them to Redis messages and :class:`profile_bff.sockets.Client` to aiohttp sockets.
+
+- Conflation (:class:`HeldPrices`): of the SecondStats published for a symbol, only the newest second is kept
+  (the same second again replaces it; an older one is dropped), and only for a symbol that some local user
+  holds. A push renders the user's profile at the kept prices, so however many SecondStats arrived since the
+  last push, it carries the newest second of each symbol, and a dropped (older) one never shows.
+- Coalescing (:class:`CoalescingWindow`): users whose prices changed wait for one push, due ``window_s``
+  after the first change not yet pushed (0: at once, which is after the pub/sub reader has dispatched what
+  Redis delivered together). Changes arriving meanwhile join it, and a user is in it once however many of
+  its prices changed.
+- Backpressure (:class:`Delivery`): a socket holds at most one pending profile, the latest (a "stale" flag,
+  never a queue). A push is written inline when the socket can take it at once (open, no writer behind,
+  nothing buffered, at most :data:`INLINE_MAX_BYTES`); otherwise the socket is only marked stale, and a
+  writer of its own sends the latest profile when the socket is free, then ends once it has caught up. A send
+  that fails or waits past the send timeout closes the socket for good: nothing more is sent to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, KeysView, Mapping
+from typing import Generic, TypeVar
+
+from profile_bff.portfolio import LatestPrices, Price
+
+U = TypeVar("U", bound=Hashable)
+
+#: Largest frame (bytes) written inline; a larger one goes through the socket's writer. Well below the
+#: transports' 64 KiB high-water mark, so an inline write into an empty buffer never pauses the transport.
+INLINE_MAX_BYTES = 16 * 1024
+
+
+class HeldPrices(Generic[U]):
+    """Which local users hold each symbol, and the newest price of each held symbol (conflation).
+
+    A symbol is held from its first holder to its last (reference counting by holder): :attr:`symbols` is
+    what the process must be subscribed to, and a symbol's price is forgotten with its last holder.
+    :attr:`prices` is what profiles are rendered at.
+    """
+
+    __slots__ = ("_holders", "prices")
+
+    def __init__(self) -> None:
+        #: symbol → its holders. A dict as an ordered set: a fan-out walks the users in the order they
+        #: started holding it, so that the objects of one user after another, allocated one after another,
+        #: are near each other in memory.
+        self._holders: dict[str, dict[U, None]] = {}
+        #: The kept price of each held symbol that has one.
+        self.prices = LatestPrices()
+
+    @property
+    def symbols(self) -> KeysView[str]:
+        """The symbols at least one local user holds (a live view)."""
+        return self._holders.keys()
+
+    def hold(self, user: U, symbol: str) -> None:
+        """``user`` holds ``symbol`` (again: no change)."""
+        self._holders.setdefault(symbol, {})[user] = None
+
+    def release(self, user: U, symbol: str) -> None:
+        """``user`` no longer holds ``symbol``; with its last holder the symbol and its price go."""
+        holders = self._holders.get(symbol)
+        if holders is None:
+            return
+        holders.pop(user, None)
+        if not holders:
+            del self._holders[symbol]
+            self.prices.discard(symbol)
+
+    def unpriced(self, symbols: Iterable[str]) -> list[str]:
+        """Those of ``symbols`` that have no kept price (to be read from the latest-price keys)."""
+        return [symbol for symbol in symbols if symbol not in self.prices]
+
+    def offer(self, symbol: str, price: Price) -> Mapping[U, None]:
+        """Keep ``price`` as the newest of ``symbol`` unless a later second is kept or no local user holds
+        ``symbol``. Returns the holders whose next push must carry it (a live view, in holding order), or an
+        empty mapping when the price was dropped."""
+        holders = self._holders.get(symbol)
+        if holders is None:
+            return {}
+        kept = self.prices.get(symbol)
+        if kept is not None and kept.second_ms > price.second_ms:
+            return {}
+        self.prices.set(symbol, price)
+        return holders
+
+
+class CoalescingWindow(Generic[U]):
+    """The users whose profile changed since the last push, in order of arrival, and when the push is due.
+
+    ``window_s`` (seconds, ≥ 0; :class:`ValueError` otherwise) is how long after the first change not yet
+    pushed the push is due; ``clock`` returns seconds on a monotonic scale. The caller wakes its pusher when
+    :meth:`add` opens the window, waits :meth:`due_in`, then pushes :meth:`take`.
+    """
+
+    __slots__ = ("_clock", "_opened_at", "_pending", "window_s")
+
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+        if window_s < 0:
+            raise ValueError("coalesce_s must be >= 0")
+        self.window_s = window_s
+        self._clock = clock
+        #: A dict as an ordered set: users in the order their first change arrived.
+        self._pending: dict[U, None] = {}
+        self._opened_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, users: Iterable[U]) -> bool:
+        """``users`` have changes to push. Returns True if this opened the window (nothing was pending, and
+        now something is): the push is due :attr:`window_s` from now."""
+        was_empty = not self._pending
+        # A dict (a symbol's holders, once per price) is merged as it is, without a copy of its keys.
+        self._pending.update(users if isinstance(users, dict) else dict.fromkeys(users))
+        if was_empty and self._pending:
+            self._opened_at = self._clock()
+            return True
+        return False
+
+    def due_in(self) -> float:
+        """Seconds until the push of what is pending is due: ≤ 0 when due now (or nothing is pending)."""
+        if not self._pending:
+            return 0.0
+        return self._opened_at + self.window_s - self._clock()
+
+    def take(self) -> list[U]:
+        """The users to push now, in order of arrival; the window is empty afterwards."""
+        batch = list(self._pending)
+        self._pending.clear()
+        return batch
+
+    def discard(self, user: U) -> None:
+        """``user``'s profile is being rendered now, at the latest prices: a change that came after the batch
+        was taken is in that push and needs no other."""
+        if self._pending:
+            self._pending.pop(user, None)
+
+
+class Delivery:
+    """The backpressure state of one socket: whether it is open, whether its profile is stale (changed and
+    not sent), and whether a writer is behind it. See the module docstring for the rules.
+
+    The socket's adapter asks before each step: :meth:`changed` and :meth:`opened` say when to start a writer,
+    :meth:`may_write_inline` whether a frame may go straight into the transport, :meth:`next_send` whether
+    the writer sends (again); it reports :meth:`closed` and :meth:`writer_ended`.
+    """
+
+    __slots__ = ("_open", "_stale", "_writing")
+
+    def __init__(self) -> None:
+        self._open = False
+        self._stale = False
+        self._writing = False
+
+    @property
+    def is_open(self) -> bool:
+        """True from :meth:`opened` to :meth:`closed`."""
+        return self._open
+
+    @property
+    def writing(self) -> bool:
+        """True while a writer runs: from a True of :meth:`changed` or :meth:`opened` to
+        :meth:`writer_ended`."""
+        return self._writing
+
+    def opened(self) -> bool:
+        """The socket can send from now on. Returns True if a writer must start now (a change, such as the
+        snapshot, came before it opened)."""
+        self._open = True
+        return self._start_writer()
+
+    def changed(self) -> bool:
+        """The profile changed and the socket must get it. Returns True if a writer must start now; False
+        if none is needed: one is running and will send the latest profile, or the socket is not open yet
+        (the change waits for :meth:`opened`) or no more."""
+        self._stale = True
+        return self._start_writer()
+
+    def may_write_inline(self, frame_bytes: int, buffered_bytes: int, closing: bool) -> bool:
+        """Whether a frame of ``frame_bytes`` may be written into the transport at once, which never waits:
+        the socket is open, no writer is behind (it would send after, and over, the newer frame), the
+        transport is not ``closing``, holds nothing (``buffered_bytes`` 0) and the frame is at most
+        :data:`INLINE_MAX_BYTES`. When False the caller marks the socket :meth:`changed` instead."""
+        return (
+            self._open
+            and not self._writing
+            and not closing
+            and buffered_bytes == 0
+            and frame_bytes <= INLINE_MAX_BYTES
+        )
+
+    def next_send(self) -> bool:
+        """The writer asks whether to send the latest profile: True while the socket is open and stale
+        (the stale flag is cleared: a change from now on asks for one more send); False once it has caught
+        up or the socket closed, and the writer ends."""
+        if self._open and self._stale:
+            self._stale = False
+            return True
+        return False
+
+    def closed(self) -> None:
+        """Nothing more is sent: the socket is closing, or a send failed or waited past the send timeout (a
+        peer that stopped reading holds at most the one profile it was sent)."""
+        self._open = False
+
+    def writer_ended(self) -> None:
+        """The writer has returned (caught up, closed, or cancelled)."""
+        self._writing = False
+
+    def _start_writer(self) -> bool:
+        if self._open and self._stale and not self._writing:
+            self._writing = True
+            return True
+        return False

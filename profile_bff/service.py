@@ -1,0 +1,59 @@
+"""What a running BFF is made of, apart from HTTP: :class:`Bff`, the ``service`` of its
+:class:`~crypto_mesh.service.Running`, and the key under which the views find it in their application.
+
+:func:`profile_bff.app.start` opens and closes the parts (:mod:`crypto_mesh.service`); the views
+(:mod:`profile_bff.views`, :mod:`profile_bff.websocket`) translate HTTP to the use cases here and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from profile_bff.accounts import Accounts
+from profile_bff.ceilings import Ceilings
+from profile_bff.clients import AggregatorClient, AuthClient
+from profile_bff.connections import ConnectionManager
+from profile_bff.idempotency import Idempotency
+from profile_bff.portfolios import Portfolios
+from profile_bff.ratelimit import LoginDevices, RateLimiter
+from profile_bff.search import InstrumentSearch
+from profile_bff.settings import BffSettings
+from profile_bff.store import MarketBus, ProfileStore
+from profile_bff.tokens import AccessTokenVerifier
+
+
+@dataclass
+class Bff:
+    """The BFF's parts, opened by :func:`open_bff`: its settings, adapters (profile database, Redis, auth,
+    aggregator), the socket manager, the limits, and the use cases the views call. The ``service`` of the
+    :class:`~crypto_mesh.service.Running` BFF."""
+
+    settings: BffSettings
+    store: ProfileStore
+    bus: MarketBus
+    auth: AuthClient
+    aggregator: AggregatorClient
+    verifier: AccessTokenVerifier
+    manager: ConnectionManager
+    ceilings: Ceilings
+    login_limiter: RateLimiter
+    login_devices: LoginDevices
+    accounts: Accounts
+    portfolios: Portfolios
+    idempotency: Idempotency
+    search: InstrumentSearch
+
+    def require_store(self) -> ProfileStore:
+        """The profile store once its schema is migrated; raises :class:`~profile_bff.errors.Starting`
+        before."""
+        self.store.require_migrated()
+        return self.store
+
+    def readiness(self) -> dict[str, bool]:
+        """``{"database": schema migrated, "redis": pub/sub subscriber up}``."""
+        return {"database": self.store.migrated, "redis": self.manager.subscriber_connected}
+
+
+SERVICES = web.AppKey("services", Bff)
