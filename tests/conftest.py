@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
-from credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
+from support.credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
 
 from launcher.embedded import EmbeddedPostgres, ManagedProcess, chdb_url, redis_command, tansu_command
 from crypto_mesh.netutil import free_port

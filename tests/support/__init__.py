@@ -5,7 +5,13 @@
 - :mod:`support.bff`: the one BFF client, and the prices and symbols a BFF test works with;
 - :mod:`support.stacks`: services started for a test (auth, BFF, a real aggregator, replay exchange and
   socket_proxy);
-- :mod:`support.etl`: the ETL's SQL and health routes.
+- :mod:`support.etl`: the ETL's SQL and health routes;
+- :mod:`support.credentials`: the tests' service tokens, Redis ACL users and mesh identities;
+- :mod:`support.polling`: ``eventually()``, waiting for a condition instead of for a time;
+- :mod:`support.kafka_helpers`: reading and writing test records on the Kafka-protocol broker.
+
+Tests live in ``tests/unit/`` (pure decisions and helpers, no engine, no socket) and ``tests/integration/``
+(real engines and services over real connections).
 
 Fixtures stay in tests/conftest.py (engines, the Redis database of each module); a test module never imports
 another test module.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
-from polling import eventually
+from support.polling import eventually
 
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil

@@ -4,7 +4,7 @@ service credential) and ``GET /healthz`` (docs/CONTRACTS.md, "ETL HTTP")."""
 from __future__ import annotations
 
 import aiohttp
-from credentials import service_headers
+from support.credentials import service_headers
 
 
 async def sql(port: int, query: str) -> dict:

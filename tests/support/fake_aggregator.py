@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from aiohttp import web
-from credentials import service_token_file
+from support.credentials import service_token_file
 
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol

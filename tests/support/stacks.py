@@ -16,8 +16,8 @@ from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
-from credentials import redis_user_url, service_token_file
-from polling import eventually
+from support.credentials import redis_user_url, service_token_file
+from support.polling import eventually
 
 from aggregator.app import start as start_aggregator
 from aggregator.settings import AggregatorSettings

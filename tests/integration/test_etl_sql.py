@@ -11,7 +11,7 @@ import asyncio
 import aiohttp
 import clickhouse_connect
 import pytest
-from credentials import service_headers, service_token_file
+from support.credentials import service_headers, service_token_file
 
 from crypto_mesh import jsonutil
 from crypto_mesh.netutil import free_port
@@ -19,7 +19,7 @@ from etl import sql
 from etl.app import start
 from etl.settings import EtlSettings
 from etl.tickers import TICKERS
-from polling import eventually
+from support.polling import eventually
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from decimal import Decimal
 
 import aiohttp
 import pytest
-from credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
-from polling import eventually
+from support.credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
+from support.polling import eventually
 from support.bff import (
     PASSWORD,
     error_of,

@@ -9,7 +9,7 @@ import ipaddress
 from collections.abc import Sequence
 
 import pytest
-from credentials import service_token_file
+from support.credentials import service_token_file
 
 from auth.errors import ResourceExhausted
 from auth.settings import AuthSettings

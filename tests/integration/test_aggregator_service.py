@@ -24,8 +24,8 @@ import orjson
 import pytest
 import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer
-from credentials import service_headers
-from polling import eventually
+from support.credentials import service_headers
+from support.polling import eventually
 from support.stacks import serve_aggregator
 from yarl import URL
 

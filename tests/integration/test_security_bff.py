@@ -27,7 +27,7 @@ import aiohttp
 import jwt
 import pytest
 import redis.asyncio as aioredis
-from credentials import redis_acl_file, redis_user_url
+from support.credentials import redis_acl_file, redis_user_url
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings

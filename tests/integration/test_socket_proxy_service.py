@@ -11,7 +11,7 @@ import grpc
 import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from polling import eventually
+from support.polling import eventually
 
 from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.netutil import free_port

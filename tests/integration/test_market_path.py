@@ -20,10 +20,10 @@ from typing import NamedTuple
 
 import aiohttp
 import orjson
-import polling
+from support import polling
 import pytest
 import redis.asyncio as redis
-from credentials import service_headers
+from support.credentials import service_headers
 from support.stacks import exchange_and_proxy, serve_aggregator
 
 from crypto_mesh.metrics import parse_samples

@@ -12,7 +12,7 @@ from compose_spec import PyCompose
 
 from launcher.cli import main as cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"auth", "profile_bff", "socket_proxy", "aggregator", "etl"}
 BACKING = {"postgres-auth", "postgres-profile", "redis", "kafka", "clickhouse"}
 

@@ -10,10 +10,10 @@ import uuid
 from decimal import Decimal
 
 import clickhouse_connect
-import polling
+from support import polling
 import pytest
-from credentials import service_token_file
-from kafka_helpers import committed_offset, produce_records
+from support.credentials import service_token_file
+from support.kafka_helpers import committed_offset, produce_records
 from support.etl import health, sql
 
 from crypto_mesh import jsonutil

@@ -13,8 +13,8 @@ from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
-from credentials import redis_passwords, redis_user_url
-from polling import eventually
+from support.credentials import redis_passwords, redis_user_url
+from support.polling import eventually
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from aggregator.secondstat import SecondStat

@@ -24,7 +24,7 @@ from etl.seconds import SECONDS
 from etl.columnar import arrow_table
 from etl.tickers import TICKERS
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "ANALYTICS.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "ANALYTICS.md"
 
 
 def documented_queries() -> dict[str, str]:

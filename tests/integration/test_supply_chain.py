@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "requirements"
 LOCK_FILES = ["runtime.txt", "test.txt", "build.txt", "tools.txt"]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

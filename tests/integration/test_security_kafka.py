@@ -8,7 +8,7 @@ statically in tests/test_compose_credentials.py; these tests fix what the client
 from __future__ import annotations
 
 import pytest
-from credentials import service_token_file
+from support.credentials import service_token_file
 from pydantic import ValidationError
 
 from aggregator.settings import AggregatorSettings

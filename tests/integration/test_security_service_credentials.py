@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from credentials import service_headers, service_token_file
+from support.credentials import service_headers, service_token_file
 from support.stacks import serve_aggregator
 
 from launcher.mesh import ETL_TOKEN_FILE, STATE_FILE, ensure_service_token

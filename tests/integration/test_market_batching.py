@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from polling import eventually
+from support.polling import eventually
 
 from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.pki import AGGREGATOR, SOCKET_PROXY

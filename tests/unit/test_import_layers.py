@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("auth", "aggregator", "socket_proxy", "etl", "profile_bff")
 PACKAGES = ("crypto_mesh", "launcher", *SERVICES)
 #: What each package may import of the project's packages, itself aside.
@@ -90,3 +90,50 @@ def test_no_module_imports_itself_back_through_a_circle():
         if module not in state:
             visit(module, [module])
     assert circles == []
+
+
+#: Fixtures of tests/conftest.py that start or reach a real engine: a unit test needs none of them.
+ENGINE_FIXTURES = frozenset(
+    {
+        "postgres",
+        "fresh_database",
+        "redis_server",
+        "redis_database_url",
+        "redis_url",
+        "kafka_server",
+        "kafka_bootstrap",
+        "clickhouse_url",
+        "exchange",
+        "proxy",
+    }
+)
+
+
+def _test_modules(directory: str) -> list[Path]:
+    return sorted((ROOT / "tests" / directory).glob("test_*.py"))
+
+
+@pytest.mark.parametrize("directory", ["unit", "integration"])
+def test_no_test_module_imports_another_test_module(directory):
+    wrong = []
+    for path in _test_modules(directory):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            wrong += [f"{path.name} imports {name}" for name in names if name.startswith("test_")]
+    assert wrong == []
+
+
+def test_unit_tests_ask_for_no_engine():
+    wrong = []
+    for path in _test_modules("unit"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                wanted = {argument.arg for argument in node.args.args} & ENGINE_FIXTURES
+                wrong += [f"{path.name}::{node.name} uses {name}" for name in sorted(wanted)]
+    assert _test_modules("unit") and wrong == []

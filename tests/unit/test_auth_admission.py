@@ -23,7 +23,7 @@ from auth.passwords import (
     admission,
     call_deadline,
 )
-from polling import eventually
+from support.polling import eventually
 
 # -- the decision ----------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import make_mocked_request
-from credentials import redis_user_url
+from support.credentials import redis_user_url
 
 from profile_bff.ratelimit import (
     Charge,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
-from credentials import service_token_file
-from polling import eventually
+from support.credentials import service_token_file
+from support.polling import eventually
 from support.etl import sql_rows
 
 from aggregator.second_topic import SecondProducer, second_message_id

@@ -16,7 +16,7 @@ import yaml
 from crypto_mesh.kafka import KAFKA_USERS
 from crypto_mesh.redisacl import USER_RULES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CRYPTO_MESH = str(Path(sys.executable).parent / "crypto-mesh")
 SERVICES = ("auth", "profile_bff", "socket_proxy", "aggregator", "etl")
 #: Environment variables whose value is a secret unless it names a file.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EVENT = re.compile(r"^[a-z][a-z0-9_]*$")
 LEVELS = frozenset({"debug", "info", "warning", "warn", "error", "exception", "critical", "fatal", "msg"})
 #: Methods of a structlog logger that return a logger (``log.bind(symbol=s).info(...)``).

@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import orjson
-from credentials import service_headers
+from support.credentials import service_headers
 from support.stacks import serve_aggregator
 
 from crypto_mesh.gaps import GapDetector

@@ -9,7 +9,7 @@ import time
 import aiohttp
 import orjson
 import pytest
-from polling import eventually
+from support.polling import eventually
 
 from launcher.replay.server import start as start_replay
 from launcher.replay.settings import ReplaySettings

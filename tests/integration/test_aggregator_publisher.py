@@ -12,8 +12,8 @@ from decimal import Decimal
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from credentials import redis_acl_file, redis_user_url
-from polling import eventually
+from support.credentials import redis_acl_file, redis_user_url
+from support.polling import eventually
 
 from aggregator.secondstat import SecondStat
 from aggregator.store import StatPublisher, TickerProducer, connect_redis

@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from credentials import service_token_file
-from polling import eventually
+from support.credentials import service_token_file
+from support.polling import eventually
 from support.bff import COIN, PASSWORD, error_body, new_symbol, write_exchange_info
 from support.databases import new_database
 from support.fake_aggregator import FakeAggregator

@@ -18,7 +18,7 @@ from launcher.mesh import ensure_jwt_key
 from profile_bff.settings import BffSettings
 from socket_proxy.settings import ProxySettings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: A PEM private key with its body; a string literal assigned to a name that says secret, password or key
 #: (names of directories, files and paths, which hold no secret themselves, excepted).
 _PEM_WITH_BODY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----\s+[A-Za-z0-9+/=]{40,}")

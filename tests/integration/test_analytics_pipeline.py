@@ -12,11 +12,11 @@ import uuid
 from collections import defaultdict
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
-import polling
+from support import polling
 import pytest
 from aiokafka import AIOKafkaConsumer
-from credentials import service_token_file
-from kafka_helpers import committed_offset, produce_records
+from support.credentials import service_token_file
+from support.kafka_helpers import committed_offset, produce_records
 from support.etl import health, sql_rows
 
 from aggregator.second_topic import SecondProducer, second_message_id, second_record

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 from aiohttp.http import WebSocketWriter
-from polling import eventually
+from support.polling import eventually
 from support.bff import Bff, new_symbol, next_profile, second_stat, wait_until_subscribed, write_exchange_info
 from support.databases import execute_sql, new_database
 from support.fake_aggregator import FakeAggregator

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from credentials import service_headers
+from support.credentials import service_headers
 from support.fake_aggregator import FakeAggregator
 from support.stacks import serve_aggregator
 
