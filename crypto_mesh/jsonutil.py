@@ -6,6 +6,7 @@ exponent form), and readers parse such strings with ``Decimal``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +39,23 @@ def dumps_str(value: Any) -> str:
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Decode JSON; raises :class:`JSONDecodeError` (a ``ValueError``) on malformed input."""
     return orjson.loads(data)
+
+
+def loads_object(
+    data: bytes | bytearray | memoryview | str, error: Callable[[str], Exception], what: str
+) -> dict[str, Any]:
+    """Decode JSON that must be an object, e.g. ``loads_object(raw, MalformedFrame, "frame")``.
+
+    Raises ``error(f"{what} is not JSON: <reason>")`` on malformed input and ``error(f"{what} is not a JSON
+    object")`` for any other JSON value: each reader's own error, with one wording everywhere.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise error(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise error(f"{what} is not a JSON object")
+    return value
 
 
 def fragment(value: Any) -> orjson.Fragment:

@@ -141,13 +141,7 @@ def load_object(value: bytes | None) -> dict:
     """The JSON object of a record value; :class:`InvalidRecord` if there is none or it is not an object."""
     if value is None:
         raise InvalidRecord("record has no value")
-    try:
-        message = jsonutil.loads(value)
-    except jsonutil.JSONDecodeError as exc:
-        raise InvalidRecord(f"value is not JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise InvalidRecord("value is not a JSON object")
-    return message
+    return jsonutil.loads_object(value, InvalidRecord, "value")
 
 
 def field(message: dict, name: str) -> object:

@@ -97,12 +97,7 @@ def parse_second_stat(payload: bytes | str) -> Price:
     Raises :class:`InvalidSecondStat` for malformed JSON, a ``p`` that is not a finite decimal string ≥ 0,
     or a ``t`` that is not an integer.
     """
-    try:
-        stat = jsonutil.loads(payload)
-    except jsonutil.JSONDecodeError as exc:
-        raise InvalidSecondStat(f"not JSON: {exc}") from None
-    if not isinstance(stat, dict):
-        raise InvalidSecondStat("not a JSON object")
+    stat = jsonutil.loads_object(payload, InvalidSecondStat, "SecondStat")
     raw_price, second = stat.get("p"), stat.get("t")
     if not isinstance(raw_price, str) or not isinstance(second, int) or isinstance(second, bool):
         raise InvalidSecondStat("p must be a decimal string and t an integer")

@@ -129,13 +129,8 @@ def parse_trade_frame(raw: bytes | str) -> Trade:
     missing or mistyped fields, a non-positive or non-finite price or quantity, or an invalid symbol;
     :class:`UnknownEvent` for an event type other than ``trade``/``aggTrade``.
     """
-    # The aggregator's hot path: one orjson decode, dict lookups, two Decimals; nothing else.
-    try:
-        frame = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedFrame(f"not JSON: {exc}") from None
-    if not isinstance(frame, dict):
-        raise MalformedFrame("frame is not a JSON object")
+    # The aggregator's hot path: one orjson decode (jsonutil), dict lookups, two Decimals; nothing else.
+    frame = jsonutil.loads_object(raw, MalformedFrame, "frame")
     data = payload(frame)
     if not isinstance(data, dict):
         raise MalformedFrame("data is not a JSON object")

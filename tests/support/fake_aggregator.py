@@ -16,22 +16,12 @@ from support.credentials import service_token_file
 
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
-from crypto_mesh.httperrors import error_response
+from crypto_mesh.httperrors import ApiError, error_middleware
 from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
 
 #: docs/CONTRACTS.md: ``follower`` is ``[A-Za-z0-9:_-]{1,64}``, and one follower follows at most 4096 symbols.
 FOLLOWER = re.compile(r"[A-Za-z0-9:_-]{1,64}")
 MAX_SYMBOLS_PER_FOLLOWER = 4096
-#: The codes the aggregator gives aiohttp's answers to an unknown route and to a wrong method.
-_HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-class _Refusal(Exception):
-    """A request answered ``{"error": {"code", "message"}}`` with ``status``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class FakeAggregator:
@@ -109,7 +99,7 @@ class FakeAggregator:
     def _app(self) -> web.Application:
         # The credential first, as the aggregator has it: nothing else runs for an unauthenticated request.
         app = web.Application(
-            middlewares=[bearer_token_middleware(self._tokens, realm="aggregator"), _json_errors]
+            middlewares=[bearer_token_middleware(self._tokens, realm="aggregator"), error_middleware()]
         )
         app.router.add_put("/v1/symbols/{symbol}/followers/{follower}", self._follow)
         app.router.add_delete("/v1/symbols/{symbol}/followers/{follower}", self._unfollow)
@@ -168,31 +158,17 @@ def _json(body: dict) -> web.Response:
     return web.Response(body=jsonutil.dumps(body), content_type="application/json")
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler) -> web.StreamResponse:
-    """Refusals and aiohttp's 404/405 as ``{"error": {"code", "message"}}``, the aggregator's error shape."""
-    try:
-        return await handler(request)
-    except _Refusal as refusal:
-        return error_response(refusal.status, refusal.code, refusal.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error_response(exc.status, _HTTP_ERROR_CODES.get(exc.status, "http_error"), exc.reason, allow)
-
-
 def _symbol(value: object) -> str:
     try:
         return normalize_symbol(value)
     except InvalidSymbol as exc:
-        raise _Refusal(422, "invalid_symbol", str(exc)) from None
+        raise ApiError(422, "invalid_symbol", str(exc)) from None
 
 
 def _follower(request: web.Request) -> str:
     follower = request.match_info["follower"]
     if not FOLLOWER.fullmatch(follower):
-        raise _Refusal(422, "invalid_follower", "follower must be 1 to 64 of A-Z a-z 0-9 : _ -")
+        raise ApiError(422, "invalid_follower", "follower must be 1 to 64 of A-Z a-z 0-9 : _ -")
     return follower
 
 
@@ -203,7 +179,7 @@ def _symbols_body(body: bytes) -> list[str]:
     except jsonutil.JSONDecodeError:
         document = None
     if not isinstance(document, dict) or not isinstance(document.get("symbols"), list):
-        raise _Refusal(400, "malformed", 'body must be JSON {"symbols": [...]}')
+        raise ApiError(400, "malformed", 'body must be JSON {"symbols": [...]}')
     if len(document["symbols"]) > MAX_SYMBOLS_PER_FOLLOWER:
-        raise _Refusal(422, "too_many_symbols", f"at most {MAX_SYMBOLS_PER_FOLLOWER} symbols per follower")
+        raise ApiError(422, "too_many_symbols", f"at most {MAX_SYMBOLS_PER_FOLLOWER} symbols per follower")
     return list(dict.fromkeys(_symbol(value) for value in document["symbols"]))
