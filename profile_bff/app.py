@@ -277,7 +277,7 @@ async def _migrate_then_maintain(bff: Bff) -> None:
         max_s=30.0,
     ):
         with attempt:
-            holders = await bff.manager.rebuild_followers()
+            holders = await bff.portfolios.rebuild_followers()
     log.info("followers_rebuilt", holders=holders)
     while True:
         try:

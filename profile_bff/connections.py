@@ -33,7 +33,7 @@ socket.
 
 Tracking model: the aggregator follower ``user:<id>`` follows every symbol the user HOLDS, connected or not
 (GET /v2/user/profile needs prices without a socket); it is set from the database on each connect (``PUT
-/v1/followers/user:<id>``, whole set) and, at start-up, for every holder (:meth:`rebuild_followers`), and
+/v1/followers/user:<id>``, whole set) and, at start-up, for every holder (:meth:`profile_bff.portfolios.Portfolios.rebuild_followers`), and
 changed by the coin routes; the aggregator keeps followers in Redis, so its restarts keep them. What the last
 local CLIENT of a symbol leaving releases is this process's Redis subscription to the symbol's channel.
 If Redis goes away the subscriber reconnects with backoff, resubscribes every channel, re-reads the latest
@@ -166,15 +166,6 @@ class ConnectionManager:
         # The snapshot goes to the new socket only: the user's other tabs have nothing new to show.
         client.mark_stale()
         return client
-
-    async def rebuild_followers(self) -> int:
-        """Set the aggregator follower ``user:<id>`` of every holder to its coins (BFF start-up: whatever
-        the aggregator lost while the BFF was down is restored). Returns the number of holders; raises
-        :class:`StoreUnavailable` or :class:`AggregatorUnavailable` for the caller to retry."""
-        held = await self._store.holders()
-        for user_id, symbols in held.items():
-            await self._aggregator.set_followed(user_id, symbols)
-        return len(held)
 
     async def _set_followed(self, user_id: int, symbols: list[str]) -> None:
         try:

@@ -59,14 +59,18 @@ class PortfolioStore(Protocol):
 
     async def history(self, user_id: int, *, before_id: int | None, limit: int) -> list[HistoryEntry]: ...
 
+    async def holders(self) -> dict[int, list[str]]: ...
+
 
 class Followers(Protocol):
-    """The aggregator's followers (:class:`profile_bff.clients.AggregatorClient`); both raise
+    """The aggregator's followers (:class:`profile_bff.clients.AggregatorClient`); every method raises
     :class:`~profile_bff.errors.AggregatorUnavailable`."""
 
     async def follow(self, symbol: str, user_id: int) -> None: ...
 
     async def unfollow(self, symbol: str, user_id: int) -> None: ...
+
+    async def set_followed(self, user_id: int, symbols: list[str]) -> None: ...
 
 
 class MarketPort(Protocol):
@@ -124,6 +128,16 @@ class Portfolios:
         self._market = market
         self._users = users
         self._max_coins = max_coins
+
+    async def rebuild_followers(self) -> int:
+        """Set the aggregator follower ``user:<id>`` of every holder to its coins, whole set (BFF start-up:
+        whatever the aggregator lost while the BFF was down is restored). Returns the number of holders;
+        raises :class:`~profile_bff.errors.StoreUnavailable` or
+        :class:`~profile_bff.errors.AggregatorUnavailable` for the caller to retry."""
+        held = await self._store.holders()
+        for user_id, symbols in held.items():
+            await self._followers.set_followed(user_id, symbols)
+        return len(held)
 
     async def holdings(self, user_id: int) -> Holdings:
         """The user's name and coins. Raises :class:`~profile_bff.errors.ProfileNotFound`."""

@@ -108,6 +108,9 @@ class Profiles:
         self.journal.append(("database", "delete_profile", user_id))
         return symbols
 
+    async def holders(self) -> dict[int, list[str]]:
+        return {user_id: sorted(held) for user_id, held in self.coins.items() if held}
+
     async def history(self, user_id: int, *, before_id: int | None, limit: int) -> list[HistoryEntry]:
         newest_first = [
             entry
@@ -162,6 +165,9 @@ class Aggregator:
 
     async def unfollow(self, symbol: str, user_id: int) -> None:
         self._call("unfollow", symbol, user_id)
+
+    async def set_followed(self, user_id: int, symbols: list[str]) -> None:
+        self._call("set", ",".join(symbols), user_id)
 
     def _call(self, operation: str, symbol: str, user_id: int) -> None:
         if self.down:
@@ -231,6 +237,19 @@ def world(*, max_coins: int = 200) -> World:
 
 
 # -- side effects, in order --------------------------------------------------------------------------------
+
+
+async def test_at_start_up_every_holder_follows_its_whole_set_again_and_an_aggregator_outage_is_raised():
+    w = world()
+    w.profiles.names[7], w.profiles.coins[7] = "bob", {"ethusdt": Decimal("2"), "btcusdt": Decimal("1")}
+    w.profiles.names[8], w.profiles.coins[8] = "carol", {}
+
+    assert await w.portfolios.rebuild_followers() == 1
+    assert w.journal == [("aggregator", "set", 7, "btcusdt,ethusdt")]
+
+    w.aggregator.down = True
+    with pytest.raises(AggregatorUnavailable):
+        await w.portfolios.rebuild_followers()
 
 
 async def test_adding_a_coin_stores_it_then_follows_it_then_announces_the_change():
