@@ -1,10 +1,10 @@
-"""Upstream connections of socket_proxy: placement within the per-connection stream limit, idle close,
-frame-exact replacement before the 24 h limit, pacing of control messages, the connection-attempt budget."""
+"""Upstream connections of socket_proxy against the replay exchange: placement within the per-connection stream
+limit, idle close, frame-exact replacement before the 24 h limit, pacing of control messages. The decisions
+alone (handover, attempt budget, backoff) are tests/unit/test_socket_proxy_handover.py."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import orjson
@@ -14,7 +14,7 @@ from support.polling import eventually
 from launcher.replay.server import start as start_replay
 from launcher.replay.settings import ReplaySettings
 from socket_proxy.fanout import Counters
-from socket_proxy.upstream import AttemptLimiter, Handover, Upstream, reconnect_backoff, rotation_backoff
+from socket_proxy.upstream import Upstream
 
 
 async def replay_info(port: int) -> dict:
@@ -125,66 +125,3 @@ async def test_many_subscription_changes_are_batched_and_paced_below_five_messag
         assert info["connections"] == 1
     finally:
         await upstream.close()
-
-
-def test_handover_when_the_new_websocket_is_ahead_releases_what_it_held_after_the_last_old_frame():
-    out = Collector()
-    handover = Handover(["s"], out)
-    for frame in (b"3", b"4", b"5"):
-        handover.from_new("s", frame)
-    handover.from_old("s", b"1")
-    handover.from_old("s", b"2")
-    handover.from_old("s", b"3")
-    handover.from_old("s", b"4")
-    handover.from_new("s", b"6")
-    assert out.frames["s"] == [b"1", b"2", b"3", b"4", b"5", b"6"]
-    assert handover.finished.is_set()
-
-
-def test_handover_when_the_old_websocket_is_ahead_skips_what_it_already_forwarded():
-    out = Collector()
-    handover = Handover(["s"], out)
-    for frame in (b"1", b"2", b"3"):
-        handover.from_old("s", frame)
-    handover.from_new("s", b"2")
-    handover.from_new("s", b"3")
-    handover.from_new("s", b"4")
-    handover.from_old("s", b"4")
-    handover.from_new("s", b"5")
-    handover.from_old("s", b"5")
-    assert out.frames["s"] == [b"1", b"2", b"3", b"4", b"5"]
-
-
-def test_handover_switches_quiet_streams_at_the_end_and_bounds_what_it_holds():
-    out = Collector()
-    handover = Handover(["quiet", "busy"], out, max_held=2)
-    handover.from_new("quiet", b"q1")
-    for frame in (b"1", b"2", b"3"):
-        handover.from_new("busy", frame)
-    assert out.frames["busy"] == [b"1", b"2", b"3"]
-    handover.from_old("busy", b"0")  # the old websocket no longer speaks for a switched stream
-    assert handover.finish_all() == 1
-    assert out.frames["quiet"] == [b"q1"]
-    assert handover.finished.is_set()
-
-
-async def test_the_attempt_budget_makes_further_attempts_wait_for_the_window():
-    limiter = AttemptLimiter(limit=3, window_s=0.5)
-    started = time.monotonic()
-    for _ in range(4):
-        await limiter.acquire()
-    assert time.monotonic() - started >= 0.45
-
-
-@pytest.mark.parametrize(("backoff", "first_ceiling"), [(reconnect_backoff, 0.2), (rotation_backoff, 1.6)])
-def test_backoff_grows_exponentially_with_jitter_up_to_a_cap(backoff, first_ceiling):
-    delays_after = {failures: [] for failures in range(12)}
-    for _ in range(200):
-        each = backoff()
-        for failures in delays_after:
-            delays_after[failures].append(each.next_delay())
-    for failures, delays in delays_after.items():
-        ceiling = min(30.0, first_ceiling * 2**failures)
-        assert all(0 <= delay <= ceiling for delay in delays)
-        # Full jitter: the delays spread over the whole range, so reconnecting clients do not move in step.
-        assert max(delays) > ceiling / 2 > min(delays)
