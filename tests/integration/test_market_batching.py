@@ -51,16 +51,17 @@ async def test_with_a_batch_linger_every_trade_still_arrives_once_and_in_id_orde
                         return
 
             await asyncio.wait_for(read(), 20)
+
+            async def all_counted() -> bool:
+                # The proxy counts a batch once its write returns, which can be just after the client has read
+                # it; so the call stays open until then (a write the cancellation cut short is not counted).
+                return proxy.service.counters.frames_out >= len(ids)
+
+            assert await eventually(all_counted)
             call.cancel()
         # The shipped recording holds every trade of its span, and loops continue its ids: consecutive, none twice.
         assert ids == list(range(ids[0], ids[0] + len(ids)))
         assert proxy.service.gaps.gaps == 0
-
-        async def all_counted() -> bool:
-            # The proxy counts a batch once its write returns, which can be just after the client has read it.
-            return proxy.service.counters.frames_out >= len(ids)
-
-        assert await eventually(all_counted)
     finally:
         await proxy.stop()
         await exchange.stop()
