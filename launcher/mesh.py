@@ -61,6 +61,10 @@ class MeshSettings(ServiceSettings):
     kafka_bootstrap_servers: str | None = None
     clickhouse_url: str | None = None
     exchange_url: str | None = None
+    #: The REST base URL of a real exchange given by ``MESH_EXCHANGE_URL`` (``https://api.binance.com``),
+    #: where the BFF fetches the symbol list; unset with a real exchange, the BFF keeps its shipped snapshot.
+    #: The embedded replay exchange serves both on one port.
+    exchange_rest_url: str | None = None
     #: Seconds to wait for every process to report healthy.
     ready_timeout_s: float = 120.0
 
@@ -227,9 +231,11 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
     clickhouse = settings.clickhouse_url or chdb_url(data_dir / "chdb")
 
     exchange = settings.exchange_url
+    exchange_rest = settings.exchange_rest_url
     if exchange is None:
         port = free_port()
         exchange = f"ws://127.0.0.1:{port}"
+        exchange_rest = f"http://127.0.0.1:{port}"
         processes.append(
             MeshProcess(
                 "exchange",
@@ -283,6 +289,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
             service_env("BFF_", host=settings.bff_host, port=settings.bff_port, database_url=profile_db,
                         redis_url=redis_urls["bff"], auth_target=f"127.0.0.1:{auth_port}",
                         aggregator_url=f"http://127.0.0.1:{aggregator_port}", aggregator_token_file=aggregator_token,
+                        **({"exchange_rest_url": exchange_rest} if exchange_rest else {}),
                         # The embedded mesh serves plain HTTP on localhost, where a Secure cookie is never sent back.
                         cookie_secure="false", **tls[pki.PROFILE_BFF].settings()),
         ),

@@ -9,17 +9,22 @@ of the views, in this order: that error layer, the login and register limits (:m
 and the per-address ceilings (:mod:`profile_bff.ceilings`).
 
 Lifecycle (:mod:`crypto_mesh.service`): :func:`start` opens the BFF's parts one after another
-(:func:`open_bff`: the profile database's pool, Redis, the auth channel, the aggregator client, the socket
-manager, the ceilings' and the login limits' Redis connections), starts the background work
-(:func:`_migrate_then_maintain`) and serves; stopping undoes it in reverse order: the port takes no new
-connection, every WebSocket is closed with 1001, requests in flight get 5 s, then the background work stops
-and the clients close.
+(:func:`open_bff`: the symbol list, the profile database's pool, Redis, the auth channel, the aggregator
+client, the socket manager, the ceilings' and the login limits' Redis connections), starts the background work
+(:func:`_migrate_then_maintain`, and with ``BFF_EXCHANGE_REST_URL`` :func:`_refresh_instruments`) and serves;
+stopping undoes it in reverse order: the port takes no new connection, every WebSocket is closed with 1001,
+requests in flight get 5 s, then the background work stops and the clients close.
 
 The database schema is migrated in the background (retried with backoff while PostgreSQL is down) and the
 Redis subscriber connects in the background: ``/healthz`` answers 503 until both are ready. Once the schema is
 migrated, the follower set of every holder is PUT at the aggregator again (``PUT /v1/followers/user:<id>``),
 so an aggregator that lost followers while the BFF was down tracks every held symbol again without waiting
 for clients to reconnect.
+
+The symbol list is read from ``BFF_EXCHANGE_INFO_FILE`` at start (a BFF without one does not start); with
+``BFF_EXCHANGE_REST_URL`` the exchange's ``GET /api/v3/exchangeInfo`` is fetched in the background at once and
+then every ``BFF_EXCHANGE_INFO_REFRESH_S``, retried with backoff, the last good list kept on failure
+(:class:`profile_bff.instruments.InstrumentRefresh`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from aiohttp import web
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from crypto_mesh.binance import BinanceRest, RestUnavailable
 from crypto_mesh.logs import get_logger
 from crypto_mesh.retry import retrying
 from crypto_mesh.service import Lifecycle, Running, start_service
@@ -45,7 +51,7 @@ from profile_bff.connections import ConnectionManager
 from profile_bff.cookies import device_cookie
 from profile_bff.errors import AggregatorUnavailable, StoreUnavailable
 from profile_bff.idempotency import Idempotency
-from profile_bff.instruments import Instruments
+from profile_bff.instruments import InstrumentRefresh, Instruments, log_refresh
 from profile_bff.portfolios import Portfolios
 from profile_bff.ratelimit import LoginDevices, RateLimiter, RoutePolicy, login_limits
 from profile_bff.search import InstrumentSearch
@@ -151,6 +157,10 @@ async def start(settings: BffSettings) -> Running[Bff]:
     async def build(lifecycle: Lifecycle) -> tuple[int, Bff]:
         bff = open_bff(lifecycle, settings)
         lifecycle.task(_migrate_then_maintain(bff), "bff-migrate")
+        if bff.instrument_refresh is not None and settings.exchange_rest_url is not None:
+            lifecycle.task(
+                _refresh_instruments(bff.instrument_refresh, settings.exchange_rest_url), "bff-instruments"
+            )
         return await _serve(lifecycle, create_app(bff), settings), bff
 
     return await start_service("profile_bff", build)
@@ -162,6 +172,9 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     start here."""
     # Read first and not caught: a BFF without a symbol list must not start.
     instruments = Instruments.load(settings.exchange_info_file)
+    refresh = None
+    if settings.exchange_rest_url:
+        refresh = InstrumentRefresh(instruments, settings.exchange_info_refresh_s)
     aggregator_token = read_token(settings.aggregator_token_file)
     tls = settings.mesh_tls()
     redis_url = settings.redis_url.get_secret_value()
@@ -210,6 +223,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
         ),
         idempotency=Idempotency(store, settings.idempotency_ttl_s),
         search=InstrumentSearch(instruments, bus),
+        instrument_refresh=refresh,
     )
 
 
@@ -287,6 +301,25 @@ async def _migrate_then_maintain(bff: Bff) -> None:
         else:
             log.info("idempotency_keys_pruned", deleted=pruned)
         await asyncio.sleep(IDEMPOTENCY_PRUNE_S)
+
+
+async def _refresh_instruments(refresh: InstrumentRefresh, base_url: str) -> None:
+    """Fetch the exchange's symbol list from the REST API at ``base_url`` now, and again after each
+    outcome's ``next_fetch_s`` (:class:`~profile_bff.instruments.InstrumentRefresh` decides and counts)."""
+    exchange = BinanceRest(base_url)
+    try:
+        while True:
+            try:
+                body = await exchange.exchange_info()
+            except RestUnavailable as exc:
+                outcome = refresh.failed(str(exc), exc.retry_after_s)
+            else:
+                # Some 10 ms per megabyte of JSON (Binance's body is megabytes): read off the event loop.
+                outcome = refresh.apply(await asyncio.to_thread(refresh.decide, body))
+            log_refresh(outcome)
+            await asyncio.sleep(outcome.next_fetch_s)
+    finally:
+        await exchange.close()
 
 
 async def _close_sockets(app: web.Application) -> None:

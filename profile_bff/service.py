@@ -16,6 +16,7 @@ from profile_bff.ceilings import Ceilings
 from profile_bff.clients import AggregatorClient, AuthClient
 from profile_bff.connections import ConnectionManager
 from profile_bff.idempotency import Idempotency
+from profile_bff.instruments import InstrumentRefresh
 from profile_bff.portfolios import Portfolios
 from profile_bff.ratelimit import LoginDevices, RateLimiter
 from profile_bff.search import InstrumentSearch
@@ -27,7 +28,8 @@ from profile_bff.tokens import AccessTokenVerifier
 @dataclass
 class Bff:
     """The BFF's parts, opened by :func:`open_bff`: its settings, adapters (profile database, Redis, auth,
-    aggregator), the socket manager, the limits, and the use cases the views call. The ``service`` of the
+    aggregator), the socket manager, the limits, and the use cases the views call; with
+    ``BFF_EXCHANGE_REST_URL``, the refresh of the symbol list (``None`` without). The ``service`` of the
     :class:`~crypto_mesh.service.Running` BFF."""
 
     settings: BffSettings
@@ -44,6 +46,7 @@ class Bff:
     portfolios: Portfolios
     idempotency: Idempotency
     search: InstrumentSearch
+    instrument_refresh: InstrumentRefresh | None = None
 
     def require_store(self) -> ProfileStore:
         """The profile store once its schema is migrated; raises :class:`~profile_bff.errors.Starting`

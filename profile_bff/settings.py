@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
+from yarl import URL
 
 from crypto_mesh.binance import DEFAULT_EXCHANGE_INFO
 from crypto_mesh.settings import MeshTlsSettings
@@ -41,7 +42,15 @@ class BffSettings(MeshTlsSettings):
       clients that send no ``Origin`` (curl, wscat, services) are not browsers and are let through.
     - ``BFF_EXCHANGE_INFO_FILE`` (the shipped snapshot ``crypto_mesh/data/binance/exchangeInfo_2021-10-12.json.gz``):
       a Binance ``GET /api/v3/exchangeInfo`` body (``.json`` or ``.json.gz``); coins must be listed there with
-      status ``TRADING``, and ``GET /v1/instruments`` searches it.
+      status ``TRADING``, and ``GET /v1/instruments`` searches it. Read at start (a BFF without it does not
+      start); with ``BFF_EXCHANGE_REST_URL`` it serves only until the first fetch from the exchange succeeds.
+    - ``BFF_EXCHANGE_REST_URL`` (unset): base URL of the exchange's spot REST API
+      (``https://api.binance.com``, ``https://data-api.binance.vision``, or the replay exchange's
+      ``http://127.0.0.1:<port>``). Set, the
+      BFF fetches ``GET /api/v3/exchangeInfo`` there at start and every ``BFF_EXCHANGE_INFO_REFRESH_S``
+      (:mod:`profile_bff.instruments`); unset, the file's list is used for good.
+    - ``BFF_EXCHANGE_INFO_REFRESH_S`` (``300``): seconds between two fetches of the list. Each costs 20 of the
+      6,000 request weight a minute Binance allows an IP (:mod:`crypto_mesh.binance.rest`).
     - ``BFF_IDEMPOTENCY_TTL_S`` (``86400``): how long a stored ``Idempotency-Key`` answer is replayed (s).
     - ``BFF_WS_TICKET_TTL_S`` (``30``): lifetime of a one-time WebSocket ticket (s).
     - ``BFF_WS_SEND_TIMEOUT_S`` (``10``): a socket whose peer does not take a message within this time (it
@@ -106,6 +115,8 @@ class BffSettings(MeshTlsSettings):
     cookie_secure: bool = True
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     exchange_info_file: Path = DEFAULT_EXCHANGE_INFO
+    exchange_rest_url: str | None = None
+    exchange_info_refresh_s: float = Field(default=300.0, gt=0)
     idempotency_ttl_s: int = Field(default=86_400, gt=0)
     ws_ticket_ttl_s: int = Field(default=30, gt=0)
     ws_send_timeout_s: float = Field(default=10.0, gt=0)
@@ -132,6 +143,16 @@ class BffSettings(MeshTlsSettings):
     def _one_address_cannot_spend_a_names_budget(self) -> BffSettings:
         check_name_budgets(self.login_rate_per_name_and_address, self.login_rate_per_name, "BFF_")
         return self
+
+    @field_validator("exchange_rest_url")
+    @classmethod
+    def _http_url_or_none(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        url = URL(value.strip())
+        if url.scheme not in ("http", "https") or not url.host or url.query_string or url.fragment:
+            raise ValueError("BFF_EXCHANGE_REST_URL must be an http(s) base URL (https://api.binance.com)")
+        return str(url).rstrip("/")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

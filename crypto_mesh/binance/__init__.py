@@ -8,6 +8,7 @@ parse_trade_frame``) and keep only their own decisions. The parts, each citing i
 - :mod:`.control`: SUBSCRIBE / UNSUBSCRIBE and the other control messages, their answers and error codes;
 - :mod:`.limits`: streams per connection, messages per second, connection attempts, 24 h connection life;
 - :mod:`.exchange_info`: the symbol list of ``GET /api/v3/exchangeInfo`` and each symbol's status;
+- :mod:`.rest`: the REST requests the mesh makes (``GET /api/v3/exchangeInfo``), their weights and refusals;
 - :mod:`.data`: the real Binance data shipped in ``crypto_mesh/data/binance`` and how its files are read.
 """
 
@@ -19,7 +20,13 @@ from crypto_mesh.binance.data import (
     read_data_file,
     recording_lines,
 )
-from crypto_mesh.binance.exchange_info import TRADING, ListedSymbol, load_exchange_info, parse_exchange_info
+from crypto_mesh.binance.exchange_info import (
+    TRADING,
+    ListedSymbol,
+    load_exchange_info,
+    parse_exchange_info,
+    parse_exchange_info_body,
+)
 from crypto_mesh.binance.frames import (
     ID_FIELDS,
     MINI_TICKER_EVENT,
@@ -65,6 +72,13 @@ from crypto_mesh.binance.names import (
     split_stream,
     trade_stream,
 )
+from crypto_mesh.binance.rest import (
+    EXCHANGE_INFO_PATH,
+    EXCHANGE_INFO_WEIGHT,
+    BinanceRest,
+    RestUnavailable,
+    exchange_info_url,
+)
 
 __all__ = [
     "AGG_TRADE",
@@ -73,6 +87,8 @@ __all__ = [
     "DATA_DIR",
     "DEFAULT_EXCHANGE_INFO",
     "DEFAULT_RECORDING",
+    "EXCHANGE_INFO_PATH",
+    "EXCHANGE_INFO_WEIGHT",
     "ID_FIELDS",
     "MAX_CONNECTION_AGE_S",
     "MAX_CONNECT_ATTEMPTS",
@@ -90,21 +106,25 @@ __all__ = [
     "TRADE",
     "TRADE_ID_FIELDS",
     "TRADING",
+    "BinanceRest",
     "InvalidSymbol",
     "ListedSymbol",
     "MalformedFrame",
     "MalformedTicker",
     "MiniTicker",
+    "RestUnavailable",
     "Trade",
     "UnknownEvent",
     "combined_frame",
     "combined_stream_url",
     "control",
+    "exchange_info_url",
     "load_exchange_info",
     "mini_ticker_payload",
     "mini_ticker_stream",
     "normalize_symbol",
     "parse_exchange_info",
+    "parse_exchange_info_body",
     "parse_mini_ticker_frame",
     "parse_stream_path",
     "parse_trade_frame",

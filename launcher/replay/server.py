@@ -1,5 +1,6 @@
 """Transport of the replay exchange: Binance's spot websocket stream protocol over ``websockets``, plus HTTP
-``GET /replay/v1/info`` and ``GET /healthz`` on the same port.
+``GET /api/v3/exchangeInfo`` (Binance's REST route, :mod:`launcher.replay.rest`), ``GET /replay/v1/info`` and
+``GET /healthz`` on the same port.
 
 Protocol (Binance spot "WebSocket Streams for Binance", its formats and limits in :mod:`crypto_mesh.binance`):
 
@@ -27,6 +28,7 @@ import http
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,9 +40,11 @@ from websockets.http11 import Request, Response
 
 from crypto_mesh import binance, jsonutil
 from crypto_mesh.binance import MINI_TICKER_ALL, control
+from crypto_mesh.binance.rest import USED_WEIGHT_HEADER
 from crypto_mesh.logs import get_logger
 from launcher.replay.minitickers import MiniTickers
 from launcher.replay.recording import Recording, Timeline, floor_second, load_recording
+from launcher.replay.rest import UNKNOWN, ExchangeInfoFile, RequestWeights
 from launcher.replay.settings import ReplaySettings
 
 log = get_logger(__name__)
@@ -266,10 +270,18 @@ class Running:
 class _Exchange:
     """Handlers of the websocket endpoints and of the HTTP routes."""
 
-    def __init__(self, settings: ReplaySettings, playbacks: list[_Playback], hub: _Hub) -> None:
+    def __init__(
+        self,
+        settings: ReplaySettings,
+        playbacks: list[_Playback],
+        hub: _Hub,
+        exchange_info: ExchangeInfoFile,
+    ) -> None:
         self.settings = settings
         self.playbacks = playbacks
         self.hub = hub
+        self.exchange_info = exchange_info
+        self.weights = RequestWeights(settings.request_weight_per_minute)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -290,6 +302,8 @@ class _Exchange:
             return _json_response(200, self.info())
         if path == "/healthz":
             return _json_response(200, {"status": "ok"})
+        if path == binance.EXCHANGE_INFO_PATH:
+            return self.exchange_info_response(request)
         try:
             parsed = parse_path(request.path)
         except ProtocolError as exc:
@@ -297,6 +311,24 @@ class _Exchange:
         if parsed is None:
             return _json_response(404, {"code": 404, "msg": "not found"})
         return None
+
+    def exchange_info_response(self, request: Request) -> Response:
+        """``GET /api/v3/exchangeInfo``: the current document, within the request weight (module
+        :mod:`launcher.replay.rest`)."""
+        used, retry_after_s = self.weights.spend(binance.EXCHANGE_INFO_WEIGHT, time.time())
+        weight = [(USED_WEIGHT_HEADER, str(used))]
+        if retry_after_s is not None:
+            return _json_response(429, self.weights.refusal(), [*weight, ("Retry-After", str(retry_after_s))])
+        try:
+            document = self.exchange_info.current()
+        except (OSError, ValueError) as exc:
+            log.error("exchange_info_unreadable", error=str(exc))
+            unknown = {"code": UNKNOWN, "msg": "An unknown error occurred while processing the request."}
+            return _json_response(500, unknown, weight)
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            gzipped = [*weight, ("Content-Encoding", "gzip")]
+            return _response(200, document.gzipped, "application/json", gzipped)
+        return _response(200, document.body, "application/json", weight)
 
     async def handle(self, ws: ServerConnection) -> None:
         parsed = parse_path(ws.request.path)
@@ -395,17 +427,23 @@ def _valid_id(value: object) -> bool:
     )
 
 
-def _json_response(status: int, body: Any) -> Response:
-    payload = jsonutil.dumps(body)
-    headers = Headers(
+def _json_response(status: int, body: Any, headers: Sequence[tuple[str, str]] = ()) -> Response:
+    return _response(status, jsonutil.dumps(body), "application/json", headers)
+
+
+def _response(
+    status: int, payload: bytes, content_type: str, headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    fields = Headers(
         [
             ("Date", email.utils.formatdate(usegmt=True)),
-            ("Content-Type", "application/json"),
+            ("Content-Type", content_type),
             ("Content-Length", str(len(payload))),
             ("Connection", "close"),
+            *headers,
         ]
     )
-    return Response(status, http.HTTPStatus(status).phrase, headers, payload)
+    return Response(status, http.HTTPStatus(status).phrase, fields, payload)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
@@ -417,17 +455,19 @@ async def start(settings: ReplaySettings) -> Running:
     """Load the recordings, start their playbacks and serve; returns once the port is bound.
 
     ``settings.port`` 0 binds a free port (``Running.port``). Raises
-    :class:`~launcher.replay.recording.RecordingError` for a recording that cannot be replayed and
-    ``OSError`` if the port cannot be bound.
+    :class:`~launcher.replay.recording.RecordingError` for a recording that cannot be replayed, ``OSError``
+    if the port cannot be bound or the exchangeInfo file read, ``ValueError`` if that file is no exchangeInfo
+    body.
     """
     recordings = [load_recording(path) for path in settings.files]
+    exchange_info = ExchangeInfoFile(settings.exchange_info_file)
     now_ms = time.time_ns() // 1_000_000
     hub = _Hub()
     playbacks = [
         _Playback(Timeline.starting_at(recording, now_ms), hub, settings.speed, streams, now_ms)
         for recording, streams in zip(recordings, _ticker_streams(recordings), strict=True)
     ]
-    exchange = _Exchange(settings, playbacks, hub)
+    exchange = _Exchange(settings, playbacks, hub, exchange_info)
     connections_log = logging.getLogger("launcher.replay.connections")
     if connections_log.level == logging.NOTSET:
         # websockets logs every connection and HTTP request at INFO: noise when the mesh polls /healthz.

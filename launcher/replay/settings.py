@@ -17,8 +17,11 @@ DEFAULT_RECORDING = binance.DEFAULT_RECORDING
 
 class ReplaySettings(ServiceSettings):
     """``REPLAY_HOST`` (127.0.0.1), ``REPLAY_PORT`` (9443; 0 picks a free port), ``REPLAY_FILES`` (comma-separated
-    paths of recordings in the canonical format, plain or gzip; default: the shipped trade recording) and
-    ``REPLAY_SPEED`` (1.0 = real time, 10 = ten times faster, 0 = as fast as possible)."""
+    paths of recordings in the canonical format, plain or gzip; default: the shipped trade recording),
+    ``REPLAY_SPEED`` (1.0 = real time, 10 = ten times faster, 0 = as fast as possible),
+    ``REPLAY_EXCHANGE_INFO_FILE`` (the body ``GET /api/v3/exchangeInfo`` answers, plain or gzip, read again
+    when the file changes; default: the shipped 2021-10-12 snapshot) and ``REPLAY_REQUEST_WEIGHT_PER_MINUTE``
+    (6000, Binance's REST request-weight limit; beyond it 429). See :mod:`launcher.replay.rest`."""
 
     model_config = SettingsConfigDict(env_prefix="REPLAY_", extra="ignore", frozen=True)
 
@@ -26,6 +29,8 @@ class ReplaySettings(ServiceSettings):
     port: int = Field(default=9443, ge=0, le=65535)
     files: Annotated[tuple[Path, ...], NoDecode] = (DEFAULT_RECORDING,)
     speed: float = Field(default=1.0, ge=0)
+    exchange_info_file: Path = binance.DEFAULT_EXCHANGE_INFO
+    request_weight_per_minute: int = Field(default=binance.rest.REQUEST_WEIGHT_PER_MINUTE, gt=0)
 
     @field_validator("files", mode="before")
     @classmethod

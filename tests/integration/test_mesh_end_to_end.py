@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -128,6 +129,20 @@ async def test_a_user_watches_the_portfolio_value_follow_the_recorded_trades(mes
             checked += 1
         assert Decimal(profile["Total"]) == total
     assert checked >= 3
+
+
+def test_the_bff_takes_its_symbol_list_from_the_replay_exchange(mesh):
+    _state, _env, _process, log_path = mesh
+    # The BFF fetches GET /api/v3/exchangeInfo from the replay exchange at start, which serves the shipped
+    # snapshot: the list is applied and changes nothing.
+    deadline = time.monotonic() + 30
+    refreshed: list[str] = []
+    while not refreshed and time.monotonic() < deadline:
+        refreshed = [line for line in log_path.read_text().splitlines() if "instruments_refreshed" in line]
+        time.sleep(0.5)
+    assert refreshed, log_path.read_text()[-3000:]
+    assert refreshed[0].split()[1] == "profile_bff"
+    assert re.search(r"\bsource='?exchange\b", refreshed[0]) and re.search(r"\bsymbols=1695\b", refreshed[0])
 
 
 def run_sql(env: dict, query: str, *options: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,5 @@
-"""The replay exchange speaks Binance's spot stream protocol and replays real recorded frames in the present."""
+"""The replay exchange speaks Binance's spot stream protocol and replays real recorded frames in the present,
+and serves Binance's `GET /api/v3/exchangeInfo` from a snapshot file within the REST request-weight limit."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from support.exchange_info import replace_file, snapshot_with
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from crypto_mesh import binance
 from launcher.replay.recording import RecordingError, load_recording
 from launcher.replay.server import start
 from launcher.replay.settings import ReplaySettings
@@ -325,3 +328,81 @@ def test_a_recorded_trade_of_a_symbol_the_mesh_refuses_is_refused(tmp_path, stre
     broken.write_bytes(orjson.dumps({"stream": stream, "data": data}) + b"\n")
     with pytest.raises(RecordingError, match=f"broken.jsonl:1: {error}"):
         load_recording(broken)
+
+
+# --- REST: GET /api/v3/exchangeInfo -------------------------------------------------------------------------
+
+
+async def test_exchange_info_answers_the_shipped_snapshot_gzipped_or_plain_with_the_weight_spent(fast):
+    snapshot = gzip.decompress(binance.DEFAULT_EXCHANGE_INFO.read_bytes())
+    url = f"http://127.0.0.1:{fast.port}{binance.EXCHANGE_INFO_PATH}"
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.get(url, headers={"Accept-Encoding": "gzip"}) as zipped:
+            assert zipped.status == 200 and zipped.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(await zipped.read()) == snapshot
+            spent = int(zipped.headers["X-MBX-USED-WEIGHT-1M"])
+        async with session.get(f"{url}?symbol=BTCUSDT", headers={"Accept-Encoding": "identity"}) as plain:
+            assert plain.status == 200 and "Content-Encoding" not in plain.headers
+            assert await plain.read() == snapshot
+            # 20 more, unless a new minute began in between.
+            assert int(plain.headers["X-MBX-USED-WEIGHT-1M"]) in (spent + 20, 20)
+
+    client = binance.BinanceRest(f"http://127.0.0.1:{fast.port}")
+    try:
+        listed = binance.parse_exchange_info_body(await client.exchange_info())
+    finally:
+        await client.close()
+    assert listed == binance.load_exchange_info(binance.DEFAULT_EXCHANGE_INFO)
+
+
+def statuses(body: bytes) -> dict[str, str]:
+    """Symbol → status of an exchangeInfo body."""
+    return {entry.symbol: entry.status for entry in binance.parse_exchange_info_body(body)}
+
+
+async def test_exchange_info_is_read_again_when_its_file_is_replaced(tmp_path, agg_trade_recording):
+    document = tmp_path / "exchangeInfo.json"
+    replace_file(document, snapshot_with({"bccbtc": "BREAK"}))
+    running = await start(ReplaySettings(port=0, files=(agg_trade_recording,), exchange_info_file=document))
+    client = binance.BinanceRest(f"http://127.0.0.1:{running.port}")
+    try:
+        first = statuses(await client.exchange_info())
+        replace_file(document, snapshot_with({"newcoinusdt": "TRADING", "btcusdt": "HALT"}))
+        second = statuses(await client.exchange_info())
+        replace_file(document, b'{"symbols": "not a list"}')
+        with pytest.raises(binance.RestUnavailable) as broken:
+            await client.exchange_info()
+    finally:
+        await client.close()
+        await running.stop()
+
+    assert "newcoinusdt" not in first and first["btcusdt"] == "TRADING"
+    assert second["newcoinusdt"] == "TRADING" and second["btcusdt"] == "HALT"
+    assert len(second) == len(first) + 1
+    # A file that is no exchangeInfo body is the exchange's own failure: 500 and Binance's -1000.
+    assert broken.value.status == 500 and '"code":-1000' in str(broken.value)
+
+
+async def test_exchange_info_over_the_request_weight_limit_is_refused_with_retry_after(agg_trade_recording):
+    # A limit below one request's weight (20) refuses every request.
+    running = await start(ReplaySettings(port=0, files=(agg_trade_recording,), request_weight_per_minute=10))
+    client = binance.BinanceRest(f"http://127.0.0.1:{running.port}")
+    try:
+        with pytest.raises(binance.RestUnavailable) as refused:
+            await client.exchange_info()
+    finally:
+        await client.close()
+        await running.stop()
+
+    assert refused.value.status == 429
+    assert 1 <= refused.value.retry_after_s <= 60
+    assert '"code":-1003' in str(refused.value) and "current limit is 10 request weight per 1 MINUTE" in str(
+        refused.value
+    )
+
+
+async def test_a_replay_whose_exchange_info_file_is_not_one_does_not_start(tmp_path, agg_trade_recording):
+    document = tmp_path / "exchangeInfo.json"
+    document.write_bytes(b"[]")
+    with pytest.raises(ValueError, match="no symbols list"):
+        await start(ReplaySettings(port=0, files=(agg_trade_recording,), exchange_info_file=document))

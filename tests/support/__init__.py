@@ -3,6 +3,8 @@
 - :mod:`support.databases`: new PostgreSQL databases and SQL run on them;
 - :mod:`support.fake_aggregator`: the one stand-in for the aggregator's control API;
 - :mod:`support.bff`: the one BFF client, and the prices and symbols a BFF test works with;
+- :mod:`support.exchange_info`: exchangeInfo documents (the shipped snapshot with symbols added or their
+  status changed) and files replaced the way the replay exchange notices;
 - :mod:`support.stacks`: services started for a test (auth, BFF, a real aggregator, replay exchange and
   socket_proxy);
 - :mod:`support.etl`: the ETL's SQL and health routes;

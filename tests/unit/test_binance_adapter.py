@@ -19,6 +19,7 @@ from crypto_mesh.binance import (
     Trade,
     UnknownEvent,
     control,
+    rest,
 )
 
 AGG_TRADE_RECORDING = binance.DATA_DIR / "btcusdt_ethusdt_dotusdt_aggTrade_2021-04-04.jsonl.gz"
@@ -363,6 +364,43 @@ def test_a_file_that_is_not_an_exchange_info_body_is_refused_naming_the_file(tmp
 def test_a_missing_exchange_info_file_is_an_os_error(tmp_path):
     with pytest.raises(OSError):
         binance.load_exchange_info(tmp_path / "absent.json")
+
+
+def test_symbols_the_mesh_cannot_name_are_left_out_of_the_list_and_the_rest_is_kept():
+    # Binance may list symbols with non-ASCII characters ("General API Information").
+    body = orjson.dumps(
+        {
+            "symbols": [
+                {"symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC", "quoteAsset": "USDT"},
+                {"symbol": "币安人生USDT", "status": "TRADING", "baseAsset": "币安人生", "quoteAsset": "USDT"},
+                {"symbol": "A" * 21, "status": "TRADING", "baseAsset": "A" * 17, "quoteAsset": "USDT"},
+            ]
+        }
+    )
+
+    listed = binance.parse_exchange_info_body(body)
+
+    assert listed == [binance.ListedSymbol("btcusdt", "BTC", "USDT", "TRADING")]
+    not_a_name = {"symbol": 42, "status": "TRADING", "baseAsset": "A", "quoteAsset": "B"}
+    with pytest.raises(ValueError, match="malformed"):
+        binance.parse_exchange_info_body(orjson.dumps({"symbols": [not_a_name]}))
+
+
+def test_the_exchange_info_request_is_the_documented_route_of_the_rest_base_url():
+    assert str(binance.exchange_info_url("https://api.binance.com")) == (
+        "https://api.binance.com/api/v3/exchangeInfo?showPermissionSets=false"
+    )
+    assert str(binance.exchange_info_url("http://127.0.0.1:9443/")).startswith(
+        "http://127.0.0.1:9443/api/v3/exchangeInfo?"
+    )
+    assert binance.EXCHANGE_INFO_PATH == "/api/v3/exchangeInfo" and binance.EXCHANGE_INFO_WEIGHT == 20
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("120", 120.0), ("0", 0.0), (None, None), ("soon", None), ("-1", None)]
+)
+def test_retry_after_is_read_in_seconds(header, seconds):
+    assert rest.retry_after_s(header) == seconds
 
 
 # --- Data files --------------------------------------------------------------------------------------------
