@@ -1,9 +1,9 @@
-"""The exchange's symbol list as the BFF uses it: validating coins and searching instruments.
+"""The exchange's symbol list as the BFF uses it: validating coins and listing instruments.
 
 The list is a Binance exchangeInfo body read by :func:`crypto_mesh.binance.load_exchange_info` from
 ``BFF_EXCHANGE_INFO_FILE`` (default the snapshot shipped in ``crypto_mesh/data/binance``, which embedded mode
-and the replay exchange use). The BFF's own rules: only a ``TRADING`` symbol may be added to a portfolio, and
-the search order below.
+and the replay exchange use). The BFF's own rule: only a ``TRADING`` symbol may be added to a portfolio (the
+search order is :mod:`profile_bff.search`'s).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Instrument:
 
 
 class Instruments:
-    """The listed symbols, by lowercase symbol, in the file's order for searching."""
+    """The listed symbols, by lowercase symbol, iterated in the file's order."""
 
     def __init__(self, instruments: list[Instrument]) -> None:
         self._by_symbol = {instrument.symbol: instrument for instrument in instruments}
@@ -54,6 +54,10 @@ class Instruments:
     def __len__(self) -> int:
         return len(self._by_symbol)
 
+    def get(self, symbol: str) -> Instrument | None:
+        """The instrument of a normalised ``symbol`` whatever its status; ``None`` if it is not listed."""
+        return self._by_symbol.get(symbol)
+
     def require_trading(self, symbol: str) -> Instrument:
         """The instrument of a normalised ``symbol``. Raises :class:`UnknownSymbol` or :class:`NotTrading`."""
         instrument = self._by_symbol.get(symbol)
@@ -62,20 +66,6 @@ class Instruments:
         if instrument.status != TRADING:
             raise NotTrading(f"{symbol} is not trading (status {instrument.status})")
         return instrument
-
-    def search(self, query: str, limit: int) -> list[Instrument]:
-        """Up to ``limit`` instruments whose symbol contains ``query`` (any case): the exact match first, then
-        those starting with it, then the others, each group by symbol."""
-        needle = query.lower()
-        found = [instrument for instrument in self._by_symbol.values() if needle in instrument.symbol]
-        found.sort(
-            key=lambda instrument: (
-                instrument.symbol != needle,
-                not instrument.symbol.startswith(needle),
-                instrument.symbol,
-            )
-        )
-        return found[:limit]
 
     def __iter__(self) -> Iterator[Instrument]:
         return iter(self._by_symbol.values())
