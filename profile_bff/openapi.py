@@ -93,30 +93,28 @@ _SESSION_ERRORS = _errors(400, 401, 413, 415, 422, 429, 503)
 _COIN_ERRORS = _errors(400, 401, 404, 413, 415, 422, 429, 503)
 #: An instrument as ``GET /v1/instruments`` lists it: price and its time are the newer of the 24 h ticker's
 #: close and the latest SecondStat; change_percent and quote_volume are the 24 h ticker's (null without one).
+_INSTRUMENT_PROPERTIES = {
+    "symbol": {"type": "string"},
+    "type": {"type": "string"},
+    "base": {"type": "string"},
+    "quote": {"type": "string"},
+    "status": {"type": "string"},
+    "price": {"oneOf": [_DECIMAL, {"type": "null"}]},
+    "price_time": {"oneOf": [_TIME, {"type": "null"}]},
+    "change_percent": {"oneOf": [_SIGNED_DECIMAL, {"type": "null"}]},
+    "quote_volume": {"oneOf": [_DECIMAL, {"type": "null"}]},
+}
 _INSTRUMENT = {
     "type": "object",
-    "required": [
-        "symbol",
-        "type",
-        "base",
-        "quote",
-        "status",
-        "price",
-        "price_time",
-        "change_percent",
-        "quote_volume",
-    ],
-    "properties": {
-        "symbol": {"type": "string"},
-        "type": {"type": "string"},
-        "base": {"type": "string"},
-        "quote": {"type": "string"},
-        "status": {"type": "string"},
-        "price": {"oneOf": [_DECIMAL, {"type": "null"}]},
-        "price_time": {"oneOf": [_TIME, {"type": "null"}]},
-        "change_percent": {"oneOf": [_SIGNED_DECIMAL, {"type": "null"}]},
-        "quote_volume": {"oneOf": [_DECIMAL, {"type": "null"}]},
-    },
+    "required": list(_INSTRUMENT_PROPERTIES),
+    "properties": _INSTRUMENT_PROPERTIES,
+}
+#: The 24 h ticker of ``GET /v1/instruments/{symbol}``.
+_TICKER_PROPERTIES = {
+    **{name: _DECIMAL for name in ("close", "open", "high", "low", "volume", "quote_volume")},
+    "change_price": _SIGNED_DECIMAL,
+    "change_percent": _SIGNED_DECIMAL,
+    "event_time": _TIME,
 }
 #: 429 of the per-address limits of the public routes (profile_bff/ceilings.py), with Retry-After.
 _PUBLIC_LIMIT = {"429": _rate_limited("too many requests from this address")}
@@ -159,26 +157,8 @@ def openapi_document() -> dict[str, Any]:
                     "change_price = close − open, change_percent = (close − open) / open × 100 rounded "
                     "half-even to 8 places",
                     "type": "object",
-                    "required": [
-                        "close",
-                        "open",
-                        "high",
-                        "low",
-                        "volume",
-                        "quote_volume",
-                        "change_price",
-                        "change_percent",
-                        "event_time",
-                    ],
-                    "properties": {
-                        **{
-                            name: _DECIMAL
-                            for name in ("close", "open", "high", "low", "volume", "quote_volume")
-                        },
-                        "change_price": _SIGNED_DECIMAL,
-                        "change_percent": _SIGNED_DECIMAL,
-                        "event_time": _TIME,
-                    },
+                    "required": list(_TICKER_PROPERTIES),
+                    "properties": _TICKER_PROPERTIES,
                 },
                 "Profile": {
                     "type": "object",

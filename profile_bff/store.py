@@ -459,6 +459,9 @@ class MarketBus:
         self._subscriber = aioredis.Redis.from_url(
             redis_url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
         )
+        #: The tickers of the last :meth:`tickers` read by their JSON: a symbol whose ticker has not changed
+        #: since (the exchange sends only the tickers that changed) is not parsed again.
+        self._parsed_tickers: dict[bytes, Ticker] = {}
 
     async def close(self) -> None:
         """Close both connection pools."""
@@ -496,13 +499,19 @@ class MarketBus:
             values = await self._commands.hgetall(TICKER_KEY)
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
-        tickers, malformed = {}, {}
+        tickers, malformed, parsed = {}, {}, {}
+        previous = self._parsed_tickers
         for raw_symbol, value in values.items():
             symbol = raw_symbol.decode(errors="replace")
-            try:
-                tickers[symbol] = parse_ticker(value)
-            except InvalidTicker as exc:
-                malformed[symbol] = str(exc)
+            ticker = previous.get(value)
+            if ticker is None:
+                try:
+                    ticker = parse_ticker(value)
+                except InvalidTicker as exc:
+                    malformed[symbol] = str(exc)
+                    continue
+            tickers[symbol] = parsed[value] = ticker
+        self._parsed_tickers = parsed
         if malformed:
             symbol, error = next(iter(malformed.items()))
             log.warning("malformed_tickers", count=len(malformed), symbol=symbol, error=error)

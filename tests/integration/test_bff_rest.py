@@ -311,6 +311,21 @@ async def test_instrument_search_ranks_by_24h_quote_volume_and_pages_on_with_a_c
     assert [i["symbol"] for i in last["instruments"]] == ranked[8:] and last["next_cursor"] is None
 
 
+async def test_a_malformed_ticker_in_redis_is_skipped_and_the_others_still_shown(bff):
+    query, block = symbol_block()
+    await bff.redis.hset(
+        "ticker:24h",
+        mapping={block[0]: b"not json", block[1]: ticker_json(block[1], 1723161256000, "2", "2", "1")},
+    )
+
+    async def ranked_with_the_tickers() -> list | None:
+        _, page = await get_json(bff, f"/v1/instruments?q={query}&limit=2")
+        return page["instruments"] if page["instruments"][0]["quote_volume"] is not None else None
+
+    found = await eventually(ranked_with_the_tickers)
+    assert [(i["symbol"], i["quote_volume"]) for i in found] == [(block[1], "1"), (block[0], None)]
+
+
 async def test_a_cursor_of_another_query_or_not_given_by_the_search_is_unprocessable(bff):
     _, page = await get_json(bff, "/v1/instruments?q=eth&limit=1")
     for query in (f"q=btc&cursor={page['next_cursor']}", "q=eth&cursor=bm90IGEgY3Vyc29y", "cursor=%FF%FE"):

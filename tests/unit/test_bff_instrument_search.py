@@ -217,7 +217,15 @@ def test_a_ticker_reads_back_the_aggregators_json_exactly_and_refuses_anything_e
         Decimal("3.06271667"),
     )
     assert parse_ticker(jsonutil.dumps({**payload, "change_price": "-5", "change_percent": "-0.1"}))
-    broken = ({**payload, "E": "1"}, {**payload, "E": True}, {**payload, "q": 1.5}, {**payload, "c": "-1"})
+    assert parse_ticker(jsonutil.dumps({**payload, "v": "0E-30", "q": "0"})).quote_volume == 0
+    broken = (
+        {**payload, "E": "1"},
+        {**payload, "E": True},
+        {**payload, "q": 1.5},
+        {**payload, "c": "-1"},
+        {**payload, "q": "1E+999999"},
+        {**payload, "change_percent": "NaN"},
+    )
     for value in broken:
         with pytest.raises(InvalidTicker):
             parse_ticker(jsonutil.dumps(value))
