@@ -562,4 +562,3 @@ class MarketBus:
             await self._commands.publish(PORTFOLIO_CHANNEL, jsonutil.dumps({"user_id": user_id}))
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
-
