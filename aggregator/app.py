@@ -51,7 +51,8 @@ SERVICE = web.AppKey("service", AggregatorService)
 
 async def start(settings: AggregatorSettings) -> Running[AggregatorService]:
     """Start the aggregator: control API on ``settings.host:settings.port`` (0: a free port), the mini-ticker
-    stream, the Redis publisher, the Kafka producers, and the streams of the symbols followed in Redis.
+    stream, the Redis publisher and 24 h ticker store, the Kafka producers, and the streams of the symbols
+    followed in Redis.
 
     Returns once the control API is serving. Redis, Kafka and socket_proxy need not be up yet: they are
     retried in the background and ``/healthz`` reports ``starting``/``degraded`` until they are reachable.
@@ -69,6 +70,7 @@ async def start(settings: AggregatorSettings) -> Running[AggregatorService]:
         lifecycle.on_stop(service.seconds.close)
         lifecycle.on_stop(service.kafka.close)
         lifecycle.task(service.publisher.run(), "redis-publisher")
+        lifecycle.task(service.ticker_store.run(), "ticker-store")
         lifecycle.task(service.kafka.run(), "kafka-producer")
         lifecycle.task(service.seconds.run(), "second-producer")
         lifecycle.task(service.trades.run_clock(), "window-clock")

@@ -1,8 +1,9 @@
-"""From raw frames to outputs: trades → one-second windows → SecondStat publisher; mini-tickers → Kafka.
+"""From raw frames to outputs: trades → one-second windows → SecondStat publisher; mini-tickers → Kafka and
+the 24 h tickers in Redis.
 
 Everything here runs on the event loop without awaiting, so a slow Redis or Kafka can never hold up intake:
-the outputs are the never-blocking ``submit`` of :class:`aggregator.store.StatPublisher` and
-:class:`aggregator.store.TickerProducer`.
+the outputs are the never-blocking ``submit`` of :class:`aggregator.store.StatPublisher`,
+:class:`aggregator.store.TickerProducer` and :class:`aggregator.store.TickerStore`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aggregator.tickers import KafkaMsg
 from crypto_mesh.binance import (
     MalformedFrame,
     MalformedTicker,
+    MiniTicker,
     UnknownEvent,
     parse_mini_ticker_frame,
     parse_trade_frame,
@@ -133,10 +135,12 @@ class TickerCounters:
 
 
 class TickerIntake:
-    """Parses mini-ticker frames into KafkaMsg records and hands each to ``emit`` (non-blocking)."""
+    """Parses mini-ticker frames: hands each ticker as a KafkaMsg record to ``emit``, and the valid tickers of
+    each frame, as one list, to ``keep`` (the 24 h ticker store). Both must not block."""
 
-    def __init__(self, emit: Callable[[KafkaMsg], None]) -> None:
+    def __init__(self, emit: Callable[[KafkaMsg], None], keep: Callable[[list[MiniTicker]], None]) -> None:
         self._emit = emit
+        self._keep = keep
         self.counters = TickerCounters()
 
     def on_frames(self, frames: Iterable[bytes], received_ms: int) -> None:
@@ -152,6 +156,8 @@ class TickerIntake:
             for ticker in tickers:
                 self.counters.records += 1
                 self._emit(KafkaMsg.of(ticker, received_ms))
+            if tickers:
+                self._keep(tickers)
 
 
 def counters_json(counters: TradeCounters | TickerCounters) -> dict[str, int]:

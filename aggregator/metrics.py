@@ -13,9 +13,11 @@ Series (prefix ``aggregator_``), counters: ``trade_frames_total{outcome}`` with 
 ``second_stats_total`` (windows closed), ``redis_publishes_total`` (SecondStats published),
 ``redis_stale_total`` (refused by the newer-only script), ``redis_conflated_total`` (overflow policy
 ``conflate``: older pending stats of a symbol replaced by its latest), ``redis_publish_failures_total``,
-``ticker_frames_total``, ``ticker_malformed_total``, ``kafka_sent_total``, ``kafka_failed_total``,
-``kafka_dropped_total`` (overflow policy ``drop_oldest``), ``upstream_reconnects_total``; gauges
-``redis_pending``, ``kafka_queue_depth``, ``tracked_symbols``, ``window_symbols`` (symbols with window state).
+``ticker_frames_total``, ``ticker_malformed_total``, ``redis_tickers_written_total`` (24 h tickers stored),
+``redis_tickers_stale_total`` (refused as not newer), ``redis_ticker_write_failures_total``,
+``kafka_sent_total``, ``kafka_failed_total``, ``kafka_dropped_total`` (overflow policy ``drop_oldest``),
+``upstream_reconnects_total``; gauges ``redis_pending``, ``redis_tickers_pending`` (symbols whose ticker
+waits), ``kafka_queue_depth``, ``tracked_symbols``, ``window_symbols`` (symbols with window state).
 """
 
 from __future__ import annotations
@@ -85,6 +87,21 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
         "Mini-ticker frames or elements dropped as malformed.",
         lambda service: service.tickers.counters.malformed,
     ),
+    counter(
+        "redis_tickers_written",
+        "24 h tickers stored in Redis.",
+        lambda service: service.ticker_store.written,
+    ),
+    counter(
+        "redis_tickers_stale",
+        "24 h tickers refused by Redis as not newer than the stored one.",
+        lambda service: service.ticker_store.stale,
+    ),
+    counter(
+        "redis_ticker_write_failures",
+        "24 h ticker write rounds to Redis that failed.",
+        lambda service: service.ticker_store.failures,
+    ),
     counter("kafka_sent", "Mini-ticker records acknowledged by Kafka.", lambda service: service.kafka.sent),
     counter(
         "kafka_failed", "Mini-ticker record deliveries that failed.", lambda service: service.kafka.failed
@@ -101,6 +118,11 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
     ),
     gauge(
         "redis_pending", "SecondStats waiting to be published.", lambda service: service.publisher.pending()
+    ),
+    gauge(
+        "redis_tickers_pending",
+        "Symbols whose 24 h ticker waits to be written to Redis.",
+        lambda service: service.ticker_store.pending(),
     ),
     gauge(
         "kafka_queue_depth",

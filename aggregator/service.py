@@ -16,7 +16,7 @@ from aggregator.intake import TickerIntake, TradeIntake, counters_json
 from aggregator.second_topic import SecondProducer, fan_out
 from aggregator.secondstat import SecondWindows
 from aggregator.settings import AggregatorSettings
-from aggregator.store import FollowerStore, StatPublisher, TickerProducer, connect_redis
+from aggregator.store import FollowerStore, StatPublisher, TickerProducer, TickerStore, connect_redis
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import MeshTls
 from crypto_mesh.retry import retrying
@@ -28,8 +28,9 @@ HEALTH_PING_TIMEOUT_S = 0.5
 
 
 class AggregatorService:
-    """A running aggregator: the Redis client (:attr:`redis`) with the follower store (:attr:`followers`) and
-    the SecondStat publisher (:attr:`publisher`), the Kafka producers of mini-tickers (:attr:`kafka`) and of
+    """A running aggregator: the Redis client (:attr:`redis`) with the follower store (:attr:`followers`),
+    the SecondStat publisher (:attr:`publisher`) and the 24 h ticker store (:attr:`ticker_store`), the Kafka
+    producers of mini-tickers (:attr:`kafka`) and of
     SecondStats (:attr:`seconds`), the trade and mini-ticker intakes (:attr:`trades`, :attr:`tickers`) and the
     gRPC streams from socket_proxy (:attr:`feeds`) over mutual TLS with ``tls``.
 
@@ -53,7 +54,8 @@ class AggregatorService:
         self.trades = TradeIntake(
             SecondWindows(settings.window_grace_ms), fan_out(self.publisher.submit, self.seconds.submit)
         )
-        self.tickers = TickerIntake(self.kafka.submit)
+        self.ticker_store = TickerStore(self.redis)
+        self.tickers = TickerIntake(self.kafka.submit, self.ticker_store.submit)
         self.feeds = Feeds(
             settings.socket_proxy_target, tls, settings.trade_stream, self.trades, self.tickers
         )
@@ -112,7 +114,9 @@ class AggregatorService:
         else ``"starting"`` (not connected yet) or ``"degraded"`` (was connected, lost something). ``checks``:
         ``{"redis", "kafka", "socket_proxy", "followers_loaded"}`` → bool."""
         checks = {
-            "redis": await self._redis_reachable() and self.publisher.healthy is not False,
+            "redis": await self._redis_reachable()
+            and self.publisher.healthy is not False
+            and self.ticker_store.healthy is not False,
             "kafka": self.kafka.healthy is True and self.seconds.healthy is not False,
             "socket_proxy": self.feeds.connected(),
             "followers_loaded": self.followers_loaded,
@@ -124,8 +128,8 @@ class AggregatorService:
         return "degraded", checks
 
     def counters(self) -> dict:
-        """Totals since start and queue sizes: ``{"trades", "publisher", "tickers", "kafka", "second_topic",
-        "upstream"}``, each an object of integers."""
+        """Totals since start and queue sizes: ``{"trades", "publisher", "tickers", "ticker_store", "kafka",
+        "second_topic", "upstream"}``, each an object of integers."""
         return {
             "trades": counters_json(self.trades.counters),
             "publisher": {
@@ -136,6 +140,14 @@ class AggregatorService:
                 "pending": self.publisher.pending(),
             },
             "tickers": counters_json(self.tickers.counters),
+            "ticker_store": {
+                "written": self.ticker_store.written,
+                "stale": self.ticker_store.stale,
+                "conflated": self.ticker_store.buffer.conflated,
+                "dropped": self.ticker_store.buffer.dropped,
+                "failures": self.ticker_store.failures,
+                "pending": self.ticker_store.pending(),
+            },
             "kafka": {"sent": self.kafka.sent, "failed": self.kafka.failed, "dropped": self.kafka.dropped},
             "second_topic": {
                 "sent": self.seconds.sent,

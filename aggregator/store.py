@@ -5,12 +5,14 @@ Redis (docs/CONTRACTS.md, "Redis"):
 - channel ``<symbol>``: each SecondStat JSON, once;
 - key ``price:<symbol>``: the latest SecondStat JSON (no expiry);
 - sets ``aggregator:followers:<symbol>`` (followers of a symbol) and ``aggregator:symbols`` (symbols with at
-  least one follower).
+  least one follower);
+- hashes ``ticker:24h`` (symbol → its latest 24 h ticker JSON) and ``ticker:24h:event_time`` (symbol → that
+  ticker's event time ``E``), written newer-only by :class:`TickerStore`.
 
 Kafka: topic ``binance.miniticker``, key = symbol, value = KafkaMsg JSON.
 
-Neither broker may stall the real-time path: SecondStats and mini-ticker records go through bounded buffers
-that never block the caller, drained by background tasks that reconnect with backoff.
+Neither broker may stall the real-time path: SecondStats, mini-ticker records and 24 h tickers go through
+bounded buffers that never block the caller, drained by background tasks that reconnect with backoff.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from prometheus_client import Histogram
 from redis.exceptions import RedisError
 
 from aggregator.secondstat import SecondStat
-from aggregator.tickers import KafkaMsg
+from aggregator.tickers import KafkaMsg, LatestTickers, day_ticker_json
 from crypto_mesh import jsonutil
+from crypto_mesh.binance import MiniTicker
 from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
 from crypto_mesh.retry import Backoff, retrying
@@ -449,3 +452,107 @@ class TickerProducer(KafkaSink[KafkaMsg]):
             maxsize=maxsize,
             client_options=client_options,
         )
+
+
+TICKER_KEY = "ticker:24h"
+TICKER_TIME_KEY = "ticker:24h:event_time"
+#: Tickers per script call, several calls pipelined in one round trip: Redis's Lua ``unpack`` takes at most
+#: about 8,000 values (2 per ticker here), and a short script holds Redis up for less time.
+TICKER_SCRIPT_BATCH = 500
+
+# Newer-only HSET of many tickers at once. KEYS[1]: ticker:24h, KEYS[2]: ticker:24h:event_time; ARGV: triples
+# (symbol, event time E in ms, ticker JSON). A ticker is written only if no ticker of its symbol is stored or
+# the stored one's E is older, so a retried round never moves a ticker back in time. Returns the number
+# written. E (Unix ms, < 2^53) compares exactly as a Lua number.
+_TICKERS_IF_NEWER = """
+local n = #ARGV / 3
+local symbols = {}
+for i = 1, n do symbols[i] = ARGV[3 * i - 2] end
+local stored = redis.call('HMGET', KEYS[2], unpack(symbols))
+local times, values = {}, {}
+for i = 1, n do
+  local old = tonumber(stored[i])
+  if not old or tonumber(ARGV[3 * i - 1]) > old then
+    table.insert(times, symbols[i])
+    table.insert(times, ARGV[3 * i - 1])
+    table.insert(values, symbols[i])
+    table.insert(values, ARGV[3 * i])
+  end
+end
+if #times > 0 then
+  redis.call('HSET', KEYS[2], unpack(times))
+  redis.call('HSET', KEYS[1], unpack(values))
+end
+return #times / 2
+"""
+
+
+class TickerStore:
+    """Keeps each symbol's latest 24 h ticker in Redis (hashes ``ticker:24h`` and ``ticker:24h:event_time``,
+    docs/CONTRACTS.md "Redis"), from the all-market mini-ticker stream.
+
+    :meth:`submit` never blocks: it hands a frame's tickers to a :class:`aggregator.tickers.LatestTickers`
+    buffer, which keeps only the newest pending ticker of each symbol, so a slow or absent Redis costs memory
+    bounded by the number of symbols and never a backlog. The background task :meth:`run` writes what is
+    pending in one pipelined round trip per round (a frame of ~2,000 symbols: a few script calls of
+    :data:`TICKER_SCRIPT_BATCH`), each call atomic and newer-only; failed rounds are put back and retried with
+    backoff. Counters: :attr:`written` (tickers stored), :attr:`stale` (refused as not newer),
+    :attr:`failures` (failed rounds), and the buffer's ``conflated``/``dropped``; :attr:`healthy` tells
+    whether the last round reached Redis (``None``: nothing tried yet).
+    """
+
+    def __init__(self, client: redis.Redis, max_symbols: int = 10_000) -> None:
+        self._redis = client
+        self._write = client.register_script(_TICKERS_IF_NEWER)
+        self.buffer = LatestTickers(max_symbols)
+        self._wakeup = asyncio.Event()
+        self.written = 0
+        self.stale = 0
+        self.failures = 0
+        self.healthy: bool | None = None
+
+    def submit(self, tickers: list[MiniTicker]) -> None:
+        """Queue the tickers of one mini-ticker frame; returns at once."""
+        self.buffer.add(tickers)
+        self._wakeup.set()
+
+    def pending(self) -> int:
+        """Symbols whose ticker waits to be written."""
+        return len(self.buffer)
+
+    async def run(self) -> None:
+        """Write forever (cancel to stop)."""
+        backoff = Backoff(base_s=0.05, max_s=5.0)
+        while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
+            batch = self.buffer.take()
+            if not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                await self._send(batch)
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling()
+                self.failures += 1
+                if self.healthy is not False:
+                    log.warning("redis_ticker_write_failed", error=str(exc))
+                self.healthy = False
+                self.buffer.restore(batch)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if self.healthy is False:
+                log.info("redis_ticker_write_recovered")
+            self.healthy = True
+            backoff.reset()
+
+    async def _send(self, batch: list[MiniTicker]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for start in range(0, len(batch), TICKER_SCRIPT_BATCH):
+            args: list[str | int | bytes] = []
+            for ticker in batch[start : start + TICKER_SCRIPT_BATCH]:
+                args += (ticker.symbol, ticker.event_time_ms, jsonutil.dumps(day_ticker_json(ticker)))
+            await self._write(keys=[TICKER_KEY, TICKER_TIME_KEY], args=args, client=pipe)
+        fresh = sum(int(result) for result in await pipe.execute())
+        self.written += fresh
+        self.stale += len(batch) - fresh

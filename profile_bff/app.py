@@ -116,6 +116,7 @@ def create_app(bff: Bff) -> web.Application:
     app.router.add_post("/v2/user/ws-ticket", issue_ws_ticket)
     app.router.add_get("/v2/user/history", portfolios.list_history)
     app.router.add_get("/v1/instruments", public.search_instruments)
+    app.router.add_get("/v1/instruments/{symbol}", public.instrument)
     app.router.add_get("/openapi.json", public.openapi_json)
     app.router.add_get("/healthz", public.healthz)
     app.on_response_prepare.append(ceilings.no_store)

@@ -80,7 +80,7 @@ SOCKET_KEY_PREFIX = "bff:ws-sockets:user:"
 REDIS_CONNECTIONS = 64
 #: The routes anyone may call without credentials that are rate-limited per address (``/healthz`` is not:
 #: orchestrators probe it from one address every few seconds).
-PUBLIC_ROUTES = frozenset({"/v1/instruments", "/openapi.json"})
+PUBLIC_ROUTES = frozenset({"/v1/instruments", "/v1/instruments/{symbol}", "/openapi.json"})
 PROFILE_SOCKET_ROUTE = "/v2/user/profile/ws"
 
 

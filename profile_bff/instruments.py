@@ -1,5 +1,5 @@
-"""The exchange's symbol list as the BFF uses it: validating coins, searching instruments, and keeping the
-list up to date.
+"""The exchange's symbol list as the BFF uses it: validating coins and keeping the list up to date (the search
+order is :mod:`profile_bff.search`'s).
 
 The list is read from Binance exchangeInfo bodies by the adapter (:mod:`crypto_mesh.binance.exchange_info`).
 At start it is the file ``BFF_EXCHANGE_INFO_FILE`` (default the snapshot shipped in
@@ -10,7 +10,7 @@ waits on the exchange: the file's list serves until a first fetch succeeds.
 
 The BFF's own rules: only a ``TRADING`` symbol may be added to a portfolio (a symbol that is listed with
 another status is refused naming it); a held coin is valued whatever its status or even once delisted, since
-the profile prices holdings from the latest prices, not from this list; and the search order below.
+the profile prices holdings from the latest prices, not from this list.
 """
 
 from __future__ import annotations
@@ -98,19 +98,7 @@ class Instruments:
             raise NotTrading(f"{symbol} is not trading (status {instrument.status})")
         return instrument
 
-    def search(self, query: str, limit: int) -> list[Instrument]:
-        """Up to ``limit`` instruments whose symbol contains ``query`` (any case): the exact match first, then
-        those starting with it, then the others, each group by symbol."""
-        needle = query.lower()
-        found = [instrument for instrument in self._by_symbol.values() if needle in instrument.symbol]
-        found.sort(
-            key=lambda instrument: (
-                instrument.symbol != needle,
-                not instrument.symbol.startswith(needle),
-                instrument.symbol,
-            )
-        )
-        return found[:limit]
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ from typing import Any
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _DECIMAL = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "examples": ["1.5"]}
+_SIGNED_DECIMAL = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "examples": ["-2.5"]}
+_TIME = {"type": "string", "format": "date-time", "examples": ["2024-08-09T00:00:01.000Z"]}
 _BEARER = [{"bearer": []}]
 
 
@@ -89,6 +91,31 @@ _TOKEN = _json(
 )
 _SESSION_ERRORS = _errors(400, 401, 413, 415, 422, 429, 503)
 _COIN_ERRORS = _errors(400, 401, 404, 413, 415, 422, 429, 503)
+#: An instrument as ``GET /v1/instruments`` lists it: price and its time are the newer of the 24 h ticker's
+#: close and the latest SecondStat; change_percent and quote_volume are the 24 h ticker's (null without one).
+_INSTRUMENT_PROPERTIES = {
+    "symbol": {"type": "string"},
+    "type": {"type": "string"},
+    "base": {"type": "string"},
+    "quote": {"type": "string"},
+    "status": {"type": "string"},
+    "price": {"oneOf": [_DECIMAL, {"type": "null"}]},
+    "price_time": {"oneOf": [_TIME, {"type": "null"}]},
+    "change_percent": {"oneOf": [_SIGNED_DECIMAL, {"type": "null"}]},
+    "quote_volume": {"oneOf": [_DECIMAL, {"type": "null"}]},
+}
+_INSTRUMENT = {
+    "type": "object",
+    "required": list(_INSTRUMENT_PROPERTIES),
+    "properties": _INSTRUMENT_PROPERTIES,
+}
+#: The 24 h ticker of ``GET /v1/instruments/{symbol}``.
+_TICKER_PROPERTIES = {
+    **{name: _DECIMAL for name in ("close", "open", "high", "low", "volume", "quote_volume")},
+    "change_price": _SIGNED_DECIMAL,
+    "change_percent": _SIGNED_DECIMAL,
+    "event_time": _TIME,
+}
 #: 429 of the per-address limits of the public routes (profile_bff/ceilings.py), with Retry-After.
 _PUBLIC_LIMIT = {"429": _rate_limited("too many requests from this address")}
 
@@ -96,6 +123,7 @@ _PUBLIC_LIMIT = {"429": _rate_limited("too many requests from this address")}
 def openapi_document() -> dict[str, Any]:
     """The document as a JSON-ready dict (a new one per call)."""
     coin_schema = {"$ref": "#/components/schemas/Coin"}
+    instrument_schema = {"$ref": "#/components/schemas/Instrument"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -122,6 +150,15 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["symbol", "quantity"],
                     "properties": {"symbol": {"type": "string"}, "quantity": _DECIMAL},
+                },
+                "Instrument": _INSTRUMENT,
+                "Ticker": {
+                    "description": "the rolling 24 h ticker of the exchange's last mini-ticker; "
+                    "change_price = close − open, change_percent = (close − open) / open × 100 rounded "
+                    "half-even to 8 places",
+                    "type": "object",
+                    "required": list(_TICKER_PROPERTIES),
+                    "properties": _TICKER_PROPERTIES,
                 },
                 "Profile": {
                     "type": "object",
@@ -233,7 +270,10 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/instruments": {
                 "get": {
-                    "summary": "Search the exchange's symbols (no login needed)",
+                    "summary": "Search the exchange's symbols, most traded first (no login needed)",
+                    "description": "Symbols containing q: the exact match, then those starting with q, then "
+                    "the rest, each by 24 h quote volume (descending; without a ticker last, by symbol). "
+                    "Pass next_cursor as cursor, with the same q, for the next page.",
                     "parameters": [
                         {
                             "name": "q",
@@ -245,42 +285,71 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
                         },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "description": "next_cursor of the previous page (opaque); absent or empty: the "
+                            "first page",
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "responses": {
                         "200": _json(
                             {
                                 "type": "object",
-                                "required": ["instruments"],
+                                "required": ["instruments", "next_cursor"],
                                 "properties": {
-                                    "instruments": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "required": [
-                                                "symbol",
-                                                "type",
-                                                "base",
-                                                "quote",
-                                                "status",
-                                                "price",
-                                                "price_time",
-                                            ],
-                                            "properties": {
-                                                "symbol": {"type": "string"},
-                                                "type": {"type": "string"},
-                                                "base": {"type": "string"},
-                                                "quote": {"type": "string"},
-                                                "status": {"type": "string"},
-                                                "price": {"oneOf": [_DECIMAL, {"type": "null"}]},
-                                                "price_time": {"type": ["string", "null"]},
-                                            },
-                                        },
-                                    }
+                                    "instruments": {"type": "array", "items": instrument_schema},
+                                    "next_cursor": {"type": ["string", "null"]},
                                 },
                             },
-                            "matching instruments, prefix matches first",
+                            "matching instruments in rank order, and the cursor of the next page (null on "
+                            "the last)",
                         ),
                         **_errors(422, 503),
+                        **_PUBLIC_LIMIT,
+                    },
+                }
+            },
+            "/v1/instruments/{symbol}": {
+                "get": {
+                    "summary": "One listed symbol, its 24 h ticker, whether the mesh has live data of it",
+                    "parameters": [
+                        {
+                            "name": "symbol",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "examples": ["btcusdt"]},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "allOf": [
+                                    instrument_schema,
+                                    {
+                                        "type": "object",
+                                        "required": ["ticker", "live", "last_second"],
+                                        "properties": {
+                                            "ticker": {
+                                                "oneOf": [
+                                                    {"$ref": "#/components/schemas/Ticker"},
+                                                    {"type": "null"},
+                                                ]
+                                            },
+                                            "live": {
+                                                "description": "null: the mesh does not follow the symbol; "
+                                                "false: its latest second started over 60 s ago",
+                                                "type": ["boolean", "null"],
+                                            },
+                                            "last_second": {"oneOf": [_TIME, {"type": "null"}]},
+                                        },
+                                    },
+                                ]
+                            },
+                            "the instrument",
+                        ),
+                        **_errors(404, 422, 503),
                         **_PUBLIC_LIMIT,
                     },
                 }

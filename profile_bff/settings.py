@@ -42,7 +42,7 @@ class BffSettings(MeshTlsSettings):
       clients that send no ``Origin`` (curl, wscat, services) are not browsers and are let through.
     - ``BFF_EXCHANGE_INFO_FILE`` (the shipped snapshot ``crypto_mesh/data/binance/exchangeInfo_2021-10-12.json.gz``):
       a Binance ``GET /api/v3/exchangeInfo`` body (``.json`` or ``.json.gz``); coins must be listed there with
-      status ``TRADING``, and ``GET /v1/instruments`` searches it. Read at start (a BFF without it does not
+      status ``TRADING``, and ``GET /v1/instruments[/{symbol}]`` lists it. Read at start (a BFF without it does not
       start); with ``BFF_EXCHANGE_REST_URL`` it serves only until the first fetch from the exchange succeeds.
     - ``BFF_EXCHANGE_REST_URL`` (unset): base URL of the exchange's spot REST API
       (``https://api.binance.com``, ``https://data-api.binance.vision``, or the replay exchange's
@@ -85,9 +85,9 @@ class BffSettings(MeshTlsSettings):
       /v2/coin/symbol``, ``DELETE /v2/user/profile``); ``BFF_WS_TICKET_RATE_PER_USER`` (``30/minute``):
       ``POST /v2/user/ws-ticket`` per user. Beyond them: 429 with Retry-After.
     - ``BFF_PUBLIC_RATE_PER_ADDRESS`` (``300/minute``): requests per client address to the routes that need no
-      credentials (``GET /v1/instruments``, ``GET /openapi.json``; not ``/healthz``, which probes call);
-      ``BFF_WS_UPGRADE_RATE_PER_ADDRESS`` (``60/minute``): WebSocket upgrades per client address, failed ones
-      included. Beyond them: 429 with Retry-After.
+      credentials (``GET /v1/instruments[/{symbol}]``, ``GET /openapi.json``; not ``/healthz``, which probes
+      call); ``BFF_WS_UPGRADE_RATE_PER_ADDRESS`` (``60/minute``): WebSocket upgrades per client address,
+      failed ones included. Beyond them: 429 with Retry-After.
     - ``BFF_HEADER_TIMEOUT_S`` (``10``): a new connection must deliver its first request's whole head (request
       line and headers) this long after it opens, or it is answered 408 and closed.
     - ``BFF_KEEPALIVE_TIMEOUT_S`` (``75``): a kept-alive connection must deliver the whole head of its next

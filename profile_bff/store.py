@@ -11,8 +11,8 @@ Profile database, schema in ``profile_bff/migrations`` (Alembic, version table `
   to a request sent with an ``Idempotency-Key`` (``status`` NULL while it is being processed).
 
 Redis (docs/CONTRACTS.md, "Redis"): key ``price:<symbol>`` holds the latest SecondStat JSON; channel
-``<symbol>`` carries each new one; channel ``bff:portfolio`` carries ``{"user_id": n}`` after any change to
-a user's portfolio.
+``<symbol>`` carries each new one; hash ``ticker:24h`` holds each symbol's 24 h ticker JSON; channel
+``bff:portfolio`` carries ``{"user_id": n}`` after any change to a user's portfolio.
 """
 
 from __future__ import annotations
@@ -49,11 +49,13 @@ from profile_bff.errors import (
     StoreUnavailable,
 )
 from profile_bff.portfolio import InvalidSecondStat, Price, parse_second_stat
+from profile_bff.search import InvalidTicker, Ticker, parse_ticker
 
 log = get_logger(__name__)
 
 PORTFOLIO_CHANNEL = "bff:portfolio"
 PRICE_KEY_PREFIX = "price:"
+TICKER_KEY = "ticker:24h"
 TICKET_KEY_PREFIX = "bff:ws-ticket:"
 #: An Idempotency-Key reservation unanswered this long (s) was left by a process that died mid-request: every
 #: request bounds its own waits (database 5 s, aggregator 3 s, Redis 2 s) far below it.
@@ -457,6 +459,9 @@ class MarketBus:
         self._subscriber = aioredis.Redis.from_url(
             redis_url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
         )
+        #: The tickers of the last :meth:`tickers` read by their JSON: a symbol whose ticker has not changed
+        #: since (the exchange sends only the tickers that changed) is not parsed again.
+        self._parsed_tickers: dict[bytes, Ticker] = {}
 
     async def close(self) -> None:
         """Close both connection pools."""
@@ -486,6 +491,55 @@ class MarketBus:
             except InvalidSecondStat as exc:
                 log.warning("malformed_price_key", symbol=symbol, error=str(exc))
         return prices
+
+    async def tickers(self) -> dict[str, Ticker]:
+        """Every symbol's 24 h ticker (hash ``ticker:24h``, one ``HGETALL``: ~2,000 entries of ~250 bytes);
+        malformed values are skipped, and logged once per read."""
+        try:
+            values = await self._commands.hgetall(TICKER_KEY)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+        tickers, malformed, parsed = {}, {}, {}
+        previous = self._parsed_tickers
+        for raw_symbol, value in values.items():
+            symbol = raw_symbol.decode(errors="replace")
+            ticker = previous.get(value)
+            if ticker is None:
+                try:
+                    ticker = parse_ticker(value)
+                except InvalidTicker as exc:
+                    malformed[symbol] = str(exc)
+                    continue
+            tickers[symbol] = parsed[value] = ticker
+        self._parsed_tickers = parsed
+        if malformed:
+            symbol, error = next(iter(malformed.items()))
+            log.warning("malformed_tickers", count=len(malformed), symbol=symbol, error=error)
+        return tickers
+
+    async def market_of(self, symbol: str) -> tuple[Ticker | None, Price | None]:
+        """``symbol``'s 24 h ticker and latest SecondStat price (``None`` where there is none), in one round
+        trip; malformed values are logged and taken as absent."""
+        try:
+            async with self._commands.pipeline(transaction=False) as pipe:
+                pipe.hget(TICKER_KEY, symbol)
+                pipe.get(PRICE_KEY_PREFIX + symbol)
+                ticker_value, price_value = await pipe.execute()
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+        price = None
+        if price_value is not None:
+            try:
+                price = parse_second_stat(price_value)
+            except InvalidSecondStat as exc:
+                log.warning("malformed_price_key", symbol=symbol, error=str(exc))
+        ticker = None
+        if ticker_value is not None:
+            try:
+                ticker = parse_ticker(ticker_value)
+            except InvalidTicker as exc:
+                log.warning("malformed_tickers", count=1, symbol=symbol, error=str(exc))
+        return ticker, price
 
     async def issue_ticket(self, ticket: str, claims_json: bytes, ttl_s: int) -> None:
         """Store a one-time WebSocket ticket (key ``bff:ws-ticket:<ticket>``, expiring after ``ttl_s``)."""

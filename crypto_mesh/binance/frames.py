@@ -163,8 +163,8 @@ class MalformedTicker(ValueError):
 @dataclass(frozen=True, slots=True)
 class MiniTicker:
     """One ``24hrMiniTicker`` event of one symbol: ``event_time_ms`` its ``E`` (exchange Unix ms), ``symbol``
-    lowercase, ``close``/``open``/``high``/``low`` its ``c``/``o``/``h``/``l`` as exact decimals (≥ 0).
-    The volumes ``v`` and ``q`` are not read."""
+    lowercase, ``close``/``open``/``high``/``low`` its ``c``/``o``/``h``/``l`` and ``volume``/``quote_volume``
+    its 24 h base and quote volumes ``v``/``q``, as exact decimals (≥ 0)."""
 
     event_time_ms: int
     symbol: str
@@ -172,6 +172,8 @@ class MiniTicker:
     open: Decimal
     high: Decimal
     low: Decimal
+    volume: Decimal
+    quote_volume: Decimal
 
 
 def parse_mini_ticker_frame(raw: bytes | str) -> tuple[list[MiniTicker], int]:
@@ -241,6 +243,8 @@ def _mini_ticker(element: Any) -> MiniTicker:
         open=_decimal(element, "o", "nonnegative", MalformedTicker),
         high=_decimal(element, "h", "nonnegative", MalformedTicker),
         low=_decimal(element, "l", "nonnegative", MalformedTicker),
+        volume=_decimal(element, "v", "nonnegative", MalformedTicker),
+        quote_volume=_decimal(element, "q", "nonnegative", MalformedTicker),
     )
 
 

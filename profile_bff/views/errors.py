@@ -41,6 +41,7 @@ from profile_bff.errors import (
 )
 from profile_bff.instruments import NotTrading, UnknownSymbol
 from profile_bff.portfolio import InvalidQuantity
+from profile_bff.search import InvalidCursor
 from profile_bff.tokens import KeysUnavailable
 
 log = get_logger(__name__)
@@ -97,6 +98,8 @@ DOMAIN_ERRORS: dict[type[Exception], ErrorMapping] = {
     InvalidQuantity: _own_message(422, "invalid_quantity"),
     UnknownSymbol: _own_message(422, "unknown_symbol"),
     NotTrading: _own_message(422, "symbol_not_trading"),
+    # instrument search
+    InvalidCursor: _own_message(422, "invalid"),
     CoinAlreadyHeld: _coin_already_held,
     CoinLimitReached: _coin_limit_reached,
     CoinNotHeld: _own_message(404, "coin_not_held"),

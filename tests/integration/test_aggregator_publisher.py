@@ -1,5 +1,6 @@
 """Publishing never stalls intake: the SecondStat publisher conflates while Redis is down, the Kafka buffer
-drops its oldest record when full."""
+drops its oldest record when full, and the 24 h ticker store keeps only the newest pending ticker of each
+symbol and never moves a stored one back in time."""
 
 from __future__ import annotations
 
@@ -16,8 +17,17 @@ from support.credentials import redis_acl_file, redis_user_url
 from support.polling import eventually
 
 from aggregator.secondstat import SecondStat
-from aggregator.store import StatPublisher, TickerProducer, connect_redis
-from aggregator.tickers import KafkaMsg
+from aggregator.store import (
+    TICKER_KEY,
+    TICKER_TIME_KEY,
+    StatPublisher,
+    TickerProducer,
+    TickerStore,
+    connect_redis,
+)
+from aggregator.tickers import KafkaMsg, day_ticker_json
+from crypto_mesh import jsonutil
+from crypto_mesh.binance import MiniTicker
 from launcher.embedded import ManagedProcess, redis_command
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from crypto_mesh.netutil import free_port
@@ -26,6 +36,13 @@ from crypto_mesh.netutil import free_port
 def stat(symbol: str, second: int, price: str = "100") -> SecondStat:
     p = Decimal(price)
     return SecondStat(symbol, second * 1000, p, p, p, p, Decimal(1), p, 1, second)
+
+
+def mini_ticker(symbol: str, event_time_ms: int, close: str = "61837.63000000") -> MiniTicker:
+    d = Decimal
+    return MiniTicker(
+        event_time_ms, symbol, d(close), d("60000.00"), d("62000.00"), d("59000.00"), d("1.5"), d("90000.75")
+    )
 
 
 @pytest.fixture
@@ -162,3 +179,68 @@ async def test_a_price_key_that_is_not_a_second_stat_is_replaced(redis_url):
         await asyncio.gather(task, return_exceptions=True)
         await client.aclose()
         await publisher_client.aclose()
+
+
+async def test_a_whole_market_frame_of_tickers_is_stored_and_an_older_ticker_never_replaces_one(redis_url):
+    run = uuid.uuid4().hex[:8]
+    symbols = [f"zz{run}{n:04d}" for n in range(2000)]
+    client = connect_redis(redis_url)
+    store_client = connect_redis(redis_user_url(redis_url, "aggregator"))
+    store = TickerStore(store_client)
+    task = asyncio.create_task(store.run())
+    try:
+        frame = [mini_ticker(symbol, 2000) for symbol in symbols]
+        store.submit(frame)
+        await eventually(lambda: store.written == 2000)
+        stored = await client.hmget(TICKER_KEY, symbols)
+        assert [orjson.loads(value) for value in stored] == [
+            orjson.loads(jsonutil.dumps(day_ticker_json(ticker))) for ticker in frame
+        ]
+        assert await client.hmget(TICKER_TIME_KEY, symbols[:2]) == [b"2000", b"2000"]
+
+        # An older ticker, the same one again (a retried round), a newer one.
+        first, second, third = symbols[:3]
+        store.submit(
+            [mini_ticker(first, 1000, "1"), mini_ticker(second, 2000, "2"), mini_ticker(third, 3000, "3")]
+        )
+        await eventually(lambda: store.written + store.stale == 2003)
+
+        assert (store.written, store.stale, store.failures) == (2001, 2, 0)
+        stored = await client.hmget(TICKER_KEY, [first, second, third])
+        assert [orjson.loads(value)["c"] for value in stored] == ["61837.63000000", "61837.63000000", "3"]
+        assert await client.hget(TICKER_TIME_KEY, third) == b"3000"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.hdel(TICKER_KEY, *symbols)
+        await client.hdel(TICKER_TIME_KEY, *symbols)
+        await client.aclose()
+        await store_client.aclose()
+
+
+async def test_while_redis_is_down_only_the_newest_ticker_of_each_symbol_waits_and_is_then_stored(late_redis):
+    url, start_redis = late_redis
+    client = connect_redis(url)
+    store = TickerStore(client)
+    task = asyncio.create_task(store.run())
+    try:
+        store.submit([mini_ticker("btcusdt", 1000, "1")])
+        await eventually(lambda: store.failures >= 1)
+        assert store.healthy is False
+
+        assert not inspect.iscoroutinefunction(TickerStore.submit)
+        for second in range(2, 6):
+            assert store.submit([mini_ticker("btcusdt", second * 1000, str(second))]) is None
+        store.submit([mini_ticker("ethusdt", 3000, "30"), mini_ticker("ethusdt", 2000, "20")])
+        assert store.pending() == 2 and store.written == 0
+
+        start_redis()
+        await eventually(lambda: store.written == 2)
+
+        stored = await client.hmget(TICKER_KEY, ["btcusdt", "ethusdt"])
+        assert [orjson.loads(value)["c"] for value in stored] == ["5", "30"]
+        assert store.pending() == 0 and store.healthy is True
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()

@@ -351,7 +351,9 @@ def mini_ticker(symbol: str, event_time: int, close: str, open_: str) -> dict:
     }
 
 
-async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs(agg_redis_url, kafka_bootstrap, serving):
+async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs_and_kept_in_redis_as_24h_tickers(
+    agg_redis_url, redis_client, kafka_bootstrap, serving
+):
     first, second = f"zz{uuid.uuid4().hex[:8]}usdt", f"zz{uuid.uuid4().hex[:8]}usdt"
     frame = orjson.dumps(
         {
@@ -379,6 +381,12 @@ async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs(agg_redis_url, ka
         aggregator(agg_redis_url, kafka_bootstrap, proxy_port) as (base, http),
     ):
         records = await consume(kafka_bootstrap, {first.encode(), second.encode()}, count=2)
+
+        async def stored_tickers() -> list[dict] | None:
+            values = await redis_client.hmget("ticker:24h", [first, second])
+            return None if None in values else [orjson.loads(value) for value in values]
+
+        tickers = await eventually(stored_tickers)
         async with http.get(f"{base}/v1/stats") as response:
             counters = await response.json()
 
@@ -399,6 +407,20 @@ async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs(agg_redis_url, ka
     assert by_symbol[first]["receive_time"] >= before_ms
     assert (by_symbol[second]["change_price"], by_symbol[second]["change_percent"]) == ("5", "0")
     assert counters["tickers"] == {"frames": 2, "malformed": 2, "records": 2}
+    assert tickers[0] == {
+        "s": first,
+        "E": 1723161256000,
+        "c": "61837.63",
+        "o": "60000.00",
+        "h": "70000.00",
+        "l": "50000.00",
+        "v": "10.5",
+        "q": "630000.25",
+        "change_price": "1837.63",
+        "change_percent": "3.06271667",
+    }
+    assert (tickers[1]["c"], tickers[1]["change_percent"]) == ("5", "0")
+    assert counters["ticker_store"]["written"] == 2 and counters["ticker_store"]["failures"] == 0
     assert counters["kafka"]["sent"] == 2 and counters["kafka"]["failed"] == 0
 
 

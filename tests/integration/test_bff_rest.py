@@ -1,5 +1,6 @@
 """The BFF's portfolio API beyond the basics, over real HTTP against real auth, PostgreSQL and Redis:
-symbols checked against the exchange's list, Idempotency-Key, the operation history, instrument search.
+symbols checked against the exchange's list, Idempotency-Key, the operation history, instrument search and
+one instrument (24 h tickers seeded in Redis as the aggregator writes them).
 
 The stack (``bff`` fixture) is tests/support/stacks.py's: auth, the fake aggregator and a BFF.
 """
@@ -8,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
+from decimal import Decimal
 
 import pytest
-from support.bff import COIN, error_of, second_stat
+from support.bff import COIN, error_of, new_symbol, second_stat
+from support.polling import eventually
 from support.databases import execute_sql
 from support.stacks import serve_stack
+
+from crypto_mesh import jsonutil
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +210,8 @@ async def test_instrument_search_needs_no_login_and_answers_type_assets_status_a
         "status": "TRADING",
         "price": "61837.63",
         "price_time": "2100-01-01T00:00:00.000Z",
+        "change_percent": None,
+        "quote_volume": None,
     }
     assert len(found) <= 5 and all("btcusdt" in instrument["symbol"] for instrument in found)
 
@@ -227,6 +235,151 @@ async def test_instrument_search_bounds_its_query_and_limit(bff):
         async with bff.http.get(f"{bff.url}/v1/instruments?{query}") as resp:
             assert resp.status == 422, query
             assert await error_of(resp) == "invalid"
+
+
+def symbol_block() -> tuple[str, list[str]]:
+    """Ten listed symbols no other test uses that are the only ones containing the returned query (their
+    common prefix, e.g. ``t1a2b3c001`` for ``t1a2b3c0010usdt`` … ``t1a2b3c0019usdt``)."""
+    symbol = new_symbol()
+    while symbol[-5] != "0":  # the last digit of the number before "usdt"
+        symbol = new_symbol()
+    block = [symbol] + [new_symbol() for _ in range(9)]
+    return symbol[:-5], block
+
+
+def ticker_json(symbol: str, event_ms: int, close: str, open_: str, quote_volume: str) -> bytes:
+    """A 24 h ticker JSON as the aggregator writes it into ``ticker:24h``."""
+    change = Decimal(close) - Decimal(open_)
+    percent = (change * 100 / Decimal(open_)).quantize(Decimal("1E-8"))
+    return jsonutil.dumps(
+        {
+            "s": symbol,
+            "E": event_ms,
+            "c": close,
+            "o": open_,
+            "h": close,
+            "l": open_,
+            "v": "12.5",
+            "q": quote_volume,
+            "change_price": change,
+            "change_percent": percent,
+        }
+    )
+
+
+async def get_json(bff, path: str) -> tuple[int, dict]:
+    async with bff.http.get(f"{bff.url}{path}") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_instrument_search_ranks_by_24h_quote_volume_and_pages_on_with_a_cursor(bff):
+    query, block = symbol_block()
+    volumes = {block[3]: "900.5", block[7]: "12000", block[1]: "900.50", block[5]: "0.1"}
+    await bff.redis.hset(
+        "ticker:24h",
+        mapping={s: ticker_json(s, 1723161256000, "2.5", "2", volume) for s, volume in volumes.items()},
+    )
+
+    async def ranked_with_the_tickers() -> dict | None:
+        # The BFF reads the tickers at most once a second: an earlier search may have read them just before.
+        status, page = await get_json(bff, f"/v1/instruments?q={query.upper()}&limit=4")
+        assert status == 200
+        return page if page["instruments"][0]["quote_volume"] is not None else None
+
+    first = await eventually(ranked_with_the_tickers)
+    status, rest = await get_json(bff, f"/v1/instruments?q={query}&limit=4&cursor={first['next_cursor']}")
+    assert status == 200
+
+    # By quote volume (equal volumes by symbol), then the instruments without a ticker by symbol.
+    without = sorted(set(block) - set(volumes))
+    ranked = [block[7], block[1], block[3], block[5], *without]
+    assert [i["symbol"] for i in first["instruments"]] == ranked[:4]
+    assert [i["symbol"] for i in rest["instruments"]] == ranked[4:8]
+    assert first["instruments"][0] == {
+        "symbol": block[7],
+        "type": "spot",
+        "base": block[7][:-4].upper(),
+        "quote": "USDT",
+        "status": "TRADING",
+        "price": "2.5",
+        "price_time": "2024-08-08T23:54:16.000Z",
+        "change_percent": "25.00000000",
+        "quote_volume": "12000",
+    }
+    assert rest["instruments"][0]["price"] is None and rest["instruments"][0]["quote_volume"] is None
+    status, last = await get_json(bff, f"/v1/instruments?q={query}&limit=4&cursor={rest['next_cursor']}")
+    assert [i["symbol"] for i in last["instruments"]] == ranked[8:] and last["next_cursor"] is None
+
+
+async def test_a_malformed_ticker_in_redis_is_skipped_and_the_others_still_shown(bff):
+    query, block = symbol_block()
+    await bff.redis.hset(
+        "ticker:24h",
+        mapping={block[0]: b"not json", block[1]: ticker_json(block[1], 1723161256000, "2", "2", "1")},
+    )
+
+    async def ranked_with_the_tickers() -> list | None:
+        _, page = await get_json(bff, f"/v1/instruments?q={query}&limit=2")
+        return page["instruments"] if page["instruments"][0]["quote_volume"] is not None else None
+
+    found = await eventually(ranked_with_the_tickers)
+    assert [(i["symbol"], i["quote_volume"]) for i in found] == [(block[1], "1"), (block[0], None)]
+
+
+async def test_a_cursor_of_another_query_or_not_given_by_the_search_is_unprocessable(bff):
+    _, page = await get_json(bff, "/v1/instruments?q=eth&limit=1")
+    for query in (f"q=btc&cursor={page['next_cursor']}", "q=eth&cursor=bm90IGEgY3Vyc29y", "cursor=%FF%FE"):
+        async with bff.http.get(f"{bff.url}/v1/instruments?{query}") as resp:
+            assert resp.status == 422, query
+            assert await error_of(resp) == "invalid"
+    status, again = await get_json(bff, f"/v1/instruments?q=ETH&limit=1&cursor={page['next_cursor']}")
+    assert status == 200 and again["instruments"][0]["symbol"] != page["instruments"][0]["symbol"]
+
+
+async def test_one_instrument_answers_its_whole_ticker_and_whether_the_mesh_has_live_data_of_it(bff):
+    # New symbols: the BFF caches an instrument for a second, and none of these was asked for before.
+    followed, stalled, unfollowed = new_symbol(), new_symbol(), new_symbol()
+    now_ms = time.time_ns() // 1_000_000
+    await bff.redis.hset("ticker:24h", followed, ticker_json(followed, now_ms - 5000, "0.99", "1.10", "7.5"))
+    await bff.redis.set(f"price:{followed}", second_stat(followed, "1.01", now_ms - now_ms % 1000))
+    await bff.redis.set(f"price:{stalled}", second_stat(stalled, "3", now_ms - 3_600_000))
+
+    status, live = await get_json(bff, f"/v1/instruments/{followed.upper()}")
+    assert status == 200
+    assert live["ticker"] == {
+        "close": "0.99",
+        "open": "1.10",
+        "high": "0.99",
+        "low": "1.10",
+        "volume": "12.5",
+        "quote_volume": "7.5",
+        "change_price": "-0.11",
+        "change_percent": "-10.00000000",
+        "event_time": live["ticker"]["event_time"],
+    }
+    # The latest second is newer than the ticker: its price is shown.
+    assert (live["price"], live["change_percent"], live["quote_volume"]) == ("1.01", "-10.00000000", "7.5")
+    assert live["live"] is True and live["last_second"] == live["price_time"]
+
+    status, stale = await get_json(bff, f"/v1/instruments/{stalled}")
+    assert status == 200 and stale["live"] is False and stale["ticker"] is None and stale["price"] == "3"
+    status, quiet = await get_json(bff, f"/v1/instruments/{unfollowed}")
+    assert status == 200 and quiet["live"] is None and quiet["last_second"] is None and quiet["price"] is None
+    async with bff.http.get(f"{bff.url}/v1/instruments/{followed}") as resp:
+        assert "no-store" not in resp.headers.get("Cache-Control", "")
+
+
+async def test_one_instrument_the_exchange_does_not_list_is_not_found_and_a_malformed_one_unprocessable(bff):
+    async with bff.http.get(f"{bff.url}/v1/instruments/nosuchusdt") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"] == {
+            "code": "unknown_symbol",
+            "message": "nosuchusdt is not listed by the exchange",
+        }
+    for symbol in ("b", "btc-usdt", "x" * 21):
+        async with bff.http.get(f"{bff.url}/v1/instruments/{symbol}") as resp:
+            assert resp.status == 422, symbol
+            assert await error_of(resp) == "invalid_symbol"
 
 
 async def test_deleting_the_profile_deletes_its_history(bff):

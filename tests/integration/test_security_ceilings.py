@@ -284,7 +284,7 @@ async def test_public_routes_beyond_the_per_address_rate_are_429_while_health_pr
         for path in ("/v1/instruments?q=btc", "/openapi.json", "/v1/instruments"):
             async with bff.http.get(f"{bff.url}{path}") as resp:
                 assert resp.status == 200
-        for path in ("/v1/instruments?q=eth", "/openapi.json"):
+        for path in ("/v1/instruments?q=eth", "/v1/instruments/btcusdt", "/openapi.json"):
             async with bff.http.get(f"{bff.url}{path}") as resp:
                 error = await assert_429_with_retry_after(resp)
         assert "this address" in error["message"]

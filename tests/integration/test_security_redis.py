@@ -18,7 +18,8 @@ from support.polling import eventually
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from aggregator.secondstat import SecondStat
-from aggregator.store import FollowerStore, StatPublisher, connect_redis
+from aggregator.store import FollowerStore, StatPublisher, TickerStore, connect_redis
+from crypto_mesh.binance import MiniTicker
 from launcher.embedded import ManagedProcess
 from launcher.mesh import REDIS_ACL_FILE, MeshSettings, build_plan
 from crypto_mesh.redisacl import acl_file_text, url_with_user, without_credentials
@@ -28,6 +29,7 @@ from profile_bff.store import MarketBus
 #: What each kind of key looks like (docs/CONTRACTS.md, "Redis").
 PRICE, TICKET, RATE_LIMIT = "price:btcusdt", "bff:ws-ticket:abc", "ratelimit:login:addr:203.0.113.7"
 FOLLOWERS = "aggregator:followers:btcusdt"
+TICKERS = "ticker:24h"
 #: redis-py's message for Redis's ``NOAUTH`` error (the prefix becomes the exception class).
 NOAUTH = "Authentication required"
 
@@ -47,6 +49,8 @@ def anonymous(redis_url: str) -> aioredis.Redis:
         ("GET", PRICE),
         ("MGET", PRICE),
         ("SET", PRICE, "{}"),
+        ("HGETALL", TICKERS),
+        ("HSET", TICKERS, "btcusdt", "{}"),
         ("SMEMBERS", "aggregator:symbols"),
         ("PUBLISH", "btcusdt", "{}"),
         ("KEYS", "*"),
@@ -101,9 +105,12 @@ async def test_the_aggregator_cannot_read_or_write_the_bffs_tickets_or_rate_limi
 @pytest.mark.parametrize(
     "command",
     [("SADD", FOLLOWERS, "user:1"), ("SREM", FOLLOWERS, "user:1"), ("SMEMBERS", "aggregator:symbols"),
-     ("KEYS", "*"), ("FLUSHDB",), ("CONFIG", "SET", "appendonly", "no"), ("ACL", "LIST")],
+     ("HSET", TICKERS, "btcusdt", "{}"), ("HDEL", TICKERS, "btcusdt"), ("KEYS", "*"), ("FLUSHDB",),
+     ("CONFIG", "SET", "appendonly", "no"), ("ACL", "LIST")],
 )
-async def test_the_bff_cannot_touch_the_aggregators_followers_nor_administer_redis(redis_url, command):
+async def test_the_bff_cannot_write_the_aggregators_followers_or_tickers_nor_administer_redis(
+    redis_url, command
+):
     client = aioredis.Redis.from_url(redis_user_url(redis_url, "bff"))
     try:
         with pytest.raises(NoPermissionError):
@@ -112,14 +119,16 @@ async def test_the_bff_cannot_touch_the_aggregators_followers_nor_administer_red
         await client.aclose()
 
 
-async def test_with_their_credentials_prices_tickets_followers_and_rate_limits_all_work(redis_url):
+async def test_with_their_credentials_prices_tickers_tickets_followers_and_rate_limits_all_work(redis_url):
     symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
     aggregator = connect_redis(redis_user_url(redis_url, "aggregator"))
     bff_url = redis_user_url(redis_url, "bff")
     bus = MarketBus(bff_url)
     bff = aioredis.Redis.from_url(bff_url)
     publisher = StatPublisher(aggregator)
+    ticker_store = TickerStore(aggregator)
     task = asyncio.create_task(publisher.run())
+    ticker_task = asyncio.create_task(ticker_store.run())
     pubsub = bus.pubsub()
     try:
         # The aggregator follows and publishes; the BFF hears the price and reads the latest one.
@@ -135,6 +144,13 @@ async def test_with_their_credentials_prices_tickets_followers_and_rate_limits_a
 
         await eventually(heard)
         assert (await bus.latest_prices([symbol]))[symbol].value == price
+        # The aggregator keeps the symbol's 24 h ticker; the BFF reads them all, and this one with its price.
+        one = Decimal(1)
+        ticker_store.submit([MiniTicker(5_000, symbol, price, one, price, one, one, price)])
+        await eventually(lambda: ticker_store.written == 1)
+        assert (await bus.tickers())[symbol].close == price
+        ticker, latest = await bus.market_of(symbol)
+        assert ticker is not None and ticker.quote_volume == price and latest is not None
         # The BFF's own keys: a single-use ticket, a portfolio notice, a rate-limit charge.
         ticket = uuid.uuid4().hex
         await bus.issue_ticket(ticket, b'{"sub": "1"}', ttl_s=30)
@@ -149,7 +165,8 @@ async def test_with_their_credentials_prices_tickets_followers_and_rate_limits_a
         assert await limiter.acquire(charge) == 0
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        ticker_task.cancel()
+        await asyncio.gather(task, ticker_task, return_exceptions=True)
         await pubsub.aclose()
         await bus.close()
         await bff.aclose()

@@ -1,7 +1,7 @@
 """The BFF's rules over the exchange's symbol list (profile_bff.instruments): only TRADING symbols may be
-added, the instrument search order, and what a fetch of the exchange's list does (apply it, or keep the last
-good one on failure, empty or garbage; what changed). Pure: the list is built in memory or read from the
-shipped snapshot, the fetched bodies are bytes."""
+added, any listed symbol may be looked up, and what a fetch of the exchange's list does (apply it, or keep the
+last good one on failure, empty or garbage; what changed). Pure: the list is built in memory or read from the
+shipped snapshot, the fetched bodies are bytes. The search order is test_bff_instrument_search.py's."""
 
 from __future__ import annotations
 
@@ -44,20 +44,11 @@ def test_a_trading_symbol_may_be_added_and_others_are_refused_with_their_reason(
         listed.require_trading("nopeusdt")
 
 
-def test_search_lists_the_exact_match_then_prefix_matches_then_the_others_each_by_symbol():
-    listed = instruments(
-        ("wethusdt", "TRADING"), ("ethbusdt", "TRADING"), ("ethusdt", "BREAK"), ("ethausdt", "TRADING")
-    )
+def test_any_listed_symbol_is_found_whatever_its_status():
+    listed = instruments(("btcusdt", "TRADING"), ("bccusdt", "BREAK"))
 
-    assert [found.symbol for found in listed.search("ETHUSDT", 10)] == ["ethusdt", "wethusdt"]
-    assert [found.symbol for found in listed.search("eth", 10)] == [
-        "ethausdt",
-        "ethbusdt",
-        "ethusdt",
-        "wethusdt",
-    ]
-    assert [found.symbol for found in listed.search("eth", 2)] == ["ethausdt", "ethbusdt"]
-    assert listed.search("xrp", 10) == []
+    assert listed.get("bccusdt") == Instrument("bccusdt", "BCC", "USDT", "BREAK", "spot")
+    assert listed.get("nopeusdt") is None
 
 
 def test_the_shipped_snapshot_loads_every_listed_symbol_as_a_spot_instrument():

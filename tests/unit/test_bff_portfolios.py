@@ -1,5 +1,5 @@
-"""The BFF's portfolio use cases, Idempotency-Key rules and instrument search, without transport
-(profile_bff/portfolios.py, profile_bff/idempotency.py, profile_bff/search.py).
+"""The BFF's portfolio use cases and Idempotency-Key rules, without transport (profile_bff/portfolios.py,
+profile_bff/idempotency.py; the instrument search is tests/unit/test_bff_instrument_search.py's).
 
 The ports are in-memory fakes written here (a profile database, the aggregator's followers, Redis's prices
 and change notices, auth's user deletion) that keep one journal of the side effects, in the order they
@@ -35,7 +35,6 @@ from profile_bff.idempotency import Idempotency, fingerprint, parse_key
 from profile_bff.instruments import Instrument, Instruments, NotTrading, UnknownSymbol
 from profile_bff.portfolio import InvalidQuantity, Price
 from profile_bff.portfolios import Coin, Portfolios
-from profile_bff.search import CACHE_S, InstrumentSearch
 from profile_bff.store import HistoryEntry, Holdings, StoredAnswer
 
 USER = 7
@@ -182,12 +181,10 @@ class Market:
     journal: list[tuple]
     prices: dict[str, Price] = field(default_factory=dict)
     down: bool = False
-    reads: int = 0
 
     async def latest_prices(self, symbols: Iterable[str]) -> dict[str, Price]:
         if self.down:
             raise StoreUnavailable("redis unavailable")
-        self.reads += 1
         return {symbol: self.prices[symbol] for symbol in symbols if symbol in self.prices}
 
     async def publish_portfolio_change(self, user_id: int) -> None:
@@ -580,28 +577,6 @@ def test_requests_differing_in_method_path_or_body_have_different_fingerprints()
     assert len({base, *others}) == 3
     # Length prefixes: moving a byte from the path to the body is another request.
     assert fingerprint("POST", "/a", b"b") != fingerprint("POST", "/", b"ab")
-
-
-# -- instrument search -------------------------------------------------------------------------------------
-
-
-async def test_a_search_is_answered_from_its_cache_for_a_second_then_read_again():
-    journal: list[tuple] = []
-    market = Market(journal, prices={"ethusdt": Price(Decimal("3000.5"), 1723161601000)})
-    now = [100.0]
-    search = InstrumentSearch(INSTRUMENTS, market, clock=lambda: now[0])
-
-    quotes = await search.search("ETH", 10)
-    assert [(q.instrument.symbol, q.price) for q in quotes] == [
-        ("ethbtc", None),
-        ("ethusdt", Price(Decimal("3000.5"), 1723161601000)),
-    ]
-    now[0] += CACHE_S / 2
-    assert await search.search("eth", 10) == quotes
-    assert market.reads == 1
-    now[0] += CACHE_S
-    await search.search("eth", 10)
-    assert market.reads == 2
 
 
 async def _never_answered() -> StoredAnswer:

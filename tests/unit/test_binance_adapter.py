@@ -270,6 +270,8 @@ def test_a_written_mini_ticker_has_binances_fields_and_reads_back_exactly():
                     open=Decimal("61837.63000000"),
                     high=Decimal("61837.63000000"),
                     low=Decimal("61837.63000000"),
+                    volume=Decimal("0.02000000"),
+                    quote_volume=Decimal("1236.7526000000000000"),
                 )
             ],
             0,
@@ -289,13 +291,15 @@ def test_malformed_mini_ticker_elements_are_skipped_and_counted():
             "junk",
             {**good, "E": True},
             {**good, "e": "24hrTicker"},
+            {key: value for key, value in good.items() if key != "q"},
+            {**good, "v": 1.5},
         ],
     }
 
     tickers, rejected = binance.parse_mini_ticker_frame(orjson.dumps(frame))
 
     assert [ticker.symbol for ticker in tickers] == ["btcusdt", "ethusdt"]
-    assert rejected == 6
+    assert rejected == 8
 
 
 @pytest.mark.parametrize(
