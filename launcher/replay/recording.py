@@ -18,6 +18,7 @@ the recording.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,19 @@ def load_recording(path: Path) -> Recording:
         id_span=id_span,
         trade_streams=trade_streams,
     )
+
+
+def trade_stream_kinds(paths: Iterable[Path]) -> dict[str, str]:
+    """Per symbol of the recordings at ``paths``, the kind of its trade stream a replay of them serves:
+    ``"trade"`` if any of them has the symbol's ``@trade`` frames, else ``"aggTrade"`` (the rule of
+    :attr:`Recording.trade_streams`, across recordings). Each recording is loaded, so the errors are those of
+    :func:`load_recording`."""
+    kinds: dict[str, str] = {}
+    for path in paths:
+        for symbol, stream in load_recording(path).trade_streams.items():
+            if kinds.get(symbol) != TRADE:
+                kinds[symbol] = binance.split_stream(stream)[1]
+    return kinds
 
 
 @dataclass(frozen=True, slots=True)
