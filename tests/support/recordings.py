@@ -64,8 +64,7 @@ def as_recorded(
     """Map a published SecondStat back to its recorded (symbol, second) and fields through the replay's
     ``timeline`` (its entry of ``GET /replay/v1/info``), ``earliest`` being the recording's first second;
     ``kinds``: the trade stream kind the SecondStats of each symbol come from (default ``trade``)."""
-    offset = stat["t"] - timeline["time_shift_ms"] - earliest
-    loop, within = divmod(offset, timeline["loop_span_ms"])
+    loop, second = recorded_second(stat["t"], timeline, earliest)
     symbol = stat["s"]
     id_field = ID_FIELD[(kinds or {}).get(symbol, "trade")]
     fields = {
@@ -78,7 +77,14 @@ def as_recorded(
         "q": Decimal(stat["q"]),
         "n": stat["n"],
     }
-    return (symbol, earliest + within), fields
+    return (symbol, second), fields
+
+
+def recorded_second(replayed_ms: int, timeline: dict, earliest: int) -> tuple[int, int]:
+    """``(loop, recorded second ms)`` of the replayed second ``replayed_ms`` (a SecondStat's ``t``), through
+    the replay's ``timeline``, ``earliest`` being the recording's first second."""
+    loop, within = divmod(replayed_ms - timeline["time_shift_ms"] - earliest, timeline["loop_span_ms"])
+    return loop, earliest + within
 
 
 def write_mixed_recording(path: Path, agg_trade_recording: Path, trade_recording: Path) -> Path:
