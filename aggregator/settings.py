@@ -61,8 +61,8 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     - ``TRADE_STREAM_BY_SYMBOL`` (empty): exceptions to ``TRADE_STREAM``, ``symbol=kind`` comma-separated
       (``dotusdt=aggTrade,btcusdt=trade``). A replayed recording has one kind or the other per symbol:
       ``crypto-mesh up`` sets this from the recording it plays.
-    - ``STALE_STREAM_S`` (60): a followed symbol whose trade stream carries no frame for that long is logged
-      (``trade_stream_stale``, naming the stream) and counted (:mod:`aggregator.watchdog`).
+    - ``STALE_STREAM_S`` (60, at least 0.1): a followed symbol whose trade stream carries no frame for that
+      long is logged (``trade_stream_stale``, naming the stream) and counted (:mod:`aggregator.watchdog`).
     - ``WINDOW_GRACE_MS`` (1000): how long after the end of a second, with no trade of a later second, its
       window is closed and published.
     - ``KAFKA_ENABLE_IDEMPOTENCE`` (true): idempotent producer; the embedded broker (Tansu, memory storage)
@@ -83,7 +83,7 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     kafka_bootstrap_servers: str = Field(min_length=1)
     trade_stream: TradeStreamKind = TRADE
     trade_stream_by_symbol: Annotated[dict[str, TradeStreamKind], NoDecode] = Field(default_factory=dict)
-    stale_stream_s: float = Field(default=60.0, gt=0, le=86_400)
+    stale_stream_s: float = Field(default=60.0, ge=0.1, le=86_400)
     window_grace_ms: int = Field(default=1000, ge=0, le=60_000)
     kafka_enable_idempotence: bool = True
 
