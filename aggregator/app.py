@@ -9,7 +9,8 @@ Routes (docs/CONTRACTS.md, "Aggregator control HTTP"):
   "followers": n}], "released": [...]}``: sets the follower's whole symbol set (rebuild from the portfolios)
 - ``GET /v1/symbols`` → ``200 {"symbols": [{"symbol", "followers": n}]}``
 - ``GET /metrics`` → Prometheus text format (:mod:`aggregator.metrics`)
-- ``GET /v1/stats`` → ``200 {"trades": {...}, "publisher": {...}, "kafka": {...}, ...}`` (counters)
+- ``GET /v1/stats`` → ``200 {"trades": {...}, "publisher": {...}, "kafka": {...}, ..., "tracked": [symbols],
+  "stale": [trade streams without a frame for AGGREGATOR_STALE_STREAM_S]}`` (counters)
 - ``GET /healthz`` → ``200 {"status": "ok", ...}`` or ``503 {"status": "starting"|"degraded", ...}``
 
 Every route but ``/healthz`` requires the service credential ``Authorization: Bearer <token>``
@@ -188,7 +189,8 @@ async def list_symbols(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """Counters since start."""
     service = request.app[SERVICE]
-    return _json({**service.counters(), "tracked": service.feeds.tracked()})
+    feeds = service.feeds
+    return _json({**service.counters(), "tracked": feeds.tracked(), "stale": sorted(feeds.watchdog.stale)})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,21 +1,28 @@
 """gRPC client streams from socket_proxy (proto/socket.proto): one ``StreamTrades`` call per tracked symbol,
-and one ``StreamMiniTickers`` call for the whole process.
+on the trade stream kind :class:`TradeStreams` gives it, and one ``StreamMiniTickers`` call for the whole
+process; and the watchdog of the trade streams (:mod:`aggregator.watchdog`).
 
 Each stream is a task that reconnects for as long as it is wanted: when a call ends or fails (socket_proxy
 restarted, ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED`` for a subscriber that fell behind) it is called again after
 an exponential backoff with full jitter, reset once frames flow again. Untracking a symbol cancels its task,
 which cancels the call, so socket_proxy can drop its upstream subscription.
+
+Every tracked symbol's trade stream is watched from the moment it is tracked: one that carries no frame for
+``AGGREGATOR_STALE_STREAM_S`` is logged as ``trade_stream_stale`` (warning) with its stream name, and as
+``trade_stream_resumed`` once frames come back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import grpc
 
 from aggregator.intake import TickerIntake, TradeIntake, now_ms
-from crypto_mesh.binance import AGG_TRADE, MINI_TICKER_ALL
+from aggregator.watchdog import StreamWatchdog, check_interval_s
+from crypto_mesh.binance import AGG_TRADE, MINI_TICKER_ALL, TRADE, trade_stream
 from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import SOCKET_PROXY, MeshTls
@@ -33,67 +40,100 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 5000),
 ]
 
+#: The request's kind of each trade stream kind.
+_REQUEST_KINDS = {TRADE: socket_pb2.TRADE_KIND_TRADE, AGG_TRADE: socket_pb2.TRADE_KIND_AGG_TRADE}
+
+
+@dataclass(frozen=True)
+class TradeStreams:
+    """Which trade stream each symbol is followed on: its kind in ``by_symbol`` (normalised symbol →
+    ``"trade"`` or ``"aggTrade"``, ``TRADE_STREAM_BY_SYMBOL``), else ``default`` (``TRADE_STREAM``)."""
+
+    default: str = TRADE
+    by_symbol: Mapping[str, str] = field(default_factory=dict)
+
+    def kind(self, symbol: str) -> str:
+        """``"trade"`` or ``"aggTrade"`` for ``symbol`` (normalised)."""
+        return self.by_symbol.get(symbol, self.default)
+
 
 class Feeds:
     """The aggregator's upstream: a gRPC channel to ``target`` over mutual TLS with ``tls`` (the aggregator's
     identity; the server must prove the ``socket_proxy`` identity) and the stream tasks on it.
 
-    ``trade_stream`` is ``"trade"`` or ``"aggTrade"`` (``TRADE_STREAM``). Trade frames go to
-    ``trades.on_frames``, mini-ticker frames to ``tickers.on_frames``. :meth:`track` and :meth:`untrack` are
-    idempotent and return at once.
+    ``streams`` says which trade stream each symbol is followed on. Trade frames go to ``trades.on_frames``,
+    mini-ticker frames to ``tickers.on_frames``; ``watchdog`` watches the trade streams (checked by a task
+    :meth:`start` starts). :meth:`track` and :meth:`untrack` are idempotent and return at once.
     """
 
     def __init__(
-        self, target: str, tls: MeshTls, trade_stream: str, trades: TradeIntake, tickers: TickerIntake
+        self,
+        target: str,
+        tls: MeshTls,
+        streams: TradeStreams,
+        trades: TradeIntake,
+        tickers: TickerIntake,
+        watchdog: StreamWatchdog,
     ) -> None:
         self._channel = tls_channel(target, tls, SOCKET_PROXY, options=CHANNEL_OPTIONS)
         self._stub = socket_pb2_grpc.SocketProxyStub(self._channel)
-        self._kind = (
-            socket_pb2.TRADE_KIND_AGG_TRADE if trade_stream == AGG_TRADE else socket_pb2.TRADE_KIND_TRADE
-        )
+        self._kinds = streams
         self._trades = trades
         self._tickers = tickers
-        self._streams: dict[str, asyncio.Task] = {}
-        self._mini_tickers: asyncio.Task | None = None
+        self.watchdog = watchdog
+        #: Tracked symbol → (its stream name, the task following it).
+        self._streams: dict[str, tuple[str, asyncio.Task]] = {}
+        self._background: list[asyncio.Task] = []
         self.reconnects = 0
 
     def start(self) -> None:
-        """Start the mini-ticker stream."""
-        if self._mini_tickers is None:
-            self._mini_tickers = asyncio.create_task(
-                self._follow(MINI_TICKER_ALL, self._open_mini_tickers, self._tickers.on_frames),
-                name="stream:miniTicker",
-            )
+        """Start the mini-ticker stream and the trade streams' watchdog."""
+        if not self._background:
+            self._background = [
+                asyncio.create_task(
+                    self._follow(MINI_TICKER_ALL, self._open_mini_tickers, self._tickers.on_frames),
+                    name="stream:miniTicker",
+                ),
+                asyncio.create_task(self._watch(), name="stream-watchdog"),
+            ]
 
     def track(self, symbol: str) -> None:
-        """Stream ``symbol``'s trades (``symbol`` already normalised)."""
+        """Stream ``symbol``'s trades (``symbol`` already normalised) on its kind of trade stream."""
         if symbol in self._streams:
             return
-        request = socket_pb2.TradeStreamRequest(symbol=symbol, kind=self._kind)
+        kind = self._kinds.kind(symbol)
+        stream = trade_stream(symbol, kind)
+        request = socket_pb2.TradeStreamRequest(symbol=symbol, kind=_REQUEST_KINDS[kind])
+        watchdog = self.watchdog
+        watchdog.watch(stream, now_ms())
 
         def on_frames(frames, received_ms: int) -> None:
+            watchdog.frame(stream, received_ms)
             self._trades.on_frames(symbol, frames, received_ms)
 
-        self._streams[symbol] = asyncio.create_task(
+        task = asyncio.create_task(
             self._follow(
-                symbol,
+                stream,
                 lambda: self._stub.StreamTrades(request),
                 on_frames,
                 on_end=lambda: self._trades.interrupt(symbol),
             ),
-            name=f"stream:{symbol}",
+            name=f"stream:{stream}",
         )
-        log.info("symbol_tracked", symbol=symbol)
+        self._streams[symbol] = (stream, task)
+        log.info("symbol_tracked", symbol=symbol, stream=stream)
 
     async def untrack(self, symbol: str) -> None:
         """Stop streaming ``symbol`` and drop its window state (its open second is not published)."""
-        task = self._streams.pop(symbol, None)
-        if task is None:
+        tracked = self._streams.pop(symbol, None)
+        if tracked is None:
             return
+        stream, task = tracked
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        self.watchdog.unwatch(stream)
         self._trades.forget(symbol)
-        log.info("symbol_untracked", symbol=symbol)
+        log.info("symbol_untracked", symbol=symbol, stream=stream)
 
     def tracked(self) -> list[str]:
         """Symbols being streamed, sorted."""
@@ -104,16 +144,27 @@ class Feeds:
         return self._channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
 
     async def close(self) -> None:
-        """Cancel every stream and close the channel."""
-        tasks = list(self._streams.values())
-        if self._mini_tickers is not None:
-            tasks.append(self._mini_tickers)
+        """Cancel every stream and the watchdog, and close the channel."""
+        tasks = [task for _stream, task in self._streams.values()] + self._background
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for stream, _task in self._streams.values():
+            self.watchdog.unwatch(stream)
         self._streams.clear()
-        self._mini_tickers = None
+        self._background = []
         await self._channel.close()
+
+    async def _watch(self) -> None:
+        """Check the trade streams' silence forever (cancel to stop), logging each change."""
+        watchdog = self.watchdog
+        while True:
+            await asyncio.sleep(check_interval_s(watchdog.stale_after_ms))
+            went_stale, resumed = watchdog.check(now_ms())
+            for silence in went_stale:
+                log.warning("trade_stream_stale", stream=silence.stream, silent_s=silence.silent_ms / 1000)
+            for silence in resumed:
+                log.info("trade_stream_resumed", stream=silence.stream, silent_s=silence.silent_ms / 1000)
 
     def _open_mini_tickers(self):
         return self._stub.StreamMiniTickers(socket_pb2.MiniTickerStreamRequest())

@@ -16,8 +16,10 @@ Series (prefix ``aggregator_``), counters: ``trade_frames_total{outcome}`` with 
 ``ticker_frames_total``, ``ticker_malformed_total``, ``redis_tickers_written_total`` (24 h tickers stored),
 ``redis_tickers_stale_total`` (refused as not newer), ``redis_ticker_write_failures_total``,
 ``kafka_sent_total``, ``kafka_failed_total``, ``kafka_dropped_total`` (overflow policy ``drop_oldest``),
-``upstream_reconnects_total``; gauges ``redis_pending``, ``redis_tickers_pending`` (symbols whose ticker
-waits), ``kafka_queue_depth``, ``tracked_symbols``, ``window_symbols`` (symbols with window state).
+``upstream_reconnects_total``, ``stale_stream_periods_total`` (times a followed symbol's trade stream went
+stale, :mod:`aggregator.watchdog`); gauges ``redis_pending``, ``redis_tickers_pending`` (symbols whose ticker
+waits), ``kafka_queue_depth``, ``tracked_symbols``, ``window_symbols`` (symbols with window state),
+``stale_streams`` (followed trade streams stale now).
 """
 
 from __future__ import annotations
@@ -116,6 +118,11 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
         "gRPC streams from socket_proxy called again.",
         lambda service: service.feeds.reconnects,
     ),
+    counter(
+        "stale_stream_periods",
+        "Times a followed symbol's trade stream went without a frame for AGGREGATOR_STALE_STREAM_S.",
+        lambda service: service.feeds.watchdog.periods,
+    ),
     gauge(
         "redis_pending", "SecondStats waiting to be published.", lambda service: service.publisher.pending()
     ),
@@ -131,6 +138,11 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
     ),
     gauge(
         "tracked_symbols", "Symbols streamed from socket_proxy.", lambda service: len(service.feeds.tracked())
+    ),
+    gauge(
+        "stale_streams",
+        "Followed symbols' trade streams without a frame for AGGREGATOR_STALE_STREAM_S, now.",
+        lambda service: len(service.feeds.watchdog.stale),
     ),
     gauge(
         "window_symbols", "Symbols with one-second window state.", lambda service: len(service.trades.windows)

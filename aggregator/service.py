@@ -11,12 +11,13 @@ import asyncio
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from aggregator.feeds import Feeds
+from aggregator.feeds import Feeds, TradeStreams
 from aggregator.intake import TickerIntake, TradeIntake, counters_json
 from aggregator.second_topic import SecondProducer, fan_out
 from aggregator.secondstat import SecondWindows
 from aggregator.settings import AggregatorSettings
 from aggregator.store import FollowerStore, StatPublisher, TickerProducer, TickerStore, connect_redis
+from aggregator.watchdog import StreamWatchdog
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import MeshTls
 from crypto_mesh.retry import retrying
@@ -57,7 +58,12 @@ class AggregatorService:
         self.ticker_store = TickerStore(self.redis)
         self.tickers = TickerIntake(self.kafka.submit, self.ticker_store.submit)
         self.feeds = Feeds(
-            settings.socket_proxy_target, tls, settings.trade_stream, self.trades, self.tickers
+            settings.socket_proxy_target,
+            tls,
+            TradeStreams(settings.trade_stream, settings.trade_stream_by_symbol),
+            self.trades,
+            self.tickers,
+            StreamWatchdog(round(settings.stale_stream_s * 1000)),
         )
         self.followers_loaded = False
         # Serialises follower changes with the stream they start or stop, so a PUT racing the DELETE of the
@@ -155,7 +161,11 @@ class AggregatorService:
                 "dropped": self.seconds.dropped,
                 "pending": self.seconds.pending(),
             },
-            "upstream": {"reconnects": self.feeds.reconnects},
+            "upstream": {
+                "reconnects": self.feeds.reconnects,
+                "stale_streams": len(self.feeds.watchdog.stale),
+                "stale_stream_periods": self.feeds.watchdog.periods,
+            },
         }
 
     async def flush(self, timeout_s: float) -> None:

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Literal
 
-from pydantic import Field, FilePath, SecretStr
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, FilePath, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from crypto_mesh.binance import AGG_TRADE, TRADE, normalize_symbol
 from crypto_mesh.kafka import KafkaClientSettings
 from crypto_mesh.settings import MeshTlsSettings
+
+#: A Binance trade stream kind: ``<symbol>@trade`` (one frame per trade) or ``<symbol>@aggTrade``.
+TradeStreamKind = Literal["trade", "aggTrade"]
+
+
+def parse_trade_stream_by_symbol(text: str) -> dict[str, str]:
+    """``"dotusdt=aggTrade, btcusdt=trade"`` → ``{"dotusdt": "aggTrade", "btcusdt": "trade"}`` (symbols
+    normalised; an empty text is an empty map). Raises ValueError for an entry without ``=``, a bad symbol,
+    a kind other than ``trade`` / ``aggTrade`` or a symbol given twice."""
+    kinds: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        symbol, equals, kind = (item.strip() for item in entry.partition("="))
+        if not equals:
+            raise ValueError(f"{entry[:64]!r} is not symbol=kind")
+        if kind not in (TRADE, AGG_TRADE):
+            raise ValueError(f"{kind[:32]!r} is not a trade stream kind ({TRADE} or {AGG_TRADE})")
+        symbol = normalize_symbol(symbol)
+        if symbol in kinds:
+            raise ValueError(f"{symbol} is given twice")
+        kinds[symbol] = kind
+    return kinds
+
+
+def format_trade_stream_by_symbol(kinds: Mapping[str, str]) -> str:
+    """The ``TRADE_STREAM_BY_SYMBOL`` text of ``kinds`` (symbol → kind), sorted by symbol: the inverse of
+    :func:`parse_trade_stream_by_symbol`."""
+    return ",".join(f"{symbol}={kinds[symbol]}" for symbol in sorted(kinds))
 
 
 class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
@@ -27,7 +56,13 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     - ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``,
       ``KAFKA_SASL_PASSWORD_FILE``: how the producers authenticate (:class:`crypto_mesh.kafka.KafkaClientSettings`;
       default ``PLAINTEXT``, none).
-    - ``TRADE_STREAM`` (``trade`` or ``aggTrade``, default ``trade``): which Binance trade stream is windowed.
+    - ``TRADE_STREAM`` (``trade`` or ``aggTrade``, default ``trade``): which Binance trade stream of a symbol
+      is windowed; the live exchange has both for every symbol.
+    - ``TRADE_STREAM_BY_SYMBOL`` (empty): exceptions to ``TRADE_STREAM``, ``symbol=kind`` comma-separated
+      (``dotusdt=aggTrade,btcusdt=trade``). A replayed recording has one kind or the other per symbol:
+      ``crypto-mesh up`` sets this from the recording it plays.
+    - ``STALE_STREAM_S`` (60, at least 0.1): a followed symbol whose trade stream carries no frame for that
+      long is logged (``trade_stream_stale``, naming the stream) and counted (:mod:`aggregator.watchdog`).
     - ``WINDOW_GRACE_MS`` (1000): how long after the end of a second, with no trade of a later second, its
       window is closed and published.
     - ``KAFKA_ENABLE_IDEMPOTENCE`` (true): idempotent producer; the embedded broker (Tansu, memory storage)
@@ -46,6 +81,18 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     api_token_file: FilePath
     redis_url: SecretStr = Field(min_length=1)
     kafka_bootstrap_servers: str = Field(min_length=1)
-    trade_stream: Literal["trade", "aggTrade"] = "trade"
+    trade_stream: TradeStreamKind = TRADE
+    trade_stream_by_symbol: Annotated[dict[str, TradeStreamKind], NoDecode] = Field(default_factory=dict)
+    stale_stream_s: float = Field(default=60.0, ge=0.1, le=86_400)
     window_grace_ms: int = Field(default=1000, ge=0, le=60_000)
     kafka_enable_idempotence: bool = True
+
+    @field_validator("trade_stream_by_symbol", mode="before")
+    @classmethod
+    def _parse_trade_stream_by_symbol(cls, value: object) -> object:
+        return parse_trade_stream_by_symbol(value) if isinstance(value, str) else value
+
+    @field_validator("trade_stream_by_symbol")
+    @classmethod
+    def _normalize_symbols(cls, value: dict[str, str]) -> dict[str, str]:
+        return {normalize_symbol(symbol): kind for symbol, kind in value.items()}

@@ -26,6 +26,7 @@ import click
 
 from crypto_mesh import jsonutil
 from launcher.mesh import ETL_TOKEN_FILE, MeshSettings, build_plan, read_state, wait_ready, write_pending
+from launcher.replay.recording import RecordingError
 from crypto_mesh.servicecreds import bearer_header, read_token
 
 
@@ -52,7 +53,10 @@ def up() -> None:
         postgres = EmbeddedPostgres(data_dir / "postgres")
         postgres.start()
     try:
-        plan = build_plan(settings, postgres)
+        try:
+            plan = build_plan(settings, postgres)
+        except RecordingError as error:
+            raise click.ClickException(str(error)) from None
         pending = write_pending(plan)
         manager = Manager()
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}

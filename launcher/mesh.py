@@ -25,8 +25,11 @@ from grpc_health.v1 import health_pb2
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from aggregator.settings import format_trade_stream_by_symbol
 from crypto_mesh import binance, pki
 from launcher.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
+from launcher.replay.recording import trade_stream_kinds
+from launcher.replay.settings import recording_paths
 from crypto_mesh.grpc_tls import health_status
 from crypto_mesh.netutil import free_port, port_open
 from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user, without_credentials
@@ -194,7 +197,11 @@ def ensure_mesh_pki(data_dir: Path) -> Mapping[str, pki.TlsFiles]:
 
 def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> MeshPlan:
     """Choose ports and settings for every process. ``postgres`` is the started embedded server, or None when
-    ``settings.postgres_url`` names a real one."""
+    ``settings.postgres_url`` names a real one.
+
+    With the embedded replay exchange, the recordings of ``MESH_REPLAY_FILE`` are read here to tell the
+    aggregator which trade stream (``@trade`` or ``@aggTrade``) each of their symbols has; raises
+    :class:`launcher.replay.recording.RecordingError` (a ValueError) for one that cannot be replayed."""
     data_dir = settings.data_dir.resolve()
     logs = {"LOG_FORMAT": settings.log_format, "LOG_LEVEL": settings.log_level}
     processes: list[MeshProcess] = []
@@ -232,7 +239,12 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
 
     exchange = settings.exchange_url
     exchange_rest = settings.exchange_rest_url
+    # Aggregator settings that follow the exchange: which trade stream each recorded symbol has (the live
+    # exchange has both for every symbol, and the aggregator's default, @trade, serves it).
+    exchange_streams: dict[str, str] = {}
     if exchange is None:
+        kinds = trade_stream_kinds(recording_paths(settings.replay_file))
+        exchange_streams["trade_stream_by_symbol"] = format_trade_stream_by_symbol(kinds)
         port = free_port()
         exchange = f"ws://127.0.0.1:{port}"
         exchange_rest = f"http://127.0.0.1:{port}"
@@ -274,7 +286,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
                         kafka_bootstrap_servers=kafka,
                         # Tansu's memory storage refuses InitProducerId; message_id deduplicates downstream.
                         kafka_enable_idempotence=str(not kafka_is_tansu).lower(),
-                        **tls[pki.AGGREGATOR].settings()),
+                        **exchange_streams, **tls[pki.AGGREGATOR].settings()),
         ),
         MeshProcess(
             "etl",

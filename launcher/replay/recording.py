@@ -7,7 +7,9 @@ as plain text or gzip (recognised by its magic bytes ``1f 8b``).
 A replayed frame of loop ``k`` (k = 0, 1, ...) is the recorded one with
 
 * ``E`` (event time, ms) and ``T`` (trade time, ms) + ``time_shift_ms`` + k × ``loop_span_ms``;
-* trade id ``t``, aggregate id ``a`` and first/last trade ids ``f``/``l`` + k × ``id_span[symbol]``;
+* trade id ``t`` + k × ``id_span[symbol]["t"]``, aggregate id ``a`` + k × ``id_span[symbol]["a"]`` and
+  first/last trade ids ``f``/``l`` + k × ``id_span[symbol]["f"]``, so each kind of id keeps increasing with no
+  gap from one loop to the next (as on the exchange, where a skipped id means a lost trade);
 * every other field, prices and quantities included, unchanged (the same JSON strings).
 
 ``time_shift_ms`` and ``loop_span_ms`` are whole seconds, so the one-second windows of the replay are those of
@@ -16,6 +18,7 @@ the recording.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,11 @@ from typing import Any
 from crypto_mesh import binance, jsonutil
 from crypto_mesh.binance import AGG_TRADE, ID_FIELDS, TIME_FIELDS, TRADE
 from crypto_mesh.decimals import DecimalFieldError, parse_decimal
+
+
+#: The id range each id field belongs to: ``f`` and ``l`` (first and last trade id of an aggregate trade)
+#: number the same trades, so they share one range; trade ids ``t`` and aggregate ids ``a`` have their own.
+ID_GROUPS = {"t": "t", "a": "a", "f": "f", "l": "f"}
 
 
 class RecordingError(ValueError):
@@ -46,17 +54,18 @@ class Recording:
 
     ``frames``: in file order. ``first_event_ms``: ``E`` of the first frame (the playback origin).
     ``loop_span_ms``: whole seconds, from the second of the earliest ``E``/``T`` to one second past the second of
-    the latest, so consecutive loops never share a second. ``id_span``: per lowercase symbol, the largest
-    ``max − min + 1`` among its trade ids ``t``, aggregate ids ``a`` and trade ids ``f``/``l``, so that every id
-    keeps increasing from one loop to the next. ``trade_streams``: per symbol, the stream whose trades feed its
-    mini-ticker (``@trade`` if recorded, else ``@aggTrade``).
+    the latest, so consecutive loops never share a second. ``id_span``: per lowercase symbol and id group
+    (:data:`ID_GROUPS`: ``t`` trade ids, ``a`` aggregate ids, ``f`` the trade ids ``f``/``l`` of aggregate
+    trades), ``max − min + 1`` of its recorded ids, so that each keeps increasing, with no gap, from one loop
+    to the next. ``trade_streams``: per symbol, the stream whose trades feed its mini-ticker (``@trade`` if
+    recorded, else ``@aggTrade``).
     """
 
     path: Path
     frames: tuple[RecordedFrame, ...]
     first_event_ms: int
     loop_span_ms: int
-    id_span: dict[str, int]
+    id_span: dict[str, dict[str, int]]
     trade_streams: dict[str, str]
 
 
@@ -128,9 +137,7 @@ def load_recording(path: Path) -> Recording:
             if key in data:
                 if not _is_int(data[key]):
                     raise RecordingError(f"{where}: id {key} must be an integer")
-                # f and l number the same trades, so they share one range.
-                group = "f" if key == "l" else key
-                bounds = id_ranges.setdefault((symbol, group), [data[key], data[key]])
+                bounds = id_ranges.setdefault((symbol, ID_GROUPS[key]), [data[key], data[key]])
                 bounds[0] = min(bounds[0], data[key])
                 bounds[1] = max(bounds[1], data[key])
         if kind in (TRADE, AGG_TRADE):
@@ -142,9 +149,9 @@ def load_recording(path: Path) -> Recording:
         frames.append(RecordedFrame(stream=stream, symbol=symbol, data=data, event_ms=data["E"]))
     if not frames or earliest is None or latest is None:
         raise RecordingError(f"{path}: recording has no frame")
-    id_span: dict[str, int] = {}
-    for (symbol, _group), (low, high) in id_ranges.items():
-        id_span[symbol] = max(id_span.get(symbol, 0), high - low + 1)
+    id_span: dict[str, dict[str, int]] = {}
+    for (symbol, group), (low, high) in sorted(id_ranges.items()):
+        id_span.setdefault(symbol, {})[group] = high - low + 1
     trade_streams = {
         symbol: binance.trade_stream(symbol, TRADE if TRADE in found else AGG_TRADE)
         for symbol, found in kinds.items()
@@ -157,6 +164,19 @@ def load_recording(path: Path) -> Recording:
         id_span=id_span,
         trade_streams=trade_streams,
     )
+
+
+def trade_stream_kinds(paths: Iterable[Path]) -> dict[str, str]:
+    """Per symbol of the recordings at ``paths``, the kind of its trade stream a replay of them serves:
+    ``"trade"`` if any of them has the symbol's ``@trade`` frames, else ``"aggTrade"`` (the rule of
+    :attr:`Recording.trade_streams`, across recordings). Each recording is loaded, so the errors are those of
+    :func:`load_recording`."""
+    kinds: dict[str, str] = {}
+    for path in paths:
+        for symbol, stream in load_recording(path).trade_streams.items():
+            if kinds.get(symbol) != TRADE:
+                kinds[symbol] = binance.split_stream(stream)[1]
+    return kinds
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +206,10 @@ class Timeline:
             if key in data:
                 data[key] += delta
         if loop:
-            id_delta = loop * self.recording.id_span.get(frame.symbol, 0)
+            spans = self.recording.id_span.get(frame.symbol, {})
             for key in ID_FIELDS:
                 if key in data:
-                    data[key] += id_delta
+                    data[key] += loop * spans[ID_GROUPS[key]]
         return data
 
     def info(self) -> dict[str, Any]:
@@ -198,5 +218,5 @@ class Timeline:
             "file": str(self.recording.path),
             "time_shift_ms": self.time_shift_ms,
             "loop_span_ms": self.recording.loop_span_ms,
-            "id_span": dict(self.recording.id_span),
+            "id_span": {symbol: dict(spans) for symbol, spans in self.recording.id_span.items()},
         }

@@ -15,6 +15,15 @@ from crypto_mesh.settings import ServiceSettings
 DEFAULT_RECORDING = binance.DEFAULT_RECORDING
 
 
+def recording_paths(text: str) -> tuple[Path, ...]:
+    """The paths of a comma-separated list of recordings (``REPLAY_FILES``, ``MESH_REPLAY_FILE``); ValueError
+    if it names none."""
+    paths = tuple(Path(part.strip()) for part in text.split(",") if part.strip())
+    if not paths:
+        raise ValueError("REPLAY_FILES names no file")
+    return paths
+
+
 class ReplaySettings(ServiceSettings):
     """``REPLAY_HOST`` (127.0.0.1), ``REPLAY_PORT`` (9443; 0 picks a free port), ``REPLAY_FILES`` (comma-separated
     paths of recordings in the canonical format, plain or gzip; default: the shipped trade recording),
@@ -35,9 +44,4 @@ class ReplaySettings(ServiceSettings):
     @field_validator("files", mode="before")
     @classmethod
     def _split_files(cls, value: object) -> object:
-        if isinstance(value, str):
-            paths = tuple(Path(part.strip()) for part in value.split(",") if part.strip())
-            if not paths:
-                raise ValueError("REPLAY_FILES names no file")
-            return paths
-        return value
+        return recording_paths(value) if isinstance(value, str) else value

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gzip
 import time
 from collections import defaultdict
 from contextlib import AsyncExitStack
-from decimal import Decimal
-from pathlib import Path
 from typing import NamedTuple
 
 import aiohttp
@@ -24,6 +21,7 @@ from support import polling
 import pytest
 import redis.asyncio as redis
 from support.credentials import service_headers
+from support.recordings import as_recorded, recorded_seconds
 from support.stacks import exchange_and_proxy, serve_aggregator
 
 from crypto_mesh.metrics import parse_samples
@@ -96,62 +94,13 @@ async def put_symbols(base: str, follower: str, symbols: list[str]) -> dict:
         return await response.json()
 
 
-def expected_seconds(recording: Path) -> tuple[int, dict[tuple[str, int], dict]]:
-    """The independent computation: per (symbol, recorded second), the SecondStat fields straight from the
-    recorded frames. Also returns the recording's first second (ms), the origin of its loops."""
-    trades = defaultdict(list)
-    earliest = None
-    with gzip.open(recording) as lines:
-        for line in lines:
-            data = orjson.loads(line)["data"]
-            second = data["T"] - data["T"] % 1000
-            trades[(data["s"].lower(), second)].append(data)
-            first = min(data["T"], data["E"]) // 1000 * 1000
-            earliest = first if earliest is None else min(earliest, first)
-    expected = {}
-    for key, second_trades in trades.items():
-        second_trades.sort(key=lambda d: d["t"])
-        quantities = [Decimal(d["q"]) for d in second_trades]
-        expected[key] = {
-            "p": Decimal(second_trades[-1]["p"]),
-            "i": second_trades[-1]["t"],
-            "o": Decimal(second_trades[0]["p"]),
-            "h": max(Decimal(d["p"]) for d in second_trades),
-            "l": min(Decimal(d["p"]) for d in second_trades),
-            "v": sum(quantities, Decimal(0)),
-            "q": sum(
-                (Decimal(d["p"]) * q for d, q in zip(second_trades, quantities, strict=True)), Decimal(0)
-            ),
-            "n": len(second_trades),
-        }
-    return earliest, expected
-
-
-def as_recorded(stat: dict, timeline: dict, earliest: int) -> tuple[tuple[str, int], dict]:
-    """Map a published SecondStat back to its recorded second and ids through the replay's timeline."""
-    offset = stat["t"] - timeline["time_shift_ms"] - earliest
-    loop, within = divmod(offset, timeline["loop_span_ms"])
-    symbol = stat["s"]
-    fields = {
-        "p": Decimal(stat["p"]),
-        "i": stat["i"] - loop * timeline["id_span"][symbol],
-        "o": Decimal(stat["o"]),
-        "h": Decimal(stat["h"]),
-        "l": Decimal(stat["l"]),
-        "v": Decimal(stat["v"]),
-        "q": Decimal(stat["q"]),
-        "n": stat["n"],
-    }
-    return (symbol, earliest + within), fields
-
-
 # --- tests ---------------------------------------------------------------------------------------------------
 
 
 async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_recording_exactly(
     redis_url, clean_dbs, kafka_bootstrap, trade_recording
 ):
-    earliest, expected = expected_seconds(trade_recording)
+    earliest, expected = recorded_seconds(trade_recording)
     listener = redis.from_url(redis_url)
     pubsub = listener.pubsub()
     await pubsub.subscribe(*SYMBOLS)

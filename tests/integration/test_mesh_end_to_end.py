@@ -1,12 +1,13 @@
 """The whole mesh, started by the README's command (`crypto-mesh up`), driven as a user drives it.
 
 The replay exchange plays the shipped recording of real Binance trades; every price the BFF pushes must be the
-price of the last trade (highest trade id) of its second in that file, computed here independently.
+price of the last trade (highest trade id) of its second in that file, computed independently
+(:func:`support.recordings.recorded_seconds`). A second mesh plays the shipped ``@aggTrade`` recording, as
+the README invites, with no other setting.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -15,6 +16,8 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +26,7 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.recordings import recorded_second, recorded_seconds
 
 from crypto_mesh.grpc_tls import channel_credentials, health_status
 from crypto_mesh.netutil import free_port, port_open
@@ -42,23 +46,16 @@ CRYPTO_MESH = str(Path(sys.executable).parent / "crypto-mesh")
 READY_TIMEOUT_S = 180
 
 
-def last_trade_price_per_second(recording: Path) -> dict[tuple[str, int], tuple[int, Decimal]]:
-    """(symbol, second start ms) → (trade id, price) of the trade with the highest id whose T is in that second."""
-    closes: dict[tuple[str, int], tuple[int, Decimal]] = {}
-    with gzip.open(recording, "rt") as lines:
-        for line in lines:
-            data = json.loads(line)["data"]
-            key = (data["s"].lower(), data["T"] // 1000 * 1000)
-            if key not in closes or data["t"] > closes[key][0]:
-                closes[key] = (data["t"], Decimal(data["p"]))
-    return closes
+def second_of(price_time: str) -> int:
+    """A ``PriceTimes`` value (RFC 3339 UTC) as Unix ms."""
+    return int(datetime.fromisoformat(price_time.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
-    """A running mesh on its embedded defaults; yields (state dict, environment). Stopped with SIGINT (Ctrl-C)."""
-    data_dir = tmp_path_factory.mktemp("mesh")
-    env = {**os.environ, "MESH_DATA_DIR": str(data_dir), "MESH_BFF_PORT": str(free_port())}
+@contextmanager
+def running_mesh(data_dir: Path, **variables: str) -> Iterator[tuple[dict, dict, subprocess.Popen, Path]]:
+    """`crypto-mesh up` in ``data_dir`` with ``variables`` (``MESH_*``) over the embedded defaults, until
+    ready; yields (state dict, environment, process, log path). Stopped with SIGINT (Ctrl-C)."""
+    env = {**os.environ, "MESH_DATA_DIR": str(data_dir), "MESH_BFF_PORT": str(free_port()), **variables}
     log_path = data_dir / "up.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen([CRYPTO_MESH, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -80,55 +77,83 @@ def mesh(tmp_path_factory):
             raise
 
 
-async def test_a_user_watches_the_portfolio_value_follow_the_recorded_trades(mesh, trade_recording):
-    state, _env, _process, _log = mesh
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    """A running mesh on its embedded defaults (:func:`running_mesh`)."""
+    with running_mesh(tmp_path_factory.mktemp("mesh")) as running:
+        yield running
+
+
+async def register_and_login(http: aiohttp.ClientSession, bff: str, name: str) -> dict[str, str]:
+    """Register ``name`` and log in; returns the ``Authorization`` header of its access token."""
+    credentials = {"name": name, "password": "correct horse battery staple"}
+    async with http.post(f"{bff}/v1/register", json=credentials) as response:
+        assert response.status == 201, await response.text()
+    async with http.post(f"{bff}/v1/login", json=credentials) as response:
+        assert response.status == 200
+        body = await response.json()
+    assert "refresh_token" not in body
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+async def priced_profiles(http: aiohttp.ClientSession, state: dict, auth: dict, count: int) -> list[dict]:
+    """The first ``count`` profiles with prices pushed on the user's WebSocket (waits up to a minute)."""
+    updates = []
+    async with http.ws_connect(state["urls"]["websocket"], headers=auth) as socket:
+        deadline = time.monotonic() + 60
+        while len(updates) < count and time.monotonic() < deadline:
+            message = await socket.receive_json(timeout=30)
+            if message["Coins"]["Prices"]:
+                updates.append(message)
+    assert len(updates) >= count, updates
+    return updates
+
+
+async def hold_and_watch(
+    state: dict, name: str, quantities: dict[str, Decimal], count: int
+) -> tuple[dict, list[dict]]:
+    """As the README's journey: register ``name``, log in, add ``quantities`` (symbol → quantity) and watch
+    the WebSocket until ``count`` profiles with prices arrived. Returns (the replay's timeline, those
+    profiles)."""
     bff = state["urls"]["bff"]
-    credentials = {"name": "alice", "password": "correct horse battery staple"}
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{bff}/v1/register", json=credentials) as response:
-            assert response.status == 201, await response.text()
-        async with http.post(f"{bff}/v1/login", json=credentials) as response:
-            assert response.status == 200
-            body = await response.json()
-            assert "refresh_token" not in body
-            token = body["access_token"]
-        auth = {"Authorization": f"Bearer {token}"}
-        quantities = {"btcusdt": Decimal("1.5"), "ethusdt": Decimal("2.25")}
+        auth = await register_and_login(http, bff, name)
         for symbol, quantity in quantities.items():
             async with http.post(f"{bff}/v2/coin/symbol", headers=auth,
                                  json={"symbol": symbol.upper(), "quantity": str(quantity)}) as response:
                 assert response.status == 201, await response.text()
-
         async with http.get(state["urls"]["exchange_info"]) as response:
             replay = (await response.json())["recordings"][0]
+        return replay, await priced_profiles(http, state, auth, count)
 
-        updates = []
-        async with http.ws_connect(state["urls"]["websocket"], headers=auth) as socket:
-            deadline = time.monotonic() + 60
-            while len(updates) < 3 and time.monotonic() < deadline:
-                message = await socket.receive_json(timeout=30)
-                if message["Coins"]["Prices"]:
-                    updates.append(message)
 
-    assert len(updates) >= 3, updates
-    closes = last_trade_price_per_second(trade_recording)
-    first_second = min(second for _symbol, second in closes)
+def assert_priced_as_recorded(
+    profiles: list[dict], quantities: dict[str, Decimal], replay: dict, recording: Path, streams: set[str]
+) -> int:
+    """Every price of ``profiles`` is the close of its second in ``recording`` (of its trade stream in
+    ``streams``), every total exact; returns how many prices were checked."""
+    earliest, expected = recorded_seconds(recording, streams)
     checked = 0
-    for profile in updates:
+    for profile in profiles:
         coins = profile["Coins"]
         assert {k: Decimal(v) for k, v in coins["Quantities"].items()} == quantities
         total = Decimal(0)
         for symbol, price in coins["Prices"].items():
-            second = int(datetime.fromisoformat(coins["PriceTimes"][symbol].replace("Z", "+00:00")).timestamp() * 1000)
-            shifted = second - replay["time_shift_ms"]
-            loop = (shifted - first_second) // replay["loop_span_ms"]
-            recorded_second = shifted - loop * replay["loop_span_ms"]
-            assert Decimal(price) == closes[(symbol, recorded_second)][1], (symbol, recorded_second)
+            _loop, second = recorded_second(second_of(coins["PriceTimes"][symbol]), replay, earliest)
+            assert Decimal(price) == expected[(symbol, second)]["p"], (symbol, second)
             assert Decimal(coins["Totals"][symbol]) == quantities[symbol] * Decimal(price)
             total += Decimal(coins["Totals"][symbol])
             checked += 1
         assert Decimal(profile["Total"]) == total
-    assert checked >= 3
+    return checked
+
+
+async def test_a_user_watches_the_portfolio_value_follow_the_recorded_trades(mesh, trade_recording):
+    state, _env, _process, _log = mesh
+    quantities = {"btcusdt": Decimal("1.5"), "ethusdt": Decimal("2.25")}
+    replay, profiles = await hold_and_watch(state, "alice", quantities, 3)
+    streams = {"btcusdt@trade", "ethusdt@trade"}
+    assert assert_priced_as_recorded(profiles, quantities, replay, trade_recording, streams) >= 3
 
 
 def test_the_bff_takes_its_symbol_list_from_the_replay_exchange(mesh):
@@ -242,3 +267,20 @@ def test_ctrl_c_stops_every_process_of_the_mesh(mesh):
     etl_port = int(state["urls"]["etl"].rsplit(":", 1)[1])
     assert not port_open("127.0.0.1", bff_port) and not port_open("127.0.0.1", etl_port)
     assert not (Path(state["data_dir"]) / "mesh.json").exists()
+
+
+@pytest.fixture(scope="module")
+def agg_trade_mesh(tmp_path_factory, agg_trade_recording):
+    """A mesh replaying the shipped ``@aggTrade`` recording (``MESH_REPLAY_FILE``), with no other setting."""
+    with running_mesh(tmp_path_factory.mktemp("mesh"), MESH_REPLAY_FILE=str(agg_trade_recording)) as running:
+        yield running
+
+
+async def test_another_recording_of_aggregate_trades_prices_the_coins_it_has(
+    agg_trade_mesh, agg_trade_recording
+):
+    state, _env, _process, _log = agg_trade_mesh
+    quantities = {"dotusdt": Decimal("120")}
+    replay, profiles = await hold_and_watch(state, "dot", quantities, 2)
+    streams = {"dotusdt@aggTrade"}
+    assert assert_priced_as_recorded(profiles, quantities, replay, agg_trade_recording, streams) >= 2

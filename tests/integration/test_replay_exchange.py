@@ -153,7 +153,7 @@ async def test_each_loop_shifts_times_by_the_loop_span_and_ids_by_the_id_span(tm
     finally:
         await running.stop()
     entry = info["recordings"][0]
-    assert entry["loop_span_ms"] == 2000 and entry["id_span"] == {"btcusdt": 3}
+    assert entry["loop_span_ms"] == 2000 and entry["id_span"] == {"btcusdt": {"t": 3}}
     for trade in trades:
         loop, index = divmod(trade["t"] - 7, 3)
         original = lines[index]["data"]
@@ -283,8 +283,12 @@ async def test_several_recordings_play_side_by_side_each_on_its_own_timeline(
                 if frame["stream"] == "dotusdt@aggTrade"
             }
         trade_ids = [data["f"] for data in recorded.values()] + [data["l"] for data in recorded.values()]
-        # Aggregate ids and the trade ids they cover must both keep increasing: the larger span is used.
-        assert aggs_entry["id_span"]["dotusdt"] == max(trade_ids) - min(trade_ids) + 1
+        # Aggregate ids and the trade ids they cover must each keep increasing with no gap (a skipped
+        # aggregate id tells a subscriber that trades were lost): each has its own span.
+        assert aggs_entry["id_span"]["dotusdt"] == {
+            "a": max(recorded) - min(recorded) + 1,
+            "f": max(trade_ids) - min(trade_ids) + 1,
+        }
         assert aggs_entry["loop_span_ms"] % 1000 == 0 and aggs_entry["loop_span_ms"] >= 91_000
 
         async with connect(f"{running.url}/stream?streams=dotusdt@aggTrade/btcusdt@trade") as ws:
