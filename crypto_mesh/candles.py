@@ -12,15 +12,19 @@ A candle of an interval covers ``[open_time, open_time + interval)`` in exchange
 convention (Binance spot API, "Kline/Candlestick data"). Only periods with trades have a candle: there is no
 empty candle carrying the previous close, since the mesh stores only seconds with trades.
 
-Which candles a request selects (:class:`CandleRange`):
+Which candles a request selects (:class:`CandleRange`): a window of at most ``limit`` consecutive periods
+(1 to :data:`MAX_CANDLES`, default :data:`DEFAULT_LIMIT`) within the bounds ``start`` and ``end`` (Unix ms,
+inclusive, each optional) of the candles' open times (``start <= open_time <= end``: a candle that opened
+before ``start`` is not selected, as with Binance's ``startTime``):
 
-- ``start`` and ``end`` (Unix ms, inclusive, each optional) bound the candles' open times: a candle is
-  selected when ``start <= open_time <= end`` (so a candle that opened before ``start`` is not, as in
-  Binance's ``startTime``);
-- of those, at most ``limit`` (1 to :data:`MAX_CANDLES`, default :data:`DEFAULT_LIMIT`): the earliest ones
-  when ``start`` is given (paging forwards), else the latest ones (the newest candles, or those up to
-  ``end``: paging backwards);
-- answered oldest first, newest last.
+- without ``start``, the ``limit`` periods ending with the newest candle within the bounds (the newest
+  candles, or those up to ``end``: paging backwards);
+- with ``start``, the ``limit`` periods beginning with the oldest candle within the bounds (paging
+  forwards).
+
+The window counts periods, not candles: periods without trades have no candle, so an answer may hold fewer
+than ``limit``, and no query ever reads more than ``limit`` periods of data. Candles are answered oldest
+first, newest last.
 
 Refused (:class:`InvalidCandleQuery`, each with the ``code`` the HTTP answers carry): an interval other than
 those of :data:`INTERVALS` (``invalid_interval``); a time outside years 1970 to 9999 or ``start`` after
@@ -31,7 +35,7 @@ interval (``too_many_points``, naming the maximum).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -94,7 +98,7 @@ class CandleRange:
     """A checked selection of candles (see the module docstring); build it with :meth:`of`.
 
     ``interval``: the name (``"1m"``), ``interval_ms`` its length; ``start_ms``/``end_ms``: inclusive bounds
-    of the open times (Unix ms) or ``None``; ``limit``: the most candles selected.
+    of the open times (Unix ms) or ``None``; ``limit``: the most periods selected.
     """
 
     interval: str
@@ -131,7 +135,7 @@ class CandleRange:
 
     @property
     def latest(self) -> bool:
-        """Whether the latest candles are selected (no ``start``), rather than the earliest from ``start``."""
+        """Whether the window ends with the newest candle (no ``start``), not begins with the oldest."""
         return self.start_ms is None
 
     @property
@@ -150,12 +154,22 @@ class CandleRange:
         """Whether a candle opening at ``open_ms`` is within ``start``/``end``."""
         return self.first_open_ms <= open_ms < self.stop_ms
 
-    def select(self, candles: Sequence[T]) -> list[T]:
-        """What this selection keeps of ``candles`` (sorted oldest first, each within the bounds): the first
-        ``limit`` when ``start`` is given, else the last ``limit``."""
+    def window(self, anchor_ms: int) -> tuple[int, int]:
+        """The open times ``[from, to)`` this selection keeps, given ``anchor_ms``, the open time of the
+        newest candle within the bounds (without ``start``) or of the oldest one (with ``start``)."""
         if self.latest:
-            return list(candles[max(0, len(candles) - self.limit) :])
-        return list(candles[: self.limit])
+            earliest = anchor_ms - (self.limit - 1) * self.interval_ms
+            return max(self.first_open_ms, earliest), anchor_ms + self.interval_ms
+        return anchor_ms, min(self.stop_ms, anchor_ms + self.limit * self.interval_ms)
+
+    def select(self, candles: Sequence[T], open_ms: Callable[[T], int]) -> list[T]:
+        """What this selection keeps of ``candles`` (sorted oldest first; ``open_ms(candle)`` is a candle's
+        open time): those within the bounds, in the window anchored at the newest or the oldest of them."""
+        inside = [candle for candle in candles if self.holds(open_ms(candle))]
+        if not inside:
+            return []
+        low, high = self.window(open_ms(inside[-1] if self.latest else inside[0]))
+        return [candle for candle in inside if low <= open_ms(candle) < high]
 
 
 def _ceil_open_time(time_ms: int, interval: int) -> int:

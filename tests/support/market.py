@@ -118,8 +118,8 @@ def reference_sma(closes: list[Decimal], period: int) -> list[Decimal | None]:
 
 
 def reference_ema(closes: list[Decimal], period: int) -> list[Decimal | None]:
-    """EMA in exact fractions: the SMA of the first ``period`` closes, then ``EMA + a (C - EMA)`` with ``a = 2 /
-    (n + 1)``, never rounded but for the answer."""
+    """EMA in exact fractions: the SMA of the first ``period`` closes, then ``EMA + a (C - EMA)`` with
+    ``a = 2 / (n + 1)``, never rounded but for the answer."""
     alpha = Fraction(2, period + 1)
     values: list[Decimal | None] = [None] * len(closes)
     average = None

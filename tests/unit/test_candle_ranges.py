@@ -24,13 +24,31 @@ def test_open_times_are_multiples_of_the_interval_from_the_epoch_so_days_start_a
     assert open_time(1723161255123, 86_400_000) == 1723075200000  # 2024-08-08T00:00:00Z
 
 
-def test_without_start_the_latest_candles_are_kept_and_with_start_the_earliest():
-    candles = list(range(0, 10 * MINUTE, MINUTE))
-    assert CandleRange.of("1m", limit=3).select(candles) == candles[-3:]
-    assert CandleRange.of("1m", end_ms=5 * MINUTE, limit=3).select(candles) == candles[-3:]
-    assert CandleRange.of("1m", start_ms=0, limit=3).select(candles) == candles[:3]
-    assert CandleRange.of("1m", start_ms=0, end_ms=9 * MINUTE, limit=20).select(candles) == candles
+def minutes(*numbers: int) -> list[int]:
+    """Candles given by their open times: minutes ``numbers`` after the epoch."""
+    return [n * MINUTE for n in numbers]
+
+
+def itself(open_ms: int) -> int:
+    return open_ms
+
+
+def test_without_start_the_window_ends_with_the_newest_candle_and_with_start_begins_with_the_oldest():
+    candles = minutes(*range(10))
+    assert CandleRange.of("1m", limit=3).select(candles, itself) == minutes(7, 8, 9)
+    assert CandleRange.of("1m", end_ms=5 * MINUTE + 1, limit=3).select(candles, itself) == minutes(3, 4, 5)
+    assert CandleRange.of("1m", start_ms=1, limit=3).select(candles, itself) == minutes(1, 2, 3)
+    assert CandleRange.of("1m", start_ms=0, end_ms=9 * MINUTE, limit=20).select(candles, itself) == candles
     assert CandleRange.of("1m").limit == DEFAULT_LIMIT
+
+
+def test_the_window_counts_periods_so_periods_without_trades_leave_fewer_candles():
+    candles = minutes(0, 1, 5, 8, 9)
+    assert CandleRange.of("1m", limit=5).select(candles, itself) == minutes(5, 8, 9)
+    assert CandleRange.of("1m", start_ms=0, limit=5).select(candles, itself) == minutes(0, 1)
+    # The window is anchored at the oldest candle within the bounds, not at start.
+    assert CandleRange.of("1m", start_ms=2 * MINUTE, limit=4).select(candles, itself) == minutes(5, 8)
+    assert CandleRange.of("1m", start_ms=10 * MINUTE).select(candles, itself) == []
 
 
 def test_the_bounds_hold_the_candles_that_open_from_start_to_end_inclusive():

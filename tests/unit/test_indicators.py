@@ -60,7 +60,7 @@ def test_the_rsi_is_100_when_prices_only_rose_and_50_when_they_never_moved():
 
 
 def test_the_rsi_keeps_its_value_over_a_long_flat_stretch_as_a_stablecoin_has():
-    # One rise, one fall, then 900 closes unchanged: both averages shrink by (n-1)/n a step, their ratio stays.
+    # One rise, one fall, 900 closes unchanged: both averages shrink by (n-1)/n a step; their ratio stays.
     closes = [Decimal("1.0000"), Decimal("1.0002"), Decimal("1.0001")] + [Decimal("1.0001")] * 900
     values = indicators.rsi(closes, 2)
     assert values == reference_rsi(closes, 2)
@@ -69,7 +69,7 @@ def test_the_rsi_keeps_its_value_over_a_long_flat_stretch_as_a_stablecoin_has():
 
 def test_the_volatility_of_unchanged_closes_is_zero_and_is_not_annualised():
     assert indicators.volatility([Decimal(7)] * 5, 3)[3:] == [Decimal(0), Decimal(0)]
-    # ln(e^0.01) steps alternating: returns ±0.01 exactly around ln 100, sample stddev of [0.01, -0.01] is √2/100.
+    # Returns ln(1.01) and -ln(1.01): their sample standard deviation is ln(1.01)·√2 ≈ 0.014072.
     closes = [Decimal(100), Decimal(101), Decimal(100)]
     [value] = [v for v in indicators.volatility(closes, 2) if v is not None]
     assert abs(value - Decimal("0.01407")) < Decimal("0.00001")
