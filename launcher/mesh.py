@@ -283,6 +283,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
             service_env("BFF_", host=settings.bff_host, port=settings.bff_port, database_url=profile_db,
                         redis_url=redis_urls["bff"], auth_target=f"127.0.0.1:{auth_port}",
                         aggregator_url=f"http://127.0.0.1:{aggregator_port}", aggregator_token_file=aggregator_token,
+                        etl_url=f"http://127.0.0.1:{etl_port}", etl_token_file=etl_token,
                         # The embedded mesh serves plain HTTP on localhost, where a Secure cookie is never sent back.
                         cookie_secure="false", **tls[pki.PROFILE_BFF].settings()),
         ),

@@ -54,6 +54,10 @@ class Instruments:
     def __len__(self) -> int:
         return len(self._by_symbol)
 
+    def find(self, symbol: str) -> Instrument | None:
+        """The instrument of a normalised ``symbol``, whatever its status, or ``None`` if it is not listed."""
+        return self._by_symbol.get(symbol)
+
     def require_trading(self, symbol: str) -> Instrument:
         """The instrument of a normalised ``symbol``. Raises :class:`UnknownSymbol` or :class:`NotTrading`."""
         instrument = self._by_symbol.get(symbol)

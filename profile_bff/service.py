@@ -13,7 +13,8 @@ from aiohttp import web
 
 from profile_bff.accounts import Accounts
 from profile_bff.ceilings import Ceilings
-from profile_bff.clients import AggregatorClient, AuthClient
+from profile_bff.candles import MarketHistory
+from profile_bff.clients import AggregatorClient, AuthClient, EtlClient
 from profile_bff.connections import ConnectionManager
 from profile_bff.idempotency import Idempotency
 from profile_bff.portfolios import Portfolios
@@ -27,14 +28,15 @@ from profile_bff.tokens import AccessTokenVerifier
 @dataclass
 class Bff:
     """The BFF's parts, opened by :func:`open_bff`: its settings, adapters (profile database, Redis, auth,
-    aggregator), the socket manager, the limits, and the use cases the views call. The ``service`` of the
-    :class:`~crypto_mesh.service.Running` BFF."""
+    aggregator, ETL), the socket manager, the limits, and the use cases the views call. The ``service`` of
+    the :class:`~crypto_mesh.service.Running` BFF."""
 
     settings: BffSettings
     store: ProfileStore
     bus: MarketBus
     auth: AuthClient
     aggregator: AggregatorClient
+    etl: EtlClient
     verifier: AccessTokenVerifier
     manager: ConnectionManager
     ceilings: Ceilings
@@ -44,6 +46,7 @@ class Bff:
     portfolios: Portfolios
     idempotency: Idempotency
     search: InstrumentSearch
+    market: MarketHistory
 
     def require_store(self) -> ProfileStore:
         """The profile store once its schema is migrated; raises :class:`~profile_bff.errors.Starting`

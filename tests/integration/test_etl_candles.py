@@ -7,49 +7,21 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from support.etl import insert_seconds, read
-from support.market import (
-    INTERVAL_MS,
-    REFERENCE_INDICATORS,
-    recorded_secondstats,
-    recorded_trades,
-    reference_candles,
-)
+from support.etl import load_recordings, read
+from support.market import INTERVAL_MS, REFERENCE_INDICATORS, recorded_trades, reference_candles
+from support.stacks import serve_etl
 
-from support.credentials import service_token_file
-
-from etl.app import start
-from etl.settings import EtlSettings
-
-RECORDINGS = {
-    "trade 2024": ("trade_recording", ["btcusdt", "ethusdt"]),
-    "aggTrade 2021": ("agg_trade_recording", ["btcusdt", "ethusdt", "dotusdt"]),
-}
+#: The symbols of each shipped recording.
+RECORDINGS = {"trade 2024": ["btcusdt", "ethusdt"], "aggTrade 2021": ["btcusdt", "ethusdt", "dotusdt"]}
 
 
 @pytest.fixture(scope="module")
 async def etl(tmp_path_factory, kafka_bootstrap, trade_recording, agg_trade_recording):
     """A real ETL on its own chDB holding the SecondStats of both recordings, half of them inserted twice
     (a redelivery the insert token cannot recognise: the candles must not count them twice)."""
-    directory = tmp_path_factory.mktemp("candles") / "chdb"
-    settings = EtlSettings(
-        port=0,
-        api_token_file=service_token_file(),
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_group_id="etl-candles",
-        kafka_topic="tickers-candles",
-        kafka_second_topic="seconds-candles",
-        kafka_deadletter_topic="deadletter-candles",
-        clickhouse_url=f"chdb://{directory}",
-    )
-    running = await start(settings)
-    store = running.service.store
-    for recording in (trade_recording, agg_trade_recording):
-        stats = recorded_secondstats(recording)
-        await insert_seconds(store, stats, f"test:{recording.name}")
-        await insert_seconds(store, stats[: len(stats) // 2], f"test:{recording.name}:again")
-    yield running
-    await running.stop()
+    async with serve_etl(kafka_bootstrap, tmp_path_factory.mktemp("candles") / "chdb") as running:
+        await load_recordings(running.service.store, trade_recording, agg_trade_recording)
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +57,7 @@ def exact(candle: dict) -> dict:
 async def test_every_candle_of_every_interval_equals_the_candle_of_the_recorded_trades(
     etl, trades, recording, interval
 ):
-    _, symbols = RECORDINGS[recording]
+    symbols = RECORDINGS[recording]
     interval_ms = INTERVAL_MS[interval]
     first = min(trade.time_ms for trade in trades[recording])
     last = max(trade.time_ms for trade in trades[recording])

@@ -112,7 +112,7 @@ async def test_the_bff_cannot_touch_the_aggregators_followers_nor_administer_red
         await client.aclose()
 
 
-async def test_with_their_credentials_prices_tickets_followers_and_rate_limits_all_work(redis_url):
+async def test_with_their_credentials_prices_seconds_tickets_followers_and_rate_limits_all_work(redis_url):
     symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
     aggregator = connect_redis(redis_user_url(redis_url, "aggregator"))
     bff_url = redis_user_url(redis_url, "bff")
@@ -135,6 +135,7 @@ async def test_with_their_credentials_prices_tickets_followers_and_rate_limits_a
 
         await eventually(heard)
         assert (await bus.latest_prices([symbol]))[symbol].value == price
+        assert [second.close for second in await bus.recent_seconds(symbol)] == [price]
         # The BFF's own keys: a single-use ticket, a portfolio notice, a rate-limit charge.
         ticket = uuid.uuid4().hex
         await bus.issue_ticket(ticket, b'{"sub": "1"}', ttl_s=30)

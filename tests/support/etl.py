@@ -5,9 +5,11 @@ read API (``GET /v1/candles``, ``GET /v1/indicators``), behind the service crede
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 from support.credentials import service_headers
+from support.market import recorded_secondstats
 
 from aggregator.second_topic import second_record
 from aggregator.secondstat import SecondStat
@@ -59,3 +61,13 @@ async def insert_seconds(store: ClickHouseStore, stats: Sequence[SecondStat], to
     records (the same decoding, one columnar insert carrying ``token`` as its deduplication token)."""
     rows = [SECONDS.decode(jsonutil.dumps(second_record(stat))) for stat in stats]
     await store.insert(SECONDS, arrow_table(SECONDS, rows), token)
+
+
+async def load_recordings(store: ClickHouseStore, *recordings: Path) -> None:
+    """Insert the SecondStats of each recording (:func:`support.market.recorded_secondstats`), and the first
+    half of them once more in another batch: a redelivery the insert token cannot recognise, which no
+    candle may count twice."""
+    for recording in recordings:
+        stats = recorded_secondstats(recording)
+        await insert_seconds(store, stats, f"test:{recording.name}")
+        await insert_seconds(store, stats[: len(stats) // 2], f"test:{recording.name}:again")
