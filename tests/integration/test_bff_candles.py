@@ -10,16 +10,18 @@ from decimal import Decimal
 
 import pytest
 from support.etl import load_recordings
-from support.market import INTERVAL_MS, REFERENCE_INDICATORS, recorded_trades, reference_candles
+from support.market import (
+    INTERVAL_MS,
+    RECORDED_SYMBOLS,
+    REFERENCE_INDICATORS,
+    both_recordings,
+    reference_candles,
+)
 from support.stacks import serve_etl, serve_stack
 
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
 from crypto_mesh.netutil import free_port
-
-#: The symbols of each shipped recording.
-RECORDINGS = {"trade 2024": ["btcusdt", "ethusdt"], "aggTrade 2021": ["btcusdt", "ethusdt", "dotusdt"]}
-
 
 @pytest.fixture(scope="module")
 async def etl(tmp_path_factory, kafka_bootstrap, trade_recording, agg_trade_recording):
@@ -37,10 +39,7 @@ async def bff(postgres, redis_url, tmp_path_factory, etl):
 
 @pytest.fixture(scope="module")
 def trades(trade_recording, agg_trade_recording) -> dict[str, list]:
-    return {
-        "trade 2024": recorded_trades(trade_recording),
-        "aggTrade 2021": recorded_trades(agg_trade_recording),
-    }
+    return both_recordings(trade_recording, agg_trade_recording)
 
 
 def iso(unix_ms: int) -> str:
@@ -77,14 +76,14 @@ async def get(bff, path: str, **params) -> tuple[int, dict, dict]:
 
 
 @pytest.mark.parametrize("interval", sorted(INTERVAL_MS))
-@pytest.mark.parametrize("recording", sorted(RECORDINGS))
+@pytest.mark.parametrize("recording", sorted(RECORDED_SYMBOLS))
 async def test_every_candle_of_every_interval_equals_the_candle_of_the_recorded_trades(
     bff, trades, recording, interval
 ):
     interval_ms = INTERVAL_MS[interval]
     first = min(trade.time_ms for trade in trades[recording])
     last = max(trade.time_ms for trade in trades[recording])
-    for symbol in RECORDINGS[recording]:
+    for symbol in RECORDED_SYMBOLS[recording]:
         references = reference_candles(trades[recording], symbol, interval_ms)
         status, body, headers = await get(
             bff,

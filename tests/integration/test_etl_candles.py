@@ -8,12 +8,14 @@ from decimal import Decimal
 
 import pytest
 from support.etl import load_recordings, read
-from support.market import INTERVAL_MS, REFERENCE_INDICATORS, recorded_trades, reference_candles
+from support.market import (
+    INTERVAL_MS,
+    RECORDED_SYMBOLS,
+    REFERENCE_INDICATORS,
+    both_recordings,
+    reference_candles,
+)
 from support.stacks import serve_etl
-
-#: The symbols of each shipped recording.
-RECORDINGS = {"trade 2024": ["btcusdt", "ethusdt"], "aggTrade 2021": ["btcusdt", "ethusdt", "dotusdt"]}
-
 
 @pytest.fixture(scope="module")
 async def etl(tmp_path_factory, kafka_bootstrap, trade_recording, agg_trade_recording):
@@ -26,10 +28,7 @@ async def etl(tmp_path_factory, kafka_bootstrap, trade_recording, agg_trade_reco
 
 @pytest.fixture(scope="module")
 def trades(trade_recording, agg_trade_recording) -> dict[str, list]:
-    return {
-        "trade 2024": recorded_trades(trade_recording),
-        "aggTrade 2021": recorded_trades(agg_trade_recording),
-    }
+    return both_recordings(trade_recording, agg_trade_recording)
 
 
 def candle_of(reference, interval_ms: int) -> dict:
@@ -53,11 +52,11 @@ def exact(candle: dict) -> dict:
 
 
 @pytest.mark.parametrize("interval", sorted(INTERVAL_MS))
-@pytest.mark.parametrize("recording", sorted(RECORDINGS))
+@pytest.mark.parametrize("recording", sorted(RECORDED_SYMBOLS))
 async def test_every_candle_of_every_interval_equals_the_candle_of_the_recorded_trades(
     etl, trades, recording, interval
 ):
-    symbols = RECORDINGS[recording]
+    symbols = RECORDED_SYMBOLS[recording]
     interval_ms = INTERVAL_MS[interval]
     first = min(trade.time_ms for trade in trades[recording])
     last = max(trade.time_ms for trade in trades[recording])

@@ -22,6 +22,8 @@ from crypto_mesh.binance import parse_trade_frame
 
 #: Decimal places of every indicator value (rounded half-even), as docs/ANALYTICS.md documents them.
 INDICATOR_PLACES = 18
+#: The symbols of each shipped recording, by the name the tests give it.
+RECORDED_SYMBOLS = {"trade 2024": ["btcusdt", "ethusdt"], "aggTrade 2021": ["btcusdt", "ethusdt", "dotusdt"]}
 #: The intervals of the candle routes, in ms.
 INTERVAL_MS = {"1s": 1_000, "1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "1d": 86_400_000}
 
@@ -47,6 +49,15 @@ def recorded_trades(recording: Path) -> list[RecordedTrade]:
                 RecordedTrade(data["s"].lower(), trade_id, Decimal(data["p"]), Decimal(data["q"]), data["T"])
             )
     return trades
+
+
+def both_recordings(trade_recording: Path, agg_trade_recording: Path) -> dict[str, list[RecordedTrade]]:
+    """The trades of the shipped ``@trade`` (2024) and ``@aggTrade`` (2021) recordings, by the names of
+    :data:`RECORDED_SYMBOLS`."""
+    return {
+        "trade 2024": recorded_trades(trade_recording),
+        "aggTrade 2021": recorded_trades(agg_trade_recording),
+    }
 
 
 @dataclass(frozen=True)

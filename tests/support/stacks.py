@@ -1,7 +1,7 @@
 """Services started for a test, on free ports of 127.0.0.1, each an async context manager that stops what it
 started: auth, a BFF (alone, or with auth and the fake aggregator), a real aggregator, an ETL on chDB, and a
-replay exchange with a socket_proxy in front of it. The engines (PostgreSQL, Redis, Kafka) are the session's, from
-tests/conftest.py.
+replay exchange with a socket_proxy in front of it. The engines (PostgreSQL, Redis, Kafka) are the session's,
+from tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -146,24 +146,31 @@ async def serve_stack(
         yield running
 
 
+def etl_settings(kafka_bootstrap: str, clickhouse_url: str, **overrides) -> EtlSettings:
+    """The settings of an ETL on a free port, on ClickHouse ``clickhouse_url``, consuming topics and a group
+    of its own (one partition each, so that offsets read as record positions) from ``kafka_bootstrap``, its
+    API behind the session's service credential; ``overrides`` are further :class:`EtlSettings` fields."""
+    name = uuid.uuid4().hex[:8]
+    return EtlSettings(
+        **{
+            "port": 0,
+            "api_token_file": service_token_file(),
+            "kafka_bootstrap_servers": kafka_bootstrap,
+            "kafka_group_id": f"etl-{name}",
+            "kafka_topic": f"tickers-{name}",
+            "kafka_second_topic": f"seconds-{name}",
+            "kafka_deadletter_topic": f"deadletter-{name}",
+            "clickhouse_url": clickhouse_url,
+            **overrides,
+        }
+    )
+
+
 @asynccontextmanager
 async def serve_etl(kafka_bootstrap: str, directory: Path) -> AsyncIterator[Running[EtlService]]:
-    """A real ETL on a new chDB in ``directory`` (migrated when this yields), consuming topics and a group
-    of its own from ``kafka_bootstrap``, its API behind the session's service credential; yields the running
-    ETL (``.port``, ``.service.store``)."""
-    name = uuid.uuid4().hex[:8]
-    running = await start_etl(
-        EtlSettings(
-            port=0,
-            api_token_file=service_token_file(),
-            kafka_bootstrap_servers=kafka_bootstrap,
-            kafka_group_id=f"etl-{name}",
-            kafka_topic=f"tickers-{name}",
-            kafka_second_topic=f"seconds-{name}",
-            kafka_deadletter_topic=f"deadletter-{name}",
-            clickhouse_url=chdb_url(directory),
-        )
-    )
+    """A real ETL (:func:`etl_settings`) on a new chDB in ``directory``, migrated when this yields; yields the
+    running ETL (``.port``, ``.service.store``)."""
+    running = await start_etl(etl_settings(kafka_bootstrap, chdb_url(directory)))
     try:
         yield running
     finally:
