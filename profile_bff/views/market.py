@@ -9,15 +9,19 @@ strings, candles oldest first. Errors are the domain's (profile_bff/views/errors
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 
+from crypto_mesh import jsonutil
+
 from crypto_mesh.candles import CandleRange, InvalidLimit, InvalidRange
 from crypto_mesh.indicators import InvalidIndicator
-from profile_bff.candles import MarketHistory
+from profile_bff.candles import Candles, IndicatorSeries, MarketHistory
 from profile_bff.portfolio import decimal_text, rfc3339_ms
-from profile_bff.views.requests import json_response
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -61,11 +65,76 @@ def candle_range(request: web.Request) -> CandleRange:
     )
 
 
+def candles_json(found: Candles) -> dict[str, Any]:
+    """The ``.../candles`` answer of ``found``."""
+    interval_ms = found.selection.interval_ms
+    return {
+        "symbol": found.symbol,
+        "interval": found.selection.interval,
+        "candles": [
+            {
+                "open_time": rfc3339_ms(candle.open_time_ms),
+                "close_time": rfc3339_ms(candle.open_time_ms + interval_ms - 1),
+                "open": decimal_text(candle.open),
+                "high": decimal_text(candle.high),
+                "low": decimal_text(candle.low),
+                "close": decimal_text(candle.close),
+                "volume": decimal_text(candle.volume),
+                "quote_volume": decimal_text(candle.quote_volume),
+                "trades": candle.trades,
+            }
+            for candle in found.candles
+        ],
+    }
+
+
+def indicator_json(series: IndicatorSeries) -> dict[str, Any]:
+    """The ``.../indicators`` answer of ``series``."""
+    return {
+        "symbol": series.symbol,
+        "interval": series.selection.interval,
+        "name": series.name,
+        "period": series.period,
+        "points": [
+            {"open_time": rfc3339_ms(open_ms), "value": decimal_text(value)}
+            for open_ms, value in series.points
+        ],
+    }
+
+
+class EncodedAnswers:
+    """The JSON bodies of the latest answers, by the answer object they were written from.
+
+    :class:`MarketHistory` hands the same answer object to every request of the second it keeps it, and
+    writing 1,000 candles as JSON takes milliseconds of the event loop; so each answer is written once. An
+    entry holds its answer, so that the answer's ``id`` is not reused while the entry lives; at most
+    ``size`` entries, the oldest dropped first."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._bodies: OrderedDict[int, tuple[object, bytes]] = OrderedDict()
+
+    def body(self, answer: object, encode: Callable[[], Any]) -> bytes:
+        """The JSON of ``encode()``, written the first time ``answer`` is seen."""
+        entry = self._bodies.get(id(answer))
+        if entry is None or entry[0] is not answer:
+            entry = (answer, jsonutil.dumps(encode()))
+            self._bodies[id(answer)] = entry
+            while len(self._bodies) > self._size:
+                self._bodies.popitem(last=False)
+        return entry[1]
+
+
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
 class MarketViews:
     """The market-history routes over ``history``."""
 
     def __init__(self, history: MarketHistory) -> None:
         self._history = history
+        self._encoded = EncodedAnswers()
 
     async def candles(self, request: web.Request) -> web.Response:
         """``GET /v1/instruments/{symbol}/candles?interval=&start=&end=&limit=`` → ``200 {"symbol",
@@ -73,27 +142,7 @@ class MarketViews:
         "quote_volume", "trades"}]}``, oldest first, the newest current to the last closed second."""
         symbol = self._history.listed(request.match_info["symbol"])
         found = await self._history.candles(symbol, candle_range(request))
-        interval_ms = found.selection.interval_ms
-        return json_response(
-            {
-                "symbol": found.symbol,
-                "interval": found.selection.interval,
-                "candles": [
-                    {
-                        "open_time": rfc3339_ms(candle.open_time_ms),
-                        "close_time": rfc3339_ms(candle.open_time_ms + interval_ms - 1),
-                        "open": decimal_text(candle.open),
-                        "high": decimal_text(candle.high),
-                        "low": decimal_text(candle.low),
-                        "close": decimal_text(candle.close),
-                        "volume": decimal_text(candle.volume),
-                        "quote_volume": decimal_text(candle.quote_volume),
-                        "trades": candle.trades,
-                    }
-                    for candle in found.candles
-                ],
-            }
-        )
+        return _json(self._encoded.body(found, lambda: candles_json(found)))
 
     async def indicators(self, request: web.Request) -> web.Response:
         """``GET /v1/instruments/{symbol}/indicators?name=sma|ema|rsi|volatility&period=&interval=&start=&end=
@@ -107,15 +156,4 @@ class MarketViews:
             request.query.get("name", ""),
             _count_param(request, "period", InvalidIndicator),
         )
-        return json_response(
-            {
-                "symbol": series.symbol,
-                "interval": series.selection.interval,
-                "name": series.name,
-                "period": series.period,
-                "points": [
-                    {"open_time": rfc3339_ms(open_ms), "value": decimal_text(value)}
-                    for open_ms, value in series.points
-                ],
-            }
-        )
+        return _json(self._encoded.body(series, lambda: indicator_json(series)))

@@ -18,7 +18,7 @@ from profile_bff.candles import CACHE_S, MarketHistory
 from profile_bff.errors import EtlUnavailable, InstrumentNotFound, StoreUnavailable
 from profile_bff.instruments import Instrument, Instruments
 from profile_bff.portfolio import InvalidSecondStat
-from profile_bff.views.market import parse_time
+from profile_bff.views.market import EncodedAnswers, parse_time
 
 
 def candle(reference) -> Candle:
@@ -237,3 +237,17 @@ def test_other_times_are_refused_as_a_bad_range(raw):
     with pytest.raises(InvalidRange, match="start must be a time with its offset"):
         parse_time(raw, "start")
 
+
+
+def test_an_answer_served_again_is_written_as_json_once():
+    encoded, written = EncodedAnswers(size=2), []
+
+    def encode(value):
+        written.append(value)
+        return {"value": value}
+
+    first, second = CandlePage([], 1), CandlePage([], 1)  # equal, yet two answers
+    assert encoded.body(first, lambda: encode(1)) == b'{"value":1}'
+    assert encoded.body(first, lambda: encode(2)) == b'{"value":1}'
+    assert encoded.body(second, lambda: encode(3)) == b'{"value":3}'
+    assert written == [1, 3]
