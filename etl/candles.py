@@ -8,10 +8,10 @@ analytics client (read-only, within the ``ETL_SQL_*`` limits of :class:`etl.sql.
 Every interval is read from ``crypto.price_seconds FINAL`` (one row per symbol and second, exactly once):
 the seconds of the selected window grouped by the candle they belong to, open of the first second and close
 of the last, high and low the extremes, volumes and trade counts summed. The 1-minute rollup behind
-``crypto.candles_1m`` is not read here: merging its per-second ``maxMap`` states costs about 80 µs and 10 KB
-per minute, so 1,000 hourly candles (60,000 minutes) took 6 s and 1,000 daily ones went over the 1 GB query
-memory limit, while the same candles from the seconds took 0.1 s and 1 to 2 s (30 million seconds of one
-symbol in chDB, 2 threads).
+``crypto.candles_1m`` is not read here: merging its per-second ``maxMap`` states costs about 10 KB per minute,
+so 10,000 minutes took 0.6 s and 100,000 went over the 1 GB query memory limit, while from the seconds 1,000
+hourly candles took 0.1 to 0.3 s and the daily candles of 347 days 1 to 2 s (30 million seconds of one symbol
+in chDB, 2 threads; docs/ANALYTICS.md).
 
 Which candles are selected is :class:`crypto_mesh.candles.CandleRange`: the query first finds the newest
 (or, with ``start``, the oldest) second within the bounds, reading the table's primary key in order, and
