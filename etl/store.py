@@ -104,10 +104,6 @@ class ClickHouseStore:
         return self._analytics.connected
 
     @property
-    def reads_connected(self) -> bool:
-        return self._reads.connected
-
-    @property
     def analytics_busy(self) -> bool:
         """Whether an analytics query is queued or running on the analytics thread."""
         return self._analytics.in_flight > 0
