@@ -4,6 +4,8 @@ Redis (docs/CONTRACTS.md, "Redis"):
 
 - channel ``<symbol>``: each SecondStat JSON, once;
 - key ``price:<symbol>``: the latest SecondStat JSON (no expiry);
+- list ``seconds:<symbol>``: the latest :data:`RECENT_SECONDS` SecondStat JSONs, oldest first (no expiry),
+  from which the BFF makes its newest candles current before ClickHouse has the seconds;
 - sets ``aggregator:followers:<symbol>`` (followers of a symbol) and ``aggregator:symbols`` (symbols with at
   least one follower);
 - hashes ``ticker:24h`` (symbol → its latest 24 h ticker JSON) and ``ticker:24h:event_time`` (symbol → that
@@ -45,6 +47,12 @@ T = TypeVar("T")
 SYMBOLS_KEY = "aggregator:symbols"
 FOLLOWERS_KEY_PREFIX = "aggregator:followers:"
 PRICE_KEY_PREFIX = "price:"
+SECONDS_KEY_PREFIX = "seconds:"
+
+#: SecondStats kept in each ``seconds:<symbol>`` list: 5 minutes of a symbol trading every second, far more
+#: than the second or two that Kafka and the ETL's batches put between a published second and ClickHouse,
+#: and enough to bridge a restart of the ETL. About 200 bytes each.
+RECENT_SECONDS = 300
 
 #: Partitions of ``binance.miniticker`` when the aggregator creates it; records of a symbol share one.
 MINI_TICKER_PARTITIONS = 3
@@ -64,9 +72,10 @@ if n == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 return n
 """
 
-# SET + PUBLISH only if the stat is newer than the stored latest price. A retry after an ambiguous failure
-# (the connection dropped after Redis ran the commands) thus never republishes a second, and the latest price
-# never goes back in time.
+# SET + PUBLISH only if the stat is newer than the stored latest price, and append it to the capped list of
+# recent seconds (KEYS[2], at most ARGV[4] entries). A retry after an ambiguous failure (the connection
+# dropped after Redis ran the commands) thus never republishes a second nor lists it twice, the latest price
+# never goes back in time, and the list stays in the order of the seconds.
 _PUBLISH_IF_NEWER = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -77,6 +86,8 @@ if current then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 return 1
 """
@@ -165,7 +176,8 @@ class FollowerStore:
 
 
 class StatPublisher:
-    """Publishes SecondStats to Redis (channel ``<symbol>`` + key ``price:<symbol>``) from a bounded buffer.
+    """Publishes SecondStats to Redis (channel ``<symbol>``, key ``price:<symbol>``, and the list
+    ``seconds:<symbol>`` of the latest ``recent`` ones) from a bounded buffer.
 
     :meth:`submit` never blocks. While Redis keeps up, every stat is published in order. When a publish fails
     or ``maxsize`` stats are waiting, the buffer conflates: only the latest unpublished stat of each symbol is
@@ -175,10 +187,11 @@ class StatPublisher:
     registers it) of the seconds from :meth:`submit` (the window's close) to the acknowledged publish.
     """
 
-    def __init__(self, client: redis.Redis, maxsize: int = 10_000) -> None:
+    def __init__(self, client: redis.Redis, maxsize: int = 10_000, recent: int = RECENT_SECONDS) -> None:
         self._redis = client
         self._publish = client.register_script(_PUBLISH_IF_NEWER)
         self._maxsize = maxsize
+        self._recent = recent
         self._fifo: deque[SecondStat] = deque()
         self._latest: dict[str, SecondStat] = {}
         self._conflating = False
@@ -255,8 +268,8 @@ class StatPublisher:
         pipe = self._redis.pipeline(transaction=False)
         for stat in batch:
             await self._publish(
-                keys=[PRICE_KEY_PREFIX + stat.symbol],
-                args=[jsonutil.dumps(stat.to_json()), stat.second_ms, stat.symbol],
+                keys=[PRICE_KEY_PREFIX + stat.symbol, SECONDS_KEY_PREFIX + stat.symbol],
+                args=[jsonutil.dumps(stat.to_json()), stat.second_ms, stat.symbol, self._recent],
                 client=pipe,
             )
         results = await pipe.execute()

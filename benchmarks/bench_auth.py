@@ -38,7 +38,13 @@ import aiohttp
 
 from auth.tokens import generate_private_key_pem
 from launcher.embedded import EmbeddedPostgres, ManagedProcess
-from launcher.mesh import AGGREGATOR_TOKEN_FILE, embedded_redis, ensure_mesh_pki, ensure_service_token
+from launcher.mesh import (
+    AGGREGATOR_TOKEN_FILE,
+    ETL_TOKEN_FILE,
+    embedded_redis,
+    ensure_mesh_pki,
+    ensure_service_token,
+)
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import AUTH, PROFILE_BFF
 
@@ -320,6 +326,8 @@ def main() -> None:
                     "BFF_AUTH_TARGET": f"127.0.0.1:{auth_port}",
                     "BFF_AGGREGATOR_URL": f"http://127.0.0.1:{free_port()}",
                     "BFF_AGGREGATOR_TOKEN_FILE": str(ensure_service_token(root, AGGREGATOR_TOKEN_FILE)),
+                    "BFF_ETL_URL": f"http://127.0.0.1:{free_port()}",
+                    "BFF_ETL_TOKEN_FILE": str(ensure_service_token(root, ETL_TOKEN_FILE)),
                     "BFF_LOG_LEVEL": "WARNING",
                     **tls[PROFILE_BFF].environment("BFF_"),
                     **{

@@ -422,6 +422,9 @@ async def main(args: argparse.Namespace) -> None:
         "BFF_AUTH_TARGET": f"127.0.0.1:{auth.port}",
         "BFF_AGGREGATOR_URL": aggregator_url,
         "BFF_AGGREGATOR_TOKEN_FILE": str(aggregator_token),
+        # No ETL here: the candle routes are not measured by this benchmark.
+        "BFF_ETL_URL": f"http://127.0.0.1:{free_port()}",
+        "BFF_ETL_TOKEN_FILE": str(aggregator_token),
         "BFF_LOG_LEVEL": "WARNING",
         # Every client connects from 127.0.0.1: the per-address ceilings (256 connections, 60 upgrades a
         # minute by default) are lifted to let one address stand for the whole crowd.

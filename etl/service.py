@@ -1,7 +1,7 @@
 """The parts of a running ETL and what they do apart from HTTP: :class:`EtlService`.
 
 :func:`etl.app.start` opens and closes the parts (:mod:`crypto_mesh.service`); the HTTP views only translate
-requests to the methods here (health, SQL on the analytics client) and back.
+requests to the methods here (health, SQL on the analytics client, candles on the reads client) and back.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import asyncio
 
 from clickhouse_connect.driver.exceptions import Error
 
+from crypto_mesh.candles import CandleRange
 from crypto_mesh.logs import get_logger
 from crypto_mesh.servicecreds import read_tokens
 from etl import sql
+from etl.candles import Candle
 from etl.consumer import TickerConsumer
 from etl.migrate import MigrationError
 from etl.settings import EtlSettings
@@ -22,6 +24,10 @@ log = get_logger(__name__)
 
 #: How long stopping waits for the consumer to flush and commit before cancelling it (s).
 STOP_TIMEOUT_S = 30.0
+
+
+class ReadsUnavailable(Exception):
+    """The typed read API cannot read ClickHouse: not reachable (yet), or the query failed there."""
 
 
 class EtlService:
@@ -50,6 +56,7 @@ class EtlService:
         self.clickhouse_state = "ok"
         log.info("clickhouse_ready", migrations_applied=applied)
         await self.connect_analytics()
+        await self.connect_reads()
 
     async def connect_analytics(self) -> bool:
         """Open the analytics client if it is not open; whether it is. A failure (unreachable, or the
@@ -61,6 +68,29 @@ class EtlService:
             log.warning("clickhouse_analytics_not_connected", error=sql.one_line(str(exc)))
             return False
         return True
+
+    async def connect_reads(self) -> bool:
+        """Open the reads client of the typed read API if it is not open; whether it is. Like
+        :meth:`connect_analytics`: a failure is logged, and ``GET /v1/candles`` tries again and answers 503
+        meanwhile."""
+        try:
+            await self.store.connect_reads()
+        except (Error, OSError) as exc:
+            log.warning("clickhouse_reads_not_connected", error=sql.one_line(str(exc)))
+            return False
+        return True
+
+    async def candles(self, symbol: str, selection: CandleRange) -> list[Candle]:
+        """The candles of ``symbol`` that ``selection`` selects, oldest first, within the ``ETL_SQL_*``
+        limits. Raises :class:`ReadsUnavailable` while ClickHouse cannot be read."""
+        if not self.store.connected or not await self.connect_reads():
+            raise ReadsUnavailable("ClickHouse is not reachable yet")
+        try:
+            return await self.store.candles(symbol, selection, self.settings.sql_limits())
+        except Error as exc:
+            # A fixed query that fails is no fault of the caller's: ClickHouse is down, or over a limit.
+            log.warning("candles_query_failed", symbol=symbol, error=sql.one_line(str(exc)))
+            raise ReadsUnavailable("ClickHouse could not answer") from exc
 
     async def run(self) -> None:
         """Background part of the service: ClickHouse ready (retried with the consumer's ``ETL_RETRY_*``

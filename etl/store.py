@@ -2,8 +2,10 @@
 
 clickhouse-connect is blocking, so each client runs on a dedicated thread and the event loop never blocks:
 the ingest client (inserts of the consumer, migrations) on one, the analytics client (analysts' queries,
-under the limits of :class:`etl.sql.SqlLimits`) on another, so that a 30 s query never delays an insert.
-With chDB both clients open the same data directory in this process: chDB allows one engine path per
+under the limits of :class:`etl.sql.SqlLimits`) on another, so that a 30 s query never delays an insert, and
+the reads client (the typed read API, :mod:`etl.candles`) on a third, so that an analyst's 30 s query never
+delays the candles the BFF asks for. The two reading clients connect as the analytics user (read-only).
+With chDB every client opens the same data directory in this process: chDB allows one engine path per
 process with any number of clients on it, each with its own connection handle, and queries of two handles
 run concurrently (``tests/test_etl_sql.py`` inserts while a heavy query runs).
 """
@@ -20,7 +22,9 @@ import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from crypto_mesh.candles import CandleRange
 from etl import migrate, sql
+from etl.candles import Candle, read_candles
 from etl.columnar import arrow_table
 from etl.records import TableSpec
 from etl.tickers import TICKERS, TickerRow
@@ -31,10 +35,52 @@ T = TypeVar("T")
 TICKERS_TABLE = TICKERS.table
 
 
+class _Reader:
+    """A reading client (:func:`etl.sql.analytics_client` on ``url``: current database ``crypto``) on a thread
+    of its own, opened by :meth:`connect`."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self._url = url
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._client: Client | None = None
+        self._connecting = asyncio.Lock()
+        self.in_flight = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def connect(self) -> None:
+        """Open the client if it is not open (two callers at once open one client, not two)."""
+        async with self._connecting:
+            if self._client is None:
+                self._client = await self._run(sql.analytics_client, self._url)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(client, *args)`` on this reader's thread; RuntimeError before :meth:`connect` succeeded."""
+        if self._client is None:
+            raise RuntimeError("the ClickHouse reading client is not connected")
+        self.in_flight += 1
+        try:
+            return await self._run(fn, self._client, *args)
+        finally:
+            self.in_flight -= 1
+
+    def close(self) -> None:
+        """Close the client once what runs on its thread ends (a query is left to end by its time limit)."""
+        client, self._client = self._client, None
+        if client is not None:
+            self._executor.submit(client.close)
+        self._executor.shutdown(wait=False)
+
+
 class ClickHouseStore:
-    """A ClickHouse ingest client (from ``url``: ``chdb:///dir`` or ``http://user:pass@host:8123``) and an
-    analytics client (from ``analytics_url``, default ``url``; current database ``crypto``), each on its
-    own thread.
+    """A ClickHouse ingest client (from ``url``: ``chdb:///dir`` or ``http://user:pass@host:8123``), and an
+    analytics client and a reads client (both from ``analytics_url``, default ``url``; current database
+    ``crypto``), each on its own thread.
 
     :meth:`connect` must succeed before the other methods; errors of clickhouse-connect
     (``clickhouse_connect.driver.exceptions.Error`` and ``OSError``) pass through to the caller, which decides
@@ -45,11 +91,9 @@ class ClickHouseStore:
         self._url = url
         self._analytics_url = analytics_url or url
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
-        self._analytics_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-analytics")
         self._client: Client | None = None
-        self._analytics: Client | None = None
-        self._analytics_in_flight = 0
-        self._analytics_connecting = asyncio.Lock()
+        self._analytics = _Reader(self._analytics_url, "clickhouse-analytics")
+        self._reads = _Reader(self._analytics_url, "clickhouse-reads")
 
     @property
     def connected(self) -> bool:
@@ -57,18 +101,15 @@ class ClickHouseStore:
 
     @property
     def analytics_connected(self) -> bool:
-        return self._analytics is not None
+        return self._analytics.connected
 
     @property
     def analytics_busy(self) -> bool:
         """Whether an analytics query is queued or running on the analytics thread."""
-        return self._analytics_in_flight > 0
+        return self._analytics.in_flight > 0
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
-
-    async def _run_analytics(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._analytics_executor, partial(fn, *args))
 
     async def connect(self) -> None:
         """Open the client (for a server: connect and read its version). Idempotent."""
@@ -121,30 +162,29 @@ class ClickHouseStore:
     async def connect_analytics(self) -> None:
         """Open the analytics client (:func:`etl.sql.analytics_client`); after the migrations, which create
         the ``crypto`` database it uses. Idempotent."""
-        async with self._analytics_connecting:  # two requests at once open one client, not two
-            if self._analytics is None:
-                self._analytics = await self._run_analytics(sql.analytics_client, self._analytics_url)
+        await self._analytics.connect()
+
+    async def connect_reads(self) -> None:
+        """Open the reads client, as :meth:`connect_analytics`. Idempotent."""
+        await self._reads.connect()
 
     async def query(self, query: str, limits: sql.SqlLimits) -> sql.QueryResult:
         """Check and run an analyst's query within ``limits`` on the analytics client and its thread; see
-        :func:`etl.sql.run_read_only` for the errors."""
-        if self._analytics is None:
-            raise RuntimeError("ClickHouseStore.connect_analytics() has not succeeded")
-        self._analytics_in_flight += 1
-        try:
-            return await self._run_analytics(sql.run_read_only, self._analytics, query, limits)
-        finally:
-            self._analytics_in_flight -= 1
+        :func:`etl.sql.run_read_only` for the errors. RuntimeError before :meth:`connect_analytics`."""
+        return await self._analytics.run(sql.run_read_only, query, limits)
+
+    async def candles(self, symbol: str, selection: CandleRange, limits: sql.SqlLimits) -> list[Candle]:
+        """The candles of ``symbol`` that ``selection`` selects, oldest first, on the reads client and its
+        thread (:func:`etl.candles.read_candles`). RuntimeError before :meth:`connect_reads`."""
+        return await self._reads.run(read_candles, symbol, selection, limits)
 
     async def close(self) -> None:
-        """Close both clients (releases chDB's data directory) and stop their threads. Safe to call twice.
+        """Close every client (releases chDB's data directory) and stop their threads. Safe to call twice.
 
-        A running analytics query is left to end by its time limit; the thread is not waited for."""
-        analytics, self._analytics = self._analytics, None
+        A running analytics or reads query is left to end by its time limit; its thread is not waited for."""
         client, self._client = self._client, None
         if client is not None:
             await self._run(client.close)
-        if analytics is not None:
-            self._analytics_executor.submit(analytics.close)
+        self._analytics.close()
+        self._reads.close()
         self._executor.shutdown(wait=True)
-        self._analytics_executor.shutdown(wait=False)

@@ -3,17 +3,17 @@ WebSocket and its tickets are :mod:`profile_bff.websocket`.
 
 Routes and shapes: docs/CONTRACTS.md, "BFF REST", and the OpenAPI 3.1 document served at ``/openapi.json``
 (:mod:`profile_bff.openapi`). The REST views (:mod:`profile_bff.views`) are thin: they call the use cases
-(:mod:`profile_bff.accounts`, :mod:`profile_bff.portfolios`, :mod:`profile_bff.search`), and every error is
-answered as ``{"error": {"code", "message"}}`` by one error layer (:mod:`profile_bff.views.errors`). In front
-of the views, in this order: that error layer, the login and register limits (:mod:`profile_bff.ratelimit`),
-and the per-address ceilings (:mod:`profile_bff.ceilings`).
+(:mod:`profile_bff.accounts`, :mod:`profile_bff.portfolios`, :mod:`profile_bff.search`,
+:mod:`profile_bff.candles`), and every error is answered as ``{"error": {"code", "message"}}`` by one error
+layer (:mod:`profile_bff.views.errors`). In front of the views, in this order: that error layer, the login and
+register limits (:mod:`profile_bff.ratelimit`), and the per-address ceilings (:mod:`profile_bff.ceilings`).
 
 Lifecycle (:mod:`crypto_mesh.service`): :func:`start` opens the BFF's parts one after another
-(:func:`open_bff`: the symbol list, the profile database's pool, Redis, the auth channel, the aggregator
-client, the socket manager, the ceilings' and the login limits' Redis connections), starts the background work
-(:func:`_migrate_then_maintain`, and with ``BFF_EXCHANGE_REST_URL`` :func:`_refresh_instruments`) and serves;
-stopping undoes it in reverse order: the port takes no new connection, every WebSocket is closed with 1001,
-requests in flight get 5 s, then the background work stops and the clients close.
+(:func:`open_bff`: the symbol list, the profile database's pool, Redis, the auth channel, the aggregator and
+ETL clients, the socket manager, the ceilings' and the login limits' Redis connections), starts the background
+work (:func:`_migrate_then_maintain`, and with ``BFF_EXCHANGE_REST_URL`` :func:`_refresh_instruments`) and
+serves; stopping undoes it in reverse order: the port takes no new connection, every WebSocket is closed with
+1001, requests in flight get 5 s, then the background work stops and the clients close.
 
 The database schema is migrated in the background (retried with backoff while PostgreSQL is down) and the
 Redis subscriber connects in the background: ``/healthz`` answers 503 until both are ready. Once the schema is
@@ -46,7 +46,8 @@ from crypto_mesh.throttle import device_audience, name_bucket
 from profile_bff import ceilings
 from profile_bff.accounts import Accounts
 from profile_bff.ceilings import Ceilings
-from profile_bff.clients import AggregatorClient, AuthClient
+from profile_bff.candles import MarketHistory
+from profile_bff.clients import AggregatorClient, AuthClient, EtlClient
 from profile_bff.connections import ConnectionManager
 from profile_bff.cookies import device_cookie
 from profile_bff.errors import AggregatorUnavailable, StoreUnavailable
@@ -60,6 +61,7 @@ from profile_bff.store import MarketBus, ProfileStore
 from profile_bff.tokens import AccessTokenVerifier, InvalidToken, KeysUnavailable
 from profile_bff.views.accounts import AccountViews
 from profile_bff.views.errors import ERRORS
+from profile_bff.views.market import MarketViews
 from profile_bff.views.portfolios import PortfolioViews
 from profile_bff.views.public import PublicViews
 from profile_bff.service import SERVICES, Bff
@@ -101,6 +103,7 @@ def create_app(bff: Bff) -> web.Application:
         bff.portfolios, bff.idempotency, bff.verifier, bff.ceilings, settings.write_rate_per_user
     )
     public = PublicViews(bff.search, bff.readiness)
+    market = MarketViews(bff.market)
     app.router.add_post("/v1/register", accounts.register)
     app.router.add_post("/v1/login", accounts.login)
     app.router.add_post("/v1/refresh", accounts.refresh)
@@ -117,6 +120,8 @@ def create_app(bff: Bff) -> web.Application:
     app.router.add_get("/v2/user/history", portfolios.list_history)
     app.router.add_get("/v1/instruments", public.search_instruments)
     app.router.add_get("/v1/instruments/{symbol}", public.instrument)
+    app.router.add_get("/v1/instruments/{symbol}/candles", market.candles)
+    app.router.add_get("/v1/instruments/{symbol}/indicators", market.indicators)
     app.router.add_get("/openapi.json", public.openapi_json)
     app.router.add_get("/healthz", public.healthz)
     app.on_response_prepare.append(ceilings.no_store)
@@ -151,8 +156,8 @@ async def start(settings: BffSettings) -> Running[Bff]:
     Connections are accepted through :class:`profile_bff.ceilings.GuardedProtocol` (connection caps and the
     first request's header-read timeout); aiohttp's keep-alive timeout, ``BFF_KEEPALIVE_TIMEOUT_S``, bounds
     the idle time and the head of every later request on a connection. Raises ``OSError`` (the exchangeInfo
-    file, the aggregator token or the TLS files cannot be read, the port cannot be bound) and ``ValueError``
-    (the exchangeInfo file is not one); nothing is left open then.
+    file, the aggregator's or the ETL's token or the TLS files cannot be read, the port cannot be bound) and
+    ``ValueError`` (the exchangeInfo file is not one); nothing is left open then.
     """
 
     async def build(lifecycle: Lifecycle) -> tuple[int, Bff]:
@@ -177,6 +182,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     if settings.exchange_rest_url:
         refresh = InstrumentRefresh(instruments, settings.exchange_info_refresh_s)
     aggregator_token = read_token(settings.aggregator_token_file)
+    etl_token = read_token(settings.etl_token_file)
     tls = settings.mesh_tls()
     redis_url = settings.redis_url.get_secret_value()
     store = ProfileStore(settings.database_url)
@@ -187,6 +193,8 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     lifecycle.on_stop(auth.close)
     aggregator = AggregatorClient(settings.aggregator_url, aggregator_token)
     lifecycle.on_stop(aggregator.close)
+    etl = EtlClient(settings.etl_url, etl_token)
+    lifecycle.on_stop(etl.close)
     manager = ConnectionManager(store, bus, aggregator, coalesce_s=settings.ws_coalesce_ms / 1000)
     manager.start()
     lifecycle.on_stop(manager.close)
@@ -209,6 +217,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
         bus=bus,
         auth=auth,
         aggregator=aggregator,
+        etl=etl,
         verifier=AccessTokenVerifier(
             auth.public_keys_json, issuer=settings.jwt_issuer, audience=settings.jwt_audience
         ),
@@ -224,6 +233,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
         ),
         idempotency=Idempotency(store, settings.idempotency_ttl_s),
         search=InstrumentSearch(instruments, bus),
+        market=MarketHistory(instruments, etl, bus),
         instrument_refresh=refresh,
     )
 

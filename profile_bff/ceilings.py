@@ -79,8 +79,16 @@ SOCKET_KEY_PREFIX = "bff:ws-sockets:user:"
 #: Connections of the ceilings' Redis pool; a command waits for a free one (2 s at most).
 REDIS_CONNECTIONS = 64
 #: The routes anyone may call without credentials that are rate-limited per address (``/healthz`` is not:
-#: orchestrators probe it from one address every few seconds).
-PUBLIC_ROUTES = frozenset({"/v1/instruments", "/v1/instruments/{symbol}", "/openapi.json"})
+#: orchestrators probe it from one address every few seconds), as aiohttp names their resources.
+PUBLIC_ROUTES = frozenset(
+    {
+        "/v1/instruments",
+        "/v1/instruments/{symbol}",
+        "/v1/instruments/{symbol}/candles",
+        "/v1/instruments/{symbol}/indicators",
+        "/openapi.json",
+    }
+)
 PROFILE_SOCKET_ROUTE = "/v2/user/profile/ws"
 
 

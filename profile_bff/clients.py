@@ -1,9 +1,11 @@
-"""Clients of the BFF's upstream services: auth (gRPC, proto/auth.proto) and the aggregator (control HTTP).
+"""Clients of the BFF's upstream services: auth (gRPC, proto/auth.proto), the aggregator (control HTTP) and
+the ETL (its read API over HTTP).
 
-Both are anti-corruption layers: they speak the upstream's protocol and hand the BFF its own types
-(:class:`~profile_bff.accounts.Registered`, :class:`~profile_bff.accounts.Session`) and its own errors
-(:mod:`profile_bff.errors`). How auth's gRPC status codes read in the BFF's terms is decided here, once
-(:func:`auth_error`); nothing past this module sees gRPC.
+All are anti-corruption layers: they speak the upstream's protocol and hand the BFF its own types
+(:class:`~profile_bff.accounts.Registered`, :class:`~profile_bff.accounts.Session`,
+:class:`~profile_bff.candle.CandlePage`) and its own errors (:mod:`profile_bff.errors`). How auth's gRPC
+status codes read in the BFF's terms is decided here, once (:func:`auth_error`); nothing past this module
+sees gRPC, nor the ETL's JSON.
 """
 
 from __future__ import annotations
@@ -16,17 +18,22 @@ import aiohttp
 import grpc
 from yarl import URL
 
+from crypto_mesh import jsonutil
+from crypto_mesh.candles import CandleRange
+from crypto_mesh.decimals import parse_decimal
 from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import AUTH, MeshTls
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
 from crypto_mesh.servicecreds import bearer_header
 from profile_bff.accounts import Registered, Session
+from profile_bff.candle import Candle, CandlePage
 from profile_bff.errors import (
     AggregatorUnavailable,
     AuthError,
     AuthRefusal,
     AuthUnavailable,
+    EtlUnavailable,
     Forbidden,
     InvalidInput,
     InvalidRefreshToken,
@@ -261,3 +268,67 @@ class AggregatorClient:
                     raise AggregatorUnavailable(f"{method} {url.path}: {response.status} {body}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AggregatorUnavailable(f"{method} {url.path}: {exc!r}") from exc
+
+
+class EtlClient:
+    """The ETL's read API (docs/CONTRACTS.md, "ETL HTTP": ``GET /v1/candles``) at ``base_url``, presenting
+    the ETL's service credential ``token`` (``BFF_ETL_TOKEN_FILE``) as ``Authorization: Bearer <token>``. A
+    call times out after ``timeout_s`` seconds. Must be created inside a running event loop.
+
+    Every failure (the ETL unreachable or slow, a refused credential, an answer that is not 200 or not the
+    contract's shape) raises :class:`EtlUnavailable`; the BFF checks what it asks, so a 4xx is a fault of
+    the mesh and is logged as ``etl_call_failed``.
+    """
+
+    def __init__(self, base_url: str, token: str, timeout_s: float = 5.0) -> None:
+        self._base = URL(base_url)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s), headers=bearer_header(token)
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._session.close()
+
+    async def candles(self, symbol: str, selection: CandleRange) -> CandlePage:
+        """``GET /v1/candles``: the candles of ``symbol`` that ``selection`` selects, oldest first, and the
+        last second they hold."""
+        parameters = {"symbol": symbol, "interval": selection.interval, "limit": str(selection.limit)}
+        if selection.start_ms is not None:
+            parameters["start"] = str(selection.start_ms)
+        if selection.end_ms is not None:
+            parameters["end"] = str(selection.end_ms)
+        url = self._base / "v1" / "candles"
+        try:
+            async with self._session.get(url, params=parameters) as response:
+                body = await response.read()
+                if response.status != 200:
+                    if response.status != 503:  # 503: ClickHouse not readable yet, said by the ETL itself
+                        text = body[:200].decode("utf-8", "replace")
+                        log.error("etl_call_failed", path=url.path, status=response.status, body=text)
+                    raise EtlUnavailable(f"GET {url.path}: {response.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise EtlUnavailable(f"GET {url.path}: {exc!r}") from exc
+        try:
+            return _candle_page(jsonutil.loads(body))
+        except (jsonutil.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.error("etl_answer_malformed", path=url.path, error=repr(exc))
+            raise EtlUnavailable(f"GET {url.path}: the answer is not a candle page") from exc
+
+
+def _candle_page(body: Any) -> CandlePage:
+    """The BFF's :class:`CandlePage` of the ETL's ``GET /v1/candles`` answer; KeyError, TypeError or
+    ValueError (``DecimalFieldError`` among them) when it is not one."""
+    last_second = body["last_second"]
+    if last_second is not None and not isinstance(last_second, int):
+        raise TypeError("last_second must be an integer or null")
+    candles = []
+    for item in body["candles"]:
+        if not isinstance(item["open_time"], int) or not isinstance(item["trades"], int):
+            raise TypeError("open_time and trades must be integers")
+        amounts = [
+            parse_decimal(item[key], minimum="nonnegative")
+            for key in ("open", "high", "low", "close", "volume", "quote_volume")
+        ]
+        candles.append(Candle(item["open_time"], *amounts, item["trades"]))
+    return CandlePage(candles, last_second)

@@ -51,6 +51,14 @@ class CoinLimitReached(Exception):
         self.limit = limit
 
 
+class InstrumentNotFound(LookupError):
+    """No listed instrument has this symbol (the 404 of the routes under ``/v1/instruments/{symbol}``)."""
+
+    def __init__(self, symbol: str) -> None:
+        super().__init__(f"{symbol} is not listed by the exchange")
+        self.symbol = symbol
+
+
 # -- Idempotency-Key ---------------------------------------------------------------------------------------
 
 
@@ -90,6 +98,10 @@ class RateLimited(Exception):
 
 class AggregatorUnavailable(Exception):
     """The aggregator's control API could not be reached or did not answer 200."""
+
+
+class EtlUnavailable(Exception):
+    """The ETL's read API (market history) could not be reached, refused the BFF's credential, or failed."""
 
 
 class AuthError(Exception):

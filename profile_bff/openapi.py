@@ -118,6 +118,53 @@ _TICKER_PROPERTIES = {
 }
 #: 429 of the per-address limits of the public routes (profile_bff/ceilings.py), with Retry-After.
 _PUBLIC_LIMIT = {"429": _rate_limited("too many requests from this address")}
+_TIME = {"type": "string", "format": "date-time", "examples": ["2024-08-08T23:54:00.000Z"]}
+#: The symbol and the selection of candles shared by the market-history routes (crypto_mesh/candles.py).
+_CANDLE_PARAMETERS = [
+    {
+        "name": "symbol",
+        "in": "path",
+        "required": True,
+        "description": "a symbol the exchange lists, any case",
+        "schema": {"type": "string", "examples": ["btcusdt"]},
+    },
+    {
+        "name": "interval",
+        "in": "query",
+        "schema": {"enum": ["1s", "1m", "5m", "15m", "1h", "1d"], "default": "1m"},
+    },
+    {
+        "name": "start",
+        "in": "query",
+        "description": (
+            "earliest open time: RFC 3339 with an offset (2024-08-08T23:54:00Z) or Unix ms; given, the "
+            "window of limit periods begins with the oldest candle from start (paging forwards)"
+        ),
+        "schema": {"type": "string", "examples": ["2024-08-08T23:54:00Z", "1723161240000"]},
+    },
+    {
+        "name": "end",
+        "in": "query",
+        "description": "latest open time, as start; without start the window ends with the newest candle to end",
+        "schema": {"type": "string", "examples": ["2024-08-09T00:00:00Z"]},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "description": "periods in the window (periods without trades have no candle); at most 1000",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 500},
+    },
+]
+_MARKET_ERRORS = {
+    "404": _json(_ERROR, "the exchange lists no such symbol (unknown_symbol)"),
+    "422": _json(
+        _ERROR,
+        "invalid_interval, invalid_range, invalid_limit, invalid_indicator, or too_many_points (over 1000, "
+        "named in the message)",
+    ),
+    "503": _json(_ERROR, "market history (the ETL) is unavailable"),
+    **_PUBLIC_LIMIT,
+}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -351,6 +398,103 @@ def openapi_document() -> dict[str, Any]:
                         ),
                         **_errors(404, 422, 503),
                         **_PUBLIC_LIMIT,
+                    },
+                }
+            },
+            "/v1/instruments/{symbol}/candles": {
+                "get": {
+                    "summary": "Candles of a listed symbol, oldest first, the newest current (no login)",
+                    "parameters": _CANDLE_PARAMETERS,
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["symbol", "interval", "candles"],
+                                "properties": {
+                                    "symbol": {"type": "string"},
+                                    "interval": {"type": "string"},
+                                    "candles": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": [
+                                                "open_time",
+                                                "close_time",
+                                                "open",
+                                                "high",
+                                                "low",
+                                                "close",
+                                                "volume",
+                                                "quote_volume",
+                                                "trades",
+                                            ],
+                                            "properties": {
+                                                "open_time": _TIME,
+                                                "close_time": _TIME,
+                                                "open": _DECIMAL,
+                                                "high": _DECIMAL,
+                                                "low": _DECIMAL,
+                                                "close": _DECIMAL,
+                                                "volume": _DECIMAL,
+                                                "quote_volume": _DECIMAL,
+                                                "trades": {"type": "integer", "minimum": 0},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                            "the candles of the window",
+                        ),
+                        **_MARKET_ERRORS,
+                    },
+                }
+            },
+            "/v1/instruments/{symbol}/indicators": {
+                "get": {
+                    "summary": "An indicator over the candles of a listed symbol (no login needed)",
+                    "description": (
+                        "Computed over the candles .../candles answers for the same interval, start, end and "
+                        "limit; a point per candle from the first that has a value. Formulas, sources and "
+                        "rounding (18 decimal places): docs/ANALYTICS.md, Indicators."
+                    ),
+                    "parameters": [
+                        *_CANDLE_PARAMETERS,
+                        {
+                            "name": "name",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"enum": ["sma", "ema", "rsi", "volatility"]},
+                        },
+                        {
+                            "name": "period",
+                            "in": "query",
+                            "description": "default 20 (sma, ema, volatility) or 14 (rsi)",
+                            "schema": {"type": "integer", "minimum": 2, "maximum": 1000},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["symbol", "interval", "name", "period", "points"],
+                                "properties": {
+                                    "symbol": {"type": "string"},
+                                    "interval": {"type": "string"},
+                                    "name": {"type": "string"},
+                                    "period": {"type": "integer"},
+                                    "points": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["open_time", "value"],
+                                            "properties": {"open_time": _TIME, "value": _DECIMAL},
+                                        },
+                                    },
+                                },
+                            },
+                            "the indicator's values",
+                        ),
+                        **_MARKET_ERRORS,
                     },
                 }
             },

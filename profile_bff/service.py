@@ -13,7 +13,8 @@ from aiohttp import web
 
 from profile_bff.accounts import Accounts
 from profile_bff.ceilings import Ceilings
-from profile_bff.clients import AggregatorClient, AuthClient
+from profile_bff.candles import MarketHistory
+from profile_bff.clients import AggregatorClient, AuthClient, EtlClient
 from profile_bff.connections import ConnectionManager
 from profile_bff.idempotency import Idempotency
 from profile_bff.instruments import InstrumentRefresh
@@ -28,7 +29,7 @@ from profile_bff.tokens import AccessTokenVerifier
 @dataclass
 class Bff:
     """The BFF's parts, opened by :func:`open_bff`: its settings, adapters (profile database, Redis, auth,
-    aggregator), the socket manager, the limits, and the use cases the views call; with
+    aggregator, ETL), the socket manager, the limits, and the use cases the views call; with
     ``BFF_EXCHANGE_REST_URL``, the refresh of the symbol list (``None`` without). The ``service`` of the
     :class:`~crypto_mesh.service.Running` BFF."""
 
@@ -37,6 +38,7 @@ class Bff:
     bus: MarketBus
     auth: AuthClient
     aggregator: AggregatorClient
+    etl: EtlClient
     verifier: AccessTokenVerifier
     manager: ConnectionManager
     ceilings: Ceilings
@@ -46,6 +48,7 @@ class Bff:
     portfolios: Portfolios
     idempotency: Idempotency
     search: InstrumentSearch
+    market: MarketHistory
     instrument_refresh: InstrumentRefresh | None = None
 
     def require_store(self) -> ProfileStore:

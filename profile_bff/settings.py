@@ -31,6 +31,9 @@ class BffSettings(MeshTlsSettings):
     - ``BFF_AGGREGATOR_URL`` (``http://127.0.0.1:8088``): the aggregator's control HTTP base URL.
     - ``BFF_AGGREGATOR_TOKEN_FILE`` (required): the aggregator's service credential (the file of
       ``AGGREGATOR_API_TOKEN_FILE``; the first line is presented, :mod:`crypto_mesh.servicecreds`).
+    - ``BFF_ETL_URL`` (``http://127.0.0.1:8089``): the ETL's HTTP base URL (its read API: candles).
+    - ``BFF_ETL_TOKEN_FILE`` (required): the ETL's service credential (the file of ``ETL_API_TOKEN_FILE``;
+      the first line is presented, :mod:`crypto_mesh.servicecreds`).
     - ``BFF_JWT_ISSUER`` (``crypto-mesh-auth``), ``BFF_JWT_AUDIENCE`` (``crypto-mesh``): the ``iss`` and
       ``aud`` an access token must carry; the same values as the auth service's.
     - ``BFF_COOKIE_SECURE`` (``true``): the ``Secure`` attribute of the refresh-token and login-device
@@ -85,9 +88,10 @@ class BffSettings(MeshTlsSettings):
       /v2/coin/symbol``, ``DELETE /v2/user/profile``); ``BFF_WS_TICKET_RATE_PER_USER`` (``30/minute``):
       ``POST /v2/user/ws-ticket`` per user. Beyond them: 429 with Retry-After.
     - ``BFF_PUBLIC_RATE_PER_ADDRESS`` (``300/minute``): requests per client address to the routes that need no
-      credentials (``GET /v1/instruments[/{symbol}]``, ``GET /openapi.json``; not ``/healthz``, which probes
-      call); ``BFF_WS_UPGRADE_RATE_PER_ADDRESS`` (``60/minute``): WebSocket upgrades per client address,
-      failed ones included. Beyond them: 429 with Retry-After.
+      credentials (``GET /v1/instruments[/{symbol}]``, ``GET /v1/instruments/{symbol}/candles`` and
+      ``.../indicators``, ``GET /openapi.json``; not ``/healthz``, which probes call);
+      ``BFF_WS_UPGRADE_RATE_PER_ADDRESS`` (``60/minute``): WebSocket upgrades per client address, failed ones
+      included. Beyond them: 429 with Retry-After.
     - ``BFF_HEADER_TIMEOUT_S`` (``10``): a new connection must deliver its first request's whole head (request
       line and headers) this long after it opens, or it is answered 408 and closed.
     - ``BFF_KEEPALIVE_TIMEOUT_S`` (``75``): a kept-alive connection must deliver the whole head of its next
@@ -110,6 +114,8 @@ class BffSettings(MeshTlsSettings):
     auth_target: str = "127.0.0.1:50051"
     aggregator_url: str = "http://127.0.0.1:8088"
     aggregator_token_file: FilePath
+    etl_url: str = "http://127.0.0.1:8089"
+    etl_token_file: FilePath
     jwt_issuer: str = "crypto-mesh-auth"
     jwt_audience: str = "crypto-mesh"
     cookie_secure: bool = True

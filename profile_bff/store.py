@@ -10,8 +10,9 @@ Profile database, schema in ``profile_bff/migrations`` (Alembic, version table `
 - ``idempotency_keys(user_id, key, request_hash, status, body, created_at, expires_at)``: the first answer
   to a request sent with an ``Idempotency-Key`` (``status`` NULL while it is being processed).
 
-Redis (docs/CONTRACTS.md, "Redis"): key ``price:<symbol>`` holds the latest SecondStat JSON; channel
-``<symbol>`` carries each new one; hash ``ticker:24h`` holds each symbol's 24 h ticker JSON; channel
+Redis (docs/CONTRACTS.md, "Redis"): key ``price:<symbol>`` holds the latest SecondStat JSON, list
+``seconds:<symbol>`` the latest ones, oldest first; channel ``<symbol>`` carries each new one; hash
+``ticker:24h`` holds each symbol's 24 h ticker JSON; channel
 ``bff:portfolio`` carries ``{"user_id": n}`` after any change to a user's portfolio.
 """
 
@@ -48,6 +49,7 @@ from profile_bff.errors import (
     Starting,
     StoreUnavailable,
 )
+from profile_bff.candle import Candle, second_candle
 from profile_bff.portfolio import InvalidSecondStat, Price, parse_second_stat
 from profile_bff.search import InvalidTicker, Ticker, parse_ticker
 
@@ -56,6 +58,7 @@ log = get_logger(__name__)
 PORTFOLIO_CHANNEL = "bff:portfolio"
 PRICE_KEY_PREFIX = "price:"
 TICKER_KEY = "ticker:24h"
+SECONDS_KEY_PREFIX = "seconds:"
 TICKET_KEY_PREFIX = "bff:ws-ticket:"
 #: An Idempotency-Key reservation unanswered this long (s) was left by a process that died mid-request: every
 #: request bounds its own waits (database 5 s, aggregator 3 s, Redis 2 s) far below it.
@@ -445,7 +448,7 @@ def _upgrade_to_head(connection: sa.Connection) -> None:
 
 
 class MarketBus:
-    """Redis as the BFF uses it: latest prices, portfolio-change notices, and the pub/sub connection.
+    """Redis as the BFF uses it: latest prices and seconds, portfolio-change notices, the pub/sub connection.
 
     Command calls fail fast (2 s timeouts, one retry) and raise :class:`StoreUnavailable`; the pub/sub
     connection has no read timeout (it waits for messages) and no internal retry, since its owner
@@ -540,6 +543,21 @@ class MarketBus:
             except InvalidTicker as exc:
                 log.warning("malformed_tickers", count=1, symbol=symbol, error=str(exc))
         return ticker, price
+
+    async def recent_seconds(self, symbol: str) -> list[Candle]:
+        """The symbol's latest SecondStats (list ``seconds:<symbol>``, kept by the aggregator) as 1-second
+        candles, oldest first; malformed entries are logged and skipped. Raises :class:`StoreUnavailable`."""
+        try:
+            values = await self._commands.lrange(SECONDS_KEY_PREFIX + symbol, 0, -1)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+        seconds = []
+        for value in values:
+            try:
+                seconds.append(second_candle(value))
+            except InvalidSecondStat as exc:
+                log.warning("malformed_recent_second", symbol=symbol, error=str(exc))
+        return seconds
 
     async def issue_ticket(self, ticket: str, claims_json: bytes, ttl_s: int) -> None:
         """Store a one-time WebSocket ticket (key ``bff:ws-ticket:<ticket>``, expiring after ``ttl_s``)."""

@@ -3,8 +3,8 @@ OpenAPI document of :mod:`profile_bff.openapi`).
 
 Statuses say whose fault it is: 400 malformed request, 401 no or bad credentials, 403 not the caller's, 404
 unknown, 409 conflict (a portfolio at its coin cap among them), 422 invalid value, 429 rate-limited (by auth,
-or by the BFF's own limits) with ``Retry-After``, 503 a dependency (auth, PostgreSQL, Redis) is down or
-shedding load. A client's mistake never becomes a 500.
+or by the BFF's own limits) with ``Retry-After``, 503 a dependency (auth, PostgreSQL, Redis, the ETL) is down
+or shedding load. A client's mistake never becomes a 500.
 
 :data:`ERRORS` is the error middleware of the BFF's application
 (:func:`crypto_mesh.httperrors.error_middleware` with these mappings); :func:`answer` gives the answer it
@@ -18,16 +18,20 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from crypto_mesh.binance import InvalidSymbol
+from crypto_mesh.candles import InvalidCandleQuery
 from crypto_mesh.httperrors import ApiError, ErrorMapping, error_middleware
+from crypto_mesh.indicators import InvalidIndicator
 from crypto_mesh.logs import get_logger
 from profile_bff.errors import (
     AuthUnavailable,
     CoinAlreadyHeld,
     CoinLimitReached,
     CoinNotHeld,
+    EtlUnavailable,
     Forbidden,
     IdempotencyInFlight,
     IdempotencyMismatch,
+    InstrumentNotFound,
     InvalidIdempotencyKey,
     InvalidInput,
     NameTaken,
@@ -71,6 +75,16 @@ def _store_unavailable(exc: Exception, request: web.Request) -> ApiError:
     return ApiError(503, "unavailable", "a storage dependency is unavailable, retry later")
 
 
+def _etl_unavailable(exc: Exception, request: web.Request) -> ApiError:
+    log.warning("etl_unavailable", path=request.path, error=str(exc))
+    return ApiError(503, "unavailable", "market history is unavailable, retry later")
+
+
+def _invalid_candle_query(exc: Exception, _request: web.Request) -> ApiError:
+    assert isinstance(exc, InvalidCandleQuery)
+    return ApiError(422, exc.code, str(exc))
+
+
 def _coin_already_held(exc: Exception, _request: web.Request) -> ApiError:
     assert isinstance(exc, CoinAlreadyHeld)
     return ApiError(409, "coin_already_held", f"{exc.symbol} is already held; PATCH changes its quantity")
@@ -103,6 +117,11 @@ DOMAIN_ERRORS: dict[type[Exception], ErrorMapping] = {
     CoinAlreadyHeld: _coin_already_held,
     CoinLimitReached: _coin_limit_reached,
     CoinNotHeld: _own_message(404, "coin_not_held"),
+    # market history (candles, indicators)
+    InstrumentNotFound: _own_message(404, "unknown_symbol"),
+    InvalidCandleQuery: _invalid_candle_query,
+    InvalidIndicator: _own_message(422, "invalid_indicator"),
+    EtlUnavailable: _etl_unavailable,
     # Idempotency-Key (the draft's section 2.7)
     InvalidIdempotencyKey: _own_message(400, "invalid_idempotency_key"),
     IdempotencyMismatch: _fixed(

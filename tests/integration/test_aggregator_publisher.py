@@ -124,6 +124,27 @@ async def test_a_second_is_never_republished_nor_the_latest_price_moved_back(red
         await publisher_client.aclose()
 
 
+async def test_the_recent_seconds_list_holds_the_latest_seconds_in_order_each_once(redis_url):
+    symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
+    client = connect_redis(redis_url)
+    publisher_client = connect_redis(redis_user_url(redis_url, "aggregator"))
+    publisher = StatPublisher(publisher_client, recent=3)
+    task = asyncio.create_task(publisher.run())
+    try:
+        # A second again (a retry) and an older one are not listed; the list keeps the latest three.
+        for second in (1, 2, 2, 1, 3, 4, 5):
+            publisher.submit(stat(symbol, second, str(second)))
+        await eventually(lambda: publisher.published + publisher.stale == 7)
+        listed = [orjson.loads(value) for value in await client.lrange(f"seconds:{symbol}", 0, -1)]
+        assert [(second["t"], second["p"]) for second in listed] == [(3000, "3"), (4000, "4"), (5000, "5")]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.delete(f"price:{symbol}", f"seconds:{symbol}")
+        await client.aclose()
+        await publisher_client.aclose()
+
+
 async def test_the_kafka_buffer_drops_its_oldest_record_when_full(kafka_bootstrap):
     symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
     producer = TickerProducer(kafka_bootstrap, enable_idempotence=False, maxsize=2)

@@ -8,21 +8,20 @@ import base64
 import functools
 import gzip
 import time
-import uuid
 from collections import defaultdict
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 from support import polling
 import pytest
 from aiokafka import AIOKafkaConsumer
-from support.credentials import service_token_file
 from support.kafka_helpers import committed_offset, produce_records
 from support.etl import health, sql_rows
+from support.market import recorded_secondstats
+from support.stacks import etl_settings
 
 from aggregator.second_topic import SecondProducer, second_message_id, second_record
-from aggregator.secondstat import SecondStat, SecondWindows
+from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
-from crypto_mesh.binance import parse_trade_frame
 from etl.app import start
 from etl.settings import EtlSettings
 
@@ -44,17 +43,10 @@ eventually = functools.partial(polling.eventually, timeout_s=20.0, interval_s=0.
 @pytest.fixture
 def settings(kafka_bootstrap, clickhouse_url) -> EtlSettings:
     """Settings on this test's chDB directory, with topics and a group of its own (one partition each, so
-    that offsets read as record positions)."""
-    name = uuid.uuid4().hex[:8]
-    return EtlSettings(
-        port=0,
-        api_token_file=service_token_file(),
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_group_id=f"etl-{name}",
-        kafka_topic=f"tickers-{name}",
-        kafka_second_topic=f"seconds-{name}",
-        kafka_deadletter_topic=f"deadletter-{name}",
-        clickhouse_url=clickhouse_url,
+    that offsets read as record positions), small batches and short retries."""
+    return etl_settings(
+        kafka_bootstrap,
+        clickhouse_url,
         batch_max_rows=50,
         batch_max_age_ms=100,
         retry_initial_ms=50,
@@ -269,21 +261,10 @@ def independent_candles(recording) -> dict[tuple[str, str], tuple]:
     return candles
 
 
-def secondstats(recording) -> list[SecondStat]:
-    """The SecondStats the aggregator computes from the recording (its pure window code, no clock)."""
-    windows = SecondWindows(grace_ms=1000)
-    stats = []
-    with gzip.open(recording, "rb") as lines:
-        for line in lines:
-            stats += windows.add(parse_trade_frame(line))
-    stats += windows.close_until(2**62)
-    return stats
-
-
 async def test_candles_from_price_seconds_equal_candles_computed_from_the_recorded_trades(
     etl, settings, kafka_bootstrap, trade_recording
 ):
-    stats = secondstats(trade_recording)
+    stats = recorded_secondstats(trade_recording)
     values = [second_value(s) for s in stats]
     # Every record twice, at other offsets and in other batches: the insert token cannot recognise these
     # duplicates, so the candles must not count a second twice by themselves.

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import clickhouse_connect
 import pytest
+from support.market import recorded_secondstats
 
 from aggregator.second_topic import second_record
-from aggregator.secondstat import SecondStat, SecondWindows
+from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
-from crypto_mesh.binance import parse_trade_frame
 from etl import migrate, sql
 from etl.seconds import SECONDS
 from etl.columnar import arrow_table
@@ -69,12 +69,7 @@ def client(tmp_path_factory, trade_recording):
     directory.mkdir()
     ch = clickhouse_connect.get_client(dsn=f"chdb://{directory}", tz_mode="aware")
     migrate.apply_migrations(ch, migrate.load_migrations())
-    windows = SecondWindows(grace_ms=1000)
-    stats = []
-    with gzip.open(trade_recording, "rb") as lines:
-        for line in lines:
-            stats += windows.add(parse_trade_frame(line))
-    stats += windows.close_until(2**62)
+    stats = recorded_secondstats(trade_recording)
     stats += rsi_seconds()
     rows = [SECONDS.decode(jsonutil.dumps(second_record(stat))) for stat in stats]
     ch.insert_arrow(SECONDS.table, arrow_table(SECONDS, rows))

@@ -14,16 +14,20 @@ from pathlib import Path
 
 import pytest
 from jsonschema.validators import Draft202012Validator
-from support.stacks import serve_stack
+from support.stacks import serve_etl, serve_stack
 
 from profile_bff.app import create_app
 from profile_bff.openapi import openapi_document
 
 
 @pytest.fixture(scope="module")
-async def bff(postgres, redis_url, tmp_path_factory):
-    """Auth, the fake aggregator and a BFF shared by this module's tests (each uses new users)."""
-    async with serve_stack(postgres, redis_url, tmp_path_factory) as running:
+async def bff(postgres, redis_url, tmp_path_factory, kafka_bootstrap):
+    """Auth, the fake aggregator, an ETL (for the market history) and a BFF shared by this module's tests
+    (each uses new users)."""
+    async with (
+        serve_etl(kafka_bootstrap, tmp_path_factory.mktemp("openapi") / "chdb") as etl,
+        serve_stack(postgres, redis_url, tmp_path_factory, etl_url=f"http://127.0.0.1:{etl.port}") as running,
+    ):
         yield running
 
 

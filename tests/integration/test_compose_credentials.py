@@ -88,7 +88,8 @@ def test_the_internal_http_apis_and_their_callers_share_a_token_file(compose):
     assert environment(services["aggregator"])["AGGREGATOR_API_TOKEN_FILE"] == "/run/secrets/aggregator_api_token"
     assert environment(services["profile_bff"])["BFF_AGGREGATOR_TOKEN_FILE"] == "/run/secrets/aggregator_api_token"
     assert environment(services["etl"])["ETL_API_TOKEN_FILE"] == "/run/secrets/etl_api_token"
-    assert "aggregator_api_token" in services["profile_bff"]["secrets"]
+    assert environment(services["profile_bff"])["BFF_ETL_TOKEN_FILE"] == "/run/secrets/etl_api_token"
+    assert {"aggregator_api_token", "etl_api_token"} <= set(services["profile_bff"]["secrets"])
 
 
 def test_redis_starts_with_the_acl_file_and_each_service_gets_its_own_url_from_a_secret(compose, secrets_dir):

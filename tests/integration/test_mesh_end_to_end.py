@@ -26,6 +26,7 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.polling import eventually
 from support.recordings import recorded_second, recorded_seconds
 
 from crypto_mesh.grpc_tls import channel_credentials, health_status
@@ -168,6 +169,46 @@ def test_the_bff_takes_its_symbol_list_from_the_replay_exchange(mesh):
     assert refreshed, log_path.read_text()[-3000:]
     assert refreshed[0].split()[1] == "profile_bff"
     assert re.search(r"\bsource='?exchange\b", refreshed[0]) and re.search(r"\bsymbols=1695\b", refreshed[0])
+
+
+def recorded_second(iso_time: str, replay: dict, first_second: int) -> int:
+    """The second of the recording that the replay played at ``iso_time`` (a second's RFC 3339 start)."""
+    second = int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp() * 1000)
+    shifted = second - replay["time_shift_ms"]
+    return shifted - (shifted - first_second) // replay["loop_span_ms"] * replay["loop_span_ms"]
+
+
+async def test_the_readmes_candles_close_at_the_recorded_trades(mesh, trade_recording):
+    state, _env, _process, _log = mesh
+    bff = state["urls"]["bff"]
+    closes = last_trade_price_per_second(trade_recording)
+    first_second = min(second for _symbol, second in closes)
+    credentials = {"name": "carol", "password": "correct horse battery staple"}
+    async with aiohttp.ClientSession() as http:
+        # A holder of btcusdt, so that the mesh follows it (as it may already for another test's user).
+        async with http.post(f"{bff}/v1/register", json=credentials) as response:
+            assert response.status == 201, await response.text()
+        async with http.post(f"{bff}/v1/login", json=credentials) as response:
+            auth = {"Authorization": f"Bearer {(await response.json())['access_token']}"}
+        coin = {"symbol": "btcusdt", "quantity": "1"}
+        async with http.post(f"{bff}/v2/coin/symbol", headers=auth, json=coin) as response:
+            assert response.status == 201, await response.text()
+        async with http.get(state["urls"]["exchange_info"]) as response:
+            replay = (await response.json())["recordings"][0]
+
+        async def five_candles() -> list:
+            async with http.get(f"{bff}/v1/instruments/btcusdt/candles?interval=1s&limit=60") as response:
+                assert response.status == 200, await response.text()
+                candles = (await response.json())["candles"]
+            return candles if len(candles) >= 5 else []
+
+        candles = await eventually(five_candles, timeout_s=90, interval_s=1)
+        url = f"{bff}/v1/instruments/btcusdt/indicators?name=sma&period=2&interval=1s"
+        async with http.get(url) as response:
+            assert response.status == 200, await response.text()
+    for candle in candles:  # a 1-second candle closes at the last trade of its second
+        second = recorded_second(candle["open_time"], replay, first_second)
+        assert Decimal(candle["close"]) == closes[("btcusdt", second)][1]
 
 
 def run_sql(env: dict, query: str, *options: str) -> subprocess.CompletedProcess:

@@ -480,6 +480,7 @@ def test_the_ceilings_have_their_documented_defaults():
         database_url="postgresql+asyncpg://unused/x",
         redis_url="redis://unused",
         aggregator_token_file=service_token_file(),
+        etl_token_file=service_token_file(),
     )
     assert settings.max_coins_per_user == 200
     assert settings.max_sockets_per_user == 10

@@ -119,7 +119,9 @@ async def test_the_bff_cannot_write_the_aggregators_followers_or_tickers_nor_adm
         await client.aclose()
 
 
-async def test_with_their_credentials_prices_tickers_tickets_followers_and_rate_limits_all_work(redis_url):
+async def test_with_their_credentials_prices_tickers_seconds_tickets_followers_and_rate_limits_all_work(
+    redis_url,
+):
     symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
     aggregator = connect_redis(redis_user_url(redis_url, "aggregator"))
     bff_url = redis_user_url(redis_url, "bff")
@@ -151,6 +153,7 @@ async def test_with_their_credentials_prices_tickers_tickets_followers_and_rate_
         assert (await bus.tickers())[symbol].close == price
         ticker, latest = await bus.market_of(symbol)
         assert ticker is not None and ticker.quote_volume == price and latest is not None
+        assert [second.close for second in await bus.recent_seconds(symbol)] == [price]
         # The BFF's own keys: a single-use ticket, a portfolio notice, a rate-limit charge.
         ticket = uuid.uuid4().hex
         await bus.issue_ticket(ticket, b'{"sub": "1"}', ttl_s=30)

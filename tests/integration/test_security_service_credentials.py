@@ -21,12 +21,14 @@ from support.credentials import service_headers, service_token_file
 from support.stacks import serve_aggregator
 
 from launcher.mesh import ETL_TOKEN_FILE, STATE_FILE, ensure_service_token
+from crypto_mesh.candles import CandleRange
 from crypto_mesh.netutil import free_port
 from crypto_mesh.secrets import random_token
 from crypto_mesh.servicecreds import bearer_header, bearer_token_middleware, read_token, read_tokens
 from etl.app import start as start_etl
 from etl.settings import EtlSettings
-from profile_bff.clients import AggregatorClient, AggregatorUnavailable
+from profile_bff.clients import AggregatorClient, AggregatorUnavailable, EtlClient
+from profile_bff.errors import EtlUnavailable
 
 CRYPTO_MESH = str(Path(sys.executable).parent / "crypto-mesh")
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -229,6 +231,26 @@ async def test_the_etl_sql_route_needs_the_service_credential(etl_mesh):
     assert (status, body["rows"]) == (200, [[1]])
     status, _, _ = await request("GET", f"{url}/healthz")
     assert status in (200, 503)
+
+
+async def test_the_bff_client_reads_candles_with_the_etls_token_and_is_refused_with_another(etl_mesh):
+    data_dir, url = etl_mesh
+    selection = CandleRange.of("1m")
+    client = EtlClient(url, read_token(data_dir / "secrets" / ETL_TOKEN_FILE))
+    try:
+        page = await client.candles("btcusdt", selection)
+    finally:
+        await client.close()
+    assert (page.candles, page.last_second_ms) == ([], None)
+    for path in ("/v1/candles?symbol=btcusdt", "/v1/indicators?symbol=btcusdt&name=rsi"):
+        assert_refused(*await request("GET", f"{url}{path}"), presented=False)
+
+    impostor = EtlClient(url, random_token())
+    try:
+        with pytest.raises(EtlUnavailable, match="401"):
+            await impostor.candles("btcusdt", selection)
+    finally:
+        await impostor.close()
 
 
 def run_sql(data_dir: Path, query: str) -> subprocess.CompletedProcess:

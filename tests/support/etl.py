@@ -1,10 +1,22 @@
-"""The ETL's HTTP routes, as the tests call them: ``POST /v1/sql`` (the analysts' read-only SQL, behind the
-service credential) and ``GET /healthz`` (docs/CONTRACTS.md, "ETL HTTP")."""
+"""The ETL's HTTP routes, as the tests call them: ``POST /v1/sql`` (the analysts' read-only SQL) and the typed
+read API (``GET /v1/candles``, ``GET /v1/indicators``), behind the service credential, and ``GET /healthz``
+(docs/CONTRACTS.md, "ETL HTTP"); and loading SecondStats into its ClickHouse as the consumer does."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import aiohttp
 from support.credentials import service_headers
+from support.market import recorded_secondstats
+
+from aggregator.second_topic import second_record
+from aggregator.secondstat import SecondStat
+from crypto_mesh import jsonutil
+from etl.columnar import arrow_table
+from etl.seconds import SECONDS
+from etl.store import ClickHouseStore
 
 
 async def sql(port: int, query: str) -> dict:
@@ -32,3 +44,30 @@ async def health(port: int) -> tuple[int, dict]:
         session.get(f"http://127.0.0.1:{port}/healthz") as response,
     ):
         return response.status, await response.json()
+
+
+async def read(port: int, path: str, headers: dict[str, str] | None = None, **params) -> tuple[int, dict]:
+    """``GET path?params`` at the ETL on ``127.0.0.1:port`` with the service credential (or ``headers``):
+    status and JSON body."""
+    async with (
+        aiohttp.ClientSession(headers=service_headers() if headers is None else headers) as session,
+        session.get(f"http://127.0.0.1:{port}{path}", params=params) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def insert_seconds(store: ClickHouseStore, stats: Sequence[SecondStat], token: str) -> None:
+    """Insert ``stats`` into ``crypto.price_seconds`` as the consumer inserts a batch of ``binance.second``
+    records (the same decoding, one columnar insert carrying ``token`` as its deduplication token)."""
+    rows = [SECONDS.decode(jsonutil.dumps(second_record(stat))) for stat in stats]
+    await store.insert(SECONDS, arrow_table(SECONDS, rows), token)
+
+
+async def load_recordings(store: ClickHouseStore, *recordings: Path) -> None:
+    """Insert the SecondStats of each recording (:func:`support.market.recorded_secondstats`), and the first
+    half of them once more in another batch: a redelivery the insert token cannot recognise, which no
+    candle may count twice."""
+    for recording in recordings:
+        stats = recorded_secondstats(recording)
+        await insert_seconds(store, stats, f"test:{recording.name}")
+        await insert_seconds(store, stats[: len(stats) // 2], f"test:{recording.name}:again")

@@ -1,7 +1,7 @@
 """Services started for a test, on free ports of 127.0.0.1, each an async context manager that stops what it
-started: auth, a BFF (alone, or with auth and the fake aggregator), a real aggregator, and a replay exchange
-with a socket_proxy in front of it. The engines (PostgreSQL, Redis, Kafka) are the session's, from
-tests/conftest.py.
+started: auth, a BFF (alone, or with auth and the fake aggregator), a real aggregator, an ETL on chDB, and a
+replay exchange with a socket_proxy in front of it. The engines (PostgreSQL, Redis, Kafka) are the session's,
+from tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,7 +26,11 @@ from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
 from crypto_mesh.netutil import free_port
-from launcher.embedded import EmbeddedPostgres, ManagedProcess
+from crypto_mesh.service import Running
+from etl.app import start as start_etl
+from etl.service import EtlService
+from etl.settings import EtlSettings
+from launcher.embedded import EmbeddedPostgres, ManagedProcess, chdb_url
 from profile_bff.app import start as start_bff
 from profile_bff.settings import BffSettings
 from socket_proxy.server import start as start_proxy
@@ -96,6 +101,7 @@ async def serve_bff(
             "auth_target": f"127.0.0.1:{auth_port}",
             "aggregator_url": fake.url if fake else aggregator,
             "aggregator_token_file": service_token_file(),
+            "etl_token_file": service_token_file(),
             **({"exchange_info_file": exchange_info} if exchange_info else {}),
             **({} if default_limits else NO_RATE_LIMITS),
             **overrides,
@@ -119,10 +125,12 @@ async def serve_bff(
 
 
 @asynccontextmanager
-async def serve_stack(postgres: EmbeddedPostgres, redis_url: str, tmp_path_factory) -> AsyncIterator[Bff]:
+async def serve_stack(
+    postgres: EmbeddedPostgres, redis_url: str, tmp_path_factory, **overrides
+) -> AsyncIterator[Bff]:
     """Auth, the fake aggregator and a BFF (:func:`serve_bff`) on new databases, with :data:`TEST_SYMBOLS
     <support.bff.TEST_SYMBOLS>` listed: the stack a module-scoped ``bff`` fixture shares between tests that
-    each use new users and symbols."""
+    each use new users and symbols. ``overrides`` are further :class:`BffSettings` fields (``etl_url``)."""
     async with (
         serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
         FakeAggregator() as aggregator,
@@ -132,9 +140,41 @@ async def serve_stack(postgres: EmbeddedPostgres, redis_url: str, tmp_path_facto
             auth.port,
             aggregator,
             write_exchange_info(tmp_path_factory.mktemp("exchange")),
+            **overrides,
         ) as running,
     ):
         yield running
+
+
+def etl_settings(kafka_bootstrap: str, clickhouse_url: str, **overrides) -> EtlSettings:
+    """The settings of an ETL on a free port, on ClickHouse ``clickhouse_url``, consuming topics and a group
+    of its own (one partition each, so that offsets read as record positions) from ``kafka_bootstrap``, its
+    API behind the session's service credential; ``overrides`` are further :class:`EtlSettings` fields."""
+    name = uuid.uuid4().hex[:8]
+    return EtlSettings(
+        **{
+            "port": 0,
+            "api_token_file": service_token_file(),
+            "kafka_bootstrap_servers": kafka_bootstrap,
+            "kafka_group_id": f"etl-{name}",
+            "kafka_topic": f"tickers-{name}",
+            "kafka_second_topic": f"seconds-{name}",
+            "kafka_deadletter_topic": f"deadletter-{name}",
+            "clickhouse_url": clickhouse_url,
+            **overrides,
+        }
+    )
+
+
+@asynccontextmanager
+async def serve_etl(kafka_bootstrap: str, directory: Path) -> AsyncIterator[Running[EtlService]]:
+    """A real ETL (:func:`etl_settings`) on a new chDB in ``directory``, migrated when this yields; yields the
+    running ETL (``.port``, ``.service.store``)."""
+    running = await start_etl(etl_settings(kafka_bootstrap, chdb_url(directory)))
+    try:
+        yield running
+    finally:
+        await running.stop()
 
 
 def aggregator_settings(

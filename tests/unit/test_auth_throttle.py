@@ -203,6 +203,7 @@ def bff_settings(**rates):
         database_url="postgresql+asyncpg://x/profile",
         redis_url="redis://x",
         aggregator_token_file=service_token_file(),
+        etl_token_file=service_token_file(),
         **rates,
     )
 

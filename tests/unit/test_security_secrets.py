@@ -42,7 +42,7 @@ def no_service_environment(monkeypatch):
     ("settings_class", "secrets"),
     [
         (AuthSettings, {"database_url", "jwt_private_key_file", *TLS_FILES}),
-        (BffSettings, {"database_url", "redis_url", "aggregator_token_file", *TLS_FILES}),
+        (BffSettings, {"database_url", "redis_url", "aggregator_token_file", "etl_token_file", *TLS_FILES}),
         (ProxySettings, set(TLS_FILES)),
         (AggregatorSettings, {"redis_url", "kafka_bootstrap_servers", "api_token_file", *TLS_FILES}),
     ],
