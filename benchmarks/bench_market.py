@@ -1,11 +1,13 @@
-"""Benchmark of the BFF's public market history: ``GET /v1/instruments/{symbol}/candles?interval=1m&limit=
-1000`` beside ``GET /healthz`` on the same BFF in the same run, at ``--concurrency`` concurrent clients; the
-ratio of the two request rates is the figure (the machine's speed cancels out).
+"""Benchmark of the BFF's public market routes: ``GET /v1/instruments?q=btc`` (the ranked search) and
+``GET /v1/instruments/{symbol}/candles?interval=1m&limit=1000`` beside ``GET /healthz`` on the same BFF in the
+same run, at ``--concurrency`` concurrent clients; the ratio of each route's request rate to that of
+``/healthz`` is the figure (the machine's speed cancels out).
 
 What runs, all on 127.0.0.1 and all started and stopped by this script:
 
 - an embedded PostgreSQL (the BFF's profile database, for its health), Redis, and a Tansu broker (the ETL's
-  Kafka);
+  Kafka); Redis holds a 24 h ticker for every symbol of the shipped exchangeInfo snapshot, written by the
+  aggregator's ticker store, so that the search ranks ~2,000 instruments by quote volume;
 - a real ETL in this process, on a new chDB holding ``--minutes`` minutes of btcusdt seconds: the shipped
   recording ``btcusdt_ethusdt_trade_2024-08-08.jsonl.gz`` (650 s) played again and again, shifted by its span
   each time as the replay exchange loops it, so that 1,000 one-minute candles exist;
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
@@ -41,9 +44,10 @@ import aiohttp
 from bench_bff import percentile, start_bff_process, stop_bff_process, wait_healthy
 
 from aggregator.second_topic import second_record
+from aggregator.store import TickerStore, connect_redis
 from aggregator.secondstat import SecondStat, SecondWindows
 from crypto_mesh import jsonutil
-from crypto_mesh.binance import parse_trade_frame
+from crypto_mesh.binance import DEFAULT_EXCHANGE_INFO, MiniTicker, load_exchange_info, parse_trade_frame
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import PROFILE_BFF
 from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
@@ -57,6 +61,31 @@ from launcher.mesh import embedded_redis, ensure_mesh_pki
 ROOT = Path(__file__).resolve().parent.parent
 RECORDING = ROOT / "crypto_mesh" / "data" / "binance" / "btcusdt_ethusdt_trade_2024-08-08.jsonl.gz"
 CANDLES = "/v1/instruments/btcusdt/candles?interval=1m&limit=1000"
+SEARCH = "/v1/instruments?q=btc"
+
+
+async def seed_tickers(redis_url: str) -> int:
+    """A 24 h ticker for every symbol of the shipped exchangeInfo snapshot, through the aggregator's ticker
+    store (volumes differ per symbol, so the ranking has work to do); the number written."""
+    client = connect_redis(redis_url)
+    store = TickerStore(client)
+    task = asyncio.create_task(store.run())
+    try:
+        symbols = [listed.symbol for listed in load_exchange_info(DEFAULT_EXCHANGE_INFO)]
+        store.submit(
+            [
+                MiniTicker(1_700_000_000_000, symbol, Decimal("1.5"), Decimal(1), Decimal(2), Decimal("0.5"),
+                           Decimal(n + 1), Decimal(n + 1) * 1000)
+                for n, symbol in enumerate(symbols)
+            ]
+        )
+        while store.pending() or store.written < len(symbols):
+            await asyncio.sleep(0.05)
+        return store.written
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
 
 
 def looped_seconds(minutes: int) -> list[SecondStat]:
@@ -121,6 +150,7 @@ async def main(args: argparse.Namespace) -> None:
         stats = looped_seconds(args.minutes)
         rows = [SECONDS.decode(jsonutil.dumps(second_record(stat))) for stat in stats]
         await etl.service.store.insert(SECONDS, arrow_table(SECONDS, rows), "bench")
+        tickers = await seed_tickers(redis_urls["aggregator"])
         tls = ensure_mesh_pki(work)
         bff_port = free_port()
         env = {
@@ -142,13 +172,15 @@ async def main(args: argparse.Namespace) -> None:
         url = f"http://127.0.0.1:{bff_port}"
         await wait_healthy(url, bff)
         results = {}
-        for name, path in (("GET /healthz", "/healthz"), (f"GET {CANDLES}", CANDLES)):
+        routes = (("GET /healthz", "/healthz"), (f"GET {SEARCH}", SEARCH), (f"GET {CANDLES}", CANDLES))
+        for name, path in routes:
             results[name] = await load(f"{url}{path}", args.concurrency, args.seconds)
         print("== bench_market: one BFF process, its ETL on chDB ==")
         print(
             f"machine: {os.cpu_count()} CPUs, load average before run {os.getloadavg()[0]:.2f}, "
             f"python {sys.version.split()[0]}; btcusdt seconds in ClickHouse: {len(stats)} "
-            f"({len(stats) and (stats[-1].second_ms - stats[0].second_ms) // 60_000} minutes)"
+            f"({len(stats) and (stats[-1].second_ms - stats[0].second_ms) // 60_000} minutes); "
+            f"24 h tickers in Redis: {tickers}"
         )
         print(f"parameters: concurrency={args.concurrency}, seconds={args.seconds} per route")
         rates = {}
@@ -158,7 +190,8 @@ async def main(args: argparse.Namespace) -> None:
                 f"{name}: {rates[name]:.0f} requests/s, p50 {percentile(latencies, 0.5):.1f} ms, "
                 f"p99 {percentile(latencies, 0.99):.1f} ms, {size} bytes, non-200: {errors}"
             )
-        healthz, candles = rates.values()
+        healthz, search, candles = rates.values()
+        print(f"search / healthz request rate: {search / healthz:.2f}")
         print(f"candles / healthz request rate: {candles / healthz:.2f}")
     finally:
         if bff is not None:
