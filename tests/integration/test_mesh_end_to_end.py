@@ -171,18 +171,10 @@ def test_the_bff_takes_its_symbol_list_from_the_replay_exchange(mesh):
     assert re.search(r"\bsource='?exchange\b", refreshed[0]) and re.search(r"\bsymbols=1695\b", refreshed[0])
 
 
-def recorded_second(iso_time: str, replay: dict, first_second: int) -> int:
-    """The second of the recording that the replay played at ``iso_time`` (a second's RFC 3339 start)."""
-    second = int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp() * 1000)
-    shifted = second - replay["time_shift_ms"]
-    return shifted - (shifted - first_second) // replay["loop_span_ms"] * replay["loop_span_ms"]
-
-
 async def test_the_readmes_candles_close_at_the_recorded_trades(mesh, trade_recording):
     state, _env, _process, _log = mesh
     bff = state["urls"]["bff"]
-    closes = last_trade_price_per_second(trade_recording)
-    first_second = min(second for _symbol, second in closes)
+    earliest, recorded = recorded_seconds(trade_recording, {"btcusdt@trade"})
     credentials = {"name": "carol", "password": "correct horse battery staple"}
     async with aiohttp.ClientSession() as http:
         # A holder of btcusdt, so that the mesh follows it (as it may already for another test's user).
@@ -207,8 +199,8 @@ async def test_the_readmes_candles_close_at_the_recorded_trades(mesh, trade_reco
         async with http.get(url) as response:
             assert response.status == 200, await response.text()
     for candle in candles:  # a 1-second candle closes at the last trade of its second
-        second = recorded_second(candle["open_time"], replay, first_second)
-        assert Decimal(candle["close"]) == closes[("btcusdt", second)][1]
+        _loop, second = recorded_second(second_of(candle["open_time"]), replay, earliest)
+        assert Decimal(candle["close"]) == recorded[("btcusdt", second)]["p"]
 
 
 def run_sql(env: dict, query: str, *options: str) -> subprocess.CompletedProcess:
