@@ -512,6 +512,10 @@ class TestControlApi:
             async with http.request(method, f"{route}/{follower}") as response:
                 assert response.status == 200
                 answers.append(await response.json())
+            if len(answers) == 1:
+                # Once the stream has reached the proxy, the last follower leaving has a call to end (a call
+                # cancelled before it reached the proxy is never seen there).
+                await eventually(lambda: proxy.calls["solusdt"] == 1, what="the proxy saw the solusdt stream")
 
         assert [(a["followers"], a["tracked"]) for a in answers] == [
             (1, True),
