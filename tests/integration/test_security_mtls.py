@@ -214,12 +214,8 @@ async def run_probe(*args: str) -> tuple[int, str]:
     """``python -m crypto_mesh.grpc_tls ARGS`` (the compose health check) in a child process; returns its exit
     status and stderr."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "crypto_mesh.grpc_tls",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "crypto_mesh.grpc_tls", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await process.communicate()
     return process.returncode, stderr.decode()
@@ -227,15 +223,8 @@ async def run_probe(*args: str) -> tuple[int, str]:
 
 def probe_arguments(port: int, server_identity: str, files) -> list[str]:
     return [
-        f"127.0.0.1:{port}",
-        "--server-identity",
-        server_identity,
-        "--ca-file",
-        str(files.ca_file),
-        "--cert-file",
-        str(files.cert_file),
-        "--key-file",
-        str(files.key_file),
+        f"127.0.0.1:{port}", "--server-identity", server_identity, "--ca-file", str(files.ca_file),
+        "--cert-file", str(files.cert_file), "--key-file", str(files.key_file),
     ]
 
 
