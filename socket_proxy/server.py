@@ -79,13 +79,7 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
     ) -> None:
         """Every frame of ``<symbol>@trade`` (kind TRADE or UNSPECIFIED) or ``<symbol>@aggTrade`` from now on,
         as ``RawFrames`` batches. INVALID_ARGUMENT for a malformed symbol (``normalize_symbol``) or kind."""
-        try:
-            symbol = normalize_symbol(request.symbol)
-        except InvalidSymbol as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        kind = TRADE_KINDS.get(request.kind)
-        if kind is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown trade kind {request.kind}")
+        symbol, kind = await _symbol_and_kind(request, context)
         await self._stream(trade_stream(symbol, kind), context)
 
     async def StreamMiniTickers(
@@ -100,13 +94,7 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
         """The trades of ``<symbol>@<kind>`` from ``from_id`` on, at most ``limit``, as that stream's frames
         (proto/socket.proto). INVALID_ARGUMENT for a malformed symbol, kind or limit; RESOURCE_EXHAUSTED when
         the weight budget refuses; UNAVAILABLE when the exchange gives no usable answer."""
-        try:
-            symbol = normalize_symbol(request.symbol)
-        except InvalidSymbol as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        kind = TRADE_KINDS.get(request.kind)
-        if kind is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown trade kind {request.kind}")
+        symbol, kind = await _symbol_and_kind(request, context)
         if not 1 <= request.limit <= MAX_TRADE_HISTORY_LIMIT:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"limit must be 1..{MAX_TRADE_HISTORY_LIMIT}"
@@ -172,6 +160,22 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
                 write.cancel()
         await asyncio.gather(write, return_exceptions=True)
         return False
+
+
+async def _symbol_and_kind(
+    request: socket_pb2.TradeStreamRequest | socket_pb2.HistoricalTradesRequest,
+    context: grpc.aio.ServicerContext,
+) -> tuple[str, str]:
+    """The normalised symbol and the trade stream kind (``"trade"``/``"aggTrade"``) of ``request``; ends the RPC
+    with INVALID_ARGUMENT for a malformed symbol or an unknown kind."""
+    try:
+        symbol = normalize_symbol(request.symbol)
+    except InvalidSymbol as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    kind = TRADE_KINDS.get(request.kind)
+    if kind is None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown trade kind {request.kind}")
+    return symbol, kind
 
 
 async def start(settings: ProxySettings) -> Running[ProxyService]:
