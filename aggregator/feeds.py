@@ -7,6 +7,11 @@ restarted, ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED`` for a subscriber that fell be
 an exponential backoff with full jitter, reset once frames flow again. Untracking a symbol cancels its task,
 which cancels the call, so socket_proxy can drop its upstream subscription.
 
+Skipped trades are fetched back with ``HistoricalTrades`` (:meth:`Feeds.backfill`, called by the intake): page
+after page of at most 1,000, within ``backfill_timeout_s`` in all; whatever came by then is handed to
+:meth:`aggregator.intake.TradeIntake.on_fill`, so a refused or late fill only leaves the seconds around the gap
+marked incomplete.
+
 Every tracked symbol's trade stream is watched from the moment it is tracked: one that carries no frame for
 ``AGGREGATOR_STALE_STREAM_S`` is logged as ``trade_stream_stale`` (warning) with its stream name, and as
 ``trade_stream_resumed`` once frames come back.
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from aggregator.backfill import next_page
 from aggregator.intake import TickerIntake, TradeIntake, now_ms
 from aggregator.watchdog import StreamWatchdog, check_interval_s
 from crypto_mesh.binance import AGG_TRADE, MINI_TICKER_ALL, TRADE, trade_stream
@@ -74,7 +80,10 @@ class Feeds:
         trades: TradeIntake,
         tickers: TickerIntake,
         watchdog: StreamWatchdog,
+        backfill_timeout_s: float = 2.0,
     ) -> None:
+        self._backfill_timeout_s = backfill_timeout_s
+        self._fills: set[asyncio.Task] = set()
         self._channel = tls_channel(target, tls, SOCKET_PROXY, options=CHANNEL_OPTIONS)
         self._stub = socket_pb2_grpc.SocketProxyStub(self._channel)
         self._kinds = streams
@@ -135,6 +144,44 @@ class Feeds:
         self._trades.forget(symbol)
         log.info("symbol_untracked", symbol=symbol, stream=stream)
 
+    def backfill(self, symbol: str, first_id: int, wanted_id: int) -> None:
+        """Fetch ``symbol``'s trades with ids ``first_id``..``wanted_id`` from socket_proxy's
+        ``HistoricalTrades`` in the background, then hand them to ``trades.on_fill`` (also the part fetched
+        when the time is up or a request failed). Returns at once."""
+        task = asyncio.create_task(self._fill(symbol, first_id, wanted_id), name=f"backfill:{symbol}")
+        self._fills.add(task)
+        task.add_done_callback(self._fills.discard)
+
+    async def _fill(self, symbol: str, first_id: int, wanted_id: int) -> None:
+        kind = _REQUEST_KINDS[self._kinds.kind(symbol)]
+        frames: list[bytes] = []
+        from_id = first_id
+        try:
+            async with asyncio.timeout(self._backfill_timeout_s):
+                while limit := next_page(from_id, wanted_id):
+                    request = socket_pb2.HistoricalTradesRequest(
+                        symbol=symbol, kind=kind, from_id=from_id, limit=limit
+                    )
+                    page = list((await self._stub.HistoricalTrades(request)).data)
+                    if not page:
+                        break
+                    frames += page
+                    # Pages come in id order and never skip: the next one starts after this one's count.
+                    from_id += len(page)
+        except TimeoutError:
+            log.warning("backfill_late", symbol=symbol, first_id=first_id, fetched=len(frames))
+        except grpc.aio.AioRpcError as exc:
+            raise_if_cancelling()
+            log.warning(
+                "backfill_failed",
+                symbol=symbol,
+                first_id=first_id,
+                code=exc.code().name,
+                details=exc.details(),
+            )
+        if symbol in self._streams:
+            self._trades.on_fill(symbol, first_id, frames)
+
     def tracked(self) -> list[str]:
         """Symbols being streamed, sorted."""
         return sorted(self._streams)
@@ -145,7 +192,7 @@ class Feeds:
 
     async def close(self) -> None:
         """Cancel every stream and the watchdog, and close the channel."""
-        tasks = [task for _stream, task in self._streams.values()] + self._background
+        tasks = [task for _stream, task in self._streams.values()] + self._background + list(self._fills)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

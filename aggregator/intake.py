@@ -1,6 +1,14 @@
 """From raw frames to outputs: trades → one-second windows → SecondStat publisher; mini-tickers → Kafka and
 the 24 h tickers in Redis.
 
+Skipped trade ids: when a symbol's ids jump, :class:`TradeIntake` asks for the skipped trades
+(:mod:`aggregator.backfill`; its ``backfill`` callback starts the fetch and later calls :meth:`TradeIntake.on_fill`)
+and holds the symbol's trades back until they come: its open window is interrupted
+(:meth:`aggregator.secondstat.SecondWindows.interrupt`), so the clock still closes it at the grace, marked
+incomplete, if the fill is late. The fetched trades are added in id order, then the held ones; if the fetched run
+stops short of the gap's end, the first held trade is added after a gap, so the seconds still lacking trades are
+published marked incomplete.
+
 Everything here runs on the event loop without awaiting, so a slow Redis or Kafka can never hold up intake:
 the outputs are the never-blocking ``submit`` of :class:`aggregator.store.StatPublisher`,
 :class:`aggregator.store.TickerProducer` and :class:`aggregator.store.TickerStore`.
@@ -13,12 +21,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+from aggregator.backfill import Fill, filling_run, plan_fill
 from aggregator.secondstat import SecondStat, SecondWindows
 from aggregator.tickers import KafkaMsg
 from crypto_mesh.binance import (
     MalformedFrame,
     MalformedTicker,
     MiniTicker,
+    Trade,
     UnknownEvent,
     parse_mini_ticker_frame,
     parse_trade_frame,
@@ -43,8 +53,11 @@ class TradeCounters:
     ``unknown_event`` frames (well-formed, not a trade), ``wrong_symbol`` trades (another symbol than the
     stream's), ``late`` trades (their second was already closed), ``duplicates`` (their id was already in
     the window), ``stats`` SecondStats closed, ``gaps`` jumps of a stream's trade / aggregate id beyond +1 (also
-    across reconnects to socket_proxy), ``ids_missed`` the ids those jumps skipped and ``incomplete`` seconds
-    those jumps left without a SecondStat (their windows lacked skipped trades)."""
+    across reconnects to socket_proxy), ``ids_missed`` the ids those jumps skipped, ``backfills`` fills of those
+    ids started, ``backfills_whole`` those that brought every skipped trade back, ``backfills_partial`` those that
+    ended without every skipped trade (late, refused, or capped),
+    ``backfilled`` trades added from fills, and ``incomplete`` SecondStats published marked incomplete (their
+    windows lacked skipped trades)."""
 
     parsed: int = 0
     malformed: int = 0
@@ -55,6 +68,10 @@ class TradeCounters:
     stats: int = 0
     gaps: int = 0
     ids_missed: int = 0
+    backfills: int = 0
+    backfills_whole: int = 0
+    backfills_partial: int = 0
+    backfilled: int = 0
     incomplete: int = 0
 
 
@@ -62,14 +79,25 @@ class TradeIntake:
     """Parses raw trade frames, feeds :class:`SecondWindows`, hands closed SecondStats to ``emit``.
 
     ``emit`` must not block (it is :meth:`aggregator.store.StatPublisher.submit`). :meth:`run_clock` closes
-    windows by wall clock every :data:`TICK_MS`.
+    windows by wall clock every :data:`TICK_MS`. ``backfill(symbol, first_id, wanted_id)``, when set, starts
+    fetching the skipped ids ``first_id``..``wanted_id`` of ``symbol`` without blocking, and calls
+    :meth:`on_fill` with what it got (module doc); at most ``max_backfill_ids`` ids per gap. Unset, skipped ids
+    only mark the seconds around them incomplete.
     """
 
-    def __init__(self, windows: SecondWindows, emit: Callable[[SecondStat], None]) -> None:
+    def __init__(
+        self,
+        windows: SecondWindows,
+        emit: Callable[[SecondStat], None],
+        max_backfill_ids: int = 0,
+    ) -> None:
         self.windows = windows
         self._emit = emit
         self.counters = TradeCounters()
         self.gaps = GapDetector()
+        self.backfill: Callable[[str, int, int], None] | None = None
+        self.max_backfill_ids = max_backfill_ids
+        self._fills: dict[str, Fill] = {}
 
     def on_frames(self, symbol: str, frames: Iterable[bytes], received_ms: int) -> None:
         """Process raw frames of ``symbol``'s trade stream that arrived at local Unix ms ``received_ms``.
@@ -89,8 +117,72 @@ class TradeIntake:
                 counters.wrong_symbol += 1
                 continue
             counters.parsed += 1
-            skipped = self.gaps.observe_id(symbol, trade.trade_id)
+            self._take(trade, received_ms)
+        self._sync_counters()
+
+    def on_fill(self, symbol: str, first_id: int, frames: Iterable[bytes]) -> None:
+        """The fill of ``symbol`` from ``first_id`` ended with ``frames`` (raw trade frames, any order; fewer
+        than asked, or none, when it was cut short): add the run of them that fills the gap, then the trades
+        held meanwhile (module doc). A fill the symbol no longer waits for (untracked meanwhile) is ignored."""
+        fill = self._fills.get(symbol)
+        if fill is None or fill.first_id != first_id:
+            return
+        del self._fills[symbol]
+        fetched = []
+        for raw in frames:
+            try:
+                trade = parse_trade_frame(raw)
+            except (MalformedFrame, UnknownEvent):
+                self.counters.malformed += 1
+                continue
+            if trade.symbol == symbol:
+                fetched.append(trade)
+        run = filling_run(fetched, fill.first_id, fill.last_id)
+        whole = len(run) == fill.last_id - fill.first_id + 1
+        self.counters.backfilled += len(run)
+        if whole:
+            self.counters.backfills_whole += 1
+        else:
+            self.counters.backfills_partial += 1
+        log.info(
+            "trades_backfilled",
+            symbol=symbol,
+            first_id=fill.first_id,
+            missed=fill.last_id - fill.first_id + 1,
+            fetched=len(run),
+        )
+        for trade in run:
+            self._publish(self.windows.add(trade))
+        (trade, received_ms), *rest = fill.held
+        self._publish(self.windows.add(trade, received_ms, after_gap=not whole))
+        for trade, received_ms in rest:
+            self._take(trade, received_ms)
+        self._sync_counters()
+
+    def _take(self, trade: Trade, received_ms: int) -> None:
+        """Window ``trade``, or hold it back while its symbol's fill runs, or start a fill if ids were
+        skipped before it."""
+        symbol = trade.symbol
+        fill = self._fills.get(symbol)
+        if fill is not None:
+            fill.held.append((trade, received_ms))
+            return
+        skipped = self.gaps.observe_id(symbol, trade.trade_id)
+        fill = (
+            plan_fill(trade.trade_id, skipped, self.max_backfill_ids) if self.backfill is not None else None
+        )
+        if fill is None:
             self._publish(self.windows.add(trade, received_ms, after_gap=skipped > 0))
+            return
+        fill.held.append((trade, received_ms))
+        self._fills[symbol] = fill
+        self.counters.backfills += 1
+        # The open window waits for the fill as for a resubscription: up to the grace.
+        self.windows.interrupt(symbol)
+        self.backfill(symbol, fill.first_id, fill.wanted_id)
+
+    def _sync_counters(self) -> None:
+        counters = self.counters
         counters.late = self.windows.late
         counters.duplicates = self.windows.duplicates
         counters.gaps = self.gaps.gaps
@@ -98,14 +190,16 @@ class TradeIntake:
         counters.incomplete = self.windows.incomplete
 
     def interrupt(self, symbol: str) -> None:
-        """``symbol``'s stream to socket_proxy ended: its open second is published only if the first trade after
-        the reconnect shows no trade was missed (:meth:`SecondWindows.interrupt`)."""
+        """``symbol``'s stream to socket_proxy ended: its open second is published whole only if the first trade
+        after the reconnect shows no trade was missed, or a fill brings back those missed in time
+        (:meth:`SecondWindows.interrupt`)."""
         self.windows.interrupt(symbol)
 
     def forget(self, symbol: str) -> None:
-        """Drop the window and gap state of an untracked symbol."""
+        """Drop the window, gap and fill state of an untracked symbol (its held trades are dropped)."""
         self.windows.forget(symbol)
         self.gaps.forget(symbol)
+        self._fills.pop(symbol, None)
 
     def close_until(self, wall_ms: int) -> None:
         """Close and emit the windows due at local Unix ms ``wall_ms``."""

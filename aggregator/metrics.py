@@ -9,7 +9,10 @@ Redis publish), belongs to the :class:`aggregator.store.StatPublisher`. Each run
 Series (prefix ``aggregator_``), counters: ``trade_frames_total{outcome}`` with outcome ``parsed``,
 ``malformed`` (failed to parse: dropped, never priced), ``unknown_event``, ``wrong_symbol``;
 ``late_trades_total``, ``duplicate_trades_total``, ``trade_gaps_total``, ``trade_ids_missed_total``,
-``incomplete_seconds_total`` (seconds not published because a gap skipped some of their trades),
+``incomplete_seconds_total`` (SecondStats published marked incomplete, ``"x": true``, because a gap skipped
+some of their trades and the fill did not bring them back in time), ``backfills_total{result="whole"|"partial"}``
+(fills of skipped ids, by whether they brought every skipped trade back), ``backfilled_trades_total`` (trades
+they added),
 ``second_stats_total`` (windows closed), ``redis_publishes_total`` (SecondStats published),
 ``redis_stale_total`` (refused by the newer-only script), ``redis_conflated_total`` (overflow policy
 ``conflate``: older pending stats of a symbol replaced by its latest), ``redis_publish_failures_total``,
@@ -61,8 +64,22 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
     ),
     counter(
         "incomplete_seconds",
-        "Seconds not published because a gap skipped some of their trades.",
+        "SecondStats published marked incomplete because a gap skipped some of their trades.",
         lambda service: service.trades.counters.incomplete,
+    ),
+    counter(
+        "backfills",
+        "Fills of skipped trade ids from the exchange's history, by whether they brought every one back.",
+        lambda service: {
+            ("whole",): service.trades.counters.backfills_whole,
+            ("partial",): service.trades.counters.backfills_partial,
+        },
+        labels=("result",),
+    ),
+    counter(
+        "backfilled_trades",
+        "Skipped trades fetched back and windowed.",
+        lambda service: service.trades.counters.backfilled,
     ),
     counter("second_stats", "SecondStats closed.", lambda service: service.trades.counters.stats),
     counter(

@@ -14,15 +14,11 @@ dropped.
 Seconds without trades produce nothing.
 
 Gaps: a trade added with ``after_gap=True`` follows ids that were skipped (``crypto_mesh.gaps``: lost while the
-subscription to socket_proxy was re-established). The skipped trades happened between the previous trade and
-this one, so the open window and this trade's window may both lack some of them: each is closed like any
-other but not returned (counted in :attr:`SecondWindows.incomplete`), since a SecondStat is published only for
-a whole second. Seconds in between had only skipped trades, and produce nothing as before.
-
-Interruptions: when a symbol's stream ends (:meth:`SecondWindows.interrupt`), whether trades were lost is known
-only from the next trade's id. Until then the open window is held: the next trade decides it (skipped ids: the
-window is incomplete; none: it was whole after all), and a window the clock closes before any trade came is
-incomplete, since its missing trades can no longer be ruled out.
+subscription to socket_proxy was re-established, and not fetched back from the exchange's trade history, see
+:mod:`aggregator.intake`). The skipped trades happened between the previous trade and this one, so the open
+window and this trade's window may both lack some of them: each is closed like any other and its SecondStat is
+marked ``incomplete`` (counted in :attr:`SecondWindows.incomplete`), so no second is published as whole that may
+not be. Seconds in between had only skipped trades, and produce nothing as before.
 
 Clock offset: the wall-clock test compares local time with exchange time. To be right when the exchange
 clock and the local clock differ (skew, or a replayed recording whose timestamps are not shifted), each
@@ -58,7 +54,8 @@ class SecondStat:
     highest id in the second, ``close_id`` that id; ``open``: price of the lowest id; ``high``/``low``:
     extreme prices; ``volume``: Σ quantity (base asset); ``quote_volume``: Σ price × quantity (quote
     asset), exact; ``count``: number of trades; ``vwap``: quote_volume / volume rounded half-even to 8
-    decimal places.
+    decimal places; ``incomplete``: trades of the second are known to be missing (module doc, "Gaps"), so
+    every field but ``second_ms`` may differ from the exchange's second.
     """
 
     symbol: str
@@ -71,6 +68,7 @@ class SecondStat:
     quote_volume: Decimal
     count: int
     close_id: int
+    incomplete: bool = False
 
     @property
     def vwap(self) -> Decimal:
@@ -78,8 +76,9 @@ class SecondStat:
 
     def to_json(self) -> dict[str, Any]:
         """The SecondStat JSON object of docs/CONTRACTS.md, ``{"s", "t", "p", "o", "h", "l", "v", "q", "n",
-        "vwap", "i"}`` (decimals stay ``Decimal``; encode with :func:`crypto_mesh.jsonutil.dumps`)."""
-        return {
+        "vwap", "i"}`` and ``"x": true`` when incomplete (decimals stay ``Decimal``; encode with
+        :func:`crypto_mesh.jsonutil.dumps`)."""
+        stat = {
             "s": self.symbol,
             "t": self.second_ms,
             "p": self.close,
@@ -92,6 +91,9 @@ class SecondStat:
             "vwap": self.vwap,
             "i": self.close_id,
         }
+        if self.incomplete:
+            stat["x"] = True
+        return stat
 
 
 class _Window:
@@ -145,6 +147,7 @@ class _Window:
 
     def stat(self, symbol: str) -> SecondStat:
         return SecondStat(
+            incomplete=not self.complete,
             symbol=symbol,
             second_ms=self.second_ms,
             open=self.open,
@@ -176,7 +179,7 @@ class SecondWindows:
     ``grace_ms``: how long after the end of a second (exchange time, read through the symbol's clock offset)
     a window without a later trade is closed. ``late`` counts trades dropped because their second was
     already closed, ``duplicates`` trades dropped because their id was already in the window, ``incomplete``
-    windows closed without a SecondStat because trades of their second were skipped. Memory: one small state
+    SecondStats closed marked incomplete because trades of their second were skipped. Memory: one small state
     per symbol that has had a trade since its last :meth:`forget`.
     """
 
@@ -189,7 +192,9 @@ class SecondWindows:
         self.incomplete = 0
         self._symbols: dict[str, _SymbolState] = {}
 
-    def add(self, trade: Trade, received_ms: int | None = None, *, after_gap: bool = False) -> list[SecondStat]:
+    def add(
+        self, trade: Trade, received_ms: int | None = None, *, after_gap: bool = False
+    ) -> list[SecondStat]:
         """Add ``trade`` (received at local Unix ms ``received_ms``; ``None``: the local clock is the
         exchange clock). Returns the SecondStat of the window this trade closed (a trade of a later second),
         else ``[]``. A late trade returns ``[]`` and increments :attr:`late`, a duplicate
@@ -241,13 +246,12 @@ class SecondWindows:
         return closed
 
     def _closed(self, symbol: str, window: _Window | None) -> list[SecondStat]:
-        """What closing ``window`` publishes: its SecondStat if it holds its whole second, else nothing
-        (counted in :attr:`incomplete`)."""
+        """What closing ``window`` publishes: its SecondStat, marked incomplete (and counted in
+        :attr:`incomplete`) unless it holds its whole second."""
         if window is None:
             return []
         if not window.complete:
             self.incomplete += 1
-            return []
         return [window.stat(symbol)]
 
     def interrupt(self, symbol: str) -> None:

@@ -53,7 +53,9 @@ class AggregatorService:
             settings.kafka_bootstrap_servers, settings.kafka_enable_idempotence, client_options=kafka_options
         )
         self.trades = TradeIntake(
-            SecondWindows(settings.window_grace_ms), fan_out(self.publisher.submit, self.seconds.submit)
+            SecondWindows(settings.window_grace_ms),
+            fan_out(self.publisher.submit, self.seconds.submit),
+            max_backfill_ids=settings.backfill_max_ids,
         )
         self.ticker_store = TickerStore(self.redis)
         self.tickers = TickerIntake(self.kafka.submit, self.ticker_store.submit)
@@ -64,7 +66,10 @@ class AggregatorService:
             self.trades,
             self.tickers,
             StreamWatchdog(round(settings.stale_stream_s * 1000)),
+            backfill_timeout_s=settings.backfill_timeout_ms / 1000,
         )
+        # Skipped trades are fetched back through socket_proxy, the intake holding the symbol meanwhile.
+        self.trades.backfill = self.feeds.backfill
         self.followers_loaded = False
         # Serialises follower changes with the stream they start or stop, so a PUT racing the DELETE of the
         # last follower cannot leave a followed symbol unstreamed.

@@ -65,6 +65,11 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
       long is logged (``trade_stream_stale``, naming the stream) and counted (:mod:`aggregator.watchdog`).
     - ``WINDOW_GRACE_MS`` (1000): how long after the end of a second, with no trade of a later second, its
       window is closed and published.
+    - ``BACKFILL_MAX_IDS`` (5000; 0 = off): when a symbol's trade ids skip, the first that many skipped trades
+      are fetched back from the exchange's history through socket_proxy (``HistoricalTrades``,
+      :mod:`aggregator.backfill`) while the symbol's window waits up to the grace; a second still lacking
+      trades is published marked incomplete (``"x": true``).
+    - ``BACKFILL_TIMEOUT_MS`` (2000): how long a fill may take in all; what it fetched by then is used.
     - ``KAFKA_ENABLE_IDEMPOTENCE`` (true): idempotent producer; the embedded broker (Tansu, memory storage)
       refuses ``InitProducerId``, so the embedded stack sets false.
     - ``TLS_CA_FILE``, ``TLS_CERT_FILE``, ``TLS_KEY_FILE`` (required): the mesh CA and the ``aggregator``
@@ -85,6 +90,8 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     trade_stream_by_symbol: Annotated[dict[str, TradeStreamKind], NoDecode] = Field(default_factory=dict)
     stale_stream_s: float = Field(default=60.0, ge=0.1, le=86_400)
     window_grace_ms: int = Field(default=1000, ge=0, le=60_000)
+    backfill_max_ids: int = Field(default=5000, ge=0, le=100_000)
+    backfill_timeout_ms: int = Field(default=2000, ge=1, le=60_000)
     kafka_enable_idempotence: bool = True
 
     @field_validator("trade_stream_by_symbol", mode="before")

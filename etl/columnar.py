@@ -8,7 +8,8 @@ is checked by a vectorised expression that accepts only what the per-record deco
 
 Everything else goes to the per-record decoder, which has the last word: a value it rewrites canonically
 (``"1E+2"``, ``"BTCUSDT"``) is loaded, and one it refuses is returned with the reason, for the dead-letter
-topic. That covers, per value, whatever the columnar path does not take: a ``null`` or missing member, a
+topic. That covers, per value, whatever the columnar path does not take: a ``null`` or missing member (but
+an optional one, which reads as its default on both paths), a
 value outside its column's range or form, non-ASCII text; and, for the whole run, anything that makes the
 JSON reader fail (a member of another JSON type, a duplicate member, a value that is not a JSON object or
 not UTF-8) or that could break the one-value-per-line framing (a value holding a line break, or not
@@ -101,7 +102,14 @@ def _read(spec: TableSpec, lines: bytes, count: int) -> pa.Table | None:
         table = pa_json.read_json(io.BytesIO(lines), read_options=_READ_OPTIONS, parse_options=options)
     except (pa.ArrowException, ValueError):  # ValueError: also invalid UTF-8
         return None
-    return table if table.num_rows == count else None
+    if table.num_rows != count:
+        return None
+    for f in spec.fields:
+        if f.default is not None:  # an optional member: missing or null reads as its default
+            index = table.schema.get_field_index(f.key)
+            column = pc.fill_null(table.column(index), pa.scalar(f.default, f.json_type))
+            table = table.set_column(index, f.key, column)
+    return table
 
 
 def _all(masks: list[pa.ChunkedArray]) -> pa.ChunkedArray:

@@ -52,14 +52,16 @@ class JsonField:
     ``arrow_type``: the column's type in the inserted table (``timestamp[ms, UTC]`` → ``DateTime64(3,
     'UTC')``, ``decimal128(38, s)`` → ``Decimal(38, s)``); ``accepts``: parsed values → a boolean array (pyarrow.compute) that
     is true only where the per-record decoder would take the value as it is (null where the member is
-    missing or ``null``). Build them with :func:`uuid_field`, :func:`symbol_field`,
-    :func:`time_field`, :func:`decimal_field`, :func:`int_field` and :func:`text_field`.
+    missing or ``null``); ``default``: for an optional member, the value a missing or ``null`` one reads as
+    (``None``: the member is required). Build them with :func:`uuid_field`, :func:`symbol_field`,
+    :func:`time_field`, :func:`decimal_field`, :func:`int_field`, :func:`text_field` and :func:`flag_field`.
     """
 
     key: str
     json_type: pa.DataType
     arrow_type: pa.DataType
     accepts: Callable[[pa.ChunkedArray], pa.ChunkedArray]
+    default: object = None
 
 
 def _full_match(regex: str) -> Callable[[pa.ChunkedArray], pa.ChunkedArray]:
@@ -108,6 +110,21 @@ def int_field(key: str, minimum: int, maximum: int, arrow_type: pa.DataType) -> 
     """A JSON integer in ``[minimum, maximum]`` (:func:`integer`), stored as ``arrow_type``."""
     json_type = pa.uint64() if maximum > 2**63 - 1 else pa.int64()
     return JsonField(key, json_type, arrow_type, _between(minimum, maximum))
+
+
+def flag_field(key: str) -> JsonField:
+    """An optional JSON boolean, ``false`` when missing or ``null`` (:func:`flag`), stored as ``bool``."""
+    return JsonField(key, pa.bool_(), pa.bool_(), pc.is_valid, default=False)
+
+
+def flag(message: dict, name: str) -> bool:
+    """An optional JSON boolean: ``true`` or ``false``, ``false`` when missing or ``null``."""
+    raw = message.get(name)
+    if raw is None:
+        return False
+    if type(raw) is not bool:
+        raise InvalidRecord(f"{name!r} must be true or false")
+    return raw
 
 
 def text_field(key: str, max_chars: int) -> JsonField:

@@ -9,7 +9,8 @@ The record (written by :mod:`aggregator.second_topic`) is the SecondStat JSON of
 
 ``t``: start of the second (Unix ms, a multiple of 1000); ``p``/``o``/``h``/``l``: close/open/high/low;
 ``v``: base volume; ``q``: quote volume; ``n``: trade count (≥ 1); ``vwap``: q / v; ``i``: id of the closing
-trade. Decoding is pure: no I/O.
+trade; ``x``: ``true`` only for a second published incomplete (trades of it are known to be missing; absent
+otherwise), the column ``incomplete`` (migration 0003). Decoding is pure: no I/O.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SecondRow(NamedTuple):
     vwap: str
     trade_count: int
     close_trade_id: int
+    incomplete: bool
 
 
 #: Columns of ``crypto.price_seconds`` in the order of :class:`SecondRow`'s fields.
@@ -76,7 +78,9 @@ def decode_second(value: bytes | None) -> SecondRow:
             and 0 <= i <= MAX_UINT64
             and _SEVEN_DECIMALS.fullmatch("\t".join(row[3:10]))
         ):
-            return tuple.__new__(SecondRow, row)
+            incomplete = message.get("x")
+            if incomplete is None or type(incomplete) is bool:
+                return tuple.__new__(SecondRow, (*row, bool(incomplete)))
     except (KeyError, TypeError):
         pass
     return _decode_fields(message)
@@ -99,6 +103,7 @@ def _decode_fields(message: dict) -> SecondRow:
         records.decimal_text(message, "vwap", 18, nonnegative=True),
         records.integer(message, "n", 1, MAX_UINT32),
         records.integer(message, "i", 0, MAX_UINT64),
+        records.flag(message, "x"),
     )
 
 
@@ -113,6 +118,7 @@ SECONDS = TableSpec(
         *[records.decimal_field(key, 18, nonnegative=True) for key in ("o", "h", "l", "p", "v", "q", "vwap")],
         records.int_field("n", 1, MAX_UINT32, pa.uint32()),
         records.int_field("i", 0, MAX_UINT64, pa.uint64()),
+        records.flag_field("x"),
     ),
     decode=decode_second,
 )

@@ -11,7 +11,10 @@ handed to subscribers' RPCs) in ``messages_out_total`` gRPC messages,
 full: the only overflow policy, see :mod:`socket_proxy.fanout`),
 ``upstream_reconnects_total``, ``upstream_connect_attempts_total``, ``upstream_connect_failures_total``,
 ``upstream_rotations_total`` (planned replacements before the 24 h cut), ``trade_gaps_total`` (id jumps) and
-``trade_ids_missed_total`` (Σ of their sizes); gauges ``upstream_connections``, ``streams``, ``subscribers``,
+``trade_ids_missed_total`` (Σ of their sizes), ``trade_history_requests_total{result="answered"|"refused"|"failed"}``
+(``HistoricalTrades`` REST requests: answered, refused by the weight budget before being sent, failed at the
+exchange), ``trade_history_trades_total`` (trades they answered) and the gauge ``trade_history_weight_used``
+(request weight spent in the current minute); gauges ``upstream_connections``, ``streams``, ``subscribers``,
 ``subscriber_queue_depth_max`` and ``subscriber_queued_frames`` (frames waiting in all subscriber queues).
 """
 
@@ -65,6 +68,24 @@ METRICS: tuple[Declared[ProxyService], ...] = (
     ),
     counter(
         "trade_ids_missed", "Trade / aggregate ids skipped by those jumps.", lambda proxy: proxy.gaps.missed
+    ),
+    counter(
+        "trade_history_requests",
+        "HistoricalTrades requests to the exchange's REST history, by result.",
+        lambda proxy: {
+            ("answered",): proxy.history.requests - proxy.history.failed,
+            ("refused",): proxy.history.refused,
+            ("failed",): proxy.history.failed,
+        },
+        labels=("result",),
+    ),
+    counter(
+        "trade_history_trades", "Trades answered from the REST history.", lambda proxy: proxy.history.trades
+    ),
+    gauge(
+        "trade_history_weight_used",
+        "REST request weight spent on trade history in the current minute.",
+        lambda proxy: proxy.history.budget.used,
     ),
     gauge("upstream_connections", "Open upstream connections.", lambda proxy: proxy.upstream.connections),
     gauge(

@@ -4,7 +4,8 @@
 Each RPC is one subscriber of one upstream stream (:mod:`socket_proxy.fanout`): frames queued for it are sent
 batched, up to ``max_batch`` per ``RawFrames``. Status codes: INVALID_ARGUMENT for a malformed symbol or an
 unknown trade kind; RESOURCE_EXHAUSTED when the subscriber fell ``subscriber_queue_size`` frames behind (it
-missed data and should resubscribe).
+missed data and should resubscribe). ``HistoricalTrades`` answers the trades a subscriber missed from the exchange's
+REST history (:mod:`socket_proxy.history`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from crypto_mesh.binance import (
     AGG_TRADE,
+    MAX_TRADE_HISTORY_LIMIT,
     MINI_TICKER_ALL,
     TRADE,
     InvalidSymbol,
+    RestUnavailable,
     normalize_symbol,
     trade_stream,
 )
@@ -29,6 +32,7 @@ from crypto_mesh.pki import AGGREGATOR
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from crypto_mesh.service import Lifecycle, Running, start_service
 from socket_proxy.fanout import Counters, FanOut, Subscriber, SubscriberOverflow
+from socket_proxy.history import BudgetSpent, TradeHistory
 from socket_proxy.metrics import registry_for
 from socket_proxy.service import ProxyService
 from socket_proxy.settings import ProxySettings
@@ -53,9 +57,18 @@ SERVER_OPTIONS = [
 
 
 class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
-    """``StreamTrades`` and ``StreamMiniTickers`` over a :class:`FanOut`."""
+    """``StreamTrades`` and ``StreamMiniTickers`` over a :class:`FanOut`, ``HistoricalTrades`` over a
+    :class:`TradeHistory`."""
 
-    def __init__(self, fanout: FanOut, counters: Counters, max_batch: int, linger_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        fanout: FanOut,
+        counters: Counters,
+        max_batch: int,
+        linger_s: float = 0.0,
+        history: TradeHistory | None = None,
+    ) -> None:
+        self._history = history
         self._fanout = fanout
         self._counters = counters
         self._max_batch = max_batch
@@ -66,13 +79,7 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
     ) -> None:
         """Every frame of ``<symbol>@trade`` (kind TRADE or UNSPECIFIED) or ``<symbol>@aggTrade`` from now on,
         as ``RawFrames`` batches. INVALID_ARGUMENT for a malformed symbol (``normalize_symbol``) or kind."""
-        try:
-            symbol = normalize_symbol(request.symbol)
-        except InvalidSymbol as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        kind = TRADE_KINDS.get(request.kind)
-        if kind is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown trade kind {request.kind}")
+        symbol, kind = await _symbol_and_kind(request, context)
         await self._stream(trade_stream(symbol, kind), context)
 
     async def StreamMiniTickers(
@@ -80,6 +87,33 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
     ) -> None:
         """Every frame of the all-market mini-ticker stream ``!miniTicker@arr`` from now on."""
         await self._stream(MINI_TICKER_ALL, context)
+
+    async def HistoricalTrades(
+        self, request: socket_pb2.HistoricalTradesRequest, context: grpc.aio.ServicerContext
+    ) -> socket_pb2.RawFrames:
+        """The trades of ``<symbol>@<kind>`` from ``from_id`` on, at most ``limit``, as that stream's frames
+        (proto/socket.proto). INVALID_ARGUMENT for a malformed symbol, kind or limit; RESOURCE_EXHAUSTED when
+        the weight budget refuses; UNAVAILABLE when the exchange gives no usable answer."""
+        symbol, kind = await _symbol_and_kind(request, context)
+        if not 1 <= request.limit <= MAX_TRADE_HISTORY_LIMIT:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"limit must be 1..{MAX_TRADE_HISTORY_LIMIT}"
+            )
+        if self._history is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no trade history")
+        try:
+            frames = await self._history.frames(kind, symbol, request.from_id, request.limit)
+        except BudgetSpent as exc:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry after {exc.retry_after_s:.0f} s"
+            )
+        except RestUnavailable as exc:
+            log.warning("trade_history_failed", symbol=symbol, kind=kind, status=exc.status, error=str(exc))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"trade history unavailable: {exc}")
+        log.info(
+            "trade_history_served", symbol=symbol, kind=kind, from_id=request.from_id, trades=len(frames)
+        )
+        return socket_pb2.RawFrames(data=frames)
 
     async def _stream(self, stream: str, context: grpc.aio.ServicerContext) -> None:
         subscriber = self._fanout.subscribe(stream)
@@ -128,6 +162,22 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
         return False
 
 
+async def _symbol_and_kind(
+    request: socket_pb2.TradeStreamRequest | socket_pb2.HistoricalTradesRequest,
+    context: grpc.aio.ServicerContext,
+) -> tuple[str, str]:
+    """The normalised symbol and the trade stream kind (``"trade"``/``"aggTrade"``) of ``request``; ends the RPC
+    with INVALID_ARGUMENT for a malformed symbol or an unknown kind."""
+    try:
+        symbol = normalize_symbol(request.symbol)
+    except InvalidSymbol as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    kind = TRADE_KINDS.get(request.kind)
+    if kind is None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown trade kind {request.kind}")
+    return symbol, kind
+
+
 async def start(settings: ProxySettings) -> Running[ProxyService]:
     """Serve the SocketProxy and Health services on ``settings.host:settings.port`` (0: a free port); the
     :class:`socket_proxy.service.ProxyService` is ``running.service``.
@@ -145,6 +195,7 @@ async def start(settings: ProxySettings) -> Running[ProxyService]:
     async def build(lifecycle: Lifecycle) -> tuple[int, ProxyService]:
         tls = settings.mesh_tls()
         service = ProxyService(settings)
+        lifecycle.on_stop(service.history.close)
         if settings.metrics_port:
             service.metrics_port = await serve_metrics(
                 lifecycle, registry_for(service), settings.host, settings.metrics_port
@@ -154,7 +205,11 @@ async def start(settings: ProxySettings) -> Running[ProxyService]:
             tls, settings.host, settings.port, {SERVICE_NAME: CALLERS}, options=SERVER_OPTIONS
         )
         servicer = SocketProxyServicer(
-            service.fanout, service.counters, settings.max_batch, settings.batch_linger_ms / 1000
+            service.fanout,
+            service.counters,
+            settings.max_batch,
+            settings.batch_linger_ms / 1000,
+            service.history,
         )
         socket_pb2_grpc.add_SocketProxyServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()

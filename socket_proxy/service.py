@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from crypto_mesh.gaps import GapDetector
 from socket_proxy.fanout import Counters, FanOut
+from socket_proxy.history import TradeHistory
 from socket_proxy.settings import ProxySettings
 from socket_proxy.upstream import Upstream
 
@@ -15,7 +16,8 @@ from socket_proxy.upstream import Upstream
 class ProxyService:
     """A running socket_proxy: the live totals (:attr:`counters`), the subscribers per stream
     (:attr:`fanout`), the exchange connections (:attr:`upstream`), the trade id gap detector of the
-    subscribed trade streams (:attr:`gaps`), and the bound metrics port (:attr:`metrics_port`, None when
+    subscribed trade streams (:attr:`gaps`), the exchange's REST trade history for subscribers that missed trades
+    (:attr:`history`; build it inside the event loop), and the bound metrics port (:attr:`metrics_port`, None when
     metrics are off).
 
     The first subscriber of a stream subscribes it upstream, the last one leaving releases it. Building it
@@ -27,6 +29,7 @@ class ProxyService:
         self.gaps = GapDetector()
         self.upstream = Upstream(settings.exchange_url, self._on_frame, self.counters)
         self.fanout = FanOut(settings.subscriber_queue_size, self.upstream.add, self._on_last, self.counters)
+        self.history = TradeHistory(settings.exchange_rest_url(), settings.rest_weight_per_minute)
         self.metrics_port: int | None = None
 
     def _on_frame(self, stream: str, raw: bytes) -> None:

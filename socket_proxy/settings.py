@@ -5,7 +5,11 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from crypto_mesh.binance import rest as binance_rest
 from crypto_mesh.settings import MeshTlsSettings
+
+#: Binance spot REST ("General API Information", base endpoints).
+DEFAULT_REST_URL = "https://api.binance.com"
 
 
 class ProxySettings(MeshTlsSettings):
@@ -15,7 +19,10 @@ class ProxySettings(MeshTlsSettings):
     ended with RESOURCE_EXHAUSTED), ``PROXY_MAX_BATCH`` (256 frames at most in one ``RawFrames``),
     ``PROXY_BATCH_LINGER_MS`` (0 = send at once; else how long a message waits for more frames after its first
     one, unless ``MAX_BATCH`` are already queued: fewer, fuller messages for up to that much added latency) and ``PROXY_METRICS_PORT`` (0 = no metrics endpoint;
-    else Prometheus ``GET /metrics`` on ``PROXY_HOST:PROXY_METRICS_PORT``). ``PROXY_TLS_CA_FILE``,
+    else Prometheus ``GET /metrics`` on ``PROXY_HOST:PROXY_METRICS_PORT``). ``PROXY_REST_URL`` (unset: derived
+    from ``PROXY_EXCHANGE_URL``, see :meth:`exchange_rest_url`) and ``PROXY_REST_WEIGHT_PER_MINUTE`` (3000, at
+    most Binance's 6000): where and within what request weight trade history is fetched for ``HistoricalTrades``
+    (:mod:`socket_proxy.history`). ``PROXY_TLS_CA_FILE``,
     ``PROXY_TLS_CERT_FILE``, ``PROXY_TLS_KEY_FILE`` (required): the mesh CA and the ``socket_proxy``
     identity's certificate and key; the server speaks mutual TLS only and serves the ``aggregator`` identity
     (see :class:`crypto_mesh.settings.MeshTlsSettings`, docs/SECURITY.md)."""
@@ -29,6 +36,25 @@ class ProxySettings(MeshTlsSettings):
     max_batch: int = Field(default=256, ge=1)
     batch_linger_ms: float = Field(default=0.0, ge=0, le=1000)
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    rest_url: str | None = None
+    rest_weight_per_minute: int = Field(default=3000, ge=1, le=binance_rest.REQUEST_WEIGHT_PER_MINUTE)
+
+    def exchange_rest_url(self) -> str:
+        """Where trade history is fetched (``PROXY_REST_URL``); unset: the REST side of ``exchange_url``
+        (``ws://host:port`` → ``http://host:port``, the replay exchange serving both on one port; anything else →
+        Binance's ``https://api.binance.com``)."""
+        if self.rest_url:
+            return self.rest_url
+        if self.exchange_url.startswith("ws://"):
+            return "http://" + self.exchange_url.removeprefix("ws://")
+        return DEFAULT_REST_URL
+
+    @field_validator("rest_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("PROXY_REST_URL must start with http:// or https://")
+        return value.rstrip("/") if value else None
 
     @field_validator("exchange_url")
     @classmethod

@@ -8,7 +8,9 @@ parse_trade_frame``) and keep only their own decisions. The parts, each citing i
 - :mod:`.control`: SUBSCRIBE / UNSUBSCRIBE and the other control messages, their answers and error codes;
 - :mod:`.limits`: streams per connection, messages per second, connection attempts, 24 h connection life;
 - :mod:`.exchange_info`: the symbol list of ``GET /api/v3/exchangeInfo`` and each symbol's status;
-- :mod:`.rest`: the REST requests the mesh makes (``GET /api/v3/exchangeInfo``), their weights and refusals;
+- :mod:`.rest`: the REST requests the mesh makes (``GET /api/v3/exchangeInfo``, the trade history routes
+  ``historicalTrades`` and ``aggTrades``), their weights and refusals;
+- :mod:`.history`: trade history answers turned into trade stream frames, and back;
 - :mod:`.data`: the real Binance data shipped in ``crypto_mesh/data/binance`` and how its files are read.
 """
 
@@ -46,6 +48,7 @@ from crypto_mesh.binance.frames import (
     stream_of,
     trade_id_field,
 )
+from crypto_mesh.binance.history import history_element, history_frames, history_payload
 from crypto_mesh.binance.limits import (
     CONNECT_ATTEMPTS_WINDOW_S,
     MAX_CONNECT_ATTEMPTS,
@@ -75,9 +78,12 @@ from crypto_mesh.binance.names import (
 from crypto_mesh.binance.rest import (
     EXCHANGE_INFO_PATH,
     EXCHANGE_INFO_WEIGHT,
+    MAX_TRADE_HISTORY_LIMIT,
+    TRADE_HISTORY_ROUTES,
     BinanceRest,
     RestUnavailable,
     exchange_info_url,
+    trade_history_url,
 )
 
 __all__ = [
@@ -94,6 +100,7 @@ __all__ = [
     "MAX_CONNECT_ATTEMPTS",
     "MAX_INCOMING_MESSAGES_PER_SECOND",
     "MAX_STREAMS_PER_CONNECTION",
+    "MAX_TRADE_HISTORY_LIMIT",
     "MINI_TICKER",
     "MINI_TICKER_ALL",
     "MINI_TICKER_EVENT",
@@ -104,6 +111,7 @@ __all__ = [
     "SYMBOL_PATTERN",
     "TIME_FIELDS",
     "TRADE",
+    "TRADE_HISTORY_ROUTES",
     "TRADE_ID_FIELDS",
     "TRADING",
     "BinanceRest",
@@ -119,6 +127,9 @@ __all__ = [
     "combined_stream_url",
     "control",
     "exchange_info_url",
+    "history_element",
+    "history_frames",
+    "history_payload",
     "load_exchange_info",
     "mini_ticker_payload",
     "mini_ticker_stream",
@@ -134,5 +145,7 @@ __all__ = [
     "split_combined",
     "split_stream",
     "stream_of",
+    "trade_history_url",
     "trade_id_field",
+    "trade_stream",
 ]

@@ -1,5 +1,7 @@
 """Transport of the replay exchange: Binance's spot websocket stream protocol over ``websockets``, plus HTTP
-``GET /api/v3/exchangeInfo`` (Binance's REST route, :mod:`launcher.replay.rest`), ``GET /replay/v1/info`` and
+``GET /api/v3/exchangeInfo`` (Binance's REST route, :mod:`launcher.replay.rest`), the trade history routes
+``GET /api/v3/historicalTrades`` and ``GET /api/v3/aggTrades`` (:mod:`launcher.replay.history`),
+``GET /replay/v1/info`` and
 ``GET /healthz`` on the same port.
 
 Protocol (Binance spot "WebSocket Streams for Binance", its formats and limits in :mod:`crypto_mesh.binance`):
@@ -29,7 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,9 +44,10 @@ from crypto_mesh import binance, jsonutil
 from crypto_mesh.binance import MINI_TICKER_ALL, control
 from crypto_mesh.binance.rest import USED_WEIGHT_HEADER
 from crypto_mesh.logs import get_logger
+from launcher.replay.history import PlayPosition, TradeHistory
 from launcher.replay.minitickers import MiniTickers
 from launcher.replay.recording import Recording, Timeline, floor_second, load_recording
-from launcher.replay.rest import UNKNOWN, ExchangeInfoFile, RequestWeights
+from launcher.replay.rest import UNKNOWN, ExchangeInfoFile, HistoryQueryError, RequestWeights, history_query
 from launcher.replay.settings import ReplaySettings
 
 log = get_logger(__name__)
@@ -183,6 +186,7 @@ class _Playback:
     speed: float
     ticker_streams: frozenset[str]
     started_at_ms: int
+    position: PlayPosition = field(default_factory=PlayPosition)
 
     async def run(self) -> None:
         recording = self.timeline.recording
@@ -208,15 +212,18 @@ class _Playback:
                 paced = 0
                 await asyncio.sleep(0)
 
+        position = self.position
         while True:
             shift = self.timeline.shift_ms(k)
-            for frame in recording.frames:
+            for index, frame in enumerate(recording.frames):
                 event_ms = frame.event_ms + shift
                 if open_second is not None and event_ms >= open_second + 1000:
                     await until(open_second + 1000)
                     self._publish_tickers(tickers.close_second(open_second + 1000))
                     open_second = None
                 await until(event_ms)
+                # From here the frame is played: the trade history answers it.
+                position.loop, position.index = k, index + 1
                 needed = frame.stream in self.hub.subscribers
                 is_trade = frame.stream in self.ticker_streams
                 if not (needed or is_trade):
@@ -282,6 +289,7 @@ class _Exchange:
         self.hub = hub
         self.exchange_info = exchange_info
         self.weights = RequestWeights(settings.request_weight_per_minute)
+        self.history = TradeHistory([(playback.timeline, playback.position) for playback in playbacks])
 
     def info(self) -> dict[str, Any]:
         return {
@@ -304,6 +312,8 @@ class _Exchange:
             return _json_response(200, {"status": "ok"})
         if path == binance.EXCHANGE_INFO_PATH:
             return self.exchange_info_response(request)
+        if path in _HISTORY_KINDS:
+            return self.trade_history_response(_HISTORY_KINDS[path], request)
         try:
             parsed = parse_path(request.path)
         except ProtocolError as exc:
@@ -329,6 +339,23 @@ class _Exchange:
             gzipped = [*weight, ("Content-Encoding", "gzip")]
             return _response(200, document.gzipped, "application/json", gzipped)
         return _response(200, document.body, "application/json", weight)
+
+    def trade_history_response(self, kind: str, request: Request) -> Response:
+        """``GET /api/v3/historicalTrades`` (``kind`` ``"trade"``) or ``GET /api/v3/aggTrades`` (``"aggTrade"``):
+        the played trades of the recording from ``fromId`` on (:mod:`launcher.replay.history`), within the
+        request weight (:mod:`launcher.replay.rest`)."""
+        weight = binance.TRADE_HISTORY_ROUTES[kind][1]
+        used, retry_after_s = self.weights.spend(weight, time.time())
+        headers = [(USED_WEIGHT_HEADER, str(used))]
+        if retry_after_s is not None:
+            return _json_response(
+                429, self.weights.refusal(), [*headers, ("Retry-After", str(retry_after_s))]
+            )
+        try:
+            symbol, from_id, limit = history_query(urlsplit(request.path).query, self.history.symbols())
+        except HistoryQueryError as exc:
+            return _json_response(400, {"code": exc.code, "msg": exc.msg}, headers)
+        return _json_response(200, self.history.elements(kind, symbol, from_id, limit), headers)
 
     async def handle(self, ws: ServerConnection) -> None:
         parsed = parse_path(ws.request.path)
@@ -415,6 +442,13 @@ class _Exchange:
             )
         except ProtocolError as exc:
             return control.error(exc.code, exc.msg, request_id)
+
+
+#: The trade history routes and the trade stream kind each answers.
+_HISTORY_KINDS = {
+    binance.rest.HISTORICAL_TRADES_PATH: binance.TRADE,
+    binance.rest.AGG_TRADES_PATH: binance.AGG_TRADE,
+}
 
 
 def _valid_id(value: object) -> bool:

@@ -53,7 +53,8 @@ class RecordingProxy(socket_pb2_grpc.SocketProxyServicer):
     RESOURCE_EXHAUSTED, the frames queued for it thrown away and those the stream carries until it
     subscribes again never sent to it; ``lost_on_overflow`` frames in all, kept in :attr:`lost`.
     ``calls`` counts calls per symbol; ``cancelled[symbol]`` is set when a call of that symbol is cancelled
-    by the client.
+    by the client. ``history``: ``"serve"`` answers ``HistoricalTrades`` from the stream's frames by id,
+    ``"refuse"`` ends it with RESOURCE_EXHAUSTED; ``history_calls`` counts them.
     """
 
     def __init__(
@@ -62,7 +63,10 @@ class RecordingProxy(socket_pb2_grpc.SocketProxyServicer):
         mini_ticker_frames=(),
         overflow_after: int | None = None,
         lost_on_overflow: int = 0,
+        history: str = "serve",
     ) -> None:
+        self.history = history
+        self.history_calls = 0
         self.trade_frames: dict[tuple[str, int], list[bytes]] = trade_frames or {}
         self.mini_ticker_frames = list(mini_ticker_frames)
         self.overflow_after = overflow_after
@@ -91,6 +95,18 @@ class RecordingProxy(socket_pb2_grpc.SocketProxyServicer):
         except asyncio.CancelledError:
             self.cancelled[request.symbol].set()
             raise
+
+    async def HistoricalTrades(self, request, context):
+        self.history_calls += 1
+        if self.history == "refuse":
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "request weight budget spent")
+        id_field = "a" if request.kind == socket_pb2.TRADE_KIND_AGG_TRADE else "t"
+        by_id = {}
+        for frame in self.trade_frames.get((request.symbol, request.kind), []):
+            trade_id = orjson.loads(frame).get("data", {}).get(id_field)
+            if isinstance(trade_id, int) and trade_id >= request.from_id:
+                by_id[trade_id] = frame
+        return socket_pb2.RawFrames(data=[by_id[i] for i in sorted(by_id)][: request.limit])
 
     async def StreamMiniTickers(self, request, context):
         self.mini_ticker_calls += 1
@@ -210,56 +226,35 @@ def seconds_around(lost: list[bytes], frames: list[bytes]) -> tuple[int, int]:
     return second_of(frames[first - 1]), second_of(frames[after])
 
 
-async def test_every_second_is_published_exactly_and_those_an_overflow_cut_short_are_not_published_at_all(
-    agg_redis_url,
+async def follow_through_an_overflow(
+    proxy: RecordingProxy,
+    count: int,
     redis_client,
+    agg_redis_url,
     kafka_bootstrap,
-    trade_recording,
     serving,
-):
-    frames = recorded_frames(trade_recording, "btcusdt")
-    # A malformed frame and a frame of another event type in the middle of the stream; and halfway through,
-    # the upstream ends the call as overflowing (RESOURCE_EXHAUSTED) and 120 trades never reach the
-    # aggregator, which must subscribe again to get the rest.
-    middle = len(frames) // 3
-    stream = frames[:middle] + [MALFORMED_FRAME, UNKNOWN_EVENT_FRAME] + frames[middle:]
-    streams = {("btcusdt", socket_pb2.TRADE_KIND_TRADE): stream}
-    proxy = RecordingProxy(streams, overflow_after=len(frames) // 2, lost_on_overflow=120)
+    grace_ms,
+) -> tuple[list[dict], dict, dict]:
+    """Follow btcusdt on an aggregator over ``proxy`` (which ends the first call as overflowing) until it has
+    published ``count`` SecondStats; returns them, the ``trades`` counters of ``GET /v1/stats`` and the metrics samples. Then unfollows, and checks
+    that the call is cancelled and nothing more is published."""
     pubsub = redis_client.pubsub()
     await pubsub.subscribe("btcusdt")
-
-    # A short grace: the wall clock may close the second cut short before the resubscription (the window is
-    # held as interrupted, so it is not published) or the first trade after the gap may (skipped ids): the
-    # published seconds must be the same either way.
     async with (
         serving(proxy) as proxy_port,
-        aggregator(agg_redis_url, kafka_bootstrap, proxy_port, window_grace_ms=100) as (base, http),
+        aggregator(agg_redis_url, kafka_bootstrap, proxy_port, window_grace_ms=grace_ms) as (base, http),
     ):
         async with http.put(f"{base}/v1/symbols/BTCUSDT/followers/user:1") as response:
             assert response.status == 200
             assert await response.json() == {"symbol": "btcusdt", "followers": 1, "tracked": True}
         await eventually(lambda: proxy.calls["btcusdt"] == 2, what="the aggregator subscribed again")
-        gap = seconds_around(proxy.lost, frames)
-        recorded = expected_stats(frames, "t")
-        expected = [stat for stat in recorded if not gap[0] <= stat["t"] <= gap[1]]
-        assert len(recorded) - len(expected) >= 3  # the two cut short, and at least one wholly lost
+        received = await receive(pubsub, count, timeout_s=30)
 
-        received = await receive(pubsub, len(expected), timeout_s=30)
-
-        # Every second published is the recorded second; none of those around the gap is published, not
-        # even in part.
-        assert [checked_fields(stat) for stat in received] == expected
         assert orjson.loads(await redis_client.get("price:btcusdt")) == received[-1]
         async with http.get(f"{base}/v1/stats") as response:
             counters = (await response.json())["trades"]
-        assert counters["malformed"] == 1 and counters["unknown_event"] == 1
-        assert counters["parsed"] == len(frames) - len(proxy.lost) and counters["stats"] == len(expected)
-        assert (counters["gaps"], counters["ids_missed"]) == (1, len(proxy.lost))
-        incomplete = len(set(gap))  # the second before the gap and the one after (one, if the same)
-        assert counters["incomplete"] == incomplete
         async with http.get(f"{base}/metrics") as response:
             samples = parse_samples(await response.text())
-        assert samples["aggregator_incomplete_seconds_total"] == incomplete
 
         async with http.delete(f"{base}/v1/symbols/btcusdt/followers/user:1") as response:
             assert await response.json() == {"symbol": "btcusdt", "followers": 0, "tracked": False}
@@ -268,6 +263,85 @@ async def test_every_second_is_published_exactly_and_those_an_overflow_cut_short
             assert await response.json() == {"symbols": []}
         assert await receive(pubsub, 1, timeout_s=1.5) == []  # nothing more, not even the last price again
     await pubsub.aclose()
+    return received, counters, samples
+
+
+def overflowing_stream(frames: list[bytes]) -> dict:
+    """btcusdt's recorded frames with a malformed frame and a frame of another event type a third of the way."""
+    middle = len(frames) // 3
+    return {
+        ("btcusdt", socket_pb2.TRADE_KIND_TRADE): frames[:middle]
+        + [MALFORMED_FRAME, UNKNOWN_EVENT_FRAME]
+        + frames[middle:]
+    }
+
+
+async def test_trades_an_overflow_cut_out_are_fetched_back_and_every_second_is_published_whole(
+    agg_redis_url,
+    redis_client,
+    kafka_bootstrap,
+    trade_recording,
+    serving,
+):
+    frames = recorded_frames(trade_recording, "btcusdt")
+    # Halfway through, the upstream ends the call as overflowing (RESOURCE_EXHAUSTED) and 120 trades never
+    # reach the aggregator on the stream: it subscribes again, sees the skipped ids and fetches them back with
+    # HistoricalTrades while the seconds around the gap wait (the grace is long enough for the fill).
+    proxy = RecordingProxy(overflowing_stream(frames), overflow_after=len(frames) // 2, lost_on_overflow=120)
+
+    expected = expected_stats(frames, "t")
+    received, counters, samples = await follow_through_an_overflow(
+        proxy, len(expected), redis_client, agg_redis_url, kafka_bootstrap, serving, grace_ms=3000
+    )
+
+    # Every recorded second is published, whole, the ones the overflow cut into too; none is marked.
+    assert [checked_fields(stat) for stat in received] == expected
+    assert not [stat for stat in received if "x" in stat]
+    assert counters["malformed"] == 1 and counters["unknown_event"] == 1
+    assert counters["parsed"] == len(frames) - len(proxy.lost)
+    assert (counters["gaps"], counters["ids_missed"]) == (1, len(proxy.lost))
+    assert (counters["backfills"], counters["backfilled"], counters["incomplete"]) == (1, len(proxy.lost), 0)
+    assert samples["aggregator_backfills_total{result=whole}"] == 1
+    assert samples["aggregator_backfilled_trades_total"] == len(proxy.lost) and proxy.history_calls == 1
+    assert samples["aggregator_incomplete_seconds_total"] == 0
+
+
+async def test_when_the_fill_is_refused_the_seconds_around_the_gap_are_published_marked_incomplete(
+    agg_redis_url,
+    redis_client,
+    kafka_bootstrap,
+    trade_recording,
+    serving,
+):
+    frames = recorded_frames(trade_recording, "btcusdt")
+    proxy = RecordingProxy(
+        overflowing_stream(frames), overflow_after=len(frames) // 2, lost_on_overflow=120, history="refuse"
+    )
+
+    # A short grace: the wall clock may close the second cut short before the resubscription (the window is
+    # held as interrupted, so it is closed incomplete) or the refused fill may: the published seconds must be
+    # the same either way.
+    # The lost frames are known once the first call has ended; the count to wait for too.
+    recorded = expected_stats(frames, "t")
+    middle, lost = len(frames) // 2, 120
+    gap = second_of(frames[middle - 1]), second_of(frames[middle + lost])
+    whole = [stat for stat in recorded if not gap[0] <= stat["t"] <= gap[1]]
+    received, counters, samples = await follow_through_an_overflow(
+        proxy, len(whole) + len(set(gap)), redis_client, agg_redis_url, kafka_bootstrap, serving, grace_ms=100
+    )
+
+    assert gap == seconds_around(proxy.lost, frames)
+    # Every second published whole is the recorded second; the two around the gap are published marked
+    # incomplete, with the trades the aggregator got; those wholly lost are not published.
+    assert [checked_fields(stat) for stat in received if "x" not in stat] == whole
+    marked = [stat for stat in received if "x" in stat]
+    assert [(stat["t"], stat["x"]) for stat in marked] == [(second, True) for second in sorted(set(gap))]
+    recorded_by_second = {stat["t"]: stat for stat in recorded}
+    assert all(stat["n"] < recorded_by_second[stat["t"]]["n"] for stat in marked)
+    assert (counters["gaps"], counters["ids_missed"]) == (1, len(proxy.lost))
+    assert counters["backfills_partial"] == 1 and counters["backfilled"] == 0
+    assert counters["incomplete"] == len(set(gap)) == samples["aggregator_incomplete_seconds_total"]
+    assert samples["aggregator_backfills_total{result=partial}"] == 1
 
 
 async def test_agg_trade_stream_is_used_when_configured(

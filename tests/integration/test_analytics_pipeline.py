@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import base64
 import functools
 import gzip
@@ -67,6 +69,11 @@ async def _status_is(port: int, status: int) -> bool:
     return (await health(port))[0] == status
 
 
+def rows_second(second_ms: int) -> str:
+    """A ``second`` as the SQL API answers it (ISO 8601 UTC, whole seconds)."""
+    return datetime.datetime.fromtimestamp(second_ms / 1000, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def second_value(s: SecondStat) -> tuple[bytes, bytes]:
     return s.symbol.encode(), jsonutil.dumps(second_record(s))
 
@@ -107,7 +114,8 @@ async def test_every_secondstat_becomes_one_exact_row_of_price_seconds(etl, sett
     producer = SecondProducer(kafka_bootstrap, enable_idempotence=False, topic=settings.kafka_second_topic)
     sender = asyncio.create_task(producer.run())
     try:
-        stats = [first] + [stat("btcusdt", n) for n in range(1, 30)]
+        # One second published incomplete ("x": true): its row says so, the others do not.
+        stats = [first] + [dataclasses.replace(stat("btcusdt", n), incomplete=n == 7) for n in range(1, 30)]
         for s in stats:
             producer.submit(s)
         await eventually(lambda: _count_is(etl.port, "crypto.price_seconds", 30))
@@ -120,6 +128,8 @@ async def test_every_secondstat_becomes_one_exact_row_of_price_seconds(etl, sett
         "SELECT message_id, symbol, second, open, high, low, close, volume, quote_volume, vwap, trade_count,"
         " close_trade_id FROM crypto.price_seconds ORDER BY second LIMIT 1",
     )
+    marked = await sql_rows(etl.port, "SELECT second FROM crypto.price_seconds WHERE incomplete")
+    assert marked == [[rows_second(stats[7].second_ms)]]
     vwap = independent_vwap(FIRST_SECOND_TRADES)
     assert vwap == Decimal("61837.13000000")
     assert rows == [

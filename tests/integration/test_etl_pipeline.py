@@ -283,9 +283,13 @@ async def test_migrations_are_applied_once_and_recorded(etl_settings, clickhouse
             await running.stop()
         sha256 = [
             hashlib.sha256((migrate.MIGRATIONS_DIR / name).read_bytes()).hexdigest()
-            for name in ("0001_market_tickers.sql", "0002_price_seconds.sql")
+            for name in ("0001_market_tickers.sql", "0002_price_seconds.sql", "0003_incomplete_seconds.sql")
         ]
-        assert sorted(body["rows"]) == [[1, "market_tickers", sha256[0]], [2, "price_seconds", sha256[1]]]
+        assert sorted(body["rows"]) == [
+            [1, "market_tickers", sha256[0]],
+            [2, "price_seconds", sha256[1]],
+            [3, "incomplete_seconds", sha256[2]],
+        ]
     client = clickhouse_connect.get_client(dsn=clickhouse_url)  # system.* is not for analysts' SQL
     try:
         engine = client.query(
@@ -301,7 +305,7 @@ def test_a_migration_changed_after_it_was_applied_is_an_error(clickhouse_url):
     client = clickhouse_connect.get_client(dsn=clickhouse_url)
     try:
         migrations = migrate.load_migrations()
-        assert migrate.apply_migrations(client, migrations) == [1, 2]
+        assert migrate.apply_migrations(client, migrations) == [1, 2, 3]
         assert migrate.apply_migrations(client, migrations) == []
         edited = [migrations[0].__class__(1, "market_tickers", migrations[0].statements, "0" * 64), *migrations[1:]]
         with pytest.raises(migrate.MigrationError, match="changed after it was applied"):

@@ -122,9 +122,10 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
         # aggregator's first second may be partial (it joined mid-second): the first second with both
         # messages is skipped, every later one must be the recorded second, from both, until every recorded
         # second of every symbol has been seen. On a busy machine the proxy may end a subscriber that
-        # fell behind: the aggregator then resubscribes, sees the trade ids it missed, and publishes nothing for
-        # the seconds that lost trades, so whatever is published is still the recorded second, and a second
-        # missed in one loop of the recording is checked in a later one.
+        # fell behind: the aggregator then resubscribes, sees the trade ids it missed and fetches them back from
+        # the exchange's history; a second it could not fill in time is published marked incomplete ("x"),
+        # and is not compared: whatever is published unmarked is still the recorded second, and a second
+        # marked in one loop of the recording is checked in a later one.
         messages: dict[tuple[str, int], list[bytes]] = defaultdict(list)
         first_pair: dict[str, int] = {}
         checked: set[tuple[str, int]] = set()
@@ -145,6 +146,8 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
             if message is None:
                 continue
             stat = orjson.loads(message["data"])
+            if stat.get("x"):
+                continue
             key = (stat["s"], stat["t"])
             messages[key].append(message["data"])
             if len(messages[key]) < 2:
@@ -177,6 +180,125 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
         assert proxy_samples["socket_proxy_upstream_connections"] == 1
     await pubsub.aclose()
     await listener.aclose()
+
+
+def end_as_overflowing(proxy, stream: str) -> None:
+    """End every subscriber of ``stream`` as socket_proxy does when one falls behind: its bounded queue fills
+    up (with frames offered in one go, so none is sent) and it is ended with RESOURCE_EXHAUSTED."""
+    fanout = proxy.service.fanout
+    while fanout.streams.get(stream):
+        fanout.publish(stream, b"{}")
+
+
+async def kill_until_trades_are_lost(
+    recording, redis_url, db: str, kafka_bootstrap, stream: str, **proxy_overrides
+) -> tuple[dict, list[dict], dict, dict]:
+    """A replay of ``recording`` at ten times real time, socket_proxy on it (``proxy_overrides``) and an
+    aggregator (Redis database ``db``, a 3 s grace) following ``stream``'s symbol; the proxy ends the
+    aggregator's subscription as overflowing while a second is open (:func:`end_as_overflowing`) until the
+    aggregator sees ids it missed while it subscribed again (a few dozen trades are lost each time). Returns the
+    replay's timeline, every SecondStat published for the symbol from the start until 50 more after the gap,
+    and the aggregator's and the proxy's metrics samples."""
+    symbol = stream.partition("@")[0]
+    listener = redis.from_url(redis_url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(symbol)
+    published: list[dict] = []
+
+    async def collect() -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                published.append(orjson.loads(message["data"]))
+
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(listener.aclose)
+        stack.push_async_callback(pubsub.aclose)
+        exchange, proxy = await stack.enter_async_context(
+            exchange_and_proxy(recording, speed=10, **proxy_overrides)
+        )
+        info_url = f"{exchange.url.replace('ws', 'http', 1)}/replay/v1/info"
+        timeline = (await get_json(info_url))["recordings"][0]
+        base = await stack.enter_async_context(
+            serve_aggregator(
+                db, kafka_bootstrap, proxy.port, window_grace_ms=3000, trade_stream=stream.partition("@")[2]
+            )
+        )
+        collector = asyncio.create_task(collect())
+        stack.callback(collector.cancel)
+        await put_symbols(base, "user:1", [symbol])
+        await polling.eventually(lambda: len(published) >= 2, timeout_s=30, what="seconds flow")
+
+        async def gaps() -> float:
+            return (await metrics(f"{base}/metrics"))["aggregator_trade_gaps_total"]
+
+        for _attempt in range(20):
+            end_as_overflowing(proxy, stream)
+            await polling.eventually(
+                lambda: proxy.service.fanout.streams.get(stream) == 1, what="resubscribed"
+            )
+            await asyncio.sleep(0.5)
+            if await gaps() > 0:
+                break
+        assert await gaps() > 0
+        killed_at = len(published)
+        # More seconds: those around the gap are published by then (the grace is 3 s of exchange time).
+        await polling.eventually(lambda: len(published) >= killed_at + 50, timeout_s=30, what="seconds after")
+        samples = await metrics(f"{base}/metrics")
+        proxy_samples = await metrics(f"http://127.0.0.1:{proxy.service.metrics_port}/metrics")
+    return timeline, published, samples, proxy_samples
+
+
+async def test_a_subscription_killed_mid_second_is_filled_from_the_exchanges_history_and_published_whole(
+    redis_url, clean_dbs, kafka_bootstrap, trade_recording
+):
+    stream = "btcusdt@trade"
+    earliest, expected = recorded_seconds(trade_recording, {stream})
+
+    timeline, published, samples, proxy_samples = await kill_until_trades_are_lost(
+        trade_recording, redis_url, clean_dbs[0], kafka_bootstrap, stream
+    )
+
+    assert samples["aggregator_backfilled_trades_total"] > 0
+    assert samples["aggregator_backfills_total{result=whole}"] == samples["aggregator_trade_gaps_total"]
+    assert samples["aggregator_incomplete_seconds_total"] == 0
+    fetched = proxy_samples["socket_proxy_trade_history_trades_total"]
+    assert fetched == samples["aggregator_backfilled_trades_total"]
+    # Every second after the first (joined mid-second) is the recorded second, whole (count, volumes, close
+    # id), none marked, and none is missing: the seconds the kills cut into are among them.
+    seconds = [as_recorded(stat, timeline, earliest) for stat in published[1:]]
+    assert not [stat for stat in published if "x" in stat]
+    for key, fields in seconds:
+        assert fields == expected[key], key
+    first, last = seconds[0][0], seconds[-1][0]
+    assert [key for key, _fields in seconds] == sorted(key for key in expected if first <= key <= last)
+
+
+async def test_when_the_exchange_history_is_refused_the_seconds_a_kill_cut_into_are_published_marked(
+    redis_url, clean_dbs, kafka_bootstrap, agg_trade_recording
+):
+    # The proxy's request-weight budget (1 a minute) holds no aggTrades request (weight 4): every fill is
+    # refused before it reaches the exchange.
+    stream = "btcusdt@aggTrade"
+    earliest, expected = recorded_seconds(agg_trade_recording, {stream})
+
+    timeline, published, samples, proxy_samples = await kill_until_trades_are_lost(
+        agg_trade_recording, redis_url, clean_dbs[0], kafka_bootstrap, stream, rest_weight_per_minute=1
+    )
+
+    assert proxy_samples["socket_proxy_trade_history_requests_total{result=refused}"] > 0
+    assert proxy_samples["socket_proxy_trade_history_requests_total{result=answered}"] == 0
+    assert samples["aggregator_backfills_total{result=partial}"] == samples["aggregator_trade_gaps_total"]
+    marked = [stat for stat in published if stat.get("x") is True]
+    assert 0 < len(marked) == samples["aggregator_incomplete_seconds_total"]
+    kinds = {"btcusdt": "aggTrade"}
+    for stat in marked:  # the trades the aggregator got: the second may have had more
+        key, fields = as_recorded(stat, timeline, earliest, kinds)
+        assert fields["n"] <= expected[key]["n"], key
+    for stat in published[1:]:
+        if "x" not in stat:
+            key, fields = as_recorded(stat, timeline, earliest, kinds)
+            assert fields == expected[key], key
 
 
 async def test_the_exchange_killed_and_restarted_ten_times_resumes_every_subscription_without_leaking(

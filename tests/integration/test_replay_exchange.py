@@ -410,3 +410,39 @@ async def test_a_replay_whose_exchange_info_file_is_not_one_does_not_start(tmp_p
     document.write_bytes(b"[]")
     with pytest.raises(ValueError, match="no symbols list"):
         await start(ReplaySettings(port=0, files=(agg_trade_recording,), exchange_info_file=document))
+
+
+# --- REST: GET /api/v3/historicalTrades and GET /api/v3/aggTrades ---------------------------------------------
+
+
+async def test_trade_history_answers_played_trades_by_id_with_binances_field_names_and_weights(
+    agg_trade_recording,
+):
+    running = await start(ReplaySettings(port=0, files=(agg_trade_recording,), speed=20.0))
+    base = f"http://127.0.0.1:{running.port}"
+    try:
+        async with connect(f"{running.url}/ws/dotusdt@aggTrade") as ws:
+            streamed = [orjson.loads(await ws.recv()) for _ in range(20)]
+        async with aiohttp.ClientSession() as session:
+            query = {"symbol": "DOTUSDT", "fromId": str(streamed[0]["a"]), "limit": "20"}
+            async with session.get(f"{base}/api/v3/aggTrades", params=query) as response:
+                assert response.status == 200
+                assert int(response.headers["X-MBX-USED-WEIGHT-1M"]) >= 4
+                answer = await response.json()
+            # The REST element of each streamed aggTrade: the same fields, without e, E and s.
+            assert answer == [
+                {key: data[key] for key in ("a", "p", "q", "f", "l", "T", "m", "M")} for data in streamed
+            ]
+            future = {"symbol": "DOTUSDT", "fromId": str(streamed[-1]["a"] + 10**9)}
+            async with session.get(f"{base}/api/v3/aggTrades", params=future) as response:
+                assert await response.json() == []  # not made yet
+            async with session.get(
+                f"{base}/api/v3/historicalTrades", params={"symbol": "DOTUSDT", "fromId": "1"}
+            ) as response:
+                assert response.status == 200 and await response.json() == []  # no @trade recorded
+            async with session.get(
+                f"{base}/api/v3/aggTrades", params={"symbol": "DOGEUSDT", "fromId": "1"}
+            ) as response:
+                assert response.status == 400 and (await response.json())["code"] == -1121
+    finally:
+        await running.stop()

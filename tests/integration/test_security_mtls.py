@@ -193,6 +193,11 @@ async def test_socket_proxy_serves_the_aggregator_only_and_a_refused_call_subscr
                 await call.read()
         assert caught.value.code() == Code.PERMISSION_DENIED, identity
         assert proxy.service.fanout.streams == {} and proxy.service.upstream.connections == 0, identity
+        async with tls_channel(f"127.0.0.1:{proxy.port}", mesh_pki[identity].load(), SOCKET_PROXY) as channel:
+            history = socket_pb2.HistoricalTradesRequest(symbol="btcusdt", from_id=1, limit=1)
+            call = socket_pb2_grpc.SocketProxyStub(channel).HistoricalTrades(history, timeout=CALL_TIMEOUT_S)
+            assert await refused_code(call) == Code.PERMISSION_DENIED, identity
+        assert proxy.service.history.requests == 0, identity
     async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
         call = socket_pb2_grpc.SocketProxyStub(channel).StreamTrades(request, timeout=CALL_TIMEOUT_S)
         assert await refused_code(call.read()) == Code.UNAVAILABLE

@@ -252,3 +252,53 @@ async def test_health_reports_serving_to_the_readiness_watcher(proxy, mesh_pki):
     async with tls_channel(f"127.0.0.1:{proxy.port}", tls, SOCKET_PROXY) as channel:
         answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def history_request(
+    from_id: int, limit: int = 1000, symbol: str = "btcusdt", kind=socket_pb2.TRADE_KIND_TRADE
+):
+    return socket_pb2.HistoricalTradesRequest(symbol=symbol, kind=kind, from_id=from_id, limit=limit)
+
+
+async def test_historical_trades_answers_the_frames_the_stream_carried_by_id(proxy, stub_for):
+    async with stub_for(proxy.port) as stub:
+        streamed = await read_frames(stub.StreamTrades(BTC_TRADES), 300)
+        first_id = orjson.loads(streamed[0])["data"]["t"]
+
+        history = (await stub.HistoricalTrades(history_request(first_id, 200))).data
+
+    # The same trades as the stream carried them (the REST form has no event time: E is the trade time).
+    def trade_fields(frame: bytes) -> dict:
+        data = orjson.loads(frame)["data"]
+        return {key: data[key] for key in ("e", "s", "t", "p", "q", "T", "m")}
+
+    assert [trade_fields(frame) for frame in history] == [trade_fields(frame) for frame in streamed[:200]]
+    assert all(orjson.loads(frame)["stream"] == "btcusdt@trade" for frame in history)
+    assert proxy.service.history.requests == 1 and proxy.service.history.budget.used == 25
+
+
+async def test_historical_trades_refuses_bad_requests_and_beyond_the_weight_budget(exchange, stub_for):
+    proxy = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url, rest_weight_per_minute=30))
+    try:
+        async with stub_for(proxy.port) as stub:
+            for request in (
+                history_request(1, limit=0),
+                history_request(1, limit=1001),
+                history_request(1, symbol="x"),
+                history_request(1, kind=7),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.HistoricalTrades(request)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+            await stub.HistoricalTrades(history_request(1, limit=1))  # weight 25 of 30
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.HistoricalTrades(history_request(1, limit=1))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # A symbol the exchange does not have: its 400 is no usable answer.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.HistoricalTrades(
+                    history_request(1, kind=socket_pb2.TRADE_KIND_AGG_TRADE, symbol="dogeusdt")
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await proxy.stop()

@@ -218,9 +218,9 @@ class ExchangeProcess:
 
 
 @asynccontextmanager
-async def exchange_and_proxy(recording: Path, speed: float):
-    """A replay exchange of ``recording`` at ``speed`` and a socket_proxy on it (metrics on); yields
-    ``(exchange, proxy)``.
+async def exchange_and_proxy(recording: Path, speed: float, **proxy_overrides):
+    """A replay exchange of ``recording`` at ``speed`` and a socket_proxy on it (metrics on; ``proxy_overrides``
+    are further :class:`ProxySettings` fields); yields ``(exchange, proxy)``.
 
     The exchange runs in a process of its own: played fast in the test's event loop it would compete with the
     proxy and the aggregators for the one thread, and fall behind its schedule for good on a busy machine.
@@ -235,7 +235,9 @@ async def exchange_and_proxy(recording: Path, speed: float):
     )
     await asyncio.to_thread(process.start)
     exchange = ExchangeProcess(url=f"ws://127.0.0.1:{port}", port=port)
-    proxy = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url, metrics_port=free_port()))
+    proxy = await start_proxy(
+        ProxySettings(port=0, exchange_url=exchange.url, metrics_port=free_port(), **proxy_overrides)
+    )
     try:
         yield exchange, proxy
     finally:

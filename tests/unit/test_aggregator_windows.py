@@ -214,35 +214,46 @@ def test_a_trade_delivered_twice_counts_once():
     assert (stat.count, stat.volume, windows.duplicates) == (2, Decimal("5"), 1)
 
 
-def test_a_gap_between_two_seconds_publishes_neither_and_the_next_seconds_whole():
+def test_a_gap_between_two_seconds_marks_both_incomplete_and_the_next_seconds_whole():
     windows = SecondWindows(grace_ms=0)
     windows.add(trade(1, "100", 1_000))
     windows.add(trade(2, "101", 1_400))  # ids 3..6 are skipped: they traded between 1.4 s and 3.2 s
 
-    assert windows.add(trade(7, "107", 3_200), after_gap=True) == []  # closes second 1 without a SecondStat
+    [first] = windows.add(trade(7, "107", 3_200), after_gap=True)  # closes second 1, marked incomplete
+    assert (first.second_ms, first.count, first.incomplete) == (1_000, 2, True)
+    assert first.to_json()["x"] is True
     assert windows.add(trade(8, "108", 3_900)) == []
-    assert windows.add(trade(9, "109", 4_100)) == []  # closes second 3 without a SecondStat
+    [third] = windows.add(trade(9, "109", 4_100))  # closes second 3, marked incomplete
+    assert (third.second_ms, third.count, third.incomplete) == (3_000, 2, True)
 
     [last] = windows.close_until(FAR_FUTURE_MS)
-    assert (last.second_ms, last.close, last.count) == (4_000, Decimal("109"), 1)
+    assert (last.second_ms, last.close, last.count, last.incomplete) == (4_000, Decimal("109"), 1, False)
+    assert "x" not in last.to_json()
     assert windows.incomplete == 2
 
 
-def test_a_gap_inside_one_second_publishes_nothing_for_that_second():
+def test_a_gap_inside_one_second_marks_that_second_incomplete():
     windows = SecondWindows(grace_ms=0)
     windows.add(trade(1, "100", 1_000))
     windows.add(trade(5, "105", 1_600), after_gap=True)  # ids 2..4 of the same second are missing
 
-    assert windows.close_until(FAR_FUTURE_MS) == []
-    assert windows.incomplete == 1
+    [stat] = windows.close_until(FAR_FUTURE_MS)
+    assert (stat.count, stat.incomplete, windows.incomplete) == (2, True, 1)
     assert windows.add(trade(6, "106", 1_700)) == [] and windows.late == 1
 
 
-@pytest.mark.parametrize(("recording_fixture", "id_field"), [("trade_recording", "t"), ("agg_trade_recording", "a")])
-def test_trades_lost_to_a_reconnect_leave_only_whole_seconds_published(request, recording_fixture, id_field):
+def second_of(raw: bytes) -> int:
+    return orjson.loads(raw)["data"]["T"] // 1000 * 1000
+
+
+@pytest.mark.parametrize(
+    ("recording_fixture", "id_field"), [("trade_recording", "t"), ("agg_trade_recording", "a")]
+)
+def test_trades_lost_to_a_reconnect_leave_whole_seconds_and_marked_ones(request, recording_fixture, id_field):
     """A run of frames lost from the middle of the recording, as when socket_proxy ends a subscriber that fell
-    behind: every SecondStat that is published still equals the independent computation from the whole
-    recording, and the seconds that lost trades are the only ones missing."""
+    behind, with no fill: every SecondStat published whole still equals the independent computation from the
+    whole recording, the two seconds around the gap are published marked incomplete, and the seconds that
+    lost every trade are not published."""
     from aggregator.intake import TradeIntake
 
     recording = request.getfixturevalue(recording_fixture)
@@ -257,14 +268,121 @@ def test_trades_lost_to_a_reconnect_leave_only_whole_seconds_published(request, 
     intake.on_frames("btcusdt", frames[len(frames) // 3 + 250 :], received_ms=None)
     intake.close_until(FAR_FUTURE_MS)
 
-    def second_of(raw: bytes) -> int:
-        return orjson.loads(raw)["data"]["T"] // 1000 * 1000
-
     around = {second_of(frames[len(frames) // 3 - 1]), second_of(frames[len(frames) // 3 + 250])}
     touched = {second_of(raw) for raw in lost} | around
     whole = {key: fields for key, fields in expected.items() if key[0] == "btcusdt" and key[1] not in touched}
-    assert {(stat.symbol, stat.second_ms): as_expected(stat) for stat in published} == whole
+    published_whole = [stat for stat in published if not stat.incomplete]
+    assert {(stat.symbol, stat.second_ms): as_expected(stat) for stat in published_whole} == whole
+    assert {stat.second_ms for stat in published if stat.incomplete} == around
     assert intake.counters.gaps == 1 and intake.counters.incomplete == len(around)
+
+
+class FakeHistory:
+    """The intake's ``backfill`` port in memory: records each fill asked for; the test answers it."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int, int]] = []
+
+    def __call__(self, symbol: str, first_id: int, wanted_id: int) -> None:
+        self.asked.append((symbol, first_id, wanted_id))
+
+
+@pytest.mark.parametrize(
+    ("recording_fixture", "id_field"), [("trade_recording", "t"), ("agg_trade_recording", "a")]
+)
+def test_trades_lost_to_a_reconnect_and_fetched_back_leave_every_second_whole(
+    request, recording_fixture, id_field
+):
+    from aggregator.intake import TradeIntake
+
+    recording = request.getfixturevalue(recording_fixture)
+    expected = expected_seconds(recording, id_field)
+    with gzip.open(recording) as lines:
+        frames = [line.rstrip(b"\n") for line in lines if b'"btcusdt@' in line]
+    cut = len(frames) // 3
+    lost = frames[cut : cut + 250]
+    published: list[SecondStat] = []
+    history = FakeHistory()
+    intake = TradeIntake(SecondWindows(grace_ms=1000), published.append, max_backfill_ids=5000)
+    intake.backfill = history
+
+    intake.on_frames("btcusdt", frames[:cut], received_ms=None)
+    intake.on_frames("btcusdt", frames[cut + 250 : cut + 400], received_ms=None)  # held while the fill runs
+    first_lost = orjson.loads(lost[0])["data"][id_field]
+    assert history.asked == [("btcusdt", first_lost, first_lost + 249)]
+    intake.on_fill("btcusdt", first_lost, reversed(lost))  # any order
+    intake.on_frames("btcusdt", frames[cut + 400 :], received_ms=None)
+    intake.close_until(FAR_FUTURE_MS)
+
+    assert {(stat.symbol, stat.second_ms): as_expected(stat) for stat in published} == {
+        key: fields for key, fields in expected.items() if key[0] == "btcusdt"
+    }
+    assert not any(stat.incomplete for stat in published)
+    counters = intake.counters
+    assert (counters.backfills, counters.backfills_whole, counters.backfilled, counters.incomplete) == (
+        1,
+        1,
+        250,
+        0,
+    )
+
+
+def test_a_fill_that_stops_short_marks_the_seconds_still_lacking_trades():
+    from aggregator.intake import TradeIntake
+
+    published: list[SecondStat] = []
+    intake = TradeIntake(SecondWindows(grace_ms=0), published.append, max_backfill_ids=100)
+    intake.backfill = FakeHistory()
+
+    def frame(trade_id: int, time_ms: int) -> bytes:
+        data = {"e": "trade", "E": time_ms, "s": "BTCUSDT", "t": trade_id, "p": "1", "q": "1", "T": time_ms}
+        return orjson.dumps({"stream": "btcusdt@trade", "data": data})
+
+    intake.on_frames("btcusdt", [frame(1, 1_000)], received_ms=None)
+    intake.on_frames("btcusdt", [frame(6, 3_100), frame(7, 4_200)], received_ms=None)  # ids 2..5 skipped
+    assert intake.backfill.asked == [("btcusdt", 2, 5)]
+    assert published == []  # second 1 waits for the fill
+    # Only ids 2 and 3 came back (4 is missing, 5 came without it): second 1 gets 2, second 2 lacks 4 and 5.
+    intake.on_fill("btcusdt", 2, [frame(2, 1_500), frame(3, 2_100), frame(5, 2_900)])
+    intake.close_until(FAR_FUTURE_MS)
+
+    assert [(s.second_ms, s.count, s.incomplete) for s in published] == [
+        (1_000, 2, False),
+        (2_000, 1, True),
+        (3_000, 1, True),
+        (4_000, 1, False),
+    ]
+    counters = intake.counters
+    assert (counters.backfills_partial, counters.backfilled, counters.incomplete) == (1, 2, 2)
+
+
+def test_the_clock_closes_a_window_waiting_for_a_late_fill_marked_incomplete():
+    from aggregator.intake import TradeIntake
+
+    published: list[SecondStat] = []
+    intake = TradeIntake(SecondWindows(grace_ms=1_000), published.append, max_backfill_ids=100)
+    intake.backfill = FakeHistory()
+
+    def frame(trade_id: int, time_ms: int) -> bytes:
+        data = {
+            "e": "aggTrade",
+            "E": time_ms,
+            "s": "BTCUSDT",
+            "a": trade_id,
+            "p": "1",
+            "q": "1",
+            "T": time_ms,
+        }
+        return orjson.dumps({"stream": "btcusdt@aggTrade", "data": data})
+
+    intake.on_frames("btcusdt", [frame(1, 1_000)], received_ms=1_000)
+    intake.on_frames("btcusdt", [frame(3, 1_900)], received_ms=1_900)  # id 2 skipped
+    intake.close_until(3_000)  # the grace has passed, the fill has not come
+    intake.on_fill("btcusdt", 2, [frame(2, 1_500)])  # too late for second 1
+    intake.close_until(FAR_FUTURE_MS)
+
+    assert [(s.second_ms, s.count, s.incomplete) for s in published] == [(1_000, 1, True)]
+    assert (intake.counters.incomplete, intake.counters.late) == (1, 2)
 
 
 def test_after_an_interruption_the_next_trade_decides_whether_the_open_second_was_whole():
@@ -278,20 +396,22 @@ def test_after_an_interruption_the_next_trade_decides_whether_the_open_second_wa
 
     [stat] = lossless.close_until(FAR_FUTURE_MS)
     assert (stat.second_ms, stat.count, stat.close, lossless.incomplete) == (1_000, 2, Decimal("101"), 0)
-    assert lossy.close_until(FAR_FUTURE_MS) == [] and lossy.incomplete == 1
+    [marked] = lossy.close_until(FAR_FUTURE_MS)
+    assert (marked.count, marked.incomplete, lossy.incomplete) == (2, True, 1)
 
 
-def test_a_second_the_clock_closes_while_its_stream_is_interrupted_is_not_published():
+def test_a_second_the_clock_closes_while_its_stream_is_interrupted_is_marked_incomplete():
     windows = SecondWindows(grace_ms=1_000)
     windows.add(trade(1, "100", 1_000), received_ms=1_000)
     windows.add(trade(2, "101", 1_300), received_ms=1_300)
     windows.interrupt("btcusdt")
 
-    assert windows.close_until(3_000) == [] and windows.incomplete == 1
+    [marked] = windows.close_until(3_000)
+    assert (marked.count, marked.incomplete, windows.incomplete) == (2, True, 1)
     # The stream is back: a trade of a later second, with no gap, is published as usual.
     windows.add(trade(3, "102", 3_100), received_ms=3_100)
     [stat] = windows.close_until(FAR_FUTURE_MS)
-    assert (stat.second_ms, stat.count) == (3_000, 1)
+    assert (stat.second_ms, stat.count, stat.incomplete) == (3_000, 1, False)
 
 
 def test_an_interruption_without_an_open_window_changes_nothing():

@@ -50,7 +50,12 @@ def test_a_record_of_the_aggregator_becomes_a_row_with_exact_decimal_text():
     )
     assert (row.open, row.high, row.low, row.close) == ("61830.00", "61840.10", "61829.99", "61837.63")
     assert (row.volume, row.quote_volume, row.vwap) == ("1.23400000", "76300.1200000000", str(STAT.vwap))
-    assert (row.trade_count, row.close_trade_id) == (42, 3735683259)
+    assert (row.trade_count, row.close_trade_id, row.incomplete) == (42, 3735683259, False)
+
+
+def test_a_second_published_incomplete_keeps_its_mark_in_the_row():
+    assert decode_second(fields(x=True)).incomplete is True
+    assert decode_second(fields(x=None)).incomplete is False  # null reads as absent
 
 
 def test_uncommon_but_valid_forms_are_rewritten_canonically():
@@ -87,6 +92,7 @@ def fields(**changes) -> bytes:
         (fields(i=-1), "'i' must be an integer from 0"),
         (fields(s="btc/usdt"), "'s': symbol must be"),
         (fields(message_id="x"), "'message_id' must be a UUID"),
+        (fields(x=1), "'x' must be true or false"),
         (
             jsonutil.dumps({k: v for k, v in second_record(STAT).items() if k != "vwap"}),
             "missing field 'vwap'",

@@ -75,6 +75,12 @@ def test_a_second_stat_gives_its_close_price_and_second():
     assert parse_second_stat(stat) == Price(Decimal("61837.63"), 1723161601000)
 
 
+def test_a_second_stat_marked_incomplete_still_gives_its_close_price():
+    # "x": true: trades of the second are missing, but its close is a price the symbol traded at, the latest known.
+    stat = b'{"s": "btcusdt", "t": 1723161601000, "p": "61837.63", "n": 3, "x": true}'
+    assert parse_second_stat(stat) == Price(Decimal("61837.63"), 1723161601000)
+
+
 @pytest.mark.parametrize(
     "payload",
     [

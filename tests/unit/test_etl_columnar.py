@@ -128,6 +128,16 @@ def test_every_kind_of_bad_or_uncommon_record_in_one_run_is_decided_as_one_by_on
     assert run.table.num_rows == 9
 
 
+def test_the_incomplete_mark_is_read_columnar_as_one_by_one_and_false_when_absent():
+    values = [dumps(second(1)), dumps({**second(2), "x": True}), dumps({**second(3), "x": None})]
+    assert_same_as_one_by_one(SECONDS, values)
+    run = decode_values(SECONDS, values)
+    assert (run.invalid, run.table.column("incomplete").to_pylist()) == ([], [False, True, False])
+    refused = [dumps(second(1)), dumps({**second(2), "x": 1}), dumps({**second(3), "x": "true"})]
+    assert_same_as_one_by_one(SECONDS, refused)
+    assert [index for index, _reason in decode_values(SECONDS, refused).invalid] == [1, 2]
+
+
 def test_text_outside_printable_ascii_is_left_to_the_per_record_decoder():
     values = [
         dumps({**ticker(1), "e": "24hrMiniTicker€"}),

@@ -79,7 +79,11 @@ def test_migration_statements_end_with_a_semicolon_at_the_end_of_a_line():
 
 def test_shipped_migrations_are_numbered_in_order():
     migrations = migrate.load_migrations()
-    assert [(m.version, m.name) for m in migrations] == [(1, "market_tickers"), (2, "price_seconds")]
+    assert [(m.version, m.name) for m in migrations] == [
+        (1, "market_tickers"),
+        (2, "price_seconds"),
+        (3, "incomplete_seconds"),
+    ]
     assert len(migrations[0].statements) == 2
 
 
