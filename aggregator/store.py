@@ -175,7 +175,61 @@ class FollowerStore:
         return {symbol: int(count) for symbol, count in zip(symbols, counts, strict=True) if count}
 
 
-class StatPublisher:
+class _RedisWriter:
+    """The drain loop both Redis writers share: take a batch from the writer's buffer, send it, and on a Redis
+    failure give the batch back to the buffer and retry with backoff (logged once per outage, counted in
+    :attr:`failures`); :attr:`healthy` tells whether the last round reached Redis (``None``: nothing tried
+    yet). A writer names itself (``name``, in the log events) and fills in :meth:`_take`, :meth:`_send`,
+    :meth:`_give_back` and, if it wants, :meth:`_sent`."""
+
+    name = "redis_writer"
+
+    def __init__(self) -> None:
+        self._wakeup = asyncio.Event()
+        self.failures = 0
+        self.healthy: bool | None = None
+
+    def _take(self) -> list:
+        raise NotImplementedError
+
+    async def _send(self, batch: list) -> None:
+        raise NotImplementedError
+
+    def _give_back(self, batch: list) -> None:
+        raise NotImplementedError
+
+    def _sent(self) -> None:
+        """Called after a round reached Redis."""
+
+    async def run(self) -> None:
+        """Write forever (cancel to stop)."""
+        backoff = Backoff(base_s=0.05, max_s=5.0)
+        while True:
+            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
+            batch = self._take()
+            if not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                await self._send(batch)
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling()
+                self.failures += 1
+                if self.healthy is not False:
+                    log.warning("redis_write_failed", writer=self.name, error=str(exc))
+                self.healthy = False
+                self._give_back(batch)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if self.healthy is False:
+                log.info("redis_write_recovered", writer=self.name)
+            self.healthy = True
+            backoff.reset()
+            self._sent()
+
+
+class StatPublisher(_RedisWriter):
     """Publishes SecondStats to Redis (channel ``<symbol>``, key ``price:<symbol>``, and the list
     ``seconds:<symbol>`` of the latest ``recent`` ones) from a bounded buffer.
 
@@ -188,6 +242,7 @@ class StatPublisher:
     """
 
     def __init__(self, client: redis.Redis, maxsize: int = 10_000, recent: int = RECENT_SECONDS) -> None:
+        super().__init__()
         self._redis = client
         self._publish = client.register_script(_PUBLISH_IF_NEWER)
         self._maxsize = maxsize
@@ -195,7 +250,6 @@ class StatPublisher:
         self._fifo: deque[SecondStat] = deque()
         self._latest: dict[str, SecondStat] = {}
         self._conflating = False
-        self._wakeup = asyncio.Event()
         #: (symbol, second) → monotonic time of submit, for the latency histogram; entries leave with their
         #: stat (published or conflated away), so it holds at most the pending stats.
         self._submitted_at: dict[tuple[str, int], float] = {}
@@ -208,8 +262,6 @@ class StatPublisher:
         self.published = 0
         self.stale = 0
         self.dropped = 0
-        self.failures = 0
-        self.healthy: bool | None = None
 
     def submit(self, stat: SecondStat) -> None:
         """Queue ``stat`` for publishing; returns at once."""
@@ -227,35 +279,20 @@ class StatPublisher:
         """Stats waiting to be published."""
         return len(self._fifo) + len(self._latest)
 
-    async def run(self) -> None:
-        """Publish forever (cancel to stop)."""
-        backoff = Backoff(base_s=0.05, max_s=5.0)
-        while True:
-            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
-            batch = self._take(PUBLISH_BATCH)
-            if not batch:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            try:
-                await self._send(batch)
-            except (RedisError, OSError) as exc:
-                raise_if_cancelling()
-                self.failures += 1
-                if self.healthy is not False:
-                    log.warning("redis_publish_failed", error=str(exc), conflating=True)
-                self.healthy = False
-                self._start_conflating()
-                for stat in batch:
-                    self._keep_latest(stat, newer_wins=True)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            if self.healthy is False:
-                log.info("redis_publish_recovered")
-            self.healthy = True
-            backoff.reset()
-            if self._conflating and not self._latest:
-                self._conflating = False
+    name = "prices"
+
+    def _take(self) -> list[SecondStat]:
+        return self._take_stats(PUBLISH_BATCH)
+
+    def _give_back(self, batch: list[SecondStat]) -> None:
+        # While Redis is down only the latest stat of each symbol is worth keeping.
+        self._start_conflating()
+        for stat in batch:
+            self._keep_latest(stat, newer_wins=True)
+
+    def _sent(self) -> None:
+        if self._conflating and not self._latest:
+            self._conflating = False
 
     async def flush(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` seconds for the buffer to drain (used at stop)."""
@@ -282,7 +319,7 @@ class StatPublisher:
         self.published += fresh
         self.stale += len(batch) - fresh
 
-    def _take(self, limit: int) -> list[SecondStat]:
+    def _take_stats(self, limit: int) -> list[SecondStat]:
         if self._latest:
             batch = list(self._latest.values())[:limit]
             for stat in batch:
@@ -500,7 +537,7 @@ return #times / 2
 """
 
 
-class TickerStore:
+class TickerStore(_RedisWriter):
     """Keeps each symbol's latest 24 h ticker in Redis (hashes ``ticker:24h`` and ``ticker:24h:event_time``,
     docs/CONTRACTS.md "Redis"), from the all-market mini-ticker stream.
 
@@ -514,15 +551,15 @@ class TickerStore:
     whether the last round reached Redis (``None``: nothing tried yet).
     """
 
+    name = "tickers"
+
     def __init__(self, client: redis.Redis, max_symbols: int = 10_000) -> None:
+        super().__init__()
         self._redis = client
         self._write = client.register_script(_TICKERS_IF_NEWER)
         self.buffer = LatestTickers(max_symbols)
-        self._wakeup = asyncio.Event()
         self.written = 0
         self.stale = 0
-        self.failures = 0
-        self.healthy: bool | None = None
 
     def submit(self, tickers: list[MiniTicker]) -> None:
         """Queue the tickers of one mini-ticker frame; returns at once."""
@@ -533,31 +570,11 @@ class TickerStore:
         """Symbols whose ticker waits to be written."""
         return len(self.buffer)
 
-    async def run(self) -> None:
-        """Write forever (cancel to stop)."""
-        backoff = Backoff(base_s=0.05, max_s=5.0)
-        while True:
-            raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
-            batch = self.buffer.take()
-            if not batch:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            try:
-                await self._send(batch)
-            except (RedisError, OSError) as exc:
-                raise_if_cancelling()
-                self.failures += 1
-                if self.healthy is not False:
-                    log.warning("redis_ticker_write_failed", error=str(exc))
-                self.healthy = False
-                self.buffer.restore(batch)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            if self.healthy is False:
-                log.info("redis_ticker_write_recovered")
-            self.healthy = True
-            backoff.reset()
+    def _take(self) -> list[MiniTicker]:
+        return self.buffer.take()
+
+    def _give_back(self, batch: list[MiniTicker]) -> None:
+        self.buffer.restore(batch)
 
     async def _send(self, batch: list[MiniTicker]) -> None:
         pipe = self._redis.pipeline(transaction=False)
