@@ -69,11 +69,16 @@ class _Reader:
         finally:
             self.in_flight -= 1
 
-    def close(self) -> None:
-        """Close the client once what runs on its thread ends (a query is left to end by its time limit)."""
+    async def close(self) -> None:
+        """Close the client on its thread. With no query running, wait until it is closed, so that the data
+        directory of an embedded chDB is released when this returns (chDB holds one engine per process, and a
+        next store on another directory could not open it); a running query is left to end by its time limit,
+        and the client closes after it."""
         client, self._client = self._client, None
         if client is not None:
-            self._executor.submit(client.close)
+            closing = self._executor.submit(client.close)
+            if self.in_flight == 0:
+                await asyncio.wrap_future(closing)
         self._executor.shutdown(wait=False)
 
 
@@ -185,6 +190,6 @@ class ClickHouseStore:
         client, self._client = self._client, None
         if client is not None:
             await self._run(client.close)
-        self._analytics.close()
-        self._reads.close()
+        await self._analytics.close()
+        await self._reads.close()
         self._executor.shutdown(wait=True)
