@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
@@ -175,7 +176,7 @@ class FollowerStore:
         return {symbol: int(count) for symbol, count in zip(symbols, counts, strict=True) if count}
 
 
-class _RedisWriter:
+class _RedisWriter(ABC):
     """The drain loop both Redis writers share: take a batch from the writer's buffer, send it, and on a Redis
     failure give the batch back to the buffer and retry with backoff (logged once per outage, counted in
     :attr:`failures`); :attr:`healthy` tells whether the last round reached Redis (``None``: nothing tried
@@ -189,14 +190,17 @@ class _RedisWriter:
         self.failures = 0
         self.healthy: bool | None = None
 
+    @abstractmethod
     def _take(self) -> list:
-        raise NotImplementedError
+        """The next batch to send; empty when nothing waits."""
 
+    @abstractmethod
     async def _send(self, batch: list) -> None:
-        raise NotImplementedError
+        """Write ``batch`` to Redis; raises ``RedisError``/``OSError`` when it cannot."""
 
+    @abstractmethod
     def _give_back(self, batch: list) -> None:
-        raise NotImplementedError
+        """Return a batch that could not be sent to the buffer."""
 
     def _sent(self) -> None:
         """Called after a round reached Redis."""
