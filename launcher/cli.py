@@ -25,8 +25,7 @@ from pathlib import Path
 import click
 
 from crypto_mesh import jsonutil
-from launcher.mesh import ETL_TOKEN_FILE, MeshSettings, build_plan, read_state, wait_ready, write_pending
-from launcher.replay.recording import RecordingError
+from launcher.settings import ETL_TOKEN_FILE, MeshSettings, read_state
 from crypto_mesh.servicecreds import bearer_header, read_token
 
 
@@ -41,6 +40,8 @@ def up() -> None:
     from honcho.manager import Manager
 
     from launcher.embedded import EmbeddedPostgres
+    from launcher.mesh import build_plan, write_pending
+    from launcher.replay.recording import RecordingError
 
     settings = MeshSettings()
     data_dir = settings.data_dir.resolve()
@@ -82,6 +83,8 @@ def up() -> None:
 @click.argument("timeout_s", type=float)
 def watch(pending: Path, timeout_s: float) -> None:
     """Wait for every process to be healthy, print the URLs, then stay up until the mesh stops."""
+    from launcher.mesh import wait_ready
+
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     report = lambda line: click.echo(line, nl=True)  # noqa: E731
     if not wait_ready(pending, timeout_s, report=report):
@@ -240,7 +243,8 @@ def _service_credentials(directory: Path, secret) -> None:
     rotating a password is deleting its file and running the command again.
     """
     from crypto_mesh.kafka import KAFKA_USERS, broker_jaas_config, client_properties
-    from launcher.mesh import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, REDIS_ACL_FILE
+    from launcher.mesh import REDIS_ACL_FILE
+    from launcher.settings import AGGREGATOR_TOKEN_FILE
     from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user
     from crypto_mesh.secrets import COMPOSE_MOUNTED, random_token, replace_secret
 

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
-from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from aggregator.settings import format_trade_stream_by_symbol
-from crypto_mesh import binance, pki
+from crypto_mesh import pki
 from launcher.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
 from launcher.replay.recording import trade_stream_kinds
 from launcher.replay.settings import recording_paths
@@ -34,42 +33,7 @@ from crypto_mesh.grpc_tls import health_status
 from crypto_mesh.netutil import free_port, port_open
 from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user, without_credentials
 from crypto_mesh.secrets import ensure_secret, random_token, read_secret, secrets_dir, replace_secret
-from crypto_mesh.settings import ServiceSettings
-
-#: The recording the replay exchange plays by default: real Binance ``@trade`` frames (see data/binance/SOURCES.md).
-DEFAULT_RECORDING = binance.DEFAULT_RECORDING
-
-#: Name of the file, in the data directory, that describes a running mesh (written once every process is healthy).
-STATE_FILE = "mesh.json"
-
-
-class MeshSettings(ServiceSettings):
-    """Settings of ``crypto-mesh`` (environment prefix ``MESH_``).
-
-    Each ``*_URL``/servers setting left unset means "run the embedded default"; set it to use a real server.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore", frozen=True)
-
-    data_dir: Path = Path(".mesh")
-    bff_host: str = "127.0.0.1"
-    bff_port: int = 8080
-    replay_file: str = str(DEFAULT_RECORDING)
-    replay_speed: float = 1.0
-    #: Server URL without a database, e.g. ``postgresql+asyncpg://user:pass@db:5432``; databases ``auth``, ``profile``.
-    postgres_url: str | None = None
-    #: A real Redis server's URL with the credentials the BFF and the aggregator both use (the embedded one has
-    #: a user per service, :mod:`crypto_mesh.redisacl`).
-    redis_url: str | None = None
-    kafka_bootstrap_servers: str | None = None
-    clickhouse_url: str | None = None
-    exchange_url: str | None = None
-    #: The REST base URL of a real exchange given by ``MESH_EXCHANGE_URL`` (``https://api.binance.com``),
-    #: where the BFF fetches the symbol list; unset with a real exchange, the BFF keeps its shipped snapshot.
-    #: The embedded replay exchange serves both on one port.
-    exchange_rest_url: str | None = None
-    #: Seconds to wait for every process to report healthy.
-    ready_timeout_s: float = 120.0
+from launcher.settings import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, STATE_FILE, MeshSettings
 
 
 @dataclass
@@ -148,12 +112,6 @@ def ensure_jwt_key(data_dir: Path) -> Path:
     from auth.tokens import generate_private_key_pem
 
     return ensure_secret(secrets_dir(data_dir / "secrets") / "jwt_ed25519.pem", generate_private_key_pem)
-
-
-#: Files, under ``<MESH_DATA_DIR>/secrets``, of the service credentials of the internal HTTP APIs
-#: (:mod:`crypto_mesh.servicecreds`): the aggregator's control API and the ETL's HTTP API.
-AGGREGATOR_TOKEN_FILE = "aggregator_api_token"
-ETL_TOKEN_FILE = "etl_api_token"
 
 
 def ensure_service_token(data_dir: Path, name: str) -> Path:
@@ -362,6 +320,3 @@ def wait_ready(pending: Path, timeout_s: float, report=print) -> bool:
     return True
 
 
-def read_state(data_dir: Path) -> dict:
-    """The state of the running mesh of ``data_dir`` (``mesh.json``). Raises FileNotFoundError if none runs."""
-    return json.loads((data_dir / STATE_FILE).read_text())

@@ -21,7 +21,8 @@ from aggregator.secondstat import SecondStat
 from aggregator.store import FollowerStore, StatPublisher, TickerStore, connect_redis
 from crypto_mesh.binance import MiniTicker
 from launcher.embedded import ManagedProcess
-from launcher.mesh import REDIS_ACL_FILE, MeshSettings, build_plan
+from launcher.mesh import REDIS_ACL_FILE, build_plan
+from launcher.settings import MeshSettings
 from crypto_mesh.redisacl import acl_file_text, url_with_user, without_credentials
 from profile_bff.ratelimit import Charge, Rate, RateLimiter
 from profile_bff.store import MarketBus

@@ -20,7 +20,8 @@ from aiohttp import web
 from support.credentials import service_headers, service_token_file
 from support.stacks import serve_aggregator
 
-from launcher.mesh import ETL_TOKEN_FILE, STATE_FILE, ensure_service_token
+from launcher.mesh import ensure_service_token
+from launcher.settings import ETL_TOKEN_FILE, STATE_FILE
 from crypto_mesh.candles import CandleRange
 from crypto_mesh.netutil import free_port
 from crypto_mesh.secrets import random_token

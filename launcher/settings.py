@@ -1,0 +1,59 @@
+"""What ``crypto-mesh`` needs to know of a mesh without starting one: its settings, the files it keeps in its
+data directory, and the state of a running mesh. Kept apart from :mod:`launcher.mesh` (which imports every
+service to plan their processes) so that commands like ``crypto-mesh sql`` start in a fraction of the time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from crypto_mesh.binance.data import DEFAULT_RECORDING
+from crypto_mesh.settings import ServiceSettings
+
+#: Name of the file, in the data directory, that describes a running mesh (written once every process is healthy).
+STATE_FILE = "mesh.json"
+
+
+class MeshSettings(ServiceSettings):
+    """Settings of ``crypto-mesh`` (environment prefix ``MESH_``).
+
+    Each ``*_URL``/servers setting left unset means "run the embedded default"; set it to use a real server.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore", frozen=True)
+
+    data_dir: Path = Path(".mesh")
+    bff_host: str = "127.0.0.1"
+    bff_port: int = 8080
+    #: The recording the replay exchange plays: by default the shipped real Binance ``@trade`` frames
+    #: (data/binance/SOURCES.md).
+    replay_file: str = str(DEFAULT_RECORDING)
+    replay_speed: float = 1.0
+    #: Server URL without a database, e.g. ``postgresql+asyncpg://user:pass@db:5432``; databases ``auth``, ``profile``.
+    postgres_url: str | None = None
+    #: A real Redis server's URL with the credentials the BFF and the aggregator both use (the embedded one has
+    #: a user per service, :mod:`crypto_mesh.redisacl`).
+    redis_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    clickhouse_url: str | None = None
+    exchange_url: str | None = None
+    #: The REST base URL of a real exchange given by ``MESH_EXCHANGE_URL`` (``https://api.binance.com``),
+    #: where the BFF fetches the symbol list; unset with a real exchange, the BFF keeps its shipped snapshot.
+    #: The embedded replay exchange serves both on one port.
+    exchange_rest_url: str | None = None
+    #: Seconds to wait for every process to report healthy.
+    ready_timeout_s: float = 120.0
+
+
+#: Files, under ``<MESH_DATA_DIR>/secrets``, of the service credentials of the internal HTTP APIs
+#: (:mod:`crypto_mesh.servicecreds`): the aggregator's control API and the ETL's HTTP API.
+AGGREGATOR_TOKEN_FILE = "aggregator_api_token"
+ETL_TOKEN_FILE = "etl_api_token"
+
+
+def read_state(data_dir: Path) -> dict:
+    """The state of the running mesh of ``data_dir`` (``mesh.json``). Raises FileNotFoundError if none runs."""
+    return json.loads((data_dir / STATE_FILE).read_text())
