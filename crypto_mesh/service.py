@@ -63,18 +63,42 @@ class Lifecycle:
         return task
 
     async def serve_http(
-        self, app: web.Application, host: str, port: int, *, access_log: Any = None, shutdown_timeout_s: float = 5.0
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        access_log: Any = None,
+        shutdown_timeout_s: float = 5.0,
+        keepalive_timeout_s: float = 75.0,
+        guard: Callable[[Any], Callable[[], asyncio.BaseProtocol]] | None = None,
+        backlog: int = 128,
     ) -> int:
-        """Serve ``app`` on ``host:port`` (0: a free port) and return the bound port; at stop, in-flight requests
-        get ``shutdown_timeout_s`` to finish. Raises ``OSError`` if the port cannot be bound (nothing is left
-        open)."""
+        """Serve ``app`` on ``host:port`` (0: a free port) and return the bound port; at stop the listening
+        socket closes first, then in-flight requests get ``shutdown_timeout_s`` to finish and idle keep-alive
+        connections (kept ``keepalive_timeout_s``) are closed.
+
+        ``guard``, for a public edge: given aiohttp's low-level server (a protocol factory), returns the
+        protocol factory the listening socket uses instead, e.g. one that counts and caps connections before
+        aiohttp sees them. Raises ``OSError`` if the port cannot be bound (nothing is left open)."""
         runner = web.AppRunner(
-            app, handle_signals=False, access_log=access_log, shutdown_timeout=shutdown_timeout_s
+            app,
+            handle_signals=False,
+            access_log=access_log,
+            shutdown_timeout=shutdown_timeout_s,
+            keepalive_timeout=keepalive_timeout_s,
         )
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, host, port).start()
-        return runner.addresses[0][1]
+        if guard is None:
+            await web.TCPSite(runner, host, port, backlog=backlog).start()
+            return runner.addresses[0][1]
+        assert runner.server is not None
+        server = await asyncio.get_running_loop().create_server(
+            guard(runner.server), host, port, backlog=backlog, reuse_address=True
+        )
+        self._stack.callback(server.close)
+        return server.sockets[0].getsockname()[1]
 
     async def serve_grpc(
         self,

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.log import access_logger
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -252,30 +253,25 @@ def _device_name_verifier(verifier: AccessTokenVerifier) -> Callable[[str], Awai
 
 
 async def _serve(lifecycle: Lifecycle, app: web.Application, settings: BffSettings) -> int:
-    """Serve ``app`` on ``settings.host:settings.port`` behind the connection guard; the bound port. At stop
-    the listening socket closes first, then the runner's clean-up closes the connections (requests in flight
-    get :data:`SHUTDOWN_TIMEOUT_S`)."""
-    runner = web.AppRunner(
-        app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=settings.keepalive_timeout_s
-    )
-    await runner.setup()
-    lifecycle.on_stop(runner.cleanup)
+    """Serve ``app`` on ``settings.host:settings.port`` with :meth:`Lifecycle.serve_http
+    <crypto_mesh.service.Lifecycle.serve_http>`, behind the connection guard of :mod:`profile_bff.ceilings`
+    (requests in flight get :data:`SHUTDOWN_TIMEOUT_S` at stop); the bound port."""
     descriptors = ceilings.descriptor_limit()
     counter = ceilings.ConnectionCounter(
         ceilings.connection_cap(settings.max_connections, descriptors),
         settings.max_connections_per_address,
         exempt=settings.trusted_proxies,
     )
-    assert runner.server is not None
-    server = await asyncio.get_running_loop().create_server(
-        ceilings.guarded_factory(runner.server, counter, settings.header_timeout_s),
+    port = await lifecycle.serve_http(
+        app,
         settings.host,
         settings.port,
+        access_log=access_logger,
+        shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
+        keepalive_timeout_s=settings.keepalive_timeout_s,
+        guard=lambda low_level: ceilings.guarded_factory(low_level, counter, settings.header_timeout_s),
         backlog=LISTEN_BACKLOG,
-        reuse_address=True,
     )
-    lifecycle.on_stop_sync(server.close)
-    port = server.sockets[0].getsockname()[1]
     log.info(
         "serving",
         host=settings.host,
