@@ -51,6 +51,7 @@ from crypto_mesh.binance.frames import (
 from crypto_mesh.binance.history import history_element, history_frames, history_payload
 from crypto_mesh.binance.limits import (
     CONNECT_ATTEMPTS_WINDOW_S,
+    IncomingMessageWindow,
     MAX_CONNECT_ATTEMPTS,
     MAX_CONNECTION_AGE_S,
     MAX_INCOMING_MESSAGES_PER_SECOND,
@@ -98,6 +99,7 @@ __all__ = [
     "ID_FIELDS",
     "MAX_CONNECTION_AGE_S",
     "MAX_CONNECT_ATTEMPTS",
+    "IncomingMessageWindow",
     "MAX_INCOMING_MESSAGES_PER_SECOND",
     "MAX_STREAMS_PER_CONNECTION",
     "MAX_TRADE_HISTORY_LIMIT",

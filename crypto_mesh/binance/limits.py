@@ -9,6 +9,8 @@ does.
 
 from __future__ import annotations
 
+from collections import deque
+
 #: "A single connection can listen to a maximum of 1024 streams."
 MAX_STREAMS_PER_CONNECTION = 1024
 #: "WebSocket connections have a limit of 5 incoming messages per second. A message is considered: a PING
@@ -25,3 +27,22 @@ SERVER_PING_INTERVAL_S = 20
 #: "If the WebSocket server does not receive a pong frame back from the connection within a minute the
 #: connection will be disconnected." (s)
 PONG_TIMEOUT_S = 60
+
+
+class IncomingMessageWindow:
+    """The exchange's side of :data:`MAX_INCOMING_MESSAGES_PER_SECOND`: Binance counts the messages of one
+    connection as they arrive, and a connection whose sixth message arrives within one second of the first of
+    the six is closed. The replay exchange enforces it with this rule."""
+
+    def __init__(self, limit: int = MAX_INCOMING_MESSAGES_PER_SECOND, window_s: float = 1.0) -> None:
+        self._limit = limit
+        self._window_s = window_s
+        self._recent: deque[float] = deque(maxlen=limit)
+
+    def admit(self, arrived_at: float) -> bool:
+        """Count a message arrived at ``arrived_at`` (monotonic seconds, non-decreasing); False (the message is
+        not counted, and Binance closes the connection) if it is the sixth within one second."""
+        if len(self._recent) == self._limit and arrived_at - self._recent[0] < self._window_s:
+            return False
+        self._recent.append(arrived_at)
+        return True

@@ -29,7 +29,6 @@ import email.utils
 import http
 import logging
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,7 +105,7 @@ class _Client:
         self.streams: dict[str, None] = {}
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_SIZE)
         self.closing: asyncio.Task[None] | None = None
-        self._recent: deque[float] = deque(maxlen=binance.MAX_INCOMING_MESSAGES_PER_SECOND)
+        self.incoming = binance.IncomingMessageWindow()
 
     def offer(self, message: bytes) -> bool:
         """Queue ``message`` for sending; False (and the connection is being closed) if the queue is full."""
@@ -123,14 +122,6 @@ class _Client:
     def close(self, code: int, reason: str) -> None:
         if self.closing is None:
             self.closing = asyncio.get_running_loop().create_task(self.ws.close(code, reason))
-
-    def within_rate(self, now: float) -> bool:
-        """Record an incoming message at monotonic ``now`` (s); False if it is the 6th within one second."""
-        full = len(self._recent) == binance.MAX_INCOMING_MESSAGES_PER_SECOND
-        if full and now - self._recent[0] < 1.0:
-            return False
-        self._recent.append(now)
-        return True
 
 
 class _Hub:
@@ -368,7 +359,7 @@ class _Exchange:
         try:
             async with asyncio.timeout(binance.MAX_CONNECTION_AGE_S):
                 async for message in ws:
-                    if not client.within_rate(time.monotonic()):
+                    if not client.incoming.admit(time.monotonic()):
                         log.info("rate_limit_closed", remote=str(ws.remote_address))
                         limit = binance.MAX_INCOMING_MESSAGES_PER_SECOND
                         client.close(1008, f"too many messages: at most {limit} per second")
