@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
-from support.bff import PASSWORD, Bff, new_name, new_symbol, second_stat, wait_until_subscribed
+from support.bff import PASSWORD, Bff, new_name, new_symbol, wait_until_subscribed
 from support.browser import Steps, chromium
 from support.polling import eventually
 from support.stacks import serve_etl, serve_stack
 
+from aggregator.secondstat import SecondStat
+from crypto_mesh import jsonutil
 from profile_bff.views.dashboard import PAGE_CSP
 
 
@@ -41,10 +43,14 @@ async def bff(postgres, redis_url, kafka_bootstrap, tmp_path_factory):
         yield running
 
 
-async def publish(bff: Bff, symbol: str, price: str, second_ms: int) -> None:
-    """A new price as the aggregator writes it: ``price:<symbol>`` set, the second appended to
-    ``seconds:<symbol>`` (the candles' live seconds), then published on channel ``<symbol>``."""
-    stat = second_stat(symbol, price, second_ms)
+async def publish(bff: Bff, symbol: str, open_: Decimal, close: Decimal, second_ms: int) -> None:
+    """A second of two trades (at ``open_``, then ``close``) as the aggregator writes it: ``price:<symbol>``
+    set, the second appended to ``seconds:<symbol>`` (the candles' live seconds), then published on channel
+    ``<symbol>``."""
+    second = SecondStat(
+        symbol, second_ms, open_, max(open_, close), min(open_, close), close, Decimal(2), open_ + close, 2, 2
+    )
+    stat = jsonutil.dumps(second.to_json())
     await bff.redis.set(f"price:{symbol}", stat)
     await bff.redis.rpush(f"seconds:{symbol}", stat)
     await bff.redis.publish(symbol, stat)
@@ -136,11 +142,13 @@ async def test_a_user_signs_up_watches_the_portfolio_live_charts_a_coin_reloads_
                 await wait_until_subscribed(bff, symbol)
             now_s = int(time.time())
             shown = []
+            opens = {first: Decimal(104), second: Decimal(10)}
             for k in range(1, 4):
                 prices = {first: Decimal(100 + 7 * k), second: Decimal(k) / 4 + 10}
                 second_ms = (now_s - 10 + k) * 1000
                 for symbol, price in prices.items():
-                    await publish(bff, symbol, str(price), second_ms)
+                    await publish(bff, symbol, opens[symbol], price, second_ms)
+                opens = prices
 
                 def pushed(prices=prices) -> dict | None:
                     for profile in reversed(frames):

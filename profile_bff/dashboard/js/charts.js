@@ -100,6 +100,26 @@ export class CandleChart {
     this.chart.timeScale().fitContent();
   }
 
+  /** The number of candles shown. */
+  get count() {
+    return this.series.data().length;
+  }
+
+  /** Newer candles from the BFF (the newest ones of a fresh answer): each replaces the one of its period,
+   * or is appended; older ones than the newest shown are left alone. */
+  merge(candles) {
+    for (const c of candles) {
+      const candle = {
+        time: Math.floor(Date.parse(c.open_time) / 1000),
+        open: Number(c.open), high: Number(c.high), low: Number(c.low), close: Number(c.close),
+      };
+      if (this.lastCandle && candle.time < this.lastCandle.time) continue;
+      this.lastCandle = { ...candle };
+      this.series.update(candle);
+    }
+  }
+
+  /** A pushed price: the close of the candle of its period until the BFF's own candle replaces it. */
   live(iso, price) {
     if (!iso || price === null || price === undefined) return;
     const second = Math.floor(Date.parse(iso) / 1000);

@@ -25,6 +25,7 @@ let profile = null;
 let socketState = "offline";
 let editing = null; // the symbol being edited, or null when adding
 let charted = null; // the symbol whose candles are shown
+let chartedSecond = null; // the second of its latest pushed price
 const rows = new Map(); // symbol → its table row's cells
 const historyCursors = [null]; // the cursor of each page shown, newest first
 
@@ -73,6 +74,7 @@ $("auth-form").addEventListener("submit", async (event) => {
   $("auth-error").textContent = "";
   const buttons = event.target.querySelectorAll("button");
   buttons.forEach((b) => (b.disabled = true));
+  $("auth-status").textContent = action === "register" ? "Creating your account…" : "Signing in…";
   try {
     if (action === "register") await api.register(name, password);
     else await api.login(name, password);
@@ -81,6 +83,7 @@ $("auth-form").addEventListener("submit", async (event) => {
     $("auth-error").textContent = message(failure);
   } finally {
     buttons.forEach((b) => (b.disabled = false));
+    $("auth-status").textContent = "";
   }
 });
 
@@ -146,7 +149,11 @@ function showProfile(pushed) {
     const part = share(coins.Totals[symbol], pushed.Total);
     cells.shareText.textContent = part.text;
     cells.meter.value = part.fraction;
-    if (symbol === charted) candleChart.live(coins.PriceTimes[symbol], coins.Prices[symbol]);
+    if (symbol === charted && coins.PriceTimes[symbol] !== chartedSecond) {
+      chartedSecond = coins.PriceTimes[symbol];
+      candleChart.live(chartedSecond, coins.Prices[symbol]);
+      refreshNewestCandles();
+    }
   });
   $("no-coins").hidden = symbols.length > 0;
   refreshAges();
@@ -386,6 +393,7 @@ function interval() {
 
 function chart(symbol) {
   charted = symbol;
+  chartedSecond = null;
   $("candles-symbol").textContent = symbol;
   loadCandles();
   $("candles-title").scrollIntoView({ block: "nearest" });
@@ -405,9 +413,35 @@ async function loadCandles() {
     );
     if (symbol !== charted || chosen !== interval()) return;
     candleChart.show(page.candles, chosen);
-    $("candles-status").textContent = `${page.candles.length} candles of ${symbol} at ${chosen}, live.`;
+    candleStatus();
   } catch (failure) {
     if (symbol === charted) $("candles-status").textContent = `No candles: ${message(failure)}`;
+  }
+}
+
+function candleStatus() {
+  $("candles-status").textContent = `${candleChart.count} candles of ${charted} at ${interval()}, live.`;
+}
+
+let newestPending = false;
+
+/** The newest two candles again from the BFF, at most once a second (its answers are cached that long):
+ * a pushed price carries only the close, the BFF's candle has the second's open, high and low too. */
+async function refreshNewestCandles() {
+  if (newestPending) return;
+  newestPending = true;
+  const symbol = charted;
+  const chosen = interval();
+  try {
+    const page = await api.request(
+      "GET", `/v1/instruments/${encodeURIComponent(symbol)}/candles?interval=${chosen}&limit=2`, { auth: false },
+    );
+    if (symbol === charted && chosen === interval()) candleChart.merge(page.candles);
+  } catch {
+    // The pushed close stays until the next answer.
+  } finally {
+    if (symbol === charted) candleStatus();
+    setTimeout(() => (newestPending = false), 1000);
   }
 }
 
