@@ -108,6 +108,8 @@ async def test_a_user_signs_up_watches_the_portfolio_live_charts_a_coin_reloads_
         steps = Steps(page, tmp_path_factory.mktemp("dashboard-steps"))
         frames: list[dict] = []
         page.on("websocket", lambda ws: ws.on("framereceived", lambda data: frames.append(json.loads(data))))
+        uncaught: list[str] = []
+        page.on("pageerror", lambda error: uncaught.append(str(error)))
         refused: list[str] = []
         page.on("console", lambda m: refused.append(m.text) if m.type == "error" else None)
 
@@ -197,4 +199,5 @@ async def test_a_user_signs_up_watches_the_portfolio_live_charts_a_coin_reloads_
         # Refusals the page expects (the wrong quantity's 422, the refresh without a session after signing
         # out) are logged by the browser as failed loads; a policy violation would be logged too.
         assert not [text for text in refused if "Content Security Policy" in text], refused
+        assert not uncaught, uncaught
         steps.discard()

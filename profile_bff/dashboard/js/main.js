@@ -1,6 +1,7 @@
 // The dashboard's wiring: signing in and out, the live profile, the coin form with instrument search, the
 // charts and the operation history. Everything it shows comes from the BFF's own routes.
 
+import { AlertsPanel } from "./alerts.js";
 import { Api, ApiFailure } from "./api.js";
 import { CandleChart, ValueChart } from "./charts.js";
 import { ageS, change, dateTime, decimal, share, timeOfDay } from "./format.js";
@@ -28,6 +29,7 @@ let charted = null; // the symbol whose candles are shown
 let chartedSecond = null; // the second of its latest pushed price
 const rows = new Map(); // symbol → its table row's cells
 const historyCursors = [null]; // the cursor of each page shown, newest first
+const alerts = new AlertsPanel(api, { message });
 
 // -- signing in and out ---------------------------------------------------------------------------------
 
@@ -38,11 +40,17 @@ function showSignedIn(signedIn) {
   if (signedIn) {
     valueChart ??= new ValueChart($("value-chart"));
     candleChart ??= new CandleChart($("candle-chart"));
-    socket ??= new LiveSocket(api, { onProfile: showProfile, onState: showState });
+    socket ??= new LiveSocket(api, {
+      onProfile: showProfile,
+      onMessage: (message) => alerts.onFiring(message),
+      onState: showState,
+    });
     socket.start();
     loadHistory(null);
+    alerts.start();
   } else {
     socket?.stop();
+    alerts.stop();
     resetPortfolio();
     $("auth-password").value = "";
     $("auth-name").focus();
