@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -22,11 +23,14 @@ import pytest
 from playwright.async_api import Page, expect
 from support.bff import PASSWORD, Bff, new_name, new_symbol, wait_until_subscribed
 from support.browser import Steps, chromium
+from support.databases import new_database
+from support.fake_aggregator import FakeAggregator
 from support.polling import eventually
-from support.stacks import serve_etl, serve_stack
+from support.stacks import serve_auth, serve_bff, serve_etl, serve_stack
 
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
+from crypto_mesh.netutil import free_port
 from profile_bff.views.dashboard import PAGE_CSP
 
 
@@ -200,4 +204,37 @@ async def test_a_user_signs_up_watches_the_portfolio_live_charts_a_coin_reloads_
         # out) are logged by the browser as failed loads; a policy violation would be logged too.
         assert not [text for text in refused if "Content Security Policy" in text], refused
         assert not uncaught, uncaught
+        steps.discard()
+
+
+async def test_when_the_bff_restarts_the_page_says_it_is_reconnecting_and_comes_back_live_signed_in(
+    postgres, redis_url, tmp_path_factory
+):
+    port = free_port()
+    profile_db = new_database(postgres, "profile")
+    async with (
+        serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
+        FakeAggregator() as aggregator,
+        chromium() as browser,
+    ):
+
+        def replica():
+            return serve_bff(profile_db, redis_url, auth.port, aggregator, port=port, cookie_secure=False)
+
+        page = await browser.new_page()
+        steps = Steps(page, tmp_path_factory.mktemp("dashboard-restart-steps"))
+        connection = page.locator("#connection")
+        async with replica() as bff, steps.step("sign up"):
+            await page.goto(bff.url)
+            await page.get_by_label("Name").fill(new_name())
+            await page.get_by_label("Password").fill(PASSWORD)
+            await page.get_by_role("button", name="Create account").click()
+            await expect(connection).to_have_text("Live")
+        async with steps.step("the BFF is gone"):
+            await expect(connection).to_have_text(re.compile(r"^Reconnecting"))
+            await expect(connection).to_have_attribute("data-state", "reconnecting")
+        async with replica(), steps.step("the BFF is back"):
+            # Backoff doubles from 0.5 s: the next attempt comes within a few seconds.
+            await expect(connection).to_have_text("Live", timeout=20_000)
+            await expect(page.locator("#total")).to_have_text("0")
         steps.discard()
