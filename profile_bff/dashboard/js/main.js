@@ -87,6 +87,7 @@ $("auth-form").addEventListener("submit", async (event) => {
     if (action === "register") await api.register(name, password);
     else await api.login(name, password);
     showSignedIn(true);
+    $("total-title").focus(); // where a keyboard or screen-reader user goes on from
   } catch (failure) {
     $("auth-error").textContent = message(failure);
   } finally {
