@@ -108,7 +108,8 @@ async def test_a_user_signs_up_watches_the_portfolio_live_charts_a_coin_reloads_
     quantities = {first: Decimal("1.5"), second: Decimal(2)}
     name = new_name()
     async with chromium() as browser:
-        page = await browser.new_page(viewport={"width": 1280, "height": 1100})
+        context = await browser.new_context(viewport={"width": 1280, "height": 1100})
+        page = await context.new_page()
         steps = Steps(page, tmp_path_factory.mktemp("dashboard-steps"))
         frames: list[dict] = []
         page.on("websocket", lambda ws: ws.on("framereceived", lambda data: frames.append(json.loads(data))))
@@ -192,6 +193,15 @@ async def test_a_user_signs_up_watches_the_portfolio_live_charts_a_coin_reloads_
             await expect(page.locator("#user-name")).to_have_text(name)
             await expect(page.locator("#total")).to_have_text(f"{shown[-1]:,}")
             await expect(page.locator("#connection")).to_have_text("Live")
+            # A second tab shares the session: its refresh rotates the cookie both tabs send.
+            other = await context.new_page()
+            await other.goto(bff.url)
+            await expect(other.locator("#user-name")).to_have_text(name)
+            await page.reload()
+            for tab in (other, page):
+                await expect(tab.locator("#user-name")).to_have_text(name)
+                await expect(tab.locator("#connection")).to_have_text("Live")
+            await other.close()
 
         async with steps.step("sign out"):
             await page.get_by_role("button", name="Sign out").click()

@@ -44,7 +44,10 @@ export class Api {
   /** POST /v1/refresh with the cookie: true when a session was renewed, false when there is none. */
   async refresh() {
     if (this._refreshing === null) {
-      this._refreshing = this.request("POST", "/v1/refresh", { auth: false })
+      // Tabs of the page share the cookie: a rotated refresh token presented again revokes the whole session
+      // (auth/sessions.py), so the tabs take turns, each sending the cookie the previous turn left.
+      const call = () => this.request("POST", "/v1/refresh", { auth: false });
+      this._refreshing = (navigator.locks ? navigator.locks.request("crypto-mesh-refresh", call) : call())
         .then((session) => { this._session(session); return true; })
         .catch((failure) => {
           if (failure instanceof ApiFailure && (failure.status === 401 || failure.status === 403)) {
