@@ -10,7 +10,7 @@ LOCKED := --quiet --require-hashes
 COMPILE := $(TOOLS)/bin/uv pip compile --quiet --generate-hashes --universal --python-version 3.11
 LOCKS := requirements/runtime.txt requirements/test.txt requirements/build.txt
 
-.PHONY: up test lock audit
+.PHONY: up test lock audit vendor
 
 up: $(VENV)/.installed
 	$(BIN)/crypto-mesh up
@@ -48,3 +48,11 @@ lock: $(TOOLS)/.installed
 # Known vulnerabilities of every locked package (docs/SECURITY.md, "supply chain"); non-zero exit on any.
 audit: $(TOOLS)/.installed
 	$(TOOLS)/bin/python requirements/audit.py $(LOCKS) requirements/tools.txt
+
+# The dashboard's charting library (TradingView's lightweight-charts, Apache-2.0) from the npm registry: its
+# release file, LICENSE and NOTICE into profile_bff/dashboard/vendor/, the tarball checked against the
+# registry's sha512 integrity, the version and hashes recorded in SOURCE.json. `make vendor` takes the newest
+# release; `make vendor CHARTS_VERSION=5.2.1` a given one.
+CHARTS_VERSION ?= latest
+vendor:
+	$(PYTHON) requirements/vendor.py $(CHARTS_VERSION)

@@ -93,6 +93,7 @@ def watch(pending: Path, timeout_s: float) -> None:
     urls = state["urls"]
     click.echo(
         "mesh ready\n"
+        f"  dashboard  {urls['bff']}/ (open it in a browser)\n"
         f"  REST API   {urls['bff']}\n"
         f"  WebSocket  {urls['websocket']}\n"
         f"  exchange   {urls['exchange']}\n"

@@ -60,6 +60,7 @@ from profile_bff.search import InstrumentSearch
 from profile_bff.settings import BffSettings
 from profile_bff.store import MarketBus, ProfileStore
 from profile_bff.tokens import AccessTokenVerifier, InvalidToken, KeysUnavailable
+from profile_bff.views import dashboard
 from profile_bff.views.accounts import AccountViews
 from profile_bff.views.errors import ERRORS
 from profile_bff.views.market import MarketViews
@@ -125,6 +126,7 @@ def create_app(bff: Bff) -> web.Application:
     app.router.add_get("/v1/instruments/{symbol}/indicators", market.indicators)
     app.router.add_get("/openapi.json", public.openapi_json)
     app.router.add_get("/healthz", public.healthz)
+    dashboard.add_routes(app, dashboard.DashboardFiles())
     app.on_response_prepare.append(ceilings.no_store)
     app.on_shutdown.append(_close_sockets)
     return app

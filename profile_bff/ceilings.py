@@ -90,6 +90,9 @@ PUBLIC_ROUTES = frozenset(
     }
 )
 PROFILE_SOCKET_ROUTE = "/v2/user/profile/ws"
+#: The dashboard's page and files (:mod:`profile_bff.views.dashboard`): the same for everyone, no personal
+#: data, served from memory, so neither rate-limited nor ``no-store``.
+DASHBOARD_ROUTES = frozenset({"/", "/dashboard/{path}"})
 
 
 # -- connections -------------------------------------------------------------------------------------------
@@ -540,9 +543,9 @@ def address_limits(
 
 
 async def no_store(request: web.Request, response: web.StreamResponse) -> None:
-    """An ``on_response_prepare`` hook: ``Cache-Control: no-store`` on every answer but the public routes'
-    successes (RFC 9111 §5.2.2.5: personal data must not be stored by any cache)."""
+    """An ``on_response_prepare`` hook: ``Cache-Control: no-store`` on every answer but the public routes' and
+    the dashboard's successes (RFC 9111 §5.2.2.5: personal data must not be stored by any cache)."""
     resource = request.match_info.route.resource if request.match_info.route is not None else None
-    public = resource is not None and resource.canonical in (*PUBLIC_ROUTES, "/healthz")
+    public = resource is not None and resource.canonical in (*PUBLIC_ROUTES, *DASHBOARD_ROUTES, "/healthz")
     if not (public and response.status < 400):
         response.headers["Cache-Control"] = "no-store"

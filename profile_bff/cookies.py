@@ -52,6 +52,27 @@ def device_cookie(secure: bool) -> CookieSpec:
     return CookieSpec("login_device", "/v1/login", False)
 
 
+def own_origins(scheme: str, host: str, secure: bool) -> frozenset[str]:
+    """The BFF's own origins as a browser names them, for a request that reached it as ``scheme`` (``http``,
+    ``https``) with ``Host: host`` (``127.0.0.1:8080``): ``scheme://host``, and with ``secure`` (behind a
+    TLS-terminating proxy the BFF sees http while the browser names the https origin) ``https://host`` too.
+
+    A page served by the BFF itself (the dashboard at ``/``) sends this ``Origin``. A page of another site
+    cannot: its ``Origin`` is its own. (A rebinding name pointed at the BFF gets an origin of that name, but
+    no cookie or token of the BFF's.)"""
+    origins = {f"{scheme}://{host}"}
+    if secure:
+        origins.add(f"https://{host}")
+    return frozenset(origins)
+
+
+def origin_allowed(origin: str, own: Collection[str], allowed: Collection[str]) -> bool:
+    """Whether the ``Origin`` header value ``origin`` is one of ``own`` (:func:`own_origins`) or of
+    ``allowed`` (``BFF_ALLOWED_ORIGINS``); a trailing slash is ignored, ``null`` is never allowed."""
+    origin = origin.strip().rstrip("/")
+    return origin in own or origin in allowed
+
+
 def cross_site_refusal(
     headers: Mapping[str, str], own_origins: Collection[str], allowed_origins: Collection[str]
 ) -> str | None:
@@ -61,9 +82,7 @@ def cross_site_refusal(
     trailing slash); ``allowed_origins``: ``BFF_ALLOWED_ORIGINS``.
     """
     origin = headers.get("Origin")
-    origin_ok = origin is not None and (
-        origin.strip().rstrip("/") in own_origins or origin.strip().rstrip("/") in allowed_origins
-    )
+    origin_ok = origin is not None and origin_allowed(origin, own_origins, allowed_origins)
     site = headers.get("Sec-Fetch-Site")
     if site is not None:
         site = site.strip().lower()

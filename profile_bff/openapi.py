@@ -671,6 +671,36 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/": {
+                "get": {
+                    "summary": "The dashboard: the web page of this API (HTML; docs/CONTRACTS.md, \"Dashboard\")",
+                    "responses": {
+                        "200": {"description": "the page", "content": {"text/html": {}}},
+                        "304": {"description": "unchanged since the ETag sent in If-None-Match"},
+                    },
+                }
+            },
+            "/dashboard/{path}": {
+                "get": {
+                    "summary": "One file of the dashboard (scripts, stylesheet, the vendored charting library)",
+                    "parameters": [
+                        {
+                            "name": "path",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "examples": ["js/main.js"]},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the file",
+                            "content": {"text/javascript": {}, "text/css": {}, "image/svg+xml": {}},
+                        },
+                        "304": {"description": "unchanged since the ETag sent in If-None-Match"},
+                        **_errors(404),
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Readiness",

@@ -39,9 +39,9 @@ class BffSettings(MeshTlsSettings):
     - ``BFF_COOKIE_SECURE`` (``true``): the ``Secure`` attribute of the refresh-token and login-device
       cookies, which then take the ``__Host-`` prefix (:mod:`profile_bff.cookies`). Only a mesh served over
       plain-HTTP localhost sets it false, since a Secure cookie is not sent back there.
-    - ``BFF_ALLOWED_ORIGINS`` (empty): comma-separated browser origins (``https://app.example``) allowed to
-      open the WebSocket and, besides the BFF's own origin, to use the session cookie (``/v1/refresh``,
-      ``/v1/logout``). A request that carries an ``Origin`` header outside this list is refused with 403;
+    - ``BFF_ALLOWED_ORIGINS`` (empty): comma-separated browser origins (``https://app.example``) allowed,
+      besides the BFF's own origin (whose page is the dashboard at ``/``), to open the WebSocket and to use
+      the session cookie (``/v1/refresh``, ``/v1/logout``). A request that carries an ``Origin`` header outside this list is refused with 403;
       clients that send no ``Origin`` (curl, wscat, services) are not browsers and are let through.
     - ``BFF_EXCHANGE_INFO_FILE`` (the shipped snapshot ``crypto_mesh/data/binance/exchangeInfo_2021-10-12.json.gz``):
       a Binance ``GET /api/v3/exchangeInfo`` body (``.json`` or ``.json.gz``); coins must be listed there with

@@ -18,6 +18,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.httperrors import ApiError
 from crypto_mesh.logs import get_logger
 from profile_bff import ceilings
+from profile_bff.cookies import origin_allowed, own_origins
 from profile_bff.service import SERVICES, Bff
 from profile_bff.sockets import CLOSE_TOKEN_EXPIRED
 from profile_bff.tokens import InvalidToken
@@ -63,7 +64,8 @@ async def profile_socket(request: web.Request) -> web.StreamResponse:
     - ``Sec-WebSocket-Protocol: bearer, <access>`` (browsers): the server selects and echoes ``bearer``;
     - ``?ticket=<ticket>`` from ``POST /v2/user/ws-ticket`` (browsers), valid once.
 
-    Checked before the upgrade, as HTTP errors: 403 an ``Origin`` not in ``BFF_ALLOWED_ORIGINS``, 401
+    Checked before the upgrade, as HTTP errors: 403 an ``Origin`` that is neither the BFF's own (the
+    dashboard it serves at ``/``; :func:`profile_bff.cookies.own_origins`) nor in ``BFF_ALLOWED_ORIGINS``, 401
     missing, invalid or expired credentials, 400 not a WebSocket handshake, 404 no profile, 429
     ``rate_limited`` (upgrades per address, with Retry-After) or ``too_many_sockets`` (the user already holds
     ``BFF_MAX_SOCKETS_PER_USER`` open sockets on all replicas together), 503 a dependency down. After it:
@@ -75,7 +77,9 @@ async def profile_socket(request: web.Request) -> web.StreamResponse:
     """
     services = request.app[SERVICES]
     origin = request.headers.get("Origin")
-    if origin is not None and origin.rstrip("/") not in services.settings.allowed_origins:
+    settings = services.settings
+    own = own_origins(request.scheme, request.host, settings.cookie_secure)
+    if origin is not None and not origin_allowed(origin, own, settings.allowed_origins):
         raise ApiError(403, "forbidden_origin", "this origin may not open the profile socket")
     offered = _offered_protocols(request)
     ws = web.WebSocketResponse(

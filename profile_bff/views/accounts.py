@@ -16,7 +16,7 @@ from crypto_mesh.logs import get_logger
 from profile_bff import ratelimit
 from profile_bff.accounts import Accounts, Session
 from profile_bff.clients import AuthClient
-from profile_bff.cookies import CookieSpec, cross_site_refusal, device_cookie, refresh_cookie
+from profile_bff.cookies import CookieSpec, cross_site_refusal, device_cookie, own_origins, refresh_cookie
 from profile_bff.errors import InvalidRefreshToken
 from profile_bff.settings import BffSettings
 from profile_bff.tokens import AccessTokenVerifier
@@ -156,10 +156,7 @@ class AccountViews:
     def _refuse_cross_site(self, request: web.Request) -> None:
         """403 if a browser sent this cookie-authenticated request on behalf of another site
         (:func:`profile_bff.cookies.cross_site_refusal`)."""
-        own = {f"{request.scheme}://{request.host}"}
-        if self._settings.cookie_secure:
-            # Behind a TLS-terminating proxy the BFF sees http, while the browser names the https origin.
-            own.add(f"https://{request.host}")
+        own = own_origins(request.scheme, request.host, self._settings.cookie_secure)
         reason = cross_site_refusal(request.headers, own, self._settings.allowed_origins)
         if reason is not None:
             log.info("cross_site_refused", path=request.path, origin=request.headers.get("Origin"))

@@ -144,6 +144,21 @@ async def test_an_origin_outside_the_allow_list_is_forbidden_whatever_the_creden
         await next_profile(ws)
 
 
+async def test_the_bffs_own_origin_opens_the_socket_as_the_dashboard_it_serves_does(bff):
+    user_id, auth = await bff.user()
+    async with bff.http.ws_connect(
+        f"{bff.url}{WS}", protocols=("bearer", token_of(auth)), headers={"Origin": bff.url}
+    ) as ws:
+        assert (await next_profile(ws))["ID"] == user_id
+    # Another port of the same host is another origin.
+    port = int(bff.url.rsplit(":", 1)[1])
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await bff.http.ws_connect(
+            f"{bff.url}{WS}", headers={**auth, "Origin": f"http://127.0.0.1:{port + 1}"}
+        )
+    assert refused.value.status == 403
+
+
 @pytest.fixture(scope="module")
 async def short_lived(stack, postgres, redis_url, tmp_path_factory):
     """A BFF whose auth issues access tokens valid for 2 seconds."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from profile_bff.cookies import CookieSpec, cross_site_refusal, device_cookie, refresh_cookie
+from profile_bff.cookies import (
+    CookieSpec,
+    cross_site_refusal,
+    device_cookie,
+    origin_allowed,
+    own_origins,
+    refresh_cookie,
+)
 
 OWN = {"https://api.example"}
 ALLOWED = ("https://app.example",)
@@ -56,3 +63,24 @@ def test_requests_of_this_origin_of_allowed_origins_and_of_non_browsers_proceed(
 )
 def test_requests_a_browser_sends_for_another_site_are_refused(headers):
     assert cross_site_refusal(headers, OWN, ALLOWED)
+
+
+def test_the_own_origin_is_the_scheme_and_host_the_request_reached_and_https_too_behind_a_tls_proxy():
+    assert own_origins("http", "127.0.0.1:8080", secure=False) == {"http://127.0.0.1:8080"}
+    assert own_origins("http", "api.example", secure=True) == {"http://api.example", "https://api.example"}
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("http://127.0.0.1:8080", True),  # the dashboard the BFF serves itself
+        ("http://127.0.0.1:8080/", True),
+        ("https://app.example", True),
+        ("http://localhost:8080", False),  # another origin of the same machine is another origin
+        ("http://127.0.0.1:8081", False),
+        ("null", False),
+        ("", False),
+    ],
+)
+def test_an_origin_is_allowed_when_it_is_the_bffs_own_or_listed(origin, allowed):
+    assert origin_allowed(origin, own_origins("http", "127.0.0.1:8080", secure=False), ALLOWED) is allowed
