@@ -1,4 +1,4 @@
-"""``crypto-mesh``: start, watch and stop the whole mesh on one machine, and query its market history with SQL.
+"""``crypto-mesh``: start, watch and stop the whole mesh on one machine; query its market history with SQL.
 
 - ``crypto-mesh up``: embedded defaults for every backing service whose URL is not set (see
   :mod:`launcher.mesh`), then the five services and the replay exchange; waits until all are healthy,
@@ -194,7 +194,8 @@ def status() -> None:
     started = holder.get("started_at")
     uptime = f", up {control.format_duration(now - started)}" if isinstance(started, (int, float)) else ""
     click.echo(f"mesh in {data_dir} (pid {state['pid']}){uptime}")
-    click.echo(control.format_rows(control.status_table(state, control.read_processes(data_dir), healthy, now)))
+    rows = control.status_table(state, control.read_processes(data_dir), healthy, now)
+    click.echo(control.format_rows(rows))
     if not all(healthy.values()):
         sys.exit(STATUS_UNHEALTHY)
 

@@ -1,5 +1,5 @@
-"""Operating a mesh from outside its ``crypto-mesh up`` process: who holds a data directory, which processes run
-since when, and their output.
+"""Operating a mesh from outside its ``crypto-mesh up`` process: who holds a data directory, which processes
+run since when, and their output.
 
 - :class:`MeshLock`: ``up`` holds an exclusive ``flock`` on ``<data_dir>/mesh.lock`` for the mesh's whole
   lifetime, with its pid and start time written in the file. A second ``up`` in the same directory fails to
@@ -226,13 +226,16 @@ def status_table(
 def format_rows(rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns two spaces apart, trailing blanks trimmed; one line per row."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    )
 
 
 class LogFiles:
     """``<data_dir>/logs/<name>.log``, one per process, emptied when a mesh starts; :meth:`write` appends
     each line of ``text`` as ``<time.isoformat(timespec="milliseconds")> <line>``. Names are honcho's process
-    names (``auth``, ``redis``, ..., ``system`` for honcho's own lines, ``mesh`` for the readiness watcher)."""
+    names (``auth``, ``redis``, ..., ``system`` for honcho's own lines, ``mesh`` for the readiness
+    watcher)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / LOGS_DIR
@@ -307,7 +310,9 @@ class MeshPrinter(Printer):
             self._processes.observe(text, message.time.timestamp())
 
 
-def runnable_command(script: Path, on_path: str | None, cwd: Path, data_dir: Path, default_data_dir: Path) -> str:
+def runnable_command(
+    script: Path, on_path: str | None, cwd: Path, data_dir: Path, default_data_dir: Path
+) -> str:
     """How a user runs ``script`` (the ``crypto-mesh`` of this installation) on the mesh of ``data_dir`` from
     ``cwd``: ``crypto-mesh`` if ``on_path`` (``shutil.which``'s answer) is that script, else its path relative
     to ``cwd`` when under it (``.venv/bin/crypto-mesh``), else absolute; prefixed with ``MESH_DATA_DIR=...``

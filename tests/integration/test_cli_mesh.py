@@ -1,12 +1,12 @@
-"""``crypto-mesh`` managing a mesh as a user does, each command run as a real process: ``up`` refusing a held data
-directory or a taken port in one line and touching nothing, ``status``, ``logs``, ``down`` and ``--version``.
+"""``crypto-mesh`` managing a mesh as a user does, each command run as a real process: ``up`` refusing a held
+data directory or a taken port in one line and touching nothing, ``status``, ``logs``, ``down`` and
+``--version``.
 
 The refusals need no mesh (a process holding the lock, a listening socket); the rest share one real mesh.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -61,10 +61,16 @@ def other_mesh(tmp_path):
     (tmp_path / "logs" / "auth.log").write_text("2026-01-01T00:00:00.000 the other mesh's line\n")
     (tmp_path / "mesh.json").write_text('{"pid": 1, "urls": {}, "owner": "the other mesh"}')
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from pathlib import Path; from launcher.control import MeshLock; "
-         "MeshLock(Path(sys.argv[1])).acquire(); print('held', flush=True); sys.stdin.read()", str(tmp_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from launcher.control import MeshLock; "
+            "MeshLock(Path(sys.argv[1])).acquire(); print('held', flush=True); sys.stdin.read()",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline() == "held\n"
     yield tmp_path, holder
@@ -119,8 +125,14 @@ def test_the_ready_banner_prints_runnable_commands(mesh):
     for label, command in (("SQL", "sql"), ("logs", "logs -f"), ("stop", "down")):
         assert banner[label].startswith(status.removesuffix("status") + command), banner
     # As printed, from where the mesh was started, without the environment it was started with.
-    printed = subprocess.run(status, shell=True, env={k: v for k, v in env.items() if not k.startswith("MESH_")},
-                             capture_output=True, text=True, timeout=120)
+    printed = subprocess.run(
+        status,
+        shell=True,
+        env={k: v for k, v in env.items() if not k.startswith("MESH_")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert printed.returncode == 0, printed.stdout + printed.stderr
 
 
@@ -163,7 +175,9 @@ def test_logs_prints_each_processs_output(mesh):
 
 def test_down_stops_the_mesh_gracefully_and_logs_follow_ends_with_it(mesh):
     state, env, process, _log = mesh
-    follow = subprocess.Popen([CRYPTO_MESH, "logs", "-f", "profile_bff"], env=env, stdout=subprocess.PIPE, text=True)
+    follow = subprocess.Popen(
+        [CRYPTO_MESH, "logs", "-f", "profile_bff"], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert " profile_bff | " in follow.stdout.readline()
     result = crypto_mesh(env, "down")
     assert result.returncode == 0, result.stderr

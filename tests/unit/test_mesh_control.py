@@ -61,14 +61,25 @@ def test_the_process_table_follows_honchos_start_and_stop_lines(tmp_path):
     assert not table.observe("SIGTERM received", 102.0)
     assert not table.observe("sending SIGTERM to auth (pid 4242)", 102.0)
     assert table.observe("auth stopped (rc=0)", 103.0)
-    expected = {"auth": {"pid": 4242, "started_at": 100.0, "returncode": 0}, "redis": {"pid": 17, "started_at": 101.0}}
+    expected = {
+        "auth": {"pid": 4242, "started_at": 100.0, "returncode": 0},
+        "redis": {"pid": 17, "started_at": 101.0},
+    }
     assert table.processes == expected
     assert json.loads((tmp_path / "processes.json").read_text()) == expected
 
 
 @pytest.mark.parametrize(
     ("seconds", "shown"),
-    [(-3, "0s"), (0, "0s"), (42.9, "42s"), (60, "1m00s"), (307, "5m07s"), (11100, "3h05m"), (187200, "2d04h")],
+    [
+        (-3, "0s"),
+        (0, "0s"),
+        (42.9, "42s"),
+        (60, "1m00s"),
+        (307, "5m07s"),
+        (11100, "3h05m"),
+        (187200, "2d04h"),
+    ],
 )
 def test_durations_read_as_a_clock_does(seconds, shown):
     assert format_duration(seconds) == shown
@@ -79,7 +90,10 @@ def test_the_status_table_has_a_row_per_checked_process_in_start_order():
         "checks": [{"name": "redis"}, {"name": "auth"}, {"name": "profile_bff"}],
         "urls": {"redis": "redis://127.0.0.1:1/0", "auth": "127.0.0.1:2", "bff": "http://127.0.0.1:8080"},
     }
-    processes = {"redis": {"pid": 10, "started_at": 1000.0}, "auth": {"pid": 11, "started_at": 1000.0, "returncode": 1}}
+    processes = {
+        "redis": {"pid": 10, "started_at": 1000.0},
+        "auth": {"pid": 11, "started_at": 1000.0, "returncode": 1},
+    }
     rows = status_table(state, processes, {"redis": True, "auth": False, "profile_bff": True}, now=1065.0)
     assert rows == [
         ["SERVICE", "HEALTH", "UPTIME", "PID", "URL"],
@@ -100,7 +114,10 @@ def test_log_files_are_emptied_at_start_and_merged_in_time_order(tmp_path):
     files = {name: (tmp_path / "logs" / f"{name}.log").read_text().splitlines() for name in ("auth", "redis")}
     assert files["auth"][0] == "2026-01-01T12:00:01.000 first"
     assert [(name, line.split(" ", 1)[1]) for name, line in merged(files)] == [
-        ("auth", "first"), ("auth", "second"), ("redis", "third"), ("auth", "fourth"),
+        ("auth", "first"),
+        ("auth", "second"),
+        ("redis", "third"),
+        ("auth", "fourth"),
     ]
     assert labelled("auth", files["auth"][0], 5) == "2026-01-01T12:00:01.000 auth  | first"
     LogFiles(tmp_path).close()  # the next mesh starts with empty logs
@@ -112,7 +129,9 @@ def test_the_printed_commands_run_from_where_the_mesh_was_started(tmp_path):
     default = tmp_path / ".mesh"
     assert runnable_command(script, None, tmp_path, default, default) == ".venv/bin/crypto-mesh"
     assert runnable_command(script, str(script), tmp_path, default, default) == "crypto-mesh"
-    assert runnable_command(script, "/usr/bin/crypto-mesh", Path("/elsewhere"), default, default) == str(script)
+    assert runnable_command(script, "/usr/bin/crypto-mesh", Path("/elsewhere"), default, default) == str(
+        script
+    )
     other = tmp_path / "my data"
     assert (
         runnable_command(script, None, tmp_path, other, default)
