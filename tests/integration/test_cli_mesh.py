@@ -19,7 +19,7 @@ import pytest
 from support.mesh import CRYPTO_MESH, running_mesh
 
 from crypto_mesh.netutil import free_port, port_open
-from launcher.control import lock_holder
+from launcher.control import lock_holder, port_in_use
 
 #: The processes of a mesh on its embedded defaults, in their start order.
 SERVICES = ["redis", "kafka", "exchange", "auth", "socket_proxy", "aggregator", "etl", "profile_bff"]
@@ -94,6 +94,15 @@ def test_down_stops_the_process_holding_the_data_directory_and_waits_for_it(othe
     assert f"pid {holder.pid}" in result.stdout and "mesh stopped" in result.stdout
     assert holder.poll() == -signal.SIGTERM  # down returned after its holder had ended, not before
     assert lock_holder(data_dir) is None
+
+
+def test_a_busy_port_is_told_from_a_free_one():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert port_in_use("127.0.0.1", port)
+    assert not port_in_use("127.0.0.1", port)
 
 
 def test_up_refuses_a_taken_bff_port_before_starting_anything(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from datetime import datetime
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from launcher.control import (
     lock_holder,
     log_names,
     merged,
-    port_in_use,
     runnable_command,
     status_table,
 )
@@ -43,15 +41,6 @@ def test_the_lock_admits_one_mesh_per_data_directory_and_names_its_holder(tmp_pa
     assert lock_holder(tmp_path) is None
     second = MeshLock(tmp_path).acquire(wait_s=0)  # the file left behind does not block the next mesh
     second.release()
-
-
-def test_a_busy_port_is_told_from_a_free_one(tmp_path):
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        assert port_in_use("127.0.0.1", port)
-    assert not port_in_use("127.0.0.1", port)
 
 
 def test_the_process_table_follows_honchos_start_and_stop_lines(tmp_path):
