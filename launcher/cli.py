@@ -216,6 +216,10 @@ def down(timeout_s: float) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass  # it ended between the look and the signal
+    except PermissionError:
+        raise click.ClickException(
+            f"not allowed to stop pid {pid}: the mesh in {data_dir} is another user's"
+        ) from None
     deadline = time.monotonic() + timeout_s
     while control.lock_holder(data_dir) is not None:
         if time.monotonic() > deadline:

@@ -232,14 +232,15 @@ def format_rows(rows: Sequence[Sequence[str]]) -> str:
 
 
 class LogFiles:
-    """``<data_dir>/logs/<name>.log``, one per process, emptied when a mesh starts; :meth:`write` appends
-    each line of ``text`` as ``<time.isoformat(timespec="milliseconds")> <line>``. Names are honcho's process
-    names (``auth``, ``redis``, ..., ``system`` for honcho's own lines, ``mesh`` for the readiness
-    watcher)."""
+    """``<data_dir>/logs/<name>.log``, one per process (directory 0700), emptied when a mesh starts;
+    :meth:`write` appends each line of ``text`` as ``<time.isoformat(timespec="milliseconds")> <line>``.
+    Names are honcho's process names (``auth``, ``redis``, ..., ``system`` for honcho's own lines, ``mesh``
+    for the readiness watcher)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / LOGS_DIR
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o700)  # what users of the mesh did is for its own user only, as its terminal is
         for old in self.directory.glob("*.log"):
             old.unlink()
         self._files: dict[str, object] = {}
