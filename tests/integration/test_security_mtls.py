@@ -100,6 +100,18 @@ def new_name() -> str:
     return f"mallory{uuid.uuid4().hex[:8]}"
 
 
+def impostor(mesh_pki, foreign_pki, identity: str) -> MeshTls:
+    """A caller trusting the real mesh CA that presents a certificate naming ``identity`` issued by a CA of
+    its own (:func:`foreign_pki`)."""
+    forged = foreign_pki[identity].load()
+    return MeshTls(
+        root_certificates=mesh_pki[identity].load().root_certificates,
+        certificate_chain=forged.certificate_chain,
+        private_key=forged.private_key,
+        identity=identity,
+    )
+
+
 async def test_the_bff_identity_is_served_by_auth(auth_server, mesh_pki):
     port, database_url = auth_server
     name = new_name()
@@ -130,15 +142,9 @@ async def test_a_tls_call_without_a_client_certificate_is_refused_at_the_handsha
 async def test_a_certificate_of_another_ca_is_refused_at_the_handshake(auth_server, mesh_pki, foreign_pki):
     port, database_url = auth_server
     name = new_name()
-    forged = foreign_pki[PROFILE_BFF].load()
     # The caller trusts the real server, and presents a certificate naming the BFF from a CA of its own.
-    impostor = MeshTls(
-        root_certificates=mesh_pki[PROFILE_BFF].load().root_certificates,
-        certificate_chain=forged.certificate_chain,
-        private_key=forged.private_key,
-        identity=PROFILE_BFF,
-    )
-    async with tls_channel(f"127.0.0.1:{port}", impostor, AUTH) as channel:
+    forged = impostor(mesh_pki, foreign_pki, PROFILE_BFF)
+    async with tls_channel(f"127.0.0.1:{port}", forged, AUTH) as channel:
         assert await refused_code(register_over(channel, name)) == Code.UNAVAILABLE
     assert await users_named(database_url, name) == 0
 
@@ -193,14 +199,8 @@ async def test_reflection_lists_each_servers_services_to_every_mesh_identity_ove
             assert described.file_descriptor_response.file_descriptor_proto, (server_identity, identity)
         async with grpc.aio.insecure_channel(target) as channel:
             assert await refused_code(reflected(channel, list_services)) == Code.UNAVAILABLE
-        forged = foreign_pki[HEALTHCHECK].load()
-        impostor = MeshTls(
-            root_certificates=mesh_pki[HEALTHCHECK].load().root_certificates,
-            certificate_chain=forged.certificate_chain,
-            private_key=forged.private_key,
-            identity=HEALTHCHECK,
-        )
-        async with tls_channel(target, impostor, server_identity) as channel:
+        forged = impostor(mesh_pki, foreign_pki, HEALTHCHECK)
+        async with tls_channel(target, forged, server_identity) as channel:
             assert await refused_code(reflected(channel, list_services)) == Code.UNAVAILABLE
 
 
