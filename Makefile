@@ -12,7 +12,7 @@ LOCKED := --quiet --require-hashes
 # takes minutes: that install says so and lets pip show each download with its size and progress; later ones
 # (after a lock change) stay quiet.
 FIRST_INSTALL := $(if $(wildcard $(VENV)/.installed),,yes)
-RUNTIME_INSTALL := $(if $(FIRST_INSTALL),--require-hashes --progress-bar on,$(LOCKED))
+RUNTIME_OUTPUT := $(if $(FIRST_INSTALL),--progress-bar on,--quiet)
 FIRST_INSTALL_NOTE := echo "installing the locked dependencies into $(VENV): about 340 MB to download, 1.3 GB installed, a few minutes"
 COMPILE := $(TOOLS)/bin/uv pip compile --quiet --generate-hashes --universal --python-version 3.11
 LOCKS := requirements/runtime.txt requirements/test.txt requirements/build.txt
@@ -31,7 +31,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python requirements/runtime.txt requirements/build.txt pyproject.toml hatch_build.py $(wildcard proto/*.proto)
 	$(BIN)/python -m pip install $(LOCKED) -r requirements/build.txt
 	@$(if $(FIRST_INSTALL),$(FIRST_INSTALL_NOTE))
-	$(BIN)/python -m pip install $(RUNTIME_INSTALL) -r requirements/runtime.txt
+	$(BIN)/python -m pip install --require-hashes $(RUNTIME_OUTPUT) -r requirements/runtime.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
