@@ -8,10 +8,10 @@
 # the venv has no pip of its own. The services run as an unprivileged user.
 #
 # The base image is pinned to a full version. To pin it to a digest as well (reproducible to the byte):
-#   docker buildx imagetools inspect python:3.11.14-slim-bookworm   # prints "Digest: sha256:..."
-# and write both stages' FROM as python:3.11.14-slim-bookworm@sha256:<digest> (the build stage and the final
+#   docker buildx imagetools inspect python:3.11.17-slim   # prints "Digest: sha256:..."
+# and write both stages' FROM as python:3.11.17-slim@sha256:<digest> (the build stage and the final
 # stage must stay on the same image: the venv links to its interpreter).
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.17-slim
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
