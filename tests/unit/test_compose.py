@@ -7,6 +7,8 @@ import hashlib
 import ipaddress
 import json
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -44,6 +46,34 @@ def test_compose_file_parses_with_a_strict_compose_spec_implementation(compose):
     # this implementation's own parser lacks them.
     parsed = PyCompose.from_yaml(yaml.safe_dump(compose, sort_keys=False))
     assert set(parsed.service_names()) == SERVICES | BACKING | EDGE
+
+
+def compose_cli() -> list[str] | None:
+    """A Docker Compose v2 command line (``docker compose``, or a ``docker-compose`` of v2 on the PATH), or None.
+    ``config`` needs no container engine."""
+    candidates = [["docker", "compose"]] if shutil.which("docker") else []
+    candidates += [["docker-compose"]] if shutil.which("docker-compose") else []
+    for command in candidates:
+        result = subprocess.run([*command, "version", "--short"], capture_output=True, text=True, timeout=30)
+        if result.returncode == 0 and result.stdout.strip().lstrip("v").startswith("2."):
+            return command
+    return None
+
+
+def test_docker_compose_reads_the_file_and_resolves_the_anchors_as_the_loader_does(compose):
+    command = compose_cli()
+    if command is None:
+        pytest.skip("no Docker Compose v2 (`docker compose` or `docker-compose`) on the PATH")
+    result = subprocess.run(
+        [*command, "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    for name, service in compose["services"].items():
+        assert resolved[name]["image"] == service["image"], name
+        assert set(resolved[name]["networks"]) == networks_of(service), name
+        assert resolved[name]["logging"] == service["logging"], name
 
 
 def test_only_the_proxy_publishes_ports_and_the_bff_none(compose):
