@@ -6,9 +6,11 @@
 - :class:`PeerIdentityInterceptor` (installed by :func:`tls_server`) then admits each call only if the
   caller's identity (the SPIFFE ID of its certificate, :mod:`crypto_mesh.pki`) is allowed to call that
   service: ``UNAUTHENTICATED`` when the certificate names no mesh identity, ``PERMISSION_DENIED`` when the
-  identity is not allowed; either way before the handler runs. ``grpc.health.v1.Health`` admits every
-  identity of the mesh (health reveals nothing, and readiness watchers and compose health checks need it);
-  every other service admits only the identities its server lists; a service not listed admits no one.
+  identity is not allowed; either way before the handler runs. ``grpc.health.v1.Health`` and server
+  reflection (:data:`OPEN_TO_THE_MESH`) admit every identity of the mesh (health reveals nothing, reflection
+  only the published proto contracts, and readiness watchers, compose health checks and an operator's grpcurl
+  need them); every other service admits only the identities its server lists; a service not listed admits
+  no one.
 - :func:`tls_channel` connects with the caller's certificate and accepts only a server whose certificate
   names the expected identity as a DNS SAN, whatever address the target uses.
 - ``python -m crypto_mesh.grpc_tls TARGET --server-identity NAME --ca-file --cert-file --key-file`` asks a
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import MeshTls, identity_of_spiffe_id, load_tls
@@ -33,6 +36,10 @@ from crypto_mesh.pki import MeshTls, identity_of_spiffe_id, load_tls
 log = get_logger(__name__)
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+#: gRPC server reflection (``grpc.reflection.v1alpha.ServerReflection``), which grpcurl and other tools ask.
+REFLECTION_SERVICE = reflection.SERVICE_NAME
+#: The services every mesh identity may call on any server of the mesh (never a caller without one).
+OPEN_TO_THE_MESH = frozenset({HEALTH_SERVICE, REFLECTION_SERVICE})
 #: gRPC's auth-context property holding the peer certificate's SPIFFE ID (set when it has exactly one URI
 #: SAN and that URI is a valid SPIFFE ID).
 PEER_SPIFFE_ID = "peer_spiffe_id"
@@ -98,12 +105,13 @@ def caller_identity(auth_context: Mapping[str, Sequence[bytes]]) -> str | None:
 def refusal(identity: str | None, service: str, callers: Mapping[str, Collection[str]]) -> Refusal | None:
     """Whether the caller ``identity`` (from :func:`caller_identity`) may call ``service`` (full name, e.g.
     ``crypto.auth.v1.Auth``) of a server whose allowed callers are ``callers`` (service → identities): None
-    if it may, else the :class:`Refusal`. ``grpc.health.v1.Health`` admits every mesh identity."""
+    if it may, else the :class:`Refusal`. The services of :data:`OPEN_TO_THE_MESH` (health, reflection) admit
+    every mesh identity."""
     if identity is None:
         return Refusal(
             grpc.StatusCode.UNAUTHENTICATED, "a client certificate naming a mesh identity is required"
         )
-    if service == HEALTH_SERVICE or identity in callers.get(service, ()):
+    if service in OPEN_TO_THE_MESH or identity in callers.get(service, ()):
         return None
     return Refusal(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not call {service}")
 

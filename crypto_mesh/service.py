@@ -26,7 +26,9 @@ from typing import Any, Generic, TypeVar
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection
 
+from crypto_mesh.grpc_tls import HEALTH_SERVICE, REFLECTION_SERVICE
 from crypto_mesh.logs import get_logger
 
 log = get_logger(__name__)
@@ -109,13 +111,19 @@ class Lifecycle:
         grace_s: float,
         serving: bool = True,
     ) -> None:
-        """Start ``server``; set health of ``""`` and each of ``services`` to SERVING (or NOT_SERVING when
-        ``serving`` is false: the service turns it on when ready). At stop: health NOT_SERVING for every service,
-        then the calls in flight get ``grace_s`` seconds before the server ends them."""
+        """Start ``server`` with server reflection (``grpc.reflection.v1alpha.ServerReflection``) listing
+        ``services``, health and reflection itself; set health of ``""`` and each of ``services`` to SERVING (or
+        NOT_SERVING when ``serving`` is false: the service turns it on when ready). At stop: health NOT_SERVING
+        for every service, then the calls in flight get ``grace_s`` seconds before the server ends them.
+
+        ``services`` are full names (``crypto.auth.v1.Auth``) whose descriptors the generated stubs registered;
+        who may call reflection is decided by the server's interceptor like any other service
+        (:data:`crypto_mesh.grpc_tls.OPEN_TO_THE_MESH`)."""
         # Set before the port opens: a new HealthServicer reports "" as SERVING until told otherwise.
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", *services):
             await health_servicer.set(service, status)
+        reflection.enable_server_reflection((*services, HEALTH_SERVICE, REFLECTION_SERVICE), server)
         await server.start()
         self._stack.push_async_callback(server.stop, grace_s)
         self._stack.push_async_callback(health_servicer.enter_graceful_shutdown)

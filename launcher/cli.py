@@ -1,8 +1,17 @@
-"""``crypto-mesh``: start the whole mesh on one machine, and query its market history with SQL.
+"""``crypto-mesh``: start, watch and stop the whole mesh on one machine; query its market history with SQL.
 
 - ``crypto-mesh up``: embedded defaults for every backing service whose URL is not set (see
   :mod:`launcher.mesh`), then the five services and the replay exchange; waits until all are healthy,
-  prints the URLs, prefixes every log line with its process's name, stops everything on Ctrl-C.
+  prints the URLs and the commands below, prefixes every log line with its process's name (and writes it to
+  ``<MESH_DATA_DIR>/logs/<name>.log``), stops everything on Ctrl-C or SIGTERM. It refuses to start, with one
+  line on stderr and exit status 1, when another mesh holds the data directory (:class:`MeshLock`) or the
+  BFF's port is taken; then it has touched nothing.
+- ``crypto-mesh status``: each process of the running mesh, its health (checked now), uptime, pid and URL;
+  exit status 0 when all are healthy, 3 when one is not, 1 when no mesh runs in ``MESH_DATA_DIR``.
+- ``crypto-mesh down``: stops the mesh of ``MESH_DATA_DIR`` started elsewhere (SIGTERM to its ``up``, the
+  same graceful stop as Ctrl-C) and waits until its ``up`` has exited.
+- ``crypto-mesh logs [NAME] [-f]``: the output of every process (or of one), interleaved in time order;
+  ``-f`` follows it until the mesh stops.
 - ``crypto-mesh sql "SELECT ..."``: a read-only query against ``crypto.*``. In embedded mode chDB is opened by
   the ETL process only, so the query goes through the ETL's SQL endpoint; with ``MESH_CLICKHOUSE_URL`` set it
   goes straight to that ClickHouse server. Either way it is checked by :mod:`etl.sql` (one SELECT over
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -25,18 +35,29 @@ from pathlib import Path
 import click
 
 from crypto_mesh import jsonutil
-from launcher.settings import ETL_TOKEN_FILE, MeshSettings, read_state
 from crypto_mesh.servicecreds import bearer_header, read_token
+from launcher import control
+from launcher.settings import ETL_TOKEN_FILE, PROCESSES_FILE, STATE_FILE, MeshSettings, read_state
+
+#: Exit status of ``status`` when the mesh runs but a process is not healthy.
+STATUS_UNHEALTHY = 3
 
 
 @click.group()
+@click.version_option(package_name="crypto-mesh", prog_name="crypto-mesh")
 def main() -> None:
     """Real-time crypto-portfolio tracker: a gRPC service mesh."""
 
 
+def _busy_message(error: control.MeshBusyError) -> str:
+    return (
+        f"{error}: stop it first (`crypto-mesh down`), or start this one with another MESH_DATA_DIR"
+    )
+
+
 @main.command()
 def up() -> None:
-    """Start the whole mesh (settings: MESH_* environment variables) until Ctrl-C."""
+    """Start the whole mesh (settings: MESH_* environment variables) until Ctrl-C or `crypto-mesh down`."""
     from honcho.manager import Manager
 
     from launcher.embedded import EmbeddedPostgres
@@ -46,20 +67,41 @@ def up() -> None:
     settings = MeshSettings()
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "mesh.json").unlink(missing_ok=True)
-
-    postgres = None
-    if settings.postgres_url is None:
-        click.echo(f"starting embedded PostgreSQL in {data_dir / 'postgres'}")
-        postgres = EmbeddedPostgres(data_dir / "postgres")
-        postgres.start()
     try:
+        lock = control.MeshLock(data_dir).acquire()
+    except control.MeshBusyError as error:
+        raise click.ClickException(_busy_message(error)) from None
+    # From here on the data directory is this mesh's: what an earlier mesh left (a state file, logs) is stale.
+    postgres = None
+    manager = None
+    # Until honcho installs its own handlers, SIGTERM (`crypto-mesh down`) stops the start cleanly too.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        try:
+            if control.port_in_use(settings.bff_host, settings.bff_port):
+                raise click.ClickException(
+                    f"port {settings.bff_port} on {settings.bff_host} is already in use (another program, "
+                    "or a mesh in another data directory): free it or set MESH_BFF_PORT"
+                )
+        except OSError as error:
+            raise click.ClickException(
+                f"cannot listen on {settings.bff_host}:{settings.bff_port} (MESH_BFF_HOST, MESH_BFF_PORT): "
+                f"{error.strerror or error}"
+            ) from None
+        for stale in (STATE_FILE, PROCESSES_FILE):
+            (data_dir / stale).unlink(missing_ok=True)
+        if settings.postgres_url is None:
+            click.echo(f"starting embedded PostgreSQL in {data_dir / 'postgres'}")
+            postgres = EmbeddedPostgres(data_dir / "postgres")
+            postgres.start()
         try:
             plan = build_plan(settings, postgres)
         except RecordingError as error:
             raise click.ClickException(str(error)) from None
         pending = write_pending(plan)
-        manager = Manager()
+        logs = control.LogFiles(data_dir)
+        processes = control.ProcessTable(data_dir / PROCESSES_FILE)
+        manager = Manager(printer=control.MeshPrinter(sys.stdout, logs, processes))
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
         for process in plan.processes:
             manager.add_process(process.name, process.shell_command(), env={**base_env, **process.env})
@@ -70,12 +112,19 @@ def up() -> None:
             env=base_env,
         )
         manager.loop()
+        logs.close()
     finally:
         if postgres is not None:
             postgres.stop()
-        (data_dir / "mesh.json").unlink(missing_ok=True)
+        for state_file in (STATE_FILE, PROCESSES_FILE):
+            (data_dir / state_file).unlink(missing_ok=True)
+        lock.release()
     # honcho reports a stop asked for by Ctrl-C or SIGTERM as 130 / 143; that is a clean stop, not a failure.
     sys.exit(0 if manager.returncode in (None, 130, 143) else manager.returncode)
+
+
+def _exit_on_sigterm(_signum, _frame) -> None:
+    sys.exit(143)
 
 
 @main.command(hidden=True)
@@ -91,18 +140,135 @@ def watch(pending: Path, timeout_s: float) -> None:
         sys.exit(1)
     state = read_state(pending.parent)
     urls = state["urls"]
+    cwd = Path.cwd()
+    command = control.runnable_command(
+        Path(sys.executable).parent / "crypto-mesh", shutil.which("crypto-mesh"), cwd, pending.parent,
+        (cwd / MeshSettings.model_fields["data_dir"].default).resolve(),
+    )
     click.echo(
         "mesh ready\n"
         f"  dashboard  {urls['bff']}/ (open it in a browser)\n"
         f"  REST API   {urls['bff']}\n"
         f"  WebSocket  {urls['websocket']}\n"
         f"  exchange   {urls['exchange']}\n"
-        f"  SQL        crypto-mesh sql \"SELECT symbol, count() FROM crypto.market_tickers GROUP BY symbol\"\n"
-        "press Ctrl-C to stop"
+        f"  SQL        {command} sql \"SELECT symbol, count() FROM crypto.market_tickers GROUP BY symbol\"\n"
+        f"  status     {command} status\n"
+        f"  logs       {command} logs -f [service]\n"
+        f"  stop       {command} down   (or Ctrl-C here)"
     )
     sys.stdout.flush()
     while True:
         time.sleep(3600)
+
+
+def _running_mesh(data_dir: Path) -> dict:
+    """What the ``up`` holding ``data_dir`` wrote in its lock file; a one-line error (exit status 1) when no
+    mesh runs there."""
+    holder = control.lock_holder(data_dir)
+    if holder is None:
+        raise click.ClickException(f"no mesh runs in {data_dir} (start one with `crypto-mesh up`)")
+    return holder
+
+
+@main.command()
+def status() -> None:
+    """Show each process of the running mesh: health (checked now), uptime, pid and URL.
+
+    Exit status 0 when every process is healthy, 3 when one is not, 1 when no mesh runs in MESH_DATA_DIR.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from launcher.mesh import HealthCheck
+
+    data_dir = MeshSettings().data_dir.resolve()
+    holder = _running_mesh(data_dir)
+    try:
+        state = read_state(data_dir)
+    except FileNotFoundError:
+        pid = f" (pid {holder['pid']})" if "pid" in holder else ""
+        click.echo(f"the mesh in {data_dir}{pid} is starting: not every process is healthy yet")
+        sys.exit(STATUS_UNHEALTHY)
+    checks = [HealthCheck(**check) for check in state["checks"]]
+    with ThreadPoolExecutor(max_workers=len(checks)) as pool:
+        healthy = dict(zip((check.name for check in checks), pool.map(HealthCheck.ok, checks)))
+    now = time.time()
+    started = holder.get("started_at")
+    uptime = f", up {control.format_duration(now - started)}" if isinstance(started, (int, float)) else ""
+    click.echo(f"mesh in {data_dir} (pid {state['pid']}){uptime}")
+    rows = control.status_table(state, control.read_processes(data_dir), healthy, now)
+    click.echo(control.format_rows(rows))
+    if not all(healthy.values()):
+        sys.exit(STATUS_UNHEALTHY)
+
+
+@main.command()
+@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the mesh to stop.")
+def down(timeout_s: float) -> None:
+    """Stop the mesh running in MESH_DATA_DIR (started in another terminal), as Ctrl-C there would, and wait
+    until it has stopped."""
+    data_dir = MeshSettings().data_dir.resolve()
+    holder = _running_mesh(data_dir)
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        raise click.ClickException(f"the mesh in {data_dir} is still starting; try again in a moment")
+    click.echo(f"stopping the mesh in {data_dir} (pid {pid})")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it ended between the look and the signal
+    except PermissionError:
+        raise click.ClickException(
+            f"not allowed to stop pid {pid}: the mesh in {data_dir} is another user's"
+        ) from None
+    deadline = time.monotonic() + timeout_s
+    while control.lock_holder(data_dir) is not None:
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"the mesh (pid {pid}) has not stopped after {timeout_s:.0f}s; see `crypto-mesh logs`"
+            )
+        time.sleep(0.2)
+    click.echo("mesh stopped")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the mesh stops.")
+def logs(name: str | None, follow: bool) -> None:
+    """Print the output of every process of the mesh (or of process NAME: auth, profile_bff, ...), in time
+    order; it is kept in MESH_DATA_DIR/logs/ from the mesh's start until the next one."""
+    from launcher.settings import LOGS_DIR
+
+    data_dir = MeshSettings().data_dir.resolve()
+    names = control.log_names(data_dir)
+    if not names:
+        raise click.ClickException(f"no logs in {data_dir / LOGS_DIR} (start a mesh with `crypto-mesh up`)")
+    if name is not None:
+        if name not in names:
+            raise click.ClickException(f"no process named {name!r}; there are: {', '.join(names)}")
+        names = [name]
+    width = max(len(n) for n in names)
+    files = {n: (data_dir / LOGS_DIR / f"{n}.log").open(encoding="utf-8", errors="replace") for n in names}
+    try:
+        pending = {n: "" for n in names}
+
+        def new_lines(n: str) -> list[str]:
+            # Whole lines only: a line being written is kept until its end arrives.
+            text = pending[n] + files[n].read()
+            *lines, pending[n] = text.split("\n")
+            return lines
+
+        for n, line in control.merged({n: new_lines(n) for n in names}):
+            click.echo(control.labelled(n, line, width))
+        while follow and control.lock_holder(data_dir) is not None:
+            time.sleep(0.25)
+            for n, line in control.merged({n: new_lines(n) for n in names}):
+                click.echo(control.labelled(n, line, width))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for file in files.values():
+            file.close()
 
 
 @main.command()

@@ -92,8 +92,15 @@ class MeshPlan:
     urls: dict[str, str]
 
     def state(self) -> dict:
-        """The JSON written to ``<data_dir>/mesh.json`` once the mesh is healthy."""
-        return {"pid": os.getpid(), "urls": self.urls, "data_dir": str(self.data_dir)}
+        """The JSON written to ``<data_dir>/mesh.json`` once the mesh is healthy: the pid of ``crypto-mesh
+        up``, the URLs, the data directory and the health check of each process (``crypto-mesh status``
+        runs them again)."""
+        return {
+            "pid": os.getpid(),
+            "urls": self.urls,
+            "data_dir": str(self.data_dir),
+            "checks": [asdict(check) for check in self.checks],
+        }
 
 
 def _python_module(module: str) -> list[str]:

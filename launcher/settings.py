@@ -15,6 +15,12 @@ from crypto_mesh.settings import ServiceSettings
 
 #: Name of the file, in the data directory, that describes a running mesh (written once every process is healthy).
 STATE_FILE = "mesh.json"
+#: The data directory's lock, held by ``crypto-mesh up`` for its mesh's lifetime (:class:`launcher.control.MeshLock`).
+LOCK_FILE = "mesh.lock"
+#: Each process's pid, start time and exit status, rewritten by ``crypto-mesh up`` as they change.
+PROCESSES_FILE = "processes.json"
+#: Directory, in the data directory, of every process's output (``<name>.log``), emptied at each start.
+LOGS_DIR = "logs"
 
 
 class MeshSettings(ServiceSettings):

@@ -14,10 +14,7 @@ import re
 import signal
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -26,11 +23,12 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.mesh import CRYPTO_MESH, running_mesh
 from support.polling import eventually
 from support.recordings import recorded_second, recorded_seconds
 
 from crypto_mesh.grpc_tls import channel_credentials, health_status
-from crypto_mesh.netutil import free_port, port_open
+from crypto_mesh.netutil import port_open
 from crypto_mesh.pki import (
     AGGREGATOR,
     AUTH,
@@ -43,39 +41,10 @@ from crypto_mesh.pki import (
 )
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc, socket_pb2, socket_pb2_grpc
 
-CRYPTO_MESH = str(Path(sys.executable).parent / "crypto-mesh")
-READY_TIMEOUT_S = 180
-
 
 def second_of(price_time: str) -> int:
     """A ``PriceTimes`` value (RFC 3339 UTC) as Unix ms."""
     return int(datetime.fromisoformat(price_time.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-@contextmanager
-def running_mesh(data_dir: Path, **variables: str) -> Iterator[tuple[dict, dict, subprocess.Popen, Path]]:
-    """`crypto-mesh up` in ``data_dir`` with ``variables`` (``MESH_*``) over the embedded defaults, until
-    ready; yields (state dict, environment, process, log path). Stopped with SIGINT (Ctrl-C)."""
-    env = {**os.environ, "MESH_DATA_DIR": str(data_dir), "MESH_BFF_PORT": str(free_port()), **variables}
-    log_path = data_dir / "up.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([CRYPTO_MESH, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    state_file = data_dir / "mesh.json"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not state_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"mesh did not become ready:\n{log_path.read_text()[-6000:]}")
-        time.sleep(0.5)
-    state = json.loads(state_file.read_text())
-    yield state, env, process, log_path
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,20 @@ import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from auth.server import SERVICE_NAME as AUTH_SERVICE
 from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
-from crypto_mesh.grpc_tls import HEALTH_SERVICE, caller_identity, refusal, tls_channel, tls_server
+from crypto_mesh.grpc_tls import (
+    HEALTH_SERVICE,
+    REFLECTION_SERVICE,
+    caller_identity,
+    refusal,
+    tls_channel,
+    tls_server,
+)
 from crypto_mesh.pki import (
     AGGREGATOR,
     AUTH,
@@ -34,6 +42,7 @@ from crypto_mesh.pki import (
 )
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc, socket_pb2, socket_pb2_grpc
 from crypto_mesh.secrets import secrets_dir
+from socket_proxy.server import SERVICE_NAME as PROXY_SERVICE
 from socket_proxy.server import start as start_proxy
 from socket_proxy.settings import ProxySettings
 
@@ -91,6 +100,18 @@ def new_name() -> str:
     return f"mallory{uuid.uuid4().hex[:8]}"
 
 
+def impostor(mesh_pki, foreign_pki, identity: str) -> MeshTls:
+    """A caller trusting the real mesh CA that presents a certificate naming ``identity`` issued by a CA of
+    its own (:func:`foreign_pki`)."""
+    forged = foreign_pki[identity].load()
+    return MeshTls(
+        root_certificates=mesh_pki[identity].load().root_certificates,
+        certificate_chain=forged.certificate_chain,
+        private_key=forged.private_key,
+        identity=identity,
+    )
+
+
 async def test_the_bff_identity_is_served_by_auth(auth_server, mesh_pki):
     port, database_url = auth_server
     name = new_name()
@@ -121,15 +142,9 @@ async def test_a_tls_call_without_a_client_certificate_is_refused_at_the_handsha
 async def test_a_certificate_of_another_ca_is_refused_at_the_handshake(auth_server, mesh_pki, foreign_pki):
     port, database_url = auth_server
     name = new_name()
-    forged = foreign_pki[PROFILE_BFF].load()
     # The caller trusts the real server, and presents a certificate naming the BFF from a CA of its own.
-    impostor = MeshTls(
-        root_certificates=mesh_pki[PROFILE_BFF].load().root_certificates,
-        certificate_chain=forged.certificate_chain,
-        private_key=forged.private_key,
-        identity=PROFILE_BFF,
-    )
-    async with tls_channel(f"127.0.0.1:{port}", impostor, AUTH) as channel:
+    forged = impostor(mesh_pki, foreign_pki, PROFILE_BFF)
+    async with tls_channel(f"127.0.0.1:{port}", forged, AUTH) as channel:
         assert await refused_code(register_over(channel, name)) == Code.UNAVAILABLE
     assert await users_named(database_url, name) == 0
 
@@ -156,6 +171,37 @@ async def test_health_answers_every_mesh_identity_and_only_over_mutual_tls(auth_
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         check = health_pb2_grpc.HealthStub(channel).Check(request, timeout=CALL_TIMEOUT_S)
         assert await refused_code(check) == Code.UNAVAILABLE
+
+
+async def reflected(channel: grpc.aio.Channel, request: reflection_pb2.ServerReflectionRequest):
+    """The one answer of the server's reflection service to ``request`` (as grpcurl asks it)."""
+    call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([request]), timeout=CALL_TIMEOUT_S
+    )
+    return await call.read()
+
+
+async def test_reflection_lists_each_servers_services_to_every_mesh_identity_over_mutual_tls_only(
+    auth_server, proxy, mesh_pki, foreign_pki
+):
+    auth_port, _ = auth_server
+    list_services = reflection_pb2.ServerReflectionRequest(list_services="")
+    servers = ((auth_port, AUTH, AUTH_SERVICE), (proxy.port, SOCKET_PROXY, PROXY_SERVICE))
+    for port, server_identity, service in servers:
+        target = f"127.0.0.1:{port}"
+        for identity in EMBEDDED_IDENTITIES:
+            async with tls_channel(target, mesh_pki[identity].load(), server_identity) as channel:
+                listed = await reflected(channel, list_services)
+                described = await reflected(channel, reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol=service))
+            names = {entry.name for entry in listed.list_services_response.service}
+            assert names == {service, HEALTH_SERVICE, REFLECTION_SERVICE}, (server_identity, identity)
+            assert described.file_descriptor_response.file_descriptor_proto, (server_identity, identity)
+        async with grpc.aio.insecure_channel(target) as channel:
+            assert await refused_code(reflected(channel, list_services)) == Code.UNAVAILABLE
+        forged = impostor(mesh_pki, foreign_pki, HEALTHCHECK)
+        async with tls_channel(target, forged, server_identity) as channel:
+            assert await refused_code(reflected(channel, list_services)) == Code.UNAVAILABLE
 
 
 async def test_a_client_refuses_a_server_that_proves_another_identity(auth_server, proxy, mesh_pki):
@@ -265,6 +311,11 @@ CALLERS = {AUTH_SERVICE: frozenset({PROFILE_BFF})}
         (tls_context(spiffe_id(PROFILE_BFF)), "crypto.socket.v1.SocketProxy", Code.PERMISSION_DENIED),
         (tls_context(spiffe_id(AGGREGATOR)), HEALTH_SERVICE, None),
         (tls_context(spiffe_id(HEALTHCHECK)), HEALTH_SERVICE, None),
+        (tls_context(spiffe_id(HEALTHCHECK)), REFLECTION_SERVICE, None),
+        (tls_context(spiffe_id(AGGREGATOR)), REFLECTION_SERVICE, None),
+        (tls_context("spiffe://elsewhere/healthcheck"), REFLECTION_SERVICE, Code.UNAUTHENTICATED),
+        (tls_context(None), REFLECTION_SERVICE, Code.UNAUTHENTICATED),
+        ({"transport_security_type": [b"insecure"]}, REFLECTION_SERVICE, Code.UNAUTHENTICATED),
         (tls_context("spiffe://elsewhere/profile_bff"), AUTH_SERVICE, Code.UNAUTHENTICATED),
         (tls_context("spiffe://elsewhere/profile_bff"), HEALTH_SERVICE, Code.UNAUTHENTICATED),
         (tls_context("spiffe://crypto-mesh/a/profile_bff"), AUTH_SERVICE, Code.UNAUTHENTICATED),

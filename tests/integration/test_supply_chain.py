@@ -47,14 +47,30 @@ def locked(name: str) -> dict[str, tuple[Version, list[str]]]:
     return pins
 
 
+def make_options(text: str) -> dict[str, str]:
+    """The Makefile's pip option variables, as ``{"$(NAME)": words}``: ``LOCKED``, and each variable defined as
+    ``$(if <condition>,<options>,<options>)`` whose two branches both require hashes (the first install shows
+    progress, later ones are quiet), as ``--require-hashes``."""
+    options = {"$(LOCKED)": "--quiet --require-hashes"}
+    for name, condition in re.findall(r"^(\w+) := \$\(if ([^\n]*)\)$", text, re.MULTILINE):
+        branches = [branch.replace("$(LOCKED)", options["$(LOCKED)"]) for branch in condition.split(",")[1:]]
+        if len(branches) == 2 and all("--require-hashes" in branch for branch in branches):
+            options[f"$({name})"] = "--require-hashes"
+    return options
+
+
 def shell_commands(path: Path) -> list[list[str]]:
     """The words of each line of a Makefile recipe or Dockerfile RUN that calls pip, split on ``&&``."""
     commands = []
-    for line in re.sub(r"\\\n", " ", path.read_text()).splitlines():
+    text = path.read_text()
+    options = make_options(text)
+    for line in re.sub(r"\\\n", " ", text).splitlines():
         if line.lstrip().startswith("#"):
             continue
         for part in line.split("&&"):
-            words = shlex.split(part.replace("$(LOCKED)", "--quiet --require-hashes"))
+            for variable, value in options.items():
+                part = part.replace(variable, value)
+            words = shlex.split(part)
             if "pip" in words or "pip_audit" in words or any(word.endswith("/pip") for word in words):
                 commands.append(words)
     return commands

@@ -84,9 +84,9 @@ def test_no_module_outside_the_launcher_imports_an_embedded_engine():
 
 
 #: Run in a fresh interpreter: hide the embedded-only packages, then import every module of the ground floor and
-#: of each service (their `python -m` entry modules included) and write the compose secrets, as an operator does.
+#: of each service (their `python -m` entry modules included).
 WITHOUT_EMBEDDED = """
-import importlib, importlib.abc, pkgutil, sys, tempfile
+import importlib, importlib.abc, pkgutil, sys
 
 BLOCKED = set(sys.argv[1].split(","))
 
@@ -117,9 +117,6 @@ for package in sys.argv[2].split(","):
         importlib.import_module(info.name)
         imported.append(info.name)
 
-from launcher.cli import main
-
-main(["secrets", tempfile.mkdtemp() + "/secrets"], standalone_mode=False)
 print(" ".join(imported))
 """
 

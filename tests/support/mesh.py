@@ -1,0 +1,50 @@
+"""A whole mesh started as the README starts it (``crypto-mesh up`` in a child process), for the tests that
+drive it from outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from crypto_mesh.netutil import free_port
+
+#: The ``crypto-mesh`` command of the environment running the tests.
+CRYPTO_MESH = str(Path(sys.executable).parent / "crypto-mesh")
+READY_TIMEOUT_S = 180
+
+
+@contextmanager
+def running_mesh(data_dir: Path, **variables: str) -> Iterator[tuple[dict, dict, subprocess.Popen, Path]]:
+    """`crypto-mesh up` in ``data_dir`` with ``variables`` (``MESH_*``) over the embedded defaults, until
+    ready; yields (state dict, environment, process, log path). Stopped with SIGINT (Ctrl-C) unless already
+    stopped."""
+    env = {**os.environ, "MESH_DATA_DIR": str(data_dir), "MESH_BFF_PORT": str(free_port()), **variables}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "up.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([CRYPTO_MESH, "up"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    state_file = data_dir / "mesh.json"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mesh did not become ready:\n{log_path.read_text()[-6000:]}")
+        time.sleep(0.5)
+    state = json.loads(state_file.read_text())
+    yield state, env, process, log_path
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
