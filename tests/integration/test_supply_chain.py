@@ -183,14 +183,18 @@ def test_the_image_installs_the_runtime_lock_alone_and_its_final_stage_copies_on
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     venv_installs = [words for words in shell_commands(ROOT / "Dockerfile") if "--python" in words]
-    assert venv_installs and all(words[words.index("--python") + 1] == "/opt/venv/bin/python" for words in venv_installs)
+    assert venv_installs and all(
+        words[words.index("--python") + 1] == "/opt/venv/bin/python" for words in venv_installs
+    )
 
 
 def test_the_docker_build_context_leaves_out_secrets_and_environments():
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     # Everything is left out, then what the Dockerfile copies is let back in.
     assert "*" in ignored and "!requirements/runtime.txt" in ignored
-    assert not any(line.startswith("!") and ("secrets" in line or ".venv" in line or ".mesh" in line) for line in ignored)
+    assert not any(
+        line.startswith("!") and ("secrets" in line or ".venv" in line or ".mesh" in line) for line in ignored
+    )
 
 
 def test_make_installs_the_embedded_lock_for_up_and_test():

@@ -25,7 +25,9 @@ SERVICES = {"auth", "profile_bff", "socket_proxy", "aggregator", "etl"}
 BACKING = {"postgres-auth", "postgres-profile", "redis", "kafka", "clickhouse"}
 EDGE = {"caddy"}
 #: An image with a version tag (numbers, then a variant such as ``-alpine``), optionally with its digest.
-PINNED_IMAGE = re.compile(r"^(?P<repository>[a-z0-9./-]+):(?P<version>\d+(\.\d+)+)(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$")
+PINNED_IMAGE = re.compile(
+    r"^(?P<repository>[a-z0-9./-]+):(?P<version>\d+(\.\d+)+)(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$"
+)
 #: Projects whose full versions have two numbers (PostgreSQL 18.6); every other needs at least three.
 TWO_PART_VERSIONS = {"postgres"}
 
@@ -37,7 +39,9 @@ def compose() -> dict:
 
 def test_compose_file_validates_against_the_compose_specification_schema(compose):
     schema = json.loads((ROOT / "tests" / "data" / "compose-spec.schema.json").read_text())
-    errors = [f"{list(e.path)}: {e.message}" for e in jsonschema.Draft201909Validator(schema).iter_errors(compose)]
+    errors = [
+        f"{list(e.path)}: {e.message}" for e in jsonschema.Draft201909Validator(schema).iter_errors(compose)
+    ]
     assert errors == []
 
 
@@ -54,7 +58,9 @@ def compose_cli() -> list[str] | None:
     candidates = [["docker", "compose"]] if shutil.which("docker") else []
     candidates += [["docker-compose"]] if shutil.which("docker-compose") else []
     for command in candidates:
-        result = subprocess.run([*command, "version", "--short"], capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [*command, "version", "--short"], capture_output=True, text=True, timeout=30, check=False
+        )
         if result.returncode == 0 and result.stdout.strip().lstrip("v").startswith("2."):
             return command
     return None
@@ -66,7 +72,11 @@ def test_docker_compose_reads_the_file_and_resolves_the_anchors_as_the_loader_do
         pytest.skip("no Docker Compose v2 (`docker compose` or `docker-compose`) on the PATH")
     result = subprocess.run(
         [*command, "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)["services"]
@@ -136,7 +146,15 @@ def test_the_five_services_merge_one_anchor_of_common_keys(compose):
     assert {"image", "restart", "logging", "networks", "stop_grace_period"} <= set(common)
     for name in SERVICES:
         service = compose["services"][name]
-        for key in ("image", "restart", "logging", "stop_grace_period", "read_only", "cap_drop", "security_opt"):
+        for key in (
+            "image",
+            "restart",
+            "logging",
+            "stop_grace_period",
+            "read_only",
+            "cap_drop",
+            "security_opt",
+        ):
             assert service[key] == common[key], (name, key)
 
 
@@ -225,13 +243,16 @@ def test_no_secret_is_written_in_the_compose_file(compose):
 def test_clickhouse_gets_its_users_from_a_secret_file_and_no_password_from_the_environment(compose):
     clickhouse = compose["services"]["clickhouse"]
     assert "env_file" not in clickhouse
-    assert {"source": "clickhouse_users.xml", "target": "/etc/clickhouse-server/users.d/mesh.xml"} in clickhouse[
-        "secrets"
-    ]
+    assert {
+        "source": "clickhouse_users.xml",
+        "target": "/etc/clickhouse-server/users.d/mesh.xml",
+    } in clickhouse["secrets"]
     for name, service in compose["services"].items():
         environment = service.get("environment", {})
         assert "env_file" not in service, name
-        assert not any("CLICKHOUSE" in key and ("PASSWORD" in key or "USER" in key) for key in environment), name
+        assert not any("CLICKHOUSE" in key and ("PASSWORD" in key or "USER" in key) for key in environment), (
+            name
+        )
     assert "etl_analytics_clickhouse_url" in compose["services"]["etl"]["secrets"]
 
 
@@ -271,7 +292,9 @@ def test_the_analytics_user_may_only_select_on_crypto_within_the_profile_limits(
         assert profile.findtext(name) == value, name
         constraint = profile.find(f"constraints/{name}")
         assert constraint is not None and (
-            constraint.findtext("max") == value if name.startswith("max_") else constraint.find("const") is not None
+            constraint.findtext("max") == value
+            if name.startswith("max_")
+            else constraint.find("const") is not None
         ), name
 
 
