@@ -182,6 +182,17 @@ def test_logs_prints_each_processs_output(mesh):
     assert_one_line_refusal(unknown, "nosuch", "profile_bff")
 
 
+def test_db_current_reads_the_running_meshs_databases(mesh):
+    _state, env, _process, _log = mesh
+    result = crypto_mesh(env, "db", "current")
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert [row.split()[0] for row in rows] == ["auth", "profile", "clickhouse"]
+    assert all(row.split()[-1] == "yes" for row in rows), rows  # each service migrated at its start
+    refused = crypto_mesh(env, "db", "upgrade", "--database", "clickhouse")
+    assert_one_line_refusal(refused, "ETL holds the embedded ClickHouse", "crypto-mesh down")
+
+
 def test_down_stops_the_mesh_gracefully_and_logs_follow_ends_with_it(mesh):
     state, env, process, _log = mesh
     follow = subprocess.Popen(
@@ -199,3 +210,18 @@ def test_down_stops_the_mesh_gracefully_and_logs_follow_ends_with_it(mesh):
     bff_port = int(state["urls"]["bff"].rsplit(":", 1)[1])
     assert not port_open("127.0.0.1", bff_port)
     assert_one_line_refusal(crypto_mesh(env, "status"), "no mesh runs")
+
+
+def test_db_on_a_stopped_mesh_starts_its_postgresql_for_the_command_and_stops_it(mesh):
+    state, env, process, _log = mesh
+    assert process.poll() is not None  # stopped by the test above
+    data_dir = Path(state["data_dir"])
+    result = crypto_mesh(env, "db", "downgrade", "--database", "profile", "--target", "0001")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "profile: at 0001 (head 0002)"
+    current = crypto_mesh(env, "db", "current")
+    assert current.returncode == 3, current.stdout + current.stderr
+    assert {row.split()[0]: row.split()[1] for row in current.stdout.splitlines()[1:]} == {
+        "auth": "0003", "profile": "0001", "clickhouse": "0003"
+    }
+    assert lock_holder(data_dir) is None and not (data_dir / "postgres" / "postmaster.pid").exists()
