@@ -64,11 +64,12 @@ def _busy_message(error: control.MeshBusyError) -> str:
 @main.command()
 def up() -> None:
     """Start the whole mesh (settings: MESH_* environment variables) until Ctrl-C or `crypto-mesh down`."""
-    from honcho.manager import Manager
+    import asyncio
 
     from launcher.embedded import EmbeddedPostgres
     from launcher.mesh import build_plan, write_pending
     from launcher.replay.recording import RecordingError
+    from launcher.supervisor import Child, Supervisor
 
     settings = MeshSettings()
     data_dir = settings.data_dir.resolve()
@@ -79,8 +80,8 @@ def up() -> None:
         raise click.ClickException(_busy_message(error)) from None
     # From here on the data directory is this mesh's: what an earlier mesh left (a state file, logs) is stale.
     postgres = None
-    manager = None
-    # Until honcho installs its own handlers, SIGTERM (`crypto-mesh down`) stops the start cleanly too.
+    supervisor = None
+    # Until the supervisor installs its own handlers, SIGTERM (`crypto-mesh down`) stops the start cleanly too.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         try:
@@ -107,17 +108,13 @@ def up() -> None:
         pending = write_pending(plan)
         logs = control.LogFiles(data_dir)
         processes = control.ProcessTable(data_dir / PROCESSES_FILE)
-        manager = Manager(printer=control.MeshPrinter(sys.stdout, logs, processes))
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-        for process in plan.processes:
-            manager.add_process(process.name, process.shell_command(), env={**base_env, **process.env})
-        manager.add_process(
-            "mesh",
-            "exec " + " ".join([sys.executable, "-m", "launcher.cli", "watch", str(pending),
-                                str(settings.ready_timeout_s)]),
-            env=base_env,
+        watcher = [sys.executable, "-m", "launcher.cli", "watch", str(pending), str(settings.ready_timeout_s)]
+        supervisor = Supervisor(
+            [*_children(plan, base_env), Child("mesh", watcher, base_env, restart=False)],
+            control.MeshPrinter(sys.stdout, logs, processes),
         )
-        manager.loop()
+        asyncio.run(supervisor.run())
         logs.close()
     finally:
         if postgres is not None:
@@ -125,8 +122,30 @@ def up() -> None:
         for state_file in (STATE_FILE, PROCESSES_FILE):
             (data_dir / state_file).unlink(missing_ok=True)
         lock.release()
-    # honcho reports a stop asked for by Ctrl-C or SIGTERM as 130 / 143; that is a clean stop, not a failure.
-    sys.exit(0 if manager.returncode in (None, 130, 143) else manager.returncode)
+    if supervisor.gave_up is not None:
+        raise click.ClickException(
+            f"the mesh stopped: {supervisor.gave_up} (see `crypto-mesh logs`; its last lines are above)"
+        )
+    sys.exit(supervisor.returncode)
+
+
+def _children(plan, base_env: dict[str, str]) -> list:
+    """The supervised processes of ``plan`` (:class:`launcher.supervisor.Child`), the ETL's stop preceded by
+    draining the embedded broker (:attr:`launcher.mesh.MeshPlan.drain`)."""
+    from launcher.drain import wait_until_consumed
+    from launcher.mesh import STOP_ETL
+    from launcher.supervisor import Child
+
+    def drain(report) -> object:
+        return wait_until_consumed(report=report, **plan.drain)
+
+    return [
+        Child(
+            process.name, process.argv, {**base_env, **process.env}, stop_stage=process.stop_stage,
+            before_stop=drain if plan.drain is not None and process.stop_stage == STOP_ETL else None,
+        )
+        for process in plan.processes
+    ]
 
 
 def _exit_on_sigterm(_signum, _frame) -> None:
@@ -137,7 +156,7 @@ def _exit_on_sigterm(_signum, _frame) -> None:
 @click.argument("pending", type=click.Path(exists=True, path_type=Path))
 @click.argument("timeout_s", type=float)
 def watch(pending: Path, timeout_s: float) -> None:
-    """Wait for every process to be healthy, print the URLs, then stay up until the mesh stops."""
+    """Wait for every process to be healthy, print the URLs and exit (status 1 if not healthy in time)."""
     from launcher.mesh import wait_ready
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -163,8 +182,6 @@ def watch(pending: Path, timeout_s: float) -> None:
         f"  stop       {command} down   (or Ctrl-C here)"
     )
     sys.stdout.flush()
-    while True:
-        time.sleep(3600)
 
 
 def _running_mesh(data_dir: Path) -> dict:
