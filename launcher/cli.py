@@ -12,6 +12,8 @@
   same graceful stop as Ctrl-C) and waits until its ``up`` has exited.
 - ``crypto-mesh logs [NAME] [-f]``: the output of every process (or of one), interleaved in time order;
   ``-f`` follows it until the mesh stops.
+- ``crypto-mesh topics list``, ``crypto-mesh topics tail TOPIC [-n N] [-f]``: the Kafka topics of the running
+  mesh, read with aiokafka (:mod:`launcher.topics`; the embedded broker does not serve librdkafka's kcat).
 - ``crypto-mesh db current|upgrade|downgrade``: the schema migrations of the auth and profile PostgreSQL
   databases (Alembic) and of ClickHouse (the ETL's SQL files, forward-only), on the mesh's databases or the
   URLs given (:mod:`launcher.db`).
@@ -142,6 +144,7 @@ def _children(plan, base_env: dict[str, str]) -> list:
     return [
         Child(
             process.name, process.argv, {**base_env, **process.env}, stop_stage=process.stop_stage,
+            restart_also=process.restart_also,
             before_stop=drain if plan.drain is not None and process.stop_stage == STOP_ETL else None,
         )
         for process in plan.processes
@@ -372,6 +375,67 @@ def _query_etl(data_dir: Path, query: str) -> tuple[list[str], list[list]]:
     except urllib.error.URLError as error:
         raise click.ClickException(f"the ETL at {etl_url} is not answering: {error.reason}") from None
     return body["columns"], body["rows"]
+
+
+@main.group()
+def topics() -> None:
+    """Read the mesh's Kafka topics (binance.miniticker, binance.second, binance.deadletter).
+
+    The broker is the running mesh's of MESH_DATA_DIR (its address in mesh.json), or MESH_KAFKA_BOOTSTRAP_SERVERS
+    (without authentication: for compose's SASL broker use kcat, README). The embedded broker, Tansu, does not
+    answer librdkafka clients such as kcat; these commands use aiokafka, read without a consumer group and move
+    no service's offsets.
+    """
+
+
+def _kafka() -> str:
+    settings = MeshSettings()
+    if settings.kafka_bootstrap_servers:
+        return settings.kafka_bootstrap_servers
+    data_dir = settings.data_dir.resolve()
+    try:
+        return read_state(data_dir)["urls"]["kafka"]
+    except FileNotFoundError:
+        raise click.ClickException(
+            f"no running mesh in {data_dir} (start one with `crypto-mesh up`, or set MESH_KAFKA_BOOTSTRAP_SERVERS)"
+        ) from None
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Each topic: its partitions and the records they hold."""
+    from aiokafka.errors import KafkaError
+
+    from launcher import topics as kafka_topics
+
+    servers = _kafka()
+    try:
+        summaries = kafka_topics.run(kafka_topics.list_topics(servers))
+    except (KafkaError, OSError) as error:
+        raise click.ClickException(f"cannot read the broker at {servers}: {_one_line(error)}") from None
+    rows = [["TOPIC", "PARTITIONS", "RECORDS"]]
+    rows += [[t.name, str(t.partitions), str(t.records)] for t in summaries or []]
+    click.echo(control.format_rows(rows))
+
+
+@topics.command("tail")
+@click.argument("topic")
+@click.option("-n", "--lines", "last", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many of the newest records to print first.")
+@click.option("-f", "--follow", is_flag=True, help="Then print new records as they arrive, until Ctrl-C.")
+def topics_tail(topic: str, last: int, follow: bool) -> None:
+    """Print the newest records of TOPIC, one a line: time (UTC), partition:offset, key, value."""
+    from aiokafka.errors import KafkaError
+
+    from launcher import topics as kafka_topics
+
+    servers = _kafka()
+    try:
+        kafka_topics.run(kafka_topics.tail(servers, topic, last, follow, lambda line: click.echo(line)))
+    except kafka_topics.TopicError as error:
+        raise click.ClickException(str(error)) from None
+    except (KafkaError, OSError) as error:
+        raise click.ClickException(f"cannot read the broker at {servers}: {_one_line(error)}") from None
 
 
 @main.group()

@@ -85,6 +85,8 @@ class MeshProcess:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     stop_stage: int = STOP_FIRST
+    #: Processes to restart whenever this one restarts after a crash (:attr:`launcher.supervisor.Child.restart_also`).
+    restart_also: tuple[str, ...] = ()
 
 
 @dataclass
@@ -205,7 +207,10 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
     if kafka is None:
         port = free_port()
         kafka = f"127.0.0.1:{port}"
-        processes.append(MeshProcess("kafka", tansu_command(port), stop_stage=STOP_ENGINES))
+        # Tansu keeps topics, records and consumer groups in memory: after a crash it comes back empty, and its
+        # clients start again with it (creating their topics, joining their group anew).
+        processes.append(MeshProcess("kafka", tansu_command(port), stop_stage=STOP_ENGINES,
+                                     restart_also=("aggregator", "etl")))
         checks.append(HealthCheck("kafka", "tcp", kafka))
 
     clickhouse = settings.clickhouse_url or chdb_url(data_dir / "chdb")

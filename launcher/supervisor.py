@@ -14,7 +14,9 @@ daemons of their own with configuration files, more than one foreground command 
   crash, a ``kill -9``, even status 0) is started again after a delay from :class:`RestartPolicy`; after
   ``max_crashes`` exits within ``window_s`` seconds the supervisor gives up on it and stops the whole mesh
   (:attr:`Supervisor.gave_up` names it; ``up`` then exits with status 1). A process without ``restart`` (the
-  readiness watcher) may exit with status 0; any other status stops the mesh.
+  readiness watcher) may exit with status 0; any other status stops the mesh. A restarted process's
+  :attr:`Child.restart_also` are restarted with it (the embedded broker comes back empty: its clients start
+  again, creating their topics and consumer group anew).
 - **Stop** (SIGINT/SIGTERM, or giving up): the children are stopped stage by stage, lowest
   :attr:`Child.stop_stage` first; before each stage its ``before_stop`` hook runs (``up`` waits there until the
   ETL has loaded what the embedded broker holds: :func:`launcher.drain.wait_until_consumed`). Each process gets
@@ -75,8 +77,9 @@ class RestartPolicy:
 @dataclass
 class Child:
     """One supervised process: ``name``, ``argv`` (executed directly, no shell), ``env`` (the whole
-    environment), whether to ``restart`` it, its ``stop_stage`` (lower stops first) and ``before_stop``, an
-    async hook run once before its stage stops (the first hook of a stage runs, others are ignored)."""
+    environment), whether to ``restart`` it, its ``stop_stage`` (lower stops first), ``before_stop``, an
+    async hook run once before its stage stops (the first hook of a stage runs, others are ignored), and
+    ``restart_also``."""
 
     name: str
     argv: Sequence[str]
@@ -84,6 +87,9 @@ class Child:
     restart: bool = True
     stop_stage: int = 0
     before_stop: Callable[[Callable[[str], None]], Awaitable[None]] | None = None
+    #: Processes restarted (SIGTERM, then started again at once, not counted as crashes) each time this one
+    #: has been restarted after a crash: the clients of the memory-only broker, which comes back empty.
+    restart_also: tuple[str, ...] = ()
 
 
 class Supervisor:
@@ -107,6 +113,7 @@ class Supervisor:
         colours = get_colours()
         self._colours = {child.name: next(colours) for child in self.children}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._bouncing: set[str] = set()
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
         self.returncode = 0
@@ -152,6 +159,7 @@ class Supervisor:
 
     async def _keep(self, child: Child) -> None:
         policy = self._policies[child.name]
+        restarted = False
         while not self._stop.is_set():
             process = await self._start(child)
             if process is None:
@@ -159,6 +167,8 @@ class Supervisor:
             else:
                 if self._stop.is_set():  # started while the stop began: its stage may be past already
                     _signal(process, signal.SIGTERM)
+                elif restarted:
+                    self._bounce(child)
                 pump = asyncio.create_task(self._pump(child, process))
                 returncode = await process.wait()
                 # The rest of its output; a grandchild still holding the pipe does not hold the supervisor.
@@ -168,6 +178,10 @@ class Supervisor:
                 self.say(f"{child.name} stopped (rc={returncode})")
             if self._stop.is_set():
                 return
+            restarted = True
+            if child.name in self._bouncing:
+                self._bouncing.discard(child.name)
+                continue
             if not child.restart:
                 if returncode != 0:
                     self.request_stop(1, f"{child.name} failed (rc={returncode})")
@@ -184,6 +198,14 @@ class Supervisor:
             self.say(f"{child.name} exited unexpectedly (rc={returncode}): restarting it in {delay:.1f}s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _bounce(self, child: Child) -> None:
+        for name in child.restart_also:
+            process = self._processes.get(name)
+            if process is not None and process.returncode is None:
+                self._bouncing.add(name)
+                self.say(f"restarting {name} with {child.name}")
+                _signal(process, signal.SIGTERM)
 
     async def _start(self, child: Child) -> asyncio.subprocess.Process | None:
         try:

@@ -7,6 +7,7 @@ The refusals need no mesh (a process holding the lock, a listening socket); the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -180,6 +181,34 @@ def test_logs_prints_each_processs_output(mesh):
     assert {line.split()[1] for line in everything.stdout.splitlines()} >= {*SERVICES, "system", "mesh"}
     unknown = crypto_mesh(env, "logs", "nosuch")
     assert_one_line_refusal(unknown, "nosuch", "profile_bff")
+
+
+def test_topics_list_and_tail_read_the_embedded_broker(mesh):
+    _state, env, _process, _log = mesh
+    listed = crypto_mesh(env, "topics", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["TOPIC", "PARTITIONS", "RECORDS"]
+    records = {row.split()[0]: int(row.split()[2]) for row in rows}
+    # Every symbol's mini-ticker each second; SecondStats only of the symbols someone holds (none here).
+    assert records["binance.miniticker"] > 0 and "binance.second" in records, rows
+
+    tail = crypto_mesh(env, "topics", "tail", "binance.miniticker", "-n", "3")
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        at, position, key, value = line.split(" ", 3)
+        assert at.endswith("Z") and ":" in position and json.loads(value)["s"].lower() == key.lower()
+
+    follow = subprocess.Popen([CRYPTO_MESH, "topics", "tail", "binance.miniticker", "-n", "0", "-f"], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(follow.stdout.readline().split(" ", 3)[3])  # a record published after it started
+    finally:
+        follow.send_signal(signal.SIGINT)
+        follow.wait(30)
+    assert_one_line_refusal(crypto_mesh(env, "topics", "tail", "nosuch"), "no topic 'nosuch'", "binance.miniticker")
 
 
 def test_db_current_reads_the_running_meshs_databases(mesh):

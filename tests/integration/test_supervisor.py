@@ -104,3 +104,18 @@ async def test_a_stop_goes_stage_by_stage_with_each_hook_before_its_stage(tmp_pa
         "sending SIGTERM to broker", "broker stopped",
     ]
     assert events == ["drain"]
+
+
+async def test_the_clients_of_a_restarted_broker_are_restarted_with_it_not_counted_as_crashes(tmp_path):
+    sup, output, table = supervisor(tmp_path, [child("broker", restart_also=("client",)), child("client")])
+    run = asyncio.create_task(sup.run())
+    await eventually(lambda: output.getvalue().count("| serving") == 2)
+    client = table.processes["client"]["pid"]
+    os.kill(table.processes["broker"]["pid"], signal.SIGKILL)
+    await eventually(lambda: table.processes["client"].get("pid") not in (None, client)
+                     and output.getvalue().count("| serving") == 4)
+    text = output.getvalue()
+    assert "restarting client with broker" in text and "client exited unexpectedly" not in text
+    assert text.count("| bye") == 1  # the client was stopped gracefully
+    sup.request_stop()
+    assert await run == 0
