@@ -510,7 +510,7 @@ def db_upgrade(databases: tuple[str, ...], target: str, auth_url, profile_url, c
                     revision = mesh_db.migrate_postgres(name, urls[name], "upgrade", target)
             except mesh_db.DbCommandError as error:
                 raise click.ClickException(str(error)) from None
-            except Exception as error:  # the driver's error: unreachable server, refused credentials
+            except Exception as error:  # noqa: BLE001 - the driver's: unreachable server, refused credentials
                 raise click.ClickException(f"{name}: upgrade failed: {_one_line(error)}") from None
             click.echo(f"{name}: at {revision.current or 'none'} (head {revision.head})")
 
@@ -537,7 +537,7 @@ def db_downgrade(databases: str, target: str, auth_url, profile_url, clickhouse_
             revision = mesh_db.migrate_postgres(name, urls[name], "downgrade", target)
         except mesh_db.DbCommandError as error:
             raise click.ClickException(str(error)) from None
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - the driver's: unreachable server, refused credentials
             raise click.ClickException(f"{name}: downgrade failed: {_one_line(error)}") from None
     click.echo(f"{name}: at {revision.current or 'none'} (head {revision.head})")
 
@@ -558,7 +558,7 @@ def _revision(name: str, url: str | _EtlHeld):
         return mesh_db.postgres_revision(name, url)
     except click.ClickException:
         raise
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the driver's: unreachable server, refused credentials
         raise click.ClickException(f"{name}: cannot read its revision: {_one_line(error)}") from None
 
 

@@ -111,7 +111,7 @@ def _check_revision(database: str, target: str) -> None:
         return
     try:
         found = _script(database).get_revision(target)
-    except Exception:  # alembic raises several CommandError/ResolutionError kinds for a bad id
+    except Exception:  # noqa: BLE001 - alembic raises several CommandError/ResolutionError kinds for a bad id
         found = None
     if found is None:
         known = ", ".join(sorted(r.revision for r in _script(database).walk_revisions()))
@@ -203,6 +203,12 @@ def format_revisions(revisions: list[Revision]) -> list[list[str]]:
     the first), the head this code ships, and ``yes``/``no`` for being at it."""
     rows = [["DATABASE", "CURRENT", "HEAD", "AT HEAD"]]
     for revision in revisions:
-        rows.append([revision.database, revision.current or "none", revision.head,
-                     "yes" if revision.at_head else "no"])
+        rows.append(
+            [
+                revision.database,
+                revision.current or "none",
+                revision.head,
+                "yes" if revision.at_head else "no",
+            ]
+        )
     return rows

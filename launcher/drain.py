@@ -35,7 +35,10 @@ def lag(
 
 
 async def consumer_lag(
-    bootstrap_servers: str, group_id: str, topics: Sequence[str], client_options: Mapping[str, Any] | None = None
+    bootstrap_servers: str,
+    group_id: str,
+    topics: Sequence[str],
+    client_options: Mapping[str, Any] | None = None,
 ) -> int:
     """The :func:`lag` of consumer group ``group_id`` over ``topics`` (a topic that does not exist counts 0).
     Raises ``aiokafka.errors.KafkaError`` or ``OSError`` if the broker cannot be asked."""
@@ -76,8 +79,8 @@ async def wait_until_consumed(
 ) -> bool:
     """Wait until group ``group_id`` has committed every record of ``topics`` (:func:`consumer_lag` is 0), at
     most ``timeout_s`` seconds; ``report`` gets a line when it has to wait, and one at the end (``the ETL has
-loaded every record the broker holds`` once drained). Returns True once
-    drained, False on time-out or when the broker cannot be asked (then the records left are lost with it)."""
+    loaded every record the broker holds`` once drained). Returns True once drained, False on time-out or when
+    the broker cannot be asked (then the records left are lost with it)."""
     deadline = time.monotonic() + timeout_s
     waiting_for: int | None = None
     while True:
@@ -94,6 +97,8 @@ loaded every record the broker holds`` once drained). Returns True once
             waiting_for = left
             report(f"waiting for the ETL to load the {left} records still in the broker")
         if time.monotonic() >= deadline:
-            report(f"the ETL has not loaded {left} records within {timeout_s:.0f}s: they are lost with the broker")
+            report(
+                f"the ETL has not loaded {left} records within {timeout_s:.0f}s: they are lost with the broker"
+            )
             return False
         await asyncio.sleep(interval_s)

@@ -253,7 +253,8 @@ class Supervisor:
 
     async def _stop_processes(self, names: list[str]) -> None:
         alive = {
-            name: process for name in names
+            name: process
+            for name in names
             if (process := self._processes.get(name)) is not None and process.returncode is None
         }
         for name, process in alive.items():
@@ -263,8 +264,9 @@ class Supervisor:
         if not waits:
             return
         hurry = asyncio.create_task(self._hurry.wait())
-        await asyncio.wait([asyncio.gather(*waits), hurry], timeout=self.stop_timeout_s,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [asyncio.gather(*waits), hurry], timeout=self.stop_timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
         hurry.cancel()
         for name, process in alive.items():
             if process.returncode is None:

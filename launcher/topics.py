@@ -31,7 +31,9 @@ class TopicSummary:
 
 def _consumer(bootstrap_servers: str, options: Mapping[str, Any] | None) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, request_timeout_ms=10_000,
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        request_timeout_ms=10_000,
         **dict(options or {}),
     )
 

@@ -83,12 +83,17 @@ def test_an_unknown_revision_or_an_unreachable_database_is_one_clear_line(run, f
     auth = fresh_database("auth")
     unknown = run("db", "upgrade", "--database", "auth", "--target", "0042", "--auth-url", auth)
     assert unknown.exit_code == 1
-    assert unknown.output.strip() == "Error: auth has no revision '0042' (it has 0001, 0002, 0003, base and head)"
+    assert (
+        unknown.output.strip()
+        == "Error: auth has no revision '0042' (it has 0001, 0002, 0003, base and head)"
+    )
     many = run("db", "upgrade", "--target", "0002", "--auth-url", auth)
     assert many.exit_code == 2 and "needs one --database" in many.output
     nowhere = "postgresql+asyncpg://nobody@127.0.0.1:1/auth"
     unreachable = run("db", "current", "--database", "auth", "--auth-url", nowhere)
-    assert unreachable.exit_code == 1 and len(unreachable.output.strip().splitlines()) == 1, unreachable.output
+    assert unreachable.exit_code == 1 and len(unreachable.output.strip().splitlines()) == 1, (
+        unreachable.output
+    )
     assert unreachable.output.startswith("Error: auth: cannot read its revision: ")
 
 
@@ -124,4 +129,6 @@ def test_clickhouse_migrations_go_forward_to_a_target_and_never_back(run, clickh
 
     back = run("db", "downgrade", "--target", "0001", *url)
     assert back.exit_code == 1 and "forward-only" in back.output
-    assert run("db", "upgrade", "--target", "0042", *url).output.startswith("Error: clickhouse has no migration")
+    assert run("db", "upgrade", "--target", "0042", *url).output.startswith(
+        "Error: clickhouse has no migration"
+    )

@@ -215,7 +215,7 @@ def test_db_current_reads_the_running_meshs_databases(mesh):
     _state, env, _process, _log = mesh
     result = crypto_mesh(env, "db", "current")
     assert result.returncode == 0, result.stdout + result.stderr
-    header, *rows = result.stdout.splitlines()
+    _header, *rows = result.stdout.splitlines()
     assert [row.split()[0] for row in rows] == ["auth", "profile", "clickhouse"]
     assert all(row.split()[-1] == "yes" for row in rows), rows  # each service migrated at its start
     refused = crypto_mesh(env, "db", "upgrade", "--database", "clickhouse")

@@ -61,14 +61,17 @@ async def holder(mesh) -> dict[str, str]:
     state = mesh[0]
     async with aiohttp.ClientSession() as http:
         auth = await register_and_login(http, state["urls"]["bff"], USER)
-        async with http.post(f"{state['urls']['bff']}/v2/coin/symbol", headers=auth,
-                             json={"symbol": "BTCUSDT", "quantity": "1.5"}) as response:
+        async with http.post(
+            f"{state['urls']['bff']}/v2/coin/symbol",
+            headers=auth,
+            json={"symbol": "BTCUSDT", "quantity": "1.5"},
+        ) as response:
             assert response.status == 201, await response.text()
     return auth
 
 
 def price_second(price_time: str) -> float:
-    return datetime.fromisoformat(price_time.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(price_time).timestamp()
 
 
 async def prices_flow(state: dict, auth: dict[str, str], after: float) -> bool:
@@ -101,8 +104,12 @@ NOT_YET = (aiohttp.ClientError, asyncio.TimeoutError, AssertionError)
 async def test_kill_9_of_a_process_is_restarted_and_the_journey_resumes(mesh, holder, name):
     state, _env, process, log_path = mesh
     data_dir = Path(state["data_dir"])
-    await eventually(lambda: prices_flow(state, holder, time.time()), timeout_s=30, what="prices before the kill",
-                     tolerate=NOT_YET)
+    await eventually(
+        lambda: prices_flow(state, holder, time.time()),
+        timeout_s=30,
+        what="prices before the kill",
+        tolerate=NOT_YET,
+    )
     killed = read_processes(data_dir)[name]["pid"]
     os.kill(killed, signal.SIGKILL)
     killed_at, deadline = time.time(), time.monotonic() + RESUME_S
@@ -114,16 +121,26 @@ async def test_kill_9_of_a_process_is_restarted_and_the_journey_resumes(mesh, ho
     async def resumed() -> bool:
         return restarted() and await prices_flow(state, holder, killed_at)
 
-    await eventually(resumed, timeout_s=RESUME_S, interval_s=0.2, what=f"prices after kill -9 of {name}",
-                     tolerate=NOT_YET)
-    await eventually(lambda: someone_new_logs_in(state), timeout_s=max(0.0, deadline - time.monotonic()),
-                     interval_s=0.5, what=f"a login after kill -9 of {name}", tolerate=NOT_YET)
+    await eventually(
+        resumed, timeout_s=RESUME_S, interval_s=0.2, what=f"prices after kill -9 of {name}", tolerate=NOT_YET
+    )
+    await eventually(
+        lambda: someone_new_logs_in(state),
+        timeout_s=max(0.0, deadline - time.monotonic()),
+        interval_s=0.5,
+        what=f"a login after kill -9 of {name}",
+        tolerate=NOT_YET,
+    )
     assert process.poll() is None, log_path.read_text()[-3000:]
     assert f"{name} exited unexpectedly (rc=-9): restarting it in" in log_path.read_text()
     # Whole again before the next kill: every process healthy (after the broker, its clients restarted too).
     checks = [HealthCheck(**check) for check in state["checks"]]
-    await eventually(lambda: all(check.ok() for check in checks), timeout_s=60, interval_s=0.5,
-                     what="every process healthy")
+    await eventually(
+        lambda: all(check.ok() for check in checks),
+        timeout_s=60,
+        interval_s=0.5,
+        what="every process healthy",
+    )
 
 
 def ticker(n: int) -> dict:
@@ -131,13 +148,23 @@ def ticker(n: int) -> dict:
     event_time = int(time.time() * 1000) - 3_600_000 + n * 1000
     return {
         "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"binance.miniticker/{DRAIN_SYMBOL}/{event_time}")),
-        "e": "24hrMiniTicker", "E": event_time, "receive_time": event_time + 12, "s": DRAIN_SYMBOL,
-        "c": "101.5", "o": "100", "h": "102", "l": "99", "change_price": "1.5", "change_percent": "1.50000000",
+        "e": "24hrMiniTicker",
+        "E": event_time,
+        "receive_time": event_time + 12,
+        "s": DRAIN_SYMBOL,
+        "c": "101.5",
+        "o": "100",
+        "h": "102",
+        "l": "99",
+        "change_price": "1.5",
+        "change_percent": "1.50000000",
     }
 
 
 def crypto_mesh(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CRYPTO_MESH, *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [CRYPTO_MESH, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 async def test_a_graceful_stop_drains_the_broker_before_stopping_it(mesh):
@@ -148,13 +175,18 @@ async def test_a_graceful_stop_drains_the_broker_before_stopping_it(mesh):
     assert stop.returncode == 0, stop.stderr
     assert process.wait(60) == 0
     system = [line.split("| ", 1)[1] for line in log_path.read_text().splitlines() if " system " in line]
-    stopping = system[system.index("SIGTERM received"):]
+    stopping = system[system.index("SIGTERM received") :]
 
     def at(prefix: str) -> int:
         return next(i for i, line in enumerate(stopping) if line.startswith(prefix))
 
-    assert at("aggregator stopped") < at("the ETL has loaded every record the broker holds") < at(
-        "sending SIGTERM to etl") < at("etl stopped") < at("sending SIGTERM to kafka"), stopping
+    assert (
+        at("aggregator stopped")
+        < at("the ETL has loaded every record the broker holds")
+        < at("sending SIGTERM to etl")
+        < at("etl stopped")
+        < at("sending SIGTERM to kafka")
+    ), stopping
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +199,10 @@ def next_mesh(data_dir, mesh):
 
 def test_the_next_start_has_each_record_once(next_mesh):
     _state, env, _process, _log = next_mesh
-    query = (f"SELECT count() AS n, uniqExact(message_id) AS ids FROM crypto.market_tickers "
-             f"WHERE symbol = '{DRAIN_SYMBOL}'")
+    query = (
+        f"SELECT count() AS n, uniqExact(message_id) AS ids FROM crypto.market_tickers "
+        f"WHERE symbol = '{DRAIN_SYMBOL}'"
+    )
     result = crypto_mesh(env, "sql", query, "--format", "json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [{"n": DRAIN_RECORDS, "ids": DRAIN_RECORDS}]
@@ -180,18 +214,31 @@ async def test_a_process_crashing_again_and_again_is_given_up_on_and_the_mesh_st
     gave_up = "auth exited 5 times within 60s (last rc=-9): giving up on it"
     kills = 0
     while gave_up not in log_path.read_text() and kills < 10:
-        entry = await eventually(lambda: (e := read_processes(data_dir).get("auth", {})).get("pid")
-                                 and "returncode" not in e and e, timeout_s=30, what="auth running")
-        os.kill(entry["pid"], signal.SIGKILL)
+        entry = await eventually(
+            lambda: (
+                (e := read_processes(data_dir).get("auth", {})).get("pid") and "returncode" not in e and e
+            ),
+            timeout_s=30,
+            what="auth running",
+        )
+        killed = entry["pid"]
+        os.kill(killed, signal.SIGKILL)
         kills += 1
         # Restarted (a new pid), or given up on (the mesh stops; processes.json goes with it).
-        await eventually(lambda: gave_up in log_path.read_text()
-                         or read_processes(data_dir).get("auth", {}).get("pid") not in (None, entry["pid"]),
-                         timeout_s=30, what="auth restarted or given up on")
+        await eventually(
+            lambda killed=killed: (
+                gave_up in log_path.read_text()
+                or read_processes(data_dir).get("auth", {}).get("pid") not in (None, killed)
+            ),
+            timeout_s=30,
+            what="auth restarted or given up on",
+        )
     assert await asyncio.to_thread(process.wait, 60) == 1
     assert kills == 5
     output = log_path.read_text()
     assert f"{gave_up}; stopping the mesh" in output
-    assert output.rstrip().splitlines()[-1] == f"Error: the mesh stopped: {gave_up} (see `crypto-mesh logs`; " \
+    assert (
+        output.rstrip().splitlines()[-1] == f"Error: the mesh stopped: {gave_up} (see `crypto-mesh logs`; "
         "its last lines are above)"
+    )
     assert not (data_dir / "mesh.json").exists()

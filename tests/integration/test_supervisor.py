@@ -46,8 +46,12 @@ async def test_a_killed_child_is_started_again_and_the_others_keep_running(tmp_p
     await eventually(lambda: output.getvalue().count("| serving") == 2)
     first, worker = table.processes["web"]["pid"], table.processes["worker"]["pid"]
     os.kill(first, signal.SIGKILL)
-    await eventually(lambda: table.processes["web"].get("pid") not in (None, first)
-                     and output.getvalue().count("| serving") == 3)
+    await eventually(
+        lambda: (
+            table.processes["web"].get("pid") not in (None, first)
+            and output.getvalue().count("| serving") == 3
+        )
+    )
     assert "web exited unexpectedly (rc=-9): restarting it in" in output.getvalue()
     assert table.processes["worker"]["pid"] == worker and "returncode" not in table.processes["worker"]
     assert "returncode" not in table.processes["web"]  # running again
@@ -66,9 +70,7 @@ async def test_a_child_crashing_again_and_again_is_given_up_on_and_everything_st
 
 
 async def test_a_one_shot_child_may_end_but_its_failure_stops_everything(tmp_path):
-    sup, output, _table = supervisor(
-        tmp_path, [child("web"), child("once", "print('done')", restart=False)]
-    )
+    sup, output, _table = supervisor(tmp_path, [child("web"), child("once", "print('done')", restart=False)])
     run = asyncio.create_task(sup.run())
     await eventually(lambda: "once stopped (rc=0)" in output.getvalue() and "| serving" in output.getvalue())
     sup.request_stop()
@@ -87,11 +89,14 @@ async def test_a_stop_goes_stage_by_stage_with_each_hook_before_its_stage(tmp_pa
         events.append("drain")
         report("drained")
 
-    sup, output, _table = supervisor(tmp_path, [
-        child("broker", stop_stage=2),
-        child("consumer", stop_stage=1, before_stop=drain),
-        child("producer", stop_stage=0),
-    ])
+    sup, output, _table = supervisor(
+        tmp_path,
+        [
+            child("broker", stop_stage=2),
+            child("consumer", stop_stage=1, before_stop=drain),
+            child("producer", stop_stage=0),
+        ],
+    )
     run = asyncio.create_task(sup.run())
     await eventually(lambda: output.getvalue().count("| serving") == 3)
     sup.request_stop()
@@ -99,9 +104,13 @@ async def test_a_stop_goes_stage_by_stage_with_each_hook_before_its_stage(tmp_pa
     system = [line.split("| ", 1)[1] for line in output.getvalue().splitlines() if " system " in line]
     order = [line for line in system if line.startswith(("sending", "drained")) or " stopped " in line]
     assert [line.split(" (")[0] for line in order] == [
-        "sending SIGTERM to producer", "producer stopped", "drained",
-        "sending SIGTERM to consumer", "consumer stopped",
-        "sending SIGTERM to broker", "broker stopped",
+        "sending SIGTERM to producer",
+        "producer stopped",
+        "drained",
+        "sending SIGTERM to consumer",
+        "consumer stopped",
+        "sending SIGTERM to broker",
+        "broker stopped",
     ]
     assert events == ["drain"]
 
@@ -112,8 +121,12 @@ async def test_the_clients_of_a_restarted_broker_are_restarted_with_it_not_count
     await eventually(lambda: output.getvalue().count("| serving") == 2)
     client = table.processes["client"]["pid"]
     os.kill(table.processes["broker"]["pid"], signal.SIGKILL)
-    await eventually(lambda: table.processes["client"].get("pid") not in (None, client)
-                     and output.getvalue().count("| serving") == 4)
+    await eventually(
+        lambda: (
+            table.processes["client"].get("pid") not in (None, client)
+            and output.getvalue().count("| serving") == 4
+        )
+    )
     text = output.getvalue()
     assert "restarting client with broker" in text and "client exited unexpectedly" not in text
     assert text.count("| bye") == 1  # the client was stopped gracefully

@@ -59,12 +59,19 @@ def test_a_graceful_stop_stops_the_producers_then_the_etl_then_the_broker(tmp_pa
     plan = build_plan(MeshSettings(), None)
     stages = {process.name: process.stop_stage for process in plan.processes}
     assert stages == {
-        "redis": STOP_ENGINES, "kafka": STOP_ENGINES, "exchange": STOP_FIRST, "auth": STOP_FIRST,
-        "socket_proxy": STOP_FIRST, "aggregator": STOP_FIRST, "etl": STOP_ETL, "profile_bff": STOP_FIRST,
+        "redis": STOP_ENGINES,
+        "kafka": STOP_ENGINES,
+        "exchange": STOP_FIRST,
+        "auth": STOP_FIRST,
+        "socket_proxy": STOP_FIRST,
+        "aggregator": STOP_FIRST,
+        "etl": STOP_ETL,
+        "profile_bff": STOP_FIRST,
     }
     assert STOP_FIRST < STOP_ETL < STOP_ENGINES
     assert plan.drain == {
-        "bootstrap_servers": plan.urls["kafka"], "group_id": "etl",
+        "bootstrap_servers": plan.urls["kafka"],
+        "group_id": "etl",
         "topics": ["binance.miniticker", "binance.second"],
     }
     monkeypatch.setenv("MESH_KAFKA_BOOTSTRAP_SERVERS", "kafka.invalid:9092")
