@@ -495,24 +495,13 @@ def db_current(databases: tuple[str, ...], auth_url, profile_url, clickhouse_url
 @_url_options
 def db_upgrade(databases: tuple[str, ...], target: str, auth_url, profile_url, clickhouse_url) -> None:
     """Apply the migrations of each database (default: all) up to --target."""
-    from launcher import db as mesh_db
-
     names = databases or DB_NAMES
     if target != "head" and len(names) != 1:
         raise click.UsageError("--target other than head needs one --database")
     given = {"auth": auth_url, "profile": profile_url, "clickhouse": clickhouse_url}
     with _MeshDatabases(names, given, writing=True) as urls:
         for name in names:
-            try:
-                if name == "clickhouse":
-                    revision = mesh_db.upgrade_clickhouse(urls[name], target)
-                else:
-                    revision = mesh_db.migrate_postgres(name, urls[name], "upgrade", target)
-            except mesh_db.DbCommandError as error:
-                raise click.ClickException(str(error)) from None
-            except Exception as error:  # noqa: BLE001 - the driver's: unreachable server, refused credentials
-                raise click.ClickException(f"{name}: upgrade failed: {_one_line(error)}") from None
-            click.echo(f"{name}: at {revision.current or 'none'} (head {revision.head})")
+            _migrate(name, urls[name], "upgrade", target)
 
 
 @db.command("downgrade")
@@ -523,8 +512,6 @@ def db_upgrade(databases: tuple[str, ...], target: str, auth_url, profile_url, c
 def db_downgrade(databases: str, target: str, auth_url, profile_url, clickhouse_url) -> None:
     """Undo the migrations of one PostgreSQL database down to --target (its service must run code that
     expects that schema). ClickHouse's migrations are forward-only."""
-    from launcher import db as mesh_db
-
     name = databases
     if name == "clickhouse":
         raise click.ClickException(
@@ -533,12 +520,23 @@ def db_downgrade(databases: str, target: str, auth_url, profile_url, clickhouse_
         )
     given = {"auth": auth_url, "profile": profile_url, "clickhouse": clickhouse_url}
     with _MeshDatabases((name,), given, writing=True) as urls:
-        try:
-            revision = mesh_db.migrate_postgres(name, urls[name], "downgrade", target)
-        except mesh_db.DbCommandError as error:
-            raise click.ClickException(str(error)) from None
-        except Exception as error:  # noqa: BLE001 - the driver's: unreachable server, refused credentials
-            raise click.ClickException(f"{name}: downgrade failed: {_one_line(error)}") from None
+        _migrate(name, urls[name], "downgrade", target)
+
+
+def _migrate(name: str, url: str, direction: str, target: str) -> None:
+    """``upgrade`` or ``downgrade`` database ``name`` at ``url`` to ``target`` and print where it stands; a
+    refusal or the driver's error as one line (exit status 1)."""
+    from launcher import db as mesh_db
+
+    try:
+        if name == "clickhouse":
+            revision = mesh_db.upgrade_clickhouse(url, target)
+        else:
+            revision = mesh_db.migrate_postgres(name, url, direction, target)
+    except mesh_db.DbCommandError as error:
+        raise click.ClickException(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - the driver's: unreachable server, refused credentials
+        raise click.ClickException(f"{name}: {direction} failed: {_one_line(error)}") from None
     click.echo(f"{name}: at {revision.current or 'none'} (head {revision.head})")
 
 
