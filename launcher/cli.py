@@ -228,8 +228,8 @@ def status() -> None:
 
 
 @main.command()
-@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for the mesh to stop.")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the mesh to stop (its ETL may first load what the broker holds).")
 def down(timeout_s: float) -> None:
     """Stop the mesh running in MESH_DATA_DIR (started in another terminal), as Ctrl-C there would, and wait
     until it has stopped."""

@@ -74,7 +74,7 @@ async def wait_until_consumed(
     group_id: str,
     topics: Sequence[str],
     report: Callable[[str], None],
-    timeout_s: float = 30.0,
+    timeout_s: float = 60.0,
     interval_s: float = 0.2,
 ) -> bool:
     """Wait until group ``group_id`` has committed every record of ``topics`` (:func:`consumer_lag` is 0), at
