@@ -12,6 +12,11 @@
   same graceful stop as Ctrl-C) and waits until its ``up`` has exited.
 - ``crypto-mesh logs [NAME] [-f]``: the output of every process (or of one), interleaved in time order;
   ``-f`` follows it until the mesh stops.
+- ``crypto-mesh topics list``, ``crypto-mesh topics tail TOPIC [-n N] [-f]``: the Kafka topics of the running
+  mesh, read with aiokafka (:mod:`launcher.topics`; the embedded broker does not serve librdkafka's kcat).
+- ``crypto-mesh db current|upgrade|downgrade``: the schema migrations of the auth and profile PostgreSQL
+  databases (Alembic) and of ClickHouse (the ETL's SQL files, forward-only), on the mesh's databases or the
+  URLs given (:mod:`launcher.db`).
 - ``crypto-mesh sql "SELECT ..."``: a read-only query against ``crypto.*``. In embedded mode chDB is opened by
   the ETL process only, so the query goes through the ETL's SQL endpoint; with ``MESH_CLICKHOUSE_URL`` set it
   goes straight to that ClickHouse server. Either way it is checked by :mod:`etl.sql` (one SELECT over
@@ -39,8 +44,11 @@ from crypto_mesh.servicecreds import bearer_header, read_token
 from launcher import control
 from launcher.settings import ETL_TOKEN_FILE, PROCESSES_FILE, STATE_FILE, MeshSettings, read_state
 
-#: Exit status of ``status`` when the mesh runs but a process is not healthy.
+#: Exit status of ``status`` when the mesh runs but a process is not healthy, and of ``db current`` when a
+#: database is not at head.
 STATUS_UNHEALTHY = 3
+#: The databases of ``crypto-mesh db`` (:mod:`launcher.db`), in the order it reports them.
+DB_NAMES = ("auth", "profile", "clickhouse")
 
 
 @click.group()
@@ -58,11 +66,12 @@ def _busy_message(error: control.MeshBusyError) -> str:
 @main.command()
 def up() -> None:
     """Start the whole mesh (settings: MESH_* environment variables) until Ctrl-C or `crypto-mesh down`."""
-    from honcho.manager import Manager
+    import asyncio
 
     from launcher.embedded import EmbeddedPostgres
     from launcher.mesh import build_plan, write_pending
     from launcher.replay.recording import RecordingError
+    from launcher.supervisor import Child, Supervisor
 
     settings = MeshSettings()
     data_dir = settings.data_dir.resolve()
@@ -73,8 +82,8 @@ def up() -> None:
         raise click.ClickException(_busy_message(error)) from None
     # From here on the data directory is this mesh's: what an earlier mesh left (a state file, logs) is stale.
     postgres = None
-    manager = None
-    # Until honcho installs its own handlers, SIGTERM (`crypto-mesh down`) stops the start cleanly too.
+    supervisor = None
+    # Until the supervisor installs its own handlers, SIGTERM (`crypto-mesh down`) stops the start cleanly too.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         try:
@@ -101,17 +110,13 @@ def up() -> None:
         pending = write_pending(plan)
         logs = control.LogFiles(data_dir)
         processes = control.ProcessTable(data_dir / PROCESSES_FILE)
-        manager = Manager(printer=control.MeshPrinter(sys.stdout, logs, processes))
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-        for process in plan.processes:
-            manager.add_process(process.name, process.shell_command(), env={**base_env, **process.env})
-        manager.add_process(
-            "mesh",
-            "exec " + " ".join([sys.executable, "-m", "launcher.cli", "watch", str(pending),
-                                str(settings.ready_timeout_s)]),
-            env=base_env,
+        watcher = [sys.executable, "-m", "launcher.cli", "watch", str(pending), str(settings.ready_timeout_s)]
+        supervisor = Supervisor(
+            [*_children(plan, base_env), Child("mesh", watcher, base_env, restart=False)],
+            control.MeshPrinter(sys.stdout, logs, processes),
         )
-        manager.loop()
+        asyncio.run(supervisor.run())
         logs.close()
     finally:
         if postgres is not None:
@@ -119,8 +124,31 @@ def up() -> None:
         for state_file in (STATE_FILE, PROCESSES_FILE):
             (data_dir / state_file).unlink(missing_ok=True)
         lock.release()
-    # honcho reports a stop asked for by Ctrl-C or SIGTERM as 130 / 143; that is a clean stop, not a failure.
-    sys.exit(0 if manager.returncode in (None, 130, 143) else manager.returncode)
+    if supervisor.gave_up is not None:
+        raise click.ClickException(
+            f"the mesh stopped: {supervisor.gave_up} (see `crypto-mesh logs`; its last lines are above)"
+        )
+    sys.exit(supervisor.returncode)
+
+
+def _children(plan, base_env: dict[str, str]) -> list:
+    """The supervised processes of ``plan`` (:class:`launcher.supervisor.Child`), the ETL's stop preceded by
+    draining the embedded broker (:attr:`launcher.mesh.MeshPlan.drain`)."""
+    from launcher.drain import wait_until_consumed
+    from launcher.mesh import STOP_ETL
+    from launcher.supervisor import Child
+
+    def drain(report) -> object:
+        return wait_until_consumed(report=report, **plan.drain)
+
+    return [
+        Child(
+            process.name, process.argv, {**base_env, **process.env}, stop_stage=process.stop_stage,
+            restart_also=process.restart_also,
+            before_stop=drain if plan.drain is not None and process.stop_stage == STOP_ETL else None,
+        )
+        for process in plan.processes
+    ]
 
 
 def _exit_on_sigterm(_signum, _frame) -> None:
@@ -131,7 +159,7 @@ def _exit_on_sigterm(_signum, _frame) -> None:
 @click.argument("pending", type=click.Path(exists=True, path_type=Path))
 @click.argument("timeout_s", type=float)
 def watch(pending: Path, timeout_s: float) -> None:
-    """Wait for every process to be healthy, print the URLs, then stay up until the mesh stops."""
+    """Wait for every process to be healthy, print the URLs and exit (status 1 if not healthy in time)."""
     from launcher.mesh import wait_ready
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -157,8 +185,6 @@ def watch(pending: Path, timeout_s: float) -> None:
         f"  stop       {command} down   (or Ctrl-C here)"
     )
     sys.stdout.flush()
-    while True:
-        time.sleep(3600)
 
 
 def _running_mesh(data_dir: Path) -> dict:
@@ -202,8 +228,8 @@ def status() -> None:
 
 
 @main.command()
-@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for the mesh to stop.")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the mesh to stop (its ETL may first load what the broker holds).")
 def down(timeout_s: float) -> None:
     """Stop the mesh running in MESH_DATA_DIR (started in another terminal), as Ctrl-C there would, and wait
     until it has stopped."""
@@ -349,6 +375,280 @@ def _query_etl(data_dir: Path, query: str) -> tuple[list[str], list[list]]:
     except urllib.error.URLError as error:
         raise click.ClickException(f"the ETL at {etl_url} is not answering: {error.reason}") from None
     return body["columns"], body["rows"]
+
+
+@main.group()
+def topics() -> None:
+    """Read the mesh's Kafka topics (binance.miniticker, binance.second, binance.deadletter).
+
+    The broker is the running mesh's of MESH_DATA_DIR (its address in mesh.json), or MESH_KAFKA_BOOTSTRAP_SERVERS
+    (without authentication: for compose's SASL broker use kcat, README). The embedded broker, Tansu, does not
+    answer librdkafka clients such as kcat; these commands use aiokafka, read without a consumer group and move
+    no service's offsets.
+    """
+
+
+def _kafka() -> str:
+    settings = MeshSettings()
+    if settings.kafka_bootstrap_servers:
+        return settings.kafka_bootstrap_servers
+    data_dir = settings.data_dir.resolve()
+    try:
+        return read_state(data_dir)["urls"]["kafka"]
+    except FileNotFoundError:
+        raise click.ClickException(
+            f"no running mesh in {data_dir} (start one with `crypto-mesh up`, or set MESH_KAFKA_BOOTSTRAP_SERVERS)"
+        ) from None
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Each topic: its partitions and the records they hold."""
+    from aiokafka.errors import KafkaError
+
+    from launcher import topics as kafka_topics
+
+    servers = _kafka()
+    try:
+        summaries = kafka_topics.run(kafka_topics.list_topics(servers))
+    except (KafkaError, OSError) as error:
+        raise click.ClickException(f"cannot read the broker at {servers}: {_one_line(error)}") from None
+    rows = [["TOPIC", "PARTITIONS", "RECORDS"]]
+    rows += [[t.name, str(t.partitions), str(t.records)] for t in summaries or []]
+    click.echo(control.format_rows(rows))
+
+
+@topics.command("tail")
+@click.argument("topic")
+@click.option("-n", "--lines", "last", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many of the newest records to print first.")
+@click.option("-f", "--follow", is_flag=True, help="Then print new records as they arrive, until Ctrl-C.")
+def topics_tail(topic: str, last: int, follow: bool) -> None:
+    """Print the newest records of TOPIC, one a line: time (UTC), partition:offset, key, value."""
+    from aiokafka.errors import KafkaError
+
+    from launcher import topics as kafka_topics
+
+    servers = _kafka()
+    try:
+        kafka_topics.run(kafka_topics.tail(servers, topic, last, follow, lambda line: click.echo(line)))
+    except kafka_topics.TopicError as error:
+        raise click.ClickException(str(error)) from None
+    except (KafkaError, OSError) as error:
+        raise click.ClickException(f"cannot read the broker at {servers}: {_one_line(error)}") from None
+
+
+@main.group()
+def db() -> None:
+    """Schema migrations of the mesh's databases: auth and profile (PostgreSQL, Alembic) and clickhouse (the
+    ETL's SQL files, forward-only).
+
+    By default the databases of the mesh of MESH_DATA_DIR, as `crypto-mesh up` with the same environment
+    reaches them: MESH_POSTGRES_URL (databases auth and profile on that server) and MESH_CLICKHOUSE_URL, else
+    the embedded engines in the data directory (the running mesh's, or started for the command when none
+    runs). --auth-url, --profile-url and --clickhouse-url name one database directly (SQLAlchemy asyncpg URL,
+    clickhouse-connect DSN). Each service also migrates its database to head when it starts.
+    """
+
+
+def _database_option(multiple: bool):
+    return click.option(
+        "--database", "databases", type=click.Choice(DB_NAMES), multiple=multiple,
+        required=not multiple, help="Which database (repeatable; default: all)." if multiple else "Which database.",
+    )
+
+
+def _url_options(fn):
+    for name, what in (("clickhouse", "a clickhouse-connect DSN (http://user:pass@host:8123, chdb:///dir)"),
+                       ("profile", "a SQLAlchemy asyncpg URL"), ("auth", "a SQLAlchemy asyncpg URL")):
+        fn = click.option(f"--{name}-url", f"{name}_url", envvar=f"MESH_DB_{name.upper()}_URL",
+                          help=f"The {name} database, {what} (env MESH_DB_{name.upper()}_URL).")(fn)
+    return fn
+
+
+@db.command("current")
+@_database_option(multiple=True)
+@_url_options
+def db_current(databases: tuple[str, ...], auth_url, profile_url, clickhouse_url) -> None:
+    """Show each database's current migration and the head this code ships.
+
+    Exit status 0 when every database shown is at head, 3 when one is not.
+    """
+    from launcher import db as mesh_db
+
+    names = databases or DB_NAMES
+    given = {"auth": auth_url, "profile": profile_url, "clickhouse": clickhouse_url}
+    revisions = []
+    with _MeshDatabases(names, given, writing=False) as urls:
+        for name in names:
+            revisions.append(_revision(name, urls[name]))
+    click.echo(control.format_rows(mesh_db.format_revisions(revisions)))
+    if not all(revision.at_head for revision in revisions):
+        sys.exit(STATUS_UNHEALTHY)
+
+
+@db.command("upgrade")
+@_database_option(multiple=True)
+@click.option("--target", default="head", show_default=True,
+              help="Revision to upgrade to (Alembic id, +N; a ClickHouse version number); one database only "
+                   "unless head.")
+@_url_options
+def db_upgrade(databases: tuple[str, ...], target: str, auth_url, profile_url, clickhouse_url) -> None:
+    """Apply the migrations of each database (default: all) up to --target."""
+    names = databases or DB_NAMES
+    if target != "head" and len(names) != 1:
+        raise click.UsageError("--target other than head needs one --database")
+    given = {"auth": auth_url, "profile": profile_url, "clickhouse": clickhouse_url}
+    with _MeshDatabases(names, given, writing=True) as urls:
+        for name in names:
+            _migrate(name, urls[name], "upgrade", target)
+
+
+@db.command("downgrade")
+@_database_option(multiple=False)
+@click.option("--target", required=True,
+              help="Revision to downgrade to: an Alembic id, -N, or base (every table dropped).")
+@_url_options
+def db_downgrade(databases: str, target: str, auth_url, profile_url, clickhouse_url) -> None:
+    """Undo the migrations of one PostgreSQL database down to --target (its service must run code that
+    expects that schema). ClickHouse's migrations are forward-only."""
+    name = databases
+    if name == "clickhouse":
+        raise click.ClickException(
+            "the ClickHouse migrations are forward-only (etl/migrations has no down part): restore a backup, "
+            "or write a new migration that undoes the change"
+        )
+    given = {"auth": auth_url, "profile": profile_url, "clickhouse": clickhouse_url}
+    with _MeshDatabases((name,), given, writing=True) as urls:
+        _migrate(name, urls[name], "downgrade", target)
+
+
+def _migrate(name: str, url: str, direction: str, target: str) -> None:
+    """``upgrade`` or ``downgrade`` database ``name`` at ``url`` to ``target`` and print where it stands; a
+    refusal or the driver's error as one line (exit status 1)."""
+    from launcher import db as mesh_db
+
+    try:
+        if name == "clickhouse":
+            revision = mesh_db.upgrade_clickhouse(url, target)
+        else:
+            revision = mesh_db.migrate_postgres(name, url, direction, target)
+    except mesh_db.DbCommandError as error:
+        raise click.ClickException(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - the driver's: unreachable server, refused credentials
+        raise click.ClickException(f"{name}: {direction} failed: {_one_line(error)}") from None
+    click.echo(f"{name}: at {revision.current or 'none'} (head {revision.head})")
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _revision(name: str, url: str | _EtlHeld):
+    from launcher import db as mesh_db
+
+    try:
+        if isinstance(url, _EtlHeld):
+            return url.revision()
+        if name == "clickhouse":
+            return mesh_db.clickhouse_revision(url)
+        return mesh_db.postgres_revision(name, url)
+    except click.ClickException:
+        raise
+    except Exception as error:  # noqa: BLE001 - the driver's: unreachable server, refused credentials
+        raise click.ClickException(f"{name}: cannot read its revision: {_one_line(error)}") from None
+
+
+class _EtlHeld:
+    """The embedded ClickHouse (chDB) of a running mesh, which only its ETL may open: read through the
+    ETL's SQL endpoint."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def revision(self):
+        from launcher import db as mesh_db
+
+        _columns, rows = _query_etl(self.data_dir, "SELECT max(version), count() FROM crypto.schema_migrations")
+        version, count = rows[0] if rows else (0, 0)
+        current = f"{int(version):04d}" if int(count) else None
+        return mesh_db.Revision("clickhouse", current, mesh_db.clickhouse_head())
+
+
+class _MeshDatabases:
+    """The URL of each database of ``names``: given (option or environment), or the mesh's as ``up`` with
+    the same environment reaches them. With the embedded engines of MESH_DATA_DIR: the running mesh's
+    PostgreSQL is attached to (and left running); when no mesh runs, the data directory is locked as ``up``
+    locks it (an ``up`` meanwhile is refused) and its PostgreSQL is started for the command and stopped
+    after. The running mesh's chDB is read through its ETL (``writing`` refuses it: only the ETL may open
+    it, and it migrates at start)."""
+
+    def __init__(self, names, given: dict[str, str | None], writing: bool) -> None:
+        self.names = names
+        self.given = given
+        self.writing = writing
+        self.lock = None
+        self.postgres = None
+
+    def __enter__(self) -> dict:
+        from launcher.embedded import EmbeddedPostgres, chdb_url
+
+        settings = MeshSettings()
+        data_dir = settings.data_dir.resolve()
+        running = control.lock_holder(data_dir) is not None
+        urls: dict = {}
+        try:
+            for name in self.names:
+                if self.given.get(name):
+                    urls[name] = self.given[name]
+                elif name == "clickhouse":
+                    if settings.clickhouse_url:
+                        urls[name] = settings.clickhouse_url
+                    elif running and self.writing:
+                        raise click.ClickException(
+                            "the running mesh's ETL holds the embedded ClickHouse (chDB) and applied its "
+                            "migrations when it started; stop the mesh (`crypto-mesh down`) to migrate it here"
+                        )
+                    elif running:
+                        urls[name] = _EtlHeld(data_dir)
+                    else:
+                        urls[name] = chdb_url(self._existing(data_dir / "chdb", "ClickHouse (chDB)"))
+                elif settings.postgres_url:
+                    from launcher.mesh import _database_url
+
+                    urls[name] = _database_url(settings.postgres_url, name)
+                else:
+                    if self.postgres is None:
+                        pgdata = self._existing(data_dir / "postgres", "PostgreSQL")
+                        if not running:
+                            try:
+                                self.lock = control.MeshLock(data_dir).acquire()
+                            except control.MeshBusyError as error:
+                                raise click.ClickException(_busy_message(error)) from None
+                        self.postgres = EmbeddedPostgres(pgdata)
+                        self.postgres.start()
+                    urls[name] = self.postgres.url(name)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return urls
+
+    @staticmethod
+    def _existing(path: Path, what: str) -> Path:
+        if not path.exists():
+            raise click.ClickException(
+                f"no embedded {what} in {path} (start a mesh once with `crypto-mesh up`, or give its URL)"
+            )
+        return path
+
+    def __exit__(self, *_exc) -> None:
+        if self.lock is not None:  # started here for this command: stop it again
+            if self.postgres is not None:
+                self.postgres.stop()
+            self.lock.release()
+            self.lock = None
+        self.postgres = None
 
 
 @main.command()

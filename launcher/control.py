@@ -6,10 +6,11 @@ run since when, and their output.
   take it and touches nothing; ``status``, ``down`` and ``logs -f`` ask :func:`lock_holder` whether a mesh
   runs (a shared lock they cannot take means an ``up`` holds it). The kernel drops the lock when the ``up``
   process ends, however it ends, so a lock file left behind by a killed mesh never blocks the next one.
-- :class:`ProcessTable`: each process's pid, start time and exit status, from honcho's ``<name> started
-  (pid=N)`` / ``<name> stopped (rc=N)`` lines, kept in ``<data_dir>/processes.json`` for ``status``.
+- :class:`ProcessTable`: each process's pid, start time and exit status, from the supervisor's ``<name> started
+  (pid=N)`` / ``<name> stopped (rc=N)`` lines (:mod:`launcher.supervisor`, in honcho's wording), kept in
+  ``<data_dir>/processes.json`` for ``status``; a restart's new pid replaces the old one.
 - :class:`LogFiles`: every line a process prints, also appended to ``<data_dir>/logs/<name>.log`` as
-  ``<ISO local time> <line>`` (by :class:`MeshPrinter`, honcho's printer); :func:`merged` interleaves
+  ``<ISO local time> <line>`` (by :class:`MeshPrinter`, a honcho printer); :func:`merged` interleaves
   several such files in time order for ``logs``.
 - :func:`port_in_use`, :func:`format_duration`, :func:`status_table`: what ``up`` and ``status`` decide and
   print.
@@ -57,8 +58,8 @@ class MeshLock:
     :meth:`acquire` creates ``<data_dir>/mesh.lock`` if needed, takes ``flock(LOCK_EX)`` without blocking
     (retrying for ``wait_s`` seconds, so that a ``status`` probing the lock at that instant does not refuse a
     start) and writes ``{"pid", "started_at"}`` in it; raises :class:`MeshBusyError` if another process holds
-    it. Children forked by the holder (honcho's output readers) drop their copy of the descriptor, so the lock
-    ends with the ``up`` process itself. :meth:`release` (idempotent) unlocks; the file stays.
+    it. The descriptor is close-on-exec, and a child forked by the holder without exec drops its copy, so the
+    lock ends with the ``up`` process itself. :meth:`release` (idempotent) unlocks; the file stays.
     """
 
     data_dir: Path
@@ -154,8 +155,8 @@ _STOPPED = re.compile(r"^(?P<name>\S+) stopped \(rc=(?P<rc>-?\d+|None)\)$")
 class ProcessTable:
     """Each process of a mesh: name → ``{"pid", "started_at" (Unix seconds), "returncode" (once stopped)}``.
 
-    :meth:`observe` reads one line of honcho's own output (``auth started (pid=4242)``, ``auth stopped
-    (rc=0)``) and returns True if it changed the table; other lines are ignored. ``path``, when given, is
+    :meth:`observe` reads one line of the supervisor's own output (``auth started (pid=4242)``, ``auth
+    stopped (rc=0)``) and returns True if it changed the table; other lines are ignored. ``path``, when given, is
     rewritten (atomically) at each change.
     """
 
@@ -234,7 +235,7 @@ def format_rows(rows: Sequence[Sequence[str]]) -> str:
 class LogFiles:
     """``<data_dir>/logs/<name>.log``, one per process (directory 0700), emptied when a mesh starts;
     :meth:`write` appends each line of ``text`` as ``<time.isoformat(timespec="milliseconds")> <line>``.
-    Names are honcho's process names (``auth``, ``redis``, ..., ``system`` for honcho's own lines, ``mesh``
+    Names are the process names (``auth``, ``redis``, ..., ``system`` for the supervisor's own lines, ``mesh``
     for the readiness watcher)."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -293,9 +294,9 @@ def labelled(name: str, line: str, width: int) -> str:
 
 
 class MeshPrinter(Printer):
-    """honcho's printer for ``crypto-mesh up``: prints as honcho does, and also appends every line to its
-    process's file in ``logs`` (:class:`LogFiles`) and feeds honcho's own lines (name ``system``) to
-    ``processes`` (:class:`ProcessTable`)."""
+    """The printer of ``crypto-mesh up``'s supervisor (a honcho printer): prints as honcho does, and also
+    appends every line to its process's file in ``logs`` (:class:`LogFiles`) and feeds the supervisor's own
+    lines (name ``system``) to ``processes`` (:class:`ProcessTable`)."""
 
     def __init__(self, output, logs: LogFiles, processes: ProcessTable) -> None:
         super().__init__(output)

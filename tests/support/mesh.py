@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from crypto_mesh.netutil import free_port
@@ -20,6 +21,8 @@ from crypto_mesh.netutil import free_port
 #: The ``crypto-mesh`` command of the environment running the tests.
 CRYPTO_MESH = str(Path(sys.executable).parent / "crypto-mesh")
 READY_TIMEOUT_S = 180
+#: The password of the users the mesh tests register.
+PASSWORD = "correct horse battery staple"
 
 
 @contextmanager
@@ -48,3 +51,16 @@ def running_mesh(data_dir: Path, **variables: str) -> Iterator[tuple[dict, dict,
         except subprocess.TimeoutExpired:
             process.kill()
             raise
+
+
+async def register_and_login(http: aiohttp.ClientSession, bff: str, name: str) -> dict[str, str]:
+    """Register ``name`` at the BFF ``bff`` and log in; returns the ``Authorization`` header of its access
+    token."""
+    credentials = {"name": name, "password": PASSWORD}
+    async with http.post(f"{bff}/v1/register", json=credentials) as response:
+        assert response.status == 201, await response.text()
+    async with http.post(f"{bff}/v1/login", json=credentials) as response:
+        assert response.status == 200, await response.text()
+        body = await response.json()
+    assert "refresh_token" not in body
+    return {"Authorization": f"Bearer {body['access_token']}"}

@@ -1,0 +1,244 @@
+"""A mesh that survives its parts, under `crypto-mesh up` as the README starts it.
+
+- Each process is killed with ``kill -9`` in turn; within 10 s it runs again (a new pid in ``processes.json``,
+  which ``crypto-mesh status`` shows), the BFF answers a login and the user's profile socket gets prices of a
+  second after the kill, while ``up`` itself never stopped.
+- A graceful stop loses no record of the memory-only embedded broker: records written to it just before
+  ``crypto-mesh down`` are each in ClickHouse once after the next start, and the stop went producers first, then
+  the ETL once the broker was drained, then the broker.
+- A process that keeps crashing is given up on: ``up`` stops the mesh and exits 1 with the reason.
+
+One mesh for the kills and the stop, a second start of the same data directory for the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import pytest
+from support.kafka_helpers import produce_records
+from support.mesh import CRYPTO_MESH, register_and_login, running_mesh
+from support.polling import eventually
+
+from launcher.control import read_processes
+from launcher.mesh import HealthCheck
+
+#: Killed in this order; the BFF's engines and the broker last.
+KILLED = ["auth", "socket_proxy", "aggregator", "etl", "profile_bff", "exchange", "redis", "kafka"]
+#: How long the journey may take to resume after a kill (the issue's promise).
+RESUME_S = 10.0
+USER = "survivor"
+#: Records written to the broker just before the stop, of a symbol no recording has.
+DRAIN_SYMBOL = "drainusdt"
+DRAIN_RECORDS = 40
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mesh")
+
+
+@pytest.fixture(scope="module")
+def mesh(data_dir):
+    with running_mesh(data_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def holder(mesh) -> dict[str, str]:
+    """A user holding BTCUSDT, so that the mesh follows it and the user's socket gets its price; its
+    ``Authorization`` header (the access token is checked by the BFF itself, auth or not)."""
+    state = mesh[0]
+    async with aiohttp.ClientSession() as http:
+        auth = await register_and_login(http, state["urls"]["bff"], USER)
+        async with http.post(
+            f"{state['urls']['bff']}/v2/coin/symbol",
+            headers=auth,
+            json={"symbol": "BTCUSDT", "quantity": "1.5"},
+        ) as response:
+            assert response.status == 201, await response.text()
+    return auth
+
+
+def price_second(price_time: str) -> float:
+    return datetime.fromisoformat(price_time).timestamp()
+
+
+async def prices_flow(state: dict, auth: dict[str, str], after: float) -> bool:
+    """The BFF serves the holder's profile and its socket pushes a BTCUSDT price of a second that began after
+    ``after`` (Unix s); raises (a tolerated error) while not."""
+    bff = state["urls"]["bff"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=4)) as http:
+        async with http.get(f"{bff}/v2/user/profile", headers=auth) as response:
+            assert response.status == 200, await response.text()
+        async with http.ws_connect(state["urls"]["websocket"], headers=auth) as socket:
+            while True:
+                message = await socket.receive_json(timeout=3)
+                times = message["Coins"]["PriceTimes"]
+                if "btcusdt" in times and price_second(times["btcusdt"]) >= after:
+                    assert Decimal(message["Coins"]["Quantities"]["btcusdt"]) == Decimal("1.5")
+                    return True
+
+
+async def someone_new_logs_in(state: dict) -> bool:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=4)) as http:
+        await register_and_login(http, state["urls"]["bff"], f"new{uuid.uuid4().hex[:12]}")
+    return True
+
+
+#: What a check of the journey may meet while a process restarts.
+NOT_YET = (aiohttp.ClientError, asyncio.TimeoutError, AssertionError)
+
+
+@pytest.mark.parametrize("name", KILLED)
+async def test_kill_9_of_a_process_is_restarted_and_the_journey_resumes(mesh, holder, name):
+    state, _env, process, log_path = mesh
+    data_dir = Path(state["data_dir"])
+    await eventually(
+        lambda: prices_flow(state, holder, time.time()),
+        timeout_s=30,
+        what="prices before the kill",
+        tolerate=NOT_YET,
+    )
+    killed = read_processes(data_dir)[name]["pid"]
+    os.kill(killed, signal.SIGKILL)
+    killed_at, deadline = time.time(), time.monotonic() + RESUME_S
+
+    def restarted() -> bool:
+        entry = read_processes(data_dir).get(name, {})
+        return entry.get("pid") not in (None, killed) and "returncode" not in entry
+
+    async def resumed() -> bool:
+        return restarted() and await prices_flow(state, holder, killed_at)
+
+    await eventually(
+        resumed, timeout_s=RESUME_S, interval_s=0.2, what=f"prices after kill -9 of {name}", tolerate=NOT_YET
+    )
+    await eventually(
+        lambda: someone_new_logs_in(state),
+        timeout_s=max(0.0, deadline - time.monotonic()),
+        interval_s=0.5,
+        what=f"a login after kill -9 of {name}",
+        tolerate=NOT_YET,
+    )
+    assert process.poll() is None, log_path.read_text()[-3000:]
+    assert f"{name} exited unexpectedly (rc=-9): restarting it in" in log_path.read_text()
+    # Whole again before the next kill: every process healthy (after the broker, its clients restarted too).
+    checks = [HealthCheck(**check) for check in state["checks"]]
+    await eventually(
+        lambda: all(check.ok() for check in checks),
+        timeout_s=60,
+        interval_s=0.5,
+        what="every process healthy",
+    )
+
+
+def ticker(n: int) -> dict:
+    """The KafkaMsg of the ``n``-th mini-ticker second of :data:`DRAIN_SYMBOL` (docs/CONTRACTS.md)."""
+    event_time = int(time.time() * 1000) - 3_600_000 + n * 1000
+    return {
+        "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"binance.miniticker/{DRAIN_SYMBOL}/{event_time}")),
+        "e": "24hrMiniTicker",
+        "E": event_time,
+        "receive_time": event_time + 12,
+        "s": DRAIN_SYMBOL,
+        "c": "101.5",
+        "o": "100",
+        "h": "102",
+        "l": "99",
+        "change_price": "1.5",
+        "change_percent": "1.50000000",
+    }
+
+
+def crypto_mesh(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CRYPTO_MESH, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+async def test_a_graceful_stop_drains_the_broker_before_stopping_it(mesh):
+    state, env, process, log_path = mesh
+    records = [(DRAIN_SYMBOL.encode(), json.dumps(ticker(n)).encode()) for n in range(DRAIN_RECORDS)]
+    await produce_records(state["urls"]["kafka"], "binance.miniticker", records)
+    stop = await asyncio.to_thread(crypto_mesh, env, "down")
+    assert stop.returncode == 0, stop.stderr
+    assert process.wait(60) == 0
+    system = [line.split("| ", 1)[1] for line in log_path.read_text().splitlines() if " system " in line]
+    stopping = system[system.index("SIGTERM received") :]
+
+    def at(prefix: str) -> int:
+        return next(i for i, line in enumerate(stopping) if line.startswith(prefix))
+
+    assert (
+        at("aggregator stopped")
+        < at("the ETL has loaded every record the broker holds")
+        < at("sending SIGTERM to etl")
+        < at("etl stopped")
+        < at("sending SIGTERM to kafka")
+    ), stopping
+
+
+@pytest.fixture(scope="module")
+def next_mesh(data_dir, mesh):
+    """The mesh of the same data directory started again, after the one above stopped."""
+    assert mesh[2].poll() is not None
+    with running_mesh(data_dir) as running:
+        yield running
+
+
+def test_the_next_start_has_each_record_once(next_mesh):
+    _state, env, _process, _log = next_mesh
+    query = (
+        f"SELECT count() AS n, uniqExact(message_id) AS ids FROM crypto.market_tickers "
+        f"WHERE symbol = '{DRAIN_SYMBOL}'"
+    )
+    result = crypto_mesh(env, "sql", query, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"n": DRAIN_RECORDS, "ids": DRAIN_RECORDS}]
+
+
+async def test_a_process_crashing_again_and_again_is_given_up_on_and_the_mesh_stops_saying_why(next_mesh):
+    state, _env, process, log_path = next_mesh
+    data_dir = Path(state["data_dir"])
+    gave_up = "auth exited 5 times within 60s (last rc=-9): giving up on it"
+    kills = 0
+    while gave_up not in log_path.read_text() and kills < 10:
+        entry = await eventually(
+            lambda: (
+                (e := read_processes(data_dir).get("auth", {})).get("pid") and "returncode" not in e and e
+            ),
+            timeout_s=30,
+            what="auth running",
+        )
+        killed = entry["pid"]
+        os.kill(killed, signal.SIGKILL)
+        kills += 1
+        # Restarted (a new pid), or given up on (the mesh stops; processes.json goes with it).
+        await eventually(
+            lambda killed=killed: (
+                gave_up in log_path.read_text()
+                or read_processes(data_dir).get("auth", {}).get("pid") not in (None, killed)
+            ),
+            timeout_s=30,
+            what="auth restarted or given up on",
+        )
+    assert await asyncio.to_thread(process.wait, 60) == 1
+    assert kills == 5
+    output = log_path.read_text()
+    assert f"{gave_up}; stopping the mesh" in output
+    assert (
+        output.rstrip().splitlines()[-1] == f"Error: the mesh stopped: {gave_up} (see `crypto-mesh logs`; "
+        "its last lines are above)"
+    )
+    assert not (data_dir / "mesh.json").exists()
