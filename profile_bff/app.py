@@ -45,6 +45,8 @@ from crypto_mesh.servicecreds import read_token
 from crypto_mesh.throttle import device_audience, name_bucket
 from profile_bff import ceilings
 from profile_bff.accounts import Accounts
+from profile_bff.alerts import Alerts
+from profile_bff.alertstore import AlertStore
 from profile_bff.ceilings import Ceilings
 from profile_bff.candles import MarketHistory
 from profile_bff.clients import AggregatorClient, AuthClient, EtlClient
@@ -60,6 +62,7 @@ from profile_bff.settings import BffSettings
 from profile_bff.store import MarketBus, ProfileStore
 from profile_bff.tokens import AccessTokenVerifier, InvalidToken, KeysUnavailable
 from profile_bff.views.accounts import AccountViews
+from profile_bff.views.alerts import AlertViews
 from profile_bff.views.errors import ERRORS
 from profile_bff.views.market import MarketViews
 from profile_bff.views.portfolios import PortfolioViews
@@ -102,6 +105,7 @@ def create_app(bff: Bff) -> web.Application:
     portfolios = PortfolioViews(
         bff.portfolios, bff.idempotency, bff.verifier, bff.ceilings, settings.write_rate_per_user
     )
+    alerts = AlertViews(bff.alerts, bff.idempotency, bff.verifier, bff.ceilings, settings.write_rate_per_user)
     public = PublicViews(bff.search, bff.readiness)
     market = MarketViews(bff.market)
     app.router.add_post("/v1/register", accounts.register)
@@ -118,6 +122,13 @@ def create_app(bff: Bff) -> web.Application:
     app.router.add_get("/v2/user/profile/ws", profile_socket)
     app.router.add_post("/v2/user/ws-ticket", issue_ws_ticket)
     app.router.add_get("/v2/user/history", portfolios.list_history)
+    # The events routes before /v2/user/alerts/{id}, which would match them.
+    app.router.add_get("/v2/user/alerts/events", alerts.events)
+    app.router.add_post("/v2/user/alerts/events/{alert_id}/ack", alerts.ack)
+    app.router.add_post("/v2/user/alerts", alerts.create)
+    app.router.add_get("/v2/user/alerts", alerts.list_rules)
+    app.router.add_patch("/v2/user/alerts/{id}", alerts.update)
+    app.router.add_delete("/v2/user/alerts/{id}", alerts.delete)
     app.router.add_get("/v1/instruments", public.search_instruments)
     app.router.add_get("/v1/instruments/{symbol}", public.instrument)
     app.router.add_get("/v1/instruments/{symbol}/candles", market.candles)
@@ -187,6 +198,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     redis_url = settings.redis_url.get_secret_value()
     store = ProfileStore(settings.database_url)
     lifecycle.on_stop(store.close)
+    alert_store = AlertStore(store)
     bus = MarketBus(redis_url)
     lifecycle.on_stop(bus.close)
     auth = AuthClient(settings.auth_target, tls)
@@ -234,6 +246,8 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
         idempotency=Idempotency(store, settings.idempotency_ttl_s),
         search=InstrumentSearch(instruments, bus),
         market=MarketHistory(instruments, etl, bus),
+        alert_store=alert_store,
+        alerts=Alerts(alert_store, instruments, max_rules=settings.max_alerts_per_user),
         instrument_refresh=refresh,
     )
 

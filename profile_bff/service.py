@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from profile_bff.accounts import Accounts
+from profile_bff.alerts import Alerts
+from profile_bff.alertstore import AlertStore
 from profile_bff.ceilings import Ceilings
 from profile_bff.candles import MarketHistory
 from profile_bff.clients import AggregatorClient, AuthClient, EtlClient
@@ -49,6 +51,8 @@ class Bff:
     idempotency: Idempotency
     search: InstrumentSearch
     market: MarketHistory
+    alert_store: AlertStore
+    alerts: Alerts
     instrument_refresh: InstrumentRefresh | None = None
 
     def require_store(self) -> ProfileStore:

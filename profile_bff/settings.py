@@ -82,6 +82,8 @@ class BffSettings(MeshTlsSettings):
 
     - ``BFF_MAX_COINS_PER_USER`` (``200``): coins one portfolio may hold; one more is 409
       ``coin_limit_reached``.
+    - ``BFF_MAX_ALERTS_PER_USER`` (``50``): alert rules one user may have; one more is 409
+      ``alert_limit_reached``.
     - ``BFF_MAX_SOCKETS_PER_USER`` (``10``): profile WebSockets one user may hold open at once, counted in
       Redis across every BFF replica; one more upgrade is refused with 429 ``too_many_sockets``.
     - ``BFF_WRITE_RATE_PER_USER`` (``60/minute``): writes per user (``POST``/``PATCH``/``DELETE
@@ -135,6 +137,7 @@ class BffSettings(MeshTlsSettings):
     register_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 3600)
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode, BeforeValidator(parse_networks)] = ()
     max_coins_per_user: int = Field(default=200, gt=0)
+    max_alerts_per_user: int = Field(default=50, gt=0)
     max_sockets_per_user: int = Field(default=10, gt=0)
     write_rate_per_user: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 60)
     ws_ticket_rate_per_user: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(30, 60)

@@ -22,7 +22,10 @@ from crypto_mesh.candles import InvalidCandleQuery
 from crypto_mesh.httperrors import ApiError, ErrorMapping, error_middleware
 from crypto_mesh.indicators import InvalidIndicator
 from crypto_mesh.logs import get_logger
+from profile_bff.alertrules import InvalidAlert
 from profile_bff.errors import (
+    AlertLimitReached,
+    AlertNotFound,
     AuthUnavailable,
     CoinAlreadyHeld,
     CoinLimitReached,
@@ -99,6 +102,15 @@ def _coin_limit_reached(exc: Exception, _request: web.Request) -> ApiError:
     )
 
 
+def _alert_limit_reached(exc: Exception, _request: web.Request) -> ApiError:
+    assert isinstance(exc, AlertLimitReached)
+    return ApiError(
+        409,
+        "alert_limit_reached",
+        f"a user has at most {exc.limit} alert rules (BFF_MAX_ALERTS_PER_USER); delete one first",
+    )
+
+
 _AUTH_UNAVAILABLE = _fixed(503, "auth_unavailable", "the authentication service is unavailable")
 
 #: Domain error class → its answer; the nearest class in an error's MRO wins.
@@ -117,6 +129,10 @@ DOMAIN_ERRORS: dict[type[Exception], ErrorMapping] = {
     CoinAlreadyHeld: _coin_already_held,
     CoinLimitReached: _coin_limit_reached,
     CoinNotHeld: _own_message(404, "coin_not_held"),
+    # alerts
+    InvalidAlert: _own_message(422, "invalid_alert"),
+    AlertNotFound: _own_message(404, "alert_not_found"),
+    AlertLimitReached: _alert_limit_reached,
     # market history (candles, indicators)
     InstrumentNotFound: _own_message(404, "unknown_symbol"),
     InvalidCandleQuery: _invalid_candle_query,
