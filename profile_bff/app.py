@@ -11,7 +11,8 @@ register limits (:mod:`profile_bff.ratelimit`), and the per-address ceilings (:m
 Lifecycle (:mod:`crypto_mesh.service`): :func:`start` opens the BFF's parts one after another
 (:func:`open_bff`: the symbol list, the profile database's pool, Redis, the auth channel, the aggregator and
 ETL clients, the socket manager, the ceilings' and the login limits' Redis connections), starts the background
-work (:func:`_migrate_then_maintain`, and with ``BFF_EXCHANGE_REST_URL`` :func:`_refresh_instruments`) and
+work (:func:`_migrate_then_maintain`, with ``BFF_EXCHANGE_REST_URL`` :func:`_refresh_instruments`, with
+``BFF_KAFKA_BOOTSTRAP_SERVERS`` the alert evaluator, :func:`_evaluate_alerts`) and
 serves; stopping undoes it in reverse order: the port takes no new connection, every WebSocket is closed with
 1001, requests in flight get 5 s, then the background work stops and the clients close.
 
@@ -53,6 +54,7 @@ from profile_bff.clients import AggregatorClient, AuthClient, EtlClient
 from profile_bff.connections import ConnectionManager
 from profile_bff.cookies import device_cookie
 from profile_bff.errors import AggregatorUnavailable, StoreUnavailable
+from profile_bff.evaluator import AlertEvaluator
 from profile_bff.idempotency import Idempotency
 from profile_bff.instruments import InstrumentRefresh, Instruments, log_refresh
 from profile_bff.portfolios import Portfolios
@@ -81,6 +83,8 @@ LISTEN_BACKLOG = 1024
 SHUTDOWN_TIMEOUT_S = 5.0
 #: Expired idempotency keys of all users are deleted this often (s).
 IDEMPOTENCY_PRUNE_S = 3600.0
+#: How often work that needs the migrated schema looks whether it is (s).
+MIGRATION_POLL_S = 0.2
 
 
 
@@ -174,6 +178,8 @@ async def start(settings: BffSettings) -> Running[Bff]:
     async def build(lifecycle: Lifecycle) -> tuple[int, Bff]:
         bff = open_bff(lifecycle, settings)
         lifecycle.task(_migrate_then_maintain(bff), "bff-migrate")
+        if bff.evaluator is not None:
+            lifecycle.task(_evaluate_alerts(bff, bff.evaluator), "bff-alerts")
         if bff.instrument_refresh is not None and settings.exchange_rest_url is not None:
             lifecycle.task(
                 _refresh_instruments(bff.instrument_refresh, settings.exchange_rest_url), "bff-instruments"
@@ -207,7 +213,9 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     lifecycle.on_stop(aggregator.close)
     etl = EtlClient(settings.etl_url, etl_token)
     lifecycle.on_stop(etl.close)
-    manager = ConnectionManager(store, bus, aggregator, coalesce_s=settings.ws_coalesce_ms / 1000)
+    manager = ConnectionManager(
+        store, bus, aggregator, alerts=alert_store, coalesce_s=settings.ws_coalesce_ms / 1000
+    )
     manager.start()
     lifecycle.on_stop(manager.close)
     limits = Ceilings(redis_url, settings.max_sockets_per_user)
@@ -249,6 +257,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
         alert_store=alert_store,
         alerts=Alerts(alert_store, instruments, max_rules=settings.max_alerts_per_user),
         instrument_refresh=refresh,
+        evaluator=AlertEvaluator(settings, alert_store, bus) if settings.kafka_bootstrap_servers else None,
     )
 
 
@@ -326,6 +335,13 @@ async def _migrate_then_maintain(bff: Bff) -> None:
         else:
             log.info("idempotency_keys_pruned", deleted=pruned)
         await asyncio.sleep(IDEMPOTENCY_PRUNE_S)
+
+
+async def _evaluate_alerts(bff: Bff, evaluator: AlertEvaluator) -> None:
+    """Once the schema is migrated, evaluate alert rules until the BFF stops (:mod:`profile_bff.evaluator`)."""
+    while not bff.store.migrated:
+        await asyncio.sleep(MIGRATION_POLL_S)
+    await evaluator.run()
 
 
 async def _refresh_instruments(refresh: InstrumentRefresh, base_url: str) -> None:

@@ -145,6 +145,11 @@ class CloseHistory:
         index = bisect.bisect_right(self._seconds, second_ms)
         return self._closes[index - 1] if index else None
 
+    def clear(self) -> None:
+        """Forget every close."""
+        self._seconds.clear()
+        self._closes.clear()
+
     def trim(self, before_ms: int) -> None:
         """Forget seconds older than ``before_ms`` except the latest of them (still "the close then")."""
         index = bisect.bisect_right(self._seconds, before_ms) - 1
@@ -227,6 +232,10 @@ class Evaluation:
         for user, coins in self._holdings.items():
             for symbol in coins:
                 self._holders.setdefault(symbol, set()).add(user)
+
+    def rule_ids(self) -> list[int]:
+        """The ids of the active rules."""
+        return [rule.id for rules in (*self._by_symbol.values(), *self._portfolio.values()) for rule in rules]
 
     def history_symbols(self) -> dict[str, int]:
         """Symbols whose close history is needed → the longest window over them (ms)."""

@@ -16,7 +16,8 @@ Profile database, schema in ``profile_bff/migrations`` (Alembic, version table `
 Redis (docs/CONTRACTS.md, "Redis"): key ``price:<symbol>`` holds the latest SecondStat JSON, list
 ``seconds:<symbol>`` the latest ones, oldest first; channel ``<symbol>`` carries each new one; hash
 ``ticker:24h`` holds each symbol's 24 h ticker JSON; channel
-``bff:portfolio`` carries ``{"user_id": n}`` after any change to a user's portfolio.
+``bff:portfolio`` carries ``{"user_id": n}`` after any change to a user's portfolio; channel ``bff:alerts``
+carries ``{"user_id": n, "alert": {...}}`` for each stored alert firing.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ from profile_bff.search import InvalidTicker, Ticker, parse_ticker
 log = get_logger(__name__)
 
 PORTFOLIO_CHANNEL = "bff:portfolio"
+#: ``{"user_id": n, "alert": {...}}`` for each stored firing (docs/CONTRACTS.md, "Alerts").
+ALERTS_CHANNEL = "bff:alerts"
 PRICE_KEY_PREFIX = "price:"
 TICKER_KEY = "ticker:24h"
 SECONDS_KEY_PREFIX = "seconds:"
@@ -592,6 +595,17 @@ class MarketBus:
         most one socket. ``None`` if unknown, used or expired."""
         try:
             return await self._commands.getdel(TICKET_KEY_PREFIX + ticket)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+
+    async def publish_alerts(self, messages: Iterable[bytes]) -> None:
+        """Publish each ``{"user_id", "alert"}`` JSON on ``bff:alerts`` (one pipelined round trip): every
+        replica sends it to the user's sockets there."""
+        try:
+            async with self._commands.pipeline(transaction=False) as pipe:
+                for message in messages:
+                    pipe.publish(ALERTS_CHANNEL, message)
+                await pipe.execute()
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
 
