@@ -54,7 +54,7 @@ from profile_bff.clients import AggregatorClient, AuthClient, EtlClient
 from profile_bff.connections import ConnectionManager
 from profile_bff.cookies import device_cookie
 from profile_bff.errors import AggregatorUnavailable, StoreUnavailable
-from profile_bff.evaluator import AlertEvaluator
+from profile_bff.evaluator import AlertEvaluator, EvaluatorSettings
 from profile_bff.idempotency import Idempotency
 from profile_bff.instruments import InstrumentRefresh, Instruments, log_refresh
 from profile_bff.portfolios import Portfolios
@@ -257,7 +257,11 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
         alert_store=alert_store,
         alerts=Alerts(alert_store, instruments, max_rules=settings.max_alerts_per_user),
         instrument_refresh=refresh,
-        evaluator=AlertEvaluator(settings, alert_store, bus) if settings.kafka_bootstrap_servers else None,
+        evaluator=(
+            AlertEvaluator(EvaluatorSettings.of(settings), alert_store, bus)
+            if settings.kafka_bootstrap_servers
+            else None
+        ),
     )
 
 

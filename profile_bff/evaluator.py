@@ -1,7 +1,8 @@
 """The alert evaluator: SecondStats of ``binance.second`` → the rules' decisions (:mod:`profile_bff.crossing`) →
 states and firings in PostgreSQL → committed offsets → the firings published for the sockets.
 
-It runs in every BFF replica with ``BFF_KAFKA_BOOTSTRAP_SERVERS``, in consumer group ``BFF_ALERTS_GROUP_ID``:
+It runs in every BFF replica with ``BFF_KAFKA_BOOTSTRAP_SERVERS`` (:class:`EvaluatorSettings`), in consumer
+group ``BFF_ALERTS_GROUP_ID``:
 a symbol's records are on one partition, so each symbol rule is evaluated by the one replica the group assigns
 that partition to.
 
@@ -32,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -65,21 +68,50 @@ class _Assignments(ConsumerRebalanceListener):
 
     def __init__(self) -> None:
         self.changed = True
+        self.assigned: frozenset[TopicPartition] = frozenset()
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        return None
+        self.assigned = frozenset()
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.assigned = frozenset(assigned)
         self.changed = True
 
 
-class AlertEvaluator:
-    """Evaluates the alert rules on ``settings.alerts_topic`` (module docstring) with ``store`` and publishes
-    firings on ``bus``. :meth:`run` is the loop (a task; cancel it to stop); counters: ``records``, ``firings``
-    (stored by this evaluator), ``batches``."""
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """What the evaluator needs of the BFF's settings: the brokers and the aiokafka client options (SASL),
+    the topic and the group, the session timeout (ms), and how often rules are looked at again (s)."""
 
-    def __init__(self, settings: BffSettings, store: AlertStore, bus: MarketBus) -> None:
-        assert settings.kafka_bootstrap_servers, "the evaluator needs BFF_KAFKA_BOOTSTRAP_SERVERS"
+    bootstrap_servers: str
+    topic: str
+    group_id: str
+    client_options: dict[str, Any] = field(default_factory=dict)
+    session_timeout_ms: int = 10_000
+    refresh_s: float = 1.0
+
+    @classmethod
+    def of(cls, settings: BffSettings) -> EvaluatorSettings:
+        """From ``BFF_KAFKA_*`` and ``BFF_ALERTS_*``; ``ValueError`` without ``BFF_KAFKA_BOOTSTRAP_SERVERS``,
+        ``OSError`` if the SASL password file cannot be read."""
+        if not settings.kafka_bootstrap_servers:
+            raise ValueError("the alert evaluator needs BFF_KAFKA_BOOTSTRAP_SERVERS")
+        return cls(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topic=settings.alerts_topic,
+            group_id=settings.alerts_group_id,
+            client_options=settings.kafka_client_options(),
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            refresh_s=settings.alerts_refresh_s,
+        )
+
+
+class AlertEvaluator:
+    """Evaluates the alert rules on ``settings.topic`` (module docstring) with ``store`` and publishes firings
+    on ``bus``. :meth:`run` is the loop (a task; cancel it to stop); counters: ``records``, ``firings`` (stored
+    by this evaluator), ``batches``."""
+
+    def __init__(self, settings: EvaluatorSettings, store: AlertStore, bus: MarketBus) -> None:
         self._settings = settings
         self._store = store
         self._bus = bus
@@ -87,6 +119,7 @@ class AlertEvaluator:
         self.firings = 0
         self.batches = 0
         self.consuming = False
+        self._listener: _Assignments | None = None
         #: The ids of the rules evaluated now.
         self.loaded_rule_ids: frozenset[int] = frozenset()
 
@@ -96,7 +129,7 @@ class AlertEvaluator:
         backoff = Backoff(0.2, 10.0)
         while True:
             raise_if_cancelling()
-            listener = _Assignments()
+            listener = self._listener = _Assignments()
             async for attempt in retrying("alerts_kafka_connect_retrying", retry_on=_KAFKA_ERRORS, max_s=10.0):
                 with attempt:
                     consumer = await self._start_consumer(listener)
@@ -106,24 +139,29 @@ class AlertEvaluator:
                 log.warning("alert_evaluator_restarting", error=f"{type(exc).__name__}: {exc}")
             finally:
                 self.consuming = False
+                self._listener = None
                 await consumer.stop()
             await asyncio.sleep(backoff.next_delay())
 
+    @property
+    def partitions(self) -> int:
+        """How many partitions the group assigns this evaluator now."""
+        return len(self._listener.assigned) if self._listener is not None else 0
+
     async def _start_consumer(self, listener: _Assignments) -> AIOKafkaConsumer:
         settings = self._settings
-        assert settings.kafka_bootstrap_servers is not None
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            **settings.kafka_client_options(),
-            group_id=settings.alerts_group_id,
+            bootstrap_servers=settings.bootstrap_servers,
+            **settings.client_options,
+            group_id=settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=settings.kafka_session_timeout_ms,
-            heartbeat_interval_ms=settings.kafka_session_timeout_ms // 3,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.session_timeout_ms // 3,
         )
         await consumer.start()
-        consumer.subscribe([settings.alerts_topic], listener=listener)
-        log.info("alert_evaluator_consuming", topic=settings.alerts_topic, group=settings.alerts_group_id)
+        consumer.subscribe([settings.topic], listener=listener)
+        log.info("alert_evaluator_consuming", topic=settings.topic, group=settings.group_id)
         return consumer
 
     async def _consume(self, consumer: AIOKafkaConsumer, listener: _Assignments, backoff: Backoff) -> None:
@@ -138,7 +176,7 @@ class AlertEvaluator:
                     await self._load_rules(evaluation)
                     version = current
                     listener.changed = True
-                next_refresh = time.monotonic() + self._settings.alerts_refresh_s
+                next_refresh = time.monotonic() + self._settings.refresh_s
             polled = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
             self.consuming = True
             if listener.changed:
