@@ -447,18 +447,38 @@ class AlertStore:
                 sa.update(alert_firings).where(alert_firings.c.alert_id.in_(keys)).values(published=True)
             )
 
-    async def due_webhooks(self, limit: int) -> list[tuple[StoredFiring, str]]:
-        """Firings whose webhook call is due (pending, next attempt time passed) with their rule's signing
-        secret (firings of deleted rules are given up: no secret left)."""
+    async def claim_webhooks(self, limit: int, lease_s: int = 60) -> list[tuple[StoredFiring, str | None]]:
+        """Claim up to ``limit`` firings whose webhook call is due (pending, next attempt time passed): their
+        next attempt moves ``lease_s`` on, so no other replica takes them meanwhile (rows locked by another
+        claim are skipped). Each with its rule's signing secret (``None``: the rule was deleted)."""
+        due = (
+            sa.select(alert_firings.c.alert_id)
+            .where(alert_firings.c.webhook_state == "pending", alert_firings.c.webhook_next_at <= sa.func.now())
+            .order_by(alert_firings.c.webhook_next_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
         async with self._store.connection() as conn:
-            rows = await conn.execute(
-                sa.select(alert_firings, alert_rules.c.webhook_secret)
-                .select_from(alert_firings.outerjoin(alert_rules, alert_rules.c.id == alert_firings.c.rule_id))
-                .where(alert_firings.c.webhook_state == "pending", alert_firings.c.webhook_next_at <= sa.func.now())
-                .order_by(alert_firings.c.webhook_next_at)
-                .limit(limit)
-            )
-            return [(_firing(row), row.webhook_secret) for row in rows]
+            rows = (
+                await conn.execute(
+                    sa.update(alert_firings)
+                    .where(alert_firings.c.alert_id.in_(due.scalar_subquery()))
+                    .values(webhook_next_at=sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, lease_s))
+                    .returning(*alert_firings.c)
+                )
+            ).all()
+            firings = [_firing(row) for row in rows]
+            rule_ids = sorted({firing.rule_id for firing in firings})
+            secrets = {}
+            if rule_ids:
+                secrets = dict(
+                    (
+                        await conn.execute(
+                            sa.select(alert_rules.c.id, alert_rules.c.webhook_secret).where(alert_rules.c.id.in_(rule_ids))
+                        )
+                    ).all()
+                )
+        return [(firing, secrets.get(firing.rule_id)) for firing in firings]
 
     async def webhook_outcome(self, alert_id: str, state: str, next_in_s: float | None = None) -> None:
         """Record a webhook attempt: ``state`` ``delivered``, ``failed`` (given up) or ``pending`` (next attempt

@@ -12,7 +12,7 @@ Lifecycle (:mod:`crypto_mesh.service`): :func:`start` opens the BFF's parts one 
 (:func:`open_bff`: the symbol list, the profile database's pool, Redis, the auth channel, the aggregator and
 ETL clients, the socket manager, the ceilings' and the login limits' Redis connections), starts the background
 work (:func:`_migrate_then_maintain`, with ``BFF_EXCHANGE_REST_URL`` :func:`_refresh_instruments`, with
-``BFF_KAFKA_BOOTSTRAP_SERVERS`` the alert evaluator, :func:`_evaluate_alerts`) and
+``BFF_KAFKA_BOOTSTRAP_SERVERS`` the alert evaluator and the webhook sender, :func:`_after_migration`) and
 serves; stopping undoes it in reverse order: the port takes no new connection, every WebSocket is closed with
 1001, requests in flight get 5 s, then the background work stops and the clients close.
 
@@ -31,7 +31,9 @@ then every ``BFF_EXCHANGE_INFO_REFRESH_S``, retried with backoff, the last good 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -55,6 +57,7 @@ from profile_bff.connections import ConnectionManager
 from profile_bff.cookies import device_cookie
 from profile_bff.errors import AggregatorUnavailable, StoreUnavailable
 from profile_bff.evaluator import AlertEvaluator, EvaluatorSettings
+from profile_bff.webhooks import WebhookSender
 from profile_bff.idempotency import Idempotency
 from profile_bff.instruments import InstrumentRefresh, Instruments, log_refresh
 from profile_bff.portfolios import Portfolios
@@ -179,7 +182,8 @@ async def start(settings: BffSettings) -> Running[Bff]:
         bff = open_bff(lifecycle, settings)
         lifecycle.task(_migrate_then_maintain(bff), "bff-migrate")
         if bff.evaluator is not None:
-            lifecycle.task(_evaluate_alerts(bff, bff.evaluator), "bff-alerts")
+            lifecycle.task(_after_migration(bff, bff.evaluator.run()), "bff-alerts")
+            lifecycle.task(_after_migration(bff, _webhook_sender(bff).run()), "bff-webhooks")
         if bff.instrument_refresh is not None and settings.exchange_rest_url is not None:
             lifecycle.task(
                 _refresh_instruments(bff.instrument_refresh, settings.exchange_rest_url), "bff-instruments"
@@ -341,11 +345,28 @@ async def _migrate_then_maintain(bff: Bff) -> None:
         await asyncio.sleep(IDEMPOTENCY_PRUNE_S)
 
 
-async def _evaluate_alerts(bff: Bff, evaluator: AlertEvaluator) -> None:
-    """Once the schema is migrated, evaluate alert rules until the BFF stops (:mod:`profile_bff.evaluator`)."""
-    while not bff.store.migrated:
-        await asyncio.sleep(MIGRATION_POLL_S)
-    await evaluator.run()
+async def _after_migration(bff: Bff, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` (the alert evaluator, the webhook sender) once the schema is migrated."""
+    try:
+        while not bff.store.migrated:
+            await asyncio.sleep(MIGRATION_POLL_S)
+    except BaseException:
+        work.close()
+        raise
+    await work
+
+
+def _webhook_sender(bff: Bff) -> WebhookSender:
+    """The webhook sender of ``bff`` (:mod:`profile_bff.webhooks`): its allow-list, limits and CAs."""
+    settings = bff.settings
+    context = ssl.create_default_context(cafile=settings.webhook_ca_file) if settings.webhook_ca_file else None
+    return WebhookSender(
+        bff.alert_store,
+        allowed=settings.webhook_allowed_networks,
+        timeout_s=settings.webhook_timeout_s,
+        max_attempts=settings.webhook_max_attempts,
+        ssl_context=context,
+    )
 
 
 async def _refresh_instruments(refresh: InstrumentRefresh, base_url: str) -> None:

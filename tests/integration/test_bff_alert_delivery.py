@@ -4,8 +4,11 @@ acknowledgement that stops the re-sending."""
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
+
+from aiohttp import web
 
 import pytest
 from support.bff import new_symbol, next_profile, second_stat
@@ -13,14 +16,18 @@ from support.kafka_helpers import produce_records
 from support.polling import eventually
 from support.stacks import serve_stack
 
+from crypto_mesh import jsonutil
 from crypto_mesh.kafka import ensure_topics
+from crypto_mesh.netutil import free_port
+from crypto_mesh.pki import AUTH
+from profile_bff.webhooks import ALERT_ID_HEADER, SIGNATURE_HEADER, verify_signature
 
 ALERTS = "/v2/user/alerts"
 TOPIC = f"alerts-test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
-async def bff(postgres, redis_url, tmp_path_factory, kafka_bootstrap):
+async def bff(postgres, redis_url, tmp_path_factory, kafka_bootstrap, mesh_pki):
     await ensure_topics(kafka_bootstrap, {TOPIC: 1})
     async with serve_stack(
         postgres,
@@ -30,6 +37,9 @@ async def bff(postgres, redis_url, tmp_path_factory, kafka_bootstrap):
         alerts_topic=TOPIC,
         alerts_group_id=f"bff-alerts-{uuid.uuid4().hex[:8]}",
         alerts_refresh_s=0.1,
+        # The test's webhook receiver listens on 127.0.0.1 with a certificate of the mesh CA.
+        webhook_allowed_networks="127.0.0.1/32",
+        webhook_ca_file=mesh_pki[AUTH].ca_file,
     ) as running:
         yield running
 
@@ -86,3 +96,45 @@ async def rule_loaded(bff, rule_id: int) -> bool:
     evaluator = bff.running.service.evaluator
     return evaluator.consuming and rule_id in evaluator.loaded_rule_ids
 
+
+
+async def test_a_webhook_gets_each_firing_signed_with_its_id_retried_after_a_server_error(bff, kafka_bootstrap, mesh_pki):
+    received: list[tuple[str, bool, dict]] = []
+    answers = iter([500])  # the first call fails; the retry succeeds
+    secret: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        valid = verify_signature(secret[0], request.headers[SIGNATURE_HEADER], body, int(time.time()))
+        received.append((request.headers[ALERT_ID_HEADER], valid, jsonutil.loads(body)))
+        return web.Response(status=next(answers, 204))
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(mesh_pki[AUTH].cert_file, mesh_pki[AUTH].key_file)
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    try:
+        _, auth = await bff.user()
+        symbol = new_symbol()
+        body = {"kind": "price_below", "symbol": symbol, "price": "50", "webhook_url": f"https://127.0.0.1:{port}/hook"}
+        async with bff.http.post(f"{bff.url}{ALERTS}", json=body, headers=auth) as resp:
+            rule = await resp.json()
+            assert resp.status == 201, rule
+        secret.append(rule["webhook_secret"])
+        await eventually(lambda: rule_loaded(bff, rule["id"]), what="the rule loaded by the evaluator")
+        start = (int(time.time()) + 2) * 1000
+        await produce_records(
+            kafka_bootstrap,
+            TOPIC,
+            [(symbol.encode(), second_stat(symbol, close, start + 1000 * i)) for i, close in enumerate(["51", "49"])],
+        )
+        await eventually(lambda: len(received) == 2, timeout_s=15, what="the webhook called twice")
+    finally:
+        await runner.cleanup()
+    (first_id, first_valid, alert), (second_id, second_valid, again) = received
+    assert first_id == second_id == alert["alert_id"] and first_valid and second_valid
+    assert alert == again and (alert["rule_id"], alert["price"], alert["second"]) == (rule["id"], "49", start + 1000)
