@@ -1,4 +1,4 @@
-"""Kafka helpers shared by the aggregator and the ETL (aiokafka): topic names, topic creation, and how a client
+"""Kafka helpers shared by the aggregator, the ETL and the BFF's alert evaluator (aiokafka): topic names, topic creation, and how a client
 authenticates to the brokers."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DEADLETTER_TOPIC = "binance.deadletter"
 
 
 #: The SASL users of compose's Kafka broker besides its own (``admin``, inter-broker and health checks).
-KAFKA_USERS = ("aggregator", "etl")
+KAFKA_USERS = ("aggregator", "etl", "bff")
 
 
 def _jaas_quoted(value: str) -> str:
