@@ -19,7 +19,7 @@ Rules (docs/CONTRACTS.md, "Alerts"):
   was already above when the rule was made gives no alert), unless it is a ``once`` rule that has fired, or the
   cooldown since its last firing has not passed (second < last firing's second + cooldown).
 - SecondStats of seconds that ended before the rule was created are ignored, and so are a symbol's seconds
-  not newer than the rule's last evaluated one (a redelivered record changes nothing); a portfolio rule is
+  not newer than its latest applied one (a redelivered record changes nothing); a portfolio rule is
   evaluated again in the same second (several of its coins traded in it). At most one firing per rule and
   second: its id is :func:`firing_id` (rule, second), so storing it twice is storing it once.
 """
@@ -205,6 +205,15 @@ class Evaluation:
     _holders: dict[str, set[int]] = field(default_factory=dict)
     _histories: dict[str, CloseHistory] = field(default_factory=dict)
     _max_window_ms: dict[str, int] = field(default_factory=dict)
+    _totals: dict[int, Decimal] = field(default_factory=dict)
+
+    def restore(self, states: Mapping[int, RuleState], closes: Mapping[str, tuple[int, Decimal]]) -> None:
+        """Replace the rules' states and the latest closes with stored ones (nothing pending afterwards)."""
+        self.states = dict(states)
+        self.closes = dict(closes)
+        self._totals.clear()
+        self.changed.clear()
+        self.closes_changed.clear()
 
     def set_rules(self, rules: Iterable[Rule]) -> None:
         """Replace the active rules (states of rules no longer active are dropped)."""
@@ -228,6 +237,7 @@ class Evaluation:
     def set_holdings(self, holdings: Mapping[int, Mapping[str, Decimal]]) -> None:
         """Replace the portfolios (user id → symbol → quantity) of users with portfolio rules."""
         self._holdings = {user: dict(coins) for user, coins in holdings.items()}
+        self._totals.clear()
         self._holders = {}
         for user, coins in self._holdings.items():
             for symbol in coins:
@@ -247,43 +257,85 @@ class Evaluation:
 
     def apply(self, symbol: str, second_ms: int, close: Decimal) -> list[Firing]:
         """Evaluate every rule a SecondStat of ``symbol`` at ``second_ms`` with close ``close`` concerns; the
-        firings, in rule order."""
-        firings: list[Firing] = []
+        firings, in rule order. A SecondStat not newer than the symbol's latest applied one was applied
+        before (a redelivery) and changes nothing.
+
+        The hot path (tens of thousands of rules a second): a rule whose condition is on the same side as at
+        its previous evaluation cannot fire, so only its side is computed and compared; its state is replaced
+        only when the side changes (its ``second`` then says when it last did)."""
         latest = self.closes.get(symbol)
-        if latest is None or second_ms >= latest[0]:
-            if latest != (second_ms, close):
-                self.closes[symbol] = (second_ms, close)
-                self.closes_changed.add(symbol)
+        if latest is not None and second_ms <= latest[0]:
+            return []
+        self.closes[symbol] = (second_ms, close)
+        self.closes_changed.add(symbol)
+        firings: list[Firing] = []
+        states = self.states
         history = self._histories.get(symbol)
         if history is not None:
             history.add(second_ms, close)
             window_ms = self._max_window_ms.get(symbol)
             if window_ms is not None:
                 history.trim(second_ms - window_ms)
+        refs: dict[int, Decimal | None] = {}
         for rule in self._by_symbol.get(symbol, ()):
-            spec = rule.spec
-            if spec.kind == CHANGE_PERCENT:
-                assert spec.window_s is not None and history is not None
-                ref = history.at_or_before(second_ms - spec.window_s * SECOND_MS)
-                side = change_condition(spec.threshold, close, ref)
-                value = change_percent(close, ref) if side is not None and ref is not None else close
-            else:
-                side, value = price_condition(spec.kind, spec.threshold, close), close
-            self._evaluate(rule, second_ms, side, symbol, close, value, firings)
-        for user in self._holders.get(symbol, ()):
-            rules = self._portfolio.get(user)
-            if not rules:
+            if second_ms + SECOND_MS <= rule.created_ms:
                 continue
-            prices = {held: price for held, (_, price) in self.closes.items()}
-            total = portfolio_total(self._holdings[user], prices)
-            for rule in rules:
-                side = None if total is None else price_condition(rule.spec.kind, rule.spec.threshold, total)
-                self._evaluate(rule, second_ms, side, symbol, close, total or Decimal(0), firings)
+            spec = rule.spec
+            kind = spec.kind
+            if kind == PRICE_ABOVE:
+                side: bool | None = close > spec.threshold
+            elif kind == CHANGE_PERCENT:
+                assert spec.window_s is not None and history is not None
+                window_ms = spec.window_s * SECOND_MS
+                if window_ms not in refs:
+                    refs[window_ms] = history.at_or_before(second_ms - window_ms)
+                side = change_condition(spec.threshold, close, refs[window_ms])
+            else:
+                side = close < spec.threshold
+            state = states.get(rule.id)
+            if state is not None and state.side is side:
+                continue
+            value = close
+            if kind == CHANGE_PERCENT and side is not None:
+                ref = refs[spec.window_s * SECOND_MS]  # type: ignore[operator]
+                assert ref is not None
+                value = change_percent(close, ref)
+            self._evaluate(rule, state, second_ms, side, symbol, close, value, firings)
+        holders = self._holders.get(symbol)
+        if holders:
+            totals = self._totals
+            moved = None if latest is None else CONTEXT.subtract(close, latest[1])
+            prices: dict[str, Decimal] | None = None
+            for user in holders:
+                rules = self._portfolio.get(user)
+                if not rules:
+                    continue
+                # Kept exact and updated by quantity × the move (one product instead of one per coin).
+                total = totals.get(user)
+                if total is not None and moved is not None:
+                    total = CONTEXT.add(total, CONTEXT.multiply(self._holdings[user][symbol], moved))
+                else:
+                    if prices is None:
+                        prices = {held: price for held, (_, price) in self.closes.items()}
+                    total = portfolio_total(self._holdings[user], prices)
+                if total is None:
+                    totals.pop(user, None)
+                else:
+                    totals[user] = total
+                for rule in rules:
+                    if second_ms + SECOND_MS <= rule.created_ms:
+                        continue
+                    side = None if total is None else price_condition(rule.spec.kind, rule.spec.threshold, total)
+                    state = states.get(rule.id)
+                    if state is not None and state.side is side:
+                        continue
+                    self._evaluate(rule, state, second_ms, side, symbol, close, total or Decimal(0), firings)
         return firings
 
     def _evaluate(
         self,
         rule: Rule,
+        state: RuleState | None,
         second_ms: int,
         side: bool | None,
         symbol: str,
@@ -291,9 +343,7 @@ class Evaluation:
         value: Decimal,
         firings: list[Firing],
     ) -> None:
-        if second_ms + SECOND_MS <= rule.created_ms:
-            return
-        state = self.states.get(rule.id, RuleState())
+        state = state or RuleState()
         new_state, fires = step(rule.spec, state, second_ms, side)
         if new_state != state:
             self.states[rule.id] = new_state

@@ -232,10 +232,7 @@ class AlertEvaluator:
     async def _load_states(self, evaluation: Evaluation) -> None:
         """The stored states, latest closes and close histories: what this evaluator applies next is
         evaluated on exactly what is stored."""
-        evaluation.states.clear()
-        evaluation.states.update(await self._store.states(evaluation.rule_ids()))
-        evaluation.closes.clear()
-        evaluation.closes.update(await self._store.prices())
+        evaluation.restore(await self._store.states(evaluation.rule_ids()), await self._store.prices())
         for symbol, window_ms in evaluation.history_symbols().items():
             history = evaluation.history(symbol)
             latest = evaluation.closes.get(symbol)
@@ -243,8 +240,6 @@ class AlertEvaluator:
             history.clear()
             for second, close in await self._store.closes(symbol, since):
                 history.add(second, close)
-        evaluation.changed.clear()
-        evaluation.closes_changed.clear()
 
     async def _publish_outbox(self) -> None:
         """Publish every firing not yet published, oldest first, and mark it; a Redis failure leaves them for
