@@ -113,22 +113,13 @@ class StoredRule:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredFiring:
-    """A stored firing: ``seq`` orders them (newest highest, the events' cursor), ``acked_at`` is None until
-    the user acknowledged it."""
+class StoredFiring(Firing):
+    """A stored firing: ``seq`` orders them (newest highest, the events' cursor), ``fired_at`` is when it was
+    stored, ``acked_at`` None until the user acknowledged it, ``webhook_attempts`` the webhook calls made."""
 
     seq: int
-    alert_id: str
-    rule_id: int
-    user_id: int
-    kind: str
-    symbol: str
-    price: Decimal
-    value: Decimal
-    second: int
     fired_at: datetime
     acked_at: datetime | None
-    webhook_url: str | None = None
     webhook_attempts: int = 0
 
 

@@ -182,7 +182,7 @@ class Firing:
     price: Decimal
     second: int
     value: Decimal
-    webhook_url: str | None = None
+    webhook_url: str | None
 
 
 @dataclass

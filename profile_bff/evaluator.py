@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from crypto_mesh import jsonutil
+from crypto_mesh.kafka import group_consumer
 from crypto_mesh.logs import get_logger
 from crypto_mesh.retry import Backoff, retrying
 from crypto_mesh.runtime import raise_if_cancelling
@@ -150,14 +151,8 @@ class AlertEvaluator:
 
     async def _start_consumer(self, listener: _Assignments) -> AIOKafkaConsumer:
         settings = self._settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            **settings.client_options,
-            group_id=settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=settings.session_timeout_ms // 3,
+        consumer = group_consumer(
+            settings.bootstrap_servers, settings.group_id, settings.session_timeout_ms, settings.client_options
         )
         await consumer.start()
         consumer.subscribe([settings.topic], listener=listener)

@@ -20,6 +20,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _page(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    """A page of a paged list: ``{key: [item, ...], "next_cursor": string or null}``."""
+    return {
+        "type": "object",
+        "required": [key, "next_cursor"],
+        "properties": {key: {"type": "array", "items": item}, "next_cursor": {"type": ["string", "null"]}},
+    }
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "malformed request",
@@ -91,6 +100,12 @@ _TOKEN = _json(
 )
 _SESSION_ERRORS = _errors(400, 401, 413, 415, 422, 429, 503)
 _COIN_ERRORS = _errors(400, 401, 404, 413, 415, 422, 429, 503)
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "retries with the same key replay the first answer",
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+}
 _DURATION = {"type": "string", "pattern": "^[0-9]{1,6}[smh]$", "examples": ["1h"]}
 _AMOUNT = {"oneOf": [_DECIMAL, {"type": "number", "exclusiveMinimum": 0}]}
 #: The fields every rule kind shares (profile_bff/alertrules.py).
@@ -452,14 +467,7 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["instruments", "next_cursor"],
-                                "properties": {
-                                    "instruments": {"type": "array", "items": instrument_schema},
-                                    "next_cursor": {"type": ["string", "null"]},
-                                },
-                            },
+                            _page("instruments", instrument_schema),
                             "matching instruments in rank order, and the cursor of the next page (null on "
                             "the last)",
                         ),
@@ -629,14 +637,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Add a coin (TRADING symbols of the exchange only)",
                     "security": _BEARER,
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "description": "retries with the same key replay the first answer",
-                            "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
-                        }
-                    ],
+                    "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": _COIN_BODY,
                     "responses": {
                         "201": _json(coin_schema, "added"),
@@ -788,14 +789,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Create an alert rule (listed TRADING symbols only)",
                     "security": _BEARER,
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "description": "retries with the same key replay the first answer",
-                            "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
-                        }
-                    ],
+                    "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": _ALERT_RULE_BODY,
                     "responses": {
                         "201": _json(rule_schema, "created (with webhook_secret when a webhook_url was given)"),
@@ -864,17 +858,7 @@ def openapi_document() -> dict[str, Any]:
                         {"name": "unacked", "in": "query", "schema": {"enum": ["true", "false"]}},
                     ],
                     "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["items", "next_cursor"],
-                                "properties": {
-                                    "items": {"type": "array", "items": alert_schema},
-                                    "next_cursor": {"type": ["string", "null"]},
-                                },
-                            },
-                            "a page of firings",
-                        ),
+                        "200": _json(_page("items", alert_schema), "a page of firings"),
                         **_errors(401, 422, 503),
                     },
                 }

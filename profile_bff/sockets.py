@@ -113,21 +113,28 @@ class Client:
         if self._alert_sender is None and self._alerts and self._delivery.is_open:
             self._alert_sender = asyncio.create_task(self._send_alerts(), name=f"ws-alerts-{self.user_id}")
 
+    async def _send(self, message: bytes) -> bool:
+        """Send one text message; False, and nothing more is sent, if the peer did not take it within the send
+        timeout (the connection is aborted) or the socket is closing (the handler's disconnect() stops the
+        tasks)."""
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await self.ws.send_frame(message, _TEXT)
+        except TimeoutError:
+            log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
+            self._delivery.closed()
+            if self._transport is not None:
+                self._transport.abort()
+            return False
+        except (ConnectionError, RuntimeError):
+            self._delivery.closed()
+            return False
+        return True
+
     async def _send_alerts(self) -> None:
         try:
             while self._alerts and self._delivery.is_open:
-                message = self._alerts.popleft()
-                try:
-                    async with asyncio.timeout(self._send_timeout_s):
-                        await self.ws.send_frame(message, _TEXT)
-                except TimeoutError:
-                    log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
-                    self._delivery.closed()
-                    if self._transport is not None:
-                        self._transport.abort()
-                    return
-                except (ConnectionError, RuntimeError):
-                    self._delivery.closed()
+                if not await self._send(self._alerts.popleft()):
                     return
         finally:
             if self._alert_sender is asyncio.current_task():
@@ -174,20 +181,7 @@ class Client:
         try:
             while delivery.next_send():
                 message = self._render()
-                if message is None:
-                    return
-                try:
-                    async with asyncio.timeout(self._send_timeout_s):
-                        await self.ws.send_frame(message, _TEXT)
-                except TimeoutError:
-                    log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
-                    delivery.closed()
-                    if self._transport is not None:
-                        self._transport.abort()
-                    return
-                except (ConnectionError, RuntimeError):
-                    # The socket is closing; the handler's disconnect() will stop this task.
-                    delivery.closed()
+                if message is None or not await self._send(message):
                     return
         finally:
             delivery.writer_ended()
