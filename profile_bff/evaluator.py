@@ -13,7 +13,8 @@ Exactly once in effect:
    <profile_bff.alertstore.AlertStore.commit_batch>`), a firing at most once (its id is (rule, second));
 2. only then are the batch's offsets committed to Kafka;
 3. then every firing not yet published is published on Redis ``bff:alerts`` and marked published (an outbox:
-   firings stored by an evaluator killed before it published are published by the next batch or start).
+   firings stored by an evaluator killed before it published are published after the next batch, or at
+   start, by whichever replica gets there).
 
 Killed anywhere, the evaluator is restarted from the committed offsets with the stored states: records
 redelivered after step 1 find their seconds already evaluated (:func:`profile_bff.crossing.step` changes
@@ -215,7 +216,8 @@ class AlertEvaluator:
             backoff.reset()
             if stored:
                 log.info("alerts_fired", count=len(stored))
-                await self._publish_outbox()
+            # Also what an evaluator killed between storing and publishing left (one indexed query).
+            await self._publish_outbox()
 
     async def _load_rules(self, evaluation: Evaluation) -> None:
         rules, holdings = await self._store.active_rules()

@@ -1,8 +1,9 @@
 """Alert firings on the shipped trade recording, exactly once in effect: the recording's SecondStats (computed
 from its frames, as the aggregator publishes them: tests/support/recordings.py) are written to a Kafka topic
-while two evaluator replicas consume it in one group, and evaluators are killed ten times (cancelled without
-a clean stop: half at random moments, half right after a batch is stored and before its offsets are committed,
-the window where a redelivery must fire nothing twice). Afterwards the stored firings equal an independent
+while evaluators consume it in one group, and evaluators are killed ten times (cancelled without a clean
+stop: half at random moments, half right after a batch is stored and before its offsets are committed, the
+window where a redelivery must fire nothing twice), each time restarted; at the last kill a second replica
+stands by in the group and takes the partition over. Afterwards the stored firings equal an independent
 computation from the recording: which rule, which second, which price, each once, none invented.
 """
 
@@ -124,7 +125,7 @@ async def test_firings_on_the_recording_are_stored_once_through_ten_kills(stores
     topic = f"alerts-once-{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_bootstrap, {topic: 1})
     settings = EvaluatorSettings(
-        kafka_bootstrap, topic, f"alerts-{uuid.uuid4().hex[:8]}", session_timeout_ms=1500, refresh_s=0.2
+        kafka_bootstrap, topic, f"alerts-{uuid.uuid4().hex[:8]}", session_timeout_ms=3000, refresh_s=0.2
     )
     bus = MarketBus(redis_user_url(redis_url, "bff"))
     records = sorted(
@@ -159,9 +160,10 @@ async def test_firings_on_the_recording_are_stored_once_through_ten_kills(stores
     parts = [records[i : i + size] for i in range(0, len(records), size)]
     try:
         start_replica()
-        start_replica()
         for kill in range(KILLS):
-            evaluator, task = await eventually(owner, timeout_s=30, what="a replica holding the partition")
+            if kill == KILLS - 1:
+                start_replica()  # a second replica in the group: it takes over from the one killed now
+            evaluator, task = await eventually(owner, timeout_s=60, what="a replica holding the partition")
             before = evaluator.records
             if kill % 2:
                 alerts.crash_task = task  # dies right after storing its next batch, offsets not committed
@@ -174,7 +176,8 @@ async def test_firings_on_the_recording_are_stored_once_through_ten_kills(stores
                 task.cancel()
                 await producing
             await asyncio.gather(task, return_exceptions=True)
-            start_replica()
+            if kill < KILLS - 1:
+                start_replica()  # the next evaluator, alone in the group (a restart)
         await produce(parts[KILLS])
 
         async def all_stored() -> bool:
