@@ -39,7 +39,7 @@ from decimal import Decimal
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from crypto_mesh import jsonutil
 from crypto_mesh.kafka import group_consumer
@@ -156,6 +156,14 @@ class AlertEvaluator:
             settings.bootstrap_servers, settings.group_id, settings.session_timeout_ms, settings.client_options
         )
         await consumer.start()
+        try:
+            # A topic created after the subscription would be seen only at the next metadata refresh (5 min):
+            # wait for the producer's (the aggregator, or the ETL at its start) to create it.
+            if settings.topic not in await consumer.topics():
+                raise UnknownTopicOrPartitionError(f"topic {settings.topic} does not exist yet")
+        except BaseException:
+            await consumer.stop()
+            raise
         consumer.subscribe([settings.topic], listener=listener)
         log.info("alert_evaluator_consuming", topic=settings.topic, group=settings.group_id)
         return consumer

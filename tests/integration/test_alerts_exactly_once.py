@@ -1,6 +1,6 @@
 """Alert firings on the shipped trade recording, exactly once in effect: the recording's SecondStats (computed
 from its frames, as the aggregator publishes them: tests/support/recordings.py) are written to a Kafka topic
-while evaluators consume it in one group, and evaluators are killed ten times (cancelled without a clean
+while evaluators consume it in one group, and evaluators are killed six times (cancelled without a clean
 stop: half at random moments, half right after a batch is stored and before its offsets are committed, the
 window where a redelivery must fire nothing twice), each time restarted; at the last kill a second replica
 stands by in the group and takes the partition over. Afterwards the stored firings equal an independent
@@ -31,7 +31,7 @@ from profile_bff.evaluator import AlertEvaluator, EvaluatorSettings
 from profile_bff.store import MarketBus, ProfileStore
 from aiokafka import AIOKafkaProducer
 
-KILLS = 10
+KILLS = 6
 USER = 1
 BTC, ETH = "btcusdt", "ethusdt"
 
@@ -92,7 +92,7 @@ async def stores(postgres):
         await store.close()
 
 
-async def test_firings_on_the_recording_are_stored_once_through_ten_kills(stores, redis_url, kafka_bootstrap, trade_recording):
+async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores, redis_url, kafka_bootstrap, trade_recording):
     earliest, recorded = recorded_seconds(trade_recording)
     # Shifted to start 2 s from now, as the replay exchange shifts a recording: after the rules were made.
     shift = (int(time.time()) + 2) * 1000 - earliest

@@ -292,33 +292,6 @@ def test_the_mesh_grpc_servers_speak_mutual_tls_only_and_serve_each_its_one_clie
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_ctrl_c_stops_every_process_of_the_mesh(mesh):
-    state, _env, process, log_path = mesh
-    process.send_signal(signal.SIGINT)
-    assert process.wait(60) == 0, log_path.read_text()[-3000:]
-    bff_port = int(state["urls"]["bff"].rsplit(":", 1)[1])
-    etl_port = int(state["urls"]["etl"].rsplit(":", 1)[1])
-    assert not port_open("127.0.0.1", bff_port) and not port_open("127.0.0.1", etl_port)
-    assert not (Path(state["data_dir"]) / "mesh.json").exists()
-
-
-@pytest.fixture(scope="module")
-def agg_trade_mesh(tmp_path_factory, agg_trade_recording):
-    """A mesh replaying the shipped ``@aggTrade`` recording (``MESH_REPLAY_FILE``), with no other setting."""
-    with running_mesh(tmp_path_factory.mktemp("mesh"), MESH_REPLAY_FILE=str(agg_trade_recording)) as running:
-        yield running
-
-
-async def test_another_recording_of_aggregate_trades_prices_the_coins_it_has(
-    agg_trade_mesh, agg_trade_recording
-):
-    state, _env, _process, _log = agg_trade_mesh
-    quantities = {"dotusdt": Decimal("120")}
-    replay, profiles = await hold_and_watch(state, "dot", quantities, 2)
-    streams = {"dotusdt@aggTrade"}
-    assert assert_priced_as_recorded(profiles, quantities, replay, agg_trade_recording, streams) >= 2
-
-
 async def test_a_price_alert_made_at_the_current_price_reaches_the_socket_until_acknowledged(mesh, trade_recording):
     """The README's alert journey: a price_above rule at the current price fires when the replayed price next
     crosses it, at the close of the recorded second; a new socket gets it again until it is acknowledged."""
@@ -355,3 +328,31 @@ async def test_a_price_alert_made_at_the_current_price_reaches_the_socket_until_
             assert response.status == 204
         async with http.get(f"{bff}/v2/user/alerts/events?unacked=true", headers=auth) as response:
             assert (await response.json())["items"] == []
+
+
+def test_ctrl_c_stops_every_process_of_the_mesh(mesh):
+    state, _env, process, log_path = mesh
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 0, log_path.read_text()[-3000:]
+    bff_port = int(state["urls"]["bff"].rsplit(":", 1)[1])
+    etl_port = int(state["urls"]["etl"].rsplit(":", 1)[1])
+    assert not port_open("127.0.0.1", bff_port) and not port_open("127.0.0.1", etl_port)
+    assert not (Path(state["data_dir"]) / "mesh.json").exists()
+
+
+@pytest.fixture(scope="module")
+def agg_trade_mesh(tmp_path_factory, agg_trade_recording):
+    """A mesh replaying the shipped ``@aggTrade`` recording (``MESH_REPLAY_FILE``), with no other setting."""
+    with running_mesh(tmp_path_factory.mktemp("mesh"), MESH_REPLAY_FILE=str(agg_trade_recording)) as running:
+        yield running
+
+
+async def test_another_recording_of_aggregate_trades_prices_the_coins_it_has(
+    agg_trade_mesh, agg_trade_recording
+):
+    state, _env, _process, _log = agg_trade_mesh
+    quantities = {"dotusdt": Decimal("120")}
+    replay, profiles = await hold_and_watch(state, "dot", quantities, 2)
+    streams = {"dotusdt@aggTrade"}
+    assert assert_priced_as_recorded(profiles, quantities, replay, agg_trade_recording, streams) >= 2
+
