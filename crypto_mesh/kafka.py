@@ -1,4 +1,4 @@
-"""Kafka helpers shared by the aggregator and the ETL (aiokafka): topic names, topic creation, and how a client
+"""Kafka helpers shared by the aggregator, the ETL and the BFF's alert evaluator (aiokafka): topic names, topic creation, and how a client
 authenticates to the brokers."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -23,7 +24,7 @@ DEADLETTER_TOPIC = "binance.deadletter"
 
 
 #: The SASL users of compose's Kafka broker besides its own (``admin``, inter-broker and health checks).
-KAFKA_USERS = ("aggregator", "etl")
+KAFKA_USERS = ("aggregator", "etl", "bff")
 
 
 def _jaas_quoted(value: str) -> str:
@@ -102,6 +103,31 @@ class KafkaClientSettings(BaseModel):
         if self.kafka_security_protocol == "SASL_SSL":
             options["ssl_context"] = create_ssl_context()
         return options
+
+
+def group_consumer(
+    bootstrap_servers: str,
+    group_id: str,
+    session_timeout_ms: int,
+    client_options: Mapping[str, Any] | None = None,
+    *topics: str,
+    **options: Any,
+) -> AIOKafkaConsumer:
+    """A consumer (not started) of ``topics`` in group ``group_id`` as every consumer of the mesh reads: offsets
+    committed by the caller only (after what it made of the records is stored), a new group from the earliest
+    record, heartbeats every third of ``session_timeout_ms``; ``client_options`` authenticate it
+    (:meth:`KafkaClientSettings.kafka_client_options`), ``options`` are further aiokafka arguments."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap_servers,
+        **(client_options or {}),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=session_timeout_ms // 3,
+        **options,
+    )
 
 
 async def ensure_topics(

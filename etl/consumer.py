@@ -36,7 +36,7 @@ from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from tenacity import AsyncRetrying
 
 from crypto_mesh import retry
-from crypto_mesh.kafka import ensure_topics
+from crypto_mesh.kafka import ensure_topics, group_consumer
 from crypto_mesh.logs import get_logger
 from etl.batching import Batch, BatchPolicy
 from etl.columnar import decode_values
@@ -245,15 +245,12 @@ class TickerConsumer:
             {topic: partitions for topic in (*self._specs, settings.kafka_deadletter_topic)},
             client_options=client_options,
         )
-        consumer = AIOKafkaConsumer(
+        consumer = group_consumer(
+            settings.kafka_bootstrap_servers,
+            settings.kafka_group_id,
+            settings.kafka_session_timeout_ms,
+            client_options,
             *self._specs,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            **client_options,
-            group_id=settings.kafka_group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=settings.kafka_session_timeout_ms,
-            heartbeat_interval_ms=settings.kafka_session_timeout_ms // 3,
             max_partition_fetch_bytes=_MAX_PARTITION_FETCH_BYTES,
         )
         # Dead letters are rare and written again if their batch is redelivered: plain acks=all is enough

@@ -282,6 +282,8 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
                         aggregator_url=f"http://127.0.0.1:{aggregator_port}", aggregator_token_file=aggregator_token,
                         **({"exchange_rest_url": exchange_rest} if exchange_rest else {}),
                         etl_url=f"http://127.0.0.1:{etl_port}", etl_token_file=etl_token,
+                        # The alert evaluator (consumer group bff-alerts on binance.second).
+                        kafka_bootstrap_servers=kafka,
                         # The embedded mesh serves plain HTTP on localhost, where a Secure cookie is never sent back.
                         cookie_secure="false", **tls[pki.PROFILE_BFF].settings()),
         ),

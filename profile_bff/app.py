@@ -11,7 +11,8 @@ register limits (:mod:`profile_bff.ratelimit`), and the per-address ceilings (:m
 Lifecycle (:mod:`crypto_mesh.service`): :func:`start` opens the BFF's parts one after another
 (:func:`open_bff`: the symbol list, the profile database's pool, Redis, the auth channel, the aggregator and
 ETL clients, the socket manager, the ceilings' and the login limits' Redis connections), starts the background
-work (:func:`_migrate_then_maintain`, and with ``BFF_EXCHANGE_REST_URL`` :func:`_refresh_instruments`) and
+work (:func:`_migrate_then_maintain`, with ``BFF_EXCHANGE_REST_URL`` :func:`_refresh_instruments`, with
+``BFF_KAFKA_BOOTSTRAP_SERVERS`` the alert evaluator and the webhook sender, :func:`_after_migration`) and
 serves; stopping undoes it in reverse order: the port takes no new connection, every WebSocket is closed with
 1001, requests in flight get 5 s, then the background work stops and the clients close.
 
@@ -30,7 +31,9 @@ then every ``BFF_EXCHANGE_INFO_REFRESH_S``, retried with backoff, the last good 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -46,12 +49,16 @@ from crypto_mesh.servicecreds import read_token
 from crypto_mesh.throttle import device_audience, name_bucket
 from profile_bff import ceilings
 from profile_bff.accounts import Accounts
+from profile_bff.alerts import Alerts
+from profile_bff.alertstore import AlertStore
 from profile_bff.ceilings import Ceilings
 from profile_bff.candles import MarketHistory
 from profile_bff.clients import AggregatorClient, AuthClient, EtlClient
 from profile_bff.connections import ConnectionManager
 from profile_bff.cookies import device_cookie
 from profile_bff.errors import AggregatorUnavailable, StoreUnavailable
+from profile_bff.evaluator import AlertEvaluator, EvaluatorSettings
+from profile_bff.webhooks import WebhookSender
 from profile_bff.idempotency import Idempotency
 from profile_bff.instruments import InstrumentRefresh, Instruments, log_refresh
 from profile_bff.portfolios import Portfolios
@@ -62,6 +69,7 @@ from profile_bff.store import MarketBus, ProfileStore
 from profile_bff.tokens import AccessTokenVerifier, InvalidToken, KeysUnavailable
 from profile_bff.views import dashboard
 from profile_bff.views.accounts import AccountViews
+from profile_bff.views.alerts import AlertViews
 from profile_bff.views.errors import ERRORS
 from profile_bff.views.market import MarketViews
 from profile_bff.views.portfolios import PortfolioViews
@@ -80,6 +88,8 @@ LISTEN_BACKLOG = 1024
 SHUTDOWN_TIMEOUT_S = 5.0
 #: Expired idempotency keys of all users are deleted this often (s).
 IDEMPOTENCY_PRUNE_S = 3600.0
+#: How often work that needs the migrated schema looks whether it is (s).
+MIGRATION_POLL_S = 0.2
 
 
 
@@ -104,6 +114,7 @@ def create_app(bff: Bff) -> web.Application:
     portfolios = PortfolioViews(
         bff.portfolios, bff.idempotency, bff.verifier, bff.ceilings, settings.write_rate_per_user
     )
+    alerts = AlertViews(bff.alerts, bff.idempotency, bff.verifier, bff.ceilings, settings.write_rate_per_user)
     public = PublicViews(bff.search, bff.readiness)
     market = MarketViews(bff.market)
     app.router.add_post("/v1/register", accounts.register)
@@ -120,6 +131,13 @@ def create_app(bff: Bff) -> web.Application:
     app.router.add_get("/v2/user/profile/ws", profile_socket)
     app.router.add_post("/v2/user/ws-ticket", issue_ws_ticket)
     app.router.add_get("/v2/user/history", portfolios.list_history)
+    # The events routes before /v2/user/alerts/{id}, which would match them.
+    app.router.add_get("/v2/user/alerts/events", alerts.events)
+    app.router.add_post("/v2/user/alerts/events/{alert_id}/ack", alerts.ack)
+    app.router.add_post("/v2/user/alerts", alerts.create)
+    app.router.add_get("/v2/user/alerts", alerts.list_rules)
+    app.router.add_patch("/v2/user/alerts/{id}", alerts.update)
+    app.router.add_delete("/v2/user/alerts/{id}", alerts.delete)
     app.router.add_get("/v1/instruments", public.search_instruments)
     app.router.add_get("/v1/instruments/{symbol}", public.instrument)
     app.router.add_get("/v1/instruments/{symbol}/candles", market.candles)
@@ -166,6 +184,9 @@ async def start(settings: BffSettings) -> Running[Bff]:
     async def build(lifecycle: Lifecycle) -> tuple[int, Bff]:
         bff = open_bff(lifecycle, settings)
         lifecycle.task(_migrate_then_maintain(bff), "bff-migrate")
+        if bff.evaluator is not None:
+            lifecycle.task(_after_migration(bff, bff.evaluator.run()), "bff-alerts")
+            lifecycle.task(_after_migration(bff, _webhook_sender(bff).run()), "bff-webhooks")
         if bff.instrument_refresh is not None and settings.exchange_rest_url is not None:
             lifecycle.task(
                 _refresh_instruments(bff.instrument_refresh, settings.exchange_rest_url), "bff-instruments"
@@ -190,6 +211,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     redis_url = settings.redis_url.get_secret_value()
     store = ProfileStore(settings.database_url)
     lifecycle.on_stop(store.close)
+    alert_store = AlertStore(store)
     bus = MarketBus(redis_url)
     lifecycle.on_stop(bus.close)
     auth = AuthClient(settings.auth_target, tls)
@@ -198,7 +220,9 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     lifecycle.on_stop(aggregator.close)
     etl = EtlClient(settings.etl_url, etl_token)
     lifecycle.on_stop(etl.close)
-    manager = ConnectionManager(store, bus, aggregator, coalesce_s=settings.ws_coalesce_ms / 1000)
+    manager = ConnectionManager(
+        store, bus, aggregator, alerts=alert_store, coalesce_s=settings.ws_coalesce_ms / 1000
+    )
     manager.start()
     lifecycle.on_stop(manager.close)
     limits = Ceilings(redis_url, settings.max_sockets_per_user)
@@ -237,7 +261,14 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
         idempotency=Idempotency(store, settings.idempotency_ttl_s),
         search=InstrumentSearch(instruments, bus),
         market=MarketHistory(instruments, etl, bus),
+        alert_store=alert_store,
+        alerts=Alerts(alert_store, instruments, max_rules=settings.max_alerts_per_user),
         instrument_refresh=refresh,
+        evaluator=(
+            AlertEvaluator(EvaluatorSettings.of(settings), alert_store, bus)
+            if settings.kafka_bootstrap_servers
+            else None
+        ),
     )
 
 
@@ -310,6 +341,30 @@ async def _migrate_then_maintain(bff: Bff) -> None:
         else:
             log.info("idempotency_keys_pruned", deleted=pruned)
         await asyncio.sleep(IDEMPOTENCY_PRUNE_S)
+
+
+async def _after_migration(bff: Bff, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` (the alert evaluator, the webhook sender) once the schema is migrated."""
+    try:
+        while not bff.store.migrated:
+            await asyncio.sleep(MIGRATION_POLL_S)
+    except BaseException:
+        work.close()
+        raise
+    await work
+
+
+def _webhook_sender(bff: Bff) -> WebhookSender:
+    """The webhook sender of ``bff`` (:mod:`profile_bff.webhooks`): its allow-list, limits and CAs."""
+    settings = bff.settings
+    context = ssl.create_default_context(cafile=settings.webhook_ca_file) if settings.webhook_ca_file else None
+    return WebhookSender(
+        bff.alert_store,
+        allowed=settings.webhook_allowed_networks,
+        timeout_s=settings.webhook_timeout_s,
+        max_attempts=settings.webhook_max_attempts,
+        ssl_context=context,
+    )
 
 
 async def _refresh_instruments(refresh: InstrumentRefresh, base_url: str) -> None:

@@ -27,6 +27,9 @@ socket.
   are in the message of every user not yet served, and the others get them in the next round. A socket that
   cannot take the frame at once is marked stale and gets the latest profile from its own writer (a slow
   socket never delays the fan-out or the others, and never holds a backlog).
+- On ``{"user_id": n, "alert": {...}}`` on ``bff:alerts`` for a connected user: the alert to each of its
+  sockets, queued apart from the profile (never conflated), once per socket; at connect (and after the
+  pub/sub reconnects) the user's unacknowledged firings are queued the same way.
 - On ``{"user_id": n}`` on ``bff:portfolio`` for a connected user: the user's coins are reloaded from the
   database, subscriptions adjusted, and the profile queued at once (not coalesced); so a change made through
   any replica shows up without reconnecting.
@@ -58,13 +61,18 @@ from profile_bff.errors import AggregatorUnavailable, ProfileNotFound, StoreUnav
 from profile_bff.fanout import CoalescingWindow, HeldPrices
 from profile_bff.portfolio import Holdings, InvalidSecondStat, parse_second_stat
 from profile_bff.sockets import CLOSE_PROFILE_DELETED, Client, text_frame
-from profile_bff.store import PORTFOLIO_CHANNEL, MarketBus, ProfileStore
+from profile_bff.alerts import alert_json
+from profile_bff.alertstore import AlertStore
+from profile_bff.store import ALERTS_CHANNEL, PORTFOLIO_CHANNEL, MarketBus, ProfileStore
 from profile_bff.subscriptions import Subscriptions
 
 log = get_logger(__name__)
 
 #: Users the fan-out serves before it lets the event loop run other work (reads, REST requests, pings).
 FAN_OUT_SLICE = 256
+#: Unacknowledged alert firings a socket is sent when it connects, at most (the newest; the rest are listed by
+#: ``GET /v2/user/alerts/events?unacked=true``).
+UNACKNOWLEDGED_AT_CONNECT = 100
 
 
 class _User:
@@ -104,10 +112,12 @@ class ConnectionManager:
         bus: MarketBus,
         aggregator: AggregatorClient,
         *,
+        alerts: AlertStore | None = None,
         reconnect_max_s: float = 5.0,
         coalesce_s: float = 0.0,
     ) -> None:
         self._store = store
+        self._alerts = alerts
         self._bus = bus
         self._aggregator = aggregator
         self._users: dict[int, _User] = {}
@@ -165,7 +175,25 @@ class ConnectionManager:
             self._spawn(self._set_followed(user_id, sorted(holdings.coins)))
         # The snapshot goes to the new socket only: the user's other tabs have nothing new to show.
         client.mark_stale()
+        # After registering: an alert published from now on reaches the socket live, one published before is
+        # among the unacknowledged ones (an alert both ways is sent once: Client.send_alert).
+        await self._send_unacknowledged(user_id, (client,))
         return client
+
+    async def _send_unacknowledged(self, user_id: int, clients: Iterable[Client]) -> None:
+        """Queue the user's unacknowledged firings (the newest :data:`UNACKNOWLEDGED_AT_CONNECT`, oldest
+        first) on ``clients``; logged and skipped while the database is down."""
+        if self._alerts is None:
+            return
+        try:
+            firings = await self._alerts.firings(user_id, before_seq=None, limit=UNACKNOWLEDGED_AT_CONNECT, unacked_only=True)
+        except StoreUnavailable as exc:
+            log.warning("unacknowledged_alerts_failed", user_id=user_id, error=str(exc))
+            return
+        for firing in reversed(firings):
+            message = jsonutil.dumps(alert_json(firing))
+            for client in clients:
+                client.send_alert(firing.alert_id, message)
 
     async def _set_followed(self, user_id: int, symbols: list[str]) -> None:
         try:
@@ -203,8 +231,8 @@ class ConnectionManager:
     # -- holdings and prices ---------------------------------------------------------------------------
 
     def _channels(self) -> Iterable[str]:
-        """The pub/sub channels this process needs: ``bff:portfolio`` and every held symbol's."""
-        return (PORTFOLIO_CHANNEL, *self._held.symbols)
+        """The pub/sub channels this process needs: ``bff:portfolio``, ``bff:alerts`` and every held symbol's."""
+        return (PORTFOLIO_CHANNEL, ALERTS_CHANNEL, *self._held.symbols)
 
     async def _apply_coins(self, user_id: int, user: _User, coins: dict[str, Decimal]) -> None:
         """Make ``coins`` the user's holdings: adjust holders and subscriptions, seed new prices."""
@@ -233,8 +261,10 @@ class ConnectionManager:
         """After each (re)subscription: prices published while disconnected were missed, so re-read them and
         refresh every user."""
         await self._seed_prices(list(self._held.symbols))
-        for user in list(self._users.values()):
+        for user_id, user in list(self._users.items()):
             self._push(user)
+            # Alerts published while disconnected: those not acknowledged yet.
+            self._spawn(self._send_unacknowledged(user_id, user.clients))
 
     # -- pushing ---------------------------------------------------------------------------------------
 
@@ -328,6 +358,8 @@ class ConnectionManager:
     def _on_message(self, channel: str, data: bytes) -> None:
         if channel == PORTFOLIO_CHANNEL:
             self._on_portfolio_change(data)
+        elif channel == ALERTS_CHANNEL:
+            self._on_alert(data)
         else:
             self._on_second_stat(channel, data)
 
@@ -339,6 +371,22 @@ class ConnectionManager:
             return
         if self._window.add(self._held.offer(symbol, price)):
             self._window_opened.set()
+
+    def _on_alert(self, data: bytes) -> None:
+        """``{"user_id", "alert"}``: the alert to each of the user's sockets here, once per socket."""
+        try:
+            notice = jsonutil.loads(data)
+            user_id, alert = notice["user_id"], notice["alert"]
+            alert_id = alert["alert_id"]
+        except (jsonutil.JSONDecodeError, TypeError, KeyError):
+            log.warning("malformed_alert_notice", data=data[:100])
+            return
+        user = self._users.get(user_id) if isinstance(user_id, int) else None
+        if user is None or not isinstance(alert_id, str):
+            return
+        message = jsonutil.dumps(alert)
+        for client in user.clients:
+            client.send_alert(alert_id, message)
 
     def _on_portfolio_change(self, data: bytes) -> None:
         try:

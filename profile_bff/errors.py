@@ -51,6 +51,22 @@ class CoinLimitReached(Exception):
         self.limit = limit
 
 
+class AlertNotFound(LookupError):
+    """The user has no alert rule (or firing) with this id."""
+
+    def __init__(self, alert_id: int | str) -> None:
+        super().__init__(f"no alert {alert_id}")
+        self.alert_id = alert_id
+
+
+class AlertLimitReached(Exception):
+    """The user already has ``limit`` alert rules, the most one may have (``BFF_MAX_ALERTS_PER_USER``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a user has at most {limit} alert rules")
+        self.limit = limit
+
+
 class InstrumentNotFound(LookupError):
     """No listed instrument has this symbol (the 404 of the routes under ``/v1/instruments/{symbol}``)."""
 

@@ -20,6 +20,15 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _page(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    """A page of a paged list: ``{key: [item, ...], "next_cursor": string or null}``."""
+    return {
+        "type": "object",
+        "required": [key, "next_cursor"],
+        "properties": {key: {"type": "array", "items": item}, "next_cursor": {"type": ["string", "null"]}},
+    }
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "malformed request",
@@ -91,6 +100,62 @@ _TOKEN = _json(
 )
 _SESSION_ERRORS = _errors(400, 401, 413, 415, 422, 429, 503)
 _COIN_ERRORS = _errors(400, 401, 404, 413, 415, 422, 429, 503)
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "retries with the same key replay the first answer",
+    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+}
+_DURATION = {"type": "string", "pattern": "^[0-9]{1,6}[smh]$", "examples": ["1h"]}
+_AMOUNT = {"oneOf": [_DECIMAL, {"type": "number", "exclusiveMinimum": 0}]}
+#: The fields every rule kind shares (profile_bff/alertrules.py).
+_RULE_COMMON = {
+    "repeat": {"enum": ["once", "every_crossing"], "default": "once"},
+    "cooldown": _DURATION,
+    "webhook_url": {"type": "string", "format": "uri", "examples": ["https://hooks.example/alerts"]},
+}
+_ALERT_RULE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["kind", "symbol", "price"],
+                        "properties": {
+                            "kind": {"enum": ["price_above", "price_below"]},
+                            "symbol": {"type": "string", "examples": ["btcusdt"]},
+                            "price": _AMOUNT,
+                            **_RULE_COMMON,
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["kind", "symbol", "percent", "window"],
+                        "properties": {
+                            "kind": {"const": "change_percent"},
+                            "symbol": {"type": "string", "examples": ["ethusdt"]},
+                            "percent": {"oneOf": [_SIGNED_DECIMAL, {"type": "number"}]},
+                            "window": _DURATION,
+                            **_RULE_COMMON,
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["kind", "total"],
+                        "properties": {
+                            "kind": {"enum": ["portfolio_total_above", "portfolio_total_below"]},
+                            "total": _AMOUNT,
+                            **_RULE_COMMON,
+                        },
+                    },
+                ]
+            }
+        }
+    },
+}
+_ALERT_ID_PARAMETER = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 #: An instrument as ``GET /v1/instruments`` lists it: price and its time are the newer of the 24 h ticker's
 #: close and the latest SecondStat; change_percent and quote_volume are the 24 h ticker's (null without one).
 _INSTRUMENT_PROPERTIES = {
@@ -170,6 +235,8 @@ _MARKET_ERRORS = {
 def openapi_document() -> dict[str, Any]:
     """The document as a JSON-ready dict (a new one per call)."""
     coin_schema = {"$ref": "#/components/schemas/Coin"}
+    rule_schema = {"$ref": "#/components/schemas/AlertRule"}
+    alert_schema = {"$ref": "#/components/schemas/Alert"}
     instrument_schema = {"$ref": "#/components/schemas/Instrument"}
     return {
         "openapi": "3.1.0",
@@ -182,6 +249,64 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
             "schemas": {
+                "AlertRule": {
+                    "type": "object",
+                    "required": ["id", "kind", "repeat", "cooldown", "webhook_url", "paused", "created_at"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "kind": {
+                            "enum": [
+                                "price_above",
+                                "price_below",
+                                "change_percent",
+                                "portfolio_total_above",
+                                "portfolio_total_below",
+                            ]
+                        },
+                        "symbol": {"type": "string"},
+                        "price": _DECIMAL,
+                        "percent": _SIGNED_DECIMAL,
+                        "window": _DURATION,
+                        "total": _DECIMAL,
+                        "repeat": {"enum": ["once", "every_crossing"]},
+                        "cooldown": _DURATION,
+                        "webhook_url": {"type": ["string", "null"]},
+                        "webhook_secret": {
+                            "type": "string",
+                            "description": "the webhook signing secret, answered only at creation",
+                        },
+                        "paused": {"type": "boolean"},
+                        "created_at": _TIME,
+                    },
+                },
+                "Alert": {
+                    "type": "object",
+                    "description": "A firing; on the profile socket told from a Profile by its type",
+                    "required": [
+                        "type",
+                        "alert_id",
+                        "rule_id",
+                        "kind",
+                        "symbol",
+                        "price",
+                        "second",
+                        "value",
+                        "fired_at",
+                        "acked",
+                    ],
+                    "properties": {
+                        "type": {"const": "alert"},
+                        "alert_id": {"type": "string", "format": "uuid"},
+                        "rule_id": {"type": "integer"},
+                        "kind": {"type": "string"},
+                        "symbol": {"type": "string"},
+                        "price": _DECIMAL,
+                        "second": {"type": "integer", "description": "the SecondStat's t, Unix ms"},
+                        "value": _SIGNED_DECIMAL,
+                        "fired_at": _TIME,
+                        "acked": {"type": "boolean"},
+                    },
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -342,14 +467,7 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["instruments", "next_cursor"],
-                                "properties": {
-                                    "instruments": {"type": "array", "items": instrument_schema},
-                                    "next_cursor": {"type": ["string", "null"]},
-                                },
-                            },
+                            _page("instruments", instrument_schema),
                             "matching instruments in rank order, and the cursor of the next page (null on "
                             "the last)",
                         ),
@@ -519,14 +637,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Add a coin (TRADING symbols of the exchange only)",
                     "security": _BEARER,
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "description": "retries with the same key replay the first answer",
-                            "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
-                        }
-                    ],
+                    "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": _COIN_BODY,
                     "responses": {
                         "201": _json(coin_schema, "added"),
@@ -611,7 +722,7 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v2/user/history": {
                 "get": {
-                    "summary": "Portfolio changes, newest first",
+                    "summary": "Portfolio and alert rule changes, newest first",
                     "security": _BEARER,
                     "parameters": [
                         {
@@ -637,6 +748,7 @@ def openapi_document() -> dict[str, Any]:
                                             "type": "object",
                                             "required": [
                                                 "id",
+                                                "alert_id",
                                                 "symbol",
                                                 "operation",
                                                 "old_quantity",
@@ -645,8 +757,19 @@ def openapi_document() -> dict[str, Any]:
                                             ],
                                             "properties": {
                                                 "id": {"type": "integer"},
-                                                "symbol": {"type": "string"},
-                                                "operation": {"enum": ["add", "update", "remove"]},
+                                                "alert_id": {"type": ["integer", "null"]},
+                                                "symbol": {"type": ["string", "null"]},
+                                                "operation": {
+                                                    "enum": [
+                                                        "add",
+                                                        "update",
+                                                        "remove",
+                                                        "alert_create",
+                                                        "alert_pause",
+                                                        "alert_resume",
+                                                        "alert_delete",
+                                                    ]
+                                                },
                                                 "old_quantity": {"oneOf": [_DECIMAL, {"type": "null"}]},
                                                 "new_quantity": {"oneOf": [_DECIMAL, {"type": "null"}]},
                                                 "at": {"type": "string"},
@@ -660,6 +783,94 @@ def openapi_document() -> dict[str, Any]:
                         ),
                         **_errors(401, 422, 503),
                     },
+                }
+            },
+            "/v2/user/alerts": {
+                "post": {
+                    "summary": "Create an alert rule (listed TRADING symbols only)",
+                    "security": _BEARER,
+                    "parameters": [_IDEMPOTENCY_KEY],
+                    "requestBody": _ALERT_RULE_BODY,
+                    "responses": {
+                        "201": _json(rule_schema, "created (with webhook_secret when a webhook_url was given)"),
+                        **_errors(400, 401, 404, 413, 415, 422, 503),
+                        "409": _json(
+                            _ERROR,
+                            "the user has BFF_MAX_ALERTS_PER_USER rules (alert_limit_reached), or the same "
+                            "Idempotency-Key is in flight",
+                        ),
+                        "429": _rate_limited("over BFF_WRITE_RATE_PER_USER"),
+                    },
+                },
+                "get": {
+                    "summary": "The user's alert rules, oldest first",
+                    "security": _BEARER,
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["alerts"],
+                                "properties": {"alerts": {"type": "array", "items": rule_schema}},
+                            },
+                            "the rules",
+                        ),
+                        **_errors(401, 503),
+                    },
+                },
+            },
+            "/v2/user/alerts/{id}": {
+                "patch": {
+                    "summary": "Pause or resume an alert rule",
+                    "security": _BEARER,
+                    "parameters": [_ALERT_ID_PARAMETER],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["paused"],
+                                    "properties": {"paused": {"type": "boolean"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"200": _json(rule_schema, "the rule"), **_errors(400, 401, 404, 413, 415, 422, 429, 503)},
+                },
+                "delete": {
+                    "summary": "Delete an alert rule (its firings stay)",
+                    "security": _BEARER,
+                    "parameters": [_ALERT_ID_PARAMETER],
+                    "responses": {"204": {"description": "deleted"}, **_errors(401, 404, 429, 503)},
+                },
+            },
+            "/v2/user/alerts/events": {
+                "get": {
+                    "summary": "The user's alert firings, newest first",
+                    "security": _BEARER,
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                        {"name": "unacked", "in": "query", "schema": {"enum": ["true", "false"]}},
+                    ],
+                    "responses": {
+                        "200": _json(_page("items", alert_schema), "a page of firings"),
+                        **_errors(401, 422, 503),
+                    },
+                }
+            },
+            "/v2/user/alerts/events/{alert_id}/ack": {
+                "post": {
+                    "summary": "Acknowledge a firing: it is no longer sent when a socket connects",
+                    "security": _BEARER,
+                    "parameters": [
+                        {"name": "alert_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {"204": {"description": "acknowledged"}, **_errors(401, 404, 503)},
                 }
             },
             "/openapi.json": {

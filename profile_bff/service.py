@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from profile_bff.accounts import Accounts
+from profile_bff.alerts import Alerts
+from profile_bff.alertstore import AlertStore
 from profile_bff.ceilings import Ceilings
 from profile_bff.candles import MarketHistory
 from profile_bff.clients import AggregatorClient, AuthClient, EtlClient
 from profile_bff.connections import ConnectionManager
+from profile_bff.evaluator import AlertEvaluator
 from profile_bff.idempotency import Idempotency
 from profile_bff.instruments import InstrumentRefresh
 from profile_bff.portfolios import Portfolios
@@ -30,7 +33,8 @@ from profile_bff.tokens import AccessTokenVerifier
 class Bff:
     """The BFF's parts, opened by :func:`open_bff`: its settings, adapters (profile database, Redis, auth,
     aggregator, ETL), the socket manager, the limits, and the use cases the views call; with
-    ``BFF_EXCHANGE_REST_URL``, the refresh of the symbol list (``None`` without). The ``service`` of the
+    ``BFF_EXCHANGE_REST_URL``, the refresh of the symbol list, and with ``BFF_KAFKA_BOOTSTRAP_SERVERS`` the
+    alert evaluator (each ``None`` without). The ``service`` of the
     :class:`~crypto_mesh.service.Running` BFF."""
 
     settings: BffSettings
@@ -49,7 +53,10 @@ class Bff:
     idempotency: Idempotency
     search: InstrumentSearch
     market: MarketHistory
+    alert_store: AlertStore
+    alerts: Alerts
     instrument_refresh: InstrumentRefresh | None = None
+    evaluator: AlertEvaluator | None = None
 
     def require_store(self) -> ProfileStore:
         """The profile store once its schema is migrated; raises :class:`~profile_bff.errors.Starting`

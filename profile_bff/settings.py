@@ -10,12 +10,13 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from yarl import URL
 
 from crypto_mesh.binance import DEFAULT_EXCHANGE_INFO
+from crypto_mesh.kafka import SECOND_TOPIC, KafkaClientSettings
 from crypto_mesh.settings import MeshTlsSettings
 from crypto_mesh.throttle import Rate, check_name_budgets
 from profile_bff.ratelimit import IPNetwork, parse_networks
 
 
-class BffSettings(MeshTlsSettings):
+class BffSettings(MeshTlsSettings, KafkaClientSettings):
     """Environment of ``python -m profile_bff``.
 
     - ``BFF_HOST`` (``127.0.0.1``), ``BFF_PORT`` (``8080``; ``0`` picks a free port): where REST and the
@@ -77,11 +78,29 @@ class BffSettings(MeshTlsSettings):
     - ``BFF_TRUSTED_PROXIES`` (empty): comma-separated addresses or networks of reverse proxies whose
       ``X-Forwarded-For`` names the client. Empty: the socket peer is the client and the header is ignored.
 
+    Alerts (:mod:`profile_bff.evaluator`, :mod:`profile_bff.webhooks`; docs/CONTRACTS.md, "Alerts"):
+
+    - ``BFF_KAFKA_BOOTSTRAP_SERVERS`` (unset: this replica evaluates no alert rule; its routes and sockets
+      still serve them): the brokers of topic ``binance.second``; set, the replica joins consumer group
+      ``BFF_ALERTS_GROUP_ID`` (``bff-alerts``) and evaluates the rules of the partitions assigned to it.
+      ``BFF_KAFKA_SECURITY_PROTOCOL``, ``BFF_KAFKA_SASL_MECHANISM``, ``BFF_KAFKA_SASL_USERNAME``,
+      ``BFF_KAFKA_SASL_PASSWORD_FILE``: as the aggregator's (:class:`crypto_mesh.kafka.KafkaClientSettings`).
+    - ``BFF_ALERTS_TOPIC`` (``binance.second``), ``BFF_KAFKA_SESSION_TIMEOUT_MS`` (``10000``),
+      ``BFF_ALERTS_REFRESH_S`` (``1``: how often the evaluator looks for changed rules and portfolios).
+    - ``BFF_WEBHOOK_ALLOWED_NETWORKS`` (empty): comma-separated addresses or networks a webhook may reach
+      although they are private, loopback or link-local (an operator's own receivers); everything else of
+      that kind is refused (SSRF, docs/SECURITY.md). ``BFF_WEBHOOK_TIMEOUT_S`` (``5``),
+      ``BFF_WEBHOOK_MAX_ATTEMPTS`` (``8``): one call's time limit and the attempts before a firing's webhook
+      is given up. ``BFF_WEBHOOK_CA_FILE`` (unset: the system's CAs): the CAs a webhook's TLS certificate must
+      chain to.
+
     Ceilings (:mod:`profile_bff.ceilings`; docs/SECURITY.md, "Abuse ceilings"), rates written as the login
     ones:
 
     - ``BFF_MAX_COINS_PER_USER`` (``200``): coins one portfolio may hold; one more is 409
       ``coin_limit_reached``.
+    - ``BFF_MAX_ALERTS_PER_USER`` (``50``): alert rules one user may have; one more is 409
+      ``alert_limit_reached``.
     - ``BFF_MAX_SOCKETS_PER_USER`` (``10``): profile WebSockets one user may hold open at once, counted in
       Redis across every BFF replica; one more upgrade is refused with 429 ``too_many_sockets``.
     - ``BFF_WRITE_RATE_PER_USER`` (``60/minute``): writes per user (``POST``/``PATCH``/``DELETE
@@ -135,6 +154,16 @@ class BffSettings(MeshTlsSettings):
     register_rate_per_address: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 3600)
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode, BeforeValidator(parse_networks)] = ()
     max_coins_per_user: int = Field(default=200, gt=0)
+    max_alerts_per_user: int = Field(default=50, gt=0)
+    kafka_bootstrap_servers: str | None = None
+    alerts_group_id: str = "bff-alerts"
+    alerts_topic: str = SECOND_TOPIC
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    alerts_refresh_s: float = Field(default=1.0, gt=0)
+    webhook_allowed_networks: Annotated[tuple[IPNetwork, ...], NoDecode, BeforeValidator(parse_networks)] = ()
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_ca_file: FilePath | None = None
     max_sockets_per_user: int = Field(default=10, gt=0)
     write_rate_per_user: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(60, 60)
     ws_ticket_rate_per_user: Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)] = Rate(30, 60)

@@ -1,5 +1,5 @@
 """One profile WebSocket as the fan-out writes to it: the frame encoding, the inline write, the socket's own
-writer, and the abort of a peer that stopped reading.
+writer, its queue of alert messages, and the abort of a peer that stopped reading.
 
 The rules (when to write inline, when a writer starts, what a slow socket holds) are
 :class:`profile_bff.fanout.Delivery`'s; this module applies them to an aiohttp socket and its transport.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from struct import Struct
 
@@ -62,7 +63,18 @@ class Client:
     sent by it.
     """
 
-    __slots__ = ("_delivery", "_render", "_send_timeout_s", "_transport", "_writer", "user_id", "ws")
+    __slots__ = (
+        "_alert_ids",
+        "_alert_sender",
+        "_alerts",
+        "_delivery",
+        "_render",
+        "_send_timeout_s",
+        "_transport",
+        "_writer",
+        "user_id",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -80,6 +92,53 @@ class Client:
         self._transport = transport
         self._delivery = Delivery()
         self._writer: asyncio.Task[None] | None = None
+        #: Alert messages not sent yet, in order, and the ids of every alert queued on this socket: an alert
+        #: reaches a socket once, however many times it is published or found unacknowledged.
+        self._alerts: deque[bytes] = deque()
+        self._alert_ids: set[str] = set()
+        self._alert_sender: asyncio.Task[None] | None = None
+
+    def send_alert(self, alert_id: str, message: bytes) -> bool:
+        """Queue an alert message (UTF-8 JSON) unless alert ``alert_id`` was queued on this socket before;
+        alerts are never conflated: each is sent, in order, by a sender task of their own once the socket is
+        open. Returns whether it was queued."""
+        if alert_id in self._alert_ids:
+            return False
+        self._alert_ids.add(alert_id)
+        self._alerts.append(message)
+        self._start_alert_sender()
+        return True
+
+    def _start_alert_sender(self) -> None:
+        if self._alert_sender is None and self._alerts and self._delivery.is_open:
+            self._alert_sender = asyncio.create_task(self._send_alerts(), name=f"ws-alerts-{self.user_id}")
+
+    async def _send(self, message: bytes) -> bool:
+        """Send one text message; False, and nothing more is sent, if the peer did not take it within the send
+        timeout (the connection is aborted) or the socket is closing (the handler's disconnect() stops the
+        tasks)."""
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                await self.ws.send_frame(message, _TEXT)
+        except TimeoutError:
+            log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
+            self._delivery.closed()
+            if self._transport is not None:
+                self._transport.abort()
+            return False
+        except (ConnectionError, RuntimeError):
+            self._delivery.closed()
+            return False
+        return True
+
+    async def _send_alerts(self) -> None:
+        try:
+            while self._alerts and self._delivery.is_open:
+                if not await self._send(self._alerts.popleft()):
+                    return
+        finally:
+            if self._alert_sender is asyncio.current_task():
+                self._alert_sender = None
 
     def mark_stale(self) -> None:
         """The profile changed: send the latest one when the socket is free; never blocks."""
@@ -90,6 +149,7 @@ class Client:
         """The socket is prepared: send what is pending (the snapshot), and from now on every change."""
         if self._delivery.opened():
             self._start_writer()
+        self._start_alert_sender()
 
     def write_now(self, frame: bytes) -> bool:
         """Write ``frame`` (a whole encoded WebSocket frame, :func:`text_frame`) into the transport at once if
@@ -106,11 +166,12 @@ class Client:
     async def stop_writer(self) -> None:
         """Send nothing more and stop the writer task (a message not yet sent is dropped)."""
         self._delivery.closed()
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+        for task in (self._writer, self._alert_sender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer = self._alert_sender = None
 
     def _start_writer(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.user_id}")
@@ -120,20 +181,7 @@ class Client:
         try:
             while delivery.next_send():
                 message = self._render()
-                if message is None:
-                    return
-                try:
-                    async with asyncio.timeout(self._send_timeout_s):
-                        await self.ws.send_frame(message, _TEXT)
-                except TimeoutError:
-                    log.warning("slow_client_aborted", user_id=self.user_id, waited_s=self._send_timeout_s)
-                    delivery.closed()
-                    if self._transport is not None:
-                        self._transport.abort()
-                    return
-                except (ConnectionError, RuntimeError):
-                    # The socket is closing; the handler's disconnect() will stop this task.
-                    delivery.closed()
+                if message is None or not await self._send(message):
                     return
         finally:
             delivery.writer_ended()

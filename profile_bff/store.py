@@ -5,21 +5,25 @@ Profile database, schema in ``profile_bff/migrations`` (Alembic, version table `
 - ``profiles(id BIGINT PRIMARY KEY = auth user id, name, created_at)``
 - ``coins(user_id → profiles ON DELETE CASCADE, symbol, quantity NUMERIC(38, 18) > 0, created_at,
   updated_at, PRIMARY KEY (user_id, symbol))``: a user holds a symbol at most once.
-- ``coin_history(id identity, user_id → profiles ON DELETE CASCADE, symbol, operation add|update|remove,
-  old_quantity, new_quantity, at)``: one row per change, written in the change's own transaction.
+- ``coin_history(id identity, user_id → profiles ON DELETE CASCADE, symbol, operation add|update|remove|
+  alert_create|alert_pause|alert_resume|alert_delete, old_quantity, new_quantity, at, alert_id)``: one row per
+  change of the portfolio or of its alert rules, written in the change's own transaction.
+- the alert tables (``alert_rules``, ``alert_states``, ``alert_firings``, ``alert_prices``, ``alert_closes``):
+  :mod:`profile_bff.alertstore`.
 - ``idempotency_keys(user_id, key, request_hash, status, body, created_at, expires_at)``: the first answer
   to a request sent with an ``Idempotency-Key`` (``status`` NULL while it is being processed).
 
 Redis (docs/CONTRACTS.md, "Redis"): key ``price:<symbol>`` holds the latest SecondStat JSON, list
 ``seconds:<symbol>`` the latest ones, oldest first; channel ``<symbol>`` carries each new one; hash
 ``ticker:24h`` holds each symbol's 24 h ticker JSON; channel
-``bff:portfolio`` carries ``{"user_id": n}`` after any change to a user's portfolio.
+``bff:portfolio`` carries ``{"user_id": n}`` after any change to a user's portfolio; channel ``bff:alerts``
+carries ``{"user_id": n, "alert": {...}}`` for each stored alert firing.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -56,6 +60,8 @@ from profile_bff.search import InvalidTicker, Ticker, parse_ticker
 log = get_logger(__name__)
 
 PORTFOLIO_CHANNEL = "bff:portfolio"
+#: ``{"user_id": n, "alert": {...}}`` for each stored firing (docs/CONTRACTS.md, "Alerts").
+ALERTS_CHANNEL = "bff:alerts"
 PRICE_KEY_PREFIX = "price:"
 TICKER_KEY = "ticker:24h"
 SECONDS_KEY_PREFIX = "seconds:"
@@ -88,11 +94,12 @@ coin_history = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
     sa.Column("user_id", sa.BigInteger, nullable=False),
-    sa.Column("symbol", sa.String(20), nullable=False),
+    sa.Column("symbol", sa.String(20)),
     sa.Column("operation", sa.Text, nullable=False),
     sa.Column("old_quantity", sa.Numeric(38, 18, asdecimal=True)),
     sa.Column("new_quantity", sa.Numeric(38, 18, asdecimal=True)),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("alert_id", sa.BigInteger),
 )
 idempotency_keys = sa.Table(
     "idempotency_keys",
@@ -110,14 +117,17 @@ idempotency_keys = sa.Table(
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One portfolio change: ``operation`` is ``add`` (``old_quantity`` None), ``update``, or ``remove``
-    (``new_quantity`` None); ``at`` is the commit's transaction time (UTC)."""
+    (``new_quantity`` None), or a change of alert rule ``alert_id``: ``alert_create``, ``alert_pause``,
+    ``alert_resume``, ``alert_delete`` (quantities None, ``symbol`` the rule's or None); ``at`` is the commit's
+    transaction time (UTC)."""
 
     id: int
-    symbol: str
+    symbol: str | None
     operation: str
     old_quantity: Decimal | None
     new_quantity: Decimal | None
     at: datetime
+    alert_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +311,7 @@ class ProfileStore:
                     old_quantity=row.old_quantity,
                     new_quantity=row.new_quantity,
                     at=row.at,
+                    alert_id=row.alert_id,
                 )
                 for row in rows
             ]
@@ -404,8 +415,21 @@ class ProfileStore:
                 sa.select(coins.c.symbol).where(coins.c.user_id == user_id).with_for_update()
             )
             symbols = sorted(held)
+            await conn.execute(
+                sa.text(
+                    "DELETE FROM alert_states WHERE rule_id IN (SELECT id FROM alert_rules WHERE user_id = :user)"
+                ),
+                {"user": user_id},
+            )
+            await conn.execute(sa.text("DELETE FROM alert_firings WHERE user_id = :user"), {"user": user_id})
             await conn.execute(sa.delete(profiles).where(profiles.c.id == user_id))
             return symbols
+
+    def connection(self, *, read_only: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection of this store's pool in a READ COMMITTED transaction, committed on success (``read_only``:
+        autocommit, for one SELECT); outages raise :class:`StoreUnavailable`. For the alert store
+        (:mod:`profile_bff.alertstore`), which shares the pool and the schema."""
+        return self._connection(read_only=read_only)
 
     @asynccontextmanager
     async def _connection(self, *, read_only: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -571,6 +595,17 @@ class MarketBus:
         most one socket. ``None`` if unknown, used or expired."""
         try:
             return await self._commands.getdel(TICKET_KEY_PREFIX + ticket)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
+
+    async def publish_alerts(self, messages: Iterable[bytes]) -> None:
+        """Publish each ``{"user_id", "alert"}`` JSON on ``bff:alerts`` (one pipelined round trip): every
+        replica sends it to the user's sockets there."""
+        try:
+            async with self._commands.pipeline(transaction=False) as pipe:
+                for message in messages:
+                    pipe.publish(ALERTS_CHANNEL, message)
+                await pipe.execute()
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
 

@@ -22,7 +22,10 @@ from crypto_mesh.candles import InvalidCandleQuery
 from crypto_mesh.httperrors import ApiError, ErrorMapping, error_middleware
 from crypto_mesh.indicators import InvalidIndicator
 from crypto_mesh.logs import get_logger
+from profile_bff.alertrules import InvalidAlert
 from profile_bff.errors import (
+    AlertLimitReached,
+    AlertNotFound,
     AuthUnavailable,
     CoinAlreadyHeld,
     CoinLimitReached,
@@ -90,13 +93,22 @@ def _coin_already_held(exc: Exception, _request: web.Request) -> ApiError:
     return ApiError(409, "coin_already_held", f"{exc.symbol} is already held; PATCH changes its quantity")
 
 
-def _coin_limit_reached(exc: Exception, _request: web.Request) -> ApiError:
-    assert isinstance(exc, CoinLimitReached)
-    return ApiError(
-        409,
-        "coin_limit_reached",
-        f"a portfolio holds at most {exc.limit} coins (BFF_MAX_COINS_PER_USER); remove one first",
-    )
+def _limit_reached(code: str, what: str, setting: str, remedy: str) -> ErrorMapping:
+    """409 ``code``: ``"<what> <limit> ... (<setting>); <remedy>"``, the limit read from the error."""
+
+    def mapping(exc: Exception, _request: web.Request) -> ApiError:
+        assert isinstance(exc, CoinLimitReached | AlertLimitReached)
+        return ApiError(409, code, f"{what.format(limit=exc.limit)} ({setting}); {remedy}")
+
+    return mapping
+
+
+_coin_limit_reached = _limit_reached(
+    "coin_limit_reached", "a portfolio holds at most {limit} coins", "BFF_MAX_COINS_PER_USER", "remove one first"
+)
+_alert_limit_reached = _limit_reached(
+    "alert_limit_reached", "a user has at most {limit} alert rules", "BFF_MAX_ALERTS_PER_USER", "delete one first"
+)
 
 
 _AUTH_UNAVAILABLE = _fixed(503, "auth_unavailable", "the authentication service is unavailable")
@@ -117,6 +129,10 @@ DOMAIN_ERRORS: dict[type[Exception], ErrorMapping] = {
     CoinAlreadyHeld: _coin_already_held,
     CoinLimitReached: _coin_limit_reached,
     CoinNotHeld: _own_message(404, "coin_not_held"),
+    # alerts
+    InvalidAlert: _own_message(422, "invalid_alert"),
+    AlertNotFound: _own_message(404, "alert_not_found"),
+    AlertLimitReached: _alert_limit_reached,
     # market history (candles, indicators)
     InstrumentNotFound: _own_message(404, "unknown_symbol"),
     InvalidCandleQuery: _invalid_candle_query,

@@ -123,6 +123,7 @@ class PortfolioViews:
         items = [
             {
                 "id": entry.id,
+                "alert_id": entry.alert_id,
                 "symbol": entry.symbol,
                 "operation": entry.operation,
                 "old_quantity": None if entry.old_quantity is None else CONTEXT.normalize(entry.old_quantity),
@@ -143,24 +144,30 @@ class PortfolioViews:
     async def _idempotent(
         self, request: web.Request, claims: AccessClaims, respond: Callable[[], Awaitable[web.Response]]
     ) -> web.StreamResponse:
-        """``respond()`` at most once per ``Idempotency-Key`` of this user (:mod:`profile_bff.idempotency`);
-        without the header it simply runs. A retry gets the first answer, errors below 500 included, with
-        ``Idempotent-Replayed: true``."""
-        raw_key = request.headers.get("Idempotency-Key")
-        if raw_key is None:
-            return await respond()
-        key = idempotency.parse_key(raw_key)
-        request_hash = idempotency.fingerprint(request.method, request.path, await request.read())
-        first: list[web.StreamResponse] = []
+        return await run_idempotent(request, self._keys, claims.user_id, respond)
 
-        async def run() -> StoredAnswer:
-            response = await answer(request, respond)
-            first.append(response)
-            assert isinstance(response, web.Response)
-            return StoredAnswer(response.status, response.text)
 
-        stored, replayed = await self._keys.run(claims.user_id, key, request_hash, run)
-        return _replay(stored) if replayed else first[0]
+async def run_idempotent(
+    request: web.Request, keys: Idempotency, user_id: int, respond: Callable[[], Awaitable[web.Response]]
+) -> web.StreamResponse:
+    """``respond()`` at most once per ``Idempotency-Key`` of ``user_id`` (:mod:`profile_bff.idempotency`);
+    without the header it simply runs. A retry gets the first answer, errors below 500 included, with
+    ``Idempotent-Replayed: true``."""
+    raw_key = request.headers.get("Idempotency-Key")
+    if raw_key is None:
+        return await respond()
+    key = idempotency.parse_key(raw_key)
+    request_hash = idempotency.fingerprint(request.method, request.path, await request.read())
+    first: list[web.StreamResponse] = []
+
+    async def run() -> StoredAnswer:
+        response = await answer(request, respond)
+        first.append(response)
+        assert isinstance(response, web.Response)
+        return StoredAnswer(response.status, response.text)
+
+    stored, replayed = await keys.run(user_id, key, request_hash, run)
+    return _replay(stored) if replayed else first[0]
 
 
 def _coin_json(symbol: str, quantity: Decimal) -> dict[str, Any]:

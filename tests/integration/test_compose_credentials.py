@@ -117,7 +117,11 @@ def test_kafka_requires_sasl_on_the_listener_the_services_use(compose, secrets_d
     assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "PLAIN"
     assert kafka["KAFKA_OPTS"] == "-Djava.security.auth.login.config=/run/secrets/kafka_server_jaas.conf"
     jaas = (secrets_dir / "kafka_server_jaas.conf").read_text()
-    for service, prefix, user in (("aggregator", "AGGREGATOR_", "aggregator"), ("etl", "ETL_", "etl")):
+    for service, prefix, user in (
+        ("aggregator", "AGGREGATOR_", "aggregator"),
+        ("etl", "ETL_", "etl"),
+        ("profile_bff", "BFF_", "bff"),
+    ):
         env = environment(compose["services"][service])
         port = env[f"{prefix}KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1]
         assert any(address.endswith(f":{port}") for name, address in listeners.items() if name in reachable)
@@ -127,7 +131,7 @@ def test_kafka_requires_sasl_on_the_listener_the_services_use(compose, secrets_d
         assert env[f"{prefix}KAFKA_SASL_PASSWORD_FILE"] == f"/run/secrets/kafka_{user}_password"
         password = (secrets_dir / f"kafka_{user}_password").read_text()
         assert f'user_{user}="{password}"' in jaas
-    assert set(KAFKA_USERS) == {"aggregator", "etl"}
+    assert set(KAFKA_USERS) == {"aggregator", "etl", "bff"}
     assert "--command-config /run/secrets/kafka_admin.properties" in compose["services"]["kafka"]["healthcheck"]["test"][1]
 
 

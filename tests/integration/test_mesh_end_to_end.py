@@ -249,6 +249,51 @@ def test_the_mesh_grpc_servers_speak_mutual_tls_only_and_serve_each_its_one_clie
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_a_price_alert_reaches_the_socket_at_the_recorded_crossing_until_acknowledged(mesh, trade_recording):
+    """The README's alert journey: a price_above rule at a price the replay is about to cross upwards fires
+    at the close of the recorded second that crossed it; a new socket gets it again until it is
+    acknowledged."""
+    state, _env, _process, _log = mesh
+    bff = state["urls"]["bff"]
+    earliest, expected = recorded_seconds(trade_recording, {"btcusdt@trade"})
+    async with aiohttp.ClientSession() as http:
+        auth = await register_and_login(http, bff, "erin")
+        async with http.post(f"{bff}/v2/coin/symbol", headers=auth, json={"symbol": "btcusdt", "quantity": "1"}) as response:
+            assert response.status == 201
+        [profile] = await priced_profiles(http, state, auth, 1)
+        async with http.get(state["urls"]["exchange_info"]) as response:
+            replay = (await response.json())["recordings"][0]
+        # The price to watch: the close before the first rise of the recording 5 s or more from now (the
+        # replay loops), so that the price is sure to cross it upwards soon.
+        _loop, now = recorded_second(second_of(profile["Coins"]["PriceTimes"]["btcusdt"]), replay, earliest)
+        closes = sorted((second, fields["p"]) for (_, second), fields in expected.items())
+        ahead = [close for second, close in closes if second >= now + 5000] + [close for _, close in closes]
+        threshold = next(before for before, after in zip(ahead, ahead[1:]) if after > before)
+        rule = {"kind": "price_above", "symbol": "btcusdt", "price": str(threshold)}
+        async with http.post(f"{bff}/v2/user/alerts", headers=auth, json=rule) as response:
+            assert response.status == 201, await response.text()
+        async with http.ws_connect(state["urls"]["websocket"], headers=auth) as socket:
+            deadline = time.monotonic() + 90
+            alert = None
+            while alert is None and time.monotonic() < deadline:
+                message = await socket.receive_json(timeout=90)
+                alert = message if message.get("type") == "alert" else None
+        assert alert is not None
+        assert Decimal(alert["price"]) > Decimal(rule["price"])
+        _loop, second = recorded_second(alert["second"], replay, earliest)
+        assert Decimal(alert["price"]) == expected[("btcusdt", second)]["p"]
+        async with http.ws_connect(state["urls"]["websocket"], headers=auth) as socket:
+            # Sent at connect, with the profile snapshot (a price push may come between them).
+            seen = [(await socket.receive_json(timeout=10)).get("alert_id") for _ in range(2)]
+            while alert["alert_id"] not in seen and len(seen) < 5:
+                seen.append((await socket.receive_json(timeout=10)).get("alert_id"))
+        assert alert["alert_id"] in seen
+        async with http.post(f"{bff}/v2/user/alerts/events/{alert['alert_id']}/ack", headers=auth) as response:
+            assert response.status == 204
+        async with http.get(f"{bff}/v2/user/alerts/events?unacked=true", headers=auth) as response:
+            assert (await response.json())["items"] == []
+
+
 def test_ctrl_c_stops_every_process_of_the_mesh(mesh):
     state, _env, process, log_path = mesh
     process.send_signal(signal.SIGINT)
@@ -274,3 +319,4 @@ async def test_another_recording_of_aggregate_trades_prices_the_coins_it_has(
     replay, profiles = await hold_and_watch(state, "dot", quantities, 2)
     streams = {"dotusdt@aggTrade"}
     assert assert_priced_as_recorded(profiles, quantities, replay, agg_trade_recording, streams) >= 2
+

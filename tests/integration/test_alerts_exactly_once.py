@@ -1,0 +1,200 @@
+"""Alert firings on the shipped trade recording, exactly once in effect: the recording's SecondStats (computed
+from its frames, as the aggregator publishes them: tests/support/recordings.py) are written to a Kafka topic
+while evaluators consume it in one group, and evaluators are killed six times (cancelled without a clean
+stop: half at random moments, half right after a batch is stored and before its offsets are committed, the
+window where a redelivery must fire nothing twice), each time restarted; at the last kill a second replica
+stands by in the group and takes the partition over. Afterwards the stored firings equal an independent
+computation from the recording: which rule, which second, which price, each once, none invented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+import uuid
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+from support.credentials import redis_user_url
+from support.databases import new_database
+from support.polling import eventually
+from support.recordings import recorded_seconds
+
+from crypto_mesh import jsonutil
+from crypto_mesh.kafka import ensure_topics
+from profile_bff.alertrules import RuleSpec
+from profile_bff.alertstore import AlertStore
+from profile_bff.evaluator import AlertEvaluator, EvaluatorSettings
+from profile_bff.store import MarketBus, ProfileStore
+from aiokafka import AIOKafkaProducer
+
+KILLS = 6
+USER = 1
+BTC, ETH = "btcusdt", "ethusdt"
+
+
+class CrashingStore(AlertStore):
+    """The alert store of an evaluator that dies right after a batch is stored when told to: its task is
+    cancelled before the offsets are committed."""
+
+    crash_task: asyncio.Task | None = None
+
+    async def commit_batch(self, *args, **kwargs):
+        stored = await super().commit_batch(*args, **kwargs)
+        task = asyncio.current_task()
+        if task is not None and task is self.crash_task:
+            self.crash_task = None
+            task.cancel()
+        return stored
+
+
+def reference_firings(rule: RuleSpec, seconds: list[tuple[int, Decimal]], quantity: Decimal) -> list[tuple[int, Decimal]]:
+    """(second, close) of each firing of ``rule`` over one symbol's ``seconds`` (time order), computed apart
+    from profile_bff/crossing.py: Fractions, the close ``window`` ago by a backward scan."""
+    fired: list[tuple[int, Decimal]] = []
+    previous: bool | None = None
+    last_fired: int | None = None
+    threshold = Fraction(rule.threshold)
+    for index, (second, close) in enumerate(seconds):
+        price = Fraction(close)
+        if rule.kind == "change_percent":
+            older = [c for t, c in seconds[: index + 1] if t <= second - rule.window_s * 1000]
+            if not older or older[-1] == 0:
+                side = None
+            else:
+                change = (price - Fraction(older[-1])) / Fraction(older[-1]) * 100
+                side = change >= threshold if threshold > 0 else change <= threshold
+        elif rule.kind.startswith("portfolio_total"):
+            total = price * Fraction(quantity)
+            side = total > threshold if rule.kind.endswith("above") else total < threshold
+        else:
+            side = price > threshold if rule.kind == "price_above" else price < threshold
+        if previous is False and side is True:
+            cooled = last_fired is None or second >= last_fired + rule.cooldown_s * 1000
+            if cooled and not (rule.repeat == "once" and fired):
+                fired.append((second, close))
+                last_fired = second
+        previous = side
+    return fired
+
+
+@pytest.fixture
+async def stores(postgres):
+    store = ProfileStore(new_database(postgres, "alerts"))
+    await store.migrate()
+    await store.ensure_profile(USER, "trader")
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores, redis_url, kafka_bootstrap, trade_recording):
+    earliest, recorded = recorded_seconds(trade_recording)
+    # Shifted to start 2 s from now, as the replay exchange shifts a recording: after the rules were made.
+    shift = (int(time.time()) + 2) * 1000 - earliest
+    by_symbol: dict[str, list[tuple[int, Decimal]]] = {}
+    for (symbol, second), fields in sorted(recorded.items(), key=lambda item: (item[0][1], item[0][0])):
+        by_symbol.setdefault(symbol, []).append((second + shift, fields["p"]))
+    btc_median = statistics.median(close for _, close in by_symbol[BTC])
+    eth_median = statistics.median(close for _, close in by_symbol[ETH])
+    quantity = Decimal("2.5")
+    rules = [
+        (BTC, RuleSpec("price_above", BTC, btc_median, None, "every_crossing", 0)),
+        (BTC, RuleSpec("price_below", BTC, btc_median, None, "every_crossing", 30)),
+        (ETH, RuleSpec("price_above", ETH, eth_median, None, "once", 0)),
+        (ETH, RuleSpec("change_percent", ETH, Decimal("0.05"), 60, "every_crossing", 0)),
+        (BTC, RuleSpec("change_percent", BTC, Decimal("-0.05"), 120, "every_crossing", 0)),
+        (BTC, RuleSpec("portfolio_total_above", None, btc_median * quantity, None, "every_crossing", 0)),
+    ]
+    await stores.add_coin(USER, BTC, quantity)
+    alerts = CrashingStore(stores)
+    ids = {}
+    for symbol, spec in rules:
+        ids[(await alerts.create_rule(USER, spec, None, max_rules=50)).id] = (symbol, spec)
+    expected = {
+        (rule_id, second, close)
+        for rule_id, (symbol, spec) in ids.items()
+        for second, close in reference_firings(spec, by_symbol[symbol], quantity)
+    }
+    assert len(expected) > 20  # the recording crosses these thresholds often
+
+    topic = f"alerts-once-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_bootstrap, {topic: 1})
+    settings = EvaluatorSettings(
+        kafka_bootstrap, topic, f"alerts-{uuid.uuid4().hex[:8]}", session_timeout_ms=3000, refresh_s=0.2
+    )
+    bus = MarketBus(redis_user_url(redis_url, "bff"))
+    records = sorted(
+        ((second, symbol, close) for symbol, seconds in by_symbol.items() for second, close in seconds)
+    )
+    rng = random.Random(20261130)
+    replicas: list[tuple[AlertEvaluator, asyncio.Task]] = []
+
+    def start_replica() -> None:
+        evaluator = AlertEvaluator(settings, alerts, bus)
+        replicas.append((evaluator, asyncio.create_task(evaluator.run())))
+
+    def owner() -> tuple[AlertEvaluator, asyncio.Task] | None:
+        """The live replica the group assigned the partition to."""
+        for evaluator, task in replicas:
+            if not task.done() and evaluator.partitions:
+                return evaluator, task
+        return None
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+
+    async def produce(part) -> None:
+        for start in range(0, len(part), 10):
+            for second, symbol, close in part[start : start + 10]:
+                value = jsonutil.dumps({"s": symbol, "t": second, "p": str(close)})
+                await producer.send(topic, key=symbol.encode(), value=value)
+            await producer.flush()
+            await asyncio.sleep(0.005)  # the replay plays on while an evaluator dies
+
+    size = len(records) // (KILLS + 1) + 1
+    parts = [records[i : i + size] for i in range(0, len(records), size)]
+    try:
+        start_replica()
+        for kill in range(KILLS):
+            if kill == KILLS - 1:
+                start_replica()  # a second replica in the group: it takes over from the one killed now
+            evaluator, task = await eventually(owner, timeout_s=60, what="a replica holding the partition")
+            before = evaluator.records
+            if kill % 2:
+                alerts.crash_task = task  # dies right after storing its next batch, offsets not committed
+                await produce(parts[kill])
+                await eventually(task.done, timeout_s=30, what="a crash after a stored batch")
+            else:
+                producing = asyncio.create_task(produce(parts[kill]))
+                await eventually(lambda: evaluator.records > before, timeout_s=30, what="records evaluated")
+                await asyncio.sleep(rng.uniform(0, 0.05))
+                task.cancel()
+                await producing
+            await asyncio.gather(task, return_exceptions=True)
+            if kill < KILLS - 1:
+                start_replica()  # the next evaluator, alone in the group (a restart)
+        await produce(parts[KILLS])
+
+        async def all_stored() -> bool:
+            stored = {(f.rule_id, f.second, f.price) for f in await alerts.firings(USER, before_seq=None, limit=1000)}
+            return stored == expected
+
+        await eventually(all_stored, timeout_s=60, what="every expected firing stored")
+        firings = await alerts.firings(USER, before_seq=None, limit=1000)
+        assert len(firings) == len(expected)
+        await eventually(lambda: _all_published(alerts), what="every firing published")
+    finally:
+        await producer.stop()
+        for _, task in replicas:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in replicas), return_exceptions=True)
+        await bus.close()
+
+
+async def _all_published(alerts: AlertStore) -> bool:
+    return not await alerts.unpublished(10)
