@@ -20,7 +20,7 @@ Every tracked symbol's trade stream is watched from the moment it is tracked: on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -81,10 +81,11 @@ class Feeds:
         tickers: TickerIntake,
         watchdog: StreamWatchdog,
         backfill_timeout_s: float = 2.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self._backfill_timeout_s = backfill_timeout_s
         self._fills: set[asyncio.Task] = set()
-        self._channel = tls_channel(target, tls, SOCKET_PROXY, options=CHANNEL_OPTIONS)
+        self._channel = tls_channel(target, tls, SOCKET_PROXY, options=CHANNEL_OPTIONS, interceptors=interceptors)
         self._stub = socket_pb2_grpc.SocketProxyStub(self._channel)
         self._kinds = streams
         self._trades = trades
