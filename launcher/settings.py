@@ -62,6 +62,10 @@ ETL_TOKEN_FILE = "etl_api_token"
 #: (:class:`crypto_mesh.settings.MetricsPortSettings`); the aggregator's and the ETL's ``/metrics`` take their
 #: API's token.
 METRICS_TOKEN_FILE = "metrics_token"
+#: The password of Grafana's ``admin`` user in compose's ``monitoring`` profile.
+GRAFANA_ADMIN_PASSWORD_FILE = "grafana_admin_password"
+#: The secret files of compose's ``monitoring`` profile, made by ``crypto-mesh secrets``.
+MONITORING_SECRET_FILES = (METRICS_TOKEN_FILE, GRAFANA_ADMIN_PASSWORD_FILE)
 
 
 def read_state(data_dir: Path) -> dict:
