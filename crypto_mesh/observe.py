@@ -267,7 +267,6 @@ class GrpcServerObserver(grpc.aio.ServerInterceptor):
             else:
                 code = context.code() or grpc.StatusCode.OK
             finally:
-                code = grpc.StatusCode(code) if not isinstance(code, grpc.StatusCode) else code
                 duration_s = time.perf_counter() - started
                 if self._metrics is not None:
                     self._metrics.observe(method, code, duration_s)

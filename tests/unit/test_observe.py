@@ -48,10 +48,16 @@ async def echo_server():
     async def request_id(_request: bytes, _context) -> bytes:
         return (current_request_id() or "").encode()
 
+    async def refuse(_request: bytes, context) -> bytes:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
     metrics = GrpcMetrics("echo", "server")
     server = grpc.aio.server(interceptors=[GrpcServerObserver(metrics, access_log=True)])
-    handler = grpc.unary_unary_rpc_method_handler(request_id)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", {"RequestId": handler}),))
+    handlers = {
+        "RequestId": grpc.unary_unary_rpc_method_handler(request_id),
+        "Refuse": grpc.unary_unary_rpc_method_handler(refuse),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield port, metrics
@@ -123,3 +129,15 @@ async def test_routes_count_by_template_and_rpcs_by_method_and_code(edge):
     assert found[f'edge_grpc_client_handled_total{{grpc_code=OK,grpc_method={METHOD}}}'] == 2
     assert found[f'echo_grpc_server_handled_total{{grpc_code=OK,grpc_method={METHOD}}}'] == 2
     assert found[f'echo_grpc_server_handling_seconds_count{{grpc_method={METHOD}}}'] == 2
+
+
+async def test_a_refused_rpc_counts_as_an_error_by_its_code_on_both_sides(echo_server):
+    port, server_metrics = echo_server
+    client_metrics = GrpcMetrics("caller", "client")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=client_observers(client_metrics)) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await channel.unary_unary("/test.Echo/Refuse")(b"")
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    found = samples(client_metrics, server_metrics)
+    assert found["caller_grpc_client_handled_total{grpc_code=NOT_FOUND,grpc_method=/test.Echo/Refuse}"] == 1
+    assert found["echo_grpc_server_handled_total{grpc_code=NOT_FOUND,grpc_method=/test.Echo/Refuse}"] == 1
