@@ -1,5 +1,6 @@
 """A login traced through the BFF and auth (crypto_mesh.tracing), exported with OTLP/HTTP to a receiver of this
-test: one trace id from the BFF's HTTP span to auth's gRPC span, each a descendant of the one before."""
+test: one trace id from the BFF's HTTP span to auth's gRPC span, each a descendant of the one before. And the
+BFF's request id: its own, whatever a client that is no trusted proxy sends."""
 
 from __future__ import annotations
 
@@ -117,3 +118,11 @@ async def test_a_login_is_one_trace_from_the_bffs_route_to_auths_rpc(traced):
     # auth's server span ← the BFF's gRPC client span ← ... ← the BFF's HTTP server span.
     assert ancestors and ancestors[0].kind == Span.SPAN_KIND_CLIENT and ancestors[0].name.endswith(LOGIN_RPC)
     assert edge in ancestors
+
+
+async def test_the_bff_answers_its_own_request_id_to_a_client_that_is_no_trusted_proxy(traced):
+    bff, _tracing, _spans = traced
+    async with bff.http.get(f"{bff.url}/v1/instruments/BTCUSDT", headers={REQUEST_ID_HEADER: "chosen-by-client"}) as response:
+        assert response.status == 200
+        given = response.headers[REQUEST_ID_HEADER]
+    assert given and given != "chosen-by-client"
