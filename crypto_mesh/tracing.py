@@ -9,7 +9,8 @@ trace, with W3C Trace Context propagated between the services:
   ``traceparent`` continued) and aiohttp clients (``-aiohttp-client``: the BFF's calls to the aggregator and the
   ETL, ``traceparent`` sent);
 - gRPC servers and channels of ``grpc.aio`` (``-grpc``: auth, socket_proxy and their callers; the trace context
-  travels in the call's metadata);
+  travels in the call's metadata; socket_proxy's market streams only on their callers' side,
+  :data:`UNTRACED_SERVER_METHODS`);
 - redis-py (``-redis``) and aiokafka (``-aiokafka``: producer spans inject the context into the record's
   headers, consumer spans link to it).
 
@@ -31,6 +32,14 @@ log = get_logger(__name__)
 
 #: The standard variable that turns tracing on (OpenTelemetry's OTLP exporter specification).
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
+#: Server-streaming methods whose handlers send with ``context.write()`` (socket_proxy's market streams): the gRPC
+#: instrumentation's server interceptor takes every streaming handler for an async generator and would fail them
+#: (``'async for' requires an object with __aiter__``). They are not traced on the server side (a span of a stream
+#: that lives for hours would say little); their callers' client spans remain.
+UNTRACED_SERVER_METHODS = (
+    "/crypto.socket.v1.SocketProxy/StreamTrades",
+    "/crypto.socket.v1.SocketProxy/StreamMiniTickers",
+)
 
 
 @dataclass
@@ -64,7 +73,7 @@ def configure_tracing(service: str, endpoint: str | None = None) -> Tracing | No
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
     from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer, filters
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -78,7 +87,9 @@ def configure_tracing(service: str, endpoint: str | None = None) -> Tracing | No
     for instrumentor in (
         AioHttpServerInstrumentor(),
         AioHttpClientInstrumentor(),
-        GrpcAioInstrumentorServer(),
+        GrpcAioInstrumentorServer(
+            filter_=filters.negate(filters.any_of(*map(filters.full_method_name, UNTRACED_SERVER_METHODS)))
+        ),
         GrpcAioInstrumentorClient(),
         RedisInstrumentor(),
         AIOKafkaInstrumentor(),

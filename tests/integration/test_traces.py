@@ -19,8 +19,13 @@ from support.bff import PASSWORD, new_name
 from support.polling import eventually
 from support.stacks import serve_stack
 
+from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.observe import REQUEST_ID_HEADER
+from crypto_mesh.pki import AGGREGATOR, SOCKET_PROXY
+from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from crypto_mesh.tracing import configure_tracing
+from socket_proxy.server import start as start_proxy
+from socket_proxy.settings import ProxySettings
 
 LOGIN_RPC = "crypto.auth.v1.Auth/Login"
 
@@ -126,3 +131,21 @@ async def test_the_bff_answers_its_own_request_id_to_a_client_that_is_no_trusted
         assert response.status == 200
         given = response.headers[REQUEST_ID_HEADER]
     assert given and given != "chosen-by-client"
+
+
+async def test_socket_proxys_market_streams_flow_while_traced(traced, exchange, mesh_pki):
+    assert traced  # the instrumentation is on
+    # The gRPC instrumentation's server side takes streaming handlers for async generators; socket_proxy's write
+    # with context.write() and must be left out of it (crypto_mesh.tracing.UNTRACED_SERVER_METHODS).
+    proxy = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url))
+    try:
+        async with tls_channel(f"127.0.0.1:{proxy.port}", mesh_pki[AGGREGATOR].load(), SOCKET_PROXY) as channel:
+            stub = socket_pb2_grpc.SocketProxyStub(channel)
+            tickers = stub.StreamMiniTickers(socket_pb2.MiniTickerStreamRequest())
+            trades = stub.StreamTrades(socket_pb2.TradeStreamRequest(symbol="BTCUSDT"))
+            for call in (tickers, trades):
+                message = await call.read()
+                assert message.data, message
+                call.cancel()
+    finally:
+        await proxy.stop()
