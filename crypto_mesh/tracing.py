@@ -36,6 +36,10 @@ ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
 #: instrumentation's server interceptor takes every streaming handler for an async generator and would fail them
 #: (``'async for' requires an object with __aiter__``). They are not traced on the server side (a span of a stream
 #: that lives for hours would say little); their callers' client spans remain.
+#: Seconds an export may take (each batch, and the last one at exit) unless ``OTEL_EXPORTER_OTLP_TIMEOUT`` or
+#: ``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`` says otherwise (OpenTelemetry's default, 10 s, would hold a stopping
+#: service that long when the collector is down: ``crypto-mesh up`` kills a service still running after 5 s).
+EXPORT_TIMEOUT_S = 2.0
 UNTRACED_SERVER_METHODS = (
     "/crypto.socket.v1.SocketProxy/StreamTrades",
     "/crypto.socket.v1.SocketProxy/StreamMiniTickers",
@@ -80,7 +84,10 @@ def configure_tracing(service: str, endpoint: str | None = None) -> Tracing | No
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
-    exporter = OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
+    timeout_set = {"OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"} & set(os.environ)
+    exporter = OTLPSpanExporter(
+        endpoint=endpoint.rstrip("/") + "/v1/traces", timeout=None if timeout_set else EXPORT_TIMEOUT_S
+    )
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     tracing = Tracing(provider)
