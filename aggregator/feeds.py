@@ -30,6 +30,7 @@ from aggregator.intake import TickerIntake, TradeIntake, now_ms
 from aggregator.watchdog import StreamWatchdog, check_interval_s
 from crypto_mesh.binance import AGG_TRADE, MINI_TICKER_ALL, TRADE, trade_stream
 from crypto_mesh.grpc_tls import tls_channel
+from crypto_mesh.observe import detached_task
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import SOCKET_PROXY, MeshTls
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
@@ -121,7 +122,8 @@ class Feeds:
             watchdog.frame(stream, received_ms)
             self._trades.on_frames(symbol, frames, received_ms)
 
-        task = asyncio.create_task(
+        # Started by a follower's request, it serves every follower: none of their request ids or traces.
+        task = detached_task(
             self._follow(
                 stream,
                 lambda: self._stub.StreamTrades(request),

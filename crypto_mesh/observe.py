@@ -30,13 +30,14 @@ duration in ms and peer, through structlog (JSON with ``<PREFIX>LOG_FORMAT=json`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -61,6 +62,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 UNMATCHED = "unmatched"
 
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+T = TypeVar("T")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -181,6 +184,13 @@ def observe_http(
                     )
 
     return observe
+
+
+def detached_task(coroutine: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+    """Run ``coroutine`` as a task that outlives the request that starts it (an upstream connection, a market
+    stream), in an empty context: its log lines carry no request id and its spans join no request's trace, where
+    ``asyncio.create_task`` would copy both from the request for the task's whole life."""
+    return asyncio.get_running_loop().create_task(coroutine, name=name, context=contextvars.Context())
 
 
 async def set_request_id_on_prepare(_request: web.Request, response: web.StreamResponse) -> None:

@@ -4,6 +4,8 @@ the access log lines of both, and each hop is counted by its route template or m
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 import structlog
@@ -19,7 +21,9 @@ from crypto_mesh.observe import (
     HttpMetrics,
     client_observers,
     current_request_id,
+    detached_task,
     observe_http,
+    request_context,
     valid_request_id,
 )
 
@@ -141,3 +145,15 @@ async def test_a_refused_rpc_counts_as_an_error_by_its_code_on_both_sides(echo_s
     found = samples(client_metrics, server_metrics)
     assert found["caller_grpc_client_handled_total{grpc_code=NOT_FOUND,grpc_method=/test.Echo/Refuse}"] == 1
     assert found["echo_grpc_server_handled_total{grpc_code=NOT_FOUND,grpc_method=/test.Echo/Refuse}"] == 1
+
+
+async def test_a_task_that_outlives_its_request_carries_no_request_id():
+    async def request_id_seen() -> str | None:
+        await asyncio.sleep(0)
+        return current_request_id()
+
+    async with request_context("the-request"):
+        inherited = asyncio.create_task(request_id_seen())
+        detached = detached_task(request_id_seen())
+    assert await inherited == "the-request"
+    assert await detached is None
