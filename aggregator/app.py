@@ -35,6 +35,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.httperrors import ApiError, error_middleware
 from crypto_mesh.logs import get_logger
+from crypto_mesh.observe import observe_http
 from crypto_mesh.metrics import add_metrics_route
 from crypto_mesh.service import Lifecycle, Running, start_service
 from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
@@ -92,6 +93,7 @@ def create_app(service: AggregatorService, api_tokens: tuple[str, ...]) -> web.A
     one of ``api_tokens``."""
     app = web.Application(
         middlewares=[
+            observe_http(service.http_metrics, access_log=service.access_log),
             bearer_token_middleware(api_tokens, realm="aggregator"),
             error_middleware({RedisError: _redis_unavailable, OSError: _redis_unavailable}),
         ]

@@ -20,7 +20,7 @@ Every tracked symbol's trade stream is watched from the moment it is tracked: on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -30,6 +30,7 @@ from aggregator.intake import TickerIntake, TradeIntake, now_ms
 from aggregator.watchdog import StreamWatchdog, check_interval_s
 from crypto_mesh.binance import AGG_TRADE, MINI_TICKER_ALL, TRADE, trade_stream
 from crypto_mesh.grpc_tls import tls_channel
+from crypto_mesh.observe import detached_task
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import SOCKET_PROXY, MeshTls
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
@@ -81,10 +82,11 @@ class Feeds:
         tickers: TickerIntake,
         watchdog: StreamWatchdog,
         backfill_timeout_s: float = 2.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self._backfill_timeout_s = backfill_timeout_s
         self._fills: set[asyncio.Task] = set()
-        self._channel = tls_channel(target, tls, SOCKET_PROXY, options=CHANNEL_OPTIONS)
+        self._channel = tls_channel(target, tls, SOCKET_PROXY, options=CHANNEL_OPTIONS, interceptors=interceptors)
         self._stub = socket_pb2_grpc.SocketProxyStub(self._channel)
         self._kinds = streams
         self._trades = trades
@@ -120,7 +122,8 @@ class Feeds:
             watchdog.frame(stream, received_ms)
             self._trades.on_frames(symbol, frames, received_ms)
 
-        task = asyncio.create_task(
+        # Started by a follower's request, it serves every follower: none of their request ids or traces.
+        task = detached_task(
             self._follow(
                 stream,
                 lambda: self._stub.StreamTrades(request),

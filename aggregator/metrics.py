@@ -22,7 +22,10 @@ they added),
 ``upstream_reconnects_total``, ``stale_stream_periods_total`` (times a followed symbol's trade stream went
 stale, :mod:`aggregator.watchdog`); gauges ``redis_pending``, ``redis_tickers_pending`` (symbols whose ticker
 waits), ``kafka_queue_depth``, ``tracked_symbols``, ``window_symbols`` (symbols with window state),
-``stale_streams`` (followed trade streams stale now).
+``stale_streams`` (followed trade streams stale now). And the series every service has
+(:mod:`crypto_mesh.observe`, :class:`crypto_mesh.metrics.RedisMetrics`): ``http_requests_total``,
+``http_request_duration_seconds`` (control API), ``grpc_client_handled_total``, ``grpc_client_handling_seconds``
+(streams and trade history from socket_proxy), ``redis_command_duration_seconds``, ``redis_command_errors_total``.
 """
 
 from __future__ import annotations
@@ -168,5 +171,14 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
 
 
 def registry_for(service: AggregatorService) -> CollectorRegistry:
-    """A registry of its own with the series of :data:`METRICS` and the publish latency histogram."""
-    return metrics_registry("aggregator", METRICS, service, service.publisher.latency)
+    """A registry of its own with the series of :data:`METRICS`, the publish latency histogram, the RED series
+    of the control API and of the streams from socket_proxy, and the Redis client's series."""
+    return metrics_registry(
+        "aggregator",
+        METRICS,
+        service,
+        service.publisher.latency,
+        *service.http_metrics.collectors,
+        *service.grpc_metrics.collectors,
+        *service.redis_metrics.collectors,
+    )

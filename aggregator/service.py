@@ -19,6 +19,8 @@ from aggregator.settings import AggregatorSettings
 from aggregator.store import FollowerStore, StatPublisher, TickerProducer, TickerStore, connect_redis
 from aggregator.watchdog import StreamWatchdog
 from crypto_mesh.logs import get_logger
+from crypto_mesh.metrics import RedisMetrics
+from crypto_mesh.observe import GrpcMetrics, HttpMetrics, client_observers
 from crypto_mesh.pki import MeshTls
 from crypto_mesh.retry import retrying
 
@@ -41,7 +43,13 @@ class AggregatorService:
     """
 
     def __init__(self, settings: AggregatorSettings, tls: MeshTls) -> None:
-        self.redis: redis.Redis = connect_redis(settings.redis_url.get_secret_value())
+        #: The RED series of the control API and of the streams from socket_proxy, the Redis client's series
+        #: (:mod:`aggregator.metrics`); ``AGGREGATOR_ACCESS_LOG``.
+        self.http_metrics = HttpMetrics("aggregator")
+        self.grpc_metrics = GrpcMetrics("aggregator", "client")
+        self.redis_metrics = RedisMetrics("aggregator")
+        self.access_log = settings.access_log
+        self.redis: redis.Redis = self.redis_metrics.instrument(connect_redis(settings.redis_url.get_secret_value()))
         self.followers = FollowerStore(self.redis)
         self.publisher = StatPublisher(self.redis)
         kafka_options = settings.kafka_client_options()
@@ -67,6 +75,7 @@ class AggregatorService:
             self.tickers,
             StreamWatchdog(round(settings.stale_stream_s * 1000)),
             backfill_timeout_s=settings.backfill_timeout_ms / 1000,
+            interceptors=client_observers(self.grpc_metrics),
         )
         # Skipped trades are fetched back through socket_proxy, the intake holding the symbol meanwhile.
         self.trades.backfill = self.feeds.backfill

@@ -13,6 +13,7 @@ and turns health ``SERVING``. Stopping undoes it in reverse: the maintenance tas
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from auth.errors import (
     Unauthenticated,
     Unavailable,
 )
+from auth.metrics import registry_for
 from auth.passwords import PasswordHasher
 from auth.service import AuthService
 from auth.sessions import SessionPolicy
@@ -43,6 +45,8 @@ from auth.tokens import TokenIssuer, load_private_key, load_public_keys
 from auth.users import Accounts, Tokens
 from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.logs import get_logger
+from crypto_mesh.metrics import serve_metrics_port
+from crypto_mesh.observe import GrpcMetrics, GrpcServerObserver
 from crypto_mesh.pki import PROFILE_BFF
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
 from crypto_mesh.retry import retrying
@@ -299,6 +303,8 @@ async def _build(settings: AuthSettings, lifecycle: Lifecycle) -> tuple[int, Aut
         ),
     )
 
+    service = AuthService(accounts, hasher, engine, GrpcMetrics("auth", "server"))
+    metrics_port = await serve_metrics_port(lifecycle, registry_for(service), settings.host, settings)
     health_servicer = health.aio.HealthServicer()
     server, port = tls_server(
         tls,
@@ -307,11 +313,12 @@ async def _build(settings: AuthSettings, lifecycle: Lifecycle) -> tuple[int, Aut
         {SERVICE_NAME: CALLERS},
         options=[("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        interceptors=[GrpcServerObserver(service.grpc_metrics, access_log=settings.access_log)],
     )
     server.add_generic_rpc_handlers((auth_handler(AuthServicer(accounts)),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await lifecycle.serve_grpc(server, health_servicer, (SERVICE_NAME,), grace_s=STOP_GRACE_S, serving=False)
-    log.info("auth_listening", host=settings.host, port=port, kid=issuer.kid)
+    log.info("auth_listening", host=settings.host, port=port, kid=issuer.kid, metrics_port=metrics_port)
 
     ready = asyncio.get_running_loop().create_future()
     maintenance = lifecycle.task(
@@ -321,7 +328,7 @@ async def _build(settings: AuthSettings, lifecycle: Lifecycle) -> tuple[int, Aut
     if not ready.done():
         maintenance.result()  # it ended before the service was ready: raise what ended it
         raise RuntimeError("auth maintenance task ended before the service was ready")
-    return port, AuthService(accounts, hasher)
+    return port, dataclasses.replace(service, metrics_port=metrics_port)
 
 
 async def _maintain(

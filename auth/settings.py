@@ -8,13 +8,13 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from crypto_mesh.settings import MeshTlsSettings
+from crypto_mesh.settings import MeshTlsSettings, MetricsPortSettings
 from crypto_mesh.throttle import Rate, check_name_budgets
 
 RateSetting = Annotated[Rate, NoDecode, BeforeValidator(Rate.parse)]
 
 
-class AuthSettings(MeshTlsSettings):
+class AuthSettings(MeshTlsSettings, MetricsPortSettings):
     """Where the auth service listens, its database, its signing key and its token lifetimes.
 
     Environment (``AUTH_`` prefix):
@@ -47,7 +47,9 @@ class AuthSettings(MeshTlsSettings):
     - ``TLS_CA_FILE``, ``TLS_CERT_FILE``, ``TLS_KEY_FILE`` (required): the mesh CA and the ``auth`` identity's
       certificate and key; the server speaks mutual TLS only and serves the ``profile_bff`` identity (see
       :class:`crypto_mesh.settings.MeshTlsSettings`, docs/SECURITY.md).
-    - ``LOG_LEVEL``, ``LOG_FORMAT``: see :class:`crypto_mesh.settings.ServiceSettings`.
+    - ``METRICS_PORT``, ``METRICS_TOKEN_FILE``: Prometheus ``GET /metrics`` on a port of its own
+      (:class:`crypto_mesh.settings.MetricsPortSettings`, :mod:`auth.metrics`).
+    - ``LOG_LEVEL``, ``LOG_FORMAT``, ``ACCESS_LOG``: see :class:`crypto_mesh.settings.ServiceSettings`.
     """
 
     model_config = SettingsConfigDict(env_prefix="AUTH_", extra="ignore", frozen=True)

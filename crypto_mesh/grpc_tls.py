@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +72,22 @@ def _server_name(server_identity: str) -> tuple[str, str]:
 
 
 def tls_channel(
-    target: str, tls: MeshTls, server_identity: str, options: Sequence[tuple[str, object]] = ()
+    target: str,
+    tls: MeshTls,
+    server_identity: str,
+    options: Sequence[tuple[str, object]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """A ``grpc.aio`` channel to ``target`` (``host:port``) over mutual TLS: it presents ``tls``'s certificate
     and accepts only a server certified by ``tls``'s CAs with ``server_identity`` (``auth``,
-    ``socket_proxy``) among its DNS names. ``options`` are other gRPC channel arguments. The channel connects
+    ``socket_proxy``) among its DNS names. ``options`` are other gRPC channel arguments, ``interceptors`` its
+    client interceptors (:func:`crypto_mesh.observe.client_observers`). The channel connects
     lazily; a failed handshake surfaces as ``UNAVAILABLE`` on the calls."""
     return grpc.aio.secure_channel(
-        target, channel_credentials(tls), options=[*options, _server_name(server_identity)]
+        target,
+        channel_credentials(tls),
+        options=[*options, _server_name(server_identity)],
+        interceptors=list(interceptors) or None,
     )
 
 
@@ -134,20 +143,26 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         service = method.lstrip("/").split("/", 1)[0]
 
-        async def admit(context: grpc.aio.ServicerContext) -> None:
+        @asynccontextmanager
+        async def admit(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
             identity = caller_identity(context.auth_context())
             refused = refusal(identity, service, self._callers)
             if refused is not None:
                 log.warning("grpc_caller_refused", caller=identity, method=method, peer=context.peer(),
                             code=refused.code.name)
                 await context.abort(refused.code, refused.message)
+            yield
 
-        return _guarded(handler, admit)
+        return wrap_handler(handler, admit)
 
 
-def _guarded(handler: grpc.RpcMethodHandler, admit) -> grpc.RpcMethodHandler:
-    """``handler`` with ``await admit(context)`` run before its behaviour, keeping its kind (the aio server
-    tells a coroutine handler from an async-generator one by inspecting the function)."""
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    around: Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager[None]],
+) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour run inside ``async with around(context)`` (which may abort the call
+    before it runs, or see how it ended), keeping its kind (the aio server tells a coroutine handler from an
+    async-generator one by inspecting the function). For the server interceptors of the mesh."""
     if handler.request_streaming and handler.response_streaming:
         behaviour, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
     elif handler.request_streaming:
@@ -159,21 +174,21 @@ def _guarded(handler: grpc.RpcMethodHandler, admit) -> grpc.RpcMethodHandler:
 
     if inspect.isasyncgenfunction(behaviour):
 
-        async def guarded(request, context):
-            await admit(context)
-            async for response in behaviour(request, context):
-                yield response
+        async def wrapped(request, context):
+            async with around(context):
+                async for response in behaviour(request, context):
+                    yield response
 
     elif inspect.iscoroutinefunction(behaviour):
 
-        async def guarded(request, context):
-            await admit(context)
-            return await behaviour(request, context)
+        async def wrapped(request, context):
+            async with around(context):
+                return await behaviour(request, context)
 
     else:
         raise TypeError(f"mesh gRPC handlers must be async: {behaviour!r}")
     return factory(
-        guarded,
+        wrapped,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
@@ -187,16 +202,18 @@ def tls_server(
     *,
     options: Sequence[tuple[str, object]] = (),
     maximum_concurrent_rpcs: int | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """A ``grpc.aio`` server bound (not started) to ``host:port`` over mutual TLS with ``tls``, whose calls
     pass :class:`PeerIdentityInterceptor` with ``callers`` (service full name → allowed identities).
 
     ``port`` 0 picks a free port; returns the server and the bound port. ``options`` and
-    ``maximum_concurrent_rpcs`` are ``grpc.aio.server``'s. Raises ``RuntimeError`` if the port cannot be
+    ``maximum_concurrent_rpcs`` are ``grpc.aio.server``'s; ``interceptors`` run before the identity check
+    (:class:`crypto_mesh.observe.GrpcServerObserver`, which counts refused calls too). Raises ``RuntimeError`` if the port cannot be
     bound.
     """
     server = grpc.aio.server(
-        interceptors=[PeerIdentityInterceptor(callers)],
+        interceptors=[*interceptors, PeerIdentityInterceptor(callers)],
         options=list(options),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )

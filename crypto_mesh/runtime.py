@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from crypto_mesh.logs import configure_logging, get_logger
 from crypto_mesh.service import Running
 from crypto_mesh.settings import ServiceSettings
+from crypto_mesh.tracing import configure_tracing
 
 log = get_logger(__name__)
 
@@ -101,8 +102,8 @@ def run_service(
     *,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> None:
-    """``python -m <service>``: read ``settings_class`` from the environment, configure logging as ``name``,
-    and serve with ``start`` until SIGTERM/SIGINT, in a loop made by ``loop_factory`` (``None``: asyncio's
+    """``python -m <service>``: read ``settings_class`` from the environment, configure logging and, with
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``, tracing (:mod:`crypto_mesh.tracing`) as ``name``, and serve with ``start`` until SIGTERM/SIGINT, in a loop made by ``loop_factory`` (``None``: asyncio's
     default loop).
 
     Settings that are missing or invalid end the process with exit status 2 and one line per problem that
@@ -117,6 +118,7 @@ def run_service(
             print(f"{name}: setting {variable}: {problem['msg']}", file=sys.stderr)
         sys.exit(2)
     configure_logging(name, settings.log_level, settings.log_format)
+    configure_tracing(name)
     run_until_stopped(lambda stop: serve_until(start, settings, stop), loop_factory=loop_factory)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import FilePath
+from pydantic import Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crypto_mesh.pki import MeshTls, load_tls
@@ -23,8 +23,10 @@ SECRETS_DIR = "/run/secrets"
 class ServiceSettings(BaseSettings):
     """Settings every service shares.
 
-    Environment: ``<PREFIX>LOG_LEVEL`` (``DEBUG``/``INFO``/``WARNING``/``ERROR``, default ``INFO``) and
-    ``<PREFIX>LOG_FORMAT`` (``console`` for ``key=value`` lines, ``json`` for one JSON object a line).
+    Environment: ``<PREFIX>LOG_LEVEL`` (``DEBUG``/``INFO``/``WARNING``/``ERROR``, default ``INFO``),
+    ``<PREFIX>LOG_FORMAT`` (``console`` for ``key=value`` lines, ``json`` for one JSON object a line) and
+    ``<PREFIX>ACCESS_LOG`` (``false``; ``true``: one ``http_request`` / ``grpc_request`` event a request, see
+    :mod:`crypto_mesh.observe`).
     """
 
     model_config = SettingsConfigDict(
@@ -33,6 +35,27 @@ class ServiceSettings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
+    access_log: bool = False
+
+
+class MetricsPortSettings(ServiceSettings):
+    """Settings of a service whose Prometheus ``GET /metrics`` has a port of its own (auth, socket_proxy, the
+    BFF; :func:`crypto_mesh.metrics.serve_metrics`).
+
+    - ``<PREFIX>METRICS_PORT`` (``0``: no metrics endpoint): the port, on the service's ``HOST``.
+    - ``<PREFIX>METRICS_TOKEN_FILE`` (required with a port): the scrapers' service credential (``metrics_token``,
+      one token a line, :mod:`crypto_mesh.servicecreds`): ``/metrics`` answers 401 without
+      ``Authorization: Bearer <token>``.
+    """
+
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_token_file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _token_with_port(self):
+        if self.metrics_port and self.metrics_token_file is None:
+            raise ValueError("METRICS_TOKEN_FILE is required when METRICS_PORT is set")
+        return self
 
 
 class MeshTlsSettings(ServiceSettings):

@@ -20,6 +20,9 @@ import sys
 from aiohttp import web
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError, StreamFailureError
 
+from crypto_mesh.metrics import add_metrics_route
+from crypto_mesh.observe import observe_http
+from etl.metrics import registry_for
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import InvalidSymbol, normalize_symbol
 from crypto_mesh.candles import CandleRange, InvalidCandleQuery, InvalidLimit, InvalidRange
@@ -177,6 +180,7 @@ def create_app(service: EtlService) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
+            observe_http(service.http_metrics, access_log=service.settings.access_log),
             error_middleware(DOMAIN_ERRORS),
             bearer_token_middleware(service.api_tokens, realm="etl"),
         ],
@@ -186,6 +190,7 @@ def create_app(service: EtlService) -> web.Application:
     app.router.add_post("/v1/sql", post_sql)
     app.router.add_get("/v1/candles", get_candles)
     app.router.add_get("/v1/indicators", get_indicators)
+    add_metrics_route(app, registry_for(service))
     return app
 
 

@@ -172,6 +172,8 @@ class TickerConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.stats = ConsumerStats()
+        #: (topic, partition) → the offset after the last record taken from it, for :meth:`partition_lag`.
+        self._positions: dict[tuple[str, int], int] = {}
         self.kafka_ready = False
         self.kafka_ever_ready = False
         self.clickhouse_failing = False
@@ -296,6 +298,7 @@ class TickerConsumer:
                 by_topic: dict[str, list[tuple[TopicPartition, list[ConsumerRecord]]]] = {}
                 for tp, records in polled.items():
                     by_topic.setdefault(tp.topic, []).append((tp, records))
+                    self._positions[(tp.topic, tp.partition)] = records[-1].offset + 1
                 now = time.monotonic()
                 for topic, parts in by_topic.items():
                     loads[topic].take(parts, now)
@@ -325,6 +328,20 @@ class TickerConsumer:
                 await asyncio.wait([inserting.task])
                 if not inserting.task.cancelled():
                     inserting.task.exception()
+
+    def partition_lag(self) -> dict[tuple[str, str], int]:
+        """Consumer lag now, ``{(topic, partition as str): records}``: each partition's high watermark (as the
+        broker's last fetch answer gave it) minus the offset after the last record taken from it; partitions
+        not read yet, or with no consumer (Kafka down), are absent."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lag = {}
+        for (topic, partition), position in self._positions.items():
+            highwater = consumer.highwater(TopicPartition(topic, partition))
+            if highwater is not None:
+                lag[(topic, str(partition))] = max(highwater - position, 0)
+        return lag
 
     def _new_load(self, topic: str) -> _Load:
         return _Load(self._specs[topic], Batch(topic, self._policy))

@@ -10,6 +10,7 @@ import asyncio
 
 from clickhouse_connect.driver.exceptions import Error
 
+from crypto_mesh.observe import HttpMetrics
 from crypto_mesh.candles import CandleRange
 from crypto_mesh.logs import get_logger
 from crypto_mesh.servicecreds import read_tokens
@@ -38,6 +39,7 @@ class EtlService:
         self.api_tokens = read_tokens(settings.api_token_file)
         self.store = ClickHouseStore(settings.clickhouse_url.get_secret_value(), settings.analytics_url())
         self.consumer = TickerConsumer(settings, self.store)
+        self.http_metrics = HttpMetrics("etl")
         self.clickhouse_state = "connecting"  # → "ok", or "migration failed: ..."
 
     async def connect_and_migrate(self) -> None:

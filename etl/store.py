@@ -13,6 +13,7 @@ run concurrently (``tests/test_etl_sql.py`` inserts while a heavy query runs).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -23,6 +24,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from crypto_mesh.candles import CandleRange
+from crypto_mesh.metrics import latency_histogram
 from etl import migrate, sql
 from etl.candles import Candle, read_candles
 from etl.columnar import arrow_table
@@ -96,6 +98,10 @@ class ClickHouseStore:
         self._url = url
         self._analytics_url = analytics_url or url
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        #: ``etl_clickhouse_insert_seconds{table}``: round trip of each acknowledged insert.
+        self.insert_latency = latency_histogram(
+            "etl_clickhouse_insert_seconds", "Round trip of an acknowledged ClickHouse insert (s), by table.", ("table",)
+        )
         self._client: Client | None = None
         self._analytics = _Reader(self._analytics_url, "clickhouse-analytics")
         self._reads = _Reader(self._analytics_url, "clickhouse-reads")
@@ -153,7 +159,9 @@ class ClickHouseStore:
                 settings={"insert_deduplication_token": deduplication_token},
             )
 
+        started = time.perf_counter()
         await self._run(insert)
+        self.insert_latency.labels(spec.table).observe(time.perf_counter() - started)
 
     async def insert_tickers(self, rows: Sequence[TickerRow], deduplication_token: str) -> None:
         """:meth:`insert` of decoded rows (:func:`etl.tickers.decode_record`) into :data:`TICKERS_TABLE`."""

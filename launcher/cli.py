@@ -711,11 +711,11 @@ def _service_credentials(directory: Path, secret) -> None:
     """
     from crypto_mesh.kafka import KAFKA_USERS, broker_jaas_config, client_properties
     from launcher.mesh import REDIS_ACL_FILE
-    from launcher.settings import AGGREGATOR_TOKEN_FILE
+    from launcher.settings import AGGREGATOR_TOKEN_FILE, MONITORING_SECRET_FILES
     from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user
     from crypto_mesh.secrets import COMPOSE_MOUNTED, random_token, replace_secret
 
-    for name in (AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE):
+    for name in (AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, *MONITORING_SECRET_FILES):
         secret(name, random_token)
     redis = {user: secret(f"redis_{user}_password", random_token) for user in USER_RULES}
     replace_secret(directory / REDIS_ACL_FILE, acl_file_text(redis, healthcheck=True), COMPOSE_MOUNTED)

@@ -35,7 +35,7 @@ from crypto_mesh.grpc_tls import health_status
 from crypto_mesh.netutil import free_port, port_open
 from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user, without_credentials
 from crypto_mesh.secrets import ensure_secret, random_token, read_secret, secrets_dir, replace_secret
-from launcher.settings import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, STATE_FILE, MeshSettings
+from launcher.settings import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, METRICS_TOKEN_FILE, STATE_FILE, MeshSettings
 
 
 @dataclass
@@ -236,24 +236,30 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         )
         checks.append(HealthCheck("exchange", "http", f"http://127.0.0.1:{port}/healthz"))
         urls["exchange_info"] = f"http://127.0.0.1:{port}/replay/v1/info"
+        urls["exchange_metrics"] = f"http://127.0.0.1:{port}/metrics"
     urls["exchange"] = exchange
 
     auth_port, proxy_port, aggregator_port, etl_port = (free_port() for _ in range(4))
+    # Prometheus GET /metrics of the services without an HTTP API of their own (the BFF's is never public).
+    auth_metrics, proxy_metrics, bff_metrics = (free_port() for _ in range(3))
     key_file = ensure_jwt_key(data_dir)
     aggregator_token = ensure_service_token(data_dir, AGGREGATOR_TOKEN_FILE)
     etl_token = ensure_service_token(data_dir, ETL_TOKEN_FILE)
+    metrics_token = ensure_service_token(data_dir, METRICS_TOKEN_FILE)
     tls = ensure_mesh_pki(data_dir)
     processes += [
         MeshProcess(
             "auth",
             _python_module("auth"),
             service_env("AUTH_", host="127.0.0.1", port=auth_port, database_url=auth_db,
-                        jwt_private_key_file=key_file, **tls[pki.AUTH].settings()),
+                        jwt_private_key_file=key_file, metrics_port=auth_metrics,
+                        metrics_token_file=metrics_token, **tls[pki.AUTH].settings()),
         ),
         MeshProcess(
             "socket_proxy",
             _python_module("socket_proxy"),
             service_env("PROXY_", host="127.0.0.1", port=proxy_port, exchange_url=exchange,
+                        metrics_port=proxy_metrics, metrics_token_file=metrics_token,
                         **tls[pki.SOCKET_PROXY].settings()),
         ),
         MeshProcess(
@@ -284,6 +290,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
                         etl_url=f"http://127.0.0.1:{etl_port}", etl_token_file=etl_token,
                         # The alert evaluator (consumer group bff-alerts on binance.second).
                         kafka_bootstrap_servers=kafka,
+                        metrics_port=bff_metrics, metrics_token_file=metrics_token,
                         # The embedded mesh serves plain HTTP on localhost, where a Secure cookie is never sent back.
                         cookie_secure="false", **tls[pki.PROFILE_BFF].settings()),
         ),
@@ -306,6 +313,12 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         redis=without_credentials(redis_url),
         kafka=kafka,
         clickhouse=clickhouse,
+        # Every /metrics: the aggregator's and the ETL's with their API token, the others with metrics_token.
+        auth_metrics=f"http://127.0.0.1:{auth_metrics}/metrics",
+        socket_proxy_metrics=f"http://127.0.0.1:{proxy_metrics}/metrics",
+        bff_metrics=f"http://127.0.0.1:{bff_metrics}/metrics",
+        aggregator_metrics=f"http://127.0.0.1:{aggregator_port}/metrics",
+        etl_metrics=f"http://127.0.0.1:{etl_port}/metrics",
     )
     drain = None
     if kafka_is_tansu:

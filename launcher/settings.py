@@ -58,6 +58,14 @@ class MeshSettings(ServiceSettings):
 #: (:mod:`crypto_mesh.servicecreds`): the aggregator's control API and the ETL's HTTP API.
 AGGREGATOR_TOKEN_FILE = "aggregator_api_token"
 ETL_TOKEN_FILE = "etl_api_token"
+#: The scrapers' credential of the metrics ports of auth, socket_proxy and the BFF
+#: (:class:`crypto_mesh.settings.MetricsPortSettings`); the aggregator's and the ETL's ``/metrics`` take their
+#: API's token.
+METRICS_TOKEN_FILE = "metrics_token"
+#: The password of Grafana's ``admin`` user in compose's ``monitoring`` profile.
+GRAFANA_ADMIN_PASSWORD_FILE = "grafana_admin_password"
+#: The secret files of compose's ``monitoring`` profile, made by ``crypto-mesh secrets``.
+MONITORING_SECRET_FILES = (METRICS_TOKEN_FILE, GRAFANA_ADMIN_PASSWORD_FILE)
 
 
 def read_state(data_dir: Path) -> dict:

@@ -43,6 +43,8 @@ from redis.retry import Retry
 
 from crypto_mesh.binance import BinanceRest, RestUnavailable
 from crypto_mesh.logs import get_logger
+from crypto_mesh.metrics import RedisMetrics, serve_metrics_port
+from crypto_mesh.observe import GrpcMetrics, client_observers, observe_http, set_request_id_on_prepare
 from crypto_mesh.retry import retrying
 from crypto_mesh.service import Lifecycle, Running, start_service
 from crypto_mesh.servicecreds import read_token
@@ -62,7 +64,8 @@ from profile_bff.webhooks import WebhookSender
 from profile_bff.idempotency import Idempotency
 from profile_bff.instruments import InstrumentRefresh, Instruments, log_refresh
 from profile_bff.portfolios import Portfolios
-from profile_bff.ratelimit import LoginDevices, RateLimiter, RoutePolicy, login_limits
+from profile_bff.metrics import registry_for
+from profile_bff.ratelimit import LoginDevices, RateLimiter, RoutePolicy, from_trusted_proxy, login_limits
 from profile_bff.search import InstrumentSearch
 from profile_bff.settings import BffSettings
 from profile_bff.store import MarketBus, ProfileStore
@@ -101,6 +104,12 @@ def create_app(bff: Bff) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[
+            # A client's X-Request-Id is believed only from a trusted proxy (whose own id it then is).
+            observe_http(
+                bff.http_metrics,
+                access_log=settings.access_log,
+                trust_request_id=lambda request: from_trusted_proxy(request, trusted),
+            ),
             ERRORS,
             login_limits(bff.login_limiter, _login_policies(settings), trusted, bff.login_devices),
             ceilings.address_limits(
@@ -146,6 +155,7 @@ def create_app(bff: Bff) -> web.Application:
     app.router.add_get("/healthz", public.healthz)
     dashboard.add_routes(app, dashboard.DashboardFiles())
     app.on_response_prepare.append(ceilings.no_store)
+    app.on_response_prepare.append(set_request_id_on_prepare)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -191,6 +201,7 @@ async def start(settings: BffSettings) -> Running[Bff]:
             lifecycle.task(
                 _refresh_instruments(bff.instrument_refresh, settings.exchange_rest_url), "bff-instruments"
             )
+        bff.metrics_port = await serve_metrics_port(lifecycle, registry_for(bff), settings.host, settings)
         return await _serve(lifecycle, create_app(bff), settings), bff
 
     return await start_service("profile_bff", build)
@@ -212,9 +223,12 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     store = ProfileStore(settings.database_url)
     lifecycle.on_stop(store.close)
     alert_store = AlertStore(store)
+    grpc_metrics = GrpcMetrics("bff", "client")
+    redis_metrics = RedisMetrics("bff")
     bus = MarketBus(redis_url)
+    bus.instrument(redis_metrics)
     lifecycle.on_stop(bus.close)
-    auth = AuthClient(settings.auth_target, tls)
+    auth = AuthClient(settings.auth_target, tls, interceptors=client_observers(grpc_metrics))
     lifecycle.on_stop(auth.close)
     aggregator = AggregatorClient(settings.aggregator_url, aggregator_token)
     lifecycle.on_stop(aggregator.close)
@@ -233,6 +247,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     login_redis = aioredis.Redis.from_url(
         redis_url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 1)
     )
+    redis_metrics.instrument(login_redis)
     lifecycle.on_stop(login_redis.aclose)
     # Login-device tokens: the same keys as access tokens, another audience.
     device_verifier = AccessTokenVerifier(
@@ -269,6 +284,8 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
             if settings.kafka_bootstrap_servers
             else None
         ),
+        grpc_metrics=grpc_metrics,
+        redis_metrics=redis_metrics,
     )
 
 

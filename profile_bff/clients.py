@@ -11,7 +11,7 @@ sees gRPC, nor the ETL's JSON.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -22,6 +22,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.candles import CandleRange
 from crypto_mesh.decimals import parse_decimal
 from crypto_mesh.grpc_tls import tls_channel
+from crypto_mesh.observe import request_id_headers
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import AUTH, MeshTls
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
@@ -112,8 +113,14 @@ class AuthClient:
     Every call raises the BFF's errors of :func:`auth_error`, never gRPC's.
     """
 
-    def __init__(self, target: str, tls: MeshTls, timeout_s: float = 5.0) -> None:
-        self._channel = tls_channel(target, tls, AUTH)
+    def __init__(
+        self,
+        target: str,
+        tls: MeshTls,
+        timeout_s: float = 5.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        self._channel = tls_channel(target, tls, AUTH, interceptors=interceptors)
         self._stub = auth_pb2_grpc.AuthStub(self._channel)
         self._timeout_s = timeout_s
 
@@ -248,7 +255,7 @@ class AggregatorClient:
         symbol instead, which adds but cannot remove. Raises :class:`AggregatorUnavailable`."""
         url = self._base / "v1" / "followers" / f"user:{user_id}"
         try:
-            async with self._session.put(url, json={"symbols": symbols}) as response:
+            async with self._session.put(url, json={"symbols": symbols}, headers=request_id_headers()) as response:
                 if response.status == 200:
                     return
                 if response.status not in (404, 405):
@@ -262,7 +269,7 @@ class AggregatorClient:
     async def _call(self, method: str, symbol: str, user_id: int) -> None:
         url = self._base / "v1" / "symbols" / symbol / "followers" / f"user:{user_id}"
         try:
-            async with self._session.request(method, url) as response:
+            async with self._session.request(method, url, headers=request_id_headers()) as response:
                 if response.status != 200:
                     body = (await response.text())[:200]
                     raise AggregatorUnavailable(f"{method} {url.path}: {response.status} {body}")
@@ -300,7 +307,7 @@ class EtlClient:
             parameters["end"] = str(selection.end_ms)
         url = self._base / "v1" / "candles"
         try:
-            async with self._session.get(url, params=parameters) as response:
+            async with self._session.get(url, params=parameters, headers=request_id_headers()) as response:
                 body = await response.read()
                 if response.status != 200:
                     if response.status != 503:  # 503: ClickHouse not readable yet, said by the ETL itself

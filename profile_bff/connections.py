@@ -55,6 +55,7 @@ from aiohttp import WSCloseCode, web
 
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
+from crypto_mesh.metrics import latency_histogram
 from crypto_mesh.runtime import raise_if_cancelling
 from profile_bff.clients import AggregatorClient
 from profile_bff.errors import AggregatorUnavailable, ProfileNotFound, StoreUnavailable
@@ -131,6 +132,18 @@ class ConnectionManager:
         )
         self._pusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: When the first price not yet pushed arrived (time.perf_counter() s), for :attr:`fan_out_latency`.
+        self._first_price_at: float | None = None
+        #: ``bff_ws_fan_out_seconds``: a price's arrival from Redis → its profiles written to the sockets.
+        self.fan_out_latency = latency_histogram(
+            "bff_ws_fan_out_seconds",
+            "From the first price of a fan-out read from Redis to its profiles written to every socket (s).",
+        )
+
+    @property
+    def socket_count(self) -> int:
+        """WebSocket connections open on this process now."""
+        return sum(len(user.clients) for user in self._users.values())
 
     @property
     def subscriber_connected(self) -> bool:
@@ -295,11 +308,15 @@ class ConnectionManager:
                 await asyncio.sleep(wait_s)
             self._window_opened.clear()
             batch = self._window.take()
+            first_price_at, self._first_price_at = self._first_price_at, None
             try:
                 await self._fan_out(batch)
             except Exception:
                 raise_if_cancelling()
                 log.exception("fan_out_failed", users=len(batch))
+            else:
+                if first_price_at is not None and batch:
+                    self.fan_out_latency.observe(time.perf_counter() - first_price_at)
 
     async def _fan_out(self, users: Iterable[_User]) -> None:
         """Render each user's profile once and write it to the user's sockets, :data:`FAN_OUT_SLICE` users at
@@ -370,6 +387,8 @@ class ConnectionManager:
             log.warning("malformed_second_stat", symbol=symbol, error=str(exc))
             return
         if self._window.add(self._held.offer(symbol, price)):
+            if self._first_price_at is None:
+                self._first_price_at = time.perf_counter()
             self._window_opened.set()
 
     def _on_alert(self, data: bytes) -> None:

@@ -182,6 +182,12 @@ def client_address(request: web.Request, trusted_proxies: Sequence[IPNetwork]) -
     return client
 
 
+def from_trusted_proxy(request: web.Request, trusted_proxies: Sequence[IPNetwork]) -> bool:
+    """True if the socket peer of ``request`` is one of ``trusted_proxies`` (whose headers may be believed)."""
+    peer = _parse_address(request.remote or "")
+    return peer is not None and _is_trusted(peer, trusted_proxies)
+
+
 def _is_trusted(address: IPAddress, trusted_proxies: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in trusted_proxies)
 

@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
+
+from crypto_mesh.metrics import RedisMetrics
+from crypto_mesh.observe import GrpcMetrics, HttpMetrics
 
 from profile_bff.accounts import Accounts
 from profile_bff.alerts import Alerts
@@ -34,8 +37,9 @@ class Bff:
     """The BFF's parts, opened by :func:`open_bff`: its settings, adapters (profile database, Redis, auth,
     aggregator, ETL), the socket manager, the limits, and the use cases the views call; with
     ``BFF_EXCHANGE_REST_URL``, the refresh of the symbol list, and with ``BFF_KAFKA_BOOTSTRAP_SERVERS`` the
-    alert evaluator (each ``None`` without). The ``service`` of the
-    :class:`~crypto_mesh.service.Running` BFF."""
+    alert evaluator (each ``None`` without). The ``service`` of the :class:`~crypto_mesh.service.Running` BFF.
+    The RED series of its routes and of its calls to auth, and its Redis client's series
+    (:mod:`profile_bff.metrics`); the bound metrics port (None when metrics are off)."""
 
     settings: BffSettings
     store: ProfileStore
@@ -57,6 +61,10 @@ class Bff:
     alerts: Alerts
     instrument_refresh: InstrumentRefresh | None = None
     evaluator: AlertEvaluator | None = None
+    http_metrics: HttpMetrics = field(default_factory=lambda: HttpMetrics("bff"))
+    grpc_metrics: GrpcMetrics = field(default_factory=lambda: GrpcMetrics("bff", "client"))
+    redis_metrics: RedisMetrics = field(default_factory=lambda: RedisMetrics("bff"))
+    metrics_port: int | None = None
 
     def require_store(self) -> ProfileStore:
         """The profile store once its schema is migrated; raises :class:`~profile_bff.errors.Starting`

@@ -11,12 +11,12 @@ from yarl import URL
 
 from crypto_mesh.binance import DEFAULT_EXCHANGE_INFO
 from crypto_mesh.kafka import SECOND_TOPIC, KafkaClientSettings
-from crypto_mesh.settings import MeshTlsSettings
+from crypto_mesh.settings import MeshTlsSettings, MetricsPortSettings
 from crypto_mesh.throttle import Rate, check_name_budgets
 from profile_bff.ratelimit import IPNetwork, parse_networks
 
 
-class BffSettings(MeshTlsSettings, KafkaClientSettings):
+class BffSettings(MeshTlsSettings, KafkaClientSettings, MetricsPortSettings):
     """Environment of ``python -m profile_bff``.
 
     - ``BFF_HOST`` (``127.0.0.1``), ``BFF_PORT`` (``8080``; ``0`` picks a free port): where REST and the
@@ -26,6 +26,8 @@ class BffSettings(MeshTlsSettings, KafkaClientSettings):
     - ``BFF_REDIS_URL`` (required, secret): ``redis://user:password@host:6379/0`` (the ``bff`` ACL user);
       prices, portfolio-change notices, WebSocket tickets and rate-limit keys.
     - ``BFF_AUTH_TARGET`` (``127.0.0.1:50051``): gRPC target of the auth service.
+    - ``BFF_METRICS_PORT`` (``0``: off), ``BFF_METRICS_TOKEN_FILE``: Prometheus ``GET /metrics`` on a port of its
+      own, never the public one (:class:`crypto_mesh.settings.MetricsPortSettings`, :mod:`profile_bff.metrics`).
     - ``BFF_TLS_CA_FILE``, ``BFF_TLS_CERT_FILE``, ``BFF_TLS_KEY_FILE`` (required): the mesh CA and the
       ``profile_bff`` identity's certificate and key, presented to auth over mutual TLS (see
       :class:`crypto_mesh.settings.MeshTlsSettings`, docs/SECURITY.md).

@@ -40,7 +40,9 @@ from redis.retry import Retry
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import Pool
 
+from crypto_mesh.metrics import RedisMetrics
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
 from profile_bff.errors import (
@@ -186,6 +188,11 @@ class ProfileStore:
         """Raise :class:`Starting` unless the schema is migrated: nothing reads or writes it before."""
         if not self._migrated:
             raise Starting("the profile database is not ready yet")
+
+    @property
+    def pool(self) -> Pool:
+        """The connection pool, for its metrics (size, checked out)."""
+        return self._engine.sync_engine.pool
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -489,6 +496,10 @@ class MarketBus:
         #: The tickers of the last :meth:`tickers` read by their JSON: a symbol whose ticker has not changed
         #: since (the exchange sends only the tickers that changed) is not parsed again.
         self._parsed_tickers: dict[bytes, Ticker] = {}
+
+    def instrument(self, metrics: RedisMetrics) -> None:
+        """Time the commands (not the pub/sub connection) in ``metrics``."""
+        metrics.instrument(self._commands)
 
     async def close(self) -> None:
         """Close both connection pools."""

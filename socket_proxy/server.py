@@ -27,7 +27,8 @@ from crypto_mesh.binance import (
 )
 from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.logs import get_logger
-from crypto_mesh.metrics import serve_metrics
+from crypto_mesh.metrics import serve_metrics_port
+from crypto_mesh.observe import GrpcServerObserver
 from crypto_mesh.pki import AGGREGATOR
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from crypto_mesh.service import Lifecycle, Running, start_service
@@ -184,7 +185,8 @@ async def start(settings: ProxySettings) -> Running[ProxyService]:
 
     The exchange is contacted only when a stream is first requested; an unreachable exchange is retried
     with backoff and never fails the start. With ``settings.metrics_port`` set, Prometheus metrics are served
-    at ``GET /metrics`` on it (:mod:`socket_proxy.metrics`). The gRPC port speaks mutual TLS only
+    at ``GET /metrics`` on it to callers presenting the token of ``settings.metrics_token_file``
+    (:mod:`socket_proxy.metrics`). The gRPC port speaks mutual TLS only
     (:func:`crypto_mesh.grpc_tls.tls_server`) with the ``settings.tls_*`` files; ``SocketProxy`` admits the
     :data:`CALLERS` identities only. Raises ``OSError``/``ValueError`` if the TLS files cannot be read or
     used, ``OSError`` if the metrics port cannot be bound, ``RuntimeError`` if the gRPC port cannot.
@@ -196,13 +198,15 @@ async def start(settings: ProxySettings) -> Running[ProxyService]:
         tls = settings.mesh_tls()
         service = ProxyService(settings)
         lifecycle.on_stop(service.history.close)
-        if settings.metrics_port:
-            service.metrics_port = await serve_metrics(
-                lifecycle, registry_for(service), settings.host, settings.metrics_port
-            )
+        service.metrics_port = await serve_metrics_port(lifecycle, registry_for(service), settings.host, settings)
         lifecycle.on_stop(service.upstream.close)
         server, port = tls_server(
-            tls, settings.host, settings.port, {SERVICE_NAME: CALLERS}, options=SERVER_OPTIONS
+            tls,
+            settings.host,
+            settings.port,
+            {SERVICE_NAME: CALLERS},
+            options=SERVER_OPTIONS,
+            interceptors=[GrpcServerObserver(service.grpc_metrics, access_log=settings.access_log)],
         )
         servicer = SocketProxyServicer(
             service.fanout,

@@ -7,6 +7,7 @@ translates RPCs to subscriptions of the fan-out.
 from __future__ import annotations
 
 from crypto_mesh.gaps import GapDetector
+from crypto_mesh.observe import GrpcMetrics
 from socket_proxy.fanout import Counters, FanOut
 from socket_proxy.history import TradeHistory
 from socket_proxy.settings import ProxySettings
@@ -17,8 +18,8 @@ class ProxyService:
     """A running socket_proxy: the live totals (:attr:`counters`), the subscribers per stream
     (:attr:`fanout`), the exchange connections (:attr:`upstream`), the trade id gap detector of the
     subscribed trade streams (:attr:`gaps`), the exchange's REST trade history for subscribers that missed trades
-    (:attr:`history`; build it inside the event loop), and the bound metrics port (:attr:`metrics_port`, None when
-    metrics are off).
+    (:attr:`history`; build it inside the event loop), the RED series of its RPCs (:attr:`grpc_metrics`) and the
+    bound metrics port (:attr:`metrics_port`, None when metrics are off).
 
     The first subscriber of a stream subscribes it upstream, the last one leaving releases it. Building it
     opens nothing: the exchange is contacted when a stream is first subscribed.
@@ -30,6 +31,7 @@ class ProxyService:
         self.upstream = Upstream(settings.exchange_url, self._on_frame, self.counters)
         self.fanout = FanOut(settings.subscriber_queue_size, self.upstream.add, self._on_last, self.counters)
         self.history = TradeHistory(settings.exchange_rest_url(), settings.rest_weight_per_minute)
+        self.grpc_metrics = GrpcMetrics("socket_proxy", "server")
         self.metrics_port: int | None = None
 
     def _on_frame(self, stream: str, raw: bytes) -> None:

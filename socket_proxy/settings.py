@@ -6,20 +6,21 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from crypto_mesh.binance import rest as binance_rest
-from crypto_mesh.settings import MeshTlsSettings
+from crypto_mesh.settings import MeshTlsSettings, MetricsPortSettings
 
 #: Binance spot REST ("General API Information", base endpoints).
 DEFAULT_REST_URL = "https://api.binance.com"
 
 
-class ProxySettings(MeshTlsSettings):
+class ProxySettings(MeshTlsSettings, MetricsPortSettings):
     """``PROXY_HOST`` (127.0.0.1), ``PROXY_PORT`` (50052; 0 picks a free port), ``PROXY_EXCHANGE_URL``
     (``wss://stream.binance.com:9443``, or a replay exchange's ``ws://127.0.0.1:9443``; the proxy connects to its
     ``/stream`` endpoint), ``PROXY_SUBSCRIBER_QUEUE_SIZE`` (10000 frames buffered per gRPC subscriber before it is
     ended with RESOURCE_EXHAUSTED), ``PROXY_MAX_BATCH`` (256 frames at most in one ``RawFrames``),
     ``PROXY_BATCH_LINGER_MS`` (0 = send at once; else how long a message waits for more frames after its first
     one, unless ``MAX_BATCH`` are already queued: fewer, fuller messages for up to that much added latency) and ``PROXY_METRICS_PORT`` (0 = no metrics endpoint;
-    else Prometheus ``GET /metrics`` on ``PROXY_HOST:PROXY_METRICS_PORT``). ``PROXY_REST_URL`` (unset: derived
+    else Prometheus ``GET /metrics`` on ``PROXY_HOST:PROXY_METRICS_PORT``, with ``PROXY_METRICS_TOKEN_FILE``:
+    :class:`crypto_mesh.settings.MetricsPortSettings`; ``crypto-mesh up`` and compose turn it on). ``PROXY_REST_URL`` (unset: derived
     from ``PROXY_EXCHANGE_URL``, see :meth:`exchange_rest_url`) and ``PROXY_REST_WEIGHT_PER_MINUTE`` (3000, at
     most Binance's 6000): where and within what request weight trade history is fetched for ``HistoricalTrades``
     (:mod:`socket_proxy.history`). ``PROXY_TLS_CA_FILE``,
@@ -35,7 +36,6 @@ class ProxySettings(MeshTlsSettings):
     subscriber_queue_size: int = Field(default=10_000, ge=1)
     max_batch: int = Field(default=256, ge=1)
     batch_linger_ms: float = Field(default=0.0, ge=0, le=1000)
-    metrics_port: int = Field(default=0, ge=0, le=65535)
     rest_url: str | None = None
     rest_weight_per_minute: int = Field(default=3000, ge=1, le=binance_rest.REQUEST_WEIGHT_PER_MINUTE)
 

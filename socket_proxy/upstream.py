@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from crypto_mesh import binance, jsonutil
 from crypto_mesh.binance import control
+from crypto_mesh.observe import detached_task
 from crypto_mesh.logs import get_logger
 from crypto_mesh.retry import Backoff, retrying
 from socket_proxy.fanout import Counters
@@ -240,7 +241,8 @@ class UpstreamConnection:
             session.wake()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        # Started by a subscriber's call, it serves every later one: none of their request ids or traces.
+        self._task = detached_task(self._run())
         self._task.add_done_callback(_report_crash)
 
     async def close(self) -> None:

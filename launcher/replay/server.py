@@ -1,7 +1,8 @@
 """Transport of the replay exchange: Binance's spot websocket stream protocol over ``websockets``, plus HTTP
 ``GET /api/v3/exchangeInfo`` (Binance's REST route, :mod:`launcher.replay.rest`), the trade history routes
 ``GET /api/v3/historicalTrades`` and ``GET /api/v3/aggTrades`` (:mod:`launcher.replay.history`),
-``GET /replay/v1/info`` and
+``GET /replay/v1/info``, ``GET /metrics`` (Prometheus text, open like every route of this development exchange:
+``replay_connections``, ``replay_subscribed_streams``, ``replay_http_requests_total{route,status}``) and
 ``GET /healthz`` on the same port.
 
 Protocol (Binance spot "WebSocket Streams for Binance", its formats and limits in :mod:`crypto_mesh.binance`):
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -43,6 +45,8 @@ from crypto_mesh import binance, jsonutil
 from crypto_mesh.binance import MINI_TICKER_ALL, control
 from crypto_mesh.binance.rest import USED_WEIGHT_HEADER
 from crypto_mesh.logs import get_logger
+from crypto_mesh.metrics import Declared, gauge, metrics_registry
+from crypto_mesh.observe import UNMATCHED
 from launcher.replay.history import PlayPosition, TradeHistory
 from launcher.replay.minitickers import MiniTickers
 from launcher.replay.recording import Recording, Timeline, floor_second, load_recording
@@ -281,6 +285,12 @@ class _Exchange:
         self.exchange_info = exchange_info
         self.weights = RequestWeights(settings.request_weight_per_minute)
         self.history = TradeHistory([(playback.timeline, playback.position) for playback in playbacks])
+        #: ``replay_http_requests_total{route,status}``: HTTP requests answered (route: a path of this module's
+        #: docstring, ``websocket`` for a stream's handshake, ``unmatched`` for the rest).
+        self.requests = Counter(
+            "replay_http_requests", "HTTP requests answered, by route and status.", ("route", "status"), registry=None
+        )
+        self.registry = metrics_registry("replay", _METRICS, self, self.requests)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -295,8 +305,19 @@ class _Exchange:
             },
         }
 
-    def process_request(self, _connection: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        response = self._route(request, path)
+        if response is None:
+            route, status = "websocket", 101
+        else:
+            route, status = (path if path in _ROUTES else UNMATCHED), response.status_code
+        self.requests.labels(route, str(status)).inc()
+        return response
+
+    def _route(self, request: Request, path: str) -> Response | None:
+        if path == "/metrics":
+            return _response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         if path == "/replay/v1/info":
             return _json_response(200, self.info())
         if path == "/healthz":
@@ -440,6 +461,20 @@ _HISTORY_KINDS = {
     binance.rest.HISTORICAL_TRADES_PATH: binance.TRADE,
     binance.rest.AGG_TRADES_PATH: binance.AGG_TRADE,
 }
+
+#: Paths counted by their own name in ``replay_http_requests_total``.
+_ROUTES = frozenset(
+    {"/metrics", "/replay/v1/info", "/healthz", binance.EXCHANGE_INFO_PATH, *_HISTORY_KINDS}
+)
+
+_METRICS: tuple[Declared[_Exchange], ...] = (
+    gauge("connections", "WebSocket connections open now.", lambda exchange: len(exchange.hub.clients)),
+    gauge(
+        "subscribed_streams",
+        "Streams with at least one subscriber now.",
+        lambda exchange: sum(1 for clients in exchange.hub.subscribers.values() if clients),
+    ),
+)
 
 
 def _valid_id(value: object) -> bool:

@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import orjson
-from support.credentials import service_headers
+from support.credentials import service_headers, service_token_file
 from support.stacks import serve_aggregator
 
 from crypto_mesh.gaps import GapDetector
@@ -67,7 +67,11 @@ async def test_a_missing_trade_is_counted_by_socket_proxy_and_by_the_aggregator_
     recording.write_bytes(b"".join(btc))
 
     exchange = await start_replay(ReplaySettings(port=0, files=(recording,), speed=100))
-    proxy = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url, metrics_port=free_port()))
+    proxy = await start_proxy(
+        ProxySettings(
+            port=0, exchange_url=exchange.url, metrics_port=free_port(), metrics_token_file=service_token_file()
+        )
+    )
     try:
         async with (
             serve_aggregator(redis_url, kafka_bootstrap, proxy.port) as base,

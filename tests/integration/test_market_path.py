@@ -20,7 +20,7 @@ import orjson
 from support import polling
 import pytest
 import redis.asyncio as redis
-from support.credentials import service_headers
+from support.credentials import service_headers, service_token_file
 from support.recordings import as_recorded, recorded_seconds
 from support.stacks import exchange_and_proxy, serve_aggregator
 
@@ -308,7 +308,11 @@ async def test_the_exchange_killed_and_restarted_ten_times_resumes_every_subscri
     exchange = await start_replay(settings)
     settings = settings.model_copy(update={"port": exchange.port})
     info_url = f"http://127.0.0.1:{exchange.port}/replay/v1/info"
-    proxy = await start_proxy(ProxySettings(port=0, exchange_url=exchange.url, metrics_port=free_port()))
+    proxy = await start_proxy(
+        ProxySettings(
+            port=0, exchange_url=exchange.url, metrics_port=free_port(), metrics_token_file=service_token_file()
+        )
+    )
     try:
         async with serve_aggregator(clean_dbs.first, kafka_bootstrap, proxy.port) as base:
             await put_symbols(base, "user:1", list(SYMBOLS))

@@ -28,6 +28,7 @@ from support.polling import eventually
 from support.recordings import recorded_second, recorded_seconds
 
 from crypto_mesh.grpc_tls import channel_credentials, health_status
+from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import port_open
 from crypto_mesh.pki import (
     AGGREGATOR,
@@ -292,6 +293,90 @@ async def test_a_price_alert_reaches_the_socket_at_the_recorded_crossing_until_a
             assert response.status == 204
         async with http.get(f"{bff}/v2/user/alerts/events?unacked=true", headers=auth) as response:
             assert (await response.json())["items"] == []
+
+
+#: Series each service's /metrics must have once the journey ran (docs/OPERATIONS.md lists them all).
+EXPECTED_SERIES = {
+    "bff_metrics": [
+        'bff_http_requests_total{method="POST",route="/v1/login",status="200"}',
+        'bff_http_request_duration_seconds_count{method="POST",route="/v2/coin/symbol"}',
+        'bff_grpc_client_handled_total{grpc_code="OK",grpc_method="/crypto.auth.v1.Auth/Login"}',
+        "bff_redis_command_duration_seconds_count",
+        "bff_db_pool_size",
+        "bff_db_pool_checked_out",
+        "bff_ws_connections",
+        "bff_ws_fan_out_seconds_count",
+    ],
+    "auth_metrics": [
+        'auth_grpc_server_handled_total{grpc_code="OK",grpc_method="/crypto.auth.v1.Auth/Login"}',
+        'auth_grpc_server_handling_seconds_count{grpc_method="/crypto.auth.v1.Auth/Register"}',
+        "auth_db_pool_size",
+        'auth_password_checks_total{outcome="completed"}',
+    ],
+    "socket_proxy_metrics": [
+        'socket_proxy_grpc_server_started_total{grpc_method="/crypto.socket.v1.SocketProxy/StreamTrades"}',
+        "socket_proxy_frames_in_total",
+    ],
+    "aggregator_metrics": [
+        'aggregator_http_requests_total{method="PUT",route="/v1/followers/{follower}",status="200"}',
+        "aggregator_redis_command_duration_seconds_count",
+        'aggregator_grpc_client_started_total{grpc_method="/crypto.socket.v1.SocketProxy/StreamTrades"}',
+        "aggregator_publish_latency_seconds_count",
+    ],
+    "etl_metrics": [
+        "etl_kafka_consumer_lag",
+        "etl_clickhouse_insert_seconds_count",
+        "etl_rows_inserted_total",
+    ],
+    "exchange_metrics": ['replay_http_requests_total{route="websocket",status="101"}', "replay_connections"],
+}
+
+
+async def test_every_service_serves_its_metrics_to_its_scraper_only(mesh):
+    state, env, _process, _log = mesh
+    await hold_and_watch(state, "mallory", {"btcusdt": Decimal("1")}, 1)
+    secrets = Path(env["MESH_DATA_DIR"]) / "secrets"
+    tokens = {
+        "aggregator_metrics": "aggregator_api_token",
+        "etl_metrics": "etl_api_token",
+        "exchange_metrics": None,  # the development exchange is open, like its Binance routes
+    }
+    async with aiohttp.ClientSession() as http:
+        for name, expected in EXPECTED_SERIES.items():
+            url = state["urls"][name]
+            token_file = tokens.get(name, "metrics_token")
+            if token_file is not None:
+                async with http.get(url) as response:
+                    assert response.status == 401, name
+                token = (secrets / token_file).read_text().splitlines()[0]
+                headers = {"Authorization": f"Bearer {token}"}
+            else:
+                headers = {}
+
+            async def complete(url=url, headers=headers, expected=expected) -> bool:
+                async with http.get(url, headers=headers) as response:
+                    assert response.status == 200
+                    text = await response.text()
+                missing = [want for want in expected if not _has(text, want)]
+                assert not missing, missing
+                return True
+
+            await eventually(complete, timeout_s=60, interval_s=1, tolerate=AssertionError, what=name)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{state['urls']['bff']}/metrics") as response:
+            assert response.status == 404  # never on the public port
+
+
+def _has(text: str, want: str) -> bool:
+    """Whether the exposition ``text`` has the sample ``want`` (``name`` or ``name{label="v",...}``, labels in
+    any order, a subset of the sample's)."""
+    name, _, labels = want.partition("{")
+    wanted = set(re.findall(r'(\w+)="([^"]*)"', labels))
+    for key in parse_samples(text):
+        sample, _, rest = key.partition("{")
+        if sample == name and wanted <= set(tuple(pair.split("=", 1)) for pair in rest.rstrip("}").split(",") if pair):
+            return True
+    return False
 
 
 def test_ctrl_c_stops_every_process_of_the_mesh(mesh):

@@ -236,7 +236,13 @@ async def exchange_and_proxy(recording: Path, speed: float, **proxy_overrides):
     await asyncio.to_thread(process.start)
     exchange = ExchangeProcess(url=f"ws://127.0.0.1:{port}", port=port)
     proxy = await start_proxy(
-        ProxySettings(port=0, exchange_url=exchange.url, metrics_port=free_port(), **proxy_overrides)
+        ProxySettings(
+            port=0,
+            exchange_url=exchange.url,
+            metrics_port=free_port(),
+            metrics_token_file=service_token_file(),
+            **proxy_overrides,
+        )
     )
     try:
         yield exchange, proxy

@@ -24,9 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"auth", "profile_bff", "socket_proxy", "aggregator", "etl"}
 BACKING = {"postgres-auth", "postgres-profile", "redis", "kafka", "clickhouse"}
 EDGE = {"caddy"}
-#: An image with a version tag (numbers, then a variant such as ``-alpine``), optionally with its digest.
+#: The ``monitoring`` profile's containers.
+MONITORING = {"prometheus", "grafana"}
+#: An image with a version tag (numbers, ``v`` first for some projects, then a variant such as ``-alpine``),
+#: optionally with its digest.
 PINNED_IMAGE = re.compile(
-    r"^(?P<repository>[a-z0-9./-]+):(?P<version>\d+(\.\d+)+)(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$"
+    r"^(?P<repository>[a-z0-9./-]+):v?(?P<version>\d+(\.\d+)+)(-[a-z0-9.]+)?(@sha256:[0-9a-f]{64})?$"
 )
 #: Projects whose full versions have two numbers (PostgreSQL 18.6); every other needs at least three.
 TWO_PART_VERSIONS = {"postgres"}
@@ -49,7 +52,7 @@ def test_compose_file_parses_with_a_strict_compose_spec_implementation(compose):
     # YAML merge keys (`<<: *service`), which Docker Compose resolves, are resolved by the YAML loader first:
     # this implementation's own parser lacks them.
     parsed = PyCompose.from_yaml(yaml.safe_dump(compose, sort_keys=False))
-    assert set(parsed.service_names()) == SERVICES | BACKING | EDGE
+    assert set(parsed.service_names()) == SERVICES | BACKING | EDGE | MONITORING
 
 
 def compose_cli() -> list[str] | None:
@@ -88,8 +91,10 @@ def test_docker_compose_reads_the_file_and_resolves_the_anchors_as_the_loader_do
 
 def test_only_the_proxy_publishes_ports_and_the_bff_none(compose):
     published = {name for name, service in compose["services"].items() if service.get("ports")}
-    assert published == EDGE
+    assert published == EDGE | {"grafana"}
     assert sorted(compose["services"]["caddy"]["ports"]) == ["443:443", "443:443/udp", "80:80"]
+    # Grafana (the monitoring profile) on the host's loopback only.
+    assert compose["services"]["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
 
 
 def networks_of(service: dict) -> set[str]:
@@ -100,12 +105,13 @@ def networks_of(service: dict) -> set[str]:
 def test_everything_but_the_edge_is_on_internal_networks(compose):
     declared = compose["networks"]
     internal = {name for name, network in declared.items() if (network or {}).get("internal") is True}
-    assert {"mesh", "proxy"} <= internal
+    assert {"mesh", "proxy", "monitoring"} <= internal
     outside = {name: networks_of(service) - internal for name, service in compose["services"].items()}
     # Caddy's way in; the BFF's and socket_proxy's way out to the exchange; every other container has no route
     # out of its host and is reachable from no port.
     assert outside == {name: set() for name in compose["services"]} | {
         "caddy": {"edge"},
+        "grafana": {"edge"},
         "profile_bff": {"egress"},
         "socket_proxy": {"egress"},
     }
@@ -115,9 +121,10 @@ def test_everything_but_the_edge_is_on_internal_networks(compose):
         for network in declared
     }
     assert members["proxy"] == {"caddy", "profile_bff"}
-    assert members["edge"] == {"caddy"}
+    assert members["edge"] == {"caddy", "grafana"}
     assert members["egress"] == {"profile_bff", "socket_proxy"}
-    assert members["mesh"] == SERVICES | BACKING
+    assert members["mesh"] == SERVICES | BACKING | {"prometheus"}
+    assert members["monitoring"] == MONITORING
 
 
 def test_every_image_is_pinned_to_a_full_version(compose):
@@ -344,3 +351,84 @@ def test_every_secret_compose_mounts_is_made_by_crypto_mesh_secrets(compose, tmp
     made = {path.name for path in (tmp_path / "secrets").iterdir()}
     wanted = {Path(secret["file"]).name for secret in compose["secrets"].values()}
     assert wanted - made == set()
+
+
+def test_the_monitoring_profile_holds_prometheus_and_grafana_only(compose):
+    profiled = {name: service["profiles"] for name, service in compose["services"].items() if "profiles" in service}
+    assert profiled == {name: ["monitoring"] for name in MONITORING}
+    for name in MONITORING:
+        for volume in compose["services"][name]["volumes"]:
+            source = volume.split(":")[0]
+            assert not source.startswith("./") or (ROOT / source).exists(), (name, source)
+
+
+def service_environment(compose: dict, name: str) -> dict[str, str]:
+    return compose["services"][name]["environment"]
+
+
+def test_prometheus_scrapes_every_service_with_the_credential_that_service_accepts(compose):
+    config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    prometheus_secrets = set(compose["services"]["prometheus"]["secrets"])
+    prefixes = {"auth": "AUTH_", "socket_proxy": "PROXY_", "profile_bff": "BFF_", "aggregator": "AGGREGATOR_", "etl": "ETL_"}
+    scraped = {}
+    for job in config["scrape_configs"]:
+        (target,) = [t for group in job["static_configs"] for t in group["targets"]]
+        host, port = target.split(":")
+        scraped[host] = job
+        environment = service_environment(compose, host)
+        prefix = prefixes[host]
+        # A metrics port of its own (its METRICS_TOKEN_FILE), or the HTTP API's /metrics (its API_TOKEN_FILE).
+        if f"{prefix}METRICS_PORT" in environment:
+            assert port == environment[f"{prefix}METRICS_PORT"], host
+            token = environment[f"{prefix}METRICS_TOKEN_FILE"]
+        else:
+            assert port == environment[f"{prefix}PORT"], host
+            token = environment[f"{prefix}API_TOKEN_FILE"]
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": token}, host
+        assert Path(token).name in prometheus_secrets, host
+        assert Path(token).name in compose["services"][host]["secrets"], host
+    assert set(scraped) == SERVICES
+    # The BFF's metrics are never served on its public port.
+    assert service_environment(compose, "profile_bff")["BFF_METRICS_PORT"] != service_environment(compose, "profile_bff")["BFF_PORT"]
+
+
+def test_grafana_has_the_prometheus_datasource_and_the_mesh_dashboard(compose):
+    grafana = ROOT / "monitoring" / "grafana"
+    (datasource,) = yaml.safe_load((grafana / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((grafana / "provisioning" / "dashboards" / "mesh.yml").read_text())["providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert "./monitoring/grafana/dashboards:/var/lib/grafana/dashboards:ro" in compose["services"]["grafana"]["volumes"]
+    dashboard = json.loads((grafana / "dashboards" / "mesh.json").read_text())
+    assert dashboard["panels"]
+    documented = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        for target in panel["targets"]:
+            series = series_read(target["expr"])
+            assert series, (panel["title"], target["expr"])
+            # Every series a panel reads is one docs/OPERATIONS.md lists.
+            for name in series:
+                assert f"`{name}`" in documented, (panel["title"], name)
+    # Every service has a panel.
+    text = json.dumps(dashboard)
+    for prefix in ("bff_", "auth_", "socket_proxy", "aggregator_", "etl_"):
+        assert prefix in text, prefix
+
+
+def series_read(expr: str) -> set[str]:
+    """The series a PromQL expression reads: names before a selector or range (``name{...}``, ``name[5m]``), alone
+    in parentheses (``sum(name)``), or alternatives of a ``__name__=~"(a|b)_rest"`` matcher; histograms by their
+    family name (without ``_bucket``)."""
+    names = set(re.findall(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?=[{\[])", expr))
+    names |= set(re.findall(r"(?<=\()([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?=\))", expr))
+    for alternatives, rest in re.findall(r'__name__=~"\(([a-z_|]+)\)(_[a-z0-9_]+)"', expr):
+        names |= {alternative + rest for alternative in alternatives.split("|")}
+    return {name.removesuffix("_bucket") for name in names}
+
+
+def test_grafana_has_no_anonymous_access_and_its_admin_password_is_a_secret(compose):
+    environment = service_environment(compose, "grafana")
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert environment["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in environment
