@@ -11,12 +11,14 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.databases import alembic_head
 
 from auth.migrations import VERSION_TABLE as AUTH_VERSION_TABLE
 from etl.migrate import load_migrations
 from launcher.cli import main
 
 CLICKHOUSE_HEAD = f"{load_migrations()[-1].version:04d}"
+AUTH_HEAD, PROFILE_HEAD = alembic_head("auth"), alembic_head("profile_bff")
 
 
 @pytest.fixture
@@ -55,19 +57,25 @@ def test_postgres_databases_are_shown_upgraded_and_downgraded(run, fresh_databas
 
     fresh = run("db", "current", *both, *urls)
     assert fresh.exit_code == 3, fresh.output
-    assert table(fresh.output) == {"auth": ["none", "0003", "no"], "profile": ["none", "0002", "no"]}
+    assert table(fresh.output) == {"auth": ["none", AUTH_HEAD, "no"], "profile": ["none", PROFILE_HEAD, "no"]}
 
     upgraded = run("db", "upgrade", *both, *urls)
     assert upgraded.exit_code == 0, upgraded.output
-    assert upgraded.output.splitlines() == ["auth: at 0003 (head 0003)", "profile: at 0002 (head 0002)"]
+    assert upgraded.output.splitlines() == [
+        f"auth: at {AUTH_HEAD} (head {AUTH_HEAD})",
+        f"profile: at {PROFILE_HEAD} (head {PROFILE_HEAD})",
+    ]
     current = run("db", "current", *both, *urls)
     assert current.exit_code == 0, current.output
-    assert table(current.output) == {"auth": ["0003", "0003", "yes"], "profile": ["0002", "0002", "yes"]}
+    assert table(current.output) == {
+        "auth": [AUTH_HEAD, AUTH_HEAD, "yes"],
+        "profile": [PROFILE_HEAD, PROFILE_HEAD, "yes"],
+    }
     assert "login_budgets" in tables(auth)
 
     down = run("db", "downgrade", "--database", "auth", "--target", "0002", *urls)
     assert down.exit_code == 0, down.output
-    assert table(run("db", "current", "--database", "auth", *urls).output)["auth"] == ["0002", "0003", "no"]
+    assert table(run("db", "current", "--database", "auth", *urls).output)["auth"] == ["0002", AUTH_HEAD, "no"]
     assert tables(auth) == {"users", "refresh_tokens", AUTH_VERSION_TABLE}
 
     base = run("db", "downgrade", "--database", "profile", "--target", "base", *urls)
@@ -76,7 +84,7 @@ def test_postgres_databases_are_shown_upgraded_and_downgraded(run, fresh_databas
 
     again = run("db", "upgrade", "--database", "auth", "--database", "profile", *urls)
     assert again.exit_code == 0, again.output
-    assert table(run("db", "current", *both, *urls).output)["profile"] == ["0002", "0002", "yes"]
+    assert table(run("db", "current", *both, *urls).output)["profile"] == [PROFILE_HEAD, PROFILE_HEAD, "yes"]
 
 
 def test_an_unknown_revision_or_an_unreachable_database_is_one_clear_line(run, fresh_database):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -28,3 +29,10 @@ async def execute_sql(database_url: str, *statements: str) -> None:
                 await conn.execute(sa.text(statement))
     finally:
         await engine.dispose()
+
+
+def alembic_head(package: str) -> str:
+    """The newest revision of ``package``'s Alembic migrations (``auth``, ``profile_bff``: files
+    ``<package>/migrations/versions/NNNN_*.py``), e.g. ``"0003"``."""
+    versions = Path(__file__).resolve().parents[2] / package / "migrations" / "versions"
+    return max(path.name[:4] for path in versions.glob("[0-9]*.py"))
