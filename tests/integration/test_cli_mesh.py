@@ -209,7 +209,12 @@ def test_topics_list_and_tail_read_the_embedded_broker(mesh):
         assert json.loads(follow.stdout.readline().split(" ", 3)[3])  # a record published after it started
     finally:
         follow.send_signal(signal.SIGINT)
-        follow.wait(30)
+        # Read on until it ends: a follower blocked on a full pipe (records keep coming) acts on the signal
+        # only once its write completes.
+        try:
+            follow.communicate(timeout=30)
+        finally:
+            follow.kill()
     assert_one_line_refusal(crypto_mesh(env, "topics", "tail", "nosuch"), "no topic 'nosuch'", "binance.miniticker")
 
 
