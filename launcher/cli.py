@@ -113,7 +113,7 @@ def up() -> None:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
         watcher = [sys.executable, "-m", "launcher.cli", "watch", str(pending), str(settings.ready_timeout_s)]
         supervisor = Supervisor(
-            [*_children(plan, base_env), Child("mesh", watcher, base_env, restart=False)],
+            [*_children(plan, base_env), Child("readiness", watcher, base_env, restart=False)],
             control.MeshPrinter(sys.stdout, logs, processes),
         )
         asyncio.run(supervisor.run())

@@ -180,7 +180,7 @@ def test_logs_prints_each_processs_output(mesh):
     assert lines and all(" auth | " in line for line in lines)
     assert any("auth_listening" in line for line in lines)
     everything = crypto_mesh(env, "logs")
-    assert {line.split()[1] for line in everything.stdout.splitlines()} >= {*SERVICES, "system", "mesh"}
+    assert {line.split()[1] for line in everything.stdout.splitlines()} >= {*SERVICES, "system", "readiness"}
     unknown = crypto_mesh(env, "logs", "nosuch")
     assert_one_line_refusal(unknown, "nosuch", "profile_bff")
 
