@@ -410,7 +410,7 @@ def topics_list() -> None:
 
     servers = _kafka()
     try:
-        summaries = kafka_topics.run(kafka_topics.list_topics(servers))
+        summaries = kafka_topics.run(lambda _stop: kafka_topics.list_topics(servers))
     except (KafkaError, OSError) as error:
         raise click.ClickException(f"cannot read the broker at {servers}: {_one_line(error)}") from None
     rows = [["TOPIC", "PARTITIONS", "RECORDS"]]
@@ -431,7 +431,9 @@ def topics_tail(topic: str, last: int, follow: bool) -> None:
 
     servers = _kafka()
     try:
-        kafka_topics.run(kafka_topics.tail(servers, topic, last, follow, lambda line: click.echo(line)))
+        kafka_topics.run(
+            lambda stop: kafka_topics.tail(servers, topic, last, follow, lambda line: click.echo(line), stop=stop)
+        )
     except kafka_topics.TopicError as error:
         raise click.ClickException(str(error)) from None
     except (KafkaError, OSError) as error:

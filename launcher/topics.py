@@ -8,12 +8,19 @@ aiokafka consumers without a consumer group (they commit nothing and move no ser
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+
+T = TypeVar("T")
+#: After Ctrl-C, how long a command may take to end by itself before it is cancelled (s).
+INTERRUPT_GRACE_S = 5.0
 
 
 class TopicError(Exception):
@@ -71,9 +78,11 @@ async def tail(
     follow: bool,
     emit: Callable[[str], None],
     options: Mapping[str, Any] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Emit the ``last`` newest records of ``topic`` (of all its partitions, in timestamp order), then, with
-    ``follow``, every new record as it arrives until cancelled. Raises :class:`TopicError` for a topic that
+    ``follow``, every new record as it arrives until ``stop`` is set (checked at least every 0.5 s) or the
+    call is cancelled. Raises :class:`TopicError` for a topic that
     does not exist, ``aiokafka.errors.KafkaError`` if the broker cannot be reached."""
     consumer = _consumer(bootstrap_servers, options)
     await consumer.start()
@@ -102,18 +111,41 @@ async def tail(
             return
         for tp in partitions:
             consumer.seek(tp, end[tp])
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000)
+        while stop is None or not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
                     emit(format_record(record))
     finally:
-        await consumer.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consumer.stop(), INTERRUPT_GRACE_S)
 
 
-def run(coroutine) -> Any:
-    """``asyncio.run`` for the command line: Ctrl-C ends the command quietly."""
+def run(command: Callable[[asyncio.Event], Awaitable[T]]) -> T | None:
+    """Run ``command(stop)`` in a new event loop, for the command line: Ctrl-C (SIGINT) or SIGTERM sets
+    ``stop``, which a command that loops checks; a second one, or a command still running
+    :data:`INTERRUPT_GRACE_S` later, is cancelled. Returns the command's result, or None when interrupted."""
+
+    async def main() -> T | None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(command(stop))
+        loop = asyncio.get_running_loop()
+
+        def interrupt() -> None:
+            if stop.is_set():
+                task.cancel()
+            else:
+                stop.set()
+                loop.call_later(INTERRUPT_GRACE_S, task.cancel)
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, interrupt)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return None
+
     try:
-        return asyncio.run(coroutine)
-    except KeyboardInterrupt:
+        return asyncio.run(main())
+    except KeyboardInterrupt:  # before the handlers were installed
         return None
