@@ -6,7 +6,7 @@ who wants to see, prepare or roll back a schema without starting a service):
 - ``auth`` (PostgreSQL): Alembic, ``auth/migrations``, version table ``alembic_version_auth``;
 - ``profile`` (PostgreSQL): Alembic, ``profile_bff/migrations``, version table ``alembic_version_profile``;
 - ``clickhouse``: the ETL's numbered SQL files (:mod:`etl.migrate`), recorded in ``crypto.schema_migrations``.
-  They are forward-only (no file has a down part): :func:`downgrade` refuses ClickHouse.
+  They are forward-only (no file has a down part): ``crypto-mesh db downgrade`` refuses ClickHouse.
 
 Every function takes the database's URL (SQLAlchemy asyncpg URL for PostgreSQL, clickhouse-connect DSN for
 ClickHouse) and raises :class:`DbCommandError` with one line for the operator, or the driver's error.
@@ -27,9 +27,6 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
-
-#: The databases ``crypto-mesh db`` knows, in the order it reports them.
-DATABASES = ("auth", "profile", "clickhouse")
 
 
 class DbCommandError(Exception):
