@@ -43,20 +43,10 @@ from profile_bff.alertrules import RuleSpec
 from profile_bff.crossing import Evaluation, Rule
 from profile_bff.portfolio import CONTEXT
 
+from machine import cpu_model
+
 SYMBOLS = {"btcusdt": Decimal("61837.63"), "ethusdt": Decimal("2682.79"), "dotusdt": Decimal("4.812")}
 START_MS = 1_723_161_240_000
-
-
-def cpu_model() -> str:
-    """The CPU model from /proc/cpuinfo, or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_rules(users: int, rng: random.Random) -> tuple[list[Rule], dict[int, dict[str, Decimal]]]:

@@ -48,6 +48,8 @@ from launcher.mesh import (
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import AUTH, PROFILE_BFF
 
+from machine import cpu_model
+
 BCRYPT_COST = 12
 USERS = 8
 CONCURRENCY = 8
@@ -64,17 +66,9 @@ UNLIMITED = "1000000/second"
 
 
 def conditions() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return (
-        f"machine: {model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; "
+        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}; load average at start {load}\n"
         f"auth and BFF as separate processes; embedded PostgreSQL over a Unix socket; Redis on 127.0.0.1; "
         f"bcrypt cost {BCRYPT_COST}"

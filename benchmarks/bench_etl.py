@@ -62,6 +62,8 @@ from etl.columnar import arrow_table
 from etl.seconds import SECONDS
 from etl.settings import EtlSettings
 
+from machine import cpu_model
+
 GOAL_ROWS_PER_S = 100_000
 SYMBOLS = ("btcusdt", "ethusdt", "dotusdt")
 PARTITIONS = 4
@@ -180,16 +182,6 @@ async def through_etl(
         return count / elapsed, elapsed, stats.batches_committed
     finally:
         await running.stop()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def main() -> int:

@@ -47,6 +47,8 @@ from launcher.replay.settings import DEFAULT_RECORDING
 from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
 from crypto_mesh.servicecreds import bearer_header, read_token
 
+from machine import cpu_model
+
 GOAL_FRAMES_PER_S = 50_000
 GOAL_P99_S = 0.050
 
@@ -121,16 +123,9 @@ def main() -> None:
     parser.add_argument("--ceiling", type=float, default=3.0, help="seconds of the in-process ceiling loop")
     args = parser.parse_args()
     recording = DEFAULT_RECORDING
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     print(
-        f"machine: {cpu}; {os.cpu_count()} cores; Python {platform.python_version()}; {platform.platform()}"
+        f"machine: {cpu_model()}; {os.cpu_count()} cores; Python {platform.python_version()}; "
+        f"{platform.platform()}"
     )
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(

@@ -6,7 +6,7 @@ who wants to see, prepare or roll back a schema without starting a service):
 - ``auth`` (PostgreSQL): Alembic, ``auth/migrations``, version table ``alembic_version_auth``;
 - ``profile`` (PostgreSQL): Alembic, ``profile_bff/migrations``, version table ``alembic_version_profile``;
 - ``clickhouse``: the ETL's numbered SQL files (:mod:`etl.migrate`), recorded in ``crypto.schema_migrations``.
-  They are forward-only (no file has a down part): :func:`downgrade` refuses ClickHouse.
+  They are forward-only (no file has a down part): ``crypto-mesh db downgrade`` refuses ClickHouse.
 
 Every function takes the database's URL (SQLAlchemy asyncpg URL for PostgreSQL, clickhouse-connect DSN for
 ClickHouse) and raises :class:`DbCommandError` with one line for the operator, or the driver's error.
@@ -27,9 +27,6 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
-
-#: The databases ``crypto-mesh db`` knows, in the order it reports them.
-DATABASES = ("auth", "profile", "clickhouse")
 
 
 class DbCommandError(Exception):
@@ -55,24 +52,17 @@ class Revision:
 class _Alembic:
     script_location: Path
     version_table: str
-    #: The PostgreSQL advisory lock the service takes in the migration's transaction (replicas starting
-    #: together), or None where its Alembic environment takes one itself (auth).
-    lock_sql: str | None
 
 
 def _alembic(database: str) -> _Alembic:
     if database == "auth":
         from auth import migrations
 
-        return _Alembic(Path(migrations.__file__).parent, migrations.VERSION_TABLE, None)
+        return _Alembic(Path(migrations.__file__).parent, migrations.VERSION_TABLE)
     if database == "profile":
         from profile_bff import store
 
-        return _Alembic(
-            store.MIGRATIONS_DIR,
-            store.VERSION_TABLE,
-            "SELECT pg_advisory_xact_lock(hashtext('profile_bff.migrations'))",
-        )
+        return _Alembic(store.MIGRATIONS_DIR, store.VERSION_TABLE)
     raise DbCommandError(f"{database!r} is not an Alembic database (auth, profile)")
 
 
@@ -133,16 +123,13 @@ def migrate_postgres(database: str, url: str, direction: str, target: str) -> Re
         with migrations._UPGRADE_LOCK:
             run(migrations.alembic_config(url), target)
     else:
-        spec = _alembic(database)
+        from profile_bff import store
 
         def migrate(connection: sa.Connection) -> None:
-            config = Config()
-            config.set_main_option("script_location", str(spec.script_location))
-            config.attributes["connection"] = connection
-            config.attributes["version_table"] = spec.version_table
-            run(config, target)
+            run(store.alembic_config(connection), target)
 
-        asyncio.run(_on_connection(url, migrate, spec.lock_sql))
+        # The profile service's configuration and advisory lock (a replica migrating at the same time waits).
+        asyncio.run(_on_connection(url, migrate, store.MIGRATION_LOCK_SQL))
     return postgres_revision(database, url)
 
 

@@ -42,31 +42,53 @@ async def consumer_lag(
 ) -> int:
     """The :func:`lag` of consumer group ``group_id`` over ``topics`` (a topic that does not exist counts 0).
     Raises ``aiokafka.errors.KafkaError`` or ``OSError`` if the broker cannot be asked."""
-    options = dict(client_options or {})
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **options)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **options)
-    await consumer.start()
-    try:
-        await admin.start()
+    async with _LagReader(bootstrap_servers, client_options) as reader:
+        return await reader.lag(group_id, topics)
+
+
+class _LagReader:
+    """A consumer (offsets) and an admin client (a group's commits) of one broker, started once for as many
+    :meth:`lag` questions as the caller asks."""
+
+    def __init__(self, bootstrap_servers: str, client_options: Mapping[str, Any] | None = None) -> None:
+        options = dict(client_options or {})
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **options
+        )
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **options)
+
+    async def __aenter__(self) -> _LagReader:
+        await self._consumer.start()
         try:
-            existing = await consumer.topics()
-            partitions = [
-                TopicPartition(topic, partition)
-                for topic in topics
-                if topic in existing
-                for partition in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            if not partitions:
-                return 0
-            beginning = await consumer.beginning_offsets(partitions)
-            end = await consumer.end_offsets(partitions)
-            offsets = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
-            committed = {tp: meta.offset for tp, meta in offsets.items()}
-            return lag(beginning, end, committed)
+            await self._admin.start()
+        except BaseException:
+            await self._consumer.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *_exc) -> None:
+        try:
+            await self._admin.close()
         finally:
-            await admin.close()
-    finally:
-        await consumer.stop()
+            await self._consumer.stop()
+
+    async def lag(self, group_id: str, topics: Sequence[str]) -> int:
+        """:func:`consumer_lag` on the started clients."""
+        consumer = self._consumer
+        existing = await consumer.topics()
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            if topic in existing
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return 0
+        beginning = await consumer.beginning_offsets(partitions)
+        end = await consumer.end_offsets(partitions)
+        offsets = await self._admin.list_consumer_group_offsets(group_id, partitions=partitions)
+        committed = {tp: meta.offset for tp, meta in offsets.items()}
+        return lag(beginning, end, committed)
 
 
 async def wait_until_consumed(
@@ -83,22 +105,25 @@ async def wait_until_consumed(
     the broker cannot be asked (then the records left are lost with it)."""
     deadline = time.monotonic() + timeout_s
     waiting_for: int | None = None
-    while True:
-        try:
-            left = await consumer_lag(bootstrap_servers, group_id, topics)
-        except (KafkaError, OSError) as error:
-            report(f"cannot ask the broker what the ETL has loaded ({type(error).__name__}: {error})")
-            return False
-        if left == 0:
-            held = f" (it had {waiting_for} left to load)" if waiting_for else ""
-            report(f"the ETL has loaded every record the broker holds{held}")
-            return True
-        if waiting_for is None:
-            waiting_for = left
-            report(f"waiting for the ETL to load the {left} records still in the broker")
-        if time.monotonic() >= deadline:
-            report(
-                f"the ETL has not loaded {left} records within {timeout_s:.0f}s: they are lost with the broker"
-            )
-            return False
-        await asyncio.sleep(interval_s)
+    try:
+        # The clients are started once for the whole wait, not once per question.
+        async with _LagReader(bootstrap_servers) as reader:
+            while True:
+                left = await reader.lag(group_id, topics)
+                if left == 0:
+                    held = f" (it had {waiting_for} left to load)" if waiting_for else ""
+                    report(f"the ETL has loaded every record the broker holds{held}")
+                    return True
+                if waiting_for is None:
+                    waiting_for = left
+                    report(f"waiting for the ETL to load the {left} records still in the broker")
+                if time.monotonic() >= deadline:
+                    report(
+                        f"the ETL has not loaded {left} records within {timeout_s:.0f}s: they are lost with "
+                        "the broker"
+                    )
+                    return False
+                await asyncio.sleep(interval_s)
+    except (KafkaError, OSError) as error:
+        report(f"cannot ask the broker what the ETL has loaded ({type(error).__name__}: {error})")
+        return False

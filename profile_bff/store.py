@@ -73,6 +73,9 @@ TICKET_KEY_PREFIX = "bff:ws-ticket:"
 IN_FLIGHT_ABANDONED_S = 60
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_profile"
+#: The advisory lock a migration of the profile database takes in its transaction, so that replicas starting
+#: together (and ``crypto-mesh db``) migrate one at a time.
+MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('profile_bff.migrations'))"
 
 metadata = sa.MetaData()
 profiles = sa.Table(
@@ -202,7 +205,7 @@ class ProfileStore:
         """Bring the schema to the latest Alembic revision, under an advisory lock so that replicas starting
         together migrate one at a time."""
         async with self._connection() as conn:
-            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('profile_bff.migrations'))"))
+            await conn.execute(sa.text(MIGRATION_LOCK_SQL))
             await conn.run_sync(_upgrade_to_head)
         self._migrated = True
 
@@ -470,12 +473,19 @@ async def _record(
     )
 
 
-def _upgrade_to_head(connection: sa.Connection) -> None:
+def alembic_config(connection: sa.Connection) -> Config:
+    """An Alembic configuration built in code (no alembic.ini) that migrates the profile database on
+    ``connection`` (a synchronous connection, e.g. inside ``AsyncConnection.run_sync``), with its version
+    table :data:`VERSION_TABLE`. The caller takes :data:`MIGRATION_LOCK_SQL` in the same transaction."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
     config.attributes["version_table"] = VERSION_TABLE
-    command.upgrade(config, "head")
+    return config
+
+
+def _upgrade_to_head(connection: sa.Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
 
 
 class MarketBus:
