@@ -43,11 +43,10 @@ import grpc
 import structlog
 from aiohttp import web
 from prometheus_client import Counter
-from prometheus_client.registry import Collector
 
 from crypto_mesh.grpc_tls import wrap_handler
 from crypto_mesh.logs import get_logger
-from crypto_mesh.metrics import latency_histogram
+from crypto_mesh.metrics import CollectorGroup, latency_histogram
 
 log = get_logger(__name__)
 
@@ -100,9 +99,9 @@ async def request_context(request_id: str) -> AsyncIterator[None]:
         _request_id.reset(token)
 
 
-class HttpMetrics:
-    """RED series of an HTTP service under ``prefix`` (see the module docstring); register
-    :attr:`collectors` in the service's registry."""
+class HttpMetrics(CollectorGroup):
+    """RED series of an HTTP service under ``prefix`` (see the module docstring); register the group in the
+    service's registry."""
 
     def __init__(self, prefix: str) -> None:
         self.requests = Counter(
@@ -116,11 +115,7 @@ class HttpMetrics:
             "Time to answer an HTTP request (s), by method and route template.",
             ("method", "route"),
         )
-
-    @property
-    def collectors(self) -> tuple[Collector, ...]:
-        """The collectors to register."""
-        return (self.requests, self.duration)
+        super().__init__(self.requests, self.duration)
 
     def observe(self, method: str, route: str, status: int, duration_s: float) -> None:
         """Count one answered request and its duration (s)."""
@@ -205,9 +200,9 @@ def _method_name(method: str | bytes) -> str:
     return method.decode() if isinstance(method, bytes) else method
 
 
-class GrpcMetrics:
+class GrpcMetrics(CollectorGroup):
     """RED series of a gRPC server (``side="server"``) or client (``side="client"``) under ``prefix`` (see
-    the module docstring); register :attr:`collectors` in the service's registry."""
+    the module docstring); register the group in the service's registry."""
 
     def __init__(self, prefix: str, side: str) -> None:
         self.started = Counter(
@@ -227,11 +222,7 @@ class GrpcMetrics:
             f"Duration of gRPC calls ({side} side, s), by method.",
             ("grpc_method",),
         )
-
-    @property
-    def collectors(self) -> tuple[Collector, ...]:
-        """The collectors to register."""
-        return (self.started, self.handled, self.duration)
+        super().__init__(self.started, self.handled, self.duration)
 
     def start(self, method: str) -> None:
         """Count one call started."""
