@@ -178,7 +178,7 @@ def registry_for(service: AggregatorService) -> CollectorRegistry:
         METRICS,
         service,
         service.publisher.latency,
-        *service.http_metrics.collectors,
-        *service.grpc_metrics.collectors,
-        *service.redis_metrics.collectors,
+        service.http_metrics,
+        service.grpc_metrics,
+        service.redis_metrics,
     )

@@ -34,4 +34,4 @@ METRICS: tuple[Declared[AuthService], ...] = (
 
 def registry_for(service: AuthService) -> CollectorRegistry:
     """A registry of its own with the series of :data:`METRICS` and the RED series of the RPCs."""
-    return metrics_registry("auth", METRICS, service, *service.grpc_metrics.collectors)
+    return metrics_registry("auth", METRICS, service, service.grpc_metrics)

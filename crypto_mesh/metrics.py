@@ -92,8 +92,8 @@ def metrics_registry(
     prefix: str, declared: Iterable[Declared[S]], source: S, *collectors: Collector
 ) -> CollectorRegistry:
     """A registry of its own (not the process-global one) with the ``declared`` series of ``source`` under
-    ``prefix`` and any further ``collectors`` (a histogram, say), so two services started in one process (the
-    tests) never collide on metric names."""
+    ``prefix`` and any further ``collectors`` (a histogram, a :class:`CollectorGroup`), so two services started
+    in one process (the tests) never collide on metric names."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DeclaredCollector(prefix, declared, source))
     for collector in collectors:
@@ -149,16 +149,36 @@ def pool_gauges(read_pool: Callable[[S], Pool]) -> tuple[Declared[S], ...]:
     )
 
 
+class CollectorGroup:
+    """Several collectors that a service registers together (the RED series of its routes or RPCs, its Redis
+    client's series): pass the group itself to :func:`metrics_registry` as one of its ``collectors``. Their
+    names are still checked against the registry's others (:meth:`describe`)."""
+
+    def __init__(self, *collectors: Collector) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        """The samples of every collector of the group, in order."""
+        for collector in self._collectors:
+            yield from collector.collect()
+
+    def describe(self) -> Iterator[Metric]:
+        """The families of every collector of the group (for the registry's duplicate-name check)."""
+        for collector in self._collectors:
+            yield from collector.describe()
+
+
 def latency_histogram(name: str, help: str, labels: tuple[str, ...] = ()) -> Histogram:
     """A histogram of durations in seconds (1 ms to 10 s buckets) not registered anywhere: pass it to
     :func:`metrics_registry` as one of its ``collectors``. ``name`` is the full series name."""
     return Histogram(name, help, labels, buckets=DURATION_BUCKETS, registry=None)
 
 
-class RedisMetrics:
+class RedisMetrics(CollectorGroup):
     """The Redis client's series of a service under ``prefix``: ``<prefix>_redis_command_duration_seconds
     {command}`` (round trip of a command, or of a whole pipeline as ``command="PIPELINE"``) and
-    ``<prefix>_redis_command_errors_total{command}``. :meth:`instrument` a client to feed them."""
+    ``<prefix>_redis_command_errors_total{command}``. :meth:`instrument` a client to feed them; register the
+    group in the service's registry."""
 
     def __init__(self, prefix: str) -> None:
         self.duration = latency_histogram(
@@ -167,11 +187,7 @@ class RedisMetrics:
         self.errors = Counter(
             f"{prefix}_redis_command_errors", "Redis commands that failed, by command.", ("command",), registry=None
         )
-
-    @property
-    def collectors(self) -> tuple[Collector, ...]:
-        """The collectors to register."""
-        return (self.duration, self.errors)
+        super().__init__(self.duration, self.errors)
 
     def instrument(self, client: Any) -> Any:
         """Time every command of ``client`` (a ``redis.asyncio.Redis``) and of its pipelines; returns it.

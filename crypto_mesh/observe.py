@@ -43,11 +43,10 @@ import grpc
 import structlog
 from aiohttp import web
 from prometheus_client import Counter
-from prometheus_client.registry import Collector
 
 from crypto_mesh.grpc_tls import wrap_handler
 from crypto_mesh.logs import get_logger
-from crypto_mesh.metrics import latency_histogram
+from crypto_mesh.metrics import CollectorGroup, latency_histogram
 
 log = get_logger(__name__)
 
@@ -100,9 +99,9 @@ async def request_context(request_id: str) -> AsyncIterator[None]:
         _request_id.reset(token)
 
 
-class HttpMetrics:
-    """RED series of an HTTP service under ``prefix`` (see the module docstring); register
-    :attr:`collectors` in the service's registry."""
+class HttpMetrics(CollectorGroup):
+    """RED series of an HTTP service under ``prefix`` (see the module docstring); register the group in the
+    service's registry."""
 
     def __init__(self, prefix: str) -> None:
         self.requests = Counter(
@@ -116,11 +115,7 @@ class HttpMetrics:
             "Time to answer an HTTP request (s), by method and route template.",
             ("method", "route"),
         )
-
-    @property
-    def collectors(self) -> tuple[Collector, ...]:
-        """The collectors to register."""
-        return (self.requests, self.duration)
+        super().__init__(self.requests, self.duration)
 
     def observe(self, method: str, route: str, status: int, duration_s: float) -> None:
         """Count one answered request and its duration (s)."""
@@ -138,14 +133,14 @@ def route_template(request: web.Request) -> str:
 
 
 def observe_http(
-    metrics: HttpMetrics | None,
+    metrics: HttpMetrics,
     *,
     access_log: bool = False,
     trust_request_id: Callable[[web.Request], bool] = lambda _request: True,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """An aiohttp middleware: the request id (taken from ``X-Request-Id`` when valid and
     ``trust_request_id(request)``, else new; bound in structlog's context; returned in the response's
-    ``X-Request-Id``), the RED series of ``metrics`` (None: none) and, with ``access_log``, one
+    ``X-Request-Id``), the RED series of ``metrics`` and, with ``access_log``, one
     ``http_request`` log event a request. Put it first in the application's middlewares, so that it sees
     the final status of every answer, refusals included."""
 
@@ -170,8 +165,7 @@ def observe_http(
             finally:
                 duration_s = time.perf_counter() - started
                 route = route_template(request)
-                if metrics is not None:
-                    metrics.observe(request.method, route, status, duration_s)
+                metrics.observe(request.method, route, status, duration_s)
                 if access_log:
                     log.info(
                         "http_request",
@@ -205,9 +199,9 @@ def _method_name(method: str | bytes) -> str:
     return method.decode() if isinstance(method, bytes) else method
 
 
-class GrpcMetrics:
+class GrpcMetrics(CollectorGroup):
     """RED series of a gRPC server (``side="server"``) or client (``side="client"``) under ``prefix`` (see
-    the module docstring); register :attr:`collectors` in the service's registry."""
+    the module docstring); register the group in the service's registry."""
 
     def __init__(self, prefix: str, side: str) -> None:
         self.started = Counter(
@@ -227,11 +221,7 @@ class GrpcMetrics:
             f"Duration of gRPC calls ({side} side, s), by method.",
             ("grpc_method",),
         )
-
-    @property
-    def collectors(self) -> tuple[Collector, ...]:
-        """The collectors to register."""
-        return (self.started, self.handled, self.duration)
+        super().__init__(self.started, self.handled, self.duration)
 
     def start(self, method: str) -> None:
         """Count one call started."""
@@ -245,11 +235,11 @@ class GrpcMetrics:
 
 class GrpcServerObserver(grpc.aio.ServerInterceptor):
     """For every call: the request id of its ``x-request-id`` metadata (when valid; else a new one) bound in
-    structlog's context while its handler runs, the RED series of ``metrics`` (None: none) and, with
+    structlog's context while its handler runs, the RED series of ``metrics`` and, with
     ``access_log``, a ``grpc_request`` log event. Put it before the server's other interceptors, so that
     refused calls are counted and logged with their request id too."""
 
-    def __init__(self, metrics: GrpcMetrics | None, *, access_log: bool = False) -> None:
+    def __init__(self, metrics: GrpcMetrics, *, access_log: bool = False) -> None:
         self._metrics = metrics
         self._access_log = access_log
 
@@ -266,8 +256,7 @@ class GrpcServerObserver(grpc.aio.ServerInterceptor):
     async def _around(self, method: str, request_id: str, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        if self._metrics is not None:
-            self._metrics.start(method)
+        self._metrics.start(method)
         async with request_context(request_id):
             try:
                 yield
@@ -278,8 +267,7 @@ class GrpcServerObserver(grpc.aio.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.OK
             finally:
                 duration_s = time.perf_counter() - started
-                if self._metrics is not None:
-                    self._metrics.observe(method, code, duration_s)
+                self._metrics.observe(method, code, duration_s)
                 if self._access_log:
                     log.info(
                         "grpc_request",
@@ -290,23 +278,22 @@ class GrpcServerObserver(grpc.aio.ServerInterceptor):
                     )
 
 
-def client_observers(metrics: GrpcMetrics | None) -> list[grpc.aio.ClientInterceptor]:
+def client_observers(metrics: GrpcMetrics) -> list[grpc.aio.ClientInterceptor]:
     """The client interceptors of a channel (``grpc.aio`` takes one kind of call per interceptor): for every
     unary or server-streaming call, the request id being served (:func:`current_request_id`) sent as
-    ``x-request-id`` metadata, and the RED series of ``metrics`` (None: none; a stream's duration and code
+    ``x-request-id`` metadata, and the RED series of ``metrics`` (a stream's duration and code
     once it ends)."""
     return [_UnaryObserver(metrics), _StreamObserver(metrics)]
 
 
 class _UnaryObserver(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, metrics: GrpcMetrics | None) -> None:
+    def __init__(self, metrics: GrpcMetrics) -> None:
         self._metrics = metrics
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         method = _method_name(client_call_details.method)
         started = time.perf_counter()
-        if self._metrics is not None:
-            self._metrics.start(method)
+        self._metrics.start(method)
         call = await continuation(_with_request_id(client_call_details), request)
         code = grpc.StatusCode.OK
         try:
@@ -316,13 +303,12 @@ class _UnaryObserver(grpc.aio.UnaryUnaryClientInterceptor):
         except BaseException:
             code = grpc.StatusCode.CANCELLED
         finally:
-            if self._metrics is not None:
-                self._metrics.observe(method, code, time.perf_counter() - started)
+            self._metrics.observe(method, code, time.perf_counter() - started)
         return call
 
 
 class _StreamObserver(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, metrics: GrpcMetrics | None) -> None:
+    def __init__(self, metrics: GrpcMetrics) -> None:
         self._metrics = metrics
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -330,9 +316,8 @@ class _StreamObserver(grpc.aio.UnaryStreamClientInterceptor):
         method = _method_name(client_call_details.method)
         started = time.perf_counter()
         call = await continuation(_with_request_id(client_call_details), request)
-        if self._metrics is not None:
-            self._metrics.start(method)
-            call.add_done_callback(lambda done: self._observe_done(method, done, started))
+        self._metrics.start(method)
+        call.add_done_callback(lambda done: self._observe_done(method, done, started))
         return call
 
     def _observe_done(self, method: str, call: Any, started: float) -> None:
@@ -344,8 +329,7 @@ class _StreamObserver(grpc.aio.UnaryStreamClientInterceptor):
     async def _observe_code(self, method: str, call: Any, duration_s: float) -> None:
         # The call is done: its code() answers at once.
         code = grpc.StatusCode.CANCELLED if call.cancelled() else await call.code()
-        if self._metrics is not None:
-            self._metrics.observe(method, code, duration_s)
+        self._metrics.observe(method, code, duration_s)
 
 
 def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:

@@ -32,14 +32,14 @@ log = get_logger(__name__)
 
 #: The standard variable that turns tracing on (OpenTelemetry's OTLP exporter specification).
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
-#: Server-streaming methods whose handlers send with ``context.write()`` (socket_proxy's market streams): the gRPC
-#: instrumentation's server interceptor takes every streaming handler for an async generator and would fail them
-#: (``'async for' requires an object with __aiter__``). They are not traced on the server side (a span of a stream
-#: that lives for hours would say little); their callers' client spans remain.
 #: Seconds an export may take (each batch, and the last one at exit) unless ``OTEL_EXPORTER_OTLP_TIMEOUT`` or
 #: ``OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`` says otherwise (OpenTelemetry's default, 10 s, would hold a stopping
 #: service that long when the collector is down: ``crypto-mesh up`` kills a service still running after 5 s).
 EXPORT_TIMEOUT_S = 2.0
+#: Server-streaming methods whose handlers send with ``context.write()`` (socket_proxy's market streams): the gRPC
+#: instrumentation's server interceptor takes every streaming handler for an async generator and would fail them
+#: (``'async for' requires an object with __aiter__``). They are not traced on the server side (a span of a stream
+#: that lives for hours would say little); their callers' client spans remain.
 UNTRACED_SERVER_METHODS = (
     "/crypto.socket.v1.SocketProxy/StreamTrades",
     "/crypto.socket.v1.SocketProxy/StreamMiniTickers",

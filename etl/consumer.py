@@ -172,8 +172,8 @@ class TickerConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.stats = ConsumerStats()
-        #: (topic, partition) → the offset after the last record taken from it, for :meth:`partition_lag`.
-        self._positions: dict[tuple[str, int], int] = {}
+        #: Partition → the offset after the last record taken from it, for :meth:`partition_lag`.
+        self._positions: dict[TopicPartition, int] = {}
         self.kafka_ready = False
         self.kafka_ever_ready = False
         self.clickhouse_failing = False
@@ -298,7 +298,7 @@ class TickerConsumer:
                 by_topic: dict[str, list[tuple[TopicPartition, list[ConsumerRecord]]]] = {}
                 for tp, records in polled.items():
                     by_topic.setdefault(tp.topic, []).append((tp, records))
-                    self._positions[(tp.topic, tp.partition)] = records[-1].offset + 1
+                    self._positions[tp] = records[-1].offset + 1
                 now = time.monotonic()
                 for topic, parts in by_topic.items():
                     loads[topic].take(parts, now)
@@ -331,16 +331,19 @@ class TickerConsumer:
 
     def partition_lag(self) -> dict[tuple[str, str], int]:
         """Consumer lag now, ``{(topic, partition as str): records}``: each partition's high watermark (as the
-        broker's last fetch answer gave it) minus the offset after the last record taken from it; partitions
-        not read yet, or with no consumer (Kafka down), are absent."""
+        broker's last fetch answer gave it) minus the offset after the last record taken from it, of the
+        partitions assigned to this consumer now; partitions not read yet, or with no consumer (Kafka down), are
+        absent. (aiokafka's ``highwater`` refuses a partition no longer assigned, one a rebalance gave to another
+        replica.)"""
         consumer = self._consumer
         if consumer is None:
             return {}
         lag = {}
-        for (topic, partition), position in self._positions.items():
-            highwater = consumer.highwater(TopicPartition(topic, partition))
-            if highwater is not None:
-                lag[(topic, str(partition))] = max(highwater - position, 0)
+        for tp in consumer.assignment():
+            position = self._positions.get(tp)
+            highwater = consumer.highwater(tp)
+            if position is not None and highwater is not None:
+                lag[(tp.topic, str(tp.partition))] = max(highwater - position, 0)
         return lag
 
     def _new_load(self, topic: str) -> _Load:

@@ -43,4 +43,4 @@ METRICS: tuple[Declared[EtlService], ...] = (
 def registry_for(service: EtlService) -> CollectorRegistry:
     """A registry of its own with the series of :data:`METRICS`, the RED series of the routes and the insert
     latency."""
-    return metrics_registry("etl", METRICS, service, *service.http_metrics.collectors, service.store.insert_latency)
+    return metrics_registry("etl", METRICS, service, service.http_metrics, service.store.insert_latency)

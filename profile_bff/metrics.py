@@ -30,8 +30,8 @@ def registry_for(bff: Bff) -> CollectorRegistry:
         "bff",
         METRICS,
         bff,
-        *bff.http_metrics.collectors,
-        *bff.grpc_metrics.collectors,
-        *bff.redis_metrics.collectors,
+        bff.http_metrics,
+        bff.grpc_metrics,
+        bff.redis_metrics,
         bff.manager.fan_out_latency,
     )

@@ -59,11 +59,11 @@ class Bff:
     market: MarketHistory
     alert_store: AlertStore
     alerts: Alerts
+    grpc_metrics: GrpcMetrics
+    redis_metrics: RedisMetrics
     instrument_refresh: InstrumentRefresh | None = None
     evaluator: AlertEvaluator | None = None
     http_metrics: HttpMetrics = field(default_factory=lambda: HttpMetrics("bff"))
-    grpc_metrics: GrpcMetrics = field(default_factory=lambda: GrpcMetrics("bff", "client"))
-    redis_metrics: RedisMetrics = field(default_factory=lambda: RedisMetrics("bff"))
     metrics_port: int | None = None
 
     def require_store(self) -> ProfileStore:

@@ -108,4 +108,4 @@ METRICS: tuple[Declared[ProxyService], ...] = (
 def registry_for(proxy: ProxyService) -> CollectorRegistry:
     """A registry of its own with the series of :data:`METRICS` and the RED series of the RPCs
     (``socket_proxy_grpc_server_*``, :mod:`crypto_mesh.observe`)."""
-    return metrics_registry("socket_proxy", METRICS, proxy, *proxy.grpc_metrics.collectors)
+    return metrics_registry("socket_proxy", METRICS, proxy, proxy.grpc_metrics)

@@ -31,8 +31,7 @@ METHOD = "/test.Echo/RequestId"
 
 
 def samples(*metrics) -> dict[str, float]:
-    collectors = [collector for m in metrics for collector in m.collectors]
-    return parse_samples(generate_latest(metrics_registry("test", (), None, *collectors)).decode())
+    return parse_samples(generate_latest(metrics_registry("test", (), None, *metrics)).decode())
 
 
 @pytest.mark.parametrize("value", ["0f8e2a", "req-1.2:3_x", "a" * 128])
