@@ -299,9 +299,12 @@ class _UnaryObserver(grpc.aio.UnaryUnaryClientInterceptor):
         try:
             await call
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
+            code = exc.code()  # the caller sees it when it awaits the call
         except BaseException:
+            # The caller's task cancelled (a timeout, a stop): counted, and the cancellation goes on, so that
+            # asyncio.timeout and stops still work through the interceptor.
             code = grpc.StatusCode.CANCELLED
+            raise
         finally:
             self._metrics.observe(method, code, time.perf_counter() - started)
         return call
