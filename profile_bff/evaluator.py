@@ -50,7 +50,7 @@ from profile_bff.alerts import alert_json
 from profile_bff.alertstore import AlertStore
 from profile_bff.crossing import Evaluation, Firing
 from profile_bff.errors import StoreUnavailable
-from profile_bff.portfolio import InvalidSecondStat, parse_second_stat
+from profile_bff.portfolio import InvalidSecondStat, second_stat_close
 from profile_bff.settings import BffSettings
 from profile_bff.store import MarketBus
 
@@ -196,13 +196,13 @@ class AlertEvaluator:
                 for record in records:
                     symbol = (record.key or b"").decode("ascii", "replace")
                     try:
-                        price = parse_second_stat(record.value or b"")
+                        second_ms, close = second_stat_close(record.value or b"")
                     except InvalidSecondStat as exc:
                         log.warning("malformed_second_record", partition=tp.partition, offset=record.offset, error=str(exc))
                         continue
                     if symbol in history_symbols:
-                        closes.append((symbol, price.second_ms, price.value))
-                    firings.extend(evaluation.apply(symbol, price.second_ms, price.value))
+                        closes.append((symbol, second_ms, close))
+                    firings.extend(evaluation.apply(symbol, second_ms, close))
                     self.records += 1
             prune = {
                 symbol: evaluation.closes[symbol][0] - window_ms
