@@ -392,33 +392,46 @@ class AlertStore:
                     pg_insert(alert_closes).on_conflict_do_nothing(),
                     [{"symbol": s, "second": t, "close": c} for s, t, c in closes],
                 )
-            for symbol, before in prune_closes.items():
+            if prune_closes:
                 await conn.execute(
-                    sa.delete(alert_closes).where(alert_closes.c.symbol == symbol, alert_closes.c.second < before)
+                    sa.delete(alert_closes).where(
+                        alert_closes.c.symbol == sa.bindparam("prune_symbol"),
+                        alert_closes.c.second < sa.bindparam("prune_before"),
+                    ),
+                    [{"prune_symbol": s, "prune_before": t} for s, t in sorted(prune_closes.items())],
                 )
-            stored: list[Firing] = []
-            for firing in firings:
-                inserted = await conn.scalar(
-                    pg_insert(alert_firings)
-                    .values(
-                        alert_id=uuid.UUID(firing.alert_id),
-                        rule_id=firing.rule_id,
-                        user_id=firing.user_id,
-                        kind=firing.kind,
-                        symbol=firing.symbol,
-                        price=firing.price,
-                        value=firing.value,
-                        second=firing.second,
-                        webhook_url=firing.webhook_url,
-                        webhook_state="pending" if firing.webhook_url else "none",
-                        webhook_next_at=sa.func.now() if firing.webhook_url else None,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(alert_firings.c.seq)
-                )
-                if inserted is not None:
-                    stored.append(firing)
-            return stored
+            if not firings:
+                return []
+            # One statement for the batch's firings; those already stored (a redelivery) are not returned.
+            # ``webhook_next_at``: the transaction's now() for a firing with a webhook, else NULL.
+            due_now = sa.case((sa.bindparam("has_webhook", type_=sa.Boolean), sa.func.now()))
+            statement = (
+                pg_insert(alert_firings)
+                .values(webhook_next_at=due_now)
+                .on_conflict_do_nothing()
+                .returning(alert_firings.c.alert_id)
+            )
+            inserted = await conn.execute(
+                statement,
+                [
+                    {
+                        "alert_id": uuid.UUID(firing.alert_id),
+                        "rule_id": firing.rule_id,
+                        "user_id": firing.user_id,
+                        "kind": firing.kind,
+                        "symbol": firing.symbol,
+                        "price": firing.price,
+                        "value": firing.value,
+                        "second": firing.second,
+                        "webhook_url": firing.webhook_url,
+                        "webhook_state": "pending" if firing.webhook_url else "none",
+                        "has_webhook": bool(firing.webhook_url),
+                    }
+                    for firing in firings
+                ],
+            )
+            new_ids = {str(alert_id) for alert_id in inserted.scalars()}
+            return [firing for firing in firings if firing.alert_id in new_ids]
 
     async def unpublished(self, limit: int) -> list[StoredFiring]:
         """Firings not yet published to the sockets, oldest first."""

@@ -23,7 +23,9 @@ PostgreSQL or Kafka does the same without a restart: the consumer leaves the gro
 dropped, and a new consumer starts from what is stored. On every partition assignment the states are read
 again, since another replica may have evaluated the partition meanwhile.
 
-Rules and portfolios are read again when they changed (``BFF_ALERTS_REFRESH_S``, a cheap version query). A
+Rules and portfolios are read again when they changed (``BFF_ALERTS_REFRESH_S``, a cheap version query), and
+with them the stored states of the rules that became active (created or resumed) and the close histories of
+symbols newly watched; what was active before is as stored already (each batch is stored before the next). A
 portfolio rule is evaluated on the SecondStats of its coins by the replica that receives them; with more than
 one partition its coins may be on several replicas, so portfolio rules need a topic of one partition (the
 default) — a known limit (docs/CONTRACTS.md, "Alerts").
@@ -50,7 +52,7 @@ from profile_bff.alerts import alert_json
 from profile_bff.alertstore import AlertStore
 from profile_bff.crossing import Evaluation, Firing
 from profile_bff.errors import StoreUnavailable
-from profile_bff.portfolio import InvalidSecondStat, parse_second_stat
+from profile_bff.portfolio import InvalidSecondStat, second_stat_close
 from profile_bff.settings import BffSettings
 from profile_bff.store import MarketBus
 
@@ -177,9 +179,10 @@ class AlertEvaluator:
             if time.monotonic() >= next_refresh:
                 current = await self._store.version()
                 if current != version:
-                    await self._load_rules(evaluation)
+                    added_rules, added_symbols = await self._load_rules(evaluation)
                     version = current
-                    listener.changed = True
+                    if not listener.changed:  # else all is read after the poll
+                        await self._load_added(evaluation, added_rules, added_symbols)
                 next_refresh = time.monotonic() + self._settings.refresh_s
             polled = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
             self.consuming = True
@@ -196,13 +199,13 @@ class AlertEvaluator:
                 for record in records:
                     symbol = (record.key or b"").decode("ascii", "replace")
                     try:
-                        price = parse_second_stat(record.value or b"")
+                        second_ms, close = second_stat_close(record.value or b"")
                     except InvalidSecondStat as exc:
                         log.warning("malformed_second_record", partition=tp.partition, offset=record.offset, error=str(exc))
                         continue
                     if symbol in history_symbols:
-                        closes.append((symbol, price.second_ms, price.value))
-                    firings.extend(evaluation.apply(symbol, price.second_ms, price.value))
+                        closes.append((symbol, second_ms, close))
+                    firings.extend(evaluation.apply(symbol, second_ms, close))
                     self.records += 1
             prune = {
                 symbol: evaluation.closes[symbol][0] - window_ms
@@ -227,24 +230,42 @@ class AlertEvaluator:
             # Also what an evaluator killed between storing and publishing left (one indexed query).
             await self._publish_outbox()
 
-    async def _load_rules(self, evaluation: Evaluation) -> None:
+    async def _load_rules(self, evaluation: Evaluation) -> tuple[set[int], set[str]]:
+        """Load the active rules and portfolios; the ids of the rules and the symbols whose close history is
+        needed that were not before."""
+        watched = evaluation.history_symbols().keys()
         rules, holdings = await self._store.active_rules()
         evaluation.set_rules(rules)
         evaluation.set_holdings(holdings)
-        self.loaded_rule_ids = frozenset(rule.id for rule in rules)
+        loaded = frozenset(rule.id for rule in rules)
+        added_rules, self.loaded_rule_ids = set(loaded - self.loaded_rule_ids), loaded
         log.info("alert_rules_loaded", rules=len(rules))
+        return added_rules, set(evaluation.history_symbols().keys() - watched)
+
+    async def _load_added(self, evaluation: Evaluation, rule_ids: set[int], symbols: set[str]) -> None:
+        """The stored states of ``rule_ids`` and the stored close histories of ``symbols``, for rules that
+        became active: those active before are as stored."""
+        if rule_ids:
+            evaluation.states.update(await self._store.states(rule_ids))
+        windows = evaluation.history_symbols()
+        for symbol in symbols:
+            await self._load_history(evaluation, symbol, windows[symbol])
 
     async def _load_states(self, evaluation: Evaluation) -> None:
         """The stored states, latest closes and close histories: what this evaluator applies next is
         evaluated on exactly what is stored."""
         evaluation.restore(await self._store.states(evaluation.rule_ids()), await self._store.prices())
         for symbol, window_ms in evaluation.history_symbols().items():
-            history = evaluation.history(symbol)
-            latest = evaluation.closes.get(symbol)
-            since = (latest[0] if latest else 0) - window_ms
-            history.clear()
-            for second, close in await self._store.closes(symbol, since):
-                history.add(second, close)
+            await self._load_history(evaluation, symbol, window_ms)
+
+    async def _load_history(self, evaluation: Evaluation, symbol: str, window_ms: int) -> None:
+        """Replace the close history of ``symbol`` with the stored closes of the window up to its latest."""
+        history = evaluation.history(symbol)
+        latest = evaluation.closes.get(symbol)
+        since = (latest[0] if latest else 0) - window_ms
+        history.clear()
+        for second, close in await self._store.closes(symbol, since):
+            history.add(second, close)
 
     async def _publish_outbox(self) -> None:
         """Publish every firing not yet published, oldest first, and mark it; a Redis failure leaves them for

@@ -97,6 +97,14 @@ def parse_second_stat(payload: bytes | str) -> Price:
     Raises :class:`InvalidSecondStat` for malformed JSON, a ``p`` that is not a finite decimal string ≥ 0,
     or a ``t`` that is not an integer.
     """
+    second, value = second_stat_close(payload)
+    return Price(value=value, second_ms=second)
+
+
+def second_stat_close(payload: bytes | str) -> tuple[int, Decimal]:
+    """``(t, p)`` of a SecondStat JSON, checked as :func:`parse_second_stat` does, without the texts a
+    :class:`Price` formats for the profiles (the alert evaluator needs the numbers only). Raises
+    :class:`InvalidSecondStat`."""
     stat = jsonutil.loads_object(payload, InvalidSecondStat, "SecondStat")
     raw_price, second = stat.get("p"), stat.get("t")
     if not isinstance(raw_price, str) or not isinstance(second, int) or isinstance(second, bool):
@@ -107,7 +115,7 @@ def parse_second_stat(payload: bytes | str) -> Price:
         value = parse_decimal(raw_price, minimum="nonnegative")
     except DecimalFieldError as exc:
         raise InvalidSecondStat(f"p {exc}") from None
-    return Price(value=value, second_ms=second)
+    return second, value
 
 
 class LatestPrices(Mapping[str, Price]):

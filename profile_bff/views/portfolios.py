@@ -68,7 +68,7 @@ class PortfolioViews:
             )
             return json_response(_coin_json(coin.symbol, coin.quantity), status=201)
 
-        return await self._idempotent(request, claims, add)
+        return await run_idempotent(request, self._keys, claims.user_id, add)
 
     async def update_coin(self, request: web.Request) -> web.Response:
         """``PATCH /v2/coin/symbol {"symbol", "quantity"}`` → ``200 {"symbol", "quantity"}``; 404 not held."""
@@ -140,11 +140,6 @@ class PortfolioViews:
         claims, token = await authenticate(request, self._verifier)
         await self._ceilings.limit_user("write", claims.user_id, self._write_rate)
         return claims, token
-
-    async def _idempotent(
-        self, request: web.Request, claims: AccessClaims, respond: Callable[[], Awaitable[web.Response]]
-    ) -> web.StreamResponse:
-        return await run_idempotent(request, self._keys, claims.user_id, respond)
 
 
 async def run_idempotent(

@@ -14,10 +14,9 @@ import pytest
 from support.bff import new_symbol, next_profile, second_stat
 from support.kafka_helpers import produce_records
 from support.polling import eventually
-from support.stacks import serve_stack
+from support.stacks import serve_alerting_stack
 
 from crypto_mesh import jsonutil
-from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import AUTH
 from profile_bff.webhooks import ALERT_ID_HEADER, SIGNATURE_HEADER, verify_signature
@@ -28,15 +27,12 @@ TOPIC = f"alerts-test-{uuid.uuid4().hex[:8]}"
 
 @pytest.fixture(scope="module")
 async def bff(postgres, redis_url, tmp_path_factory, kafka_bootstrap, mesh_pki):
-    await ensure_topics(kafka_bootstrap, {TOPIC: 1})
-    async with serve_stack(
+    async with serve_alerting_stack(
         postgres,
         redis_url,
         tmp_path_factory,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        alerts_topic=TOPIC,
-        alerts_group_id=f"bff-alerts-{uuid.uuid4().hex[:8]}",
-        alerts_refresh_s=0.1,
+        kafka_bootstrap,
+        TOPIC,
         # The test's webhook receiver listens on 127.0.0.1 with a certificate of the mesh CA.
         webhook_allowed_networks="127.0.0.1/32",
         webhook_ca_file=mesh_pki[AUTH].ca_file,

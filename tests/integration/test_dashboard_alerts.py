@@ -17,9 +17,7 @@ from support.bff import PASSWORD, new_name, new_symbol, second_stat
 from support.browser import Steps, chromium
 from support.kafka_helpers import produce_records
 from support.polling import eventually
-from support.stacks import serve_stack
-
-from crypto_mesh.kafka import ensure_topics
+from support.stacks import serve_alerting_stack
 
 pytest.importorskip("profile_bff.alerts", reason="this BFF has no alert routes")
 
@@ -28,16 +26,8 @@ TOPIC = f"dashboard-alerts-{uuid.uuid4().hex[:8]}"
 
 @pytest.fixture(scope="module")
 async def bff(postgres, redis_url, tmp_path_factory, kafka_bootstrap):
-    await ensure_topics(kafka_bootstrap, {TOPIC: 1})
-    async with serve_stack(
-        postgres,
-        redis_url,
-        tmp_path_factory,
-        cookie_secure=False,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        alerts_topic=TOPIC,
-        alerts_group_id=f"bff-alerts-{uuid.uuid4().hex[:8]}",
-        alerts_refresh_s=0.1,
+    async with serve_alerting_stack(
+        postgres, redis_url, tmp_path_factory, kafka_bootstrap, TOPIC, cookie_secure=False
     ) as running:
         yield running
 

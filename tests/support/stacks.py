@@ -1,7 +1,7 @@
 """Services started for a test, on free ports of 127.0.0.1, each an async context manager that stops what it
-started: auth, a BFF (alone, or with auth and the fake aggregator), a real aggregator, an ETL on chDB, and a
-replay exchange with a socket_proxy in front of it. The engines (PostgreSQL, Redis, Kafka) are the session's,
-from tests/conftest.py.
+started: auth, a BFF (alone, or with auth and the fake aggregator, with or without its alert evaluator), a
+real aggregator, an ETL on chDB, and a replay exchange with a socket_proxy in front of it. The engines
+(PostgreSQL, Redis, Kafka) are the session's, from tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from aggregator.settings import AggregatorSettings
 from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
+from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.netutil import free_port
 from crypto_mesh.service import Running
 from etl.app import start as start_etl
@@ -143,6 +144,32 @@ async def serve_stack(
             **overrides,
         ) as running,
     ):
+        yield running
+
+
+@asynccontextmanager
+async def serve_alerting_stack(
+    postgres: EmbeddedPostgres,
+    redis_url: str,
+    tmp_path_factory,
+    kafka_bootstrap: str,
+    topic: str,
+    **overrides,
+) -> AsyncIterator[Bff]:
+    """:func:`serve_stack` with the BFF's alert evaluator on: it consumes SecondStats from ``topic`` (created
+    here, one partition) on ``kafka_bootstrap`` in a consumer group of its own and looks at the rules again
+    every 0.1 s. ``overrides`` are further :class:`BffSettings` fields."""
+    await ensure_topics(kafka_bootstrap, {topic: 1})
+    async with serve_stack(
+        postgres,
+        redis_url,
+        tmp_path_factory,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        alerts_topic=topic,
+        alerts_group_id=f"bff-alerts-{uuid.uuid4().hex[:8]}",
+        alerts_refresh_s=0.1,
+        **overrides,
+    ) as running:
         yield running
 
 
