@@ -183,7 +183,6 @@ _TICKER_PROPERTIES = {
 }
 #: 429 of the per-address limits of the public routes (profile_bff/ceilings.py), with Retry-After.
 _PUBLIC_LIMIT = {"429": _rate_limited("too many requests from this address")}
-_TIME = {"type": "string", "format": "date-time", "examples": ["2024-08-08T23:54:00.000Z"]}
 #: The symbol and the selection of candles shared by the market-history routes (crypto_mesh/candles.py).
 _CANDLE_PARAMETERS = [
     {
