@@ -12,6 +12,7 @@ import { LiveSocket } from "./socket.js";
 const STALE_S = 60;
 const SEARCH_DEBOUNCE_MS = 150;
 const SEARCH_REFRESH_MS = 2000;
+const SEARCH_RETRY_MS = 1000;
 const SEARCH_LIMIT = 8;
 const HISTORY_PAGE = 20;
 const CANDLE_LIMIT = 300;
@@ -332,7 +333,11 @@ $("coin-symbol").addEventListener("keydown", (event) => {
   }
 });
 
-$("coin-symbol").addEventListener("blur", () => setTimeout(closeSearch, 150));
+// The list closes a moment after the field loses focus (a click on an option lands first), unless the
+// field has the focus back by then: a search typed meanwhile is kept.
+$("coin-symbol").addEventListener("blur", () => setTimeout(() => {
+  if (document.activeElement !== $("coin-symbol")) closeSearch();
+}, 150));
 
 async function search() {
   const query = $("coin-symbol").value.trim().replace(/[^A-Za-z0-9]/g, "").slice(0, 20);
@@ -344,8 +349,16 @@ async function search() {
   let page;
   try {
     page = await api.request("GET", `/v1/instruments?q=${encodeURIComponent(query)}&limit=${SEARCH_LIMIT}`, { auth: false });
-  } catch {
-    return; // a failed search only leaves the list as it was
+  } catch (failure) {
+    // A failed search leaves the list as it was; one that may pass later (no answer, 429, 5xx) is tried again
+    // while the field has the focus, after the server's Retry-After when it sent one.
+    const transient = failure instanceof ApiFailure && (failure.status === 0 || failure.status === 429 || failure.status >= 500);
+    if (transient && generation === searchGeneration && document.activeElement === $("coin-symbol")) {
+      const waitS = Number(failure.retryAfter) || SEARCH_RETRY_MS / 1000;
+      clearTimeout(searchRefresh);
+      searchRefresh = setTimeout(search, waitS * 1000);
+    }
+    return;
   }
   if (generation !== searchGeneration) return; // a newer search answered first
   const list = $("search-results");
