@@ -203,53 +203,87 @@ _IDEMPOTENCY_KEY = {
 #: ``next_cursor`` of a page of the history or of the firings: an id, 1 to 2^63 − 1.
 _ID_CURSOR = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 _DURATION = {"type": "string", "pattern": "^[0-9]{1,6}[smh]$", "examples": ["1h"]}
-#: The fields every rule kind shares (profile_bff/alertrules.py).
-_RULE_COMMON = {
-    "repeat": {"enum": ["once", "every_crossing"], "default": "once"},
-    "cooldown": _DURATION,
-    "webhook_url": {"type": "string", "format": "uri", "examples": ["https://hooks.example/alerts"]},
+#: Durations in a rule (profile_bff/alertrules.py ``parse_duration``): ``<n>s``, ``<n>m`` or ``<n>h``, spaces
+#: around ignored; a window from 1 minute to 24 hours, a cooldown from 0 to 24 hours.
+_WINDOW = {
+    "type": "string",
+    "pattern": (
+        "^ *(([6-9][0-9]|[1-9][0-9]{2,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s"
+        "|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|([1-9]|1[0-9]|2[0-4])h) *$"
+    ),
+    "description": "1 minute to 24 hours",
+    "examples": ["1h"],
 }
-_ALERT_RULE_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "oneOf": [
-                    {
-                        "type": "object",
-                        "required": ["kind", "symbol", "price"],
-                        "properties": {
-                            "kind": {"enum": ["price_above", "price_below"]},
-                            "symbol": _SYMBOL,
-                            "price": _POSITIVE_AMOUNT,
-                            **_RULE_COMMON,
-                        },
-                    },
-                    {
-                        "type": "object",
-                        "required": ["kind", "symbol", "percent", "window"],
-                        "properties": {
-                            "kind": {"const": "change_percent"},
-                            "symbol": _SYMBOL,
-                            "percent": {"oneOf": [_SIGNED_DECIMAL, {"type": "number"}]},
-                            "window": _DURATION,
-                            **_RULE_COMMON,
-                        },
-                    },
-                    {
-                        "type": "object",
-                        "required": ["kind", "total"],
-                        "properties": {
-                            "kind": {"enum": ["portfolio_total_above", "portfolio_total_below"]},
-                            "total": _POSITIVE_AMOUNT,
-                            **_RULE_COMMON,
-                        },
-                    },
-                ]
-            }
-        }
-    },
+_COOLDOWN = {
+    "type": "string",
+    "pattern": (
+        "^ *((0|[1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s"
+        "|(0|[1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|(0|[1-9]|1[0-9]|2[0-4])h) *$"
+    ),
+    "description": "0 to 24 hours; no firing again before it has passed since the last",
+    "default": "0s",
+    "examples": ["5m"],
 }
+#: A change in percent (alertrules.py ``_percent``): non-zero, within ±1000, at most 8 decimal places.
+_PERCENT = {
+    "oneOf": [
+        {
+            "type": "string",
+            "pattern": r"^ *-?([0-9]{1,3}(\.[0-9]{1,8})?|1000(\.0{1,8})?) *$",
+            "not": {"pattern": r"^ *-?[0.]* *$"},
+            "examples": ["-5"],
+        },
+        {"type": "number", "minimum": -1000, "maximum": 1000, "multipleOf": 1e-8, "not": {"const": 0}},
+    ],
+    "description": "non-zero, within ±1000, at most 8 decimal places; negative watches a fall",
+}
+#: Where firings are POSTed (alertrules.py ``_webhook_url``): an https URL without credentials or fragment,
+#: at most 2048 ASCII characters; null: none.
+_WEBHOOK_URL = {
+    "type": ["string", "null"],
+    "maxLength": 2048,
+    "pattern": (
+        r"^https://[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+        r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+        r"(/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?(\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$"
+    ),
+    "examples": ["https://hooks.example/alerts"],
+}
+
+
+def _rule_body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """One kind of rule body: ``properties`` and the fields every kind shares, no other field."""
+    return {
+        "type": "object",
+        "required": ["kind", *required],
+        "properties": {
+            **properties,
+            "repeat": {"enum": ["once", "every_crossing"], "default": "once"},
+            "cooldown": _COOLDOWN,
+            "webhook_url": _WEBHOOK_URL,
+        },
+        "additionalProperties": False,
+    }
+
+
+_ALERT_RULE_BODY = _body(
+    {
+        "oneOf": [
+            _rule_body(
+                ["symbol", "price"],
+                {"kind": {"enum": ["price_above", "price_below"]}, "symbol": _SYMBOL, "price": _POSITIVE_AMOUNT},
+            ),
+            _rule_body(
+                ["symbol", "percent", "window"],
+                {"kind": {"const": "change_percent"}, "symbol": _SYMBOL, "percent": _PERCENT, "window": _WINDOW},
+            ),
+            _rule_body(
+                ["total"],
+                {"kind": {"enum": ["portfolio_total_above", "portfolio_total_below"]}, "total": _POSITIVE_AMOUNT},
+            ),
+        ]
+    }
+)
 _ALERT_ID_PARAMETER = {
     "name": "id",
     "in": "path",
@@ -292,7 +326,7 @@ _CANDLE_PARAMETERS = [
         "in": "path",
         "required": True,
         "description": "a symbol the exchange lists, any case",
-        "schema": {"type": "string", "examples": ["btcusdt"]},
+        "schema": _SYMBOL,
     },
     {
         "name": "interval",
@@ -654,7 +688,7 @@ def _document() -> dict[str, Any]:
                             "name": "symbol",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string", "examples": ["btcusdt"]},
+                            "schema": _SYMBOL,
                         }
                     ],
                     "responses": {
