@@ -134,18 +134,19 @@ _SYMBOL = {
 }
 #: A quantity, price or total in a request (profile_bff/portfolio.py ``parse_quantity``, alertrules.py): > 0,
 #: at most 20 integer digits and 18 decimal places, as a decimal string or a JSON number (read exactly).
-_POSITIVE_AMOUNT = {
-    "oneOf": [
-        {
-            "type": "string",
-            "pattern": r"^ *[0-9]{1,20}(\.[0-9]{1,18})? *$",
-            "not": {"pattern": r"^ *[0.]* *$"},
-            "examples": ["1.5"],
-        },
-        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e20, "multipleOf": 1e-18},
-    ],
-    "description": "> 0, at most 20 integer digits and 18 decimal places",
-}
+def _non_zero_decimal(pattern: str, number: dict[str, Any], example: str, description: str) -> dict[str, Any]:
+    """A non-zero decimal in a request: a string of ``pattern`` (spaces around allowed) that is not zero, or a
+    JSON number of schema ``number`` (the server reads both exactly)."""
+    text = {"type": "string", "pattern": f"^ *{pattern} *$", "not": {"pattern": r"^ *-?[0.]* *$"}}
+    return {"oneOf": [{**text, "examples": [example]}, {"type": "number", **number}], "description": description}
+
+
+_POSITIVE_AMOUNT = _non_zero_decimal(
+    r"[0-9]{1,20}(\.[0-9]{1,18})?",
+    {"exclusiveMinimum": 0, "exclusiveMaximum": 1e20, "multipleOf": 1e-18},
+    "1.5",
+    "> 0, at most 20 integer digits and 18 decimal places",
+)
 _COIN_BODY = _body(
     {
         "type": "object",
@@ -225,18 +226,12 @@ _COOLDOWN = {
     "examples": ["5m"],
 }
 #: A change in percent (alertrules.py ``_percent``): non-zero, within ±1000, at most 8 decimal places.
-_PERCENT = {
-    "oneOf": [
-        {
-            "type": "string",
-            "pattern": r"^ *-?([0-9]{1,3}(\.[0-9]{1,8})?|1000(\.0{1,8})?) *$",
-            "not": {"pattern": r"^ *-?[0.]* *$"},
-            "examples": ["-5"],
-        },
-        {"type": "number", "minimum": -1000, "maximum": 1000, "multipleOf": 1e-8, "not": {"const": 0}},
-    ],
-    "description": "non-zero, within ±1000, at most 8 decimal places; negative watches a fall",
-}
+_PERCENT = _non_zero_decimal(
+    r"-?([0-9]{1,3}(\.[0-9]{1,8})?|1000(\.0{1,8})?)",
+    {"minimum": -1000, "maximum": 1000, "multipleOf": 1e-8, "not": {"const": 0}},
+    "-5",
+    "non-zero, within ±1000, at most 8 decimal places; negative watches a fall",
+)
 #: Where firings are POSTed (alertrules.py ``_webhook_url``): an https URL without credentials or fragment,
 #: at most 2048 ASCII characters; null: none.
 _WEBHOOK_URL = {
