@@ -130,6 +130,8 @@ def create_app(bff: Bff) -> web.Application:
     app.router.add_post("/v1/login", accounts.login)
     app.router.add_post("/v1/refresh", accounts.refresh)
     app.router.add_post("/v1/logout", accounts.logout)
+    # The original Crypto-Service's route of the same operation, for its clients (docs/DIFFERENCES.md).
+    app.router.add_post("/v1/auth/logout", accounts.logout)
     app.router.add_post("/v1/password", accounts.change_password)
     app.router.add_get("/v2/coin/symbols", portfolios.list_coins)
     app.router.add_post("/v2/coin/symbol", portfolios.add_coin)
@@ -145,8 +147,9 @@ def create_app(bff: Bff) -> web.Application:
     app.router.add_post("/v2/user/alerts/events/{alert_id}/ack", alerts.ack)
     app.router.add_post("/v2/user/alerts", alerts.create)
     app.router.add_get("/v2/user/alerts", alerts.list_rules)
-    app.router.add_patch("/v2/user/alerts/{id}", alerts.update)
-    app.router.add_delete("/v2/user/alerts/{id}", alerts.delete)
+    # Digits only, so that the methods of /v2/user/alerts/events (its Allow header) are its own.
+    app.router.add_patch(r"/v2/user/alerts/{id:[0-9]+}", alerts.update)
+    app.router.add_delete(r"/v2/user/alerts/{id:[0-9]+}", alerts.delete)
     app.router.add_get("/v1/instruments", public.search_instruments)
     app.router.add_get("/v1/instruments/{symbol}", public.instrument)
     app.router.add_get("/v1/instruments/{symbol}/candles", market.candles)

@@ -1,8 +1,13 @@
 """The OpenAPI 3.1 document of the BFF, served at ``GET /openapi.json``.
 
-Written by hand next to the routes of :func:`profile_bff.app.create_app`; ``tests/test_bff_openapi.py``
-checks that both list the same (path, method) pairs and runs schemathesis against it. Shapes are those of
-docs/CONTRACTS.md, "BFF REST"; decimals are JSON strings (``"1.5"``), times RFC 3339 UTC strings.
+Written by hand next to the routes of :func:`profile_bff.app.create_app`;
+``tests/integration/test_bff_openapi.py`` checks that both list the same (path, method) pairs and runs
+schemathesis with every check against it (status codes, content types, response schemas and headers, valid
+data accepted and invalid data refused), so each request schema says exactly what the server accepts. Shapes
+are those of docs/CONTRACTS.md, "BFF REST"; decimals are JSON strings (``"1.5"``), times RFC 3339 UTC strings.
+
+Every operation has a stable ``operationId`` and one tag (:data:`OPERATIONS`); every response declares the
+``X-Request-Id`` header the server always sends (:func:`_with_request_id`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,17 @@ _DECIMAL = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "examples": ["1
 _SIGNED_DECIMAL = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "examples": ["-2.5"]}
 _TIME = {"type": "string", "format": "date-time", "examples": ["2024-08-09T00:00:01.000Z"]}
 _BEARER = [{"bearer": []}]
+#: The refresh-token cookie: ``__Host-refresh_token`` over HTTPS, ``refresh_token`` on a plain-HTTP mesh
+#: (``BFF_COOKIE_SECURE=false``); either scheme authenticates.
+_REFRESH_COOKIE = [{"refreshCookie": []}, {"refreshCookiePlain": []}]
+#: ``Retry-After`` (RFC 9110 §10.2.3): whole seconds to wait.
+_RETRY_AFTER = {"description": "seconds to wait (RFC 9110 §10.2.3)", "schema": {"type": "integer", "minimum": 1}}
+#: The session cookies a response sets or clears (docs/CONTRACTS.md, "BFF REST").
+_SET_COOKIE = {
+    "description": "the refresh-token cookie (HttpOnly; SameSite=Strict; Secure and __Host- over HTTPS), set or "
+    "cleared; on login also the login-device cookie",
+    "schema": {"type": "string"},
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -30,6 +46,8 @@ def _page(key: str, item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
+    """The error answers of ``statuses`` (the error JSON); 429 with ``Retry-After``, 503 with it when auth
+    is overloaded, 401 with the ``WWW-Authenticate`` challenge when a bearer token was wanted."""
     reasons = {
         400: "malformed request",
         401: "no, invalid or expired credentials",
@@ -42,49 +60,125 @@ def _errors(*statuses: int) -> dict[str, Any]:
         429: "rate-limited",
         503: "a dependency is unavailable, or auth is overloaded (then with Retry-After, s)",
     }
-    return {
-        str(status): _rate_limited(reasons[status]) if status == 429 else _json(_ERROR, reasons[status])
-        for status in statuses
-    }
+    return {str(status): _error(status, reasons[status]) for status in statuses}
+
+
+def _error(status: int, description: str) -> dict[str, Any]:
+    """One error answer (the error JSON) with the headers the server sends with ``status``."""
+    if status == 429:
+        return _rate_limited(description)
+    answer = _json(_ERROR, description)
+    if status == 503:
+        answer["headers"] = {"Retry-After": _RETRY_AFTER}
+    elif status == 401:
+        answer["headers"] = {
+            "WWW-Authenticate": {
+                "description": 'the challenge (RFC 6750 §3) when a bearer token was wanted: Bearer realm="crypto-mesh"',
+                "schema": {"type": "string"},
+            }
+        }
+    return answer
 
 
 def _rate_limited(description: str) -> dict[str, Any]:
     """A 429 error answer with its ``Retry-After`` (RFC 9110 §10.2.3, whole seconds)."""
-    return {
-        **_json(_ERROR, description),
-        "headers": {
-            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
+    return {**_json(_ERROR, description), "headers": {"Retry-After": {**_RETRY_AFTER, "required": True}}}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    """A required JSON request body of ``schema``."""
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+#: A new password (auth/passwords.py): 8 characters to 72 bytes of UTF-8 (bcrypt's limit), after NFKC.
+_NEW_PASSWORD = {
+    "type": "string",
+    "minLength": 8,
+    "maxLength": 72,
+    "description": "8 characters to 72 bytes in UTF-8 (bcrypt's limit; a character outside ASCII takes 2 to 4)",
+}
+#: Registration: the name's form after NFKC and stripping (auth/passwords.py, ``normalize_name``).
+_REGISTRATION = _body(
+    {
+        "type": "object",
+        "required": ["name", "password"],
+        "properties": {
+            "name": {
+                "type": "string",
+                "pattern": r"^[A-Za-z0-9_.\-]{3,32}$",
+                "description": "3 to 32 ASCII letters, digits, '_', '.' and '-' (unique regardless of case)",
+                "examples": ["alice"],
+            },
+            "password": _NEW_PASSWORD,
         },
     }
+)
+#: Login: any name and password (a wrong one is 401, whatever is wrong with it); neither may be blank.
+_CREDENTIALS = _body(
+    {
+        "type": "object",
+        "required": ["name", "password"],
+        "properties": {
+            "name": {"type": "string", "pattern": r"\S", "examples": ["alice"]},
+            "password": {"type": "string", "minLength": 1},
+        },
+    }
+)
+#: A symbol in a request (crypto_mesh.binance.normalize_symbol): 2 to 20 ASCII letters or digits, any case,
+#: spaces around ignored. One the exchange does not list is refused (422 unknown_symbol, or 404).
+_SYMBOL = {
+    "type": "string",
+    "pattern": "^ *[A-Za-z0-9]{2,20} *$",
+    "description": "2 to 20 ASCII letters or digits, any case; one the exchange lists",
+    "examples": ["btcusdt"],
+}
+#: A quantity, price or total in a request (profile_bff/portfolio.py ``parse_quantity``, alertrules.py): > 0,
+#: at most 20 integer digits and 18 decimal places, as a decimal string or a JSON number (read exactly).
+def _non_zero_decimal(pattern: str, number: dict[str, Any], example: str, description: str) -> dict[str, Any]:
+    """A non-zero decimal in a request: a string of ``pattern`` (spaces around allowed) that is not zero, or a
+    JSON number of schema ``number`` (the server reads both exactly)."""
+    text = {"type": "string", "pattern": f"^ *{pattern} *$", "not": {"pattern": r"^ *-?[0.]* *$"}}
+    return {"oneOf": [{**text, "examples": [example]}, {"type": "number", **number}], "description": description}
 
 
-_CREDENTIALS = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["name", "password"],
-                "properties": {"name": {"type": "string"}, "password": {"type": "string"}},
-            }
-        }
-    },
-}
-_COIN_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["symbol", "quantity"],
-                "properties": {
-                    "symbol": {"type": "string", "examples": ["btcusdt"]},
-                    "quantity": {"oneOf": [_DECIMAL, {"type": "number", "exclusiveMinimum": 0}]},
-                },
-            }
-        }
-    },
-}
+_POSITIVE_AMOUNT = _non_zero_decimal(
+    r"[0-9]{1,20}(\.[0-9]{1,18})?",
+    {"exclusiveMinimum": 0, "exclusiveMaximum": 1e20, "multipleOf": 1e-18},
+    "1.5",
+    "> 0, at most 20 integer digits and 18 decimal places",
+)
+_COIN_BODY = _body(
+    {
+        "type": "object",
+        "required": ["symbol", "quantity"],
+        "properties": {"symbol": _SYMBOL, "quantity": _POSITIVE_AMOUNT},
+    }
+)
+def _logout(*, legacy: bool = False) -> dict[str, Any]:
+    """``POST /v1/logout``, or its alias ``/v1/auth/logout`` (the original service's route) when ``legacy``."""
+    operation = {
+        "summary": "Revoke the cookie's session, or with all=true every session of the user",
+        "description": (
+            "all=true: the user is the one an unexpired Authorization: Bearer token names, else the owner of "
+            "the refresh cookie's live session; every refresh-token family of theirs is revoked (401 if "
+            "neither proves anyone). Without all, a request without the cookie (or with one of an ended "
+            "session) also answers 204. With Authorization: Bearer the cookie's session must be that user's "
+            "(403). Access tokens already issued stay valid until they expire. A browser request from another "
+            "site is refused (403)."
+        ),
+        "security": [*_REFRESH_COOKIE, {"bearer": []}, {}],
+        "parameters": [{"name": "all", "in": "query", "schema": {"enum": ["true", "false"], "default": "false"}}],
+        "responses": {
+            "204": {"description": "logged out; the cookie cleared", "headers": {"Set-Cookie": _SET_COOKIE}},
+            **_errors(401, 403, 422, 503),
+        },
+    }
+    if legacy:
+        operation["summary"] = "The original Crypto-Service's logout route: the same as POST /v1/logout"
+        operation["deprecated"] = True
+    return operation
+
+
 _TOKEN = _json(
     {
         "type": "object",
@@ -98,6 +192,7 @@ _TOKEN = _json(
     "an access token; the refresh token is set as an HttpOnly cookie (__Host-refresh_token over HTTPS, "
     "refresh_token on a plain-HTTP mesh)",
 )
+_TOKEN["headers"] = {"Set-Cookie": _SET_COOKIE}
 _SESSION_ERRORS = _errors(400, 401, 413, 415, 422, 429, 503)
 _COIN_ERRORS = _errors(400, 401, 404, 413, 415, 422, 429, 503)
 _IDEMPOTENCY_KEY = {
@@ -106,56 +201,90 @@ _IDEMPOTENCY_KEY = {
     "description": "retries with the same key replay the first answer",
     "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
 }
+#: ``next_cursor`` of a page of the history or of the firings: an id, 1 to 2^63 − 1.
+_ID_CURSOR = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 _DURATION = {"type": "string", "pattern": "^[0-9]{1,6}[smh]$", "examples": ["1h"]}
-_AMOUNT = {"oneOf": [_DECIMAL, {"type": "number", "exclusiveMinimum": 0}]}
-#: The fields every rule kind shares (profile_bff/alertrules.py).
-_RULE_COMMON = {
-    "repeat": {"enum": ["once", "every_crossing"], "default": "once"},
-    "cooldown": _DURATION,
-    "webhook_url": {"type": "string", "format": "uri", "examples": ["https://hooks.example/alerts"]},
+#: Durations in a rule (profile_bff/alertrules.py ``parse_duration``): ``<n>s``, ``<n>m`` or ``<n>h``, spaces
+#: around ignored; a window from 1 minute to 24 hours, a cooldown from 0 to 24 hours.
+_WINDOW = {
+    "type": "string",
+    "pattern": (
+        "^ *(([6-9][0-9]|[1-9][0-9]{2,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s"
+        "|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|([1-9]|1[0-9]|2[0-4])h) *$"
+    ),
+    "description": "1 minute to 24 hours",
+    "examples": ["1h"],
 }
-_ALERT_RULE_BODY = {
+_COOLDOWN = {
+    "type": "string",
+    "pattern": (
+        "^ *((0|[1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s"
+        "|(0|[1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|(0|[1-9]|1[0-9]|2[0-4])h) *$"
+    ),
+    "description": "0 to 24 hours; no firing again before it has passed since the last",
+    "default": "0s",
+    "examples": ["5m"],
+}
+#: A change in percent (alertrules.py ``_percent``): non-zero, within ±1000, at most 8 decimal places.
+_PERCENT = _non_zero_decimal(
+    r"-?([0-9]{1,3}(\.[0-9]{1,8})?|1000(\.0{1,8})?)",
+    {"minimum": -1000, "maximum": 1000, "multipleOf": 1e-8, "not": {"const": 0}},
+    "-5",
+    "non-zero, within ±1000, at most 8 decimal places; negative watches a fall",
+)
+#: Where firings are POSTed (alertrules.py ``_webhook_url``): an https URL without credentials or fragment,
+#: at most 2048 ASCII characters; null: none.
+_WEBHOOK_URL = {
+    "type": ["string", "null"],
+    "maxLength": 2048,
+    "pattern": (
+        r"^https://[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+        r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+        r"(/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?(\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$"
+    ),
+    "examples": ["https://hooks.example/alerts"],
+}
+
+
+def _rule_body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """One kind of rule body: ``properties`` and the fields every kind shares, no other field."""
+    return {
+        "type": "object",
+        "required": ["kind", *required],
+        "properties": {
+            **properties,
+            "repeat": {"enum": ["once", "every_crossing"], "default": "once"},
+            "cooldown": _COOLDOWN,
+            "webhook_url": _WEBHOOK_URL,
+        },
+        "additionalProperties": False,
+    }
+
+
+_ALERT_RULE_BODY = _body(
+    {
+        "oneOf": [
+            _rule_body(
+                ["symbol", "price"],
+                {"kind": {"enum": ["price_above", "price_below"]}, "symbol": _SYMBOL, "price": _POSITIVE_AMOUNT},
+            ),
+            _rule_body(
+                ["symbol", "percent", "window"],
+                {"kind": {"const": "change_percent"}, "symbol": _SYMBOL, "percent": _PERCENT, "window": _WINDOW},
+            ),
+            _rule_body(
+                ["total"],
+                {"kind": {"enum": ["portfolio_total_above", "portfolio_total_below"]}, "total": _POSITIVE_AMOUNT},
+            ),
+        ]
+    }
+)
+_ALERT_ID_PARAMETER = {
+    "name": "id",
+    "in": "path",
     "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "oneOf": [
-                    {
-                        "type": "object",
-                        "required": ["kind", "symbol", "price"],
-                        "properties": {
-                            "kind": {"enum": ["price_above", "price_below"]},
-                            "symbol": {"type": "string", "examples": ["btcusdt"]},
-                            "price": _AMOUNT,
-                            **_RULE_COMMON,
-                        },
-                    },
-                    {
-                        "type": "object",
-                        "required": ["kind", "symbol", "percent", "window"],
-                        "properties": {
-                            "kind": {"const": "change_percent"},
-                            "symbol": {"type": "string", "examples": ["ethusdt"]},
-                            "percent": {"oneOf": [_SIGNED_DECIMAL, {"type": "number"}]},
-                            "window": _DURATION,
-                            **_RULE_COMMON,
-                        },
-                    },
-                    {
-                        "type": "object",
-                        "required": ["kind", "total"],
-                        "properties": {
-                            "kind": {"enum": ["portfolio_total_above", "portfolio_total_below"]},
-                            "total": _AMOUNT,
-                            **_RULE_COMMON,
-                        },
-                    },
-                ]
-            }
-        }
-    },
+    "schema": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
 }
-_ALERT_ID_PARAMETER = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 #: An instrument as ``GET /v1/instruments`` lists it: price and its time are the newer of the 24 h ticker's
 #: close and the latest SecondStat; change_percent and quote_volume are the 24 h ticker's (null without one).
 _INSTRUMENT_PROPERTIES = {
@@ -183,6 +312,8 @@ _TICKER_PROPERTIES = {
 }
 #: 429 of the per-address limits of the public routes (profile_bff/ceilings.py), with Retry-After.
 _PUBLIC_LIMIT = {"429": _rate_limited("too many requests from this address")}
+#: A time in a query (profile_bff/views/market.py ``parse_time``): Unix ms, or RFC 3339 with an offset.
+_MOMENT = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,15}$"}, {"type": "string", "format": "date-time"}]}
 #: The symbol and the selection of candles shared by the market-history routes (crypto_mesh/candles.py).
 _CANDLE_PARAMETERS = [
     {
@@ -190,7 +321,7 @@ _CANDLE_PARAMETERS = [
         "in": "path",
         "required": True,
         "description": "a symbol the exchange lists, any case",
-        "schema": {"type": "string", "examples": ["btcusdt"]},
+        "schema": _SYMBOL,
     },
     {
         "name": "interval",
@@ -204,13 +335,13 @@ _CANDLE_PARAMETERS = [
             "earliest open time: RFC 3339 with an offset (2024-08-08T23:54:00Z) or Unix ms; given, the "
             "window of limit periods begins with the oldest candle from start (paging forwards)"
         ),
-        "schema": {"type": "string", "examples": ["2024-08-08T23:54:00Z", "1723161240000"]},
+        "schema": {**_MOMENT, "examples": ["2024-08-08T23:54:00Z", "1723161240000"]},
     },
     {
         "name": "end",
         "in": "query",
         "description": "latest open time, as start; without start the window ends with the newest candle to end",
-        "schema": {"type": "string", "examples": ["2024-08-09T00:00:00Z"]},
+        "schema": {**_MOMENT, "examples": ["2024-08-09T00:00:00Z"]},
     },
     {
         "name": "limit",
@@ -231,8 +362,72 @@ _MARKET_ERRORS = {
 }
 
 
+#: Each operation's ``operationId`` (stable: generated clients name their methods by it) and its tag.
+OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("/v1/register", "post"): ("register", "session"),
+    ("/v1/login", "post"): ("login", "session"),
+    ("/v1/refresh", "post"): ("refreshSession", "session"),
+    ("/v1/logout", "post"): ("logout", "session"),
+    ("/v1/auth/logout", "post"): ("logoutLegacy", "session"),
+    ("/v1/password", "post"): ("changePassword", "session"),
+    ("/v1/instruments", "get"): ("searchInstruments", "market"),
+    ("/v1/instruments/{symbol}", "get"): ("getInstrument", "market"),
+    ("/v1/instruments/{symbol}/candles", "get"): ("listCandles", "market"),
+    ("/v1/instruments/{symbol}/indicators", "get"): ("getIndicator", "market"),
+    ("/v2/coin/symbols", "get"): ("listCoins", "portfolio"),
+    ("/v2/coin/symbol", "post"): ("addCoin", "portfolio"),
+    ("/v2/coin/symbol", "patch"): ("updateCoin", "portfolio"),
+    ("/v2/coin/symbol", "delete"): ("removeCoin", "portfolio"),
+    ("/v2/user/profile", "get"): ("getProfile", "portfolio"),
+    ("/v2/user/profile", "delete"): ("deleteProfile", "portfolio"),
+    ("/v2/user/profile/ws", "get"): ("openProfileSocket", "portfolio"),
+    ("/v2/user/ws-ticket", "post"): ("issueSocketTicket", "portfolio"),
+    ("/v2/user/history", "get"): ("listHistory", "portfolio"),
+    ("/v2/user/alerts", "post"): ("createAlertRule", "alerts"),
+    ("/v2/user/alerts", "get"): ("listAlertRules", "alerts"),
+    ("/v2/user/alerts/{id}", "patch"): ("updateAlertRule", "alerts"),
+    ("/v2/user/alerts/{id}", "delete"): ("deleteAlertRule", "alerts"),
+    ("/v2/user/alerts/events", "get"): ("listAlertEvents", "alerts"),
+    ("/v2/user/alerts/events/{alert_id}/ack", "post"): ("ackAlertEvent", "alerts"),
+    ("/openapi.json", "get"): ("getOpenApiDocument", "service"),
+    ("/", "get"): ("getDashboard", "service"),
+    ("/dashboard/{path}", "get"): ("getDashboardFile", "service"),
+    ("/healthz", "get"): ("getHealth", "service"),
+}
+_TAGS = [
+    {"name": "session", "description": "register, log in, refresh and end sessions, change the password"},
+    {"name": "portfolio", "description": "the user's coins, profile, live profile socket and history"},
+    {"name": "alerts", "description": "price and portfolio alert rules and their firings"},
+    {"name": "market", "description": "the exchange's instruments, candles and indicators (no login)"},
+    {"name": "service", "description": "this document, the dashboard, readiness"},
+]
+#: The dashboard's validator (RFC 9110 §8.8.3), for If-None-Match.
+_ETAG = {"description": "the file's entity tag", "required": True, "schema": {"type": "string"}}
+#: On the replayed answer of a retry with the same ``Idempotency-Key``.
+_REPLAYED = {"description": "present, true, on an answer replayed for a retry", "schema": {"const": "true"}}
+#: ``X-Request-Id``: on every answer (docs/CONTRACTS.md, "BFF REST").
+_REQUEST_ID = {
+    "description": "the request's id, also in the logs of every service it reached",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+}
+
+
 def openapi_document() -> dict[str, Any]:
-    """The document as a JSON-ready dict (a new one per call)."""
+    """The document as a JSON-ready dict (a new one per call): the operations of :func:`_paths` with their
+    ``operationId`` and tag from :data:`OPERATIONS` and ``X-Request-Id`` on every response."""
+    document = _document()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            operation_id, tag = OPERATIONS[(path, method)]
+            operation["operationId"] = operation_id
+            operation["tags"] = [tag]
+            for response in operation["responses"].values():
+                response["headers"] = {**response.get("headers", {}), "X-Request-Id": _REQUEST_ID}
+    return document
+
+
+def _document() -> dict[str, Any]:
     coin_schema = {"$ref": "#/components/schemas/Coin"}
     rule_schema = {"$ref": "#/components/schemas/AlertRule"}
     alert_schema = {"$ref": "#/components/schemas/Alert"}
@@ -245,8 +440,23 @@ def openapi_document() -> dict[str, Any]:
             "description": "Portfolio REST API and live profile WebSocket (docs/CONTRACTS.md).",
         },
         "servers": [{"url": "/"}],
+        "tags": _TAGS,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "refreshCookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "__Host-refresh_token",
+                    "description": "the refresh-token cookie set by login and refresh over HTTPS",
+                },
+                "refreshCookiePlain": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "refresh_token",
+                    "description": "the same cookie on a plain-HTTP mesh (BFF_COOKIE_SECURE=false), Path=/v1",
+                },
+            },
             "schemas": {
                 "AlertRule": {
                     "type": "object",
@@ -357,7 +567,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/register": {
                 "post": {
                     "summary": "Create a user and its profile",
-                    "requestBody": _CREDENTIALS,
+                    "requestBody": _REGISTRATION,
                     "responses": {
                         "201": _json(
                             {
@@ -386,29 +596,16 @@ def openapi_document() -> dict[str, Any]:
             "/v1/refresh": {
                 "post": {
                     "summary": "Rotate the refresh-token cookie and get a new access token",
-                    "description": "A browser request from another site is refused (403).",
+                    "description": (
+                        "A browser request from another site is refused (403). With Authorization: Bearer "
+                        "(expired allowed) the cookie's session must be that user's, else 401 and it is revoked."
+                    ),
+                    "security": _REFRESH_COOKIE,
                     "responses": {"200": _TOKEN, **_errors(401, 403, 429, 503)},
                 }
             },
-            "/v1/logout": {
-                "post": {
-                    "summary": "Revoke the cookie's session, or with all=true every session of the user",
-                    "description": (
-                        "all=true: the user is the one an unexpired Authorization: Bearer token names, "
-                        "else the owner of the refresh cookie's live session; every refresh-token family "
-                        "of theirs is revoked. Access tokens already issued stay valid until they expire. "
-                        "A browser request from another site is refused (403)."
-                    ),
-                    "parameters": [
-                        {
-                            "name": "all",
-                            "in": "query",
-                            "schema": {"enum": ["true", "false"], "default": "false"},
-                        }
-                    ],
-                    "responses": {"204": {"description": "logged out"}, **_errors(401, 403, 422, 503)},
-                }
-            },
+            "/v1/logout": {"post": _logout()},
+            "/v1/auth/logout": {"post": _logout(legacy=True)},
             "/v1/password": {
                 "post": {
                     "summary": "Change the password; every session of the user ends",
@@ -426,15 +623,18 @@ def openapi_document() -> dict[str, Any]:
                                     "type": "object",
                                     "required": ["current_password", "new_password"],
                                     "properties": {
-                                        "current_password": {"type": "string"},
-                                        "new_password": {"type": "string", "minLength": 8},
+                                        "current_password": {"type": "string", "minLength": 1},
+                                        "new_password": _NEW_PASSWORD,
                                     },
                                 }
                             }
                         },
                     },
                     "responses": {
-                        "204": {"description": "changed; every session ended"},
+                        "204": {
+                            "description": "changed; every session ended, the cookie cleared",
+                            "headers": {"Set-Cookie": _SET_COOKIE},
+                        },
                         **_errors(400, 401, 403, 413, 415, 422, 429, 503),
                     },
                 }
@@ -483,7 +683,7 @@ def openapi_document() -> dict[str, Any]:
                             "name": "symbol",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string", "examples": ["btcusdt"]},
+                            "schema": _SYMBOL,
                         }
                     ],
                     "responses": {
@@ -639,7 +839,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": _COIN_BODY,
                     "responses": {
-                        "201": _json(coin_schema, "added"),
+                        "201": {**_json(coin_schema, "added"), "headers": {"Idempotent-Replayed": _REPLAYED}},
                         **_COIN_ERRORS,
                         "409": _json(
                             _ERROR,
@@ -656,9 +856,11 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json(coin_schema, "updated"), **_COIN_ERRORS},
                 },
                 "delete": {
-                    "summary": "Remove a held coin (symbol in the query or a JSON body)",
+                    "summary": "Remove a held coin",
+                    "description": "A JSON body {\"symbol\"} is read instead when the query has no symbol "
+                    "(as the original service's clients send it).",
                     "security": _BEARER,
-                    "parameters": [{"name": "symbol", "in": "query", "schema": {"type": "string"}}],
+                    "parameters": [{"name": "symbol", "in": "query", "required": True, "schema": _SYMBOL}],
                     "responses": {"204": {"description": "removed"}, **_COIN_ERRORS},
                 },
             },
@@ -729,11 +931,7 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
                         },
-                        {
-                            "name": "cursor",
-                            "in": "query",
-                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
-                        },
+                        {"name": "cursor", "in": "query", "schema": _ID_CURSOR},
                     ],
                     "responses": {
                         "200": _json(
@@ -791,7 +989,10 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": _ALERT_RULE_BODY,
                     "responses": {
-                        "201": _json(rule_schema, "created (with webhook_secret when a webhook_url was given)"),
+                        "201": {
+                            **_json(rule_schema, "created (with webhook_secret when a webhook_url was given)"),
+                            "headers": {"Idempotent-Replayed": _REPLAYED},
+                        },
                         **_errors(400, 401, 404, 413, 415, 422, 503),
                         "409": _json(
                             _ERROR,
@@ -853,7 +1054,7 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
                         },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                        {"name": "cursor", "in": "query", "schema": _ID_CURSOR},
                         {"name": "unacked", "in": "query", "schema": {"enum": ["true", "false"]}},
                     ],
                     "responses": {
@@ -885,8 +1086,11 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "The dashboard: the web page of this API (HTML; docs/CONTRACTS.md, \"Dashboard\")",
                     "responses": {
-                        "200": {"description": "the page", "content": {"text/html": {}}},
-                        "304": {"description": "unchanged since the ETag sent in If-None-Match"},
+                        "200": {"description": "the page", "content": {"text/html": {}}, "headers": {"ETag": _ETAG}},
+                        "304": {
+                            "description": "unchanged since the ETag sent in If-None-Match",
+                            "headers": {"ETag": _ETAG},
+                        },
                     },
                 }
             },
@@ -905,8 +1109,12 @@ def openapi_document() -> dict[str, Any]:
                         "200": {
                             "description": "the file",
                             "content": {"text/javascript": {}, "text/css": {}, "image/svg+xml": {}},
+                            "headers": {"ETag": _ETAG},
                         },
-                        "304": {"description": "unchanged since the ETag sent in If-None-Match"},
+                        "304": {
+                            "description": "unchanged since the ETag sent in If-None-Match",
+                            "headers": {"ETag": _ETAG},
+                        },
                         **_errors(404),
                     },
                 }

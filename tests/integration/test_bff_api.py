@@ -140,10 +140,12 @@ async def test_refresh_rotates_the_cookie_and_the_old_one_stops_working(bff):
         assert resp.status == 401
 
 
-async def test_logout_revokes_the_session_and_clears_the_cookie(bff):
+# /v1/auth/logout: the original Crypto-Service's route, kept for its clients.
+@pytest.mark.parametrize("route", ["/v1/logout", "/v1/auth/logout"])
+async def test_logout_revokes_the_session_and_clears_the_cookie(bff, route):
     name, _ = await bff.sign_up()
     _, token = await bff.sign_in(name)
-    async with bff.http.post(f"{bff.url}/v1/logout", headers=with_refresh_cookie(token)) as resp:
+    async with bff.http.post(f"{bff.url}{route}", headers=with_refresh_cookie(token)) as resp:
         assert resp.status == 204
         cleared = refresh_cookie(resp)
     assert cleared.value == "" and cleared["path"] == "/" and int(cleared["max-age"]) == 0
