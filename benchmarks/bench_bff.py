@@ -13,7 +13,10 @@ What runs, all on 127.0.0.1 and all started and stopped by this script:
   so every price is pushed to every client in one fan-out: the worst case for latency. More symbols spread
   the same message rate over smaller fan-outs (ten symbols: each price reaches 3 in 10 clients);
 - a publisher (this process) that, for ``--seconds``, publishes one SecondStat per symbol per second on Redis
-  (key ``price:<s>`` set, then channel ``<s>``): the recorded rate, since the shipped recording
+  (key ``price:<s>`` set, then channel ``<s>``) on an absolute schedule, so that a saturated machine does not
+  lower the offered load (a late round trip is followed by a shorter pause, not a full one); the intended
+  and the achieved rate are printed side by side, with how far behind schedule the round trips started. The
+  rate is the recorded one, since the shipped recording
   ``btcusdt_ethusdt_trade_2024-08-08.jsonl.gz`` yields 1255 SecondStats in 650 s for 2 symbols, 0.96 per
   symbol per second. ``--publish spread`` (the default) spreads the symbols evenly over the second, as
   symbols whose windows close on their next trade come at different moments (in that recording the two
@@ -36,13 +39,17 @@ receiving side of each message (TCP receive, socket lookup, waking the client pr
 write, which a perf profile of the price phase put at about a fifth of the BFF's CPU; and the clients take
 their share of the two CPUs while a fan-out runs.
 
-Then ``--http-seconds`` of ``GET /v2/user/profile`` from ``--http-concurrency`` concurrent requests.
+Then, once the sockets are closed, ``--http-seconds`` of ``GET /healthz`` and then ``--http-seconds`` of
+``GET /v2/user/profile`` on the same BFF process, each from ``--http-concurrency`` concurrent requests: the
+BFF's CPU time per request of each (psutil, user + system) and their ratio. ``/healthz`` checks no token and
+reads no database, so it is the floor of what a request costs the process (aiohttp, the middlewares, the
+loop); the goal (issue 18) is a profile at most ``PROFILE_COST_GOAL`` times that.
 
-Printed: the conditions (CPU count, load average, parameters), clients connected, latency p50/p99/max over
-every price received during the price phase, messages and prices delivered vs. the number of prices a client
-would get without conflation, BFF memory per connection, BFF CPU (user and system) and the client processes'
-CPU, and requests/s with p50/p99 of the REST
-route.
+Printed: the conditions (CPU count, load average, parameters), clients connected, the publisher's intended
+and achieved rates, latency p50/p99/max over every price received during the price phase, messages and
+prices delivered vs. the number of prices a client would get without conflation, BFF memory per connection,
+BFF CPU (user and system) and the client processes' CPU, and for each REST route requests/s, p50/p99 and the
+BFF's CPU per request, with the ratio.
 The whole run stops by itself; the defaults take under three minutes.
 
     .venv/bin/python benchmarks/bench_bff.py --clients 10000 --workers 2 --seconds 20
@@ -61,6 +68,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -87,6 +95,8 @@ from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
+#: Goal (issue 18): BFF CPU per ``GET /v2/user/profile`` at most this many times that of ``GET /healthz``.
+PROFILE_COST_GOAL = 3.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -320,19 +330,39 @@ async def seed_users(database_url: str, count: int, symbols: list[str]) -> None:
         await engine.dispose()
 
 
-async def publish_prices(redis_url: str, symbols: list[str], seconds: float, together: bool) -> int:
+@dataclass
+class Published:
+    """What :func:`publish_prices` did: SecondStats published, over how long (s: the seconds the schedule
+    covers, or longer if the last round trip ended after them), and how far behind its schedule each round
+    trip started (s, one entry per round trip)."""
+
+    count: int = 0
+    seconds: float = 0.0
+    behind: list[float] = field(default_factory=list)
+
+
+async def publish_prices(redis_url: str, symbols: list[str], seconds: float, together: bool) -> Published:
     """One SecondStat per symbol per second for ``seconds``, each in a pipelined round trip of its own spread
     evenly over the second or (``together``) all of a second in one pipelined round trip at its start, as the
-    aggregator publishes the windows its clock closes in one tick; returns the number published."""
+    aggregator publishes the windows its clock closes in one tick.
+
+    The round trips keep an absolute schedule (slot ``k`` of a second at ``start + second + k / slots``): a
+    round trip that starts late is not followed by a longer pause, so a saturated machine does not lower the
+    offered load; how far behind each one started is recorded, and a slot that is a whole second behind is
+    still sent (it is not skipped), so the count published is the rate the schedule asked for unless the
+    publisher could not keep up at all."""
     redis = aioredis.Redis.from_url(redis_url)
-    published = 0
+    out = Published()
+    numbered = list(enumerate(symbols))
+    batches = [numbered] if together else [[pair] for pair in numbered]
     try:
         start = time.monotonic()
-        tick = 0
-        while time.monotonic() - start < seconds:
-            numbered = list(enumerate(symbols))
-            batches = [numbered] if together else [[pair] for pair in numbered]
-            for batch in batches:
+        ticks = max(1, round(seconds))
+        for tick in range(ticks):
+            for slot, batch in enumerate(batches):
+                intended = start + tick + slot / len(batches)
+                await asyncio.sleep(max(0.0, intended - time.monotonic()))
+                out.behind.append(time.monotonic() - intended)
                 now_ms = time.time_ns() // 1_000_000
                 async with redis.pipeline(transaction=False) as pipe:
                     for index, symbol in batch:
@@ -345,21 +375,48 @@ async def publish_prices(redis_url: str, symbols: list[str], seconds: float, tog
                         pipe.set(f"price:{symbol}", stat)
                         pipe.publish(symbol, stat)
                     await pipe.execute()
-                published += len(batch)
-                # Spread: the symbols over the second, as their trades end at different moments.
-                await asyncio.sleep(1.0 / len(batches))
-            tick += 1
+                out.count += len(batch)
+        out.seconds = max(float(ticks), time.monotonic() - start)
     finally:
         await redis.aclose()
-    return published
+    return out
 
 
-async def profile_load(
-    url: str, tokens: list[str], concurrency: int, seconds: float
-) -> tuple[int, list[float], int]:
+@dataclass
+class RestLoad:
+    """What :func:`rest_load` measured: requests answered, their latencies (ms, sorted), answers other than
+    200, the seconds the load ran, and the BFF process's CPU time (user + system, s) over them."""
+
+    requests: int
+    latencies: list[float]
+    errors: int
+    seconds: float
+    cpu_s: float
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """BFF CPU time per request answered, ms (one core's ms)."""
+        return 1000 * self.cpu_s / max(self.requests, 1)
+
+    def describe(self) -> str:
+        """One line: requests/s, p50, p99, non-200 answers, BFF CPU per request and as % of one core."""
+        return (
+            f"{self.requests / self.seconds:.0f} requests/s, p50 {percentile(self.latencies, 0.5):.1f} ms, "
+            f"p99 {percentile(self.latencies, 0.99):.1f} ms, non-200: {self.errors}; BFF CPU "
+            f"{self.cpu_ms_per_request:.3f} ms per request "
+            f"({100 * self.cpu_s / self.seconds:.0f} % of one core)"
+        )
+
+
+async def rest_load(
+    url: str, path: str, tokens: list[str], concurrency: int, seconds: float, bff: psutil.Process
+) -> RestLoad:
+    """``concurrency`` closed-loop clients calling ``GET path`` for ``seconds``, each request with the access
+    token of the next user in turn, over kept-alive connections; measures the BFF's CPU time (``bff``) over
+    the same span. A closed loop is right here: what is measured is the BFF's cost per request while it is
+    kept busy, not a latency under a set rate."""
     latencies: list[float] = []
     errors = 0
-    deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
         async def loop(worker: int) -> None:
@@ -369,16 +426,20 @@ async def profile_load(
                 token = tokens[n % len(tokens)]
                 n += concurrency
                 started = time.perf_counter()
-                async with http.get(
-                    f"{url}/v2/user/profile", headers={"Authorization": f"Bearer {token}"}
-                ) as resp:
+                async with http.get(f"{url}{path}", headers={"Authorization": f"Bearer {token}"}) as resp:
                     await resp.read()
                     if resp.status != 200:
                         errors += 1
                 latencies.append((time.perf_counter() - started) * 1000)
 
+        cpu_before = bff.cpu_times()
+        started = time.monotonic()
+        deadline = started + seconds
         await asyncio.gather(*(loop(i) for i in range(concurrency)))
-    return len(latencies), sorted(latencies), errors
+        elapsed = time.monotonic() - started
+        cpu_after = bff.cpu_times()
+    cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    return RestLoad(len(latencies), sorted(latencies), errors, elapsed, cpu_s)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -471,7 +532,8 @@ async def main(args: argparse.Namespace) -> None:
         go.set()
         await asyncio.sleep(0.5)  # the clients poll ``go`` every 50 ms
         started = time.monotonic()
-        published = await publish_prices(redis_url, symbols, args.seconds, args.publish == "together")
+        publishing = await publish_prices(redis_url, symbols, args.seconds, args.publish == "together")
+        published = publishing.count
         await asyncio.sleep(1.0)  # the last messages in flight
         elapsed = time.monotonic() - started
         cpu_after = bff_process.cpu_times()
@@ -495,9 +557,12 @@ async def main(args: argparse.Namespace) -> None:
             for before, after in zip(clients_before, clients_after, strict=True)
         )
 
-        http_count, http_latencies, http_errors = await profile_load(
-            url, tokens, args.http_concurrency, args.http_seconds
-        )
+        # The same process, one route after the other, under the same load: /healthz (no token checked, no
+        # database, no Redis) is the floor of what any route costs.
+        rest = {
+            path: await rest_load(url, path, tokens, args.http_concurrency, args.http_seconds, bff_process)
+            for path in ("/healthz", "/v2/user/profile")
+        }
 
         # Without conflation each client would get one message per price change of each of its 3 coins.
         expected = published * 3 / len(symbols) * connected
@@ -519,6 +584,14 @@ async def main(args: argparse.Namespace) -> None:
             f"memory: BFF RSS {rss_before / 2**20:.1f} MiB idle -> {rss_after / 2**20:.1f} MiB with clients = "
             f"{(rss_after - rss_before) / max(connected, 1) / 1024:.1f} KiB per connection"
         )
+        behind = sorted(publishing.behind)
+        print(
+            f"publisher: {len(symbols)} SecondStats/s intended, {published / publishing.seconds:.2f}/s "
+            f"achieved ({published} in {publishing.seconds:.1f} s, absolute schedule); round trips started "
+            f"behind schedule p50 {1000 * percentile(behind, 0.5):.1f} ms, "
+            f"p99 {1000 * percentile(behind, 0.99):.1f} ms, "
+            f"max {1000 * behind[-1]:.1f} ms"
+        )
         print(
             f"prices published: {published} over {elapsed:.1f} s; messages received: {messages}, carrying "
             f"{len(latencies)} new prices ({100 * len(latencies) / max(expected, 1):.1f} % of every held price "
@@ -535,9 +608,15 @@ async def main(args: argparse.Namespace) -> None:
             f"{100 * clients_cpu_s / elapsed:.0f} %"
         )
         print(
-            f"GET /v2/user/profile: {http_count / args.http_seconds:.0f} requests/s at concurrency "
-            f"{args.http_concurrency} for {args.http_seconds} s, p50 {percentile(http_latencies, 0.5):.1f} ms, "
-            f"p99 {percentile(http_latencies, 0.99):.1f} ms, non-200: {http_errors}"
+            f"REST, concurrency {args.http_concurrency}, {args.http_seconds} s per route, "
+            f"one route at a time:"
+        )
+        for path, load in rest.items():
+            print(f"  GET {path}: {load.describe()}")
+        ratio = rest["/v2/user/profile"].cpu_ms_per_request / rest["/healthz"].cpu_ms_per_request
+        print(
+            f"GET /v2/user/profile costs {ratio:.1f} x GET /healthz in BFF CPU per request "
+            f"(goal <= {PROFILE_COST_GOAL:g} x): {'met' if ratio <= PROFILE_COST_GOAL else 'NOT met'}"
         )
         if latencies:
             print(f"(mean latency {statistics.fmean(latencies):.0f} ms over {len(latencies)} prices)")

@@ -18,9 +18,18 @@ What it does (bounded: about ``warmup + duration + ceiling + 15`` seconds, under
    that fell behind), the p99 of ``aggregator_publish_latency_seconds`` (window close → acknowledged Redis
    publish; a histogram, so p99 is given as the upper bound of its bucket), and the peak RSS (``VmHWM``) of
    every process.
+3. *Losses*: what the path lost, over the measured window and since the processes started (warm-up
+   included): trade ids socket_proxy saw skipped upstream, subscribers it ended on overflow, trade ids the
+   aggregator saw skipped (frames lost anywhere before it: upstream or in an ended subscription), trades it
+   dropped as late, SecondStats conflated away before reaching Redis, Redis publish rounds that failed and
+   SecondStats published marked incomplete. Trades fetched back from the exchange's history are printed
+   beside the ids missed but do not make up for them: the frames were still lost on the path. A run that
+   lost anything is *lossy*: its end-to-end rate counts only the frames that survived and its p99 only the
+   SecondStats that were published, so it prints ``LOSSY`` with what was lost and exits with status 1.
 
-Goal (issue 4): at least 50,000 frames/s end to end, p99 under 50 ms. Every figure is printed with the
-conditions: CPU, cores, load average before and after, parameters.
+Goal (issue 4): at least 50,000 frames/s end to end with nothing lost, p99 under 50 ms. Every figure is
+printed with the conditions: CPU, cores, load average before and after, parameters. Exit status: 0 when
+nothing was lost, 1 when the run was lossy (whatever its rate).
 """
 
 from __future__ import annotations
@@ -51,6 +60,45 @@ from machine import cpu_model
 
 GOAL_FRAMES_PER_S = 50_000
 GOAL_P99_S = 0.050
+
+#: What a lossless run counts zero of: (which service, series, what it means).
+LOSSES = (
+    (
+        "socket_proxy",
+        "socket_proxy_trade_ids_missed_total",
+        "trade ids skipped upstream (seen by socket_proxy)",
+    ),
+    (
+        "socket_proxy",
+        "socket_proxy_subscriber_overflows_total{policy=end_subscriber}",
+        "subscribers ended on overflow",
+    ),
+    (
+        "aggregator",
+        "aggregator_trade_ids_missed_total",
+        "frames lost before the aggregator (trade ids it saw skipped)",
+    ),
+    ("aggregator", "aggregator_late_trades_total", "trades dropped as late"),
+    ("aggregator", "aggregator_redis_conflated_total", "SecondStats conflated before Redis"),
+    ("aggregator", "aggregator_redis_publish_failures_total", "Redis publish rounds failed"),
+    ("aggregator", "aggregator_incomplete_seconds_total", "SecondStats published incomplete"),
+)
+
+
+def losses(
+    scrapes: dict[str, tuple[dict[str, float], dict[str, float]]],
+) -> list[tuple[str, float, float]]:
+    """Each of :data:`LOSSES` as ``(what, count over the measured window, count since start)``.
+
+    ``scrapes``: per service (``"socket_proxy"``, ``"aggregator"``), its metrics at the start and at the end
+    of the window (:func:`scrape`). Counters absent from a scrape count as 0.
+    """
+    out = []
+    for service, series, what in LOSSES:
+        before, after = scrapes[service]
+        total = after.get(series, 0.0)
+        out.append((what, total - before.get(series, 0.0), total))
+    return out
 
 
 def ceiling(recording: Path, seconds: float) -> tuple[float, int]:
@@ -115,7 +163,8 @@ def symbols_of(recording: Path) -> list[str]:
     return sorted({split_stream(json.loads(line)["stream"])[0] for line in recording_lines(recording)})
 
 
-def main() -> None:
+def main() -> int:
+    """Run the benchmark and print its figures; 0 when nothing was lost, 1 when the run was lossy."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speed", type=float, default=0.0, help="REPLAY_SPEED (0: as fast as possible)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
@@ -140,6 +189,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-market-"))
     aggregator_token = ensure_secret(secrets_dir(work / "secrets") / "aggregator_api_token", random_token)
     aggregator_auth = bearer_header(read_token(aggregator_token))
+    metrics_token = ensure_secret(secrets_dir(work / "secrets") / "metrics_token", random_token)
+    proxy_metrics_auth = bearer_header(read_token(metrics_token))
     python = sys.executable
     quiet = {"LOG_LEVEL": "WARNING"}
     tls = ensure_mesh_pki(work)
@@ -170,6 +221,7 @@ def main() -> None:
             env={
                 "PROXY_PORT": str(proxy_port),
                 "PROXY_METRICS_PORT": str(proxy_metrics),
+                "PROXY_METRICS_TOKEN_FILE": str(metrics_token),
                 "PROXY_EXCHANGE_URL": f"ws://127.0.0.1:{replay_port}",
                 **{f"PROXY_{k}": v for k, v in quiet.items()},
                 **tls[SOCKET_PROXY].environment("PROXY_"),
@@ -202,13 +254,13 @@ def main() -> None:
         time.sleep(args.warmup)
         agg_before, proxy_before = (
             scrape(f"{base}/metrics", aggregator_auth),
-            scrape(f"http://127.0.0.1:{proxy_metrics}/metrics"),
+            scrape(f"http://127.0.0.1:{proxy_metrics}/metrics", proxy_metrics_auth),
         )
         t0 = time.monotonic()
         time.sleep(args.duration)
         agg_after, proxy_after = (
             scrape(f"{base}/metrics", aggregator_auth),
-            scrape(f"http://127.0.0.1:{proxy_metrics}/metrics"),
+            scrape(f"http://127.0.0.1:{proxy_metrics}/metrics", proxy_metrics_auth),
         )
         elapsed = time.monotonic() - t0
 
@@ -220,34 +272,48 @@ def main() -> None:
 
         end_to_end = agg("aggregator_trade_frames_total{outcome=parsed}")
         p99, observations = p99_bound(agg_before, agg_after, "aggregator_publish_latency_seconds")
+        lost = losses({"socket_proxy": (proxy_before, proxy_after), "aggregator": (agg_before, agg_after)})
+        lossy = any(since_start for _what, _window, since_start in lost)
         print(f"symbols followed: {', '.join(symbols)}")
         print(
             f"end to end (aggregator parsed): {end_to_end:,.0f} frames/s "
-            f"= {end_to_end / rate:.0%} of the ceiling; goal {GOAL_FRAMES_PER_S:,}"
+            f"= {end_to_end / rate:.0%} of the ceiling; goal {GOAL_FRAMES_PER_S:,} with nothing lost"
+            + (" (LOSSY: counts only the frames that survived)" if lossy else "")
         )
         print(
             f"socket_proxy: {prx('socket_proxy_frames_in_total'):,.0f} frames/s in, "
             f"{prx('socket_proxy_frames_out_total'):,.0f} frames/s out "
             f"in {prx('socket_proxy_messages_out_total'):,.0f} messages/s; "
-            f"upstream reconnects {prx('socket_proxy_upstream_reconnects_total') * elapsed:.0f}, "
-            f"subscriber overflows {prx('socket_proxy_subscriber_overflows_total{policy=end_subscriber}') * elapsed:.0f}, "
-            f"trade ids missed {prx('socket_proxy_trade_ids_missed_total') * elapsed:.0f}"
+            f"upstream reconnects {prx('socket_proxy_upstream_reconnects_total') * elapsed:.0f}"
         )
         print(
             f"aggregator: {agg('aggregator_redis_publishes_total'):,.0f} SecondStats/s published to Redis, "
-            f"late trades {agg('aggregator_late_trades_total') * elapsed:.0f}, "
             f"gRPC reconnects {agg('aggregator_upstream_reconnects_total') * elapsed:.0f}, "
+            f"trades fetched back from history {agg('aggregator_backfilled_trades_total') * elapsed:.0f} "
+            f"(they do not undo a loss), "
             f"Redis pending at end {agg_after.get('aggregator_redis_pending', 0):.0f}"
         )
+        print("lost (measured window / since start):")
+        for what, window, since_start in lost:
+            print(f"  {what}: {window:,.0f} / {since_start:,.0f}")
         p99_text = "n/a (nothing published)" if p99 is None else f"<= {p99 * 1000:g} ms"
         print(
-            f"p99 window close -> Redis publish: {p99_text} over {observations} SecondStats; "
-            f"goal < {GOAL_P99_S * 1000:g} ms"
+            f"p99 window close -> Redis publish: {p99_text} over {observations} SecondStats published"
+            + (" (LOSSY: the conflated and the unpublished are not in it)" if lossy else "")
+            + f"; goal < {GOAL_P99_S * 1000:g} ms"
         )
         for name, process in processes.items():
             print(f"peak RSS {name}: {peak_rss_mb(process.process.pid):.1f} MiB")
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"measured over {elapsed:.1f} s")
+        if lossy:
+            print(
+                "result: LOSSY run, failed: "
+                + "; ".join(f"{what} {since_start:,.0f}" for what, _w, since_start in lost if since_start)
+            )
+            return 1
+        print("result: nothing lost")
+        return 0
     finally:
         for process in reversed(started):
             process.stop()
@@ -255,4 +321,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

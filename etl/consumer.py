@@ -70,7 +70,10 @@ def table_specs(settings: EtlSettings) -> dict[str, TableSpec]:
 class ConsumerStats:
     """Counters since start: rows inserted, records sent to the dead-letter topic, batches committed, failed
     insert attempts, failed dead-letter sends, failed commits; ``records_held``: records taken from Kafka and
-    not yet committed (now), ``max_records_held``: the most ever held at once."""
+    not yet committed (now), ``max_records_held``: the most ever held at once; ``first_taken_at``: when the
+    first record was taken from Kafka (``time.monotonic()`` s, as the poll returned it, before decoding; None
+    until then), ``last_committed_at``: when the last batch's offsets were committed (monotonic s; None until
+    then)."""
 
     rows_inserted: int = 0
     records_dead_lettered: int = 0
@@ -80,6 +83,8 @@ class ConsumerStats:
     commit_failures: int = 0
     records_held: int = 0
     max_records_held: int = 0
+    first_taken_at: float | None = None
+    last_committed_at: float | None = None
 
 
 @dataclass
@@ -300,6 +305,8 @@ class TickerConsumer:
                     by_topic.setdefault(tp.topic, []).append((tp, records))
                     self._positions[tp] = records[-1].offset + 1
                 now = time.monotonic()
+                if by_topic and self.stats.first_taken_at is None:
+                    self.stats.first_taken_at = now
                 for topic, parts in by_topic.items():
                     loads[topic].take(parts, now)
                 self._note_held(loads, inserting and inserting.load)
@@ -425,6 +432,7 @@ class TickerConsumer:
             )
             return True
         self.stats.batches_committed += 1
+        self.stats.last_committed_at = time.monotonic()
         log.debug(
             "batch_committed", records=load.batch.size, offsets={str(tp): o for tp, o in offsets.items()}
         )

@@ -10,11 +10,20 @@ Key rotation (auth restarted with a new key, the old public key in ``AUTH_JWT_RE
 nobody out: tokens of the old key verify with the cached key, and the first token of the new key fetches the
 new set, unless a fetch happened less than ``refetch_interval_s`` before; only then is it refused, for at most
 that long. Hence the short default: one cheap ``GetPublicKeys`` a second is no load for auth.
+
+Verified tokens are remembered (``verified_cache_size`` of them, least recently used dropped first), since a
+client presents the same access token on every request until it expires: checking its Ed25519 signature and
+parsing it took about a sixth of the BFF's CPU for a ``GET /v2/user/profile`` (benchmarks/bench_bff.py).
+What is remembered is what never changes for a given token: that its signature verified under the published
+key of its ``kid``, its issuer, audience and claims; ``exp`` is checked against the clock on every use. The
+memory is cleared whenever the key set is fetched again, so a key withdrawn from the set stops verifying
+tokens at once, as it did before. Only successes are remembered: a refused token is checked again each time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import time
@@ -34,6 +43,8 @@ REQUIRED_CLAIMS = ["sub", "name", "exp", "iss", "aud"]
 MAX_TOKEN_CHARS = 4096
 #: Seconds between two fetches of the JWK Set caused by unknown ``kid`` values (see the module docstring).
 DEFAULT_REFETCH_INTERVAL_S = 1.0
+#: Verified tokens remembered per verifier (module docstring): at ~1 KiB each, 4 MiB at most.
+DEFAULT_VERIFIED_CACHE_SIZE = 4096
 #: ``sub``: the user id as a positive decimal that fits PostgreSQL's bigint.
 _USER_ID = re.compile(r"[1-9][0-9]{0,17}")
 
@@ -44,6 +55,10 @@ class InvalidToken(Exception):
 
 class KeysUnavailable(Exception):
     """No public key is known yet and the auth service cannot be reached to fetch them."""
+
+
+class _UnknownKey(Exception):
+    """The token's ``kid`` names no key of the cached set (the set may need fetching again)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +75,8 @@ class AccessTokenVerifier:
 
     ``fetch_jwks`` returns the JWK Set JSON (``{"keys": [...]}``) and may raise anything when auth is down.
     ``issuer`` and ``audience`` are the required ``iss`` and ``aud``. ``refetch_interval_s`` bounds how often
-    the keys are fetched again (seconds, monotonic clock).
+    the keys are fetched again (seconds, monotonic clock). ``verified_cache_size`` is how many verified tokens
+    are remembered (module docstring; 0: none), ``wall_s`` the clock ``exp`` is compared with (Unix s).
     """
 
     def __init__(
@@ -70,14 +86,19 @@ class AccessTokenVerifier:
         issuer: str,
         audience: str,
         refetch_interval_s: float = DEFAULT_REFETCH_INTERVAL_S,
+        verified_cache_size: int = DEFAULT_VERIFIED_CACHE_SIZE,
+        wall_s: Callable[[], float] = time.time,
     ) -> None:
         self._fetch_jwks = fetch_jwks
         self._issuer = issuer
         self._audience = audience
         self._refetch_interval_s = refetch_interval_s
+        self._wall_s = wall_s
         self._keys: dict[str, jwt.PyJWK] = {}
         self._last_fetch = -math.inf
         self._lock = asyncio.Lock()
+        # Exceptions are not cached by lru_cache: only tokens that verified are remembered.
+        self._verified = functools.lru_cache(maxsize=verified_cache_size)(self._verify_signed)
 
     async def verify(self, token: str, *, allow_expired: bool = False) -> AccessClaims:
         """The claims of ``token`` once its signature, algorithm, ``iss``, ``aud`` and ``exp`` check out.
@@ -90,6 +111,23 @@ class AccessTokenVerifier:
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise InvalidToken("access token is missing or too long")
         try:
+            claims = self._verified(token)
+        except _UnknownKey:
+            await self._refetch()
+            try:
+                claims = self._verified(token)
+            except _UnknownKey:
+                raise InvalidToken("access token is not signed by a known key") from None
+        # As PyJWT's own check: a token is expired from its exp second on (no leeway).
+        if not allow_expired and claims.expires_at <= self._wall_s():
+            raise InvalidToken("access token has expired")
+        return claims
+
+    def _verify_signed(self, token: str) -> AccessClaims:
+        """The claims of ``token`` if its signature (by the cached key of its ``kid``), algorithm, ``iss``,
+        ``aud`` and claims check out, whatever its ``exp``; raises :class:`InvalidToken`, or
+        :class:`_UnknownKey` when its ``kid`` is not in the cached set."""
+        try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
             raise InvalidToken("access token is malformed") from None
@@ -98,10 +136,7 @@ class AccessTokenVerifier:
             raise InvalidToken("access token is not an EdDSA token with a kid")
         key = self._keys.get(kid)
         if key is None:
-            await self._refetch()
-            key = self._keys.get(kid)
-            if key is None:
-                raise InvalidToken("access token is not signed by a known key")
+            raise _UnknownKey(kid)
         try:
             claims = jwt.decode(
                 token,
@@ -109,16 +144,18 @@ class AccessTokenVerifier:
                 algorithms=ALGORITHMS,
                 issuer=self._issuer,
                 audience=self._audience,
-                options={"require": REQUIRED_CLAIMS, "verify_exp": not allow_expired},
+                options={"require": REQUIRED_CLAIMS, "verify_exp": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("access token has expired") from None
         except jwt.InvalidTokenError:
             raise InvalidToken("access token is invalid") from None
         sub, name, exp = claims["sub"], claims["name"], claims["exp"]
         if not (isinstance(sub, str) and _USER_ID.fullmatch(sub) and isinstance(name, str)):
             raise InvalidToken("access token is invalid")
-        return AccessClaims(user_id=int(sub), name=name, expires_at=int(exp))
+        try:
+            expires_at = int(exp)
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidToken("access token is invalid") from None
+        return AccessClaims(user_id=int(sub), name=name, expires_at=expires_at)
 
     async def _refetch(self) -> None:
         async with self._lock:
@@ -135,6 +172,8 @@ class AccessTokenVerifier:
                     raise KeysUnavailable("the auth service's public keys are not available") from exc
                 return
             self._keys = keys
+            # What was verified under the old set is checked again under the new one.
+            self._verified.cache_clear()
             log.info("jwks_fetched", kids=sorted(keys))
 
 

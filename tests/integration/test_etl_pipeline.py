@@ -132,6 +132,10 @@ async def test_each_record_becomes_one_row_with_exact_decimals_and_utc_times(
     )
     status, report = await health(running.port)
     assert (status, report["status"], report["rows_inserted"]) == (200, "ok", 25)
+    # When the first record was taken and the last batch committed (what benchmarks/bench_etl.py times).
+    stats = running.service.consumer.stats
+    assert stats.first_taken_at is not None and stats.last_committed_at is not None
+    assert stats.first_taken_at < stats.last_committed_at
 
 
 async def _ready(port: int) -> bool:

@@ -150,3 +150,52 @@ async def test_cached_keys_keep_working_while_auth_is_down(keys):
     await checker.verify(sign(key, "k1"))
     keys.down = True
     assert (await checker.verify(sign(key, "k1"))).user_id == 42
+
+
+class Clock:
+    """A wall clock (Unix s) the test moves."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_remembered_token_is_refused_once_it_expires(keys):
+    clock = Clock()
+    checker = AccessTokenVerifier(keys.jwks_json, issuer=ISSUER, audience=AUDIENCE, wall_s=clock)
+    token = sign(keys.add_key("k1"), "k1", exp=int(clock.now) + 60)
+    assert (await checker.verify(token)).user_id == 42
+    clock.now += 60
+    with pytest.raises(InvalidToken, match="expired"):
+        await checker.verify(token)
+    assert (await checker.verify(token, allow_expired=True)).user_id == 42
+
+
+async def test_an_expired_token_let_through_for_a_refresh_is_still_refused_elsewhere(keys):
+    token = sign(keys.add_key("k1"), "k1", exp=int(time.time()) - 120)
+    checker = verifier(keys)
+    assert (await checker.verify(token, allow_expired=True)).user_id == 42
+    with pytest.raises(InvalidToken, match="expired"):
+        await checker.verify(token)
+
+
+async def test_tokens_of_a_key_withdrawn_from_the_set_are_refused_once_the_set_is_fetched_again(keys):
+    checker = verifier(keys, refetch_interval_s=0.0)
+    old_token = sign(keys.add_key("k1"), "k1")
+    assert (await checker.verify(old_token)).user_id == 42
+    del keys.keys["k1"]
+    new_token = sign(keys.add_key("k2"), "k2")
+    assert (await checker.verify(new_token)).user_id == 42  # fetches the set without k1
+    with pytest.raises(InvalidToken):
+        await checker.verify(old_token)
+
+
+async def test_a_refused_token_is_refused_every_time(keys):
+    keys.add_key("k1")
+    checker = verifier(keys)
+    forged = sign(Ed25519PrivateKey.generate(), "k1")
+    for _ in range(3):
+        with pytest.raises(InvalidToken):
+            await checker.verify(forged)
