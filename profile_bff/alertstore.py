@@ -349,10 +349,10 @@ class AlertStore:
         closes: list[tuple[str, int, Decimal]],
         prune_closes: dict[str, int],
     ) -> list[Firing]:
-        """Store one evaluated batch in one transaction: the rules' ``states``, the ``firings`` (each at most
-        once: one already stored is left as it is), the latest ``prices`` (newer only), the ``closes`` of
-        watched symbols (pruned below ``prune_closes[symbol]``). Returns the firings stored now, i.e. not
-        stored by an earlier delivery of the same records."""
+        """Store one evaluated batch in one transaction: the rules' ``states`` (each unless a later second is
+        stored), the ``firings`` (each at most once: one already stored is left as it is), the latest ``prices``
+        (newer only), the ``closes`` of watched symbols (pruned below ``prune_closes[symbol]``). Returns the
+        firings stored now, i.e. not stored by an earlier delivery of the same records."""
         async with self._store.connection() as conn:
             if states:
                 statement = pg_insert(alert_states)
@@ -365,6 +365,9 @@ class AlertStore:
                             "fired_second": statement.excluded.fired_second,
                             "done": statement.excluded.done,
                         },
+                        # Never back in time: a replica that lost the partition while storing (a stalled
+                        # one) must not overwrite what its successor stored since.
+                        where=sa.or_(alert_states.c.second.is_(None), alert_states.c.second <= statement.excluded.second),
                     ),
                     [
                         {

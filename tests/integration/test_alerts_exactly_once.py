@@ -18,10 +18,12 @@ import pytest
 from support.credentials import redis_user_url
 from support.databases import new_database
 from support.polling import eventually
-from support.alerts import recording_rules, reference_firings, replayed_closes, second_records
+from support.alerts import BTC, recording_rules, reference_firings, replayed_closes, second_records
 
 from crypto_mesh.kafka import ensure_topics
+from profile_bff.alertrules import RuleSpec
 from profile_bff.alertstore import AlertStore
+from profile_bff.crossing import RuleState
 from profile_bff.evaluator import AlertEvaluator, EvaluatorSettings
 from profile_bff.store import MarketBus, ProfileStore
 from aiokafka import AIOKafkaProducer
@@ -145,3 +147,17 @@ async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores
 
 async def _all_published(alerts: AlertStore) -> bool:
     return not await alerts.unpublished(10)
+
+
+async def test_a_rule_state_is_not_replaced_by_one_of_an_older_second(stores):
+    # What a replica that lost its partition while stalled would store after its successor stored newer states.
+    alerts = AlertStore(stores)
+    spec = RuleSpec("price_above", BTC, Decimal("60000"), None, "every_crossing", 0)
+    rule = await alerts.create_rule(USER, spec, None, max_rules=50)
+    newer = RuleState(second=2000, side=True, fired_second=2000)
+    await alerts.commit_batch({rule.id: newer}, [], {}, [], {})
+    await alerts.commit_batch({rule.id: RuleState(second=1000, side=False)}, [], {}, [], {})
+    assert (await alerts.states([rule.id]))[rule.id] == newer
+    later = RuleState(second=3000, side=False, fired_second=2000)
+    await alerts.commit_batch({rule.id: later}, [], {}, [], {})
+    assert (await alerts.states([rule.id]))[rule.id] == later
