@@ -93,10 +93,11 @@ class EvaluatorProcess:
         return (await self.metrics(http))["bff_alert_records_total"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def stack(postgres, redis_url, tmp_path_factory, kafka_bootstrap):
     """A BFF without an evaluator (the user's sockets are here) and the environment of evaluator processes
-    on the same database, Redis, auth and aggregator."""
+    on the same database, Redis, auth and aggregator. A database of each test's own: the latest closes and
+    close histories the evaluators store are the market's, and each test replays the recording anew."""
     exchange_info = write_exchange_info(tmp_path_factory.mktemp("exchange"))
     database = new_database(postgres, "profile")
     async with (
@@ -181,7 +182,15 @@ class Replay:
             return not await alerts.unpublished(10)
 
         # Every expected one, then nothing else: a difference would be a lost or an invented firing.
-        await eventually(all_stored, timeout_s=60, what="every expected firing stored")
+        try:
+            await eventually(all_stored, timeout_s=60, what="every expected firing stored")
+        except pytest.fail.Exception:
+            now = await stored()
+            pytest.fail(
+                f"{len(self.expected - now)} of {len(self.expected)} expected firings not stored, e.g. "
+                f"{sorted(self.expected - now)[:3]}; {len(now - self.expected)} not expected; evaluator logs in "
+                f"{self.directory}"
+            )
         assert await stored() == self.expected
         assert len(await alerts.firings(self.user_id, before_seq=None, limit=1000)) == len(self.expected)
         await eventually(all_published, timeout_s=30, what="every firing published")
