@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-import tempfile
 import uuid
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -56,8 +55,8 @@ SOCKETS = 2
 
 
 class EvaluatorProcess:
-    """A BFF process (``python -m profile_bff``) whose alert evaluator consumes ``topic`` in ``group``; it
-    shares the profile database and Redis of the BFF under test. ``metrics()`` reads its ``/metrics``."""
+    """A BFF process (``python -m profile_bff``) with ``env`` (its alert evaluator's topic and group among
+    them), on a free port and a free metrics port; its output in ``directory``."""
 
     def __init__(self, env: dict[str, str], directory: Path) -> None:
         port, self.metrics_port = free_port(), free_port()
@@ -70,6 +69,7 @@ class EvaluatorProcess:
         )
 
     async def start(self) -> EvaluatorProcess:
+        """Start it and wait until its port accepts connections."""
         await asyncio.to_thread(self.process.start, 60.0)
         return self
 
@@ -126,12 +126,12 @@ class Replay:
     """One user's rules on the recording, created through the API, the user's sockets collecting what they are
     sent, and the evaluator processes of one topic and group."""
 
-    def __init__(self, bff: Bff, env: dict[str, str], trade_recording: Path) -> None:
+    def __init__(self, bff: Bff, env: dict[str, str], trade_recording: Path, directory: Path) -> None:
         self.bff = bff
         self.topic = f"alerts-killed-{uuid.uuid4().hex[:8]}"
         group = f"bff-alerts-{uuid.uuid4().hex[:8]}"
         self.env = {**env, "BFF_ALERTS_TOPIC": self.topic, "BFF_ALERTS_GROUP_ID": group}
-        self.directory = Path(tempfile.mkdtemp(prefix="alerts-killed-"))
+        self.directory = directory
         self.by_symbol = replayed_closes(trade_recording)
         self.records = second_records(self.by_symbol)
         self.received: list[list[dict]] = [[] for _ in range(SOCKETS)]
@@ -139,7 +139,7 @@ class Replay:
         self.user_id = 0
         self.processes: list[EvaluatorProcess] = []
 
-    async def prepare(self, sockets: AsyncExitStack, readers: asyncio.TaskGroup | list) -> None:
+    async def prepare(self, sockets: AsyncExitStack, readers: list[asyncio.Task]) -> None:
         """The user, holding BTC, with the rules of :func:`recording_rules`; :data:`SOCKETS` sockets of theirs
         open, each read into :attr:`received` by a task of ``readers``."""
         self.user_id, auth = await self.bff.user()
@@ -261,11 +261,11 @@ async def kill_while_evaluating(
 
 
 @pytest.fixture
-async def replay(stack, trade_recording, kafka_bootstrap):
+async def replay(stack, trade_recording, kafka_bootstrap, tmp_path):
     """A :class:`Replay` prepared, with a producer of its topic and the alert store of the BFF's database;
     yields ``(replay, writer, alerts)``."""
     bff, env = stack
-    replay = Replay(bff, env, trade_recording)
+    replay = Replay(bff, env, trade_recording, tmp_path)
     await ensure_topics(kafka_bootstrap, {replay.topic: 1})
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False, acks="all")
     store = ProfileStore(bff.database_url)
