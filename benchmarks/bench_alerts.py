@@ -24,8 +24,10 @@ What it does (a few seconds to a minute on 2 cores; no engine needed):
 Printed with the conditions (CPU, cores, load average before and after, parameters): evaluations per second of
 both, their ratio, and the firings (the same in every round: a check that the rounds did the same work).
 What this does not measure: the Kafka poll, the PostgreSQL transaction per batch and the delivery to sockets
-(the exactly-once path, tests/integration/test_alerts_exactly_once.py), nor the latency from a second's close
-to the alert on a socket.
+(the exactly-once path, tests/integration/test_alerts_exactly_once.py and test_alerts_killed.py). The latency
+from a second's close to the alert on a socket, beside the plain price push of the same run, is measured by
+``benchmarks/bench_bff.py --alert-users 10000`` (a BFF process with its evaluator, these rules in PostgreSQL,
+the SecondStats on Kafka and Redis).
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ SYMBOLS = {"btcusdt": Decimal("61837.63"), "ethusdt": Decimal("2682.79"), "dotus
 START_MS = 1_723_161_240_000
 
 
-def make_rules(users: int, rng: random.Random) -> tuple[list[Rule], dict[int, dict[str, Decimal]]]:
-    """5 rules per user on the 3 symbols (module docstring) and each user's 1 to 3 coins."""
+def make_rules(
+    users: int, rng: random.Random, holdings: dict[int, dict[str, Decimal]] | None = None
+) -> tuple[list[Rule], dict[int, dict[str, Decimal]]]:
+    """5 rules per user ``1..users`` on the 3 symbols (module docstring) and each user's coins: ``holdings``
+    (user → symbol → quantity) if given, else 1 to 3 coins drawn from ``rng``. Returns (rules, coins)."""
+    given = holdings
     names = list(SYMBOLS)
     rules: list[Rule] = []
-    holdings: dict[int, dict[str, Decimal]] = {}
+    holdings = {}
     rule_id = 0
     for user in range(1, users + 1):
         symbol = names[user % 3]
@@ -65,7 +71,10 @@ def make_rules(users: int, rng: random.Random) -> tuple[list[Rule], dict[int, di
             RuleSpec("change_percent", symbol, Decimal("0.1") if user % 2 else Decimal("-0.1"), 60, "every_crossing", 0),
             RuleSpec("price_above", names[(user + 1) % 3], SYMBOLS[names[(user + 1) % 3]], None, "every_crossing", 30),
         ]
-        coins = {name: Decimal(rng.randint(1, 100)) / 10 for name in rng.sample(names, rng.randint(1, 3))}
+        if given is None:
+            coins = {name: Decimal(rng.randint(1, 100)) / 10 for name in rng.sample(names, rng.randint(1, 3))}
+        else:
+            coins = given[user]
         total = sum((CONTEXT.multiply(q, SYMBOLS[s]) for s, q in coins.items()), Decimal(0))
         specs.append(RuleSpec("portfolio_total_above", None, total, None, "every_crossing", 0))
         holdings[user] = coins

@@ -39,6 +39,17 @@ receiving side of each message (TCP receive, socket lookup, waking the client pr
 write, which a perf profile of the price phase put at about a fifth of the BFF's CPU; and the clients take
 their share of the two CPUs while a fan-out runs.
 
+With ``--alert-users N`` (e.g. 10000) the BFF also runs its alert evaluator, on an embedded Kafka-protocol
+broker (Tansu): users 1..N (as many more as there are clients) get the 5 rules each of
+``benchmarks/bench_alerts.py`` on the three symbols (``--symbols`` must be those), stored in PostgreSQL before the
+price phase; the publisher's prices are then a seeded random walk of ±0.05 % a second from each symbol's start
+price (so that rules cross), and each SecondStat is written to Kafka ``binance.second`` (one partition) at the
+moment it is published on Redis, as the aggregator does when a second closes. A client measures each alert it
+receives (users 1..``--clients`` hold sockets) as its receive time minus the alert's ``second``, which is that
+SecondStat's ``t``, its publish time: the latency from a second's close to the alert on the socket, printed
+beside the plain price push of the same run (p99 and the ratio of the two p99s), with the SecondStats and rule
+evaluations the evaluator did and the firings it stored (its ``/metrics``).
+
 Then, once the sockets are closed, ``--http-seconds`` of ``GET /healthz`` and then ``--http-seconds`` of
 ``GET /v2/user/profile`` on the same BFF process, each from ``--http-concurrency`` concurrent requests: the
 BFF's CPU time per request of each (psutil, user + system) and their ratio. ``/healthz`` checks no token and
@@ -53,6 +64,7 @@ BFF's CPU per request, with the ratio.
 The whole run stops by itself; the defaults take under three minutes.
 
     .venv/bin/python benchmarks/bench_bff.py --clients 10000 --workers 2 --seconds 20
+    .venv/bin/python benchmarks/bench_bff.py --clients 2000 --alert-users 10000 --seconds 30
 """
 
 from __future__ import annotations
@@ -62,6 +74,7 @@ import asyncio
 import base64
 import multiprocessing
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -75,6 +88,7 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+from aiokafka import AIOKafkaProducer
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 from aiohttp import web
@@ -86,12 +100,17 @@ from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import TokenIssuer, generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
-from launcher.embedded import EmbeddedPostgres, ManagedProcess
+from crypto_mesh.kafka import SECOND_TOPIC, ensure_topics
+from crypto_mesh.metrics import parse_samples
+from launcher.embedded import EmbeddedPostgres, ManagedProcess, tansu_command
 from launcher.mesh import embedded_redis, ensure_mesh_pki
 from crypto_mesh.netutil import free_port
 from crypto_mesh.pki import AUTH, PROFILE_BFF
 from crypto_mesh.secrets import ensure_secret, random_token, secrets_dir
-from crypto_mesh.servicecreds import bearer_token_middleware, read_tokens
+from crypto_mesh.servicecreds import bearer_header, bearer_token_middleware, read_tokens
+from profile_bff.alertstore import alert_rules
+
+from bench_alerts import START_MS, SYMBOLS as ALERT_SYMBOLS, make_rules, make_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
@@ -117,19 +136,26 @@ def client_worker(url: str, tokens: list[str], ready, go, stop, results) -> None
 class _Recorder:
     """What one client process measured; ``recording`` mirrors the ``go`` event (polled, not per message).
 
-    ``latencies`` (ms) has one entry per new price received, ``messages`` counts profile messages."""
+    ``latencies`` (ms) has one entry per new price received, ``messages`` counts profile messages,
+    ``alert_latencies`` (ms) has one entry per alert received (its receipt minus its ``second``)."""
 
     def __init__(self) -> None:
         self.recording = False
         self.latencies: list[int] = []
+        self.alert_latencies: list[int] = []
         self.messages = 0
         self._parsed: dict[str, int] = {}
 
     def record(self, payload: bytes, seen: dict[str, str]) -> None:
         """Record the prices of ``payload`` whose ``PriceTimes`` differ from ``seen`` (the socket's previous
-        message, updated here)."""
-        times = jsonutil.loads(payload)["Coins"]["PriceTimes"]
+        message, updated here), or the latency of an alert."""
+        message = jsonutil.loads(payload)
         received_ms = time.time_ns() // 1_000_000
+        if message.get("type") == "alert":
+            if self.recording:
+                self.alert_latencies.append(received_ms - message["second"])
+            return
+        times = message["Coins"]["PriceTimes"]
         new = [stamp for symbol, stamp in times.items() if seen.get(symbol) != stamp]
         seen.update(times)
         if not self.recording or not new:
@@ -250,7 +276,14 @@ async def _client_main(url, tokens, ready, go, stop, results) -> None:
         recorder.recording = go.is_set()
         await asyncio.sleep(0.05)
     recorder.recording = False
-    results.put((recorder.latencies, recorder.messages, sum(1 for protocol in sockets if protocol.open)))
+    results.put(
+        (
+            recorder.latencies,
+            recorder.messages,
+            sum(1 for protocol in sockets if protocol.open),
+            recorder.alert_latencies,
+        )
+    )
     for protocol in sockets:
         protocol.close()
     await asyncio.sleep(0.5)
@@ -330,6 +363,55 @@ async def seed_users(database_url: str, count: int, symbols: list[str]) -> None:
         await engine.dispose()
 
 
+async def seed_alert_rules(database_url: str, users: int, symbols: list[str]) -> int:
+    """The 5 rules of ``bench_alerts.make_rules`` for users 1..``users``, whose coins are those of
+    :func:`seed_users` (1.5 of each of ``symbols``, which are ``bench_alerts.SYMBOLS``); returns how many."""
+    holdings = {user: {symbol: Decimal("1.5") for symbol in symbols} for user in range(1, users + 1)}
+    rules, _ = make_rules(users, random.Random(20261130), holdings)
+    rows = [
+        {
+            "user_id": rule.user_id,
+            "kind": rule.spec.kind,
+            "symbol": rule.spec.symbol,
+            "threshold": rule.spec.threshold,
+            "window_s": rule.spec.window_s,
+            "repeat": rule.spec.repeat,
+            "cooldown_s": rule.spec.cooldown_s,
+            "paused": False,
+        }
+        for rule in rules
+    ]
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(alert_rules), rows)
+    finally:
+        await engine.dispose()
+    return len(rows)
+
+
+async def bff_metrics(url: str, token_file: Path) -> dict[str, float]:
+    """The BFF's ``/metrics`` samples at ``url``."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers=bearer_header(read_tokens(token_file)[0])) as resp:
+            resp.raise_for_status()
+            return parse_samples(await resp.text())
+
+
+async def wait_evaluating(url: str, token_file: Path, rules: int, timeout_s: float = 60.0) -> None:
+    """Wait until the BFF's alert evaluator holds the SecondStat partition and has loaded ``rules`` rules."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            samples = await bff_metrics(url, token_file)
+            if samples["bff_alert_partitions"] == 1 and samples["bff_alert_rules"] == rules:
+                return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("the alert evaluator never held the partition with every rule loaded")
+
+
 @dataclass
 class Published:
     """What :func:`publish_prices` did: SecondStats published, over how long (s: the seconds the schedule
@@ -341,7 +423,9 @@ class Published:
     behind: list[float] = field(default_factory=list)
 
 
-async def publish_prices(redis_url: str, symbols: list[str], seconds: float, together: bool) -> Published:
+async def publish_prices(
+    redis_url: str, symbols: list[str], seconds: float, together: bool, kafka: AIOKafkaProducer | None = None
+) -> Published:
     """One SecondStat per symbol per second for ``seconds``, each in a pipelined round trip of its own spread
     evenly over the second or (``together``) all of a second in one pipelined round trip at its start, as the
     aggregator publishes the windows its clock closes in one tick.
@@ -350,11 +434,18 @@ async def publish_prices(redis_url: str, symbols: list[str], seconds: float, tog
     round trip that starts late is not followed by a longer pause, so a saturated machine does not lower the
     offered load; how far behind each one started is recorded, and a slot that is a whole second behind is
     still sent (it is not skipped), so the count published is the rate the schedule asked for unless the
-    publisher could not keep up at all."""
+    publisher could not keep up at all.
+
+    With ``kafka``, each SecondStat is also written to ``binance.second`` just before it is published on
+    Redis, and the prices are ``bench_alerts.make_seconds``'s random walk (else a price rising by 1 a second)."""
     redis = aioredis.Redis.from_url(redis_url)
     out = Published()
     numbered = list(enumerate(symbols))
     batches = [numbered] if together else [[pair] for pair in numbered]
+    walk = {
+        (symbol, (second - START_MS) // 1000): price
+        for symbol, second, price in (make_seconds(int(seconds) + 2, random.Random(20261201)) if kafka else [])
+    }
     try:
         start = time.monotonic()
         ticks = max(1, round(seconds))
@@ -366,12 +457,14 @@ async def publish_prices(redis_url: str, symbols: list[str], seconds: float, tog
                 now_ms = time.time_ns() // 1_000_000
                 async with redis.pipeline(transaction=False) as pipe:
                     for index, symbol in batch:
-                        price = Decimal(f"{60000 + tick}.{index}")
+                        price = walk[(symbol, tick)] if kafka else Decimal(f"{60000 + tick}.{index}")
                         stat = jsonutil.dumps(
                             SecondStat(
                                 symbol, now_ms, price, price, price, price, Decimal(1), price, 1, tick
                             ).to_json()
                         )
+                        if kafka is not None:
+                            await kafka.send(SECOND_TOPIC, key=symbol.encode(), value=stat)
                         pipe.set(f"price:{symbol}", stat)
                         pipe.publish(symbol, stat)
                     await pipe.execute()
@@ -446,6 +539,8 @@ async def main(args: argparse.Namespace) -> None:
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     if len(symbols) < 3:
         raise SystemExit("--symbols needs at least three symbols (each client holds three)")
+    if args.alert_users and symbols != list(ALERT_SYMBOLS):
+        raise SystemExit(f"--alert-users needs --symbols {','.join(ALERT_SYMBOLS)} (the rules' symbols)")
     work = Path(tempfile.mkdtemp(prefix="bench-bff-"))
     postgres = EmbeddedPostgres(work / "pg")
     redis_port = free_port()
@@ -455,6 +550,18 @@ async def main(args: argparse.Namespace) -> None:
     )
     await asyncio.to_thread(postgres.start)
     await asyncio.to_thread(redis_process.start)
+    kafka_process = kafka = None
+    alert_env: dict[str, str] = {}
+    if args.alert_users:
+        kafka_port = free_port()
+        kafka_process = ManagedProcess("tansu", tansu_command(kafka_port), kafka_port, work / "tansu.log")
+        await asyncio.to_thread(kafka_process.start)
+        bootstrap = f"127.0.0.1:{kafka_port}"
+        await ensure_topics(bootstrap, {SECOND_TOPIC: 1})
+        kafka = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks=1)
+        await kafka.start()
+        metrics_port = free_port()
+        alert_env = {"BFF_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "BFF_METRICS_PORT": str(metrics_port)}
     # The BFF reads as its Redis user; the prices are published as the aggregator's.
     redis_url = redis_urls["aggregator"]
     key_file = work / "jwt.pem"
@@ -491,6 +598,8 @@ async def main(args: argparse.Namespace) -> None:
         # minute by default) are lifted to let one address stand for the whole crowd.
         "BFF_MAX_CONNECTIONS_PER_ADDRESS": str(args.clients + 1000),
         "BFF_WS_UPGRADE_RATE_PER_ADDRESS": f"{args.clients * 10}/minute",
+        "BFF_METRICS_TOKEN_FILE": str(aggregator_token),
+        **alert_env,
         **tls[PROFILE_BFF].environment("BFF_"),
         **{key: value for key, value in os.environ.items() if key.startswith("BFF_")},
     }
@@ -502,7 +611,13 @@ async def main(args: argparse.Namespace) -> None:
     workers = []
     try:
         await wait_healthy(url, bff)
-        await seed_users(postgres.url("profile"), args.clients, symbols)
+        await seed_users(postgres.url("profile"), max(args.clients, args.alert_users), symbols)
+        rule_count = 0
+        if args.alert_users:
+            rule_count = await seed_alert_rules(postgres.url("profile"), args.alert_users, symbols)
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            await wait_evaluating(metrics_url, aggregator_token, rule_count)
+            evaluator_before = await bff_metrics(metrics_url, aggregator_token)
         now = int(time.time())
         tokens = [issuer.issue(user_id, f"bench{user_id}", now)[0] for user_id in range(1, args.clients + 1)]
         bff_process = psutil.Process(bff.pid)
@@ -532,21 +647,26 @@ async def main(args: argparse.Namespace) -> None:
         go.set()
         await asyncio.sleep(0.5)  # the clients poll ``go`` every 50 ms
         started = time.monotonic()
-        publishing = await publish_prices(redis_url, symbols, args.seconds, args.publish == "together")
+        publishing = await publish_prices(redis_url, symbols, args.seconds, args.publish == "together", kafka)
         published = publishing.count
         await asyncio.sleep(1.0)  # the last messages in flight
+        if args.alert_users:
+            evaluator_after = await bff_metrics(metrics_url, aggregator_token)
         elapsed = time.monotonic() - started
         cpu_after = bff_process.cpu_times()
         clients_after = [process.cpu_times() for process in client_processes]
         stop.set()
         latencies: list[int] = []
+        alert_latencies: list[int] = []
         messages = still_open = 0
         for _ in workers:
-            values, received, open_at_end = await asyncio.to_thread(results.get, True, 60)
+            values, received, open_at_end, alert_values = await asyncio.to_thread(results.get, True, 60)
             latencies.extend(values)
             messages += received
             still_open += open_at_end
+            alert_latencies.extend(alert_values)
         latencies.sort()
+        alert_latencies.sort()
         # The REST phase starts once every client socket is closed and the BFF has released them.
         for process in workers:
             await asyncio.to_thread(process.join, 60)
@@ -601,6 +721,25 @@ async def main(args: argparse.Namespace) -> None:
             f"latency Redis publish -> client receipt, per price (ms): p50 {percentile(latencies, 0.5):.0f}, "
             f"p99 {percentile(latencies, 0.99):.0f}, max {latencies[-1] if latencies else float('nan')}"
         )
+        if args.alert_users:
+            evaluated = evaluator_after["bff_alert_records_total"] - evaluator_before["bff_alert_records_total"]
+            fired = evaluator_after["bff_alert_firings_total"] - evaluator_before["bff_alert_firings_total"]
+            per_stat = rule_count / len(symbols) * 4 / 5 + args.alert_users  # symbol rules + portfolios
+            price_p99, alert_p99 = percentile(latencies, 0.99), percentile(alert_latencies, 0.99)
+            print(
+                f"alert evaluator: {rule_count} rules of {args.alert_users} users; {evaluated:.0f} of {published} "
+                f"SecondStats evaluated = {evaluated * per_stat / elapsed:,.0f} rule evaluations/s; "
+                f"{fired:.0f} firings stored"
+            )
+            print(
+                f"latency SecondStat published (Kafka + Redis) -> alert on the socket (ms), over "
+                f"{len(alert_latencies)} alerts received: p50 {percentile(alert_latencies, 0.5):.0f}, "
+                f"p99 {alert_p99:.0f}, max {alert_latencies[-1] if alert_latencies else float('nan')}"
+            )
+            print(
+                f"alert p99 / price push p99, same run: {alert_p99:.0f} / {price_p99:.0f} ms = "
+                f"{alert_p99 / max(price_p99, 1):.1f}x"
+            )
         print(
             f"BFF CPU during the price phase: {100 * cpu_s / elapsed:.0f} % of one core "
             f"(user {100 * (cpu_after.user - cpu_before.user) / elapsed:.0f} %, system "
@@ -627,6 +766,10 @@ async def main(args: argparse.Namespace) -> None:
             if process.is_alive():
                 process.kill()
         await asyncio.to_thread(stop_bff_process, bff)
+        if kafka is not None:
+            await kafka.stop()
+        if kafka_process is not None:
+            await asyncio.to_thread(kafka_process.stop)
         await aggregator_runner.cleanup()
         await auth.stop()
         await asyncio.to_thread(redis_process.stop)
@@ -652,6 +795,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--http-concurrency", type=int, default=50, help="concurrent REST requests (default 50)"
+    )
+    parser.add_argument(
+        "--alert-users",
+        type=int,
+        default=0,
+        help="users with 5 alert rules each, evaluated by the BFF's evaluator on Kafka (default 0: no alerts)",
     )
     parser.add_argument("--connect-timeout", type=float, default=90.0, help="bound on the connect phase (s)")
     args = parser.parse_args()

@@ -21,7 +21,9 @@ redelivered after step 1 find their seconds already evaluated (:func:`profile_bf
 nothing for them) and so fire nothing twice; records before it are evaluated as the first time. A failure of
 PostgreSQL or Kafka does the same without a restart: the consumer leaves the group, the in-memory state is
 dropped, and a new consumer starts from what is stored. On every partition assignment the states are read
-again, since another replica may have evaluated the partition meanwhile.
+again, since another replica may have evaluated the partition meanwhile; a rebalance waits for the batch in
+hand to be stored and committed (:class:`_Assignments`), and a rule's state is never replaced by one of an
+older second, so a replica that lost its partition while stalled cannot undo what its successor stored.
 
 Rules and portfolios are read again when they changed (``BFF_ALERTS_REFRESH_S``, a cheap version query), and
 with them the stored states of the rules that became active (created or resumed) and the close histories of
@@ -68,14 +70,20 @@ _PUBLISH_BATCH = 500
 
 
 class _Assignments(ConsumerRebalanceListener):
-    """Notes that partitions were (re)assigned: the states must be read again before the next batch."""
+    """Notes that partitions were (re)assigned: the states must be read again before the next batch.
+
+    A batch is evaluated, stored and committed under :attr:`batch`, which a revocation waits for: aiokafka
+    awaits every member's ``on_partitions_revoked`` before any is assigned the partitions, so the next owner
+    of a partition reads the states stored after the last batch of the previous one."""
 
     def __init__(self) -> None:
         self.changed = True
         self.assigned: frozenset[TopicPartition] = frozenset()
+        self.batch = asyncio.Lock()
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self.assigned = frozenset()
+        async with self.batch:
+            self.assigned = frozenset()
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.assigned = frozenset(assigned)
@@ -186,49 +194,60 @@ class AlertEvaluator:
                 next_refresh = time.monotonic() + self._settings.refresh_s
             polled = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
             self.consuming = True
-            if listener.changed:
-                # Read after the poll that rebalanced: the states another replica stored for these partitions.
-                await self._load_states(evaluation)
-                listener.changed = False
-            if not polled:
-                continue
-            firings: list[Firing] = []
-            closes: list[tuple[str, int, Decimal]] = []
-            history_symbols = evaluation.history_symbols()
-            for tp, records in polled.items():
-                for record in records:
-                    symbol = (record.key or b"").decode("ascii", "replace")
-                    try:
-                        second_ms, close = second_stat_close(record.value or b"")
-                    except InvalidSecondStat as exc:
-                        log.warning("malformed_second_record", partition=tp.partition, offset=record.offset, error=str(exc))
-                        continue
-                    if symbol in history_symbols:
-                        closes.append((symbol, second_ms, close))
-                    firings.extend(evaluation.apply(symbol, second_ms, close))
-                    self.records += 1
-            prune = {
-                symbol: evaluation.closes[symbol][0] - window_ms
-                for symbol, window_ms in history_symbols.items()
-                if symbol in evaluation.closes and symbol in evaluation.closes_changed
-            }
-            stored = await self._store.commit_batch(
-                {rule_id: evaluation.states[rule_id] for rule_id in evaluation.changed if rule_id in evaluation.states},
-                firings,
-                {symbol: evaluation.closes[symbol] for symbol in evaluation.closes_changed},
-                closes,
-                prune,
-            )
-            evaluation.changed.clear()
-            evaluation.closes_changed.clear()
-            await consumer.commit({tp: records[-1].offset + 1 for tp, records in polled.items()})
-            self.batches += 1
-            self.firings += len(stored)
+            async with listener.batch:
+                if listener.changed:
+                    # Read after the poll that rebalanced: the states another replica stored for these partitions.
+                    await self._load_states(evaluation)
+                    listener.changed = False
+                # Records of partitions revoked since the poll are their next owner's.
+                polled = {tp: records for tp, records in polled.items() if tp in listener.assigned}
+                if not polled:
+                    continue
+                stored = await self._evaluate(consumer, evaluation, polled)
             backoff.reset()
             if stored:
                 log.info("alerts_fired", count=len(stored))
             # Also what an evaluator killed between storing and publishing left (one indexed query).
             await self._publish_outbox()
+
+    async def _evaluate(
+        self, consumer: AIOKafkaConsumer, evaluation: Evaluation, polled: dict[TopicPartition, list[Any]]
+    ) -> list[Firing]:
+        """Evaluate ``polled`` records, store the outcome in one transaction, then commit their offsets;
+        returns the firings stored now."""
+        firings: list[Firing] = []
+        closes: list[tuple[str, int, Decimal]] = []
+        history_symbols = evaluation.history_symbols()
+        for tp, records in polled.items():
+            for record in records:
+                symbol = (record.key or b"").decode("ascii", "replace")
+                try:
+                    second_ms, close = second_stat_close(record.value or b"")
+                except InvalidSecondStat as exc:
+                    log.warning("malformed_second_record", partition=tp.partition, offset=record.offset, error=str(exc))
+                    continue
+                if symbol in history_symbols:
+                    closes.append((symbol, second_ms, close))
+                firings.extend(evaluation.apply(symbol, second_ms, close))
+                self.records += 1
+        prune = {
+            symbol: evaluation.closes[symbol][0] - window_ms
+            for symbol, window_ms in history_symbols.items()
+            if symbol in evaluation.closes and symbol in evaluation.closes_changed
+        }
+        stored = await self._store.commit_batch(
+            {rule_id: evaluation.states[rule_id] for rule_id in evaluation.changed if rule_id in evaluation.states},
+            firings,
+            {symbol: evaluation.closes[symbol] for symbol in evaluation.closes_changed},
+            closes,
+            prune,
+        )
+        evaluation.changed.clear()
+        evaluation.closes_changed.clear()
+        await consumer.commit({tp: records[-1].offset + 1 for tp, records in polled.items()})
+        self.batches += 1
+        self.firings += len(stored)
+        return stored
 
     async def _load_rules(self, evaluation: Evaluation) -> tuple[set[int], set[str]]:
         """Load the active rules and portfolios; the ids of the rules and the symbols whose close history is

@@ -7,19 +7,43 @@ Series (prefix ``bff_``): the RED series of every route, ``http_requests_total{m
 (:mod:`crypto_mesh.observe`); Redis, ``redis_command_duration_seconds{command}`` and
 ``redis_command_errors_total{command}`` (:class:`crypto_mesh.metrics.RedisMetrics`); the PostgreSQL pool,
 ``db_pool_size`` and ``db_pool_checked_out``; the WebSockets, ``ws_connections`` (open now) and
-``ws_fan_out_seconds`` (a price read from Redis → its profiles written, :mod:`profile_bff.connections`).
+``ws_fan_out_seconds`` (a price read from Redis → its profiles written, :mod:`profile_bff.connections`); the
+alert evaluator (:mod:`profile_bff.evaluator`; 0 in a BFF without it), ``alert_partitions`` (partitions of the
+SecondStat topic the consumer group assigns it now), ``alert_rules`` (active rules it evaluates),
+``alert_records_total`` (SecondStats evaluated) and ``alert_firings_total`` (firings stored by it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry
 
-from crypto_mesh.metrics import Declared, gauge, metrics_registry, pool_gauges
+from crypto_mesh.metrics import Declared, counter, gauge, metrics_registry, pool_gauges
+from profile_bff.evaluator import AlertEvaluator
 from profile_bff.service import Bff
+
+
+def _evaluator(read: Callable[[AlertEvaluator], int]) -> Callable[[Bff], int]:
+    """``read`` of the BFF's alert evaluator, 0 without one."""
+    return lambda bff: read(bff.evaluator) if bff.evaluator is not None else 0
+
 
 METRICS: tuple[Declared[Bff], ...] = (
     gauge("ws_connections", "WebSocket connections open now.", lambda bff: bff.manager.socket_count),
     *pool_gauges(lambda bff: bff.store.pool),
+    gauge(
+        "alert_partitions",
+        "Partitions of the SecondStat topic assigned to this BFF's alert evaluator now.",
+        _evaluator(lambda evaluator: evaluator.partitions),
+    ),
+    gauge(
+        "alert_rules",
+        "Active alert rules this BFF's alert evaluator evaluates now.",
+        _evaluator(lambda evaluator: len(evaluator.loaded_rule_ids)),
+    ),
+    counter("alert_records", "SecondStats evaluated by this BFF's alert evaluator.", _evaluator(lambda e: e.records)),
+    counter("alert_firings", "Alert firings stored by this BFF's alert evaluator.", _evaluator(lambda e: e.firings)),
 )
 
 

@@ -11,29 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import random
-import statistics
-import time
 import uuid
 from decimal import Decimal
-from fractions import Fraction
 
 import pytest
 from support.credentials import redis_user_url
 from support.databases import new_database
 from support.polling import eventually
-from support.recordings import recorded_seconds
+from support.alerts import BTC, recording_rules, reference_firings, replayed_closes, second_records
 
-from crypto_mesh import jsonutil
 from crypto_mesh.kafka import ensure_topics
 from profile_bff.alertrules import RuleSpec
 from profile_bff.alertstore import AlertStore
+from profile_bff.crossing import RuleState
 from profile_bff.evaluator import AlertEvaluator, EvaluatorSettings
 from profile_bff.store import MarketBus, ProfileStore
 from aiokafka import AIOKafkaProducer
 
 KILLS = 6
 USER = 1
-BTC, ETH = "btcusdt", "ethusdt"
 
 
 class CrashingStore(AlertStore):
@@ -51,36 +47,6 @@ class CrashingStore(AlertStore):
         return stored
 
 
-def reference_firings(rule: RuleSpec, seconds: list[tuple[int, Decimal]], quantity: Decimal) -> list[tuple[int, Decimal]]:
-    """(second, close) of each firing of ``rule`` over one symbol's ``seconds`` (time order), computed apart
-    from profile_bff/crossing.py: Fractions, the close ``window`` ago by a backward scan."""
-    fired: list[tuple[int, Decimal]] = []
-    previous: bool | None = None
-    last_fired: int | None = None
-    threshold = Fraction(rule.threshold)
-    for index, (second, close) in enumerate(seconds):
-        price = Fraction(close)
-        if rule.kind == "change_percent":
-            older = [c for t, c in seconds[: index + 1] if t <= second - rule.window_s * 1000]
-            if not older or older[-1] == 0:
-                side = None
-            else:
-                change = (price - Fraction(older[-1])) / Fraction(older[-1]) * 100
-                side = change >= threshold if threshold > 0 else change <= threshold
-        elif rule.kind.startswith("portfolio_total"):
-            total = price * Fraction(quantity)
-            side = total > threshold if rule.kind.endswith("above") else total < threshold
-        else:
-            side = price > threshold if rule.kind == "price_above" else price < threshold
-        if previous is False and side is True:
-            cooled = last_fired is None or second >= last_fired + rule.cooldown_s * 1000
-            if cooled and not (rule.repeat == "once" and fired):
-                fired.append((second, close))
-                last_fired = second
-        previous = side
-    return fired
-
-
 @pytest.fixture
 async def stores(postgres):
     store = ProfileStore(new_database(postgres, "alerts"))
@@ -93,23 +59,9 @@ async def stores(postgres):
 
 
 async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores, redis_url, kafka_bootstrap, trade_recording):
-    earliest, recorded = recorded_seconds(trade_recording)
-    # Shifted to start 2 s from now, as the replay exchange shifts a recording: after the rules were made.
-    shift = (int(time.time()) + 2) * 1000 - earliest
-    by_symbol: dict[str, list[tuple[int, Decimal]]] = {}
-    for (symbol, second), fields in sorted(recorded.items(), key=lambda item: (item[0][1], item[0][0])):
-        by_symbol.setdefault(symbol, []).append((second + shift, fields["p"]))
-    btc_median = statistics.median(close for _, close in by_symbol[BTC])
-    eth_median = statistics.median(close for _, close in by_symbol[ETH])
+    by_symbol = replayed_closes(trade_recording)
     quantity = Decimal("2.5")
-    rules = [
-        (BTC, RuleSpec("price_above", BTC, btc_median, None, "every_crossing", 0)),
-        (BTC, RuleSpec("price_below", BTC, btc_median, None, "every_crossing", 30)),
-        (ETH, RuleSpec("price_above", ETH, eth_median, None, "once", 0)),
-        (ETH, RuleSpec("change_percent", ETH, Decimal("0.05"), 60, "every_crossing", 0)),
-        (BTC, RuleSpec("change_percent", BTC, Decimal("-0.05"), 120, "every_crossing", 0)),
-        (BTC, RuleSpec("portfolio_total_above", None, btc_median * quantity, None, "every_crossing", 0)),
-    ]
+    rules = recording_rules(by_symbol, quantity)
     await stores.add_coin(USER, BTC, quantity)
     alerts = CrashingStore(stores)
     ids = {}
@@ -128,9 +80,7 @@ async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores
         kafka_bootstrap, topic, f"alerts-{uuid.uuid4().hex[:8]}", session_timeout_ms=3000, refresh_s=0.2
     )
     bus = MarketBus(redis_user_url(redis_url, "bff"))
-    records = sorted(
-        ((second, symbol, close) for symbol, seconds in by_symbol.items() for second, close in seconds)
-    )
+    records = second_records(by_symbol)
     rng = random.Random(20261130)
     replicas: list[tuple[AlertEvaluator, asyncio.Task]] = []
 
@@ -150,9 +100,8 @@ async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores
 
     async def produce(part) -> None:
         for start in range(0, len(part), 10):
-            for second, symbol, close in part[start : start + 10]:
-                value = jsonutil.dumps({"s": symbol, "t": second, "p": str(close)})
-                await producer.send(topic, key=symbol.encode(), value=value)
+            for key, value in part[start : start + 10]:
+                await producer.send(topic, key=key, value=value)
             await producer.flush()
             await asyncio.sleep(0.005)  # the replay plays on while an evaluator dies
 
@@ -198,3 +147,18 @@ async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores
 
 async def _all_published(alerts: AlertStore) -> bool:
     return not await alerts.unpublished(10)
+
+
+async def test_a_rule_state_is_not_replaced_by_one_of_an_older_second_and_is_read_among_any_number(stores):
+    # What a replica that lost its partition while stalled would store after its successor stored newer states.
+    alerts = AlertStore(stores)
+    spec = RuleSpec("price_above", BTC, Decimal("60000"), None, "every_crossing", 0)
+    rule = await alerts.create_rule(USER, spec, None, max_rules=50)
+    newer = RuleState(second=2000, side=True, fired_second=2000)
+    await alerts.commit_batch({rule.id: newer}, [], {}, [], {})
+    await alerts.commit_batch({rule.id: RuleState(second=1000, side=False)}, [], {}, [], {})
+    assert (await alerts.states([rule.id]))[rule.id] == newer
+    later = RuleState(second=3000, side=False, fired_second=2000)
+    await alerts.commit_batch({rule.id: later}, [], {}, [], {})
+    # Read among more rule ids than a statement has parameters (32,767): 10,000 users with 5 rules each.
+    assert await alerts.states([rule.id, *range(10**9, 10**9 + 40_000)]) == {rule.id: later}
