@@ -545,8 +545,9 @@ async def test_health_is_ok_once_redis_kafka_and_the_upstream_are_reachable(
 
 
 async def test_start_succeeds_with_every_dependency_down_and_health_says_so():
+    # Its reconnect loops never give up, so a start that waited for a dependency would never return: the
+    # suite's timeout would end this test.
     nothing = free_port()
-    started = time.monotonic()
     async with aggregator(f"redis://127.0.0.1:{nothing}/0", f"127.0.0.1:{nothing}", nothing) as (base, http):
         async with http.get(f"{base}/healthz") as response:
             assert response.status == 503
@@ -554,7 +555,6 @@ async def test_start_succeeds_with_every_dependency_down_and_health_says_so():
         async with http.put(f"{base}/v1/symbols/btcusdt/followers/user:1") as response:
             assert response.status == 503
             assert (await response.json())["error"]["code"] == "unavailable"
-    assert time.monotonic() - started < 15
 
 
 class TestControlApi:
