@@ -174,6 +174,15 @@ class AlertEvaluator:
         except BaseException:
             await consumer.stop()
             raise
+        partitions = consumer.partitions_for_topic(settings.topic) or set()
+        if len(partitions) > 1:
+            # The known limit of the module docstring, said where an operator looks.
+            log.warning(
+                "alert_portfolio_rules_need_one_partition",
+                topic=settings.topic,
+                partitions=len(partitions),
+                detail="with several replicas, a portfolio rule sees only the coins on its own replica's partitions",
+            )
         consumer.subscribe([settings.topic], listener=listener)
         log.info("alert_evaluator_consuming", topic=settings.topic, group=settings.group_id)
         return consumer
