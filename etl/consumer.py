@@ -57,6 +57,11 @@ _IDLE_POLL_MS = 250
 #: fetches mean fewer round trips and fewer, larger columnar decodes; in benchmarks/bench_etl.py, 8 MiB
 #: took the ETL from 41 % to 50-56 % of the direct-insert ceiling.
 _MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
+#: Longest wait for an offset commit (s); past it the consumer is closed and a new one joins the group (the
+#: rows are in ClickHouse; a redelivery is folded by message_id). While stopping, a shorter wait: a broker that
+#: does not answer then (it crashed) would only hold up the stop.
+_COMMIT_TIMEOUT_S = 10.0
+_STOP_COMMIT_TIMEOUT_S = 1.0
 #: Longest wait in one poll while an insert is in flight (bounds the delay before its batch is committed).
 _INSERTING_POLL_MS = 10
 
@@ -397,7 +402,8 @@ class TickerConsumer:
         (retrying while Kafka fails), then commit its offsets.
 
         Returns False if a stop request came while retrying: the batch is left uncommitted and Kafka
-        redelivers it to the next consumer of the group.
+        redelivers it to the next consumer of the group. Raises ``KafkaError`` if the commit is not done within
+        :data:`_COMMIT_TIMEOUT_S` (:data:`_STOP_COMMIT_TIMEOUT_S` while stopping): :meth:`run` then joins anew.
         """
         try:
             async for attempt in self.retrying("clickhouse_insert_retrying", _CLICKHOUSE_ERRORS):
@@ -422,8 +428,17 @@ class TickerConsumer:
             consumer.resume(*consumer.paused())
         self.stats.rows_inserted += load.rows
         offsets = load.commit_offsets()
+        timeout_s = _STOP_COMMIT_TIMEOUT_S if self._stopping.is_set() else _COMMIT_TIMEOUT_S
         try:
-            await consumer.commit(offsets)
+            await asyncio.wait_for(consumer.commit(offsets), timeout_s)
+        except TimeoutError as exc:
+            # aiokafka retries a commit for as long as the broker answers with a retriable error or not at all
+            # (a broker that restarted empty answers UnknownTopicOrPartition): this consumer is done with.
+            self.stats.commit_failures += 1
+            log.warning(
+                "offset_commit_timed_out", timeout_s=timeout_s, offsets={str(tp): o for tp, o in offsets.items()}
+            )
+            raise KafkaError(f"offset commit not done within {timeout_s} s") from exc
         except (KafkaError, OSError) as exc:
             # The rows are in ClickHouse; a redelivery after this failure is folded by message_id.
             self.stats.commit_failures += 1

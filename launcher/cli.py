@@ -144,7 +144,7 @@ def _children(plan, base_env: dict[str, str]) -> list:
     return [
         Child(
             process.name, process.argv, {**base_env, **process.env}, stop_stage=process.stop_stage,
-            restart_also=process.restart_also,
+            restart_also=process.restart_also, ready=process.ready.ok if process.ready is not None else None,
             before_stop=drain if plan.drain is not None and process.stop_stage == STOP_ETL else None,
         )
         for process in plan.processes

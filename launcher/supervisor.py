@@ -14,9 +14,14 @@ daemons of their own with configuration files, more than one foreground command 
   crash, a ``kill -9``, even status 0) is started again after a delay from :class:`RestartPolicy`; after
   ``max_crashes`` exits within ``window_s`` seconds the supervisor gives up on it and stops the whole mesh
   (:attr:`Supervisor.gave_up` names it; ``up`` then exits with status 1). A process without ``restart`` (the
-  readiness watcher) may exit with status 0; any other status stops the mesh. A restarted process's
-  :attr:`Child.restart_also` are restarted with it (the embedded broker comes back empty: its clients start
-  again, creating their topics and consumer group anew).
+  readiness watcher) may exit with status 0; any other status stops the mesh.
+- **Dependents**: the :attr:`Child.restart_also` of a process that crashed are stopped at once (SIGTERM, then
+  SIGKILL after ``stop_timeout_s``; not counted as crashes, ``stopping <name> until <crashed> is back``); the
+  crashed process is started again once they have exited, and they are started again once it is
+  :attr:`Child.ready` (``starting <name> again: <crashed> is ready``). The embedded broker comes back empty,
+  so its clients start again, creating their topics and joining their consumer group anew; stopping them
+  first keeps a client's own stop (a last commit, leaving its group) from reaching the new, empty broker,
+  where it would leave a member behind that the new client's join must wait out.
 - **Stop** (SIGINT/SIGTERM, or giving up): the children are stopped stage by stage, lowest
   :attr:`Child.stop_stage` first; before each stage its ``before_stop`` hook runs (``up`` waits there until the
   ETL has loaded what the embedded broker holds: :func:`launcher.drain.wait_until_consumed`). Each process gets
@@ -79,7 +84,7 @@ class Child:
     """One supervised process: ``name``, ``argv`` (executed directly, no shell), ``env`` (the whole
     environment), whether to ``restart`` it, its ``stop_stage`` (lower stops first), ``before_stop``, an
     async hook run once before its stage stops (the first hook of a stage runs, others are ignored), and
-    ``restart_also``."""
+    ``restart_also``, and ``ready``."""
 
     name: str
     argv: Sequence[str]
@@ -87,9 +92,12 @@ class Child:
     restart: bool = True
     stop_stage: int = 0
     before_stop: Callable[[Callable[[str], None]], Awaitable[None]] | None = None
-    #: Processes restarted (SIGTERM, then started again at once, not counted as crashes) each time this one
-    #: has been restarted after a crash: the clients of the memory-only broker, which comes back empty.
+    #: Processes stopped (SIGTERM, not counted as crashes) as soon as this one crashes, and started again
+    #: once it is restarted and :attr:`ready`: the clients of the memory-only broker, which comes back empty.
     restart_also: tuple[str, ...] = ()
+    #: Whether this process serves its clients now (called on a worker thread, e.g. "its port accepts
+    #: connections"); polled after a restart before its ``restart_also`` start again. None: ready once started.
+    ready: Callable[[], bool] | None = None
 
 
 class Supervisor:
@@ -104,16 +112,21 @@ class Supervisor:
         printer,
         policy: Callable[[], RestartPolicy] = RestartPolicy,
         stop_timeout_s: float = 10.0,
+        ready_timeout_s: float = 30.0,
     ) -> None:
         self.children = list(children)
         self.printer = printer
         self.printer.width = max([len(SYSTEM_PRINTER_NAME), *(len(c.name) for c in self.children)])
         self.stop_timeout_s = stop_timeout_s
+        #: Longest wait for a restarted process to be :attr:`Child.ready` before its dependents start anyway.
+        self.ready_timeout_s = ready_timeout_s
         self._policies = {child.name: policy() for child in self.children}
         colours = get_colours()
         self._colours = {child.name: next(colours) for child in self.children}
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._bouncing: set[str] = set()
+        #: Dependent → the event set once the process it waits for is back (:meth:`_hold`, :meth:`_release`).
+        self._held: dict[str, asyncio.Event] = {}
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
         self.returncode = 0
@@ -159,17 +172,22 @@ class Supervisor:
 
     async def _keep(self, child: Child) -> None:
         policy = self._policies[child.name]
-        restarted = False
         while not self._stop.is_set():
+            if not await self._released(child.name):
+                return
             process = await self._start(child)
             if process is None:
                 returncode = 127
             else:
                 if self._stop.is_set():  # started while the stop began: its stage may be past already
                     _signal(process, signal.SIGTERM)
-                elif restarted:
-                    self._bounce(child)
+                elif child.name in self._held:  # held while it was being started
+                    self._bouncing.add(child.name)
+                    _signal(process, signal.SIGTERM)
                 pump = asyncio.create_task(self._pump(child, process))
+                if any(name in self._held for name in child.restart_also):
+                    await self._until_ready(child, process)
+                    self._release(child)
                 returncode = await process.wait()
                 # The rest of its output; a grandchild still holding the pipe does not hold the supervisor.
                 with contextlib.suppress(TimeoutError):
@@ -178,7 +196,6 @@ class Supervisor:
                 self.say(f"{child.name} stopped (rc={returncode})")
             if self._stop.is_set():
                 return
-            restarted = True
             if child.name in self._bouncing:
                 self._bouncing.discard(child.name)
                 continue
@@ -186,7 +203,8 @@ class Supervisor:
                 if returncode != 0:
                     self.request_stop(1, f"{child.name} failed (rc={returncode})")
                 return
-            delay = policy.crashed(time.monotonic())
+            crashed_at = time.monotonic()
+            delay = policy.crashed(crashed_at)
             if delay is None:
                 reason = (
                     f"{child.name} exited {policy.recent} times within {policy.window_s:.0f}s "
@@ -196,16 +214,55 @@ class Supervisor:
                 self.request_stop(1, reason)
                 return
             self.say(f"{child.name} exited unexpectedly (rc={returncode}): restarting it in {delay:.1f}s")
+            await self._hold(child)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+                await asyncio.wait_for(self._stop.wait(), max(0.0, crashed_at + delay - time.monotonic()))
 
-    def _bounce(self, child: Child) -> None:
+    async def _hold(self, child: Child) -> None:
+        """Stop the :attr:`Child.restart_also` of ``child`` (which has just crashed) and keep them from
+        starting until :meth:`_release`; return once the running ones have exited."""
+        running: dict[str, asyncio.subprocess.Process] = {}
         for name in child.restart_also:
+            self._held.setdefault(name, asyncio.Event())
             process = self._processes.get(name)
             if process is not None and process.returncode is None:
                 self._bouncing.add(name)
-                self.say(f"restarting {name} with {child.name}")
-                _signal(process, signal.SIGTERM)
+                self.say(f"stopping {name} until {child.name} is back")
+                running[name] = process
+        await self._terminate(running)
+
+    async def _released(self, name: str) -> bool:
+        """Wait while ``name`` is held (:meth:`_hold`); False if the mesh stops meanwhile."""
+        held = self._held.get(name)
+        if held is not None:
+            stop = asyncio.create_task(self._stop.wait())
+            release = asyncio.create_task(held.wait())
+            await asyncio.wait({stop, release}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            release.cancel()
+        return not self._stop.is_set()
+
+    async def _until_ready(self, child: Child, process: asyncio.subprocess.Process) -> None:
+        """Poll :attr:`Child.ready` every 50 ms until it holds, the process exits, the mesh stops or
+        :attr:`ready_timeout_s` passes (said)."""
+        if child.ready is None:
+            return
+        deadline = time.monotonic() + self.ready_timeout_s
+        while process.returncode is None and not self._stop.is_set():
+            if await asyncio.to_thread(child.ready):
+                return
+            if time.monotonic() >= deadline:
+                self.say(f"{child.name} is not ready after {self.ready_timeout_s:.0f}s")
+                return
+            await asyncio.sleep(0.05)
+
+    def _release(self, child: Child) -> None:
+        """Let the processes held for ``child`` start again."""
+        for name in child.restart_also:
+            held = self._held.pop(name, None)
+            if held is not None:
+                self.say(f"starting {name} again: {child.name} is ready")
+                held.set()
 
     async def _start(self, child: Child) -> asyncio.subprocess.Process | None:
         try:
@@ -259,6 +316,12 @@ class Supervisor:
         }
         for name, process in alive.items():
             self.say(f"sending SIGTERM to {name} (pid {process.pid})")
+        await self._terminate(alive)
+
+    async def _terminate(self, alive: dict[str, asyncio.subprocess.Process]) -> None:
+        """SIGTERM to each process of ``alive`` (name → process), SIGKILL to those still running after
+        ``stop_timeout_s`` (or at once when the stop is hurried); return once all have exited."""
+        for process in alive.values():
             _signal(process, signal.SIGTERM)
         waits = [asyncio.create_task(process.wait()) for process in alive.values()]
         if not waits:

@@ -3,9 +3,9 @@
 - Each process is killed with ``kill -9`` in turn; within 10 s it runs again (a new pid in ``processes.json``,
   which ``crypto-mesh status`` shows), the BFF answers a login and the user's profile socket gets prices of a
   second after the kill, while ``up`` itself never stopped.
-- A graceful stop loses no record of the memory-only embedded broker: records written to it just before
-  ``crypto-mesh down`` are each in ClickHouse once after the next start, and the stop went producers first, then
-  the ETL once the broker was drained, then the broker.
+- A graceful stop loses no record of the memory-only embedded broker, even one that a kill -9 emptied just
+  before: records written to it just before ``crypto-mesh down`` are each in ClickHouse once after the next
+  start, and the stop went producers first, then the ETL once the broker was drained, then the broker.
 - A process that keeps crashing is given up on: ``up`` stops the mesh and exits 1 with the reason.
 
 One mesh for the kills and the stop, a second start of the same data directory for the rest.
@@ -33,11 +33,9 @@ from support.polling import eventually
 from launcher.control import read_processes
 from launcher.mesh import HealthCheck
 
-#: Killed in this order; the BFF's engine last. Not the broker: after a kill -9 of the embedded broker (memory
-#: only) the ETL restarted with it takes a while to rejoin its group (over 60 s once on a loaded machine), and
-#: the graceful stop below then gave up waiting for it and lost the records not yet loaded. That defect is open
-#: (README, "What a stop keeps"); killing the broker is left out until it is fixed.
-KILLED = ["auth", "socket_proxy", "aggregator", "etl", "profile_bff", "exchange", "redis"]
+#: Killed in this order; the BFF's engine, then the embedded broker last, so that the graceful stop below drains
+#: a broker that came back empty after a kill -9, into an ETL restarted with it.
+KILLED = ["auth", "socket_proxy", "aggregator", "etl", "profile_bff", "exchange", "redis", "kafka"]
 #: How long the journey may take to resume after a kill (the issue's promise).
 RESUME_S = 10.0
 USER = "survivor"

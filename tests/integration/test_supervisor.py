@@ -115,12 +115,35 @@ async def test_a_stop_goes_stage_by_stage_with_each_hook_before_its_stage(tmp_pa
     assert events == ["drain"]
 
 
-async def test_the_clients_of_a_restarted_broker_are_restarted_with_it_not_counted_as_crashes(tmp_path):
-    sup, output, table = supervisor(tmp_path, [child("broker", restart_also=("client",)), child("client")])
+async def test_the_clients_of_a_crashed_broker_stop_first_and_start_again_once_it_is_ready(tmp_path):
+    ready_file = tmp_path / "broker.ready"
+    # The broker says it is ready (its pid in a file) a moment after it starts, as a server binds its port.
+    broker_script = (
+        "import os, pathlib, time\n"
+        "time.sleep(0.3)\n"
+        f"pathlib.Path({str(ready_file)!r}).write_text(str(os.getpid()))\n" + SERVING
+    )
+    # The client says which broker it found ready when it started.
+    client_script = (
+        "import pathlib\n"
+        f"ready = pathlib.Path({str(ready_file)!r})\n"
+        "print('found broker', ready.read_text() if ready.exists() else None, flush=True)\n" + SERVING
+    )
+    table_ref: list[ProcessTable] = []
+
+    def broker_ready() -> bool:
+        current = table_ref[0].processes["broker"].get("pid")
+        return ready_file.exists() and ready_file.read_text() == str(current)
+
+    sup, output, table = supervisor(
+        tmp_path,
+        [child("broker", broker_script, restart_also=("client",), ready=broker_ready), child("client", client_script)],
+    )
+    table_ref.append(table)
     run = asyncio.create_task(sup.run())
     await eventually(lambda: output.getvalue().count("| serving") == 2)
-    client = table.processes["client"]["pid"]
-    os.kill(table.processes["broker"]["pid"], signal.SIGKILL)
+    broker, client = table.processes["broker"]["pid"], table.processes["client"]["pid"]
+    os.kill(broker, signal.SIGKILL)
     await eventually(
         lambda: (
             table.processes["client"].get("pid") not in (None, client)
@@ -128,7 +151,18 @@ async def test_the_clients_of_a_restarted_broker_are_restarted_with_it_not_count
         )
     )
     text = output.getvalue()
-    assert "restarting client with broker" in text and "client exited unexpectedly" not in text
+    assert "client exited unexpectedly" not in text
     assert text.count("| bye") == 1  # the client was stopped gracefully
+    system = [line.split("| ", 1)[1] for line in text.splitlines() if " system " in line]
+    new_broker, new_client = table.processes["broker"]["pid"], table.processes["client"]["pid"]
+    # The old client is gone before the new broker starts; the new client starts once the new broker is ready.
+    assert (
+        system.index("stopping client until broker is back")
+        < system.index("client stopped (rc=0)")
+        < system.index(f"broker started (pid={new_broker})")
+        < system.index("starting client again: broker is ready")
+        < system.index(f"client started (pid={new_client})")
+    ), system
+    assert f"| found broker {new_broker}\n" in text
     sup.request_stop()
     assert await run == 0
