@@ -12,14 +12,16 @@ import random
 import uuid
 
 import aiohttp
-from support.credentials import service_token_file
 from support.etl import sql_rows
 from support.etl_processes import (
     EtlProcess,
     counts_reach,
+    finish_producing,
     healthy,
+    kill_test_environment,
     produce_seconds,
     produce_tickers,
+    stop_producing,
     stat,
     wait_for,
 )
@@ -39,21 +41,9 @@ async def test_ten_kill_9s_of_the_etl_while_producing_leave_exactly_one_row_per_
     port = free_port()
     etl = EtlProcess(
         {
+            **kill_test_environment(kafka_bootstrap, name),
             "ETL_PORT": str(port),
-            "ETL_API_TOKEN_FILE": str(service_token_file()),
-            "ETL_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "ETL_KAFKA_GROUP_ID": f"etl-{name}",
-            "ETL_KAFKA_TOPIC": ticker_topic,
-            "ETL_KAFKA_SECOND_TOPIC": second_topic,
-            "ETL_KAFKA_DEADLETTER_TOPIC": f"deadletter-{name}",
             "ETL_CLICKHOUSE_URL": chdb_url(tmp_path / "chdb"),
-            # Small, quick batches: a kill then often falls between an insert and its commit.
-            "ETL_BATCH_MAX_ROWS": "100",
-            "ETL_BATCH_MAX_AGE_MS": "50",
-            "ETL_RETRY_INITIAL_MS": "50",
-            "ETL_RETRY_MAX_MS": "500",
-            # A killed member leaves the group only when its session times out.
-            "ETL_KAFKA_SESSION_TIMEOUT_MS": "1500",
         },
         tmp_path / "etl.log",
     )
@@ -79,14 +69,7 @@ async def test_ten_kill_9s_of_the_etl_while_producing_leave_exactly_one_row_per_
                 await wait_for(lambda: healthy(port), 30, "ETL consuming")
                 await asyncio.sleep(rng.uniform(0.0, 1.0))
             etl.kill()
-        stop.set()
-        await asyncio.gather(*producers)
-        await wait_for(
-            lambda: seconds.sent + seconds.failed + seconds.dropped == len(seconds_submitted),
-            20,
-            "SecondStat deliveries",
-        )
-        assert (seconds.failed, seconds.dropped) == (0, 0)
+        await finish_producing(stop, producers, seconds, seconds_submitted)
 
         etl.start()
         await wait_for(lambda: healthy(port), 30, "ETL consuming")
@@ -110,11 +93,7 @@ async def test_ten_kill_9s_of_the_etl_while_producing_leave_exactly_one_row_per_
             assert raw_rows >= len(ids), context
         assert etl.terminate() == 0
     finally:
-        stop.set()
-        await asyncio.gather(*producers, return_exceptions=True)
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
-        await seconds.close()
+        await stop_producing(stop, producers, sender, seconds)
         etl.kill_if_running()
 
 
@@ -126,18 +105,7 @@ async def test_with_clickhouse_unreachable_the_etl_takes_nothing_and_catches_up_
     # URL where nothing listens (connection refused), fixed by a restart with the real URL.
     name = uuid.uuid4().hex[:8]
     port = free_port()
-    env = {
-        "ETL_PORT": str(port),
-        "ETL_API_TOKEN_FILE": str(service_token_file()),
-        "ETL_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ETL_KAFKA_GROUP_ID": f"etl-{name}",
-        "ETL_KAFKA_TOPIC": f"tickers-{name}",
-        "ETL_KAFKA_SECOND_TOPIC": f"seconds-{name}",
-        "ETL_KAFKA_DEADLETTER_TOPIC": f"deadletter-{name}",
-        "ETL_RETRY_INITIAL_MS": "50",
-        "ETL_RETRY_MAX_MS": "300",
-        "ETL_KAFKA_SESSION_TIMEOUT_MS": "1500",
-    }
+    env = {**kill_test_environment(kafka_bootstrap, name), "ETL_PORT": str(port), "ETL_RETRY_MAX_MS": "300"}
     down = EtlProcess({**env, "ETL_CLICKHOUSE_URL": f"http://127.0.0.1:{free_port()}"}, tmp_path / "down.log")
     down.start()
     try:

@@ -22,9 +22,17 @@ import sys
 import uuid
 from pathlib import Path
 
-from support.credentials import service_token_file
 from support.etl import sql_rows
-from support.etl_processes import EtlProcess, healthy, produce_seconds, produce_tickers, wait_for
+from support.etl_processes import (
+    EtlProcess,
+    finish_producing,
+    healthy,
+    kill_test_environment,
+    produce_seconds,
+    produce_tickers,
+    stop_producing,
+    wait_for,
+)
 
 from aggregator.second_topic import SecondProducer
 from crypto_mesh.netutil import free_port
@@ -89,20 +97,8 @@ async def test_two_etls_in_one_group_killed_while_producing_store_each_record_on
     name = uuid.uuid4().hex[:8]
     ticker_topic, second_topic = f"tickers-{name}", f"seconds-{name}"
     common = {
-        "ETL_API_TOKEN_FILE": str(service_token_file()),
-        "ETL_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "ETL_KAFKA_GROUP_ID": f"etl-{name}",
-        "ETL_KAFKA_TOPIC": ticker_topic,
-        "ETL_KAFKA_SECOND_TOPIC": second_topic,
-        "ETL_KAFKA_DEADLETTER_TOPIC": f"deadletter-{name}",
+        **kill_test_environment(kafka_bootstrap, name),
         "ETL_KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
-        # Small, quick batches: a kill then often falls between an insert and its commit.
-        "ETL_BATCH_MAX_ROWS": "100",
-        "ETL_BATCH_MAX_AGE_MS": "50",
-        "ETL_RETRY_INITIAL_MS": "50",
-        "ETL_RETRY_MAX_MS": "500",
-        # A killed member leaves the group only when its session times out.
-        "ETL_KAFKA_SESSION_TIMEOUT_MS": "1500",
         "ETL_SQL_MAX_ROWS": "1000000",
     }
     etls = [
@@ -138,14 +134,7 @@ async def test_two_etls_in_one_group_killed_while_producing_store_each_record_on
             await asyncio.sleep(rng.uniform(0.0, 2.0))
             victim.start()
             await wait_for(lambda victim=victim: healthy(victim.port), 30, "killed ETL back in the group")
-        stop.set()
-        await asyncio.gather(*producers)
-        await wait_for(
-            lambda: seconds.sent + seconds.failed + seconds.dropped == len(seconds_submitted),
-            20,
-            "SecondStat deliveries",
-        )
-        assert (seconds.failed, seconds.dropped) == (0, 0)
+        await finish_producing(stop, producers, seconds, seconds_submitted)
 
         expected = {"crypto.price_seconds": set(seconds_submitted), "crypto.market_tickers": set(tickers_sent)}
         for table, ids in expected.items():
@@ -173,10 +162,6 @@ async def test_two_etls_in_one_group_killed_while_producing_store_each_record_on
             assert (final_rows, distinct_ids) == (len(ids), len(ids)), context
             assert set(stored) == ids, context
     finally:
-        stop.set()
-        await asyncio.gather(*producers, return_exceptions=True)
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
-        await seconds.close()
+        await stop_producing(stop, producers, sender, seconds)
         for etl in etls:
             etl.kill_if_running()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
+from support.credentials import service_token_file
 from support.polling import eventually
 from support.etl import sql_rows
 
@@ -92,6 +93,27 @@ class EtlProcess:
             self.kill()
 
 
+def kill_test_environment(kafka_bootstrap: str, name: str) -> dict[str, str]:
+    """``ETL_*`` settings of an ETL killed under test: topics ``tickers-<name>``, ``seconds-<name>``,
+    ``deadletter-<name>``, group ``etl-<name>``, small quick batches, quick retries and a short session (add
+    ``ETL_PORT`` and ``ETL_CLICKHOUSE_URL``)."""
+    return {
+        "ETL_API_TOKEN_FILE": str(service_token_file()),
+        "ETL_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ETL_KAFKA_GROUP_ID": f"etl-{name}",
+        "ETL_KAFKA_TOPIC": f"tickers-{name}",
+        "ETL_KAFKA_SECOND_TOPIC": f"seconds-{name}",
+        "ETL_KAFKA_DEADLETTER_TOPIC": f"deadletter-{name}",
+        # Small, quick batches: a kill then often falls between an insert and its commit.
+        "ETL_BATCH_MAX_ROWS": "100",
+        "ETL_BATCH_MAX_AGE_MS": "50",
+        "ETL_RETRY_INITIAL_MS": "50",
+        "ETL_RETRY_MAX_MS": "500",
+        # A killed member leaves the group only when its session times out.
+        "ETL_KAFKA_SESSION_TIMEOUT_MS": "1500",
+    }
+
+
 #: The ETL is killed and started again under these tests: a refused or failed request is "not yet".
 wait_for = functools.partial(eventually, interval_s=0.2, tolerate=(aiohttp.ClientError, OSError))
 
@@ -129,6 +151,30 @@ async def produce_seconds(
             submitted.append(second_message_id(symbol, START_MS + n * 1000))
         n += 1
         await asyncio.sleep(0.02)
+
+
+async def finish_producing(
+    stop: asyncio.Event, producers: Sequence[asyncio.Task], seconds: SecondProducer, submitted: Sequence[str]
+) -> None:
+    """Stop the producer tasks, wait until every SecondStat handed to ``seconds`` is delivered or failed, and
+    fail the test unless all were delivered."""
+    stop.set()
+    await asyncio.gather(*producers)
+    await wait_for(
+        lambda: seconds.sent + seconds.failed + seconds.dropped == len(submitted), 20, "SecondStat deliveries"
+    )
+    assert (seconds.failed, seconds.dropped) == (0, 0)
+
+
+async def stop_producing(
+    stop: asyncio.Event, producers: Sequence[asyncio.Task], sender: asyncio.Task, seconds: SecondProducer
+) -> None:
+    """Whatever happened: stop the producer tasks and the SecondStat producer's ``sender`` task, close it."""
+    stop.set()
+    await asyncio.gather(*producers, return_exceptions=True)
+    sender.cancel()
+    await asyncio.gather(sender, return_exceptions=True)
+    await seconds.close()
 
 
 async def healthy(port: int) -> bool:
