@@ -37,7 +37,9 @@ class EtlService:
     def __init__(self, settings: EtlSettings) -> None:
         self.settings = settings
         self.api_tokens = read_tokens(settings.api_token_file)
-        self.store = ClickHouseStore(settings.clickhouse_url.get_secret_value(), settings.analytics_url())
+        self.store = ClickHouseStore(
+            settings.clickhouse_url.get_secret_value(), settings.analytics_url(), settings.clickhouse_cluster
+        )
         self.consumer = TickerConsumer(settings, self.store)
         self.http_metrics = HttpMetrics("etl")
         self.clickhouse_state = "connecting"  # → "ok", or "migration failed: ..."

@@ -33,6 +33,10 @@ class EtlSettings(ServiceSettings, KafkaClientSettings):
       (Kafka brokers accept 6000 to 1800000 by default).
     - ``ETL_CLICKHOUSE_URL`` (required, secret: may hold a password): ``chdb:///dir`` (embedded chDB,
       in-process) or ``http://user:pass@host:8123``.
+    - ``ETL_CLICKHOUSE_CLUSTER`` (optional): the name of a cluster of the ClickHouse servers' ``remote_servers``
+      (compose profile ``cluster``). Set, the migrations create replicated tables ``ON CLUSTER`` with a
+      ``Distributed`` table under each name queries use (:mod:`etl.migrate`), and inserts into a Distributed
+      table return once every shard's replica has stored its rows. Unset, single-node tables.
     - ``ETL_BATCH_MAX_ROWS`` / ``ETL_BATCH_MAX_AGE_MS``: each topic has its own batch, inserted when it holds
       this many records or its first record is this old (ms), whichever comes first. A closed batch is
       inserted while the next one fills, so the records held never exceed three times ``ETL_BATCH_MAX_ROWS``
@@ -70,6 +74,7 @@ class EtlSettings(ServiceSettings, KafkaClientSettings):
     kafka_topic_partitions: int = Field(default=1, ge=1)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     clickhouse_url: SecretStr
+    clickhouse_cluster: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     batch_max_rows: int = Field(default=50_000, ge=1)
     batch_max_age_ms: int = Field(default=1000, ge=1)
     retry_initial_ms: int = Field(default=200, ge=1)

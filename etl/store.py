@@ -87,15 +87,20 @@ class _Reader:
 class ClickHouseStore:
     """A ClickHouse ingest client (from ``url``: ``chdb:///dir`` or ``http://user:pass@host:8123``), and an
     analytics client and a reads client (both from ``analytics_url``, default ``url``; current database
-    ``crypto``), each on its own thread.
+    ``crypto``), each on its own thread. With ``cluster`` (a cluster of the servers' ``remote_servers``), the
+    migrations take their cluster form and inserts into the Distributed tables are synchronous
+    (``distributed_foreground_insert``): acknowledged once each shard has the rows, the deduplication token
+    passed on to the replicated table.
 
     :meth:`connect` must succeed before the other methods; errors of clickhouse-connect
     (``clickhouse_connect.driver.exceptions.Error`` and ``OSError``) pass through to the caller, which decides
     whether to retry.
     """
 
-    def __init__(self, url: str, analytics_url: str | None = None) -> None:
+    def __init__(self, url: str, analytics_url: str | None = None, cluster: str | None = None) -> None:
         self._url = url
+        self._cluster = cluster
+        self._insert_settings = {} if cluster is None else {"distributed_foreground_insert": 1}
         self._analytics_url = analytics_url or url
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         #: ``etl_clickhouse_insert_seconds{table}``: round trip of each acknowledged insert.
@@ -138,7 +143,7 @@ class ClickHouseStore:
     async def migrate(self) -> list[int]:
         """Apply pending migrations of ``etl/migrations`` (see :mod:`etl.migrate`); their versions."""
         client = self._require()
-        return await self._run(migrate.apply_migrations, client, migrate.load_migrations())
+        return await self._run(migrate.apply_migrations, client, migrate.load_migrations(), self._cluster)
 
     async def insert(self, spec: TableSpec, table: pa.Table, deduplication_token: str) -> None:
         """Insert ``table`` (columns of ``spec``, see :mod:`etl.columnar`) into ``spec.table`` as one
@@ -156,7 +161,7 @@ class ClickHouseStore:
             client.insert_arrow(
                 spec.table,
                 table,
-                settings={"insert_deduplication_token": deduplication_token},
+                settings={"insert_deduplication_token": deduplication_token, **self._insert_settings},
             )
 
         started = time.perf_counter()

@@ -26,6 +26,8 @@ BACKING = {"postgres-auth", "postgres-profile", "redis", "kafka", "clickhouse"}
 EDGE = {"caddy"}
 #: The ``monitoring`` profile's containers.
 MONITORING = {"prometheus", "grafana"}
+#: The ``cluster`` profile's containers.
+CLUSTER = {"clickhouse-keeper", "clickhouse-1", "clickhouse-2"}
 #: An image with a version tag (numbers, ``v`` first for some projects, then a variant such as ``-alpine``),
 #: optionally with its digest.
 PINNED_IMAGE = re.compile(
@@ -52,7 +54,7 @@ def test_compose_file_parses_with_a_strict_compose_spec_implementation(compose):
     # YAML merge keys (`<<: *service`), which Docker Compose resolves, are resolved by the YAML loader first:
     # this implementation's own parser lacks them.
     parsed = PyCompose.from_yaml(yaml.safe_dump(compose, sort_keys=False))
-    assert set(parsed.service_names()) == SERVICES | BACKING | EDGE | MONITORING
+    assert set(parsed.service_names()) == SERVICES | BACKING | EDGE | MONITORING | CLUSTER
 
 
 def compose_cli() -> list[str] | None:
@@ -123,7 +125,7 @@ def test_everything_but_the_edge_is_on_internal_networks(compose):
     assert members["proxy"] == {"caddy", "profile_bff"}
     assert members["edge"] == {"caddy", "grafana"}
     assert members["egress"] == {"profile_bff", "socket_proxy"}
-    assert members["mesh"] == SERVICES | BACKING | {"prometheus"}
+    assert members["mesh"] == SERVICES | BACKING | CLUSTER | {"prometheus"}
     assert members["monitoring"] == MONITORING
 
 
@@ -353,10 +355,10 @@ def test_every_secret_compose_mounts_is_made_by_crypto_mesh_secrets(compose, tmp
     assert wanted - made == set()
 
 
-def test_the_monitoring_profile_holds_prometheus_and_grafana_only(compose):
+def test_the_monitoring_and_cluster_profiles_hold_their_containers_only(compose):
     profiled = {name: service["profiles"] for name, service in compose["services"].items() if "profiles" in service}
-    assert profiled == {name: ["monitoring"] for name in MONITORING}
-    for name in MONITORING:
+    assert profiled == {name: ["monitoring"] for name in MONITORING} | {name: ["cluster"] for name in CLUSTER}
+    for name in MONITORING | CLUSTER:
         for volume in compose["services"][name]["volumes"]:
             source = volume.split(":")[0]
             assert not source.startswith("./") or (ROOT / source).exists(), (name, source)
@@ -432,3 +434,48 @@ def test_grafana_has_no_anonymous_access_and_its_admin_password_is_a_secret(comp
     assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert environment["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
     assert "GF_SECURITY_ADMIN_PASSWORD" not in environment
+
+
+def test_the_cluster_profile_has_two_replicas_of_one_shard_coordinated_by_keeper(compose):
+    import xml.etree.ElementTree as ET
+
+    from etl.migrate import REPLICA_PATH
+
+    services = compose["services"]
+    replicas = sorted(CLUSTER - {"clickhouse-keeper"})
+    config = ET.parse(ROOT / "clickhouse" / "cluster.xml").getroot()
+    [cluster] = list(config.find("remote_servers"))
+    [shard] = cluster.findall("shard")
+    assert shard.findtext("internal_replication") == "true"
+    assert [(r.findtext("host"), r.findtext("port")) for r in shard.findall("replica")] == [
+        (name, "9000") for name in replicas
+    ]
+    # The ETL's setting names this cluster; the compose comment tells the operator which name.
+    assert f"ETL_CLICKHOUSE_CLUSTER={cluster.tag}" in (ROOT / "compose.yaml").read_text()
+    assert cluster.find("secret").get("from_env") == "CLICKHOUSE_CLUSTER_SECRET"
+    # Every macro of the replica path is defined: {database} and {table} by ClickHouse, the others here.
+    macros = config.find("macros")
+    for macro in re.findall(r"\{(\w+)\}", REPLICA_PATH):
+        assert macro in {"database", "table"} or macros.find(macro) is not None, macro
+    assert macros.find("replica").get("from_env") == "CLICKHOUSE_REPLICA"
+
+    keeper = ET.parse(ROOT / "clickhouse" / "keeper.xml").getroot().find("keeper_server")
+    [node] = config.find("zookeeper").findall("node")
+    assert (node.findtext("host"), node.findtext("port")) == ("clickhouse-keeper", keeper.findtext("tcp_port"))
+    [raft] = keeper.find("raft_configuration").findall("server")
+    assert (raft.findtext("id"), raft.findtext("hostname")) == (keeper.findtext("server_id"), "clickhouse-keeper")
+    assert "./clickhouse/keeper.xml:/etc/clickhouse-keeper/keeper_config.xml:ro" in services["clickhouse-keeper"]["volumes"]
+
+    single = services["clickhouse"]
+    data_volumes = set()
+    for name in replicas:
+        replica = services[name]
+        assert replica["image"] == single["image"], name
+        assert replica["secrets"] == single["secrets"], name
+        assert replica["environment"]["CLICKHOUSE_REPLICA"] == name
+        assert replica["depends_on"] == {"clickhouse-keeper": {"condition": "service_healthy"}}
+        assert "./clickhouse/cluster.xml:/etc/clickhouse-server/config.d/cluster.xml:ro" in replica["volumes"]
+        data_volumes |= {v.split(":")[0] for v in replica["volumes"] if v.endswith(":/var/lib/clickhouse")}
+    # Each replica its own data.
+    assert data_volumes == set(replicas) and data_volumes <= set(compose["volumes"])
+    assert services["clickhouse-keeper"]["image"].split(":")[1] == single["image"].split(":")[1]
