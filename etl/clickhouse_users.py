@@ -89,3 +89,20 @@ def users_xml(etl_password: str, analytics_password: str, limits: SqlLimits | No
     _sub(_sub(default, "grants"), "query", "GRANT SELECT ON system.one")
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+#: The cluster of compose's ``cluster`` profile (clickhouse/cluster.xml; ``ETL_CLICKHOUSE_CLUSTER``).
+CLUSTER_NAME = "crypto_cluster"
+
+
+def cluster_secret_xml(secret: str) -> str:
+    """A ``config.d`` fragment giving cluster :data:`CLUSTER_NAME` its inter-server ``secret`` ("Cluster
+    secret" of ClickHouse's ``remote_servers`` reference): a replica then accepts a query forwarded by the
+    other only with it, and runs it as the initial user, never as ``default``. ClickHouse merges this
+    fragment with clickhouse/cluster.xml; ``crypto-mesh secrets`` writes it as ``clickhouse_cluster_secret.xml``,
+    which compose mounts into both replicas."""
+    root = ET.Element("clickhouse")
+    cluster = _sub(_sub(root, "remote_servers"), CLUSTER_NAME)
+    _sub(cluster, "secret", secret)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"

@@ -665,7 +665,7 @@ def secrets(directory: Path) -> None:
     re-issued for its kept key when it expires within 30 days or no longer matches the CA (docs/SECURITY.md).
     """
     from auth.tokens import generate_private_key_pem
-    from etl.clickhouse_users import users_xml
+    from etl.clickhouse_users import cluster_secret_xml, users_xml
     from crypto_mesh import pki
     from crypto_mesh.secrets import COMPOSE_MOUNTED, ensure_secret, random_token, read_secret, secrets_dir
 
@@ -699,6 +699,7 @@ def secrets(directory: Path) -> None:
         "clickhouse_users.xml",
         lambda: users_xml(passwords["clickhouse_password"], passwords["clickhouse_analytics_password"]),
     )
+    secret("clickhouse_cluster_secret.xml", lambda: cluster_secret_xml(random_token()))
     _service_credentials(directory, secret)
     pki.ensure_mesh_pki(directory, pki.COMPOSE_IDENTITIES, COMPOSE_MOUNTED)
     click.echo(f"secrets in {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")

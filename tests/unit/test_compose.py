@@ -452,7 +452,10 @@ def test_the_cluster_profile_has_two_replicas_of_one_shard_coordinated_by_keeper
     ]
     # The ETL's setting names this cluster; the compose comment tells the operator which name.
     assert f"ETL_CLICKHOUSE_CLUSTER={cluster.tag}" in (ROOT / "compose.yaml").read_text()
-    assert cluster.find("secret").get("from_env") == "CLICKHOUSE_CLUSTER_SECRET"
+    # The replicas authenticate each other with the secret fragment `crypto-mesh secrets` writes, never as
+    # `default` (no <secret> at all) nor with one from compose's environment (empty when unset).
+    assert cluster.find("secret") is None
+    assert "CLUSTER_SECRET" not in (ROOT / "compose.yaml").read_text()
     # Every macro of the replica path is defined: {database} and {table} by ClickHouse, the others here.
     macros = config.find("macros")
     for macro in re.findall(r"\{(\w+)\}", REPLICA_PATH):
@@ -471,7 +474,10 @@ def test_the_cluster_profile_has_two_replicas_of_one_shard_coordinated_by_keeper
     for name in replicas:
         replica = services[name]
         assert replica["image"] == single["image"], name
-        assert replica["secrets"] == single["secrets"], name
+        assert replica["secrets"] == [
+            *single["secrets"],
+            {"source": "clickhouse_cluster_secret.xml", "target": "/etc/clickhouse-server/config.d/cluster_secret.xml"},
+        ], name
         assert replica["environment"]["CLICKHOUSE_REPLICA"] == name
         assert replica["depends_on"] == {"clickhouse-keeper": {"condition": "service_healthy"}}
         assert "./clickhouse/cluster.xml:/etc/clickhouse-server/config.d/cluster.xml:ro" in replica["volumes"]
@@ -479,3 +485,25 @@ def test_the_cluster_profile_has_two_replicas_of_one_shard_coordinated_by_keeper
     # Each replica its own data.
     assert data_volumes == set(replicas) and data_volumes <= set(compose["volumes"])
     assert services["clickhouse-keeper"]["image"].split(":")[1] == single["image"].split(":")[1]
+
+
+def test_the_cluster_secret_is_made_once_and_names_the_cluster_of_the_profile(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from click.testing import CliRunner
+
+    from launcher.cli import main
+
+    result = CliRunner().invoke(main, ["secrets", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "clickhouse_cluster_secret.xml"
+    fragment = ET.fromstring(path.read_text())
+    [cluster] = list(fragment.find("remote_servers"))
+    profile = ET.parse(ROOT / "clickhouse" / "cluster.xml").getroot()
+    assert cluster.tag == list(profile.find("remote_servers"))[0].tag
+    secret = cluster.findtext("secret")
+    assert len(secret) >= 32
+    assert path.stat().st_mode & 0o077 == 0o044  # readable by the container's clickhouse user, as the others
+    # Kept on a second run, as every secret: rotating it is deleting the file.
+    assert CliRunner().invoke(main, ["secrets", str(tmp_path)]).exit_code == 0
+    assert ET.fromstring(path.read_text()).find(f"remote_servers/{cluster.tag}").findtext("secret") == secret
