@@ -29,6 +29,7 @@ from support.polling import eventually
 from support.stacks import serve_aggregator
 from yarl import URL
 
+from aggregator.store import followers_key
 from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from crypto_mesh.metrics import parse_samples
@@ -392,7 +393,7 @@ async def test_followers_survive_a_restart_and_their_symbols_are_streamed_again(
             await eventually(lambda: proxy.calls["ethusdt"] == 2)
             async with http.get(f"{base}/v1/symbols") as response:
                 assert await response.json() == {"symbols": [{"symbol": "ethusdt", "followers": 2}]}
-    assert await redis_client.smembers("aggregator:followers:ethusdt") == {b"user:7", b"user:8"}
+    assert await redis_client.smembers(followers_key("ethusdt")) == {b"user:7", b"user:8"}
 
 
 async def test_streams_come_back_after_socket_proxy_restarts(agg_redis_url, kafka_bootstrap, serving):

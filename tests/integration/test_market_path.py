@@ -1,5 +1,6 @@
 """The whole market data path, every part real: the replay exchange playing the shipped recording, socket_proxy,
-the aggregator, Redis and Kafka (embedded engines of tests/conftest.py).
+the aggregator, Redis and Kafka (embedded engines of tests/conftest.py). test_redis_cluster.py runs several of
+these scenarios again on a Redis Cluster: Redis URLs here may be cluster URLs (:mod:`crypto_mesh.redisclient`).
 
 The replay runs many times faster than real time, so a loop of the ~11-minute recording takes seconds; its
 timeline (``GET /replay/v1/info``) maps every replayed second and id back to the recording, which gives the
@@ -19,13 +20,14 @@ import aiohttp
 import orjson
 from support import polling
 import pytest
-import redis.asyncio as redis
 from support.credentials import service_headers, service_token_file
 from support.recordings import as_recorded, recorded_seconds
 from support.stacks import exchange_and_proxy, serve_aggregator
 
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
+from crypto_mesh.redisclient import connect
+from crypto_mesh.redisclient import pubsub as subscriber
 from launcher.replay.server import start as start_replay
 from launcher.replay.settings import ReplaySettings
 from socket_proxy.server import start as start_proxy
@@ -79,7 +81,7 @@ def aggregator_databases(redis_url, redis_database_url) -> AggregatorDatabases:
 async def clean_dbs(aggregator_databases) -> AggregatorDatabases:
     """This file's Redis databases, emptied before the test."""
     for url in aggregator_databases:
-        client = redis.from_url(url)
+        client = connect(url)
         await client.flushdb()
         await client.aclose()
     return aggregator_databases
@@ -101,8 +103,8 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
     redis_url, clean_dbs, kafka_bootstrap, trade_recording
 ):
     earliest, expected = recorded_seconds(trade_recording)
-    listener = redis.from_url(redis_url)
-    pubsub = listener.pubsub()
+    listener = connect(redis_url)
+    pubsub = await subscriber(listener)
     await pubsub.subscribe(*SYMBOLS)
     async with AsyncExitStack() as stack:
         exchange, proxy = await stack.enter_async_context(exchange_and_proxy(trade_recording, speed=50))
@@ -200,8 +202,8 @@ async def kill_until_trades_are_lost(
     replay's timeline, every SecondStat published for the symbol from the start until 50 more after the gap,
     and the aggregator's and the proxy's metrics samples."""
     symbol = stream.partition("@")[0]
-    listener = redis.from_url(redis_url)
-    pubsub = listener.pubsub()
+    listener = connect(redis_url)
+    pubsub = await subscriber(listener)
     await pubsub.subscribe(symbol)
     published: list[dict] = []
 
@@ -364,7 +366,7 @@ async def _connections_are(info_url: str, count: int) -> bool:
 async def test_when_every_follower_leaves_streams_windows_and_upstream_are_released(
     clean_dbs, kafka_bootstrap, trade_recording
 ):
-    client = redis.from_url(clean_dbs.first)
+    client = connect(clean_dbs.first)
     async with (
         exchange_and_proxy(trade_recording, speed=50) as (exchange, proxy),
         serve_aggregator(clean_dbs.first, kafka_bootstrap, proxy.port, window_grace_ms=200) as base,
@@ -446,8 +448,8 @@ async def test_redis_and_kafka_restarted_under_load_publishing_resumes_and_nothi
         seen: dict[str, list[int]] = defaultdict(list)
 
         async def listen(count: int) -> None:
-            client = redis.from_url(redis_url)
-            pubsub = client.pubsub()
+            client = connect(redis_url)
+            pubsub = await subscriber(client)
             await pubsub.subscribe(*SYMBOLS)
             received = 0
             deadline = time.monotonic() + 20

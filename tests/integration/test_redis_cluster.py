@@ -1,0 +1,148 @@
+"""The services on a Redis Cluster of three masters (tests/support/redis_cluster.py), through the cluster URL of
+:mod:`crypto_mesh.redisclient`, each connecting as its own ACL user.
+
+The market-path scenarios of test_market_path.py run again unchanged on the cluster (followers, publishing and
+backfill, control API refusals); then the BFF's side: its subscriptions hear prices that a script on another
+master published, latest prices are read across slots, and the login limits and socket leases run their
+scripts there. A script whose keys span slots fails on a cluster with ``CROSSSLOT``, so passing here proves
+the hash tags; tests/unit/test_redis_slots.py checks the same of every key builder without a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+import test_market_path as market_path
+from support import polling
+from support.credentials import redis_user_url
+from support.redis_cluster import redis_cluster
+
+from aggregator.secondstat import SecondStat
+from aggregator.store import StatPublisher, connect_redis
+from crypto_mesh.redisclient import connect, is_cluster_url
+from profile_bff.ceilings import Ceilings
+from profile_bff.ratelimit import Rate, RoutePolicy, client_charges
+from profile_bff.store import MarketBus
+from profile_bff.subscriptions import Subscriptions
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory) -> str:
+    """URL of a fresh three-master Redis Cluster, as the tests' own user (every right)."""
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
+@pytest.fixture
+async def cluster_dbs(cluster_url) -> market_path.AggregatorDatabases:
+    """The cluster, emptied, as test_market_path's ``clean_dbs`` (a cluster has one database)."""
+    client = connect(cluster_url)
+    await client.flushdb()  # on every master
+    await client.aclose()
+    return market_path.AggregatorDatabases(cluster_url, cluster_url)
+
+
+def test_the_cluster_url_selects_the_cluster_client(cluster_url):
+    assert is_cluster_url(cluster_url)
+    assert type(connect(cluster_url)).__name__ == "RedisCluster"
+    assert type(connect(cluster_url.replace("redis+cluster://", "redis://").split(",")[0] + "/0")).__name__ == (
+        "Redis"
+    )
+    with pytest.raises(ValueError, match="database 0"):
+        connect(cluster_url.replace("/0", "/3"))
+
+
+async def test_followers_on_a_cluster_are_tracked_and_released(cluster_dbs, kafka_bootstrap, trade_recording):
+    await market_path.test_when_every_follower_leaves_streams_windows_and_upstream_are_released(
+        cluster_dbs, kafka_bootstrap, trade_recording
+    )
+
+
+async def test_follower_control_refusals_on_a_cluster(cluster_dbs, kafka_bootstrap):
+    await market_path.test_bulk_follower_control_refuses_client_mistakes_with_4xx(cluster_dbs, kafka_bootstrap)
+
+
+async def test_seconds_cut_by_a_kill_are_published_whole_on_a_cluster(
+    cluster_url, cluster_dbs, kafka_bootstrap, trade_recording
+):
+    await market_path.test_a_subscription_killed_mid_second_is_filled_from_the_exchanges_history_and_published_whole(
+        cluster_url, cluster_dbs, kafka_bootstrap, trade_recording
+    )
+
+
+def stat(symbol: str, second: int, price: str) -> SecondStat:
+    p = Decimal(price)
+    return SecondStat(symbol, second * 1000, p, p, p, p, Decimal(1), p, 1, second)
+
+
+async def test_the_bff_hears_and_reads_prices_published_on_every_master(cluster_url, cluster_dbs):
+    # Symbols whose price keys land on different masters: a publish from each master's script.
+    symbols = [f"s{i}usdt" for i in range(12)]
+    inspector = connect(cluster_url)
+    await inspector.initialize()
+    masters = {inspector.get_node_from_key(f"price:{symbol}").name for symbol in symbols}
+    await inspector.aclose()
+    assert len(masters) == 3
+    aggregator = connect_redis(redis_user_url(cluster_url, "aggregator"))
+    publisher = StatPublisher(aggregator)
+    writer = asyncio.create_task(publisher.run())
+    bus = MarketBus(redis_user_url(cluster_url, "bff"))
+    heard: dict[str, bytes] = {}
+    connected = asyncio.Event()
+
+    def on_message(channel: str, data: bytes) -> None:
+        heard[channel] = data
+
+    async def on_connected() -> None:
+        connected.set()
+
+    subscriptions = Subscriptions(bus, lambda: symbols, on_message, on_connected)
+    try:
+        subscriptions.start()
+        await polling.eventually(connected.is_set, what="subscribed")
+        for symbol in symbols:
+            publisher.submit(stat(symbol, 1_700_000_000, "10"))
+        await polling.eventually(lambda: set(heard) == set(symbols), what="every symbol heard")
+        prices = await bus.latest_prices([*symbols, "nonesuch"])
+        assert sorted(prices) == sorted(symbols)
+        assert all(price.second_ms == 1_700_000_000_000 for price in prices.values())
+        assert len(await bus.recent_seconds(symbols[0])) == 1
+        # Retried (an ambiguous failure): not republished, not listed twice.
+        publisher.submit(stat(symbols[0], 1_700_000_000, "10"))
+        await polling.eventually(lambda: publisher.stale == 1, what="the retry refused")
+        assert len(await bus.recent_seconds(symbols[0])) == 1
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await subscriptions.close()
+        await bus.close()
+        await aggregator.aclose()
+
+
+async def test_login_limits_and_socket_leases_run_on_a_cluster(cluster_url, cluster_dbs):
+    ceilings = Ceilings(redis_user_url(cluster_url, "bff"), max_sockets_per_user=2)
+    policy = RoutePolicy(
+        route="login",
+        per_address=Rate(5, 60),
+        per_name=Rate(5, 60),
+        refund_success=True,
+        per_name_and_address=Rate(2, 60),
+    )
+    charges = client_charges(policy, "203.0.113.7", "alice")
+    try:
+        assert len(charges) == 3
+        assert await ceilings.limiter.acquire(charges) == 0
+        assert await ceilings.limiter.acquire(charges) == 0
+        assert await ceilings.limiter.acquire(charges) > 0  # the (name, address) budget of 2 is spent
+        await ceilings.limiter.refund(charges)
+        assert await ceilings.limiter.acquire(charges) == 0
+
+        slots = [await ceilings.slots.acquire(user_id) for user_id in (1, 1, 1, 2)]
+        assert slots[2] is None and None not in (slots[0], slots[1], slots[3])
+        await ceilings.slots.renew()  # pipelined scripts over several masters
+        await ceilings.slots.release(1, slots[0])
+        assert await ceilings.slots.acquire(1) is not None
+    finally:
+        await ceilings.close()
