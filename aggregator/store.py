@@ -11,7 +11,7 @@ Redis (docs/CONTRACTS.md, "Redis"):
 - hashes ``ticker:24h`` (symbol → its latest 24 h ticker JSON) and ``ticker:24h:event_time{ticker:24h}``
   (symbol → that ticker's event time ``E``), written newer-only by :class:`TickerStore`.
 
-Keys written together by one script or ``MULTI`` share a hash tag: the ``{…}`` suffix names the key they go
+Keys written together by one script share a hash tag: the ``{…}`` suffix names the key they go
 with (whose own name has no tag), so on a Redis Cluster they hash to that key's slot
 (:mod:`crypto_mesh.redisclient`).
 
@@ -63,9 +63,9 @@ def followers_key(symbol: str) -> str:
 #: of the tracked symbols and its script.
 SET_FOLLOWER_ATTEMPTS = 10
 
-#: SecondStats kept in each ``seconds:<symbol>`` list: 5 minutes of a symbol trading every second, far more
-#: than the second or two that Kafka and the ETL's batches put between a published second and ClickHouse,
-#: and enough to bridge a restart of the ETL. About 200 bytes each.
+#: SecondStats kept in each ``seconds:<symbol>{price:<symbol>}`` list: 5 minutes of a symbol trading every
+#: second, far more than the second or two that Kafka and the ETL's batches put between a published second
+#: and ClickHouse, and enough to bridge a restart of the ETL. About 200 bytes each.
 RECENT_SECONDS = 300
 
 #: Partitions of ``binance.miniticker`` when the aggregator creates it; records of a symbol share one.
@@ -577,8 +577,8 @@ TICKER_TIME_KEY = "ticker:24h:event_time{ticker:24h}"
 #: about 8,000 values (2 per ticker here), and a short script holds Redis up for less time.
 TICKER_SCRIPT_BATCH = 500
 
-# Newer-only HSET of many tickers at once. KEYS[1]: ticker:24h, KEYS[2]: ticker:24h:event_time; ARGV: triples
-# (symbol, event time E in ms, ticker JSON). A ticker is written only if no ticker of its symbol is stored or
+# Newer-only HSET of many tickers at once. KEYS[1]: ticker:24h, KEYS[2]: ticker:24h:event_time{ticker:24h}
+# (in the slot of KEYS[1]); ARGV: triples (symbol, event time E in ms, ticker JSON). A ticker is written only if no ticker of its symbol is stored or
 # the stored one's E is older, so a retried round never moves a ticker back in time. Returns the number
 # written. E (Unix ms, < 2^53) compares exactly as a Lua number.
 _TICKERS_IF_NEWER = """
@@ -605,8 +605,8 @@ return #times / 2
 
 
 class TickerStore(_RedisWriter):
-    """Keeps each symbol's latest 24 h ticker in Redis (hashes ``ticker:24h`` and ``ticker:24h:event_time``,
-    docs/CONTRACTS.md "Redis"), from the all-market mini-ticker stream.
+    """Keeps each symbol's latest 24 h ticker in Redis (hashes ``ticker:24h`` and
+    ``ticker:24h:event_time{ticker:24h}``, docs/CONTRACTS.md "Redis"), from the all-market mini-ticker stream.
 
     :meth:`submit` never blocks: it hands a frame's tickers to a :class:`aggregator.tickers.LatestTickers`
     buffer, which keeps only the newest pending ticker of each symbol, so a slow or absent Redis costs memory

@@ -24,7 +24,9 @@ and ``seconds:*`` keys, although the BFF never does. ``SELECT`` is allowed becau
 databases; databases are no ACL boundary in Redis.
 
 The ACL file holds SHA-256 hashes of the passwords (``#<hex>``), never the passwords; the services get
-theirs in their ``REDIS_URL`` settings (``redis://<user>:<password>@host:port/db``).
+theirs in their ``REDIS_URL`` settings (``redis://<user>:<password>@host:port/db``). On a Redis Cluster every
+node loads the same ACL file; ``CLUSTER SLOTS`` and ``COMMAND`` (metadata only) let redis-py's cluster client
+route each command.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Profile database, schema in ``profile_bff/migrations`` (Alembic, version table `
   to a request sent with an ``Idempotency-Key`` (``status`` NULL while it is being processed).
 
 Redis (docs/CONTRACTS.md, "Redis"): key ``price:<symbol>`` holds the latest SecondStat JSON, list
-``seconds:<symbol>`` the latest ones, oldest first; channel ``<symbol>`` carries each new one; hash
+``seconds:<symbol>{price:<symbol>}`` the latest ones, oldest first; channel ``<symbol>`` carries each new one; hash
 ``ticker:24h`` holds each symbol's 24 h ticker JSON; channel
 ``bff:portfolio`` carries ``{"user_id": n}`` after any change to a user's portfolio; channel ``bff:alerts``
 carries ``{"user_id": n, "alert": {...}}`` for each stored alert firing.
@@ -598,8 +598,9 @@ class MarketBus:
         return ticker, price
 
     async def recent_seconds(self, symbol: str) -> list[Candle]:
-        """The symbol's latest SecondStats (list ``seconds:<symbol>{price:<symbol>}``, kept by the aggregator) as 1-second
-        candles, oldest first; malformed entries are logged and skipped. Raises :class:`StoreUnavailable`."""
+        """The symbol's latest SecondStats (list ``seconds:<symbol>{price:<symbol>}``, kept by the aggregator)
+        as 1-second candles, oldest first; malformed entries are logged and skipped. Raises
+        :class:`StoreUnavailable`."""
         try:
             values = await self._commands.lrange(seconds_key(symbol), 0, -1)
         except (TimeoutError, RedisError, OSError) as exc:

@@ -1,6 +1,6 @@
 """The whole market data path, every part real: the replay exchange playing the shipped recording, socket_proxy,
-the aggregator, Redis and Kafka (embedded engines of tests/conftest.py). test_redis_cluster.py runs several of
-these scenarios again on a Redis Cluster: Redis URLs here may be cluster URLs (:mod:`crypto_mesh.redisclient`).
+the aggregator, Redis and Kafka (embedded engines of tests/conftest.py). The scenarios of one aggregator run
+again on a Redis Cluster of three masters (:data:`ON_A_CLUSTER_TOO`).
 
 The replay runs many times faster than real time, so a loop of the ~11-minute recording takes seconds; its
 timeline (``GET /replay/v1/info``) maps every replayed second and id back to the recording, which gives the
@@ -78,13 +78,24 @@ def aggregator_databases(redis_url, redis_database_url) -> AggregatorDatabases:
 
 
 @pytest.fixture
-async def clean_dbs(aggregator_databases) -> AggregatorDatabases:
-    """This file's Redis databases, emptied before the test."""
-    for url in aggregator_databases:
+async def clean_dbs(request, aggregator_databases) -> AggregatorDatabases:
+    """This file's Redis databases, emptied before the test; a test parametrized with ``"cluster"``
+    (:data:`ON_A_CLUSTER_TOO`) gets the session's Redis Cluster instead, as both (a cluster has one database:
+    only a test of one aggregator runs there)."""
+    databases = aggregator_databases
+    if getattr(request, "param", "server") == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        databases = AggregatorDatabases(url, url)
+    for url in set(databases):
         client = connect(url)
-        await client.flushdb()
+        await client.flushdb()  # on a cluster: on every master
         await client.aclose()
-    return aggregator_databases
+    return databases
+
+
+#: The scenarios that run on one Redis server and again on a Redis Cluster of three masters, through the
+#: aggregator's cluster URL (docs/CONTRACTS.md, "Redis"): a script whose keys span slots would fail there.
+ON_A_CLUSTER_TOO = pytest.mark.parametrize("clean_dbs", ["server", "cluster"], indirect=True)
 
 
 async def put_symbols(base: str, follower: str, symbols: list[str]) -> dict:
@@ -251,14 +262,15 @@ async def kill_until_trades_are_lost(
     return timeline, published, samples, proxy_samples
 
 
+@ON_A_CLUSTER_TOO
 async def test_a_subscription_killed_mid_second_is_filled_from_the_exchanges_history_and_published_whole(
-    redis_url, clean_dbs, kafka_bootstrap, trade_recording
+    clean_dbs, kafka_bootstrap, trade_recording
 ):
     stream = "btcusdt@trade"
     earliest, expected = recorded_seconds(trade_recording, {stream})
 
     timeline, published, samples, proxy_samples = await kill_until_trades_are_lost(
-        trade_recording, redis_url, clean_dbs[0], kafka_bootstrap, stream
+        trade_recording, clean_dbs.first, clean_dbs.first, kafka_bootstrap, stream
     )
 
     assert samples["aggregator_backfilled_trades_total"] > 0
@@ -363,6 +375,7 @@ async def _connections_are(info_url: str, count: int) -> bool:
     return (await get_json(info_url))["connections"] == count
 
 
+@ON_A_CLUSTER_TOO
 async def test_when_every_follower_leaves_streams_windows_and_upstream_are_released(
     clean_dbs, kafka_bootstrap, trade_recording
 ):
@@ -415,6 +428,7 @@ async def test_when_every_follower_leaves_streams_windows_and_upstream_are_relea
     await client.aclose()
 
 
+@ON_A_CLUSTER_TOO
 async def test_bulk_follower_control_refuses_client_mistakes_with_4xx(clean_dbs, kafka_bootstrap):
     async with (
         serve_aggregator(clean_dbs.first, kafka_bootstrap, free_port()) as base,

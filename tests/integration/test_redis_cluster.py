@@ -1,11 +1,10 @@
-"""The services on a Redis Cluster of three masters (tests/support/redis_cluster.py), through the cluster URL of
-:mod:`crypto_mesh.redisclient`, each connecting as its own ACL user.
-
-The market-path scenarios of test_market_path.py run again unchanged on the cluster (followers, publishing and
-backfill, control API refusals); then the BFF's side: its subscriptions hear prices that a script on another
-master published, latest prices are read across slots, and the login limits and socket leases run their
-scripts there. A script whose keys span slots fails on a cluster with ``CROSSSLOT``, so passing here proves
-the hash tags; tests/unit/test_redis_slots.py checks the same of every key builder without a cluster.
+"""The BFF's Redis use on a Redis Cluster of three masters (``redis_cluster_url``, tests/conftest.py), through
+the cluster URL of :mod:`crypto_mesh.redisclient`, each service connecting as its own ACL user: its
+subscriptions hear prices that scripts on every master published, latest prices are read across slots, and the
+login limits and socket leases run their scripts there. The market-path scenarios of one aggregator run on the
+cluster in test_market_path.py (``ON_A_CLUSTER_TOO``). A script whose keys span slots fails on a cluster with
+``CROSSSLOT``, so passing here proves the hash tags; tests/unit/test_redis_slots.py checks the same of every key
+builder without a cluster.
 """
 
 from __future__ import annotations
@@ -14,62 +13,25 @@ import asyncio
 from decimal import Decimal
 
 import pytest
-import test_market_path as market_path
 from support import polling
 from support.credentials import redis_user_url
-from support.redis_cluster import redis_cluster
 
 from aggregator.secondstat import SecondStat
 from aggregator.store import StatPublisher, connect_redis
-from crypto_mesh.redisclient import connect, is_cluster_url
+from crypto_mesh.redisclient import connect
 from profile_bff.ceilings import Ceilings
 from profile_bff.ratelimit import Rate, RoutePolicy, client_charges
 from profile_bff.store import MarketBus
 from profile_bff.subscriptions import Subscriptions
 
 
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory) -> str:
-    """URL of a fresh three-master Redis Cluster, as the tests' own user (every right)."""
-    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
-        yield url
-
-
 @pytest.fixture
-async def cluster_dbs(cluster_url) -> market_path.AggregatorDatabases:
-    """The cluster, emptied, as test_market_path's ``clean_dbs`` (a cluster has one database)."""
-    client = connect(cluster_url)
+async def cluster_url(redis_cluster_url) -> str:
+    """The session's Redis Cluster, emptied."""
+    client = connect(redis_cluster_url)
     await client.flushdb()  # on every master
     await client.aclose()
-    return market_path.AggregatorDatabases(cluster_url, cluster_url)
-
-
-def test_the_cluster_url_selects_the_cluster_client(cluster_url):
-    assert is_cluster_url(cluster_url)
-    assert type(connect(cluster_url)).__name__ == "RedisCluster"
-    assert type(connect(cluster_url.replace("redis+cluster://", "redis://").split(",")[0] + "/0")).__name__ == (
-        "Redis"
-    )
-    with pytest.raises(ValueError, match="database 0"):
-        connect(cluster_url.replace("/0", "/3"))
-
-
-async def test_followers_on_a_cluster_are_tracked_and_released(cluster_dbs, kafka_bootstrap, trade_recording):
-    await market_path.test_when_every_follower_leaves_streams_windows_and_upstream_are_released(
-        cluster_dbs, kafka_bootstrap, trade_recording
-    )
-
-
-async def test_follower_control_refusals_on_a_cluster(cluster_dbs, kafka_bootstrap):
-    await market_path.test_bulk_follower_control_refuses_client_mistakes_with_4xx(cluster_dbs, kafka_bootstrap)
-
-
-async def test_seconds_cut_by_a_kill_are_published_whole_on_a_cluster(
-    cluster_url, cluster_dbs, kafka_bootstrap, trade_recording
-):
-    await market_path.test_a_subscription_killed_mid_second_is_filled_from_the_exchanges_history_and_published_whole(
-        cluster_url, cluster_dbs, kafka_bootstrap, trade_recording
-    )
+    return redis_cluster_url
 
 
 def stat(symbol: str, second: int, price: str) -> SecondStat:
@@ -77,7 +39,7 @@ def stat(symbol: str, second: int, price: str) -> SecondStat:
     return SecondStat(symbol, second * 1000, p, p, p, p, Decimal(1), p, 1, second)
 
 
-async def test_the_bff_hears_and_reads_prices_published_on_every_master(cluster_url, cluster_dbs):
+async def test_the_bff_hears_and_reads_prices_published_on_every_master(cluster_url):
     # Symbols whose price keys land on different masters: a publish from each master's script.
     symbols = [f"s{i}usdt" for i in range(12)]
     inspector = connect(cluster_url)
@@ -121,7 +83,7 @@ async def test_the_bff_hears_and_reads_prices_published_on_every_master(cluster_
         await aggregator.aclose()
 
 
-async def test_login_limits_and_socket_leases_run_on_a_cluster(cluster_url, cluster_dbs):
+async def test_login_limits_and_socket_leases_run_on_a_cluster(cluster_url):
     ceilings = Ceilings(redis_user_url(cluster_url, "bff"), max_sockets_per_user=2)
     policy = RoutePolicy(
         route="login",
