@@ -21,7 +21,7 @@ from aggregator.store import StatPublisher, connect_redis
 from crypto_mesh.redisclient import connect
 from profile_bff.ceilings import Ceilings
 from profile_bff.ratelimit import Rate, RoutePolicy, client_charges
-from profile_bff.store import MarketBus
+from profile_bff.store import ALERTS_CHANNEL, MarketBus
 from profile_bff.subscriptions import Subscriptions
 
 
@@ -52,15 +52,19 @@ async def test_the_bff_hears_and_reads_prices_published_on_every_master(cluster_
     writer = asyncio.create_task(publisher.run())
     bus = MarketBus(redis_user_url(cluster_url, "bff"))
     heard: dict[str, bytes] = {}
+    alerts: list[bytes] = []
     connected = asyncio.Event()
 
     def on_message(channel: str, data: bytes) -> None:
-        heard[channel] = data
+        if channel == ALERTS_CHANNEL:
+            alerts.append(data)
+        else:
+            heard[channel] = data
 
     async def on_connected() -> None:
         connected.set()
 
-    subscriptions = Subscriptions(bus, lambda: symbols, on_message, on_connected)
+    subscriptions = Subscriptions(bus, lambda: [*symbols, ALERTS_CHANNEL], on_message, on_connected)
     try:
         subscriptions.start()
         await polling.eventually(connected.is_set, what="subscribed")
@@ -75,6 +79,11 @@ async def test_the_bff_hears_and_reads_prices_published_on_every_master(cluster_
         publisher.submit(stat(symbols[0], 1_700_000_000, "10"))
         await polling.eventually(lambda: publisher.stale == 1, what="the retry refused")
         assert len(await bus.recent_seconds(symbols[0])) == 1
+        # The alerts of one evaluation round: published by one script, heard in order.
+        sent = [b'{"user_id": %d}' % n for n in range(5)]
+        await bus.publish_alerts(sent)
+        await polling.eventually(lambda: len(alerts) >= len(sent), what="the alerts heard")
+        assert alerts == sent
     finally:
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
