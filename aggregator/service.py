@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from aggregator.feeds import Feeds, TradeStreams
@@ -20,6 +19,7 @@ from aggregator.store import FollowerStore, StatPublisher, TickerProducer, Ticke
 from aggregator.watchdog import StreamWatchdog
 from crypto_mesh.logs import get_logger
 from crypto_mesh.metrics import RedisMetrics
+from crypto_mesh.redisclient import RedisClient
 from crypto_mesh.observe import GrpcMetrics, HttpMetrics, client_observers
 from crypto_mesh.pki import MeshTls
 from crypto_mesh.retry import retrying
@@ -49,7 +49,7 @@ class AggregatorService:
         self.grpc_metrics = GrpcMetrics("aggregator", "client")
         self.redis_metrics = RedisMetrics("aggregator")
         self.access_log = settings.access_log
-        self.redis: redis.Redis = self.redis_metrics.instrument(connect_redis(settings.redis_url.get_secret_value()))
+        self.redis: RedisClient = self.redis_metrics.instrument(connect_redis(settings.redis_url.get_secret_value()))
         self.followers = FollowerStore(self.redis)
         self.publisher = StatPublisher(self.redis)
         kafka_options = settings.kafka_client_options()
@@ -91,7 +91,10 @@ class AggregatorService:
             "followers_load_retrying", retry_on=(RedisError, OSError), base_s=0.1, max_s=5.0
         ):
             with attempt:
+                adopted = await self.followers.adopt_untagged()
                 counts = await self.followers.counts()
+        if adopted:
+            log.info("followers_adopted_untagged", symbols=adopted)
         async with self._tracking:
             for symbol in counts:
                 self.feeds.track(symbol)

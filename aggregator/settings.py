@@ -50,7 +50,9 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     - ``SOCKET_PROXY_TARGET`` (``127.0.0.1:50052``): gRPC target of socket_proxy.
     - ``API_TOKEN_FILE`` (required): the control API's service credential, a file of bearer tokens (one a
       line, :mod:`crypto_mesh.servicecreds`); every route but ``/healthz`` answers 401 without one of them.
-    - ``REDIS_URL`` (required, secret): ``redis://user:password@host:port/db`` (the ``aggregator`` ACL user);
+    - ``REDIS_URL`` (required, secret): ``redis://user:password@host:port/db`` (the ``aggregator`` ACL user),
+      or ``redis+cluster://user:password@host:port[,host:port…]/0`` for a Redis Cluster
+      (:mod:`crypto_mesh.redisclient`);
       SecondStats, latest prices and followers.
     - ``KAFKA_BOOTSTRAP_SERVERS`` (required): ``host:port[,host:port]``; topic ``binance.miniticker``.
     - ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``,

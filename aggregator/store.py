@@ -4,12 +4,16 @@ Redis (docs/CONTRACTS.md, "Redis"):
 
 - channel ``<symbol>``: each SecondStat JSON, once;
 - key ``price:<symbol>``: the latest SecondStat JSON (no expiry);
-- list ``seconds:<symbol>``: the latest :data:`RECENT_SECONDS` SecondStat JSONs, oldest first (no expiry),
-  from which the BFF makes its newest candles current before ClickHouse has the seconds;
-- sets ``aggregator:followers:<symbol>`` (followers of a symbol) and ``aggregator:symbols`` (symbols with at
-  least one follower);
-- hashes ``ticker:24h`` (symbol → its latest 24 h ticker JSON) and ``ticker:24h:event_time`` (symbol → that
-  ticker's event time ``E``), written newer-only by :class:`TickerStore`.
+- list ``seconds:<symbol>{price:<symbol>}``: the latest :data:`RECENT_SECONDS` SecondStat JSONs, oldest first
+  (no expiry), from which the BFF makes its newest candles current before ClickHouse has the seconds;
+- sets ``aggregator:followers:<symbol>{aggregator:symbols}`` (followers of a symbol) and ``aggregator:symbols``
+  (symbols with at least one follower);
+- hashes ``ticker:24h`` (symbol → its latest 24 h ticker JSON) and ``ticker:24h:event_time{ticker:24h}``
+  (symbol → that ticker's event time ``E``), written newer-only by :class:`TickerStore`.
+
+Keys written together by one script share a hash tag: the ``{…}`` suffix names the key they go
+with (whose own name has no tag), so on a Redis Cluster they hash to that key's slot
+(:mod:`crypto_mesh.redisclient`).
 
 Kafka: topic ``binance.miniticker``, key = symbol, value = KafkaMsg JSON.
 
@@ -26,7 +30,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
-import redis.asyncio as redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Histogram
@@ -38,6 +41,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.binance import MiniTicker
 from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
+from crypto_mesh.redisclient import PRICE_KEY_PREFIX, RedisClient, connect, run_scripts, seconds_key
 from crypto_mesh.retry import Backoff, retrying
 from crypto_mesh.runtime import raise_if_cancelling
 
@@ -47,12 +51,21 @@ T = TypeVar("T")
 
 SYMBOLS_KEY = "aggregator:symbols"
 FOLLOWERS_KEY_PREFIX = "aggregator:followers:"
-PRICE_KEY_PREFIX = "price:"
-SECONDS_KEY_PREFIX = "seconds:"
 
-#: SecondStats kept in each ``seconds:<symbol>`` list: 5 minutes of a symbol trading every second, far more
-#: than the second or two that Kafka and the ETL's batches put between a published second and ClickHouse,
-#: and enough to bridge a restart of the ETL. About 200 bytes each.
+
+def followers_key(symbol: str) -> str:
+    """The set of ``symbol``'s followers, ``aggregator:followers:<symbol>{aggregator:symbols}``: in the slot
+    of :data:`SYMBOLS_KEY`, which every follower script changes with it."""
+    return f"{FOLLOWERS_KEY_PREFIX}{symbol}{{{SYMBOLS_KEY}}}"
+
+
+#: Attempts of :meth:`FollowerStore.set_follower` while other writers keep adding symbols between its read
+#: of the tracked symbols and its script.
+SET_FOLLOWER_ATTEMPTS = 10
+
+#: SecondStats kept in each ``seconds:<symbol>{price:<symbol>}`` list: 5 minutes of a symbol trading every
+#: second, far more than the second or two that Kafka and the ETL's batches put between a published second
+#: and ClickHouse, and enough to bridge a restart of the ETL. About 200 bytes each.
 RECENT_SECONDS = 300
 
 #: Partitions of ``binance.miniticker`` when the aggregator creates it; records of a symbol share one.
@@ -63,6 +76,14 @@ PUBLISH_BATCH = 256
 
 #: Buckets (s) of the close → Redis publish latency histogram: fine below the 50 ms goal.
 PUBLISH_LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 1, 5)
+
+# KEYS[1]: the symbol's followers, KEYS[2]: aggregator:symbols; ARGV: follower, symbol. Adds the follower and
+# tracks the symbol in one step; returns the symbol's follower count.
+_ADD_FOLLOWER = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return redis.call('SCARD', KEYS[1])
+"""
 
 # Removing the last follower and the symbol from the tracked set must be one step, or a concurrent PUT could
 # leave a followed symbol out of aggregator:symbols (and untracked after a restart).
@@ -95,16 +116,27 @@ return 1
 
 
 # Set one follower's whole symbol set in one step (the bulk form of add/remove, for rebuilding the followers
-# from the portfolios): leave every tracked symbol not in ARGV[3..] (dropping a symbol whose last follower
-# this was from KEYS[1]), join every one in ARGV[3..]. ARGV[1]: follower; ARGV[2]: the followers key prefix.
-# Returns {symbols released (no follower left), follower counts of ARGV[3..] in order}.
+# from the portfolios): leave every tracked symbol not wanted (dropping a symbol whose last follower this was
+# from KEYS[1]), join every wanted one. KEYS[1]: aggregator:symbols; KEYS[2..]: the followers sets of the
+# symbols ARGV[3..] in the same order, the first ARGV[2] of them wanted, the others tracked when the caller
+# read KEYS[1]. ARGV[1]: follower. Returns {symbols released (no follower left), follower counts of the wanted
+# symbols in order}, or nil when a symbol is tracked whose set the caller did not pass (tracked since its
+# read; the caller reads again and retries), so that every key the script touches is one of its KEYS.
 _SET_FOLLOWER = """
-local wanted = {}
-for i = 3, #ARGV do wanted[ARGV[i]] = true end
+local wanted_count = tonumber(ARGV[2])
+local key_of, wanted = {}, {}
+for i = 3, #ARGV do
+  key_of[ARGV[i]] = KEYS[i - 1]
+  if i - 2 <= wanted_count then wanted[ARGV[i]] = true end
+end
+local tracked = redis.call('SMEMBERS', KEYS[1])
+for _, symbol in ipairs(tracked) do
+  if not key_of[symbol] then return nil end
+end
 local released = {}
-for _, symbol in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, symbol in ipairs(tracked) do
   if not wanted[symbol] then
-    local key = ARGV[2] .. symbol
+    local key = key_of[symbol]
     if redis.call('SREM', key, ARGV[1]) == 1 and redis.call('SCARD', key) == 0 then
       redis.call('SREM', KEYS[1], symbol)
       table.insert(released, symbol)
@@ -112,20 +144,20 @@ for _, symbol in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 local counts = {}
-for i = 3, #ARGV do
-  local key = ARGV[2] .. ARGV[i]
-  redis.call('SADD', key, ARGV[1])
+for i = 3, 2 + wanted_count do
+  redis.call('SADD', KEYS[i - 1], ARGV[1])
   redis.call('SADD', KEYS[1], ARGV[i])
-  table.insert(counts, redis.call('SCARD', key))
+  table.insert(counts, redis.call('SCARD', KEYS[i - 1]))
 end
 return {released, counts}
 """
 
 
-def connect_redis(url: str) -> redis.Redis:
-    """A Redis client for ``url`` (``redis://host:port/db``) with short connect timeouts, so that calls fail
-    fast while Redis is down instead of hanging a request or the publisher. No connection is made yet."""
-    return redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15)
+def connect_redis(url: str) -> RedisClient:
+    """A Redis client for ``url`` (``redis://host:port/db``, or a cluster URL of
+    :func:`crypto_mesh.redisclient.connect`) with short connect timeouts, so that calls fail fast while Redis
+    is down instead of hanging a request or the publisher. No connection is made yet."""
+    return connect(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15)
 
 
 class FollowerStore:
@@ -134,31 +166,38 @@ class FollowerStore:
     Every method raises ``redis.exceptions.RedisError`` (or ``OSError``) if Redis is unreachable.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._redis = client
+        self._add = client.register_script(_ADD_FOLLOWER)
         self._remove = client.register_script(_REMOVE_FOLLOWER)
         self._set = client.register_script(_SET_FOLLOWER)
 
     async def add(self, symbol: str, follower: str) -> int:
         """Add ``follower`` to ``symbol`` (idempotent); returns the symbol's follower count."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.sadd(FOLLOWERS_KEY_PREFIX + symbol, follower)
-        pipe.sadd(SYMBOLS_KEY, symbol)
-        pipe.scard(FOLLOWERS_KEY_PREFIX + symbol)
-        *_, count = await pipe.execute()
+        count = await self._add(keys=[followers_key(symbol), SYMBOLS_KEY], args=[follower, symbol])
         return int(count)
 
     async def remove(self, symbol: str, follower: str) -> int:
         """Remove ``follower`` from ``symbol`` (idempotent); returns the remaining count (0: untracked)."""
-        count = await self._remove(keys=[FOLLOWERS_KEY_PREFIX + symbol, SYMBOLS_KEY], args=[follower, symbol])
+        count = await self._remove(keys=[followers_key(symbol), SYMBOLS_KEY], args=[follower, symbol])
         return int(count)
 
     async def set_follower(self, follower: str, symbols: list[str]) -> tuple[dict[str, int], list[str]]:
         """Make ``symbols`` (normalised, distinct) exactly the symbols ``follower`` follows, atomically and
-        idempotently. Returns (follower count of each of ``symbols``, symbols left without any follower)."""
-        released, counts = await self._set(
-            keys=[SYMBOLS_KEY], args=[follower, FOLLOWERS_KEY_PREFIX, *symbols]
-        )
+        idempotently. Returns (follower count of each of ``symbols``, symbols left without any follower).
+        Raises ``RedisError`` too if other writers added symbols between each of
+        :data:`SET_FOLLOWER_ATTEMPTS` reads of the tracked symbols and the script that follows it."""
+        for _attempt in range(SET_FOLLOWER_ATTEMPTS):
+            tracked = {member.decode() for member in await self._redis.smembers(SYMBOLS_KEY)}
+            named = [*symbols, *sorted(tracked.difference(symbols))]
+            result = await self._set(
+                keys=[SYMBOLS_KEY, *map(followers_key, named)], args=[follower, len(symbols), *named]
+            )
+            if result is not None:
+                break
+        else:
+            raise RedisError(f"the tracked symbols kept changing during {SET_FOLLOWER_ATTEMPTS} attempts")
+        released, counts = result
         return (
             {symbol: int(n) for symbol, n in zip(symbols, counts, strict=True)},
             sorted(symbol.decode() for symbol in released),
@@ -171,9 +210,23 @@ class FollowerStore:
             return {}
         pipe = self._redis.pipeline(transaction=False)
         for symbol in symbols:
-            pipe.scard(FOLLOWERS_KEY_PREFIX + symbol)
+            pipe.scard(followers_key(symbol))
         counts = await pipe.execute()
         return {symbol: int(count) for symbol, count in zip(symbols, counts, strict=True) if count}
+
+    async def adopt_untagged(self) -> int:
+        """Move the followers of each tracked symbol from its set of before the hash tags,
+        ``aggregator:followers:<symbol>``, into :func:`followers_key` (idempotent; a no-op once done, and on a
+        store that never had them). Returns the sets moved."""
+        moved = 0
+        for member in await self._redis.smembers(SYMBOLS_KEY):
+            untagged = FOLLOWERS_KEY_PREFIX + member.decode()
+            followers = await self._redis.smembers(untagged)
+            if followers:
+                await self._redis.sadd(followers_key(member.decode()), *followers)
+                await self._redis.delete(untagged)
+                moved += 1
+        return moved
 
 
 class _RedisWriter(ABC):
@@ -233,9 +286,15 @@ class _RedisWriter(ABC):
             self._sent()
 
 
+def stat_keys(symbol: str) -> list[str]:
+    """The keys the publish script of ``symbol``'s SecondStats writes: ``price:<symbol>`` and the list of its
+    recent seconds, which carries the price key as its hash tag (:func:`crypto_mesh.redisclient.seconds_key`)."""
+    return [PRICE_KEY_PREFIX + symbol, seconds_key(symbol)]
+
+
 class StatPublisher(_RedisWriter):
     """Publishes SecondStats to Redis (channel ``<symbol>``, key ``price:<symbol>``, and the list
-    ``seconds:<symbol>`` of the latest ``recent`` ones) from a bounded buffer.
+    ``seconds:<symbol>{price:<symbol>}`` of the latest ``recent`` ones) from a bounded buffer.
 
     :meth:`submit` never blocks. While Redis keeps up, every stat is published in order. When a publish fails
     or ``maxsize`` stats are waiting, the buffer conflates: only the latest unpublished stat of each symbol is
@@ -245,7 +304,7 @@ class StatPublisher(_RedisWriter):
     registers it) of the seconds from :meth:`submit` (the window's close) to the acknowledged publish.
     """
 
-    def __init__(self, client: redis.Redis, maxsize: int = 10_000, recent: int = RECENT_SECONDS) -> None:
+    def __init__(self, client: RedisClient, maxsize: int = 10_000, recent: int = RECENT_SECONDS) -> None:
         super().__init__()
         self._redis = client
         self._publish = client.register_script(_PUBLISH_IF_NEWER)
@@ -306,14 +365,17 @@ class StatPublisher(_RedisWriter):
             await asyncio.sleep(0.02)
 
     async def _send(self, batch: list[SecondStat]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for stat in batch:
-            await self._publish(
-                keys=[PRICE_KEY_PREFIX + stat.symbol, SECONDS_KEY_PREFIX + stat.symbol],
-                args=[jsonutil.dumps(stat.to_json()), stat.second_ms, stat.symbol, self._recent],
-                client=pipe,
-            )
-        results = await pipe.execute()
+        results = await run_scripts(
+            self._redis,
+            [
+                (
+                    self._publish,
+                    stat_keys(stat.symbol),
+                    [jsonutil.dumps(stat.to_json()), stat.second_ms, stat.symbol, self._recent],
+                )
+                for stat in batch
+            ],
+        )
         done = time.monotonic()
         for stat in batch:
             submitted = self._submitted_at.pop((stat.symbol, stat.second_ms), None)
@@ -509,13 +571,14 @@ class TickerProducer(KafkaSink[KafkaMsg]):
 
 
 TICKER_KEY = "ticker:24h"
-TICKER_TIME_KEY = "ticker:24h:event_time"
+#: In the slot of :data:`TICKER_KEY` (hash tag), which the same script writes.
+TICKER_TIME_KEY = "ticker:24h:event_time{ticker:24h}"
 #: Tickers per script call, several calls pipelined in one round trip: Redis's Lua ``unpack`` takes at most
 #: about 8,000 values (2 per ticker here), and a short script holds Redis up for less time.
 TICKER_SCRIPT_BATCH = 500
 
-# Newer-only HSET of many tickers at once. KEYS[1]: ticker:24h, KEYS[2]: ticker:24h:event_time; ARGV: triples
-# (symbol, event time E in ms, ticker JSON). A ticker is written only if no ticker of its symbol is stored or
+# Newer-only HSET of many tickers at once. KEYS[1]: ticker:24h, KEYS[2]: ticker:24h:event_time{ticker:24h}
+# (in the slot of KEYS[1]); ARGV: triples (symbol, event time E in ms, ticker JSON). A ticker is written only if no ticker of its symbol is stored or
 # the stored one's E is older, so a retried round never moves a ticker back in time. Returns the number
 # written. E (Unix ms, < 2^53) compares exactly as a Lua number.
 _TICKERS_IF_NEWER = """
@@ -542,8 +605,8 @@ return #times / 2
 
 
 class TickerStore(_RedisWriter):
-    """Keeps each symbol's latest 24 h ticker in Redis (hashes ``ticker:24h`` and ``ticker:24h:event_time``,
-    docs/CONTRACTS.md "Redis"), from the all-market mini-ticker stream.
+    """Keeps each symbol's latest 24 h ticker in Redis (hashes ``ticker:24h`` and
+    ``ticker:24h:event_time{ticker:24h}``, docs/CONTRACTS.md "Redis"), from the all-market mini-ticker stream.
 
     :meth:`submit` never blocks: it hands a frame's tickers to a :class:`aggregator.tickers.LatestTickers`
     buffer, which keeps only the newest pending ticker of each symbol, so a slow or absent Redis costs memory
@@ -557,7 +620,7 @@ class TickerStore(_RedisWriter):
 
     name = "tickers"
 
-    def __init__(self, client: redis.Redis, max_symbols: int = 10_000) -> None:
+    def __init__(self, client: RedisClient, max_symbols: int = 10_000) -> None:
         super().__init__()
         self._redis = client
         self._write = client.register_script(_TICKERS_IF_NEWER)
@@ -581,12 +644,12 @@ class TickerStore(_RedisWriter):
         self.buffer.restore(batch)
 
     async def _send(self, batch: list[MiniTicker]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
+        calls = []
         for start in range(0, len(batch), TICKER_SCRIPT_BATCH):
             args: list[str | int | bytes] = []
             for ticker in batch[start : start + TICKER_SCRIPT_BATCH]:
                 args += (ticker.symbol, ticker.event_time_ms, jsonutil.dumps(day_ticker_json(ticker)))
-            await self._write(keys=[TICKER_KEY, TICKER_TIME_KEY], args=args, client=pipe)
-        fresh = sum(int(result) for result in await pipe.execute())
+            calls.append((self._write, [TICKER_KEY, TICKER_TIME_KEY], args))
+        fresh = sum(int(result) for result in await run_scripts(self._redis, calls))
         self.written += fresh
         self.stale += len(batch) - fresh

@@ -10,7 +10,8 @@ can do nothing but ``AUTH`` (every other command answers ``NOAUTH``).
   (``ratelimit:*``, Lua scripts calling ``TIME``/``GET``/``SET``/``DEL``), the leases of open sockets per user
   (``bff:ws-sockets:user:*``, sorted sets kept by Lua scripts and ``ZREM``), and ``SUBSCRIBE`` to the price
   channels (named by symbol).
-- ``aggregator``: followers (``aggregator:*``, sets and Lua scripts), latest prices (``price:*``,
+- ``aggregator``: followers (``aggregator:*``, sets and Lua scripts; ``DEL`` of a set moved under its hash
+  tag), latest prices (``price:*``,
   ``GET``/``SET`` in a Lua script), recent seconds (``seconds:*``, ``RPUSH``/``LTRIM`` in the same script),
   ``PUBLISH`` of SecondStats on the symbol channels, and the 24 h tickers (``ticker:*`` hashes,
   ``HMGET``/``HSET`` in a Lua script).
@@ -23,7 +24,9 @@ and ``seconds:*`` keys, although the BFF never does. ``SELECT`` is allowed becau
 databases; databases are no ACL boundary in Redis.
 
 The ACL file holds SHA-256 hashes of the passwords (``#<hex>``), never the passwords; the services get
-theirs in their ``REDIS_URL`` settings (``redis://<user>:<password>@host:port/db``).
+theirs in their ``REDIS_URL`` settings (``redis://<user>:<password>@host:port/db``). On a Redis Cluster every
+node loads the same ACL file; ``CLUSTER SLOTS`` and ``COMMAND`` (metadata only) let redis-py's cluster client
+route each command.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ import hashlib
 from collections.abc import Mapping
 from urllib.parse import quote, urlsplit, urlunsplit
 
-#: Commands every service's connection needs: health checks (PING), a database other than 0 (SELECT), and
-#: redis-py's script helpers (EVALSHA first, SCRIPT EXISTS/LOAD when the server does not know the script).
-_CONNECTION = "+ping +select +evalsha +eval +script|load +script|exists"
+#: Commands every service's connection needs: health checks (PING), a database other than 0 (SELECT),
+#: redis-py's script helpers (EVALSHA first, SCRIPT EXISTS/LOAD when the server does not know the script), and
+#: the slot map of a Redis Cluster and the key positions of commands (CLUSTER SLOTS, COMMAND: read by
+#: redis-py's cluster client to route each command).
+_CONNECTION = "+ping +select +evalsha +eval +script|load +script|exists +cluster|slots +command"
 
 #: The rules of each service's user, after ``on`` and its password.
 USER_RULES: dict[str, str] = {
@@ -45,7 +50,7 @@ USER_RULES: dict[str, str] = {
     ),
     "aggregator": (
         "resetkeys ~price:* ~ticker:* ~seconds:* ~aggregator:* resetchannels &* -@all "
-        f"{_CONNECTION} +get +set +rpush +ltrim +sadd +srem +scard +smembers +publish +multi +exec +discard"
+        f"{_CONNECTION} +get +set +rpush +ltrim +sadd +srem +scard +smembers +del +publish"
         " +hmget +hset"
     ),
 }

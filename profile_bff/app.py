@@ -35,7 +35,6 @@ import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.log import access_logger
 from redis.backoff import NoBackoff
@@ -44,6 +43,7 @@ from redis.retry import Retry
 from crypto_mesh.binance import BinanceRest, RestUnavailable
 from crypto_mesh.logs import get_logger
 from crypto_mesh.metrics import RedisMetrics, serve_metrics_port
+from crypto_mesh.redisclient import connect
 from crypto_mesh.observe import GrpcMetrics, client_observers, observe_http, set_request_id_on_prepare
 from crypto_mesh.retry import retrying
 from crypto_mesh.service import Lifecycle, Running, start_service
@@ -247,7 +247,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
     lifecycle.on_stop(limits.close)
     # The login limits fail closed (503 while Redis is down), on a connection of their own: fast timeouts,
     # one retry.
-    login_redis = aioredis.Redis.from_url(
+    login_redis = connect(
         redis_url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 1)
     )
     redis_metrics.instrument(login_redis)

@@ -55,6 +55,7 @@ from redis.retry import Retry
 
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
+from crypto_mesh.redisclient import RedisClient, connect, is_cluster_url, run_scripts
 from profile_bff.ratelimit import (
     KEY_PREFIX,
     Charge,
@@ -358,7 +359,7 @@ class RedisSocketLeases:
     clock). :meth:`renew` and :meth:`release` raise ``RedisError`` or ``OSError`` when Redis cannot be
     reached."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._lease = redis.register_script(_LEASE)
         self._renew = redis.register_script(_RENEW)
@@ -378,12 +379,13 @@ class RedisSocketLeases:
         """Extend the lease of every slot in ``held`` (user id → slots), in one pipelined round trip."""
         if not held:
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user_id, slots in held.items():
-                await self._renew(
-                    keys=[SOCKET_KEY_PREFIX + str(user_id)], args=[lease_s * 1000, *slots], client=pipe
-                )
-            await pipe.execute()
+        await run_scripts(
+            self._redis,
+            [
+                (self._renew, [SOCKET_KEY_PREFIX + str(user_id)], [lease_s * 1000, *slots])
+                for user_id, slots in held.items()
+            ],
+        )
 
     async def release(self, user_id: int, slot: str) -> None:
         """Give ``slot`` back."""
@@ -469,14 +471,26 @@ class Ceilings:
     def __init__(self, redis_url: str, max_sockets_per_user: int) -> None:
         # A blocking pool: a burst of upgrades (10,000 clients reconnecting after a restart) waits up to 2 s
         # for one of REDIS_CONNECTIONS connections, where redis-py's default pool fails at once beyond 100.
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            redis_url,
-            max_connections=REDIS_CONNECTIONS,
-            timeout=2,
-            socket_connect_timeout=2,
-            socket_timeout=2,
-        )
-        self._redis = aioredis.Redis(connection_pool=self._pool, retry=Retry(NoBackoff(), 1))
+        # redis-py's cluster client has no blocking pool: REDIS_CONNECTIONS per node, failing beyond.
+        self._pool: aioredis.BlockingConnectionPool | None = None
+        self._redis: RedisClient
+        if is_cluster_url(redis_url):
+            self._redis = connect(
+                redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                socket_connect_timeout=2,
+                socket_timeout=2,
+                retry=Retry(NoBackoff(), 1),
+            )
+        else:
+            self._pool = aioredis.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=2,
+                socket_connect_timeout=2,
+                socket_timeout=2,
+            )
+            self._redis = aioredis.Redis(connection_pool=self._pool, retry=Retry(NoBackoff(), 1))
         self.limiter = RateLimiter(self._redis)
         self.slots = SocketSlots(RedisSocketLeases(self._redis), max_sockets_per_user)
 
@@ -488,7 +502,8 @@ class Ceilings:
         """Stop renewing leases (the remaining ones expire by themselves) and close the Redis pool."""
         await self.slots.close()
         await self._redis.aclose()
-        await self._pool.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def wait_s(self, charge: Charge) -> float:
         """Charge one request; 0 when allowed, else the seconds to wait. A Redis outage allows it (logged)."""

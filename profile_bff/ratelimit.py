@@ -18,8 +18,9 @@ one shared address never lock each other out by logging in. Registrations are al
 included, since creating accounts is itself what the register limit throttles.
 
 Keys (docs/CONTRACTS.md, "Redis"): ``ratelimit:<route>:addr:<address>``, ``ratelimit:<route>:name:<h>``,
-``ratelimit:login:name-addr:<h>:<address>`` and ``ratelimit:login:device:<d>``, ``<route>`` = ``login`` |
-``register``; ``<h>``: :func:`crypto_mesh.throttle.name_bucket`, so ``Alice`` and ``ＡＬＩＣＥ`` share a bucket
+``ratelimit:login:name-addr:<h>:<address>`` and ``ratelimit:login:device:<d>``, each followed by the hash tag
+``{ratelimit:<route>}`` (:func:`route_key`: the keys one attempt charges at once must share a Redis Cluster
+slot), ``<route>`` = ``login`` | ``register``; ``<h>``: :func:`crypto_mesh.throttle.name_bucket`, so ``Alice`` and ``ＡＬＩＣＥ`` share a bucket
 and names never sit in Redis; ``<d>``: :func:`crypto_mesh.throttle.device_bucket`. An IPv6 client is counted
 per /64 network, the smallest block one subscriber usually holds.
 
@@ -39,12 +40,12 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from crypto_mesh.httperrors import ApiError
 from crypto_mesh.logs import get_logger
+from crypto_mesh.redisclient import RedisClient
 from crypto_mesh.throttle import (
     DEVICE_TOKEN_MAX_CHARS,
     IPV6_BUCKET_PREFIX,
@@ -70,6 +71,13 @@ __all__ = [
     "address_bucket",
     "name_bucket",
 ]
+
+
+def route_key(route: str, rest: str) -> str:
+    """The key ``ratelimit:<route>:<rest>{ratelimit:<route>}`` of a budget of ``route`` (``login``,
+    ``register``): every key of a route carries the route as its hash tag, so that the script charging an
+    attempt's keys at once finds them in one Redis Cluster slot."""
+    return f"{KEY_PREFIX}:{route}:{rest}{{{KEY_PREFIX}:{route}}}"
 
 
 # KEYS: the keys to charge; ARGV: interval (ms) and limit of each key in turn. Returns 0 when allowed (every
@@ -121,7 +129,7 @@ class RateLimiter:
     """GCRA over Redis (see the module docstring). Raises ``redis.exceptions.RedisError`` (or ``OSError``)
     when Redis cannot be reached."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._acquire = redis.register_script(_ACQUIRE)
         self._refund = redis.register_script(_REFUND)
 
@@ -241,7 +249,7 @@ def login_limits(
             wait_s = 0.0
             if not charges or await limiter.acquire(charges) > 0:
                 # No login device, or one out of its own budget (its token stolen, say): any other client.
-                charges = _client_charges(policy, address, name)
+                charges = client_charges(policy, address, name)
                 wait_s = await limiter.acquire(charges)
         except (RedisError, OSError) as exc:
             log.warning("rate_limit_unavailable", route=policy.route, error=repr(exc))
@@ -261,18 +269,17 @@ def login_limits(
     return rate_limit
 
 
-def _client_charges(policy: RoutePolicy, address: str, name: str | None) -> list[Charge]:
-    """The budgets an attempt of an unrecognised client is charged to."""
-    charges = [Charge(f"{KEY_PREFIX}:{policy.route}:addr:{address}", policy.per_address)]
+def client_charges(policy: RoutePolicy, address: str, name: str | None) -> list[Charge]:
+    """The budgets an attempt of an unrecognised client from ``address`` (an :func:`address_bucket`) for
+    ``name`` (``None``: no name in the body) is charged to, all at once: keys of :func:`route_key`."""
+    charges = [Charge(route_key(policy.route, f"addr:{address}"), policy.per_address)]
     if name is not None:
         bucket = name_bucket(name)
         if policy.per_name_and_address is not None:
             charges.append(
-                Charge(
-                    f"{KEY_PREFIX}:{policy.route}:name-addr:{bucket}:{address}", policy.per_name_and_address
-                )
+                Charge(route_key(policy.route, f"name-addr:{bucket}:{address}"), policy.per_name_and_address)
             )
-        charges.append(Charge(f"{KEY_PREFIX}:{policy.route}:name:{bucket}", policy.per_name))
+        charges.append(Charge(route_key(policy.route, f"name:{bucket}"), policy.per_name))
     return charges
 
 
@@ -285,7 +292,7 @@ async def _device_charges(
     token = request.cookies.get(devices.cookie_name)
     if not token or len(token) > DEVICE_TOKEN_MAX_CHARS or await devices.verify(token) != name_bucket(name):
         return []
-    return [Charge(f"{KEY_PREFIX}:{policy.route}:device:{device_bucket(token)}", policy.per_device)]
+    return [Charge(route_key(policy.route, f"device:{device_bucket(token)}"), policy.per_device)]
 
 
 async def _name_in_body(request: web.Request) -> str | None:

@@ -23,7 +23,9 @@ class BffSettings(MeshTlsSettings, KafkaClientSettings, MetricsPortSettings):
       WebSocket listen.
     - ``BFF_DATABASE_URL`` (required): SQLAlchemy asyncpg URL of the profile database,
       ``postgresql+asyncpg://user:pass@host/profile``.
-    - ``BFF_REDIS_URL`` (required, secret): ``redis://user:password@host:6379/0`` (the ``bff`` ACL user);
+    - ``BFF_REDIS_URL`` (required, secret): ``redis://user:password@host:6379/0`` (the ``bff`` ACL user), or
+      ``redis+cluster://user:password@host:port[,host:port…]/0`` for a Redis Cluster
+      (:mod:`crypto_mesh.redisclient`);
       prices, portfolio-change notices, WebSocket tickets and rate-limit keys.
     - ``BFF_AUTH_TARGET`` (``127.0.0.1:50051``): gRPC target of the auth service.
     - ``BFF_METRICS_PORT`` (``0``: off), ``BFF_METRICS_TOKEN_FILE``: Prometheus ``GET /metrics`` on a port of its

@@ -14,7 +14,7 @@ Profile database, schema in ``profile_bff/migrations`` (Alembic, version table `
   to a request sent with an ``Idempotency-Key`` (``status`` NULL while it is being processed).
 
 Redis (docs/CONTRACTS.md, "Redis"): key ``price:<symbol>`` holds the latest SecondStat JSON, list
-``seconds:<symbol>`` the latest ones, oldest first; channel ``<symbol>`` carries each new one; hash
+``seconds:<symbol>{price:<symbol>}`` the latest ones, oldest first; channel ``<symbol>`` carries each new one; hash
 ``ticker:24h`` holds each symbol's 24 h ticker JSON; channel
 ``bff:portfolio`` carries ``{"user_id": n}`` after any change to a user's portfolio; channel ``bff:alerts``
 carries ``{"user_id": n, "alert": {...}}`` for each stored alert firing.
@@ -29,7 +29,6 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -45,6 +44,7 @@ from sqlalchemy.pool import Pool
 from crypto_mesh.metrics import RedisMetrics
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
+from crypto_mesh.redisclient import PRICE_KEY_PREFIX, connect, mget, pubsub, seconds_key
 from profile_bff.errors import (
     CoinAlreadyHeld,
     CoinLimitReached,
@@ -64,9 +64,7 @@ log = get_logger(__name__)
 PORTFOLIO_CHANNEL = "bff:portfolio"
 #: ``{"user_id": n, "alert": {...}}`` for each stored firing (docs/CONTRACTS.md, "Alerts").
 ALERTS_CHANNEL = "bff:alerts"
-PRICE_KEY_PREFIX = "price:"
 TICKER_KEY = "ticker:24h"
-SECONDS_KEY_PREFIX = "seconds:"
 TICKET_KEY_PREFIX = "bff:ws-ticket:"
 #: An Idempotency-Key reservation unanswered this long (s) was left by a process that died mid-request: every
 #: request bounds its own waits (database 5 s, aggregator 3 s, Redis 2 s) far below it.
@@ -490,6 +488,14 @@ def _upgrade_to_head(connection: sa.Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
 
 
+# ARGV[1]: a channel, ARGV[2..]: messages, published on it in order. No key: on a cluster any master runs it,
+# and a Redis 7 cluster delivers a PUBLISH on every node.
+_PUBLISH_ALL = """
+for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return #ARGV - 1
+"""
+
+
 class MarketBus:
     """Redis as the BFF uses it: latest prices and seconds, portfolio-change notices, the pub/sub connection.
 
@@ -499,12 +505,11 @@ class MarketBus:
     """
 
     def __init__(self, redis_url: str) -> None:
-        self._commands = aioredis.Redis.from_url(
+        self._commands = connect(
             redis_url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(NoBackoff(), 1)
         )
-        self._subscriber = aioredis.Redis.from_url(
-            redis_url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
-        )
+        self._subscriber = connect(redis_url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        self._publish_all = self._commands.register_script(_PUBLISH_ALL)
         #: The tickers of the last :meth:`tickers` read by their JSON: a symbol whose ticker has not changed
         #: since (the exchange sends only the tickers that changed) is not parsed again.
         self._parsed_tickers: dict[bytes, Ticker] = {}
@@ -518,9 +523,10 @@ class MarketBus:
         await self._commands.aclose()
         await self._subscriber.aclose()
 
-    def pubsub(self) -> PubSub:
-        """A new pub/sub object on its own connection (subscribe/unsubscribe/listen)."""
-        return self._subscriber.pubsub(ignore_subscribe_messages=True)
+    async def pubsub(self) -> PubSub:
+        """A new pub/sub object on its own connection (subscribe/unsubscribe/listen); on a Redis Cluster, on
+        one node, which hears every channel (:func:`crypto_mesh.redisclient.pubsub`)."""
+        return await pubsub(self._subscriber, ignore_subscribe_messages=True)
 
     async def latest_prices(self, symbols: Iterable[str]) -> dict[str, Price]:
         """The latest price of each symbol that has one (key ``price:<symbol>``); malformed values are logged
@@ -529,7 +535,7 @@ class MarketBus:
         if not wanted:
             return {}
         try:
-            values = await self._commands.mget([PRICE_KEY_PREFIX + symbol for symbol in wanted])
+            values = await mget(self._commands, [PRICE_KEY_PREFIX + symbol for symbol in wanted])
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
         prices = {}
@@ -592,10 +598,11 @@ class MarketBus:
         return ticker, price
 
     async def recent_seconds(self, symbol: str) -> list[Candle]:
-        """The symbol's latest SecondStats (list ``seconds:<symbol>``, kept by the aggregator) as 1-second
-        candles, oldest first; malformed entries are logged and skipped. Raises :class:`StoreUnavailable`."""
+        """The symbol's latest SecondStats (list ``seconds:<symbol>{price:<symbol>}``, kept by the aggregator)
+        as 1-second candles, oldest first; malformed entries are logged and skipped. Raises
+        :class:`StoreUnavailable`."""
         try:
-            values = await self._commands.lrange(SECONDS_KEY_PREFIX + symbol, 0, -1)
+            values = await self._commands.lrange(seconds_key(symbol), 0, -1)
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
         seconds = []
@@ -622,13 +629,14 @@ class MarketBus:
             raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
 
     async def publish_alerts(self, messages: Iterable[bytes]) -> None:
-        """Publish each ``{"user_id", "alert"}`` JSON on ``bff:alerts`` (one pipelined round trip): every
-        replica sends it to the user's sockets there."""
+        """Publish each ``{"user_id", "alert"}`` JSON on ``bff:alerts``, in order, in one round trip (one
+        script: redis-py's cluster pipeline refuses ``PUBLISH``): every replica sends it to the user's sockets
+        there."""
+        batch = list(messages)
+        if not batch:
+            return
         try:
-            async with self._commands.pipeline(transaction=False) as pipe:
-                for message in messages:
-                    pipe.publish(ALERTS_CHANNEL, message)
-                await pipe.execute()
+            await self._publish_all(args=[ALERTS_CHANNEL, *batch])
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
 

@@ -124,7 +124,7 @@ class Subscriptions:
             await asyncio.sleep(delay)
 
     async def _connect(self) -> PubSub:
-        pubsub = self._bus.pubsub()
+        pubsub = await self._bus.pubsub()
         async with self._lock:
             self._pubsub = pubsub
             self._subscribed = set()

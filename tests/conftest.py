@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
+from support.redis_cluster import redis_cluster
 
 from launcher.embedded import EmbeddedPostgres, ManagedProcess, chdb_url, redis_command, tansu_command
 from crypto_mesh.netutil import free_port
@@ -122,6 +123,15 @@ def redis_url(redis_database_url) -> str:
     connects as its own user: :func:`credentials.redis_user_url`. A module that needs a second database
     asks :func:`redis_database_url` for one."""
     return redis_database_url()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(engines_dir) -> str:
+    """URL of a Redis Cluster of three masters (``redis+cluster://tests:<password>@…/0``, the tests' own user;
+    the mesh's users as on :func:`redis_server`), started the first time a test asks for it
+    (:mod:`support.redis_cluster`). One database: a test empties it, or uses keys of its own."""
+    with redis_cluster(engines_dir / "redis-cluster") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ from crypto_mesh.binance import MiniTicker
 from launcher.embedded import ManagedProcess, redis_command
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from crypto_mesh.netutil import free_port
+from crypto_mesh.redisclient import seconds_key
 
 
 def stat(symbol: str, second: int, price: str = "100") -> SecondStat:
@@ -135,12 +136,12 @@ async def test_the_recent_seconds_list_holds_the_latest_seconds_in_order_each_on
         for second in (1, 2, 2, 1, 3, 4, 5):
             publisher.submit(stat(symbol, second, str(second)))
         await eventually(lambda: publisher.published + publisher.stale == 7)
-        listed = [orjson.loads(value) for value in await client.lrange(f"seconds:{symbol}", 0, -1)]
+        listed = [orjson.loads(value) for value in await client.lrange(seconds_key(symbol), 0, -1)]
         assert [(second["t"], second["p"]) for second in listed] == [(3000, "3"), (4000, "4"), (5000, "5")]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await client.delete(f"price:{symbol}", f"seconds:{symbol}")
+        await client.delete(f"price:{symbol}", seconds_key(symbol))
         await client.aclose()
         await publisher_client.aclose()
 

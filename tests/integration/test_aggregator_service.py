@@ -29,6 +29,7 @@ from support.polling import eventually
 from support.stacks import serve_aggregator
 from yarl import URL
 
+from aggregator.store import FollowerStore, connect_redis, followers_key
 from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from crypto_mesh.metrics import parse_samples
@@ -392,7 +393,50 @@ async def test_followers_survive_a_restart_and_their_symbols_are_streamed_again(
             await eventually(lambda: proxy.calls["ethusdt"] == 2)
             async with http.get(f"{base}/v1/symbols") as response:
                 assert await response.json() == {"symbols": [{"symbol": "ethusdt", "followers": 2}]}
-    assert await redis_client.smembers("aggregator:followers:ethusdt") == {b"user:7", b"user:8"}
+    assert await redis_client.smembers(followers_key("ethusdt")) == {b"user:7", b"user:8"}
+
+
+async def test_followers_stored_under_the_untagged_names_of_earlier_versions_are_adopted_at_start(
+    agg_redis_url, redis_client, kafka_bootstrap, serving
+):
+    # As an aggregator before the hash tags left them.
+    await redis_client.sadd("aggregator:symbols", "ethusdt", "dotusdt")
+    await redis_client.sadd("aggregator:followers:ethusdt", "user:7", "user:8")
+    await redis_client.sadd("aggregator:followers:dotusdt", "user:7")
+    proxy = RecordingProxy()
+    async with serving(proxy) as proxy_port:
+        async with aggregator(agg_redis_url, kafka_bootstrap, proxy_port) as (base, http):
+            await eventually(lambda: proxy.calls["ethusdt"] == 1 and proxy.calls["dotusdt"] == 1)
+            async with http.get(f"{base}/v1/symbols") as response:
+                assert await response.json() == {
+                    "symbols": [{"symbol": "dotusdt", "followers": 1}, {"symbol": "ethusdt", "followers": 2}]
+                }
+            # The adopted sets are the ones the follower routes change.
+            async with http.put(f"{base}/v1/followers/user:7", json={"symbols": ["ethusdt"]}) as response:
+                assert (await response.json())["released"] == ["dotusdt"]
+    assert await redis_client.exists("aggregator:followers:ethusdt", "aggregator:followers:dotusdt") == 0
+    assert await redis_client.smembers(followers_key("ethusdt")) == {b"user:7", b"user:8"}
+    assert await redis_client.smembers("aggregator:symbols") == {b"ethusdt"}
+
+
+async def test_a_bulk_follower_script_refuses_to_touch_a_tracked_symbol_it_was_not_given_the_key_of(
+    agg_redis_url, redis_client
+):
+    """:meth:`FollowerStore.set_follower` reads the tracked symbols, then names each one's set in the script's
+    KEYS; a symbol tracked in between makes the script answer nil (and the store read again), never build a
+    key itself."""
+    client = connect_redis(agg_redis_url)
+    store = FollowerStore(client)
+    try:
+        await store.add("ethusdt", "user:1")
+        stale_read = await store._set(
+            keys=["aggregator:symbols", followers_key("btcusdt")], args=["user:1", 1, "btcusdt"]
+        )
+        assert stale_read is None
+        assert await redis_client.smembers(followers_key("btcusdt")) == set()
+        assert await store.set_follower("user:1", ["btcusdt"]) == ({"btcusdt": 1}, ["ethusdt"])
+    finally:
+        await client.aclose()
 
 
 async def test_streams_come_back_after_socket_proxy_restarts(agg_redis_url, kafka_bootstrap, serving):

@@ -22,6 +22,7 @@ from support.stacks import serve_etl, serve_stack
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
 from crypto_mesh.netutil import free_port
+from crypto_mesh.redisclient import seconds_key
 
 @pytest.fixture(scope="module")
 async def etl(tmp_path_factory, kafka_bootstrap, trade_recording, agg_trade_recording):
@@ -182,7 +183,7 @@ async def test_live_seconds_after_clickhouses_last_second_make_the_newest_candle
         second("dotusdt", last_second + 3000, "41.45", "41.46", "0.5", "41.46", "0.25"),
         second("dotusdt", references[-1].open_time_ms + 60_000, "41.6", "41.7", "41.6", "41.7", "1.5"),
     ]
-    await bff.redis.rpush("seconds:dotusdt", *listed)
+    await bff.redis.rpush(seconds_key("dotusdt"), *listed)
     try:
         status, body, _ = await get(bff, "/v1/instruments/dotusdt/candles", interval="1m", limit="3")
         assert status == 200, body
@@ -217,7 +218,7 @@ async def test_live_seconds_after_clickhouses_last_second_make_the_newest_candle
         assert status == 200, body
         assert Decimal(body["points"][-1]["value"]) == (Decimal("41.46") + Decimal("41.7")) / 2
     finally:
-        await bff.redis.delete("seconds:dotusdt")
+        await bff.redis.delete(seconds_key("dotusdt"))
 
 
 async def test_with_the_etl_down_the_routes_answer_503_and_they_are_rate_limited_per_address(

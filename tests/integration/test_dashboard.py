@@ -31,6 +31,7 @@ from support.stacks import serve_auth, serve_bff, serve_etl, serve_stack
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
 from crypto_mesh.netutil import free_port
+from crypto_mesh.redisclient import seconds_key
 from profile_bff.views.dashboard import PAGE_CSP
 
 
@@ -56,7 +57,7 @@ async def publish(bff: Bff, symbol: str, open_: Decimal, close: Decimal, second_
     )
     stat = jsonutil.dumps(second.to_json())
     await bff.redis.set(f"price:{symbol}", stat)
-    await bff.redis.rpush(f"seconds:{symbol}", stat)
+    await bff.redis.rpush(seconds_key(symbol), stat)
     await bff.redis.publish(symbol, stat)
 
 

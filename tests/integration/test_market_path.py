@@ -1,5 +1,6 @@
 """The whole market data path, every part real: the replay exchange playing the shipped recording, socket_proxy,
-the aggregator, Redis and Kafka (embedded engines of tests/conftest.py).
+the aggregator, Redis and Kafka (embedded engines of tests/conftest.py). The scenarios of one aggregator run
+again on a Redis Cluster of three masters (:data:`ON_A_CLUSTER_TOO`).
 
 The replay runs many times faster than real time, so a loop of the ~11-minute recording takes seconds; its
 timeline (``GET /replay/v1/info``) maps every replayed second and id back to the recording, which gives the
@@ -19,13 +20,14 @@ import aiohttp
 import orjson
 from support import polling
 import pytest
-import redis.asyncio as redis
 from support.credentials import service_headers, service_token_file
 from support.recordings import as_recorded, recorded_seconds
 from support.stacks import exchange_and_proxy, serve_aggregator
 
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
+from crypto_mesh.redisclient import connect
+from crypto_mesh.redisclient import pubsub as subscriber
 from launcher.replay.server import start as start_replay
 from launcher.replay.settings import ReplaySettings
 from socket_proxy.server import start as start_proxy
@@ -76,13 +78,24 @@ def aggregator_databases(redis_url, redis_database_url) -> AggregatorDatabases:
 
 
 @pytest.fixture
-async def clean_dbs(aggregator_databases) -> AggregatorDatabases:
-    """This file's Redis databases, emptied before the test."""
-    for url in aggregator_databases:
-        client = redis.from_url(url)
-        await client.flushdb()
+async def clean_dbs(request, aggregator_databases) -> AggregatorDatabases:
+    """This file's Redis databases, emptied before the test; a test parametrized with ``"cluster"``
+    (:data:`ON_A_CLUSTER_TOO`) gets the session's Redis Cluster instead, as both (a cluster has one database:
+    only a test of one aggregator runs there)."""
+    databases = aggregator_databases
+    if getattr(request, "param", "server") == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        databases = AggregatorDatabases(url, url)
+    for url in set(databases):
+        client = connect(url)
+        await client.flushdb()  # on a cluster: on every master
         await client.aclose()
-    return aggregator_databases
+    return databases
+
+
+#: The scenarios that run on one Redis server and again on a Redis Cluster of three masters, through the
+#: aggregator's cluster URL (docs/CONTRACTS.md, "Redis"): a script whose keys span slots would fail there.
+ON_A_CLUSTER_TOO = pytest.mark.parametrize("clean_dbs", ["server", "cluster"], indirect=True)
 
 
 async def put_symbols(base: str, follower: str, symbols: list[str]) -> dict:
@@ -101,8 +114,8 @@ async def test_two_aggregators_on_one_stream_each_publish_every_second_of_the_re
     redis_url, clean_dbs, kafka_bootstrap, trade_recording
 ):
     earliest, expected = recorded_seconds(trade_recording)
-    listener = redis.from_url(redis_url)
-    pubsub = listener.pubsub()
+    listener = connect(redis_url)
+    pubsub = await subscriber(listener)
     await pubsub.subscribe(*SYMBOLS)
     async with AsyncExitStack() as stack:
         exchange, proxy = await stack.enter_async_context(exchange_and_proxy(trade_recording, speed=50))
@@ -200,8 +213,8 @@ async def kill_until_trades_are_lost(
     replay's timeline, every SecondStat published for the symbol from the start until 50 more after the gap,
     and the aggregator's and the proxy's metrics samples."""
     symbol = stream.partition("@")[0]
-    listener = redis.from_url(redis_url)
-    pubsub = listener.pubsub()
+    listener = connect(redis_url)
+    pubsub = await subscriber(listener)
     await pubsub.subscribe(symbol)
     published: list[dict] = []
 
@@ -249,14 +262,15 @@ async def kill_until_trades_are_lost(
     return timeline, published, samples, proxy_samples
 
 
+@ON_A_CLUSTER_TOO
 async def test_a_subscription_killed_mid_second_is_filled_from_the_exchanges_history_and_published_whole(
-    redis_url, clean_dbs, kafka_bootstrap, trade_recording
+    clean_dbs, kafka_bootstrap, trade_recording
 ):
     stream = "btcusdt@trade"
     earliest, expected = recorded_seconds(trade_recording, {stream})
 
     timeline, published, samples, proxy_samples = await kill_until_trades_are_lost(
-        trade_recording, redis_url, clean_dbs[0], kafka_bootstrap, stream
+        trade_recording, clean_dbs.first, clean_dbs.first, kafka_bootstrap, stream
     )
 
     assert samples["aggregator_backfilled_trades_total"] > 0
@@ -361,10 +375,11 @@ async def _connections_are(info_url: str, count: int) -> bool:
     return (await get_json(info_url))["connections"] == count
 
 
+@ON_A_CLUSTER_TOO
 async def test_when_every_follower_leaves_streams_windows_and_upstream_are_released(
     clean_dbs, kafka_bootstrap, trade_recording
 ):
-    client = redis.from_url(clean_dbs.first)
+    client = connect(clean_dbs.first)
     async with (
         exchange_and_proxy(trade_recording, speed=50) as (exchange, proxy),
         serve_aggregator(clean_dbs.first, kafka_bootstrap, proxy.port, window_grace_ms=200) as base,
@@ -413,6 +428,7 @@ async def test_when_every_follower_leaves_streams_windows_and_upstream_are_relea
     await client.aclose()
 
 
+@ON_A_CLUSTER_TOO
 async def test_bulk_follower_control_refuses_client_mistakes_with_4xx(clean_dbs, kafka_bootstrap):
     async with (
         serve_aggregator(clean_dbs.first, kafka_bootstrap, free_port()) as base,
@@ -446,8 +462,8 @@ async def test_redis_and_kafka_restarted_under_load_publishing_resumes_and_nothi
         seen: dict[str, list[int]] = defaultdict(list)
 
         async def listen(count: int) -> None:
-            client = redis.from_url(redis_url)
-            pubsub = client.pubsub()
+            client = connect(redis_url)
+            pubsub = await subscriber(client)
             await pubsub.subscribe(*SYMBOLS)
             received = 0
             deadline = time.monotonic() + 20

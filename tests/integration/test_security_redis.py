@@ -18,7 +18,7 @@ from support.polling import eventually
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from aggregator.secondstat import SecondStat
-from aggregator.store import FollowerStore, StatPublisher, TickerStore, connect_redis
+from aggregator.store import FollowerStore, followers_key, StatPublisher, TickerStore, connect_redis
 from crypto_mesh.binance import MiniTicker
 from launcher.embedded import ManagedProcess
 from launcher.mesh import REDIS_ACL_FILE, build_plan
@@ -29,7 +29,7 @@ from profile_bff.store import MarketBus
 
 #: What each kind of key looks like (docs/CONTRACTS.md, "Redis").
 PRICE, TICKET, RATE_LIMIT = "price:btcusdt", "bff:ws-ticket:abc", "ratelimit:login:addr:203.0.113.7"
-FOLLOWERS = "aggregator:followers:btcusdt"
+FOLLOWERS = followers_key("btcusdt")
 TICKERS = "ticker:24h"
 #: redis-py's message for Redis's ``NOAUTH`` error (the prefix becomes the exception class).
 NOAUTH = "Authentication required"
@@ -132,7 +132,7 @@ async def test_with_their_credentials_prices_tickers_seconds_tickets_followers_a
     ticker_store = TickerStore(aggregator)
     task = asyncio.create_task(publisher.run())
     ticker_task = asyncio.create_task(ticker_store.run())
-    pubsub = bus.pubsub()
+    pubsub = await bus.pubsub()
     try:
         # The aggregator follows and publishes; the BFF hears the price and reads the latest one.
         assert await FollowerStore(aggregator).add(symbol, "user:1") == 1

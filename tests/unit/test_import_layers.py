@@ -100,6 +100,7 @@ ENGINE_FIXTURES = frozenset(
         "redis_server",
         "redis_database_url",
         "redis_url",
+        "redis_cluster_url",
         "kafka_server",
         "kafka_bootstrap",
         "clickhouse_url",
