@@ -14,7 +14,7 @@ from support import polling
 import pytest
 from support.credentials import service_token_file
 from support.kafka_helpers import committed_offset, produce_records
-from support.etl import health, sql
+from support.etl import health, mini_ticker_message, sql
 
 from crypto_mesh import jsonutil
 from launcher.embedded import ManagedProcess, tansu_command
@@ -28,21 +28,14 @@ START_E = 1723161256000  # 2024-08-08T23:54:16Z
 
 def ticker(symbol: str, n: int) -> dict:
     """The KafkaMsg the aggregator writes for the ``n``-th mini-ticker second of ``symbol``."""
-    event_time = START_E + n * 1000
-    close, open_ = Decimal("61837.63") + n, Decimal("60000.00")
-    return {
-        "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"binance.miniticker/{symbol}/{event_time}")),
-        "e": "24hrMiniTicker",
-        "E": event_time,
-        "receive_time": event_time + 12,
-        "s": symbol,
-        "c": str(close),
-        "o": str(open_),
-        "h": "62000.000000000000000001",
-        "l": "59000.00",
-        "change_price": str(close - open_),
-        "change_percent": str(((close - open_) / open_ * 100).quantize(Decimal("1E-8"))),
-    }
+    return mini_ticker_message(
+        symbol,
+        START_E + n * 1000,
+        Decimal("61837.63") + n,
+        Decimal("60000.00"),
+        Decimal("62000.000000000000000001"),
+        Decimal("59000.00"),
+    )
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:

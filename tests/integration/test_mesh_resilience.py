@@ -26,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from support.etl import mini_ticker_message
 from support.kafka_helpers import produce_records
 from support.mesh import CRYPTO_MESH, register_and_login, running_mesh
 from support.polling import eventually
@@ -147,19 +148,9 @@ async def test_kill_9_of_a_process_is_restarted_and_the_journey_resumes(mesh, ho
 def ticker(n: int) -> dict:
     """The KafkaMsg of the ``n``-th mini-ticker second of :data:`DRAIN_SYMBOL` (docs/CONTRACTS.md)."""
     event_time = int(time.time() * 1000) - 3_600_000 + n * 1000
-    return {
-        "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"binance.miniticker/{DRAIN_SYMBOL}/{event_time}")),
-        "e": "24hrMiniTicker",
-        "E": event_time,
-        "receive_time": event_time + 12,
-        "s": DRAIN_SYMBOL,
-        "c": "101.5",
-        "o": "100",
-        "h": "102",
-        "l": "99",
-        "change_price": "1.5",
-        "change_percent": "1.50000000",
-    }
+    return mini_ticker_message(
+        DRAIN_SYMBOL, event_time, Decimal("101.5"), Decimal(100), Decimal(102), Decimal(99)
+    )
 
 
 def crypto_mesh(env: dict, *args: str) -> subprocess.CompletedProcess:

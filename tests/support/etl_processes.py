@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +18,7 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from support.credentials import service_token_file
 from support.polling import eventually
-from support.etl import sql_rows
+from support.etl import mini_ticker_message, sql_rows
 
 from aggregator.second_topic import SecondProducer, second_message_id
 from aggregator.secondstat import SecondStat
@@ -38,22 +37,9 @@ def stat(symbol: str, n: int) -> SecondStat:
 
 
 def ticker(symbol: str, n: int) -> dict:
-    """The ``n``-th mini-ticker KafkaMsg of ``symbol`` (one per second from :data:`START_MS`), its
-    ``message_id`` deterministic as the socket_proxy makes it."""
-    event_time = START_MS + n * 1000
-    return {
-        "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"binance.miniticker/{symbol}/{event_time}")),
-        "e": "24hrMiniTicker",
-        "E": event_time,
-        "receive_time": event_time + 7,
-        "s": symbol,
-        "c": f"{100 + n}.25",
-        "o": "100",
-        "h": f"{101 + n}",
-        "l": "99",
-        "change_price": f"{n}.25",
-        "change_percent": "0.25",
-    }
+    """The ``n``-th mini-ticker KafkaMsg of ``symbol`` (one per second from :data:`START_MS`)."""
+    close = Decimal(f"{100 + n}.25")
+    return mini_ticker_message(symbol, START_MS + n * 1000, close, Decimal(100), close + 1, Decimal(99))
 
 
 class EtlProcess:
