@@ -17,11 +17,9 @@ import orjson
 from support import polling
 from support.credentials import service_headers
 from support.recordings import as_recorded, recorded_seconds
-from support.stacks import proxy_process, replay_exchange, serve_aggregator
+from support.stacks import proxy_process, published_on, replay_exchange, serve_aggregator
 
 from crypto_mesh.metrics import parse_samples
-from crypto_mesh.redisclient import connect
-from crypto_mesh.redisclient import pubsub as subscriber
 
 STREAM = "btcusdt@trade"
 SYMBOL = "btcusdt"
@@ -56,20 +54,8 @@ async def test_the_replica_serving_a_stream_killed_the_stream_resumes_on_the_oth
     redis_url, kafka_bootstrap, trade_recording
 ):
     earliest, expected = recorded_seconds(trade_recording, {STREAM})
-    listener = connect(redis_url)
-    pubsub = await subscriber(listener)
-    await pubsub.subscribe(SYMBOL)
-    published: list[bytes] = []
-
-    async def collect() -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-            if message is not None:
-                published.append(message["data"])
-
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(listener.aclose)
-        stack.push_async_callback(pubsub.aclose)
+        published = await stack.enter_async_context(published_on(redis_url, SYMBOL))
         exchange = await stack.enter_async_context(replay_exchange(trade_recording, speed=10))
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
             async with http.get(f"http://127.0.0.1:{exchange.port}/replay/v1/info") as response:
@@ -79,8 +65,6 @@ async def test_the_replica_serving_a_stream_killed_the_stream_resumes_on_the_oth
         base = await stack.enter_async_context(
             serve_aggregator(redis_url, kafka_bootstrap, target, window_grace_ms=3000)
         )
-        collector = asyncio.create_task(collect())
-        stack.callback(collector.cancel)
         async with (
             aiohttp.ClientSession(timeout=HTTP_TIMEOUT, headers=service_headers()) as http,
             http.put(f"{base}/v1/followers/user:1", json={"symbols": [SYMBOL]}) as response,

@@ -27,6 +27,8 @@ from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.netutil import free_port
+from crypto_mesh.redisclient import connect as connect_redis
+from crypto_mesh.redisclient import pubsub as subscribe_redis
 from crypto_mesh.service import Running
 from etl.app import start as start_etl
 from etl.service import EtlService
@@ -235,6 +237,31 @@ async def serve_aggregator(
         yield f"http://127.0.0.1:{running.port}"
     finally:
         await running.stop()
+
+
+@asynccontextmanager
+async def published_on(redis_url: str, channel: str) -> AsyncIterator[list[bytes]]:
+    """Subscribes to Redis ``channel`` (the tests' own user on ``redis_url``) and yields a list that receives
+    the data of every message published there from then on, in order, until the block ends."""
+    client = connect_redis(redis_url)
+    pubsub = await subscribe_redis(client)
+    await pubsub.subscribe(channel)
+    published: list[bytes] = []
+
+    async def collect() -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                published.append(message["data"])
+
+    collector = asyncio.create_task(collect())
+    try:
+        yield published
+    finally:
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+        await pubsub.aclose()
+        await client.aclose()
 
 
 @dataclass
