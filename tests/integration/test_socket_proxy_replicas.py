@@ -1,7 +1,7 @@
 """socket_proxy replicas behind gRPC client-side load balancing (``AGGREGATOR_SOCKET_PROXY_TARGET`` naming
 several, round robin): the replay exchange playing the shipped recording, two socket_proxy processes in front
-of it, one aggregator, Redis and Kafka (embedded engines of tests/conftest.py), every part real. The replica
-serving the aggregator's trade stream is killed with SIGKILL: the stream is called again on the other one,
+of it, one aggregator, Redis and Kafka (embedded engines of tests/conftest.py), every part real. Calls on the
+aggregator's channel options reach both replicas; the replica serving the aggregator's trade stream is killed with SIGKILL: the stream is called again on the other one,
 the trades missed meanwhile are fetched back from the exchange's history, and every second published is the
 recorded second, once.
 """
@@ -17,13 +17,18 @@ import orjson
 from support import polling
 from support.credentials import service_headers
 from support.recordings import as_recorded, recorded_seconds
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.stacks import proxy_process, published_on, replay_exchange, serve_aggregator
 
+from aggregator.feeds import CHANNEL_OPTIONS
+from crypto_mesh.grpc_tls import tls_channel
 from crypto_mesh.metrics import parse_samples
+from crypto_mesh.pki import AGGREGATOR, SOCKET_PROXY
 
 STREAM = "btcusdt@trade"
 SYMBOL = "btcusdt"
 STREAM_TRADES = "/crypto.socket.v1.SocketProxy/StreamTrades"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 
@@ -51,7 +56,7 @@ def open_calls(samples: dict[str, float], side: str, method: str) -> float:
 
 
 async def test_the_replica_serving_a_stream_killed_the_stream_resumes_on_the_other_and_every_second_stays_exact(
-    redis_url, kafka_bootstrap, trade_recording
+    redis_url, kafka_bootstrap, trade_recording, mesh_pki
 ):
     earliest, expected = recorded_seconds(trade_recording, {STREAM})
     async with AsyncExitStack() as stack:
@@ -62,6 +67,23 @@ async def test_the_replica_serving_a_stream_killed_the_stream_resumes_on_the_oth
                 timeline = (await response.json())["recordings"][0]
         replicas = [await stack.enter_async_context(proxy_process(exchange.url)) for _ in range(2)]
         target = "ipv4:" + ",".join(f"127.0.0.1:{replica.port}" for replica in replicas)
+
+        async def calls_of(replica, method: str) -> float:
+            samples = await metrics(f"http://127.0.0.1:{replica.metrics_port}/metrics")
+            return samples.get(f"socket_proxy_grpc_server_started_total{{grpc_method={method}}}", 0)
+
+        # The aggregator's channel options spread calls over every replica the target names (the first
+        # address alone would serve them all with gRPC's default policy, pick_first).
+        channel = tls_channel(target, mesh_pki[AGGREGATOR].load(), SOCKET_PROXY, options=CHANNEL_OPTIONS)
+        stack.push_async_callback(channel.close)
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def both_answered() -> bool:
+            for _ in range(4):
+                await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            return all([await calls_of(replica, HEALTH_CHECK) > 0 for replica in replicas])
+
+        await polling.eventually(both_answered, what="health checks answered by both replicas")
         base = await stack.enter_async_context(
             serve_aggregator(redis_url, kafka_bootstrap, target, window_grace_ms=3000)
         )
