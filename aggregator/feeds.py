@@ -4,7 +4,10 @@ process; and the watchdog of the trade streams (:mod:`aggregator.watchdog`).
 
 Each stream is a task that reconnects for as long as it is wanted: when a call ends or fails (socket_proxy
 restarted, ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED`` for a subscriber that fell behind) it is called again after
-an exponential backoff with full jitter, reset once frames flow again. Untracking a symbol cancels its task,
+an exponential backoff with full jitter, reset once frames flow again. The target may name several socket_proxy
+replicas (``AGGREGATOR_SOCKET_PROXY_TARGET``): the channel balances calls over them round robin
+(:data:`crypto_mesh.grpc_tls.ROUND_ROBIN`), so the streams of a lost replica are called again on the others and
+the trades they missed meanwhile are fetched back like any other gap. Untracking a symbol cancels its task,
 which cancels the call, so socket_proxy can drop its upstream subscription.
 
 Skipped trades are fetched back with ``HistoricalTrades`` (:meth:`Feeds.backfill`, called by the intake): page
@@ -29,7 +32,7 @@ from aggregator.backfill import next_page
 from aggregator.intake import TickerIntake, TradeIntake, now_ms
 from aggregator.watchdog import StreamWatchdog, check_interval_s
 from crypto_mesh.binance import AGG_TRADE, MINI_TICKER_ALL, TRADE, trade_stream
-from crypto_mesh.grpc_tls import tls_channel
+from crypto_mesh.grpc_tls import ROUND_ROBIN, tls_channel
 from crypto_mesh.observe import detached_task
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import SOCKET_PROXY, MeshTls
@@ -41,7 +44,10 @@ log = get_logger(__name__)
 
 #: gRPC's own reconnect backoff (default: 1 s growing to 120 s) would hold streams back long after
 #: socket_proxy is back; the streams' own backoff (:class:`crypto_mesh.retry.Backoff`) spaces the attempts.
+#: Round robin over every socket_proxy replica the target names: the streams spread over them, and a stream
+#: whose replica is lost is called again on one that is up.
 CHANNEL_OPTIONS = [
+    ROUND_ROBIN,
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 5000),

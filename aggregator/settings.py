@@ -9,6 +9,7 @@ from pydantic import Field, FilePath, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.binance import AGG_TRADE, TRADE, normalize_symbol
+from crypto_mesh.grpc_tls import check_target
 from crypto_mesh.kafka import KafkaClientSettings
 from crypto_mesh.settings import MeshTlsSettings
 
@@ -47,7 +48,11 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
 
     - ``HOST`` (``127.0.0.1``), ``PORT`` (``8088``; ``0`` binds a free port, reported by ``Running.port``):
       the control HTTP API, never published outside the mesh.
-    - ``SOCKET_PROXY_TARGET`` (``127.0.0.1:50052``): gRPC target of socket_proxy.
+    - ``SOCKET_PROXY_TARGET`` (``127.0.0.1:50052``): gRPC target of socket_proxy (gRPC's name syntax,
+      :func:`crypto_mesh.grpc_tls.check_target`): one ``host:port``, or several replicas, as
+      ``ipv4:10.0.0.5:50052,10.0.0.6:50052`` or ``dns:///socket_proxy:50052`` (every address the name
+      resolves to); calls are balanced round robin over those that are up, each replica proving the
+      ``socket_proxy`` identity.
     - ``API_TOKEN_FILE`` (required): the control API's service credential, a file of bearer tokens (one a
       line, :mod:`crypto_mesh.servicecreds`); every route but ``/healthz`` answers 401 without one of them.
     - ``REDIS_URL`` (required, secret): ``redis://user:password@host:port/db`` (the ``aggregator`` ACL user),
@@ -95,6 +100,11 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     backfill_max_ids: int = Field(default=5000, ge=0, le=100_000)
     backfill_timeout_ms: int = Field(default=2000, ge=1, le=60_000)
     kafka_enable_idempotence: bool = True
+
+    @field_validator("socket_proxy_target")
+    @classmethod
+    def _grpc_target(cls, value: str) -> str:
+        return check_target(value)
 
     @field_validator("trade_stream_by_symbol", mode="before")
     @classmethod

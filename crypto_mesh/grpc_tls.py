@@ -12,7 +12,11 @@
   need them); every other service admits only the identities its server lists; a service not listed admits
   no one.
 - :func:`tls_channel` connects with the caller's certificate and accepts only a server whose certificate
-  names the expected identity as a DNS SAN, whatever address the target uses.
+  names the expected identity as a DNS SAN, whatever address the target uses. The same check holds for every
+  address of a target naming several replicas (:data:`ROUND_ROBIN`): every replica of a service presents a
+  certificate of that service's identity.
+- :data:`ROUND_ROBIN` is the channel argument of gRPC's standard client-side load balancing over every address
+  a target resolves to; :func:`check_target` refuses a target gRPC could not resolve.
 - ``python -m crypto_mesh.grpc_tls TARGET --server-identity NAME --ca-file --cert-file --key-file`` asks a
   server's ``grpc.health.v1.Health`` over mutual TLS and exits 0 if it is SERVING (compose health checks).
 """
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import ipaddress
+import json
 import sys
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -44,6 +50,52 @@ OPEN_TO_THE_MESH = frozenset({HEALTH_SERVICE, REFLECTION_SERVICE})
 #: gRPC's auth-context property holding the peer certificate's SPIFFE ID (set when it has exactly one URI
 #: SAN and that URI is a valid SPIFFE ID).
 PEER_SPIFFE_ID = "peer_spiffe_id"
+
+
+#: gRPC's default service config with the ``round_robin`` load-balancing policy (gRPC's service-config JSON,
+#: grpc/doc/service_config.md): the channel connects to every address its target resolves to, each call goes to
+#: the next ready one, and a call started after one address fails goes to another. A target of one address
+#: behaves as without it.
+ROUND_ROBIN = ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
+
+#: The schemes of gRPC's name syntax (grpc/doc/naming.md) whose addresses are IP literals, comma-separated.
+_IP_LIST_SCHEMES = {"ipv4": ipaddress.IPv4Address, "ipv6": ipaddress.IPv6Address}
+
+
+def _port(text: str) -> bool:
+    return text.isdigit() and 0 < int(text) <= 65535
+
+
+def check_target(target: str) -> str:
+    """``target`` unchanged if it is a gRPC target of one of the forms of gRPC's name syntax
+    (grpc/doc/naming.md) the mesh uses: ``host:port`` (resolved through DNS), ``dns:[//authority/]host:port``,
+    or a fixed list of replicas ``ipv4:address:port[,address:port…]`` / ``ipv6:[address]:port[,…]``.
+    Raises ValueError naming what is wrong (a missing or bad port, an address that is not an IP literal of
+    the scheme, an empty entry)."""
+    scheme, colon, rest = target.partition(":")
+    if colon and scheme in _IP_LIST_SCHEMES:
+        for entry in rest.split(","):
+            address, _, port = entry.strip().rpartition(":")
+            address = address.removeprefix("[").removesuffix("]") if scheme == "ipv6" else address
+            try:
+                _IP_LIST_SCHEMES[scheme](address)
+            except ValueError:
+                raise ValueError(f"{entry[:64]!r} of {scheme}: is not an {scheme} address:port") from None
+            if not _port(port):
+                raise ValueError(f"{entry[:64]!r} of {scheme}: has no port 1-65535")
+        return target
+    if colon and scheme == "dns":
+        rest = rest.removeprefix("//").partition("/")[2] if rest.startswith("//") else rest
+    elif colon and scheme in ("unix", "unix-abstract"):
+        raise ValueError("the mesh reaches its gRPC servers over TCP, not a Unix socket")
+    else:
+        rest = target
+    host, _, port = rest.rpartition(":")
+    if not host or not _port(port) or "," in host or any(char.isspace() for char in rest):
+        raise ValueError(
+            f"{target[:100]!r} is not host:port, dns:[//authority/]host:port or ipv4:address:port[,address:port]"
+        )
+    return target
 
 
 def server_credentials(tls: MeshTls) -> grpc.ServerCredentials:
@@ -78,9 +130,10 @@ def tls_channel(
     options: Sequence[tuple[str, object]] = (),
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
-    """A ``grpc.aio`` channel to ``target`` (``host:port``) over mutual TLS: it presents ``tls``'s certificate
-    and accepts only a server certified by ``tls``'s CAs with ``server_identity`` (``auth``,
-    ``socket_proxy``) among its DNS names. ``options`` are other gRPC channel arguments, ``interceptors`` its
+    """A ``grpc.aio`` channel to ``target`` (``host:port``, or any gRPC target: :func:`check_target`) over mutual
+    TLS: it presents ``tls``'s certificate and accepts only a server certified by ``tls``'s CAs with
+    ``server_identity`` (``auth``, ``socket_proxy``) among its DNS names, whichever address it is reached at
+    (so every replica of a balanced target, :data:`ROUND_ROBIN`, is checked alike). ``options`` are other gRPC channel arguments, ``interceptors`` its
     client interceptors (:func:`crypto_mesh.observe.client_observers`). The channel connects
     lazily; a failed handshake surfaces as ``UNAVAILABLE`` on the calls."""
     return grpc.aio.secure_channel(

@@ -22,7 +22,7 @@ from support import polling
 import pytest
 from support.credentials import service_headers, service_token_file
 from support.recordings import as_recorded, recorded_seconds
-from support.stacks import exchange_and_proxy, serve_aggregator
+from support.stacks import exchange_and_proxy, published_on, serve_aggregator
 
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port
@@ -213,20 +213,8 @@ async def kill_until_trades_are_lost(
     replay's timeline, every SecondStat published for the symbol from the start until 50 more after the gap,
     and the aggregator's and the proxy's metrics samples."""
     symbol = stream.partition("@")[0]
-    listener = connect(redis_url)
-    pubsub = await subscriber(listener)
-    await pubsub.subscribe(symbol)
-    published: list[dict] = []
-
-    async def collect() -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-            if message is not None:
-                published.append(orjson.loads(message["data"]))
-
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(listener.aclose)
-        stack.push_async_callback(pubsub.aclose)
+        published = await stack.enter_async_context(published_on(redis_url, symbol))
         exchange, proxy = await stack.enter_async_context(
             exchange_and_proxy(recording, speed=10, **proxy_overrides)
         )
@@ -237,8 +225,6 @@ async def kill_until_trades_are_lost(
                 db, kafka_bootstrap, proxy.port, window_grace_ms=3000, trade_stream=stream.partition("@")[2]
             )
         )
-        collector = asyncio.create_task(collect())
-        stack.callback(collector.cancel)
         await put_symbols(base, "user:1", [symbol])
         await polling.eventually(lambda: len(published) >= 2, timeout_s=30, what="seconds flow")
 
@@ -259,7 +245,7 @@ async def kill_until_trades_are_lost(
         await polling.eventually(lambda: len(published) >= killed_at + 50, timeout_s=30, what="seconds after")
         samples = await metrics(f"{base}/metrics")
         proxy_samples = await metrics(f"http://127.0.0.1:{proxy.service.metrics_port}/metrics")
-    return timeline, published, samples, proxy_samples
+    return timeline, [orjson.loads(raw) for raw in published], samples, proxy_samples
 
 
 @ON_A_CLUSTER_TOO

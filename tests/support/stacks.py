@@ -27,6 +27,8 @@ from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.netutil import free_port
+from crypto_mesh.redisclient import connect as connect_redis
+from crypto_mesh.redisclient import pubsub as subscribe_redis
 from crypto_mesh.service import Running
 from etl.app import start as start_etl
 from etl.service import EtlService
@@ -205,18 +207,19 @@ async def serve_etl(kafka_bootstrap: str, directory: Path) -> AsyncIterator[Runn
 
 
 def aggregator_settings(
-    redis_url: str, kafka_bootstrap: str, proxy_port: int, **overrides
+    redis_url: str, kafka_bootstrap: str, proxy: int | str, **overrides
 ) -> AggregatorSettings:
     """The settings of a real aggregator on Redis ``redis_url`` (the tests' own user: the aggregator connects
-    as its own), Kafka ``kafka_bootstrap`` and socket_proxy at ``127.0.0.1:proxy_port``, on a free port
-    unless ``overrides`` (further :class:`AggregatorSettings` fields) say ``port``."""
+    as its own), Kafka ``kafka_bootstrap`` and socket_proxy at ``proxy`` (a port of 127.0.0.1, or a whole gRPC
+    target such as ``ipv4:127.0.0.1:p1,127.0.0.1:p2``), on a free port unless ``overrides`` (further
+    :class:`AggregatorSettings` fields) say ``port``."""
     return AggregatorSettings(
         **{
             "port": 0,
             "api_token_file": service_token_file(),
             "redis_url": redis_user_url(redis_url, "aggregator"),
             "kafka_bootstrap_servers": kafka_bootstrap,
-            "socket_proxy_target": f"127.0.0.1:{proxy_port}",
+            "socket_proxy_target": proxy if isinstance(proxy, str) else f"127.0.0.1:{proxy}",
             "kafka_enable_idempotence": False,
             **overrides,
         }
@@ -225,15 +228,40 @@ def aggregator_settings(
 
 @asynccontextmanager
 async def serve_aggregator(
-    redis_url: str, kafka_bootstrap: str, proxy_port: int, **overrides
+    redis_url: str, kafka_bootstrap: str, proxy: int | str, **overrides
 ) -> AsyncIterator[str]:
     """A running real aggregator (:func:`aggregator_settings`); yields its control API's base URL. Its routes
     want the session's service credential (:func:`credentials.service_headers`)."""
-    running = await start_aggregator(aggregator_settings(redis_url, kafka_bootstrap, proxy_port, **overrides))
+    running = await start_aggregator(aggregator_settings(redis_url, kafka_bootstrap, proxy, **overrides))
     try:
         yield f"http://127.0.0.1:{running.port}"
     finally:
         await running.stop()
+
+
+@asynccontextmanager
+async def published_on(redis_url: str, channel: str) -> AsyncIterator[list[bytes]]:
+    """Subscribes to Redis ``channel`` (the tests' own user on ``redis_url``) and yields a list that receives
+    the data of every message published there from then on, in order, until the block ends."""
+    client = connect_redis(redis_url)
+    pubsub = await subscribe_redis(client)
+    await pubsub.subscribe(channel)
+    published: list[bytes] = []
+
+    async def collect() -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                published.append(message["data"])
+
+    collector = asyncio.create_task(collect())
+    try:
+        yield published
+    finally:
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+        await pubsub.aclose()
+        await client.aclose()
 
 
 @dataclass
@@ -245,12 +273,11 @@ class ExchangeProcess:
 
 
 @asynccontextmanager
-async def exchange_and_proxy(recording: Path, speed: float, **proxy_overrides):
-    """A replay exchange of ``recording`` at ``speed`` and a socket_proxy on it (metrics on; ``proxy_overrides``
-    are further :class:`ProxySettings` fields); yields ``(exchange, proxy)``.
+async def replay_exchange(recording: Path, speed: float) -> AsyncIterator[ExchangeProcess]:
+    """A replay exchange of ``recording`` at ``speed`` in a process of its own, stopped on exit.
 
-    The exchange runs in a process of its own: played fast in the test's event loop it would compete with the
-    proxy and the aggregators for the one thread, and fall behind its schedule for good on a busy machine.
+    Played fast in the test's event loop it would compete with the proxy and the aggregators for the one
+    thread, and fall behind its schedule for good on a busy machine.
     """
     port = free_port()
     process = ManagedProcess(
@@ -261,18 +288,63 @@ async def exchange_and_proxy(recording: Path, speed: float, **proxy_overrides):
         env={"REPLAY_PORT": str(port), "REPLAY_FILES": str(recording), "REPLAY_SPEED": str(speed)},
     )
     await asyncio.to_thread(process.start)
-    exchange = ExchangeProcess(url=f"ws://127.0.0.1:{port}", port=port)
-    proxy = await start_proxy(
-        ProxySettings(
-            port=0,
-            exchange_url=exchange.url,
-            metrics_port=free_port(),
-            metrics_token_file=service_token_file(),
-            **proxy_overrides,
-        )
-    )
     try:
-        yield exchange, proxy
+        yield ExchangeProcess(url=f"ws://127.0.0.1:{port}", port=port)
     finally:
-        await proxy.stop()
         await asyncio.to_thread(process.stop)
+
+
+@dataclass
+class ProxyProcess:
+    """A socket_proxy in its own process, as the mesh runs it: gRPC on ``port``, metrics on
+    ``metrics_port`` (behind the session's service credential); ``process.kill()`` crashes it."""
+
+    port: int
+    metrics_port: int
+    process: ManagedProcess
+
+
+@asynccontextmanager
+async def proxy_process(exchange_url: str) -> AsyncIterator[ProxyProcess]:
+    """A socket_proxy process (``python -m socket_proxy``, its identity from the session's mesh PKI in the
+    environment) on free ports of 127.0.0.1 in front of the exchange at ``exchange_url``, ready to accept
+    connections when this yields; stopped (or reaped, if a test killed it) on exit."""
+    port, metrics_port = free_port(), free_port()
+    process = ManagedProcess(
+        f"socket_proxy:{port}",
+        [sys.executable, "-m", "socket_proxy"],
+        port,
+        Path(tempfile.mkdtemp(prefix="socket-proxy-")) / "socket_proxy.log",
+        env={
+            "PROXY_PORT": str(port),
+            "PROXY_EXCHANGE_URL": exchange_url,
+            "PROXY_METRICS_PORT": str(metrics_port),
+            "PROXY_METRICS_TOKEN_FILE": str(service_token_file()),
+        },
+    )
+    await asyncio.to_thread(process.start)
+    try:
+        yield ProxyProcess(port, metrics_port, process)
+    finally:
+        await asyncio.to_thread(process.stop)
+
+
+@asynccontextmanager
+async def exchange_and_proxy(recording: Path, speed: float, **proxy_overrides):
+    """A replay exchange of ``recording`` at ``speed`` (:func:`replay_exchange`) and a socket_proxy on it in
+    this process (metrics on; ``proxy_overrides`` are further :class:`ProxySettings` fields); yields
+    ``(exchange, proxy)``."""
+    async with replay_exchange(recording, speed) as exchange:
+        proxy = await start_proxy(
+            ProxySettings(
+                port=0,
+                exchange_url=exchange.url,
+                metrics_port=free_port(),
+                metrics_token_file=service_token_file(),
+                **proxy_overrides,
+            )
+        )
+        try:
+            yield exchange, proxy
+        finally:
+            await proxy.stop()
