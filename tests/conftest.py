@@ -19,7 +19,7 @@ from support.credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
 from support.redis_cluster import redis_cluster
 
 from launcher.embedded import EmbeddedPostgres, ManagedProcess, chdb_url, redis_command, tansu_command
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.pki import (
     AGGREGATOR,
     AUTH,
