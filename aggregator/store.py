@@ -420,8 +420,9 @@ class KafkaSink(Generic[T]):
     the real-time path never waits on Kafka (:class:`aggregator.sendbuffer.SendBuffer`). The background task
     :meth:`run` (cancel to stop) creates the topic with ``partitions`` partitions and starts the producer,
     retrying with backoff until Kafka is reachable, then sends in order. aiokafka retries failed requests; a
-    delivery that still fails (a broker answering an error aiokafka does not retry, such as Tansu's
-    UNKNOWN_SERVER_ERROR just after a topic is created) is counted in :attr:`failed` and its record goes back
+    delivery that still fails (a broker answering an error aiokafka does not retry, such as the embedded Tansu's
+    UNKNOWN_SERVER_ERROR when two producers write one partition at once: its store refuses the second batch of
+    the same offset, ``AlreadyExists``) is counted in :attr:`failed` and its record goes back
     to the front of the buffer, sent again after a backoff delay (0.1 s doubling to 5 s), ahead of the
     records that came after it — so it may reach the topic after records sent meanwhile, or twice where the
     first attempt's outcome was unknown; consumers key on the record's id. Only a record Kafka refuses for
