@@ -54,7 +54,11 @@ Then, once the sockets are closed, ``--http-seconds`` of ``GET /healthz`` and th
 ``GET /v2/user/profile`` on the same BFF process, each from ``--http-concurrency`` concurrent requests: the
 BFF's CPU time per request of each (psutil, user + system) and their ratio. ``/healthz`` checks no token and
 reads no database, so it is the floor of what a request costs the process (aiohttp, the middlewares, the
-loop); the goal (issue 18) is a profile at most ``PROFILE_COST_GOAL`` times that.
+loop); the goal (issue 18) is a profile at most ``PROFILE_COST_GOAL`` times that. Its latency is measured
+where it matters, during the price phase: ``--profile-rate`` ``GET /v2/user/profile`` a second (by default
+each client's user once a minute, as docs/CAPACITY.md models them), sent on an absolute schedule (open loop:
+a slow answer does not delay the next request), each with the next user's token; their p50/p99 are printed
+beside the goal ``PROFILE_P99_GOAL_MS``.
 
 Printed: the conditions (CPU count, load average, parameters), clients connected, the publisher's intended
 and achieved rates, latency p50/p99/max over every price received during the price phase, messages and
@@ -116,6 +120,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
 #: Goal (issue 18): BFF CPU per ``GET /v2/user/profile`` at most this many times that of ``GET /healthz``.
 PROFILE_COST_GOAL = 3.0
+#: Goal (issue 18): p99 of ``GET /v2/user/profile`` (ms) while the sockets receive prices.
+PROFILE_P99_GOAL_MS = 50.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -501,6 +507,40 @@ class RestLoad:
         )
 
 
+async def profile_probe(url: str, tokens: list[str], rate: float, seconds: float) -> RestLoad:
+    """``GET /v2/user/profile`` ``rate`` times a second for ``seconds`` on an absolute schedule (open loop: each
+    request is sent at its time, however long the ones before it take), with the tokens of the users in turn;
+    the latency of each (ms, sorted) and the answers other than 200. Its ``cpu_s`` is 0: the BFF's CPU then is
+    the price phase's."""
+    latencies: list[float] = []
+    errors = 0
+    count = max(1, round(rate * seconds)) if rate > 0 else 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def one(index: int) -> None:
+            nonlocal errors
+            started = time.perf_counter()
+            headers = {"Authorization": f"Bearer {tokens[index % len(tokens)]}"}
+            try:
+                async with http.get(f"{url}/v2/user/profile", headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+                return
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        start = time.monotonic()
+        requests = []
+        for index in range(count):
+            await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
+            requests.append(asyncio.create_task(one(index)))
+        await asyncio.gather(*requests)
+        elapsed = time.monotonic() - start
+    return RestLoad(len(latencies), sorted(latencies), errors, elapsed, 0.0)
+
+
 async def rest_load(
     url: str, path: str, tokens: list[str], concurrency: int, seconds: float, bff: psutil.Process
 ) -> RestLoad:
@@ -647,7 +687,11 @@ async def main(args: argparse.Namespace) -> None:
         go.set()
         await asyncio.sleep(0.5)  # the clients poll ``go`` every 50 ms
         started = time.monotonic()
-        publishing = await publish_prices(redis_url, symbols, args.seconds, args.publish == "together", kafka)
+        rate = args.clients / 60 if args.profile_rate is None else args.profile_rate
+        publishing, probe = await asyncio.gather(
+            publish_prices(redis_url, symbols, args.seconds, args.publish == "together", kafka),
+            profile_probe(url, tokens, rate, args.seconds),
+        )
         published = publishing.count
         await asyncio.sleep(1.0)  # the last messages in flight
         if args.alert_users:
@@ -746,6 +790,14 @@ async def main(args: argparse.Namespace) -> None:
             f"{100 * (cpu_after.system - cpu_before.system) / elapsed:.0f} %); client processes together: "
             f"{100 * clients_cpu_s / elapsed:.0f} %"
         )
+        if probe.requests or probe.errors:
+            probe_p99 = percentile(probe.latencies, 0.99)
+            print(
+                f"GET /v2/user/profile during the price phase, {rate:.1f} requests/s open loop: "
+                f"{probe.requests} answered, p50 {percentile(probe.latencies, 0.5):.1f} ms, p99 {probe_p99:.1f} ms, "
+                f"max {probe.latencies[-1] if probe.latencies else float('nan'):.1f} ms, non-200: {probe.errors} "
+                f"(goal p99 < {PROFILE_P99_GOAL_MS:g} ms): {'met' if probe_p99 < PROFILE_P99_GOAL_MS else 'NOT met'}"
+            )
         print(
             f"REST, concurrency {args.http_concurrency}, {args.http_seconds} s per route, "
             f"one route at a time:"
@@ -795,6 +847,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--http-concurrency", type=int, default=50, help="concurrent REST requests (default 50)"
+    )
+    parser.add_argument(
+        "--profile-rate",
+        type=float,
+        default=None,
+        help="GET /v2/user/profile per second during the price phase (default: clients / 60; 0: none)",
     )
     parser.add_argument(
         "--alert-users",
