@@ -50,21 +50,22 @@ SecondStat's ``t``, its publish time: the latency from a second's close to the a
 beside the plain price push of the same run (p99 and the ratio of the two p99s), with the SecondStats and rule
 evaluations the evaluator did and the firings it stored (its ``/metrics``).
 
-Then, once the sockets are closed, ``--http-seconds`` of ``GET /healthz`` and then ``--http-seconds`` of
-``GET /v2/user/profile`` on the same BFF process, each from ``--http-concurrency`` concurrent requests: the
-BFF's CPU time per request of each (psutil, user + system) and their ratio. ``/healthz`` checks no token and
-reads no database, so it is the floor of what a request costs the process (aiohttp, the middlewares, the
-loop); the goal (issue 18) is a profile at most ``PROFILE_COST_GOAL`` times that. Its latency is measured
-where it matters, during the price phase: ``--profile-rate`` ``GET /v2/user/profile`` a second (by default
-each client's user once a minute, as docs/CAPACITY.md models them), sent on an absolute schedule (open loop:
-a slow answer does not delay the next request), each with the next user's token; their p50/p99 are printed
-beside the goal ``PROFILE_P99_GOAL_MS``.
+Then, once the sockets are closed, ``--http-seconds`` of ``GET /healthz`` and ``--http-seconds`` of
+``GET /v2/user/profile`` on the same BFF process, each from ``--http-concurrency`` concurrent requests, in
+``--http-rounds`` alternating rounds (so that a change of the machine's load from other work weighs on both
+routes alike): the BFF's CPU time per request of each over all rounds (psutil, user + system) and their ratio.
+``/healthz`` checks no token and reads no database, so it is the floor of what a request costs the process
+(aiohttp, the middlewares, the loop); the goal (issue 18) is a profile at most ``PROFILE_COST_GOAL`` times
+that. Its latency is measured where it matters, during the price phase: ``--profile-rate`` ``GET
+/v2/user/profile`` a second (by default each client's user once a minute, as docs/CAPACITY.md models them),
+sent on an absolute schedule (open loop: a slow answer does not delay the next request), each with the next
+user's token; their p50/p99 are printed beside the goal ``PROFILE_P99_GOAL_MS``.
 
 Printed: the conditions (CPU count, load average, parameters), clients connected, the publisher's intended
 and achieved rates, latency p50/p99/max over every price received during the price phase, messages and
 prices delivered vs. the number of prices a client would get without conflation, BFF memory per connection,
-BFF CPU (user and system) and the client processes' CPU, and for each REST route requests/s, p50/p99 and the
-BFF's CPU per request, with the ratio.
+BFF CPU (user and system) and the client processes' CPU, the profile's latency during the price phase, and for
+each REST route requests/s, p50/p99 and the BFF's CPU per request, with the ratio.
 The whole run stops by itself; the defaults take under three minutes.
 
     .venv/bin/python benchmarks/bench_bff.py --clients 10000 --workers 2 --seconds 20
@@ -492,6 +493,16 @@ class RestLoad:
     seconds: float
     cpu_s: float
 
+    def __add__(self, other: RestLoad) -> RestLoad:
+        """Two loads of the same route as one (their requests, latencies, errors, seconds and CPU summed)."""
+        return RestLoad(
+            self.requests + other.requests,
+            sorted(self.latencies + other.latencies),
+            self.errors + other.errors,
+            self.seconds + other.seconds,
+            self.cpu_s + other.cpu_s,
+        )
+
     @property
     def cpu_ms_per_request(self) -> float:
         """BFF CPU time per request answered, ms (one core's ms)."""
@@ -723,10 +734,13 @@ async def main(args: argparse.Namespace) -> None:
 
         # The same process, one route after the other, under the same load: /healthz (no token checked, no
         # database, no Redis) is the floor of what any route costs.
-        rest = {
-            path: await rest_load(url, path, tokens, args.http_concurrency, args.http_seconds, bff_process)
-            for path in ("/healthz", "/v2/user/profile")
-        }
+        rest: dict[str, RestLoad] = {}
+        for _ in range(args.http_rounds):
+            for path in ("/healthz", "/v2/user/profile"):
+                load = await rest_load(
+                    url, path, tokens, args.http_concurrency, args.http_seconds / args.http_rounds, bff_process
+                )
+                rest[path] = rest[path] + load if path in rest else load
 
         # Without conflation each client would get one message per price change of each of its 3 coins.
         expected = published * 3 / len(symbols) * connected
@@ -800,7 +814,7 @@ async def main(args: argparse.Namespace) -> None:
             )
         print(
             f"REST, concurrency {args.http_concurrency}, {args.http_seconds} s per route, "
-            f"one route at a time:"
+            f"one route at a time, in {args.http_rounds} alternating rounds:"
         )
         for path, load in rest.items():
             print(f"  GET {path}: {load.describe()}")
@@ -847,6 +861,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--http-concurrency", type=int, default=50, help="concurrent REST requests (default 50)"
+    )
+    parser.add_argument(
+        "--http-rounds",
+        type=int,
+        default=2,
+        help="alternating rounds of the two routes, --http-seconds per route split among them (default 2)",
     )
     parser.add_argument(
         "--profile-rate",
