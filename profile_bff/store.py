@@ -192,9 +192,9 @@ class ProfileStore:
 
     def __init__(self, database_url: str) -> None:
         # Connections are in autocommit mode unless checked out for a transaction: a read of one statement
-        # then costs the pre-ping and the SELECT, two round trips where BEGIN, the SELECT and COMMIT after a
-        # ping in its own transaction (BEGIN, ping, ROLLBACK) took six; it runs on every REST read and socket
-        # connect.
+        # (the history, the holders) then costs the pre-ping and the SELECT, two round trips where BEGIN, the
+        # SELECT and COMMIT after a ping in its own transaction (BEGIN, ping, ROLLBACK) took six. The hot read
+        # (:meth:`load`) is not made here: see below.
         self._engine = create_async_engine(
             database_url,
             pool_size=5,
