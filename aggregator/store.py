@@ -214,6 +214,16 @@ class FollowerStore:
         counts = await pipe.execute()
         return {symbol: int(count) for symbol, count in zip(symbols, counts, strict=True) if count}
 
+    async def counts_of(self, symbols: list[str]) -> dict[str, int]:
+        """``symbols`` → their follower counts now (0: not followed), in one round trip."""
+        if not symbols:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for symbol in symbols:
+            pipe.scard(followers_key(symbol))
+        counts = await pipe.execute()
+        return {symbol: int(count) for symbol, count in zip(symbols, counts, strict=True)}
+
     async def adopt_untagged(self) -> int:
         """Move the followers of each tracked symbol from its set of before the hash tags,
         ``aggregator:followers:<symbol>``, into :func:`followers_key` (idempotent; a no-op once done, and on a
@@ -412,11 +422,12 @@ class StatPublisher(_RedisWriter):
 
 
 class KafkaSink(Generic[T]):
-    """Writes records of type ``T`` to ``topic`` from a bounded buffer; ``encode(record)`` gives (key, value).
+    """Writes records of type ``T`` to ``topic`` from a bounded buffer; ``encode(record)`` gives (key, value),
+    a value of ``None`` being a tombstone.
 
     :meth:`submit` never blocks: when ``maxsize`` records wait, the oldest is dropped (:attr:`dropped`), so
     the real-time path never waits on Kafka. The background task :meth:`run` (cancel to stop) creates the topic
-    with ``partitions`` partitions and starts the producer, retrying with backoff until Kafka is reachable, then
+    with ``partitions`` partitions and ``topic_config`` (Kafka topic configs) and starts the producer, retrying with backoff until Kafka is reachable, then
     sends in order; aiokafka retries failed requests, and deliveries that still fail are counted in
     :attr:`failed`. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``, and
     ``client_options`` (authentication, :meth:`crypto_mesh.kafka.KafkaClientSettings.kafka_client_options`).
@@ -430,11 +441,13 @@ class KafkaSink(Generic[T]):
         *,
         topic: str,
         partitions: int,
-        encode: Callable[[T], tuple[bytes, bytes]],
+        encode: Callable[[T], tuple[bytes, bytes | None]],
         maxsize: int = 10_000,
         client_options: Mapping[str, Any] | None = None,
+        topic_config: Mapping[str, str] | None = None,
     ) -> None:
         self.topic = topic
+        self._topic_config = dict(topic_config or {})
         self._client_options = dict(client_options or {})
         self._partitions = partitions
         self._encode = encode
@@ -516,7 +529,10 @@ class KafkaSink(Generic[T]):
 
     async def _start_producer(self) -> AIOKafkaProducer:
         await ensure_topics(
-            self._bootstrap, {self.topic: self._partitions}, client_options=self._client_options
+            self._bootstrap,
+            {self.topic: self._partitions},
+            client_options=self._client_options,
+            configs={self.topic: self._topic_config},
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
