@@ -40,8 +40,10 @@ class AggregatorService:
     """A running aggregator: the Redis client (:attr:`redis`) with the follower store (:attr:`followers`),
     the SecondStat publisher (:attr:`publisher`) and the 24 h ticker store (:attr:`ticker_store`), the Kafka
     producers of mini-tickers (:attr:`kafka`) and of
-    SecondStats (:attr:`seconds`), the trade and mini-ticker intakes (:attr:`trades`, :attr:`tickers`) and the
-    gRPC streams from socket_proxy (:attr:`feeds`) over mutual TLS with ``tls``.
+    SecondStats (:attr:`seconds`), the trade and mini-ticker intakes (:attr:`trades`, :attr:`tickers`), the
+    gRPC streams from socket_proxy (:attr:`feeds`) over mutual TLS with ``tls``, and the sharing of the followed
+    symbols with the other replicas: which ones this replica streams (:attr:`ownership`), the notices of follower
+    changes it sends (:attr:`notices`) and its membership of the replicas' consumer group (:attr:`group`).
 
     Building it opens nothing (no connection is made); :func:`aggregator.app.start` runs the background tasks
     and closes the clients. Every follower method raises ``redis.exceptions.RedisError`` (or ``OSError``) when
