@@ -60,8 +60,8 @@ async def start(settings: AggregatorSettings) -> Running[AggregatorService]:
     Returns once the control API is serving. Redis, Kafka and socket_proxy need not be up yet: they are
     retried in the background and ``/healthz`` reports ``starting``/``degraded`` until they are reachable.
     Raises ``OSError``/``ValueError`` if the TLS or token files cannot be read, ``OSError`` if the port cannot
-    be bound. ``stop()`` closes the API, leaves the group, closes the streams, lets the closed seconds go out, then stops the
-    background tasks and closes the clients.
+    be bound. ``stop()`` closes the API, leaves the group, closes the streams, lets the closed seconds go out,
+    then stops the background tasks and closes the clients.
     """
 
     async def build(lifecycle: Lifecycle) -> tuple[int, AggregatorService]:

@@ -1,6 +1,7 @@
 """gRPC client streams from socket_proxy (proto/socket.proto): one ``StreamTrades`` call per tracked symbol,
 on the trade stream kind :class:`TradeStreams` gives it, and one ``StreamMiniTickers`` call for the whole
-process while it is the replica that streams the mini-tickers (:mod:`aggregator.ownership`); and the watchdog of the trade streams (:mod:`aggregator.watchdog`).
+process while it is the replica that streams the mini-tickers (:mod:`aggregator.ownership`); and the
+watchdog of the trade streams (:mod:`aggregator.watchdog`).
 
 Each stream is a task that reconnects for as long as it is wanted: when a call ends or fails (socket_proxy
 restarted, ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED`` for a subscriber that fell behind) it is called again after

@@ -4,16 +4,17 @@ Topic ``AGGREGATOR_FOLLOW_TOPIC`` (default ``aggregator.follows``), ``cleanup.po
 ``AGGREGATOR_FOLLOW_PARTITIONS`` partitions. Record: key = symbol (lowercase, UTF-8); value = its follower
 count as ASCII digits, or no value (a tombstone) once it has none. The replica that handles a follower change
 writes it to Redis first, then sends the notice (:class:`FollowNotices`), so a notice is never older than what
-Redis holds; a notice lost on the way is made up for by each owner's periodic resync with Redis. A notice says only *that* a symbol changed: the owner reads the symbol's followers from Redis again
-(the source of truth), so notices sent by two replicas in the other order than their Redis writes still end in
-the right state.
+Redis holds; a notice lost on the way is made up for by each owner's periodic resync with Redis. A notice says
+only *that* a symbol changed: the owner reads the symbol's followers from Redis again (the source of truth), so
+notices sent by two replicas in the other order than their Redis writes still end in the right state.
 
 Every replica is a member of consumer group ``AGGREGATOR_GROUP_ID`` over the topic (:class:`FollowGroup`). The
 group's partition assignment decides which replica owns which symbols (:mod:`aggregator.ownership`): on each
 assignment the member seeks its partitions to their end *before* it reads the followed symbols from Redis, so a
-change is either in what it read or in a notice after that position. Offsets are never committed (the position
-after an assignment is always the end). A member that dies is out of the group once
-``AGGREGATOR_GROUP_SESSION_TIMEOUT_MS`` pass without its heartbeat; the others are then assigned its partitions.
+change is either in what it read or in a notice after that position (the notice follows the Redis write).
+Offsets are never committed (the position after an assignment is always the end). A member that dies is out
+of the group once ``AGGREGATOR_GROUP_SESSION_TIMEOUT_MS`` pass without its heartbeat; the others are then
+assigned its partitions.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ def notice_value(count: int) -> bytes | None:
 
 
 class FollowNotices(KafkaSink[tuple[str, int]]):
-    """Sends follow notices (module doc) to ``topic`` (created compacted with ``partitions`` partitions) through
-    the bounded, never-blocking buffer of :class:`aggregator.store.KafkaSink`: :meth:`notify` returns at once, so a
-    follower change never waits for Kafka, as it never did. A notice that cannot be delivered (Kafka down for
+    """Sends follow notices (module doc) to ``topic`` (created compacted with ``partitions`` partitions)
+    through the bounded, never-blocking buffer of :class:`aggregator.store.KafkaSink`: :meth:`notify` returns
+    at once, so a follower change never waits for Kafka, as it never did. A notice that cannot be delivered (Kafka down for
     longer than the producer retries, or the buffer full) is counted in ``failed``/``dropped``, and the owner's
     periodic resync with Redis (``AGGREGATOR_FOLLOW_RESYNC_S``) starts or stops the symbol instead."""
 
@@ -96,9 +97,15 @@ class _Listener(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         mine = [tp for tp in assigned if tp.topic == self._topic]
         if mine:
-            end = await self._consumer.end_offsets(mine)
-            for tp in mine:
-                self._consumer.seek(tp, end[tp])
+            try:
+                end = await self._consumer.end_offsets(mine)
+            except _KAFKA_ERRORS as exc:
+                # Without a committed offset the partitions are read from their beginning: every notice
+                # again, each a Redis read of its symbol, which is more work and the same outcome.
+                log.warning("follow_partitions_end_unknown", error=f"{type(exc).__name__}: {exc}")
+            else:
+                for tp in mine:
+                    self._consumer.seek(tp, end[tp])
         partitions = frozenset(tp.partition for tp in mine)
         log.info("follow_partitions_assigned", partitions=sorted(partitions))
         await self._on_assigned(partitions)

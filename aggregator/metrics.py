@@ -23,7 +23,8 @@ they added), ``first_windows_skipped_total`` (first windows of taken-over symbol
 ``upstream_reconnects_total``, ``stale_stream_periods_total`` (times a followed symbol's trade stream went
 stale, :mod:`aggregator.watchdog`); gauges ``redis_pending``, ``redis_tickers_pending`` (symbols whose ticker
 waits), ``kafka_queue_depth``, ``tracked_symbols``, ``follow_partitions`` (of the follow topic, assigned to this
-replica), ``mini_ticker_streams`` (1 on the replica streaming the mini-tickers), ``window_symbols`` (symbols with window state),
+replica), ``mini_ticker_streams`` (1 on the replica streaming the mini-tickers), ``window_symbols`` (symbols
+with window state),
 ``stale_streams`` (followed trade streams stale now). And the series every service has
 (:mod:`crypto_mesh.observe`, :class:`crypto_mesh.metrics.RedisMetrics`): ``http_requests_total``,
 ``http_request_duration_seconds`` (control API), ``grpc_client_handled_total``, ``grpc_client_handling_seconds``

@@ -427,9 +427,9 @@ class KafkaSink(Generic[T]):
 
     :meth:`submit` never blocks: when ``maxsize`` records wait, the oldest is dropped (:attr:`dropped`), so
     the real-time path never waits on Kafka. The background task :meth:`run` (cancel to stop) creates the topic
-    with ``partitions`` partitions and ``topic_config`` (Kafka topic configs) and starts the producer, retrying with backoff until Kafka is reachable, then
-    sends in order; aiokafka retries failed requests, and deliveries that still fail are counted in
-    :attr:`failed`. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``, and
+    with ``partitions`` partitions and ``topic_config`` (Kafka topic configs) and starts the producer,
+    retrying with backoff until Kafka is reachable, then sends in order; aiokafka retries failed requests, and
+    deliveries that still fail are counted in :attr:`failed`. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``, and
     ``client_options`` (authentication, :meth:`crypto_mesh.kafka.KafkaClientSettings.kafka_client_options`).
     ``healthy`` is None until the first connection, then whether the last delivery worked.
     """

@@ -245,7 +245,7 @@ async def serve_aggregator(
     running = await start_aggregator(aggregator_settings(redis_url, kafka_bootstrap, proxy, **overrides))
     try:
         if assigned:
-            await eventually(lambda: running.service.followers_loaded, what="the aggregator assigned its symbols")
+            await eventually(lambda: running.service.followers_loaded, what="the aggregator assigned")
         yield f"http://127.0.0.1:{running.port}"
     finally:
         await running.stop()
