@@ -85,7 +85,10 @@ class _Listener(ConsumerRebalanceListener):
     again are stopped by the next assignment (:mod:`aggregator.ownership`)."""
 
     def __init__(
-        self, consumer: AIOKafkaConsumer, topic: str, on_assigned: Callable[[frozenset[int]], Awaitable[None]]
+        self,
+        consumer: AIOKafkaConsumer,
+        topic: str,
+        on_assigned: Callable[[frozenset[int], int | None], Awaitable[None]],
     ) -> None:
         self._consumer = consumer
         self._topic = topic
@@ -107,15 +110,17 @@ class _Listener(ConsumerRebalanceListener):
                 for tp in mine:
                     self._consumer.seek(tp, end[tp])
         partitions = frozenset(tp.partition for tp in mine)
-        log.info("follow_partitions_assigned", partitions=sorted(partitions))
-        await self._on_assigned(partitions)
+        count = len(self._consumer.partitions_for_topic(self._topic) or ()) or None
+        log.info("follow_partitions_assigned", partitions=sorted(partitions), of=count)
+        await self._on_assigned(partitions, count)
 
 
 class FollowGroup:
     """This replica's membership of the consumer group ``group_id`` over the follow ``topic``.
 
-    :meth:`run` (a task; cancel it to stop) joins the group and calls ``on_assigned(partitions)`` at each
-    assignment (after positioning the partitions at their end), then ``on_notice(symbols)`` with the symbols of
+    :meth:`run` (a task; cancel it to stop) joins the group and calls ``on_assigned(partitions, count)`` at
+    each assignment (after positioning the partitions at their end; ``count``: the topic's partitions as the
+    broker has them, ``None`` if unknown), then ``on_notice(symbols)`` with the symbols of
     the notices that follow (distinct, in order). A Kafka failure restarts the consumer after a backoff pause;
     the streams already started keep running meanwhile. ``session_timeout_ms``: how long the group waits for a
     silent member before reassigning its partitions; ``client_options`` authenticate the client."""
@@ -126,7 +131,7 @@ class FollowGroup:
         topic: str,
         group_id: str,
         session_timeout_ms: int,
-        on_assigned: Callable[[frozenset[int]], Awaitable[None]],
+        on_assigned: Callable[[frozenset[int], int | None], Awaitable[None]],
         on_notice: Callable[[list[str]], Awaitable[None]],
         client_options: Mapping[str, Any] | None = None,
     ) -> None:

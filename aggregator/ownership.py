@@ -77,10 +77,15 @@ class Ownership:
         """Whether this replica streams the mini-tickers (it holds partition :data:`MINI_TICKER_PARTITION`)."""
         return MINI_TICKER_PARTITION in self.assigned
 
-    def assign(self, assigned: Iterable[int], followed: Iterable[str]) -> Plan:
+    def assign(self, assigned: Iterable[int], followed: Iterable[str], partitions: int | None = None) -> Plan:
         """A new assignment ``assigned`` (partition numbers), with ``followed`` the symbols that have followers
         (from Redis, read after the assignment): stop what is no longer owned or followed, take over the owned
-        followed symbols not streamed yet."""
+        followed symbols not streamed yet. ``partitions``: the topic's partition count as the broker has it, if
+        known (a topic created earlier with another count than configured is partitioned as it is)."""
+        if partitions is not None:
+            if partitions < 1:
+                raise ValueError("partitions must be >= 1")
+            self.partitions = partitions
         self.assigned = frozenset(assigned)
         return self._reconcile(followed)
 

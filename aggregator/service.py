@@ -114,10 +114,13 @@ class AggregatorService:
         # the DELETE of the last follower cannot leave a followed symbol unstreamed.
         self._tracking = asyncio.Lock()
 
-    async def on_assigned(self, partitions: frozenset[int]) -> None:
-        """The group assigned this replica ``partitions`` of the follow topic: read the followed symbols from
-        Redis (retrying until it answers) and stream exactly those of the assigned partitions
-        (:meth:`aggregator.ownership.Ownership.assign`). Called by :class:`aggregator.follows.FollowGroup`."""
+    async def on_assigned(self, partitions: frozenset[int], count: int | None = None) -> None:
+        """The group assigned this replica ``partitions`` of the follow topic (of ``count``, as the broker has
+        it): read the followed symbols from Redis (retrying until it answers) and stream exactly those of the
+        assigned partitions (:meth:`aggregator.ownership.Ownership.assign`). Called by
+        :class:`aggregator.follows.FollowGroup`."""
+        if count is not None and count != self.ownership.partitions:
+            log.warning("follow_topic_partitions_differ", configured=self.ownership.partitions, topic=count)
         if not self._adopted:
             adopted = await self._until_redis_answers(self.followers.adopt_untagged)
             if adopted:
@@ -125,7 +128,7 @@ class AggregatorService:
             self._adopted = True
         async with self._tracking:
             counts = await self._until_redis_answers(self.followers.counts)
-            await self._carry_out(self.ownership.assign(partitions, counts))
+            await self._carry_out(self.ownership.assign(partitions, counts, count))
         self.followers_loaded = True
         log.info("followers_loaded", partitions=len(partitions), symbols=len(self.ownership.streamed))
 

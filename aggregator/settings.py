@@ -83,7 +83,8 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
       member of consumer group ``GROUP_ID`` over the compacted follow topic (created with ``FOLLOW_PARTITIONS``
       partitions, keyed by symbol), and streams the followed symbols of the partitions assigned to it. Every
       replica of one mesh must have the same three; the partitions bound how many replicas can share (one
-      partition each at most) and are fixed once the topic exists.
+      partition each at most) and are fixed once the topic exists (a topic that exists with another count is
+      used as it is, logged as ``follow_topic_partitions_differ``).
     - ``GROUP_SESSION_TIMEOUT_MS`` (6000, at least 1000; Kafka brokers refuse less than their
       ``group.min.session.timeout.ms``, 6000 by default): how long the group waits for a silent replica
       before its symbols are assigned to the others.

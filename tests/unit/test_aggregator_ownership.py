@@ -123,6 +123,15 @@ def test_the_mini_tickers_follow_partition_zero():
     assert not ownership.assign([3], []).mini_tickers
 
 
+def test_a_topic_created_with_another_partition_count_is_partitioned_as_it_is():
+    ownership = Ownership(12)
+    symbol = next(s for s in SYMBOLS if partition_of(s, 12) != partition_of(s, 2))
+
+    plan = ownership.assign([partition_of(symbol, 2)], [symbol], partitions=2)
+
+    assert plan.start == (symbol,) and ownership.partitions == 2
+
+
 def test_there_is_at_least_one_partition():
     with pytest.raises(ValueError):
         Ownership(0)
