@@ -277,11 +277,12 @@ class AggregatorService:
         }
 
     async def flush(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` seconds (each) for the closed seconds to leave for Redis and Kafka (at
-        stop, once the streams are closed). Open windows are incomplete seconds: they are dropped, not
-        published."""
+        """Wait up to ``timeout_s`` seconds (each) for the closed seconds to leave for Redis and Kafka, and the
+        follow notices for Kafka (at stop, once the streams are closed). Open windows are incomplete seconds:
+        they are dropped, not published."""
         await self.publisher.flush(timeout_s)
         await self.seconds.flush(timeout_s)
+        await self.notices.flush(timeout_s)
 
     async def _redis_reachable(self) -> bool:
         try:
