@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from aggregator.store import KafkaSink
-from crypto_mesh.kafka import group_consumer
+from crypto_mesh.kafka import ensure_topics, group_consumer
 from crypto_mesh.logs import get_logger
 from crypto_mesh.retry import Backoff, retrying
 from crypto_mesh.runtime import raise_if_cancelling
@@ -123,7 +123,8 @@ class FollowGroup:
     broker has them, ``None`` if unknown), then ``on_notice(symbols)`` with the symbols of
     the notices that follow (distinct, in order). A Kafka failure restarts the consumer after a backoff pause;
     the streams already started keep running meanwhile. ``session_timeout_ms``: how long the group waits for a
-    silent member before reassigning its partitions; ``client_options`` authenticate the client."""
+    silent member before reassigning its partitions; ``partitions``: of the topic, if this member creates it;
+    ``client_options`` authenticate the client."""
 
     def __init__(
         self,
@@ -133,9 +134,11 @@ class FollowGroup:
         session_timeout_ms: int,
         on_assigned: Callable[[frozenset[int], int | None], Awaitable[None]],
         on_notice: Callable[[list[str]], Awaitable[None]],
+        partitions: int,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic
+        self._partitions = partitions
         self.group_id = group_id
         self._bootstrap = bootstrap_servers
         self._session_timeout_ms = session_timeout_ms
@@ -166,6 +169,13 @@ class FollowGroup:
             await asyncio.sleep(backoff.next_delay())
 
     async def _start_consumer(self) -> AIOKafkaConsumer:
+        # Created here too (as the notices' producer does), so that joining never waits for the producer.
+        await ensure_topics(
+            self._bootstrap,
+            {self.topic: self._partitions},
+            client_options=self._client_options,
+            configs={self.topic: FOLLOW_TOPIC_CONFIG},
+        )
         consumer = group_consumer(
             self._bootstrap,
             self.group_id,

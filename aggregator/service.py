@@ -104,6 +104,7 @@ class AggregatorService:
             settings.group_session_timeout_ms,
             self.on_assigned,
             self.on_notice,
+            settings.follow_partitions,
             client_options=kafka_options,
         )
         self._resync_s = settings.follow_resync_s

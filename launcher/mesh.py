@@ -78,7 +78,7 @@ TANSU_SESSION_TIMEOUT_MS = 6000
 #: The aggregator's group session on the embedded broker (ms): the mesh runs one aggregator, which owns every
 #: partition of the follow topic, so the session only sets how long its (re)join takes (half of it, see above),
 #: and until it has joined it streams nothing: after every start and every broker crash.
-TANSU_AGGREGATOR_SESSION_TIMEOUT_MS = 2000
+TANSU_AGGREGATOR_SESSION_TIMEOUT_MS = 1000
 
 #: Stop stages of a graceful stop (:class:`launcher.supervisor.Supervisor`): what produces or serves first
 #: (the producers of the Kafka topics, socket_proxy and the aggregator, among them), then the ETL once it has
