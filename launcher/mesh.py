@@ -76,9 +76,10 @@ class HealthCheck:
 #: every start and after every broker crash. 6 s is the least Apache Kafka accepts by default.
 TANSU_SESSION_TIMEOUT_MS = 6000
 #: The aggregator's group session on the embedded broker (ms): the mesh runs one aggregator, which owns every
-#: partition of the follow topic, so the session only sets how long its (re)join takes (half of it, see above),
-#: and until it has joined it streams nothing: after every start and every broker crash.
-TANSU_AGGREGATOR_SESSION_TIMEOUT_MS = 1000
+#: partition of the follow topic, so the session only sets how long its (re)join takes (half of it, see above,
+#: and at least 1 s, measured), and until it has joined it streams nothing: after every start and every broker
+#: crash. 2 s: the shortest join, with heartbeats (every third of it) that a loaded machine still keeps up.
+TANSU_AGGREGATOR_SESSION_TIMEOUT_MS = 2000
 
 #: Stop stages of a graceful stop (:class:`launcher.supervisor.Supervisor`): what produces or serves first
 #: (the producers of the Kafka topics, socket_proxy and the aggregator, among them), then the ETL once it has

@@ -221,8 +221,8 @@ def aggregator_settings(
             "port": 0,
             "follow_topic": f"follows-{name}",
             "group_id": f"aggregator-{name}",
-            # The embedded broker answers a group's first join after half the session timeout.
-            "group_session_timeout_ms": 1000,
+            # The embedded broker answers a group's first join after half the session timeout (at least 1 s).
+            "group_session_timeout_ms": 2000,
             "api_token_file": service_token_file(),
             "redis_url": redis_user_url(redis_url, "aggregator"),
             "kafka_bootstrap_servers": kafka_bootstrap,
