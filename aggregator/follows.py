@@ -49,9 +49,9 @@ def notice_value(count: int) -> bytes | None:
 class FollowNotices(KafkaSink[tuple[str, int]]):
     """Sends follow notices (module doc) to ``topic`` (created compacted with ``partitions`` partitions)
     through the bounded, never-blocking buffer of :class:`aggregator.store.KafkaSink`: :meth:`notify` returns
-    at once, so a follower change never waits for Kafka, as it never did. A notice that cannot be delivered (Kafka down for
-    longer than the producer retries, or the buffer full) is counted in ``failed``/``dropped``, and the owner's
-    periodic resync with Redis (``AGGREGATOR_FOLLOW_RESYNC_S``) starts or stops the symbol instead."""
+    at once, so a follower change never waits for Kafka, as it never did. A failed delivery is sent again
+    (counted in ``failed``); a notice dropped from the full buffer (``dropped``), or lost with a stopping
+    replica, is made up for by the owner's periodic resync with Redis (``AGGREGATOR_FOLLOW_RESYNC_S``)."""
 
     def __init__(
         self,

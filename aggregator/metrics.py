@@ -94,7 +94,7 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
     ),
     counter(
         "follow_notices_failed",
-        "Follow notices that could not be delivered to the follow topic (the owners' resync repairs them).",
+        "Follow notice deliveries that failed (sent again) and notices dropped from the full buffer.",
         lambda service: service.notices.failed + service.notices.dropped,
     ),
     counter(
@@ -144,7 +144,9 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
     ),
     counter("kafka_sent", "Mini-ticker records acknowledged by Kafka.", lambda service: service.kafka.sent),
     counter(
-        "kafka_failed", "Mini-ticker record deliveries that failed.", lambda service: service.kafka.failed
+        "kafka_failed",
+        "Mini-ticker record deliveries that failed (each record sent again after a backoff).",
+        lambda service: service.kafka.failed,
     ),
     counter(
         "kafka_dropped",
