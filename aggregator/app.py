@@ -52,15 +52,16 @@ SERVICE = web.AppKey("service", AggregatorService)
 
 
 async def start(settings: AggregatorSettings) -> Running[AggregatorService]:
-    """Start the aggregator: control API on ``settings.host:settings.port`` (0: a free port), the mini-ticker
-    stream, the Redis publisher and 24 h ticker store, the Kafka producers, and the streams of the symbols
-    followed in Redis.
+    """Start the aggregator: control API on ``settings.host:settings.port`` (0: a free port), the Redis
+    publisher and 24 h ticker store, the Kafka producers, and its membership of the replicas' consumer group
+    over the follow topic, which starts the streams of the followed symbols (in Redis) it is assigned, and the
+    mini-ticker stream if it holds partition 0 (:mod:`aggregator.ownership`).
 
     Returns once the control API is serving. Redis, Kafka and socket_proxy need not be up yet: they are
     retried in the background and ``/healthz`` reports ``starting``/``degraded`` until they are reachable.
     Raises ``OSError``/``ValueError`` if the TLS or token files cannot be read, ``OSError`` if the port cannot
-    be bound. ``stop()`` closes the API, then the streams, lets the closed seconds go out, then stops the
-    background tasks and closes the clients.
+    be bound. ``stop()`` closes the API, leaves the group, closes the streams, lets the closed seconds go out,
+    then stops the background tasks and closes the clients.
     """
 
     async def build(lifecycle: Lifecycle) -> tuple[int, AggregatorService]:
@@ -71,16 +72,20 @@ async def start(settings: AggregatorSettings) -> Running[AggregatorService]:
         lifecycle.on_stop(service.redis.aclose)
         lifecycle.on_stop(service.seconds.close)
         lifecycle.on_stop(service.kafka.close)
+        lifecycle.on_stop(service.notices.close)
         lifecycle.task(service.publisher.run(), "redis-publisher")
         lifecycle.task(service.ticker_store.run(), "ticker-store")
         lifecycle.task(service.kafka.run(), "kafka-producer")
         lifecycle.task(service.seconds.run(), "second-producer")
         lifecycle.task(service.trades.run_clock(), "window-clock")
-        lifecycle.task(service.load_followers(), "load-followers")
+        lifecycle.task(service.notices.run(), "follow-notices")
         # Undone before the tasks above: the publisher and the producer still run while the seconds go out.
         lifecycle.on_stop(service.flush, STOP_FLUSH_S)
         service.feeds.start()
         lifecycle.on_stop(service.feeds.close)
+        # Stopped first: leaving the group hands this replica's symbols to the others at once.
+        lifecycle.task(service.resync(), "follow-resync")
+        lifecycle.task(service.group.run(), "follow-group")
         port = await lifecycle.serve_http(create_app(service, api_tokens), settings.host, settings.port)
         log.info("control_api_listening", host=settings.host, port=port)
         return port, service

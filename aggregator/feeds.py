@@ -1,6 +1,7 @@
 """gRPC client streams from socket_proxy (proto/socket.proto): one ``StreamTrades`` call per tracked symbol,
 on the trade stream kind :class:`TradeStreams` gives it, and one ``StreamMiniTickers`` call for the whole
-process; and the watchdog of the trade streams (:mod:`aggregator.watchdog`).
+process while it is the replica that streams the mini-tickers (:mod:`aggregator.ownership`); and the
+watchdog of the trade streams (:mod:`aggregator.watchdog`).
 
 Each stream is a task that reconnects for as long as it is wanted: when a call ends or fails (socket_proxy
 restarted, ``UNAVAILABLE``, ``RESOURCE_EXHAUSTED`` for a subscriber that fell behind) it is called again after
@@ -101,23 +102,41 @@ class Feeds:
         #: Tracked symbol → (its stream name, the task following it).
         self._streams: dict[str, tuple[str, asyncio.Task]] = {}
         self._background: list[asyncio.Task] = []
+        self._mini_tickers: asyncio.Task | None = None
         self.reconnects = 0
 
     def start(self) -> None:
-        """Start the mini-ticker stream and the trade streams' watchdog."""
+        """Start the trade streams' watchdog."""
         if not self._background:
-            self._background = [
-                asyncio.create_task(
-                    self._follow(MINI_TICKER_ALL, self._open_mini_tickers, self._tickers.on_frames),
-                    name="stream:miniTicker",
-                ),
-                asyncio.create_task(self._watch(), name="stream-watchdog"),
-            ]
+            self._background = [asyncio.create_task(self._watch(), name="stream-watchdog")]
 
-    def track(self, symbol: str) -> None:
-        """Stream ``symbol``'s trades (``symbol`` already normalised) on its kind of trade stream."""
+    def stream_mini_tickers(self, wanted: bool) -> None:
+        """Start (``wanted``) or stop the all-market mini-ticker stream (idempotent): one replica of the
+        aggregator streams it (:mod:`aggregator.ownership`)."""
+        if wanted and self._mini_tickers is None:
+            self._mini_tickers = asyncio.create_task(
+                self._follow(MINI_TICKER_ALL, self._open_mini_tickers, self._tickers.on_frames),
+                name="stream:miniTicker",
+            )
+            log.info("mini_tickers_streamed")
+        elif not wanted and self._mini_tickers is not None:
+            self._mini_tickers.cancel()
+            self._mini_tickers = None
+            log.info("mini_tickers_released")
+
+    @property
+    def streaming_mini_tickers(self) -> bool:
+        """Whether this replica streams the mini-tickers."""
+        return self._mini_tickers is not None
+
+    def track(self, symbol: str, skip_first_window: bool = False) -> None:
+        """Stream ``symbol``'s trades (``symbol`` already normalised) on its kind of trade stream;
+        ``skip_first_window``: the symbol is taken over from another replica, its first window is not published
+        (:meth:`aggregator.intake.TradeIntake.skip_first_window`)."""
         if symbol in self._streams:
             return
+        if skip_first_window:
+            self._trades.skip_first_window(symbol)
         kind = self._kinds.kind(symbol)
         stream = trade_stream(symbol, kind)
         request = socket_pb2.TradeStreamRequest(symbol=symbol, kind=_REQUEST_KINDS[kind])
@@ -202,6 +221,9 @@ class Feeds:
     async def close(self) -> None:
         """Cancel every stream and the watchdog, and close the channel."""
         tasks = [task for _stream, task in self._streams.values()] + self._background + list(self._fills)
+        if self._mini_tickers is not None:
+            tasks.append(self._mini_tickers)
+            self._mini_tickers = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -56,8 +56,9 @@ class TradeCounters:
     across reconnects to socket_proxy), ``ids_missed`` the ids those jumps skipped, ``backfills`` fills of those
     ids started, ``backfills_whole`` those that brought every skipped trade back, ``backfills_partial`` those that
     ended without every skipped trade (late, refused, or capped),
-    ``backfilled`` trades added from fills, and ``incomplete`` SecondStats published marked incomplete (their
-    windows lacked skipped trades)."""
+    ``backfilled`` trades added from fills, ``incomplete`` SecondStats published marked incomplete (their
+    windows lacked skipped trades), and ``first_windows_skipped`` first windows of taken-over symbols not
+    published (:meth:`TradeIntake.skip_first_window`)."""
 
     parsed: int = 0
     malformed: int = 0
@@ -73,6 +74,7 @@ class TradeCounters:
     backfills_partial: int = 0
     backfilled: int = 0
     incomplete: int = 0
+    first_windows_skipped: int = 0
 
 
 class TradeIntake:
@@ -98,6 +100,15 @@ class TradeIntake:
         self.backfill: Callable[[str, int, int], None] | None = None
         self.max_backfill_ids = max_backfill_ids
         self._fills: dict[str, Fill] = {}
+        #: Symbols whose next SecondStat is the first window of a taken-over stream (not published).
+        self._skip_first: set[str] = set()
+
+    def skip_first_window(self, symbol: str) -> None:
+        """Do not publish ``symbol``'s next SecondStat: its stream is about to start (taken over from another
+        replica, :mod:`aggregator.ownership`), so its first window began before the stream did and lacks the
+        trades before it, while the replica that streamed it until now may have published that second whole.
+        Every later second is whole and, computed from the same trades, the same as that replica's."""
+        self._skip_first.add(symbol)
 
     def on_frames(self, symbol: str, frames: Iterable[bytes], received_ms: int) -> None:
         """Process raw frames of ``symbol``'s trade stream that arrived at local Unix ms ``received_ms``.
@@ -200,6 +211,7 @@ class TradeIntake:
         self.windows.forget(symbol)
         self.gaps.forget(symbol)
         self._fills.pop(symbol, None)
+        self._skip_first.discard(symbol)
 
     def close_until(self, wall_ms: int) -> None:
         """Close and emit the windows due at local Unix ms ``wall_ms``."""
@@ -214,6 +226,11 @@ class TradeIntake:
 
     def _publish(self, stats: list[SecondStat]) -> None:
         for stat in stats:
+            if stat.symbol in self._skip_first:
+                self._skip_first.discard(stat.symbol)
+                self.counters.first_windows_skipped += 1
+                log.info("first_window_skipped", symbol=stat.symbol, second_ms=stat.second_ms)
+                continue
             self.counters.stats += 1
             self._emit(stat)
 

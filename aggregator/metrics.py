@@ -12,7 +12,8 @@ Series (prefix ``aggregator_``), counters: ``trade_frames_total{outcome}`` with 
 ``incomplete_seconds_total`` (SecondStats published marked incomplete, ``"x": true``, because a gap skipped
 some of their trades and the fill did not bring them back in time), ``backfills_total{result="whole"|"partial"}``
 (fills of skipped ids, by whether they brought every skipped trade back), ``backfilled_trades_total`` (trades
-they added),
+they added), ``first_windows_skipped_total`` (first windows of taken-over symbols, not published),
+``follow_notices_failed_total``, ``follow_group_restarts_total``,
 ``second_stats_total`` (windows closed), ``redis_publishes_total`` (SecondStats published),
 ``redis_stale_total`` (refused by the newer-only script), ``redis_conflated_total`` (overflow policy
 ``conflate``: older pending stats of a symbol replaced by its latest), ``redis_publish_failures_total``,
@@ -21,7 +22,9 @@ they added),
 ``kafka_sent_total``, ``kafka_failed_total``, ``kafka_dropped_total`` (overflow policy ``drop_oldest``),
 ``upstream_reconnects_total``, ``stale_stream_periods_total`` (times a followed symbol's trade stream went
 stale, :mod:`aggregator.watchdog`); gauges ``redis_pending``, ``redis_tickers_pending`` (symbols whose ticker
-waits), ``kafka_queue_depth``, ``tracked_symbols``, ``window_symbols`` (symbols with window state),
+waits), ``kafka_queue_depth``, ``tracked_symbols``, ``follow_partitions`` (of the follow topic, assigned to this
+replica), ``mini_ticker_streams`` (1 on the replica streaming the mini-tickers), ``window_symbols`` (symbols
+with window state),
 ``stale_streams`` (followed trade streams stale now). And the series every service has
 (:mod:`crypto_mesh.observe`, :class:`crypto_mesh.metrics.RedisMetrics`): ``http_requests_total``,
 ``http_request_duration_seconds`` (control API), ``grpc_client_handled_total``, ``grpc_client_handling_seconds``
@@ -83,6 +86,21 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
         "backfilled_trades",
         "Skipped trades fetched back and windowed.",
         lambda service: service.trades.counters.backfilled,
+    ),
+    counter(
+        "first_windows_skipped",
+        "First windows of taken-over symbols not published (begun before the stream, aggregator.ownership).",
+        lambda service: service.trades.counters.first_windows_skipped,
+    ),
+    counter(
+        "follow_notices_failed",
+        "Follow notice deliveries that failed (sent again) and notices dropped from the full buffer.",
+        lambda service: service.notices.failed + service.notices.dropped,
+    ),
+    counter(
+        "follow_group_restarts",
+        "Times the consumer group membership over the follow topic was restarted after a Kafka failure.",
+        lambda service: service.group.restarts,
     ),
     counter("second_stats", "SecondStats closed.", lambda service: service.trades.counters.stats),
     counter(
@@ -160,6 +178,16 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
     ),
     gauge(
         "tracked_symbols", "Symbols streamed from socket_proxy.", lambda service: len(service.feeds.tracked())
+    ),
+    gauge(
+        "follow_partitions",
+        "Partitions of the follow topic the replicas' consumer group assigns this replica now.",
+        lambda service: len(service.ownership.assigned),
+    ),
+    gauge(
+        "mini_ticker_streams",
+        "1 while this replica streams the all-market mini-tickers (it owns partition 0), else 0.",
+        lambda service: int(service.feeds.streaming_mini_tickers),
     ),
     gauge(
         "stale_streams",

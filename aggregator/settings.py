@@ -10,7 +10,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from crypto_mesh.binance import AGG_TRADE, TRADE, normalize_symbol
 from crypto_mesh.grpc_tls import check_target
-from crypto_mesh.kafka import KafkaClientSettings
+from crypto_mesh.kafka import FOLLOW_TOPIC, KafkaClientSettings
 from crypto_mesh.settings import MeshTlsSettings
 
 #: A Binance trade stream kind: ``<symbol>@trade`` (one frame per trade) or ``<symbol>@aggTrade``.
@@ -59,7 +59,8 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
       or ``redis+cluster://user:password@host:port[,host:port…]/0`` for a Redis Cluster
       (:mod:`crypto_mesh.redisclient`);
       SecondStats, latest prices and followers.
-    - ``KAFKA_BOOTSTRAP_SERVERS`` (required): ``host:port[,host:port]``; topic ``binance.miniticker``.
+    - ``KAFKA_BOOTSTRAP_SERVERS`` (required): ``host:port[,host:port]``; topics ``binance.miniticker``,
+      ``binance.second`` and the follow topic.
     - ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``,
       ``KAFKA_SASL_PASSWORD_FILE``: how the producers authenticate (:class:`crypto_mesh.kafka.KafkaClientSettings`;
       default ``PLAINTEXT``, none).
@@ -77,6 +78,18 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
       :mod:`aggregator.backfill`) while the symbol's window waits up to the grace; a second still lacking
       trades is published marked incomplete (``"x": true``).
     - ``BACKFILL_TIMEOUT_MS`` (2000): how long a fill may take in all; what it fetched by then is used.
+    - ``FOLLOW_TOPIC`` (``aggregator.follows``), ``FOLLOW_PARTITIONS`` (12), ``GROUP_ID`` (``aggregator``):
+      replicas share the followed symbols (:mod:`aggregator.ownership`, :mod:`aggregator.follows`): each is a
+      member of consumer group ``GROUP_ID`` over the compacted follow topic (created with ``FOLLOW_PARTITIONS``
+      partitions, keyed by symbol), and streams the followed symbols of the partitions assigned to it. Every
+      replica of one mesh must have the same three; the partitions bound how many replicas can share (one
+      partition each at most) and are fixed once the topic exists (a topic that exists with another count is
+      used as it is, logged as ``follow_topic_partitions_differ``).
+    - ``GROUP_SESSION_TIMEOUT_MS`` (6000, at least 1000; Kafka brokers refuse less than their
+      ``group.min.session.timeout.ms``, 6000 by default): how long the group waits for a silent replica
+      before its symbols are assigned to the others.
+    - ``FOLLOW_RESYNC_S`` (30): how often a replica checks the symbols it streams against the followers in
+      Redis (repairs a notice that could not be sent).
     - ``KAFKA_ENABLE_IDEMPOTENCE`` (true): idempotent producer; the embedded broker (Tansu, memory storage)
       refuses ``InitProducerId``, so the embedded stack sets false.
     - ``TLS_CA_FILE``, ``TLS_CERT_FILE``, ``TLS_KEY_FILE`` (required): the mesh CA and the ``aggregator``
@@ -100,6 +113,11 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     backfill_max_ids: int = Field(default=5000, ge=0, le=100_000)
     backfill_timeout_ms: int = Field(default=2000, ge=1, le=60_000)
     kafka_enable_idempotence: bool = True
+    follow_topic: str = Field(default=FOLLOW_TOPIC, min_length=1, max_length=249)
+    follow_partitions: int = Field(default=12, ge=1, le=1000)
+    group_id: str = Field(default="aggregator", min_length=1)
+    group_session_timeout_ms: int = Field(default=6000, ge=1000, le=300_000)
+    follow_resync_s: float = Field(default=30.0, ge=0.1, le=86_400)
 
     @field_validator("socket_proxy_target")
     @classmethod

@@ -216,6 +216,16 @@ class FollowerStore:
         counts = await pipe.execute()
         return {symbol: int(count) for symbol, count in zip(symbols, counts, strict=True) if count}
 
+    async def counts_of(self, symbols: list[str]) -> dict[str, int]:
+        """``symbols`` → their follower counts now (0: not followed), in one round trip."""
+        if not symbols:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for symbol in symbols:
+            pipe.scard(followers_key(symbol))
+        counts = await pipe.execute()
+        return {symbol: int(count) for symbol, count in zip(symbols, counts, strict=True)}
+
     async def adopt_untagged(self) -> int:
         """Move the followers of each tracked symbol from its set of before the hash tags,
         ``aggregator:followers:<symbol>``, into :func:`followers_key` (idempotent; a no-op once done, and on a
@@ -414,19 +424,21 @@ class StatPublisher(_RedisWriter):
 
 
 class KafkaSink(Generic[T]):
-    """Writes records of type ``T`` to ``topic`` from a bounded buffer; ``encode(record)`` gives (key, value).
+    """Writes records of type ``T`` to ``topic`` from a bounded buffer; ``encode(record)`` gives (key, value),
+    a value of ``None`` being a tombstone.
 
     :meth:`submit` never blocks: when ``maxsize`` records wait, the oldest is dropped (:attr:`dropped`), so
     the real-time path never waits on Kafka (:class:`aggregator.sendbuffer.SendBuffer`). The background task
-    :meth:`run` (cancel to stop) creates the topic with ``partitions`` partitions and starts the producer,
-    retrying with backoff until Kafka is reachable, then sends in order. aiokafka retries failed requests; a
-    delivery that still fails (a broker answering an error aiokafka does not retry, such as the embedded Tansu's
-    UNKNOWN_SERVER_ERROR when two producers write one partition at once: its store refuses the second batch of
-    the same offset, ``AlreadyExists``) is counted in :attr:`failed` and its record goes back
-    to the front of the buffer, sent again after a backoff delay (0.1 s doubling to 5 s), ahead of the
-    records that came after it — so it may reach the topic after records sent meanwhile, or twice where the
-    first attempt's outcome was unknown; consumers key on the record's id. Only a record Kafka refuses for
-    itself (too large) is given up. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``, and
+    :meth:`run` (cancel to stop) creates the topic with ``partitions`` partitions and ``topic_config`` (Kafka
+    topic configs) and starts the producer, retrying with backoff until Kafka is reachable, then sends in order.
+    aiokafka retries failed requests; a delivery that still fails (a broker answering an error aiokafka does not
+    retry, such as the embedded Tansu's UNKNOWN_SERVER_ERROR when two producers write one partition at once: its
+    store refuses the second batch of the same offset, ``AlreadyExists``) is counted in :attr:`failed` and its
+    record goes back to the front of the buffer, sent again after a backoff delay (0.1 s doubling to 5 s), ahead
+    of the records that came after it — so it may reach the topic after records sent meanwhile, or twice where
+    the first attempt's outcome was unknown; consumers key on the record's id. Only a record Kafka refuses for
+    itself (too large) is given up. Producer: ``acks=all``, ``enable_idempotence`` as configured,
+    ``linger_ms=20``, and
     ``client_options`` (authentication, :meth:`crypto_mesh.kafka.KafkaClientSettings.kafka_client_options`).
     ``healthy`` is None until the first connection, then whether the last delivery worked.
     """
@@ -438,11 +450,13 @@ class KafkaSink(Generic[T]):
         *,
         topic: str,
         partitions: int,
-        encode: Callable[[T], tuple[bytes, bytes]],
+        encode: Callable[[T], tuple[bytes, bytes | None]],
         maxsize: int = 10_000,
         client_options: Mapping[str, Any] | None = None,
+        topic_config: Mapping[str, str] | None = None,
     ) -> None:
         self.topic = topic
+        self._topic_config = dict(topic_config or {})
         self._client_options = dict(client_options or {})
         self._partitions = partitions
         self._encode = encode
@@ -533,7 +547,10 @@ class KafkaSink(Generic[T]):
 
     async def _start_producer(self) -> AIOKafkaProducer:
         await ensure_topics(
-            self._bootstrap, {self.topic: self._partitions}, client_options=self._client_options
+            self._bootstrap,
+            {self.topic: self._partitions},
+            client_options=self._client_options,
+            configs={self.topic: self._topic_config},
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,

@@ -19,6 +19,9 @@ from crypto_mesh.secrets import read_secret
 MINI_TICKER_TOPIC = "binance.miniticker"
 #: Topic of every SecondStat the aggregator publishes (key = symbol, value = SecondStat JSON with message_id).
 SECOND_TOPIC = "binance.second"
+#: Topic of the aggregators' follow notices (key = symbol, value = follower count; compacted), over which the
+#: aggregator replicas' consumer group shares the symbols.
+FOLLOW_TOPIC = "aggregator.follows"
 #: Topic of records the ETL could not decode, each wrapped with its origin and the reason.
 DEADLETTER_TOPIC = "binance.deadletter"
 
@@ -135,9 +138,11 @@ async def ensure_topics(
     topics: dict[str, int],
     replication_factor: int = 1,
     client_options: Mapping[str, Any] | None = None,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
     """Create each topic of ``topics`` (name → partition count) that does not exist yet, connecting with
-    ``client_options`` (:meth:`KafkaClientSettings.kafka_client_options`).
+    ``client_options`` (:meth:`KafkaClientSettings.kafka_client_options`); ``configs`` gives topics their
+    configuration at creation (name → ``{"cleanup.policy": "compact"}``, Kafka's topic configs).
 
     Raises ``aiokafka.errors.KafkaError`` if the broker cannot be reached or refuses.
     """
@@ -146,7 +151,12 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                topic_configs=dict((configs or {}).get(name, {})),
+            )
             for name, partitions in topics.items()
             if name not in existing
         ]

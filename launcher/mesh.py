@@ -75,6 +75,11 @@ class HealthCheck:
 #: the session timeout (measured: 5 s with the ETL's default 10 s, 3 s with 6 s), and the ETL joins anew at
 #: every start and after every broker crash. 6 s is the least Apache Kafka accepts by default.
 TANSU_SESSION_TIMEOUT_MS = 6000
+#: The aggregator's group session on the embedded broker (ms): the mesh runs one aggregator, which owns every
+#: partition of the follow topic, so the session only sets how long its (re)join takes (half of it, see above,
+#: and at least 1 s, measured), and until it has joined it streams nothing: after every start and every broker
+#: crash. 2 s: the shortest join, with heartbeats (every third of it) that a loaded machine still keeps up.
+TANSU_AGGREGATOR_SESSION_TIMEOUT_MS = 2000
 
 #: Stop stages of a graceful stop (:class:`launcher.supervisor.Supervisor`): what produces or serves first
 #: (the producers of the Kafka topics, socket_proxy and the aggregator, among them), then the ETL once it has
@@ -280,6 +285,8 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
                         kafka_bootstrap_servers=kafka,
                         # Tansu's memory storage refuses InitProducerId; message_id deduplicates downstream.
                         kafka_enable_idempotence=str(not kafka_is_tansu).lower(),
+                        **({"group_session_timeout_ms": TANSU_AGGREGATOR_SESSION_TIMEOUT_MS}
+                           if kafka_is_tansu else {}),
                         **exchange_streams, **tls[pki.AGGREGATOR].settings()),
         ),
         MeshProcess(

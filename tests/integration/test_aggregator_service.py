@@ -592,7 +592,9 @@ async def test_start_succeeds_with_every_dependency_down_and_health_says_so():
     # Its reconnect loops never give up, so a start that waited for a dependency would never return: the
     # suite's timeout would end this test.
     nothing = free_port()
-    async with aggregator(f"redis://127.0.0.1:{nothing}/0", f"127.0.0.1:{nothing}", nothing) as (base, http):
+    async with aggregator(
+        f"redis://127.0.0.1:{nothing}/0", f"127.0.0.1:{nothing}", nothing, assigned=False
+    ) as (base, http):
         async with http.get(f"{base}/healthz") as response:
             assert response.status == 503
             assert (await response.json())["status"] in ("starting", "degraded")

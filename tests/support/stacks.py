@@ -212,10 +212,17 @@ def aggregator_settings(
     """The settings of a real aggregator on Redis ``redis_url`` (the tests' own user: the aggregator connects
     as its own), Kafka ``kafka_bootstrap`` and socket_proxy at ``proxy`` (a port of 127.0.0.1, or a whole gRPC
     target such as ``ipv4:127.0.0.1:p1,127.0.0.1:p2``), on a free port unless ``overrides`` (further
-    :class:`AggregatorSettings` fields) say ``port``."""
+    :class:`AggregatorSettings` fields) say ``port``. Each gets a follow topic and consumer group of its own, so
+    that it streams every symbol followed in its Redis database alone, unless ``overrides`` name the
+    ``follow_topic`` and ``group_id`` that replicas share."""
+    name = uuid.uuid4().hex[:8]
     return AggregatorSettings(
         **{
             "port": 0,
+            "follow_topic": f"follows-{name}",
+            "group_id": f"aggregator-{name}",
+            # The embedded broker answers a group's first join after half the session timeout (at least 1 s).
+            "group_session_timeout_ms": 2000,
             "api_token_file": service_token_file(),
             "redis_url": redis_user_url(redis_url, "aggregator"),
             "kafka_bootstrap_servers": kafka_bootstrap,
@@ -228,12 +235,17 @@ def aggregator_settings(
 
 @asynccontextmanager
 async def serve_aggregator(
-    redis_url: str, kafka_bootstrap: str, proxy: int | str, **overrides
+    redis_url: str, kafka_bootstrap: str, proxy: int | str, *, assigned: bool = True, **overrides
 ) -> AsyncIterator[str]:
-    """A running real aggregator (:func:`aggregator_settings`); yields its control API's base URL. Its routes
-    want the session's service credential (:func:`credentials.service_headers`)."""
+    """A running real aggregator (:func:`aggregator_settings`), assigned the follow topic's partitions and
+    streaming what its Redis database has followed (so a symbol followed from now on is a new follow, whose
+    first second is published, not one taken over), unless ``assigned`` is false (as soon as it serves: for
+    an aggregator whose Redis or Kafka is unreachable); yields its control API's base URL. Its routes want the
+    session's service credential (:func:`credentials.service_headers`)."""
     running = await start_aggregator(aggregator_settings(redis_url, kafka_bootstrap, proxy, **overrides))
     try:
+        if assigned:
+            await eventually(lambda: running.service.followers_loaded, what="the aggregator assigned")
         yield f"http://127.0.0.1:{running.port}"
     finally:
         await running.stop()
