@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -34,34 +33,12 @@ from support.polling import eventually
 from support.stacks import NO_RATE_LIMITS, serve_auth
 
 from crypto_mesh.metrics import parse_samples
-from crypto_mesh.netutil import free_port
+from crypto_mesh.netutil import free_port, free_ports_in_a_row
 
 WS = "/v2/user/profile/ws"
 WORKERS = 2
 #: A refused or reset connection while a worker (re)starts is "not yet".
 NOT_YET = (aiohttp.ClientError, OSError, psutil.Error)
-
-
-def free_port_run(count: int) -> int:
-    """A port ``p`` of 127.0.0.1 such that ``p`` to ``p + count - 1`` are free now (the workers' metrics
-    ports)."""
-    for _ in range(100):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        probes = []
-        try:
-            for port in range(base, base + count):
-                probe = socket.socket()
-                probes.append(probe)
-                probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-        return base
-    raise RuntimeError(f"no {count} free ports in a row")
 
 
 @dataclass
@@ -130,7 +107,7 @@ async def engines(postgres, redis_url, tmp_path_factory):
 async def bff_workers(engines: dict[str, str], log_path: Path) -> AsyncIterator[Workers]:
     """``python -m profile_bff`` with ``BFF_WORKERS=2``, both workers' metrics answering and ``/healthz`` 200;
     killed (with its workers) if the test leaves it running."""
-    port, metrics_port = free_port(), free_port_run(WORKERS)
+    port, metrics_port = free_port(), free_ports_in_a_row(WORKERS)
     env = {
         **os.environ,
         **engines,

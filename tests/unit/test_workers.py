@@ -99,3 +99,20 @@ def test_every_worker_needs_a_metrics_port_of_its_own(token_file):
 def test_the_worker_count_is_bounded(workers):
     with pytest.raises(ValidationError):
         PlainSettings(workers=workers)
+
+
+def test_crypto_mesh_up_runs_the_bffs_workers_each_with_a_metrics_url_of_its_own(tmp_path, monkeypatch):
+    from launcher.mesh import build_plan
+    from launcher.settings import MeshSettings
+
+    monkeypatch.setenv("MESH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MESH_POSTGRES_URL", "postgresql+asyncpg://mesh@db.invalid:5432")
+    monkeypatch.setenv("MESH_BFF_WORKERS", "3")
+    plan = build_plan(MeshSettings(), None)
+    (bff,) = [process for process in plan.processes if process.name == "profile_bff"]
+    base = int(bff.env["BFF_METRICS_PORT"])
+    assert bff.env["BFF_WORKERS"] == "3" and bff.env["BFF_PORT"] == "8080"
+    assert [plan.urls[key] for key in ("bff_metrics", "bff_metrics_1", "bff_metrics_2")] == [
+        f"http://127.0.0.1:{base + i}/metrics" for i in range(3)
+    ]
+    assert "bff_metrics_3" not in plan.urls
