@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -227,6 +228,22 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
         for pid in pids.values():
             assert not psutil.pid_exists(pid)
     await redis.aclose()
+
+
+async def test_workers_never_join_a_port_another_process_listens_on(engines, tmp_path):
+    # Another process of the same user could share the port with SO_REUSEPORT and take half the connections.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, **engines, "BFF_PORT": str(taken.getsockname()[1]), "BFF_WORKERS": str(WORKERS)}
+        log_path = tmp_path / "bff.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "profile_bff"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        assert await asyncio.to_thread(process.wait, 60) == 1
+    assert "port_in_use" in log_path.read_text()
 
 
 async def _equals(value, expected) -> bool:
