@@ -840,10 +840,11 @@ async def main(args: argparse.Namespace) -> None:
             f"{' '.join(f'{value:.2f}' for value in os.getloadavg())}"
         )
         price_p99 = percentile(latencies, 0.99)
+        plural = "s" if args.bff_workers > 1 else ""
         print(
             f"price push p99 {price_p99:.0f} ms with {connected} clients and {args.bff_workers} BFF "
-            f"worker{'s' if args.bff_workers > 1 else ''} (goal < {FANOUT_P99_GOAL_MS:g} ms at 10,000 clients "
-            f"and 2 workers): {'met' if price_p99 < FANOUT_P99_GOAL_MS else 'NOT met'}"
+            f"worker{plural} (goal < {FANOUT_P99_GOAL_MS:g} ms at 10,000 clients and 2 workers): "
+            f"{'met' if price_p99 < FANOUT_P99_GOAL_MS else 'NOT met'}"
         )
         print(
             f"REST, concurrency {args.http_concurrency}, {args.http_seconds} s per route, "

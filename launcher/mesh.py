@@ -330,7 +330,10 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         auth_metrics=f"http://127.0.0.1:{auth_metrics}/metrics",
         socket_proxy_metrics=f"http://127.0.0.1:{proxy_metrics}/metrics",
         bff_metrics=f"http://127.0.0.1:{bff_metrics}/metrics",
-        **{f"bff_metrics_{i}": f"http://127.0.0.1:{bff_metrics + i}/metrics" for i in range(1, settings.bff_workers)},
+        **{
+            f"bff_metrics_{i}": f"http://127.0.0.1:{bff_metrics + i}/metrics"
+            for i in range(1, settings.bff_workers)
+        },
         aggregator_metrics=f"http://127.0.0.1:{aggregator_port}/metrics",
         etl_metrics=f"http://127.0.0.1:{etl_port}/metrics",
     )

@@ -1,8 +1,9 @@
 """``python -m profile_bff`` with ``BFF_WORKERS=2`` as real processes (crypto_mesh/workers.py), against real
 auth, PostgreSQL and Redis: two worker processes listen on one port with ``SO_REUSEPORT`` and the kernel
 spreads the sockets over both, each worker subscribes to Redis itself and pushes prices to its own sockets,
-a worker killed with SIGKILL is started again while the other keeps its sockets, and SIGTERM to the
-supervisor closes every socket with 1001 and stops both workers.
+a worker killed with SIGKILL is started again while the other keeps its sockets, both are members of the
+alert evaluator's consumer group (the one partition evaluated by one of them, also after the restart), and
+SIGTERM to the supervisor closes every socket with 1001 and stops both workers.
 
 Which worker holds a client's socket is read from the kernel (psutil: the worker process whose connection
 has the client's address as its peer); which worker is which from the metrics port each one listens on
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from support.fake_aggregator import FakeAggregator
 from support.polling import eventually
 from support.stacks import NO_RATE_LIMITS, serve_auth
 
+from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.metrics import parse_samples
 from crypto_mesh.netutil import free_port, free_ports_in_a_row
 
@@ -61,14 +64,21 @@ class Workers:
                         return child.pid
         return None
 
-    async def sockets_held(self, index: int) -> int:
-        """``bff_ws_connections`` of worker ``index``, from its ``/metrics``."""
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{self.metrics_port + index}/metrics", headers=service_headers()) as resp,
-        ):
+    async def samples(self, index: int) -> dict[str, float]:
+        """The samples of worker ``index``'s ``/metrics``."""
+        url = f"http://127.0.0.1:{self.metrics_port + index}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url, headers=service_headers()) as resp:
             resp.raise_for_status()
-            return int(parse_samples(await resp.text())["bff_ws_connections"])
+            return parse_samples(await resp.text())
+
+    async def sockets_held(self, index: int) -> int:
+        """``bff_ws_connections`` of worker ``index``."""
+        return int((await self.samples(index))["bff_ws_connections"])
+
+    async def alert_partitions(self) -> list[int]:
+        """``bff_alert_partitions`` of each worker: the partitions of the SecondStat topic the consumer group
+        gives its alert evaluator now."""
+        return [int((await self.samples(index))["bff_alert_partitions"]) for index in range(WORKERS)]
 
     async def serves_metrics(self, index: int) -> bool:
         """Worker ``index`` answers its ``/metrics``."""
@@ -87,7 +97,10 @@ def holder_of(ws: aiohttp.ClientWebSocketResponse, pids: dict[int, int]) -> int:
 
 
 @pytest.fixture(scope="module")
-async def engines(postgres, redis_url, tmp_path_factory):
+async def engines(postgres, redis_url, kafka_bootstrap, tmp_path_factory):
+    name = uuid.uuid4().hex[:8]
+    topic = f"seconds-{name}"
+    await ensure_topics(kafka_bootstrap, {topic: 1})
     async with (
         FakeAggregator() as aggregator,
         serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
@@ -101,6 +114,11 @@ async def engines(postgres, redis_url, tmp_path_factory):
             "BFF_ETL_TOKEN_FILE": str(service_token_file()),
             "BFF_METRICS_TOKEN_FILE": str(service_token_file()),
             "BFF_EXCHANGE_INFO_FILE": str(write_exchange_info(tmp_path_factory.mktemp("exchange"))),
+            # The alert evaluator: every worker a member of one consumer group of a topic of one partition.
+            "BFF_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "BFF_ALERTS_TOPIC": topic,
+            "BFF_ALERTS_GROUP_ID": f"bff-alerts-{name}",
+            "BFF_KAFKA_SESSION_TIMEOUT_MS": "1500",
         }
 
 
@@ -176,9 +194,14 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
         for index in range(WORKERS):
             assert await workers.sockets_held(index) == len(sockets[index])
 
+        # Both workers are members of the alert evaluator's group: the one partition is evaluated by one.
+        await eventually(
+            lambda: _equals(_sorted(workers.alert_partitions()), [0, 1]), 60, "one worker with the partition"
+        )
+
         # Each worker has subscribed to the symbol itself and pushes the price to its own sockets.
         await eventually(
-            lambda: _equals(subscribers(redis, symbol), WORKERS), what="both workers subscribed", interval_s=0.02
+            lambda: _equals(subscribers(redis, symbol), WORKERS), what="both subscribed", interval_s=0.02
         )
         await publish(redis, symbol, "10", 1723161601000)
         for held in sockets.values():
@@ -211,12 +234,17 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
                 break
         assert sockets[0]
         await eventually(
-            lambda: _equals(subscribers(redis, symbol), WORKERS), what="both workers subscribed", interval_s=0.02
+            lambda: _equals(subscribers(redis, symbol), WORKERS), what="both subscribed", interval_s=0.02
         )
         await publish(redis, symbol, "12", 1723161603000)
         for held in sockets.values():
             for ws in held:
                 assert (await next_profile(ws))["Total"] == "24"
+
+        # With worker 0 back in the group, the partition is still evaluated by exactly one of them.
+        await eventually(
+            lambda: _equals(_sorted(workers.alert_partitions()), [0, 1]), 60, "one worker with the partition"
+        )
 
         # SIGTERM to the supervisor: every socket closed with 1001 (going away), both workers gone, status 0.
         workers.process.send_signal(signal.SIGTERM)
@@ -248,6 +276,10 @@ async def test_workers_never_join_a_port_another_process_listens_on(engines, tmp
 
 async def _equals(value, expected) -> bool:
     return await value == expected
+
+
+async def _sorted(values) -> list:
+    return sorted(await values)
 
 
 def _new_pid(pid: int | None, old: int) -> int | None:
