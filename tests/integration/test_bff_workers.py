@@ -3,7 +3,8 @@ auth, PostgreSQL and Redis: two worker processes listen on one port with ``SO_RE
 spreads the sockets over both, each worker subscribes to Redis itself and pushes prices to its own sockets,
 a worker killed with SIGKILL is started again while the other keeps its sockets, both are members of the
 alert evaluator's consumer group (the one partition evaluated by one of them, also after the restart), and
-SIGTERM to the supervisor closes every socket with 1001 and stops both workers.
+SIGTERM to the supervisor closes every socket with 1001 and stops both workers; a supervisor killed with
+SIGKILL leaves no worker behind, and workers never join a port another process listens on.
 
 Which worker holds a client's socket is read from the kernel (psutil: the worker process whose connection
 has the client's address as its peer); which worker is which from the metrics port each one listens on
@@ -272,6 +273,22 @@ async def test_workers_never_join_a_port_another_process_listens_on(engines, tmp
             )
         assert await asyncio.to_thread(process.wait, 60) == 1
     assert "port_in_use" in log_path.read_text()
+
+
+async def test_workers_whose_supervisor_is_killed_stop_by_themselves(engines, tmp_path):
+    # SIGKILL cannot be forwarded: each worker notices that its parent is gone and stops as on SIGTERM.
+    async with bff_workers(engines, tmp_path / "bff.log") as workers:
+        pids = [workers.worker_pid(index) for index in range(WORKERS)]
+        assert None not in pids
+        workers.process.kill()
+        workers.process.wait()
+
+        def stopped() -> bool:
+            return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                           for pid in pids)
+
+        await eventually(stopped, 30, "both workers stopped", tolerate=(psutil.NoSuchProcess,))
+    assert (tmp_path / "bff.log").read_text().count("worker_orphaned") == WORKERS
 
 
 async def _equals(value, expected) -> bool:
