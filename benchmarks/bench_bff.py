@@ -6,7 +6,11 @@ What runs, all on 127.0.0.1 and all started and stopped by this script:
   JWK Set from it); a small aiohttp stand-in answers the aggregator's follower routes with 200;
 - ONE BFF process (``python -m profile_bff``), measured with psutil: resident memory before and after the
   clients connect (→ memory per connection) and CPU time during the price phase (→ CPU %, where 100 % is one
-  core);
+  core); with ``--bff-workers N`` (``BFF_WORKERS``), that BFF is a supervisor and N worker processes sharing
+  its port with ``SO_REUSEPORT`` (crypto_mesh/workers.py), and every figure of "the BFF" is the sum over all
+  of them (:class:`ProcessTree`), with how the kernel spread the clients over the workers. The per-message
+  cost is the BFF's CPU time (user + system, all workers) in the price phase over the profile messages the
+  clients received meanwhile, and the price push's p99 is printed beside :data:`FANOUT_P99_GOAL_MS`;
 - ``--workers`` client processes holding ``--clients`` WebSocket connections in total. Each client is a
   user of its own holding three coins (``--symbols`` are dealt round-robin, three per user), authenticated
   with an access token signed by auth's key. With the default three symbols every client holds all of them,
@@ -69,6 +73,7 @@ each REST route requests/s, p50/p99 and the BFF's CPU per request, with the rati
 The whole run stops by itself; the defaults take under three minutes.
 
     .venv/bin/python benchmarks/bench_bff.py --clients 10000 --workers 2 --seconds 20
+    .venv/bin/python benchmarks/bench_bff.py --clients 10000 --bff-workers 2 --seconds 20
     .venv/bin/python benchmarks/bench_bff.py --clients 2000 --alert-users 10000 --seconds 30
 """
 
@@ -123,6 +128,9 @@ DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
 PROFILE_COST_GOAL = 3.0
 #: Goal (issue 18): p99 of ``GET /v2/user/profile`` (ms) while the sockets receive prices.
 PROFILE_P99_GOAL_MS = 50.0
+#: Goal (issue 18): p99 of the price push (Redis publish -> client receipt) with 10,000 clients and 2 BFF
+#: workers on this machine, the clients on it too (ms).
+FANOUT_P99_GOAL_MS = 250.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -311,6 +319,73 @@ async def aggregator_stand_in(token_file: Path) -> tuple[web.AppRunner, str]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+@dataclass
+class CpuTimes:
+    """CPU seconds in user and system mode."""
+
+    user: float
+    system: float
+
+
+@dataclass
+class MemoryInfo:
+    """Resident memory (bytes)."""
+
+    rss: int
+
+
+class ProcessTree:
+    """The BFF as psutil sees it, supervisor and workers together: :meth:`cpu_times` and :meth:`memory_info`
+    add up the process ``pid`` and its descendants alive now (with one worker, the one process)."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def processes(self) -> list[psutil.Process]:
+        """The supervisor and its workers (or the one BFF process)."""
+        return [self.root, *self.root.children(recursive=True)]
+
+    def cpu_times(self) -> CpuTimes:
+        times = [process.cpu_times() for process in self.processes()]
+        return CpuTimes(sum(t.user for t in times), sum(t.system for t in times))
+
+    def memory_info(self) -> MemoryInfo:
+        return MemoryInfo(sum(process.memory_info().rss for process in self.processes()))
+
+    def sockets_per_worker(self, port: int) -> list[int]:
+        """Established connections on ``port`` of each process that holds any, largest first: how the kernel
+        spread the clients over the workers."""
+        counts = []
+        for process in self.processes():
+            held = sum(
+                1
+                for connection in process.net_connections(kind="tcp")
+                if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == port
+            )
+            if held:
+                counts.append(held)
+        return sorted(counts, reverse=True)
+
+    async def wait_listening(self, port: int, workers: int, timeout_s: float = 60.0) -> None:
+        """Wait until ``workers`` worker processes listen on ``port`` (a client that connects earlier can only
+        reach the workers already listening)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            listening = 0
+            for process in self.root.children():
+                try:
+                    connections = process.net_connections(kind="tcp")
+                except psutil.Error:
+                    continue
+                listening += any(
+                    c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections
+                )
+            if listening >= workers:
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"fewer than {workers} BFF workers listen on {port}")
 
 
 def start_bff_process(env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -590,6 +665,8 @@ async def main(args: argparse.Namespace) -> None:
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     if len(symbols) < 3:
         raise SystemExit("--symbols needs at least three symbols (each client holds three)")
+    if args.alert_users and args.bff_workers > 1:
+        raise SystemExit("--alert-users reads one BFF's /metrics: run it with --bff-workers 1")
     if args.alert_users and symbols != list(ALERT_SYMBOLS):
         raise SystemExit(f"--alert-users needs --symbols {','.join(ALERT_SYMBOLS)} (the rules' symbols)")
     work = Path(tempfile.mkdtemp(prefix="bench-bff-"))
@@ -651,6 +728,7 @@ async def main(args: argparse.Namespace) -> None:
         "BFF_WS_UPGRADE_RATE_PER_ADDRESS": f"{args.clients * 10}/minute",
         "BFF_METRICS_TOKEN_FILE": str(aggregator_token),
         **alert_env,
+        "BFF_WORKERS": str(args.bff_workers),
         **tls[PROFILE_BFF].environment("BFF_"),
         **{key: value for key, value in os.environ.items() if key.startswith("BFF_")},
     }
@@ -662,6 +740,8 @@ async def main(args: argparse.Namespace) -> None:
     workers = []
     try:
         await wait_healthy(url, bff)
+        if args.bff_workers > 1:
+            await ProcessTree(bff.pid).wait_listening(bff_port, args.bff_workers)
         await seed_users(postgres.url("profile"), max(args.clients, args.alert_users), symbols)
         rule_count = 0
         if args.alert_users:
@@ -671,7 +751,7 @@ async def main(args: argparse.Namespace) -> None:
             evaluator_before = await bff_metrics(metrics_url, aggregator_token)
         now = int(time.time())
         tokens = [issuer.issue(user_id, f"bench{user_id}", now)[0] for user_id in range(1, args.clients + 1)]
-        bff_process = psutil.Process(bff.pid)
+        bff_process = ProcessTree(bff.pid)
         rss_before = bff_process.memory_info().rss
 
         share = -(-len(tokens) // args.workers)
@@ -691,6 +771,7 @@ async def main(args: argparse.Namespace) -> None:
         connect_s = time.monotonic() - connect_started
         await asyncio.sleep(1.0)
         rss_after = bff_process.memory_info().rss
+        spread = bff_process.sockets_per_worker(bff_port)
 
         cpu_before = bff_process.cpu_times()
         client_processes = [psutil.Process(process.pid) for process in workers]
@@ -744,7 +825,11 @@ async def main(args: argparse.Namespace) -> None:
 
         # Without conflation each client would get one message per price change of each of its 3 coins.
         expected = published * 3 / len(symbols) * connected
-        print("== bench_bff: one BFF process ==")
+        print(
+            "== bench_bff: one BFF process =="
+            if args.bff_workers == 1
+            else f"== bench_bff: one BFF, {args.bff_workers} worker processes on one port (BFF_WORKERS) =="
+        )
         print(
             f"machine: {os.cpu_count()} CPUs, load average before run {args.load_before}, "
             f"python {sys.version.split()[0]}, ulimit -n {args.nofile}"
@@ -758,6 +843,8 @@ async def main(args: argparse.Namespace) -> None:
             f"clients held: {connected} connected ({failed} failed) in {connect_s:.1f} s; "
             f"{still_open} still open after the price phase"
         )
+        if args.bff_workers > 1:
+            print(f"sockets per BFF worker (the kernel's SO_REUSEPORT spread): {spread}")
         print(
             f"memory: BFF RSS {rss_before / 2**20:.1f} MiB idle -> {rss_after / 2**20:.1f} MiB with clients = "
             f"{(rss_after - rss_before) / max(connected, 1) / 1024:.1f} KiB per connection"
@@ -813,6 +900,19 @@ async def main(args: argparse.Namespace) -> None:
                 f"(goal p99 < {PROFILE_P99_GOAL_MS:g} ms): {'met' if probe_p99 < PROFILE_P99_GOAL_MS else 'NOT met'}"
             )
         print(
+            f"per-message cost: {1e6 * cpu_s / max(messages, 1):.1f} µs of BFF CPU (user + system, "
+            f"{args.bff_workers} worker{'s' if args.bff_workers > 1 else ''}) per profile message delivered "
+            f"({messages} messages, {cpu_s:.2f} CPU s); load average now "
+            f"{' '.join(f'{value:.2f}' for value in os.getloadavg())}"
+        )
+        price_p99 = percentile(latencies, 0.99)
+        plural = "s" if args.bff_workers > 1 else ""
+        print(
+            f"price push p99 {price_p99:.0f} ms with {connected} clients and {args.bff_workers} BFF "
+            f"worker{plural} (goal < {FANOUT_P99_GOAL_MS:g} ms at 10,000 clients and 2 workers): "
+            f"{'met' if price_p99 < FANOUT_P99_GOAL_MS else 'NOT met'}"
+        )
+        print(
             f"REST, concurrency {args.http_concurrency}, {args.http_seconds} s per route, "
             f"one route at a time, in {args.http_rounds} alternating rounds:"
         )
@@ -846,6 +946,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=2000, help="WebSocket clients in total (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="client processes (default 2)")
+    parser.add_argument(
+        "--bff-workers",
+        type=int,
+        default=1,
+        help="BFF worker processes on the one port (BFF_WORKERS; default 1: one BFF process)",
+    )
     parser.add_argument(
         "--symbols", default=DEFAULT_SYMBOLS, help=f"symbols priced (default {DEFAULT_SYMBOLS})"
     )

@@ -61,6 +61,36 @@ class PortPicker:
             return port
         raise OSError(f"no free port in {self.ports.start}-{self.ports.stop - 1} on {self.host}")
 
+    def take_in_a_row(self, count: int) -> int:
+        """A port ``p`` such that ``p`` to ``p + count - 1`` were all free a moment ago (the metrics ports of
+        a service's worker processes, :mod:`crypto_mesh.workers`), handed out as :meth:`take` hands out one;
+        ``OSError`` when none are found (100 tries without a range, one pass through the range with one)."""
+        if count == 1:
+            return self.take()
+        tries = 100 if self.ports is None else len(self.ports)
+        for _ in range(tries):
+            base = self.take()
+            if self.ports is not None and base + count > self.ports.stop:
+                self._next = 0  # not enough room before the end of the range: go on from its start
+                continue
+            if self.ports is None and base + count - 1 > 65535:
+                continue
+            if all(_bindable(self.host, port) for port in range(base + 1, base + count)):
+                if self.ports is not None:
+                    self._next = (self.ports.index(base) + count) % len(self.ports)
+                return base
+        raise OSError(f"no {count} free ports in a row on {self.host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (the probe is released at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """True if a TCP connection to ``host:port`` succeeds within ``timeout`` seconds."""

@@ -9,13 +9,16 @@ in step when a dependency restarts. The delays are tenacity's ``wait_random_expo
   works again, which a one-shot retry decorator does not model;
 - :func:`retrying` for one call retried until it succeeds or a stop condition holds (migrations at start-up,
   ClickHouse/Kafka connects): a tenacity ``AsyncRetrying`` with the same delays and one snake_case log event
-  before each pause.
+  before each pause;
+- :class:`RestartPolicy` for a supervised process that exits: restarted after a :class:`Backoff` delay,
+  given up on after too many exits in a window.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from tenacity import (
@@ -27,9 +30,23 @@ from tenacity import (
 )
 
 from crypto_mesh.logs import get_logger
-from crypto_mesh.runtime import raise_if_cancelling
 
 log = get_logger(__name__)
+
+
+def raise_if_cancelling() -> None:
+    """Raise ``asyncio.CancelledError`` if the running task has been asked to cancel.
+
+    For the loops of background tasks, at the top of every iteration and in the handler of the errors they
+    retry on: a library may swallow a cancellation (seen with redis-py's pipeline: the task was left
+    "cancelling" and went on publishing) or turn it into one of its own errors (Python 3.11's
+    ``asyncio.timeout`` raises ``TimeoutError`` when the task is cancelled as the timeout expires, and
+    clients wrap that in theirs). The loop would then go on for ever, and whoever awaits the cancelled task
+    (a service's ``stop()``) would wait for ever. ``Task.cancelling()`` stays above zero in both cases.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Backoff:
@@ -62,6 +79,34 @@ class Backoff:
         self.failures = 0
 
 
+@dataclass
+class RestartPolicy:
+    """When to restart one process that exited unexpectedly and when to give up on it (``crypto-mesh up``'s
+    supervisor, :mod:`launcher.supervisor`; a service's worker processes, :mod:`crypto_mesh.workers`).
+
+    :meth:`crashed` is called with the (monotonic) time of each unexpected exit; it returns the delay in
+    seconds before the next start (:class:`~crypto_mesh.retry.Backoff` over the exits still within
+    ``window_s``: uniform in ``[0, min(max_s, base_s × 2^(n-1))]`` for the ``n``-th), or None when this exit is
+    the ``max_crashes``-th within the last ``window_s`` seconds: give up.
+    """
+
+    max_crashes: int = 5
+    window_s: float = 60.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.5, max_s=10.0))
+    _crashes: list[float] = field(default_factory=list, init=False, repr=False)
+
+    def crashed(self, at: float) -> float | None:
+        self._crashes = [t for t in self._crashes if at - t < self.window_s] + [at]
+        if len(self._crashes) >= self.max_crashes:
+            return None
+        return self.backoff.delay_for(len(self._crashes) - 1)
+
+    @property
+    def recent(self) -> int:
+        """How many exits the current window holds."""
+        return len(self._crashes)
+
+
 class _AttemptNumber:
     """The one field of tenacity's ``RetryCallState`` that its wait strategies read."""
 
@@ -89,7 +134,7 @@ def retrying(
     WARNING with ``attempt``, ``retry_in_s``, ``error`` and ``fields``. ``sleep`` replaces ``asyncio.sleep``
     (e.g. a pause that ends early when the service stops). A task asked to cancel makes no further attempt,
     even if the call swallowed the cancellation or turned it into one of the ``retry_on`` errors
-    (:func:`crypto_mesh.runtime.raise_if_cancelling`).
+    (:func:`raise_if_cancelling`).
     """
     pause = sleep or asyncio.sleep
 

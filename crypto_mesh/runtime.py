@@ -4,36 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import structlog
 from pydantic import ValidationError
 
 from crypto_mesh.logs import configure_logging, get_logger
 from crypto_mesh.service import Running
-from crypto_mesh.settings import ServiceSettings
+from crypto_mesh.settings import ServiceSettings, WorkerSettings
 from crypto_mesh.tracing import configure_tracing
+from crypto_mesh.workers import (
+    SUPERVISOR_PID_VARIABLE,
+    WorkerPool,
+    check_port_free,
+    stop_when_orphaned,
+    worker_environment,
+    worker_index,
+)
 
 log = get_logger(__name__)
 
 S = TypeVar("S", bound=ServiceSettings)
-
-
-def raise_if_cancelling() -> None:
-    """Raise ``asyncio.CancelledError`` if the running task has been asked to cancel.
-
-    For the loops of background tasks, at the top of every iteration and in the handler of the errors they
-    retry on: a library may swallow a cancellation (seen with redis-py's pipeline: the task was left
-    "cancelling" and went on publishing) or turn it into one of its own errors (Python 3.11's
-    ``asyncio.timeout`` raises ``TimeoutError`` when the task is cancelled as the timeout expires, and
-    clients wrap that in theirs). The loop would then go on for ever, and whoever awaits the cancelled task
-    (a service's ``stop()``) would wait for ever. ``Task.cancelling()`` stays above zero in both cases.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+R = TypeVar("R")
 
 
 def tune_garbage_collector(generation0: int, generation1: int = 10, generation2: int = 10) -> None:
@@ -52,11 +48,12 @@ def tune_garbage_collector(generation0: int, generation1: int = 10, generation2:
 
 
 def run_until_stopped(
-    main: Callable[[asyncio.Event], Awaitable[None]],
+    main: Callable[[asyncio.Event], Awaitable[R]],
     *,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
-) -> None:
-    """Run ``main(stop)`` in a new event loop; ``stop`` is set on the first SIGTERM or SIGINT.
+) -> R:
+    """Run ``main(stop)`` in a new event loop and return what it returns; ``stop`` is set on the first
+    SIGTERM or SIGINT.
 
     ``loop_factory`` makes that loop (``uvloop.new_event_loop``, say); ``None``: asyncio's default loop.
 
@@ -65,15 +62,15 @@ def run_until_stopped(
     to SIGKILL if stopping takes too long.
     """
 
-    async def runner() -> None:
+    async def runner() -> R:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _request_stop, stop, sig)
-        await main(stop)
+        return await main(stop)
 
     with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
-        loop_runner.run(runner())
+        return loop_runner.run(runner())
 
 
 async def serve_until(start: Callable[[S], Awaitable[Running]], settings: S, stop: asyncio.Event) -> None:
@@ -103,11 +100,16 @@ def run_service(
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> None:
     """``python -m <service>``: read ``settings_class`` from the environment, configure logging and, with
-    ``OTEL_EXPORTER_OTLP_ENDPOINT``, tracing (:mod:`crypto_mesh.tracing`) as ``name``, and serve with ``start`` until SIGTERM/SIGINT, in a loop made by ``loop_factory`` (``None``: asyncio's
-    default loop).
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``, tracing (:mod:`crypto_mesh.tracing`) as ``name``, and serve with
+    ``start`` until SIGTERM/SIGINT, in a loop made by ``loop_factory`` (``None``: asyncio's default loop).
 
     Settings that are missing or invalid end the process with exit status 2 and one line per problem that
     names the environment variable, never a traceback.
+
+    A service whose settings are :class:`~crypto_mesh.settings.WorkerSettings` with ``<PREFIX>WORKERS`` above
+    1 does not serve in this process: it runs its workers (:mod:`crypto_mesh.workers`; this same command
+    line, each process then serving as above, with ``worker=<index>`` in every log line) until SIGTERM/SIGINT,
+    and exits with the pool's status (1 after giving up on a worker, or when the port is taken).
     """
     try:
         settings = settings_class()
@@ -118,8 +120,49 @@ def run_service(
             print(f"{name}: setting {variable}: {problem['msg']}", file=sys.stderr)
         sys.exit(2)
     configure_logging(name, settings.log_level, settings.log_format)
+    index = worker_index(os.environ)
+    if index is None and isinstance(settings, WorkerSettings) and settings.workers > 1:
+        sys.exit(run_workers(settings))
     configure_tracing(name)
-    run_until_stopped(lambda stop: serve_until(start, settings, stop), loop_factory=loop_factory)
+    if index is None:
+        run_until_stopped(lambda stop: serve_until(start, settings, stop), loop_factory=loop_factory)
+        return
+    structlog.contextvars.bind_contextvars(worker=index)
+    supervisor_pid = int(os.environ[SUPERVISOR_PID_VARIABLE])
+    run_until_stopped(
+        lambda stop: serve_as_worker(start, settings, stop, supervisor_pid), loop_factory=loop_factory
+    )
+
+
+def run_workers(settings: WorkerSettings) -> int:
+    """Run ``settings.workers`` worker processes of this service (this process's own command line, each with
+    :func:`crypto_mesh.workers.worker_environment`) in a :class:`~crypto_mesh.workers.WorkerPool` until
+    SIGTERM/SIGINT; the exit status: 0 after the stop, 1 after giving up on a worker or when
+    ``settings.host:settings.port`` is taken (logged as ``port_in_use``)."""
+    try:
+        check_port_free(settings.host, settings.port)
+    except OSError as error:
+        log.error("port_in_use", host=settings.host, port=settings.port, error=str(error))
+        return 1
+    command = [sys.executable, *sys.orig_argv[1:]]
+    environments = [
+        worker_environment(os.environ, settings, index, os.getpid()) for index in range(settings.workers)
+    ]
+    log.info("serving_with_workers", host=settings.host, port=settings.port, workers=settings.workers)
+    return run_until_stopped(WorkerPool(command, environments).run)
+
+
+async def serve_as_worker(
+    start: Callable[[S], Awaitable[Running]], settings: S, stop: asyncio.Event, supervisor_pid: int
+) -> None:
+    """:func:`serve_until` in a worker process, which also stops (as on SIGTERM) once its supervisor
+    ``supervisor_pid`` is gone (:func:`crypto_mesh.workers.stop_when_orphaned`)."""
+    watcher = asyncio.create_task(stop_when_orphaned(stop, supervisor_pid))
+    try:
+        await serve_until(start, settings, stop)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:

@@ -75,6 +75,7 @@ class Lifecycle:
         keepalive_timeout_s: float = 75.0,
         guard: Callable[[Any], Callable[[], asyncio.BaseProtocol]] | None = None,
         backlog: int = 128,
+        reuse_port: bool = False,
     ) -> int:
         """Serve ``app`` on ``host:port`` (0: a free port) and return the bound port; at stop the listening
         socket closes first, then in-flight requests get ``shutdown_timeout_s`` to finish and idle keep-alive
@@ -82,7 +83,9 @@ class Lifecycle:
 
         ``guard``, for a public edge: given aiohttp's low-level server (a protocol factory), returns the
         protocol factory the listening socket uses instead, e.g. one that counts and caps connections before
-        aiohttp sees them. Raises ``OSError`` if the port cannot be bound (nothing is left open)."""
+        aiohttp sees them. ``reuse_port``: bind with ``SO_REUSEPORT``, so that the worker processes of one service
+        (:mod:`crypto_mesh.workers`) listen on the same port, the kernel spreading new connections over them.
+        Raises ``OSError`` if the port cannot be bound (nothing is left open)."""
         runner = web.AppRunner(
             app,
             handle_signals=False,
@@ -93,11 +96,11 @@ class Lifecycle:
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         if guard is None:
-            await web.TCPSite(runner, host, port, backlog=backlog).start()
+            await web.TCPSite(runner, host, port, backlog=backlog, reuse_port=reuse_port).start()
             return runner.addresses[0][1]
         assert runner.server is not None
         server = await asyncio.get_running_loop().create_server(
-            guard(runner.server), host, port, backlog=backlog, reuse_address=True
+            guard(runner.server), host, port, backlog=backlog, reuse_address=True, reuse_port=reuse_port
         )
         self._stack.callback(server.close)
         return server.sockets[0].getsockname()[1]

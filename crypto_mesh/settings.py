@@ -58,6 +58,46 @@ class MetricsPortSettings(ServiceSettings):
         return self
 
 
+#: The most worker processes one service may run (``<PREFIX>WORKERS``): more than a machine has cores is
+#: already a misconfiguration, and each worker holds its own connections to every engine.
+MAX_WORKERS = 64
+
+
+class WorkerSettings(ServiceSettings):
+    """Settings of a service that can run several worker processes on one port, one machine
+    (:mod:`crypto_mesh.workers`; the BFF).
+
+    - ``<PREFIX>WORKERS`` (``1``, at most :data:`MAX_WORKERS`): with ``1``, ``python -m <service>`` is the one
+      process that serves, as every service is. With ``N > 1`` it becomes a supervisor that starts ``N``
+      worker processes, each a whole service of its own (its own engine connections, pub/sub subscription,
+      consumer-group membership), all listening on ``<PREFIX>HOST:<PREFIX>PORT`` with ``SO_REUSEPORT``: the
+      kernel spreads new connections over them. ``<PREFIX>PORT`` must then be a fixed port (not 0). Worker ``i``
+      (0 to N-1) serves its metrics on ``<PREFIX>METRICS_PORT + i``, so each worker's series are scraped as
+      one target (docs/OPERATIONS.md).
+    """
+
+    host: str
+    port: int
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
+
+    @model_validator(mode="after")
+    def _workers_share_a_fixed_port(self):
+        if self.workers == 1:
+            return self
+        prefix = str(self.model_config.get("env_prefix", "")).upper()
+        if self.port == 0:
+            raise ValueError(
+                f"{prefix}PORT must be a fixed port, not 0, when {prefix}WORKERS > 1: the workers share it"
+            )
+        metrics_port = getattr(self, "metrics_port", 0)
+        if metrics_port and metrics_port + self.workers - 1 > 65535:
+            raise ValueError(
+                f"{prefix}METRICS_PORT + {prefix}WORKERS - 1 must be a port: worker i serves its metrics on "
+                f"{prefix}METRICS_PORT + i"
+            )
+        return self
+
+
 class MeshTlsSettings(ServiceSettings):
     """Settings of a service that speaks gRPC in the mesh (serves it, or calls a service that does): its mesh
     identity as three PEM files, made by ``crypto-mesh up`` (under ``MESH_DATA_DIR/secrets``) and

@@ -256,7 +256,9 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
 
     auth_port, proxy_port, aggregator_port, etl_port = (ports.take() for _ in range(4))
     # Prometheus GET /metrics of the services without an HTTP API of their own (the BFF's is never public).
-    auth_metrics, proxy_metrics, bff_metrics = (ports.take() for _ in range(3))
+    auth_metrics, proxy_metrics = (ports.take() for _ in range(2))
+    # Worker i of the BFF serves its metrics on bff_metrics + i.
+    bff_metrics = ports.take_in_a_row(settings.bff_workers)
     key_file = ensure_jwt_key(data_dir)
     aggregator_token = ensure_service_token(data_dir, AGGREGATOR_TOKEN_FILE)
     etl_token = ensure_service_token(data_dir, ETL_TOKEN_FILE)
@@ -301,7 +303,8 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         MeshProcess(
             "profile_bff",
             _python_module("profile_bff"),
-            service_env("BFF_", host=settings.bff_host, port=settings.bff_port, database_url=profile_db,
+            service_env("BFF_", host=settings.bff_host, port=settings.bff_port, workers=settings.bff_workers,
+                        database_url=profile_db,
                         redis_url=redis_urls["bff"], auth_target=f"127.0.0.1:{auth_port}",
                         aggregator_url=f"http://127.0.0.1:{aggregator_port}", aggregator_token_file=aggregator_token,
                         **({"exchange_rest_url": exchange_rest} if exchange_rest else {}),
@@ -335,6 +338,10 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         auth_metrics=f"http://127.0.0.1:{auth_metrics}/metrics",
         socket_proxy_metrics=f"http://127.0.0.1:{proxy_metrics}/metrics",
         bff_metrics=f"http://127.0.0.1:{bff_metrics}/metrics",
+        **{
+            f"bff_metrics_{i}": f"http://127.0.0.1:{bff_metrics + i}/metrics"
+            for i in range(1, settings.bff_workers)
+        },
         aggregator_metrics=f"http://127.0.0.1:{aggregator_port}/metrics",
         etl_metrics=f"http://127.0.0.1:{etl_port}/metrics",
     )

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from crypto_mesh.binance.data import DEFAULT_RECORDING
 from crypto_mesh.netutil import parse_port_range
-from crypto_mesh.settings import ServiceSettings
+from crypto_mesh.settings import MAX_WORKERS, ServiceSettings
 
 #: Name of the file, in the data directory, that describes a running mesh (written once every process is healthy).
 STATE_FILE = "mesh.json"
@@ -36,6 +36,8 @@ class MeshSettings(ServiceSettings):
     data_dir: Path = Path(".mesh")
     bff_host: str = "127.0.0.1"
     bff_port: int = 8080
+    #: The BFF's worker processes on ``bff_port`` (its ``BFF_WORKERS``; docs/OPERATIONS.md).
+    bff_workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
     #: The recording the replay exchange plays: by default the shipped real Binance ``@trade`` frames
     #: (data/binance/SOURCES.md).
     replay_file: str = str(DEFAULT_RECORDING)

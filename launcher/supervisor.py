@@ -11,10 +11,11 @@ daemons of their own with configuration files, more than one foreground command 
   ``<name> started (pid=N)``, ``<name> stopped (rc=N)`` (which :class:`launcher.control.ProcessTable` reads,
   so ``crypto-mesh status`` shows each restart's new pid and uptime), ``sending SIGTERM to <name> (pid N)``.
 - **Restarts**: a process of :class:`Child` with ``restart`` that exits while the mesh is not stopping (a
-  crash, a ``kill -9``, even status 0) is started again after a delay from :class:`RestartPolicy`; after
-  ``max_crashes`` exits within ``window_s`` seconds the supervisor gives up on it and stops the whole mesh
-  (:attr:`Supervisor.gave_up` names it; ``up`` then exits with status 1). A process without ``restart`` (the
-  readiness watcher) may exit with status 0; any other status stops the mesh.
+  crash, a ``kill -9``, even status 0) is started again after a delay from
+  :class:`~crypto_mesh.retry.RestartPolicy`; after ``max_crashes`` exits within ``window_s`` seconds the
+  supervisor gives up on it and stops the whole mesh (:attr:`Supervisor.gave_up` names it; ``up`` then exits
+  with status 1). A process without ``restart`` (the readiness watcher) may exit with status 0; any other
+  status stops the mesh.
 - **Dependents**: the :attr:`Child.restart_also` of a process that crashed are stopped at once (SIGTERM, then
   SIGKILL after ``stop_timeout_s``; not counted as crashes, ``stopping <name> until <crashed> is back``); the
   crashed process is started again once they have exited, and they are started again once it is
@@ -46,37 +47,10 @@ from honcho.colour import get_colours
 from honcho.manager import SYSTEM_PRINTER_NAME
 from honcho.printer import Message
 
-from crypto_mesh.retry import Backoff
+from crypto_mesh.retry import RestartPolicy
 
 #: Longest line read from a child at once (bytes); a longer one is printed in pieces.
 LINE_LIMIT = 1 << 20
-
-
-@dataclass
-class RestartPolicy:
-    """When to restart one process and when to give up on it.
-
-    :meth:`crashed` is called with the (monotonic) time of each unexpected exit; it returns the delay in
-    seconds before the next start (:class:`~crypto_mesh.retry.Backoff` over the exits still within
-    ``window_s``: uniform in ``[0, min(max_s, base_s × 2^(n-1))]`` for the ``n``-th), or None when this exit is
-    the ``max_crashes``-th within the last ``window_s`` seconds: give up.
-    """
-
-    max_crashes: int = 5
-    window_s: float = 60.0
-    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.5, max_s=10.0))
-    _crashes: list[float] = field(default_factory=list, init=False, repr=False)
-
-    def crashed(self, at: float) -> float | None:
-        self._crashes = [t for t in self._crashes if at - t < self.window_s] + [at]
-        if len(self._crashes) >= self.max_crashes:
-            return None
-        return self.backoff.delay_for(len(self._crashes) - 1)
-
-    @property
-    def recent(self) -> int:
-        """How many exits the current window holds."""
-        return len(self._crashes)
 
 
 @dataclass
@@ -103,8 +77,9 @@ class Child:
 class Supervisor:
     """Runs ``children`` until a signal or a give-up, printing through ``printer`` (a honcho
     :class:`~honcho.printer.Printer`, e.g. :class:`launcher.control.MeshPrinter`). ``policy`` makes one
-    :class:`RestartPolicy` per child. :meth:`run` returns the exit status for ``up``: 0 after a stop asked by
-    a signal, 1 after giving up (:attr:`gave_up` says why) or a non-restarted child's failure."""
+    :class:`~crypto_mesh.retry.RestartPolicy` per child. :meth:`run` returns the exit status for ``up``: 0
+    after a stop asked by a signal, 1 after giving up (:attr:`gave_up` says why) or a non-restarted child's
+    failure."""
 
     def __init__(
         self,

@@ -308,7 +308,8 @@ def _device_name_verifier(verifier: AccessTokenVerifier) -> Callable[[str], Awai
 async def _serve(lifecycle: Lifecycle, app: web.Application, settings: BffSettings) -> int:
     """Serve ``app`` on ``settings.host:settings.port`` with :meth:`Lifecycle.serve_http
     <crypto_mesh.service.Lifecycle.serve_http>`, behind the connection guard of :mod:`profile_bff.ceilings`
-    (requests in flight get :data:`SHUTDOWN_TIMEOUT_S` at stop); the bound port."""
+    (requests in flight get :data:`SHUTDOWN_TIMEOUT_S` at stop), with ``SO_REUSEPORT`` when it is one of
+    ``BFF_WORKERS`` workers; the bound port."""
     descriptors = ceilings.descriptor_limit()
     counter = ceilings.ConnectionCounter(
         ceilings.connection_cap(settings.max_connections, descriptors),
@@ -324,6 +325,8 @@ async def _serve(lifecycle: Lifecycle, app: web.Application, settings: BffSettin
         keepalive_timeout_s=settings.keepalive_timeout_s,
         guard=lambda low_level: ceilings.guarded_factory(low_level, counter, settings.header_timeout_s),
         backlog=LISTEN_BACKLOG,
+        # The workers of one BFF (BFF_WORKERS) share the port; each is this process.
+        reuse_port=settings.workers > 1,
     )
     log.info(
         "serving",

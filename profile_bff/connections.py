@@ -56,7 +56,7 @@ from aiohttp import WSCloseCode, web
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
 from crypto_mesh.metrics import latency_histogram
-from crypto_mesh.runtime import raise_if_cancelling
+from crypto_mesh.retry import raise_if_cancelling
 from profile_bff.clients import AggregatorClient
 from profile_bff.errors import AggregatorUnavailable, ProfileNotFound, StoreUnavailable
 from profile_bff.fanout import CoalescingWindow, HeldPrices

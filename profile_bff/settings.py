@@ -11,16 +11,22 @@ from yarl import URL
 
 from crypto_mesh.binance import DEFAULT_EXCHANGE_INFO
 from crypto_mesh.kafka import SECOND_TOPIC, KafkaClientSettings
-from crypto_mesh.settings import MeshTlsSettings, MetricsPortSettings
+from crypto_mesh.settings import MeshTlsSettings, MetricsPortSettings, WorkerSettings
 from crypto_mesh.throttle import Rate, check_name_budgets
 from profile_bff.ratelimit import IPNetwork, parse_networks
 
 
-class BffSettings(MeshTlsSettings, KafkaClientSettings, MetricsPortSettings):
+class BffSettings(MeshTlsSettings, KafkaClientSettings, MetricsPortSettings, WorkerSettings):
     """Environment of ``python -m profile_bff``.
 
     - ``BFF_HOST`` (``127.0.0.1``), ``BFF_PORT`` (``8080``; ``0`` picks a free port): where REST and the
       WebSocket listen.
+    - ``BFF_WORKERS`` (``1``): worker processes serving ``BFF_PORT`` together with ``SO_REUSEPORT``, each a
+      whole BFF with its own Redis subscription, pub/sub reader and alert-evaluator group membership,
+      supervised by ``python -m profile_bff`` (:class:`crypto_mesh.settings.WorkerSettings`,
+      :mod:`crypto_mesh.workers`); ``BFF_PORT`` must then be fixed, and worker ``i`` serves its metrics on
+      ``BFF_METRICS_PORT + i``. ``BFF_MAX_CONNECTIONS`` and ``BFF_MAX_CONNECTIONS_PER_ADDRESS`` hold per
+      worker process; every limit kept in Redis holds across all of them.
     - ``BFF_DATABASE_URL`` (required): SQLAlchemy asyncpg URL of the profile database,
       ``postgresql+asyncpg://user:pass@host/profile``.
     - ``BFF_REDIS_URL`` (required, secret): ``redis://user:password@host:6379/0`` (the ``bff`` ACL user), or

@@ -34,7 +34,7 @@ from support.stacks import proxy_process, published_on, replay_exchange
 from aggregator.ownership import partition_of
 from aggregator.second_topic import SECOND_PARTITIONS
 from crypto_mesh.kafka import SECOND_TOPIC, ensure_topics
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from launcher.embedded import ManagedProcess
 
 SYMBOLS = ("btcusdt", "ethusdt")

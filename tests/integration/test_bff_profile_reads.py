@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 from support.databases import execute_sql, new_database
 
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from profile_bff.errors import ProfileNotFound, StoreUnavailable
 from profile_bff.store import ProfileStore
 

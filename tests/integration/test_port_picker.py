@@ -43,3 +43,21 @@ def test_without_a_range_the_os_picks():
     port = PortPicker().take()
     with socket.socket() as server:
         server.bind(("127.0.0.1", port))
+
+
+def test_ports_in_a_row_skip_a_block_with_a_bound_port():
+    ports = held_range(6)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", ports[1]))
+        server.listen()
+        picker = PortPicker(ports)
+        assert picker.take_in_a_row(3) == ports[2]  # ports[0] has ports[1] bound after it
+        assert picker.take() == ports[5]  # the block is handed out whole
+        assert picker.take_in_a_row(3) == ports[2]  # a new pass: the only free block of three again
+
+
+def test_without_a_range_ports_in_a_row_are_picked_by_the_os():
+    first = PortPicker().take_in_a_row(2)
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", first))
+        b.bind(("127.0.0.1", first + 1))

@@ -13,9 +13,9 @@ import sys
 
 from support.polling import eventually
 
-from crypto_mesh.retry import Backoff
+from crypto_mesh.retry import Backoff, RestartPolicy
 from launcher.control import LogFiles, MeshPrinter, ProcessTable
-from launcher.supervisor import Child, RestartPolicy, Supervisor
+from launcher.supervisor import Child, Supervisor
 
 #: A child that says it runs, then waits for a signal; SIGTERM ends it with status 0 after saying so.
 SERVING = (

@@ -40,3 +40,9 @@ def free_port() -> int:
 def mesh_ports() -> str:
     """``MESH_PORTS`` for the meshes this worker starts (``FIRST-LAST``)."""
     return f"{_first + TEST_PORTS}-{_first + WIDTH - 1}"
+
+
+def free_ports_in_a_row(count: int) -> int:
+    """A port ``p`` of this worker's range with ``p`` to ``p + count - 1`` all free a moment ago (the metrics
+    ports of a service's worker processes)."""
+    return _picker.take_in_a_row(count)

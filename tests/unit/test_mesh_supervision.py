@@ -1,14 +1,13 @@
 """What ``crypto-mesh up`` decides about its processes: when a crashed one is restarted and when it is given up
-on (:class:`launcher.supervisor.RestartPolicy`), how many records the embedded broker still holds for the ETL
+on (:class:`crypto_mesh.retry.RestartPolicy`), how many records the embedded broker still holds for the ETL
 (:func:`launcher.drain.lag`), and the order of a graceful stop (:func:`launcher.mesh.build_plan`'s stages)."""
 
 from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from crypto_mesh.retry import Backoff
+from crypto_mesh.retry import Backoff, RestartPolicy
 from launcher.drain import lag
-from launcher.supervisor import RestartPolicy
 
 
 def policy() -> RestartPolicy:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from crypto_mesh.runtime import raise_if_cancelling
+from crypto_mesh.retry import raise_if_cancelling
 
 
 class LibraryTimeout(Exception):
