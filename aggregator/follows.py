@@ -29,8 +29,7 @@ from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from aggregator.store import KafkaSink
 from crypto_mesh.kafka import ensure_topics, group_consumer
 from crypto_mesh.logs import get_logger
-from crypto_mesh.retry import Backoff, retrying
-from crypto_mesh.runtime import raise_if_cancelling
+from crypto_mesh.retry import Backoff, raise_if_cancelling, retrying
 
 log = get_logger(__name__)
 
