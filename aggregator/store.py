@@ -208,13 +208,7 @@ class FollowerStore:
     async def counts(self) -> dict[str, int]:
         """Tracked symbols → follower count, sorted by symbol."""
         symbols = sorted(member.decode() for member in await self._redis.smembers(SYMBOLS_KEY))
-        if not symbols:
-            return {}
-        pipe = self._redis.pipeline(transaction=False)
-        for symbol in symbols:
-            pipe.scard(followers_key(symbol))
-        counts = await pipe.execute()
-        return {symbol: int(count) for symbol, count in zip(symbols, counts, strict=True) if count}
+        return {symbol: count for symbol, count in (await self.counts_of(symbols)).items() if count}
 
     async def counts_of(self, symbols: list[str]) -> dict[str, int]:
         """``symbols`` → their follower counts now (0: not followed), in one round trip."""
