@@ -116,6 +116,50 @@ class Trade:
     time_ms: int
 
 
+#: Trades as :func:`parse_trade_frame` builds them, one per frame of the market path: the slots' own setters
+#: fill a new instance directly, at under half the cost of the frozen dataclass's ``__init__`` (which goes
+#: through ``object.__setattr__`` once per field); the instance is the same frozen ``Trade``.
+_new_trade = object.__new__
+_set_trade_fields = tuple(
+    getattr(Trade, name).__set__ for name in ("symbol", "trade_id", "price", "quantity", "time_ms")
+)
+
+
+def _trade(symbol: str, trade_id: int, price: Decimal, quantity: Decimal, time_ms: int) -> Trade:
+    trade = _new_trade(Trade)
+    set_symbol, set_id, set_price, set_quantity, set_time = _set_trade_fields
+    set_symbol(trade, symbol)
+    set_id(trade, trade_id)
+    set_price(trade, price)
+    set_quantity(trade, quantity)
+    set_time(trade, time_ms)
+    return trade
+
+
+#: The exchange's symbols (``"BTCUSDT"``) as :func:`normalize_symbol` returned them, so that each frame's symbol
+#: is checked once per distinct string rather than once per frame. A market has a few thousand symbols; the
+#: cache is emptied should it ever hold :data:`_SYMBOL_CACHE_MAX`.
+_SYMBOL_CACHE_MAX = 10_000
+_normalized_symbols: dict[str, str] = {}
+
+
+def _trade_symbol(value: object) -> str:
+    """``normalize_symbol(value)``, remembered for strings; raises :class:`MalformedFrame` for a bad symbol."""
+    if type(value) is str:
+        symbol = _normalized_symbols.get(value)
+        if symbol is not None:
+            return symbol
+    try:
+        symbol = normalize_symbol(value)
+    except InvalidSymbol as exc:
+        raise MalformedFrame(f"bad symbol: {exc}") from None
+    if type(value) is str:
+        if len(_normalized_symbols) >= _SYMBOL_CACHE_MAX:
+            _normalized_symbols.clear()
+        _normalized_symbols[value] = symbol
+    return symbol
+
+
 def trade_id_field(stream: str) -> str | None:
     """The id field of a trade stream's payloads: ``"t"`` for ``<symbol>@trade``, ``"a"`` for
     ``<symbol>@aggTrade``; None for any other stream."""
@@ -140,16 +184,12 @@ def parse_trade_frame(raw: bytes | str) -> Trade:
     id_field = TRADE_ID_FIELDS.get(event)
     if id_field is None:
         raise UnknownEvent(f"event type {event!r} is not a trade")
-    try:
-        symbol = normalize_symbol(data.get("s"))
-    except InvalidSymbol as exc:
-        raise MalformedFrame(f"bad symbol: {exc}") from None
-    return Trade(
-        symbol=symbol,
-        trade_id=_integer(data, id_field, MalformedFrame),
-        price=_decimal(data, "p", "positive", MalformedFrame),
-        quantity=_decimal(data, "q", "positive", MalformedFrame),
-        time_ms=_integer(data, "T", MalformedFrame),
+    return _trade(
+        _trade_symbol(data.get("s")),
+        _integer(data, id_field, MalformedFrame),
+        _decimal(data, "p", "positive", MalformedFrame),
+        _decimal(data, "q", "positive", MalformedFrame),
+        _integer(data, "T", MalformedFrame),
     )
 
 
