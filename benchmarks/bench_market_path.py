@@ -21,7 +21,10 @@ What it does (bounded: about ``warmup + duration + ceiling + 15`` seconds, under
    every process. *CPU per frame*: the CPU time (user + system, every thread; psutil) socket_proxy and the
    aggregator spent over the same window, per frame socket_proxy received and per trade frame the aggregator
    parsed, beside the ceiling's CPU per frame; their sum over the ceiling's is the path's cost ratio. Both
-   are CPU time, not wall time, so a loaded machine changes them less than it changes the rates.
+   are CPU time, not wall time, so a loaded machine changes them less than it changes the rates. The
+   aggregator's CPU includes its outputs (SecondStats to Redis and Kafka, mini-tickers to Kafka and Redis),
+   which the ceiling does not do; the replay plays a mini-ticker frame per second of the recording, so
+   ``--speed`` times as many per second as the exchange sends.
 3. *Losses*: what the path lost, over the measured window and since the processes started (warm-up
    included): trade ids socket_proxy saw skipped upstream, subscribers it ended on overflow, trade ids the
    aggregator saw skipped (frames lost anywhere before it: upstream or in an ended subscription), trades it
@@ -314,6 +317,8 @@ def main() -> int:
         )
         print(
             f"aggregator: {agg('aggregator_redis_publishes_total'):,.0f} SecondStats/s published to Redis, "
+            f"{agg('aggregator_ticker_frames_total'):,.0f} mini-ticker frames/s (the replay closes a second of "
+            f"the recording --speed times a second: one a second on the exchange), "
             f"gRPC reconnects {agg('aggregator_upstream_reconnects_total') * elapsed:.0f}, "
             f"trades fetched back from history {agg('aggregator_backfilled_trades_total') * elapsed:.0f} "
             f"(they do not undo a loss), "
