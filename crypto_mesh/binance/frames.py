@@ -48,7 +48,12 @@ MINI_TICKER_EVENT = "24hrMiniTicker"
 
 #: How Binance starts every combined-stream frame: compact JSON, ``stream`` first.
 _COMBINED_PREFIX = b'{"stream":"'
+_NAME_START = len(_COMBINED_PREFIX)
 _STREAM_NAME_MAX = 200
+#: Stream names as :func:`stream_of` found them (bytes → str), decoded once per stream rather than per frame; a
+#: connection carries at most 1,024 streams. Emptied should it ever hold :data:`_STREAM_NAMES_MAX`.
+_STREAM_NAMES_MAX = 100_000
+_stream_names: dict[bytes, str] = {}
 
 
 # --- Combined-stream envelope ------------------------------------------------------------------------------
@@ -67,10 +72,18 @@ def stream_of(raw: bytes) -> str | None:
     names are ASCII letters, digits and ``@!_``, never escaped by Binance."""
     if not raw.startswith(_COMBINED_PREFIX):
         return None
-    end = raw.find(b'"', len(_COMBINED_PREFIX), len(_COMBINED_PREFIX) + _STREAM_NAME_MAX)
-    if end < 0 or b"\\" in raw[len(_COMBINED_PREFIX) : end] or not raw.startswith(b',"data":', end + 1):
+    end = raw.find(b'"', _NAME_START, _NAME_START + _STREAM_NAME_MAX)
+    if end < 0 or not raw.startswith(b',"data":', end + 1):
         return None
-    return raw[len(_COMBINED_PREFIX) : end].decode("ascii", "replace")
+    name = raw[_NAME_START:end]
+    stream = _stream_names.get(name)
+    if stream is None:
+        if b"\\" in name:
+            return None
+        if len(_stream_names) >= _STREAM_NAMES_MAX:
+            _stream_names.clear()
+        stream = _stream_names[name] = name.decode("ascii", "replace")
+    return stream
 
 
 def split_combined(frame: object) -> tuple[str, Any] | None:
