@@ -126,7 +126,9 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
     ),
     counter("kafka_sent", "Mini-ticker records acknowledged by Kafka.", lambda service: service.kafka.sent),
     counter(
-        "kafka_failed", "Mini-ticker record deliveries that failed.", lambda service: service.kafka.failed
+        "kafka_failed",
+        "Mini-ticker record deliveries that failed (each record sent again after a backoff).",
+        lambda service: service.kafka.failed,
     ),
     counter(
         "kafka_dropped",

@@ -24,6 +24,7 @@ bounded buffers that never block the caller, drained by background tasks that re
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -31,11 +32,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import Histogram
 from redis.exceptions import RedisError
 
 from aggregator.secondstat import SecondStat
+from aggregator.sendbuffer import SendBuffer
 from aggregator.tickers import KafkaMsg, LatestTickers, day_ticker_json
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import MiniTicker
@@ -415,10 +417,16 @@ class KafkaSink(Generic[T]):
     """Writes records of type ``T`` to ``topic`` from a bounded buffer; ``encode(record)`` gives (key, value).
 
     :meth:`submit` never blocks: when ``maxsize`` records wait, the oldest is dropped (:attr:`dropped`), so
-    the real-time path never waits on Kafka. The background task :meth:`run` (cancel to stop) creates the topic
-    with ``partitions`` partitions and starts the producer, retrying with backoff until Kafka is reachable, then
-    sends in order; aiokafka retries failed requests, and deliveries that still fail are counted in
-    :attr:`failed`. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``, and
+    the real-time path never waits on Kafka (:class:`aggregator.sendbuffer.SendBuffer`). The background task
+    :meth:`run` (cancel to stop) creates the topic with ``partitions`` partitions and starts the producer,
+    retrying with backoff until Kafka is reachable, then sends in order. aiokafka retries failed requests; a
+    delivery that still fails (a broker answering an error aiokafka does not retry, such as the embedded Tansu's
+    UNKNOWN_SERVER_ERROR when two producers write one partition at once: its store refuses the second batch of
+    the same offset, ``AlreadyExists``) is counted in :attr:`failed` and its record goes back
+    to the front of the buffer, sent again after a backoff delay (0.1 s doubling to 5 s), ahead of the
+    records that came after it — so it may reach the topic after records sent meanwhile, or twice where the
+    first attempt's outcome was unknown; consumers key on the record's id. Only a record Kafka refuses for
+    itself (too large) is given up. Producer: ``acks=all``, ``enable_idempotence`` as configured, ``linger_ms=20``, and
     ``client_options`` (authentication, :meth:`crypto_mesh.kafka.KafkaClientSettings.kafka_client_options`).
     ``healthy`` is None until the first connection, then whether the last delivery worked.
     """
@@ -440,28 +448,32 @@ class KafkaSink(Generic[T]):
         self._encode = encode
         self._bootstrap = bootstrap_servers
         self._idempotence = enable_idempotence
-        self._queue: deque[T] = deque(maxlen=maxsize)
+        self._buffer: SendBuffer[T] = SendBuffer(maxsize)
         self._wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
+        self._backoff = Backoff(base_s=0.1, max_s=5.0)
+        self._retry_due = False
         self.sent = 0
         self.failed = 0
-        self.dropped = 0
         self.healthy: bool | None = None
 
     @property
     def queue_depth(self) -> int:
         """Records waiting for the producer."""
-        return len(self._queue)
+        return len(self._buffer)
+
+    @property
+    def dropped(self) -> int:
+        """Records given up because the buffer was full (see :class:`aggregator.sendbuffer.SendBuffer`)."""
+        return self._buffer.dropped
 
     def pending(self) -> int:
         """Records waiting for the producer (as :attr:`queue_depth`)."""
-        return len(self._queue)
+        return len(self._buffer)
 
     def submit(self, record: T) -> None:
         """Queue ``record``; returns at once."""
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1
-        self._queue.append(record)
+        self._buffer.submit(record)
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -470,24 +482,29 @@ class KafkaSink(Generic[T]):
         self.healthy = True
         while True:
             raise_if_cancelling()  # a cancellation a library swallowed still ends the loop
-            if not self._queue:
+            if self._retry_due:
+                self._retry_due = False
+                await asyncio.sleep(self._backoff.next_delay())
+                continue
+            if not self._buffer:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            key, value = self._encode(self._queue.popleft())
+            record = self._buffer.take()
+            key, value = self._encode(record)
             try:
                 delivery = await self._producer.send(self.topic, key=key, value=value)
             except KafkaError as exc:
                 raise_if_cancelling()
-                self._on_failure(exc)
+                self._on_failure(record, exc)
                 continue
-            delivery.add_done_callback(self._on_delivery)
+            delivery.add_done_callback(functools.partial(self._on_delivery, record))
 
     async def flush(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` seconds for the buffer to be handed to the producer (used at stop)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self._queue and self._producer is not None and loop.time() < deadline:
+        while self._buffer and self._producer is not None and loop.time() < deadline:
             await asyncio.sleep(0.02)
 
     async def close(self, timeout_s: float = 5.0) -> None:
@@ -533,20 +550,30 @@ class KafkaSink(Generic[T]):
             raise
         return producer
 
-    def _on_delivery(self, delivery: asyncio.Future) -> None:
+    def _on_delivery(self, record: T, delivery: asyncio.Future) -> None:
         if delivery.cancelled():
+            # The producer was stopped with the record in flight (the service stopping): not delivered.
             self.failed += 1
         elif delivery.exception() is not None:
-            self._on_failure(delivery.exception())
+            self._on_failure(record, delivery.exception())
         else:
             self.sent += 1
             self.healthy = True
+            self._backoff.reset()
 
-    def _on_failure(self, exc: BaseException) -> None:
+    def _on_failure(self, record: T, exc: BaseException) -> None:
+        """Count a failed delivery and give ``record`` back to be sent again after a backoff delay, unless
+        Kafka refuses the record itself."""
         self.failed += 1
+        if isinstance(exc, MessageSizeTooLargeError):
+            log.error("kafka_record_refused", topic=self.topic, error=str(exc))
+            return
         if self.healthy:
             log.warning("kafka_delivery_failed", topic=self.topic, error=str(exc))
         self.healthy = False
+        self._buffer.give_back(record)
+        self._retry_due = True
+        self._wakeup.set()
 
 
 class TickerProducer(KafkaSink[KafkaMsg]):

@@ -50,17 +50,22 @@ SecondStat's ``t``, its publish time: the latency from a second's close to the a
 beside the plain price push of the same run (p99 and the ratio of the two p99s), with the SecondStats and rule
 evaluations the evaluator did and the firings it stored (its ``/metrics``).
 
-Then, once the sockets are closed, ``--http-seconds`` of ``GET /healthz`` and then ``--http-seconds`` of
-``GET /v2/user/profile`` on the same BFF process, each from ``--http-concurrency`` concurrent requests: the
-BFF's CPU time per request of each (psutil, user + system) and their ratio. ``/healthz`` checks no token and
-reads no database, so it is the floor of what a request costs the process (aiohttp, the middlewares, the
-loop); the goal (issue 18) is a profile at most ``PROFILE_COST_GOAL`` times that.
+Then, once the sockets are closed, ``--http-seconds`` of ``GET /healthz`` and ``--http-seconds`` of
+``GET /v2/user/profile`` on the same BFF process, each from ``--http-concurrency`` concurrent requests, in
+``--http-rounds`` alternating rounds (so that a change of the machine's load from other work weighs on both
+routes alike): the BFF's CPU time per request of each over all rounds (psutil, user + system) and their ratio.
+``/healthz`` checks no token and reads no database, so it is the floor of what a request costs the process
+(aiohttp, the middlewares, the loop); the goal (issue 18) is a profile at most ``PROFILE_COST_GOAL`` times
+that. Its latency is measured where it matters, during the price phase: ``--profile-rate`` ``GET
+/v2/user/profile`` a second (by default each client's user once a minute, as docs/CAPACITY.md models them),
+sent on an absolute schedule (open loop: a slow answer does not delay the next request), each with the next
+user's token; their p50/p99 are printed beside the goal ``PROFILE_P99_GOAL_MS``.
 
 Printed: the conditions (CPU count, load average, parameters), clients connected, the publisher's intended
 and achieved rates, latency p50/p99/max over every price received during the price phase, messages and
 prices delivered vs. the number of prices a client would get without conflation, BFF memory per connection,
-BFF CPU (user and system) and the client processes' CPU, and for each REST route requests/s, p50/p99 and the
-BFF's CPU per request, with the ratio.
+BFF CPU (user and system) and the client processes' CPU, the profile's latency during the price phase, and for
+each REST route requests/s, p50/p99 and the BFF's CPU per request, with the ratio.
 The whole run stops by itself; the defaults take under three minutes.
 
     .venv/bin/python benchmarks/bench_bff.py --clients 10000 --workers 2 --seconds 20
@@ -116,6 +121,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SYMBOLS = "btcusdt,ethusdt,dotusdt"
 #: Goal (issue 18): BFF CPU per ``GET /v2/user/profile`` at most this many times that of ``GET /healthz``.
 PROFILE_COST_GOAL = 3.0
+#: Goal (issue 18): p99 of ``GET /v2/user/profile`` (ms) while the sockets receive prices.
+PROFILE_P99_GOAL_MS = 50.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -486,6 +493,16 @@ class RestLoad:
     seconds: float
     cpu_s: float
 
+    def __add__(self, other: RestLoad) -> RestLoad:
+        """Two loads of the same route as one (their requests, latencies, errors, seconds and CPU summed)."""
+        return RestLoad(
+            self.requests + other.requests,
+            sorted(self.latencies + other.latencies),
+            self.errors + other.errors,
+            self.seconds + other.seconds,
+            self.cpu_s + other.cpu_s,
+        )
+
     @property
     def cpu_ms_per_request(self) -> float:
         """BFF CPU time per request answered, ms (one core's ms)."""
@@ -499,6 +516,40 @@ class RestLoad:
             f"{self.cpu_ms_per_request:.3f} ms per request "
             f"({100 * self.cpu_s / self.seconds:.0f} % of one core)"
         )
+
+
+async def profile_probe(url: str, tokens: list[str], rate: float, seconds: float) -> RestLoad:
+    """``GET /v2/user/profile`` ``rate`` times a second for ``seconds`` on an absolute schedule (open loop: each
+    request is sent at its time, however long the ones before it take), with the tokens of the users in turn;
+    the latency of each (ms, sorted) and the answers other than 200. Its ``cpu_s`` is 0: the BFF's CPU then is
+    the price phase's."""
+    latencies: list[float] = []
+    errors = 0
+    count = max(1, round(rate * seconds)) if rate > 0 else 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def one(index: int) -> None:
+            nonlocal errors
+            started = time.perf_counter()
+            headers = {"Authorization": f"Bearer {tokens[index % len(tokens)]}"}
+            try:
+                async with http.get(f"{url}/v2/user/profile", headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+                return
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        start = time.monotonic()
+        requests = []
+        for index in range(count):
+            await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
+            requests.append(asyncio.create_task(one(index)))
+        await asyncio.gather(*requests)
+        elapsed = time.monotonic() - start
+    return RestLoad(len(latencies), sorted(latencies), errors, elapsed, 0.0)
 
 
 async def rest_load(
@@ -647,7 +698,11 @@ async def main(args: argparse.Namespace) -> None:
         go.set()
         await asyncio.sleep(0.5)  # the clients poll ``go`` every 50 ms
         started = time.monotonic()
-        publishing = await publish_prices(redis_url, symbols, args.seconds, args.publish == "together", kafka)
+        rate = args.clients / 60 if args.profile_rate is None else args.profile_rate
+        publishing, probe = await asyncio.gather(
+            publish_prices(redis_url, symbols, args.seconds, args.publish == "together", kafka),
+            profile_probe(url, tokens, rate, args.seconds),
+        )
         published = publishing.count
         await asyncio.sleep(1.0)  # the last messages in flight
         if args.alert_users:
@@ -679,10 +734,13 @@ async def main(args: argparse.Namespace) -> None:
 
         # The same process, one route after the other, under the same load: /healthz (no token checked, no
         # database, no Redis) is the floor of what any route costs.
-        rest = {
-            path: await rest_load(url, path, tokens, args.http_concurrency, args.http_seconds, bff_process)
-            for path in ("/healthz", "/v2/user/profile")
-        }
+        rest: dict[str, RestLoad] = {}
+        for _ in range(args.http_rounds):
+            for path in ("/healthz", "/v2/user/profile"):
+                load = await rest_load(
+                    url, path, tokens, args.http_concurrency, args.http_seconds / args.http_rounds, bff_process
+                )
+                rest[path] = rest[path] + load if path in rest else load
 
         # Without conflation each client would get one message per price change of each of its 3 coins.
         expected = published * 3 / len(symbols) * connected
@@ -746,9 +804,17 @@ async def main(args: argparse.Namespace) -> None:
             f"{100 * (cpu_after.system - cpu_before.system) / elapsed:.0f} %); client processes together: "
             f"{100 * clients_cpu_s / elapsed:.0f} %"
         )
+        if probe.requests or probe.errors:
+            probe_p99 = percentile(probe.latencies, 0.99)
+            print(
+                f"GET /v2/user/profile during the price phase, {rate:.1f} requests/s open loop: "
+                f"{probe.requests} answered, p50 {percentile(probe.latencies, 0.5):.1f} ms, p99 {probe_p99:.1f} ms, "
+                f"max {probe.latencies[-1] if probe.latencies else float('nan'):.1f} ms, non-200: {probe.errors} "
+                f"(goal p99 < {PROFILE_P99_GOAL_MS:g} ms): {'met' if probe_p99 < PROFILE_P99_GOAL_MS else 'NOT met'}"
+            )
         print(
             f"REST, concurrency {args.http_concurrency}, {args.http_seconds} s per route, "
-            f"one route at a time:"
+            f"one route at a time, in {args.http_rounds} alternating rounds:"
         )
         for path, load in rest.items():
             print(f"  GET {path}: {load.describe()}")
@@ -795,6 +861,18 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--http-concurrency", type=int, default=50, help="concurrent REST requests (default 50)"
+    )
+    parser.add_argument(
+        "--http-rounds",
+        type=int,
+        default=2,
+        help="alternating rounds of the two routes, --http-seconds per route split among them (default 2)",
+    )
+    parser.add_argument(
+        "--profile-rate",
+        type=float,
+        default=None,
+        help="GET /v2/user/profile per second during the price phase (default: clients / 60; 0: none)",
     )
     parser.add_argument(
         "--alert-users",

@@ -13,6 +13,55 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def parse_port_range(text: str) -> range:
+    """``"20000-20999"`` → ``range(20000, 21000)`` (both ends included, 1 ≤ first ≤ last ≤ 65535);
+    ``ValueError`` naming the text otherwise."""
+    first, sep, last = text.strip().partition("-")
+    try:
+        if not sep:
+            raise ValueError
+        low, high = int(first), int(last)
+    except ValueError:
+        raise ValueError(f"a port range is FIRST-LAST, e.g. 20000-20999, not {text!r}") from None
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"a port range needs 1 <= FIRST <= LAST <= 65535, not {text!r}")
+    return range(low, high + 1)
+
+
+class PortPicker:
+    """Free TCP ports of ``host`` for servers about to start, each port handed out once per pass.
+
+    With ``ports`` None the OS picks each port (as :func:`free_port`, outside any range). With a range, the
+    ports are taken in turn from it, skipping any that cannot be bound now, and each is handed out once before
+    the range is gone through again; ``OSError`` when no port of the range is free. A range keeps a process's
+    servers apart from the ports the OS hands out (``/proc/sys/net/ipv4/ip_local_port_range``), so that a
+    port picked here and not bound yet cannot be given to another process's ``bind(0)`` or connection
+    meanwhile.
+    """
+
+    def __init__(self, ports: range | None = None, host: str = "127.0.0.1") -> None:
+        if ports is not None and len(ports) == 0:
+            raise ValueError("an empty port range")
+        self.ports = ports
+        self.host = host
+        self._next = 0
+
+    def take(self) -> int:
+        """A port free a moment ago (see the class)."""
+        if self.ports is None:
+            return free_port(self.host)
+        for _ in range(len(self.ports)):
+            port = self.ports[self._next]
+            self._next = (self._next + 1) % len(self.ports)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((self.host, port))
+                except OSError:
+                    continue
+            return port
+        raise OSError(f"no free port in {self.ports.start}-{self.ports.stop - 1} on {self.host}")
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """True if a TCP connection to ``host:port`` succeeds within ``timeout`` seconds."""
     try:

@@ -32,7 +32,7 @@ from launcher.embedded import EmbeddedPostgres, chdb_url, redis_command, tansu_c
 from launcher.replay.recording import trade_stream_kinds
 from launcher.replay.settings import recording_paths
 from crypto_mesh.grpc_tls import health_status
-from crypto_mesh.netutil import free_port, port_open
+from crypto_mesh.netutil import PortPicker, port_open
 from crypto_mesh.redisacl import USER_RULES, acl_file_text, url_with_user, without_credentials
 from crypto_mesh.secrets import ensure_secret, random_token, read_secret, secrets_dir, replace_secret
 from launcher.settings import AGGREGATOR_TOKEN_FILE, ETL_TOKEN_FILE, METRICS_TOKEN_FILE, STATE_FILE, MeshSettings
@@ -201,10 +201,11 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         auth_db = _database_url(settings.postgres_url, "auth")
         profile_db = _database_url(settings.postgres_url, "profile")
 
+    ports = PortPicker(settings.port_range)
     redis_url = settings.redis_url
     redis_urls = {user: redis_url for user in USER_RULES}
     if redis_url is None:
-        port = free_port()
+        port = ports.take()
         redis_url = f"redis://127.0.0.1:{port}/0"
         argv, redis_urls = embedded_redis(data_dir, port)
         processes.append(MeshProcess("redis", argv, stop_stage=STOP_ENGINES))
@@ -213,7 +214,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
     kafka = settings.kafka_bootstrap_servers
     kafka_is_tansu = kafka is None
     if kafka is None:
-        port = free_port()
+        port = ports.take()
         kafka = f"127.0.0.1:{port}"
         # Tansu keeps topics, records and consumer groups in memory: after a crash it comes back empty, and its
         # clients are stopped and start again once it listens (creating their topics, joining their group anew).
@@ -232,7 +233,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
     if exchange is None:
         kinds = trade_stream_kinds(recording_paths(settings.replay_file))
         exchange_streams["trade_stream_by_symbol"] = format_trade_stream_by_symbol(kinds)
-        port = free_port()
+        port = ports.take()
         exchange = f"ws://127.0.0.1:{port}"
         exchange_rest = f"http://127.0.0.1:{port}"
         processes.append(
@@ -248,9 +249,9 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
         urls["exchange_metrics"] = f"http://127.0.0.1:{port}/metrics"
     urls["exchange"] = exchange
 
-    auth_port, proxy_port, aggregator_port, etl_port = (free_port() for _ in range(4))
+    auth_port, proxy_port, aggregator_port, etl_port = (ports.take() for _ in range(4))
     # Prometheus GET /metrics of the services without an HTTP API of their own (the BFF's is never public).
-    auth_metrics, proxy_metrics, bff_metrics = (free_port() for _ in range(3))
+    auth_metrics, proxy_metrics, bff_metrics = (ports.take() for _ in range(3))
     key_file = ensure_jwt_key(data_dir)
     aggregator_token = ensure_service_token(data_dir, AGGREGATOR_TOKEN_FILE)
     etl_token = ensure_service_token(data_dir, ETL_TOKEN_FILE)

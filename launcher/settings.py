@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import SettingsConfigDict
 
 from crypto_mesh.binance.data import DEFAULT_RECORDING
+from crypto_mesh.netutil import parse_port_range
 from crypto_mesh.settings import ServiceSettings
 
 #: Name of the file, in the data directory, that describes a running mesh (written once every process is healthy).
@@ -52,6 +54,23 @@ class MeshSettings(ServiceSettings):
     exchange_rest_url: str | None = None
     #: Seconds to wait for every process to report healthy.
     ready_timeout_s: float = 120.0
+    #: ``FIRST-LAST`` (e.g. ``20000-20999``): the ports the mesh's internal servers (engines, services,
+    #: metrics, the replay exchange) take, the first free ones in turn; unset, the OS picks free ports. A range
+    #: outside the OS's ephemeral ports keeps them from being taken by another program between the pick and
+    #: the server's start, and suits firewall rules. The BFF's port is ``MESH_BFF_PORT``.
+    ports: str | None = None
+
+    @field_validator("ports")
+    @classmethod
+    def _port_range(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_port_range(value)
+        return value
+
+    @property
+    def port_range(self) -> range | None:
+        """:attr:`ports` as a range (None: the OS picks)."""
+        return None if self.ports is None else parse_port_range(self.ports)
 
 
 #: Files, under ``<MESH_DATA_DIR>/secrets``, of the service credentials of the internal HTTP APIs

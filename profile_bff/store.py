@@ -29,6 +29,9 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+import asyncio
+
+import asyncpg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -115,14 +118,18 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
-#: The profile of one user LEFT JOIN its coins, the user bound as ``user_id``. Built once: building it anew
-#: (and its cache key) took about a third of the BFF's CPU for the call, which runs on every REST read and
-#: socket connect.
-_HOLDINGS = (
-    sa.select(profiles.c.name, coins.c.symbol, coins.c.quantity)
-    .select_from(profiles.outerjoin(coins, coins.c.user_id == profiles.c.id))
-    .where(profiles.c.id == sa.bindparam("user_id"))
+#: The profile of one user LEFT JOIN its coins, the user as ``$1``: the hot read (every REST read and socket
+#: connect), sent by asyncpg itself (:meth:`ProfileStore.load`), prepared once per connection.
+HOLDINGS_SQL = (
+    "SELECT profiles.name, coins.symbol, coins.quantity"
+    " FROM profiles LEFT OUTER JOIN coins ON coins.user_id = profiles.id"
+    " WHERE profiles.id = $1"
 )
+#: Connections of the read pool (:meth:`ProfileStore.load`), beside SQLAlchemy's pool for everything else.
+READ_POOL_SIZE = 5
+#: Seconds a hot read may wait for a connection of the read pool (connecting included), and then for its answer:
+#: the same bound as SQLAlchemy's ``pool_timeout`` for the other statements.
+READ_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +169,21 @@ _UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutEr
 #: SQLSTATE classes of the same (PostgreSQL manual, Appendix A): 08 connection exception, 53 insufficient
 #: resources (too many connections, disk full), 57P operator intervention (shutdown, starting up).
 _UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+#: What asyncpg raises when the connection it was given is (or just became) unusable: the server closed it
+#: (class 08, 57P01 at a shutdown: asyncpg's ``PostgresConnectionError``, ``OperatorInterventionError``), the
+#: socket broke (``OSError``), or asyncpg already knew it closed (``InterfaceError``). A read that meets one is
+#: tried once more, on another connection (:meth:`ProfileStore.load`).
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    OSError,
+)
 
 
 class ProfileStore:
-    """Profiles and coins in PostgreSQL (SQLAlchemy Core over asyncpg).
+    """Profiles and coins in PostgreSQL (SQLAlchemy Core over asyncpg; the hot read, :meth:`load`, on asyncpg's
+    own pool).
 
     Every method raises :class:`StoreUnavailable` when the database cannot be reached; the other errors are
     named per method. Until :meth:`migrate` has succeeded, :attr:`migrated` is false and the callers refuse
@@ -174,9 +192,9 @@ class ProfileStore:
 
     def __init__(self, database_url: str) -> None:
         # Connections are in autocommit mode unless checked out for a transaction: a read of one statement
-        # then costs the pre-ping and the SELECT, two round trips where BEGIN, the SELECT and COMMIT after a
-        # ping in its own transaction (BEGIN, ping, ROLLBACK) took six; it runs on every REST read and socket
-        # connect.
+        # (the history, the holders) then costs the pre-ping and the SELECT, two round trips where BEGIN, the
+        # SELECT and COMMIT after a ping in its own transaction (BEGIN, ping, ROLLBACK) took six. The hot read
+        # (:meth:`load`) is not made here: see below.
         self._engine = create_async_engine(
             database_url,
             pool_size=5,
@@ -186,6 +204,12 @@ class ProfileStore:
             isolation_level="AUTOCOMMIT",
         )
         self._transactions = self._engine.execution_options(isolation_level="READ COMMITTED")
+        # The hot read skips SQLAlchemy (its statement execution and the pool's ping before each checkout were
+        # most of a profile read's CPU): asyncpg's pool, the same server and options as the URL names.
+        _, self._read_connect_args = self._engine.dialect.create_connect_args(self._engine.url)
+        self._read_connect_args.pop("prepared_statement_cache_size", None)
+        self._read_pool: asyncpg.Pool | None = None
+        self._read_pool_opening = asyncio.Lock()
         self._migrated = False
 
     @property
@@ -203,8 +227,15 @@ class ProfileStore:
         """The connection pool, for its metrics (size, checked out)."""
         return self._engine.sync_engine.pool
 
+    @property
+    def read_pool(self) -> asyncpg.Pool | None:
+        """The read pool of :meth:`load` (asyncpg's), for its metrics; ``None`` until the first read."""
+        return self._read_pool
+
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close both connection pools."""
+        if self._read_pool is not None:
+            await self._read_pool.close()
         await self._engine.dispose()
 
     async def migrate(self) -> None:
@@ -222,16 +253,46 @@ class ProfileStore:
             await conn.execute(statement)
 
     async def load(self, user_id: int) -> Holdings:
-        """The profile of ``user_id`` with its coins. Raises :class:`ProfileNotFound`."""
-        # One statement outside a transaction: this runs on every REST read and socket connect.
-        async with self._connection(read_only=True) as conn:
-            rows = (await conn.execute(_HOLDINGS, {"user_id": user_id})).all()
+        """The profile of ``user_id`` with its coins. Raises :class:`ProfileNotFound`.
+
+        This runs on every REST read and socket connect, so it is one round trip: :data:`HOLDINGS_SQL` outside
+        a transaction, prepared once per connection, on asyncpg's pool without a ping before each checkout nor
+        a reset query after it (the statement leaves no session state behind). A connection found dead by the
+        read itself (the server restarted or closed it since its last use) costs one more try, on another
+        connection; a second failure, or a pool that cannot connect within :data:`READ_TIMEOUT_S`, raises
+        :class:`StoreUnavailable`.
+        """
+        try:
+            pool = self._read_pool or await self._open_read_pool()
+            try:
+                rows = await _fetch(pool, HOLDINGS_SQL, user_id)
+            except _CONNECTION_LOST as exc:
+                log.info("profile_read_retried", error=exc.__class__.__name__)
+                rows = await _fetch(pool, HOLDINGS_SQL, user_id)
+        except (*_CONNECTION_LOST, TimeoutError) as exc:
+            raise StoreUnavailable(f"profile database unavailable: {exc.__class__.__name__}") from exc
+        except asyncpg.PostgresError as exc:
+            sqlstate = exc.sqlstate or ""
+            if sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+                raise StoreUnavailable(f"profile database unavailable (SQLSTATE {sqlstate})") from exc
+            raise
         if not rows:
             raise ProfileNotFound(user_id)
-        return Holdings(
-            name=rows[0].name,
-            coins={row.symbol: row.quantity for row in rows if row.symbol is not None},
-        )
+        return Holdings(name=rows[0][0], coins={row[1]: row[2] for row in rows if row[1] is not None})
+
+    async def _open_read_pool(self) -> asyncpg.Pool:
+        """The read pool of :meth:`load`, made on first use (no connection is opened before a read needs one,
+        so that a database still down at start fails reads, not the start)."""
+        async with self._read_pool_opening:
+            if self._read_pool is None:
+                self._read_pool = await asyncpg.create_pool(
+                    min_size=0,
+                    max_size=READ_POOL_SIZE,
+                    reset=_keep_session,
+                    timeout=READ_TIMEOUT_S,
+                    **self._read_connect_args,
+                )
+            return self._read_pool
 
     async def add_coin(
         self, user_id: int, symbol: str, quantity: Decimal, *, max_coins: int | None = None
@@ -458,6 +519,20 @@ class ProfileStore:
             raise
 
 
+async def _fetch(pool: asyncpg.Pool, query: str, *args: object) -> list[asyncpg.Record]:
+    """The rows of ``query`` on a connection of ``pool``, all within :data:`READ_TIMEOUT_S` (waiting for a
+    connection, connecting included, and for the rows; ``TimeoutError``). One deadline for both: asyncpg's
+    own ``timeout`` arguments would each start a task or a timer per read."""
+    async with asyncio.timeout(READ_TIMEOUT_S), pool.acquire() as connection:
+        return await connection.fetch(query, *args)
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """The read pool's reset on release: nothing to reset, since its one statement changes no session state.
+    (asyncpg's default, ``Connection.reset()``, sends a reset query: a second round trip per read.) asyncpg
+    still rolls back a transaction left open before calling it."""
+
+
 async def _record(
     conn: AsyncConnection,
     user_id: int,
@@ -513,6 +588,9 @@ class MarketBus:
         #: The tickers of the last :meth:`tickers` read by their JSON: a symbol whose ticker has not changed
         #: since (the exchange sends only the tickers that changed) is not parsed again.
         self._parsed_tickers: dict[bytes, Ticker] = {}
+        #: Each symbol's last price read by :meth:`latest_prices`, with its JSON: a price changes once a second
+        #: and is read by every profile read of its holders meanwhile, so it is parsed once.
+        self._parsed_prices: dict[str, tuple[bytes, Price]] = {}
 
     def instrument(self, metrics: RedisMetrics) -> None:
         """Time the commands (not the pub/sub connection) in ``metrics``."""
@@ -530,7 +608,7 @@ class MarketBus:
 
     async def latest_prices(self, symbols: Iterable[str]) -> dict[str, Price]:
         """The latest price of each symbol that has one (key ``price:<symbol>``); malformed values are logged
-        and skipped."""
+        and skipped. A value equal to the one this symbol had at the previous read is not parsed again."""
         wanted = list(symbols)
         if not wanted:
             return {}
@@ -539,13 +617,21 @@ class MarketBus:
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {exc.__class__.__name__}") from exc
         prices = {}
+        parsed = self._parsed_prices
         for symbol, value in zip(wanted, values, strict=True):
             if value is None:
                 continue
+            known = parsed.get(symbol)
+            if known is not None and known[0] == value:
+                prices[symbol] = known[1]
+                continue
             try:
-                prices[symbol] = parse_second_stat(value)
+                price = parse_second_stat(value)
             except InvalidSecondStat as exc:
                 log.warning("malformed_price_key", symbol=symbol, error=str(exc))
+                continue
+            prices[symbol] = price
+            parsed[symbol] = (value, price)
         return prices
 
     async def tickers(self) -> dict[str, Ticker]:

@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from support.credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
 from support.redis_cluster import redis_cluster
 
 from launcher.embedded import EmbeddedPostgres, ManagedProcess, chdb_url, redis_command, tansu_command
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.pki import (
     AGGREGATOR,
     AUTH,
@@ -31,6 +32,12 @@ from crypto_mesh.pki import (
 from crypto_mesh.secrets import secrets_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis's default deadline (200 ms per example) is a timed assertion: on a loaded machine an example
+# that takes 0.2 ms alone can take 800 ms, and the test then fails without any defect. Property tests here
+# check what a function computes, never how fast; speed is measured by benchmarks/.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -33,7 +33,7 @@ from aggregator.store import FollowerStore, connect_redis, followers_key
 from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from crypto_mesh.metrics import parse_samples
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.pki import SOCKET_PROXY
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from socket_proxy.server import CALLERS as PROXY_CALLERS

@@ -39,7 +39,7 @@ from support.stacks import serve_auth, serve_bff
 
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.metrics import parse_samples
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from launcher.embedded import ManagedProcess
 from profile_bff.alertstore import AlertStore
 from profile_bff.store import ProfileStore

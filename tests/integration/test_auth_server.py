@@ -20,7 +20,7 @@ from auth.store import LoginBudgetStore, create_engine
 from auth.tokens import generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
 from crypto_mesh.grpc_tls import tls_channel
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.pki import AUTH, PROFILE_BFF
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
 from crypto_mesh.throttle import Charge, Rate

@@ -17,7 +17,7 @@ from support.polling import eventually
 from support.stacks import serve_alerting_stack
 
 from crypto_mesh import jsonutil
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.pki import AUTH
 from profile_bff.webhooks import ALERT_ID_HEADER, SIGNATURE_HEADER, verify_signature
 

@@ -29,7 +29,7 @@ from support.databases import execute_sql
 from support.fake_aggregator import FakeAggregator
 from support.stacks import serve_auth, serve_bff, serve_stack
 
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from launcher.embedded import ManagedProcess, redis_command
 
 

@@ -21,7 +21,7 @@ from support.stacks import serve_etl, serve_stack
 
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.redisclient import seconds_key
 
 @pytest.fixture(scope="module")

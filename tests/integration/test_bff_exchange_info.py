@@ -25,7 +25,7 @@ from support.fake_aggregator import FakeAggregator
 from support.polling import eventually
 from support.stacks import serve_auth, serve_bff
 
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from launcher.replay.server import Running as RunningExchange
 from launcher.replay.server import start as start_exchange
 from launcher.replay.settings import ReplaySettings

@@ -28,7 +28,7 @@ from support.fake_aggregator import FakeAggregator
 from support.stacks import aggregator_settings, exchange_and_proxy, serve_auth, serve_bff
 
 from aggregator.app import start as start_aggregator
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from profile_bff.sockets import text_frame
 
 WS = "/v2/user/profile/ws"

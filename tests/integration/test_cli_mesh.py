@@ -20,7 +20,8 @@ import pytest
 from support.databases import alembic_head
 from support.mesh import CRYPTO_MESH, running_mesh
 
-from crypto_mesh.netutil import free_port, port_open
+from support.ports import free_port
+from crypto_mesh.netutil import port_open
 from etl.migrate import load_migrations
 from launcher.control import lock_holder, port_in_use
 

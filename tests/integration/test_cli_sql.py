@@ -84,7 +84,7 @@ async def test_through_the_etl_a_refused_query_exits_2_and_a_select_prints_its_r
     # Embedded mode: chDB belongs to the ETL process, so the command asks the ETL's POST /v1/sql.
     import asyncio
 
-    from crypto_mesh.netutil import free_port
+    from support.ports import free_port
     from etl.app import start
     from etl.settings import EtlSettings
 

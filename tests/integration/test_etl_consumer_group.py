@@ -35,7 +35,7 @@ from support.etl_processes import (
 )
 
 from aggregator.second_topic import SecondProducer
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from launcher.embedded import chdb_url
 
 KILLS = 4

@@ -18,7 +18,7 @@ from support.etl import health, mini_ticker_message, sql
 
 from crypto_mesh import jsonutil
 from launcher.embedded import ManagedProcess, tansu_command
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from etl import migrate
 from etl.app import start
 from etl.settings import EtlSettings

@@ -14,7 +14,7 @@ import pytest
 from support.credentials import service_headers, service_token_file
 
 from crypto_mesh import jsonutil
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from etl import sql
 from etl.app import start
 from etl.settings import EtlSettings

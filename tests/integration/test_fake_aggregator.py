@@ -18,7 +18,7 @@ from support.credentials import service_headers
 from support.fake_aggregator import FakeAggregator
 from support.stacks import serve_aggregator
 
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.secrets import random_token
 
 

@@ -26,7 +26,7 @@ from support.databases import new_database
 from support.stacks import exchange_and_proxy, serve_aggregator, serve_bff
 from websockets.asyncio.client import connect
 
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 
 #: The market path crosses several services and processes: a longer default wait.
 eventually = functools.partial(polling.eventually, timeout_s=30.0)

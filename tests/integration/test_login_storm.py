@@ -17,7 +17,7 @@ import pytest
 from support.bff import PASSWORD
 from support.stacks import serve_auth, serve_bff
 
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 
 BURST = 60
 UNLIMITED = "1000000/second"

@@ -13,7 +13,7 @@ from support.credentials import service_headers, service_token_file
 from support.stacks import serve_aggregator
 
 from crypto_mesh.gaps import GapDetector
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from launcher.replay.server import start as start_replay
 from launcher.replay.settings import ReplaySettings
 from socket_proxy.server import start as start_proxy

@@ -25,7 +25,7 @@ from support.recordings import as_recorded, recorded_seconds
 from support.stacks import exchange_and_proxy, published_on, serve_aggregator
 
 from crypto_mesh.metrics import parse_samples
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.redisclient import connect
 from crypto_mesh.redisclient import pubsub as subscriber
 from launcher.replay.server import start as start_replay

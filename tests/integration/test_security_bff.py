@@ -41,7 +41,7 @@ from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem, load_private_key
 from crypto_mesh import jsonutil
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from profile_bff.tokens import DEFAULT_REFETCH_INTERVAL_S
 
 ISSUER, AUDIENCE = "crypto-mesh-auth", "crypto-mesh"

@@ -23,7 +23,7 @@ from support.stacks import serve_aggregator
 from launcher.mesh import ensure_service_token
 from launcher.settings import ETL_TOKEN_FILE, STATE_FILE
 from crypto_mesh.candles import CandleRange
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.secrets import random_token
 from crypto_mesh.servicecreds import bearer_header, bearer_token_middleware, read_token, read_tokens
 from etl.app import start as start_etl

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.polling import eventually
 
 from crypto_mesh.grpc_tls import tls_channel
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.pki import AGGREGATOR, HEALTHCHECK, SOCKET_PROXY
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from launcher.replay.server import start as start_replay

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from crypto_mesh.netutil import free_port
+from support.ports import free_port, mesh_ports
 
 #: The ``crypto-mesh`` command of the environment running the tests.
 CRYPTO_MESH = str(Path(sys.executable).parent / "crypto-mesh")
@@ -31,7 +31,13 @@ def running_mesh(data_dir: Path, **variables: str) -> Iterator[tuple[dict, dict,
     """`crypto-mesh up` in ``data_dir`` with ``variables`` (``MESH_*``) over the embedded defaults, until
     ready; yields (state dict, environment, process, log path). Stopped with SIGINT (Ctrl-C) unless already
     stopped."""
-    env = {**os.environ, "MESH_DATA_DIR": str(data_dir), "MESH_BFF_PORT": str(free_port()), **variables}
+    env = {
+        **os.environ,
+        "MESH_DATA_DIR": str(data_dir),
+        "MESH_BFF_PORT": str(free_port()),
+        "MESH_PORTS": mesh_ports(),
+        **variables,
+    }
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "up.log"
     with log_path.open("wb") as log:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from support.credentials import TESTS_REDIS_USER, redis_acl_file, redis_passwords, redis_user_url
 
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from launcher.embedded import ManagedProcess, redis_command, redis_server_binary
 
 MASTERS = 3

@@ -26,7 +26,7 @@ from auth.server import start as start_auth
 from auth.settings import AuthSettings
 from auth.tokens import generate_private_key_pem
 from crypto_mesh.kafka import ensure_topics
-from crypto_mesh.netutil import free_port
+from support.ports import free_port
 from crypto_mesh.redisclient import connect as connect_redis
 from crypto_mesh.redisclient import pubsub as subscribe_redis
 from crypto_mesh.service import Running
