@@ -113,7 +113,7 @@ class TradeIntake:
     def on_frames(self, symbol: str, frames: Iterable[bytes], received_ms: int) -> None:
         """Process raw frames of ``symbol``'s trade stream that arrived at local Unix ms ``received_ms``.
         A frame that does not parse, is not a trade, or is of another symbol is counted and dropped."""
-        counters = self.counters
+        counters, take = self.counters, self._take
         for raw in frames:
             try:
                 trade = parse_trade_frame(raw)
@@ -128,7 +128,7 @@ class TradeIntake:
                 counters.wrong_symbol += 1
                 continue
             counters.parsed += 1
-            self._take(trade, received_ms)
+            take(trade, received_ms)
         self._sync_counters()
 
     def on_fill(self, symbol: str, first_id: int, frames: Iterable[bytes]) -> None:
@@ -180,7 +180,9 @@ class TradeIntake:
             return
         skipped = self.gaps.observe_id(symbol, trade.trade_id)
         fill = (
-            plan_fill(trade.trade_id, skipped, self.max_backfill_ids) if self.backfill is not None else None
+            plan_fill(trade.trade_id, skipped, self.max_backfill_ids)
+            if skipped and self.backfill is not None
+            else None
         )
         if fill is None:
             self._publish(self.windows.add(trade, received_ms, after_gap=skipped > 0))

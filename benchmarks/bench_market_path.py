@@ -8,7 +8,8 @@ What it does (bounded: about ``warmup + duration + ceiling + 15`` seconds, under
 
 1. *Ceiling*: a bare in-process loop of :func:`crypto_mesh.binance.parse_trade_frame` and
    :class:`aggregator.secondstat.SecondWindows` over the frames of the shipped ``@trade`` recording, for
-   ``--ceiling`` seconds: frames per second one core can parse and aggregate, with no I/O.
+   ``--ceiling`` seconds: frames per second one core can parse and aggregate, with no I/O, and the CPU time
+   (user + system, this process) that costs per frame.
 2. *End to end*: embedded Redis and Tansu (Kafka), then the replay exchange (``REPLAY_SPEED=--speed``; 0 = as
    fast as it can, looping the recording), socket_proxy and the aggregator as separate processes (``python -m``)
    on 127.0.0.1, following every symbol of the recording. After ``--warmup`` seconds it reads both services'
@@ -17,7 +18,13 @@ What it does (bounded: about ``warmup + duration + ceiling + 15`` seconds, under
    SecondStats published to Redis, upstream reconnects and subscriber overflows (frames lost to a consumer
    that fell behind), the p99 of ``aggregator_publish_latency_seconds`` (window close → acknowledged Redis
    publish; a histogram, so p99 is given as the upper bound of its bucket), and the peak RSS (``VmHWM``) of
-   every process.
+   every process. *CPU per frame*: the CPU time (user + system, every thread; psutil) socket_proxy and the
+   aggregator spent over the same window, per frame socket_proxy received and per trade frame the aggregator
+   parsed, beside the ceiling's CPU per frame; their sum over the ceiling's is the path's cost ratio. Both
+   are CPU time, not wall time, so a loaded machine changes them less than it changes the rates. The
+   aggregator's CPU includes its outputs (SecondStats to Redis and Kafka, mini-tickers to Kafka and Redis),
+   which the ceiling does not do; the replay plays a mini-ticker frame per second of the recording, so
+   ``--speed`` times as many per second as the exchange sends.
 3. *Losses*: what the path lost, over the measured window and since the processes started (warm-up
    included): trade ids socket_proxy saw skipped upstream, subscribers it ended on overflow, trade ids the
    aggregator saw skipped (frames lost anywhere before it: upstream or in an ended subscription), trades it
@@ -27,7 +34,9 @@ What it does (bounded: about ``warmup + duration + ceiling + 15`` seconds, under
    lost anything is *lossy*: its end-to-end rate counts only the frames that survived and its p99 only the
    SecondStats that were published, so it prints ``LOSSY`` with what was lost and exits with status 1.
 
-Goal (issue 4): at least 50,000 frames/s end to end with nothing lost, p99 under 50 ms. Every figure is
+Goals: at least 50,000 frames/s end to end with nothing lost, p99 under 50 ms (issue 4); at ``--speed 0``
+at least 50 % of the ceiling end to end, and socket_proxy's and the aggregator's CPU per frame together at
+most twice the ceiling's (issue 18). Every figure is
 printed with the conditions: CPU, cores, load average before and after, parameters. Exit status: 0 when
 nothing was lost, 1 when the run was lossy (whatever its rate).
 """
@@ -45,6 +54,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from aggregator.secondstat import SecondWindows
 from crypto_mesh.binance import TRADE, parse_trade_frame, recording_lines, split_stream
 from launcher.embedded import ManagedProcess, tansu_command
@@ -60,6 +71,10 @@ from machine import cpu_model
 
 GOAL_FRAMES_PER_S = 50_000
 GOAL_P99_S = 0.050
+#: Issue 18: end to end at least this share of the ceiling, and the two processes' CPU per frame together at
+#: most this many times the ceiling's.
+GOAL_SHARE_OF_CEILING = 0.5
+GOAL_CPU_RATIO = 2.0
 
 #: What a lossless run counts zero of: (which service, series, what it means).
 LOSSES = (
@@ -101,13 +116,15 @@ def losses(
     return out
 
 
-def ceiling(recording: Path, seconds: float) -> tuple[float, int]:
-    """Frames per second of parse + aggregate in this process, and the frames per pass of the recording."""
+def ceiling(recording: Path, seconds: float) -> tuple[float, float, int]:
+    """Frames per second of parse + aggregate in this process, the CPU time that costs per frame (s, user +
+    system of this process), and the frames per pass of the recording."""
     lines = recording_lines(recording)
     frames = [line for line in lines if split_stream(json.loads(line)["stream"])[1] == TRADE]
     windows = SecondWindows(grace_ms=1000)
     done = 0
     started = time.perf_counter()
+    cpu_started = time.process_time()
     deadline = started + seconds
     while time.perf_counter() < deadline:
         # A fresh SecondWindows per pass: the recording's times repeat, and repeats would be "late".
@@ -115,7 +132,8 @@ def ceiling(recording: Path, seconds: float) -> tuple[float, int]:
         for raw in frames:
             windows.add(parse_trade_frame(raw))
         done += len(frames)
-    return done / (time.perf_counter() - started), len(frames)
+    cpu_s = time.process_time() - cpu_started
+    return done / (time.perf_counter() - started), cpu_s / done, len(frames)
 
 
 def scrape(url: str, headers: dict[str, str] | None = None) -> dict[str, float]:
@@ -141,6 +159,12 @@ def p99_bound(before: dict[str, float], after: dict[str, float], name: str) -> t
         if cumulative >= 0.99 * total:
             return bound, int(total)
     return float("inf"), int(total)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time a live process has used so far, user + system of all its threads (s)."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -181,9 +205,10 @@ def main() -> int:
         f"recording: {recording.name}; speed={args.speed or 'max'}; warmup={args.warmup}s duration={args.duration}s"
     )
 
-    rate, per_pass = ceiling(recording, args.ceiling)
+    rate, ceiling_cpu, per_pass = ceiling(recording, args.ceiling)
     print(
-        f"ceiling (in-process parse + aggregate, one core): {rate:,.0f} frames/s ({per_pass} frames per pass)"
+        f"ceiling (in-process parse + aggregate, one core): {rate:,.0f} frames/s, "
+        f"{ceiling_cpu * 1e6:.2f} µs of CPU per frame ({per_pass} frames per pass)"
     )
 
     work = Path(tempfile.mkdtemp(prefix="bench-market-"))
@@ -251,13 +276,16 @@ def main() -> int:
         base = f"http://127.0.0.1:{agg_port}"
         symbols = symbols_of(recording)
         put_followers(base, symbols, aggregator_auth)
+        measured = {name: psutil.Process(processes[name].process.pid) for name in ("socket_proxy", "aggregator")}
         time.sleep(args.warmup)
         agg_before, proxy_before = (
             scrape(f"{base}/metrics", aggregator_auth),
             scrape(f"http://127.0.0.1:{proxy_metrics}/metrics", proxy_metrics_auth),
         )
+        cpu_before = {name: cpu_seconds(process) for name, process in measured.items()}
         t0 = time.monotonic()
         time.sleep(args.duration)
+        cpu_after = {name: cpu_seconds(process) for name, process in measured.items()}
         agg_after, proxy_after = (
             scrape(f"{base}/metrics", aggregator_auth),
             scrape(f"http://127.0.0.1:{proxy_metrics}/metrics", proxy_metrics_auth),
@@ -277,7 +305,8 @@ def main() -> int:
         print(f"symbols followed: {', '.join(symbols)}")
         print(
             f"end to end (aggregator parsed): {end_to_end:,.0f} frames/s "
-            f"= {end_to_end / rate:.0%} of the ceiling; goal {GOAL_FRAMES_PER_S:,} with nothing lost"
+            f"= {end_to_end / rate:.0%} of the ceiling; goal {GOAL_FRAMES_PER_S:,} with nothing lost, "
+            f"{GOAL_SHARE_OF_CEILING:.0%} of the ceiling at --speed 0"
             + (" (LOSSY: counts only the frames that survived)" if lossy else "")
         )
         print(
@@ -288,10 +317,32 @@ def main() -> int:
         )
         print(
             f"aggregator: {agg('aggregator_redis_publishes_total'):,.0f} SecondStats/s published to Redis, "
+            f"{agg('aggregator_ticker_frames_total'):,.0f} mini-ticker frames/s (the replay closes a second of "
+            f"the recording --speed times a second: one a second on the exchange), "
             f"gRPC reconnects {agg('aggregator_upstream_reconnects_total') * elapsed:.0f}, "
             f"trades fetched back from history {agg('aggregator_backfilled_trades_total') * elapsed:.0f} "
             f"(they do not undo a loss), "
             f"Redis pending at end {agg_after.get('aggregator_redis_pending', 0):.0f}"
+        )
+        frames = {
+            "socket_proxy": prx("socket_proxy_frames_in_total") * elapsed,
+            "aggregator": end_to_end * elapsed,
+        }
+        per_frame = {
+            name: (cpu_after[name] - cpu_before[name]) / frames[name] if frames[name] else float("nan")
+            for name in measured
+        }
+        for name, what in (("socket_proxy", "frame received"), ("aggregator", "trade frame parsed")):
+            cpu_s = cpu_after[name] - cpu_before[name]
+            print(
+                f"CPU {name}: {cpu_s / elapsed:.0%} of a core, {per_frame[name] * 1e6:.2f} µs per {what} "
+                f"= {per_frame[name] / ceiling_cpu:.2f} x the ceiling's"
+            )
+        path_cpu = sum(per_frame.values())
+        print(
+            f"CPU per frame, socket_proxy + aggregator: {path_cpu * 1e6:.2f} µs "
+            f"= {path_cpu / ceiling_cpu:.2f} x the ceiling's {ceiling_cpu * 1e6:.2f} µs; "
+            f"goal <= {GOAL_CPU_RATIO:g} x"
         )
         print("lost (measured window / since start):")
         for what, window, since_start in lost:

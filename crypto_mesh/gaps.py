@@ -17,6 +17,10 @@ from crypto_mesh.logs import get_logger
 
 log = get_logger(__name__)
 
+#: Streams whose id field :class:`GapDetector` remembers (Binance allows 1,024 per connection); the memo is
+#: emptied should it ever hold more.
+_MAX_STREAM_FIELDS = 100_000
+
 
 class GapDetector:
     """Per stream, the highest trade / aggregate id seen; counts the ids skipped beyond it.
@@ -27,6 +31,8 @@ class GapDetector:
 
     def __init__(self) -> None:
         self._last: dict[str, int] = {}
+        #: Stream → its id field (None: not a trade stream), looked up once per stream, not per frame.
+        self._fields: dict[str, str | None] = {}
         self.gaps = 0
         self.missed = 0
 
@@ -36,15 +42,20 @@ class GapDetector:
         Streams other than trade streams, and frames without an integer id (malformed: the aggregator counts
         those), are ignored.
         """
-        field = trade_id_field(stream)
+        fields = self._fields
+        field = fields.get(stream, fields)
+        if field is fields:
+            if len(fields) >= _MAX_STREAM_FIELDS:
+                fields.clear()
+            field = fields[stream] = trade_id_field(stream)
         if field is None:
             return 0
         try:
             frame = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return 0
-        data = payload(frame) if isinstance(frame, dict) else None
-        trade_id = data.get(field) if isinstance(data, dict) else None
+        data = payload(frame) if type(frame) is dict else None
+        trade_id = data.get(field) if type(data) is dict else None
         if type(trade_id) is not int:
             return 0
         return self.observe_id(stream, trade_id)

@@ -31,6 +31,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 #: A client of either kind.
 RedisClient = aioredis.Redis | RedisCluster
@@ -117,14 +118,32 @@ async def run_scripts(
     cluster), not as a transaction; returns their results in order. Each script call is atomic by itself, and
     calls on one master run in the order given. Raises ``RedisError``/``OSError`` as the client does.
 
-    A single server gets ``EVALSHA`` (redis-py's pipeline loads a script the server does not know). redis-py
+    A single server gets ``EVALSHA`` by the script's SHA1, sent as it is: redis-py's pipeline would first ask
+    ``SCRIPT EXISTS`` in a round trip of its own, every time. A server that does not know a script (restarted,
+    or its scripts flushed) answers ``NOSCRIPT`` to the calls of that script, and to them only: the script is
+    loaded (``SCRIPT LOAD``) and those calls are run again in a second round trip, after the others. redis-py
     refuses ``EVALSHA`` in a cluster pipeline, since it cannot load a script on the master that answers
     ``NOSCRIPT``: a cluster gets ``EVAL`` with the script's text, which Redis compiles once and caches by its
     SHA1 like a loaded script."""
     pipe = client.pipeline(transaction=False)
-    for script, keys, args in calls:
-        if isinstance(client, RedisCluster):
+    if isinstance(client, RedisCluster):
+        for script, keys, args in calls:
             pipe.eval(script.script, len(keys), *keys, *args)
-        else:
-            await script(keys=keys, args=args, client=pipe)
-    return await pipe.execute()
+        return await pipe.execute()
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    results = await pipe.execute(raise_on_error=False)
+    unknown = [index for index, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if unknown:
+        for script in {calls[index][0] for index in unknown}:
+            await client.script_load(script.script)
+        retry = client.pipeline(transaction=False)
+        for index in unknown:
+            script, keys, args = calls[index]
+            retry.evalsha(script.sha, len(keys), *keys, *args)
+        for index, result in zip(unknown, await retry.execute(raise_on_error=False)):
+            results[index] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results

@@ -1,7 +1,7 @@
 """``python -m profile_bff``: the REST + WebSocket backend-for-frontend, until SIGTERM.
 
 It runs on uvloop where uvloop is installed (Linux), whose transports make the WebSocket fan-out cheaper per
-message, else on asyncio's own loop.
+message, else on asyncio's own loop, as every service does (:func:`crypto_mesh.runtime.run_service`).
 
 Garbage collection is tuned for many long-lived sockets: everything imported before serving is moved out of
 the collector's reach (:func:`gc.freeze`), and the collector runs less often (:data:`GC_THRESHOLDS`). A full
@@ -21,15 +21,10 @@ from profile_bff.app import start
 from profile_bff.ceilings import raise_descriptor_limit
 from profile_bff.settings import BffSettings
 
-try:
-    import uvloop
-except ImportError:  # not Linux: asyncio's own loop
-    uvloop = None
-
 #: :func:`gc.set_threshold` of the BFF process (CPython's defaults: 700, 10, 10).
 GC_THRESHOLDS = (20_000, 20, 100)
 
 if __name__ == "__main__":
     tune_garbage_collector(*GC_THRESHOLDS)
     raise_descriptor_limit()
-    run_service("profile_bff", BffSettings, start, loop_factory=uvloop.new_event_loop if uvloop else None)
+    run_service("profile_bff", BffSettings, start)

@@ -32,7 +32,7 @@ from crypto_mesh.observe import GrpcServerObserver
 from crypto_mesh.pki import AGGREGATOR
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
 from crypto_mesh.service import Lifecycle, Running, start_service
-from socket_proxy.fanout import Counters, FanOut, Subscriber, SubscriberOverflow
+from socket_proxy.fanout import Counters, FanOut, SubscriberOverflow
 from socket_proxy.history import BudgetSpent, TradeHistory
 from socket_proxy.metrics import registry_for
 from socket_proxy.service import ProxyService
@@ -119,6 +119,9 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
     async def _stream(self, stream: str, context: grpc.aio.ServicerContext) -> None:
         subscriber = self._fanout.subscribe(stream)
         log.info("subscriber_joined", stream=stream, peer=context.peer())
+        # One waiter on the subscriber's end for the whole call, not one per message (a quiet stream's
+        # messages carry a frame each, so every per-message object counts).
+        ended = asyncio.ensure_future(subscriber.wait_ended())
         try:
             while True:
                 try:
@@ -130,11 +133,12 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
                     # frames behind the first turns thousands of one-frame messages into a few full ones.
                     await asyncio.sleep(self._linger_s)
                     batch.extend(subscriber.queued(self._max_batch - len(batch)))
-                if not await self._write(subscriber, context, socket_pb2.RawFrames(data=batch)):
+                if not await self._write(ended, context, socket_pb2.RawFrames(data=batch)):
                     break
                 self._counters.frames_out += len(batch)
                 self._counters.messages_out += 1
         finally:
+            ended.cancel()
             self._fanout.unsubscribe(subscriber)
             log.info("subscriber_left", stream=stream, overflowed=subscriber.overflowed)
         await context.abort(
@@ -144,19 +148,18 @@ class SocketProxyServicer(socket_pb2_grpc.SocketProxyServicer):
 
     @staticmethod
     async def _write(
-        subscriber: Subscriber, context: grpc.aio.ServicerContext, message: socket_pb2.RawFrames
+        ended: asyncio.Future[None], context: grpc.aio.ServicerContext, message: socket_pb2.RawFrames
     ) -> bool:
-        """Send ``message``; False if the subscriber was ended while the send waited on a client that does not
-        read (the send is then abandoned)."""
+        """Send ``message``; False if the subscriber was ended (``ended`` done: its
+        :meth:`socket_proxy.fanout.Subscriber.wait_ended`) while the send waited on a client that does not read (the send is then
+        abandoned)."""
         write = asyncio.ensure_future(context.write(message))
-        ended = asyncio.ensure_future(subscriber.wait_ended())
         try:
             await asyncio.wait((write, ended), return_when=asyncio.FIRST_COMPLETED)
             if write.done():
                 write.result()
                 return True
         finally:
-            ended.cancel()
             if not write.done():
                 write.cancel()
         await asyncio.gather(write, return_exceptions=True)

@@ -36,8 +36,9 @@ class ProxyService:
 
     def _on_frame(self, stream: str, raw: bytes) -> None:
         self.counters.frames_in += 1
-        # Only subscribed streams keep gap state: a released stream's frames in flight must not revive it.
-        if self.fanout.publish(stream, raw):
+        # Only subscribed streams keep gap state: a released stream's frames in flight must not revive it, nor
+        # the frame on which its last subscriber overflowed (that loss is the subscriber's, not the upstream's).
+        if self.fanout.publish(stream, raw) and self.fanout.subscribed(stream):
             self.gaps.observe(stream, raw)
 
     def _on_last(self, stream: str) -> None:

@@ -10,6 +10,12 @@ from crypto_mesh.settings import MeshTlsSettings, MetricsPortSettings
 
 #: Binance spot REST ("General API Information", base endpoints).
 DEFAULT_REST_URL = "https://api.binance.com"
+#: How long a ``RawFrames`` message waits for more frames after its first (ms). A gRPC message costs both
+#: processes far more than a frame in it: with no wait, a busy stream went out ~30 frames a message and cost
+#: socket_proxy + aggregator 26 µs of CPU per frame; waiting 5 ms made it ~120 frames a message and 20 µs
+#: (benchmarks/bench_market_path.py --speed 1000, docs/CAPACITY.md). 5 ms is small beside the one-second
+#: windows the aggregator makes of the frames; a quiet stream's lone frame waits it out too.
+DEFAULT_BATCH_LINGER_MS = 5.0
 
 
 class ProxySettings(MeshTlsSettings, MetricsPortSettings):
@@ -17,8 +23,9 @@ class ProxySettings(MeshTlsSettings, MetricsPortSettings):
     (``wss://stream.binance.com:9443``, or a replay exchange's ``ws://127.0.0.1:9443``; the proxy connects to its
     ``/stream`` endpoint), ``PROXY_SUBSCRIBER_QUEUE_SIZE`` (10000 frames buffered per gRPC subscriber before it is
     ended with RESOURCE_EXHAUSTED), ``PROXY_MAX_BATCH`` (256 frames at most in one ``RawFrames``),
-    ``PROXY_BATCH_LINGER_MS`` (0 = send at once; else how long a message waits for more frames after its first
-    one, unless ``MAX_BATCH`` are already queued: fewer, fuller messages for up to that much added latency) and ``PROXY_METRICS_PORT`` (0 = no metrics endpoint;
+    ``PROXY_BATCH_LINGER_MS`` (5; 0 = send at once; else how long a message waits for more frames after its
+    first one, unless ``MAX_BATCH`` are already queued: fewer, fuller messages for up to that much added latency,
+    see :data:`DEFAULT_BATCH_LINGER_MS`) and ``PROXY_METRICS_PORT`` (0 = no metrics endpoint;
     else Prometheus ``GET /metrics`` on ``PROXY_HOST:PROXY_METRICS_PORT``, with ``PROXY_METRICS_TOKEN_FILE``:
     :class:`crypto_mesh.settings.MetricsPortSettings`; ``crypto-mesh up`` and compose turn it on). ``PROXY_REST_URL`` (unset: derived
     from ``PROXY_EXCHANGE_URL``, see :meth:`exchange_rest_url`) and ``PROXY_REST_WEIGHT_PER_MINUTE`` (3000, at
@@ -35,7 +42,7 @@ class ProxySettings(MeshTlsSettings, MetricsPortSettings):
     exchange_url: str = "wss://stream.binance.com:9443"
     subscriber_queue_size: int = Field(default=10_000, ge=1)
     max_batch: int = Field(default=256, ge=1)
-    batch_linger_ms: float = Field(default=0.0, ge=0, le=1000)
+    batch_linger_ms: float = Field(default=DEFAULT_BATCH_LINGER_MS, ge=0, le=1000)
     rest_url: str | None = None
     rest_weight_per_minute: int = Field(default=3000, ge=1, le=binance_rest.REQUEST_WEIGHT_PER_MINUTE)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
 
 from crypto_mesh import binance, jsonutil
 from crypto_mesh.binance import control
@@ -135,10 +135,15 @@ class _Session:
             await self.ws.close()
 
     async def _read(self) -> None:
+        ws, dispatch = self.ws, self._dispatch
         try:
-            async for message in self.ws:
-                raw = message.encode() if isinstance(message, str) else bytes(message)
-                self._dispatch(raw)
+            while True:
+                # decode=False: a text frame (Binance sends JSON as text) as its UTF-8 bytes, never decoded to
+                # str only to be encoded back.
+                raw = await ws.recv(decode=False)
+                dispatch(raw if type(raw) is bytes else bytes(raw))
+        except ConnectionClosedOK:
+            pass
         except ConnectionClosed as exc:
             log.warning("upstream_closed", code=exc.rcvd.code if exc.rcvd else None, reason=str(exc))
 

@@ -48,7 +48,12 @@ MINI_TICKER_EVENT = "24hrMiniTicker"
 
 #: How Binance starts every combined-stream frame: compact JSON, ``stream`` first.
 _COMBINED_PREFIX = b'{"stream":"'
+_NAME_START = len(_COMBINED_PREFIX)
 _STREAM_NAME_MAX = 200
+#: Stream names as :func:`stream_of` found them (bytes → str), decoded once per stream rather than per frame; a
+#: connection carries at most 1,024 streams. Emptied should it ever hold :data:`_STREAM_NAMES_MAX`.
+_STREAM_NAMES_MAX = 100_000
+_stream_names: dict[bytes, str] = {}
 
 
 # --- Combined-stream envelope ------------------------------------------------------------------------------
@@ -67,10 +72,18 @@ def stream_of(raw: bytes) -> str | None:
     names are ASCII letters, digits and ``@!_``, never escaped by Binance."""
     if not raw.startswith(_COMBINED_PREFIX):
         return None
-    end = raw.find(b'"', len(_COMBINED_PREFIX), len(_COMBINED_PREFIX) + _STREAM_NAME_MAX)
-    if end < 0 or b"\\" in raw[len(_COMBINED_PREFIX) : end] or not raw.startswith(b',"data":', end + 1):
+    end = raw.find(b'"', _NAME_START, _NAME_START + _STREAM_NAME_MAX)
+    if end < 0 or not raw.startswith(b',"data":', end + 1):
         return None
-    return raw[len(_COMBINED_PREFIX) : end].decode("ascii", "replace")
+    name = raw[_NAME_START:end]
+    stream = _stream_names.get(name)
+    if stream is None:
+        if b"\\" in name:
+            return None
+        if len(_stream_names) >= _STREAM_NAMES_MAX:
+            _stream_names.clear()
+        stream = _stream_names[name] = name.decode("ascii", "replace")
+    return stream
 
 
 def split_combined(frame: object) -> tuple[str, Any] | None:
@@ -116,6 +129,50 @@ class Trade:
     time_ms: int
 
 
+#: Trades as :func:`parse_trade_frame` builds them, one per frame of the market path: the slots' own setters
+#: fill a new instance directly, at under half the cost of the frozen dataclass's ``__init__`` (which goes
+#: through ``object.__setattr__`` once per field); the instance is the same frozen ``Trade``.
+_new_trade = object.__new__
+_set_trade_fields = tuple(
+    getattr(Trade, name).__set__ for name in ("symbol", "trade_id", "price", "quantity", "time_ms")
+)
+
+
+def _trade(symbol: str, trade_id: int, price: Decimal, quantity: Decimal, time_ms: int) -> Trade:
+    trade = _new_trade(Trade)
+    set_symbol, set_id, set_price, set_quantity, set_time = _set_trade_fields
+    set_symbol(trade, symbol)
+    set_id(trade, trade_id)
+    set_price(trade, price)
+    set_quantity(trade, quantity)
+    set_time(trade, time_ms)
+    return trade
+
+
+#: The exchange's symbols (``"BTCUSDT"``) as :func:`normalize_symbol` returned them, so that each frame's symbol
+#: is checked once per distinct string rather than once per frame. A market has a few thousand symbols; the
+#: cache is emptied should it ever hold :data:`_SYMBOL_CACHE_MAX`.
+_SYMBOL_CACHE_MAX = 10_000
+_normalized_symbols: dict[str, str] = {}
+
+
+def _trade_symbol(value: object) -> str:
+    """``normalize_symbol(value)``, remembered for strings; raises :class:`MalformedFrame` for a bad symbol."""
+    if type(value) is str:
+        symbol = _normalized_symbols.get(value)
+        if symbol is not None:
+            return symbol
+    try:
+        symbol = normalize_symbol(value)
+    except InvalidSymbol as exc:
+        raise MalformedFrame(f"bad symbol: {exc}") from None
+    if type(value) is str:
+        if len(_normalized_symbols) >= _SYMBOL_CACHE_MAX:
+            _normalized_symbols.clear()
+        _normalized_symbols[value] = symbol
+    return symbol
+
+
 def trade_id_field(stream: str) -> str | None:
     """The id field of a trade stream's payloads: ``"t"`` for ``<symbol>@trade``, ``"a"`` for
     ``<symbol>@aggTrade``; None for any other stream."""
@@ -140,16 +197,12 @@ def parse_trade_frame(raw: bytes | str) -> Trade:
     id_field = TRADE_ID_FIELDS.get(event)
     if id_field is None:
         raise UnknownEvent(f"event type {event!r} is not a trade")
-    try:
-        symbol = normalize_symbol(data.get("s"))
-    except InvalidSymbol as exc:
-        raise MalformedFrame(f"bad symbol: {exc}") from None
-    return Trade(
-        symbol=symbol,
-        trade_id=_integer(data, id_field, MalformedFrame),
-        price=_decimal(data, "p", "positive", MalformedFrame),
-        quantity=_decimal(data, "q", "positive", MalformedFrame),
-        time_ms=_integer(data, "T", MalformedFrame),
+    return _trade(
+        _trade_symbol(data.get("s")),
+        _integer(data, id_field, MalformedFrame),
+        _decimal(data, "p", "positive", MalformedFrame),
+        _decimal(data, "q", "positive", MalformedFrame),
+        _integer(data, "T", MalformedFrame),
     )
 
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from support.credentials import redis_acl_file, redis_user_url
+from support.credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
 from support.polling import eventually
 
 from aggregator.secondstat import SecondStat
@@ -268,3 +268,32 @@ async def test_while_redis_is_down_only_the_newest_ticker_of_each_symbol_waits_a
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await client.aclose()
+
+
+async def test_stats_are_published_once_each_after_redis_forgot_its_scripts(late_redis):
+    # Scripts are called by their SHA1 alone: a server that no longer knows them (restarted, or flushed as
+    # here) answers NOSCRIPT, and those calls must be loaded and run again, each exactly once.
+    url, start_redis = late_redis
+    start_redis()
+    client = connect_redis(url)
+    admin = connect_redis(redis_user_url(url, TESTS_REDIS_USER))
+    publisher = StatPublisher(client, recent=10)
+    task = asyncio.create_task(publisher.run())
+    try:
+        publisher.submit(stat("btcusdt", 1, "101"))
+        await eventually(lambda: publisher.published == 1)
+        await admin.script_flush()
+        for second in (2, 3):
+            publisher.submit(stat("btcusdt", second, f"10{second}"))
+        publisher.submit(stat("ethusdt", 1, "201"))
+        await eventually(lambda: publisher.published == 4)
+
+        recent = [orjson.loads(item) for item in await admin.lrange(seconds_key("btcusdt"), 0, -1)]
+        assert [(item["t"], item["p"]) for item in recent] == [(1000, "101"), (2000, "102"), (3000, "103")]
+        assert orjson.loads(await admin.get("price:ethusdt"))["p"] == "201"
+        assert publisher.stale == 0 and publisher.failures == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+        await admin.aclose()

@@ -3,6 +3,7 @@ real Binance data shipped in crypto_mesh/data/binance (see its SOURCES.md for th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 from decimal import Decimal
@@ -214,6 +215,24 @@ GOOD = {"e": "trade", "E": 2, "s": "BTCUSDT", "t": 7, "p": "1.5", "q": "2", "T":
 def test_a_malformed_trade_frame_is_rejected(frame):
     with pytest.raises(MalformedFrame):
         binance.parse_trade_frame(frame)
+
+
+def test_a_parsed_trade_is_as_frozen_and_hashable_as_a_constructed_one():
+    trade = binance.parse_trade_frame(orjson.dumps(GOOD))
+    constructed = Trade(symbol="btcusdt", trade_id=7, price=Decimal("1.5"), quantity=Decimal("2"), time_ms=1)
+    assert trade == constructed and hash(trade) == hash(constructed)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        trade.price = Decimal("2")  # type: ignore[misc]
+
+
+def test_every_frame_of_a_symbol_is_checked_alike_after_the_first():
+    # The parser remembers the symbol strings it has normalised; the second frame of each must be read alike.
+    for _ in range(2):
+        assert binance.parse_trade_frame(orjson.dumps({**GOOD, "s": " EthUsdt"})).symbol == "ethusdt"
+        with pytest.raises(MalformedFrame):
+            binance.parse_trade_frame(orjson.dumps({**GOOD, "s": "ETH/USDT"}))
+        with pytest.raises(MalformedFrame):
+            binance.parse_trade_frame(orjson.dumps({**GOOD, "s": ["BTCUSDT"]}))
 
 
 def test_an_event_that_is_not_a_trade_is_reported_as_unknown():

@@ -82,3 +82,26 @@ async def test_a_waiting_subscriber_wakes_up_on_the_next_frame_and_on_being_ende
     fanout.publish("s", b"z")  # before the subscriber ran: its one-frame queue is still full
     with pytest.raises(SubscriberOverflow):
         await asyncio.wait_for(pending, 1)
+
+
+async def test_a_stream_whose_last_subscriber_overflowed_is_no_longer_subscribed():
+    fanout, upstream, _ = make_fanout(queue_size=1)
+    only = fanout.subscribe("s")
+    assert fanout.subscribed("s")
+    assert fanout.publish("s", b"1")
+    assert fanout.publish("s", b"2")  # the stream had a subscriber, which this frame ended
+    assert only.overflowed and not fanout.subscribed("s")
+    assert upstream.calls == [("subscribe", "s"), ("unsubscribe", "s")]
+
+
+async def test_a_subscriber_whose_wait_was_cancelled_still_gets_the_next_frames():
+    fanout, _, _ = make_fanout()
+    subscriber = fanout.subscribe("s")
+    waiting = asyncio.create_task(subscriber.next_batch(10))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    fanout.publish("s", b"x")
+    fanout.publish("s", b"y")
+    assert await asyncio.wait_for(subscriber.next_batch(10), 1) == [b"x", b"y"]
+    assert subscriber.depth == 0
