@@ -57,10 +57,12 @@ class Lifecycle:
     def task(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
         """Run ``coroutine`` as a background task named ``name``; at stop it is cancelled and awaited.
 
-        A task that ends with an error before the stop is logged (``background_task_failed``) when it is
-        awaited at stop; a service that must react to such an end sooner watches the task itself.
+        A task that ends with an error is logged at once (``background_task_failed``, with its traceback), not
+        only at stop, so that a loop that died is seen while the service still runs (its health says what it
+        lacks); a service that must react to such an end watches the task itself.
         """
         task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(_report_failure)
         self._stack.push_async_callback(_cancel_and_wait, task)
         return task
 
@@ -138,9 +140,21 @@ class Lifecycle:
 
 async def _cancel_and_wait(task: asyncio.Task) -> None:
     task.cancel()
-    (outcome,) = await asyncio.gather(task, return_exceptions=True)
-    if isinstance(outcome, Exception):
-        log.error("background_task_failed", task=task.get_name(), error=f"{type(outcome).__name__}: {outcome}")
+    await asyncio.gather(task, return_exceptions=True)  # an error is logged by _report_failure
+
+
+def _report_failure(task: asyncio.Task) -> None:
+    """Done callback of every background task: log the error it ended with, if any."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None and isinstance(error, Exception):
+        log.error(
+            "background_task_failed",
+            task=task.get_name(),
+            error=f"{type(error).__name__}: {error}",
+            exc_info=error,
+        )
 
 
 @dataclass

@@ -40,6 +40,19 @@ settings.register_profile("suite", deadline=None, suppress_health_check=[HealthC
 settings.load_profile("suite")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "heavy: a module among the longest (a whole mesh, processes killed again and again)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked ``heavy`` first, the rest in their usual order: the workers (pytest-xdist, whole modules
+    each, handed out in this order) then end together, the many short modules filling in at the end, instead
+    of one worker starting a long module when the other is nearly done."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def engines_can_reach_their_data(tmp_path_factory) -> None:
     """Give back traversal of pytest's temporary root to the embedded PostgreSQL's system user.

@@ -44,6 +44,9 @@ from launcher.embedded import ManagedProcess
 from profile_bff.alertstore import AlertStore
 from profile_bff.store import ProfileStore
 
+#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+pytestmark = pytest.mark.heavy
+
 ALERTS = "/v2/user/alerts"
 KILLS = 10
 #: The evaluators' consumer group session (ms): a killed member's partition is handed on after it expires.

@@ -12,6 +12,7 @@ import random
 import uuid
 
 import aiohttp
+import pytest
 from support.etl import sql_rows
 from support.etl_processes import (
     EtlProcess,
@@ -29,6 +30,9 @@ from support.etl_processes import (
 from aggregator.second_topic import SecondProducer
 from support.ports import free_port
 from launcher.embedded import chdb_url
+
+#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+pytestmark = pytest.mark.heavy
 
 KILLS = 10
 

@@ -33,6 +33,9 @@ from launcher.replay.settings import ReplaySettings
 from socket_proxy.server import start as start_proxy
 from socket_proxy.settings import ProxySettings
 
+#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+pytestmark = pytest.mark.heavy
+
 SYMBOLS = ("btcusdt", "ethusdt")
 #: No HTTP call of these tests may hang the suite.
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=5)

@@ -34,6 +34,9 @@ from support.polling import eventually
 from launcher.control import read_processes
 from launcher.mesh import HealthCheck
 
+#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+pytestmark = pytest.mark.heavy
+
 #: Killed in this order; the BFF's engine, then the embedded broker last, so that the graceful stop below drains
 #: a broker that came back empty after a kill -9, into an ETL restarted with it.
 KILLED = ["auth", "socket_proxy", "aggregator", "etl", "profile_bff", "exchange", "redis", "kafka"]

@@ -193,3 +193,29 @@ async def _record(undone: list, step: str) -> None:
 
 async def _ok(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+async def test_a_background_task_that_fails_is_logged_at_once_and_only_once():
+    lifecycle = Lifecycle("example")
+    lost = asyncio.Event()
+
+    async def consume():
+        await lost.wait()
+        raise RuntimeError("consumer lost")
+
+    async def forever():
+        await asyncio.Event().wait()
+
+    with capture_logs() as events:
+        failing = lifecycle.task(consume(), "consume")
+        lifecycle.task(forever(), "forever")
+        lost.set()
+        await asyncio.gather(failing, return_exceptions=True)
+        await asyncio.sleep(0)  # the done callbacks run
+        logged_before_stop = [event for event in events if event["event"] == "background_task_failed"]
+        await lifecycle.close()
+    failures = [event for event in events if event["event"] == "background_task_failed"]
+    assert [(event["task"], event["error"]) for event in logged_before_stop] == [
+        ("consume", "RuntimeError: consumer lost")
+    ]
+    assert failures == logged_before_stop  # the stop cancels "forever" without an error, and logs nothing again
