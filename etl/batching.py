@@ -8,6 +8,10 @@ Kafka offsets, and times are monotonic seconds (``time.monotonic()``). The rules
 - Each topic has one open batch. It opens with its first record and is due once it holds ``max_rows``
   records (``ETL_BATCH_MAX_ROWS``) or its first record is ``max_age_ms`` old (``ETL_BATCH_MAX_AGE_MS``),
   whichever comes first; an empty batch is never due.
+- One insert at a time: a due batch is inserted at once if no insert is in flight, else as soon as that one
+  is acknowledged (it could not go sooner). Until then it keeps taking records, up to ``max_rows``
+  (:meth:`Batch.ready`): when inserting is slower than polling, batches grow to ``max_rows`` instead of
+  closing small by age, and fewer, larger inserts load faster; the first record waits no longer.
 - A batch counts every record taken, decoded or dead-lettered, and its offsets cover both, so committing moves
   past the dead letters too.
 - Its commit, made only once the batch is inserted (the loop's part), is the next record to read in each
@@ -16,7 +20,8 @@ Kafka offsets, and times are monotonic seconds (``time.monotonic()``). The rules
   each of their partitions is read again from the batch's first offset there (:attr:`Batch.first_offsets`).
 - Backpressure: one poll takes at most ``max_rows`` minus the size of the fullest open batch
   (:meth:`BatchPolicy.room`), so no batch ever holds more than ``max_rows``; and it waits no longer than the
-  oldest open batch has left before it is due (:meth:`BatchPolicy.poll_timeout_ms`).
+  oldest open batch has left before it is due (:meth:`BatchPolicy.poll_timeout_ms`), a batch already due and
+  waiting for the insert in flight aside.
 """
 
 from __future__ import annotations
@@ -41,13 +46,17 @@ class BatchPolicy:
         topic) has room for. At least 1 once every due batch has been closed."""
         return self.max_rows - max((batch.size for batch in batches), default=0)
 
-    def poll_timeout_ms(self, batches: Iterable[Batch], now: float, longest_ms: int) -> int:
+    def poll_timeout_ms(
+        self, batches: Iterable[Batch], now: float, longest_ms: int, inserting: bool = False
+    ) -> int:
         """How long the next poll may wait for records (whole ms, at least 0): ``longest_ms``, or less if one
-        of the open ``batches`` is due sooner, so that it closes on time."""
-        timeout_ms = min(
-            [longest_ms, *(self.max_age_ms - batch.age_ms(now) for batch in batches if batch.size)]
-        )
-        return max(0, int(timeout_ms))
+        of the open ``batches`` is due sooner, so that it closes on time. With ``inserting`` (an insert is in
+        flight), a batch already due does not shorten the wait: it waits for that insert anyway (the caller
+        passes a short ``longest_ms`` then, to notice the acknowledgement soon)."""
+        ages_left = [self.max_age_ms - batch.age_ms(now) for batch in batches if batch.size]
+        if inserting:
+            ages_left = [left for left in ages_left if left > 0]
+        return max(0, int(min([longest_ms, *ages_left])))
 
 
 @dataclass
@@ -85,11 +94,21 @@ class Batch:
         """Milliseconds since the first record was taken at ``now``; 0 while empty."""
         return (now - self.opened_at) * 1000 if self.opened_at is not None else 0.0
 
+    @property
+    def full(self) -> bool:
+        """True once the batch holds ``max_rows`` records: a poll may add nothing to it."""
+        return self.size >= self.policy.max_rows
+
     def should_close(self, now: float) -> bool:
         """True if the batch is due at ``now``: not empty, and full or old enough."""
-        return self.size > 0 and (
-            self.size >= self.policy.max_rows or self.age_ms(now) >= self.policy.max_age_ms
-        )
+        return self.size > 0 and (self.full or self.age_ms(now) >= self.policy.max_age_ms)
+
+    def ready(self, now: float, inserting: bool) -> bool:
+        """True if the batch is to be inserted now, ``inserting`` telling whether an insert is in flight: it
+        is due (:meth:`should_close`) and either nothing is in flight or it is full (then the caller waits
+        for the insert in flight and inserts it next). A due batch that is not full waits for that insert
+        while it keeps taking records."""
+        return self.should_close(now) and (not inserting or self.full)
 
     def commit_offsets(self) -> dict[Partition, int]:
         """Offsets to commit once the batch is inserted: the next record to read in each partition, its last

@@ -10,9 +10,10 @@ tables fold, which also covers a redelivery cut into different batches (docs/ANA
 Each topic has one open batch, closed by size (``ETL_BATCH_MAX_ROWS`` records) or age
 (``ETL_BATCH_MAX_AGE_MS``); no poll takes more records than the fullest batch has room for. Those rules, and
 the offsets a batch commits or gives back, are :mod:`etl.batching`'s, over plain numbers. Records are
-decoded as they are polled, a whole poll at a time (:mod:`etl.columnar`). A closed batch is inserted on the
-store's thread while the loop fills the next one (one insert in flight at a time, committed in order), so
-at most the open batches and the one being inserted are held: three batches with two topics. If that insert
+decoded as they are polled, a whole poll at a time (:mod:`etl.columnar`). A closed batch is handed to the
+store's thread at once and inserted while the loop fills the next one (one insert in flight at a time,
+committed in order; a batch due meanwhile keeps filling, up to its size, until that insert is acknowledged),
+so at most the open batches and the one being inserted are held: three batches with two topics. If that insert
 fails, the open batches are given back to Kafka (their partitions sought back to their first records), and
 the failing batch, alone, is retried with exponential backoff and every partition paused, so nothing more
 is taken from Kafka while ClickHouse (or the dead-letter topic) fails; the loop keeps polling (paused
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ from crypto_mesh import retry
 from crypto_mesh.kafka import ensure_topics, group_consumer
 from crypto_mesh.logs import get_logger
 from etl.batching import Batch, BatchPolicy
-from etl.columnar import decode_values
+from etl.columnar import decode_values, string_digest
 from etl.deadletter import DeadLetter, dead_letter
 from etl.records import TableSpec
 from etl.seconds import SECONDS
@@ -145,9 +145,7 @@ class _Load:
             else:
                 table = pa.schema(list(zip(self.spec.columns, self.spec.arrow_types))).empty_table()
             self.tables = [table]
-            digest = hashlib.blake2b(digest_size=8)
-            digest.update("".join(table.column("message_id").to_pylist()).encode())
-            self.sealed = (table, self.batch.deduplication_token(digest.hexdigest()))
+            self.sealed = (table, self.batch.deduplication_token(string_digest(table.column("message_id"))))
         return self.sealed
 
     def commit_offsets(self) -> dict[TopicPartition, int]:
@@ -157,10 +155,11 @@ class _Load:
 
 @dataclass
 class _Insert:
-    """A sealed batch whose first insert attempt runs on the store's thread while the loop goes on."""
+    """A sealed batch whose first insert attempt runs on the store's thread while the loop goes on
+    (:meth:`etl.store.ClickHouseStore.start_insert`); ``task`` is done once it is acknowledged or failed."""
 
     load: _Load
-    task: asyncio.Task[None]
+    task: asyncio.Future[None]
 
 
 class TickerConsumer:
@@ -283,13 +282,14 @@ class TickerConsumer:
         return consumer
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        """The loop: poll, decode into the topic's batch, and insert each batch that is due.
+        """The loop: insert each batch that is ready, poll, and decode into the topic's batch.
 
-        Inserts are pipelined: a due batch is sealed and its insert starts on the store's thread, and the
-        loop goes on polling and decoding into a new batch meanwhile; one insert at a time, committed in
-        order (the next due batch first waits for the one in flight). If that insert fails, the batches
-        filled meanwhile are given back to Kafka (:meth:`_release`) and the failing batch is retried alone
-        with every partition paused.
+        Inserts are pipelined: a ready batch is sealed and its insert handed to the store's thread at once,
+        and the loop goes on polling and decoding into a new batch meanwhile; one insert at a time, committed
+        in order. A batch that comes due while an insert is in flight keeps filling until that insert is
+        acknowledged, and one that is full waits for it (:meth:`etl.batching.Batch.ready`). If that insert
+        fails, the batches filled meanwhile are given back to Kafka (:meth:`_release`) and the failing batch
+        is retried alone with every partition paused.
         """
         loads = {topic: self._new_load(topic) for topic in self._specs}
         inserting: _Insert | None = None
@@ -299,10 +299,25 @@ class TickerConsumer:
                     finished, inserting = inserting, None
                     if not await self._finish(consumer, finished, loads):
                         return
+                for topic in list(loads):
+                    load = loads[topic]
+                    if not load.batch.ready(time.monotonic(), inserting is not None):
+                        continue
+                    if inserting is not None:  # full: it waits for the insert in flight
+                        finished, inserting = inserting, None
+                        if not await self._finish(consumer, finished, loads):
+                            return
+                        if loads[topic] is not load:
+                            continue  # given back to Kafka after a failed insert
+                    inserting = self._start_insert(load)
+                    loads[topic] = self._new_load(topic)
+                    self._note_held(loads, inserting.load)
                 batches = [load.batch for load in loads.values()]
                 longest_ms = _IDLE_POLL_MS if inserting is None else _INSERTING_POLL_MS
                 polled = await consumer.getmany(
-                    timeout_ms=self._policy.poll_timeout_ms(batches, time.monotonic(), longest_ms),
+                    timeout_ms=self._policy.poll_timeout_ms(
+                        batches, time.monotonic(), longest_ms, inserting=inserting is not None
+                    ),
                     max_records=self._policy.room(batches),
                 )
                 by_topic: dict[str, list[tuple[TopicPartition, list[ConsumerRecord]]]] = {}
@@ -315,19 +330,6 @@ class TickerConsumer:
                 for topic, parts in by_topic.items():
                     loads[topic].take(parts, now)
                 self._note_held(loads, inserting and inserting.load)
-                for topic in list(loads):
-                    load = loads[topic]
-                    if not load.batch.should_close(time.monotonic()):
-                        continue
-                    if inserting is not None:
-                        finished, inserting = inserting, None
-                        if not await self._finish(consumer, finished, loads):
-                            return
-                        if loads[topic] is not load:
-                            continue  # given back to Kafka after a failed insert
-                    inserting = self._start_insert(load)
-                    loads[topic] = self._new_load(topic)
-                    self._note_held(loads, inserting.load)
             if inserting is not None:
                 finished, inserting = inserting, None
                 if not await self._finish(consumer, finished, loads):
@@ -363,8 +365,7 @@ class TickerConsumer:
 
     def _start_insert(self, load: _Load) -> _Insert:
         table, token = load.seal()
-        task = asyncio.create_task(self._store.insert(load.spec, table, token), name="clickhouse-insert")
-        return _Insert(load, task)
+        return _Insert(load, self._store.start_insert(load.spec, table, token))
 
     async def _finish(self, consumer: AIOKafkaConsumer, inserting: _Insert, loads: dict[str, _Load]) -> bool:
         """Wait for the insert in flight, then complete its batch with :meth:`_flush` (which retries the

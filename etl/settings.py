@@ -38,8 +38,10 @@ class EtlSettings(ServiceSettings, KafkaClientSettings):
       ``Distributed`` table under each name queries use (:mod:`etl.migrate`), and inserts into a Distributed
       table return once every shard's replica has stored its rows. Unset, single-node tables.
     - ``ETL_BATCH_MAX_ROWS`` / ``ETL_BATCH_MAX_AGE_MS``: each topic has its own batch, inserted when it holds
-      this many records or its first record is this old (ms), whichever comes first. A closed batch is
-      inserted while the next one fills, so the records held never exceed three times ``ETL_BATCH_MAX_ROWS``
+      this many records or its first record is this old (ms), whichever comes first; one that comes due
+      while the previous batch is being inserted goes next, and keeps taking records (up to
+      ``ETL_BATCH_MAX_ROWS``) until then. A closed batch is inserted while the next one fills, so the
+      records held never exceed three times ``ETL_BATCH_MAX_ROWS``
       (an open batch per topic and the one being inserted), and while ClickHouse fails only the failing batch
       is held (see :mod:`etl.consumer`). The default, 50,000, follows ClickHouse's advice of large,
       infrequent inserts: each insert makes a part that merges rewrite later, and in

@@ -153,20 +153,33 @@ class ClickHouseStore:
         ``non_replicated_deduplication_window`` inserts (set by the migrations), so retrying the same batch
         after a lost acknowledgement does not write it twice.
         """
+        await self.start_insert(spec, table, deduplication_token)
+
+    def start_insert(
+        self, spec: TableSpec, table: pa.Table, deduplication_token: str
+    ) -> asyncio.Future[None]:
+        """:meth:`insert`, handed to the store's thread before this returns: the future is done once
+        ClickHouse has acknowledged the insert (or holds its error). Unlike a task of :meth:`insert`, which
+        starts only when the event loop next gets to it, the insert runs while the caller goes on with work
+        that does not yield (decoding the next batch). Call it from the event loop's thread."""
+        loop = asyncio.get_running_loop()
         if not table.num_rows:
-            return
+            done = loop.create_future()
+            done.set_result(None)
+            return done
         client = self._require()
+        latency = self.insert_latency.labels(spec.table)
 
         def insert() -> None:
+            started = time.perf_counter()
             client.insert_arrow(
                 spec.table,
                 table,
                 settings={"insert_deduplication_token": deduplication_token, **self._insert_settings},
             )
+            latency.observe(time.perf_counter() - started)
 
-        started = time.perf_counter()
-        await self._run(insert)
-        self.insert_latency.labels(spec.table).observe(time.perf_counter() - started)
+        return loop.run_in_executor(self._executor, insert)
 
     async def insert_tickers(self, rows: Sequence[TickerRow], deduplication_token: str) -> None:
         """:meth:`insert` of decoded rows (:func:`etl.tickers.decode_record`) into :data:`TICKERS_TABLE`."""

@@ -46,6 +46,28 @@ def test_a_batch_is_due_once_its_first_record_is_max_age_old():
     assert young.should_close(T0 + 5.0)
 
 
+def test_with_no_insert_in_flight_a_batch_is_inserted_as_soon_as_it_is_due():
+    due = batch()
+    due.add((TICKERS, 0), 0, 9, 10, T0)
+    assert not due.ready(T0 + 0.5, inserting=False)
+    assert due.ready(T0 + 1.0, inserting=False)
+    assert not batch().ready(T0 + 3600, inserting=False)
+
+
+def test_a_due_batch_keeps_filling_while_an_insert_is_in_flight_until_it_is_full():
+    waiting = batch()
+    waiting.add((TICKERS, 0), 0, 9, 10, T0)
+    assert waiting.should_close(T0 + 2.0)
+    assert not waiting.ready(T0 + 2.0, inserting=True)  # old enough, but the insert in flight goes first
+    waiting.add((TICKERS, 0), 10, 98, 89, T0 + 2.0)
+    assert not waiting.full
+    assert not waiting.ready(T0 + 2.0, inserting=True)
+    waiting.add((TICKERS, 0), 99, 99, 1, T0 + 2.1)
+    assert waiting.full
+    assert waiting.ready(T0 + 2.1, inserting=True)  # full: it waits for the insert in flight, then goes
+    assert waiting.ready(T0 + 2.1, inserting=False)
+
+
 def test_the_commit_is_the_next_offset_to_read_in_every_partition_of_the_batch():
     taken = batch()
     taken.add((TICKERS, 0), 10, 19, 10, T0)
@@ -125,6 +147,16 @@ def test_a_poll_waits_no_longer_than_the_oldest_open_batch_has_left():
     # Whole milliseconds, rounded down; never negative once a batch is overdue.
     assert POLICY.poll_timeout_ms([older], T0 + 0.0005, 5000) == 999
     assert POLICY.poll_timeout_ms([older], T0 + 2, 250) == 0
+
+
+def test_while_an_insert_is_in_flight_a_batch_already_due_does_not_cut_the_wait_short():
+    due, filling = batch(TICKERS), batch(SECONDS)
+    due.add((TICKERS, 0), 0, 0, 1, T0)
+    filling.add((SECONDS, 0), 0, 0, 1, T0 + 0.5)
+    assert POLICY.poll_timeout_ms([due, filling], T0 + 1.25, 500) == 0  # nothing in flight: insert it now
+    assert POLICY.poll_timeout_ms([due], T0 + 1.25, 500, inserting=True) == 500
+    # A batch not yet due still closes on time.
+    assert POLICY.poll_timeout_ms([due, filling], T0 + 1.25, 500, inserting=True) == 250
 
 
 def test_the_deduplication_token_names_each_partitions_run_in_partition_order_and_the_digest():

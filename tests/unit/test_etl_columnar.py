@@ -3,6 +3,7 @@ same rows, typed the same, and the same records refused with the same reasons; w
 
 from __future__ import annotations
 
+import hashlib
 import json
 from decimal import Decimal
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from aggregator.second_topic import second_record
 from aggregator.secondstat import SecondStat
 from crypto_mesh import jsonutil
-from etl.columnar import arrow_table, decode_values
+from etl.columnar import arrow_table, decode_values, string_digest
 from etl.records import InvalidRecord, TableSpec
 from etl.seconds import SECONDS
 from etl.tickers import TICKERS
@@ -128,6 +129,20 @@ def test_every_kind_of_bad_or_uncommon_record_in_one_run_is_decided_as_one_by_on
     assert run.table.num_rows == 9
 
 
+def test_values_that_would_break_the_one_line_per_value_framing_are_decided_as_one_by_one():
+    # No value is missing here, so only the framing check keeps these from the one joined read.
+    values = [
+        dumps(second(1)),
+        b"",
+        dumps(second(2)) + dumps(second(3)),
+        b" " + dumps(second(4)),
+        dumps(second(5)) + b"\n" + dumps(second(6)),
+        dumps(second(7)),
+    ]
+    assert_same_as_one_by_one(SECONDS, values)
+    assert decode_values(SECONDS, values).table.num_rows == 3
+
+
 def test_the_incomplete_mark_is_read_columnar_as_one_by_one_and_false_when_absent():
     values = [dumps(second(1)), dumps({**second(2), "x": True}), dumps({**second(3), "x": None})]
     assert_same_as_one_by_one(SECONDS, values)
@@ -194,3 +209,13 @@ def mutated_records(draw) -> tuple[TableSpec, list[bytes | None]]:
 def test_any_mix_of_mutated_records_is_decided_as_one_by_one(case):
     spec, values = case
     assert_same_as_one_by_one(spec, values)
+
+
+def test_the_digest_of_a_string_column_is_that_of_its_values_joined_whatever_its_chunks():
+    texts = ["6f1c", "", "é-ü", "a" * 300, "x"]
+    column = pa.chunked_array([pa.array(texts[:2]), pa.array(texts[2:]).slice(1), pa.array([], pa.string())])
+    expected = hashlib.blake2b("".join(column.to_pylist()).encode(), digest_size=8).hexdigest()
+    assert string_digest(column) == expected
+    # The value the slice leaves out is not hashed.
+    assert string_digest(pa.chunked_array([pa.array(texts)])) != expected
+    assert string_digest(pa.chunked_array([], pa.string())) == hashlib.blake2b(b"", digest_size=8).hexdigest()
