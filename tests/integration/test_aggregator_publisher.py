@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 import uuid
 from decimal import Decimal
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from support.credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
+from support.kafka_helpers import TopicTail
 from support.polling import eventually
 
 from aggregator.secondstat import SecondStat
@@ -30,7 +29,7 @@ from aggregator.tickers import KafkaMsg, day_ticker_json
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import MiniTicker
 from launcher.embedded import ManagedProcess, redis_command
-from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
+from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from support.ports import free_port
 from crypto_mesh.redisclient import seconds_key
 
@@ -154,16 +153,7 @@ async def test_the_kafka_buffer_drops_its_oldest_record_when_full(kafka_bootstra
         producer.submit(KafkaMsg("24hrMiniTicker", event_time, 0, symbol, *[Decimal(1)] * 4))
     assert producer.dropped == 1
 
-    # Read only what is written from now on: the session's broker holds the records of every test before.
-    await ensure_topics(kafka_bootstrap, {MINI_TICKER_TOPIC: MINI_TICKER_PARTITIONS})
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(MINI_TICKER_TOPIC, p) for p in range(MINI_TICKER_PARTITIONS)]
-        consumer.assign(partitions)
-        for partition, end in (await consumer.end_offsets(partitions)).items():
-            consumer.seek(partition, end)
-
+    async with TopicTail(kafka_bootstrap, MINI_TICKER_TOPIC, MINI_TICKER_PARTITIONS) as tail:
         task = asyncio.create_task(producer.run())
         try:
             await eventually(lambda: producer.sent == 2)
@@ -171,16 +161,7 @@ async def test_the_kafka_buffer_drops_its_oldest_record_when_full(kafka_bootstra
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await producer.close()
-
-        event_times = []
-        deadline = time.monotonic() + 20
-        while len(event_times) < 2 and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            event_times += [
-                orjson.loads(r.value)["E"] for rs in batches.values() for r in rs if r.key == symbol.encode()
-            ]
-    finally:
-        await consumer.stop()
+        event_times = [orjson.loads(record.value)["E"] for record in await tail.records({symbol.encode()}, 2)]
     assert sorted(event_times) == [2, 3]  # a delivery that failed is sent again, possibly after the other
 
 

@@ -23,13 +23,13 @@ import grpc
 import orjson
 import pytest
 import redis.asyncio as redis
-from aiokafka import AIOKafkaConsumer
 from support.credentials import service_headers
 from support.polling import eventually
+from support.kafka_helpers import TopicTail
 from support.stacks import serve_aggregator
 from yarl import URL
 
-from aggregator.store import FollowerStore, connect_redis, followers_key
+from aggregator.store import MINI_TICKER_PARTITIONS, FollowerStore, connect_redis, followers_key
 from crypto_mesh.grpc_tls import tls_server
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from crypto_mesh.metrics import parse_samples
@@ -495,10 +495,11 @@ async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs_and_kept_in_redis
     before_ms = int(time.time() * 1000)
 
     async with (
+        TopicTail(kafka_bootstrap, MINI_TICKER_TOPIC, MINI_TICKER_PARTITIONS) as tail,
         serving(proxy) as proxy_port,
         aggregator(agg_redis_url, kafka_bootstrap, proxy_port) as (base, http),
     ):
-        records = await consume(kafka_bootstrap, {first.encode(), second.encode()}, count=2)
+        records = await tail.records({first.encode(), second.encode()}, count=2)
 
         async def stored_tickers() -> list[dict] | None:
             values = await redis_client.hmget("ticker:24h", [first, second])
@@ -540,29 +541,6 @@ async def test_mini_tickers_are_written_to_kafka_as_kafka_msgs_and_kept_in_redis
     assert (tickers[1]["c"], tickers[1]["change_percent"]) == ("5", "0")
     assert counters["ticker_store"]["written"] == 2 and counters["ticker_store"]["failures"] == 0
     assert counters["kafka"]["sent"] == 2 and counters["kafka"]["failed"] == 0
-
-
-async def consume(bootstrap: str, keys: set[bytes], count: int, timeout_s: float = 60.0) -> list:
-    """The first ``count`` records of the mini-ticker topic whose key is in ``keys``, read from the earliest
-    offset by a new consumer group; gives up after ``timeout_s``. The bound is generous: joining a group and
-    reading every earlier test's records took over 20 s on a loaded machine (a test failed so once)."""
-    consumer = AIOKafkaConsumer(
-        MINI_TICKER_TOPIC,
-        bootstrap_servers=bootstrap,
-        group_id=f"agg-test-{uuid.uuid4().hex}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    found = []
-    deadline = time.monotonic() + timeout_s
-    await consumer.start()
-    try:
-        while len(found) < count and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            found += [record for records in batches.values() for record in records if record.key in keys]
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def test_health_is_ok_once_redis_kafka_and_the_upstream_are_reachable(

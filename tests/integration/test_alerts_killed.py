@@ -31,11 +31,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from support.alerts import BTC, recording_rules, reference_firings, replayed_closes, rule_body, second_records
 from support.bff import Bff, next_profile, write_exchange_info
-from support.credentials import redis_user_url, service_headers, service_token_file
+from support.credentials import service_headers
 from support.databases import new_database
 from support.fake_aggregator import FakeAggregator
 from support.polling import eventually
-from support.stacks import serve_auth, serve_bff
+from support.stacks import bff_process_environment, serve_auth, serve_bff
 
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.metrics import parse_samples
@@ -109,15 +109,7 @@ async def stack(postgres, redis_url, tmp_path_factory, kafka_bootstrap):
         serve_bff(database, redis_url, auth.port, aggregator, exchange_info) as bff,
     ):
         env = {
-            "BFF_DATABASE_URL": database,
-            "BFF_REDIS_URL": redis_user_url(redis_url, "bff"),
-            "BFF_AUTH_TARGET": f"127.0.0.1:{auth.port}",
-            "BFF_AGGREGATOR_URL": aggregator.url,
-            "BFF_AGGREGATOR_TOKEN_FILE": str(service_token_file()),
-            "BFF_ETL_TOKEN_FILE": str(service_token_file()),
-            "BFF_METRICS_TOKEN_FILE": str(service_token_file()),
-            "BFF_EXCHANGE_INFO_FILE": str(exchange_info),
-            "BFF_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            **bff_process_environment(database, redis_url, auth.port, aggregator.url, exchange_info, kafka_bootstrap),
             "BFF_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
             "BFF_ALERTS_REFRESH_S": "0.1",
             "BFF_LOG_LEVEL": "INFO",

@@ -30,11 +30,11 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 from support.bff import BffClient, new_symbol, next_profile, second_stat, write_exchange_info
-from support.credentials import redis_user_url, service_headers, service_token_file
+from support.credentials import service_headers
 from support.databases import new_database
 from support.fake_aggregator import FakeAggregator
 from support.polling import eventually
-from support.stacks import NO_RATE_LIMITS, serve_auth
+from support.stacks import NO_RATE_LIMITS, bff_process_environment, serve_auth
 
 from crypto_mesh.kafka import ensure_topics
 from crypto_mesh.metrics import parse_samples
@@ -106,17 +106,11 @@ async def engines(postgres, redis_url, kafka_bootstrap, tmp_path_factory):
         FakeAggregator() as aggregator,
         serve_auth(new_database(postgres, "auth"), tmp_path_factory.mktemp("auth")) as auth,
     ):
+        exchange_info = write_exchange_info(tmp_path_factory.mktemp("exchange"))
+        database = new_database(postgres, "profile")
         yield {
-            "BFF_DATABASE_URL": new_database(postgres, "profile"),
-            "BFF_REDIS_URL": redis_user_url(redis_url, "bff"),
-            "BFF_AUTH_TARGET": f"127.0.0.1:{auth.port}",
-            "BFF_AGGREGATOR_URL": aggregator.url,
-            "BFF_AGGREGATOR_TOKEN_FILE": str(service_token_file()),
-            "BFF_ETL_TOKEN_FILE": str(service_token_file()),
-            "BFF_METRICS_TOKEN_FILE": str(service_token_file()),
-            "BFF_EXCHANGE_INFO_FILE": str(write_exchange_info(tmp_path_factory.mktemp("exchange"))),
+            **bff_process_environment(database, redis_url, auth.port, aggregator.url, exchange_info, kafka_bootstrap),
             # The alert evaluator: every worker a member of one consumer group of a topic of one partition.
-            "BFF_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "BFF_ALERTS_TOPIC": topic,
             "BFF_ALERTS_GROUP_ID": f"bff-alerts-{name}",
             "BFF_KAFKA_SESSION_TIMEOUT_MS": "1500",

@@ -76,6 +76,25 @@ async def serve_auth(database_url: str, key_dir: Path, **overrides):
         await running.stop()
 
 
+def bff_process_environment(
+    database_url: str, redis_url: str, auth_port: int, aggregator_url: str, exchange_info: Path, kafka_bootstrap: str
+) -> dict[str, str]:
+    """The ``BFF_*`` variables a ``python -m profile_bff`` process needs on these engines: the database, Redis as
+    the BFF's own user, the auth server on 127.0.0.1:``auth_port``, the aggregator at ``aggregator_url``, the
+    exchangeInfo file, the broker, and new service token files. A test adds its port and what it varies."""
+    return {
+        "BFF_DATABASE_URL": database_url,
+        "BFF_REDIS_URL": redis_user_url(redis_url, "bff"),
+        "BFF_AUTH_TARGET": f"127.0.0.1:{auth_port}",
+        "BFF_AGGREGATOR_URL": aggregator_url,
+        "BFF_AGGREGATOR_TOKEN_FILE": str(service_token_file()),
+        "BFF_ETL_TOKEN_FILE": str(service_token_file()),
+        "BFF_METRICS_TOKEN_FILE": str(service_token_file()),
+        "BFF_EXCHANGE_INFO_FILE": str(exchange_info),
+        "BFF_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+    }
+
+
 @asynccontextmanager
 async def serve_bff(
     database_url: str,
