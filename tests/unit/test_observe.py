@@ -12,6 +12,7 @@ import structlog
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from prometheus_client import generate_latest
+from support.polling import eventually
 
 from crypto_mesh.metrics import metrics_registry, parse_samples
 from crypto_mesh.observe import (
@@ -125,6 +126,10 @@ async def test_routes_count_by_template_and_rpcs_by_method_and_code(edge):
         for path in ("/items/a", "/items/b", "/nowhere/1"):
             async with http.get(f"{base}{path}") as response:
                 await response.read()
+    # The server's interceptor counts a call once the handler has returned, which may be just after the
+    # client has its answer.
+    server_counted = f'echo_grpc_server_handled_total{{grpc_code=OK,grpc_method={METHOD}}}'
+    await eventually(lambda: samples(server_metrics).get(server_counted) == 2, what="the server's count")
     found = samples(http_metrics, client_metrics, server_metrics)
     assert found['edge_http_requests_total{method=GET,route=/items/{name},status=200}'] == 2
     assert found['edge_http_requests_total{method=GET,route=unmatched,status=404}'] == 1
@@ -141,6 +146,9 @@ async def test_a_refused_rpc_counts_as_an_error_by_its_code_on_both_sides(echo_s
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await channel.unary_unary("/test.Echo/Refuse")(b"")
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    # The client has the status as soon as the server sends it; the server's interceptor counts it after.
+    server_counted = "echo_grpc_server_handled_total{grpc_code=NOT_FOUND,grpc_method=/test.Echo/Refuse}"
+    await eventually(lambda: samples(server_metrics).get(server_counted) == 1, what="the server's count")
     found = samples(client_metrics, server_metrics)
     assert found["caller_grpc_client_handled_total{grpc_code=NOT_FOUND,grpc_method=/test.Echo/Refuse}"] == 1
     assert found["echo_grpc_server_handled_total{grpc_code=NOT_FOUND,grpc_method=/test.Echo/Refuse}"] == 1
