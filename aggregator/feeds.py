@@ -38,8 +38,7 @@ from crypto_mesh.observe import detached_task
 from crypto_mesh.logs import get_logger
 from crypto_mesh.pki import SOCKET_PROXY, MeshTls
 from crypto_mesh.proto import socket_pb2, socket_pb2_grpc
-from crypto_mesh.retry import Backoff
-from crypto_mesh.retry import raise_if_cancelling
+from crypto_mesh.retry import Backoff, raise_if_cancelling
 
 log = get_logger(__name__)
 

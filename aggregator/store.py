@@ -44,8 +44,7 @@ from crypto_mesh.binance import MiniTicker
 from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
 from crypto_mesh.redisclient import PRICE_KEY_PREFIX, RedisClient, connect, run_scripts, seconds_key
-from crypto_mesh.retry import Backoff, retrying
-from crypto_mesh.retry import raise_if_cancelling
+from crypto_mesh.retry import Backoff, raise_if_cancelling, retrying
 
 log = get_logger(__name__)
 

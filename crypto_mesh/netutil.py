@@ -53,12 +53,8 @@ class PortPicker:
         for _ in range(len(self.ports)):
             port = self.ports[self._next]
             self._next = (self._next + 1) % len(self.ports)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind((self.host, port))
-                except OSError:
-                    continue
-            return port
+            if _bindable(self.host, port):
+                return port
         raise OSError(f"no free port in {self.ports.start}-{self.ports.stop - 1} on {self.host}")
 
     def take_in_a_row(self, count: int) -> int:

@@ -48,8 +48,7 @@ from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from crypto_mesh import jsonutil
 from crypto_mesh.kafka import group_consumer
 from crypto_mesh.logs import get_logger
-from crypto_mesh.retry import Backoff, retrying
-from crypto_mesh.retry import raise_if_cancelling
+from crypto_mesh.retry import Backoff, raise_if_cancelling, retrying
 from profile_bff.alerts import alert_json
 from profile_bff.alertstore import AlertStore
 from profile_bff.crossing import Evaluation, Firing

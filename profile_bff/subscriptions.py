@@ -17,8 +17,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from crypto_mesh.logs import get_logger
-from crypto_mesh.retry import Backoff
-from crypto_mesh.retry import raise_if_cancelling
+from crypto_mesh.retry import Backoff, raise_if_cancelling
 from profile_bff.store import MarketBus
 
 log = get_logger(__name__)
