@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import socket
 
+#: The ports a browser refuses to fetch from (WHATWG Fetch standard, "port blocking", the bad-port table;
+#: Chromium answers ``net::ERR_UNSAFE_PORT``). :class:`PortPicker` never hands one out, so any server it
+#: places, such as the BFF of a mesh with ``MESH_PORTS``, can be opened in a browser.
+BROWSER_BAD_PORTS = frozenset(
+    {
+        0, 1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95, 101, 102, 103,
+        104, 109, 110, 111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161, 179, 389, 427, 465, 512, 513, 514,
+        515, 526, 530, 531, 532, 540, 548, 554, 556, 563, 587, 601, 636, 989, 990, 993, 995, 1719, 1720, 1723,
+        2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080,
+    }
+)  # fmt: skip
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on ``host`` that was free a moment ago (the OS picks it; a race with another process is
@@ -32,7 +44,8 @@ class PortPicker:
     """Free TCP ports of ``host`` for servers about to start, each port handed out once per pass.
 
     With ``ports`` None the OS picks each port (as :func:`free_port`, outside any range). With a range, the
-    ports are taken in turn from it, skipping any that cannot be bound now, and each is handed out once before
+    ports are taken in turn from it, skipping any that cannot be bound now or that a browser refuses
+    (:data:`BROWSER_BAD_PORTS`), and each is handed out once before
     the range is gone through again; ``OSError`` when no port of the range is free. A range keeps a process's
     servers apart from the ports the OS hands out (``/proc/sys/net/ipv4/ip_local_port_range``), so that a
     port picked here and not bound yet cannot be given to another process's ``bind(0)`` or connection
@@ -53,7 +66,7 @@ class PortPicker:
         for _ in range(len(self.ports)):
             port = self.ports[self._next]
             self._next = (self._next + 1) % len(self.ports)
-            if _bindable(self.host, port):
+            if port not in BROWSER_BAD_PORTS and _bindable(self.host, port):
                 return port
         raise OSError(f"no free port in {self.ports.start}-{self.ports.stop - 1} on {self.host}")
 
@@ -71,7 +84,8 @@ class PortPicker:
                 continue
             if self.ports is None and base + count - 1 > 65535:
                 continue
-            if all(_bindable(self.host, port) for port in range(base + 1, base + count)):
+            rest = range(base + 1, base + count)
+            if all(port not in BROWSER_BAD_PORTS and _bindable(self.host, port) for port in rest):
                 if self.ports is not None:
                     self._next = (self.ports.index(base) + count) % len(self.ports)
                 return base

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from crypto_mesh.netutil import PortPicker
+from crypto_mesh.netutil import BROWSER_BAD_PORTS, PortPicker
 from support.ports import free_port
 
 
@@ -61,3 +61,12 @@ def test_without_a_range_ports_in_a_row_are_picked_by_the_os():
     with socket.socket() as a, socket.socket() as b:
         a.bind(("127.0.0.1", first))
         b.bind(("127.0.0.1", first + 1))
+
+
+def test_a_port_browsers_refuse_is_never_handed_out():
+    # 10080 is on the Fetch standard's bad-port list: a BFF there cannot be opened in Chromium (ERR_UNSAFE_PORT)
+    assert 10080 in BROWSER_BAD_PORTS
+    with pytest.raises(OSError, match="no free port in 10080-10080"):
+        PortPicker(range(10080, 10081)).take()
+    with pytest.raises(OSError, match="no 2 free ports in a row"):
+        PortPicker(range(10079, 10082)).take_in_a_row(2)  # each pair of the range holds 10080
