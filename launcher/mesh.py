@@ -71,15 +71,15 @@ class HealthCheck:
             return False
 
 
-#: The ETL's consumer-group session timeout on the embedded broker (ms): Tansu answers a JoinGroup after half
-#: the session timeout (measured: 5 s with the ETL's default 10 s, 3 s with 6 s), and the ETL joins anew at
-#: every start and after every broker crash. 6 s is the least Apache Kafka accepts by default.
-TANSU_SESSION_TIMEOUT_MS = 6000
-#: The aggregator's group session on the embedded broker (ms): the mesh runs one aggregator, which owns every
-#: partition of the follow topic, so the session only sets how long its (re)join takes (half of it, see above,
-#: and at least 1 s, measured), and until it has joined it streams nothing: after every start and every broker
-#: crash. 2 s: the shortest join, with heartbeats (every third of it) that a loaded machine still keeps up.
-TANSU_AGGREGATOR_SESSION_TIMEOUT_MS = 2000
+#: The consumer-group session of every group member on the embedded broker (ms): the ETL, the aggregator (its
+#: follow group) and the BFF's alert evaluator. Tansu answers a JoinGroup after half the session timeout and at
+#: least 1 s (measured: 5 s with a 10 s session, 3 s with 6 s, 1 s with 2 s), a member joins anew at every
+#: start and after every broker crash, and a killed member's partitions wait for its session to expire. Each
+#: service consumes nothing until it has joined, so the session sets how soon the mesh is ready and how soon
+#: a restarted process resumes. 2 s: the shortest join, with heartbeats (every third of it) that a loaded
+#: machine still keeps up. (Apache Kafka refuses sessions under 6 s by default: with a real broker, each
+#: service's own default applies.)
+TANSU_SESSION_TIMEOUT_MS = 2000
 
 #: Stop stages of a graceful stop (:class:`launcher.supervisor.Supervisor`): what produces or serves first
 #: (the producers of the Kafka topics, socket_proxy and the aggregator, among them), then the ETL once it has
@@ -287,8 +287,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
                         kafka_bootstrap_servers=kafka,
                         # Tansu's memory storage refuses InitProducerId; message_id deduplicates downstream.
                         kafka_enable_idempotence=str(not kafka_is_tansu).lower(),
-                        **({"group_session_timeout_ms": TANSU_AGGREGATOR_SESSION_TIMEOUT_MS}
-                           if kafka_is_tansu else {}),
+                        **({"group_session_timeout_ms": TANSU_SESSION_TIMEOUT_MS} if kafka_is_tansu else {}),
                         **exchange_streams, **tls[pki.AGGREGATOR].settings()),
         ),
         MeshProcess(
@@ -311,6 +310,7 @@ def build_plan(settings: MeshSettings, postgres: EmbeddedPostgres | None) -> Mes
                         etl_url=f"http://127.0.0.1:{etl_port}", etl_token_file=etl_token,
                         # The alert evaluator (consumer group bff-alerts on binance.second).
                         kafka_bootstrap_servers=kafka,
+                        **({"kafka_session_timeout_ms": TANSU_SESSION_TIMEOUT_MS} if kafka_is_tansu else {}),
                         metrics_port=bff_metrics, metrics_token_file=metrics_token,
                         # The embedded mesh serves plain HTTP on localhost, where a Secure cookie is never sent back.
                         cookie_secure="false", **tls[pki.PROFILE_BFF].settings()),
