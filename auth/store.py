@@ -351,9 +351,10 @@ _NOW_MS = sa.text("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint
 class LoginBudgetStore:
     """Failed-login budgets (:mod:`auth.throttle`) in table ``login_budgets``, one row per budget.
 
-    Each call is one transaction that locks the budgets' rows in key order (inserting missing ones first), so
-    concurrent attempts of every replica are charged one after the other and never deadlock; the clock is
-    PostgreSQL's. Raises :class:`~auth.errors.Unavailable` when the database cannot be reached.
+    Each call is one transaction that locks the budgets' rows in key order (inserting missing ones, in the
+    same statement), so concurrent attempts of every replica are charged one after the other and never
+    deadlock; the clock is PostgreSQL's. Raises :class:`~auth.errors.Unavailable` when the database cannot
+    be reached.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -364,16 +365,15 @@ class LoginBudgetStore:
         keys = sorted({charge.key for charge in charges})
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(
+                # One statement inserts each missing row and locks each existing one (in key order), so a row
+                # cannot be pruned (delete_full) between being found and being locked.
+                rows = await conn.execute(
                     pg_insert(login_budgets)
                     .values([{"key": key, "tat_ms": 0} for key in keys])
-                    .on_conflict_do_nothing()
-                )
-                rows = await conn.execute(
-                    sa.select(login_budgets.c.key, login_budgets.c.tat_ms)
-                    .where(login_budgets.c.key.in_(keys))
-                    .order_by(login_budgets.c.key)
-                    .with_for_update()
+                    .on_conflict_do_update(
+                        index_elements=[login_budgets.c.key], set_={"tat_ms": login_budgets.c.tat_ms}
+                    )
+                    .returning(login_budgets.c.key, login_budgets.c.tat_ms)
                 )
                 tats = {row.key: row.tat_ms for row in rows}
                 yield conn, tats, await conn.scalar(_NOW_MS)
@@ -409,11 +409,24 @@ class LoginBudgetStore:
                 )
 
     async def delete_full(self) -> int:
-        """Delete the budgets back to a full allowance (their TAT is past); returns how many."""
+        """Delete the budgets back to a full allowance (their TAT is past) that no attempt holds at the
+        moment; returns how many."""
         try:
             async with self._engine.begin() as conn:
                 now_ms = await conn.scalar(_NOW_MS)
-                result = await conn.execute(sa.delete(login_budgets).where(login_budgets.c.tat_ms <= now_ms))
+                # Rows an attempt holds now are left for the next pruning (SKIP LOCKED): the pruning never
+                # waits for an attempt, so it cannot deadlock with one that locks its rows in key order.
+                full = (
+                    sa.select(login_budgets.c.key)
+                    .where(login_budgets.c.tat_ms <= now_ms)
+                    .order_by(login_budgets.c.key)
+                    .with_for_update(skip_locked=True)
+                )
+                result = await conn.execute(
+                    sa.delete(login_budgets).where(
+                        login_budgets.c.key.in_(full), login_budgets.c.tat_ms <= now_ms
+                    )
+                )
         except Exception as exc:
             if is_unavailable(exc):
                 raise Unavailable("the auth database is unavailable, try again later") from exc

@@ -736,3 +736,24 @@ async def test_concurrent_attempts_of_two_replicas_never_get_more_than_the_budge
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_attempts_charged_while_full_budgets_are_pruned_are_each_charged_once(settings):
+    # The pruning (a periodic task of every replica) deletes the rows of full budgets; an attempt that found
+    # its budget's row a moment before must still charge that budget, never fail on the row gone.
+    await asyncio.to_thread(migrations.upgrade, settings.database_url)
+    engines = [create_engine(settings.database_url) for _ in range(2)]
+    attempts, pruner = LoginBudgetStore(engines[0]), LoginBudgetStore(engines[1])
+    try:
+        quick = Rate(1000, 1)  # one attempt spends a millisecond: the row is full, and pruned, soon after
+        charges = [Charge("login:name:pruned", quick), Charge("login:name-addr:pruned", quick)]
+        for _ in range(300):
+            first, _pruned, second = await asyncio.gather(
+                attempts.acquire(charges), pruner.delete_full(), attempts.acquire(charges)
+            )
+            assert (first, second) == (0, 0)
+        strict = [Charge("login:name:pruned", Rate(2, 3600))]
+        assert [await attempts.acquire(strict) == 0 for _ in range(3)] == [True, True, False]
+    finally:
+        for engine in engines:
+            await engine.dispose()
