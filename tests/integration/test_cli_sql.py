@@ -58,10 +58,8 @@ def test_a_query_prints_a_table_csv_or_json_with_exact_decimals(engine):
 def test_writes_and_ddl_are_refused_and_change_nothing(engine, statement):
     refused = sql(engine, statement)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    count = sql(engine, "SELECT count() AS n FROM crypto.t")
-    assert (count.returncode, count.stdout) == (0, "n\n-\n2\n(1 row)\n\n")
     rows = sql(engine, "SELECT symbol, close_price FROM crypto.t ORDER BY symbol", "--format", "csv")
-    assert rows.stdout == EXPECTED_CSV
+    assert (rows.returncode, rows.stdout) == (0, EXPECTED_CSV)  # the same two rows, every digit: nothing changed
 
 
 def test_a_bad_query_and_an_unreachable_server_are_one_line_errors(engine):
