@@ -374,11 +374,17 @@ def test_prometheus_scrapes_every_service_with_the_credential_that_service_accep
     prefixes = {"auth": "AUTH_", "socket_proxy": "PROXY_", "profile_bff": "BFF_", "aggregator": "AGGREGATOR_", "etl": "ETL_"}
     scraped = {}
     for job in config["scrape_configs"]:
-        # A fixed target, or every address of a service's name (the replicas of socket_proxy).
-        (target,) = [t for group in job.get("static_configs", []) for t in group["targets"]] + [
+        # A fixed target, or every address of a service's name (the replicas of socket_proxy); the BFF's
+        # workers one port each.
+        target, *workers = [t for group in job.get("static_configs", []) for t in group["targets"]] + [
             f"{name}:{lookup['port']}" for lookup in job.get("dns_sd_configs", []) for name in lookup["names"]
         ]
         host, port = target.split(":")
+        if host == "profile_bff":
+            worker_count = int(service_environment(compose, host)["BFF_WORKERS"])
+            assert [target, *workers] == [f"{host}:{int(port) + i}" for i in range(worker_count)]
+        else:
+            assert workers == [], host
         scraped[host] = job
         environment = service_environment(compose, host)
         prefix = prefixes[host]
