@@ -332,6 +332,11 @@ def _query_clickhouse(url: str, query: str):
     try:
         client = etl_sql.analytics_client(url)
     except (ClickHouseError, OSError) as error:
+        if "UNKNOWN_DATABASE" in str(error):
+            raise click.ClickException(
+                f"ClickHouse at MESH_CLICKHOUSE_URL has no database {etl_sql.ANALYTICS_DATABASE} yet: the ETL "
+                "creates it when it starts (or run `crypto-mesh db upgrade --database clickhouse`)"
+            ) from None
         raise click.ClickException(f"cannot reach ClickHouse at MESH_CLICKHOUSE_URL: {error}") from None
     try:
         return etl_sql.run_read_only(client, query)

@@ -69,6 +69,15 @@ def test_a_bad_query_and_an_unreachable_server_are_one_line_errors(engine):
     assert away.returncode == 1 and "cannot reach ClickHouse" in away.stderr and "Traceback" not in away.stderr
 
 
+def test_a_clickhouse_without_the_crypto_database_is_told_apart_from_an_unreachable_one(tmp_path):
+    from launcher.embedded import chdb_url
+
+    empty = sql({**os.environ, "MESH_CLICKHOUSE_URL": chdb_url(tmp_path / "empty")}, "SELECT 1")
+    assert empty.returncode == 1 and empty.stdout == "" and "Traceback" not in empty.stderr
+    assert empty.stderr.strip().count("\n") == 0
+    assert "has no database crypto yet" in empty.stderr and "cannot reach" not in empty.stderr
+
+
 def test_reading_a_file_is_refused_with_status_2_and_one_line(engine, tmp_path):
     secret = tmp_path / "jwt_ed25519.pem"
     secret.write_text("-----BEGIN PRIVATE KEY-----\n")
