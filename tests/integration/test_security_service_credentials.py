@@ -144,10 +144,10 @@ def test_the_caller_presents_the_first_token_of_the_file(tmp_path):
 # --- the aggregator's control API and the BFF's client -------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def aggregator(redis_url, kafka_bootstrap):
-    """A real aggregator (its socket_proxy is not running: the control API does not need it); yields its
-    base URL."""
+    """A real aggregator (its socket_proxy is not running: the control API does not need it), one for the
+    module's tests, which only ask who may call it; yields its base URL."""
     async with serve_aggregator(redis_url, kafka_bootstrap, free_port()) as base:
         yield base
 
