@@ -77,7 +77,7 @@ async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores
     topic = f"alerts-once-{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_bootstrap, {topic: 1})
     settings = EvaluatorSettings(
-        kafka_bootstrap, topic, f"alerts-{uuid.uuid4().hex[:8]}", session_timeout_ms=3000, refresh_s=0.2
+        kafka_bootstrap, topic, f"alerts-{uuid.uuid4().hex[:8]}", session_timeout_ms=2000, refresh_s=0.2
     )
     bus = MarketBus(redis_user_url(redis_url, "bff"))
     records = second_records(by_symbol)

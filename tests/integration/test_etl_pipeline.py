@@ -65,7 +65,7 @@ def etl_settings(kafka_bootstrap, clickhouse_url):
             "batch_max_age_ms": 200,
             "retry_initial_ms": 50,
             "retry_max_ms": 500,
-            "kafka_session_timeout_ms": 3000,  # Tansu holds a group join for part of the session timeout
+            "kafka_session_timeout_ms": 2000,  # Tansu holds a group join for half the session (at least 1 s)
         }
         return EtlSettings(**{**values, **overrides})
 
