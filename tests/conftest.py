@@ -7,8 +7,11 @@ that runs neither.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import itertools
 import os
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,10 +43,43 @@ settings.register_profile("suite", deadline=None, suppress_health_check=[HealthC
 settings.load_profile("suite")
 
 
+#: A copy of the stderr this process started with, for the dump below: taken in pytest_configure, as pytest's
+#: faulthandler takes its own, when output is not captured yet (this module is imported while it is).
+_stderr_fd: list[int] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _stderr_fd.append(os.dup(2))
     config.addinivalue_line(
         "markers", "heavy: a module among the longest (a whole mesh, processes killed again and again)"
     )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A test still running after ``faulthandler_timeout`` also has the stack of every unfinished asyncio task
+    written to stderr (pytest's faulthandler writes the threads' stacks only, where an async test that waits
+    forever shows just the event loop's ``select``)."""
+    timeout_s = float(item.config.getini("faulthandler_timeout") or 0)
+    timer = threading.Timer(timeout_s, _dump_tasks, args=(item.nodeid,)) if timeout_s > 0 else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _dump_tasks(nodeid: str) -> None:
+    """Write each unfinished asyncio task's stack to the process's stderr (from the timer's thread: a
+    snapshot for reading, taken while the loop may be running)."""
+    tasks = [obj for obj in gc.get_objects() if isinstance(obj, asyncio.Task) and not obj.done()]
+    with os.fdopen(os.dup(_stderr_fd[0]), "w") as out:
+        out.write(f"\n{nodeid} is still running; its unfinished asyncio tasks ({len(tasks)}):\n")
+        for task in tasks:
+            task.print_stack(limit=15, file=out)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
