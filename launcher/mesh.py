@@ -72,13 +72,13 @@ class HealthCheck:
 
 
 #: The consumer-group session of every group member on the embedded broker (ms): the ETL, the aggregator (its
-#: follow group) and the BFF's alert evaluator. Tansu answers a JoinGroup after half the session timeout and at
-#: least 1 s (measured: 5 s with a 10 s session, 3 s with 6 s, 1 s with 2 s), a member joins anew at every
-#: start and after every broker crash, and a killed member's partitions wait for its session to expire. Each
-#: service consumes nothing until it has joined, so the session sets how soon the mesh is ready and how soon
-#: a restarted process resumes. 2 s: the shortest join, with heartbeats (every third of it) that a loaded
-#: machine still keeps up. (Apache Kafka refuses sessions under 6 s by default: with a real broker, each
-#: service's own default applies.)
+#: follow group) and the BFF's alert evaluator. Tansu answers a JoinGroup after half the session timeout, in
+#: whole seconds and at least 1 s (measured: 5 s with a 10 s session, 3 s with 6 s, 2 s with 3 s, 1 s with 2 s
+#: or less), a member joins anew at every start and after every broker crash, and a killed member's partitions
+#: wait for its session to expire. Each service consumes nothing until it has joined, so the session sets how
+#: soon the mesh is ready and how soon a restarted process resumes. 2 s: the shortest join, with heartbeats
+#: (every third of it) that a loaded machine still keeps up. (Apache Kafka refuses sessions under 6 s by
+#: default: with a real broker, each service's own default applies.)
 TANSU_SESSION_TIMEOUT_MS = 2000
 
 #: Stop stages of a graceful stop (:class:`launcher.supervisor.Supervisor`): what produces or serves first
