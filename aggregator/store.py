@@ -460,6 +460,10 @@ class KafkaSink(Generic[T]):
         self._producer: AIOKafkaProducer | None = None
         self._backoff = Backoff(base_s=0.1, max_s=5.0)
         self._retry_due = False
+        #: Records handed to the producer whose delivery has not ended yet; once a close gave them up (and
+        #: counted them as failed), their deliveries are not counted again.
+        self._in_flight = 0
+        self._given_up = False
         self.sent = 0
         self.failed = 0
         self.healthy: bool | None = None
@@ -505,6 +509,7 @@ class KafkaSink(Generic[T]):
                 raise_if_cancelling()
                 self._on_failure(record, exc)
                 continue
+            self._in_flight += 1
             delivery.add_done_callback(functools.partial(self._on_delivery, record))
 
     async def flush(self, timeout_s: float) -> None:
@@ -514,14 +519,34 @@ class KafkaSink(Generic[T]):
         while self._buffer and self._producer is not None and loop.time() < deadline:
             await asyncio.sleep(0.02)
 
-    async def close(self, timeout_s: float = 5.0) -> None:
-        """Deliver what the producer holds (up to ``timeout_s`` seconds) and stop it."""
+    async def close(self, timeout_s: float = 5.0, stall_s: float = 1.0) -> None:
+        """Deliver what the producer holds and stop it, giving up after ``timeout_s`` seconds in all, or once
+        ``stall_s`` seconds pass without a delivery: a broker that does not answer (the embedded one crashed,
+        and the mesh stops this process before it starts the broker again) is not waited for, as the ETL does
+        not wait for a commit no broker answers. The records given up are counted in :attr:`failed`."""
         if self._producer is None:
             return
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.ensure_future(self._producer.stop())
+        deadline = loop.time() + timeout_s
+        sent, progressed_at = self.sent, loop.time()
         try:
-            await asyncio.wait_for(self._producer.stop(), timeout_s)
+            while not stopping.done():
+                now = loop.time()
+                if self.sent != sent:
+                    sent, progressed_at = self.sent, now
+                if now >= deadline or now - progressed_at >= stall_s:
+                    raise TimeoutError(f"no delivery for {now - progressed_at:.1f} s")
+                await asyncio.wait({stopping}, timeout=0.05)
+            stopping.result()
         except (TimeoutError, KafkaError) as exc:
-            log.warning("kafka_producer_stop_failed", topic=self.topic, error=str(exc))
+            stopping.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
+            log.warning(
+                "kafka_producer_stop_failed", topic=self.topic, error=str(exc), undelivered=self._in_flight
+            )
+            self.failed += self._in_flight
+            self._given_up = True
         self._producer = None
 
     async def _connect(self) -> AIOKafkaProducer:
@@ -561,6 +586,9 @@ class KafkaSink(Generic[T]):
         return producer
 
     def _on_delivery(self, record: T, delivery: asyncio.Future) -> None:
+        self._in_flight -= 1
+        if self._given_up:
+            return
         if delivery.cancelled():
             # The producer was stopped with the record in flight (the service stopping): not delivered.
             self.failed += 1

@@ -172,7 +172,9 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
         aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
     ):
         client = BffClient(workers.url, http)
-        _, auth = await client.user()
+        # /healthz answered 200 from the worker the kernel picked; the other may still be starting and answer
+        # 503 (it listens before its dependencies answer): a client tries again, here as a new user.
+        _, auth = await eventually(client.user, 30, "a user signed up", tolerate=(AssertionError,))
         await client.add_coin(auth, symbol, "2")
         pids = {index: workers.worker_pid(index) for index in range(WORKERS)}
         assert None not in pids.values() and len(set(pids.values())) == WORKERS
