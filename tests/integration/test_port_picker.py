@@ -9,11 +9,13 @@ from support.ports import free_port
 
 
 def held_range(size: int) -> range:
-    """``size`` consecutive ports of this worker's range, none bound now."""
-    first = free_port()
-    for _ in range(size - 1):
-        free_port()
-    return range(first, first + size)
+    """``size`` consecutive ports of this worker's range, none bound now and none a browser refuses: the
+    picks are taken again until they are consecutive (the worker's picker skips a bound or refused port, such
+    as 10080, and starts its range again at its end)."""
+    while True:
+        picks = [free_port() for _ in range(size)]
+        if picks == list(range(picks[0], picks[0] + size)):
+            return range(picks[0], picks[0] + size)
 
 
 def test_each_port_is_handed_out_once_per_pass_and_a_bound_one_is_skipped():
