@@ -419,7 +419,6 @@ class LoginBudgetStore:
                 full = (
                     sa.select(login_budgets.c.key)
                     .where(login_budgets.c.tat_ms <= now_ms)
-                    .order_by(login_budgets.c.key)
                     .with_for_update(skip_locked=True)
                 )
                 result = await conn.execute(

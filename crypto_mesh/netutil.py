@@ -67,7 +67,7 @@ class PortPicker:
         for _ in range(len(self.ports)):
             port = self.ports[self._next]
             self._next = (self._next + 1) % len(self.ports)
-            if port not in BROWSER_BAD_PORTS and _bindable(self.host, port):
+            if _usable(self.host, port):
                 return port
         raise OSError(f"no free port in {self.ports.start}-{self.ports.stop - 1} on {self.host}")
 
@@ -85,12 +85,16 @@ class PortPicker:
                 continue
             if self.ports is None and base + count - 1 > 65535:
                 continue
-            rest = range(base + 1, base + count)
-            if all(port not in BROWSER_BAD_PORTS and _bindable(self.host, port) for port in rest):
+            if all(_usable(self.host, port) for port in range(base + 1, base + count)):
                 if self.ports is not None:
                     self._next = (self.ports.index(base) + count) % len(self.ports)
                 return base
         raise OSError(f"no {count} free ports in a row on {self.host}")
+
+
+def _usable(host: str, port: int) -> bool:
+    """Whether ``host:port`` may be handed out: a port browsers accept, free now."""
+    return port not in BROWSER_BAD_PORTS and _bindable(host, port)
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -291,7 +291,7 @@ def logs(name: str | None, follow: bool) -> None:
             for n, line in control.merged({n: new_lines(n) for n in names}):
                 click.echo(control.labelled(n, line, width))
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C ends `logs -f`
     finally:
         for file in files.values():
             file.close()
@@ -371,9 +371,10 @@ def _query_etl(data_dir: Path, query: str) -> tuple[list[str], list[list]]:
     except urllib.error.HTTPError as error:
         detail, code = error.read().decode(errors="replace"), None
         try:
-            code, detail = json.loads(detail)["error"]["code"], json.loads(detail)["error"]["message"]
+            error_body = json.loads(detail)["error"]
+            code, detail = error_body["code"], error_body["message"]
         except (ValueError, KeyError, TypeError):
-            pass
+            pass  # not the error JSON: the body as it came
         if error.code in (400, 403) and "_query" in str(code):
             raise QueryRefusedError(f"query refused ({error.code}): {detail}") from None
         raise click.ClickException(f"query failed ({error.code}): {detail}") from None

@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -190,14 +190,28 @@ def redis_cluster_url(engines_dir) -> str:
         yield url
 
 
-@pytest.fixture(scope="session")
-def kafka_server(engines_dir) -> ManagedProcess:
-    """A Tansu broker (Kafka protocol) on a free port; ``kafka_server.port``."""
+def _tansu(log_dir: Path) -> Iterator[ManagedProcess]:
+    """A Tansu broker (Kafka protocol) on a free port, started; stopped when the generator ends."""
     port = free_port()
-    process = ManagedProcess("tansu", tansu_command(port), port, engines_dir / "tansu.log")
+    process = ManagedProcess("tansu", tansu_command(port), port, log_dir / "tansu.log")
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_server(engines_dir) -> Iterator[ManagedProcess]:
+    """The session's broker; ``kafka_server.port``."""
+    yield from _tansu(engines_dir)
+
+
+@pytest.fixture
+def own_kafka(tmp_path) -> Iterator[ManagedProcess]:
+    """A broker of the test's own, for a test that restarts or kills it: the embedded broker keeps everything
+    in memory and comes back empty, and the session's broker, restarted, answered later tests' produce requests
+    with UNKNOWN_SERVER_ERROR (``AlreadyExists`` of a batch's offset in its log) and kept their records from
+    consumers."""
+    yield from _tansu(tmp_path)
 
 
 @pytest.fixture(scope="session")

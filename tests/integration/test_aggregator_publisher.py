@@ -28,7 +28,7 @@ from aggregator.store import (
 from aggregator.tickers import KafkaMsg, day_ticker_json
 from crypto_mesh import jsonutil
 from crypto_mesh.binance import MiniTicker
-from launcher.embedded import ManagedProcess, redis_command, tansu_command
+from launcher.embedded import ManagedProcess, redis_command
 from crypto_mesh.kafka import MINI_TICKER_TOPIC
 from support.ports import free_port
 from crypto_mesh.redisclient import seconds_key
@@ -165,13 +165,11 @@ async def test_the_kafka_buffer_drops_its_oldest_record_when_full(kafka_bootstra
     assert sorted(event_times) == [2, 3]  # a delivery that failed is sent again, possibly after the other
 
 
-async def test_closing_on_a_broker_that_died_gives_up_once_nothing_is_delivered(tmp_path):
+async def test_closing_on_a_broker_that_died_gives_up_once_nothing_is_delivered(own_kafka):
     # The embedded mesh stops the aggregator when its broker crashes and starts the broker again only once the
     # aggregator has exited: a close that waited its whole timeout for records no broker will take would hold
     # the broker's restart, and the prices, back by that long.
-    port = free_port()
-    broker = ManagedProcess("tansu", tansu_command(port), port, tmp_path / "tansu.log")
-    broker.start()
+    broker, port = own_kafka, own_kafka.port
     symbol = f"zz{uuid.uuid4().hex[:8]}usdt"
     producer = TickerProducer(f"127.0.0.1:{port}", enable_idempotence=False)
     task = asyncio.create_task(producer.run())
@@ -185,7 +183,6 @@ async def test_closing_on_a_broker_that_died_gives_up_once_nothing_is_delivered(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        broker.stop()
     # Up to a minute in all, but not a second without a delivery: it returns long before the minute.
     await asyncio.wait_for(producer.close(timeout_s=60.0, stall_s=0.5), timeout=30)
     assert producer.sent == 1 and producer.failed >= 1

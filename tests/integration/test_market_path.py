@@ -28,7 +28,6 @@ from crypto_mesh.metrics import parse_samples
 from support.ports import free_port
 from crypto_mesh.redisclient import connect
 from crypto_mesh.redisclient import pubsub as subscriber
-from launcher.embedded import ManagedProcess, tansu_command
 from launcher.replay.server import start as start_replay
 from launcher.replay.settings import ReplaySettings
 from socket_proxy.server import start as start_proxy
@@ -439,19 +438,6 @@ async def test_bulk_follower_control_refuses_client_mistakes_with_4xx(clean_dbs,
         async with http.put(f"{base}/v1/followers/user:1", data=too_many) as response:
             assert response.status == 422
         assert await get_json(f"{base}/v1/symbols") == {"symbols": []}
-
-
-@pytest.fixture
-def own_kafka(tmp_path):
-    """A broker of this test's own, which it restarts: the embedded broker keeps everything in memory and
-    comes back empty, and the session's broker, restarted, answered later tests' produce requests with
-    UNKNOWN_SERVER_ERROR (``AlreadyExists`` of a batch's offset in its log) and kept their records from
-    consumers."""
-    port = free_port()
-    process = ManagedProcess("tansu", tansu_command(port), port, tmp_path / "tansu.log")
-    process.start()
-    yield process
-    process.stop()
 
 
 async def test_redis_and_kafka_restarted_under_load_publishing_resumes_and_nothing_stale_is_republished(
