@@ -6,6 +6,11 @@ the aggregator (the proxy ended its subscription as overflowing). The exchange s
 (:mod:`aggregator.intake`) holds the symbol's newer trades back meanwhile, adds the fetched ones, then the held
 ones, so the seconds around the gap are published whole when the fill completes in time.
 
+A stream taken over from another replica, or started again after a restart, resumes after the last second
+published on Redis (:class:`ResumePoint`): the ids between that second's last trade and the stream's first one
+are fetched the same way, so the seconds in between are published whole instead of lost, when
+:func:`resumes` says the stream continues there.
+
 A fill asks for at most ``max_ids`` ids, the first ones after the gap (the open window's second needs those; a
 longer gap spans seconds no user is still waiting for, and the exchange's request weight is shared): 1,000 ids
 (one request) cost weight 4 with aggTrades and 25 with historicalTrades.
@@ -18,6 +23,8 @@ from dataclasses import dataclass, field
 
 from crypto_mesh.binance import MAX_TRADE_HISTORY_LIMIT, Trade
 
+SECOND_MS = 1000
+
 
 @dataclass
 class Fill:
@@ -29,6 +36,28 @@ class Fill:
     last_id: int
     wanted_id: int
     held: list[tuple[Trade, int]] = field(default_factory=list)
+    #: The fill of a resumed stream (:func:`resumes`): what it cannot bring back is left out, not published
+    #: marked incomplete, as another replica may have published those seconds whole.
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The last second published for a symbol, by any replica: ``second_ms`` (Unix ms) and ``close_id``, its last
+    trade / aggregate id: ``"t"`` and ``"i"`` of the SecondStat JSON on ``price:<symbol>`` (docs/CONTRACTS.md)."""
+
+    second_ms: int
+    close_id: int
+
+
+def resumes(point: ResumePoint, first: Trade, max_ids: int) -> bool:
+    """Whether a stream whose first trade is ``first`` continues the seconds published up to ``point``: the
+    trade comes after the point's last id and in a later second, and the ids in between, if any, are at most
+    ``max_ids`` (a fill fetches every one of them; 0 when the aggregator fetches no history). Otherwise the
+    stream starts anew, its first window skipped: a replay started again (its ids behind the point), a stream
+    long stopped (too many trades to fetch)."""
+    skipped = first.trade_id - point.close_id - 1
+    return 0 <= skipped <= max_ids and first.time_ms >= point.second_ms + SECOND_MS
 
 
 def plan_fill(next_id: int, skipped: int, max_ids: int) -> Fill | None:

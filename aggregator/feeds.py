@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from aggregator.backfill import next_page
+from aggregator.backfill import ResumePoint, next_page
 from aggregator.intake import TickerIntake, TradeIntake, now_ms
 from aggregator.watchdog import StreamWatchdog, check_interval_s
 from crypto_mesh.binance import AGG_TRADE, MINI_TICKER_ALL, TRADE, trade_stream
@@ -128,13 +128,18 @@ class Feeds:
         """Whether this replica streams the mini-tickers."""
         return self._mini_tickers is not None
 
-    def track(self, symbol: str, skip_first_window: bool = False) -> None:
+    def track(
+        self, symbol: str, skip_first_window: bool = False, resume_after: ResumePoint | None = None
+    ) -> None:
         """Stream ``symbol``'s trades (``symbol`` already normalised) on its kind of trade stream;
         ``skip_first_window``: the symbol is taken over from another replica, its first window is not published
-        (:meth:`aggregator.intake.TradeIntake.skip_first_window`)."""
+        (:meth:`aggregator.intake.TradeIntake.skip_first_window`); ``resume_after``: the last second published
+        for it, which the stream continues from if it can (:meth:`aggregator.intake.TradeIntake.resume_after`)."""
         if symbol in self._streams:
             return
-        if skip_first_window:
+        if resume_after is not None:
+            self._trades.resume_after(symbol, resume_after)
+        elif skip_first_window:
             self._trades.skip_first_window(symbol)
         kind = self._kinds.kind(symbol)
         stream = trade_stream(symbol, kind)

@@ -9,6 +9,13 @@ incomplete, if the fill is late. The fetched trades are added in id order, then 
 stops short of the gap's end, the first held trade is added after a gap, so the seconds still lacking trades are
 published marked incomplete.
 
+Resumed streams: a symbol whose stream starts (taken over from another replica, or after a restart) with the
+last second published on Redis as its :class:`aggregator.backfill.ResumePoint` (:meth:`TradeIntake.resume_after`)
+continues from there when its first trade fits (:func:`aggregator.backfill.resumes`): the trades since that
+second's last one are filled as above, so the seconds between are published whole, and nothing at or before it
+again. A resumed stream's fill that comes back short publishes no incomplete second: the seconds it could not
+rebuild, and the first held trade's, are left out. A first trade that does not fit skips the first window.
+
 Everything here runs on the event loop without awaiting, so a slow Redis or Kafka can never hold up intake:
 the outputs are the never-blocking ``submit`` of :class:`aggregator.store.StatPublisher`,
 :class:`aggregator.store.TickerProducer` and :class:`aggregator.store.TickerStore`.
@@ -21,8 +28,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
-from aggregator.backfill import Fill, filling_run, plan_fill
-from aggregator.secondstat import SecondStat, SecondWindows
+from aggregator.backfill import Fill, ResumePoint, filling_run, plan_fill, resumes
+from aggregator.secondstat import SECOND_MS, SecondStat, SecondWindows
 from aggregator.tickers import KafkaMsg
 from crypto_mesh.binance import (
     MalformedFrame,
@@ -57,8 +64,10 @@ class TradeCounters:
     ids started, ``backfills_whole`` those that brought every skipped trade back, ``backfills_partial`` those that
     ended without every skipped trade (late, refused, or capped),
     ``backfilled`` trades added from fills, ``incomplete`` SecondStats published marked incomplete (their
-    windows lacked skipped trades), and ``first_windows_skipped`` first windows of taken-over symbols not
-    published (:meth:`TradeIntake.skip_first_window`)."""
+    windows lacked skipped trades), ``first_windows_skipped`` first windows of taken-over symbols not
+    published (:meth:`TradeIntake.skip_first_window`), and ``resumed`` streams that continued after the last
+    second published (:meth:`TradeIntake.resume_after`; their fetched ids count in ``backfills`` and
+    ``backfilled``, not in ``gaps``)."""
 
     parsed: int = 0
     malformed: int = 0
@@ -75,6 +84,7 @@ class TradeCounters:
     backfilled: int = 0
     incomplete: int = 0
     first_windows_skipped: int = 0
+    resumed: int = 0
 
 
 class TradeIntake:
@@ -102,6 +112,8 @@ class TradeIntake:
         self._fills: dict[str, Fill] = {}
         #: Symbols whose next SecondStat is the first window of a taken-over stream (not published).
         self._skip_first: set[str] = set()
+        #: Symbols whose stream has yet to show whether it continues after the last second published.
+        self._resume: dict[str, ResumePoint] = {}
 
     def skip_first_window(self, symbol: str) -> None:
         """Do not publish ``symbol``'s next SecondStat: its stream is about to start (taken over from another
@@ -109,6 +121,15 @@ class TradeIntake:
         trades before it, while the replica that streamed it until now may have published that second whole.
         Every later second is whole and, computed from the same trades, the same as that replica's."""
         self._skip_first.add(symbol)
+
+    def resume_after(self, symbol: str, point: ResumePoint) -> None:
+        """``symbol``'s stream is about to start and ``point`` is the last second published for it (by another
+        replica, or before a restart): if its first trade continues from there (:func:`aggregator.backfill.resumes`
+        with :attr:`max_backfill_ids`, 0 without ``backfill``), the trades in between are fetched and every
+        second after ``point`` is published whole (module doc); otherwise its first window is skipped
+        (:meth:`skip_first_window`)."""
+        self._skip_first.add(symbol)
+        self._resume[symbol] = point
 
     def on_frames(self, symbol: str, frames: Iterable[bytes], received_ms: int) -> None:
         """Process raw frames of ``symbol``'s trade stream that arrived at local Unix ms ``received_ms``.
@@ -165,7 +186,12 @@ class TradeIntake:
         for trade in run:
             self._publish(self.windows.add(trade))
         (trade, received_ms), *rest = fill.held
-        self._publish(self.windows.add(trade, received_ms, after_gap=not whole))
+        if fill.resumed and not whole:
+            # Another replica may have published the seconds the run stops in whole: leave them out rather than
+            # publish them incomplete. Trades of seconds already published stay late.
+            self.windows.discard_open(symbol)
+            self._skip_first.add(symbol)
+        self._publish(self.windows.add(trade, received_ms, after_gap=not whole and not fill.resumed))
         for trade, received_ms in rest:
             self._take(trade, received_ms)
         self._sync_counters()
@@ -179,6 +205,10 @@ class TradeIntake:
             fill.held.append((trade, received_ms))
             return
         skipped = self.gaps.observe_id(symbol, trade.trade_id)
+        point = self._resume.pop(symbol, None) if self._resume else None
+        resumed = point is not None and self._resumes(point, trade)
+        if resumed:
+            skipped = trade.trade_id - point.close_id - 1
         fill = (
             plan_fill(trade.trade_id, skipped, self.max_backfill_ids)
             if skipped and self.backfill is not None
@@ -188,11 +218,32 @@ class TradeIntake:
             self._publish(self.windows.add(trade, received_ms, after_gap=skipped > 0))
             return
         fill.held.append((trade, received_ms))
+        fill.resumed = resumed
         self._fills[symbol] = fill
         self.counters.backfills += 1
         # The open window waits for the fill as for a resubscription: up to the grace.
         self.windows.interrupt(symbol)
         self.backfill(symbol, fill.first_id, fill.wanted_id)
+
+    def _resumes(self, point: ResumePoint, trade: Trade) -> bool:
+        """Whether ``trade``, the first of its symbol's stream, continues from ``point``; if so, the seconds up to
+        ``point`` are made final and the first window is published."""
+        symbol = trade.symbol
+        max_ids = self.max_backfill_ids if self.backfill is not None else 0
+        if not resumes(point, trade, max_ids):
+            log.info(
+                "stream_not_resumed", symbol=symbol, after_second_ms=point.second_ms, after_id=point.close_id,
+                first_id=trade.trade_id,
+            )
+            return False
+        self._skip_first.discard(symbol)
+        self.windows.resume(symbol, point.second_ms + SECOND_MS)
+        self.counters.resumed += 1
+        log.info(
+            "stream_resumed", symbol=symbol, after_second_ms=point.second_ms, after_id=point.close_id,
+            missed=trade.trade_id - point.close_id - 1,
+        )
+        return True
 
     def _sync_counters(self) -> None:
         counters = self.counters
@@ -214,6 +265,7 @@ class TradeIntake:
         self.gaps.forget(symbol)
         self._fills.pop(symbol, None)
         self._skip_first.discard(symbol)
+        self._resume.pop(symbol, None)
 
     def close_until(self, wall_ms: int) -> None:
         """Close and emit the windows due at local Unix ms ``wall_ms``."""

@@ -13,6 +13,8 @@ Series (prefix ``aggregator_``), counters: ``trade_frames_total{outcome}`` with 
 some of their trades and the fill did not bring them back in time), ``backfills_total{result="whole"|"partial"}``
 (fills of skipped ids, by whether they brought every skipped trade back), ``backfilled_trades_total`` (trades
 they added), ``first_windows_skipped_total`` (first windows of taken-over symbols, not published),
+``streams_resumed_total`` (taken-over symbols resumed after the last second on Redis, the seconds in between
+fetched),
 ``follow_notices_failed_total``, ``follow_group_restarts_total``,
 ``second_stats_total`` (windows closed), ``redis_publishes_total`` (SecondStats published),
 ``redis_stale_total`` (refused by the newer-only script), ``redis_conflated_total`` (overflow policy
@@ -91,6 +93,11 @@ METRICS: tuple[Declared[AggregatorService], ...] = (
         "first_windows_skipped",
         "First windows of taken-over symbols not published (begun before the stream, aggregator.ownership).",
         lambda service: service.trades.counters.first_windows_skipped,
+    ),
+    counter(
+        "streams_resumed",
+        "Taken-over symbols resumed after the last second published, the trades in between fetched.",
+        lambda service: service.trades.counters.resumed,
     ),
     counter(
         "follow_notices_failed",

@@ -261,6 +261,23 @@ class SecondWindows:
         if state is not None and state.window is not None:
             state.window.interrupted = True
 
+    def resume(self, symbol: str, final_before_ms: int) -> None:
+        """Treat every second of ``symbol`` starting before ``final_before_ms`` (Unix ms) as closed: they were
+        published before this stream began (by another replica, or before a restart), so a trade of theirs is
+        late and none of them is published again. Nothing changes while a window of the symbol is open."""
+        state = self._symbols.get(symbol)
+        if state is None:
+            state = self._symbols[symbol] = _SymbolState()
+        if state.window is None:
+            state.final_before_ms = max(state.final_before_ms, final_before_ms)
+
+    def discard_open(self, symbol: str) -> None:
+        """Drop ``symbol``'s open window unpublished (it lacks trades that will not come); a later trade of its
+        second opens it anew. Earlier seconds stay final."""
+        state = self._symbols.get(symbol)
+        if state is not None:
+            state.window = None
+
     def forget(self, symbol: str) -> None:
         """Drop all state of ``symbol``, its open window included (unpublished): the symbol is no longer
         tracked."""

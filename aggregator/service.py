@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from redis.exceptions import RedisError
 
+from aggregator.backfill import ResumePoint
 from aggregator.feeds import Feeds, TradeStreams
 from aggregator.follows import FollowGroup, FollowNotices
 from aggregator.intake import TickerIntake, TradeIntake, counters_json
@@ -32,6 +33,8 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
+#: How long a takeover waits for the last published seconds on Redis (s) before streaming without them.
+RESUME_READ_TIMEOUT_S = 1.0
 #: How long a health check waits for Redis's PONG (s).
 HEALTH_PING_TIMEOUT_S = 0.5
 
@@ -195,11 +198,21 @@ class AggregatorService:
         return counts, released
 
     async def _carry_out(self, plan: Plan) -> None:
-        """Stop, then start, the streams ``plan`` says (:class:`aggregator.ownership.Plan`)."""
+        """Stop, then start, the streams ``plan`` says (:class:`aggregator.ownership.Plan`). A taken-over
+        symbol resumes after the last second published for it, read from Redis
+        (:meth:`aggregator.intake.TradeIntake.resume_after`): with Redis unreachable (or slower than
+        :data:`RESUME_READ_TIMEOUT_S`), its first window is skipped instead."""
         for symbol in plan.stop:
             await self.feeds.untrack(symbol)
+        points: dict[str, ResumePoint] = {}
+        if plan.taken_over and plan.start:
+            try:
+                async with asyncio.timeout(RESUME_READ_TIMEOUT_S):
+                    points = await self.publisher.last_published(list(plan.start))
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("resume_points_unread", symbols=len(plan.start), error=str(exc))
         for symbol in plan.start:
-            self.feeds.track(symbol, skip_first_window=plan.taken_over)
+            self.feeds.track(symbol, skip_first_window=plan.taken_over, resume_after=points.get(symbol))
         self.feeds.stream_mini_tickers(plan.mini_tickers)
 
     @staticmethod

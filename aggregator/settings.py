@@ -76,7 +76,8 @@ class AggregatorSettings(MeshTlsSettings, KafkaClientSettings):
     - ``BACKFILL_MAX_IDS`` (5000; 0 = off): when a symbol's trade ids skip, the first that many skipped trades
       are fetched back from the exchange's history through socket_proxy (``HistoricalTrades``,
       :mod:`aggregator.backfill`) while the symbol's window waits up to the grace; a second still lacking
-      trades is published marked incomplete (``"x": true``).
+      trades is published marked incomplete (``"x": true``). A symbol taken over fetches the trades since the
+      last second on Redis the same way, up to that many (:meth:`aggregator.intake.TradeIntake.resume_after`).
     - ``BACKFILL_TIMEOUT_MS`` (2000): how long a fill may take in all; what it fetched by then is used.
     - ``FOLLOW_TOPIC`` (``aggregator.follows``), ``FOLLOW_PARTITIONS`` (12), ``GROUP_ID`` (``aggregator``):
       replicas share the followed symbols (:mod:`aggregator.ownership`, :mod:`aggregator.follows`): each is a

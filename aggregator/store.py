@@ -36,6 +36,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import Histogram
 from redis.exceptions import RedisError
 
+from aggregator.backfill import ResumePoint
 from aggregator.secondstat import SecondStat
 from aggregator.sendbuffer import SendBuffer
 from aggregator.tickers import KafkaMsg, LatestTickers, day_ticker_json
@@ -43,7 +44,7 @@ from crypto_mesh import jsonutil
 from crypto_mesh.binance import MiniTicker
 from crypto_mesh.kafka import MINI_TICKER_TOPIC, ensure_topics
 from crypto_mesh.logs import get_logger
-from crypto_mesh.redisclient import PRICE_KEY_PREFIX, RedisClient, connect, run_scripts, seconds_key
+from crypto_mesh.redisclient import PRICE_KEY_PREFIX, RedisClient, connect, mget, run_scripts, seconds_key
 from crypto_mesh.retry import Backoff, raise_if_cancelling, retrying
 
 log = get_logger(__name__)
@@ -297,6 +298,23 @@ def stat_keys(symbol: str) -> list[str]:
     return [PRICE_KEY_PREFIX + symbol, seconds_key(symbol)]
 
 
+def resume_point(value: bytes | None) -> ResumePoint | None:
+    """The :class:`aggregator.backfill.ResumePoint` of a ``price:<symbol>`` value (SecondStat JSON,
+    docs/CONTRACTS.md): its ``"t"`` and ``"i"``; None for no value or anything else."""
+    if value is None:
+        return None
+    try:
+        stat = jsonutil.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(stat, dict):
+        return None
+    second_ms, close_id = stat.get("t"), stat.get("i")
+    if type(second_ms) is not int or type(close_id) is not int:
+        return None
+    return ResumePoint(second_ms, close_id)
+
+
 class StatPublisher(_RedisWriter):
     """Publishes SecondStats to Redis (channel ``<symbol>``, key ``price:<symbol>``, and the list
     ``seconds:<symbol>{price:<symbol>}`` of the latest ``recent`` ones) from a bounded buffer.
@@ -346,6 +364,21 @@ class StatPublisher(_RedisWriter):
     def pending(self) -> int:
         """Stats waiting to be published."""
         return len(self._fifo) + len(self._latest)
+
+    async def last_published(self, symbols: list[str]) -> dict[str, ResumePoint]:
+        """The last second published for each of ``symbols`` (by any replica), read from ``price:<symbol>`` in
+        one ``MGET``: ``{symbol: ResumePoint}``, without the symbols that have none (or a value that is not a
+        SecondStat JSON with integer ``"t"`` and ``"i"``). Raises ``RedisError``/``OSError`` when Redis is
+        unreachable."""
+        if not symbols:
+            return {}
+        values = await mget(self._redis, [PRICE_KEY_PREFIX + symbol for symbol in symbols])
+        points = {}
+        for symbol, value in zip(symbols, values):
+            point = resume_point(value)
+            if point is not None:
+                points[symbol] = point
+        return points
 
     name = "prices"
 

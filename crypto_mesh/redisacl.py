@@ -12,7 +12,7 @@ can do nothing but ``AUTH`` (every other command answers ``NOAUTH``).
   channels (named by symbol).
 - ``aggregator``: followers (``aggregator:*``, sets and Lua scripts; ``DEL`` of a set moved under its hash
   tag), latest prices (``price:*``,
-  ``GET``/``SET`` in a Lua script), recent seconds (``seconds:*``, ``RPUSH``/``LTRIM`` in the same script),
+  ``GET``/``SET`` in a Lua script, ``MGET`` where a taken-over symbol resumes), recent seconds (``seconds:*``, ``RPUSH``/``LTRIM`` in the same script),
   ``PUBLISH`` of SecondStats on the symbol channels, and the 24 h tickers (``ticker:*`` hashes,
   ``HMGET``/``HSET`` in a Lua script).
 
@@ -50,7 +50,7 @@ USER_RULES: dict[str, str] = {
     ),
     "aggregator": (
         "resetkeys ~price:* ~ticker:* ~seconds:* ~aggregator:* resetchannels &* -@all "
-        f"{_CONNECTION} +get +set +rpush +ltrim +sadd +srem +scard +smembers +del +publish"
+        f"{_CONNECTION} +get +mget +set +rpush +ltrim +sadd +srem +scard +smembers +del +publish"
         " +hmget +hset"
     ),
 }

@@ -1,4 +1,5 @@
-"""One-second windows (aggregator.secondstat): every second of the shipped recordings; the closing rules."""
+"""One-second windows (aggregator.secondstat): every second of the shipped recordings; the closing rules; gaps
+filled from the exchange's history, and streams resumed after the last second published (aggregator.intake)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from aggregator.backfill import ResumePoint, resumes
+from aggregator.intake import TradeIntake
 from aggregator.secondstat import SecondStat, SecondWindows
+from aggregator.store import resume_point
 from crypto_mesh.binance import Trade, parse_trade_frame
 
 FAR_FUTURE_MS = 2**62
@@ -65,9 +69,21 @@ def as_expected(stat: SecondStat) -> dict:
     }
 
 
-@pytest.mark.parametrize(
+#: Each shipped recording with the id field of its trade stream kind (``t`` of @trade, ``a`` of @aggTrade).
+BOTH_RECORDINGS = pytest.mark.parametrize(
     ("recording_fixture", "id_field"), [("trade_recording", "t"), ("agg_trade_recording", "a")]
 )
+
+
+def btcusdt_case(recording: Path, id_field: str) -> tuple[dict[tuple[str, int], dict], list[bytes]]:
+    """The independent computation of ``recording``'s seconds (:func:`expected_seconds`) and its raw btcusdt
+    frames in order."""
+    with gzip.open(recording) as lines:
+        frames = [line.rstrip(b"\n") for line in lines if b'"btcusdt@' in line]
+    return expected_seconds(recording, id_field), frames
+
+
+@BOTH_RECORDINGS
 def test_every_second_of_the_recording_matches_an_independent_computation(
     request, recording_fixture, id_field
 ):
@@ -246,20 +262,13 @@ def second_of(raw: bytes) -> int:
     return orjson.loads(raw)["data"]["T"] // 1000 * 1000
 
 
-@pytest.mark.parametrize(
-    ("recording_fixture", "id_field"), [("trade_recording", "t"), ("agg_trade_recording", "a")]
-)
+@BOTH_RECORDINGS
 def test_trades_lost_to_a_reconnect_leave_whole_seconds_and_marked_ones(request, recording_fixture, id_field):
     """A run of frames lost from the middle of the recording, as when socket_proxy ends a subscriber that fell
     behind, with no fill: every SecondStat published whole still equals the independent computation from the
     whole recording, the two seconds around the gap are published marked incomplete, and the seconds that
     lost every trade are not published."""
-    from aggregator.intake import TradeIntake
-
-    recording = request.getfixturevalue(recording_fixture)
-    expected = expected_seconds(recording, id_field)
-    with gzip.open(recording) as lines:
-        frames = [line.rstrip(b"\n") for line in lines if b'"btcusdt@' in line]
+    expected, frames = btcusdt_case(request.getfixturevalue(recording_fixture), id_field)
     lost = frames[len(frames) // 3 : len(frames) // 3 + 250]
     published: list[SecondStat] = []
     intake = TradeIntake(SecondWindows(grace_ms=1000), published.append)
@@ -287,18 +296,11 @@ class FakeHistory:
         self.asked.append((symbol, first_id, wanted_id))
 
 
-@pytest.mark.parametrize(
-    ("recording_fixture", "id_field"), [("trade_recording", "t"), ("agg_trade_recording", "a")]
-)
+@BOTH_RECORDINGS
 def test_trades_lost_to_a_reconnect_and_fetched_back_leave_every_second_whole(
     request, recording_fixture, id_field
 ):
-    from aggregator.intake import TradeIntake
-
-    recording = request.getfixturevalue(recording_fixture)
-    expected = expected_seconds(recording, id_field)
-    with gzip.open(recording) as lines:
-        frames = [line.rstrip(b"\n") for line in lines if b'"btcusdt@' in line]
+    expected, frames = btcusdt_case(request.getfixturevalue(recording_fixture), id_field)
     cut = len(frames) // 3
     lost = frames[cut : cut + 250]
     published: list[SecondStat] = []
@@ -328,8 +330,6 @@ def test_trades_lost_to_a_reconnect_and_fetched_back_leave_every_second_whole(
 
 
 def test_a_fill_that_stops_short_marks_the_seconds_still_lacking_trades():
-    from aggregator.intake import TradeIntake
-
     published: list[SecondStat] = []
     intake = TradeIntake(SecondWindows(grace_ms=0), published.append, max_backfill_ids=100)
     intake.backfill = FakeHistory()
@@ -357,8 +357,6 @@ def test_a_fill_that_stops_short_marks_the_seconds_still_lacking_trades():
 
 
 def test_the_clock_closes_a_window_waiting_for_a_late_fill_marked_incomplete():
-    from aggregator.intake import TradeIntake
-
     published: list[SecondStat] = []
     intake = TradeIntake(SecondWindows(grace_ms=1_000), published.append, max_backfill_ids=100)
     intake.backfill = FakeHistory()
@@ -420,3 +418,162 @@ def test_an_interruption_without_an_open_window_changes_nothing():
     windows.add(trade(1, "100", 1_000))
     [stat] = windows.close_until(FAR_FUTURE_MS)
     assert stat.count == 1 and windows.incomplete == 0
+
+
+# Resumed streams: a stream that starts again (a restarted aggregator, or a replica taking a symbol over)
+# resumes after the last second published on Redis (aggregator.backfill.resumes, TradeIntake.resume_after).
+
+
+def trade_frame(trade_id: int, time_ms: int) -> bytes:
+    """A raw ``btcusdt@trade`` combined-stream frame (Binance spot "Trade Streams") at price 100."""
+    data = {"e": "trade", "E": time_ms, "s": "BTCUSDT", "t": trade_id, "p": "100", "q": "1", "T": time_ms}
+    return orjson.dumps({"stream": "btcusdt@trade", "data": data})
+
+
+@BOTH_RECORDINGS
+def test_a_restarted_stream_fills_the_seconds_since_the_last_published_one_and_repeats_none(
+    request, recording_fixture, id_field
+):
+    expected, frames = btcusdt_case(request.getfixturevalue(recording_fixture), id_field)
+    cut = len(frames) // 3
+    # The aggregator streaming until the cut dies: its open window is never published.
+    before: list[SecondStat] = []
+    TradeIntake(SecondWindows(grace_ms=1000), before.append).on_frames("btcusdt", frames[:cut], received_ms=None)
+    last = before[-1]
+    # Its successor's stream starts 250 frames later, mid-second.
+    after: list[SecondStat] = []
+    history = FakeHistory()
+    intake = TradeIntake(SecondWindows(grace_ms=1000), after.append, max_backfill_ids=5000)
+    intake.backfill = history
+    intake.resume_after("btcusdt", ResumePoint(last.second_ms, last.close_id))
+    first_id = orjson.loads(frames[cut + 250])["data"][id_field]
+
+    intake.on_frames("btcusdt", frames[cut + 250 : cut + 400], received_ms=None)
+    assert history.asked == [("btcusdt", last.close_id + 1, first_id - 1)]
+    wanted = [raw for raw in frames if last.close_id < orjson.loads(raw)["data"][id_field] < first_id]
+    intake.on_fill("btcusdt", last.close_id + 1, reversed(wanted))  # any order
+    intake.on_frames("btcusdt", frames[cut + 400 :], received_ms=None)
+    intake.close_until(FAR_FUTURE_MS)
+
+    assert {stat.second_ms for stat in before}.isdisjoint(stat.second_ms for stat in after)
+    assert {(stat.symbol, stat.second_ms): as_expected(stat) for stat in before + after} == {
+        key: fields for key, fields in expected.items() if key[0] == "btcusdt"
+    }
+    assert not any(stat.incomplete for stat in after)
+    counters = intake.counters
+    assert (counters.resumed, counters.first_windows_skipped, counters.gaps, counters.backfills_whole) == (
+        1,
+        0,
+        0,
+        1,
+    )
+    assert counters.backfilled == len(wanted)
+
+
+def test_a_stream_continuing_right_after_the_last_id_publishes_its_first_window_without_fetching():
+    published: list[SecondStat] = []
+    intake = TradeIntake(SecondWindows(grace_ms=1000), published.append)  # no history port at all
+    intake.resume_after("btcusdt", ResumePoint(second_ms=1_000, close_id=9))
+
+    intake.on_frames("btcusdt", [trade_frame(10, 2_000), trade_frame(11, 2_500), trade_frame(12, 3_000)], received_ms=None)
+    intake.close_until(FAR_FUTURE_MS)
+
+    assert [(stat.second_ms, stat.count, stat.incomplete) for stat in published] == [
+        (2_000, 2, False),
+        (3_000, 1, False),
+    ]
+    assert (intake.counters.resumed, intake.counters.first_windows_skipped) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [
+        ((5, 2_000), "ids behind the point: a replay started again"),
+        ((9, 2_000), "the point's own last trade"),
+        ((10, 1_500), "a trade of the published second itself"),
+        ((5011, 9_000), "more ids in between than a fill fetches"),
+    ],
+)
+def test_a_stream_that_does_not_continue_from_the_point_skips_its_first_window(first, why):
+    published: list[SecondStat] = []
+    history = FakeHistory()
+    intake = TradeIntake(SecondWindows(grace_ms=1000), published.append, max_backfill_ids=5000)
+    intake.backfill = history
+    intake.resume_after("btcusdt", ResumePoint(second_ms=1_000, close_id=9))
+    trade_id, time_ms = first
+
+    intake.on_frames("btcusdt", [trade_frame(trade_id, time_ms)], received_ms=None)
+    intake.on_frames("btcusdt", [trade_frame(trade_id + 1, time_ms + 1_000)], received_ms=None)
+    intake.close_until(FAR_FUTURE_MS)
+
+    assert history.asked == [], why
+    assert [stat.second_ms for stat in published] == [time_ms - time_ms % 1000 + 1_000], why
+    assert (intake.counters.resumed, intake.counters.first_windows_skipped) == (0, 1), why
+
+
+def test_a_resumed_streams_short_fill_publishes_no_incomplete_second_and_leaves_out_what_it_lacks():
+    published: list[SecondStat] = []
+    history = FakeHistory()
+    intake = TradeIntake(SecondWindows(grace_ms=1000), published.append, max_backfill_ids=100)
+    intake.backfill = history
+    intake.resume_after("btcusdt", ResumePoint(second_ms=1_000, close_id=9))
+
+    intake.on_frames("btcusdt", [trade_frame(16, 4_100), trade_frame(17, 4_600), trade_frame(18, 5_000)], received_ms=None)
+    assert history.asked == [("btcusdt", 10, 15)]
+    # 10 and 11 come back (second 2 whole, closed by 12), 12 too, 13 does not: seconds 3 and 4 lack trades.
+    intake.on_fill("btcusdt", 10, [trade_frame(10, 2_000), trade_frame(11, 2_900), trade_frame(12, 3_000), trade_frame(14, 3_500)])
+    intake.close_until(FAR_FUTURE_MS)
+
+    assert [(stat.second_ms, stat.count, stat.incomplete) for stat in published] == [
+        (2_000, 2, False),
+        (5_000, 1, False),
+    ]
+    counters = intake.counters
+    assert (counters.resumed, counters.backfills_partial, counters.incomplete) == (1, 1, 0)
+
+
+def test_untracking_before_the_first_trade_forgets_the_point():
+    published: list[SecondStat] = []
+    intake = TradeIntake(SecondWindows(grace_ms=1000), published.append)
+    intake.resume_after("btcusdt", ResumePoint(second_ms=1_000, close_id=9))
+    intake.forget("btcusdt")
+
+    intake.on_frames("btcusdt", [trade_frame(3, 500), trade_frame(4, 900)], received_ms=None)  # a new follow, anew
+    intake.close_until(FAR_FUTURE_MS)
+
+    assert [stat.second_ms for stat in published] == [0]
+    assert (intake.counters.resumed, intake.counters.first_windows_skipped) == (0, 0)
+
+
+def test_resumes_needs_a_later_id_a_later_second_and_at_most_max_ids_between():
+    point = ResumePoint(second_ms=1_000, close_id=9)
+
+    assert resumes(point, trade(10, "100", 2_000), max_ids=0)
+    assert resumes(point, trade(15, "100", 2_000), max_ids=5)
+    assert not resumes(point, trade(16, "100", 2_000), max_ids=5)
+    assert not resumes(point, trade(10, "100", 1_999), max_ids=5)
+    assert not resumes(point, trade(9, "100", 2_000), max_ids=5)
+
+
+def test_trades_of_seconds_before_a_resume_are_late():
+    windows = SecondWindows(grace_ms=1000)
+    windows.resume("btcusdt", 2_000)
+
+    assert windows.add(trade(10, "100", 1_999)) == [] and windows.late == 1
+    assert windows.add(trade(11, "100", 2_000)) == [] and windows.late == 1
+    assert [stat.second_ms for stat in windows.close_until(FAR_FUTURE_MS)] == [2_000]
+
+
+@pytest.mark.parametrize(
+    ("value", "point"),
+    [
+        (b'{"s":"btcusdt","t":1000,"p":"1","i":9,"x":true}', ResumePoint(1_000, 9)),
+        (None, None),
+        (b"not json", None),
+        (b"[1,2]", None),
+        (b'{"t":1000}', None),
+        (b'{"t":"1000","i":9}', None),
+    ],
+)
+def test_the_resume_point_is_read_from_the_price_keys_secondstat_json(value, point):
+    assert resume_point(value) == point
