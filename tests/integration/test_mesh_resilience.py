@@ -16,21 +16,27 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
+import redis.asyncio
 from support.etl import mini_ticker_message
 from support.kafka_helpers import produce_records
 from support.mesh import CRYPTO_MESH, register_and_login, running_mesh
 from support.polling import eventually
 
+from crypto_mesh.redisclient import seconds_key
 from launcher.control import read_processes
 from launcher.mesh import HealthCheck
 
@@ -95,6 +101,30 @@ async def prices_flow(state: dict, auth: dict[str, str], after: float) -> bool:
                     return True
 
 
+#: Kills across which no BTCUSDT second may be missing on Redis: the restarted aggregator (restarted with the
+#: broker too) fetches the trades since the last second published from the exchange's history.
+CONTINUOUS = ("aggregator", "kafka")
+
+
+async def seconds_since(state: dict, killed_at: float) -> bool:
+    """Whether the recent BTCUSDT seconds on Redis (``seconds:btcusdt{price:btcusdt}``, read as the BFF's Redis
+    user) reach 2 s past ``killed_at`` (Unix s) from 3 s before it, with none missing: each second's first
+    trade id (its last, ``i``, less its count, ``n``) follows the last id of the second before."""
+    data_dir = Path(state["data_dir"])
+    password = (data_dir / "secrets" / "redis_bff_password").read_text().strip()
+    client = redis.asyncio.from_url(state["urls"]["redis"], username="bff", password=password)
+    try:
+        raw = await client.lrange(seconds_key("btcusdt"), 0, -1)
+    finally:
+        await client.aclose()
+    stats = [stat for stat in map(orjson.loads, raw) if stat["t"] >= (killed_at - 3) * 1000]
+    if not stats or stats[-1]["t"] < (killed_at + 2) * 1000:
+        return False
+    holes = [(a["t"], b["t"]) for a, b in zip(stats, stats[1:]) if b["i"] - b["n"] != a["i"]]
+    assert holes == [], f"seconds missing between {holes}"
+    return True
+
+
 async def someone_new_logs_in(state: dict) -> bool:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=4)) as http:
         await register_and_login(http, state["urls"]["bff"], f"new{uuid.uuid4().hex[:12]}")
@@ -105,9 +135,31 @@ async def someone_new_logs_in(state: dict) -> bool:
 NOT_YET = (aiohttp.ClientError, asyncio.TimeoutError, AssertionError)
 
 
+@contextmanager
+def logs_kept_on_failure(data_dir: Path, keep: Path) -> Iterator[None]:
+    """On a failure inside, copy ``data_dir``'s logs to ``keep`` (the module's later start of the same data
+    directory writes them anew) and add the tail of the supervisor's log to the failure."""
+    try:
+        yield
+    except (AssertionError, pytest.fail.Exception) as exc:
+        shutil.copytree(data_dir / "logs", keep, dirs_exist_ok=True)
+        system = (data_dir / "logs" / "system.log").read_text().splitlines()[-40:]
+        pytest.fail(f"{exc}\nthe mesh's logs are kept in {keep}; system.log ends:\n" + "\n".join(system))
+
+
 @pytest.mark.parametrize("name", KILLED)
-async def test_kill_9_of_a_process_is_restarted_and_the_journey_resumes(mesh, holder, name):
+async def test_kill_9_of_a_process_is_restarted_and_the_journey_resumes(mesh, holder, name, tmp_path):
     state, _env, process, log_path = mesh
+    data_dir = Path(state["data_dir"])
+    with logs_kept_on_failure(data_dir, tmp_path / "logs"):
+        await kill_and_resume(state, holder, name, process, log_path)
+
+
+async def kill_and_resume(
+    state: dict, holder: dict[str, str], name: str, process: subprocess.Popen, log_path: Path
+) -> None:
+    """Kill ``name`` with SIGKILL and wait for the journey to resume within :data:`RESUME_S`, then for every
+    process to be healthy again."""
     data_dir = Path(state["data_dir"])
     await eventually(
         lambda: prices_flow(state, holder, time.time()),
@@ -129,6 +181,13 @@ async def test_kill_9_of_a_process_is_restarted_and_the_journey_resumes(mesh, ho
     await eventually(
         resumed, timeout_s=RESUME_S, interval_s=0.2, what=f"prices after kill -9 of {name}", tolerate=NOT_YET
     )
+    if name in CONTINUOUS:
+        await eventually(
+            lambda: seconds_since(state, killed_at),
+            timeout_s=RESUME_S,
+            interval_s=0.2,
+            what=f"BTCUSDT's seconds on Redis across the kill -9 of {name}",
+        )
     await eventually(
         lambda: someone_new_logs_in(state),
         timeout_s=max(0.0, deadline - time.monotonic()),
