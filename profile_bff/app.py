@@ -17,7 +17,9 @@ serves; stopping undoes it in reverse order: the port takes no new connection, e
 1001, requests in flight get 5 s, then the background work stops and the clients close.
 
 The database schema is migrated in the background (retried with backoff while PostgreSQL is down) and the
-Redis subscriber connects in the background: ``/healthz`` answers 503 until both are ready. Once the schema is
+Redis subscriber connects in the background: ``/healthz`` answers 503 until both are ready. One of several
+workers (``BFF_WORKERS``) joins the shared port only once both are, or after :data:`WORKER_JOIN_WAIT_S`
+(:func:`ready_or_late`), so that no connection the kernel hands it meets a 503 while the others serve. Once the schema is
 migrated, the follower set of every holder is PUT at the aggregator again (``PUT /v1/followers/user:<id>``),
 so an aggregator that lost followers while the BFF was down tracks every held symbol again without waiting
 for clients to reconnect.
@@ -205,6 +207,8 @@ async def start(settings: BffSettings) -> Running[Bff]:
                 _refresh_instruments(bff.instrument_refresh, settings.exchange_rest_url), "bff-instruments"
             )
         bff.metrics_port = await serve_metrics_port(lifecycle, registry_for(bff), settings.host, settings)
+        if settings.workers > 1:
+            await ready_or_late(bff.readiness, WORKER_JOIN_WAIT_S)
         return await _serve(lifecycle, create_app(bff), settings), bff
 
     return await start_service("profile_bff", build)
@@ -303,6 +307,30 @@ def _device_name_verifier(verifier: AccessTokenVerifier) -> Callable[[str], Awai
             return None
 
     return verify
+
+
+#: How long a worker of several (``BFF_WORKERS``) waits for its dependencies before it joins the shared port
+#: anyway, answering 503 while they are not ready (s).
+WORKER_JOIN_WAIT_S = 10.0
+#: How often a worker checks its readiness before it joins the shared port (s).
+WORKER_JOIN_POLL_S = 0.05
+
+
+async def ready_or_late(readiness: Callable[[], dict[str, bool]], wait_s: float) -> bool:
+    """Return True once every check of ``readiness()`` (:meth:`profile_bff.service.Bff.readiness`) holds, or
+    False after ``wait_s`` seconds (logged as ``port_joined_before_ready``). A worker of several joins the shared
+    port (``SO_REUSEPORT``) only then: the kernel hands a listening worker its share of new connections, so a
+    worker that listened while it migrated or connected to Redis (one restarted after a crash, while the others
+    serve) would answer its share with 503. A dependency down for longer than ``wait_s`` is reported by the
+    503 of ``/healthz`` as for a lone BFF."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while not all((checks := readiness()).values()):
+        if loop.time() >= deadline:
+            log.warning("port_joined_before_ready", waited_s=wait_s, **checks)
+            return False
+        await asyncio.sleep(WORKER_JOIN_POLL_S)
+    return True
 
 
 async def _serve(lifecycle: Lifecycle, app: web.Application, settings: BffSettings) -> int:

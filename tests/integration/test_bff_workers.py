@@ -4,7 +4,9 @@ spreads the sockets over both, each worker subscribes to Redis itself and pushes
 a worker killed with SIGKILL is started again while the other keeps its sockets, both are members of the
 alert evaluator's consumer group (the one partition evaluated by one of them, also after the restart), and
 SIGTERM to the supervisor closes every socket with 1001 and stops both workers; a supervisor killed with
-SIGKILL leaves no worker behind, and workers never join a port another process listens on.
+SIGKILL leaves no worker behind, and workers never join a port another process listens on. A worker joins the
+port only once ready (its database migrated, its Redis subscriber up), so no client meets a 503 from a worker
+starting or restarted while the other serves.
 
 Which worker holds a client's socket is read from the kernel (psutil: the worker process whose connection
 has the client's address as its peer); which worker is which from the metrics port each one listens on
@@ -37,6 +39,7 @@ from support.polling import eventually
 from support.stacks import NO_RATE_LIMITS, bff_process_environment, serve_auth
 
 from crypto_mesh.kafka import ensure_topics
+from crypto_mesh.netutil import port_open
 from crypto_mesh.metrics import parse_samples
 from support.ports import free_port, free_ports_in_a_row
 
@@ -81,6 +84,11 @@ class Workers:
         gives its alert evaluator now."""
         return [int((await self.samples(index))["bff_alert_partitions"]) for index in range(WORKERS)]
 
+    async def healthy(self) -> bool:
+        """``GET /healthz`` on the shared port answers 200."""
+        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/healthz") as resp:
+            return resp.status == 200
+
     async def serves_metrics(self, index: int) -> bool:
         """Worker ``index`` answers its ``/metrics``."""
         await self.sockets_held(index)
@@ -118,9 +126,9 @@ async def engines(postgres, redis_url, kafka_bootstrap, tmp_path_factory):
 
 
 @contextlib.asynccontextmanager
-async def bff_workers(engines: dict[str, str], log_path: Path) -> AsyncIterator[Workers]:
-    """``python -m profile_bff`` with ``BFF_WORKERS=2``, both workers' metrics answering and ``/healthz`` 200;
-    killed (with its workers) if the test leaves it running."""
+async def bff_workers(engines: dict[str, str], log_path: Path, healthy: bool = True) -> AsyncIterator[Workers]:
+    """``python -m profile_bff`` with ``BFF_WORKERS=2``, both workers' metrics answering and (``healthy``)
+    ``/healthz`` 200; killed (with its workers) if the test leaves it running."""
     port, metrics_port = free_port(), free_ports_in_a_row(WORKERS)
     env = {
         **os.environ,
@@ -142,11 +150,8 @@ async def bff_workers(engines: dict[str, str], log_path: Path) -> AsyncIterator[
                 lambda i=index: workers.serves_metrics(i), 60, f"worker {index}'s metrics", tolerate=NOT_YET
             )
 
-        async def healthy() -> bool:
-            async with aiohttp.ClientSession() as http, http.get(f"{workers.url}/healthz") as resp:
-                return resp.status == 200
-
-        await eventually(healthy, 30, "the BFF healthy", tolerate=NOT_YET)
+        if healthy:
+            await eventually(workers.healthy, 30, "the BFF healthy", tolerate=NOT_YET)
         yield workers
     finally:
         if process.poll() is None:
@@ -172,29 +177,23 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
         aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
     ):
         client = BffClient(workers.url, http)
-        # /healthz answered 200 from the worker the kernel picked; the other may still be starting and answer
-        # 503 (it listens before its dependencies answer): a client tries again, here as a new user.
-        _, auth = await eventually(client.user, 30, "a user signed up", tolerate=(AssertionError,))
+        # A worker joins the port once ready: whichever the kernel picks answers, never with 503.
+        _, auth = await client.user()
         await client.add_coin(auth, symbol, "2")
         pids = {index: workers.worker_pid(index) for index in range(WORKERS)}
         assert None not in pids.values() and len(set(pids.values())) == WORKERS
 
-        # Sockets of one user, opened until each worker holds some: the kernel picks the worker.
+        # Sockets of one user, opened until each worker holds some: the kernel picks the worker (among those
+        # that have joined the port), and every upgrade succeeds.
         sockets: dict[int, list[aiohttp.ClientWebSocketResponse]] = {index: [] for index in range(WORKERS)}
-        for _ in range(200):
-            try:
-                ws = await http.ws_connect(f"{workers.url}{WS}", headers=auth)
-            except aiohttp.WSServerHandshakeError as refused:
-                # A restarted worker listens before its dependencies answer, and says 503 meanwhile (as a
-                # service starting does); a client tries again.
-                assert refused.status == 503, refused
-                await asyncio.sleep(0.05)
-                continue
+
+        async def held_by_each(at_least: int = 6) -> bool:
+            ws = await http.ws_connect(f"{workers.url}{WS}", headers=auth)
             await next_profile(ws)
             sockets[holder_of(ws, pids)].append(ws)
-            if all(sockets.values()) and sum(map(len, sockets.values())) >= 6:
-                break
-        assert all(sockets.values()), {index: len(held) for index, held in sockets.items()}
+            return all(sockets.values()) and sum(map(len, sockets.values())) >= at_least
+
+        await eventually(held_by_each, 30, "sockets on each worker", interval_s=0.02)
         for index in range(WORKERS):
             assert await workers.sockets_held(index) == len(sockets[index])
 
@@ -230,13 +229,9 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
         assert workers.worker_pid(1) == pids[1]
         pids[0] = restarted
         sockets[0] = []
-        for _ in range(64):
-            ws = await http.ws_connect(f"{workers.url}{WS}", headers=auth)
-            await next_profile(ws)
-            sockets[holder_of(ws, pids)].append(ws)
-            if sockets[0]:
-                break
-        assert sockets[0]
+        # Until the restarted worker joins the port (once its dependencies answer) the other takes every new
+        # socket: none is refused meanwhile.
+        await eventually(lambda: held_by_each(at_least=0), 30, "a socket on the restarted worker", interval_s=0.02)
         await eventually(
             lambda: _equals(subscribers(redis, symbol), WORKERS), what="both subscribed", interval_s=0.02
         )
@@ -311,3 +306,31 @@ async def publish(redis, symbol: str, price: str, second_ms: int) -> None:
     stat = second_stat(symbol, price, second_ms)
     await redis.set(f"price:{symbol}", stat)
     await redis.publish(symbol, stat)
+
+
+async def test_workers_join_the_port_only_once_their_database_answers(engines, postgres, tmp_path):
+    """A worker joins the shared port once ready (its schema migrated, its Redis subscriber up): here the
+    profile database does not exist yet, so both serve their metrics but neither listens on the port, where a
+    client would otherwise meet 503s; once the database exists, both migrate, join and answer."""
+    name = f"profile_{uuid.uuid4().hex[:10]}"
+    environment = {**engines, "BFF_DATABASE_URL": postgres.url(name)}
+    async with bff_workers(environment, tmp_path / "bff.log", healthy=False) as workers:
+        port = int(workers.url.rsplit(":", 1)[1])
+        for index in range(WORKERS):
+            assert "bff_ws_connections" in await workers.samples(index)
+        assert not port_open("127.0.0.1", port)  # neither worker ready: neither joined
+
+        await asyncio.to_thread(postgres.create_database, name)
+        await eventually(workers.healthy, 30, "the BFF healthy once its database exists", tolerate=NOT_YET)
+        pids = {index: workers.worker_pid(index) for index in range(WORKERS)}
+        await eventually(lambda: _listening(pids, port) == set(pids), 30, "both workers on the port")
+
+
+def _listening(pids: dict[int, int], port: int) -> set[int]:
+    """The indices of the workers (``pids``: index → pid) listening on ``port``."""
+    return {
+        index
+        for index, pid in pids.items()
+        for connection in psutil.Process(pid).net_connections(kind="tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+    }
