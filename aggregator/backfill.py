@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from aggregator.secondstat import SECOND_MS
 from crypto_mesh.binance import MAX_TRADE_HISTORY_LIMIT, Trade
-
-SECOND_MS = 1000
 
 
 @dataclass
@@ -43,8 +42,9 @@ class Fill:
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """The last second published for a symbol, by any replica: ``second_ms`` (Unix ms) and ``close_id``, its last
-    trade / aggregate id: ``"t"`` and ``"i"`` of the SecondStat JSON on ``price:<symbol>`` (docs/CONTRACTS.md)."""
+    """The last second published for a symbol, by any replica: ``second_ms`` (Unix ms) and ``close_id``, its
+    last trade / aggregate id: ``"t"`` and ``"i"`` of the SecondStat JSON on ``price:<symbol>``
+    (docs/CONTRACTS.md)."""
 
     second_ms: int
     close_id: int

@@ -134,7 +134,8 @@ class Feeds:
         """Stream ``symbol``'s trades (``symbol`` already normalised) on its kind of trade stream;
         ``skip_first_window``: the symbol is taken over from another replica, its first window is not published
         (:meth:`aggregator.intake.TradeIntake.skip_first_window`); ``resume_after``: the last second published
-        for it, which the stream continues from if it can (:meth:`aggregator.intake.TradeIntake.resume_after`)."""
+        for it, which the stream continues from if it can
+        (:meth:`aggregator.intake.TradeIntake.resume_after`)."""
         if symbol in self._streams:
             return
         if resume_after is not None:

@@ -10,11 +10,12 @@ stops short of the gap's end, the first held trade is added after a gap, so the 
 published marked incomplete.
 
 Resumed streams: a symbol whose stream starts (taken over from another replica, or after a restart) with the
-last second published on Redis as its :class:`aggregator.backfill.ResumePoint` (:meth:`TradeIntake.resume_after`)
-continues from there when its first trade fits (:func:`aggregator.backfill.resumes`): the trades since that
-second's last one are filled as above, so the seconds between are published whole, and nothing at or before it
-again. A resumed stream's fill that comes back short publishes no incomplete second: the seconds it could not
-rebuild, and the first held trade's, are left out. A first trade that does not fit skips the first window.
+last second published on Redis as its :class:`aggregator.backfill.ResumePoint`
+(:meth:`TradeIntake.resume_after`) continues from there when its first trade fits
+(:func:`aggregator.backfill.resumes`): the trades since that second's last one are filled as above, so the
+seconds between are published whole, and nothing at or before it again. A resumed stream's fill that comes
+back short publishes no incomplete second: the seconds it could not rebuild, and the first held trade's, are
+left out. A first trade that does not fit skips the first window.
 
 Everything here runs on the event loop without awaiting, so a slow Redis or Kafka can never hold up intake:
 the outputs are the never-blocking ``submit`` of :class:`aggregator.store.StatPublisher`,
@@ -124,10 +125,10 @@ class TradeIntake:
 
     def resume_after(self, symbol: str, point: ResumePoint) -> None:
         """``symbol``'s stream is about to start and ``point`` is the last second published for it (by another
-        replica, or before a restart): if its first trade continues from there (:func:`aggregator.backfill.resumes`
-        with :attr:`max_backfill_ids`, 0 without ``backfill``), the trades in between are fetched and every
-        second after ``point`` is published whole (module doc); otherwise its first window is skipped
-        (:meth:`skip_first_window`)."""
+        replica, or before a restart): if its first trade continues from there
+        (:func:`aggregator.backfill.resumes` with :attr:`max_backfill_ids`, 0 without ``backfill``), the
+        trades in between are fetched and every second after ``point`` is published whole (module doc);
+        otherwise its first window is skipped (:meth:`skip_first_window`)."""
         self._skip_first.add(symbol)
         self._resume[symbol] = point
 
@@ -187,8 +188,8 @@ class TradeIntake:
             self._publish(self.windows.add(trade))
         (trade, received_ms), *rest = fill.held
         if fill.resumed and not whole:
-            # Another replica may have published the seconds the run stops in whole: leave them out rather than
-            # publish them incomplete. Trades of seconds already published stay late.
+            # Another replica may have published the seconds the run stops in whole: leave them out rather
+            # than publish them incomplete. Trades of seconds already published stay late.
             self.windows.discard_open(symbol)
             self._skip_first.add(symbol)
         self._publish(self.windows.add(trade, received_ms, after_gap=not whole and not fill.resumed))
@@ -226,13 +227,16 @@ class TradeIntake:
         self.backfill(symbol, fill.first_id, fill.wanted_id)
 
     def _resumes(self, point: ResumePoint, trade: Trade) -> bool:
-        """Whether ``trade``, the first of its symbol's stream, continues from ``point``; if so, the seconds up to
-        ``point`` are made final and the first window is published."""
+        """Whether ``trade``, the first of its symbol's stream, continues from ``point``; if so, the seconds
+        up to ``point`` are made final and the first window is published."""
         symbol = trade.symbol
         max_ids = self.max_backfill_ids if self.backfill is not None else 0
         if not resumes(point, trade, max_ids):
             log.info(
-                "stream_not_resumed", symbol=symbol, after_second_ms=point.second_ms, after_id=point.close_id,
+                "stream_not_resumed",
+                symbol=symbol,
+                after_second_ms=point.second_ms,
+                after_id=point.close_id,
                 first_id=trade.trade_id,
             )
             return False
@@ -240,7 +244,10 @@ class TradeIntake:
         self.windows.resume(symbol, point.second_ms + SECOND_MS)
         self.counters.resumed += 1
         log.info(
-            "stream_resumed", symbol=symbol, after_second_ms=point.second_ms, after_id=point.close_id,
+            "stream_resumed",
+            symbol=symbol,
+            after_second_ms=point.second_ms,
+            after_id=point.close_id,
             missed=trade.trade_id - point.close_id - 1,
         )
         return True

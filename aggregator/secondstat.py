@@ -272,8 +272,8 @@ class SecondWindows:
             state.final_before_ms = max(state.final_before_ms, final_before_ms)
 
     def discard_open(self, symbol: str) -> None:
-        """Drop ``symbol``'s open window unpublished (it lacks trades that will not come); a later trade of its
-        second opens it anew. Earlier seconds stay final."""
+        """Drop ``symbol``'s open window unpublished (it lacks trades that will not come); a later trade of
+        its second opens it anew. Earlier seconds stay final."""
         state = self._symbols.get(symbol)
         if state is not None:
             state.window = None

@@ -12,7 +12,8 @@ can do nothing but ``AUTH`` (every other command answers ``NOAUTH``).
   channels (named by symbol).
 - ``aggregator``: followers (``aggregator:*``, sets and Lua scripts; ``DEL`` of a set moved under its hash
   tag), latest prices (``price:*``,
-  ``GET``/``SET`` in a Lua script, ``MGET`` where a taken-over symbol resumes), recent seconds (``seconds:*``, ``RPUSH``/``LTRIM`` in the same script),
+  ``GET``/``SET`` in a Lua script, ``MGET`` where a taken-over symbol resumes), recent seconds
+  (``seconds:*``, ``RPUSH``/``LTRIM`` in the same script),
   ``PUBLISH`` of SecondStats on the symbol channels, and the 24 h tickers (``ticker:*`` hashes,
   ``HMGET``/``HSET`` in a Lua script).
 

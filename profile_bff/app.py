@@ -19,10 +19,10 @@ serves; stopping undoes it in reverse order: the port takes no new connection, e
 The database schema is migrated in the background (retried with backoff while PostgreSQL is down) and the
 Redis subscriber connects in the background: ``/healthz`` answers 503 until both are ready. One of several
 workers (``BFF_WORKERS``) joins the shared port only once both are, or after :data:`WORKER_JOIN_WAIT_S`
-(:func:`ready_or_late`), so that no connection the kernel hands it meets a 503 while the others serve. Once the schema is
-migrated, the follower set of every holder is PUT at the aggregator again (``PUT /v1/followers/user:<id>``),
-so an aggregator that lost followers while the BFF was down tracks every held symbol again without waiting
-for clients to reconnect.
+(:func:`ready_or_late`), so that no connection the kernel hands it meets a 503 while the others serve. Once
+the schema is migrated, the follower set of every holder is PUT at the aggregator again
+(``PUT /v1/followers/user:<id>``), so an aggregator that lost followers while the BFF was down tracks every
+held symbol again without waiting for clients to reconnect.
 
 The symbol list is read from ``BFF_EXCHANGE_INFO_FILE`` at start (a BFF without one does not start); with
 ``BFF_EXCHANGE_REST_URL`` the exchange's ``GET /api/v3/exchangeInfo`` is fetched in the background at once and
@@ -318,11 +318,11 @@ WORKER_JOIN_POLL_S = 0.05
 
 async def ready_or_late(readiness: Callable[[], dict[str, bool]], wait_s: float) -> bool:
     """Return True once every check of ``readiness()`` (:meth:`profile_bff.service.Bff.readiness`) holds, or
-    False after ``wait_s`` seconds (logged as ``port_joined_before_ready``). A worker of several joins the shared
-    port (``SO_REUSEPORT``) only then: the kernel hands a listening worker its share of new connections, so a
-    worker that listened while it migrated or connected to Redis (one restarted after a crash, while the others
-    serve) would answer its share with 503. A dependency down for longer than ``wait_s`` is reported by the
-    503 of ``/healthz`` as for a lone BFF."""
+    False after ``wait_s`` seconds (logged as ``port_joined_before_ready``). A worker of several joins the
+    shared port (``SO_REUSEPORT``) only then: the kernel hands a listening worker its share of new
+    connections, so a worker that listened while it migrated or connected to Redis (one restarted after a
+    crash, while the others serve) would answer its share with 503. A dependency down for longer than
+    ``wait_s`` is reported by the 503 of ``/healthz`` as for a lone BFF."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while not all((checks := readiness()).values()):

@@ -225,8 +225,9 @@ async def test_replicas_share_the_symbols_take_over_a_killed_ones_and_give_them_
             for stat in stats
             if stat["t"] in on_kafka
         ]
-        # No second missing: a second's first id (its last "i" less its count "n", ids being consecutive) follows
-        # the last id of the second before. A second marked incomplete lacks trades, so its pairs are skipped.
+        # No second missing: a second's first id (its last "i" less its count "n", ids being consecutive)
+        # follows the last id of the second before. A second marked incomplete lacks trades, so its pairs are
+        # skipped.
         holes = [
             (before["t"], after["t"])
             for before, after in zip(stats, stats[1:])

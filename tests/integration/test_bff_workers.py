@@ -126,7 +126,9 @@ async def engines(postgres, redis_url, kafka_bootstrap, tmp_path_factory):
 
 
 @contextlib.asynccontextmanager
-async def bff_workers(engines: dict[str, str], log_path: Path, healthy: bool = True) -> AsyncIterator[Workers]:
+async def bff_workers(
+    engines: dict[str, str], log_path: Path, healthy: bool = True
+) -> AsyncIterator[Workers]:
     """``python -m profile_bff`` with ``BFF_WORKERS=2``, both workers' metrics answering and (``healthy``)
     ``/healthz`` 200; killed (with its workers) if the test leaves it running."""
     port, metrics_port = free_port(), free_ports_in_a_row(WORKERS)
@@ -231,7 +233,9 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
         sockets[0] = []
         # Until the restarted worker joins the port (once its dependencies answer) the other takes every new
         # socket: none is refused meanwhile.
-        await eventually(lambda: held_by_each(at_least=0), 30, "a socket on the restarted worker", interval_s=0.02)
+        await eventually(
+            lambda: held_by_each(at_least=0), 30, "a socket on the restarted worker", interval_s=0.02
+        )
         await eventually(
             lambda: _equals(subscribers(redis, symbol), WORKERS), what="both subscribed", interval_s=0.02
         )

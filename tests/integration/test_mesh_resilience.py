@@ -107,9 +107,9 @@ CONTINUOUS = ("aggregator", "kafka")
 
 
 async def seconds_since(state: dict, killed_at: float) -> bool:
-    """Whether the recent BTCUSDT seconds on Redis (``seconds:btcusdt{price:btcusdt}``, read as the BFF's Redis
-    user) reach 2 s past ``killed_at`` (Unix s) from 3 s before it, with none missing: each second's first
-    trade id (its last, ``i``, less its count, ``n``) follows the last id of the second before."""
+    """Whether the recent BTCUSDT seconds on Redis (``seconds:btcusdt{price:btcusdt}``, read as the BFF's
+    Redis user) reach 2 s past ``killed_at`` (Unix s) from 3 s before it, with none missing: each second's
+    first trade id (its last, ``i``, less its count, ``n``) follows the last id of the second before."""
     data_dir = Path(state["data_dir"])
     password = (data_dir / "secrets" / "redis_bff_password").read_text().strip()
     client = redis.asyncio.from_url(state["urls"]["redis"], username="bff", password=password)

@@ -1,5 +1,6 @@
 """One-second windows (aggregator.secondstat): every second of the shipped recordings; the closing rules; gaps
-filled from the exchange's history, and streams resumed after the last second published (aggregator.intake)."""
+filled from the exchange's history, and streams resumed after the last second published
+(aggregator.intake)."""
 
 from __future__ import annotations
 
@@ -438,7 +439,9 @@ def test_a_restarted_stream_fills_the_seconds_since_the_last_published_one_and_r
     cut = len(frames) // 3
     # The aggregator streaming until the cut dies: its open window is never published.
     before: list[SecondStat] = []
-    TradeIntake(SecondWindows(grace_ms=1000), before.append).on_frames("btcusdt", frames[:cut], received_ms=None)
+    TradeIntake(SecondWindows(grace_ms=1000), before.append).on_frames(
+        "btcusdt", frames[:cut], received_ms=None
+    )
     last = before[-1]
     # Its successor's stream starts 250 frames later, mid-second.
     after: list[SecondStat] = []
@@ -475,7 +478,9 @@ def test_a_stream_continuing_right_after_the_last_id_publishes_its_first_window_
     intake = TradeIntake(SecondWindows(grace_ms=1000), published.append)  # no history port at all
     intake.resume_after("btcusdt", ResumePoint(second_ms=1_000, close_id=9))
 
-    intake.on_frames("btcusdt", [trade_frame(10, 2_000), trade_frame(11, 2_500), trade_frame(12, 3_000)], received_ms=None)
+    intake.on_frames(
+        "btcusdt", [trade_frame(10, 2_000), trade_frame(11, 2_500), trade_frame(12, 3_000)], received_ms=None
+    )
     intake.close_until(FAR_FUTURE_MS)
 
     assert [(stat.second_ms, stat.count, stat.incomplete) for stat in published] == [
@@ -518,10 +523,16 @@ def test_a_resumed_streams_short_fill_publishes_no_incomplete_second_and_leaves_
     intake.backfill = history
     intake.resume_after("btcusdt", ResumePoint(second_ms=1_000, close_id=9))
 
-    intake.on_frames("btcusdt", [trade_frame(16, 4_100), trade_frame(17, 4_600), trade_frame(18, 5_000)], received_ms=None)
+    intake.on_frames(
+        "btcusdt", [trade_frame(16, 4_100), trade_frame(17, 4_600), trade_frame(18, 5_000)], received_ms=None
+    )
     assert history.asked == [("btcusdt", 10, 15)]
     # 10 and 11 come back (second 2 whole, closed by 12), 12 too, 13 does not: seconds 3 and 4 lack trades.
-    intake.on_fill("btcusdt", 10, [trade_frame(10, 2_000), trade_frame(11, 2_900), trade_frame(12, 3_000), trade_frame(14, 3_500)])
+    intake.on_fill(
+        "btcusdt",
+        10,
+        [trade_frame(10, 2_000), trade_frame(11, 2_900), trade_frame(12, 3_000), trade_frame(14, 3_500)],
+    )
     intake.close_until(FAR_FUTURE_MS)
 
     assert [(stat.second_ms, stat.count, stat.incomplete) for stat in published] == [
@@ -538,7 +549,9 @@ def test_untracking_before_the_first_trade_forgets_the_point():
     intake.resume_after("btcusdt", ResumePoint(second_ms=1_000, close_id=9))
     intake.forget("btcusdt")
 
-    intake.on_frames("btcusdt", [trade_frame(3, 500), trade_frame(4, 900)], received_ms=None)  # a new follow, anew
+    intake.on_frames(
+        "btcusdt", [trade_frame(3, 500), trade_frame(4, 900)], received_ms=None
+    )  # a new follow, anew
     intake.close_until(FAR_FUTURE_MS)
 
     assert [stat.second_ms for stat in published] == [0]
