@@ -19,12 +19,15 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from crypto_mesh.httperrors import error_response
 from crypto_mesh.logs import get_logger
 from crypto_mesh.secrets import read_secret
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = get_logger(__name__)
 
@@ -33,8 +36,6 @@ OPEN_PATHS = frozenset({"/healthz"})
 
 #: The authentication scheme of RFC 6750, section 2.1 (compared without regard to case, RFC 9110 11.1).
 SCHEME = "Bearer"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def read_tokens(path: Path | str) -> tuple[str, ...]:
@@ -90,6 +91,12 @@ def bearer_token_middleware(
     ...}}``. The refusal is logged with the method and path; the presented token never is. Put it first in
     the application's middlewares so that nothing else runs for an unauthenticated request.
     """
+    # aiohttp is imported by the services that serve, not by the clients of this module (crypto-mesh's
+    # commands read their credential here and start faster without it).
+    from aiohttp import web
+
+    from crypto_mesh.httperrors import error_response
+
     accepted = tuple(tokens)
     if not accepted or not all(accepted):
         raise ValueError("a bearer-token middleware needs at least one non-empty token")

@@ -19,10 +19,14 @@ Only URLs"), ``exchangeInfo`` included.
 
 from __future__ import annotations
 
-import aiohttp
+from typing import TYPE_CHECKING
+
 from yarl import URL
 
 from crypto_mesh.binance.names import AGG_TRADE, TRADE
+
+if TYPE_CHECKING:
+    import aiohttp
 
 #: ``GET /api/v3/exchangeInfo``: "Current exchange trading rules and symbol information" (body:
 #: :mod:`crypto_mesh.binance.exchange_info`).
@@ -122,6 +126,11 @@ class BinanceRest:
     def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
         self._base_url = base_url
         self._exchange_info_url = exchange_info_url(base_url)
+        # Imported here, where a client is made: the launcher reads this package's names and data, and its
+        # commands start faster without an HTTP client.
+        import aiohttp
+
+        self._errors = (aiohttp.ClientError, TimeoutError)
         # aiohttp asks for gzip and inflates it: Binance's exchangeInfo shrinks about 30 times.
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
 
@@ -154,7 +163,7 @@ class BinanceRest:
                         retry_after_s(response.headers.get("Retry-After")),
                     )
                 return await _read_at_most(response, limit)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except self._errors as exc:
             raise RestUnavailable(f"GET {url.path}: {exc!r}") from exc
 
 
