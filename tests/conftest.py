@@ -75,11 +75,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 def _dump_tasks(nodeid: str) -> None:
     """Write each unfinished asyncio task's stack to the process's stderr (from the timer's thread: a
     snapshot for reading, taken while the loop may be running)."""
-    tasks = [obj for obj in gc.get_objects() if isinstance(obj, asyncio.Task) and not obj.done()]
-    with os.fdopen(os.dup(_stderr_fd[0]), "w") as out:
-        out.write(f"\n{nodeid} is still running; its unfinished asyncio tasks ({len(tasks)}):\n")
+    with os.fdopen(os.dup(_stderr_fd[0]), "w", buffering=1) as out:
+        out.write(f"\n{nodeid} is still running; its unfinished asyncio tasks:\n")
+        try:
+            tasks = [obj for obj in gc.get_objects() if type(obj) is asyncio.Task and not obj.done()]
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must not die silently in its thread
+            out.write(f"(the tasks could not be listed: {exc!r})\n")
+            return
+        out.write(f"({len(tasks)} tasks)\n")
         for task in tasks:
-            task.print_stack(limit=15, file=out)
+            try:
+                task.print_stack(limit=15, file=out)
+            except Exception as exc:  # noqa: BLE001
+                out.write(f"{task!r}: its stack could not be printed: {exc!r}\n")
+            out.flush()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,6 +10,7 @@ computation from the recording: which rule, which second, which price, each once
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import uuid
 from decimal import Decimal
@@ -116,15 +117,15 @@ async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores
             before = evaluator.records
             if kill % 2:
                 alerts.crash_task = task  # dies right after storing its next batch, offsets not committed
-                await produce(parts[kill])
+                await finished(asyncio.create_task(produce(parts[kill])), 60, "writing the records")
                 await eventually(task.done, timeout_s=30, what="a crash after a stored batch")
             else:
                 producing = asyncio.create_task(produce(parts[kill]))
                 await eventually(lambda: evaluator.records > before, timeout_s=30, what="records evaluated")
                 await asyncio.sleep(rng.uniform(0, 0.05))
                 task.cancel()
-                await producing
-            await asyncio.gather(task, return_exceptions=True)
+                await finished(producing, 60, "writing the records")
+            await finished(task, 30, f"the evaluator cancelled at kill {kill}")
             if kill < KILLS - 1:
                 start_replica()  # the next evaluator, alone in the group (a restart)
         await produce(parts[KILLS])
@@ -143,6 +144,16 @@ async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores
             task.cancel()
         await asyncio.gather(*(task for _, task in replicas), return_exceptions=True)
         await bus.close()
+
+
+async def finished(task: asyncio.Task, timeout_s: float, what: str) -> None:
+    """Wait for ``task`` to end (its exception, a cancellation included, is not raised); fail after
+    ``timeout_s`` with the stack where it waits, rather than wait forever."""
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        pytest.fail(f"{what}: not done after {timeout_s} s, waiting in:\n{stack.getvalue()}")
 
 
 async def _all_published(alerts: AlertStore) -> bool:
