@@ -142,6 +142,8 @@ async def test_firings_on_the_recording_are_stored_once_through_six_kills(stores
         await producer.stop()
         for _, task in replicas:
             task.cancel()
+        for index, (_, task) in enumerate(replicas):
+            await finished(task, 30, f"evaluator {index}, cancelled at the end")
         await asyncio.gather(*(task for _, task in replicas), return_exceptions=True)
         await bus.close()
 
