@@ -304,10 +304,8 @@ def resume_point(value: bytes | None) -> ResumePoint | None:
     if value is None:
         return None
     try:
-        stat = jsonutil.loads(value)
+        stat = jsonutil.loads_object(value, ValueError, "price")
     except ValueError:
-        return None
-    if not isinstance(stat, dict):
         return None
     second_ms, close_id = stat.get("t"), stat.get("i")
     if type(second_ms) is not int or type(close_id) is not int:

@@ -30,7 +30,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from support.credentials import redis_user_url, service_headers, service_token_file
 from support.polling import eventually
-from support.recordings import as_recorded, recorded_seconds
+from support.recordings import as_recorded, missing_seconds, recorded_seconds
 from support.stacks import proxy_process, published_on, replay_exchange
 
 from aggregator.ownership import partition_of
@@ -225,14 +225,8 @@ async def test_replicas_share_the_symbols_take_over_a_killed_ones_and_give_them_
             for stat in stats
             if stat["t"] in on_kafka
         ]
-        # No second missing: a second's first id (its last "i" less its count "n", ids being consecutive)
-        # follows the last id of the second before. A second marked incomplete lacks trades, so its pairs are
-        # skipped.
-        holes = [
-            (before["t"], after["t"])
-            for before, after in zip(stats, stats[1:])
-            if not before.get("x") and not after.get("x") and after["i"] - after["n"] != before["i"]
-        ]
+        # No second missing (a second marked incomplete lacks trades, so its pairs are not checked).
+        holes = missing_seconds(stats, skip_incomplete=True)
         assert holes == [], (symbol, holes)
         for stat in stats[1:]:
             if stat.get("x"):

@@ -35,6 +35,7 @@ from support.etl import mini_ticker_message
 from support.kafka_helpers import produce_records
 from support.mesh import CRYPTO_MESH, register_and_login, running_mesh
 from support.polling import eventually
+from support.recordings import missing_seconds
 
 from crypto_mesh.redisclient import seconds_key
 from launcher.control import read_processes
@@ -120,7 +121,7 @@ async def seconds_since(state: dict, killed_at: float) -> bool:
     stats = [stat for stat in map(orjson.loads, raw) if stat["t"] >= (killed_at - 3) * 1000]
     if not stats or stats[-1]["t"] < (killed_at + 2) * 1000:
         return False
-    holes = [(a["t"], b["t"]) for a, b in zip(stats, stats[1:]) if b["i"] - b["n"] != a["i"]]
+    holes = missing_seconds(stats)
     assert holes == [], f"seconds missing between {holes}"
     return True
 

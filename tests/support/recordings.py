@@ -110,3 +110,17 @@ def write_mixed_recording(path: Path, agg_trade_recording: Path, trade_recording
     frames.sort(key=lambda frame: frame["data"]["E"])
     path.write_bytes(gzip.compress(b"".join(orjson.dumps(frame) + b"\n" for frame in frames)))
     return path
+
+
+def missing_seconds(stats: list[dict], skip_incomplete: bool = False) -> list[tuple[int, int]]:
+    """The pairs of consecutive published SecondStats (JSON objects of one symbol, in order) with seconds
+    missing between them, as ``(t, t)``: a second's first trade id (its last, ``i``, less its count, ``n``;
+    a symbol's ids are consecutive) follows the last id of the second before, or trades are missing.
+    ``skip_incomplete``: pairs with a second marked incomplete (``"x"``, lacking trades) are not checked."""
+    return [
+        (before["t"], after["t"])
+        for before, after in zip(stats, stats[1:])
+        if not (skip_incomplete and (before.get("x") or after.get("x")))
+        and after["i"] - after["n"] != before["i"]
+    ]
+

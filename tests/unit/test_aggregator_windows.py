@@ -287,6 +287,12 @@ def test_trades_lost_to_a_reconnect_leave_whole_seconds_and_marked_ones(request,
     assert intake.counters.gaps == 1 and intake.counters.incomplete == len(around)
 
 
+def trade_frame(trade_id: int, time_ms: int) -> bytes:
+    """A raw ``btcusdt@trade`` combined-stream frame (Binance spot "Trade Streams") at price 100."""
+    data = {"e": "trade", "E": time_ms, "s": "BTCUSDT", "t": trade_id, "p": "100", "q": "1", "T": time_ms}
+    return orjson.dumps({"stream": "btcusdt@trade", "data": data})
+
+
 class FakeHistory:
     """The intake's ``backfill`` port in memory: records each fill asked for; the test answers it."""
 
@@ -335,16 +341,14 @@ def test_a_fill_that_stops_short_marks_the_seconds_still_lacking_trades():
     intake = TradeIntake(SecondWindows(grace_ms=0), published.append, max_backfill_ids=100)
     intake.backfill = FakeHistory()
 
-    def frame(trade_id: int, time_ms: int) -> bytes:
-        data = {"e": "trade", "E": time_ms, "s": "BTCUSDT", "t": trade_id, "p": "1", "q": "1", "T": time_ms}
-        return orjson.dumps({"stream": "btcusdt@trade", "data": data})
-
-    intake.on_frames("btcusdt", [frame(1, 1_000)], received_ms=None)
-    intake.on_frames("btcusdt", [frame(6, 3_100), frame(7, 4_200)], received_ms=None)  # ids 2..5 skipped
+    intake.on_frames("btcusdt", [trade_frame(1, 1_000)], received_ms=None)
+    intake.on_frames(
+        "btcusdt", [trade_frame(6, 3_100), trade_frame(7, 4_200)], received_ms=None
+    )  # ids 2..5 skipped
     assert intake.backfill.asked == [("btcusdt", 2, 5)]
     assert published == []  # second 1 waits for the fill
     # Only ids 2 and 3 came back (4 is missing, 5 came without it): second 1 gets 2, second 2 lacks 4 and 5.
-    intake.on_fill("btcusdt", 2, [frame(2, 1_500), frame(3, 2_100), frame(5, 2_900)])
+    intake.on_fill("btcusdt", 2, [trade_frame(2, 1_500), trade_frame(3, 2_100), trade_frame(5, 2_900)])
     intake.close_until(FAR_FUTURE_MS)
 
     assert [(s.second_ms, s.count, s.incomplete) for s in published] == [
@@ -423,12 +427,6 @@ def test_an_interruption_without_an_open_window_changes_nothing():
 
 # Resumed streams: a stream that starts again (a restarted aggregator, or a replica taking a symbol over)
 # resumes after the last second published on Redis (aggregator.backfill.resumes, TradeIntake.resume_after).
-
-
-def trade_frame(trade_id: int, time_ms: int) -> bytes:
-    """A raw ``btcusdt@trade`` combined-stream frame (Binance spot "Trade Streams") at price 100."""
-    data = {"e": "trade", "E": time_ms, "s": "BTCUSDT", "t": trade_id, "p": "100", "q": "1", "T": time_ms}
-    return orjson.dumps({"stream": "btcusdt@trade", "data": data})
 
 
 @BOTH_RECORDINGS
