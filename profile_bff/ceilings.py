@@ -56,6 +56,7 @@ from redis.retry import Retry
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
 from crypto_mesh.redisclient import RedisClient, connect, is_cluster_url, run_scripts
+from crypto_mesh.retry import raise_if_cancelling
 from profile_bff.ratelimit import (
     KEY_PREFIX,
     Charge,
@@ -453,10 +454,14 @@ class SocketSlots:
 
     async def _renew_forever(self) -> None:
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self._lease_s / 3)
             try:
                 await self.renew()
             except (RedisError, OSError) as exc:
+                # A cancel that redis-py's timeout turned into TimeoutError (an OSError) still ends the loop:
+                # a CI run's BFF stop waited for ever on this task, left "cancelling" while it slept on.
+                raise_if_cancelling()
                 log.warning("socket_lease_renewal_failed", error=repr(exc))
 
 
