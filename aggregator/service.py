@@ -27,7 +27,7 @@ from crypto_mesh.metrics import RedisMetrics
 from crypto_mesh.redisclient import RedisClient
 from crypto_mesh.observe import GrpcMetrics, HttpMetrics, client_observers
 from crypto_mesh.pki import MeshTls
-from crypto_mesh.retry import retrying
+from crypto_mesh.retry import raise_if_cancelling, retrying
 
 log = get_logger(__name__)
 
@@ -157,6 +157,7 @@ class AggregatorService:
                     plan = self.ownership.resync(counts)
                     await self._carry_out(plan)
             except (RedisError, OSError) as exc:
+                raise_if_cancelling()  # redis-py may turn a cancellation into a TimeoutError
                 log.warning("followers_resync_failed", error=str(exc))
                 continue
             if plan.start or plan.stop:

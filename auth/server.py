@@ -49,7 +49,7 @@ from crypto_mesh.metrics import serve_metrics_port
 from crypto_mesh.observe import GrpcMetrics, GrpcServerObserver
 from crypto_mesh.pki import PROFILE_BFF
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc
-from crypto_mesh.retry import retrying
+from crypto_mesh.retry import raise_if_cancelling, retrying
 from crypto_mesh.service import Lifecycle, Running, start_service
 from crypto_mesh.throttle import parse_address_bucket
 
@@ -362,10 +362,12 @@ async def _maintain(
                     log.info("login_budgets_pruned", count=full)
             reachable = True
         except Unavailable as exc:
+            raise_if_cancelling()  # a driver may turn a cancellation into its own error
             reachable = False
             if serving:
                 log.warning("auth_database_unreachable", error=str(exc.__cause__ or exc))
         except Exception:
+            raise_if_cancelling()
             log.exception("auth_maintenance_failed")
             continue
         if reachable != serving:

@@ -236,6 +236,7 @@ class TickerConsumer:
             try:
                 await self._consume(consumer)
             except KafkaError as exc:
+                retry.raise_if_cancelling()  # aiokafka may turn a cancellation into a KafkaTimeoutError
                 log.warning("kafka_consumer_failed_rejoining", error=repr(exc))
             finally:
                 self.kafka_ready = False

@@ -47,7 +47,7 @@ from crypto_mesh.logs import get_logger
 from crypto_mesh.metrics import RedisMetrics, serve_metrics_port
 from crypto_mesh.redisclient import connect
 from crypto_mesh.observe import GrpcMetrics, client_observers, observe_http, set_request_id_on_prepare
-from crypto_mesh.retry import retrying
+from crypto_mesh.retry import raise_if_cancelling, retrying
 from crypto_mesh.service import Lifecycle, Running, start_service
 from crypto_mesh.servicecreds import read_token
 from crypto_mesh.throttle import device_audience, name_bucket
@@ -388,6 +388,7 @@ async def _migrate_then_maintain(bff: Bff) -> None:
         try:
             pruned = await bff.store.prune_idempotency_keys()
         except StoreUnavailable as exc:
+            raise_if_cancelling()  # a driver may turn a cancellation into its own error
             log.warning("idempotency_prune_failed", error=str(exc))
         else:
             log.info("idempotency_keys_pruned", deleted=pruned)
@@ -427,6 +428,7 @@ async def _refresh_instruments(refresh: InstrumentRefresh, base_url: str) -> Non
             try:
                 body = await exchange.exchange_info()
             except RestUnavailable as exc:
+                raise_if_cancelling()  # aiohttp turns a cancellation at its timeout into a TimeoutError
                 outcome = refresh.failed(str(exc), exc.retry_after_s)
             else:
                 # Some 10 ms per megabyte of JSON (Binance's body is megabytes): read off the event loop.

@@ -36,7 +36,7 @@ from yarl import URL
 
 from crypto_mesh import jsonutil
 from crypto_mesh.logs import get_logger
-from crypto_mesh.retry import Backoff
+from crypto_mesh.retry import Backoff, raise_if_cancelling
 from profile_bff.alerts import alert_json
 from profile_bff.alertstore import AlertStore
 from profile_bff.errors import StoreUnavailable
@@ -181,6 +181,7 @@ class WebhookSender:
             try:
                 due = await self._store.claim_webhooks(BATCH)
             except StoreUnavailable as exc:
+                raise_if_cancelling()  # a driver may turn a cancellation into its own error
                 log.warning("webhooks_poll_failed", error=str(exc))
                 due = []
             if due:
