@@ -23,7 +23,8 @@ socket.
   (:meth:`Holdings.message <profile_bff.portfolio.Holdings.message>`: the parts that depend on prices alone
   are shared by every user holding the same coins, and a coin's total is computed again only when its price
   changed), frames it once as a WebSocket text frame, and writes that frame to the user's sockets, in slices
-  of :data:`FAN_OUT_SLICE` users between which the event loop serves other work; prices arriving meanwhile
+  of about :data:`FAN_OUT_SLICE_S` each (:class:`~profile_bff.fanout.FanOutSlices` sizes them from the last
+  one's cost per user) between which the event loop serves other work; prices arriving meanwhile
   are in the message of every user not yet served, and the others get them in the next round. A socket that
   cannot take the frame at once is marked stale and gets the latest profile from its own writer (a slow
   socket never delays the fan-out or the others, and never holds a backlog).
@@ -59,7 +60,7 @@ from crypto_mesh.metrics import latency_histogram
 from crypto_mesh.retry import raise_if_cancelling
 from profile_bff.clients import AggregatorClient
 from profile_bff.errors import AggregatorUnavailable, ProfileNotFound, StoreUnavailable
-from profile_bff.fanout import CoalescingWindow, HeldPrices
+from profile_bff.fanout import CoalescingWindow, FanOutSlices, HeldPrices
 from profile_bff.portfolio import Holdings, InvalidSecondStat, parse_second_stat
 from profile_bff.sockets import CLOSE_PROFILE_DELETED, Client, text_frame
 from profile_bff.alerts import alert_json
@@ -69,8 +70,9 @@ from profile_bff.subscriptions import Subscriptions
 
 log = get_logger(__name__)
 
-#: Users the fan-out serves before it lets the event loop run other work (reads, REST requests, pings).
-FAN_OUT_SLICE = 256
+#: How long (seconds) one slice of the fan-out holds the event loop before it lets other work run (reads, REST
+#: requests, pings); a slice serves 8 to 256 users.
+FAN_OUT_SLICE_S = 0.001
 #: Unacknowledged alert firings a socket is sent when it connects, at most (the newest; the rest are listed by
 #: ``GET /v2/user/alerts/events?unacked=true``).
 UNACKNOWLEDGED_AT_CONNECT = 100
@@ -127,6 +129,8 @@ class ConnectionManager:
         #: Users whose profile has new prices not yet pushed.
         self._window: CoalescingWindow[_User] = CoalescingWindow(coalesce_s, time.monotonic)
         self._window_opened = asyncio.Event()
+        #: How many users a fan-out slice serves, from the cost per user of the last slice.
+        self._slices = FanOutSlices(FAN_OUT_SLICE_S, min_users=8, max_users=256)
         self._subscriptions = Subscriptions(
             bus, self._channels, self._on_message, self._catch_up, reconnect_max_s=reconnect_max_s
         )
@@ -319,11 +323,12 @@ class ConnectionManager:
                     self.fan_out_latency.observe(time.perf_counter() - first_price_at)
 
     async def _fan_out(self, users: Iterable[_User]) -> None:
-        """Render each user's profile once and write it to the user's sockets, :data:`FAN_OUT_SLICE` users at
-        a time: a slice is rendered, then written, then the event loop serves other work. A user whose last
-        socket closed meanwhile is skipped."""
-        prices, window = self._held.prices, self._window
+        """Render each user's profile once and write it to the user's sockets, a slice of users at a time
+        (:attr:`_slices`): a slice is rendered, then written, then the event loop serves other work. A user
+        whose last socket closed meanwhile is skipped."""
+        prices, window, slices = self._held.prices, self._window, self._slices
         rendered: list[tuple[_User, bytes]] = []
+        started = time.perf_counter()
         # Prices arrive only while the event loop serves other work, between slices: until then the window
         # is empty (its batch was just taken) and there is no user to take out of it.
         window_filled = False
@@ -337,10 +342,12 @@ class ConnectionManager:
             # again in its writer (_render), the rare case.
             user.message = None
             rendered.append((user, text_frame(user.holdings.message(prices))))
-            if len(rendered) == FAN_OUT_SLICE:
+            if len(rendered) >= slices.size:
                 self._write_rendered(rendered)
+                slices.measured(len(rendered), time.perf_counter() - started)
                 rendered.clear()
                 await asyncio.sleep(0)
+                started = time.perf_counter()
                 window_filled = len(window) > 0
         self._write_rendered(rendered)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profile_bff.fanout import INLINE_MAX_BYTES, CoalescingWindow, Delivery, HeldPrices
+from profile_bff.fanout import INLINE_MAX_BYTES, CoalescingWindow, Delivery, FanOutSlices, HeldPrices
 from profile_bff.portfolio import Price
 
 
@@ -161,6 +161,28 @@ def test_nothing_pending_is_never_waited_for():
 def test_a_negative_window_is_refused():
     with pytest.raises(ValueError, match="coalesce_s"):
         CoalescingWindow(-0.001, FakeClock())
+
+
+def test_a_fan_out_slice_starts_small_and_then_fits_the_time_budget_at_the_cost_per_user_measured():
+    slices = FanOutSlices(0.002, min_users=8, max_users=256)
+    assert slices.size == 8  # nothing measured yet
+    assert slices.measured(8, 0.0004) == 40  # 50 µs a user: 40 users in 2 ms
+    assert slices.measured(40, 0.004) == 20  # the machine got slower: 100 µs a user
+    assert slices.size == 20
+
+
+def test_a_fan_out_slice_stays_within_its_bounds_and_an_unmeasurable_one_changes_nothing():
+    slices = FanOutSlices(0.002, min_users=8, max_users=256)
+    assert slices.measured(8, 0.000001) == 256  # very cheap users: at most max_users
+    assert slices.measured(256, 1.0) == 8  # very dear ones: at least min_users
+    assert slices.measured(0, 0.01) == 8
+    assert slices.measured(10, 0.0) == 8
+
+
+@pytest.mark.parametrize("budget_s, min_users, max_users", [(0, 8, 256), (-1, 8, 256), (0.002, 0, 8), (0.002, 9, 8)])
+def test_a_fan_out_slice_needs_a_positive_budget_and_ordered_bounds(budget_s, min_users, max_users):
+    with pytest.raises(ValueError, match="budget_s"):
+        FanOutSlices(budget_s, min_users, max_users)
 
 
 # Symbols held by three users; a script of publishes (symbol, second, price) and pushes.
