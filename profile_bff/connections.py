@@ -203,7 +203,9 @@ class ConnectionManager:
         if self._alerts is None:
             return
         try:
-            firings = await self._alerts.firings(user_id, before_seq=None, limit=UNACKNOWLEDGED_AT_CONNECT, unacked_only=True)
+            firings = await self._alerts.firings(
+                user_id, before_seq=None, limit=UNACKNOWLEDGED_AT_CONNECT, unacked_only=True
+            )
         except StoreUnavailable as exc:
             log.warning("unacknowledged_alerts_failed", user_id=user_id, error=str(exc))
             return

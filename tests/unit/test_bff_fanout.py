@@ -179,7 +179,9 @@ def test_a_fan_out_slice_stays_within_its_bounds_and_an_unmeasurable_one_changes
     assert slices.measured(10, 0.0) == 8
 
 
-@pytest.mark.parametrize("budget_s, min_users, max_users", [(0, 8, 256), (-1, 8, 256), (0.002, 0, 8), (0.002, 9, 8)])
+@pytest.mark.parametrize(
+    "budget_s, min_users, max_users", [(0, 8, 256), (-1, 8, 256), (0.002, 0, 8), (0.002, 9, 8)]
+)
 def test_a_fan_out_slice_needs_a_positive_budget_and_ordered_bounds(budget_s, min_users, max_users):
     with pytest.raises(ValueError, match="budget_s"):
         FanOutSlices(budget_s, min_users, max_users)
