@@ -27,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from support.credentials import redis_user_url, service_headers, service_token_file
 from support.polling import eventually
@@ -38,6 +39,8 @@ from aggregator.second_topic import SECOND_PARTITIONS
 from crypto_mesh.kafka import SECOND_TOPIC, ensure_topics
 from support.ports import free_port
 from launcher.embedded import ManagedProcess
+
+pytestmark = pytest.mark.heavy
 
 SYMBOLS = ("btcusdt", "ethusdt")
 #: Partitions of the follow topic: with two, each replica of two is assigned one, whatever the assignor.

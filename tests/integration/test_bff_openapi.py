@@ -23,6 +23,8 @@ from support.stacks import serve_etl, serve_stack
 from profile_bff.app import create_app
 from profile_bff.openapi import OPERATIONS, openapi_document
 
+pytestmark = pytest.mark.heavy
+
 
 @pytest.fixture(scope="module")
 async def bff(postgres, redis_url, tmp_path_factory, kafka_bootstrap):

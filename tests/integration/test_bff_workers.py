@@ -43,6 +43,8 @@ from crypto_mesh.netutil import port_open
 from crypto_mesh.metrics import parse_samples
 from support.ports import free_port, free_ports_in_a_row
 
+pytestmark = pytest.mark.heavy
+
 WS = "/v2/user/profile/ws"
 WORKERS = 2
 #: A refused or reset connection while a worker (re)starts is "not yet".

@@ -22,6 +22,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from support.etl import sql_rows
 from support.etl_processes import (
     EtlProcess,
@@ -37,6 +39,8 @@ from support.etl_processes import (
 from aggregator.second_topic import SecondProducer
 from support.ports import free_port
 from launcher.embedded import chdb_url
+
+pytestmark = pytest.mark.heavy
 
 KILLS = 4
 PARTITIONS = 4
