@@ -58,8 +58,9 @@ _IDLE_POLL_MS = 250
 #: took the ETL from 41 % to 50-56 % of the direct-insert ceiling.
 _MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 #: Longest wait for an offset commit (s); past it the consumer is closed and a new one joins the group (the
-#: rows are in ClickHouse; a redelivery is folded by message_id). While stopping, a shorter wait: a broker that
-#: does not answer then (it crashed) would only hold up the stop.
+#: rows are in ClickHouse; a redelivery is folded by message_id). While stopping, a shorter wait, also for a
+#: commit already waiting when the stop is asked: a broker that does not answer then (it crashed) would only
+#: hold up the stop.
 _COMMIT_TIMEOUT_S = 10.0
 _STOP_COMMIT_TIMEOUT_S = 1.0
 #: Longest wait in one poll while an insert is in flight (bounds the delay before its batch is committed).
@@ -432,7 +433,12 @@ class TickerConsumer:
         offsets = load.commit_offsets()
         timeout_s = _STOP_COMMIT_TIMEOUT_S if self._stopping.is_set() else _COMMIT_TIMEOUT_S
         try:
-            await asyncio.wait_for(consumer.commit(offsets), timeout_s)
+            async with asyncio.timeout(timeout_s) as deadline:
+                shorten = asyncio.create_task(self._shorten_on_stop(deadline))
+                try:
+                    await consumer.commit(offsets)
+                finally:
+                    shorten.cancel()
         except TimeoutError as exc:
             # aiokafka retries a commit for as long as the broker answers with a retriable error or not at all
             # (a broker that restarted empty answers UnknownTopicOrPartition): this consumer is done with.
@@ -454,6 +460,15 @@ class TickerConsumer:
             "batch_committed", records=load.batch.size, offsets={str(tp): o for tp, o in offsets.items()}
         )
         return True
+
+    async def _shorten_on_stop(self, deadline: asyncio.Timeout) -> None:
+        """Once a stop is asked, bring ``deadline`` (an offset commit's) to :data:`_STOP_COMMIT_TIMEOUT_S`
+        from then if it is later: a commit that waits on a broker that died would otherwise hold up the stop
+        for the whole :data:`_COMMIT_TIMEOUT_S` (a supervisor restarting the broker waits for that stop)."""
+        await self._stopping.wait()
+        when = asyncio.get_running_loop().time() + _STOP_COMMIT_TIMEOUT_S
+        if deadline.when() is None or when < deadline.when():  # type: ignore[operator]
+            deadline.reschedule(when)
 
     async def _insert(self, load: _Load) -> None:
         """Insert the sealed batch; a failure is counted (``insert_failures``, ``clickhouse_failing``) and

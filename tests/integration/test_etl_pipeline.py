@@ -20,6 +20,7 @@ from crypto_mesh import jsonutil
 from launcher.embedded import ManagedProcess, tansu_command
 from support.ports import free_port
 from etl import migrate
+from etl import consumer as etl_consumer
 from etl.app import start
 from etl.settings import EtlSettings
 
@@ -312,3 +313,27 @@ def test_a_migration_changed_after_it_was_applied_is_an_error(clickhouse_url):
             migrate.apply_migrations(client, edited)
     finally:
         client.close()
+
+
+async def test_a_stop_while_a_commit_waits_on_a_dead_broker_waits_only_the_short_stop_wait(
+    etl_settings, own_kafka, monkeypatch
+):
+    # Only the stop can end the commit's wait: with the long wait in force the stop would take an hour.
+    monkeypatch.setattr(etl_consumer, "_COMMIT_TIMEOUT_S", 3600.0)
+    bootstrap = f"127.0.0.1:{own_kafka.port}"
+    settings = etl_settings(kafka_bootstrap_servers=bootstrap, batch_max_age_ms=1500)
+    running = await start(settings)
+    stats = running.service.consumer.stats
+    try:
+        await eventually(lambda: _ready(running.port))
+        values = [jsonutil.dumps(ticker("btcusdt", n)) for n in range(4)]
+        await produce(bootstrap, settings.kafka_topic, values)
+        await eventually(lambda: stats.records_held == 4, what="the records taken into the open batch")
+        own_kafka.kill()  # before the batch closes: its insert lands, its commit finds no broker
+        await eventually(lambda: stats.rows_inserted == 4, what="the batch inserted, its commit waiting")
+        assert stats.batches_committed == 0
+    finally:
+        await asyncio.wait_for(running.stop(), 60)  # a bound that only a hang reaches
+    # The stop cut the commit's wait to _STOP_COMMIT_TIMEOUT_S, which ended it as a failed commit; had the
+    # wait gone on, the service's stop would have cancelled the loop after its grace, no failure counted.
+    assert (stats.batches_committed, stats.commit_failures) == (0, 1)
