@@ -196,6 +196,8 @@ class FollowGroup:
 
     async def _consume(self, consumer: AIOKafkaConsumer, backoff: Backoff) -> None:
         while True:
+            # A cancellation a library swallowed (in a poll, a store call) still ends the loop.
+            raise_if_cancelling()
             batches = await consumer.getmany(timeout_ms=_POLL_MS)
             backoff.reset()
             symbols: dict[str, None] = {}

@@ -297,6 +297,8 @@ class TickerConsumer:
         inserting: _Insert | None = None
         try:
             while not self._stopping.is_set():
+                # A cancellation a library swallowed (in a poll, a store call) still ends the loop.
+                retry.raise_if_cancelling()
                 if inserting is not None and inserting.task.done():
                     finished, inserting = inserting, None
                     if not await self._finish(consumer, finished, loads):

@@ -192,6 +192,8 @@ class AlertEvaluator:
         next_refresh = 0.0
         await self._publish_outbox()
         while True:
+            # A cancellation a library swallowed (in a poll, a store call) still ends the loop.
+            raise_if_cancelling()
             if time.monotonic() >= next_refresh:
                 current = await self._store.version()
                 if current != version:
