@@ -469,7 +469,8 @@ class TickerConsumer:
         for the whole :data:`_COMMIT_TIMEOUT_S` (a supervisor restarting the broker waits for that stop)."""
         await self._stopping.wait()
         when = asyncio.get_running_loop().time() + _STOP_COMMIT_TIMEOUT_S
-        if deadline.when() is None or when < deadline.when():  # type: ignore[operator]
+        current = deadline.when()
+        if current is None or when < current:
             deadline.reschedule(when)
 
     async def _insert(self, load: _Load) -> None:
