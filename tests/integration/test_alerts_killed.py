@@ -44,7 +44,7 @@ from launcher.embedded import ManagedProcess
 from profile_bff.alertstore import AlertStore
 from profile_bff.store import ProfileStore
 
-#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+#: Among the longest modules: scheduled first, so that the workers end together (tests/conftest.py).
 pytestmark = pytest.mark.heavy
 
 ALERTS = "/v2/user/alerts"

@@ -31,7 +31,7 @@ from aggregator.second_topic import SecondProducer
 from support.ports import free_port
 from launcher.embedded import chdb_url
 
-#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+#: Among the longest modules: scheduled first, so that the workers end together (tests/conftest.py).
 pytestmark = pytest.mark.heavy
 
 KILLS = 10

@@ -25,7 +25,7 @@ from crypto_mesh.netutil import port_open
 from etl.migrate import load_migrations
 from launcher.control import lock_holder, port_in_use
 
-#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+#: Among the longest modules: scheduled first, so that the workers end together (tests/conftest.py).
 pytestmark = pytest.mark.heavy
 
 #: The processes of a mesh on its embedded defaults, in their start order.

@@ -33,7 +33,7 @@ from launcher.replay.settings import ReplaySettings
 from socket_proxy.server import start as start_proxy
 from socket_proxy.settings import ProxySettings
 
-#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+#: Among the longest modules: scheduled first, so that the workers end together (tests/conftest.py).
 pytestmark = pytest.mark.heavy
 
 SYMBOLS = ("btcusdt", "ethusdt")

@@ -42,7 +42,7 @@ from crypto_mesh.pki import (
 )
 from crypto_mesh.proto import auth_pb2, auth_pb2_grpc, socket_pb2, socket_pb2_grpc
 
-#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+#: Among the longest modules: scheduled first, so that the workers end together (tests/conftest.py).
 pytestmark = pytest.mark.heavy
 
 

@@ -41,7 +41,7 @@ from crypto_mesh.redisclient import seconds_key
 from launcher.control import read_processes
 from launcher.mesh import HealthCheck
 
-#: Among the longest modules: scheduled first, so that the two workers end together (tests/conftest.py).
+#: Among the longest modules: scheduled first, so that the workers end together (tests/conftest.py).
 pytestmark = pytest.mark.heavy
 
 #: Killed in this order; the BFF's engine, then the embedded broker last, so that the graceful stop below drains
