@@ -18,6 +18,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from crypto_mesh.retry import raise_if_cancelling
+
 
 def lag(
     beginning: Mapping[TopicPartition, int],
@@ -109,6 +111,7 @@ async def wait_until_consumed(
         # The clients are started once for the whole wait, not once per question.
         async with _LagReader(bootstrap_servers) as reader:
             while True:
+                raise_if_cancelling()  # aiokafka may swallow a cancel (crypto_mesh.retry)
                 left = await reader.lag(group_id, topics)
                 if left == 0:
                     held = f" (it had {waiting_for} left to load)" if waiting_for else ""

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from crypto_mesh.retry import raise_if_cancelling
 
 T = TypeVar("T")
 #: After Ctrl-C, how long a command may take to end by itself before it is cancelled (s).
@@ -99,6 +100,7 @@ async def tail(
         backlog: list[ConsumerRecord] = []
         pending = {tp for tp in partitions if end[tp] > max(beginning[tp], end[tp] - last)}
         while pending:
+            raise_if_cancelling()  # a second Ctrl-C cancels; aiokafka may swallow it (crypto_mesh.retry)
             batches = await consumer.getmany(*pending, timeout_ms=1000)
             for tp, records in batches.items():
                 backlog += [record for record in records if record.offset < end[tp]]
@@ -112,6 +114,7 @@ async def tail(
         for tp in partitions:
             consumer.seek(tp, end[tp])
         while stop is None or not stop.is_set():
+            raise_if_cancelling()
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
