@@ -433,9 +433,11 @@ class TickerConsumer:
             consumer.resume(*consumer.paused())
         self.stats.rows_inserted += load.rows
         offsets = load.commit_offsets()
-        timeout_s = _STOP_COMMIT_TIMEOUT_S if self._stopping.is_set() else _COMMIT_TIMEOUT_S
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            async with asyncio.timeout(timeout_s) as deadline:
+            # The long wait, cut to the short one by a stop, whether asked before the commit or during it.
+            async with asyncio.timeout(_COMMIT_TIMEOUT_S) as deadline:
                 shorten = asyncio.create_task(self._shorten_on_stop(deadline))
                 try:
                     await consumer.commit(offsets)
@@ -445,10 +447,11 @@ class TickerConsumer:
             # aiokafka retries a commit for as long as the broker answers with a retriable error or not at all
             # (a broker that restarted empty answers UnknownTopicOrPartition): this consumer is done with.
             self.stats.commit_failures += 1
+            waited_s = round(loop.time() - started, 1)
             log.warning(
-                "offset_commit_timed_out", timeout_s=timeout_s, offsets={str(tp): o for tp, o in offsets.items()}
+                "offset_commit_timed_out", waited_s=waited_s, offsets={str(tp): o for tp, o in offsets.items()}
             )
-            raise KafkaError(f"offset commit not done within {timeout_s} s") from exc
+            raise KafkaError(f"offset commit not done within {waited_s} s") from exc
         except (KafkaError, OSError) as exc:
             # The rows are in ClickHouse; a redelivery after this failure is folded by message_id.
             self.stats.commit_failures += 1
@@ -464,9 +467,10 @@ class TickerConsumer:
         return True
 
     async def _shorten_on_stop(self, deadline: asyncio.Timeout) -> None:
-        """Once a stop is asked, bring ``deadline`` (an offset commit's) to :data:`_STOP_COMMIT_TIMEOUT_S`
-        from then if it is later: a commit that waits on a broker that died would otherwise hold up the stop
-        for the whole :data:`_COMMIT_TIMEOUT_S` (a supervisor restarting the broker waits for that stop)."""
+        """Once a stop is asked (at once if it already was), bring ``deadline`` (an offset commit's) to
+        :data:`_STOP_COMMIT_TIMEOUT_S` from then if it is later: a commit that waits on a broker that died would
+        otherwise hold up the stop for the whole :data:`_COMMIT_TIMEOUT_S` (a supervisor restarting the broker
+        waits for that stop)."""
         await self._stopping.wait()
         when = asyncio.get_running_loop().time() + _STOP_COMMIT_TIMEOUT_S
         current = deadline.when()
