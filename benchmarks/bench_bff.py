@@ -58,6 +58,9 @@ Then, once the sockets are closed, ``--http-seconds`` of ``GET /healthz`` and ``
 ``GET /v2/user/profile`` on the same BFF process, each from ``--http-concurrency`` concurrent requests, in
 ``--http-rounds`` alternating rounds (so that a change of the machine's load from other work weighs on both
 routes alike): the BFF's CPU time per request of each over all rounds (psutil, user + system) and their ratio.
+Prices go on being published, one SecondStat per symbol a second, as they are in production, and with one
+BFF worker its ``bff_price_reads_total`` says where the profile reads took their prices from: the
+subscription (:meth:`profile_bff.connections.ConnectionManager.latest_prices`) or Redis's keys.
 ``/healthz`` checks no token and reads no database, so it is the floor of what a request costs the process
 (aiohttp, the middlewares, the loop); the goal (issue 18) is a profile at most ``PROFILE_COST_GOAL`` times
 that. Its latency is measured where it matters, during the price phase: ``--profile-rate`` ``GET
@@ -480,6 +483,14 @@ async def bff_metrics(url: str, token_file: Path) -> dict[str, float]:
             return parse_samples(await resp.text())
 
 
+async def price_reads(url: str, token_file: Path) -> dict[str, float]:
+    """``bff_price_reads_total`` by source (``subscription``, ``redis``) from the BFF's ``/metrics``."""
+    samples = await bff_metrics(url, token_file)
+    return {
+        source: samples[f"bff_price_reads_total{{source={source}}}"] for source in ("subscription", "redis")
+    }
+
+
 async def wait_evaluating(url: str, token_file: Path, rules: int, timeout_s: float = 60.0) -> None:
     """Wait until the BFF's alert evaluator holds the SecondStat partition and has loaded ``rules`` rules."""
     deadline = time.monotonic() + timeout_s
@@ -680,6 +691,8 @@ async def main(args: argparse.Namespace) -> None:
     await asyncio.to_thread(redis_process.start)
     kafka_process = kafka = None
     alert_env: dict[str, str] = {}
+    metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     if args.alert_users:
         kafka_port = free_port()
         kafka_process = ManagedProcess("tansu", tansu_command(kafka_port), kafka_port, work / "tansu.log")
@@ -688,8 +701,7 @@ async def main(args: argparse.Namespace) -> None:
         await ensure_topics(bootstrap, {SECOND_TOPIC: 1})
         kafka = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks=1)
         await kafka.start()
-        metrics_port = free_port()
-        alert_env = {"BFF_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "BFF_METRICS_PORT": str(metrics_port)}
+        alert_env = {"BFF_KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     # The BFF reads as its Redis user; the prices are published as the aggregator's.
     redis_url = redis_urls["aggregator"]
     key_file = work / "jwt.pem"
@@ -728,6 +740,8 @@ async def main(args: argparse.Namespace) -> None:
         "BFF_WS_UPGRADE_RATE_PER_ADDRESS": f"{args.clients * 10}/minute",
         "BFF_METRICS_TOKEN_FILE": str(aggregator_token),
         **alert_env,
+        # Where the profile reads take their prices (bff_price_reads_total): one worker's /metrics.
+        **({"BFF_METRICS_PORT": str(metrics_port)} if args.bff_workers == 1 else {}),
         "BFF_WORKERS": str(args.bff_workers),
         **tls[PROFILE_BFF].environment("BFF_"),
         **{key: value for key, value in os.environ.items() if key.startswith("BFF_")},
@@ -746,7 +760,6 @@ async def main(args: argparse.Namespace) -> None:
         rule_count = 0
         if args.alert_users:
             rule_count = await seed_alert_rules(postgres.url("profile"), args.alert_users, symbols)
-            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             await wait_evaluating(metrics_url, aggregator_token, rule_count)
             evaluator_before = await bff_metrics(metrics_url, aggregator_token)
         now = int(time.time())
@@ -814,14 +827,22 @@ async def main(args: argparse.Namespace) -> None:
         )
 
         # The same process, one route after the other, under the same load: /healthz (no token checked, no
-        # database, no Redis) is the floor of what any route costs.
+        # database, no Redis) is the floor of what any route costs. Prices keep coming meanwhile.
         rest: dict[str, RestLoad] = {}
-        for _ in range(args.http_rounds):
-            for path in ("/healthz", "/v2/user/profile"):
-                load = await rest_load(
-                    url, path, tokens, args.http_concurrency, args.http_seconds / args.http_rounds, bff_process
-                )
-                rest[path] = rest[path] + load if path in rest else load
+        reads_before = await price_reads(metrics_url, aggregator_token) if args.bff_workers == 1 else {}
+        prices_meanwhile = asyncio.create_task(
+            publish_prices(redis_url, symbols, 2 * args.http_seconds + 10, args.publish == "together")
+        )
+        try:
+            for _ in range(args.http_rounds):
+                for path in ("/healthz", "/v2/user/profile"):
+                    seconds = args.http_seconds / args.http_rounds
+                    load = await rest_load(url, path, tokens, args.http_concurrency, seconds, bff_process)
+                    rest[path] = rest[path] + load if path in rest else load
+        finally:
+            prices_meanwhile.cancel()
+            await asyncio.gather(prices_meanwhile, return_exceptions=True)
+        reads_after = await price_reads(metrics_url, aggregator_token) if args.bff_workers == 1 else {}
 
         # Without conflation each client would get one message per price change of each of its 3 coins.
         expected = published * 3 / len(symbols) * connected
@@ -918,6 +939,12 @@ async def main(args: argparse.Namespace) -> None:
         )
         for path, load in rest.items():
             print(f"  GET {path}: {load.describe()}")
+        if reads_after:
+            sources = ", ".join(
+                f"{reads_after[source] - reads_before[source]:.0f} {where}"
+                for source, where in (("subscription", "from the subscription"), ("redis", "from Redis's keys"))
+            )
+            print(f"  prices of the REST phase's profile reads (bff_price_reads_total): {sources}")
         ratio = rest["/v2/user/profile"].cpu_ms_per_request / rest["/healthz"].cpu_ms_per_request
         print(
             f"GET /v2/user/profile costs {ratio:.1f} x GET /healthz in BFF CPU per request "

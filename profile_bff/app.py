@@ -278,7 +278,7 @@ def open_bff(lifecycle: Lifecycle, settings: BffSettings) -> Bff:
         ),
         accounts=Accounts(auth, store),
         portfolios=Portfolios(
-            store, instruments, aggregator, bus, auth, max_coins=settings.max_coins_per_user
+            store, instruments, aggregator, bus, auth, max_coins=settings.max_coins_per_user, prices=manager
         ),
         idempotency=Idempotency(store, settings.idempotency_ttl_s),
         search=InstrumentSearch(instruments, bus),

@@ -42,6 +42,12 @@ changed by the coin routes; the aggregator keeps followers in Redis, so its rest
 local CLIENT of a symbol leaving releases is this process's Redis subscription to the symbol's channel.
 If Redis goes away the subscriber reconnects with backoff, resubscribes every channel, re-reads the latest
 prices and pushes every profile again.
+
+REST reads of prices (:meth:`ConnectionManager.latest_prices`, for ``GET /v2/user/profile``) use the same
+connection: a symbol read is subscribed too, for :data:`PRICE_WATCH_S` after its last read
+(:class:`~profile_bff.fanout.WatchedPrices`), and once a SecondStat of it has been heard, reads take its price
+from memory instead of an ``MGET``. While the connection is down, and for a symbol not heard of since it was
+first read, reads go to the ``price:<symbol>`` keys as before.
 """
 
 from __future__ import annotations
@@ -60,8 +66,8 @@ from crypto_mesh.metrics import latency_histogram
 from crypto_mesh.retry import raise_if_cancelling
 from profile_bff.clients import AggregatorClient
 from profile_bff.errors import AggregatorUnavailable, ProfileNotFound, StoreUnavailable
-from profile_bff.fanout import CoalescingWindow, FanOutSlices, HeldPrices
-from profile_bff.portfolio import Holdings, InvalidSecondStat, parse_second_stat
+from profile_bff.fanout import CoalescingWindow, FanOutSlices, HeldPrices, WatchedPrices
+from profile_bff.portfolio import Holdings, InvalidSecondStat, Price, parse_second_stat
 from profile_bff.sockets import CLOSE_PROFILE_DELETED, Client, text_frame
 from profile_bff.alerts import alert_json
 from profile_bff.alertstore import AlertStore
@@ -76,6 +82,11 @@ FAN_OUT_SLICE_S = 0.001
 #: Unacknowledged alert firings a socket is sent when it connects, at most (the newest; the rest are listed by
 #: ``GET /v2/user/alerts/events?unacked=true``).
 UNACKNOWLEDGED_AT_CONNECT = 100
+#: How long (seconds) a symbol a REST read asked for stays subscribed after that read, so that the next reads
+#: take its price from the subscription (:class:`~profile_bff.fanout.WatchedPrices`). A client polling its
+#: profile once a minute keeps its coins watched; every watched symbol costs one SecondStat a second (parsed,
+#: about 5 µs) while it trades.
+PRICE_WATCH_S = 90.0
 
 
 class _User:
@@ -126,6 +137,10 @@ class ConnectionManager:
         self._users: dict[int, _User] = {}
         #: Who holds which symbol here, and the newest price of each; a symbol is held iff it is subscribed.
         self._held: HeldPrices[_User] = HeldPrices()
+        #: Symbols REST reads asked for lately, subscribed too, and the newest price heard of each.
+        self._watched = WatchedPrices(PRICE_WATCH_S, time.monotonic)
+        #: Prices REST reads took from the subscription and from Redis (``bff_price_reads_total{source}``).
+        self.price_reads = {"subscription": 0, "redis": 0}
         #: Users whose profile has new prices not yet pushed.
         self._window: CoalescingWindow[_User] = CoalescingWindow(coalesce_s, time.monotonic)
         self._window_opened = asyncio.Event()
@@ -154,10 +169,43 @@ class ConnectionManager:
         """True while the pub/sub connection is up and subscribed."""
         return self._subscriptions.connected
 
+    @property
+    def watched_count(self) -> int:
+        """Symbols subscribed for REST reads now (:data:`PRICE_WATCH_S`)."""
+        return len(self._watched.symbols)
+
     def start(self) -> None:
-        """Start the pub/sub reader (it connects, and reconnects, in the background) and the fan-out."""
+        """Start the pub/sub reader (it connects, and reconnects, in the background), the fan-out and the
+        expiry of watched symbols."""
         self._subscriptions.start()
         self._pusher = asyncio.create_task(self._push_forever(), name="bff-fan-out")
+        self._spawn(self._expire_watched_forever())
+
+    async def latest_prices(self, symbols: Iterable[str]) -> dict[str, Price]:
+        """The latest price of each of ``symbols`` that has one, for REST reads (the read of
+        :class:`profile_bff.portfolios.MarketPort`): the newest SecondStat heard on the subscription where
+        there is one (see the module docstring), else the ``price:<symbol>`` key. Each symbol is watched from
+        now on. Raises :class:`StoreUnavailable` when keys must be read and Redis is down."""
+        wanted = list(symbols)
+        known, missing, added = self._watched.read(wanted)
+        if added:
+            self._spawn(self._subscriptions.sync())
+        if not self._subscriptions.connected:
+            # Prices heard before the connection was lost may have been superseded since.
+            known, missing = {}, wanted
+        if missing:
+            known.update(await self._bus.latest_prices(missing))
+        self.price_reads["subscription"] += len(wanted) - len(missing)
+        self.price_reads["redis"] += len(missing)
+        return known
+
+    async def _expire_watched_forever(self) -> None:
+        """Every quarter of :data:`PRICE_WATCH_S`, stop watching (and unsubscribe) the symbols no read asked
+        for in that long."""
+        while True:
+            await asyncio.sleep(PRICE_WATCH_S / 4)
+            if self._watched.expire():
+                await self._subscriptions.sync()
 
     async def connect(
         self,
@@ -250,8 +298,9 @@ class ConnectionManager:
     # -- holdings and prices ---------------------------------------------------------------------------
 
     def _channels(self) -> Iterable[str]:
-        """The pub/sub channels this process needs: ``bff:portfolio``, ``bff:alerts`` and every held symbol's."""
-        return (PORTFOLIO_CHANNEL, ALERTS_CHANNEL, *self._held.symbols)
+        """The pub/sub channels this process needs: ``bff:portfolio``, ``bff:alerts``, and the channel of every
+        held or watched symbol."""
+        return (PORTFOLIO_CHANNEL, ALERTS_CHANNEL, *self._held.symbols, *self._watched.symbols)
 
     async def _apply_coins(self, user_id: int, user: _User, coins: dict[str, Decimal]) -> None:
         """Make ``coins`` the user's holdings: adjust holders and subscriptions, seed new prices."""
@@ -278,7 +327,8 @@ class ConnectionManager:
 
     async def _catch_up(self) -> None:
         """After each (re)subscription: prices published while disconnected were missed, so re-read them and
-        refresh every user."""
+        refresh every user; the watched prices wait for their next SecondStat."""
+        self._watched.forget_prices()
         await self._seed_prices(list(self._held.symbols))
         for user_id, user in list(self._users.items()):
             self._push(user)
@@ -395,6 +445,7 @@ class ConnectionManager:
         except InvalidSecondStat as exc:
             log.warning("malformed_second_stat", symbol=symbol, error=str(exc))
             return
+        self._watched.offer(symbol, price)
         if self._window.add(self._held.offer(symbol, price)):
             if self._first_price_at is None:
                 self._first_price_at = time.perf_counter()

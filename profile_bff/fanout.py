@@ -12,6 +12,9 @@ applies them to Redis messages and :class:`profile_bff.sockets.Client` to aiohtt
   after the first change not yet pushed (0: at once, which is after the pub/sub reader has dispatched what
   Redis delivered together). Changes arriving meanwhile join it, and a user is in it once however many of
   its prices changed.
+- Watched prices (:class:`WatchedPrices`): a symbol whose price a REST read (``GET /v2/user/profile``) asked
+  for stays subscribed for a while after, and the SecondStats heard on its channel answer the next reads
+  without a Redis round trip.
 - Backpressure (:class:`Delivery`): a socket holds at most one pending profile, the latest (a "stale" flag,
   never a queue). A push is written inline when the socket can take it at once (open, no writer behind,
   nothing buffered, at most :data:`INLINE_MAX_BYTES`); otherwise the socket is only marked stale, and a
@@ -86,6 +89,84 @@ class HeldPrices(Generic[U]):
             return {}
         self.prices.set(symbol, price)
         return holders
+
+
+class WatchedPrices:
+    """The symbols REST reads asked for lately, kept subscribed, and the newest price heard of each.
+
+    ``ttl_s`` (seconds, > 0; :class:`ValueError` otherwise) is how long a symbol stays watched after its last
+    read; ``clock`` returns seconds on a monotonic scale. The owner subscribes :attr:`symbols`, offers every
+    SecondStat heard on their channels (:meth:`offer`), and calls :meth:`forget_prices` when its pub/sub
+    connection is lost and :meth:`expire` now and then.
+
+    A price is kept only as heard on the subscription, never as read from the ``price:<symbol>`` key: a
+    SecondStat heard on the channel is the newest one published when it was heard (the aggregator sets the key
+    and publishes in one step, and only a newer second), and every later one will be heard too while the
+    connection lasts. A key read around the time of the subscription could miss one published just before
+    Redis took the ``SUBSCRIBE``. So a symbol answers reads from its first SecondStat after it is watched
+    until the connection is lost; before that, and for a symbol nobody read lately, :meth:`read` says to read
+    the key. Of the SecondStats heard, the newest second is kept; an older one is dropped.
+    """
+
+    __slots__ = ("_clock", "_read_at", "prices", "ttl_s")
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be > 0")
+        self.ttl_s = ttl_s
+        self._clock = clock
+        #: symbol → when a read last asked for it (clock seconds).
+        self._read_at: dict[str, float] = {}
+        #: The newest price heard of each watched symbol since the connection was made.
+        self.prices: dict[str, Price] = {}
+
+    @property
+    def symbols(self) -> KeysView[str]:
+        """The symbols watched now (a live view): what the process must be subscribed to for REST reads."""
+        return self._read_at.keys()
+
+    def read(self, symbols: Iterable[str]) -> tuple[dict[str, Price], list[str], bool]:
+        """A read asks for ``symbols`` now: each is watched (again) from now. Returns the prices heard of
+        those that have one, those to read from their keys instead, and whether a symbol was not watched
+        before (then the owner subscribes it)."""
+        now, read_at, prices = self._clock(), self._read_at, self.prices
+        known: dict[str, Price] = {}
+        missing: list[str] = []
+        added = False
+        for symbol in symbols:
+            if symbol not in read_at:
+                added = True
+            read_at[symbol] = now
+            price = prices.get(symbol)
+            if price is None:
+                missing.append(symbol)
+            else:
+                known[symbol] = price
+        return known, missing, added
+
+    def offer(self, symbol: str, price: Price) -> None:
+        """A SecondStat of ``symbol`` heard on the subscription: kept if the symbol is watched and no later
+        second is kept."""
+        if symbol not in self._read_at:
+            return
+        kept = self.prices.get(symbol)
+        if kept is None or kept.second_ms <= price.second_ms:
+            self.prices[symbol] = price
+
+    def forget_prices(self) -> None:
+        """The subscription was lost: SecondStats published meanwhile were not heard, so no kept price may
+        answer a read until a new one is heard. The symbols stay watched."""
+        self.prices.clear()
+
+    def expire(self) -> list[str]:
+        """Stop watching the symbols last read ``ttl_s`` or more ago, and forget their prices; returns them
+        (the owner unsubscribes them)."""
+        cutoff = self._clock() - self.ttl_s
+        expired = [symbol for symbol, at in self._read_at.items() if at <= cutoff]
+        for symbol in expired:
+            del self._read_at[symbol]
+            self.prices.pop(symbol, None)
+        return expired
 
 
 class CoalescingWindow(Generic[U]):

@@ -9,8 +9,10 @@ Series (prefix ``bff_``): the RED series of every route, ``http_requests_total{m
 ``db_pool_size`` and ``db_pool_checked_out`` (SQLAlchemy's), ``db_read_pool_size`` and
 ``db_read_pool_checked_out`` (the profile reads' own, :meth:`profile_bff.store.ProfileStore.load`); the
 WebSockets, ``ws_connections`` (open now) and ``ws_fan_out_seconds`` (a price read from Redis → its profiles
-written, :mod:`profile_bff.connections`); the alert evaluator (:mod:`profile_bff.evaluator`; 0 in a BFF without
-it), ``alert_partitions`` (partitions of the SecondStat topic the consumer group assigns it now),
+written, :mod:`profile_bff.connections`); the profile reads' prices, ``watched_symbols`` (subscribed for them
+now) and ``price_reads_total{source}`` (``subscription`` or ``redis``); the alert evaluator
+(:mod:`profile_bff.evaluator`; 0 in a BFF without it), ``alert_partitions`` (partitions of the SecondStat topic
+the consumer group assigns it now),
 ``alert_rules`` (active rules it evaluates), ``alert_records_total`` (SecondStats evaluated) and
 ``alert_firings_total`` (firings stored by it).
 """
@@ -40,6 +42,17 @@ def _read_pool(bff: Bff, read: Callable[[asyncpg.Pool], int]) -> int:
 
 METRICS: tuple[Declared[Bff], ...] = (
     gauge("ws_connections", "WebSocket connections open now.", lambda bff: bff.manager.socket_count),
+    gauge(
+        "watched_symbols",
+        "Symbols subscribed for REST price reads now (read within the last PRICE_WATCH_S).",
+        lambda bff: bff.manager.watched_count,
+    ),
+    counter(
+        "price_reads",
+        "Prices read for REST profile reads, by source: the pub/sub subscription or Redis's keys.",
+        lambda bff: {(source,): count for source, count in bff.manager.price_reads.items()},
+        labels=("source",),
+    ),
     *pool_gauges(lambda bff: bff.store.pool),
     gauge(
         "db_read_pool_size",

@@ -73,11 +73,17 @@ class Followers(Protocol):
     async def set_followed(self, user_id: int, symbols: list[str]) -> None: ...
 
 
-class MarketPort(Protocol):
-    """Redis (:class:`profile_bff.store.MarketBus`): latest prices and portfolio-change notices; both raise
-    :class:`~profile_bff.errors.StoreUnavailable`."""
+class PriceSource(Protocol):
+    """The latest price of each symbol that has one: Redis's keys (:class:`profile_bff.store.MarketBus`), or
+    the process's subscription first (:meth:`profile_bff.connections.ConnectionManager.latest_prices`).
+    Raises :class:`~profile_bff.errors.StoreUnavailable`."""
 
     async def latest_prices(self, symbols: Iterable[str]) -> dict[str, Price]: ...
+
+
+class MarketPort(PriceSource, Protocol):
+    """Redis (:class:`profile_bff.store.MarketBus`): latest prices and portfolio-change notices; both raise
+    :class:`~profile_bff.errors.StoreUnavailable`."""
 
     async def publish_portfolio_change(self, user_id: int) -> None: ...
 
@@ -109,7 +115,8 @@ class Portfolios:
     """The portfolio use cases (module docstring) for the user an access token proved.
 
     ``instruments``: the exchange's symbol list, which a coin must be listed in and ``TRADING``;
-    ``max_coins``: the most coins one portfolio may hold (``BFF_MAX_COINS_PER_USER``).
+    ``max_coins``: the most coins one portfolio may hold (``BFF_MAX_COINS_PER_USER``); ``prices``: where a
+    profile read takes its prices (default: ``market``).
     """
 
     def __init__(
@@ -121,11 +128,13 @@ class Portfolios:
         users: UserDeletion,
         *,
         max_coins: int,
+        prices: PriceSource | None = None,
     ) -> None:
         self._store = store
         self._instruments = instruments
         self._followers = followers
         self._market = market
+        self._prices = market if prices is None else prices
         self._users = users
         self._max_coins = max_coins
 
@@ -148,7 +157,7 @@ class Portfolios:
         """The profile JSON with the latest prices (docs/CONTRACTS.md, "Profile JSON"). Raises
         :class:`~profile_bff.errors.ProfileNotFound`, and :class:`StoreUnavailable` when Redis is down."""
         holdings = await self.holdings(user_id)
-        prices = await self._market.latest_prices(holdings.coins)
+        prices = await self._prices.latest_prices(holdings.coins)
         return profile_message(user_id, holdings.name, holdings.coins, prices)
 
     async def add_coin(self, user_id: int, symbol: object, quantity: object) -> Coin:

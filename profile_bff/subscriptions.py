@@ -5,6 +5,11 @@ The owner (:class:`profile_bff.connections.ConnectionManager`) says which channe
 never empty: redis-py's ``listen()`` ends without a subscription), calls :meth:`Subscriptions.sync` after
 changing them, and gets each message as ``on_message(channel, data)`` and each (re)subscription as
 ``await on_connected()``, which re-reads what was published while the connection was down.
+
+A connection that fails says so (an error on read), but one whose peer vanished without closing it (a host or
+network gone) would just fall silent, and prices would stop without a word. So the reader sends a ``PING`` on
+it after :data:`HEARTBEAT_S` without a message, and takes the connection for lost when nothing at all came
+for :data:`SILENCE_S`: it reconnects, and the owner re-reads what it missed.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from crypto_mesh.logs import get_logger
 from crypto_mesh.retry import Backoff, raise_if_cancelling
@@ -24,6 +30,12 @@ log = get_logger(__name__)
 
 #: Cap of the first delay before a reconnection attempt (s); the backoff doubles it up to ``reconnect_max_s``.
 RECONNECT_BASE_S = 0.1
+#: Seconds without a message after which the reader sends a ``PING`` on the connection (Redis answers a
+#: subscribed connection's ``PING`` with a ``pong`` message).
+HEARTBEAT_S = 1.0
+#: Seconds without anything heard (messages, confirmations, pongs) after which the connection is taken for
+#: lost.
+SILENCE_S = 5.0
 
 
 class Subscriptions:
@@ -103,9 +115,7 @@ class Subscriptions:
             try:
                 pubsub = await self._connect()
                 backoff.reset()
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._on_message(message["channel"].decode("utf-8", "replace"), message["data"])
+                await self._listen(pubsub)
             except (RedisError, OSError) as exc:
                 raise_if_cancelling()
                 delay = backoff.next_delay()
@@ -114,13 +124,31 @@ class Subscriptions:
                 raise_if_cancelling()
                 delay = backoff.next_delay()
                 log.exception("pubsub_reader_failed", retry_in_s=delay)
-            else:
-                # listen() returns only when nothing is subscribed, which channels() rules out.
-                delay = backoff.next_delay()
-                log.warning("pubsub_ended", retry_in_s=delay)
             self._connected.clear()
             await self._close_pubsub()
             await asyncio.sleep(delay)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Hand every message to ``on_message`` until the connection fails (``RedisError``/``OSError``) or
+        falls silent (:data:`SILENCE_S` without anything heard despite the ``PING`` sent after each
+        :data:`HEARTBEAT_S` of quiet: redis-py's ``TimeoutError``)."""
+        loop = asyncio.get_running_loop()
+        heard_at = loop.time()
+        while True:
+            # redis-py returns None from a read whose time-out expired as it was cancelled: the cancellation
+            # is then swallowed, and this ends the loop all the same.
+            raise_if_cancelling()
+            message = await pubsub.get_message(timeout=HEARTBEAT_S)
+            if message is None:
+                # Nothing within HEARTBEAT_S (or only a confirmation, which get_message passes over).
+                if loop.time() - heard_at >= SILENCE_S:
+                    raise RedisTimeoutError(f"nothing heard on the pub/sub connection for {SILENCE_S:g} s")
+                async with self._lock:
+                    await pubsub.ping()
+                continue
+            heard_at = loop.time()
+            if message["type"] == "message":
+                self._on_message(message["channel"].decode("utf-8", "replace"), message["data"])
 
     async def _connect(self) -> PubSub:
         pubsub = await self._bus.pubsub()

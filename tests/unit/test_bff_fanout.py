@@ -1,5 +1,5 @@
 """The fan-out's rules as pure decisions (profile_bff/fanout.py): conflation of prices, the coalescing window,
-and what a slow socket is sent. Plain values and a fake clock: nothing here waits or reads a real clock."""
+the prices REST reads take from the subscription, and what a slow socket is sent. Plain values and a fake clock: nothing here waits or reads a real clock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from profile_bff.fanout import INLINE_MAX_BYTES, CoalescingWindow, Delivery, FanOutSlices, HeldPrices
+from profile_bff.fanout import (
+    INLINE_MAX_BYTES,
+    CoalescingWindow,
+    Delivery,
+    FanOutSlices,
+    HeldPrices,
+    WatchedPrices,
+)
 from profile_bff.portfolio import Price
 
 
@@ -91,6 +98,74 @@ def test_only_symbols_without_a_kept_price_are_read_from_the_latest_price_keys()
         held.hold("alice", symbol)
     held.offer("ethusdt", price("3", 1))
     assert held.unpriced(["btcusdt", "ethusdt", "solusdt"]) == ["btcusdt", "solusdt"]
+
+
+# -- watched prices: REST reads answered from the subscription --------------------------------------------
+
+
+def test_a_symbol_is_read_from_its_key_until_a_second_stat_of_it_is_heard_after_its_first_read():
+    watched = WatchedPrices(60, FakeClock())
+    assert watched.read(["btcusdt", "ethusdt"]) == ({}, ["btcusdt", "ethusdt"], True)
+    assert set(watched.symbols) == {"btcusdt", "ethusdt"}
+    watched.offer("btcusdt", price("10", 1))
+    assert watched.read(["btcusdt", "ethusdt"]) == ({"btcusdt": price("10", 1)}, ["ethusdt"], False)
+
+
+def test_a_second_stat_of_a_symbol_no_read_asked_for_is_not_kept():
+    watched = WatchedPrices(60, FakeClock())
+    watched.offer("btcusdt", price("10", 1))
+    assert watched.prices == {}
+    assert watched.read(["btcusdt"]) == ({}, ["btcusdt"], True)
+
+
+def test_of_the_second_stats_heard_the_newest_second_answers_and_an_older_one_is_dropped():
+    watched = WatchedPrices(60, FakeClock())
+    watched.read(["btcusdt"])
+    watched.offer("btcusdt", price("10", 5))
+    watched.offer("btcusdt", price("9", 4))
+    assert watched.read(["btcusdt"])[0] == {"btcusdt": price("10", 5)}
+    watched.offer("btcusdt", price("10.5", 5))
+    watched.offer("btcusdt", price("11", 6))
+    assert watched.read(["btcusdt"])[0] == {"btcusdt": price("11", 6)}
+    watched.offer("btcusdt", price("11.5", 6))
+    assert watched.read(["btcusdt"])[0] == {"btcusdt": price("11.5", 6)}
+
+
+def test_after_the_connection_is_lost_no_price_answers_until_a_new_one_is_heard_and_the_symbols_stay():
+    watched = WatchedPrices(60, FakeClock())
+    watched.read(["btcusdt", "ethusdt"])
+    watched.offer("btcusdt", price("10", 1))
+    watched.offer("ethusdt", price("2", 1))
+    watched.forget_prices()
+    assert watched.read(["btcusdt", "ethusdt"]) == ({}, ["btcusdt", "ethusdt"], False)
+    watched.offer("ethusdt", price("3", 2))
+    assert watched.read(["btcusdt", "ethusdt"]) == ({"ethusdt": price("3", 2)}, ["btcusdt"], False)
+
+
+def test_a_symbol_stays_watched_for_its_time_to_live_after_its_last_read_then_goes_with_its_price():
+    clock = FakeClock()
+    watched = WatchedPrices(60, clock)
+    watched.read(["btcusdt", "ethusdt"])
+    watched.offer("btcusdt", price("10", 1))
+    clock.advance(40)
+    watched.read(["btcusdt"])
+    clock.advance(19.5)
+    assert watched.expire() == []
+    clock.advance(0.5)
+    assert watched.expire() == ["ethusdt"]
+    assert list(watched.symbols) == ["btcusdt"]
+    clock.advance(40)
+    assert watched.expire() == ["btcusdt"]
+    assert watched.prices == {}
+    assert list(watched.symbols) == []
+    # Read again, it is a new symbol to subscribe, read from its key until heard of.
+    assert watched.read(["btcusdt"]) == ({}, ["btcusdt"], True)
+
+
+@pytest.mark.parametrize("ttl_s", [0, -1])
+def test_a_watch_needs_a_positive_time_to_live(ttl_s):
+    with pytest.raises(ValueError):
+        WatchedPrices(ttl_s, FakeClock())
 
 
 # -- the coalescing window -----------------------------------------------------------------------------------
