@@ -135,8 +135,8 @@ class Subscriptions:
         loop = asyncio.get_running_loop()
         heard_at = loop.time()
         while True:
-            # redis-py returns None from a read whose time-out expired as it was cancelled: the cancellation
-            # is then swallowed, and this ends the loop all the same.
+            # A cancellation can be swallowed by a read with a time-out (redis-py then answers None, as for a
+            # quiet second): this ends the loop all the same. Seen: a BFF's stop waiting for ever on it.
             raise_if_cancelling()
             message = await pubsub.get_message(timeout=HEARTBEAT_S)
             if message is None:
