@@ -203,6 +203,7 @@ class ConnectionManager:
         """Every quarter of :data:`PRICE_WATCH_S`, stop watching (and unsubscribe) the symbols no read asked
         for in that long."""
         while True:
+            raise_if_cancelling()  # a cancellation redis-py swallowed in sync() still ends the loop
             await asyncio.sleep(PRICE_WATCH_S / 4)
             if self._watched.expire():
                 await self._subscriptions.sync()
@@ -298,8 +299,8 @@ class ConnectionManager:
     # -- holdings and prices ---------------------------------------------------------------------------
 
     def _channels(self) -> Iterable[str]:
-        """The pub/sub channels this process needs: ``bff:portfolio``, ``bff:alerts``, and the channel of every
-        held or watched symbol."""
+        """The pub/sub channels this process needs: ``bff:portfolio``, ``bff:alerts``, and the channel of
+        every held or watched symbol."""
         return (PORTFOLIO_CHANNEL, ALERTS_CHANNEL, *self._held.symbols, *self._watched.symbols)
 
     async def _apply_coins(self, user_id: int, user: _User, coins: dict[str, Decimal]) -> None:

@@ -36,6 +36,12 @@ U = TypeVar("U", bound=Hashable)
 INLINE_MAX_BYTES = 16 * 1024
 
 
+def supersedes(price: Price, kept: Price | None) -> bool:
+    """Whether ``price`` replaces ``kept`` as a symbol's newest SecondStat: none kept yet, or a second no
+    older (the same second again replaces it; an older one is dropped)."""
+    return kept is None or price.second_ms >= kept.second_ms
+
+
 class HeldPrices(Generic[U]):
     """Which local users hold each symbol, and the newest price of each held symbol (conflation).
 
@@ -84,8 +90,7 @@ class HeldPrices(Generic[U]):
         holders = self._holders.get(symbol)
         if holders is None:
             return {}
-        kept = self.prices.get(symbol)
-        if kept is not None and kept.second_ms > price.second_ms:
+        if not supersedes(price, self.prices.get(symbol)):
             return {}
         self.prices.set(symbol, price)
         return holders
@@ -147,10 +152,7 @@ class WatchedPrices:
     def offer(self, symbol: str, price: Price) -> None:
         """A SecondStat of ``symbol`` heard on the subscription: kept if the symbol is watched and no later
         second is kept."""
-        if symbol not in self._read_at:
-            return
-        kept = self.prices.get(symbol)
-        if kept is None or kept.second_ms <= price.second_ms:
+        if symbol in self._read_at and supersedes(price, self.prices.get(symbol)):
             self.prices[symbol] = price
 
     def forget_prices(self) -> None:

@@ -1,9 +1,10 @@
 """Where ``GET /v2/user/profile`` takes its prices, against real auth, PostgreSQL and Redis: from the BFF's
 pub/sub subscription once a SecondStat of the symbol has been heard there, from the ``price:<symbol>`` key
-before that and whenever the subscription was lost (:meth:`profile_bff.connections.ConnectionManager.latest_prices`).
+before that and whenever the subscription was lost
+(:meth:`profile_bff.connections.ConnectionManager.latest_prices`).
 
-Prices are SecondStats written as the aggregator writes them: the key set, then the SecondStat published on the
-symbol's channel. The BFF's own count of where each price came from (``bff_price_reads_total{source}``,
+Prices are SecondStats written as the aggregator writes them: the key set, then the SecondStat published on
+the symbol's channel. The BFF's own count of where each price came from (``bff_price_reads_total{source}``,
 :attr:`ConnectionManager.price_reads`) says which way a read went; the prices themselves are checked exactly.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 from structlog.testing import capture_logs
-from support.bff import Bff, new_symbol, second_stat, wait_until_subscribed, write_exchange_info
+from support.bff import Bff, new_symbol, second_stat, wait_until_subscribed, write_exchange_info, write_second
 from support.databases import new_database
 from support.fake_aggregator import FakeAggregator
 from support.polling import eventually
@@ -56,10 +57,8 @@ async def holder(bff: Bff, symbol: str, quantity: str = "2") -> str:
 
 
 async def publish(bff: Bff, symbol: str, price: str, second_ms: int) -> None:
-    """A SecondStat as the aggregator writes it: key ``price:<symbol>`` set, then published on ``<symbol>``."""
-    stat = second_stat(symbol, price, second_ms)
-    await bff.redis.set(f"price:{symbol}", stat)
-    await bff.redis.publish(symbol, stat)
+    """A SecondStat as the aggregator writes it (:func:`support.bff.write_second`)."""
+    await write_second(bff.redis, symbol, price, second_ms)
 
 
 async def total(bff: Bff, token: str) -> str:

@@ -22,7 +22,15 @@ import aiohttp
 import pytest
 from aiohttp.http import WebSocketWriter
 from support.polling import eventually
-from support.bff import Bff, new_symbol, next_profile, second_stat, wait_until_subscribed, write_exchange_info
+from support.bff import (
+    Bff,
+    new_symbol,
+    next_profile,
+    second_stat,
+    wait_until_subscribed,
+    write_exchange_info,
+    write_second,
+)
 from support.databases import execute_sql, new_database
 from support.fake_aggregator import FakeAggregator
 from support.stacks import aggregator_settings, exchange_and_proxy, serve_auth, serve_bff
@@ -81,9 +89,7 @@ async def bff(stack):
 async def publish(bff: Bff, symbol: str, price: str, second_ms: int) -> None:
     """A new price as the aggregator writes it: key ``price:<symbol>`` set, then published on ``<symbol>``."""
     await wait_until_subscribed(bff, symbol)
-    stat = second_stat(symbol, price, second_ms)
-    await bff.redis.set(f"price:{symbol}", stat)
-    await bff.redis.publish(symbol, stat)
+    await write_second(bff.redis, symbol, price, second_ms)
 
 
 async def until_unsubscribed(bff: Bff, channel: str) -> None:

@@ -31,7 +31,7 @@ import aiohttp
 import psutil
 import pytest
 import redis.asyncio as aioredis
-from support.bff import BffClient, new_symbol, next_profile, second_stat, write_exchange_info
+from support.bff import BffClient, new_symbol, next_profile, write_exchange_info, write_second
 from support.credentials import service_headers
 from support.databases import new_database
 from support.fake_aggregator import FakeAggregator
@@ -210,7 +210,7 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
         await eventually(
             lambda: _equals(subscribers(redis, symbol), WORKERS), what="both subscribed", interval_s=0.02
         )
-        await publish(redis, symbol, "10", 1723161601000)
+        await write_second(redis, symbol, "10", 1723161601000)
         for held in sockets.values():
             for ws in held:
                 assert (await next_profile(ws))["Total"] == "20"
@@ -220,7 +220,7 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
         for ws in sockets[0]:
             closed = await ws.receive(timeout=10)
             assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
-        await publish(redis, symbol, "11", 1723161602000)
+        await write_second(redis, symbol, "11", 1723161602000)
         for ws in sockets[1]:
             assert (await next_profile(ws))["Total"] == "22"
             assert not ws.closed
@@ -241,7 +241,7 @@ async def test_two_workers_share_the_port_each_pushes_prices_a_killed_one_comes_
         await eventually(
             lambda: _equals(subscribers(redis, symbol), WORKERS), what="both subscribed", interval_s=0.02
         )
-        await publish(redis, symbol, "12", 1723161603000)
+        await write_second(redis, symbol, "12", 1723161603000)
         for held in sockets.values():
             for ws in held:
                 assert (await next_profile(ws))["Total"] == "24"
@@ -307,11 +307,6 @@ def _new_pid(pid: int | None, old: int) -> int | None:
     return pid if pid is not None and pid != old else None
 
 
-async def publish(redis, symbol: str, price: str, second_ms: int) -> None:
-    """A new price as the aggregator writes it: key ``price:<symbol>`` set, then published on ``<symbol>``."""
-    stat = second_stat(symbol, price, second_ms)
-    await redis.set(f"price:{symbol}", stat)
-    await redis.publish(symbol, stat)
 
 
 async def test_workers_join_the_port_only_once_their_database_answers(engines, postgres, tmp_path):

@@ -64,6 +64,14 @@ def second_stat(symbol: str, price: str, second_ms: int) -> bytes:
     return jsonutil.dumps(SecondStat(symbol, second_ms, p, p, p, p, Decimal(1), p, 1, 1).to_json())
 
 
+async def write_second(redis: aioredis.Redis, symbol: str, price: str, second_ms: int) -> None:
+    """A SecondStat written as the aggregator writes it: key ``price:<symbol>`` set, then published on channel
+    ``<symbol>``."""
+    stat = second_stat(symbol, price, second_ms)
+    await redis.set(f"price:{symbol}", stat)
+    await redis.publish(symbol, stat)
+
+
 def refresh_cookie(response: aiohttp.ClientResponse) -> Morsel | None:
     """The refresh cookie ``response`` sets (with its attributes), or ``None``."""
     cookie = SimpleCookie()
