@@ -79,8 +79,9 @@ class AggregatorProcess:
         return set((await self.stats(http))["tracked"])
 
 
-async def collect_seconds(bootstrap: str, into: list[dict]) -> None:
-    """Append every ``binance.second`` record of :data:`SYMBOLS` written from now on to ``into`` (decoded)."""
+async def collect_seconds(bootstrap: str, into: list[tuple[int, dict]]) -> None:
+    """Append every ``binance.second`` record of :data:`SYMBOLS` written from now on to ``into``: its Kafka
+    timestamp (Unix ms, set by the producer when it was sent) and its value, decoded."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -92,7 +93,9 @@ async def collect_seconds(bootstrap: str, into: list[dict]) -> None:
         while True:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 into += [
-                    value for record in records if (value := orjson.loads(record.value))["s"] in SYMBOLS
+                    (record.timestamp, value)
+                    for record in records
+                    if (value := orjson.loads(record.value))["s"] in SYMBOLS
                 ]
     finally:
         await consumer.stop()
@@ -106,12 +109,12 @@ async def test_replicas_share_the_symbols_take_over_a_killed_ones_and_give_them_
     earliest, expected = recorded_seconds(trade_recording, {f"{symbol}@trade" for symbol in SYMBOLS})
     directory = Path(tempfile.mkdtemp(prefix="aggregator-sharing-"))
     await ensure_topics(kafka_bootstrap, {SECOND_TOPIC: SECOND_PARTITIONS})
-    records: list[dict] = []
+    collected: list[tuple[int, dict]] = []
     async with AsyncExitStack() as stack:
         published = {
             symbol: await stack.enter_async_context(published_on(redis_url, symbol)) for symbol in SYMBOLS
         }
-        collector = asyncio.create_task(collect_seconds(kafka_bootstrap, records))
+        collector = asyncio.create_task(collect_seconds(kafka_bootstrap, collected))
         stack.callback(collector.cancel)
         exchange = await stack.enter_async_context(replay_exchange(trade_recording, speed=10))
         proxy = await stack.enter_async_context(proxy_process(exchange.url))
@@ -153,6 +156,7 @@ async def test_replicas_share_the_symbols_take_over_a_killed_ones_and_give_them_
             return {symbol: len(published[symbol]) for symbol in SYMBOLS}
 
         # One replica alone streams every followed symbol.
+        started_ms = time.time_ns() // 1_000_000
         first = await replica()
         await eventually(
             lambda: _partitions(first, http, [0, 1]), timeout_s=20, what="the first replica assigned both"
@@ -203,11 +207,18 @@ async def test_replicas_share_the_symbols_take_over_a_killed_ones_and_give_them_
     # Takeovers (the join, the kill, the restart) resumed after the last second published.
     resumed = [stats["trades"]["resumed"] for stats in (survivor_stats, restarted_stats)]
     assert sum(resumed) >= 2, (survivor_stats["trades"], restarted_stats["trades"])
-    # This test's records: the broker is the worker's, and a record of an earlier test's aggregator may come in
-    # late (one of a second 14 s before these replicas started was seen on a loaded machine). These replicas
-    # publish nothing before each symbol's first second on Redis, the first replica's first (partial) window.
+    # This test's records: the broker is the worker's, and a record an earlier test's aggregator sent may
+    # reach it late, after the collector started. Seen on a loaded machine: one of a second 14 s before these
+    # replicas started; and one of a second 2 minutes ahead of the clock (that test's replay had run 10 times
+    # faster than it, as this one's does), which this test's replicas then published too. So a record sent
+    # before the first replica started is not theirs; nor is one of a second before each symbol's first on
+    # Redis (their first, partial window).
     first_seconds = {symbol: orjson.loads(published[symbol][0])["t"] for symbol in SYMBOLS if published[symbol]}
-    records = [stat for stat in records if stat["t"] >= first_seconds.get(stat["s"], stat["t"])]
+    records = [
+        stat
+        for sent_ms, stat in collected
+        if sent_ms >= started_ms and stat["t"] >= first_seconds.get(stat["s"], stat["t"])
+    ]
     # No second published twice with two contents, on Kafka (every replica's records) as on Redis.
     contents: dict[tuple[str, int], set[bytes]] = defaultdict(set)
     for stat in records:
