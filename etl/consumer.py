@@ -10,7 +10,9 @@ tables fold, which also covers a redelivery cut into different batches (docs/ANA
 Each topic has one open batch, closed by size (``ETL_BATCH_MAX_ROWS`` records) or age
 (``ETL_BATCH_MAX_AGE_MS``); no poll takes more records than the fullest batch has room for. Those rules, and
 the offsets a batch commits or gives back, are :mod:`etl.batching`'s, over plain numbers. Records are
-decoded as they are polled, a whole poll at a time (:mod:`etl.columnar`). A closed batch is handed to the
+decoded a whole poll at a time (:mod:`etl.columnar`) on a thread of their own, in the order polled, while the
+loop polls the next ones (pyarrow parses and checks without holding the GIL); a batch waits for its decoding
+only when it is inserted. A closed batch is handed to the
 store's thread at once and inserted while the loop fills the next one (one insert in flight at a time,
 committed in order; a batch due meanwhile keeps filling, up to its size, until that insert is acknowledged),
 so at most the open batches and the one being inserted are held: three batches with two topics. If that insert
@@ -27,6 +29,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -39,7 +42,7 @@ from crypto_mesh import retry
 from crypto_mesh.kafka import ensure_topics, group_consumer
 from crypto_mesh.logs import get_logger
 from etl.batching import Batch, BatchPolicy
-from etl.columnar import decode_values, string_digest
+from etl.columnar import DecodedRun, decode_values, string_digest
 from etl.deadletter import DeadLetter, dead_letter
 from etl.records import TableSpec
 from etl.seconds import SECONDS
@@ -95,12 +98,13 @@ class ConsumerStats:
 
 @dataclass
 class _Load:
-    """A batch on its way to ClickHouse: its positions (:class:`etl.batching.Batch`), its records decoded as
-    they arrive, and how far its insert went.
+    """A batch on its way to ClickHouse: its positions (:class:`etl.batching.Batch`), its records (decoded on
+    the consumer's decoding thread as they arrive), and how far its insert went.
 
-    ``rows`` counts the decoded rows (what is inserted), ``dead_letters`` the records that could not be
-    decoded. :meth:`seal` makes the one table and the deduplication token that every insert attempt of the
-    batch sends.
+    ``decoding`` holds the polls whose decoding has not been collected yet; once :meth:`decoded` has
+    returned, ``rows`` counts the decoded rows (what is inserted) and ``dead_letters`` holds the records that
+    could not be decoded. :meth:`seal` (after :meth:`decoded`) makes the one table and the deduplication token
+    that every insert attempt of the batch sends.
     """
 
     spec: TableSpec
@@ -111,11 +115,15 @@ class _Load:
     sealed: tuple[pa.Table, str] | None = None
     inserted: bool = False
     dead_letters_sent: bool = False
+    decoding: list[tuple[Future[DecodedRun], list[ConsumerRecord]]] = field(default_factory=list)
 
-    def take(self, polled: Iterable[tuple[TopicPartition, list[ConsumerRecord]]], now: float) -> None:
+    def take(
+        self, polled: Iterable[tuple[TopicPartition, list[ConsumerRecord]]], now: float, decoder: Executor
+    ) -> None:
         """Add the records of one poll (per partition, consecutive), polled at ``now`` (monotonic s), to the
-        batch, and decode them in one columnar run (:func:`etl.columnar.decode_values`); the records that
-        cannot be decoded become :attr:`dead_letters`."""
+        batch, and hand them to ``decoder`` (one thread: the polls are decoded in order) to be decoded in one
+        columnar run (:func:`etl.columnar.decode_values`). Returns at once; :meth:`decoded` collects the
+        result."""
         records: list[ConsumerRecord] = []
         for tp, part in polled:
             if part:
@@ -123,7 +131,19 @@ class _Load:
                 records.extend(part)
         if not records:
             return
-        run = decode_values(self.spec, [record.value for record in records])
+        self.decoding.append((decoder.submit(decode_values, self.spec, [r.value for r in records]), records))
+
+    async def decoded(self) -> None:
+        """Wait until every poll taken is decoded, and add its rows to the batch; the records that cannot be
+        decoded become :attr:`dead_letters`. Raises what the decoding raised (a bug: bad input is never an
+        error there)."""
+        while self.decoding:
+            future, records = self.decoding[0]
+            run = await asyncio.wrap_future(future)
+            del self.decoding[0]
+            self._add(run, records)
+
+    def _add(self, run: DecodedRun, records: list[ConsumerRecord]) -> None:
         if run.table is not None:
             self.tables.append(run.table)
             self.rows += run.table.num_rows
@@ -139,7 +159,10 @@ class _Load:
             )
 
     def seal(self) -> tuple[pa.Table, str]:
-        """(the batch's rows as one table, its deduplication token); the same on every call."""
+        """(the batch's rows as one table, its deduplication token); the same on every call. Only once
+        :meth:`decoded` has returned."""
+        if self.decoding:
+            raise RuntimeError("the batch is sealed before its records are decoded")
         if self.sealed is None:
             if self.tables:
                 table = pa.concat_tables(self.tables)
@@ -284,17 +307,20 @@ class TickerConsumer:
         return consumer
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        """The loop: insert each batch that is ready, poll, and decode into the topic's batch.
+        """The loop: insert each batch that is ready, poll, and hand the poll to the decoding thread for the
+        topic's batch.
 
-        Inserts are pipelined: a ready batch is sealed and its insert handed to the store's thread at once,
-        and the loop goes on polling and decoding into a new batch meanwhile; one insert at a time, committed
-        in order. A batch that comes due while an insert is in flight keeps filling until that insert is
-        acknowledged, and one that is full waits for it (:meth:`etl.batching.Batch.ready`). If that insert
-        fails, the batches filled meanwhile are given back to Kafka (:meth:`_release`) and the failing batch
-        is retried alone with every partition paused.
+        Decoding and inserts are pipelined: each poll is decoded on a thread of this loop's own while the
+        loop polls the next; a ready batch waits for its decoding, is sealed and its insert handed to the
+        store's thread at once, and the loop goes on polling into a new batch meanwhile; one insert at a
+        time, committed in order. A batch that comes due while an insert is in flight keeps filling until
+        that insert is acknowledged, and one that is full waits for it (:meth:`etl.batching.Batch.ready`).
+        If that insert fails, the batches filled meanwhile are given back to Kafka (:meth:`_release`) and the
+        failing batch is retried alone with every partition paused.
         """
         loads = {topic: self._new_load(topic) for topic in self._specs}
         inserting: _Insert | None = None
+        decoder = ThreadPoolExecutor(1, thread_name_prefix="etl-decode")
         try:
             while not self._stopping.is_set():
                 # A cancellation a library swallowed (in a poll, a store call) still ends the loop.
@@ -313,7 +339,7 @@ class TickerConsumer:
                             return
                         if loads[topic] is not load:
                             continue  # given back to Kafka after a failed insert
-                    inserting = self._start_insert(load)
+                    inserting = await self._start_insert(load)
                     loads[topic] = self._new_load(topic)
                     self._note_held(loads, inserting.load)
                 batches = [load.batch for load in loads.values()]
@@ -332,7 +358,7 @@ class TickerConsumer:
                 if by_topic and self.stats.first_taken_at is None:
                     self.stats.first_taken_at = now
                 for topic, parts in by_topic.items():
-                    loads[topic].take(parts, now)
+                    loads[topic].take(parts, now, decoder)
                 self._note_held(loads, inserting and inserting.load)
             if inserting is not None:
                 finished, inserting = inserting, None
@@ -342,6 +368,8 @@ class TickerConsumer:
                 if load.batch.size and not await self._flush(consumer, load):
                     return
         finally:
+            # Decodings left are of batches given up (redelivered anyway): the one running ends by itself.
+            decoder.shutdown(wait=False, cancel_futures=True)
             if inserting is not None:  # the loop failed: let the insert end, it is redelivered anyway
                 await asyncio.wait([inserting.task])
                 if not inserting.task.cancelled():
@@ -367,7 +395,8 @@ class TickerConsumer:
     def _new_load(self, topic: str) -> _Load:
         return _Load(self._specs[topic], Batch(topic, self._policy))
 
-    def _start_insert(self, load: _Load) -> _Insert:
+    async def _start_insert(self, load: _Load) -> _Insert:
+        await load.decoded()
         table, token = load.seal()
         return _Insert(load, self._store.start_insert(load.spec, table, token))
 
@@ -481,6 +510,7 @@ class TickerConsumer:
         """Insert the sealed batch; a failure is counted (``insert_failures``, ``clickhouse_failing``) and
         raised."""
         try:
+            await load.decoded()
             await self._store.insert(load.spec, *load.seal())
         except _CLICKHOUSE_ERRORS:
             self.clickhouse_failing = True

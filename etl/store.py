@@ -161,7 +161,7 @@ class ClickHouseStore:
         """:meth:`insert`, handed to the store's thread before this returns: the future is done once
         ClickHouse has acknowledged the insert (or holds its error). Unlike a task of :meth:`insert`, which
         starts only when the event loop next gets to it, the insert runs while the caller goes on with work
-        that does not yield (decoding the next batch). Call it from the event loop's thread."""
+        that does not yield. Call it from the event loop's thread."""
         loop = asyncio.get_running_loop()
         if not table.num_rows:
             done = loop.create_future()
