@@ -59,6 +59,7 @@ from profile_bff.errors import (
     StoreUnavailable,
 )
 from profile_bff.candle import Candle, second_candle
+from profile_bff.readbatch import ReadBatcher
 from profile_bff.portfolio import InvalidSecondStat, Price, parse_second_stat
 from profile_bff.search import InvalidTicker, Ticker, parse_ticker
 
@@ -118,13 +119,16 @@ idempotency_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
-#: The profile of one user LEFT JOIN its coins, the user as ``$1``: the hot read (every REST read and socket
-#: connect), sent by asyncpg itself (:meth:`ProfileStore.load`), prepared once per connection.
+#: The profiles of the users ``$1`` (an array: the reads that share the query) LEFT JOIN their coins, a row
+#: ``(id, name, symbol, quantity)`` per coin or per profile without coins: the hot read (every REST read and
+#: socket connect), sent by asyncpg itself (:meth:`ProfileStore.load`), prepared once per connection.
 HOLDINGS_SQL = (
-    "SELECT profiles.name, coins.symbol, coins.quantity"
+    "SELECT profiles.id, profiles.name, coins.symbol, coins.quantity"
     " FROM profiles LEFT OUTER JOIN coins ON coins.user_id = profiles.id"
-    " WHERE profiles.id = $1"
+    " WHERE profiles.id = ANY($1::bigint[])"
 )
+#: Most profiles one :data:`HOLDINGS_SQL` reads (the reads waiting beyond it take the next query).
+READ_BATCH_MAX = 100
 #: Connections of the read pool (:meth:`ProfileStore.load`), beside SQLAlchemy's pool for everything else.
 READ_POOL_SIZE = 5
 #: Seconds a hot read may wait for a connection of the read pool (connecting included), and then for its answer:
@@ -164,6 +168,22 @@ class Holdings:
     coins: dict[str, Decimal]
 
 
+def holdings_of(
+    user_ids: list[int], rows: Iterable[tuple[int, str, str | None, Decimal | None]]
+) -> list[Holdings | ProfileNotFound]:
+    """For each of ``user_ids`` (in order; one asked twice is answered twice), its :class:`Holdings` from
+    ``rows`` of :data:`HOLDINGS_SQL` (``(user id, name, symbol, quantity)``, symbol and quantity ``None``
+    for a profile without coins), or :class:`ProfileNotFound` if no row is the user's."""
+    found: dict[int, Holdings] = {}
+    for user_id, name, symbol, quantity in rows:
+        holdings = found.get(user_id)
+        if holdings is None:
+            holdings = found[user_id] = Holdings(name=name, coins={})
+        if symbol is not None:
+            holdings.coins[symbol] = quantity  # type: ignore[assignment]
+    return [found.get(user_id) or ProfileNotFound(user_id) for user_id in user_ids]
+
+
 #: Errors that mean "the database is not reachable", as opposed to a constraint or a bug.
 _UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError, TimeoutError)
 #: SQLSTATE classes of the same (PostgreSQL manual, Appendix A): 08 connection exception, 53 insufficient
@@ -177,6 +197,9 @@ _CONNECTION_LOST = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.InterfaceError,
+    # A session the server ended while the connection sat idle, read by the loop before the close itself:
+    # asyncpg refuses the next statement so ("cannot switch to state ..."); :func:`_fetch` closes it.
+    asyncpg.exceptions.InternalClientError,
     OSError,
 )
 
@@ -210,6 +233,10 @@ class ProfileStore:
         self._read_connect_args.pop("prepared_statement_cache_size", None)
         self._read_pool: asyncpg.Pool | None = None
         self._read_pool_opening = asyncio.Lock()
+        #: Shares a query between the profile reads that arrive while the read pool is busy (:meth:`load`).
+        self._reads: ReadBatcher[int, Holdings] = ReadBatcher(
+            self._load_many, max_in_flight=READ_POOL_SIZE, max_batch=READ_BATCH_MAX
+        )
         self._migrated = False
 
     @property
@@ -255,20 +282,19 @@ class ProfileStore:
     async def load(self, user_id: int) -> Holdings:
         """The profile of ``user_id`` with its coins. Raises :class:`ProfileNotFound`.
 
-        This runs on every REST read and socket connect, so it is one round trip: :data:`HOLDINGS_SQL` outside
-        a transaction, prepared once per connection, on asyncpg's pool without a ping before each checkout nor
-        a reset query after it (the statement leaves no session state behind). A connection found dead by the
-        read itself (the server restarted or closed it since its last use) costs one more try, on another
+        This runs on every REST read and socket connect, so it is one round trip, shared by the reads that
+        arrive while the pool is busy (:class:`~profile_bff.readbatch.ReadBatcher`: a read goes at once while
+        fewer than :data:`READ_POOL_SIZE` queries run; otherwise it waits and goes with the others waiting in
+        the next query, at most :data:`READ_BATCH_MAX` each): one :data:`HOLDINGS_SQL`, outside a transaction,
+        prepared once per connection, on asyncpg's pool without a ping before each checkout nor a reset query
+        after it (the statement leaves no session state behind). The pool's checkout and release cost a read
+        about as much CPU as the query itself, and a batch pays them once. A connection found dead by the
+        query itself (the server restarted or closed it since its last use) costs one more try, on another
         connection; a second failure, or a pool that cannot connect within :data:`READ_TIMEOUT_S`, raises
-        :class:`StoreUnavailable`.
+        :class:`StoreUnavailable` (to every read of the batch).
         """
         try:
-            pool = self._read_pool or await self._open_read_pool()
-            try:
-                rows = await _fetch(pool, HOLDINGS_SQL, user_id)
-            except _CONNECTION_LOST as exc:
-                log.info("profile_read_retried", error=exc.__class__.__name__)
-                rows = await _fetch(pool, HOLDINGS_SQL, user_id)
+            return await self._reads.load(user_id)
         except (*_CONNECTION_LOST, TimeoutError) as exc:
             raise StoreUnavailable(f"profile database unavailable: {exc.__class__.__name__}") from exc
         except asyncpg.PostgresError as exc:
@@ -276,9 +302,18 @@ class ProfileStore:
             if sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
                 raise StoreUnavailable(f"profile database unavailable (SQLSTATE {sqlstate})") from exc
             raise
-        if not rows:
-            raise ProfileNotFound(user_id)
-        return Holdings(name=rows[0][0], coins={row[1]: row[2] for row in rows if row[1] is not None})
+
+    async def _load_many(self, user_ids: list[int]) -> list[Holdings | ProfileNotFound]:
+        """The batch function of :meth:`load`: the holdings of each of ``user_ids`` (in that order, a user
+        twice if asked twice) or :class:`ProfileNotFound`, from one :data:`HOLDINGS_SQL`; a connection lost
+        costs one more try, then the error is raised (for every read of the batch)."""
+        pool = self._read_pool or await self._open_read_pool()
+        try:
+            rows = await _fetch(pool, HOLDINGS_SQL, user_ids)
+        except _CONNECTION_LOST as exc:
+            log.info("profile_read_retried", error=exc.__class__.__name__)
+            rows = await _fetch(pool, HOLDINGS_SQL, user_ids)
+        return holdings_of(user_ids, rows)
 
     async def _open_read_pool(self) -> asyncpg.Pool:
         """The read pool of :meth:`load`, made on first use (no connection is opened before a read needs one,
@@ -522,9 +557,15 @@ class ProfileStore:
 async def _fetch(pool: asyncpg.Pool, query: str, *args: object) -> list[asyncpg.Record]:
     """The rows of ``query`` on a connection of ``pool``, all within :data:`READ_TIMEOUT_S` (waiting for a
     connection, connecting included, and for the rows; ``TimeoutError``). One deadline for both: asyncpg's
-    own ``timeout`` arguments would each start a task or a timer per read."""
+    own ``timeout`` arguments would each start a task or a timer per read. A connection asyncpg finds in a
+state it cannot use (:class:`asyncpg.exceptions.InternalClientError`) is closed before the error is
+raised."""
     async with asyncio.timeout(READ_TIMEOUT_S), pool.acquire() as connection:
-        return await connection.fetch(query, *args)
+        try:
+            return await connection.fetch(query, *args)
+        except asyncpg.exceptions.InternalClientError:
+            connection.terminate()  # unusable (see _CONNECTION_LOST): the pool connects anew in its place
+            raise
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:
