@@ -26,6 +26,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+#: Where Linux says which ports it hands out to ``bind(0)`` and to outgoing connections (two numbers).
+EPHEMERAL_PORTS_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+#: How many ports :func:`below_ephemeral_ports` gives.
+BELOW_EPHEMERAL_PORTS = 1000
+
+
+def below_ephemeral_ports(path: str = EPHEMERAL_PORTS_FILE, count: int = BELOW_EPHEMERAL_PORTS) -> range | None:
+    """The ``count`` ports just below the OS's ephemeral ports (from ``path``: ``32768-60999`` on Linux's
+    defaults gives ``range(31768, 32768)``), never below 1024; None where the file cannot be read or leaves
+    no room (another OS, an ephemeral range that starts low).
+
+    A server's port picked there and not bound yet cannot be taken meanwhile by a connection another process
+    opens, as a port of the ephemeral range can (its local end), which then holds it for as long as it lasts.
+    """
+    try:
+        with open(path, encoding="ascii") as file:
+            first = int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    low = max(1024, first - count)
+    return range(low, first) if low < first else None
+
+
 def parse_port_range(text: str) -> range:
     """``"20000-20999"`` → ``range(20000, 21000)`` (both ends included, 1 ≤ first ≤ last ≤ 65535);
     ``ValueError`` naming the text otherwise."""

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from crypto_mesh.binance.data import DEFAULT_RECORDING
-from crypto_mesh.netutil import parse_port_range
+from crypto_mesh.netutil import below_ephemeral_ports, parse_port_range
 from crypto_mesh.settings import MAX_WORKERS, ServiceSettings
 
 #: Name of the file, in the data directory, that describes a running mesh (written once every process is healthy).
@@ -57,9 +57,12 @@ class MeshSettings(ServiceSettings):
     #: Seconds to wait for every process to report healthy.
     ready_timeout_s: float = 120.0
     #: ``FIRST-LAST`` (e.g. ``20000-20999``): the ports the mesh's internal servers (engines, services,
-    #: metrics, the replay exchange) take, the first free ones in turn; unset, the OS picks free ports. A range
-    #: outside the OS's ephemeral ports keeps them from being taken by another program between the pick and
-    #: the server's start, and suits firewall rules. The BFF's port is ``MESH_BFF_PORT``.
+    #: metrics, the replay exchange) take, the first free ones in turn; unset, the 1,000 ports just below the
+    #: OS's ephemeral ports (:func:`crypto_mesh.netutil.below_ephemeral_ports`), or free ports the OS picks
+    #: where those are unknown. A range outside the OS's ephemeral ports keeps a port from being taken between
+    #: the pick and the server's start: by another program, or by a connection the mesh's own processes open
+    #: meanwhile (its local end), which holds it for as long as it lasts. It also suits firewall rules. The
+    #: BFF's port is ``MESH_BFF_PORT``.
     ports: str | None = None
 
     @field_validator("ports")
@@ -71,8 +74,9 @@ class MeshSettings(ServiceSettings):
 
     @property
     def port_range(self) -> range | None:
-        """:attr:`ports` as a range (None: the OS picks)."""
-        return None if self.ports is None else parse_port_range(self.ports)
+        """:attr:`ports` as a range; unset, the ports below the OS's ephemeral ones (None, the OS picks, where
+        those are unknown)."""
+        return below_ephemeral_ports() if self.ports is None else parse_port_range(self.ports)
 
 
 #: Files, under ``<MESH_DATA_DIR>/secrets``, of the service credentials of the internal HTTP APIs
