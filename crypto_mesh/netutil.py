@@ -32,7 +32,9 @@ EPHEMERAL_PORTS_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 BELOW_EPHEMERAL_PORTS = 1000
 
 
-def below_ephemeral_ports(path: str = EPHEMERAL_PORTS_FILE, count: int = BELOW_EPHEMERAL_PORTS) -> range | None:
+def below_ephemeral_ports(
+    path: str = EPHEMERAL_PORTS_FILE, count: int = BELOW_EPHEMERAL_PORTS
+) -> range | None:
     """The ``count`` ports just below the OS's ephemeral ports (from ``path``: ``32768-60999`` on Linux's
     defaults gives ``range(31768, 32768)``), never below 1024; None where the file cannot be read or leaves
     no room (another OS, an ephemeral range that starts low).
