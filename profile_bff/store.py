@@ -558,8 +558,8 @@ async def _fetch(pool: asyncpg.Pool, query: str, *args: object) -> list[asyncpg.
     """The rows of ``query`` on a connection of ``pool``, all within :data:`READ_TIMEOUT_S` (waiting for a
     connection, connecting included, and for the rows; ``TimeoutError``). One deadline for both: asyncpg's
     own ``timeout`` arguments would each start a task or a timer per read. A connection asyncpg finds in a
-state it cannot use (:class:`asyncpg.exceptions.InternalClientError`) is closed before the error is
-raised."""
+    state it cannot use (:class:`asyncpg.exceptions.InternalClientError`) is closed before the error is
+    raised."""
     async with asyncio.timeout(READ_TIMEOUT_S), pool.acquire() as connection:
         try:
             return await connection.fetch(query, *args)
