@@ -19,15 +19,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
-
 from crypto_mesh import binance, jsonutil
 from crypto_mesh.binance import control
-from crypto_mesh.observe import detached_task
 from crypto_mesh.logs import get_logger
+from crypto_mesh.observe import detached_task
 from crypto_mesh.retry import Backoff, retrying
 from socket_proxy.fanout import Counters
+from socket_proxy.wsclient import ExchangeSocket, HandshakeError
 
 log = get_logger(__name__)
 
@@ -52,9 +50,13 @@ ROTATION_SYNC_TIMEOUT_S = 30.0
 #: How long both websockets of a replacement run side by side at most, and the frames held per stream meanwhile.
 HANDOVER_TIMEOUT_S = 10.0
 HANDOVER_MAX_HELD = 10_000
+#: A websocket that received nothing for this long is pinged, and ended when no PONG comes within the timeout
+#: (:mod:`socket_proxy.wsclient`): a missing peer is noticed within 40 s.
 PING_INTERVAL_S = 20.0
 PING_TIMEOUT_S = 20.0
+#: The TCP (and TLS) connection and the websocket upgrade together, at most.
 OPEN_TIMEOUT_S = 10.0
+#: The largest message accepted; a larger one ends the connection (CLOSE 1009).
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 FrameHandler = Callable[[str, bytes], None]
@@ -97,7 +99,7 @@ class _Session:
     """One websocket of an :class:`UpstreamConnection`: reads frames, and brings the exchange's subscriptions
     of this websocket to the owner's wanted set (UNSUBSCRIBE first, then SUBSCRIBE, paced)."""
 
-    def __init__(self, ws: ClientConnection, owner: UpstreamConnection, route: FrameHandler | None) -> None:
+    def __init__(self, ws: ExchangeSocket, owner: UpstreamConnection, route: FrameHandler | None) -> None:
         self.ws = ws
         self.owner = owner
         #: Where frames go; None drops them (a replacement websocket before its handover starts).
@@ -135,17 +137,12 @@ class _Session:
             await self.ws.close()
 
     async def _read(self) -> None:
-        ws, dispatch = self.ws, self._dispatch
-        try:
-            while True:
-                # decode=False: a text frame (Binance sends JSON as text) as its UTF-8 bytes, never decoded to
-                # str only to be encoded back.
-                raw = await ws.recv(decode=False)
-                dispatch(raw if type(raw) is bytes else bytes(raw))
-        except ConnectionClosedOK:
-            pass
-        except ConnectionClosed as exc:
-            log.warning("upstream_closed", code=exc.rcvd.code if exc.rcvd else None, reason=str(exc))
+        # Each message is dispatched from the websocket's read callback as it completes: a text frame (Binance
+        # sends JSON as text) as its UTF-8 bytes, never decoded to str only to be encoded back.
+        self.ws.deliver_to(self._dispatch)
+        closed = await self.ws.wait_closed()
+        if not closed.clean:
+            log.warning("upstream_closed", code=closed.code, reason=closed.reason)
 
     def _dispatch(self, raw: bytes) -> None:
         stream = binance.stream_of(raw)
@@ -196,7 +193,7 @@ class _Session:
                 request_id = self._next_id
                 self._next_id += 1
                 self._pending[request_id] = (method, streams)
-                await self.ws.send(jsonutil.dumps_str(control.request(method, streams, request_id)))
+                self.ws.send_text(jsonutil.dumps_str(control.request(method, streams, request_id)))
                 log.debug("upstream_control", method=method, streams=len(streams), id=request_id)
             self._check_synced()
 
@@ -262,7 +259,7 @@ class UpstreamConnection:
         """A new websocket whose frames go to ``route``, after as many attempts as it takes."""
         async for attempt in retrying(
             "upstream_connect_failed",
-            retry_on=(OSError, TimeoutError, InvalidHandshake),
+            retry_on=(OSError, TimeoutError, HandshakeError),
             base_s=BACKOFF_INITIAL_S,
             max_s=BACKOFF_MAX_S,
             url=self.url,
@@ -274,19 +271,19 @@ class UpstreamConnection:
         log.info("upstream_connected", url=self.url, streams=len(self.wanted))
         return session
 
-    async def _connect(self) -> ClientConnection:
+    async def _connect(self) -> ExchangeSocket:
         """One connection attempt, within the shared attempt budget."""
         await self._limiter.acquire()
         self._counters.connect_attempts += 1
         try:
-            return await connect(
+            return await ExchangeSocket.connect(
                 self.url,
                 open_timeout=OPEN_TIMEOUT_S,
                 ping_interval=PING_INTERVAL_S,
                 ping_timeout=PING_TIMEOUT_S,
-                max_size=MAX_FRAME_BYTES,
+                max_message_bytes=MAX_FRAME_BYTES,
             )
-        except (OSError, TimeoutError, InvalidHandshake):
+        except (OSError, TimeoutError, HandshakeError):
             self._counters.connect_failures += 1
             raise
 
