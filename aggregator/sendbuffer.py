@@ -43,6 +43,17 @@ class SendBuffer(Generic[T]):
         """The oldest record, removed from the buffer; ``IndexError`` when empty."""
         return self._records.popleft()
 
+    def take_up_to(self, limit: int) -> list[T]:
+        """The oldest ``limit`` records (all of them when fewer), oldest first, removed from the buffer."""
+        records = self._records
+        return [records.popleft() for _ in range(min(limit, len(records)))]
+
+    def give_back_all(self, records: list[T]) -> None:
+        """Put ``records`` (oldest first), whose delivery failed, back at the front in their order, as
+        :meth:`give_back` does one: when the buffer fills up meanwhile, the oldest of them are dropped."""
+        for record in reversed(records):
+            self.give_back(record)
+
     def give_back(self, record: T) -> None:
         """Put ``record``, whose delivery failed, back at the front, to be taken before every record queued
         now; when the buffer is full, ``record`` is older than all of them and is dropped instead."""

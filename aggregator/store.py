@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Histogram
 from redis.exceptions import RedisError
 
@@ -447,6 +448,33 @@ class StatPublisher(_RedisWriter):
         self._latest[stat.symbol] = stat
 
 
+#: Records a :class:`KafkaSink` takes from its buffer per round, at most.
+KAFKA_ROUND_RECORDS = 1_000
+#: The largest record (key and value) a :class:`KafkaSink` sends: below Kafka's default 1 MiB
+#: ``max.request.size`` and ``message.max.bytes``, with room for the batch's framing.
+MAX_RECORD_BYTES = 1_000_000
+
+
+def record_bytes(key: bytes | None, value: bytes | None) -> int:
+    """The size of a record's key and value (bytes; a missing one counts 0)."""
+    return (len(key) if key is not None else 0) + (len(value) if value is not None else 0)
+
+
+def by_partition(
+    encoded: list[tuple[T, bytes, Any]],
+    partitions: list[int],
+    partitioner: Callable[[bytes, list[int], list[int]], int],
+) -> list[tuple[int, list[tuple[T, bytes, Any]]]]:
+    """``encoded`` records ``(record, key, value)`` grouped by the partition ``partitioner(key, partitions,
+    partitions)`` gives each (Kafka's default partitioner: murmur2 of the key modulo the partition count), as
+    ``(partition, records)`` in the order each partition first appears, each group keeping the records'
+    order. Pure."""
+    groups: dict[int, list[tuple[T, bytes, Any]]] = {}
+    for item in encoded:
+        groups.setdefault(partitioner(item[1], partitions, partitions), []).append(item)
+    return list(groups.items())
+
+
 class KafkaSink(Generic[T]):
     """Writes records of type ``T`` to ``topic`` from a bounded buffer; ``encode(record)`` gives (key, value),
     a value of ``None`` being a tombstone.
@@ -461,7 +489,15 @@ class KafkaSink(Generic[T]):
     record goes back to the front of the buffer, sent again after a backoff delay (0.1 s doubling to 5 s), ahead
     of the records that came after it — so it may reach the topic after records sent meanwhile, or twice where
     the first attempt's outcome was unknown; consumers key on the record's id. Only a record Kafka refuses for
-    itself (too large) is given up. Producer: ``acks=all``, ``enable_idempotence`` as configured,
+    itself (too large: over :data:`MAX_RECORD_BYTES`, or refused by the broker) is given up.
+
+    Records travel in batches (aiokafka's ``create_batch``/``send_batch``): each round takes up to
+    :data:`KAFKA_ROUND_RECORDS` records from the buffer, encodes them, and hands each partition's records to
+    the producer as record batches, partitioned as the producer would (murmur2 of the key, Kafka's default
+    partitioner), so a symbol's records keep one partition and their order. A batch costs the producer one
+    future and one delivery callback where each record sent alone cost both (about 13 µs of CPU a record
+    against 6 on the embedded broker); a batch delivered counts its records in :attr:`sent`, and a batch that
+    fails gives all its records back, in order. Producer: ``acks=all``, ``enable_idempotence`` as configured,
     ``linger_ms=20``, and
     ``client_options`` (authentication, :meth:`crypto_mesh.kafka.KafkaClientSettings.kafka_client_options`).
     ``healthy`` is None until the first connection, then whether the last delivery worked.
@@ -487,6 +523,7 @@ class KafkaSink(Generic[T]):
         self._bootstrap = bootstrap_servers
         self._idempotence = enable_idempotence
         self._buffer: SendBuffer[T] = SendBuffer(maxsize)
+        self._partitioner = DefaultPartitioner()
         self._wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._backoff = Backoff(base_s=0.1, max_s=5.0)
@@ -532,16 +569,61 @@ class KafkaSink(Generic[T]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            record = self._buffer.take()
-            key, value = self._encode(record)
-            try:
-                delivery = await self._producer.send(self.topic, key=key, value=value)
-            except KafkaError as exc:
-                raise_if_cancelling()
-                self._on_failure(record, exc)
-                continue
-            self._in_flight += 1
-            delivery.add_done_callback(functools.partial(self._on_delivery, record))
+            await self._send_round(self._buffer.take_up_to(KAFKA_ROUND_RECORDS))
+
+    async def _send_round(self, records: list[T]) -> None:
+        """Hand ``records`` (oldest first) to the producer: per partition, as few record batches as its
+        ``max_batch_size`` allows."""
+        producer = self._producer
+        assert producer is not None
+        encoded = [(record, *self._encode(record)) for record in records]
+        fitting = [item for item in encoded if record_bytes(item[1], item[2]) <= MAX_RECORD_BYTES]
+        if len(fitting) < len(encoded):
+            self._refused(len(encoded) - len(fitting))
+        try:
+            partitions = sorted(await producer.partitions_for(self.topic))
+        except KafkaError as exc:
+            raise_if_cancelling()
+            self._on_failure([record for record, _, _ in fitting], exc)
+            return
+        groups = by_partition(fitting, partitions, self._partitioner)
+        for index, (partition, members) in enumerate(groups):
+            first = 0
+            while first < len(members):
+                batch = producer.create_batch()
+                end = first
+                while end < len(members) and batch.append(
+                    key=members[end][1], value=members[end][2], timestamp=None
+                ):
+                    end += 1
+                if end == first:  # a record no batch takes (the first record of a batch always fits)
+                    self._refused(1)
+                    first += 1
+                    continue
+                later = [record for record, _, _ in members[end:]]
+                later += [record for _, group in groups[index + 1 :] for record, _, _ in group]
+                if not await self._send_batch(batch, partition, [r for r, _, _ in members[first:end]], later):
+                    return
+                first = end
+
+    async def _send_batch(self, batch: Any, partition: int, records: list[T], later: list[T]) -> bool:
+        """Hand ``batch`` (of ``records``) to the producer for ``partition``; False when the producer refused
+        it at once: ``records`` and the ``later`` records of the round then go back to the buffer."""
+        assert self._producer is not None
+        try:
+            delivery = await self._producer.send_batch(batch, self.topic, partition=partition)
+        except KafkaError as exc:
+            raise_if_cancelling()
+            self._on_failure(records + later, exc)
+            return False
+        self._in_flight += len(records)
+        delivery.add_done_callback(functools.partial(self._on_delivery, records))
+        return True
+
+    def _refused(self, count: int) -> None:
+        """``count`` records too large to send: given up."""
+        self.failed += count
+        log.error("kafka_record_refused", topic=self.topic, records=count, limit=MAX_RECORD_BYTES)
 
     async def flush(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` seconds for the buffer to be handed to the producer (used at stop)."""
@@ -616,31 +698,31 @@ class KafkaSink(Generic[T]):
             raise
         return producer
 
-    def _on_delivery(self, record: T, delivery: asyncio.Future) -> None:
-        self._in_flight -= 1
+    def _on_delivery(self, records: list[T], delivery: asyncio.Future) -> None:
+        self._in_flight -= len(records)
         if self._given_up:
             return
         if delivery.cancelled():
-            # The producer was stopped with the record in flight (the service stopping): not delivered.
-            self.failed += 1
+            # The producer was stopped with the batch in flight (the service stopping): not delivered.
+            self.failed += len(records)
         elif delivery.exception() is not None:
-            self._on_failure(record, delivery.exception())
+            self._on_failure(records, delivery.exception())
         else:
-            self.sent += 1
+            self.sent += len(records)
             self.healthy = True
             self._backoff.reset()
 
-    def _on_failure(self, record: T, exc: BaseException) -> None:
-        """Count a failed delivery and give ``record`` back to be sent again after a backoff delay, unless
-        Kafka refuses the record itself."""
-        self.failed += 1
+    def _on_failure(self, records: list[T], exc: BaseException) -> None:
+        """Count a failed delivery of ``records`` (oldest first) and give them back, in order, to be sent
+        again after a backoff delay, unless Kafka refuses them for themselves (too large)."""
+        self.failed += len(records)
         if isinstance(exc, MessageSizeTooLargeError):
-            log.error("kafka_record_refused", topic=self.topic, error=str(exc))
+            log.error("kafka_record_refused", topic=self.topic, records=len(records), error=str(exc))
             return
         if self.healthy:
             log.warning("kafka_delivery_failed", topic=self.topic, error=str(exc))
         self.healthy = False
-        self._buffer.give_back(record)
+        self._buffer.give_back_all(records)
         self._retry_due = True
         self._wakeup.set()
 

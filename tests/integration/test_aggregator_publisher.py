@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import orjson
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from support.credentials import TESTS_REDIS_USER, redis_acl_file, redis_user_url
 from support.kafka_helpers import TopicTail
 from support.polling import eventually
@@ -163,6 +164,32 @@ async def test_the_kafka_buffer_drops_its_oldest_record_when_full(kafka_bootstra
             await producer.close()
         event_times = [orjson.loads(record.value)["E"] for record in await tail.records({symbol.encode()}, 2)]
     assert sorted(event_times) == [2, 3]  # a delivery that failed is sent again, possibly after the other
+
+
+async def test_records_travel_in_batches_each_once_in_its_partition_of_the_producer_and_in_order(kafka_bootstrap):
+    # 3,000 records of 30 symbols, handed over in rounds of up to KAFKA_ROUND_RECORDS: each symbol's records
+    # land in the partition Kafka's default partitioner gives its key, each once, in the order submitted.
+    symbols = [f"zz{uuid.uuid4().hex[:8]}usdt" for _ in range(30)]
+    producer = TickerProducer(kafka_bootstrap, enable_idempotence=False, maxsize=10_000)
+    async with TopicTail(kafka_bootstrap, MINI_TICKER_TOPIC, MINI_TICKER_PARTITIONS) as tail:
+        task = asyncio.create_task(producer.run())
+        try:
+            for event_time in range(100):
+                for symbol in symbols:
+                    producer.submit(KafkaMsg("24hrMiniTicker", event_time, 0, symbol, *[Decimal(1)] * 4))
+                await asyncio.sleep(0)
+            await eventually(lambda: producer.sent == 3_000, timeout_s=30)
+            records = await tail.records({symbol.encode() for symbol in symbols}, 3_000)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await producer.close()
+    assert producer.failed == 0 and producer.dropped == 0
+    partitioner, partitions = DefaultPartitioner(), list(range(MINI_TICKER_PARTITIONS))
+    for symbol in symbols:
+        mine = [record for record in records if record.key == symbol.encode()]
+        assert [orjson.loads(record.value)["E"] for record in mine] == list(range(100))
+        assert {record.partition for record in mine} == {partitioner(symbol.encode(), partitions, partitions)}
 
 
 async def test_closing_on_a_broker_that_died_gives_up_once_nothing_is_delivered(own_kafka):
