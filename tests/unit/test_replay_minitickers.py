@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from launcher.replay.minitickers import MINUTE_MS, WINDOW_MS, MiniTickers
 
 T0 = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC
@@ -62,3 +65,47 @@ def test_memory_stays_within_1441_minute_buckets_per_symbol():
         tickers.add_trade("BTCUSDT", "1", "1", T0 + minute * MINUTE_MS)
         tickers.close_second(T0 + minute * MINUTE_MS + 1000)
     assert len(tickers._windows["BTCUSDT"].buckets) <= 1441
+
+
+@given(
+    trades=st.lists(
+        st.tuples(
+            st.sampled_from(["BTCUSDT", "ETHUSDT"]),
+            st.sampled_from(["1.00", "1.5", "2.00", "0.99", "3.10", "2.0", "1.50"]),
+            st.integers(0, 3 * WINDOW_MS // MINUTE_MS),  # minute of the trade
+            st.booleans(),  # close the second after it
+        ),
+        max_size=120,
+    )
+)
+def test_high_and_low_equal_a_pass_over_the_window_after_any_trades_and_pruning(trades):
+    """Against an independent computation: every ticker's high and low are those of ``max``/``min`` over the
+    buckets left in the window (the first of equal values, by the recorded string), whatever the order of
+    trade times, including out-of-order ones that join the newest bucket."""
+    tickers = MiniTickers()
+    now = 0
+    for symbol, price, minute, close in trades:
+        trade_ms = minute * MINUTE_MS + 123
+        now = max(now, trade_ms)
+        tickers.add_trade(symbol, price, "1", trade_ms)
+        if close:
+            second_end = now - now % 1000 + 1000
+            for ticker in tickers.close_second(second_end):
+                window = tickers._windows[ticker["s"]]
+                assert ticker["h"] == max((b.high for b in window.buckets), key=lambda pair: pair[0])[1]
+                assert ticker["l"] == min((b.low for b in window.buckets), key=lambda pair: pair[0])[1]
+                assert len(window.highs) <= len(window.buckets) and len(window.lows) <= len(window.buckets)
+
+
+def test_of_equal_highs_or_lows_the_oldest_recorded_string_is_reported():
+    tickers = MiniTickers()
+    tickers.add_trade("BTCUSDT", "2.00", "1", T0)
+    tickers.add_trade("BTCUSDT", "1.5", "1", T0 + 1)
+    tickers.add_trade("BTCUSDT", "2.0", "1", T0 + MINUTE_MS)
+    tickers.add_trade("BTCUSDT", "1.50", "1", T0 + 2 * MINUTE_MS)
+    (ticker,) = tickers.close_second(T0 + 2 * MINUTE_MS + 1000)
+    assert (ticker["h"], ticker["l"]) == ("2.00", "1.5")
+    # Once the oldest minute leaves the window, the equal ones of later minutes are reported.
+    tickers.add_trade("BTCUSDT", "1.75", "1", T0 + WINDOW_MS + MINUTE_MS)
+    (ticker,) = tickers.close_second(T0 + WINDOW_MS + MINUTE_MS + 1000)
+    assert (ticker["h"], ticker["l"]) == ("2.0", "1.50")
