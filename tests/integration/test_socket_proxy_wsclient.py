@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ssl
 import struct
 from typing import Self
 
 import pytest
 
+from crypto_mesh.pki import SOCKET_PROXY, TlsFiles, ensure_mesh_pki
 from socket_proxy import wsclient
 from socket_proxy.wsclient import ExchangeSocket, HandshakeError
 
@@ -267,3 +269,55 @@ async def test_a_close_the_exchange_never_answers_drops_the_connection_after_the
         assert not closing.done()
         await asyncio.wait_for(closing, 10)
         assert await asyncio.wait_for(reader.read(), 10) == b""  # the connection is down
+
+
+class TlsServer(RawServer):
+    """:class:`RawServer` behind TLS, with the certificate of ``files`` (the mesh CA's, for 127.0.0.1)."""
+
+    def __init__(self, files: TlsFiles, host: str = "127.0.0.1") -> None:
+        super().__init__()
+        self._host = host
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._context.load_cert_chain(files.cert_file, files.key_file)
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._handle, self._host, 0, ssl=self._context)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"wss://{self._host}:{port}/stream"
+        return self
+
+
+@pytest.fixture
+def exchange_tls(tmp_path) -> TlsFiles:
+    return ensure_mesh_pki(tmp_path, [SOCKET_PROXY])[SOCKET_PROXY]
+
+
+async def test_an_exchange_whose_certificate_no_trusted_ca_signed_is_refused(exchange_tls):
+    async with TlsServer(exchange_tls) as server:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await connect(server.url)
+
+
+async def test_wss_carries_messages_once_the_certificate_is_trusted_for_the_host(exchange_tls, monkeypatch):
+    # The system's CAs are what production trusts; here the mesh CA stands in for them.
+    trusting = ssl.create_default_context(cafile=str(exchange_tls.ca_file))
+    async with TlsServer(exchange_tls) as server:
+        monkeypatch.setattr(ssl, "create_default_context", lambda *args, **kwargs: trusting)
+        socket = await connect(server.url)
+        reader, writer = await server.accepted()
+        received: list[bytes] = []
+        socket.deliver_to(received.append)
+        writer.write(frame(TEXT, b'{"stream":"btcusdt@trade","data":{}}'))
+        await writer.drain()
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.05)
+        assert received == [b'{"stream":"btcusdt@trade","data":{}}']
+        await close_both(socket, reader, writer)
+    # The host name is checked too: the certificate names 127.0.0.1 and localhost, not 127.0.0.2.
+    monkeypatch.undo()
+    async with TlsServer(exchange_tls, host="127.0.0.2") as server:
+        monkeypatch.setattr(ssl, "create_default_context", lambda *args, **kwargs: trusting)
+        with pytest.raises(ssl.SSLCertVerificationError, match="mismatch|match"):
+            await connect(server.url)
