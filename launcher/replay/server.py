@@ -19,8 +19,13 @@ Protocol (Binance spot "WebSocket Streams for Binance", its formats and limits i
   20 s and closes a connection whose pong does not arrive within a minute.
 
 Each recording is played by one :class:`_Playback` from server start, whether or not anyone listens, and every
-frame is serialised at most once per form (raw, combined) and the same bytes are queued for every subscriber.
-A subscriber whose send queue is full (it reads slower than the replay) is disconnected with code 1008.
+frame is serialised at most once per form (raw, combined) and the same bytes are written for every subscriber.
+Data messages (frames, control answers) are written as they are made, each as one unmasked TEXT frame
+(``websockets.frames.Frame.serialize``) straight to the connection's transport, in order: ``websockets``'
+``send()`` costs about 10 µs of CPU a message, which made the replay the slowest part of the market-path
+benchmark at ``--speed 0``; ``websockets`` still does the handshake, the pings and the close. A subscriber
+whose unsent data passes :data:`SEND_BUFFER_BYTES` (it reads slower than the replay) is disconnected with code
+1008.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from crypto_mesh import binance, jsonutil
 from crypto_mesh.binance import MINI_TICKER_ALL, control
@@ -55,8 +62,9 @@ from launcher.replay.settings import ReplaySettings
 
 log = get_logger(__name__)
 
-#: Frames queued for one connection before it is considered too slow and closed.
-SEND_QUEUE_SIZE = 10_000
+#: Unsent bytes of one connection beyond which it is considered too slow and closed: about 20,000 trade
+#: frames.
+SEND_BUFFER_BYTES = 4 * 1024 * 1024
 #: Control messages are small; Binance does not document a size limit, this one keeps a client from
 #: buffering megabytes in the server.
 MAX_INCOMING_MESSAGE_BYTES = 64 * 1024
@@ -101,27 +109,30 @@ def _check_streams(names: object, already: int) -> list[str]:
 
 
 class _Client:
-    """One websocket connection: its streams, its bounded send queue, its incoming-message rate."""
+    """One websocket connection: its streams, its incoming-message rate; messages to it are written at once
+    (module doc)."""
 
     def __init__(self, ws: ServerConnection, combined: bool) -> None:
         self.ws = ws
         self.combined = combined
         self.streams: dict[str, None] = {}
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_SIZE)
         self.closing: asyncio.Task[None] | None = None
         self.incoming = binance.IncomingMessageWindow()
 
     def offer(self, message: bytes) -> bool:
-        """Queue ``message`` for sending; False (and the connection is being closed) if the queue is full."""
-        if self.closing is not None:
+        """Write ``message`` (UTF-8 JSON) as one TEXT frame; False when the connection is closing, or is being
+        closed now because more than :data:`SEND_BUFFER_BYTES` wait unsent."""
+        ws = self.ws
+        if self.closing is not None or ws.state is not State.OPEN:
             return False
-        try:
-            self.queue.put_nowait(message)
-            return True
-        except asyncio.QueueFull:
-            log.warning("slow_consumer_closed", remote=str(self.ws.remote_address), queued=self.queue.qsize())
-            self.close(1008, "slow consumer: send queue full")
+        transport = ws.transport
+        transport.write(Frame(Opcode.TEXT, message).serialize(mask=False))
+        unsent = transport.get_write_buffer_size()
+        if unsent > SEND_BUFFER_BYTES:
+            log.warning("slow_consumer_closed", remote=str(ws.remote_address), unsent_bytes=unsent)
+            self.close(1008, "slow consumer: send buffer full")
             return False
+        return True
 
     def close(self, code: int, reason: str) -> None:
         if self.closing is None:
@@ -376,7 +387,6 @@ class _Exchange:
         client = _Client(ws, combined)
         self.hub.clients.add(client)
         self.hub.subscribe(client, streams)
-        writer = asyncio.create_task(self._write(client))
         try:
             async with asyncio.timeout(binance.MAX_CONNECTION_AGE_S):
                 async for message in ws:
@@ -394,16 +404,6 @@ class _Exchange:
             self.hub.remove(client)
             if client.closing is not None:
                 await asyncio.gather(client.closing, return_exceptions=True)
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-
-    @staticmethod
-    async def _write(client: _Client) -> None:
-        try:
-            while True:
-                await client.ws.send(await client.queue.get(), text=True)
-        except ConnectionClosed:
-            pass
 
     def _control(self, client: _Client, message: str | bytes) -> dict[str, Any]:
         """Answer one control message (see the module docstring); never raises for bad input."""

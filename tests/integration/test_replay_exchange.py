@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -13,10 +14,12 @@ import aiohttp
 import orjson
 import pytest
 from support.exchange_info import replace_file, snapshot_with
+from support.polling import eventually
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from crypto_mesh import binance
+from launcher.replay import server as replay_server
 from launcher.replay.recording import RecordingError, load_recording
 from launcher.replay.server import start
 from launcher.replay.settings import ReplaySettings
@@ -452,5 +455,33 @@ async def test_trade_history_answers_played_trades_by_id_with_binances_field_nam
                 f"{base}/api/v3/aggTrades", params={"symbol": "DOGEUSDT", "fromId": "1"}
             ) as response:
                 assert response.status == 400 and (await response.json())["code"] == -1121
+    finally:
+        await running.stop()
+
+
+async def test_a_subscriber_that_reads_slower_than_the_replay_is_dropped_and_closed_with_1008(
+    trade_recording, monkeypatch
+):
+    monkeypatch.setattr(replay_server, "SEND_BUFFER_BYTES", 256 * 1024)
+    running = await start(ReplaySettings(port=0, files=(trade_recording,), speed=200.0))
+
+    async def connections_are(count: int) -> bool:
+        return (await get_json(running.port, "/replay/v1/info"))[1]["connections"] == count
+
+    # A small receive buffer, and max_queue=1: the client stops reading its socket while a message waits, so
+    # the kernel's buffers fill soon, then the replay's own.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect(("127.0.0.1", running.port))
+    sock.setblocking(False)
+    try:
+        async with connect(f"{running.url}/stream?streams=btcusdt@trade", max_queue=1, sock=sock) as ws:
+            await receive(ws)
+            assert await connections_are(1)
+            await eventually(lambda: connections_are(0), 60, "the slow subscriber dropped")
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     finally:
         await running.stop()
