@@ -524,6 +524,9 @@ class KafkaSink(Generic[T]):
         self._idempotence = enable_idempotence
         self._buffer: SendBuffer[T] = SendBuffer(maxsize)
         self._partitioner = DefaultPartitioner()
+        #: Records of the round being handed to the producer that it does not hold yet (:meth:`flush` waits
+        #: for them too).
+        self._in_round = 0
         self._wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._backoff = Backoff(base_s=0.1, max_s=5.0)
@@ -538,8 +541,8 @@ class KafkaSink(Generic[T]):
 
     @property
     def queue_depth(self) -> int:
-        """Records waiting for the producer."""
-        return len(self._buffer)
+        """Records waiting for the producer: in the buffer, and taken for the round being handed over."""
+        return len(self._buffer) + self._in_round
 
     @property
     def dropped(self) -> int:
@@ -548,7 +551,7 @@ class KafkaSink(Generic[T]):
 
     def pending(self) -> int:
         """Records waiting for the producer (as :attr:`queue_depth`)."""
-        return len(self._buffer)
+        return self.queue_depth
 
     def submit(self, record: T) -> None:
         """Queue ``record``; returns at once."""
@@ -574,6 +577,13 @@ class KafkaSink(Generic[T]):
     async def _send_round(self, records: list[T]) -> None:
         """Hand ``records`` (oldest first) to the producer: per partition, as few record batches as its
         ``max_batch_size`` allows."""
+        self._in_round = len(records)
+        try:
+            await self._hand_over(records)
+        finally:
+            self._in_round = 0
+
+    async def _hand_over(self, records: list[T]) -> None:
         producer = self._producer
         assert producer is not None
         encoded = [(record, *self._encode(record)) for record in records]
@@ -617,6 +627,7 @@ class KafkaSink(Generic[T]):
             self._on_failure(records + later, exc)
             return False
         self._in_flight += len(records)
+        self._in_round -= len(records)
         delivery.add_done_callback(functools.partial(self._on_delivery, records))
         return True
 
@@ -629,7 +640,7 @@ class KafkaSink(Generic[T]):
         """Wait up to ``timeout_s`` seconds for the buffer to be handed to the producer (used at stop)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self._buffer and self._producer is not None and loop.time() < deadline:
+        while self.queue_depth and self._producer is not None and loop.time() < deadline:
             await asyncio.sleep(0.02)
 
     async def close(self, timeout_s: float = 5.0, stall_s: float = 1.0) -> None:

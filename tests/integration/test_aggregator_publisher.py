@@ -192,6 +192,26 @@ async def test_records_travel_in_batches_each_once_in_its_partition_of_the_produ
         assert {record.partition for record in mine} == {partitioner(symbol.encode(), partitions, partitions)}
 
 
+async def test_stopping_after_a_flush_delivers_every_record_taken_for_a_round(kafka_bootstrap):
+    # The stop sequence: flush (wait until the producer holds every record), cancel the sender, close. A round
+    # hands its partitions' batches over one after the other, so flush waits for the records it took too.
+    symbols = [f"zz{uuid.uuid4().hex[:8]}usdt" for _ in range(12)]
+    producer = TickerProducer(kafka_bootstrap, enable_idempotence=False, maxsize=10_000)
+    task = asyncio.create_task(producer.run())
+    try:
+        await eventually(lambda: producer.healthy, timeout_s=30)
+        for event_time in range(250):
+            for symbol in symbols:
+                producer.submit(KafkaMsg("24hrMiniTicker", event_time, 0, symbol, *[Decimal(1)] * 4))
+        await producer.flush(30)
+        assert producer.queue_depth == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await producer.close(timeout_s=30)
+    assert (producer.sent, producer.failed, producer.dropped) == (3_000, 0, 0)
+
+
 async def test_closing_on_a_broker_that_died_gives_up_once_nothing_is_delivered(own_kafka):
     # The embedded mesh stops the aggregator when its broker crashes and starts the broker again only once the
     # aggregator has exited: a close that waited its whole timeout for records no broker will take would hold

@@ -175,7 +175,7 @@ async def test_a_fragmented_message_over_the_limit_ends_the_connection_with_1009
         await writer.drain()
         opcode, payload = await asyncio.wait_for(read_frame(reader), 10)
         assert opcode == CLOSE and struct.unpack("!H", payload[:2]) == (1009,)
-        with pytest.raises(Exception, match="over 100 bytes"):
+        with pytest.raises(wsclient.WebSocketError, match="over 100 bytes"):
             await asyncio.wait_for(socket.wait_closed(), 10)
         assert received == []
 
@@ -189,7 +189,7 @@ async def test_a_continuation_without_a_message_is_a_protocol_error():
         await writer.drain()
         opcode, payload = await asyncio.wait_for(read_frame(reader), 10)
         assert opcode == CLOSE and struct.unpack("!H", payload[:2]) == (1002,)
-        with pytest.raises(Exception, match="outside a message"):
+        with pytest.raises(wsclient.WebSocketError, match="outside a message"):
             await asyncio.wait_for(socket.wait_closed(), 10)
 
 
