@@ -4,12 +4,14 @@ Usage::
 
     .venv/bin/python benchmarks/bench_market_path.py [--speed 0] [--warmup 5] [--duration 20] [--ceiling 3]
 
-What it does (bounded: about ``warmup + duration + ceiling + 15`` seconds, under 2 minutes with the defaults):
+What it does (bounded: about ``warmup + duration + 2 × ceiling + 15`` seconds, under 2 minutes with the defaults):
 
 1. *Ceiling*: a bare in-process loop of :func:`crypto_mesh.binance.parse_trade_frame` and
    :class:`aggregator.secondstat.SecondWindows` over the frames of the shipped ``@trade`` recording, for
    ``--ceiling`` seconds: frames per second one core can parse and aggregate, with no I/O, and the CPU time
-   (user + system, this process) that costs per frame.
+   (user + system, this process) that costs per frame. It is measured before the end-to-end run and again
+   after it, once the mesh has stopped, and the ratios use the mean of the two: this machine's speed drifts
+   within minutes (one run measured 5.21 µs a frame where the next measured 4.23).
 2. *End to end*: embedded Redis and Tansu (Kafka), then the replay exchange (``REPLAY_SPEED=--speed``; 0 = as
    fast as it can, looping the recording), socket_proxy and the aggregator as separate processes (``python -m``)
    on 127.0.0.1, following every symbol of the recording. After ``--warmup`` seconds it reads both services'
@@ -205,10 +207,10 @@ def main() -> int:
         f"recording: {recording.name}; speed={args.speed or 'max'}; warmup={args.warmup}s duration={args.duration}s"
     )
 
-    rate, ceiling_cpu, per_pass = ceiling(recording, args.ceiling)
+    rate_before, cpu_before_run, per_pass = ceiling(recording, args.ceiling)
     print(
-        f"ceiling (in-process parse + aggregate, one core): {rate:,.0f} frames/s, "
-        f"{ceiling_cpu * 1e6:.2f} µs of CPU per frame ({per_pass} frames per pass)"
+        f"ceiling before the run (in-process parse + aggregate, one core): {rate_before:,.0f} frames/s, "
+        f"{cpu_before_run * 1e6:.2f} µs of CPU per frame ({per_pass} frames per pass)"
     )
 
     work = Path(tempfile.mkdtemp(prefix="bench-market-"))
@@ -301,6 +303,18 @@ def main() -> int:
         end_to_end = agg("aggregator_trade_frames_total{outcome=parsed}")
         p99, observations = p99_bound(agg_before, agg_after, "aggregator_publish_latency_seconds")
         lost = losses({"socket_proxy": (proxy_before, proxy_after), "aggregator": (agg_before, agg_after)})
+        peak_rss = {name: peak_rss_mb(process.process.pid) for name, process in processes.items()}
+        for process in reversed(started):
+            process.stop()
+        # The machine's speed drifts within minutes: the ceiling is measured again once the mesh has stopped,
+        # and the ratios use the mean of the two.
+        rate_after, cpu_after_run, _ = ceiling(recording, args.ceiling)
+        rate, ceiling_cpu = (rate_before + rate_after) / 2, (cpu_before_run + cpu_after_run) / 2
+        print(
+            f"ceiling after the run (the mesh stopped): {rate_after:,.0f} frames/s, {cpu_after_run * 1e6:.2f} µs "
+            f"of CPU per frame; the ratios below use the mean of both: {rate:,.0f} frames/s, "
+            f"{ceiling_cpu * 1e6:.2f} µs"
+        )
         lossy = any(since_start for _what, _window, since_start in lost)
         print(f"symbols followed: {', '.join(symbols)}")
         print(
@@ -353,8 +367,8 @@ def main() -> int:
             + (" (LOSSY: the conflated and the unpublished are not in it)" if lossy else "")
             + f"; goal < {GOAL_P99_S * 1000:g} ms"
         )
-        for name, process in processes.items():
-            print(f"peak RSS {name}: {peak_rss_mb(process.process.pid):.1f} MiB")
+        for name, megabytes in peak_rss.items():
+            print(f"peak RSS {name}: {megabytes:.1f} MiB")
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"measured over {elapsed:.1f} s")
         if lossy:
