@@ -18,23 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import itertools
 import multiprocessing
 import os
 import platform
 import socket
 import statistics
-import struct
 import time
 
 from bench_market_path import ceiling as market_path_ceiling
 from machine import cpu_model
+from websockets.utils import accept_key
 
 from crypto_mesh.binance import DEFAULT_RECORDING, recording_lines
-
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from launcher.replay.server import text_frame
 
 
 def recorded_frames(count: int = 30_000) -> list[bytes]:
@@ -45,19 +42,9 @@ def recorded_frames(count: int = 30_000) -> list[bytes]:
     ]
 
 
-def encoded(payload: bytes) -> bytes:
-    """A server TEXT frame of ``payload`` (unmasked, RFC 6455 5.2)."""
-    size = len(payload)
-    if size < 126:
-        return bytes([0x81, size]) + payload
-    if size < 1 << 16:
-        return bytes([0x81, 126]) + struct.pack("!H", size) + payload
-    return bytes([0x81, 127]) + struct.pack("!Q", size) + payload
-
-
 def serve(sock: socket.socket) -> None:
     """The server process: every connection gets the recording's frames, looped, until it closes."""
-    blob = b"".join(encoded(frame) for frame in recorded_frames())
+    blob = b"".join(text_frame(frame) for frame in recorded_frames())
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await reader.readuntil(b"\r\n\r\n")
@@ -66,10 +53,9 @@ def serve(sock: socket.socket) -> None:
             for line in request.split(b"\r\n")
             if line.lower().startswith(b"sec-websocket-key:")
         )
-        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
         writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n"
         )
         try:
             while True:

@@ -19,7 +19,8 @@ Protocol (Binance spot "WebSocket Streams for Binance", its formats and limits i
   20 s and closes a connection whose pong does not arrive within a minute.
 
 Each recording is played by one :class:`_Playback` from server start, whether or not anyone listens, and every
-frame is serialised at most once per form (raw, combined) and the same bytes are written for every subscriber.
+frame is serialised at most once per form (raw, combined), as a whole websocket frame, and the same bytes are
+written for every subscriber.
 Data messages (frames, control answers) are written as they are made, each as one unmasked TEXT frame
 (``websockets.frames.Frame.serialize``) straight to the connection's transport, in order: ``websockets``'
 ``send()`` costs about 10 µs of CPU a message, which made the replay the slowest part of the market-path
@@ -108,6 +109,11 @@ def _check_streams(names: object, already: int) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def text_frame(message: bytes) -> bytes:
+    """``message`` (UTF-8 JSON) as one unmasked TEXT frame, the bytes a server writes (RFC 6455 5.2)."""
+    return Frame(Opcode.TEXT, message).serialize(mask=False)
+
+
 class _Client:
     """One websocket connection: its streams, its incoming-message rate; messages to it are written at once
     (module doc)."""
@@ -119,14 +125,14 @@ class _Client:
         self.closing: asyncio.Task[None] | None = None
         self.incoming = binance.IncomingMessageWindow()
 
-    def offer(self, message: bytes) -> bool:
-        """Write ``message`` (UTF-8 JSON) as one TEXT frame; False when the connection is closing, or is being
-        closed now because more than :data:`SEND_BUFFER_BYTES` wait unsent."""
+    def offer(self, frame: bytes) -> bool:
+        """Write ``frame`` (a whole TEXT frame, :func:`text_frame`); False when the connection is closing, or is
+        being closed now because more than :data:`SEND_BUFFER_BYTES` wait unsent."""
         ws = self.ws
         if self.closing is not None or ws.state is not State.OPEN:
             return False
         transport = ws.transport
-        transport.write(Frame(Opcode.TEXT, message).serialize(mask=False))
+        transport.write(frame)
         unsent = transport.get_write_buffer_size()
         if unsent > SEND_BUFFER_BYTES:
             log.warning("slow_consumer_closed", remote=str(ws.remote_address), unsent_bytes=unsent)
@@ -165,7 +171,7 @@ class _Hub:
         self.clients.discard(client)
 
     def publish(self, stream: str, data: Any) -> None:
-        """Queue ``data`` of ``stream`` for its subscribers, serialised at most once per form."""
+        """Write ``data`` of ``stream`` to its subscribers, serialised at most once per form."""
         listeners = self.subscribers.get(stream)
         if not listeners:
             return
@@ -173,11 +179,11 @@ class _Hub:
         for client in tuple(listeners):
             if client.combined:
                 if combined is None:
-                    combined = binance.combined_frame(stream, data)
+                    combined = text_frame(binance.combined_frame(stream, data))
                 delivered = client.offer(combined)
             else:
                 if raw is None:
-                    raw = jsonutil.dumps(data)
+                    raw = text_frame(jsonutil.dumps(data))
                 delivered = client.offer(raw)
             if not delivered:
                 self.remove(client)
@@ -395,7 +401,7 @@ class _Exchange:
                         limit = binance.MAX_INCOMING_MESSAGES_PER_SECOND
                         client.close(1008, f"too many messages: at most {limit} per second")
                         break
-                    client.offer(jsonutil.dumps(self._control(client, message)))
+                    client.offer(text_frame(jsonutil.dumps(self._control(client, message))))
         except TimeoutError:
             client.close(1000, "connection reached its 24 h limit")
         except ConnectionClosed:
