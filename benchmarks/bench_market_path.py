@@ -17,11 +17,12 @@ What it does (bounded: about ``warmup + duration + 2 × ceiling + 15`` seconds, 
    on 127.0.0.1, following every symbol of the recording. After ``--warmup`` seconds it reads both services'
    Prometheus metrics, waits ``--duration`` seconds, reads them again, and prints the rates over that window:
    trade frames parsed by the aggregator (the end-to-end rate), frames received and sent by socket_proxy,
-   SecondStats published to Redis, upstream reconnects and subscriber overflows (frames lost to a consumer
-   that fell behind), the p99 of ``aggregator_publish_latency_seconds`` (window close → acknowledged Redis
-   publish; a histogram, so p99 is given as the upper bound of its bucket), and the peak RSS (``VmHWM``) of
-   every process. *CPU per frame*: the CPU time (user + system, every thread; psutil) socket_proxy and the
-   aggregator spent over the same window, per frame socket_proxy received and per trade frame the aggregator
+   SecondStats published to Redis and how many share one of the aggregator's Redis round trips (pipelines,
+   from ``aggregator_redis_command_duration_seconds``), upstream reconnects and subscriber overflows (frames
+   lost to a consumer that fell behind), the p99 of ``aggregator_publish_latency_seconds`` (window close →
+   acknowledged Redis publish; a histogram, so p99 is given as the upper bound of its bucket), and the peak
+   RSS (``VmHWM``) of every process. *CPU per frame*: the CPU time (user + system, every thread; psutil)
+   socket_proxy and the aggregator spent over the same window, per frame socket_proxy received and per trade frame the aggregator
    parsed, beside the ceiling's CPU per frame; their sum over the ceiling's is the path's cost ratio. Both
    are CPU time, not wall time, so a loaded machine changes them less than it changes the rates. The
    aggregator's CPU includes its outputs (SecondStats to Redis and Kafka, mini-tickers to Kafka and Redis),
@@ -337,6 +338,12 @@ def main() -> int:
             f"trades fetched back from history {agg('aggregator_backfilled_trades_total') * elapsed:.0f} "
             f"(they do not undo a loss), "
             f"Redis pending at end {agg_after.get('aggregator_redis_pending', 0):.0f}"
+        )
+        rounds = agg("aggregator_redis_command_duration_seconds_count{command=PIPELINE}")
+        print(
+            f"aggregator's Redis round trips (pipelines, every writer): {rounds:,.0f}/s, "
+            f"{agg('aggregator_redis_publishes_total') / rounds if rounds else float('nan'):.1f} SecondStats "
+            f"published per round trip"
         )
         frames = {
             "socket_proxy": prx("socket_proxy_frames_in_total") * elapsed,
