@@ -13,7 +13,7 @@
 - ``crypto-mesh logs [NAME] [-f]``: the output of every process (or of one), interleaved in time order;
   ``-f`` follows it until the mesh stops.
 - ``crypto-mesh topics list``, ``crypto-mesh topics tail TOPIC [-n N] [-f]``: the Kafka topics of the running
-  mesh, read with aiokafka (:mod:`launcher.topics`; the embedded broker does not serve librdkafka's kcat).
+  mesh, read with aiokafka (:mod:`launcher.topics`; the embedded broker does not serve Debian's kcat).
 - ``crypto-mesh db current|upgrade|downgrade``: the schema migrations of the auth and profile PostgreSQL
   databases (Alembic) and of ClickHouse (the ETL's SQL files, forward-only), on the mesh's databases or the
   URLs given (:mod:`launcher.db`).
@@ -389,7 +389,7 @@ def topics() -> None:
 
     The broker is the running mesh's of MESH_DATA_DIR (its address in mesh.json), or MESH_KAFKA_BOOTSTRAP_SERVERS
     (without authentication: for compose's SASL broker use kcat, README). The embedded broker, Tansu, does not
-    answer librdkafka clients such as kcat; these commands use aiokafka, read without a consumer group and move
+    answer Debian's kcat (librdkafka 2.0.2); these commands use aiokafka, read without a consumer group and move
     no service's offsets.
     """
 

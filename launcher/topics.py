@@ -1,8 +1,9 @@
 """Reading the mesh's Kafka topics from the command line (``crypto-mesh topics list|tail``).
 
-The embedded broker (Tansu 0.6.0) answers aiokafka but not librdkafka: ``kcat -L`` fails at its first
-ApiVersions request ("Read underflow"), so kcat and confluent-kafka cannot be used on it; these commands are
-aiokafka consumers without a consumer group (they commit nothing and move no service's offsets).
+The embedded broker (Tansu 0.6.0) does not answer Debian's kcat (1.7.1, on librdkafka 2.0.2): ``kcat -L``
+fails at its first ApiVersions request ("Read underflow"); a newer librdkafka (confluent-kafka 2.16 bundles
+2.16.0) talks to it. These commands need neither: they are aiokafka consumers without a consumer group (they
+commit nothing and move no service's offsets).
 """
 
 from __future__ import annotations
