@@ -224,8 +224,8 @@ async def through_etl(
 ):
     """(rows per second, seconds, batches committed, CPU per row by :func:`thread_role` and of the broker) of
     the ETL loading ``count`` records of ``topic`` into fresh chDB. The CPU is read once the first record is
-    taken (within about 5 ms) and once the last batch is committed, so the start-up (migrations, joining the
-    group) is not in it."""
+    taken (within about 5 ms) and again once the last batch is seen committed (within 50 ms, the ETL idle by
+    then), so the start-up (migrations, joining the group) is not in it."""
     settings = EtlSettings(
         port=0,
         api_token_file=ensure_secret(secrets_dir(directory.parent / "secrets") / "etl_api_token", random_token),
