@@ -619,26 +619,29 @@ class KafkaSink(Generic[T]):
                     self._refused(1)
                     first += 1
                     continue
-                later = [record for record, _, _ in members[end:]]
-                later += [record for _, group in groups[index + 1 :] for record, _, _ in group]
-                if not await self._send_batch(batch, partition, [r for r, _, _ in members[first:end]], later):
+                records = [record for record, _, _ in members[first:end]]
+                error = await self._send_batch(batch, partition, records)
+                if error is not None:
+                    # Refused at once: the batch and the rest of the round go back to the buffer, in order.
+                    records += [record for record, _, _ in members[end:]]
+                    records += [record for _, group in groups[index + 1 :] for record, _, _ in group]
+                    self._on_failure(records, error)
                     return
                 first = end
 
-    async def _send_batch(self, batch: Any, partition: int, records: list[T], later: list[T]) -> bool:
-        """Hand ``batch`` (of ``records``) to the producer for ``partition``; False when the producer refused
-        it at once: ``records`` and the ``later`` records of the round then go back to the buffer."""
+    async def _send_batch(self, batch: Any, partition: int, records: list[T]) -> KafkaError | None:
+        """Hand ``batch`` (of ``records``) to the producer for ``partition``; the error when the producer
+        refused it at once (nothing is handed over then), else None."""
         assert self._producer is not None
         try:
             delivery = await self._producer.send_batch(batch, self.topic, partition=partition)
         except KafkaError as exc:
             raise_if_cancelling()
-            self._on_failure(records + later, exc)
-            return False
+            return exc
         self._in_flight += len(records)
         self._in_round -= len(records)
         delivery.add_done_callback(functools.partial(self._on_delivery, records))
-        return True
+        return None
 
     def _cached_partition(self, key: bytes, partitions: list[int], available: list[int]) -> int:
         """The default partitioner's partition of ``key``, remembered per key (for :attr:`_cached_for`)."""

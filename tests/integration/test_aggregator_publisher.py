@@ -18,6 +18,7 @@ from support.polling import eventually
 
 from aggregator.secondstat import SecondStat
 from aggregator.store import (
+    KAFKA_ROUND_RECORDS,
     MINI_TICKER_PARTITIONS,
     TICKER_KEY,
     TICKER_TIME_KEY,
@@ -210,6 +211,35 @@ async def test_stopping_after_a_flush_delivers_every_record_taken_for_a_round(ka
         await asyncio.gather(task, return_exceptions=True)
     await producer.close(timeout_s=30)
     assert (producer.sent, producer.failed, producer.dropped) == (3_000, 0, 0)
+
+
+async def test_a_round_the_producer_refuses_at_once_goes_back_to_the_buffer_each_symbol_in_order(kafka_bootstrap):
+    # A producer that refuses a batch as it is handed over (here: stopped, so aiokafka raises ProducerClosed):
+    # that batch and the rest of the round go back to the front of the buffer, counted as failed, each
+    # symbol's records in the order submitted, to be sent again after the backoff.
+    symbols = [f"zz{uuid.uuid4().hex[:8]}usdt" for _ in range(12)]
+    sink = TickerProducer(kafka_bootstrap, enable_idempotence=False, maxsize=10_000)
+    task = asyncio.create_task(sink.run())
+    try:
+        await eventually(lambda: sink.healthy, timeout_s=30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await sink._producer.partitions_for(MINI_TICKER_TOPIC)  # the topic's partitions known from here on
+    await sink._producer.stop()
+    messages = [
+        KafkaMsg("24hrMiniTicker", event_time, 0, symbol, *[Decimal(1)] * 4)
+        for event_time in range(5)
+        for symbol in symbols
+    ]
+    for message in messages:
+        sink.submit(message)
+    await sink._send_round(sink._buffer.take_up_to(KAFKA_ROUND_RECORDS))
+    assert (sink.sent, sink.failed, sink.queue_depth, sink.healthy) == (0, 60, 60, False)
+    given_back = sink._buffer.take_up_to(KAFKA_ROUND_RECORDS)
+    assert sorted(given_back, key=messages.index) == messages
+    for symbol in symbols:
+        assert [m.event_time_ms for m in given_back if m.symbol == symbol] == list(range(5))
 
 
 async def test_closing_on_a_broker_that_died_gives_up_once_nothing_is_delivered(own_kafka):
